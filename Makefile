@@ -1,0 +1,51 @@
+# The README's two commands: `make serve` and `make test`. Both create .venv when missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
+APT_PACKAGES := espeak-ng sox libsndfile1
+PYTEST_ARGS ?=
+
+.PHONY: serve test install install-dev sysdeps lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev,lidc]'
+	touch $(STAMP) $@
+
+install: sysdeps $(STAMP)
+install-dev: sysdeps $(DEV_STAMP)
+
+# System packages (text-to-speech, audio tools). Installed when missing and we are root; otherwise
+# the features that need them report that they are unavailable instead of crashing.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+			echo "installing system packages:$$missing"; \
+			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+				|| echo "warning: could not install$$missing; voice output will be unavailable"; \
+		else \
+			echo "warning: missing system packages:$$missing (install them as root for voice output)"; \
+		fi; \
+	fi
+
+serve: install
+	$(BIN)/triptych serve
+
+test: install-dev
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: install-dev
+	$(BIN)/ruff check core apps tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,1 @@
+"""The three triptych products, each a plugin on the shared core."""

@@ -1,0 +1,1 @@
+"""Bank contact centre: ASR, PII redaction, emotion, intent, replies."""

@@ -1,0 +1,1 @@
+"""Factory QC: PCB defects + machine vibration -> pass/fail per board."""

@@ -1,0 +1,1 @@
+"""Radiology: chest CT + report -> lung-cancer probability with heat maps."""

@@ -1,0 +1,86 @@
+"""The `triptych` command: serve, train, eval, bench, data.
+
+Core owns the command tree; each installed app (see ``core.plugins``) adds its own ``train``,
+``eval`` and ``bench`` commands and a ``data`` group. App CLI modules import heavy libraries
+inside their commands, so ``triptych --help`` stays quick.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from core.offline import enforce_offline
+from core.plugins import discover_plugins
+
+app = typer.Typer(
+    name="triptych",
+    help="Three AI products on one multimodal engine: contact centre, radiology, factory QC.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+train_app = typer.Typer(help="Train an app's models on the real datasets.", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate an app's shipped models; every eval takes --json OUT.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks: serving throughput/latency and app-specific timings.", no_args_is_help=True)
+data_app = typer.Typer(help="Prepare or render datasets.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
+app.add_typer(data_app, name="data")
+
+
+@app.command()
+def serve(
+    app_name: Annotated[Optional[str], typer.Option("--app", help="Serve one app alone (e.g. industrial).")] = None,
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+) -> None:
+    """Run the three apps behind one gateway (or one app with --app)."""
+    from core.serving.gateway import run_gateway
+
+    run_gateway(app_name=app_name, host=host, port=port, log_level=log_level)
+
+
+@bench_app.command("serve")
+def bench_serve(
+    url: Annotated[Optional[str], typer.Option(help="Benchmark a running server at this loopback URL instead of the toy model.")] = None,
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32,64",
+    requests: Annotated[int, typer.Option(help="Requests per concurrency level (bounded).")] = 400,
+    duration_s: Annotated[float, typer.Option("--duration", help="Upper bound in seconds per level.")] = 20.0,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON here.")] = None,
+) -> None:
+    """Throughput, p50/p95 latency and mean batch size, with and without dynamic batching."""
+    from core.serving.bench import run_bench
+
+    run_bench(url=url, concurrency=concurrency, requests=requests, duration_s=duration_s, json_out=json_out)
+
+
+def _attach_plugins() -> None:
+    for plugin in discover_plugins():
+        try:
+            module = plugin.load_cli()
+        except ModuleNotFoundError as exc:  # an app whose CLI is not written yet
+            if exc.name and exc.name.startswith("apps."):
+                continue
+            raise
+        if module is None:
+            continue
+        for group, attribute in ((train_app, "train"), (eval_app, "evaluate"), (bench_app, "bench")):
+            command = getattr(module, attribute, None)
+            if command is not None:
+                group.command(plugin.name, help=(command.__doc__ or plugin.summary))(command)
+        data_group = getattr(module, "data", None)
+        if data_group is not None:
+            data_app.add_typer(data_group, name=plugin.name, help=f"Data commands for {plugin.name}.")
+
+
+def main() -> None:
+    enforce_offline()
+    _attach_plugins()
+    app()
+
+
+if __name__ == "__main__":
+    main()
