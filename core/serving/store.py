@@ -1,0 +1,155 @@
+"""Results and audit records through SQLAlchemy 2: SQLite (WAL) by default, any URL (PostgreSQL)
+unchanged. Every write commits before it returns, so a route that saves and then answers never
+acknowledges a result that is not on disk.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+class ResultRow(_Base):
+    __tablename__ = "results"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    app: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    role: Mapped[str | None] = mapped_column(String(32))
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    payload: Mapped[dict] = mapped_column(JSON)
+
+
+class AuditRow(_Base):
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    app: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str | None] = mapped_column(String(32))
+    subject_hash: Mapped[str | None] = mapped_column(String(128))  # a hash, never the subject itself
+    model_version: Mapped[str | None] = mapped_column(String(128))
+    outcome: Mapped[dict] = mapped_column(JSON)
+
+
+def _make_engine(database_url: str) -> Engine:
+    if database_url.startswith("sqlite"):
+        path = database_url.split("///", 1)[1] if "///" in database_url else ""
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(connection: Any, _record: Any) -> None:
+            cursor = connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            # FULL: a committed result survives power loss, not only a process crash
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.close()
+
+        return engine
+    return create_engine(database_url, pool_pre_ping=True)
+
+
+class ResultStore:
+    """Persist results and audit records; methods are synchronous (call them from ``def`` routes or
+    through the ``a*`` coroutine versions, which run them in a thread)."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.engine = _make_engine(database_url)
+        _Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def save_result(
+        self, app: str, kind: str, request_id: str | None, payload: dict[str, Any], role: str | None = None
+    ) -> str:
+        """Store one result; returns its id once committed."""
+        json.dumps(payload)  # fail here, not half-way through a commit, on unserialisable payloads
+        result_id = uuid.uuid4().hex
+        with self._sessions.begin() as session:
+            session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))
+        return result_id
+
+    def get_result(self, result_id: str) -> dict[str, Any] | None:
+        with self._sessions() as session:
+            row = session.get(ResultRow, result_id)
+            return None if row is None else _result_dict(row)
+
+    def list_results(self, app: str, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        query = select(ResultRow).where(ResultRow.app == app)
+        if kind is not None:
+            query = query.where(ResultRow.kind == kind)
+        with self._sessions() as session:
+            rows = session.scalars(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
+            return [_result_dict(row) for row in rows]
+
+    def audit(
+        self,
+        app: str,
+        action: str,
+        role: str | None,
+        subject_hash: str | None,
+        model_version: str | None,
+        outcome: dict[str, Any],
+    ) -> int:
+        """Append one audit record (committed before returning); returns its id."""
+        with self._sessions.begin() as session:
+            row = AuditRow(
+                app=app, action=action, role=role, subject_hash=subject_hash, model_version=model_version, outcome=outcome
+            )
+            session.add(row)
+            session.flush()
+            return row.id
+
+    def list_audit(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+        with self._sessions() as session:
+            rows = session.scalars(select(AuditRow).where(AuditRow.app == app).order_by(AuditRow.id.desc()).limit(limit)).all()
+            return [
+                {
+                    "id": r.id, "created_at": r.created_at.isoformat(), "app": r.app, "action": r.action, "role": r.role,
+                    "subject_hash": r.subject_hash, "model_version": r.model_version, "outcome": r.outcome,
+                }
+                for r in rows
+            ]
+
+    async def asave_result(self, *args: Any, **kwargs: Any) -> str:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.save_result, *args, **kwargs)
+
+    async def aget_result(self, result_id: str) -> dict[str, Any] | None:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.get_result, result_id)
+
+    async def aaudit(self, *args: Any, **kwargs: Any) -> int:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.audit, *args, **kwargs)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _result_dict(row: ResultRow) -> dict[str, Any]:
+    return {
+        "id": row.id, "app": row.app, "kind": row.kind, "request_id": row.request_id, "role": row.role,
+        "created_at": row.created_at.isoformat() if row.created_at else None, "payload": row.payload,
+    }
