@@ -72,3 +72,8 @@ def require_role(*roles: str) -> Callable[[Request], Principal]:
 
     dependency.__name__ = f"require_role_{'_'.join(roles) or 'any'}"
     return dependency
+
+
+def subject_hash(value: str, salt: str = "triptych") -> str:
+    """A stable, non-reversible reference to a person or study for audit records (never the raw ID)."""
+    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:32]

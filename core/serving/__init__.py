@@ -1,0 +1,48 @@
+"""Serving engine shared by the three apps (FastAPI factory, dynamic batching, uploads, roles,
+persistence, metrics). See core/serving/README.md for the contract and a minimal app.
+
+Names are resolved lazily so ``from core.serving import AppSettings`` (used by app settings
+modules) does not import FastAPI, SQLAlchemy or prometheus.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AppSettings": "core.serving.settings",
+    "ROLES": "core.serving.settings",
+    "ApiError": "core.serving.errors",
+    "error_body": "core.serving.errors",
+    "create_service_app": "core.serving.app",
+    "get_batcher": "core.serving.app",
+    "get_store": "core.serving.app",
+    "get_app_settings": "core.serving.app",
+    "get_request_id": "core.serving.app",
+    "DynamicBatcher": "core.serving.batching",
+    "ModelRunner": "core.serving.batching",
+    "BatcherStats": "core.serving.batching",
+    "read_upload": "core.serving.uploads",
+    "sniff_kind": "core.serving.uploads",
+    "safe_unzip": "core.serving.uploads",
+    "temporary_directory": "core.serving.uploads",
+    "KINDS": "core.serving.uploads",
+    "ResultStore": "core.serving.store",
+    "require_role": "core.serving.auth",
+    "Principal": "core.serving.auth",
+    "subject_hash": "core.serving.auth",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'core.serving' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

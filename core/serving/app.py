@@ -1,0 +1,255 @@
+"""``create_service_app``: the FastAPI factory every app uses.
+
+It adds request IDs, JSON request logs (metadata only), one error body shape, ``/health``,
+``/ready`` (true once ``load_runners()`` has run in the background), ``/metrics`` (per-app
+registry), a dynamic batcher per model runner and a result store. Responses carry
+``X-Request-ID``, ``X-Model-Version`` and ``X-Model-Sha256``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import logging
+import re
+import time
+import uuid
+from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from core.serving.batching import DynamicBatcher, ModelRunner
+from core.serving.errors import ApiError, error_body, install_error_handlers
+from core.serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
+from core.serving.settings import AppSettings
+from core.serving.store import ResultStore
+
+log = logging.getLogger("triptych.serving")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# multipart framing and other form fields on top of the largest single upload
+_FORM_OVERHEAD = 1024 * 1024
+
+LoadRunners = Callable[[], "Mapping[str, ModelRunner] | Any"]
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class ServiceMiddleware:
+    """Pure ASGI middleware: request id, body-size cap, model headers, metrics, one log line."""
+
+    def __init__(self, app: Any, service: FastAPI) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        service = self.service
+        settings: AppSettings = service.state.settings
+        limit = settings.max_upload_bytes + _FORM_OVERHEAD
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        started = time.perf_counter()
+        status = {"code": 500, "started": False}
+
+        async def send_wrapper(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+                status["started"] = True
+                extra = [(b"x-request-id", request_id.encode())]
+                version, sha = service.state.model_headers
+                extra += [(b"x-model-version", version.encode("latin-1", "replace")), (b"x-model-sha256", sha.encode())]
+                message = {**message, "headers": list(message.get("headers", [])) + extra}
+            await send(message)
+
+        received = {"bytes": 0}
+
+        async def receive_wrapper() -> dict:
+            message = await receive()
+            if message["type"] == "http.request":
+                received["bytes"] += len(message.get("body", b""))
+                if received["bytes"] > limit:
+                    raise _BodyTooLarge()
+            return message
+
+        try:
+            declared = int(headers.get("content-length", "0") or 0)
+        except ValueError:
+            declared = 0
+        try:
+            if declared > limit:
+                raise _BodyTooLarge()
+            await self.app(scope, receive_wrapper, send_wrapper)
+        except _BodyTooLarge:
+            if not status["started"]:
+                error = ApiError(413, "too_large", f"request body exceeds {limit} bytes; the upload limit is {settings.max_upload_bytes} bytes")
+                await error.response()(scope, receive, send_wrapper)
+        except Exception:
+            log.error("unhandled error", exc_info=True, extra={"app": service.state.name, "request_id": request_id})
+            if not status["started"]:
+                body = error_body("internal_error", f"internal error; quote request id {request_id}")
+                await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            seconds = time.perf_counter() - started
+            service.state.metrics.observe_request(scope.get("method", ""), template, status["code"], seconds)
+            log.info(
+                "request",
+                extra={
+                    "app": service.state.name, "request_id": request_id, "method": scope.get("method"),
+                    "route": template, "status": status["code"], "ms": round(seconds * 1000, 2),
+                },
+            )
+
+
+def _model_headers(runners: Mapping[str, ModelRunner]) -> tuple[str, str]:
+    if not runners:
+        return "none", "none"
+    if len(runners) == 1:
+        runner = next(iter(runners.values()))
+        return str(runner.version), str(runner.sha256)
+    names = sorted(runners)
+    return (
+        ",".join(f"{n}={runners[n].version}" for n in names),
+        ",".join(f"{n}={runners[n].sha256}" for n in names),
+    )
+
+
+async def _load(app: FastAPI, load_runners: LoadRunners | None) -> None:
+    state = app.state
+    settings: AppSettings = state.settings
+    try:
+        runners: Mapping[str, ModelRunner] = {}
+        if load_runners is not None:
+            # loading reads bundles and builds models: keep it off the event loop
+            loaded = await asyncio.to_thread(load_runners)
+            if inspect.isawaitable(loaded):
+                loaded = await loaded
+            runners = dict(loaded or {})
+        for name, runner in runners.items():
+            if not isinstance(runner, ModelRunner):
+                raise TypeError(f"runner {name!r} lacks name/version/sha256/predict_batch")
+            batcher = DynamicBatcher(
+                runner,
+                max_batch=settings.max_batch,
+                max_delay_ms=settings.max_delay_ms,
+                max_queue=settings.max_queue,
+                timeout_s=settings.request_timeout_s,
+                observer=state.metrics.batch_observer(name),
+            )
+            await batcher.start()
+            state.batchers[name] = batcher
+            state.metrics.model_loaded(name, str(runner.version), str(runner.sha256))
+        state.runners = dict(runners)
+        state.model_headers = _model_headers(runners)
+        state.ready = True
+        state.metrics.ready.labels(state.name).set(1)
+        log.info("models loaded", extra={"app": state.name, "runners": sorted(runners)})
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        state.load_error = f"{type(exc).__name__}: {exc}"
+        log.error("model loading failed", exc_info=True, extra={"app": state.name})
+
+
+def create_service_app(
+    *,
+    name: str,
+    settings: AppSettings,
+    routers: Iterable[APIRouter] = (),
+    load_runners: LoadRunners | None = None,
+    description: str = "",
+    version: str = "0.1.0",
+) -> FastAPI:
+    """Build one app's FastAPI. ``load_runners()`` (sync, may be slow) returns ``{name: ModelRunner}``
+    and runs in a thread when the app starts; ``/ready`` says when it has finished."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.loader = asyncio.create_task(_load(app, load_runners), name=f"load-{name}")
+        try:
+            yield
+        finally:
+            app.state.loader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await app.state.loader
+            for batcher in list(app.state.batchers.values()):
+                await batcher.stop()
+            app.state.batchers.clear()
+            app.state.ready = False
+
+    app = FastAPI(title=f"triptych {name}", description=description, version=version, lifespan=lifespan)
+    app.state.name = name
+    app.state.settings = settings
+    app.state.metrics = ServiceMetrics(name)
+    app.state.store = ResultStore(settings.database_url)
+    app.state.batchers = {}
+    app.state.runners = {}
+    app.state.ready = False
+    app.state.load_error = None
+    app.state.model_headers = ("loading", "loading")
+    install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, service=app)
+
+    @app.get("/health", tags=["ops"], summary="Process is up")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "app": name}
+
+    @app.get("/ready", tags=["ops"], summary="Models are loaded")
+    async def ready() -> JSONResponse:
+        state = app.state
+        runners = {n: {"version": str(r.version), "sha256": str(r.sha256)} for n, r in state.runners.items()}
+        body = {"ready": bool(state.ready), "app": name, "runners": runners, "error": state.load_error}
+        headers = {} if state.ready else {"Retry-After": "2"}
+        return JSONResponse(body, status_code=200 if state.ready else 503, headers=headers)
+
+    @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+    for router in routers:
+        app.include_router(router)
+    return app
+
+
+# -- dependencies -----------------------------------------------------------------------------
+def get_batcher(name: str) -> Callable[[Request], DynamicBatcher]:
+    """A dependency giving the batcher of runner ``name`` (503 with Retry-After until loaded)."""
+
+    def dependency(request: Request) -> DynamicBatcher:
+        state = request.app.state
+        batcher = state.batchers.get(name)
+        if batcher is None:
+            if state.load_error:
+                raise ApiError(503, "model_unavailable", f"model {name!r} failed to load; see /ready", {"error": state.load_error})
+            if state.ready:
+                raise ApiError(503, "model_unavailable", f"model {name!r} is not served by this app")
+            raise ApiError(503, "not_ready", f"model {name!r} is still loading; retry shortly", headers={"Retry-After": "2"})
+        return batcher
+
+    dependency.__name__ = f"get_batcher_{name}"
+    return dependency
+
+
+def get_store(request: Request) -> ResultStore:
+    return request.app.state.store
+
+
+def get_app_settings(request: Request) -> AppSettings:
+    return request.app.state.settings
+
+
+def get_request_id(request: Request) -> str:
+    return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
+def get_runner(request: Request, name: str) -> ModelRunner:
+    return get_batcher(name)(request).runner
