@@ -1,0 +1,212 @@
+"""Loaders for the two public datasets in their ORIGINAL layout, and DeepPCB -> ultralytics conversion.
+
+DeepPCB (``DIR/PCBData/<group>/<id>/<n>_test.jpg``, ``_temp.jpg``, boxes ``x1 y1 x2 y2 type`` in
+``<id>_not/<n>.txt``, list files with lines ``<group>/<id>/<n>.jpg <group>/<id>_not/<n>.txt``).
+
+CWRU as re-packaged npz (``*.npz`` with keys DE/FE/BA; label, load and sample rate in the file name:
+``1797_IR_14_DE12.npz`` = 1797 rpm, inner race, 14 mil, drive end at 12 kHz; ``1797_Normal.npz`` is
+the 48 kHz normal baseline).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFECT_CLASSES = ("open", "short", "mousebite", "spur", "copper", "pin-hole")  # DeepPCB types 1..6
+FAULT_CLASSES = ("normal", "ball", "inner_race", "outer_race")
+_FAULT_CODE = {"Normal": 0, "B": 1, "IR": 2, "OR": 3}
+
+# Groups held out for validation: whole board groups (never tiles of a board on both sides).
+DEEPPCB_VAL_GROUPS = ("group13000", "group50600")
+
+
+# --------------------------------------------------------------------------------------- DeepPCB
+@dataclass
+class PcbSample:
+    image: Path  # the tested image (<n>_test.jpg)
+    template: Path | None  # the defect-free template (<n>_temp.jpg), when present
+    boxes: np.ndarray  # (N, 4) float32 x1 y1 x2 y2 in pixels
+    classes: np.ndarray  # (N,) int64 in 0..5
+    group: str = ""
+    stem: str = ""
+
+
+def read_deeppcb_boxes(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    boxes, classes = [], []
+    for line in Path(path).read_text().replace(",", " ").splitlines():
+        parts = line.split()
+        if len(parts) < 5:
+            continue
+        x1, y1, x2, y2, kind = (int(float(p)) for p in parts[:5])
+        if not 1 <= kind <= len(DEFECT_CLASSES):
+            raise ValueError(f"{path}: defect type {kind} outside 1..{len(DEFECT_CLASSES)}")
+        boxes.append((min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)))
+        classes.append(kind - 1)
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
+
+
+def resolve_split(root: Path, split: str | Path) -> Path:
+    """A list file given absolute, relative to the cwd, or by name inside ``DIR/PCBData``."""
+    candidates = [Path(split), Path(root) / "PCBData" / str(split), Path(root) / str(split)]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"split list {split!r} not found (looked at {', '.join(map(str, candidates))})")
+
+
+def load_deeppcb(root: Path, split: str | Path = "trainval.txt") -> list[PcbSample]:
+    root = Path(root)
+    pcb = root / "PCBData"
+    if not pcb.is_dir():
+        raise FileNotFoundError(f"{root} has no PCBData/ folder (expected DeepPCB's own layout)")
+    samples = []
+    for line in resolve_split(root, split).read_text().splitlines():
+        parts = line.split()
+        if len(parts) < 2:
+            continue
+        image_rel, label_rel = parts[0], parts[1]
+        stem = image_rel[: -len(".jpg")] if image_rel.endswith(".jpg") else image_rel
+        image = pcb / f"{stem}_test.jpg"
+        template = pcb / f"{stem}_temp.jpg"
+        boxes, classes = read_deeppcb_boxes(pcb / label_rel)
+        samples.append(
+            PcbSample(
+                image=image,
+                template=template if template.exists() else None,
+                boxes=boxes,
+                classes=classes,
+                group=image_rel.split("/")[0],
+                stem=Path(stem).name,
+            )
+        )
+    return samples
+
+
+def split_by_group(samples: list[PcbSample], val_groups=DEEPPCB_VAL_GROUPS) -> tuple[list, list]:
+    train = [s for s in samples if s.group not in val_groups]
+    val = [s for s in samples if s.group in val_groups]
+    return train, val
+
+
+def write_split_list(samples: list[PcbSample], root: Path, path: Path) -> None:
+    pcb = Path(root) / "PCBData"
+    lines = []
+    for s in samples:
+        image_rel = s.image.relative_to(pcb).as_posix().replace("_test.jpg", ".jpg")
+        label_rel = f"{s.group}/{s.image.parent.name}_not/{s.stem}.txt"
+        lines.append(f"{image_rel} {label_rel}")
+    Path(path).write_text("\n".join(lines) + "\n")
+
+
+def binarize(gray: np.ndarray, threshold: int = 128) -> np.ndarray:
+    """DeepPCB scans are binarised by their authors; JPEG adds ringing that thresholding removes."""
+    return np.where(gray >= threshold, 255, 0).astype(np.uint8)
+
+
+def load_gray(path_or_bytes) -> np.ndarray:
+    from PIL import Image
+    import io
+
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        image = Image.open(io.BytesIO(path_or_bytes))
+    else:
+        image = Image.open(path_or_bytes)
+    return np.asarray(image.convert("L"))
+
+
+def prepare_ultralytics(
+    root: Path,
+    out: Path,
+    split: str = "trainval.txt",
+    val_groups=DEEPPCB_VAL_GROUPS,
+    bilevel: bool = True,
+    templates_as_background: bool = True,
+) -> dict:
+    """Write an ultralytics dataset (images/, labels/, data.yaml) from DeepPCB's own layout.
+
+    Images are stored as 1-bit PNG (DeepPCB is binarised: ~2.5 kB a tile instead of ~18 kB JPEG) or
+    8-bit grayscale PNG. Training templates go in as label-less background images: they teach the
+    detector what a defect-free board looks like, which is what the board false-alarm rate measures.
+    """
+    from PIL import Image
+
+    out = Path(out)
+    samples = load_deeppcb(root, split)
+    train, val = split_by_group(samples, val_groups)
+    counts = {"train": 0, "train_background": 0, "val": 0}
+    for side, subset in (("train", train), ("val", val)):
+        (out / "images" / side).mkdir(parents=True, exist_ok=True)
+        (out / "labels" / side).mkdir(parents=True, exist_ok=True)
+        for s in subset:
+            pairs = [(s.image, f"{s.stem}", True)]
+            if side == "train" and templates_as_background and s.template is not None:
+                pairs.append((s.template, f"{s.stem}_temp", False))
+            for src, name, labelled in pairs:
+                gray = load_gray(src)
+                if bilevel:
+                    Image.fromarray(binarize(gray)).convert("1").save(out / "images" / side / f"{name}.png", optimize=True)
+                else:
+                    Image.fromarray(gray).save(out / "images" / side / f"{name}.png", optimize=True)
+                if labelled:
+                    h, w = gray.shape
+                    rows = []
+                    for (x1, y1, x2, y2), c in zip(s.boxes, s.classes):
+                        rows.append(
+                            f"{c} {(x1 + x2) / 2 / w:.6f} {(y1 + y2) / 2 / h:.6f} {(x2 - x1) / w:.6f} {(y2 - y1) / h:.6f}"
+                        )
+                    (out / "labels" / side / f"{name}.txt").write_text("\n".join(rows) + "\n")
+                    counts[side] += 1
+                else:
+                    counts["train_background"] += 1
+    names = "\n".join(f"  {i}: {n}" for i, n in enumerate(DEFECT_CLASSES))
+    (out / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    return counts
+
+
+# ------------------------------------------------------------------------------------------ CWRU
+_CWRU_NAME = re.compile(r"^(?P<rpm>\d+)_(?P<fault>Normal|B|IR|OR@\d+|OR)(?:_(?P<mil>\d+))?(?:_(?P<end>DE|FE)(?P<khz>\d+))?$")
+
+
+@dataclass
+class VibrationRecording:
+    path: Path
+    signal: np.ndarray = field(repr=False)  # (N,) float32, drive-end accelerometer, g
+    sample_rate: int
+    label: int  # index into FAULT_CLASSES
+    rpm: int
+    diameter_mil: int  # 0 for normal
+
+
+def parse_cwru_name(name: str) -> dict:
+    match = _CWRU_NAME.match(Path(name).stem)
+    if match is None:
+        raise ValueError(f"cannot read label/rate from CWRU file name {name!r}")
+    fault = match["fault"]
+    code = _FAULT_CODE["OR" if fault.startswith("OR") else fault]
+    if match["khz"]:
+        rate = int(match["khz"]) * 1000
+    elif fault == "Normal":
+        rate = 48_000  # CWRU's normal baselines are 48 kHz recordings (MANIFEST, data/README)
+    else:
+        raise ValueError(f"no sample rate in CWRU file name {name!r}")
+    return {"label": code, "rpm": int(match["rpm"]), "rate": rate, "mil": int(match["mil"] or 0)}
+
+
+def load_cwru(root: Path) -> list[VibrationRecording]:
+    files = sorted(Path(root).rglob("*.npz"))
+    if not files:
+        raise FileNotFoundError(f"no *.npz files under {root}")
+    recordings = []
+    for f in files:
+        meta = parse_cwru_name(f.name)
+        with np.load(f) as z:
+            key = "DE" if "DE" in z.files else z.files[0]
+            signal = np.asarray(z[key], np.float64).reshape(-1)
+        recordings.append(
+            VibrationRecording(f, signal.astype(np.float32), meta["rate"], meta["label"], meta["rpm"], meta["mil"])
+        )
+    return recordings

@@ -1,0 +1,360 @@
+"""PCB defect detector: two ultralytics model configs, training, shipped-weight loading, inference, mAP.
+
+Two architectures stay trainable: ``yolov7-tiny`` (ELAN/PAN rebuilt from ultralytics layers, see
+``configs/yolov7-tiny.yaml``) and ``yolo11n`` (ultralytics' own nano model). Shipped weights are a
+safetensors state_dict plus the model YAML; they are loaded into ultralytics' ``DetectionModel``
+without unpickling anything. Everything here imports torch/ultralytics lazily.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from apps.industrial.data import DEFECT_CLASSES, binarize
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+ARCHITECTURES = ("yolo11n", "yolov7-tiny")
+
+
+@dataclass
+class DetectorConfig:
+    arch: str = "yolo11n"  # one of ARCHITECTURES
+    imgsz: int = 640  # inference size (DeepPCB tiles are 640x640; others are letterboxed)
+    conf: float = 0.25  # a detection at or above this confidence counts as a defect
+    nms_conf: float = 0.001  # lower bound kept for mAP (PR curve needs low-confidence boxes)
+    iou: float = 0.6  # NMS IoU
+    binarize: bool = True  # threshold at 128 like the training data (DeepPCB scans are bilevel)
+    px_per_mm: float = 48.0  # pixel pitch for size_mm (DeepPCB: ~48 px/mm)
+    max_det: int = 100
+
+    @classmethod
+    def from_name(cls, name: str) -> "DetectorConfig":
+        presets = {"yolo11n": cls(arch="yolo11n"), "yolov7-tiny": cls(arch="yolov7-tiny"), "tiny": cls(arch="yolo11n", imgsz=128)}
+        if name not in presets:
+            raise KeyError(f"unknown detector preset {name!r}; choose from {sorted(presets)}")
+        return presets[name]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def model_yaml(arch: str, nc: int = len(DEFECT_CLASSES)) -> dict:
+    """The model definition as a dict (what ships next to the weights)."""
+    import yaml
+
+    if arch == "yolov7-tiny":
+        cfg = yaml.safe_load((CONFIG_DIR / "yolov7-tiny.yaml").read_text())
+    elif arch == "yolo11n":
+        from ultralytics.nn.tasks import yaml_model_load
+
+        cfg = dict(yaml_model_load("yolo11n.yaml"))
+        cfg["scale"] = "n"
+        cfg.pop("yaml_file", None)
+    else:
+        raise KeyError(f"unknown detector architecture {arch!r}; choose from {ARCHITECTURES}")
+    cfg["nc"] = nc
+    return cfg
+
+
+def build_model(cfg: dict):
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch  # noqa: F401  (torch before ultralytics: see stack.md)
+    from ultralytics.nn.tasks import DetectionModel
+
+    model = DetectionModel(dict(cfg), ch=3, nc=cfg["nc"], verbose=False)
+    model.names = {i: n for i, n in enumerate(DEFECT_CLASSES)}
+    return model
+
+
+def load_detector(weights_dir: Path):
+    """(model in eval mode, fused, float32; DetectorConfig) from a folder with model.safetensors + model.yaml + config.json."""
+    import json
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    weights_dir = Path(weights_dir)
+    cfg = yaml.safe_load((weights_dir / "model.yaml").read_text())
+    config = DetectorConfig(**json.loads((weights_dir / "config.json").read_text())["detector"])
+    model = build_model(cfg)
+    state = {k: v.float() for k, v in load_file(str(weights_dir / "model.safetensors")).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Detect's anchors/strides are buffers rebuilt at forward time; anything else missing is an error.
+    missing = [k for k in missing if not k.endswith(("anchors", "strides"))]
+    if missing or unexpected:
+        raise ValueError(f"detector weights do not match the YAML: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    model = model.float().eval()
+    model.fuse(verbose=False) if "verbose" in model.fuse.__code__.co_varnames else model.fuse()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    torch.set_grad_enabled(True)  # fuse() leaves global grad mode as it found it; be explicit
+    return model, config
+
+
+# ------------------------------------------------------------------------------------ inference
+@dataclass
+class Detection:
+    cls: int
+    confidence: float
+    box_px: tuple[float, float, float, float]  # x1 y1 x2 y2 in the input image's pixels
+
+    def to_dict(self, px_per_mm: float) -> dict:
+        x1, y1, x2, y2 = self.box_px
+        return {
+            "class": DEFECT_CLASSES[self.cls],
+            "confidence": round(self.confidence, 4),
+            "box_px": [round(v, 1) for v in self.box_px],
+            # The defect's size is its box's longer side: what a 0.2 mm spec on a feature means.
+            "size_mm": round(max(x2 - x1, y2 - y1) / px_per_mm, 3),
+        }
+
+
+@dataclass
+class PreparedImage:
+    tensor: np.ndarray  # (3, S, S) float32 in 0..1
+    scale: float
+    pad: tuple[int, int]
+    shape: tuple[int, int]  # original (H, W)
+
+
+def prepare_image(gray: np.ndarray, config: DetectorConfig) -> PreparedImage:
+    """Grayscale (H, W) uint8 -> letterboxed 3-channel tensor, as ultralytics trains (pad value 114)."""
+    from PIL import Image
+
+    if gray.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {gray.shape}")
+    if config.binarize:
+        gray = binarize(gray)
+    h, w = gray.shape
+    s = config.imgsz
+    scale = min(s / h, s / w)
+    nh, nw = round(h * scale), round(w * scale)
+    if (nh, nw) != (h, w):
+        gray = np.asarray(Image.fromarray(gray).resize((nw, nh), Image.BILINEAR))
+    canvas = np.full((s, s), 114, np.uint8)
+    top, left = (s - nh) // 2, (s - nw) // 2
+    canvas[top : top + nh, left : left + nw] = gray
+    tensor = np.repeat(canvas[None].astype(np.float32) / 255.0, 3, axis=0)
+    return PreparedImage(tensor, scale, (left, top), (h, w))
+
+
+def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: float | None = None) -> list[list[Detection]]:
+    """Batched forward + NMS; boxes mapped back to each input's pixels."""
+    import torch
+    from ultralytics.utils.nms import non_max_suppression
+
+    if not images:
+        return []
+    x = torch.from_numpy(np.stack([im.tensor for im in images]))
+    with torch.inference_mode():
+        raw = model(x)
+    pred = raw[0] if isinstance(raw, (list, tuple)) else raw
+    out = non_max_suppression(
+        pred, conf_thres=config.conf if conf is None else conf, iou_thres=config.iou, max_det=config.max_det, nc=len(DEFECT_CLASSES)
+    )
+    results = []
+    for det, im in zip(out, images):
+        boxes = det[:, :4].numpy().copy()
+        boxes[:, [0, 2]] -= im.pad[0]
+        boxes[:, [1, 3]] -= im.pad[1]
+        boxes /= im.scale
+        h, w = im.shape
+        boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, w)
+        boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, h)
+        results.append(
+            [Detection(int(c), float(p), tuple(float(v) for v in b)) for b, p, c in zip(boxes, det[:, 4].tolist(), det[:, 5].tolist())]
+        )
+    return results
+
+
+def feature_tokens(model, x, layer: int | None = None, grid: int = 4):
+    """(B, grid*grid, C) tokens from the detector's deepest neck output (the P5 input of Detect).
+
+    These are the detector features the fusion attends over (one token per image region).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    detect_layer = model.model[-1]
+    source = detect_layer.f[-1] if layer is None else layer
+    saved: dict[int, torch.Tensor] = {}
+    y: list = []
+    h = x
+    for i, m in enumerate(model.model[:-1]):
+        if m.f != -1:
+            h = y[m.f] if isinstance(m.f, int) else [h if j == -1 else y[j] for j in m.f]
+        h = m(h)
+        y.append(h)
+        if i == source:
+            saved["f"] = h
+            break
+    fmap = F.adaptive_avg_pool2d(saved["f"], grid)  # (B, C, g, g)
+    return fmap.flatten(2).transpose(1, 2)  # (B, g*g, C)
+
+
+# ----------------------------------------------------------------------------------------- mAP
+@dataclass
+class DetectionScores:
+    map50: float
+    map50_95: float
+    precision: float
+    recall: float
+    per_class_ap50: dict = field(default_factory=dict)
+
+
+def detection_scores(preds: list[list[Detection]], truths: list[tuple[np.ndarray, np.ndarray]]) -> DetectionScores:
+    """COCO-style mAP@0.5 and mAP@0.5:0.95 with ultralytics' own matching and AP integration."""
+    import torch
+    from ultralytics.utils.metrics import ap_per_class, box_iou
+
+    iouv = np.linspace(0.5, 0.95, 10)
+    tps, confs, pcls, tcls = [], [], [], []
+    for dets, (gt_boxes, gt_cls) in zip(preds, truths):
+        tcls.append(gt_cls)
+        if not dets:
+            continue
+        dets = sorted(dets, key=lambda d: -d.confidence)
+        pb = torch.tensor([d.box_px for d in dets], dtype=torch.float32)
+        pc = np.array([d.cls for d in dets])
+        correct = np.zeros((len(dets), len(iouv)), bool)
+        if len(gt_cls):
+            iou = box_iou(torch.from_numpy(gt_boxes.astype(np.float32)), pb).numpy()
+            iou = iou * (gt_cls[:, None] == pc[None, :])
+            matched = np.zeros((iou.shape[0], len(iouv)), bool)
+            for j in np.flatnonzero((iou >= iouv.min()).any(0)):
+                available = np.where(matched, 0, iou[:, j, None])
+                k = available.argmax(0)
+                correct[j] = available[k, range(len(iouv))] >= iouv
+                matched[k, range(len(iouv))] |= correct[j]
+        tps.append(correct)
+        confs.append(np.array([d.confidence for d in dets]))
+        pcls.append(pc)
+    target_cls = np.concatenate(tcls) if tcls else np.zeros(0)
+    if not tps:
+        return DetectionScores(0.0, 0.0, 0.0, 0.0)
+    _, _, p, r, _, ap, classes, *_ = ap_per_class(np.concatenate(tps), np.concatenate(confs), np.concatenate(pcls), target_cls)
+    per_class = {DEFECT_CLASSES[int(c)]: float(ap[i, 0]) for i, c in enumerate(classes)}
+    return DetectionScores(float(ap[:, 0].mean()), float(ap.mean()), float(p.mean()), float(r.mean()), per_class)
+
+
+# ------------------------------------------------------------------------------------- training
+def _patch_ultralytics_for_offline_training() -> None:
+    """Two ultralytics behaviours that reach for the network or for polars during training.
+
+    - check_amp downloads yolo26n.pt to compare AMP outputs; offline that can only fail, so we skip it
+      (AMP in fp16/bf16 on the GPU is well-trodden for these small convnets).
+    - results.csv is re-read with polars; where polars is absent (it is a 54 MB wheel we do not carry
+      to the GPU machine), read it with the csv module instead.
+    """
+    import csv
+    import io
+
+    import ultralytics.engine.trainer as trainer_module
+
+    trainer_module.check_amp = lambda *a, **k: True
+    try:
+        import polars  # noqa: F401
+    except ImportError:
+
+        def read_results_csv(self):
+            try:
+                rows = list(csv.DictReader(io.StringIO(self.csv.read_text())))
+            except Exception:
+                return {}
+            out: dict = {}
+            for row in rows:
+                for key, value in row.items():
+                    try:
+                        out.setdefault(key.strip(), []).append(float(value))
+                    except (TypeError, ValueError):
+                        out.setdefault(key.strip(), []).append(value)
+            return out
+
+        trainer_module.BaseTrainer.read_results_csv = read_results_csv
+
+
+def train_detector(
+    arch: str,
+    data_yaml: Path,
+    out_dir: Path,
+    epochs: int = 100,
+    time_hours: float | None = None,
+    batch: int = 32,
+    imgsz: int = 640,
+    workers: int = 8,
+    device: str = "cpu",
+    seed: int = 0,
+    cache: str | bool = "ram",
+) -> dict:
+    """Train one config with ultralytics; returns metrics and writes weights (safetensors + YAML) to out_dir."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch  # noqa: F401
+    from ultralytics import YOLO
+
+    _patch_ultralytics_for_offline_training()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = model_yaml(arch)
+    import yaml
+
+    yaml_path = out_dir / f"{arch}.yaml"
+
+    yaml_path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    # ultralytics resolves a relative `path:` against its own datasets dir; pin it to the yaml's folder.
+    data = yaml.safe_load(Path(data_yaml).read_text())
+    data["path"] = str(Path(data_yaml).resolve().parent)
+    data_path = out_dir / "data.yaml"
+    data_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    yolo = YOLO(str(yaml_path), task="detect")
+    start = time.time()
+    yolo.train(
+        data=str(data_path),
+        epochs=epochs,
+        time=time_hours,
+        imgsz=imgsz,
+        batch=batch,
+        workers=workers,
+        device=device,
+        seed=seed,
+        cache=cache,
+        pretrained=False,
+        amp=device != "cpu",
+        plots=False,
+        project=str(out_dir.resolve()),
+        name="run",
+        exist_ok=True,
+        flipud=0.5,  # PCB defects have no up/down; both flips are label-preserving
+        fliplr=0.5,
+        scale=0.3,  # tiny defects (pin-holes ~10 px) vanish under strong down-scaling
+        hsv_h=0.0,
+        hsv_s=0.0,
+        close_mosaic=5,
+        verbose=False,
+    )
+    seconds = time.time() - start
+    trainer = yolo.trainer
+    metrics = {k.replace("metrics/", "").replace("(B)", ""): float(v) for k, v in trainer.metrics.items()}
+    metrics.update({"train_seconds": seconds, "epochs_run": int(trainer.epoch) + 1})
+    export_weights(yolo.model, cfg, out_dir)
+    return metrics
+
+
+def export_weights(model, cfg: dict, out_dir: Path, half: bool = True) -> Path:
+    """model.safetensors (fp16 state_dict) + model.yaml: no pickles in what ships."""
+    import yaml
+    from safetensors.torch import save_file
+
+    state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
+    out_dir = Path(out_dir)
+    save_file(state, str(out_dir / "model.safetensors"))
+    (out_dir / "model.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out_dir / "model.safetensors"
