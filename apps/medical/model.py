@@ -1,0 +1,120 @@
+"""The radiology model: CT encoder + report encoder -> core progressive fusion (co-attention, gate)
+-> one malignancy logit, calibrated by temperature/bias scaling fitted on validation studies.
+
+Either modality may be missing (``present`` masks, or ``None`` for the whole batch); training drops
+modalities at random so the gate learns to lean on whichever one is there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from core.config import ConfigBase
+from core.fusion.progressive import FusionConfig
+from core.heads import ClassificationHead
+from core.model import MultimodalModel
+from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
+
+MODALITIES = ("ct", "report")
+
+
+@dataclass
+class MedicalModelConfig(ConfigBase):
+    ct: CTEncoderConfig = field(default_factory=CTEncoderConfig)
+    fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
+    volume_shape: list[int] = field(default_factory=lambda: [64, 96, 96])  # (D, H, W) model input
+    text_max_length: int = 160  # report tokens kept
+    head_hidden: int = 64
+    bert_hidden: int = 384  # hidden size of the report BERT (MiniLM: 384, BioBERT: 768)
+
+    PRESETS = {
+        "tiny": {
+            "ct": CTEncoderConfig.PRESETS["tiny"],
+            "fusion": FusionConfig.PRESETS["tiny"],
+            "volume_shape": [16, 24, 24],
+            "text_max_length": 32,
+            "head_hidden": 8,
+            "bert_hidden": 16,
+        },
+        "small": {},
+    }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MedicalModelConfig":
+        data = dict(data)
+        if isinstance(data.get("ct"), dict):
+            data["ct"] = CTEncoderConfig.from_dict(data["ct"])
+        if isinstance(data.get("fusion"), dict):
+            data["fusion"] = FusionConfig.from_dict(data["fusion"])
+        return super().from_dict(data)
+
+
+class MedicalModel(nn.Module):
+    def __init__(self, config: MedicalModelConfig, report_encoder: BertReportEncoder):
+        super().__init__()
+        if report_encoder.dim != config.bert_hidden:
+            raise ValueError(f"report encoder width {report_encoder.dim} != config.bert_hidden {config.bert_hidden}")
+        self.config = config
+        heads = {"malignancy": ClassificationHead(config.fusion.dim, 1, hidden=config.head_hidden)}
+        self.net = MultimodalModel({"ct": CTResNetEncoder(config.ct), "report": report_encoder}, config.fusion, heads)
+        # Calibration: p = sigmoid(logit / temperature + bias), fitted after training.
+        self.register_buffer("temperature", torch.ones(()))
+        self.register_buffer("bias", torch.zeros(()))
+
+    @property
+    def ct_encoder(self) -> CTResNetEncoder:
+        return self.net.encoders["ct"]
+
+    @property
+    def report_encoder(self) -> BertReportEncoder:
+        return self.net.encoders["report"]
+
+    def forward(self, ct: torch.Tensor | None, report: dict[str, torch.Tensor] | None,
+                present: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (raw logits (B,), modality weights (B, 2) in MODALITIES order)."""
+        out = self.net({"ct": ct, "report": report}, present=present)
+        return out.logits[:, 0], out.weights
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits / self.temperature + self.bias)
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """State without the frozen BERT (it is loaded from its own folder, not shipped)."""
+        state = self.state_dict()
+        if self.report_encoder.freeze:
+            state = {k: v for k, v in state.items() if not k.startswith("net.encoders.report.bert.")}
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("net.encoders.report.bert.")]
+        if missing or unexpected:
+            raise ValueError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
+                freeze_bert: bool = True) -> MedicalModel:
+    report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.text_max_length,
+                               freeze=freeze_bert)
+    return MedicalModel(config, report)
+
+
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> tuple[float, float]:
+    """Platt-style temperature + bias on held-out logits (minimises NLL); returns (temperature, bias)."""
+    log_t = torch.zeros((), requires_grad=True)
+    bias = torch.zeros((), requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=steps)
+    y = labels.float()
+
+    def closure():
+        opt.zero_grad()
+        loss = nn.functional.binary_cross_entropy_with_logits(logits / log_t.exp() + bias, y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().clamp(0.05, 20.0)), float(bias.clamp(-10, 10))

