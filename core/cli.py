@@ -57,7 +57,14 @@ def bench_serve(
     run_bench(url=url, concurrency=concurrency, requests=requests, duration_s=duration_s, json_out=json_out)
 
 
+_attached = False
+
+
 def _attach_plugins() -> None:
+    global _attached
+    if _attached:
+        return
+    _attached = True
     for plugin in discover_plugins():
         try:
             module = plugin.load_cli()
@@ -74,6 +81,10 @@ def _attach_plugins() -> None:
         data_group = getattr(module, "data", None)
         if data_group is not None:
             data_app.add_typer(data_group, name=plugin.name, help=f"Data commands for {plugin.name}.")
+
+
+def _registered_names(group: typer.Typer) -> list[str]:
+    return [command.name for command in group.registered_commands if command.name]
 
 
 def main() -> None:

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from core.bundle import BundleError, ModelCard, load_bundle, save_bundle
+
+
+def _card():
+    return ModelCard(name="toy", version="0.1.0", task="toy classification", data=["generated"], split="none", metrics={"accuracy": 1.0})
+
+
+def test_round_trip(tmp_path):
+    model = nn.Linear(3, 2)
+    bundle = save_bundle(tmp_path, model, {"in": 3, "out": 2}, _card())
+    loaded = load_bundle(tmp_path)
+    assert loaded.config == {"in": 3, "out": 2}
+    assert loaded.sha256 == bundle.sha256 and len(loaded.sha256) == 64
+    restored = nn.Linear(3, 2)
+    restored.load_state_dict(loaded.state_dict)
+    assert torch.equal(restored.weight, model.weight)
+    assert "sha256" in (tmp_path / "MODEL_CARD.md").read_text()
+
+
+def test_corrupted_weights_refused(tmp_path):
+    save_bundle(tmp_path, nn.Linear(3, 2), {}, _card())
+    data = bytearray((tmp_path / "model.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (tmp_path / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="corrupt"):
+        load_bundle(tmp_path)
+
+
+def test_truncated_weights_refused(tmp_path):
+    save_bundle(tmp_path, nn.Linear(30, 20), {}, _card())
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:100])
+    with pytest.raises(BundleError, match="truncated"):
+        load_bundle(tmp_path)
+
+
+def test_missing_files_and_missing_hash_refused(tmp_path):
+    save_bundle(tmp_path, nn.Linear(3, 2), {}, _card())
+    card = json.loads((tmp_path / "card.json").read_text())
+    card["sha256"] = ""
+    (tmp_path / "card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="no sha256"):
+        load_bundle(tmp_path)
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(BundleError, match="config.json is missing"):
+        load_bundle(tmp_path)
