@@ -1,5 +1,6 @@
 """Fusion building blocks: projection, gating, co-attention, graph and spatio-temporal attention."""
 
+from core.fusion.alignment import CrossModalAligner
 from core.fusion.attention import AttentionBlock, MultiHeadAttention, masked_softmax
 from core.fusion.gate import ModalityGate
 from core.fusion.graph import ModalityGraphAttention
@@ -10,6 +11,7 @@ from core.fusion.spatiotemporal import SpatioTemporalAttention, SpatioTemporalCo
 __all__ = [
     "AttentionBlock",
     "CoAttention",
+    "CrossModalAligner",
     "FusionConfig",
     "FusionOutput",
     "ModalityGate",

@@ -72,3 +72,23 @@ def test_classification_metrics_multiclass_and_binary():
 def test_ece_zero_when_calibrated():
     assert expected_calibration_error(np.array([1, 1, 0, 0]), np.array([1.0, 1.0, 0.0, 0.0])) == 0.0
     assert expected_calibration_error(np.array([0, 0]), np.array([0.9, 0.9])) == pytest.approx(0.9)
+
+
+def test_aligner_learns_paired_retrieval():
+    from core.fusion import CrossModalAligner
+
+    torch.manual_seed(0)
+    latent = torch.randn(256, 4)
+    view_a = latent @ torch.randn(4, 12) + 0.05 * torch.randn(256, 12)
+    view_b = torch.tanh(latent @ torch.randn(4, 10)) + 0.05 * torch.randn(256, 10)
+    aligner = CrossModalAligner({"a": 12, "b": 10}, dim=16)
+    before = retrieval_metrics(aligner.embed("a", view_a[:64]).detach(), aligner.embed("b", view_b[:64]).detach())
+    optimizer = torch.optim.Adam(aligner.parameters(), lr=1e-2)
+    for _ in range(150):
+        optimizer.zero_grad()
+        aligner("a", view_a[:192], "b", view_b[:192]).backward()
+        optimizer.step()
+    with torch.no_grad():
+        after = retrieval_metrics(aligner.embed("a", view_a[192:]), aligner.embed("b", view_b[192:]))
+    assert after["recall@5_a2b"] > 0.5 and after["recall@5_a2b"] > before["recall@5_a2b"] + 0.2
+    assert after["median_rank_a2b"] < before["median_rank_a2b"]
