@@ -117,4 +117,25 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 300
         return loss
 
     opt.step(closure)
-    return float(log_t.exp().clamp(0.05, 20.0)), float(bias.clamp(-10, 10))
+    return float(log_t.detach().exp().clamp(0.05, 20.0)), float(bias.detach().clamp(-10, 10))
+
+
+def load_model(bundle_dir, bert_path: str = "") -> tuple[MedicalModel, Any]:
+    """Model + bundle from a saved bundle; the frozen BERT comes from ``bert_path`` (or MiniLM)."""
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    config = MedicalModelConfig.from_dict(bundle.config["model"])
+    model = build_model(config, bert_path=bert_path)
+    expected = bundle.config.get("bert", {})
+    actual = model.report_encoder.bert.config
+    for key in ("hidden_size", "num_hidden_layers", "vocab_size"):
+        if key in expected and int(getattr(actual, key)) != int(expected[key]):
+            raise ValueError(
+                f"bundle {bundle_dir} was trained with a different report BERT ({key} {expected[key]} vs "
+                f"{getattr(actual, key)} in {model.report_encoder.source}); point bert_path at "
+                f"{expected.get('path_hint', 'the same model')}"
+            )
+    model.load_trainable_state(bundle.state_dict)
+    model.eval()
+    return model, bundle

@@ -1,0 +1,142 @@
+"""HTTP API of the radiology app (mounted under ``/medical``): routers and schemas only."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any, Optional
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from core.serving import (
+    ApiError,
+    DynamicBatcher,
+    Principal,
+    ResultStore,
+    create_service_app,
+    get_batcher,
+    get_request_id,
+    get_store,
+    read_upload,
+    require_role,
+    sniff_kind,
+    subject_hash,
+)
+from apps.medical.settings import MedicalSettings, get_settings
+
+CT_KINDS = {"nifti", "dicom", "zip"}
+MAX_REPORT_CHARS = 20_000
+
+
+class RiskBand(BaseModel):
+    band: str = Field(description="low / intermediate / high")
+    meaning: str
+    note: str = Field(description="How the band is defined; it is not a Lung-RADS category")
+
+
+class Location(BaseModel):
+    voxel_zyx: list[int]
+    relative_zyx: list[float]
+    description: str
+
+
+class AnalyzeResponse(BaseModel):
+    id: str = Field(description="Result id in the result store")
+    probability: float = Field(description="Calibrated probability that the nodule is malignant")
+    risk: RiskBand
+    location: Optional[Location] = Field(None, description="Heat-map peak; None without a CT")
+    heatmaps: list[str] = Field(description="URLs of PNG slices with the Grad-CAM overlay")
+    modality_weights: dict[str, float]
+    model_version: str
+    model_sha256: str
+    disclaimer: str
+
+
+router = APIRouter(tags=["medical"])
+
+
+def _runner(request: Request):
+    runner = request.app.state.runners.get("fusion")
+    if runner is None:
+        raise ApiError(503, "not_ready", "the radiology model is still loading; retry shortly", headers={"Retry-After": "2"})
+    return runner
+
+
+@router.post("/v1/studies:analyze", response_model=AnalyzeResponse, summary="CT study + report -> malignancy probability")
+async def analyze(
+    request: Request,
+    batcher: Annotated[DynamicBatcher, Depends(get_batcher("fusion"))],
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+    request_id: Annotated[str, Depends(get_request_id)],
+    ct: Annotated[Optional[UploadFile], File(description="CT: NIfTI (.nii/.nii.gz), a DICOM file or a zipped DICOM series")] = None,
+    report: Annotated[Optional[str], Form(description="Report / EMR text (plain text)")] = None,
+) -> AnalyzeResponse:
+    from apps.medical.service import CTInputError, StudyInput, volume_from_upload
+
+    settings: MedicalSettings = request.app.state.settings
+    runner = _runner(request)
+    if report is not None:
+        if len(report) > MAX_REPORT_CHARS:
+            raise ApiError(413, "too_large", f"report text is longer than {MAX_REPORT_CHARS} characters")
+        if "\x00" in report:
+            raise ApiError(422, "invalid_report", "report must be plain text")
+        report = report.strip() or None
+    if ct is None and report is None:
+        raise ApiError(422, "missing_input", "send a CT upload (field 'ct'), report text (field 'report'), or both")
+    volume, study_key = None, None
+    if ct is not None:
+        data = await read_upload(ct, accept=CT_KINDS, max_bytes=settings.max_upload_bytes)
+        try:
+            volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.volume_shape)
+        except CTInputError as exc:
+            raise ApiError(422, "invalid_ct", str(exc), {"accepted": sorted(CT_KINDS)}) from None
+    try:
+        result: dict[str, Any] = await batcher.submit(StudyInput(volume=volume, report=report))
+    except CTInputError as exc:
+        raise ApiError(422, "invalid_input", str(exc)) from None
+    prefix = request.scope.get("root_path", "")
+    links = [f"{prefix}/v1/heatmaps/{result['artefact_id']}/{name}" for name in result["heatmaps"]]
+    payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {"heatmaps": links}
+    result_id = await store.asave_result("medical", "study", request_id, payload, role=who.role)
+    await store.aaudit(
+        "medical", "studies:analyze", who.role,
+        subject_hash(study_key or f"report-only:{request_id}"), result["model_version"],
+        {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"],
+         "ct": volume is not None, "report": report is not None},
+    )
+    return AnalyzeResponse(id=result_id, heatmaps=links, **{k: v for k, v in result.items()
+                                                             if k in AnalyzeResponse.model_fields and k not in ("id", "heatmaps")})
+
+
+@router.get("/v1/heatmaps/{artefact_id}/{name}", summary="A heat-map slice PNG", response_class=FileResponse)
+async def heatmap(
+    request: Request,
+    artefact_id: str,
+    name: str,
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+) -> FileResponse:
+    path = _runner(request).artefact_path(artefact_id, name)
+    if path is None:
+        raise ApiError(404, "not_found", "no such heat-map image")
+    return FileResponse(path, media_type="image/png")
+
+
+def create_app(settings: MedicalSettings | None = None):
+    settings = settings or get_settings()
+
+    def load_runners():
+        from apps.medical.service import MedicalRunner
+
+        return {"fusion": MedicalRunner(settings.bundle_dir, settings.artefact_dir, settings.bert_path,
+                                        settings.heatmap_slices, settings.torch_threads)}
+
+    return create_service_app(
+        name="medical",
+        settings=settings,
+        routers=[router],
+        load_runners=load_runners,
+        description="Chest CT + report -> calibrated malignancy probability, heat maps, modality weights. "
+        "Research prototype, not a medical device.",
+    )

@@ -1,0 +1,142 @@
+"""`triptych train|eval|bench medical` and `triptych data medical ...` (heavy imports inside commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+try:  # the data helper's group (render, ...); absent in installs without it
+    from apps.medical.cli_data import data
+except ImportError:  # pragma: no cover - depends on the checkout
+    data = typer.Typer(help="Data commands for the radiology app (renderer not installed).")
+
+WEIGHTS = Path(__file__).parent / "weights"
+
+
+def _table(title: str, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _write_json(path: Optional[str], metrics: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2) + "\n")
+
+
+def train(
+    ct: Annotated[Optional[str], typer.Option("--ct", help="Rendered training set (labels.csv + volumes).")] = None,
+    reports: Annotated[Optional[str], typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Output folder (default: the shipped weights folder).")] = None,
+    patients: Annotated[str, typer.Option(help="Patient range to train on; must lie within 0001:0800.")] = "LIDC-IDRI-0001:LIDC-IDRI-0800",
+    preset: Annotated[str, typer.Option(help="Training preset: small (default) or tiny (smoke test).")] = "small",
+    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",
+    cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = "datasets/prepared/medical",
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the radiology models: the IU report classifier (--reports) and/or the CT + report fusion model (--ct)."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    if not ct and not reports:
+        raise typer.BadParameter("give --ct DIR (fusion model) and/or --reports FILE (IU report classifier)")
+    if reports:
+        from apps.medical.train import train_reports
+
+        # --out names the fusion bundle when both are trained; the classifier then goes to its shipped place
+        report_out = Path(out) if out and not ct else WEIGHTS / "iu_reports"
+        metrics = train_reports(reports, report_out, seed=seed)
+        _table("IU report classifier (uid-held-out validation)", metrics)
+    if ct:
+        import torch
+
+        from apps.medical.data import parse_patient_range
+        from apps.medical.train import FusionTrainConfig, train_fusion
+
+        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        config = FusionTrainConfig.from_name(preset, seed=seed)
+        config.loop.device = device
+        if epochs is not None:
+            config.loop.epochs = epochs
+        _, metrics = train_fusion(ct, Path(out or WEIGHTS / "fusion"), config, parse_patient_range(patients),
+                                  bert_path=bert_path, cache=Path(cache) if cache else None, log=typer.echo)
+        _table("fusion model (patient-held-out validation)", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+
+
+def evaluate(
+    ct: Annotated[Optional[str], typer.Option("--ct", help="Rendered set with labels.csv (e.g. patients 0801-1012).")] = None,
+    reports: Annotated[Optional[str], typer.Option("--reports", help="IU indiana_reports.csv (or its folder).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
+    bundle: Annotated[Optional[str], typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
+    classifier: Annotated[Optional[str], typer.Option(help="IU classifier JSON (default: shipped).")] = None,
+    bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
+    cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = None,
+) -> None:
+    """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece) or --reports FILE (auc, f1)."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    if bool(ct) == bool(reports):
+        raise typer.BadParameter("give exactly one of --ct DIR or --reports FILE")
+    if reports:
+        from apps.medical.evaluate import evaluate_reports
+
+        metrics = evaluate_reports(reports, classifier or WEIGHTS / "iu_reports" / "report_classifier.json")
+        _table("IU reports: nodule / mass / neoplasm", metrics)
+    else:
+        import torch
+
+        from apps.medical.evaluate import evaluate_ct
+
+        torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
+        metrics = evaluate_ct(ct, bundle or WEIGHTS / "fusion", bert_path, Path(cache) if cache else None)
+        _table("rendered CT + report", metrics)
+    _write_json(json_out, metrics)
+
+
+def bench(
+    ct: Annotated[str, typer.Option("--ct", help="Rendered set (labels.csv) to time studies from.")],
+    studies: Annotated[int, typer.Option(help="How many studies to time.")] = 10,
+    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    bundle: Annotated[Optional[str], typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write timings JSON here.")] = None,
+) -> None:
+    """Seconds per study on CPU: file -> pipeline -> model + Grad-CAM -> heat-map PNGs."""
+    import tempfile
+    import time
+
+    import numpy as np
+    import torch
+
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    torch.set_num_threads(threads)
+    from apps.medical.data import load_rendered
+    from apps.medical.service import MedicalRunner, StudyInput
+    from apps.medical.volumes import load_volume
+
+    with tempfile.TemporaryDirectory() as tmp:
+        runner = MedicalRunner(bundle or WEIGHTS / "fusion", tmp, threads=threads)
+        times = []
+        for study in load_rendered(ct)[:studies]:
+            started = time.perf_counter()
+            volume = load_volume(study.volume_path, runner.volume_shape)
+            runner.analyze(StudyInput(volume, study.report))
+            times.append(time.perf_counter() - started)
+    metrics = {"seconds_per_study_mean": float(np.mean(times)), "seconds_per_study_p95": float(np.percentile(times, 95)),
+               "seconds_per_study_max": float(np.max(times)), "studies": float(len(times)), "threads": float(threads)}
+    _table("radiology: CPU seconds per study", metrics)
+    _write_json(json_out, metrics)
