@@ -81,7 +81,8 @@ class ResultStore:
         self, app: str, kind: str, request_id: str | None, payload: dict[str, Any], role: str | None = None
     ) -> str:
         """Store one result; returns its id once committed."""
-        json.dumps(payload)  # fail here, not half-way through a commit, on unserialisable payloads
+        # fail here, not half-way through a commit; NaN/Infinity are not JSON and PostgreSQL refuses them
+        json.dumps(payload, allow_nan=False)
         result_id = uuid.uuid4().hex
         with self._sessions.begin() as session:
             session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))

@@ -1,0 +1,333 @@
+"""``triptych bench serve``: a bounded loopback load generator.
+
+Without ``url`` it serves a toy model in-process (uvicorn on 127.0.0.1, a free port) twice, with
+dynamic batching on (``max_batch=32``) and off (``max_batch=1``), and drives each with N concurrent
+clients. The toy model is a real torch MLP whose weights (~34 MB) must be read from memory on every
+call, so one call on 32 items costs far less than 32 calls on one item -- the same reason batching
+pays off for the apps' real models. Mean batch size comes from the server's own /metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import re
+import socket
+import statistics
+import threading
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel
+
+from core.serving.app import create_service_app, get_batcher
+from core.serving.batching import DynamicBatcher
+from core.serving.settings import AppSettings
+
+TOY_IN, TOY_HIDDEN, TOY_OUT = 16, 2048, 16
+
+
+@dataclass
+class LevelResult:
+    mode: str  # "batched" | "unbatched" | "url"
+    concurrency: int
+    requests: int  # completed with 2xx
+    errors: int
+    seconds: float
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    mean_batch: float | None
+
+
+class ToyMLPRunner:
+    """A ModelRunner over a small MLP; input is a list of TOY_IN floats per item."""
+
+    name = "toy"
+
+    def __init__(self, hidden: int = TOY_HIDDEN, seed: int = 0) -> None:
+        import torch
+        from torch import nn
+
+        torch.manual_seed(seed)
+        self.model = nn.Sequential(
+            nn.Linear(TOY_IN, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
+            nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, TOY_OUT),
+        ).eval()
+        digest = hashlib.sha256()
+        for tensor in self.model.state_dict().values():
+            digest.update(tensor.numpy().tobytes())
+        self.sha256 = digest.hexdigest()
+        self.version = f"toy-mlp-{hidden}"
+
+    def predict_batch(self, items: list[Any]) -> list[Any]:
+        import torch
+
+        out: list[Any] = [None] * len(items)
+        good, rows = [], []
+        for i, item in enumerate(items):
+            if isinstance(item, list) and len(item) == TOY_IN and all(isinstance(v, (int, float)) for v in item):
+                good.append(i)
+                rows.append(item)
+            else:
+                out[i] = ValueError(f"x must be a list of {TOY_IN} numbers")
+        if rows:
+            with torch.inference_mode():
+                probs = self.model(torch.tensor(rows, dtype=torch.float32)).softmax(-1)  # (B, TOY_OUT)
+            top = probs.max(-1)
+            for j, i in enumerate(good):
+                out[i] = {"label": int(top.indices[j]), "score": float(top.values[j])}
+        return out
+
+
+class ToyItem(BaseModel):
+    x: list[float]
+
+
+toy_router = APIRouter()
+
+
+@toy_router.post("/predict")
+async def toy_predict(item: ToyItem, batcher: Annotated[DynamicBatcher, Depends(get_batcher("toy"))]) -> dict[str, Any]:
+    return await batcher.submit(item.x)
+
+
+def create_toy_app(max_batch: int, database_url: str, runner: ToyMLPRunner | None = None):
+    settings = AppSettings(max_batch=max_batch, max_delay_ms=2.0, max_queue=4096, database_url=database_url)
+    shared = runner or ToyMLPRunner()
+    return create_service_app(name="bench", settings=settings, routers=[toy_router], load_runners=lambda: {"toy": shared})
+
+
+class LoopbackServer:
+    """uvicorn in a background thread on 127.0.0.1 and a port the OS picks."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        # proto must say TCP: asyncio only sets TCP_NODELAY on accepted sockets whose listening
+        # socket has proto == IPPROTO_TCP; with proto 0, Nagle + delayed ACK add ~40 ms per response
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> "LoopbackServer":
+        import httpx
+
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/ready", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        self.__exit__(None, None, None)
+        raise RuntimeError("loopback server did not become ready within 60 s")
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+        self.sock.close()
+
+
+def _check_loopback(url: str) -> None:
+    host = urlsplit(url).hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"bench serve only targets loopback addresses (127.0.0.0/8, ::1, localhost), not {host!r}")
+
+
+_METRIC = re.compile(r"^triptych_batch_size_(sum|count)\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
+
+
+def _batch_totals(metrics_text: str) -> tuple[float, float]:
+    totals = {"sum": 0.0, "count": 0.0}
+    for kind, value in _METRIC.findall(metrics_text):
+        totals[kind] += float(value)
+    return totals["sum"], totals["count"]
+
+
+async def _read_batch_totals(client: Any, metrics_url: str | None) -> tuple[float, float] | None:
+    if not metrics_url:
+        return None
+    try:
+        response = await client.get(metrics_url)
+    except Exception:
+        return None
+    if response.status_code != 200 or "triptych_batch_size" not in response.text:
+        return None
+    return _batch_totals(response.text)
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+async def _drive(
+    url: str, concurrency: int, total: int, duration_s: float, body: Any | None, metrics_url: str | None, mode: str
+) -> LevelResult:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    issued = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
+        before = await _read_batch_totals(client, metrics_url)
+        started = time.perf_counter()
+        stop_at = started + duration_s
+
+        async def worker(index: int) -> None:
+            nonlocal issued, errors
+            payload_rng = index
+            while issued < total and time.perf_counter() < stop_at:
+                issued += 1
+                payload_rng += 1
+                t0 = time.perf_counter()
+                try:
+                    if body is None:
+                        response = await client.get(url)
+                    else:
+                        response = await client.post(url, json=body(payload_rng) if callable(body) else body)
+                    ok = 200 <= response.status_code < 300
+                except httpx.HTTPError:
+                    ok = False
+                if ok:
+                    latencies.append(time.perf_counter() - t0)
+                else:
+                    errors += 1
+
+        await asyncio.gather(*(worker(i * 100_003) for i in range(concurrency)))
+        seconds = time.perf_counter() - started
+        after = await _read_batch_totals(client, metrics_url)
+    mean_batch = None
+    if before is not None and after is not None and after[1] > before[1]:
+        mean_batch = (after[0] - before[0]) / (after[1] - before[1])
+    return LevelResult(
+        mode=mode, concurrency=concurrency, requests=len(latencies), errors=errors, seconds=round(seconds, 3),
+        throughput_rps=round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
+        p50_ms=round(_percentile(latencies, 0.50) * 1000, 2), p95_ms=round(_percentile(latencies, 0.95) * 1000, 2),
+        mean_batch=None if mean_batch is None else round(mean_batch, 2),
+    )
+
+
+def _toy_body(seed: int) -> dict[str, list[float]]:
+    # cheap deterministic varied inputs, so no two requests are byte-identical
+    return {"x": [((seed * 2654435761 + k * 40503) % 1000) / 500.0 - 1.0 for k in range(TOY_IN)]}
+
+
+def _parse_levels(concurrency: str | list[int]) -> list[int]:
+    levels = [int(c) for c in concurrency.split(",")] if isinstance(concurrency, str) else [int(c) for c in concurrency]
+    if not levels or any(c < 1 or c > 1024 for c in levels):
+        raise ValueError("concurrency levels must be between 1 and 1024")
+    return levels
+
+
+def _default_metrics_url(url: str) -> str:
+    parts = urlsplit(url)
+    segments = [s for s in parts.path.split("/") if s]
+    path = f"/{segments[0]}/metrics" if len(segments) > 1 else "/metrics"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def run_bench(
+    url: str | None = None,
+    concurrency: str | list[int] = "1,8,32,64",
+    requests: int = 400,
+    duration_s: float = 20.0,
+    json_out: str | None = None,
+    body: str | None = None,
+    metrics_url: str | None = None,
+    hidden: int = TOY_HIDDEN,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run the benchmark, print a table, optionally write JSON; returns the same dict."""
+    import tempfile
+
+    import torch
+
+    levels = _parse_levels(concurrency)
+    if requests < 1 or requests > 100_000 or duration_s <= 0 or duration_s > 600:
+        raise ValueError("requests must be 1..100000 and duration 0..600 s")
+    torch.set_num_threads(1)  # a shared 2-core machine: one model thread is the honest setting
+    results: list[LevelResult] = []
+    if url is not None:
+        _check_loopback(url)
+        payload = json.loads(Path(body).read_text()) if body else None
+        murl = metrics_url or _default_metrics_url(url)
+        _check_loopback(murl)
+        for level in levels:
+            results.append(asyncio.run(_drive(url, level, requests, duration_s, payload, murl, "url")))
+    else:
+        runner = ToyMLPRunner(hidden=hidden)
+        with tempfile.TemporaryDirectory(prefix="triptych-bench-") as tmp:
+            for mode, max_batch in (("batched", 32), ("unbatched", 1)):
+                app = create_toy_app(max_batch, f"sqlite:///{tmp}/{mode}.db", runner)
+                with LoopbackServer(app) as server:
+                    for level in levels:
+                        results.append(
+                            asyncio.run(
+                                _drive(server.url + "/predict", level, requests, duration_s, _toy_body,
+                                       server.url + "/metrics", mode)
+                            )
+                        )
+    ratios: dict[str, float] = {}
+    for level in levels:
+        on = next((r for r in results if r.mode == "batched" and r.concurrency == level), None)
+        off = next((r for r in results if r.mode == "unbatched" and r.concurrency == level), None)
+        if on and off and off.throughput_rps > 0:
+            ratios[str(level)] = round(on.throughput_rps / off.throughput_rps, 2)
+    report = {
+        "target": url or "toy-mlp (in-process loopback)",
+        "toy_model": None if url else {"layers": [TOY_IN, hidden, hidden, hidden, TOY_OUT], "torch_threads": 1},
+        "requests_per_level": requests,
+        "duration_bound_s": duration_s,
+        "results": [asdict(r) for r in results],
+        "throughput_ratio_batched_over_unbatched": ratios,
+    }
+    if not quiet:
+        _print(report)
+    if json_out:
+        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_out).write_text(json.dumps(report, indent=2))
+    return report
+
+
+def _print(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"triptych bench serve: {report['target']}")
+    for column in ("mode", "concurrency", "ok", "errors", "req/s", "p50 ms", "p95 ms", "mean batch"):
+        table.add_column(column, justify="right")
+    for r in report["results"]:
+        table.add_row(
+            r["mode"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['throughput_rps']:.1f}",
+            f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", "-" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}",
+        )
+    console = Console()
+    console.print(table)
+    ratios = report["throughput_ratio_batched_over_unbatched"]
+    if ratios:
+        console.print("throughput batched / unbatched: " + ", ".join(f"c={k}: {v:.2f}x" for k, v in ratios.items()))

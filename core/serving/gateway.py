@@ -1,0 +1,122 @@
+"""One port for every installed app: each plugin's FastAPI is mounted at its prefix
+(``/customer-service``, ``/medical``, ``/industrial``); ``/health`` and ``/ready`` aggregate them.
+
+Starlette does not run a mounted app's lifespan, so the gateway's own lifespan enters each
+sub-app's lifespan (that is where each app starts loading its models in the background).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any, AsyncIterator, Iterable
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+
+from core.plugins import AppPlugin, discover_plugins
+from core.serving.errors import install_error_handlers
+
+log = logging.getLogger("triptych.serving.gateway")
+
+
+def _select(plugins: list[AppPlugin], app_names: Iterable[str] | None) -> list[AppPlugin]:
+    if app_names is None:
+        return plugins
+    wanted = list(app_names)
+    known = {p.name: p for p in plugins}
+    missing = [n for n in wanted if n not in known]
+    if missing:
+        raise KeyError(f"unknown app(s) {missing}; installed apps: {', '.join(sorted(known)) or 'none'}")
+    return [known[n] for n in wanted]
+
+
+def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlugin] | None = None) -> FastAPI:
+    """The root app. ``app_names`` restricts the mounts (``serve --app``); ``plugins`` replaces
+    discovery (tests). An app whose modules are not written yet is skipped and reported."""
+    selected = _select(discover_plugins() if plugins is None else list(plugins), app_names)
+    mounted: dict[str, tuple[AppPlugin, FastAPI]] = {}
+    unavailable: dict[str, dict[str, Any]] = {}
+    for plugin in selected:
+        try:
+            sub = plugin.load_create_app()()
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("apps."):
+                raise  # a missing third-party package is an installation error, not an unwritten app
+            log.warning("app skipped: module not written yet", extra={"app": plugin.name, "missing": exc.name})
+            unavailable[plugin.name] = {"mount": plugin.mount, "status": "skipped", "reason": f"module {exc.name} not found"}
+            continue
+        except Exception as exc:
+            log.error("app failed to build", exc_info=True, extra={"app": plugin.name})
+            unavailable[plugin.name] = {"mount": plugin.mount, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            continue
+        mounted[plugin.name] = (plugin, sub)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            for name, (_, sub) in mounted.items():
+                try:
+                    await stack.enter_async_context(sub.router.lifespan_context(sub))
+                except Exception as exc:
+                    log.error("app failed to start", exc_info=True, extra={"app": name})
+                    unavailable[name] = {"mount": mounted[name][0].mount, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
+            yield
+
+    root = FastAPI(title="triptych", description="The triptych apps behind one gateway.", lifespan=lifespan)
+    install_error_handlers(root)
+    root.state.mounted = {name: sub for name, (_, sub) in mounted.items()}
+    root.state.unavailable = unavailable
+
+    def _app_status(name: str) -> dict[str, Any]:
+        if name in unavailable:
+            return dict(unavailable[name])
+        plugin, sub = mounted[name]
+        state = sub.state
+        return {
+            "mount": plugin.mount,
+            "status": "mounted",
+            "ready": bool(getattr(state, "ready", True)),
+            "error": getattr(state, "load_error", None),
+            "runners": {n: {"version": str(r.version), "sha256": str(r.sha256)} for n, r in getattr(state, "runners", {}).items()},
+        }
+
+    def _all() -> dict[str, dict[str, Any]]:
+        return {p.name: _app_status(p.name) for p in selected}
+
+    @root.get("/", tags=["ops"], summary="What is mounted where")
+    async def index() -> dict[str, Any]:
+        apps = _all()
+        return {"apps": {n: {"mount": a["mount"], "status": a["status"], "docs": a["mount"] + "/docs"} for n, a in apps.items()}}
+
+    @root.get("/health", tags=["ops"], summary="Gateway process is up; per-app mount status")
+    async def health() -> dict[str, Any]:
+        apps = _all()
+        return {"status": "ok", "apps": {n: {k: a[k] for k in ("mount", "status") if k in a} | ({"reason": a["reason"]} if "reason" in a else {}) for n, a in apps.items()}}
+
+    @root.get("/ready", tags=["ops"], summary="Every mounted app has loaded its models")
+    async def ready() -> JSONResponse:
+        apps = _all()
+        live = [a for a in apps.values() if a["status"] == "mounted"]
+        failed = [a for a in apps.values() if a["status"] == "failed"]
+        is_ready = bool(live) and all(a["ready"] for a in live) and not failed
+        return JSONResponse({"ready": is_ready, "apps": apps}, status_code=200 if is_ready else 503,
+                            headers={} if is_ready else {"Retry-After": "2"})
+
+    for name, (plugin, sub) in mounted.items():
+        root.mount(plugin.mount, sub, name=name)
+    return root
+
+
+def run_gateway(app_name: str | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:
+    """``triptych serve``: every app on one port, or ``--app NAME`` alone (same URL prefix)."""
+    import uvicorn
+
+    from core.offline import enforce_offline
+    from core.serving.logs import configure_logging
+
+    enforce_offline()
+    configure_logging(log_level)
+    gateway = create_gateway([app_name] if app_name else None)
+    log.info("serving", extra={"host": host, "port": port, "apps": sorted(gateway.state.mounted)})
+    uvicorn.run(gateway, host=host, port=port, log_level=log_level, log_config=None, access_log=False)

@@ -1,0 +1,182 @@
+"""create_service_app: error shape, never 500 on bad input, request ids, model headers, readiness,
+results committed before the response, metrics, logs without bodies."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.serving import ResultStore
+from core.serving.logs import JsonFormatter
+from tests.core.serving.helpers import DoubleRunner, make_app, wait_ready
+
+
+def _shape(response):
+    body = response.json()
+    assert set(body) == {"error"}
+    assert set(body["error"]) == {"code", "message", "detail"}
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    return body["error"]
+
+
+def test_health_ready_and_model_headers(tmp_path):
+    with TestClient(make_app(tmp_path)) as client:
+        assert client.get("/health").json() == {"status": "ok", "app": "test"}
+        ready = wait_ready(client)
+        assert ready["runners"] == {"double": {"version": "1.2.3", "sha256": "ab" * 32}}
+        response = client.post("/double", json={"x": 2})
+        assert response.status_code == 200 and response.json()["y"] == 4
+        assert response.headers["x-model-version"] == "1.2.3"
+        assert response.headers["x-model-sha256"] == "ab" * 32
+        assert len(response.headers["x-request-id"]) == 32
+        echoed = client.get("/health", headers={"X-Request-ID": "trace-42"})
+        assert echoed.headers["x-request-id"] == "trace-42"
+        hostile = client.get("/health", headers={"X-Request-ID": "a b\x7f" * 40})
+        assert hostile.headers["x-request-id"] != "a b\x7f" * 40
+        assert "/health" in client.get("/openapi.json").json()["paths"]
+
+
+def test_not_ready_until_models_load_then_ready(tmp_path):
+    gate = threading.Event()
+
+    def slow_loader():
+        gate.wait(10)
+        return {"double": DoubleRunner()}
+
+    with TestClient(make_app(tmp_path, load_runners=slow_loader)) as client:
+        assert client.get("/health").status_code == 200  # the process answers while loading
+        loading = client.get("/ready")
+        assert loading.status_code == 503 and loading.json()["ready"] is False
+        early = client.post("/double", json={"x": 1})
+        assert early.status_code == 503 and _shape(early)["code"] == "not_ready"
+        assert "retry-after" in early.headers
+        assert early.headers["x-model-version"] == "loading"
+        gate.set()
+        wait_ready(client)
+        assert client.post("/double", json={"x": 1}).json()["y"] == 2
+
+
+def test_load_failure_reported_by_ready(tmp_path):
+    def broken():
+        raise FileNotFoundError("weights/model.safetensors missing")
+
+    with TestClient(make_app(tmp_path, load_runners=broken)) as client:
+        for _ in range(200):
+            body = client.get("/ready").json()
+            if body["error"]:
+                break
+            threading.Event().wait(0.02)
+        assert body["ready"] is False and "FileNotFoundError" in body["error"]
+        response = client.post("/double", json={"x": 1})
+        assert response.status_code == 503 and _shape(response)["code"] == "model_unavailable"
+
+
+BAD_INPUTS = [
+    ("post", "/double", {"content": b"{not json", "headers": {"content-type": "application/json"}}),
+    ("post", "/double", {"json": {"x": "seven"}}),
+    ("post", "/double", {"json": {"y": 1}}),
+    ("post", "/double", {"json": [1, 2, 3]}),
+    ("post", "/double", {"content": b"\x00\xff\xfe" * 100, "headers": {"content-type": "application/octet-stream"}}),
+    ("post", "/double", {"json": {"x": -5}}),  # the model refuses this item
+    ("post", "/double", {"content": b'{"x": 1e400}', "headers": {"content-type": "application/json"}}),
+    ("post", "/double", {"content": b'{"x": NaN}', "headers": {"content-type": "application/json"}}),
+    ("get", "/double", {}),
+    ("post", "/nowhere", {"json": {}}),
+    ("post", "/image", {"data": {"file": "not a file"}}),
+    ("post", "/image", {"content": b"--x\r\ngarbage", "headers": {"content-type": "multipart/form-data; boundary=x"}}),
+    ("post", "/archive", {"files": {"file": ("a.zip", b"PK\x03\x04broken", "application/zip")}}),
+]
+
+
+@pytest.mark.parametrize("method,path,kwargs", BAD_INPUTS)
+def test_bad_input_is_4xx_with_error_shape(tmp_path, method, path, kwargs):
+    with TestClient(make_app(tmp_path), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        response = getattr(client, method)(path, **kwargs)
+        assert 400 <= response.status_code < 500, response.text
+        error = _shape(response)
+        assert error["code"] in {
+            "invalid_request", "invalid_input", "not_found", "method_not_allowed", "corrupt_upload",
+            "unsupported_media_type", "bad_request",
+        }
+
+
+def test_validation_errors_do_not_echo_input(tmp_path):
+    with TestClient(make_app(tmp_path)) as client:
+        wait_ready(client)
+        response = client.post("/double", json={"x": "4111 1111 1111 1111"})
+        assert response.status_code == 422
+        assert "4111" not in response.text
+
+
+def test_real_bug_is_500_with_request_id_and_shape(tmp_path):
+    with TestClient(make_app(tmp_path), raise_server_exceptions=False) as client:
+        response = client.get("/bug")
+        assert response.status_code == 500
+        error = _shape(response)
+        assert error["code"] == "internal_error"
+        assert response.headers["x-request-id"] in error["message"]
+
+
+def test_result_committed_before_response(tmp_path):
+    app = make_app(tmp_path)
+    with TestClient(app) as client:
+        wait_ready(client)
+        response = client.post("/double", json={"x": 21}, headers={"X-Request-ID": "req-1"})
+        result_id = response.json()["id"]
+        # a separate engine/connection (another process would see the same): the row is durable now
+        other = ResultStore(app.state.settings.database_url)
+        row = other.get_result(result_id)
+        other.close()
+        assert row is not None and row["payload"] == {"x": 21.0, "y": 42.0} and row["request_id"] == "req-1"
+
+
+def test_failed_persistence_is_never_acknowledged(tmp_path):
+    app = make_app(tmp_path)
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        app.state.store.save_result = broken_save
+        response = client.post("/double", json={"x": 1})
+        assert response.status_code == 500 and "id" not in response.json()
+
+
+def test_metrics_endpoint_and_per_app_registries(tmp_path):
+    first = make_app(tmp_path / "a")
+    second = make_app(tmp_path / "b")  # same metric names, same process: no registry clash
+    with TestClient(first) as client, TestClient(second) as other:
+        wait_ready(client)
+        wait_ready(other)
+        for x in range(5):
+            client.post("/double", json={"x": x})
+        client.post("/double", json={"x": -1})
+        text = client.get("/metrics").text
+        assert 'triptych_requests_total{app="test",method="POST",route="/double",status="200"} 5.0' in text
+        assert 'route="/double",status="422"} 1.0' in text
+        assert "triptych_request_seconds_bucket" in text
+        assert "triptych_batch_size_count" in text and "triptych_queue_depth" in text
+        assert 'triptych_model_info{app="test",runner="double",sha256="' + "ab" * 32 + '",version="1.2.3"} 1.0' in text
+        assert 'triptych_batch_items_total{app="test",outcome="error",runner="double"} 1.0' in text
+        assert 'route="/double"' not in other.get("/metrics").text  # separate registries
+
+
+def test_request_log_is_json_metadata_without_body(tmp_path, caplog):
+    secret = "Patient Jane Roe, NHS 943 476 5919"
+    with TestClient(make_app(tmp_path)) as client:
+        wait_ready(client)
+        with caplog.at_level(logging.INFO, logger="triptych.serving"):
+            client.post("/double?note=" + secret.replace(" ", "%20"), json={"x": 3, "note": secret})
+    records = [r for r in caplog.records if r.getMessage() == "request"]
+    assert records
+    lines = [JsonFormatter().format(r) for r in records]
+    entry = json.loads(lines[-1])
+    assert entry["route"] == "/double" and entry["status"] == 200 and entry["method"] == "POST"
+    assert "request_id" in entry and "ms" in entry
+    assert all("943" not in line and "Jane" not in line for line in lines)

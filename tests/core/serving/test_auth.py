@@ -1,0 +1,63 @@
+"""Roles: off without keys, enforced with keys, admin passes every check."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+
+from tests.core.serving.helpers import make_app, make_settings
+
+KEYS = {"line-key": "line", "rad-key": "radiologist", "agent-key": "agent", "root-key": "admin"}
+
+
+def test_roles_off_when_no_keys(tmp_path):
+    with TestClient(make_app(tmp_path)) as client:
+        response = client.post("/line-only")
+        assert response.status_code == 200
+        assert response.json() == {"role": None, "authenticated": False}
+
+
+def test_roles_enforced_when_keys_configured(tmp_path):
+    with TestClient(make_app(tmp_path, api_keys=KEYS)) as client:
+        missing = client.post("/line-only")
+        assert missing.status_code == 401 and missing.json()["error"]["code"] == "unauthorized"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        assert "X-API-Key" in missing.json()["error"]["message"]
+
+        unknown = client.post("/line-only", headers={"X-API-Key": "guess"})
+        assert unknown.status_code == 401
+
+        wrong_role = client.post("/line-only", headers={"X-API-Key": "rad-key"})
+        assert wrong_role.status_code == 403 and "line" in wrong_role.json()["error"]["message"]
+
+        ok = client.post("/line-only", headers={"X-API-Key": "line-key"})
+        assert ok.status_code == 200 and ok.json() == {"role": "line", "authenticated": True}
+
+        bearer = client.post("/line-only", headers={"Authorization": "Bearer line-key"})
+        assert bearer.status_code == 200
+
+        admin = client.post("/line-only", headers={"Authorization": "Bearer root-key"})
+        assert admin.status_code == 200 and admin.json()["role"] == "admin"
+
+        for key, status in (("rad-key", 200), ("agent-key", 200), ("line-key", 403), ("root-key", 200)):
+            assert client.post("/clinical", headers={"X-API-Key": key}).status_code == status
+
+        # operational endpoints stay open for probes
+        assert client.get("/health").status_code == 200
+
+
+def test_keys_from_environment_and_unknown_roles_refused(tmp_path, monkeypatch):
+    from core.serving import AppSettings
+
+    monkeypatch.setenv("TRIPTYCH_API_KEYS", '{"k1": "line"}')
+    assert AppSettings(database_url="sqlite://").api_keys == {"k1": "line"}
+    with pytest.raises(ValidationError):
+        make_settings(tmp_path, api_keys={"k": "superuser"})
+
+
+def test_require_role_rejects_unknown_role_names():
+    from core.serving import require_role
+
+    with pytest.raises(ValueError):
+        require_role("doctor")

@@ -1,0 +1,69 @@
+"""Gateway: mounts plugins, skips unwritten apps, aggregates /health and /ready, runs sub lifespans."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from core.plugins import AppPlugin
+from core.serving.gateway import create_gateway
+from tests.core.serving.helpers import wait_ready
+
+ALPHA = AppPlugin(name="alpha", mount="/alpha", summary="a", create_app="tests.core.serving.fakeapps:create_alpha")
+BETA = AppPlugin(name="beta", mount="/beta", summary="b", create_app="tests.core.serving.fakeapps:create_beta")
+UNWRITTEN = AppPlugin(name="ghost", mount="/ghost", summary="g", create_app="apps.ghost_app_not_written.api:create_app")
+BROKEN = AppPlugin(name="broken", mount="/broken", summary="x", create_app="tests.core.serving.fakeapps:create_broken")
+
+
+@pytest.fixture(autouse=True)
+def _gateway_dir(tmp_path, monkeypatch):
+    monkeypatch.setenv("TRIPTYCH_TEST_GATEWAY_DIR", str(tmp_path))
+
+
+def test_mounts_apps_and_loads_their_models():
+    gateway = create_gateway(plugins=[ALPHA, BETA, UNWRITTEN])
+    with TestClient(gateway) as client:
+        health = client.get("/health").json()
+        assert health["status"] == "ok"
+        assert health["apps"]["alpha"]["status"] == "mounted"
+        assert health["apps"]["ghost"]["status"] == "skipped"
+        assert "apps.ghost_app_not_written" in health["apps"]["ghost"]["reason"]
+        # sub-app lifespans ran under the gateway: each app loaded its runner
+        ready = wait_ready(client)
+        assert ready["apps"]["alpha"]["ready"] and ready["apps"]["beta"]["ready"]
+        assert ready["apps"]["alpha"]["runners"]["double"]["version"] == "1.2.3"
+        assert client.get("/alpha/ready").status_code == 200
+        response = client.post("/beta/double", json={"x": 5})
+        assert response.status_code == 200 and response.json()["y"] == 10
+        assert response.headers["x-model-version"] == "1.2.3"
+        assert 'app="test"' in client.get("/alpha/metrics").text
+        assert client.get("/ghost/anything").status_code == 404
+        assert client.get("/nowhere").json()["error"]["code"] == "not_found"
+        assert client.get("/").json()["apps"]["beta"]["docs"] == "/beta/docs"
+        assert client.get("/alpha/openapi.json").status_code == 200
+
+
+def test_not_ready_when_an_app_failed_or_none_mounted():
+    with TestClient(create_gateway(plugins=[ALPHA, BROKEN])) as client:
+        ready = client.get("/ready")
+        assert ready.status_code == 503
+        assert ready.json()["apps"]["broken"]["status"] == "failed"
+        assert "bug" in ready.json()["apps"]["broken"]["reason"]
+        assert client.get("/health").status_code == 200
+    with TestClient(create_gateway(plugins=[UNWRITTEN])) as client:
+        assert client.get("/ready").status_code == 503
+        assert client.get("/health").status_code == 200
+
+
+def test_single_app_and_unknown_names():
+    gateway = create_gateway(["beta"], plugins=[ALPHA, BETA])
+    assert sorted(gateway.state.mounted) == ["beta"]
+    with pytest.raises(KeyError, match="installed apps: alpha, beta"):
+        create_gateway(["gamma"], plugins=[ALPHA, BETA])
+
+
+def test_installed_plugins_are_discovered():
+    from core.plugins import discover_plugins
+
+    names = {p.name: p.mount for p in discover_plugins()}
+    assert names == {"customer-service": "/customer-service", "industrial": "/industrial", "medical": "/medical"}

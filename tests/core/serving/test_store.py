@@ -1,0 +1,57 @@
+"""ResultStore: SQLite in WAL mode, results and audit records, commits visible to other connections."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from sqlalchemy import text
+
+from core.serving import ResultStore, subject_hash
+
+
+def test_results_round_trip_and_wal(tmp_path):
+    url = f"sqlite:///{tmp_path / 'nested' / 'r.db'}"
+    store = ResultStore(url)
+    with store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+    result_id = store.save_result("industrial", "inspection", "req-7", {"pass": False, "defects": [{"cls": "short"}]}, role="line")
+    row = store.get_result(result_id)
+    assert row["payload"] == {"pass": False, "defects": [{"cls": "short"}]}
+    assert row["app"] == "industrial" and row["role"] == "line" and row["request_id"] == "req-7"
+    assert store.get_result("0" * 32) is None
+    assert [r["id"] for r in store.list_results("industrial")] == [result_id]
+    assert store.list_results("medical") == []
+    other = ResultStore(url)  # a second engine sees the committed row
+    assert other.get_result(result_id)["kind"] == "inspection"
+    other.close()
+    store.close()
+
+
+def test_audit_records(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'a.db'}")
+    subject = subject_hash("patient-123")
+    assert "patient-123" not in subject and subject == subject_hash("patient-123")
+    first = store.audit("medical", "predict", "radiologist", subject, "1.0.0", {"probability": 0.7})
+    second = store.audit("medical", "view", None, None, None, {})
+    assert second > first
+    records = store.list_audit("medical")
+    assert [r["action"] for r in records] == ["view", "predict"]
+    assert records[1]["subject_hash"] == subject and records[1]["outcome"] == {"probability": 0.7}
+
+
+def test_concurrent_writers_lose_nothing(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'c.db'}")
+    with ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda i: store.save_result("a", "k", f"r{i}", {"i": i}), range(200)))
+    assert len(set(ids)) == 200
+    assert sorted(store.get_result(i)["payload"]["i"] for i in ids) == list(range(200))
+
+
+def test_non_json_payload_refused_before_commit(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'n.db'}")
+    with pytest.raises(ValueError):
+        store.save_result("a", "k", None, {"p": float("nan")})
+    with pytest.raises(TypeError):
+        store.save_result("a", "k", None, {"p": object()})
+    assert store.list_results("a") == []
