@@ -31,11 +31,11 @@ class CTEncoderConfig(ConfigBase):
     layers: list[int] = field(default_factory=lambda: [1, 1, 1, 1])  # basic blocks per stage (resnet10)
     dim: int = 128  # study vector and token width
     conv1_stride: int = 2  # stem stride; 2 keeps 64-128 voxel inputs cheap on CPU
-    token_stage: str = "layer4"  # feature map turned into spatial tokens (and read by Grad-CAM)
+    norm: str = "batch"  # "batch", or "group" (per-sample statistics: safe for batches of one)
     dropout: float = 0.1
 
     PRESETS = {
-        "tiny": {"block_inplanes": [4, 8, 8, 16], "dim": 16, "dropout": 0.0},
+        "tiny": {"block_inplanes": [4, 8, 8, 16], "dim": 16, "dropout": 0.0, "norm": "group"},
         "small": {},
     }
 
@@ -64,6 +64,7 @@ class CTResNetEncoder(Encoder):
             n_input_channels=1,
             conv1_t_stride=config.conv1_stride,
             feed_forward=False,
+            norm=("group", {"num_groups": 2}) if config.norm == "group" else config.norm,
         )
         width = config.block_inplanes[3]
         self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, config.dim))
@@ -113,7 +114,7 @@ def _bert_example():
     ids = torch.randint(5, 64, (2, 7))
     mask = torch.ones(2, 7, dtype=torch.long)
     mask[1, 5:] = 0
-    return {"bert_config": tiny}, {"input_ids": ids, "attention_mask": mask}
+    return {"bert_config": tiny, "freeze": False}, {"input_ids": ids, "attention_mask": mask}
 
 
 @register_encoder("text", "bert", example=_bert_example)

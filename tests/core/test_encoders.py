@@ -45,6 +45,7 @@ def test_encoder_contract(key):
     assert out.mask.any(dim=1).all(), "every example sample should have at least one valid token"
     assert torch.isfinite(out.tokens).all()
     # Gradients reach every trainable parameter through the valid tokens.
+    assert any(p.requires_grad for p in encoder.parameters()), f"{key}: the example must build a trainable encoder"
     (out.tokens * out.mask.unsqueeze(-1)).pow(2).mean().backward()
     missing = [n for n, p in encoder.named_parameters() if p.requires_grad and (p.grad is None or not torch.isfinite(p.grad).all())]
     assert not missing, f"no gradient reached: {missing[:5]}"
