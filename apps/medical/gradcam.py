@@ -87,9 +87,9 @@ def overlay_png(volume: np.ndarray, heatmap: np.ndarray, z: int, alpha: float = 
 def describe_location(peak: tuple[int, int, int], shape: tuple[int, int, int]) -> dict:
     """Coarse, patient-frame description of the heat-map peak.
 
-    Assumes the model input is in RAS-like orientation after the shared transforms: array x grows
-    toward the patient's left... is NOT guaranteed for every scanner, so the result also carries the
-    relative voxel position for display, and says it is an estimate.
+    The shared transforms give (D, H, W) with D from feet to head, H front to back and W along RAS x
+    (patient's right -> left). The description is only as good as the scan's orientation header,
+    so the result also carries the voxel position and says it is an estimate.
     """
     z, y, x = peak
     d, h, w = shape

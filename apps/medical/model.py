@@ -7,6 +7,7 @@ modalities at random so the gate learns to lean on whichever one is there.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,12 +104,17 @@ def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: di
     return MedicalModel(config, report)
 
 
-def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 300) -> tuple[float, float]:
-    """Platt-style temperature + bias on held-out logits (minimises NLL); returns (temperature, bias)."""
-    log_t = torch.zeros((), requires_grad=True)
-    bias = torch.zeros((), requires_grad=True)
-    opt = torch.optim.LBFGS([log_t, bias], lr=0.1, max_iter=steps)
-    y = labels.float()
+def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100) -> tuple[float, float]:
+    """Platt-style temperature + bias on held-out logits (minimises NLL); returns (temperature, bias).
+
+    Falls back to identity (1, 0) when the held-out set has one class or the fit does not converge.
+    """
+    logits, y = logits.detach().double(), labels.detach().double()
+    if len(y) < 2 or y.min() == y.max() or not torch.isfinite(logits).all():
+        return 1.0, 0.0
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t, bias], lr=0.5, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
@@ -117,7 +123,10 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 300
         return loss
 
     opt.step(closure)
-    return float(log_t.detach().exp().clamp(0.05, 20.0)), float(bias.detach().clamp(-10, 10))
+    t, b = float(log_t.detach().exp()), float(bias.detach())
+    if not (math.isfinite(t) and math.isfinite(b)):
+        return 1.0, 0.0
+    return min(max(t, 0.05), 20.0), min(max(b, -10.0), 10.0)
 
 
 def load_model(bundle_dir, bert_path: str = "") -> tuple[MedicalModel, Any]:

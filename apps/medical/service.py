@@ -41,6 +41,8 @@ _ARTEFACT_NAME = re.compile(r"^slice_\d{1,4}\.png$")
 
 
 def risk_band(probability: float) -> dict[str, str]:
+    if not 0.0 <= probability <= 1.0:  # also catches NaN
+        raise ValueError(f"probability {probability} outside 0..1")
     for upper, name, meaning in RISK_BANDS:
         if probability < upper:
             return {"band": name, "meaning": meaning, "note": RISK_BAND_NOTE}
@@ -84,8 +86,9 @@ def volume_from_upload(data: bytes, kind: str, shape: list[int]) -> tuple[np.nda
             raise CTInputError(f"a {kind} upload cannot be read by this installation; send a NIfTI volume (.nii, .nii.gz)")
         try:
             volume = load_volume(path, shape)
-        except (ValueError, OSError, EOFError) as exc:
-            raise CTInputError(f"could not read the CT volume: {exc}") from exc
+        except Exception as exc:  # readers raise many types (MONAI wraps them in RuntimeError); input's fault here
+            raise CTInputError(f"could not read the CT volume ({type(exc).__name__}); "
+                               "send a complete NIfTI volume, DICOM file or zipped DICOM series") from None
     key = study_uid or hashlib.sha256(data).hexdigest()
     return volume, key
 

@@ -1,0 +1,86 @@
+import logging
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from apps.medical.api import create_app
+from apps.medical.service import RISK_BANDS, risk_band
+from apps.medical.settings import MedicalSettings
+
+REPORT = "Jane Roe, 67-year-old former smoker, 40 pack-years. A 14 mm nodule in the right upper lobe."
+
+
+@pytest.fixture()
+def client(tiny_bundle, tiny_bert_dir, tmp_path):
+    settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
+                               artefact_dir=tmp_path / "art", api_keys={"rad": "radiologist", "ag": "agent"})
+    with TestClient(create_app(settings)) as c:
+        for _ in range(200):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        yield c
+
+
+def _ct(toy_studies):
+    return (toy_studies / "volumes" / "LIDC-IDRI-0002-s0.nii.gz").read_bytes()
+
+
+def test_analyze_returns_everything_and_audits(client, toy_studies, caplog):
+    caplog.set_level(logging.DEBUG)
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")},
+                    data={"report": REPORT}, headers={"X-API-Key": "rad"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert 0 <= body["probability"] <= 1 and body["risk"]["band"] in {b[1] for b in RISK_BANDS}
+    assert "not a clinical Lung-RADS" in body["risk"]["note"] and "Not a medical device" in body["disclaimer"]
+    assert set(body["modality_weights"]) == {"ct", "report"} and body["location"]["voxel_zyx"]
+    assert len(body["heatmaps"]) == 3 and r.headers["x-model-version"] == body["model_version"]
+    png = client.get(body["heatmaps"][0], headers={"X-API-Key": "rad"})
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    store = client.app.state.store
+    assert store.get_result(body["id"])["payload"]["probability"] == body["probability"]
+    audit = store.list_audit("medical")[0]
+    assert audit["role"] == "radiologist" and audit["model_version"] == body["model_version"]
+    assert audit["subject_hash"] and audit["outcome"]["result_id"] == body["id"]
+    logged = " ".join(rec.getMessage() + str(rec.__dict__) for rec in caplog.records)
+    assert "Jane Roe" not in logged and "pack-years" not in logged  # PHI never logged
+    assert "Jane Roe" not in str(store.get_result(body["id"]))
+
+
+def test_either_modality_may_be_missing(client, toy_studies):
+    h = {"X-API-Key": "rad"}
+    only_report = client.post("/v1/studies:analyze", data={"report": REPORT}, headers=h).json()
+    assert only_report["modality_weights"]["ct"] == 0 and only_report["heatmaps"] == []
+    only_ct = client.post("/v1/studies:analyze", files={"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")}, headers=h).json()
+    assert only_ct["modality_weights"]["report"] == 0 and only_ct["heatmaps"]
+
+
+def test_bad_inputs_are_4xx_with_what_is_accepted(client):
+    h = {"X-API-Key": "rad"}
+    r = client.post("/v1/studies:analyze", files={"ct": ("a.png", b"\x89PNG\r\n\x1a\n" + b"0" * 64, "image/png")}, headers=h)
+    assert r.status_code == 415 and "nifti" in r.json()["error"]["message"]
+    r = client.post("/v1/studies:analyze", files={"ct": ("a.nii", b"hello" * 50, "application/octet-stream")}, headers=h)
+    assert r.status_code == 415
+    header_only = bytearray(352)
+    header_only[0:4] = (348).to_bytes(4, "little")
+    header_only[344:348] = b"n+1\x00"
+    r = client.post("/v1/studies:analyze", files={"ct": ("a.nii", bytes(header_only), "application/octet-stream")}, headers=h)
+    assert 400 <= r.status_code < 500
+    assert client.post("/v1/studies:analyze", headers=h).status_code == 422
+    assert client.post("/v1/studies:analyze", data={"report": "x" * 20001}, headers=h).status_code == 413
+
+
+def test_roles_and_artefact_paths(client):
+    assert client.post("/v1/studies:analyze", data={"report": REPORT}).status_code == 401
+    assert client.post("/v1/studies:analyze", data={"report": REPORT}, headers={"X-API-Key": "ag"}).status_code == 403
+    h = {"X-API-Key": "rad"}
+    assert client.get("/v1/heatmaps/" + "0" * 32 + "/slice_1.png", headers=h).status_code == 404
+    assert client.get("/v1/heatmaps/..%2F..%2Fetc/passwd", headers=h).status_code == 404
+
+
+def test_risk_bands_partition_probabilities():
+    assert risk_band(0.0)["band"] == "low" and risk_band(0.0999)["band"] == "low"
+    assert risk_band(0.1)["band"] == "intermediate" and risk_band(0.69)["band"] == "intermediate"
+    assert risk_band(0.7)["band"] == "high" and risk_band(1.0)["band"] == "high"

@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from core.encoders import create_encoder, list_encoders
+from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
+
+
+def test_registered_in_core_registry():
+    assert ("ct", "resnet3d") in list_encoders("ct")
+    assert ("text", "bert") in list_encoders("text")
+
+
+def test_ct_encoder_gives_study_vector_and_spatial_tokens():
+    encoder = CTResNetEncoder(CTEncoderConfig.from_name("tiny", dim=128))
+    out = encoder(torch.rand(2, 1, 16, 32, 32))
+    assert out.tokens.shape[0] == 2 and out.tokens.shape[2] == 128
+    assert out.tokens.shape[1] > 1 and out.mask.all()  # study token + at least one spatial cell
+    assert encoder.eval().study_vector(torch.rand(1, 1, 16, 32, 32)).shape == (1, 128)
+    assert encoder.feature_map is not None and encoder.feature_map.dim() == 5
+
+
+def test_ct_encoder_default_is_128d_and_rejects_bad_shapes():
+    assert CTEncoderConfig().dim == 128
+    encoder = create_encoder("ct", "resnet3d", config=CTEncoderConfig.from_name("tiny"))
+    with pytest.raises(ValueError, match="B, 1, D, H, W"):
+        encoder(torch.rand(2, 16, 32, 32))
+
+
+def test_bert_path_loads_a_local_bert_with_its_tokenizer(tiny_bert_dir):
+    encoder = BertReportEncoder(path=str(tiny_bert_dir), max_length=24)
+    batch = encoder.tokenize(["No nodules or masses.", "A 2 cm spiculated nodule in the right upper lobe."])
+    out = encoder(batch)
+    assert out.tokens.shape[:2] == batch["input_ids"].shape and out.tokens.shape[2] == encoder.dim == 16
+    assert out.mask.sum(1)[0] < out.mask.sum(1)[1]  # padding masked
+    assert not any(p.requires_grad for p in encoder.bert.parameters())  # frozen by default
+    cached = encoder({"hidden": encoder.embed(batch), "attention_mask": batch["attention_mask"]})
+    assert torch.allclose(cached.tokens, out.tokens)
+
+
+def test_unfrozen_bert_gets_gradients(tiny_bert_dir):
+    encoder = BertReportEncoder(path=str(tiny_bert_dir), freeze=False)
+    encoder.train()
+    out = encoder(encoder.tokenize(["a nodule"]))
+    out.tokens.sum().backward()
+    assert any(p.grad is not None for p in encoder.bert.parameters())

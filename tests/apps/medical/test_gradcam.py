@@ -1,0 +1,43 @@
+import io
+
+import numpy as np
+import torch
+from PIL import Image
+
+from apps.medical.gradcam import describe_location, grad_cam, overlay_png, top_slices
+from apps.medical.model import MedicalModelConfig, build_model
+
+
+def test_grad_cam_covers_the_volume_and_peaks_inside(tiny_bert_dir):
+    torch.manual_seed(0)
+    model = build_model(MedicalModelConfig.from_name("tiny"), bert_path=str(tiny_bert_dir)).eval()
+    ct = torch.rand(1, 1, 16, 24, 24)
+    result = grad_cam(model, ct, model.report_encoder.tokenize(["Former smoker."]))
+    assert result.heatmap.shape == (16, 24, 24)
+    assert 0.0 <= result.heatmap.min() and result.heatmap.max() <= 1.0 + 1e-6
+    assert result.heatmap[result.peak] == result.heatmap.max()
+    assert 0.0 <= result.probability <= 1.0 and abs(sum(result.weights) - 1) < 1e-5
+    assert all(p.grad is None for p in model.parameters())  # CAM must not leave gradients behind
+
+
+def test_top_slices_are_hottest_and_spread():
+    heat = np.zeros((10, 4, 4))
+    heat[7, 1, 1], heat[6, 2, 2], heat[2, 0, 0] = 1.0, 0.9, 0.5
+    assert top_slices(heat, k=2, min_gap=2) == [7, 2]
+
+
+def test_overlay_is_a_png_of_the_slice():
+    volume = np.random.rand(4, 8, 10).astype(np.float32)
+    heat = np.zeros_like(volume)
+    heat[1, 2:4, 2:4] = 1
+    data = overlay_png(volume, heat, 1, scale=2)
+    image = Image.open(io.BytesIO(data))
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and image.size == (20, 16) and image.mode == "RGB"
+    pixels = np.asarray(image).astype(int)
+    assert abs(pixels[5, 5, 0] - pixels[5, 5, 2]) > 20  # heat coloured; elsewhere grey
+    assert pixels[14, 18, 0] == pixels[14, 18, 1] == pixels[14, 18, 2]
+
+
+def test_location_description():
+    loc = describe_location((15, 5, 2), (16, 24, 24))
+    assert loc["voxel_zyx"] == [15, 5, 2] and "upper third" in loc["description"] and "estimate" in loc["description"]

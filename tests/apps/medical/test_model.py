@@ -1,0 +1,54 @@
+import numpy as np
+import torch
+
+from apps.medical.model import MedicalModelConfig, build_model, fit_calibration, load_model
+
+
+def _model(tiny_bert_dir):
+    torch.manual_seed(0)
+    return build_model(MedicalModelConfig.from_name("tiny"), bert_path=str(tiny_bert_dir)).eval()
+
+
+def test_missing_modalities_get_zero_weight(tiny_bert_dir):
+    model = _model(tiny_bert_dir)
+    ct = torch.rand(2, 1, 16, 24, 24)
+    report = model.report_encoder.tokenize(["Former smoker.", "Never smoker."])
+    logits, weights = model(ct, report)
+    assert logits.shape == (2,) and torch.allclose(weights.sum(1), torch.ones(2))
+    _, w_ct = model(ct, None)
+    _, w_rep = model(None, report)
+    assert torch.all(w_ct[:, 1] == 0) and torch.all(w_rep[:, 0] == 0)
+    present = {"ct": torch.tensor([True, False]), "report": torch.tensor([False, True])}
+    _, w_mixed = model(ct, report, present=present)
+    assert w_mixed[0, 1] == 0 and w_mixed[1, 0] == 0
+
+
+def test_calibration_recovers_a_known_scale():
+    torch.manual_seed(0)
+    z = torch.randn(4000)
+    y = torch.bernoulli(torch.sigmoid(z))  # true probability sigmoid(z)
+    t, b = fit_calibration(3 * z, y)  # logits 3x over-confident
+    assert 2.5 < t < 3.5 and abs(b) < 0.2
+
+
+def test_bundle_round_trip_without_shipping_bert(tiny_bundle, tiny_bert_dir):
+    bundle_dir, _ = tiny_bundle
+    model, bundle = load_model(bundle_dir, str(tiny_bert_dir))
+    assert not any(k.startswith("net.encoders.report.bert.") for k in bundle.state_dict)
+    again, _ = load_model(bundle_dir, str(tiny_bert_dir))
+    ct = torch.rand(1, 1, 16, 24, 24)
+    rep = model.report_encoder.tokenize(["Former smoker, 30 pack-years."])
+    with torch.no_grad():
+        assert torch.allclose(model(ct, rep)[0], again(ct, rep)[0])
+    assert float(model.temperature) > 0
+
+
+def test_bundle_refuses_a_different_bert(tiny_bundle, tmp_path):
+    import pytest
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(str(tmp_path))
+    (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)]))
+    with pytest.raises(ValueError, match="different report BERT"):
+        load_model(tiny_bundle[0], str(tmp_path))

@@ -1,0 +1,29 @@
+from apps.medical.negation import sentences, split_affirmed_negated
+
+
+def test_negated_list_does_not_affirm_findings():
+    affirmed, negated = split_affirmed_negated("Heart size normal. No pneumonia, effusions, nodules or masses.")
+    assert "nodules" in negated and "masses" in negated
+    assert "nodules" not in affirmed and "masses" not in affirmed
+
+
+def test_affirmed_finding_stays_affirmed():
+    affirmed, negated = split_affirmed_negated("There is a 2 cm nodule in the right upper lobe.")
+    assert "nodule" in affirmed and not negated
+
+
+def test_pseudo_negation_keeps_the_finding():
+    affirmed, _ = split_affirmed_negated("No change in the small calcified right upper lobe nodule.")
+    assert "nodule" in affirmed
+
+
+def test_terminator_closes_the_scope():
+    affirmed, negated = split_affirmed_negated("No effusion, but a nodule is seen in the left base.")
+    assert "effusion" in negated
+    assert "nodule" in affirmed
+
+
+def test_scope_ends_at_the_sentence_and_placeholders_vanish():
+    affirmed, negated = split_affirmed_negated("No pneumothorax. XXXX mass in the right apex.")
+    assert "pneumothorax" in negated and "mass" in affirmed
+    assert all("xxxx" not in s for s in sentences("XXXX seen. 1. Normal XXXX."))
