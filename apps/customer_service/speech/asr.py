@@ -1,0 +1,103 @@
+"""The recogniser contract every ASR backend honours, and the factory that builds one by name.
+
+A backend takes float32 mono audio at 16 kHz and returns a :class:`Transcript`: the decoded words
+with start/end times in seconds and a confidence in [0, 1] each, the utterance confidence, and
+the text after inverse normalisation ("twelve pounds fifty" -> "£12.50"). ``mode`` selects what
+is expected: "default" (free speech), "digit" (one digit), "digits" (a digit string: card,
+account, phone), "amount" (money). Backends without grammars treat every mode as "default".
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+MODES = ("default", "digit", "digits", "amount")
+
+
+@dataclass(frozen=True)
+class Word:
+    text: str
+    start: float  # seconds from the start of the audio given to transcribe()
+    end: float
+    confidence: float  # posterior probability in [0, 1]
+
+
+@dataclass
+class Transcript:
+    words: list[Word]
+    confidence: float  # mean word confidence (0 when nothing was recognised)
+    backend: str
+    mode: str = "default"
+    duration_s: float = 0.0
+    decode_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def text(self) -> str:
+        """The words as decoded (spoken form)."""
+        return " ".join(w.text for w in self.words)
+
+    @property
+    def normalised(self) -> str:
+        """Written form: numbers, amounts, dates as digits and symbols."""
+        from apps.customer_service.speech.textnorm import normalise
+
+        return normalise(self.text)
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["text"] = self.text
+        out["normalised"] = self.normalised
+        return out
+
+
+@runtime_checkable
+class Recognizer(Protocol):
+    name: str
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int = 16_000, *, mode: str = "default") -> Transcript: ...
+
+
+def check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
+    """float32 (N,) at 16 kHz from whatever mono array the caller has; clear errors otherwise."""
+    from apps.customer_service.speech.audio import AudioError, resample
+
+    x = np.asarray(audio, dtype=np.float32)
+    if x.ndim == 2 and 1 in x.shape:
+        x = x.reshape(-1)
+    if x.ndim != 1:
+        raise AudioError("too_many_channels", f"transcribe() takes one channel, got shape {x.shape}; split channels first.")
+    if x.size == 0:
+        raise AudioError("empty", "No samples to transcribe.")
+    if not np.all(np.isfinite(x)):
+        raise AudioError("corrupt", "Audio holds NaN or infinite samples.")
+    return resample(x, sample_rate, 16_000)
+
+
+def confidence_of(words: list[Word]) -> float:
+    return float(np.mean([w.confidence for w in words])) if words else 0.0
+
+
+def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path | None = None, **options) -> Recognizer:
+    """``pocketsphinx`` (embedded, default; options = :class:`SphinxConfig` fields), ``whisper``
+    (openai-whisper checkpoint file) or ``ctc`` (Hugging Face CTC model folder). The last two
+    need ``model_path``: a local path; nothing is ever downloaded."""
+    if backend == "pocketsphinx":
+        from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
+
+        return SphinxRecognizer(SphinxConfig(**options))
+    if backend in ("whisper", "ctc"):
+        if model_path is None:
+            raise ValueError(f"the {backend} backend needs model_path (a local path to the weights)")
+        if backend == "whisper":
+            from apps.customer_service.speech.whisper_backend import WhisperRecognizer
+
+            return WhisperRecognizer(Path(model_path), **options)
+        from apps.customer_service.speech.ctc import CTCRecognizer
+
+        return CTCRecognizer(Path(model_path), **options)
+    raise ValueError(f"unknown ASR backend {backend!r}; choose pocketsphinx, whisper or ctc")

@@ -1,0 +1,145 @@
+"""Audio in and out: any WAV/FLAC/OGG/MP3, any rate, mono or stereo -> float32 16 kHz per channel.
+
+Two-channel call recordings keep their channels apart (agent and caller are transcribed
+separately); callers that want one stream use :meth:`Audio.mono`. Every failure is an
+:class:`AudioError` whose message says what was wrong and what is accepted, so the API can
+turn it into a 4xx without guessing.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TARGET_RATE = 16_000
+ACCEPTED_FORMATS = ("wav", "flac", "ogg", "mp3")
+ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3 audio, mono or stereo, any sample rate"
+
+
+class AudioError(ValueError):
+    """Audio that cannot be used. ``code``: not_audio | empty | corrupt | too_long | too_many_channels."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass
+class Audio:
+    """Decoded audio: ``samples`` (C, N) float32 in [-1, 1] at ``sample_rate``."""
+
+    samples: np.ndarray
+    sample_rate: int
+    source_format: str
+    source_rate: int
+
+    @property
+    def channels(self) -> int:
+        return int(self.samples.shape[0])
+
+    @property
+    def duration_s(self) -> float:
+        return self.samples.shape[1] / float(self.sample_rate)
+
+    def channel(self, index: int) -> np.ndarray:
+        return self.samples[index]
+
+    def mono(self) -> np.ndarray:
+        """Channels averaged, (N,) float32."""
+        return self.samples.mean(axis=0).astype(np.float32)
+
+
+def sniff_audio_format(data: bytes) -> str | None:
+    """The container from its magic bytes: 'wav', 'flac', 'ogg', 'mp3' or None."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
+        return "wav"
+    if data[:4] == b"fLaC":
+        return "flac"
+    if data[:4] == b"OggS":
+        return "ogg"
+    # ID3 tag, or an MPEG audio frame sync (11 set bits) with layer bits != 00
+    if data[:3] == b"ID3" or (len(data) >= 2 and data[0] == 0xFF and (data[1] & 0xE0) == 0xE0 and (data[1] & 0x06)):
+        return "mp3"
+    return None
+
+
+def load_audio(
+    source: bytes | str | Path,
+    *,
+    target_rate: int = TARGET_RATE,
+    max_seconds: float = 600.0,
+    max_channels: int = 2,
+) -> Audio:
+    """Decode ``source`` (bytes or a path) and resample every channel to ``target_rate``.
+
+    Raises :class:`AudioError` for data that is not audio, empty, corrupt, longer than
+    ``max_seconds`` or with more than ``max_channels`` channels.
+    """
+    import soundfile as sf
+
+    data = Path(source).read_bytes() if isinstance(source, (str, Path)) else bytes(source)
+    if not data:
+        raise AudioError("empty", f"The audio is empty (0 bytes). Accepted: {ACCEPTED_TEXT}.")
+    fmt = sniff_audio_format(data)
+    if fmt is None:
+        raise AudioError("not_audio", f"This is not audio we can read. Accepted: {ACCEPTED_TEXT}.")
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception as exc:  # libsndfile says only "Error opening": the header is unreadable
+        raise AudioError("corrupt", f"The {fmt.upper()} file is corrupt or truncated ({exc}).") from exc
+    if info.channels > max_channels:
+        raise AudioError(
+            "too_many_channels", f"{info.channels} channels; at most {max_channels} (mono, or stereo agent/caller)."
+        )
+    # mp3 frame counts are estimates until decoded; check them again after decoding
+    if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds * 1.05:
+        raise AudioError("too_long", f"The audio lasts {info.frames / info.samplerate:.0f} s; the limit is {max_seconds:.0f} s.")
+    try:
+        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
+    except Exception as exc:
+        raise AudioError("corrupt", f"The {fmt.upper()} data could not be decoded ({exc}).") from exc
+    if samples.shape[0] == 0:
+        raise AudioError("empty", f"The {fmt.upper()} file holds no samples. Accepted: {ACCEPTED_TEXT}.")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError("corrupt", f"The {fmt.upper()} file holds non-finite samples.")
+    if samples.shape[0] / rate > max_seconds:
+        raise AudioError("too_long", f"The audio lasts {samples.shape[0] / rate:.0f} s; the limit is {max_seconds:.0f} s.")
+    out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
+    return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate))
+
+
+def resample(samples: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:
+    """(C, N) or (N,) float32 from ``rate`` to ``target_rate`` (soxr, high quality)."""
+    samples = np.asarray(samples, dtype=np.float32)
+    if rate == target_rate:
+        return samples
+    import librosa
+
+    return librosa.resample(samples, orig_sr=rate, target_sr=target_rate, res_type="soxr_hq", axis=-1).astype(np.float32)
+
+
+def to_pcm16(samples: np.ndarray) -> bytes:
+    """float [-1, 1] (N,) -> little-endian 16-bit PCM bytes (clipped)."""
+    x = np.clip(np.asarray(samples, dtype=np.float32), -1.0, 1.0)
+    return (x * 32767.0).round().astype("<i2").tobytes()
+
+
+def from_pcm16(data: bytes) -> np.ndarray:
+    """Little-endian 16-bit PCM bytes -> float32 (N,) in [-1, 1]. An odd trailing byte is an error."""
+    if len(data) % 2:
+        raise AudioError("corrupt", "16-bit PCM needs an even number of bytes.")
+    return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
+
+
+def to_wav_bytes(samples: np.ndarray, sample_rate: int = TARGET_RATE) -> bytes:
+    """(N,) or (C, N) float audio -> a 16-bit PCM WAV file in memory."""
+    import soundfile as sf
+
+    x = np.asarray(samples, dtype=np.float32)
+    buf = io.BytesIO()
+    sf.write(buf, x.T if x.ndim == 2 else x, sample_rate, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
