@@ -56,7 +56,7 @@ class CTVolume:
 
     data: np.ndarray  # (X, Y, Z) float32 HU
     affine_ras: np.ndarray  # (4, 4) voxel index -> RAS mm
-    source_format: str  # "dicom-series" | "dicom-multiframe" | "nifti"
+    source_format: str  # "dicom-series" | "dicom-multiframe" | "nifti" | "mhd"
     study_uid: str | None = None  # for audit hashing only; never logged in clear
     series_uid: str | None = None
     meta: dict = field(default_factory=dict)  # non-identifying acquisition facts

@@ -156,8 +156,12 @@ def _quiet_monai() -> None:
 
 def load_for_model(path: str | Path, shape: tuple[int, int, int] | list[int],
                    config: CTTransformConfig | None = None) -> np.ndarray:
-    """A NIfTI file, DICOM series folder or DICOM file -> float32 (D, H, W) in 0..1."""
+    """A NIfTI file, DICOM series folder, DICOM file or LUNA16 .mhd -> float32 (D, H, W) in 0..1."""
     _quiet_monai()
+    if str(path).lower().endswith(".mhd"):  # MONAI needs ITK for MetaImage; our reader has no such need
+        from apps.medical.luna import read_mhd
+
+        return preprocess_volume(read_mhd(path), shape, config)
     out = build_transforms(config, load=True, out_shape=tuple(int(s) for s in shape))(str(path))
     return np.asarray(out, dtype=np.float32)
 

