@@ -1,0 +1,354 @@
+"""PII redaction for call transcripts: card numbers, IBAN / account numbers, phone numbers,
+e-mail addresses and dates of birth, written ("4111 1111 1111 1111") or spoken ("four one one
+one ...", "forty one eleven ...", "john dot smith at gmail dot com").
+
+Detection runs on the written form from :func:`speech.textnorm.normalise_aligned`, whose pieces
+keep their source offsets, so every redaction points at the original characters (and, through
+:func:`redact_words`, at the recognised words and their timestamps for audio redaction).
+
+Rules (each type has positives and hard negatives in ``datasets/customer_service/asr/pii_corpus.jsonl``):
+  card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
+           in one digit must not leak the other fifteen)
+  iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1
+  account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
+           "account" / "acc" / "a/c"
+  phone    10-13 digits starting 0 or +, or 10 digits after a phone word, or a NANP-shaped
+           ddd-ddd-dddd; never a card (checked first)
+  email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"
+  dob      a date (spoken, "3 March 1985", 03/04/1985, 1985-04-03) with a birth word before it
+
+The redaction map holds type and offsets only, never the value: it is safe to log and store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from apps.customer_service.speech.textnorm import DIGIT_WORDS, MONTHS, Piece, normalise_aligned
+
+TYPES = ("card", "iban", "account", "phone", "email", "dob")
+CORPUS = Path(__file__).resolve().parents[2] / "datasets" / "customer_service" / "asr" / "pii_corpus.jsonl"
+
+_CONTEXT = {
+    "card": {"card", "cards", "visa", "mastercard", "amex", "debit", "credit", "pan"},
+    "account": {"account", "acc", "a/c", "acct"},
+    "sort": {"sort"},
+    "phone": {"phone", "mobile", "telephone", "tel", "number", "call", "ring", "landline", "contact", "reach", "text"},
+    "dob": {"born", "birth", "dob", "birthday", "d.o.b", "d.o.b."},
+}
+_FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
+_DIGITISH = re.compile(r"^\+?\(?\d[\d\-().]*\)?[.,;:?!]?$")
+_EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
+_TLDS = "com|org|net|co|uk|io|de|fr|ie|edu|gov|info|biz|me|eu|es|it|nl"
+_SPOKEN_EMAIL = re.compile(
+    rf"\b([a-z0-9]+(?:\s+(?:dot|underscore|dash|hyphen)\s+[a-z0-9]+)*)\s+at\s+([a-z0-9]+(?:\s+dot\s+[a-z0-9]+)*\s+dot\s+(?:{_TLDS}))\b",
+    re.IGNORECASE,
+)
+_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2}|\d{4})$|^(\d{4})-(\d{2})-(\d{2})$")
+_SORT_CODE = re.compile(r"^\d{2}-\d{2}-\d{2}$")
+
+
+@dataclass(frozen=True)
+class Redaction:
+    type: str
+    start: int  # character offsets into the text given to redact()
+    end: int
+
+
+@dataclass
+class RedactionResult:
+    text: str
+    redactions: list[Redaction]
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "redactions": [asdict(r) for r in self.redactions]}
+
+
+def luhn_ok(digits: str) -> bool:
+    if not digits.isdigit():
+        return False
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def iban_ok(candidate: str) -> bool:
+    s = candidate.replace(" ", "").upper()
+    if not re.fullmatch(r"[A-Z]{2}\d{2}[A-Z0-9]{11,30}", s):
+        return False
+    moved = s[4:] + s[:4]
+    return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
+
+
+# -- detection ---------------------------------------------------------------------------------
+
+
+def find_pii(text: str) -> list[Redaction]:
+    """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
+    found: list[Redaction] = []
+    found += _emails(text)
+    found += [Redaction("iban", m.start(), m.end()) for m in _IBAN.finditer(text) if iban_ok(m.group())]
+    pieces = normalise_aligned(text)
+    words = [_plain(p.text) for p in pieces]
+    found += _numbers(pieces, words)
+    found += _dates_of_birth(pieces, words)
+    return _resolve(found)
+
+
+def _plain(s: str) -> str:
+    w = s.lower().strip(".,;:!?\"'")
+    return w[:-2] if w.endswith("'s") else w  # "account's" still announces an account
+
+
+def _emails(text: str) -> list[Redaction]:
+    spans = [Redaction("email", m.start(), m.end()) for m in _EMAIL.finditer(text)]
+    spans += [Redaction("email", m.start(), m.end()) for m in _SPOKEN_EMAIL.finditer(text)
+              if m.group(1).lower() not in ("me", "us", "it", "them", "him", "her", "you", "look", "arrive", "arrived")]
+    return spans
+
+
+def _context(words: list[str], start: int, kind: str, window: int = 6) -> bool:
+    keys = _CONTEXT[kind]
+    return any(w in keys for w in words[max(0, start - window):start])
+
+
+def _digit_runs(pieces: list[Piece], words: list[str]) -> list[tuple[int, int]]:
+    """[first, last] piece indices of runs of number pieces. Fillers ("um") may sit between, and a
+    lone digit word joins a run it touches ("... sixty two one": pairs read out, odd digit last)."""
+    numeric = [_number_piece(pieces, words, k) for k in range(len(pieces))]
+    single = [words[k] in DIGIT_WORDS for k in range(len(pieces))]
+    runs, i = [], 0
+    while i < len(pieces):
+        if numeric[i] or (single[i] and i + 1 < len(pieces) and numeric[i + 1]):
+            j = i
+            while True:
+                k = j + 1
+                while k < len(pieces) and words[k] in _FILLERS:
+                    k += 1
+                if k < len(pieces) and (numeric[k] or single[k]):
+                    j = k
+                else:
+                    break
+            runs.append((i, j))
+            i = j + 1
+        else:
+            i += 1
+    return runs
+
+
+def _number_piece(pieces: list[Piece], words: list[str], k: int) -> bool:
+    text = pieces[k].text
+    if not _DIGITISH.match(text):
+        return False
+    if _SORT_CODE.match(text.rstrip(".,;:")) and _context(words, k, "sort", window=4):
+        return True  # 20-00-00 is also a valid dd-mm-yy date; "sort code" decides
+    return not _is_amount_or_date(text)
+
+
+def _is_amount_or_date(s: str) -> bool:
+    return bool(_NUMERIC_DATE.match(s.rstrip(".,;:"))) or "," in s.rstrip(".,;:") and re.search(r"\d,\d{3}", s) is not None
+
+
+def _end(piece: Piece) -> int:
+    """End offset without trailing sentence punctuation ("6467." ends before the full stop)."""
+    return piece.end - (len(piece.text) - len(piece.text.rstrip(".,;:!?")))
+
+
+def _digits(s: str) -> str:
+    return re.sub(r"\D", "", s)
+
+
+def _numbers(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+    out: list[Redaction] = []
+    for first, last in _digit_runs(pieces, words):
+        idx = [k for k in range(first, last + 1) if words[k] not in _FILLERS]
+        groups = [DIGIT_WORDS[words[k]] if words[k] in DIGIT_WORDS else _digits(pieces[k].text) for k in idx]
+        card = _best_card(idx, groups, card_context=_context(words, first, "card"))
+        if card is not None:
+            a, b = card
+            out.append(Redaction("card", pieces[idx[a]].start, _end(pieces[idx[b]])))
+            # what is left of the run on either side is classified on its own
+            rest = [(idx[:a], groups[:a]), (idx[b + 1:], groups[b + 1:])]
+        else:
+            rest = [(idx, groups)]
+        for sub_idx, sub_groups in rest:
+            if sub_idx:
+                kind = _classify(pieces, words, sub_idx, sub_groups)
+                if kind:
+                    out.append(Redaction(kind, pieces[sub_idx[0]].start, _end(pieces[sub_idx[-1]])))
+    return out
+
+
+def _best_card(idx: list[int], groups: list[str], *, card_context: bool) -> tuple[int, int] | None:
+    """The longest window of groups forming a 13-19 digit number that passes Luhn (or any
+    13-19 digit window when the caller just said "card")."""
+    best = None
+    for a in range(len(groups)):
+        total = ""
+        for b in range(a, len(groups)):
+            total += groups[b]
+            if len(total) > 19:
+                break
+            if len(total) >= 13 and (luhn_ok(total) or card_context):
+                if best is None or (b - a) > (best[1] - best[0]) or len(total) > best[2]:
+                    best = (a, b, len(total))
+    return None if best is None else (best[0], best[1])
+
+
+def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: list[str]) -> str | None:
+    raw = " ".join(pieces[k].text for k in idx)
+    digits = "".join(groups)
+    start = idx[0]
+    if len(idx) == 1 and _SORT_CODE.match(raw.rstrip(".,;:")):
+        return "account"
+    if _context(words, start, "sort", window=4) and len(digits) == 6:
+        return "account"
+    if _context(words, start, "account") and 6 <= len(digits) <= 12:
+        return "account"
+    plus = raw.lstrip("(").startswith("+")
+    if (plus and 10 <= len(digits) <= 15) or (digits.startswith("0") and 10 <= len(digits) <= 13):
+        return "phone"
+    if re.fullmatch(r"\(?\d{3}\)?[ \-.]\d{3}[ \-.]\d{4}", raw.rstrip(".,;:")):
+        return "phone"
+    if len(digits) == 10 and _context(words, start, "phone"):
+        return "phone"
+    return None
+
+
+def _dates_of_birth(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+    out = []
+    month_names = {m.capitalize() for m in MONTHS}
+    for k, piece in enumerate(pieces):
+        text = piece.text.rstrip(".,;:")
+        year = None
+        parts = text.split()
+        if len(parts) == 3 and parts[1] in month_names and parts[2].isdigit():
+            year = int(parts[2])  # a spoken date normalised to "3 March 1985"
+        else:
+            m = _NUMERIC_DATE.match(text)
+            if m:
+                y = m.group(3) or m.group(4)
+                year = int(y) if len(y) == 4 else 1900 + int(y) if int(y) > 30 else 2000 + int(y)
+        if year is None or not 1900 <= year <= 2030:
+            continue
+        if _context(words, k, "dob", window=8):
+            out.append(Redaction("dob", piece.start, piece.end))
+    return out
+
+
+def _resolve(found: list[Redaction]) -> list[Redaction]:
+    order = {t: i for i, t in enumerate(("email", "iban", "card", "dob", "account", "phone"))}
+    kept: list[Redaction] = []
+    for r in sorted(found, key=lambda r: (order[r.type], r.start)):
+        if all(r.end <= k.start or r.start >= k.end for k in kept):
+            kept.append(r)
+    return sorted(kept, key=lambda r: r.start)
+
+
+# -- redaction ---------------------------------------------------------------------------------
+
+
+def redact(text: str, *, placeholder: str = "[{TYPE}]") -> RedactionResult:
+    """``text`` with every PII span replaced by ``placeholder`` (``{TYPE}``/``{type}`` filled in).
+    Offsets in the map refer to the input text."""
+    spans = find_pii(text)
+    out, last = [], 0
+    for r in spans:
+        out.append(text[last:r.start])
+        out.append(placeholder.format(TYPE=r.type.upper(), type=r.type))
+        last = r.end
+    out.append(text[last:])
+    return RedactionResult("".join(out), spans)
+
+
+def redact_words(words: list) -> tuple[RedactionResult, list[int]]:
+    """Redact a recognised word sequence (objects with ``.text``): the result over the words
+    joined by spaces, and the indices of the words that fall inside a redaction."""
+    text, offsets, pos = [], [], 0
+    for w in words:
+        offsets.append((pos, pos + len(w.text)))
+        text.append(w.text)
+        pos += len(w.text) + 1
+    result = redact(" ".join(text))
+    hit = [i for i, (a, b) in enumerate(offsets) if any(a < r.end and b > r.start for r in result.redactions)]
+    return result, hit
+
+
+def redact_audio(samples: np.ndarray, sample_rate: int, words: list, indices: list[int], *, pad_s: float = 0.05) -> np.ndarray:
+    """A copy of ``samples`` ((N,) or (C, N)) with the given words (``.start``/``.end`` seconds)
+    silenced, ``pad_s`` either side so no edge of a digit survives."""
+    out = np.array(samples, dtype=np.float32, copy=True)
+    n = out.shape[-1]
+    for i in indices:
+        a = max(0, int((words[i].start - pad_s) * sample_rate))
+        b = min(n, int(np.ceil((words[i].end + pad_s) * sample_rate)))
+        out[..., a:b] = 0.0
+    return out
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+def load_corpus(path: Path = CORPUS) -> list[dict]:
+    """JSONL rows {"text", "entities": [{"type", "value"}], "note"}; gold offsets located here."""
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        row = json.loads(line)
+        gold, cursor = [], 0
+        for ent in row.get("entities", []):
+            at = row["text"].find(ent["value"], cursor)
+            if at < 0:
+                at = row["text"].find(ent["value"])
+            if at < 0:
+                raise ValueError(f"entity {ent['value']!r} not in {row['text']!r}")
+            gold.append(Redaction(ent["type"], at, at + len(ent["value"])))
+            cursor = at + len(ent["value"])
+        rows.append({"text": row["text"], "gold": gold})
+    return rows
+
+
+def evaluate_pii(path: Path = CORPUS) -> dict:
+    """Per-type recall and precision on the corpus. A gold entity counts as found when spans of
+    its type cover all its characters (a half-redacted card is a leak); a prediction counts as
+    right when it overlaps a gold entity of its type. Flat dict: ``<type>_recall``,
+    ``<type>_precision``, ``<type>_support``, plus ``micro_recall``/``micro_precision``."""
+    rows = load_corpus(path)
+    tp_r = {t: 0 for t in TYPES}
+    n_gold = {t: 0 for t in TYPES}
+    tp_p = {t: 0 for t in TYPES}
+    n_pred = {t: 0 for t in TYPES}
+    for row in rows:
+        pred = find_pii(row["text"])
+        for g in row["gold"]:
+            n_gold[g.type] += 1
+            covered = np.zeros(g.end - g.start, dtype=bool)
+            for p in pred:
+                if p.type == g.type:
+                    covered[max(0, p.start - g.start):max(0, min(g.end, p.end) - g.start)] = True
+            text = row["text"][g.start:g.end]
+            # separators (spaces, dashes) need not be covered, every other character must be
+            tp_r[g.type] += all(c or not text[i].isalnum() for i, c in enumerate(covered))
+        for p in pred:
+            n_pred[p.type] += 1
+            tp_p[p.type] += any(g.type == p.type and p.start < g.end and p.end > g.start for g in row["gold"])
+    out: dict[str, float] = {}
+    for t in TYPES:
+        out[f"{t}_recall"] = tp_r[t] / n_gold[t] if n_gold[t] else float("nan")
+        out[f"{t}_precision"] = tp_p[t] / n_pred[t] if n_pred[t] else float("nan")
+        out[f"{t}_support"] = float(n_gold[t])
+    out["micro_recall"] = sum(tp_r.values()) / max(1, sum(n_gold.values()))
+    out["micro_precision"] = sum(tp_p.values()) / max(1, sum(n_pred.values()))
+    out["sentences"] = float(len(rows))
+    return out

@@ -1,0 +1,146 @@
+"""ASR evaluation over the three layouts the project meets, read exactly as published.
+
+* LibriSpeech: ``<root>/**/<spk>-<chapter>.trans.txt`` with lines ``<utt-id> WORDS``; audio
+  ``<utt-id>.flac`` (or .wav) beside it.
+* FSDD: ``<root>/recordings/{digit}_{speaker}_{i}.wav`` (or ``<root>`` is that folder); the
+  transcript is the digit word; decoded with the digit grammar; adds ``digit_accuracy``.
+* Sphinx test data: ``<root>/**/*.transcription`` with lines ``<s> words </s> (utt-id)``; audio
+  ``<utt-id>.wav`` beside it, or at the paths of the sibling ``*fileids``.
+
+Scoring text normalisation (applied to reference and hypothesis alike, as Whisper's English
+normaliser does): lower case, punctuation dropped, hyphens split, a few spelling variants unified
+("mr" -> "mister"). WER is corpus-level: total edits / total reference words.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from apps.customer_service.speech.grammars import DIGIT_VALUES
+
+_DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+_FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+_VARIANTS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
+
+
+def scoring_text(text: str) -> str:
+    t = text.lower().replace("-", " ")
+    t = re.sub(r"[^a-z0-9' ]+", " ", t)
+    words = [_VARIANTS.get(w, w) for w in (w.strip("'") for w in t.split()) if w]
+    return " ".join(words)
+
+
+def find_layout(root: Path) -> str:
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"{root} does not exist")
+    rec = root / "recordings" if (root / "recordings").is_dir() else root
+    if any(_FSDD_NAME.match(p.name) for p in rec.glob("*.wav")):
+        return "fsdd"
+    if next(root.rglob("*.trans.txt"), None) is not None:
+        return "librispeech"
+    if next(root.rglob("*transcription"), None) is not None:
+        return "sphinx"
+    raise ValueError(f"{root}: no LibriSpeech *.trans.txt, FSDD recordings/ or Sphinx *.transcription found")
+
+
+def librispeech_items(root: Path) -> list[tuple[Path, str]]:
+    items = []
+    for trans in sorted(Path(root).rglob("*.trans.txt")):
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            utt, _, words = line.strip().partition(" ")
+            audio = next((trans.parent / f"{utt}{ext}" for ext in (".flac", ".wav") if (trans.parent / f"{utt}{ext}").exists()), None)
+            if audio is None:
+                raise FileNotFoundError(f"{trans}: no audio for {utt} (.flac or .wav)")
+            items.append((audio, words))
+    return items
+
+
+def sphinx_items(root: Path) -> list[tuple[Path, str]]:
+    items = []
+    for trans in sorted(Path(root).rglob("*transcription")):
+        fileids = {}
+        for ids in trans.parent.glob("*fileids"):
+            for line in ids.read_text().split():
+                fileids[Path(line).name] = line
+        for line in trans.read_text(encoding="utf-8").splitlines():
+            m = re.match(r"^(.*?)\s*\(([^()]+)\)\s*$", line.strip())
+            if not m:
+                continue
+            words = re.sub(r"</?s>", " ", m.group(1))
+            utt = m.group(2)
+            candidates = [trans.parent / f"{utt}.wav", trans.parent / f"{fileids.get(utt, utt)}.wav",
+                          trans.parent.parent / f"{fileids.get(utt, utt)}.wav"]
+            audio = next((c for c in candidates if c.exists()), None)
+            if audio is None:
+                raise FileNotFoundError(f"{trans}: no audio for {utt}")
+            items.append((audio, " ".join(words.split())))
+    return items
+
+
+def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozenset()) -> list[tuple[Path, str]]:
+    rec = Path(root) / "recordings" if (Path(root) / "recordings").is_dir() else Path(root)
+    items = []
+    for path in sorted(rec.glob("*.wav")):
+        m = _FSDD_NAME.match(path.name)
+        if m and m.group(2) not in exclude_speakers:
+            items.append((path, _DIGIT_NAMES[int(m.group(1))]))
+    return items
+
+
+def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
+                 exclude_speakers: set[str] | frozenset[str] = frozenset()) -> dict:
+    """WER (and digit accuracy for FSDD) of ``recognizer`` (default: pocketsphinx, generic LM)
+    on the dataset at ``root``. Returns a flat dict of numbers: ``wer``, ``utterances``,
+    ``ref_words``, ``rtf``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``."""
+    import jiwer
+
+    from apps.customer_service.speech.audio import load_audio
+
+    root = Path(root)
+    layout = find_layout(root)
+    items = {"fsdd": lambda: fsdd_items(root, exclude_speakers), "librispeech": lambda: librispeech_items(root),
+             "sphinx": lambda: sphinx_items(root)}[layout]()
+    if limit:
+        items = items[:limit]
+    if not items:
+        raise ValueError(f"{root}: no utterances found ({layout} layout)")
+    if recognizer is None:
+        from apps.customer_service.speech.asr import create_recognizer
+
+        recognizer = create_recognizer("pocketsphinx")
+    mode = "digit" if layout == "fsdd" else "default"
+    refs, hyps, conf, audio_s, t0 = [], [], [], 0.0, time.perf_counter()
+    digits_right = 0
+    for path, ref in items:
+        audio = load_audio(path)
+        tr = recognizer.transcribe(audio.mono(), audio.sample_rate, mode=mode)
+        ref_s, hyp_s = scoring_text(ref), scoring_text(tr.text)
+        if layout == "fsdd":  # "oh" and "zero" both say 0
+            hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
+        refs.append(ref_s)
+        hyps.append(hyp_s)
+        conf.append(tr.confidence)
+        audio_s += audio.duration_s
+        if layout == "fsdd":
+            words = tr.text.split()
+            digits_right += len(words) == 1 and DIGIT_VALUES.get(words[0]) == DIGIT_VALUES[ref]
+    elapsed = time.perf_counter() - t0
+    out = jiwer.process_words(refs, hyps)
+    result = {
+        "wer": float(out.wer),
+        "utterances": float(len(items)),
+        "ref_words": float(sum(len(r.split()) for r in refs)),
+        "substitutions": float(out.substitutions),
+        "deletions": float(out.deletions),
+        "insertions": float(out.insertions),
+        "rtf": elapsed / audio_s if audio_s else 0.0,
+        "mean_confidence": float(sum(conf) / len(conf)),
+    }
+    if layout == "fsdd":
+        result["digit_accuracy"] = digits_right / len(items)
+    return result

@@ -1,0 +1,237 @@
+"""Writes pii_corpus.jsonl: the PII redaction test corpus (our own text, CC0).
+
+Hand-written sentences (positives in many surface forms and hard negatives that look like PII
+but are not) plus templated ones filled with random values: Luhn-valid card numbers written in
+groups, with dashes, digit by digit in words, with "double", or in pairs ("forty one eleven");
+valid IBANs; UK phone numbers; spoken and written e-mails; dates of birth. Hard negatives:
+Luhn-invalid 16-digit references, amounts, transaction dates, years, quantities, "at" phrases,
+IBAN-shaped strings with a wrong checksum. Run from the repo root:
+
+    .venv/bin/python datasets/customer_service/asr/make_pii_corpus.py
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).with_name("pii_corpus.jsonl")
+ONES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+TEENS = ["ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen"]
+TENS = ["", "", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
+MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
+          "november", "december"]
+
+HAND = [
+    # positives, written
+    ("My card number is 4539 1488 0343 6467.", [("card", "4539 1488 0343 6467")]),
+    ("card no. 5555-5555-5555-4444 expiring soon", [("card", "5555-5555-5555-4444")]),
+    ("Use 378282246310005 for the amex", [("card", "378282246310005")]),
+    ("The number on the front is 4111111111111111 and the expiry is 05/27", [("card", "4111111111111111")]),
+    ("please send it to jane.doe+bank@example.co.uk today", [("email", "jane.doe+bank@example.co.uk")]),
+    ("Email: a.b@c.io", [("email", "a.b@c.io")]),
+    ("my iban is GB82 WEST 1234 5698 7654 32", [("iban", "GB82 WEST 1234 5698 7654 32")]),
+    ("IBAN DE89370400440532013000 for the transfer", [("iban", "DE89370400440532013000")]),
+    ("sort code 20-00-00 and account number 12345678", [("account", "20-00-00"), ("account", "12345678")]),
+    ("my account is 31926819", [("account", "31926819")]),
+    ("you can reach me on 07700 900123", [("phone", "07700 900123")]),
+    ("call +44 20 7946 0958 after five", [("phone", "+44 20 7946 0958")]),
+    ("her mobile is (555) 123-4567", [("phone", "(555) 123-4567")]),
+    ("my date of birth is 14/02/1987", [("dob", "14/02/1987")]),
+    ("DOB 1990-07-21", [("dob", "1990-07-21")]),
+    # positives, spoken
+    ("it's four five three nine one four eight eight zero three four three six four six seven",
+     [("card", "four five three nine one four eight eight zero three four three six four six seven")]),
+    ("the card is four one one one double one one one one one one one one one one one",
+     [("card", "four one one one double one one one one one one one one one one one")]),
+    ("my email is john dot smith at gmail dot com", [("email", "john dot smith at gmail dot com")]),
+    ("send it to sarah underscore jones at outlook dot co dot uk", [("email", "sarah underscore jones at outlook dot co dot uk")]),
+    ("I was born on the third of march nineteen eighty five", [("dob", "the third of march nineteen eighty five")]),
+    ("my birthday is july the fourth nineteen seventy", [("dob", "july the fourth nineteen seventy")]),
+    ("date of birth twenty first of june two thousand and one", [("dob", "twenty first of june two thousand and one")]),
+    ("my phone number is oh seven seven double oh nine oh oh one two three",
+     [("phone", "oh seven seven double oh nine oh oh one two three")]),
+    ("my account number is one two three four five six seven eight",
+     [("account", "one two three four five six seven eight")]),
+    ("the sort code is two oh double oh oh oh", [("account", "two oh double oh oh oh")]),
+    # hard negatives
+    ("I want to transfer £1,250 to my savings", []),
+    ("the payment on 3 March 2024 was declined", []),
+    ("it was on the third of march two thousand and twenty four", []),
+    ("my card was declined twice at the shop", []),
+    ("order reference 1234567890123456 from the online store", []),
+    ("tracking number 9400111899223100012345", []),
+    ("I have been waiting for 45 minutes", []),
+    ("I topped up twenty pounds fifty yesterday", []),
+    ("we arrived at home at five", []),
+    ("look at the app dot", []),
+    ("my pin is blocked", []),
+    ("the exchange rate was 1.1634 yesterday", []),
+    ("I was charged 3 times on 12/10/2023", []),
+    ("it happened in 1999 and again in 2005", []),
+    ("GB00 WEST 1234 5698 7654 32 is not a real iban", []),
+    ("the transaction id is 4539148803436468", []),
+    ("I need it by the fifth of may", []),
+    ("about one two three times a week", []),
+    ("the card arrived on the second of april", []),
+    ("my card ending 4467 was used", []),
+    ("the fee was 2.5% of 1,000 euros", []),
+    ("I called at 10:30 and again at 14:45", []),
+    ("there are 365 days in a year and 24 hours in a day", []),
+    ("born in the eighties, I still use cash", []),
+]
+
+
+def luhn_complete(prefix: str, length: int, rng: random.Random) -> str:
+    body = prefix + "".join(str(rng.randrange(10)) for _ in range(length - len(prefix) - 1))
+    total = 0
+    for i, ch in enumerate(reversed(body)):
+        d = int(ch)
+        if i % 2 == 0:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return body + str((10 - total % 10) % 10)
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch)
+        if i % 2 == 1:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+def two_digit_words(n: int) -> str:
+    if n < 10:
+        return "oh " + ONES[n]
+    if n < 20:
+        return TEENS[n - 10]
+    return TENS[n // 10] + ("" if n % 10 == 0 else " " + ONES[n % 10])
+
+
+def spoken_digits(digits: str, rng: random.Random, doubles: bool = True) -> str:
+    out, i = [], 0
+    while i < len(digits):
+        if doubles and i + 1 < len(digits) and digits[i] == digits[i + 1] and rng.random() < 0.5:
+            out.append("double " + ONES[int(digits[i])])
+            i += 2
+        else:
+            out.append(rng.choice(["oh", "zero"]) if digits[i] == "0" else ONES[int(digits[i])])
+            i += 1
+    return " ".join(out)
+
+
+def card_surface(number: str, rng: random.Random) -> str:
+    style = rng.choice(["plain", "spaces", "dashes", "words", "words", "pairs"])
+    if style == "plain":
+        return number
+    if style in ("spaces", "dashes"):
+        sep = " " if style == "spaces" else "-"
+        groups = [number[i:i + 4] for i in range(0, len(number), 4)] if len(number) != 15 else [number[:4], number[4:10], number[10:]]
+        return sep.join(groups)
+    if style == "words":
+        return spoken_digits(number, rng)
+    pairs = [number[i:i + 2] for i in range(0, len(number), 2)]
+    return " ".join(two_digit_words(int(p)) if len(p) == 2 else ONES[int(p)] for p in pairs)
+
+
+def iban_gb(rng: random.Random) -> str:
+    bank = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(4))
+    digits = "".join(str(rng.randrange(10)) for _ in range(14))
+    bban = bank + digits
+    num = int("".join(str(int(c, 36)) for c in bban + "GB00"))
+    check = 98 - num % 97
+    s = f"GB{check:02d}{bban}"
+    return " ".join(s[i:i + 4] for i in range(0, len(s), 4)) if rng.random() < 0.6 else s
+
+
+def ordinal(n: int) -> str:
+    base = {1: "first", 2: "second", 3: "third", 5: "fifth", 8: "eighth", 9: "ninth", 12: "twelfth", 20: "twentieth"}
+    if n in base:
+        return base[n]
+    if n < 20:
+        return (ONES + TEENS)[n] + "th"
+    if n % 10 == 0:
+        return TENS[n // 10][:-1] + "ieth"
+    return TENS[n // 10] + " " + (base.get(n % 10) or ONES[n % 10] + "th")
+
+
+def year_words(y: int) -> str:
+    if 2000 <= y < 2010:
+        return "two thousand" + ("" if y == 2000 else " and " + ONES[y % 10])
+    return two_digit_words(y // 100) + " " + (two_digit_words(y % 100) if y % 100 else "hundred")
+
+
+def generated(rng: random.Random) -> list[tuple[str, list[tuple[str, str]]]]:
+    rows = []
+    card_frames = ["my card number is {}", "the long number is {} thanks", "it's {}", "card {} please",
+                   "ok the number on my visa is {}", "{} is the card", "yes it is {} and the expiry is next year"]
+    for _ in range(150):
+        prefix, length = rng.choice([("4", 16), ("51", 16), ("55", 16), ("2221", 16), ("34", 15), ("37", 15), ("6011", 16), ("4", 13)])
+        number = luhn_complete(prefix, length, rng)
+        surface = card_surface(number, rng)
+        rows.append((rng.choice(card_frames).format(surface), [("card", surface)]))
+    for _ in range(40):
+        mobile = "07" + "".join(str(rng.randrange(10)) for _ in range(9))
+        style = rng.choice(["plain", "space", "intl", "words"])
+        surface = {"plain": mobile, "space": mobile[:5] + " " + mobile[5:], "intl": "+44 " + mobile[1:5] + " " + mobile[5:],
+                   "words": spoken_digits(mobile, rng)}[style]
+        frame = rng.choice(["my mobile is {}", "call me back on {}", "the number to reach me is {}", "it's {} after six"])
+        rows.append((frame.format(surface), [("phone", surface)]))
+    for _ in range(30):
+        acc = "".join(str(rng.randrange(10)) for _ in range(8))
+        sort = "-".join(f"{rng.randrange(100):02d}" for _ in range(3))
+        surface = acc if rng.random() < 0.6 else spoken_digits(acc, rng)
+        if rng.random() < 0.5:
+            rows.append((f"my account number is {surface}", [("account", surface)]))
+        else:
+            rows.append((f"sort code {sort} account {surface}", [("account", sort), ("account", surface)]))
+    for _ in range(20):
+        iban = iban_gb(rng)
+        rows.append((rng.choice(["my iban is {}", "send it to {} please", "IBAN {}"]).format(iban), [("iban", iban)]))
+    names, domains = ["john", "mary", "a.khan", "li.wei", "tom_b", "sara"], ["gmail", "outlook", "example", "mybank"]
+    for _ in range(30):
+        name, dom = rng.choice(names), rng.choice(domains)
+        if rng.random() < 0.5:
+            surface = f"{name}{rng.randrange(100)}@{dom}.com"
+        else:
+            spoken_name = name.replace(".", " dot ").replace("_", " underscore ")
+            surface = f"{spoken_name} at {dom} dot {rng.choice(['com', 'co dot uk', 'org'])}"
+        rows.append((rng.choice(["my email is {}", "you can email {}", "it's {}"]).format(surface), [("email", surface)]))
+    for _ in range(30):
+        d, m, y = rng.randrange(1, 29), rng.randrange(12), rng.randrange(1940, 2006)
+        style = rng.choice(["numeric", "spoken", "spoken2"])
+        surface = {"numeric": f"{d:02d}/{m + 1:02d}/{y}", "spoken": f"the {ordinal(d)} of {MONTHS[m]} {year_words(y)}",
+                   "spoken2": f"{MONTHS[m]} the {ordinal(d)} {year_words(y)}"}[style]
+        frame = rng.choice(["my date of birth is {}", "I was born on {}", "dob {}", "birthday {}"])
+        rows.append((frame.format(surface), [("dob", surface)]))
+    # hard negatives
+    for _ in range(40):
+        ref = "".join(str(rng.randrange(10)) for _ in range(16))
+        if luhn_ok(ref):
+            continue
+        rows.append((rng.choice(["reference {} on the receipt", "transaction {} is pending", "order number {}"]).format(ref), []))
+    for _ in range(30):
+        d, m, y = rng.randrange(1, 29), rng.randrange(12), rng.randrange(2018, 2026)
+        surface = rng.choice([f"{d:02d}/{m + 1:02d}/{y}", f"the {ordinal(d)} of {MONTHS[m]} {year_words(y)}"])
+        rows.append((rng.choice(["the payment on {} bounced", "I topped up on {}", "my card arrived {}"]).format(surface), []))
+    for _ in range(20):
+        amount = rng.randrange(100, 100000)
+        rows.append((rng.choice(["I sent £{:,} last week", "a transfer of {:,} euros", "I was charged {} pounds"]).format(amount), []))
+    return rows
+
+
+def main() -> None:
+    rng = random.Random(20261128)
+    rows = HAND + generated(rng)
+    with open(OUT, "w", encoding="utf-8") as f:
+        for text, ents in rows:
+            f.write(json.dumps({"text": text, "entities": [{"type": t, "value": v} for t, v in ents]}) + "\n")
+    print(f"{len(rows)} rows -> {OUT}")
+
+
+if __name__ == "__main__":
+    main()
