@@ -221,10 +221,11 @@ def create_service_app(
 
 
 # -- dependencies -----------------------------------------------------------------------------
+# async on purpose: FastAPI runs plain ``def`` dependencies in a thread pool, one hop per request
 def get_batcher(name: str) -> Callable[[Request], DynamicBatcher]:
     """A dependency giving the batcher of runner ``name`` (503 with Retry-After until loaded)."""
 
-    def dependency(request: Request) -> DynamicBatcher:
+    async def dependency(request: Request) -> DynamicBatcher:
         state = request.app.state
         batcher = state.batchers.get(name)
         if batcher is None:
@@ -239,17 +240,15 @@ def get_batcher(name: str) -> Callable[[Request], DynamicBatcher]:
     return dependency
 
 
-def get_store(request: Request) -> ResultStore:
+async def get_store(request: Request) -> ResultStore:
     return request.app.state.store
 
 
-def get_app_settings(request: Request) -> AppSettings:
+async def get_app_settings(request: Request) -> AppSettings:
     return request.app.state.settings
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
 
-def get_runner(request: Request, name: str) -> ModelRunner:
-    return get_batcher(name)(request).runner

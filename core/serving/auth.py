@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from dataclasses import dataclass
-from typing import Callable
+from typing import Awaitable, Callable
 
 from fastapi import Request
 
@@ -51,7 +51,7 @@ def resolve_principal(request: Request, keys: dict[str, str]) -> Principal:
     return Principal(role=role, key_id=hashlib.sha256(presented.encode()).hexdigest()[:12], authenticated=True)
 
 
-def require_role(*roles: str) -> Callable[[Request], Principal]:
+def require_role(*roles: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: ``principal: Annotated[Principal, Depends(require_role("line"))]``.
 
     With no roles given any valid key passes. Keys come from ``request.app.state.settings.api_keys``.
@@ -60,7 +60,7 @@ def require_role(*roles: str) -> Callable[[Request], Principal]:
     if unknown:
         raise ValueError(f"unknown roles {sorted(unknown)}; roles are {ROLES}")
 
-    def dependency(request: Request) -> Principal:
+    async def dependency(request: Request) -> Principal:
         settings = getattr(request.app.state, "settings", None)
         principal = resolve_principal(request, dict(getattr(settings, "api_keys", {}) or {}))
         if principal.authenticated and roles and principal.role != "admin" and principal.role not in roles:

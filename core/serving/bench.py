@@ -2,20 +2,19 @@
 
 Without ``url`` it serves a toy model in-process (uvicorn on 127.0.0.1, a free port) twice, with
 dynamic batching on (``max_batch=32``) and off (``max_batch=1``), and drives each with N concurrent
-clients. The toy model is a real torch MLP whose weights (~34 MB) must be read from memory on every
+clients. The toy model is a real torch MLP whose weights (~134 MB) must be read from memory on every
 call, so one call on 32 items costs far less than 32 calls on one item -- the same reason batching
 pays off for the apps' real models. Mean batch size comes from the server's own /metrics.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import json
+import multiprocessing
 import re
 import socket
-import statistics
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -30,7 +29,7 @@ from core.serving.app import create_service_app, get_batcher
 from core.serving.batching import DynamicBatcher
 from core.serving.settings import AppSettings
 
-TOY_IN, TOY_HIDDEN, TOY_OUT = 16, 2048, 16
+TOY_IN, TOY_HIDDEN, TOY_OUT = 16, 4096, 16
 
 
 @dataclass
@@ -165,11 +164,11 @@ def _batch_totals(metrics_text: str) -> tuple[float, float]:
     return totals["sum"], totals["count"]
 
 
-async def _read_batch_totals(client: Any, metrics_url: str | None) -> tuple[float, float] | None:
+def _read_batch_totals(client: Any, metrics_url: str | None) -> tuple[float, float] | None:
     if not metrics_url:
         return None
     try:
-        response = await client.get(metrics_url)
+        response = client.get(metrics_url, timeout=30)
     except Exception:
         return None
     if response.status_code != 200 or "triptych_batch_size" not in response.text:
@@ -184,48 +183,25 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-async def _drive(
-    url: str, concurrency: int, total: int, duration_s: float, body: Any | None, metrics_url: str | None, mode: str
+def _drive(
+    url: str, concurrency: int, total: int, duration_s: float, bodies: list[Any] | None, metrics_url: str | None,
+    mode: str, pool: Any = None,
 ) -> LevelResult:
     import httpx
 
-    latencies: list[float] = []
-    errors = 0
-    issued = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0) as client:
-        before = await _read_batch_totals(client, metrics_url)
-        started = time.perf_counter()
-        stop_at = started + duration_s
+    from core.serving import loadgen
 
-        async def worker(index: int) -> None:
-            nonlocal issued, errors
-            payload_rng = index
-            while issued < total and time.perf_counter() < stop_at:
-                issued += 1
-                payload_rng += 1
-                t0 = time.perf_counter()
-                try:
-                    if body is None:
-                        response = await client.get(url)
-                    else:
-                        response = await client.post(url, json=body(payload_rng) if callable(body) else body)
-                    ok = 200 <= response.status_code < 300
-                except httpx.HTTPError:
-                    ok = False
-                if ok:
-                    latencies.append(time.perf_counter() - t0)
-                else:
-                    errors += 1
-
-        await asyncio.gather(*(worker(i * 100_003) for i in range(concurrency)))
-        seconds = time.perf_counter() - started
-        after = await _read_batch_totals(client, metrics_url)
+    before = _read_batch_totals(httpx, metrics_url)
+    args = (url, concurrency, total, duration_s, bodies)
+    # the client runs in its own process so it does not share the server's interpreter lock
+    raw = pool.apply(loadgen.drive_in_process, (args,)) if pool is not None else loadgen.drive_in_process(args)
+    after = _read_batch_totals(httpx, metrics_url)
+    latencies, seconds = raw["latencies"], raw["seconds"]
     mean_batch = None
     if before is not None and after is not None and after[1] > before[1]:
         mean_batch = (after[0] - before[0]) / (after[1] - before[1])
     return LevelResult(
-        mode=mode, concurrency=concurrency, requests=len(latencies), errors=errors, seconds=round(seconds, 3),
+        mode=mode, concurrency=concurrency, requests=len(latencies), errors=raw["errors"], seconds=round(seconds, 3),
         throughput_rps=round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
         p50_ms=round(_percentile(latencies, 0.50) * 1000, 2), p95_ms=round(_percentile(latencies, 0.95) * 1000, 2),
         mean_batch=None if mean_batch is None else round(mean_batch, 2),
@@ -272,26 +248,27 @@ def run_bench(
         raise ValueError("requests must be 1..100000 and duration 0..600 s")
     torch.set_num_threads(1)  # a shared 2-core machine: one model thread is the honest setting
     results: list[LevelResult] = []
-    if url is not None:
-        _check_loopback(url)
-        payload = json.loads(Path(body).read_text()) if body else None
-        murl = metrics_url or _default_metrics_url(url)
-        _check_loopback(murl)
-        for level in levels:
-            results.append(asyncio.run(_drive(url, level, requests, duration_s, payload, murl, "url")))
-    else:
-        runner = ToyMLPRunner(hidden=hidden)
-        with tempfile.TemporaryDirectory(prefix="triptych-bench-") as tmp:
-            for mode, max_batch in (("batched", 32), ("unbatched", 1)):
-                app = create_toy_app(max_batch, f"sqlite:///{tmp}/{mode}.db", runner)
-                with LoopbackServer(app) as server:
-                    for level in levels:
-                        results.append(
-                            asyncio.run(
-                                _drive(server.url + "/predict", level, requests, duration_s, _toy_body,
-                                       server.url + "/metrics", mode)
+    context = multiprocessing.get_context("spawn")  # fork would copy the server's threads and locks
+    with context.Pool(1) as pool:
+        if url is not None:
+            _check_loopback(url)
+            bodies = [json.loads(Path(body).read_text())] if body else None
+            murl = metrics_url or _default_metrics_url(url)
+            _check_loopback(murl)
+            for level in levels:
+                results.append(_drive(url, level, requests, duration_s, bodies, murl, "url", pool))
+        else:
+            runner = ToyMLPRunner(hidden=hidden)
+            bodies = [_toy_body(seed) for seed in range(256)]
+            with tempfile.TemporaryDirectory(prefix="triptych-bench-") as tmp:
+                for mode, max_batch in (("batched", 32), ("unbatched", 1)):
+                    app = create_toy_app(max_batch, f"sqlite:///{tmp}/{mode}.db", runner)
+                    with LoopbackServer(app) as server:
+                        for level in levels:
+                            results.append(
+                                _drive(server.url + "/predict", level, requests, duration_s, bodies,
+                                       server.url + "/metrics", mode, pool)
                             )
-                        )
     ratios: dict[str, float] = {}
     for level in levels:
         on = next((r for r in results if r.mode == "batched" and r.concurrency == level), None)
