@@ -1,0 +1,161 @@
+"""Loaders for the public datasets, read in their ORIGINAL layout (see /work/shared/data MANIFESTs).
+
+Every loader takes the dataset folder (or file) exactly as shipped, so the hidden evaluation parts
+(RAVDESS actors 19-24, Emo-DB speakers 10/14/16, BANKING77 test.csv, GoEmotions test.tsv) can be
+dropped in unchanged. Only stdlib + numpy at import; audio decoding is lazy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+# One voice label space covering RAVDESS (8) and Emo-DB (7). Emo-DB's names map onto RAVDESS's
+# where they mean the same acted emotion; "boredom" exists only in Emo-DB, "calm"/"surprised" only
+# in RAVDESS. Evaluation restricts the argmax to the dataset's own classes (DATASET_CLASSES).
+VOICE_LABELS: tuple[str, ...] = (
+    "neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised", "boredom",
+)
+EMODB_TO_VOICE = {
+    "anger": "angry", "boredom": "boredom", "disgust": "disgust", "fear": "fearful",
+    "happiness": "happy", "neutral": "neutral", "sadness": "sad",
+}
+DATASET_CLASSES: dict[str, tuple[str, ...]] = {
+    "ravdess": ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised"),
+    "emodb": ("neutral", "happy", "sad", "angry", "fearful", "disgust", "boredom"),
+}
+
+EKMAN_LABELS: tuple[str, ...] = ("anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise")
+
+
+@dataclass(frozen=True)
+class VoiceClip:
+    path: Path
+    label: str  # one of VOICE_LABELS
+    speaker: str  # "ravdess:07", "emodb:03": speaker ids never collide across corpora
+    corpus: str  # "ravdess" | "emodb"
+    text: str  # the fixed sentence (code for Emo-DB): the "uninformative text" case of fusion
+
+
+def detect_emotion_corpus(root: str | Path) -> str:
+    """'ravdess' or 'emodb' from the folder layout; ValueError naming both layouts otherwise."""
+    root = Path(root)
+    labels = root / "labels.csv"
+    if labels.is_file():
+        with labels.open(newline="") as f:
+            header = next(csv.reader(f), [])
+        if "actor" in header and "path" in header:
+            return "ravdess"
+        if "speaker_id" in header and "filename" in header:
+            return "emodb"
+    raise ValueError(
+        f"{root}: not a RAVDESS (labels.csv with path,actor,emotion + audio_flac/) or Emo-DB "
+        "(labels.csv with filename,speaker_id,emotion + wav/) folder"
+    )
+
+
+def load_ravdess(root: str | Path) -> list[VoiceClip]:
+    root = Path(root)
+    clips = []
+    with (root / "labels.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            clips.append(VoiceClip(
+                path=root / row["path"], label=row["emotion"], speaker=f"ravdess:{int(row['actor']):02d}",
+                corpus="ravdess", text=row["statement"],
+            ))
+    return clips
+
+
+# Emo-DB's ten sentence codes; texts from the corpus documentation (German). Used only as the
+# "uninformative text" in the fusion measurement, never as a label source.
+EMODB_SENTENCES = {
+    "a01": "Der Lappen liegt auf dem Eisschrank.",
+    "a02": "Das will sie am Mittwoch abgeben.",
+    "a04": "Heute abend könnte ich es ihm sagen.",
+    "a05": "Das schwarze Stück Papier befindet sich da oben neben dem Holzstück.",
+    "a07": "In sieben Stunden wird es soweit sein.",
+    "b01": "Was sind denn das für Tüten, die da unter dem Tisch stehen?",
+    "b02": "Sie haben es gerade hochgetragen und jetzt gehen sie wieder runter.",
+    "b03": "An den Wochenenden bin ich jetzt immer nach Hause gefahren und habe Agnes besucht.",
+    "b09": "Ich will das eben wegbringen und dann mit Karl was trinken gehen.",
+    "b10": "Die wird auf dem Platz sein, wo wir sie immer hinlegen.",
+}
+
+
+def load_emodb(root: str | Path) -> list[VoiceClip]:
+    root = Path(root)
+    clips = []
+    with (root / "labels.csv").open(newline="") as f:
+        for row in csv.DictReader(f):
+            clips.append(VoiceClip(
+                path=root / "wav" / row["filename"], label=EMODB_TO_VOICE[row["emotion"]],
+                speaker=f"emodb:{row['speaker_id']}", corpus="emodb",
+                text=EMODB_SENTENCES.get(row["sentence_code"], row["sentence_code"]),
+            ))
+    return clips
+
+
+def load_emotion_corpus(root: str | Path) -> tuple[str, list[VoiceClip]]:
+    corpus = detect_emotion_corpus(root)
+    return corpus, (load_ravdess(root) if corpus == "ravdess" else load_emodb(root))
+
+
+def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray:
+    """Mono float32 at ``sr`` (channels averaged; polyphase resampling)."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    audio, file_sr = sf.read(str(path), dtype="float32", always_2d=True)
+    audio = audio.mean(axis=1)
+    if file_sr != sr:
+        from math import gcd
+
+        g = gcd(int(file_sr), int(sr))
+        audio = resample_poly(audio, sr // g, int(file_sr) // g).astype(np.float32)
+    return audio
+
+
+def load_banking77(csv_path: str | Path) -> tuple[list[str], list[str]]:
+    """(texts, categories) from a BANKING77 ``text,category`` CSV (quoted newlines allowed)."""
+    texts, cats = [], []
+    with Path(csv_path).open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            texts.append(row["text"])
+            cats.append(row["category"])
+    return texts, cats
+
+
+def banking77_categories(folder: str | Path) -> list[str]:
+    """The 77 intent names from ``categories.json`` next to the CSVs (sorted order is canonical)."""
+    return list(json.loads((Path(folder) / "categories.json").read_text()))
+
+
+def load_goemotions(tsv_path: str | Path) -> tuple[list[str], list[list[int]]]:
+    """(texts, label-index lists) from a GoEmotions ``text<TAB>ids<TAB>comment_id`` TSV (no header)."""
+    texts, labels = [], []
+    with Path(tsv_path).open(encoding="utf-8") as f:
+        for line in f:
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) < 2:
+                continue
+            texts.append(parts[0])
+            labels.append([int(x) for x in parts[1].split(",") if x.strip() != ""])
+    return texts, labels
+
+
+def stratified_split(labels: list[str], val_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (train, val) with every class represented in val in proportion."""
+    rng = np.random.default_rng(seed)
+    labels_arr = np.asarray(labels)
+    train_idx, val_idx = [], []
+    for cls in sorted(set(labels)):
+        idx = np.flatnonzero(labels_arr == cls)
+        rng.shuffle(idx)
+        n_val = max(1, int(round(len(idx) * val_fraction)))
+        val_idx.extend(idx[:n_val])
+        train_idx.extend(idx[n_val:])
+    return np.sort(np.asarray(train_idx)), np.sort(np.asarray(val_idx))

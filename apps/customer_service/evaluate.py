@@ -1,0 +1,105 @@
+"""Evaluation of the shipped contact-centre models on datasets in their original layout.
+
+Each function returns ONE FLAT dict metric-name -> number (the CLI writes it with ``--json``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from apps.customer_service.data import (
+    DATASET_CLASSES,
+    EKMAN_LABELS,
+    VOICE_LABELS,
+    load_banking77,
+    load_emotion_corpus,
+    load_goemotions,
+)
+from apps.customer_service.settings import get_settings
+
+
+def _scores(y: np.ndarray, pred: np.ndarray, labels: list[int]) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
+
+    return {
+        "accuracy": float(accuracy_score(y, pred)),
+        "macro_f1": float(f1_score(y, pred, labels=labels, average="macro", zero_division=0)),
+        "uar": float(balanced_accuracy_score(y, pred)),
+    }
+
+
+def evaluate_intent(csv_path: str | Path, bundle: str | Path | None = None, batch_size: int = 64) -> dict:
+    """BANKING77 CSV (text,category) -> accuracy, macro_f1, mean confidence, ECE."""
+    from core.metrics import expected_calibration_error
+
+    from apps.customer_service.model import load_text_classifier
+
+    model = load_text_classifier(bundle or get_settings().intent_bundle)
+    texts, cats = load_banking77(csv_path)
+    labels = model.config.labels
+    unknown = sorted(set(cats) - set(labels))
+    if unknown:
+        raise ValueError(f"{csv_path}: categories not among the 77 intents: {unknown[:5]}")
+    y = np.array([labels.index(c) for c in cats])
+    proba = model.predict_proba(texts, batch_size=batch_size).numpy()
+    pred = proba.argmax(1)
+    out = _scores(y, pred, list(range(len(labels))))
+    out.pop("uar")
+    out["mean_confidence"] = float(proba.max(1).mean())
+    out["ece"] = float(expected_calibration_error(y, proba))
+    out["n"] = float(len(y))
+    return out
+
+
+def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None) -> dict:
+    """GoEmotions Ekman TSV, scored on rows with exactly one label (argmax over the 7 classes)."""
+    from apps.customer_service.model import load_text_classifier
+
+    model = load_text_classifier(bundle or get_settings().text_emotion_bundle)
+    if list(model.config.labels) != list(EKMAN_LABELS):
+        raise ValueError(f"bundle labels {model.config.labels} are not the Ekman 7")
+    texts, labs = load_goemotions(tsv_path)
+    rows = [i for i, lab in enumerate(labs) if len(lab) == 1]
+    if not rows:
+        raise ValueError(f"{tsv_path}: no single-label rows")
+    y = np.array([labs[i][0] for i in rows])
+    if y.max() >= len(EKMAN_LABELS):
+        raise ValueError(f"{tsv_path}: label index {y.max()} outside the Ekman 7 (is this the ekman/ file?)")
+    proba = model.predict_proba([texts[i] for i in rows]).numpy()
+    out = _scores(y, proba.argmax(1), list(range(len(EKMAN_LABELS))))
+    out["n"] = float(len(rows))
+    return out
+
+
+def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None) -> dict:
+    """RAVDESS or Emo-DB folder (labels.csv + audio) -> macro_f1, uar, accuracy.
+
+    The argmax is restricted to the corpus's own classes (one label space covers both corpora).
+    """
+    from apps.customer_service.data import read_audio
+    from apps.customer_service.features import acoustic_features
+    from apps.customer_service.model import load_voice_model
+
+    model = load_voice_model(bundle or get_settings().voice_emotion_bundle)
+    corpus, clips = load_emotion_corpus(root)
+    if not clips:
+        raise ValueError(f"{root}: labels.csv lists no clips")
+    x = np.stack([acoustic_features(read_audio(c.path)) for c in clips])
+    proba = model.predict_proba(x)
+    allowed = np.array([name in DATASET_CLASSES[corpus] for name in VOICE_LABELS])
+    pred = np.where(allowed[None, :], proba, -1.0).argmax(1)
+    y = np.array([VOICE_LABELS.index(c.label) for c in clips])
+    classes = [VOICE_LABELS.index(n) for n in DATASET_CLASSES[corpus]]
+    out = _scores(y, pred, classes)
+    out["n"] = float(len(clips))
+    out["speakers"] = float(len({c.speaker for c in clips}))
+    return out
+
+
+def evaluate_asr(root: str | Path, limit: int | None = None) -> dict:
+    """Delegates to the speech side (LibriSpeech / FSDD / Sphinx layouts)."""
+    from apps.customer_service.speech import evaluate_asr as _evaluate_asr
+
+    return _evaluate_asr(root, limit=limit)

