@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,7 +68,8 @@ class CTResNetEncoder(Encoder):
             norm=("group", {"num_groups": 2}) if config.norm == "group" else config.norm,
         )
         width = config.block_inplanes[3]
-        self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(width, config.dim))
+        # mean AND max over cells: a nodule is local, a mean alone would dilute it
+        self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width, config.dim))
         self.token_proj = nn.Linear(width, config.dim)
         self.feature_map: torch.Tensor | None = None  # last (B, C, d, h, w) map, for Grad-CAM
 
@@ -88,7 +90,8 @@ class CTResNetEncoder(Encoder):
         fmap = self.features(x)
         self.feature_map = fmap
         cells = fmap.flatten(2).transpose(1, 2)  # (B, d*h*w, C)
-        study = self.study(cells.mean(dim=1)).unsqueeze(1)  # (B, 1, dim): the 128-d study vector
+        pooled = torch.cat([cells.mean(dim=1), cells.amax(dim=1)], dim=-1)  # (B, 2C)
+        study = self.study(pooled).unsqueeze(1)  # (B, 1, dim): the 128-d study vector
         tokens = torch.cat([study, self.token_proj(cells)], dim=1)  # (B, 1 + d*h*w, dim)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)
@@ -111,26 +114,40 @@ def default_bert_path() -> str:
 def _bert_example():
     tiny = {"vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
             "intermediate_size": 32, "max_position_embeddings": 32}
-    ids = torch.randint(5, 64, (2, 7))
-    mask = torch.ones(2, 7, dtype=torch.long)
-    mask[1, 5:] = 0
+    ids = torch.randint(5, 64, (2, 3, 7))  # (B, segments, tokens)
+    mask = torch.ones(2, 3, 7, dtype=torch.long)
+    mask[1, 2] = 0  # the second report has two segments
+    mask[0, :, 5:] = 0
     return {"bert_config": tiny, "freeze": False}, {"input_ids": ids, "attention_mask": mask}
+
+
+_SEGMENT = re.compile(r"(?<=[.;:!?])\s+|,\s+|\n+")
+
+
+def split_segments(text: str, max_segments: int) -> list[str]:
+    """Clauses of a report (sentences, then commas): "66-year-old woman", "former smoker", ...
+
+    Clause-level units suit a sentence-embedding model like MiniLM and give co-attention one token
+    per fact. Empty reports give one empty segment so shapes stay valid.
+    """
+    parts = [p.strip() for p in _SEGMENT.split(text or "") if p and p.strip(" .,;:")]
+    return parts[:max_segments] or [""]
 
 
 @register_encoder("text", "bert", example=_bert_example)
 class BertReportEncoder(Encoder):
-    """Report text -> BERT token states ``(B, T, hidden)``; padding masked out.
+    """Report text -> one token per clause: the BERT's mean-pooled states of that clause.
 
     Build it from a local folder (``path``; empty = bundled MiniLM) or, for tests, from a plain
-    ``bert_config`` dict (random weights, no tokenizer). ``forward`` takes the tokenizer's
-    ``input_ids`` / ``attention_mask``, or ``hidden`` states computed earlier by ``embed`` (training
-    caches them when the encoder is frozen).
+    ``bert_config`` dict (random weights, no tokenizer). ``forward`` takes ``tokenize``'s
+    ``input_ids`` / ``attention_mask`` of shape (B, S, L), or clause vectors ``hidden`` (B, S, H)
+    with ``segment_mask`` (B, S) computed earlier by ``embed`` (training caches them when frozen).
     """
 
     modality = "text"
 
-    def __init__(self, path: str = "", bert_config: dict[str, Any] | None = None, max_length: int = 128,
-                 freeze: bool = True):
+    def __init__(self, path: str = "", bert_config: dict[str, Any] | None = None, max_length: int = 48,
+                 max_segments: int = 24, freeze: bool = True):
         super().__init__()
         from core.offline import enforce_offline
 
@@ -138,11 +155,12 @@ class BertReportEncoder(Encoder):
         from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
         self.max_length = max_length
+        self.max_segments = max_segments
         self.freeze = freeze
         if bert_config is not None:
             self.bert = BertModel(BertConfig(**bert_config), add_pooling_layer=False)
             self.tokenizer = None
-            self.source = "random-init (test config)"
+            self.source = "random-init (bare config)"
         else:
             path = path or default_bert_path()
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
@@ -160,17 +178,41 @@ class BertReportEncoder(Encoder):
         return self
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """(B, S, L) ids and mask; S = most clauses in the batch (capped), padding clauses all-zero."""
         if self.tokenizer is None:
             raise RuntimeError("this encoder was built from a bare config and has no tokenizer")
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
-        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+        segments = [split_segments(t, self.max_segments) for t in texts]
+        flat = [seg for segs in segments for seg in segs]
+        enc = self.tokenizer(flat, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        b, s, length = len(texts), max(len(x) for x in segments), enc["input_ids"].shape[1]
+        ids = torch.zeros(b, s, length, dtype=torch.long)
+        mask = torch.zeros(b, s, length, dtype=torch.long)
+        row = 0
+        for i, segs in enumerate(segments):
+            ids[i, : len(segs)] = enc["input_ids"][row : row + len(segs)]
+            mask[i, : len(segs)] = enc["attention_mask"][row : row + len(segs)]
+            row += len(segs)
+        return {"input_ids": ids, "attention_mask": mask}
 
-    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
-            out = self.bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        return out.last_hidden_state
+    def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clause vectors (B, S, H) (masked mean of token states) and the clause mask (B, S)."""
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        b, s, length = ids.shape
+        segment_mask = mask.sum(-1) > 0  # (B, S)
+        flat_ids, flat_mask = ids.reshape(b * s, length), mask.reshape(b * s, length)
+        keep = segment_mask.reshape(-1)
+        hidden = torch.zeros(b * s, self.dim, device=ids.device)
+        if keep.any():
+            with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
+                states = self.bert(input_ids=flat_ids[keep], attention_mask=flat_mask[keep]).last_hidden_state
+                w = flat_mask[keep].unsqueeze(-1).to(states.dtype)
+                pooled = (states * w).sum(1) / w.sum(1).clamp_min(1.0)
+            hidden = hidden.to(pooled.dtype).index_put((keep.nonzero().squeeze(1),), pooled)
+        return hidden.reshape(b, s, self.dim), segment_mask
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:
-        hidden = batch["hidden"] if "hidden" in batch else self.embed(batch)
-        mask = batch["attention_mask"].bool()
+        if "hidden" in batch:
+            hidden, mask = batch["hidden"], batch["segment_mask"].bool()
+        else:
+            hidden, mask = self.embed(batch)
         return EncoderOutput(hidden * mask.unsqueeze(-1).to(hidden.dtype), mask)

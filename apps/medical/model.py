@@ -28,7 +28,8 @@ class MedicalModelConfig(ConfigBase):
     ct: CTEncoderConfig = field(default_factory=CTEncoderConfig)
     fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
     volume_shape: list[int] = field(default_factory=lambda: [64, 96, 96])  # (D, H, W) model input
-    text_max_length: int = 160  # report tokens kept
+    clause_tokens: int = 48  # word pieces kept per report clause
+    max_clauses: int = 24  # report clauses kept (one token each)
     head_hidden: int = 64
     bert_hidden: int = 384  # hidden size of the report BERT (MiniLM: 384, BioBERT: 768)
 
@@ -37,7 +38,8 @@ class MedicalModelConfig(ConfigBase):
             "ct": CTEncoderConfig.PRESETS["tiny"],
             "fusion": FusionConfig.PRESETS["tiny"],
             "volume_shape": [16, 24, 24],
-            "text_max_length": 32,
+            "clause_tokens": 16,
+            "max_clauses": 8,
             "head_hidden": 8,
             "bert_hidden": 16,
         },
@@ -99,8 +101,8 @@ class MedicalModel(nn.Module):
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
                 freeze_bert: bool = True) -> MedicalModel:
-    report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.text_max_length,
-                               freeze=freeze_bert)
+    report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.clause_tokens,
+                               max_segments=config.max_clauses, freeze=freeze_bert)
     return MedicalModel(config, report)
 
 

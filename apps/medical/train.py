@@ -114,15 +114,18 @@ def prepare_volumes(paths: list[Path], shape: list[int], cache: Path | None = No
 
 @torch.no_grad()
 def embed_reports(model: MedicalModel, texts: list[str], batch_size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen-BERT token states for every report, padded to one length: (N, T, H) fp16, (N, T) bool."""
+    """Frozen-BERT clause vectors for every report, padded to one clause count: (N, S, H) fp16, (N, S) bool."""
     encoder = model.report_encoder
     encoder.eval()
-    tokens = encoder.tokenize(texts)
-    hidden = []
+    s = encoder.max_segments
+    hidden = torch.zeros(len(texts), s, encoder.dim, dtype=torch.float16)
+    mask = torch.zeros(len(texts), s, dtype=torch.bool)
     for start in range(0, len(texts), batch_size):
-        part = {k: v[start : start + batch_size] for k, v in tokens.items()}
-        hidden.append(encoder.embed(part).half())
-    return torch.cat(hidden), tokens["attention_mask"].bool()
+        h, m = encoder.embed(encoder.tokenize(texts[start : start + batch_size]))
+        hidden[start : start + len(h), : h.shape[1]] = h.half()
+        mask[start : start + len(h), : m.shape[1]] = m
+    used = max(1, int(mask.sum(1).max()))
+    return hidden[:, :used].contiguous(), mask[:, :used].contiguous()
 
 
 class StudyDataset(Dataset):
@@ -156,7 +159,7 @@ class StudyDataset(Dataset):
         return {
             "ct": ct,
             "hidden": self.hidden[i].float(),
-            "attention_mask": self.mask[i],
+            "segment_mask": self.mask[i],
             "label": self.labels[i],
             "present_ct": torch.tensor(present_ct),
             "present_report": torch.tensor(present_report),
@@ -165,7 +168,7 @@ class StudyDataset(Dataset):
 
 def _forward(model: MedicalModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     present = {"ct": batch["present_ct"], "report": batch["present_report"]}
-    report = {"hidden": batch["hidden"], "attention_mask": batch["attention_mask"]}
+    report = {"hidden": batch["hidden"], "segment_mask": batch["segment_mask"]}
     return model(batch["ct"], report, present=present)
 
 

@@ -28,13 +28,24 @@ def test_ct_encoder_default_is_128d_and_rejects_bad_shapes():
 
 def test_bert_path_loads_a_local_bert_with_its_tokenizer(tiny_bert_dir):
     encoder = BertReportEncoder(path=str(tiny_bert_dir), max_length=24)
-    batch = encoder.tokenize(["No nodules or masses.", "A 2 cm spiculated nodule in the right upper lobe."])
+    batch = encoder.tokenize(["No nodules or masses.", "Former smoker, 40 pack-years. A 2 cm nodule, right upper lobe."])
+    assert batch["input_ids"].dim() == 3 and batch["input_ids"].shape[0] == 2
     out = encoder(batch)
-    assert out.tokens.shape[:2] == batch["input_ids"].shape and out.tokens.shape[2] == encoder.dim == 16
-    assert out.mask.sum(1)[0] < out.mask.sum(1)[1]  # padding masked
+    assert out.tokens.shape[:2] == batch["input_ids"].shape[:2] and out.tokens.shape[2] == encoder.dim == 16
+    assert out.mask.sum(1).tolist() == [1, 4]  # one token per clause; padding clauses masked
+    assert torch.all(out.tokens[0, 1:] == 0)
     assert not any(p.requires_grad for p in encoder.bert.parameters())  # frozen by default
-    cached = encoder({"hidden": encoder.embed(batch), "attention_mask": batch["attention_mask"]})
+    hidden, segment_mask = encoder.embed(batch)
+    cached = encoder({"hidden": hidden, "segment_mask": segment_mask})
     assert torch.allclose(cached.tokens, out.tokens)
+
+
+def test_clause_splitting():
+    from apps.medical.encoders import split_segments
+
+    parts = split_segments("CLINICAL HISTORY: 66-year-old woman, former smoker. FINDINGS: Nodule.", 10)
+    assert parts == ["CLINICAL HISTORY:", "66-year-old woman", "former smoker.", "FINDINGS:", "Nodule."]
+    assert split_segments("", 4) == [""] and len(split_segments("a, b, c, d, e", 3)) == 3
 
 
 def test_unfrozen_bert_gets_gradients(tiny_bert_dir):
