@@ -50,11 +50,17 @@ def bench_serve(
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (bounded).")] = 400,
     duration_s: Annotated[float, typer.Option("--duration", help="Upper bound in seconds per level.")] = 20.0,
     json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON here.")] = None,
+    body: Annotated[Optional[str], typer.Option(help="With --url: a JSON file to POST (default: GET).")] = None,
+    metrics_url: Annotated[Optional[str], typer.Option(help="With --url: the app's /metrics (for mean batch size).")] = None,
 ) -> None:
     """Throughput, p50/p95 latency and mean batch size, with and without dynamic batching."""
     from core.serving.bench import run_bench
 
-    run_bench(url=url, concurrency=concurrency, requests=requests, duration_s=duration_s, json_out=json_out)
+    try:
+        run_bench(url=url, concurrency=concurrency, requests=requests, duration_s=duration_s, json_out=json_out,
+                  body=body, metrics_url=metrics_url)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 _attached = False
