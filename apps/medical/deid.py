@@ -171,7 +171,7 @@ def deidentify_dataset(ds, salt: str):
     if meta is not None and "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in ds:
         meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Application Level Confidentiality Profile (triptych)"
+    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (triptych)"
     code = Dataset()
     code.CodeValue, code.CodingSchemeDesignator = "113100", "DCM"
     code.CodeMeaning = "Basic Application Confidentiality Profile"

@@ -1,0 +1,153 @@
+"""CT ingestion: accepted formats give the same volume; every refusal is an IngestError with a reason."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from apps.medical.ingest import IngestError, IngestLimits, ingest_bytes, ingest_path, read_dicom_series
+from apps.medical.render.writers import write_dicom_series, write_nifti
+from tests.apps.medical.data.conftest import phantom_volume
+
+SPACING = (2.5, 1.5, 1.5)  # (dz, dy, dx)
+ORIGIN = (-30.0, -30.0, -100.0)
+
+
+@pytest.fixture(scope="module")
+def volume():
+    return phantom_volume()
+
+
+@pytest.fixture(scope="module")
+def series(tmp_path_factory, volume) -> Path:
+    folder = tmp_path_factory.mktemp("series") / "ct"
+    return write_dicom_series(folder, volume, SPACING, ORIGIN, patient_id="P1", study_key="s1")
+
+
+def _zip(files: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_series_folder_zip_and_nifti_agree(series, volume, tmp_path):
+    v = ingest_path(series)
+    assert v.source_format == "dicom-series" and v.shape == (40, 40, 24)
+    assert np.allclose(v.spacing, (1.5, 1.5, 2.5))
+    assert np.array_equal(v.data, np.transpose(volume, (2, 1, 0)).astype(np.float32))
+    z = ingest_bytes(_zip({f"a/{p.name}": p.read_bytes() for p in series.glob("*.dcm")}), "study.zip")
+    assert np.array_equal(z.data, v.data) and np.allclose(z.affine_ras, v.affine_ras)
+    n = ingest_path(write_nifti(tmp_path / "v.nii.gz", volume, SPACING, ORIGIN))
+    assert np.array_equal(n.data, v.data) and np.allclose(n.affine_ras, v.affine_ras, atol=1e-4)
+    raw = ingest_bytes((tmp_path / "v.nii.gz").read_bytes(), "v.nii.gz")
+    assert np.array_equal(raw.data, v.data)
+
+
+def test_missing_slice_is_named(series):
+    files = sorted(series.glob("*.dcm"))
+    with pytest.raises(IngestError, match="missing slices") as err:
+        read_dicom_series(files[:10] + files[11:])
+    assert err.value.code == "missing_slices" and err.value.status_code == 422
+
+
+def test_inconsistent_spacing(series, tmp_path):
+    import pydicom
+
+    folder = tmp_path / "uneven"
+    folder.mkdir()
+    for i, f in enumerate(sorted(series.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        if i >= 12:
+            ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1],
+                                       float(ds.ImagePositionPatient[2]) + 0.7 * (i - 11)]
+        ds.save_as(folder / f.name)
+    with pytest.raises(IngestError, match="inconsistent slice spacing"):
+        ingest_path(folder)
+
+
+def test_non_ct_modality_is_refused(series, tmp_path):
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(IngestError, match="modality is MR") as err:
+        ingest_path(Path(get_testdata_file("MR_small.dcm", download=False)))
+    assert err.value.code == "not_ct"
+    folder = tmp_path / "mr"
+    folder.mkdir()
+    for f in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.Modality = "MR"
+        ds.save_as(folder / f.name)
+    with pytest.raises(IngestError, match="only CT"):
+        ingest_path(folder)
+
+
+def test_nifti_that_is_not_hu_is_refused(tmp_path, volume):
+    mri_like = (volume.astype(float) + 1024) / 8  # 0..~140, no air at -1000
+    path = write_nifti(tmp_path / "mr.nii.gz", mri_like.astype(np.int16), SPACING, ORIGIN)
+    with pytest.raises(IngestError, match="Hounsfield"):
+        ingest_path(path)
+
+
+def test_absurd_sizes_and_single_slices(series, tmp_path, volume):
+    from pydicom.data import get_testdata_file
+
+    with pytest.raises(IngestError, match="larger than") as err:
+        ingest_path(series, IngestLimits(max_voxels=10_000))
+    assert err.value.status_code == 413
+    with pytest.raises(IngestError, match="single CT slice"):
+        ingest_path(Path(get_testdata_file("CT_small.dcm", download=False)))
+    path = write_nifti(tmp_path / "thin.nii.gz", volume, (0.01, 1.5, 1.5), ORIGIN)
+    with pytest.raises(IngestError, match="slice spacing"):
+        ingest_path(path)
+
+
+def test_multiframe_dicom(volume, tmp_path, series):
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    first = pydicom.dcmread(sorted(series.glob("*.dcm"))[0])
+    ds = first.copy()
+    ds.NumberOfFrames = volume.shape[0]
+    ds.PixelData = np.ascontiguousarray(volume.astype("<i2")).tobytes()
+    shared = Dataset()
+    pm, po = Dataset(), Dataset()
+    pm.PixelSpacing, pm.SliceThickness = [1.5, 1.5], 2.5
+    po.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+    shared.PixelMeasuresSequence, shared.PlaneOrientationSequence = Sequence([pm]), Sequence([po])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    frames = []
+    for k in reversed(range(volume.shape[0])):  # frames stored head-first: the reader must sort them
+        item, pos = Dataset(), Dataset()
+        pos.ImagePositionPatient = [ORIGIN[0], ORIGIN[1], ORIGIN[2] + 2.5 * k]
+        item.PlanePositionSequence = Sequence([pos])
+        frames.append(item)
+    ds.PixelData = np.ascontiguousarray(volume[::-1].astype("<i2")).tobytes()
+    ds.PerFrameFunctionalGroupsSequence = Sequence(frames)
+    ds.save_as(tmp_path / "mf.dcm")
+    v = ingest_path(tmp_path / "mf.dcm")
+    ref = ingest_path(series)
+    assert v.source_format == "dicom-multiframe"
+    assert np.array_equal(v.data, ref.data) and np.allclose(v.affine_ras, ref.affine_ras)
+
+
+def test_unsafe_or_unknown_uploads():
+    with pytest.raises(IngestError) as err:
+        ingest_bytes(_zip({"../../evil.dcm": b"x" * 10}), "evil.zip")
+    assert err.value.status_code in (400, 422)
+    with pytest.raises(IngestError) as err:
+        ingest_bytes(b"GIF89a" + b"\0" * 400, "x.gif")
+    assert err.value.status_code == 415 and "Accepted" in err.value.message
+    with pytest.raises(IngestError, match="no DICOM"):
+        ingest_bytes(_zip({"readme.txt": b"hello"}), "notes.zip")
+    bomb = _zip({"big.dcm": b"\0" * (5 * 1024 * 1024)})
+    with pytest.raises(IngestError) as err:
+        ingest_bytes(bomb, "bomb.zip", limits=IngestLimits(max_archive_bytes=1024 * 1024))
+    assert err.value.status_code == 413
