@@ -136,6 +136,21 @@ def ingest_bytes(data: bytes, filename: str = "upload", *, limits: IngestLimits 
                       status_code=415)
 
 
+def ingest_upload(data: bytes, kind: str | None, workdir: str | Path,
+                  limits: IngestLimits | None = None) -> tuple[Path, str | None]:
+    """What the service calls: upload bytes -> (a PHI-free NIfTI in ``workdir``, StudyInstanceUID or None).
+
+    ``kind`` is core.serving's sniff result; only zip, dicom and nifti are CT carriers. The NIfTI
+    holds voxels and geometry only, so nothing identifying is written to disk; the UID is returned
+    for the caller to hash."""
+    if kind not in (None, "zip", "dicom", "nifti"):
+        raise IngestError(f"a {kind} upload is not a CT volume. Accepted: {ACCEPTED}.", code="unsupported_type",
+                          status_code=415)
+    volume = ingest_bytes(data, "upload.nii.gz" if kind == "nifti" else "upload", limits=limits, workdir=workdir)
+    path = volume.to_nifti(Path(workdir) / "ct.nii.gz")
+    return path, volume.study_uid
+
+
 def sniff(head: bytes, filename: str = "") -> str | None:
     """'zip' | 'dicom' | 'nifti' | None from magic bytes (the name only breaks gzip ambiguity)."""
     if head[:4] == b"PK\x03\x04":

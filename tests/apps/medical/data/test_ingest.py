@@ -151,3 +151,20 @@ def test_unsafe_or_unknown_uploads():
     with pytest.raises(IngestError) as err:
         ingest_bytes(bomb, "bomb.zip", limits=IngestLimits(max_archive_bytes=1024 * 1024))
     assert err.value.status_code == 413
+
+
+def test_ingest_upload_contract(series, tmp_path):
+    """The service's entry point: bytes + sniffed kind -> PHI-free NIfTI path and the study UID."""
+    import nibabel as nib
+
+    from apps.medical.ingest import ingest_upload
+
+    data = _zip({p.name: p.read_bytes() for p in series.glob("*.dcm")})
+    path, uid = ingest_upload(data, "zip", tmp_path)
+    assert path.exists() and nib.load(str(path)).shape == (40, 40, 24) and uid
+    import gzip
+
+    assert b"P1" not in gzip.decompress(path.read_bytes())[:352]  # no patient ID in the stored header
+    with pytest.raises(IngestError) as err:
+        ingest_upload(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "png", tmp_path)
+    assert err.value.status_code == 415
