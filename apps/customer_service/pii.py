@@ -8,7 +8,8 @@ keep their source offsets, so every redaction points at the original characters 
 
 Rules (each type has positives and hard negatives in ``datasets/customer_service/asr/pii_corpus.jsonl``):
   card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
-           in one digit must not leak the other fifteen)
+           in one digit must not leak the other fifteen); after "card", also any run of 6+
+           digits and the run right after such a fragment (a misheard word splits the number)
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1
   account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
            "account" / "acc" / "a/c"
@@ -170,13 +171,20 @@ def _digits(s: str) -> str:
 
 def _numbers(pieces: list[Piece], words: list[str]) -> list[Redaction]:
     out: list[Redaction] = []
+    last_card_piece = -10
     for first, last in _digit_runs(pieces, words):
         idx = [k for k in range(first, last + 1) if words[k] not in _FILLERS]
         groups = [DIGIT_WORDS[words[k]] if words[k] in DIGIT_WORDS else _digits(pieces[k].text) for k in idx]
-        card = _best_card(idx, groups, card_context=_context(words, first, "card"))
+        card_context = _context(words, first, "card")
+        card = _best_card(idx, groups, card_context=card_context)
+        if card is None and len("".join(groups)) >= 6 and (card_context or first - last_card_piece <= 3):
+            # a recognition slip ("eight eight" heard as "a say") splits a spoken card number in
+            # two; after "card", or right after a card fragment, every long digit run is card
+            card = (0, len(groups) - 1)
         if card is not None:
             a, b = card
             out.append(Redaction("card", pieces[idx[a]].start, _end(pieces[idx[b]])))
+            last_card_piece = idx[b]
             # what is left of the run on either side is classified on its own
             rest = [(idx[:a], groups[:a]), (idx[b + 1:], groups[b + 1:])]
         else:

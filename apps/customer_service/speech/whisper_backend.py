@@ -1,0 +1,66 @@
+"""Whisper backend (openai-whisper) for users who have a Whisper checkpoint file on disk.
+
+Only a local ``.pt`` checkpoint is accepted (the file openai-whisper itself downloads: a dict
+with ``dims`` and ``model_state_dict``); it is read with ``torch.load(weights_only=True)`` and
+never fetched by name, so nothing can reach the network. Word timestamps come from Whisper's
+cross-attention alignment (DTW), confidences from the per-word token probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of
+
+
+class WhisperRecognizer:
+    name = "whisper"
+
+    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", language: str | None = "en",
+                 beam_size: int | None = None, alignment_heads: bytes | None = None,
+                 max_tokens: int | None = None) -> None:
+        import torch
+        from whisper.model import ModelDimensions, Whisper
+
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"Whisper checkpoint {path} not found: give the path of a local .pt file (models are never downloaded)."
+            )
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+            raise ValueError(f"{path} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict').")
+        self.model = Whisper(ModelDimensions(**ckpt["dims"]))
+        self.model.load_state_dict(ckpt["model_state_dict"])
+        if alignment_heads is not None:
+            self.model.set_alignment_heads(alignment_heads)
+        self.model.to(device).eval()
+        self.device = device
+        self.language = language if self.model.is_multilingual else None
+        self.beam_size = beam_size
+        self.max_tokens = max_tokens  # per 30 s window; None = Whisper's own limit (224)
+        self.version = f"whisper-{path.stem}"
+
+    def transcribe(self, audio: np.ndarray, sample_rate: int = 16_000, *, mode: str = "default") -> Transcript:
+        import torch
+        import whisper
+
+        x = check_audio(audio, sample_rate)
+        t0 = time.perf_counter()
+        prompt = {"digit": "Seven.", "digits": "4 5 3 9 1 4 8 8", "amount": "£12.50"}.get(mode)
+        with torch.inference_mode():
+            result = whisper.transcribe(
+                self.model, x, language=self.language, task="transcribe", temperature=0.0, word_timestamps=True,
+                condition_on_previous_text=False, fp16=False, verbose=None, initial_prompt=prompt,
+                beam_size=self.beam_size, sample_len=self.max_tokens,
+            )
+        words = [
+            Word(w["word"].strip(), float(w["start"]), float(w["end"]), float(w.get("probability", 0.0)))
+            for seg in result.get("segments", []) for w in seg.get("words", []) if w["word"].strip()
+        ]
+        return Transcript(words=words, confidence=confidence_of(words), backend=self.name, mode=mode,
+                          duration_s=len(x) / 16_000, decode_s=time.perf_counter() - t0,
+                          extra={"language": result.get("language")})

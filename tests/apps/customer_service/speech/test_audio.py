@@ -1,0 +1,96 @@
+"""Audio in: every accepted container, any rate, mono/stereo -> 16 kHz per channel; clear errors."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from apps.customer_service.speech.audio import (AudioError, from_pcm16, load_audio, sniff_audio_format, to_pcm16,
+                                                to_wav_bytes)
+
+
+def _encode(x: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, x, rate, format=fmt, subtype=subtype)
+    return buf.getvalue()
+
+
+def _sine(rate: int, seconds: float = 0.5, freq: float = 440.0) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.mark.parametrize("fmt,subtype", [("WAV", "PCM_16"), ("FLAC", "PCM_16"), ("OGG", "VORBIS"), ("MP3", "MPEG_LAYER_III")])
+@pytest.mark.parametrize("rate", [8_000, 44_100])
+def test_formats_and_rates_become_16k(fmt, subtype, rate):
+    data = _encode(_sine(rate), rate, fmt, subtype)
+    audio = load_audio(data)
+    assert audio.source_format == fmt.lower() and audio.source_rate == rate
+    assert audio.sample_rate == 16_000 and audio.channels == 1
+    assert audio.duration_s == pytest.approx(0.5, abs=0.06)  # mp3 adds encoder padding
+    # the tone survives resampling: its spectral peak stays at 440 Hz
+    spec = np.abs(np.fft.rfft(audio.mono()))
+    assert np.fft.rfftfreq(audio.samples.shape[1], 1 / 16_000)[spec.argmax()] == pytest.approx(440, abs=5)
+
+
+def test_stereo_keeps_agent_and_caller_apart():
+    left, right = _sine(22_050, freq=300), _sine(22_050, freq=1200)
+    audio = load_audio(_encode(np.stack([left, right], axis=1), 22_050, "WAV", "PCM_16"))
+    assert audio.channels == 2
+    for ch, freq in ((0, 300), (1, 1200)):
+        spec = np.abs(np.fft.rfft(audio.channel(ch)))
+        assert np.fft.rfftfreq(len(audio.channel(ch)), 1 / 16_000)[spec.argmax()] == pytest.approx(freq, abs=5)
+    assert audio.mono().shape == (audio.samples.shape[1],)
+
+
+def test_paths_work(tmp_path):
+    path = tmp_path / "a.flac"
+    path.write_bytes(_encode(_sine(16_000), 16_000, "FLAC", "PCM_16"))
+    assert load_audio(path).duration_s == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize("data,code", [
+    (b"", "empty"),
+    (b"hello, this is a text file", "not_audio"),
+    (b"\x89PNG\r\n\x1a\n" + b"\0" * 64, "not_audio"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt " + b"\x00" * 10, "corrupt"),
+])
+def test_bad_inputs_say_what_is_wrong(data, code):
+    with pytest.raises(AudioError) as err:
+        load_audio(data)
+    assert err.value.code == code
+    assert "WAV" in err.value.message or code in ("corrupt",)
+
+
+def test_empty_wav_and_too_long_and_too_many_channels():
+    with pytest.raises(AudioError) as err:
+        load_audio(_encode(np.zeros(0, dtype=np.float32), 16_000, "WAV", "PCM_16"))
+    assert err.value.code in ("empty", "corrupt")
+    with pytest.raises(AudioError) as err:
+        load_audio(_encode(_sine(8_000, seconds=3.0), 8_000, "WAV", "PCM_16"), max_seconds=2.0)
+    assert err.value.code == "too_long" and "limit is 2 s" in err.value.message
+    with pytest.raises(AudioError) as err:
+        load_audio(_encode(np.zeros((800, 3), dtype=np.float32), 8_000, "WAV", "PCM_16"))
+    assert err.value.code == "too_many_channels"
+
+
+def test_truncated_flac_is_corrupt():
+    data = _encode(_sine(16_000, seconds=1.0), 16_000, "FLAC", "PCM_16")
+    with pytest.raises(AudioError) as err:
+        load_audio(data[:60])
+    assert err.value.code in ("corrupt", "empty")
+
+
+def test_sniff_and_pcm_round_trip():
+    assert sniff_audio_format(_encode(_sine(8000), 8000, "WAV", "PCM_16")) == "wav"
+    assert sniff_audio_format(b"ID3\x04rest") == "mp3"
+    assert sniff_audio_format(b"%PDF-1.4") is None
+    x = _sine(16_000)
+    assert np.allclose(from_pcm16(to_pcm16(x)), x, atol=1e-4)
+    with pytest.raises(AudioError):
+        from_pcm16(b"\x00\x01\x02")
+    wav = to_wav_bytes(np.stack([x, x]), 16_000)
+    assert load_audio(wav).channels == 2

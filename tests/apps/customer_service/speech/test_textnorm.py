@@ -1,0 +1,48 @@
+"""Inverse normalisation: spoken numbers, amounts, dates -> written form, with source offsets."""
+
+from __future__ import annotations
+
+import pytest
+
+from apps.customer_service.speech.textnorm import normalise, normalise_aligned, parse_cardinal, parse_year
+
+
+@pytest.mark.parametrize("spoken,written", [
+    ("my card number is four five three two double one seven eight", "my card number is 45321178"),
+    ("i want to send twelve pounds fifty to my mum", "i want to send £12.50 to my mum"),
+    ("one hundred and twenty three", "123"),
+    ("three hundred thousand euros", "€300,000"),
+    ("fifty pence", "£0.50"),
+    ("a pound", "£1"),
+    ("twenty dollars and five cents", "$20.05"),
+    ("five percent", "5%"),
+    ("born on the third of march nineteen eighty five", "born on 3 March 1985"),
+    ("march the twenty first twenty twenty four", "21 March 2024"),
+    ("first of may two thousand and three", "1 May 2003"),
+    ("oh seven seven double oh nine", "077009"),
+    ("forty five thirty two", "45 32"),
+    # left alone: small numbers, ordinals outside dates, the verb "may"
+    ("i have one card", "i have one card"),
+    ("the second time", "the second time"),
+    ("may i ask", "may i ask"),
+    ("", ""),
+])
+def test_normalise(spoken, written):
+    assert normalise(spoken) == written
+
+
+def test_pieces_point_at_their_source():
+    text = "send twelve pounds fifty today"
+    pieces = normalise_aligned(text)
+    amount = next(p for p in pieces if p.text == "£12.50")
+    assert text[amount.start:amount.end] == "twelve pounds fifty"
+    assert [p.text for p in pieces] == ["send", "£12.50", "today"]
+
+
+def test_parsers():
+    assert parse_cardinal("two thousand and five".split(), 0) == (2005, 4)
+    assert parse_cardinal("five twenty".split(), 0) == (5, 1)  # two numbers, not one
+    assert parse_cardinal("hello".split(), 0) is None
+    assert parse_year("nineteen oh five".split(), 0) == (1905, 3)
+    assert parse_year("twenty twenty".split(), 0) == (2020, 2)
+    assert parse_year("seventeen".split(), 0) is None
