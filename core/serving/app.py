@@ -59,7 +59,11 @@ class ServiceMiddleware:
         started = time.perf_counter()
         status = {"code": 500, "started": False}
 
-        async def send_wrapper(message: dict) -> None:
+        too_large = ApiError(
+            413, "too_large", f"request body exceeds {limit} bytes; the upload limit is {settings.max_upload_bytes} bytes"
+        )
+
+        async def send_raw(message: dict) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
                 status["started"] = True
@@ -69,13 +73,23 @@ class ServiceMiddleware:
                 message = {**message, "headers": list(message.get("headers", [])) + extra}
             await send(message)
 
-        received = {"bytes": 0}
+        async def send_wrapper(message: dict) -> None:
+            # a body cut off at the limit surfaces in FastAPI as a generic 400 parse error; answer
+            # what really happened instead
+            if received["over"]:
+                if message["type"] == "http.response.start" and not status["started"]:
+                    await too_large.response()(scope, receive, send_raw)
+                return
+            await send_raw(message)
+
+        received = {"bytes": 0, "over": False}
 
         async def receive_wrapper() -> dict:
             message = await receive()
             if message["type"] == "http.request":
                 received["bytes"] += len(message.get("body", b""))
                 if received["bytes"] > limit:
+                    received["over"] = True
                     raise _BodyTooLarge()
             return message
 
@@ -85,12 +99,11 @@ class ServiceMiddleware:
             declared = 0
         try:
             if declared > limit:
-                raise _BodyTooLarge()
+                raise _BodyTooLarge()  # refused before a byte is read or spooled
             await self.app(scope, receive_wrapper, send_wrapper)
         except _BodyTooLarge:
             if not status["started"]:
-                error = ApiError(413, "too_large", f"request body exceeds {limit} bytes; the upload limit is {settings.max_upload_bytes} bytes")
-                await error.response()(scope, receive, send_wrapper)
+                await too_large.response()(scope, receive, send_raw)
         except Exception:
             log.error("unhandled error", exc_info=True, extra={"app": service.state.name, "request_id": request_id})
             if not status["started"]:
@@ -157,6 +170,7 @@ async def _load(app: FastAPI, load_runners: LoadRunners | None) -> None:
         raise
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
+        state.model_headers = ("unavailable", "unavailable")
         log.error("model loading failed", exc_info=True, extra={"app": state.name})
 
 

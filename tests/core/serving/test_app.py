@@ -179,4 +179,47 @@ def test_request_log_is_json_metadata_without_body(tmp_path, caplog):
     entry = json.loads(lines[-1])
     assert entry["route"] == "/double" and entry["status"] == 200 and entry["method"] == "POST"
     assert "request_id" in entry and "ms" in entry
-    assert all("943" not in line and "Jane" not in line for line in lines)
+    assert all("4765919" not in line and "Jane" not in line and "note" not in line for line in lines)
+
+
+def test_oversized_bodies_are_413_even_when_streamed(tmp_path):
+    def chunks():
+        for _ in range(40):
+            yield b"a" * 65536  # 2.6 MB without a Content-Length (chunked)
+
+    with TestClient(make_app(tmp_path, max_upload_bytes=100_000)) as client:
+        wait_ready(client)
+        for path, content_type in (("/image", "multipart/form-data; boundary=xyz"), ("/double", "application/json")):
+            response = client.post(path, content=chunks(), headers={"content-type": content_type})
+            assert response.status_code == 413 and _shape(response)["code"] == "too_large"
+        declared = client.post("/double", content=b"x" * 1_200_000, headers={"content-type": "application/json"})
+        assert declared.status_code == 413
+        assert client.post("/double", json={"x": 1}).status_code == 200  # the app is fine afterwards
+
+
+def test_failed_load_marks_model_headers_unavailable(tmp_path):
+    def broken():
+        raise FileNotFoundError("no weights")
+
+    with TestClient(make_app(tmp_path, load_runners=broken)) as client:
+        for _ in range(200):
+            if client.get("/ready").json()["error"]:
+                break
+            threading.Event().wait(0.02)
+        assert client.get("/health").headers["x-model-version"] == "unavailable"
+
+
+def test_configure_logging_writes_json_lines(capsys):
+    from core.serving.logs import configure_logging
+
+    configure_logging("info")
+    try:
+        logging.getLogger("triptych.serving").info("request", extra={"route": "/x", "status": 200})
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        entry = json.loads(line)
+        assert entry["msg"] == "request" and entry["route"] == "/x" and entry["level"] == "info"
+    finally:
+        for name in ("triptych", "uvicorn", "uvicorn.error"):
+            logging.getLogger(name).handlers.clear()
+            logging.getLogger(name).propagate = True
+        logging.getLogger("uvicorn.access").disabled = False

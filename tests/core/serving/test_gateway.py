@@ -67,3 +67,22 @@ def test_installed_plugins_are_discovered():
 
     names = {p.name: p.mount for p in discover_plugins()}
     assert names == {"customer-service": "/customer-service", "industrial": "/industrial", "medical": "/medical"}
+
+
+def test_gateway_under_uvicorn_loads_sub_apps(tmp_path):
+    """The real server path: uvicorn runs only the gateway's lifespan, which must start each app's."""
+    import time
+
+    import httpx
+
+    from core.serving.bench import LoopbackServer
+
+    with LoopbackServer(create_gateway(plugins=[ALPHA, UNWRITTEN])) as server:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and httpx.get(server.url + "/ready").status_code != 200:
+            time.sleep(0.05)  # LoopbackServer waits for /ready, so this is normally already true
+        ready = httpx.get(server.url + "/ready").json()
+        assert ready["ready"] and ready["apps"]["alpha"]["ready"] and ready["apps"]["ghost"]["status"] == "skipped"
+        response = httpx.post(server.url + "/alpha/double", json={"x": 4})
+        assert response.status_code == 200 and response.json()["y"] == 8
+        assert response.headers["x-model-sha256"] == "ab" * 32
