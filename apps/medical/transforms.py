@@ -30,7 +30,7 @@ class CTTransformConfig:
     out_shape: tuple[int, int, int] = (64, 96, 96)  # (D, H, W) fed to the model
 
     @classmethod
-    def from_name(cls, name: str) -> "CTTransformConfig":
+    def from_name(cls, name: str) -> CTTransformConfig:
         presets = {
             "default": cls(),
             "small": cls(out_shape=(48, 64, 64)),
@@ -123,7 +123,12 @@ def build_transforms(config: CTTransformConfig | None = None, *, load: bool = Tr
                      out_shape: tuple[int, int, int] | None = None):
     """The Compose. ``load=True`` starts from a path; ``load=False`` from a (1, X, Y, Z) MetaTensor."""
     from monai.transforms import (
-        Compose, EnsureChannelFirst, LoadImage, Orientation, Resize, ScaleIntensityRange,
+        Compose,
+        EnsureChannelFirst,
+        LoadImage,
+        Orientation,
+        Resize,
+        ScaleIntensityRange,
     )
 
     config = config or CTTransformConfig()

