@@ -263,7 +263,7 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
     headers = []
     for f in files:
         ds = _dcmread(f, header_only=True)
-        if ds is not None and "SOPClassUID" in ds or (ds is not None and "ImagePositionPatient" in ds):
+        if ds is not None and "Rows" in ds:  # image objects only (skips DICOMDIR, reports, XML)
             headers.append((f, ds))
     if not headers:
         raise IngestError(f"no DICOM files found. Accepted: {ACCEPTED}.", code="unsupported_type", status_code=415)
