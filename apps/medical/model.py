@@ -27,7 +27,11 @@ MODALITIES = ("ct", "report")
 class MedicalModelConfig(ConfigBase):
     ct: CTEncoderConfig = field(default_factory=CTEncoderConfig)
     fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
-    volume_shape: list[int] = field(default_factory=lambda: [64, 96, 96])  # (D, H, W) model input
+    volume_shape: list[int] = field(default_factory=lambda: [56, 88, 88])  # (D, H, W) model input
+    # CT intensities are posterised to this many levels (0 = off) inside forward(), in training and
+    # serving alike: 16 levels (~90 HU steps in the lung window) keep lung, ground glass, solid tissue
+    # and calcium apart, drop scanner-noise texture, and let a training set travel compactly.
+    intensity_levels: int = 16
     clause_tokens: int = 48  # word pieces kept per report clause
     max_clauses: int = 24  # report clauses kept (one token each)
     head_hidden: int = 64
@@ -79,6 +83,8 @@ class MedicalModel(nn.Module):
     def forward(self, ct: torch.Tensor | None, report: dict[str, torch.Tensor] | None,
                 present: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (raw logits (B,), modality weights (B, 2) in MODALITIES order)."""
+        if ct is not None and self.config.intensity_levels:
+            ct = posterise(ct, self.config.intensity_levels)
         out = self.net({"ct": ct, "report": report}, present=present)
         return out.logits[:, 0], out.weights
 
@@ -97,6 +103,11 @@ class MedicalModel(nn.Module):
         missing = [k for k in missing if not k.startswith("net.encoders.report.bert.")]
         if missing or unexpected:
             raise ValueError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+def posterise(ct: torch.Tensor, levels: int) -> torch.Tensor:
+    """0..1 -> ``levels`` evenly spaced values in 0..1 (idempotent)."""
+    return torch.clamp(torch.floor(ct * levels), max=levels - 1) / (levels - 1)
 
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,

@@ -71,15 +71,16 @@ def train_reports(iu_path: str | Path, out: str | Path | None = None, val_fracti
 @dataclass
 class FusionTrainConfig(ConfigBase):
     model: str = "small"  # MedicalModelConfig preset
-    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=30, batch_size=16, lr=1e-3, monitor="auc",
-                                                                   mode="max", patience=8, progress=False))
+    loop: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=60, batch_size=16, lr=1e-3, monitor="auc",
+                                                                   mode="max", patience=15, progress=False,
+                                                                   num_workers=0))  # data already in memory
     val_fraction: float = 0.2  # of patients
     modality_dropout: float = 0.2  # chance a training sample loses its CT (or, equally, its report)
     seed: int = 0
 
     PRESETS = {
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
-                                           "monitor": "auc", "mode": "max", "device": "cpu"}},
+                                           "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         "small": {},
     }
 
@@ -92,23 +93,27 @@ class FusionTrainConfig(ConfigBase):
 
 
 def prepare_volumes(paths: list[Path], shape: list[int], cache: Path | None = None, log: Log = print) -> np.ndarray:
-    """uint8 (N, D, H, W) through the shared pipeline; cached as .npy keyed by paths, sizes and shape."""
+    """uint8 (N, D, H, W) through the shared pipeline; each volume cached as .npy keyed by path, size, shape."""
     from apps.medical.volumes import load_volume, to_uint8
 
-    key = hashlib.sha256(json.dumps([[str(p), p.stat().st_size if p.is_file() else 0] for p in paths] + [shape]).encode()).hexdigest()[:16]
-    if cache is not None:
-        cached = cache / f"volumes-{key}.npy"
-        if cached.is_file():
-            return np.load(cached)
     started = time.perf_counter()
     out = np.zeros((len(paths), *shape), dtype=np.uint8)
     for i, path in enumerate(paths):
-        out[i] = to_uint8(load_volume(path, shape))
-        if (i + 1) % 100 == 0:
-            log(f"  loaded {i + 1}/{len(paths)} volumes ({time.perf_counter() - started:.0f} s)")
-    if cache is not None:
-        cache.mkdir(parents=True, exist_ok=True)
-        np.save(cache / f"volumes-{key}.npy", out)
+        cached = None
+        if cache is not None:
+            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*"))
+            key = hashlib.sha256(json.dumps([str(path.resolve()), size, list(shape)]).encode()).hexdigest()[:20]
+            cached = cache / f"{key}.npy"
+        if cached is not None and cached.is_file():
+            out[i] = np.load(cached)
+        else:
+            out[i] = to_uint8(load_volume(path, shape))
+            if cached is not None:
+                cache.mkdir(parents=True, exist_ok=True)
+                np.save(cached.with_suffix(".tmp.npy"), out[i])
+                cached.with_suffix(".tmp.npy").rename(cached)
+        if (i + 1) % 50 == 0:
+            log(f"  volumes {i + 1}/{len(paths)} ({time.perf_counter() - started:.0f} s)")
     return out
 
 
@@ -129,11 +134,12 @@ def embed_reports(model: MedicalModel, texts: list[str], batch_size: int = 32) -
 
 
 class StudyDataset(Dataset):
-    """Cached studies; in training mode: flips, small shifts, intensity jitter, modality dropout."""
+    """Cached studies; in training mode each sample may lose its CT or its report (modality dropout).
+    CT augmentation runs batch-wise on the training device (``augment_ct``), not here."""
 
     def __init__(self, volumes: np.ndarray, hidden: torch.Tensor, mask: torch.Tensor, labels: np.ndarray,
                  train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True):
-        self.volumes = torch.from_numpy(volumes)  # uint8 (N, D, H, W)
+        self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))  # uint8 (N, D, H, W)
         self.hidden, self.mask = hidden, mask
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.train, self.modality_dropout = train, modality_dropout
@@ -143,21 +149,15 @@ class StudyDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
-        ct = self.volumes[i].float().div_(255.0).unsqueeze(0)  # (1, D, H, W)
         present_ct, present_report = self.present_ct, self.present_report
         if self.train:
-            if torch.rand(()) < 0.5:
-                ct = ct.flip(-1)
-            shifts = torch.randint(-2, 3, (3,)).tolist()
-            ct = torch.roll(ct, shifts=shifts, dims=(1, 2, 3))
-            ct = (ct * (1 + 0.05 * torch.randn(()))).clamp_(0, 1)
             r = float(torch.rand(()))
             if r < self.modality_dropout:
                 present_ct = False
             elif r < 2 * self.modality_dropout:
                 present_report = False
         return {
-            "ct": ct,
+            "ct": self.volumes[i].unsqueeze(0),  # uint8 (1, D, H, W): scaled to 0..1 on the device
             "hidden": self.hidden[i].float(),
             "segment_mask": self.mask[i],
             "label": self.labels[i],
@@ -166,10 +166,24 @@ class StudyDataset(Dataset):
         }
 
 
-def _forward(model: MedicalModel, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def augment_ct(ct: torch.Tensor) -> torch.Tensor:
+    """Batch-wise on the device: random left-right flips (per sample), a small random shift, and
+    +-5 % intensity jitter. ct: (B, 1, D, H, W) float 0..1."""
+    flip = torch.rand(ct.shape[0], device=ct.device) < 0.5
+    ct = torch.where(flip[:, None, None, None, None], ct.flip(-1), ct)
+    shifts = torch.randint(-2, 3, (3,)).tolist()
+    ct = torch.roll(ct, shifts=shifts, dims=(2, 3, 4))
+    scale = 1 + 0.05 * torch.randn(ct.shape[0], 1, 1, 1, 1, device=ct.device)
+    return (ct * scale).clamp(0, 1)
+
+
+def _forward(model: MedicalModel, batch: dict[str, torch.Tensor], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     present = {"ct": batch["present_ct"], "report": batch["present_report"]}
+    ct = batch["ct"].float() / 255.0 if batch["ct"].dtype == torch.uint8 else batch["ct"]
+    if augment:
+        ct = augment_ct(ct)
     report = {"hidden": batch["hidden"], "segment_mask": batch["segment_mask"]}
-    return model(batch["ct"], report, present=present)
+    return model(ct, report, present=present)
 
 
 @torch.no_grad()
@@ -196,27 +210,52 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
                  patients: tuple[int, int] = (1, 800), bert_path: str = "", cache: Path | None = None,
                  log: Log = print) -> tuple[MedicalModel, dict]:
     """Train on ``train_dir`` (renderer layout) restricted to ``patients``; save a bundle to ``out``."""
-    from apps.medical.data import load_rendered, patient_split
-    from apps.medical.model import build_model, fit_calibration
+    from apps.medical.model import build_model
 
     config = config or FusionTrainConfig()
     if patients[1] > 800:
         raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
-    torch.manual_seed(config.seed)
-    studies = load_rendered(train_dir, patients)
+    torch.manual_seed(config.loop.seed)
+    model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
+    arrays = load_arrays(train_dir, model, patients, cache, log)
+    model, metrics = train_arrays(model, arrays, config, log)
+    if out is not None:
+        save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path)
+    return model, metrics
+
+
+def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int] = (1, 800),
+                cache: Path | None = None, log: Log = print) -> dict[str, np.ndarray | torch.Tensor]:
+    """Everything training needs from a rendered folder: uint8 volumes, clause vectors, labels, ids."""
+    from apps.medical.data import load_rendered
+
+    if patients[1] > 800:
+        raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
+    studies = load_rendered(root, patients)
     if not studies:
-        raise ValueError(f"no labelled studies for patients {patients} in {train_dir}")
-    split = np.array([patient_split(s.patient_id, config.val_fraction, config.seed) for s in studies])
+        raise ValueError(f"no labelled studies for patients {patients} in {root}")
+    volumes = prepare_volumes([s.volume_path for s in studies], model.config.volume_shape, cache, log)
+    hidden, mask = embed_reports(model, [s.report for s in studies])
+    return {"volumes": volumes, "hidden": hidden, "segment_mask": mask,
+            "labels": np.array([s.label for s in studies], dtype=np.int64),
+            "patient_ids": np.array([s.patient_id for s in studies]), "study_ids": np.array([s.study_id for s in studies])}
+
+
+def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, log: Log = print) -> tuple[MedicalModel, dict]:
+    """Patient split -> fit -> calibration on validation -> validation AUCs (fused / CT only / text only)."""
+    from apps.medical.data import patient_number, patient_split
+    from apps.medical.model import fit_calibration
+
+    patient_ids = arrays["patient_ids"]
+    if max(patient_number(p) for p in patient_ids) > 800:
+        raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
+    volumes, hidden, mask, labels = arrays["volumes"], arrays["hidden"], arrays["segment_mask"], arrays["labels"]
+    split = np.array([patient_split(p, config.val_fraction, config.seed) for p in patient_ids])
     if (split == "val").sum() == 0 or (split == "train").sum() == 0:
         split[: max(1, len(split) // 5)] = "val"  # tiny sets: keep both sides non-empty
-    model_config = MedicalModelConfig.from_name(config.model)
-    model = build_model(model_config, bert_path=bert_path)
-    labels = np.array([s.label for s in studies])
-    log(f"{len(studies)} studies ({int(labels.sum())} malignant) from {len(set(s.patient_id for s in studies))} patients; "
-        f"val patients: {len(set(s.patient_id for s, sp in zip(studies, split) if sp == 'val'))}")
-    volumes = prepare_volumes([s.volume_path for s in studies], model_config.volume_shape, cache, log)
-    hidden, mask = embed_reports(model, [s.report for s in studies])
     tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
+    log(f"{len(labels)} studies ({int(labels.sum())} malignant) from {len(set(patient_ids))} patients; "
+        f"train {len(tr)} / val {len(va)} studies (split by patient)")
     train_set = StudyDataset(volumes[tr], hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout)
     val_set = StudyDataset(volumes[va], hidden[va], mask[va], labels[va])
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
@@ -228,10 +267,43 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
     metrics.update(single_modality_aucs(model, volumes[va], hidden[va], mask[va], labels[va], device))
     metrics.update({"train_studies": int(len(tr)), "val_studies": int(len(va)), "temperature": t, "calibration_bias": b})
     model.to("cpu")
-    if out is not None:
-        train_patients = sorted({s.patient_id for s in studies})
-        save_fusion_bundle(model, out, metrics, train_patients, bert_path)
     return model, metrics
+
+
+# -- compact packs: train where the rendered volumes are not ---------------------------------------
+
+
+def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
+    """A few tens of MB holding a whole training set: volumes posterised to the model's levels and
+    LZMA-compressed, fp16 clause vectors, labels and ids, plus the BERT's config (not its weights)."""
+    import lzma
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    levels = model.config.intensity_levels or 256
+    idx = np.minimum(np.floor(arrays["volumes"].astype(np.float32) / 255.0 * levels), levels - 1).astype(np.uint8)
+    (out / "volumes.xz").write_bytes(lzma.compress(idx.tobytes(), preset=6))
+    np.savez_compressed(out / "meta.npz", hidden=arrays["hidden"].numpy(), segment_mask=arrays["segment_mask"].numpy(),
+                        labels=arrays["labels"], patient_ids=arrays["patient_ids"], study_ids=arrays["study_ids"],
+                        shape=np.array(idx.shape), levels=np.array(levels))
+    (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(),
+                                                 "bert_config": model.report_encoder.bert.config.to_dict()}))
+    return out
+
+
+def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
+    import lzma
+
+    pack = Path(pack)
+    meta = np.load(pack / "meta.npz")
+    levels = int(meta["levels"])
+    idx = np.frombuffer(lzma.decompress((pack / "volumes.xz").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
+    # index -> the posterised value the model computes, stored back as uint8 0..255
+    volumes = np.round(idx.astype(np.float32) / (levels - 1) * 255.0).astype(np.uint8)
+    config = json.loads((pack / "config.json").read_text())
+    arrays = {"volumes": volumes, "hidden": torch.from_numpy(meta["hidden"]), "segment_mask": torch.from_numpy(meta["segment_mask"]),
+              "labels": meta["labels"], "patient_ids": meta["patient_ids"], "study_ids": meta["study_ids"]}
+    return arrays, MedicalModelConfig.from_dict(config["model"]), config["bert_config"]
 
 
 def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDataset, loop: TrainConfig,
@@ -242,7 +314,7 @@ def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDatase
     pos_weight = torch.tensor(max(1e-3, (len(train_set) - pos) / max(1.0, pos)))
 
     def loss_fn(m, batch, device):
-        logits, _ = _forward(m, batch)
+        logits, _ = _forward(m, batch, augment=True)
         return torch.nn.functional.binary_cross_entropy_with_logits(
             logits.float(), batch["label"], pos_weight=pos_weight.to(device))
 
@@ -300,3 +372,28 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
         extra={"patients": train_patients},
     )
     save_bundle(out, model.trainable_state(), config, card)
+
+
+def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
+                    log: Log = print) -> dict:
+    """Train one model per seed from a pack (no BERT weights needed: clause vectors are in the pack);
+    keep the one with the best validation AUC (fused) and save it as a bundle. Returns all runs' metrics."""
+    from apps.medical.model import build_model
+
+    arrays, model_config, bert_config = read_pack(pack)
+    runs, best = {}, None
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = build_model(model_config, bert_config=bert_config)
+        started = time.perf_counter()
+        # the seed varies initialisation and augmentation only: the patient split stays that of config.seed
+        model, metrics = train_arrays(model, arrays, config.replace(loop=config.loop.replace(seed=seed)), log)
+        metrics["seconds"] = time.perf_counter() - started
+        runs[f"seed{seed}"] = metrics
+        log(f"seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
+        if best is None or metrics["val_auc_fused"] > best[1]["val_auc_fused"]:
+            best = (model, metrics, seed)
+    model, metrics, seed = best
+    metrics = {**metrics, "seed": seed}
+    save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())))
+    return runs
