@@ -220,10 +220,16 @@ def create_service_app(
     @app.get("/ready", tags=["ops"], summary="Models are loaded")
     async def ready() -> JSONResponse:
         state = app.state
-        runners = {n: {"version": str(r.version), "sha256": str(r.sha256)} for n, r in state.runners.items()}
-        body = {"ready": bool(state.ready), "app": name, "runners": runners, "error": state.load_error}
-        headers = {} if state.ready else {"Retry-After": "2"}
-        return JSONResponse(body, status_code=200 if state.ready else 503, headers=headers)
+        runners = {
+            n: {"version": str(r.version), "sha256": str(r.sha256), "queue": b.queue_depth if (b := state.batchers.get(n)) else 0,
+                "stalled": bool(b and b.stalled)}
+            for n, r in state.runners.items()
+        }
+        # a model call stuck past the request timeout makes every request 504: not ready
+        is_ready = bool(state.ready) and not any(r["stalled"] for r in runners.values())
+        body = {"ready": is_ready, "app": name, "runners": runners, "error": state.load_error}
+        headers = {} if is_ready else {"Retry-After": "2"}
+        return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)
 
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:

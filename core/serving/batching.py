@@ -91,6 +91,7 @@ class DynamicBatcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._batch_seconds = 0.05  # running estimate, used for Retry-After
+        self._batch_started: float | None = None  # perf_counter when the running batch began
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -132,6 +133,17 @@ class DynamicBatcher:
             self._executor = None
 
     # -- submission --------------------------------------------------------------------------
+    @property
+    def busy_s(self) -> float:
+        """How long the batch now inside the runner has been running (0 when idle)."""
+        started = self._batch_started
+        return 0.0 if started is None else time.perf_counter() - started
+
+    @property
+    def stalled(self) -> bool:
+        """True when one model call has outlasted the request timeout: every caller is timing out."""
+        return self.busy_s > self.timeout_s
+
     def retry_after_s(self) -> int:
         # time to drain the queue at the current batch speed, at least one second
         batches = math.ceil(len(self._queue) / self.max_batch)
@@ -209,6 +221,7 @@ class DynamicBatcher:
                 continue
             items = [p.item for p in batch]
             started = time.perf_counter()
+            self._batch_started = started
             try:
                 results = await loop.run_in_executor(self._executor, self._run_isolated, items)
             except asyncio.CancelledError:
@@ -218,6 +231,8 @@ class DynamicBatcher:
                 raise
             except Exception as exc:  # the executor itself failed: every item in it fails
                 results = [exc] * len(items)
+            finally:
+                self._batch_started = None
             seconds = time.perf_counter() - started
             self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
             self.stats.batches += 1

@@ -183,6 +183,9 @@ async def read_upload(
                 f"{name}: content type {declared!r} is not accepted; accepted kinds: {accepted}",
                 {"accepted": sorted(accept), "declared": declared},
             )
+        declared_size = getattr(file, "size", None)
+        if isinstance(declared_size, int) and declared_size > max_bytes:
+            raise _too_large(declared_size, max_bytes)
         chunks, total = [], 0
         while True:
             chunk = await file.read(_CHUNK)

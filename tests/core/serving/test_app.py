@@ -27,7 +27,7 @@ def test_health_ready_and_model_headers(tmp_path):
     with TestClient(make_app(tmp_path)) as client:
         assert client.get("/health").json() == {"status": "ok", "app": "test"}
         ready = wait_ready(client)
-        assert ready["runners"] == {"double": {"version": "1.2.3", "sha256": "ab" * 32}}
+        assert ready["runners"] == {"double": {"version": "1.2.3", "sha256": "ab" * 32, "queue": 0, "stalled": False}}
         response = client.post("/double", json={"x": 2})
         assert response.status_code == 200 and response.json()["y"] == 4
         assert response.headers["x-model-version"] == "1.2.3"
@@ -223,3 +223,18 @@ def test_configure_logging_writes_json_lines(capsys):
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         logging.getLogger("uvicorn.access").disabled = False
+
+
+def test_stalled_model_call_makes_ready_503(tmp_path):
+    gate = threading.Event()
+    runner = DoubleRunner(gate=gate)
+    with TestClient(make_app(tmp_path, runner=runner, request_timeout_s=0.2), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        timed_out = client.post("/double", json={"x": 1})  # the runner hangs on the gate
+        assert timed_out.status_code == 504 and _shape(timed_out)["code"] == "timeout"
+        threading.Event().wait(0.1)
+        stalled = client.get("/ready")
+        assert stalled.status_code == 503 and stalled.json()["runners"]["double"]["stalled"] is True
+        gate.set()
+        wait_ready(client)  # the call finished: ready again
+        assert client.post("/double", json={"x": 2}).json()["y"] == 4

@@ -41,6 +41,8 @@ def test_mounts_apps_and_loads_their_models():
         assert client.get("/nowhere").json()["error"]["code"] == "not_found"
         assert client.get("/").json()["apps"]["beta"]["docs"] == "/beta/docs"
         assert client.get("/alpha/openapi.json").status_code == 200
+        docs = client.get("/alpha/docs")
+        assert docs.status_code == 200 and "/alpha/openapi.json" in docs.text  # docs work under the mount
 
 
 def test_not_ready_when_an_app_failed_or_none_mounted():
