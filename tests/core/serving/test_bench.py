@@ -19,7 +19,7 @@ def test_toy_runner_isolates_bad_items():
 
 def test_bench_toy_both_modes_and_json(tmp_path):
     out = tmp_path / "bench.json"
-    report = run_bench(concurrency="1,16", requests=48, duration_s=20, json_out=str(out), hidden=256, quiet=True)
+    report = run_bench(concurrency="1,16", requests=48, duration_s=20, json_out=str(out), hidden=1024, quiet=True)
     rows = {(r["mode"], r["concurrency"]): r for r in report["results"]}
     assert set(rows) == {("batched", 1), ("batched", 16), ("unbatched", 1), ("unbatched", 16)}
     for row in rows.values():
