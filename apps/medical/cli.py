@@ -83,6 +83,7 @@ def evaluate(
     classifier: Annotated[Optional[str], typer.Option(help="IU classifier JSON (default: shipped).")] = None,
     bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
     cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = None,
+    record: Annotated[Optional[str], typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
 ) -> None:
     """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece) or --reports FILE (auc, f1)."""
     from core.offline import enforce_offline
@@ -103,6 +104,11 @@ def evaluate(
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         metrics = evaluate_ct(ct, bundle or WEIGHTS / "fusion", bert_path, Path(cache) if cache else None)
         _table("rendered CT + report", metrics)
+        if record:
+            from apps.medical.evaluate import record_in_card
+
+            record_in_card(bundle or WEIGHTS / "fusion", metrics, record,
+                           reproduce=f"triptych eval medical --ct {ct} --json out.json")
     _write_json(json_out, metrics)
 
 

@@ -54,3 +54,18 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         "studies": float(len(y)),
         "malignant": float(y.sum()),
     }
+
+
+def record_in_card(bundle_dir: str | Path, metrics: dict[str, float], prefix: str, reproduce: str = "") -> None:
+    """Add evaluation numbers to a bundle's card (card.json + MODEL_CARD.md); weights untouched."""
+    import json
+
+    from core.bundle import CARD_JSON, CARD_MD, ModelCard
+
+    bundle_dir = Path(bundle_dir)
+    card = ModelCard(**json.loads((bundle_dir / CARD_JSON).read_text()))
+    card.metrics.update({f"{prefix}{k}": round(float(v), 4) for k, v in metrics.items()})
+    if reproduce:
+        card.reproduce = (card.reproduce + "\n" + reproduce).strip()
+    (bundle_dir / CARD_JSON).write_text(json.dumps(card.__dict__, indent=2) + "\n")
+    (bundle_dir / CARD_MD).write_text(card.to_markdown())
