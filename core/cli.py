@@ -40,7 +40,10 @@ def serve(
     """Run the three apps behind one gateway (or one app with --app)."""
     from core.serving.gateway import run_gateway
 
-    run_gateway(app_name=app_name, host=host, port=port, log_level=log_level)
+    try:
+        run_gateway(app_name=app_name, host=host, port=port, log_level=log_level)
+    except KeyError as exc:  # unknown --app name: the message lists the installed apps
+        raise typer.BadParameter(str(exc.args[0]), param_hint="--app") from None
 
 
 @bench_app.command("serve")

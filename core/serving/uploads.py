@@ -54,6 +54,16 @@ def _nifti_header(head: bytes) -> bool:
     return False
 
 
+def _mp3_frame(data: bytes) -> bool:
+    # MPEG audio layer III frame header: 11 sync bits, a real version, layer III, a valid bitrate and
+    # sample rate. Requiring all of them keeps e.g. a UTF-16 byte-order mark (FF FE) from passing.
+    if len(data) < 4 or data[0] != 0xFF or data[1] & 0xE0 != 0xE0:
+        return False
+    version, layer = (data[1] >> 3) & 3, (data[1] >> 1) & 3
+    bitrate, rate = data[2] >> 4, (data[2] >> 2) & 3
+    return version != 1 and layer == 1 and bitrate not in (0, 15) and rate != 3
+
+
 def _gunzip_head(data: bytes, size: int = 544) -> bytes:
     # only the first few hundred bytes: sniffing must never inflate a whole (possibly hostile) stream
     try:
@@ -98,7 +108,7 @@ def sniff_kind(data: bytes) -> str | None:
         return "flac"
     if data.startswith(b"OggS"):
         return "ogg"
-    if data.startswith(b"ID3") or (len(data) >= 2 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0):
+    if data.startswith(b"ID3") or _mp3_frame(data):
         return "mp3"
     if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"

@@ -36,7 +36,9 @@ def test_mounts_apps_and_loads_their_models():
         response = client.post("/beta/double", json={"x": 5})
         assert response.status_code == 200 and response.json()["y"] == 10
         assert response.headers["x-model-version"] == "1.2.3"
-        assert 'app="test"' in client.get("/alpha/metrics").text
+        metrics = client.get("/alpha/metrics").text
+        assert 'triptych_requests_total{app="test",method="POST",route="/double",status="200"} 1.0' not in metrics
+        assert 'triptych_requests_total{app="test",method="POST",route="/double",status="200"}' in client.get("/beta/metrics").text
         assert client.get("/ghost/anything").status_code == 404
         assert client.get("/nowhere").json()["error"]["code"] == "not_found"
         assert client.get("/").json()["apps"]["beta"]["docs"] == "/beta/docs"

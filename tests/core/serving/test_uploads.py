@@ -94,6 +94,8 @@ def test_sniff_every_kind(tmp_path):
         "text": "Le patient présente une toux.\n".encode(),
         "mp3": b"ID3\x04\x00\x00\x00\x00\x00\x00" + b"\x00" * 64,
     }
+    assert sniff_kind(b"\xff\xfb\x90\x64" + b"\x00" * 400) == "mp3"  # a bare MPEG-1 layer III frame
+    assert sniff_kind("Hello".encode("utf-16")) != "mp3"  # FF FE byte-order mark is not a frame
     samples["nifti"] = _nifti(tmp_path, "v.nii")
     for kind, data in samples.items():
         assert sniff_kind(data) == kind, kind
