@@ -69,7 +69,11 @@ class MiniLMTextEncoder(Encoder):
                 vocab_size=vocab, hidden_size=self.config.tiny_hidden, num_hidden_layers=self.config.tiny_layers,
                 num_attention_heads=2, intermediate_size=self.config.tiny_hidden * 2, max_position_embeddings=128,
             )
-            model = BertModel(bert_cfg, add_pooling_layer=False)
+            # Deterministic random base: a bundle stores only adapters + head, so a tiny model must
+            # rebuild the same base when it is loaded again.
+            with torch.random.fork_rng():
+                torch.manual_seed(0)
+                model = BertModel(bert_cfg, add_pooling_layer=False)
         else:
             model = AutoModel.from_pretrained(folder, local_files_only=True, dtype=torch.float32)
         self.folder = folder

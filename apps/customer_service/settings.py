@@ -21,6 +21,8 @@ class CustomerServiceSettings(AppSettings):
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
+    # Embedded ASR language model: "generic" | "bank" | "interpolated" (speech.SphinxConfig.lm).
+    asr_lm: str = "interpolated"
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
     max_audio_seconds: float = 600.0
     max_text_chars: int = 20000

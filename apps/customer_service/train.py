@@ -543,6 +543,240 @@ def finalize_text_bundles(run_dir: Path, banking_dir: Path, weights_dir: Path, l
     results["text_emotion"] = metrics
     return results
 
+
+# ---------------------------------------------------------------------------------------------
+# Fusion (CPU): the core ModalityGate over voice and text, trained on pairs built by label.
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class FusionTrainConfig:
+    pairs_per_clip: int = 8  # text partners drawn per voice clip per epoch
+    epochs: int = 100
+    lr: float = 3e-3
+    p_noisy_text: float = 0.35  # text replaced by a random-label comment, with low ASR confidence
+    p_fixed_text: float = 0.15  # text = the corpus's fixed sentence (uninformative), ASR confidence high
+    p_drop: float = 0.1  # each branch absent with this probability (never both)
+    seed: int = 0
+
+
+def build_pairs(voice_p, voice_y, text_p, text_y, fixed_p, cfg: FusionTrainConfig, rng, mode: str = "mixed"):
+    """Pairs (voice clip, text of the SAME Ekman emotion) plus the corruptions the gate must learn
+    from. ``mode``: "mixed" (training), "clean", "noisy", "fixed" (evaluation cases).
+
+    Returns dict of arrays: voice (N,7), text (N,7), present (N,2), conf (N,), y (N,).
+    """
+    by_label = {c: np.flatnonzero(text_y == c) for c in range(text_p.shape[1])}
+    n = len(voice_y) * (cfg.pairs_per_clip if mode == "mixed" else 1)
+    clip = np.arange(n) % len(voice_y)
+    y = voice_y[clip]
+    text = np.empty((n, text_p.shape[1]), dtype=np.float32)
+    conf = np.ones(n, dtype=np.float32)
+    kind = rng.random(n) if mode == "mixed" else np.full(n, {"clean": 0.99, "noisy": 0.0, "fixed": 0.5}[mode])
+    noisy_cut, fixed_cut = cfg.p_noisy_text, cfg.p_noisy_text + cfg.p_fixed_text
+    if mode == "noisy":
+        noisy_cut, fixed_cut = 1.0, 1.0
+    elif mode == "fixed":
+        noisy_cut, fixed_cut = 0.0, 1.0
+    elif mode == "clean":
+        noisy_cut, fixed_cut = 0.0, 0.0
+    for i in range(n):
+        if kind[i] < noisy_cut:  # ASR garbage: text of a random emotion, low confidence
+            text[i] = text_p[rng.integers(len(text_p))]
+            conf[i] = rng.uniform(0.05, 0.5)
+        elif kind[i] < fixed_cut:  # the acted corpora's neutral sentences, recognised confidently
+            text[i] = fixed_p[rng.integers(len(fixed_p))]
+            conf[i] = rng.uniform(0.6, 1.0)
+        else:
+            pool = by_label[int(y[i])]
+            text[i] = text_p[pool[rng.integers(len(pool))]]
+            conf[i] = rng.uniform(0.6, 1.0)
+    present = np.ones((n, 2), dtype=bool)
+    if mode == "mixed":
+        drop = rng.random(n)
+        present[drop < cfg.p_drop, 0] = False
+        present[(drop >= cfg.p_drop) & (drop < 2 * cfg.p_drop), 1] = False
+    return {"voice": voice_p[clip].astype(np.float32), "text": text, "present": present, "conf": conf, "y": y}
+
+
+def fit_fusion(train: dict, cfg: FusionTrainConfig, model_cfg=None):
+    import torch
+
+    from apps.customer_service.model import EmotionFusion, FusionConfigCS
+
+    torch.manual_seed(cfg.seed)
+    model = EmotionFusion(model_cfg or FusionConfigCS())
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-3)
+    t = {k: torch.tensor(v) for k, v in train.items()}
+    n = len(train["y"])
+    counts = np.bincount(train["y"], minlength=model.config.num_classes).astype(np.float64)
+    w = torch.tensor(np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / (counts > 0).sum(), 0.0), dtype=torch.float32)
+    for _ in range(cfg.epochs):
+        for idx in torch.randperm(n).split(512):
+            logp, _ = model(t["voice"][idx], t["text"][idx], t["present"][idx], t["conf"][idx])
+            loss = torch.nn.functional.nll_loss(logp, t["y"][idx].long(), weight=w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    return model.eval()
+
+
+def fusion_report(model, pairs: dict) -> dict:
+    """macro-F1 of fused / voice-only / text-only decisions and the mean text weight."""
+    import torch
+
+    n_cls = pairs["voice"].shape[1]
+    with torch.no_grad():
+        logp, weights = model(torch.tensor(pairs["voice"]), torch.tensor(pairs["text"]),
+                              torch.tensor(pairs["present"]), torch.tensor(pairs["conf"]))
+    y = pairs["y"]
+    return {
+        "fused_macro_f1": macro_f1(y, logp.argmax(1).numpy(), n_cls),
+        "voice_macro_f1": macro_f1(y, pairs["voice"].argmax(1), n_cls),
+        "text_macro_f1": macro_f1(y, pairs["text"].argmax(1), n_cls),
+        "mean_text_weight": float(weights[:, 1].mean()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Orchestration used by `triptych train customer-service`.
+# ---------------------------------------------------------------------------------------------
+
+def voice_corpus(data_root: Path):
+    """Clips, features, labels, speakers and corpora of RAVDESS + Emo-DB under ``data_root``."""
+    from apps.customer_service.data import VOICE_LABELS, load_emodb, load_ravdess
+
+    cache_dir = Path("datasets/prepared/customer_service")
+    rav, emo = load_ravdess(data_root / "ravdess"), load_emodb(data_root / "emodb")
+    x = np.concatenate([extract_voice_features(rav, cache_dir / "feat_ravdess.npz"),
+                        extract_voice_features(emo, cache_dir / "feat_emodb.npz")])
+    clips = rav + emo
+    y = np.array([VOICE_LABELS.index(c.label) for c in clips])
+    return clips, x, y, np.array([c.speaker for c in clips]), np.array([c.corpus for c in clips])
+
+
+def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTrainConfig, n_clips: int) -> None:
+    from core.bundle import ModelCard, save_bundle
+
+    from apps.customer_service.model import voice_ensemble_state
+
+    card = ModelCard(
+        name="customer-service-voice-emotion", version="1.0.0",
+        task="acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
+             "surprised, boredom) from 434 utterance statistics (pitch, energy, MFCC/delta, log-mel, spectral "
+             f"contrast/shape, voicing, rate); ensemble of {cfg.ensemble} MLPs",
+        data=["RAVDESS speech, actors 1-18, 540 clips (CC BY-NC-SA 4.0, non-commercial)",
+              "Emo-DB, 7 speakers, 357 clips (research use), resampled/cut copy"],
+        split="speaker-independent 6-fold cross-validation (each fold holds out ~3 RAVDESS actors and 1-2 "
+              "Emo-DB speakers); the metrics are out-of-fold. The shipped ensemble is refitted on all "
+              f"{n_clips} clips. Evaluation restricts the argmax to the corpus's own classes.",
+        metrics=cv_metrics,
+        reproduce="triptych train customer-service --parts voice-emotion; "
+                  "triptych eval customer-service --emotion <ravdess or emodb folder> --json out.json",
+        limitations=["Far below the issue's targets (RAVDESS 0.80 / Emo-DB 0.89 macro-F1): hand-made "
+                     "statistics and 900 acted clips do not carry enough speaker-independent evidence.",
+                     "Acted emotions (two fixed English sentences, ten German ones); real callers are subtler.",
+                     "No per-speaker normalisation (a single call gives no speaker baseline)."],
+        extra={"train": cfg.__dict__},
+    )
+    save_bundle(weights_dir / "voice_emotion", voice_ensemble_state(models),
+                {"model": models[0].config.to_dict(), "ensemble": len(models)}, card)
+
+
+def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: VoiceTrainConfig | None = None,
+                       log=print) -> dict:
+    import torch
+
+    cfg = cfg or VoiceTrainConfig()
+    torch.set_num_threads(1)
+    clips, x, y, spk, corp = voice_corpus(data_root)
+    metrics, oof = cross_validate_voice(x, y, spk, corp, cfg, log=log)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(run_dir / "voice_oof.npz", oof=oof, y=y, speakers=spk, corpora=corp)
+    models = [fit_voice_mlp(x, y, cfg, seed=cfg.seed + s) for s in range(cfg.ensemble)]
+    save_voice_bundle(models, metrics, weights_dir, cfg, len(y))
+    return metrics
+
+
+def text_probs_for_fusion(data_root: Path, weights_dir: Path, run_dir: Path) -> dict:
+    """Text-emotion probabilities of GoEmotions dev single-label rows (never trained on) and of the
+    acted corpora's fixed sentences; cached in ``run_dir``."""
+    cache = run_dir / "text_dev_probs.npz"
+    if cache.is_file():
+        z = np.load(cache)
+        return {"probs": z["probs"], "labels": z["labels"], "fixed_probs": z["fixed_probs"]}
+    from apps.customer_service.data import EMODB_SENTENCES, load_goemotions
+    from apps.customer_service.model import load_text_classifier
+
+    model = load_text_classifier(weights_dir / "text_emotion")
+    texts, labs = load_goemotions(data_root / "goemotions" / "ekman" / "dev.tsv")
+    y = single_label(labs)
+    keep = np.flatnonzero(y >= 0)
+    probs = model.predict_proba([texts[i] for i in keep]).numpy()
+    fixed = ["Kids are talking by the door", "Dogs are sitting by the door", *EMODB_SENTENCES.values()]
+    fixed_probs = model.predict_proba(fixed).numpy()
+    np.savez(cache, probs=probs, labels=y[keep], index=keep, fixed_probs=fixed_probs, fixed=np.array(fixed))
+    return {"probs": probs, "labels": y[keep], "fixed_probs": fixed_probs}
+
+
+def run_fusion_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: FusionTrainConfig | None = None,
+                        log=print) -> dict:
+    """Gate trained on label-matched pairs; evaluated on held-out speakers AND held-out texts."""
+    import torch
+
+    from core.bundle import ModelCard, save_bundle
+
+    from apps.customer_service.model import voice_to_ekman_matrix
+
+    cfg = cfg or FusionTrainConfig()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(cfg.seed)
+    z = np.load(run_dir / "voice_oof.npz")
+    vm = voice_to_ekman_matrix().numpy()
+    voice_p = z["oof"] @ vm  # out-of-fold voice probabilities, summed into Ekman classes
+    voice_y = vm[z["y"]].argmax(1)
+    spk = z["speakers"]
+    t = text_probs_for_fusion(data_root, weights_dir, run_dir)
+    # Held out for the report: 1/4 of the speakers of each corpus and 1/4 of the texts.
+    speakers = sorted(set(spk))
+    held_spk = set(speakers[::4])
+    v_test = np.array([s in held_spk for s in spk])
+    t_test = np.arange(len(t["labels"])) % 4 == 0
+    train_pairs = build_pairs(voice_p[~v_test], voice_y[~v_test], t["probs"][~t_test], t["labels"][~t_test],
+                              t["fixed_probs"], cfg, rng, "mixed")
+    model = fit_fusion(train_pairs, cfg)
+    report = {}
+    for mode in ("clean", "noisy", "fixed"):
+        pairs = build_pairs(voice_p[v_test], voice_y[v_test], t["probs"][t_test], t["labels"][t_test],
+                            t["fixed_probs"], cfg, np.random.default_rng(1), mode)
+        for k, v in fusion_report(model, pairs).items():
+            report[f"{mode}_{k}"] = round(v, 4)
+    log(json.dumps(report))
+    # The shipped gate is refitted on every speaker and text.
+    all_pairs = build_pairs(voice_p, voice_y, t["probs"], t["labels"], t["fixed_probs"], cfg, rng, "mixed")
+    final = fit_fusion(all_pairs, cfg)
+    card = ModelCard(
+        name="customer-service-fusion", version="1.0.0",
+        task="per-segment fusion of voice and text emotion (Ekman 7) by the core ModalityGate, with ASR "
+             "confidence, entropy and max probability of each branch as reliability features",
+        data=["voice: out-of-fold probabilities of the voice-emotion model on RAVDESS (actors 1-18) + Emo-DB",
+              "text: text-emotion probabilities on GoEmotions dev.tsv single-label rows (not trained on)"],
+        split="No corpus has emotional voice AND text: pairs are built BY LABEL (a clip + a GoEmotions comment "
+              "of the same Ekman emotion; calm/boredom count as neutral). Training pairs are corrupted: "
+              f"{cfg.p_noisy_text:.0%} get a random-emotion comment with ASR confidence 0.05-0.5 (bad transcript), "
+              f"{cfg.p_fixed_text:.0%} get the corpus's own fixed sentence (uninformative text), {cfg.p_drop:.0%} "
+              "lose one branch. Report: 1/4 of speakers and 1/4 of texts held out; cases clean (matching "
+              "text), noisy (random text, low confidence), fixed (the corpora's neutral sentences).",
+        metrics=report,
+        reproduce="triptych train customer-service --parts fusion",
+        limitations=["Label-matched pairs are synthetic: real callers' words and voice are correlated in "
+                     "ways these pairs do not model.",
+                     "In the 'fixed' case the text branch confidently says neutral; the gate can only "
+                     "learn to distrust it from statistics of the pairs, not from the words."],
+        extra={"train": cfg.__dict__},
+    )
+    save_bundle(weights_dir / "fusion", final, {"model": final.config.to_dict()}, card)
+    return report
+
 if __name__ == "__main__":
     # The GPU machine runs this with a packed copy of the data and an fp16 MiniLM (see the data card):
     #   python -m apps.customer_service.train gpu-text PACK OUT [BUDGET_S]

@@ -1,0 +1,196 @@
+"""HTTP API of the contact centre (mounted under ``/customer-service`` by the gateway).
+
+- ``POST /v1/calls:analyze``: multipart form with ``audio`` (WAV/FLAC/OGG/MP3) and/or ``text``,
+  optional ``output_mode`` (text|voice; else the User-Agent decides) -> the analysis, persisted
+  before it is returned.
+- ``GET /v1/results/{id}``: a stored analysis.
+- WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from typing import Annotated, Any, Literal, Optional
+
+from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from pydantic import BaseModel, Field
+
+from core.serving import (
+    ApiError,
+    DynamicBatcher,
+    Principal,
+    ResultStore,
+    create_service_app,
+    get_batcher,
+    get_request_id,
+    get_store,
+    read_upload,
+    require_role,
+)
+
+from apps.customer_service.settings import CustomerServiceSettings, get_settings
+
+log = logging.getLogger("triptych.customer_service")
+APP = "customer-service"
+AUDIO_KINDS = {"wav", "flac", "ogg", "mp3"}
+
+
+class CallRunner:
+    """ModelRunner over the engine: one call per item (a bad item fails alone)."""
+
+    name = "calls"
+
+    def __init__(self, engine) -> None:
+        self.engine = engine
+        versions = engine.versions()
+        self.version = ",".join(f"{k}={v}" for k, v in versions.items())
+        self.sha256 = engine.sha256()
+
+    def predict_batch(self, items: list) -> list:
+        out: list[Any] = []
+        for item in items:
+            try:
+                out.append(self.engine.analyze(item))
+            except Exception as exc:  # per-item: InputError stays as is, anything else is reported as such
+                out.append(exc)
+        return out
+
+
+# ---- response schema (documentation + validation of what we send) ----
+
+class Redaction(BaseModel):
+    type: str
+    start: int = Field(description="character offset into transcript.text of the UNREDACTED form")
+    end: int
+    start_s: Optional[float] = None
+    end_s: Optional[float] = None
+    speaker: str
+
+
+class Transcript(BaseModel):
+    text: str = Field(description="redacted transcript ([CARD], [IBAN], ... in place of PII)")
+    redactions: list[Redaction]
+    duration_s: float
+
+
+class Segment(BaseModel):
+    speaker: Literal["caller", "agent"]
+    start: Optional[float]
+    end: Optional[float]
+    text: str
+    asr_confidence: float
+    emotion: Optional[str]
+    contact_centre: Optional[dict[str, float]]
+    ekman: Optional[dict[str, float]]
+    modality_weights: dict[str, float]
+    voice: Optional[dict[str, float]] = None
+    text_emotion: Optional[dict[str, float]] = None
+
+
+class CallEmotion(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class IntentChoice(BaseModel):
+    label: str
+    confidence: float
+
+
+class Intent(IntentChoice):
+    top: list[IntentChoice]
+
+
+class Escalation(BaseModel):
+    escalate: bool
+    reasons: list[str]
+
+
+class Reply(BaseModel):
+    mode: Literal["text", "voice"]
+    text: str
+    audio_wav_base64: Optional[str] = None
+    voice_unavailable: Optional[str] = None
+
+
+class CallAnalysis(BaseModel):
+    id: str
+    transcript: Transcript
+    segments: list[Segment]
+    emotion: Optional[CallEmotion]
+    intent: Optional[Intent]
+    escalation: Escalation
+    reply: Reply
+    model_versions: dict[str, str]
+    timings_ms: dict[str, float]
+
+
+router = APIRouter(prefix="/v1", tags=["customer-service"])
+
+
+@router.post("/calls:analyze", response_model=CallAnalysis, summary="Analyse a call (audio and/or text)")
+async def analyze_call(
+    request: Request,
+    batcher: Annotated[DynamicBatcher, Depends(get_batcher("calls"))],
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("agent"))],
+    request_id: Annotated[str, Depends(get_request_id)],
+    audio: Annotated[Optional[UploadFile], File(description="WAV, FLAC, OGG or MP3; mono, or stereo agent/caller")] = None,
+    text: Annotated[Optional[str], Form(description="typed text (chat) instead of or besides audio")] = None,
+    output_mode: Annotated[Optional[Literal["text", "voice"]], Form(description="reply as text or voice; default from the User-Agent")] = None,
+    user_agent: Annotated[Optional[str], Header()] = None,
+) -> CallAnalysis:
+    from apps.customer_service.service import CallRequest, InputError
+
+    settings: CustomerServiceSettings = request.app.state.settings
+    data = None
+    if audio is not None:
+        data = await read_upload(audio, accept=AUDIO_KINDS, max_bytes=settings.max_upload_bytes)
+    if data is None and not (text or "").strip():
+        raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
+    try:
+        result = await batcher.submit(CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent))
+    except InputError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
+    # Persist before answering; the synthesised WAV is large and re-creatable, so only its hash is stored.
+    stored = dict(result)
+    wav = stored["reply"].get("audio_wav_base64")
+    if wav:
+        stored["reply"] = {**stored["reply"], "audio_wav_base64": None,
+                           "audio_sha256": hashlib.sha256(wav.encode()).hexdigest()}
+    result_id = await store.asave_result(APP, "call", request_id, stored, role=who.role)
+    return CallAnalysis(id=result_id, **result)
+
+
+@router.get("/results/{result_id}", summary="A stored call analysis")
+async def get_result(
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("agent"))],
+) -> dict:
+    row = await store.aget_result(result_id)
+    if row is None or row.get("app", APP) != APP:
+        raise ApiError(404, "not_found", f"no result {result_id!r}")
+    return row
+
+
+def create_app(settings: CustomerServiceSettings | None = None):
+    settings = settings or get_settings()
+    routers = [router]
+    try:
+        from apps.customer_service.speech import create_stream_router
+
+        routers.append(create_stream_router())
+    except (ImportError, AttributeError) as exc:  # the speech side's router not installed: serve the rest
+        log.warning("streaming router unavailable: %s", type(exc).__name__)
+
+    def load_runners():
+        from apps.customer_service.service import CustomerServiceEngine
+
+        return {"calls": CallRunner(CustomerServiceEngine.from_settings(settings))}
+
+    return create_service_app(
+        name=APP, settings=settings, routers=routers, load_runners=load_runners,
+        description="Bank contact centre: redacted transcript, emotion over time, intent, escalation, reply.",
+    )

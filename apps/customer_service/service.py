@@ -1,0 +1,365 @@
+"""Call analysis as plain Python (no HTTP): audio and/or text in, the agent's view out.
+
+Pipeline for audio: decode (speech.load_audio) -> per channel ASR with word timestamps ->
+segments (pauses / max length) -> PII redaction over the words -> per segment: voice emotion from
+acoustic statistics of the segment's samples, text emotion from the segment's redacted words,
+fused by the core ModalityGate that sees the ASR confidence -> intent over the caller's redacted
+text -> escalation rules -> reply (text, or WAV by espeak-ng). Stereo calls: channel 0 = agent,
+channel 1 = caller; emotion, intent and escalation are about the caller.
+Typed text: the same minus audio (sentences are the segments, voice absent, ASR confidence 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from apps.customer_service.data import EKMAN_LABELS, VOICE_LABELS
+from apps.customer_service.escalation import EscalationRules, choose_output_mode, decide_escalation, reply_text
+from apps.customer_service.settings import CustomerServiceSettings
+
+SAMPLE_RATE = 16000
+PAUSE_S = 0.6  # a silence this long between words ends a segment
+
+
+@dataclass
+class CallRequest:
+    audio: bytes | None = None
+    text: str | None = None
+    output_mode: str | None = None  # "text" | "voice" | None (decide from the User-Agent)
+    user_agent: str | None = None
+
+
+class InputError(ValueError):
+    """Bad input the client can fix; ``status`` is the HTTP status the API answers with."""
+
+    def __init__(self, status: int, code: str, message: str):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+_AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422, "too_many_channels": 422}
+
+
+def _sentences(text: str) -> list[str]:
+    parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
+    return parts or ([text.strip()] if text.strip() else [])
+
+
+def _probs_dict(labels, row) -> dict[str, float]:
+    return {name: round(float(p), 4) for name, p in zip(labels, row)}
+
+
+class CustomerServiceEngine:
+    """Holds the models; ``analyze`` is thread-safe for concurrent reads (torch inference only)."""
+
+    def __init__(
+        self,
+        settings: CustomerServiceSettings,
+        *,
+        intent=None,
+        text_emotion=None,
+        voice=None,
+        fusion=None,
+        recognizer=None,
+        synthesize=None,
+    ):
+        self.settings = settings
+        self.intent = intent
+        self.text_emotion = text_emotion
+        self.voice = voice
+        self.fusion = fusion
+        self.recognizer = recognizer
+        self._synthesize = synthesize
+        self.rules = EscalationRules.from_dict(settings.escalation) if settings.escalation else EscalationRules()
+
+    @classmethod
+    def from_settings(cls, settings: CustomerServiceSettings) -> "CustomerServiceEngine":
+        """Load every shipped bundle (and the embedded ASR) named in ``settings``."""
+        import torch
+
+        from core.offline import enforce_offline
+
+        enforce_offline()
+        torch.set_num_threads(max(1, settings.torch_threads))
+        from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
+        from apps.customer_service.speech import create_recognizer
+
+        return cls(
+            settings,
+            intent=load_text_classifier(settings.intent_bundle),
+            text_emotion=load_text_classifier(settings.text_emotion_bundle),
+            voice=load_voice_model(settings.voice_emotion_bundle),
+            fusion=load_fusion(settings.fusion_bundle),
+            recognizer=create_recognizer("pocketsphinx", lm=settings.asr_lm),
+        )
+
+    # ---- identity for X-Model-Version / X-Model-Sha256 ----
+    def versions(self) -> dict[str, str]:
+        out = {}
+        for name in ("intent", "text_emotion", "voice", "fusion"):
+            model = getattr(self, name)
+            out[name] = str(getattr(model, "version", "unknown")) if model is not None else "absent"
+        out["asr"] = str(getattr(self.recognizer, "name", "absent")) if self.recognizer is not None else "absent"
+        return out
+
+    def sha256(self) -> str:
+        digest = hashlib.sha256()
+        for name in ("intent", "text_emotion", "voice", "fusion"):
+            digest.update(str(getattr(getattr(self, name), "sha256", "")).encode())
+        return digest.hexdigest()
+
+    # ---- the pipeline ----
+    def analyze(self, req: CallRequest) -> dict[str, Any]:
+        timings: dict[str, float] = {}
+        t_all = time.perf_counter()
+        text = (req.text or "").strip()
+        if req.audio is None and not text:
+            raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
+        if len(text) > self.settings.max_text_chars:
+            raise InputError(413, "text_too_long", f"Text is {len(text)} characters; the limit is {self.settings.max_text_chars}.")
+        segments: list[dict] = []
+        redactions: list[dict] = []
+        transcript_parts: list[str] = []
+        duration = 0.0
+        if req.audio is not None:
+            segments, redactions, transcript_parts, duration = self._audio_segments(req.audio, timings)
+        if text:
+            segments_t, redactions_t = self._text_segments(text, timings)
+            offset = sum(len(p) + 1 for p in transcript_parts)
+            for r in redactions_t:
+                r["start"] += offset
+                r["end"] += offset
+            segments += segments_t
+            redactions += redactions_t
+            transcript_parts.append(" ".join(s["text"] for s in segments_t))
+        t0 = time.perf_counter()
+        self._emotions(segments)
+        timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
+        caller = [s for s in segments if s["speaker"] == "caller"]
+        caller_text = " ".join(s["text"] for s in caller if s["text"]).strip()
+        intent = None
+        if caller_text and self.intent is not None:
+            t0 = time.perf_counter()
+            proba = self.intent.predict_proba([caller_text])[0].numpy()
+            top = np.argsort(proba)[::-1][:3]
+            labels = self.intent.config.labels
+            intent = {"label": labels[top[0]], "confidence": round(float(proba[top[0]]), 4),
+                      "top": [{"label": labels[i], "confidence": round(float(proba[i]), 4)} for i in top]}
+            timings["intent_ms"] = (time.perf_counter() - t0) * 1000
+        call_emotion = self._call_emotion(caller)
+        escalation = decide_escalation(self.rules, caller, intent)
+        reply = self._reply(req, intent, call_emotion, escalation, timings)
+        timings["total_ms"] = (time.perf_counter() - t_all) * 1000
+        return {
+            "transcript": {"text": " ".join(p for p in transcript_parts if p), "redactions": redactions,
+                           "duration_s": round(duration, 3)},
+            "segments": segments,
+            "emotion": call_emotion,
+            "intent": intent,
+            "escalation": escalation,
+            "reply": reply,
+            "model_versions": self.versions(),
+            "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+        }
+
+    # ---- audio ----
+    def _audio_segments(self, data: bytes, timings: dict) -> tuple[list[dict], list[dict], list[str], float]:
+        from apps.customer_service.pii import redact_words
+        from apps.customer_service.speech import AudioError, load_audio
+
+        t0 = time.perf_counter()
+        try:
+            audio = load_audio(data, max_seconds=self.settings.max_audio_seconds, max_channels=2)
+        except AudioError as exc:
+            raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
+        timings["decode_ms"] = (time.perf_counter() - t0) * 1000
+        roles = ["caller"] if audio.channels == 1 else ["agent", "caller"]
+        segments, redactions, parts = [], [], []
+        asr_ms = 0.0
+        char_offset = 0
+        for ch, role in enumerate(roles):
+            samples = audio.channel(ch)
+            words, confidence = [], 0.0
+            if self.recognizer is not None:
+                t0 = time.perf_counter()
+                tr = self.recognizer.transcribe(samples, SAMPLE_RATE)
+                asr_ms += (time.perf_counter() - t0) * 1000
+                words = [w for w in tr.words if w.text and not w.text.startswith(("<", "["))]
+                confidence = float(tr.confidence)
+            result, hits = redact_words(words) if words else (None, [])
+            word_types = self._word_types(words, result)
+            for r in (result.redactions if result else []):
+                idx = [i for i in hits if word_types.get(i) == r.type]
+                span = [words[i] for i in idx] or words
+                redactions.append({"type": r.type, "start": r.start + char_offset, "end": r.end + char_offset,
+                                   "start_s": round(span[0].start, 3), "end_s": round(span[-1].end, 3), "speaker": role})
+            red_text = result.text if result else ""
+            parts.append(red_text)
+            char_offset += len(red_text) + 1
+            for seg_words in self._split_words(words, samples.size / SAMPLE_RATE):
+                start, end = seg_words["start"], seg_words["end"]
+                text = self._redacted_words(words, seg_words["idx"], word_types)
+                conf = float(np.mean([words[i].confidence for i in seg_words["idx"]])) if seg_words["idx"] else 0.0
+                a, b = int(max(0.0, start - 0.1) * SAMPLE_RATE), int((end + 0.1) * SAMPLE_RATE)
+                segments.append({"speaker": role, "start": round(start, 3), "end": round(end, 3), "text": text,
+                                 "asr_confidence": round(conf if seg_words["idx"] else confidence, 4),
+                                 "_samples": samples[a:b]})
+        timings["asr_ms"] = asr_ms
+        return segments, redactions, parts, audio.duration_s
+
+    @staticmethod
+    def _word_types(words, result) -> dict[int, str]:
+        """Word index -> PII type for words inside a redaction (offsets as redact_words joins them)."""
+        types, pos = {}, 0
+        if result is None:
+            return types
+        for i, w in enumerate(words):
+            a, b = pos, pos + len(w.text)
+            for r in result.redactions:
+                if a < r.end and b > r.start:
+                    types[i] = r.type
+            pos = b + 1
+        return types
+
+    @staticmethod
+    def _redacted_words(words, idx: list[int], word_types: dict[int, str]) -> str:
+        out, last_type = [], None
+        for i in idx:
+            kind = word_types.get(i)
+            if kind is None:
+                out.append(words[i].text)
+                last_type = None
+            elif kind != last_type:
+                out.append(f"[{kind.upper()}]")
+                last_type = kind
+        return " ".join(out)
+
+    def _split_words(self, words, duration: float) -> list[dict]:
+        """Segments of word indices broken at pauses and at ``segment_seconds``; fixed windows when
+        the recogniser heard no words (the voice branch still reads the audio)."""
+        max_len = self.settings.segment_seconds
+        if not words:
+            n = max(1, int(np.ceil(duration / max_len)))
+            return [{"start": i * max_len, "end": min(duration, (i + 1) * max_len), "idx": []} for i in range(n)]
+        segs, cur = [], [0]
+        for i in range(1, len(words)):
+            pause = words[i].start - words[i - 1].end
+            if pause >= PAUSE_S or words[i].end - words[cur[0]].start > max_len:
+                segs.append(cur)
+                cur = []
+            cur.append(i)
+        segs.append(cur)
+        return [{"start": words[s[0]].start, "end": words[s[-1]].end, "idx": s} for s in segs]
+
+    # ---- text ----
+    def _text_segments(self, text: str, timings: dict) -> tuple[list[dict], list[dict]]:
+        from apps.customer_service.pii import redact
+
+        t0 = time.perf_counter()
+        result = redact(text)
+        redactions = [{"type": r.type, "start": r.start, "end": r.end, "start_s": None, "end_s": None,
+                       "speaker": "caller"} for r in result.redactions]
+        segments = [{"speaker": "caller", "start": None, "end": None, "text": s, "asr_confidence": 1.0,
+                     "_samples": None} for s in _sentences(result.text)]
+        timings["redaction_ms"] = (time.perf_counter() - t0) * 1000
+        return segments, redactions
+
+    # ---- emotion ----
+    def _emotions(self, segments: list[dict]) -> None:
+        import torch
+
+        from apps.customer_service.features import acoustic_features
+        from apps.customer_service.model import (
+            CONTACT_CENTRE_LABELS,
+            ekman_to_contact_matrix,
+            voice_to_ekman_matrix,
+        )
+
+        if not segments:
+            return
+        n = len(segments)
+        voice_p = np.full((n, len(EKMAN_LABELS)), 1.0 / len(EKMAN_LABELS), dtype=np.float32)
+        text_p = voice_p.copy()
+        present = np.zeros((n, 2), dtype=bool)
+        voice_raw: dict[int, np.ndarray] = {}
+        if self.voice is not None:
+            feats, rows = [], []
+            for i, s in enumerate(segments):
+                samples = s.pop("_samples", None)
+                if samples is None or samples.size < SAMPLE_RATE // 4:
+                    continue
+                try:
+                    feats.append(acoustic_features(samples))
+                    rows.append(i)
+                except ValueError:  # silent or too short: the voice branch abstains
+                    continue
+            if rows:
+                raw = self.voice.predict_proba(np.stack(feats))  # (R, 9)
+                ekman = raw @ voice_to_ekman_matrix().numpy()
+                for j, i in enumerate(rows):
+                    voice_p[i], present[i, 0] = ekman[j], True
+                    voice_raw[i] = raw[j]
+        for s in segments:
+            s.pop("_samples", None)
+        text_rows = [i for i, s in enumerate(segments) if s["text"]]
+        if text_rows and self.text_emotion is not None:
+            probs = self.text_emotion.predict_proba([segments[i]["text"] for i in text_rows]).numpy()
+            for j, i in enumerate(text_rows):
+                text_p[i], present[i, 1] = probs[j], True
+        conf = np.array([s["asr_confidence"] for s in segments], dtype=np.float32)
+        if self.fusion is not None:
+            with torch.no_grad():
+                logp, weights = self.fusion(torch.tensor(voice_p), torch.tensor(text_p), torch.tensor(present),
+                                            torch.tensor(conf))
+            fused = logp.exp().numpy()
+            weights = weights.numpy()
+        else:  # no fusion bundle: equal weights over present branches
+            weights = present / np.maximum(present.sum(1, keepdims=True), 1)
+            fused = weights[:, :1] * voice_p + weights[:, 1:] * text_p
+        contact = fused @ ekman_to_contact_matrix().numpy()
+        for i, s in enumerate(segments):
+            if not present[i].any():
+                s.update({"emotion": None, "contact_centre": None, "ekman": None,
+                          "modality_weights": {"voice": 0.0, "text": 0.0}})
+                continue
+            s["ekman"] = _probs_dict(EKMAN_LABELS, fused[i])
+            s["contact_centre"] = _probs_dict(CONTACT_CENTRE_LABELS, contact[i])
+            s["emotion"] = CONTACT_CENTRE_LABELS[int(contact[i].argmax())]
+            s["modality_weights"] = {"voice": round(float(weights[i, 0]), 4), "text": round(float(weights[i, 1]), 4)}
+            s["voice"] = _probs_dict(VOICE_LABELS, voice_raw[i]) if i in voice_raw else None
+            s["text_emotion"] = _probs_dict(EKMAN_LABELS, text_p[i]) if present[i, 1] else None
+
+    @staticmethod
+    def _call_emotion(caller: list[dict]) -> dict | None:
+        views = [s["contact_centre"] for s in caller if s.get("contact_centre")]
+        if not views:
+            return None
+        mean = {k: round(float(np.mean([v[k] for v in views])), 4) for k in views[0]}
+        return {"label": max(mean, key=mean.get), "probabilities": mean}
+
+    # ---- reply ----
+    def _reply(self, req: CallRequest, intent, call_emotion, escalation, timings: dict) -> dict:
+        mode = choose_output_mode(req.output_mode or (None if self.settings.default_output_mode == "auto"
+                                                      else self.settings.default_output_mode), req.user_agent)
+        text = reply_text(intent["label"] if intent else None, call_emotion["label"] if call_emotion else None,
+                          escalation["escalate"])
+        out: dict[str, Any] = {"mode": mode, "text": text, "audio_wav_base64": None}
+        if mode == "voice":
+            t0 = time.perf_counter()
+            try:
+                synth = self._synthesize
+                if synth is None:
+                    from apps.customer_service.speech import synthesize as synth
+                wav = synth(text)
+                out["audio_wav_base64"] = base64.b64encode(wav).decode("ascii")
+            except Exception as exc:  # TTSUnavailable (no espeak-ng) or TTSError: answer in text
+                out.update({"mode": "text", "voice_unavailable": f"{type(exc).__name__}: {exc}"})
+            timings["tts_ms"] = (time.perf_counter() - t0) * 1000
+        return out

@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from apps.customer_service.api import create_app
+from tests.apps.customer_service.conftest import tone, wav_bytes
+
+CARD = "4111 1111 1111 1111"
+
+
+@pytest.fixture(scope="module")
+def client(cs_tiny_bundles, tmp_path_factory):
+    from apps.customer_service.settings import CustomerServiceSettings
+
+    tmp = tmp_path_factory.mktemp("cs_api")
+    settings = CustomerServiceSettings(
+        intent_bundle=cs_tiny_bundles["intent"], text_emotion_bundle=cs_tiny_bundles["text_emotion"],
+        voice_emotion_bundle=cs_tiny_bundles["voice"], fusion_bundle=cs_tiny_bundles["fusion"],
+        database_url=f"sqlite:///{tmp}/cs.db", artefact_dir=tmp / "artefacts", max_audio_seconds=20.0,
+        asr_lm="generic",
+    )
+    app = create_app(settings)
+    with TestClient(app) as c:
+        for _ in range(600):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.1)
+        assert c.get("/ready").status_code == 200, c.get("/ready").json()
+        yield c
+
+
+def test_text_analysis_is_persisted_and_redacted(client):
+    r = client.post("/v1/calls:analyze", data={"text": f"I lost my card {CARD}. Please block it!"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert CARD not in r.text and "[CARD]" in body["transcript"]["text"]
+    assert body["intent"]["label"] and body["segments"][0]["modality_weights"]["text"] == 1.0
+    assert r.headers["X-Model-Version"]
+    stored = client.get(f"/v1/results/{body['id']}")
+    assert stored.status_code == 200 and CARD not in stored.text
+
+
+def test_audio_upload(client):
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.5)), "audio/wav")},
+                    data={"output_mode": "text"})
+    assert r.status_code == 200, r.text
+    assert r.json()["transcript"]["duration_s"] == pytest.approx(1.5, abs=0.01)
+
+
+@pytest.mark.parametrize(("files", "data", "status"), [
+    ({"audio": ("x.wav", b"not audio at all", "audio/wav")}, {}, 415),
+    ({"audio": ("x.png", b"\x89PNG\r\n\x1a\n" + b"0" * 100, "image/png")}, {}, 415),
+    ({"audio": ("x.wav", b"", "audio/wav")}, {}, 422),
+    (None, {}, 422),
+    (None, {"text": "   "}, 422),
+    (None, {"text": "hello", "output_mode": "fax"}, 422),
+])
+def test_bad_input_is_4xx_with_a_message(client, files, data, status):
+    r = client.post("/v1/calls:analyze", files=files, data=data)
+    assert r.status_code == status, r.text
+    assert r.json()["error"]["message"]
+
+
+def test_too_long_audio(client):
+    r = client.post("/v1/calls:analyze", files={"audio": ("long.wav", wav_bytes(np.zeros(16000 * 25, np.float32)), "audio/wav")})
+    assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
+
+
+def test_unknown_result_is_404(client):
+    assert client.get("/v1/results/doesnotexist").status_code == 404

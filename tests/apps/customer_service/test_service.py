@@ -1,0 +1,114 @@
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+
+from apps.customer_service.service import CallRequest, CustomerServiceEngine, InputError
+from tests.apps.customer_service.conftest import INTENTS, tone, wav_bytes
+
+CARD = "4111 1111 1111 1111"  # Luhn-valid test number
+
+
+@pytest.fixture(scope="module")
+def recognizer():
+    from apps.customer_service.speech import create_recognizer
+
+    return create_recognizer("pocketsphinx", topn=2, bestpath=False)
+
+
+@pytest.fixture()
+def engine(cs_settings, recognizer):
+    from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
+
+    return CustomerServiceEngine(
+        cs_settings,
+        intent=load_text_classifier(cs_settings.intent_bundle),
+        text_emotion=load_text_classifier(cs_settings.text_emotion_bundle),
+        voice=load_voice_model(cs_settings.voice_emotion_bundle),
+        fusion=load_fusion(cs_settings.fusion_bundle),
+        recognizer=recognizer,
+    )
+
+
+def test_text_call_is_redacted_and_complete(engine):
+    out = engine.analyze(CallRequest(text=f"My card {CARD} was stolen. I am furious!"))
+    assert CARD not in out["transcript"]["text"] and "[CARD]" in out["transcript"]["text"]
+    assert out["transcript"]["redactions"][0]["type"] == "card"
+    assert all(CARD not in s["text"] for s in out["segments"])
+    assert len(out["segments"]) == 2  # sentences are the segments of typed text
+    for s in out["segments"]:
+        assert s["modality_weights"] == {"voice": 0.0, "text": 1.0}  # no audio: text alone
+        assert abs(sum(s["contact_centre"].values()) - 1) < 1e-3
+    assert out["intent"]["label"] in INTENTS and 0 <= out["intent"]["confidence"] <= 1
+    assert set(out["escalation"]) == {"escalate", "reasons"}
+    assert out["reply"]["mode"] == "text" and out["reply"]["text"]
+    assert set(out["model_versions"]) == {"intent", "text_emotion", "voice", "fusion", "asr"}
+    assert out["timings_ms"]["total_ms"] > 0
+
+
+def test_audio_call_segments_carry_voice_weight(engine):
+    audio = np.concatenate([tone(1.2, 140), np.zeros(8000, np.float32), tone(1.2, 220, loud=0.6)])
+    out = engine.analyze(CallRequest(audio=wav_bytes(audio)))
+    assert out["transcript"]["duration_s"] == pytest.approx(len(audio) / 16000, abs=0.01)
+    assert out["segments"], "a voiced recording yields segments (words or fixed windows)"
+    voiced = [s for s in out["segments"] if s["emotion"] is not None]
+    assert voiced and all(s["modality_weights"]["voice"] > 0 for s in voiced)
+    assert all(s["speaker"] == "caller" for s in out["segments"])
+
+
+def test_stereo_call_splits_agent_and_caller(engine):
+    stereo = np.stack([tone(1.0, 120), tone(1.0, 230)], axis=1)
+    out = engine.analyze(CallRequest(audio=wav_bytes(stereo)))
+    assert {s["speaker"] for s in out["segments"]} == {"agent", "caller"}
+
+
+@pytest.mark.parametrize(("data", "status", "code"), [
+    (b"this is plain text, not audio", 415, "not_audio"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt junk", 422, "corrupt"),
+])
+def test_bad_audio_is_a_client_error(engine, data, status, code):
+    with pytest.raises(InputError) as err:
+        engine.analyze(CallRequest(audio=data))
+    assert (err.value.status, err.value.code) == (status, code)
+
+
+def test_too_long_audio_is_refused(engine):
+    with pytest.raises(InputError) as err:
+        engine.analyze(CallRequest(audio=wav_bytes(np.zeros(16000 * 25, np.float32))))  # limit is 20 s here
+    assert err.value.status == 413
+
+
+def test_no_input_is_refused(engine):
+    with pytest.raises(InputError):
+        engine.analyze(CallRequest(text="   "))
+
+
+def test_voice_reply_uses_tts_or_says_why_not(engine):
+    from apps.customer_service.speech import tts
+
+    ua = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) Mobile/15E148"
+    out = engine.analyze(CallRequest(text="where is my new card", user_agent=ua))
+    if tts.available():
+        assert out["reply"]["mode"] == "voice"
+        assert base64.b64decode(out["reply"]["audio_wav_base64"])[:4] == b"RIFF"
+    else:
+        assert out["reply"]["mode"] == "text" and "TTSUnavailable" in out["reply"]["voice_unavailable"]
+    assert engine.analyze(CallRequest(text="where is my card", user_agent=ua, output_mode="text"))["reply"]["mode"] == "text"
+
+
+def test_word_level_redaction_and_segmentation(engine):
+    from apps.customer_service.pii import redact_words
+    from apps.customer_service.speech import Word
+
+    spoken = "my card is four one one one one one one one one one one one one one one one thanks".split()
+    words = [Word(w, 0.3 * i, 0.3 * i + 0.25, 0.9) for i, w in enumerate(spoken)]
+    words[-1] = Word("thanks", 20.0, 20.4, 0.9)  # after a long pause
+    result, hits = redact_words(words)
+    types = engine._word_types(words, result)
+    segs = engine._split_words(words, 21.0)
+    texts = [engine._redacted_words(words, s["idx"], types) for s in segs]
+    assert texts[-1] == "thanks" and len(segs) >= 2
+    joined = " ".join(texts)
+    assert "[CARD]" in joined and "four one" not in joined
