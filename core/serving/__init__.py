@@ -34,7 +34,29 @@ _EXPORTS = {
     "subject_hash": "core.serving.auth",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ApiError",
+    "AppSettings",
+    "BatcherStats",
+    "DynamicBatcher",
+    "KINDS",
+    "ModelRunner",
+    "Principal",
+    "ROLES",
+    "ResultStore",
+    "create_service_app",
+    "error_body",
+    "get_app_settings",
+    "get_batcher",
+    "get_request_id",
+    "get_store",
+    "read_upload",
+    "require_role",
+    "safe_unzip",
+    "sniff_kind",
+    "subject_hash",
+    "temporary_directory",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -15,7 +15,8 @@ import logging
 import re
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -105,7 +106,7 @@ class ServiceMiddleware:
             if not status["started"]:
                 await too_large.response()(scope, receive, send_raw)
         except Exception:
-            log.error("unhandled error", exc_info=True, extra={"app": service.state.name, "request_id": request_id})
+            log.exception("unhandled error", extra={"app": service.state.name, "request_id": request_id})
             if not status["started"]:
                 body = error_body("internal_error", f"internal error; quote request id {request_id}")
                 await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
@@ -171,7 +172,7 @@ async def _load(app: FastAPI, load_runners: LoadRunners | None) -> None:
     except Exception as exc:
         state.load_error = f"{type(exc).__name__}: {exc}"
         state.model_headers = ("unavailable", "unavailable")
-        log.error("model loading failed", exc_info=True, extra={"app": state.name})
+        log.exception("model loading failed", extra={"app": state.name})
 
 
 def create_service_app(

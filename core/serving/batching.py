@@ -16,9 +16,10 @@ import collections
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from core.serving.errors import ApiError
 
@@ -174,7 +175,7 @@ class DynamicBatcher:
         try:
             # shield: a timeout abandons the wait, not the batch other callers share
             return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             future.cancel()  # the worker skips it if it has not started yet
             self.stats.timed_out += 1
             self._emit("item", outcome="timeout")
@@ -203,7 +204,7 @@ class DynamicBatcher:
             self._wakeup.clear()
             try:
                 await asyncio.wait_for(self._wakeup.wait(), remaining)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         batch: list[_Pending] = []
         while self._queue and len(batch) < self.max_batch:

@@ -123,7 +123,7 @@ class LoopbackServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def __enter__(self) -> "LoopbackServer":
+    def __enter__(self) -> LoopbackServer:
         import httpx
 
         self.thread.start()
@@ -138,7 +138,7 @@ class LoopbackServer:
         self.__exit__(None, None, None)
         raise RuntimeError("loopback server did not become ready within 60 s")
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
         self.sock.close()
@@ -154,7 +154,7 @@ def _check_loopback(url: str) -> None:
         raise ValueError(f"bench serve only targets loopback addresses (127.0.0.0/8, ::1, localhost), not {host!r}")
 
 
-_METRIC = re.compile(r"^triptych_batch_size_(sum|count)\{[^}]*\}\s+([0-9.eE+-]+)$", re.M)
+_METRIC = re.compile(r"^triptych_batch_size_(sum|count)\{[^}]*\}\s+([0-9.eE+-]+)$", re.MULTILINE)
 
 
 def _batch_totals(metrics_text: str) -> tuple[float, float]:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from typing import Any, AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
@@ -47,7 +48,7 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
             unavailable[plugin.name] = {"mount": plugin.mount, "status": "skipped", "reason": f"module {exc.name} not found"}
             continue
         except Exception as exc:
-            log.error("app failed to build", exc_info=True, extra={"app": plugin.name})
+            log.exception("app failed to build", extra={"app": plugin.name})
             unavailable[plugin.name] = {"mount": plugin.mount, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             continue
         mounted[plugin.name] = (plugin, sub)
@@ -59,7 +60,7 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
                 try:
                     await stack.enter_async_context(sub.router.lifespan_context(sub))
                 except Exception as exc:
-                    log.error("app failed to start", exc_info=True, extra={"app": name})
+                    log.exception("app failed to start", extra={"app": name})
                     unavailable[name] = {"mount": mounted[name][0].mount, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             yield
 

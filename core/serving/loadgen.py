@@ -82,7 +82,7 @@ async def drive(url: str, concurrency: int, total: int, duration_s: float, bodie
                 t0 = time.perf_counter()
                 try:
                     status = await asyncio.wait_for(connection.request(raw), max(0.1, stop_at + 30 - t0))
-                except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError, ValueError):
+                except (TimeoutError, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
                     connection.close()
                     errors += 1
                     continue

@@ -215,11 +215,10 @@ def test_safe_unzip_refuses_garbage(tmp_path):
 
 
 def test_temporary_directory_removed_even_on_error():
-    with pytest.raises(RuntimeError):
-        with temporary_directory() as tmp:
-            (tmp / "f").write_bytes(b"x")
-            kept = tmp
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), temporary_directory() as tmp:
+        (tmp / "f").write_bytes(b"x")
+        kept = tmp
+        raise RuntimeError("boom")
     assert not kept.exists()
 
 
