@@ -24,7 +24,8 @@ ARCHITECTURES = ("yolo11n", "yolov7-tiny")
 class DetectorConfig:
     arch: str = "yolo11n"  # one of ARCHITECTURES
     imgsz: int = 640  # inference size (DeepPCB tiles are 640x640; others are letterboxed)
-    conf: float = 0.25  # a detection at or above this confidence counts as a defect
+    conf: float = 0.75  # board decision: a detection at or above this fails the board (chosen on validation groups)
+    report_conf: float = 0.25  # detections at or above this are listed as defects (with their confidence)
     nms_conf: float = 0.001  # lower bound kept for mAP (PR curve needs low-confidence boxes)
     iou: float = 0.6  # NMS IoU
     binarize: bool = True  # threshold at 128 like the training data (DeepPCB scans are bilevel)
@@ -49,6 +50,9 @@ def model_yaml(arch: str, nc: int = len(DEFECT_CLASSES)) -> dict:
     if arch == "yolov7-tiny":
         cfg = yaml.safe_load((CONFIG_DIR / "yolov7-tiny.yaml").read_text())
     elif arch == "yolo11n":
+        from core.offline import enforce_offline
+
+        enforce_offline()
         from ultralytics.nn.tasks import yaml_model_load
 
         cfg = dict(yaml_model_load("yolo11n.yaml"))
@@ -72,30 +76,31 @@ def build_model(cfg: dict):
     return model
 
 
-def load_detector(weights_dir: Path):
-    """(model in eval mode, fused, float32; DetectorConfig) from a folder with model.safetensors + model.yaml + config.json."""
-    import json
+def load_detector(bundle_dir: Path):
+    """(fused float32 model in eval mode, DetectorConfig, Bundle) from a core bundle.
 
+    The bundle's config.json holds the detector settings and the model YAML; the weights are a
+    safetensors state_dict verified against the card's sha256 before loading (nothing unpickled).
+    """
     import torch
-    import yaml
-    from safetensors.torch import load_file
+    from core.bundle import load_bundle
 
-    weights_dir = Path(weights_dir)
-    cfg = yaml.safe_load((weights_dir / "model.yaml").read_text())
-    config = DetectorConfig(**json.loads((weights_dir / "config.json").read_text())["detector"])
-    model = build_model(cfg)
-    state = {k: v.float() for k, v in load_file(str(weights_dir / "model.safetensors")).items()}
+    bundle = load_bundle(bundle_dir)
+    config = DetectorConfig(**bundle.config["detector"])
+    model = build_model(bundle.config["model_yaml"])
+    state = {k: v.float() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    # Detect's anchors/strides are buffers rebuilt at forward time; anything else missing is an error.
-    missing = [k for k in missing if not k.endswith(("anchors", "strides"))]
     if missing or unexpected:
         raise ValueError(f"detector weights do not match the YAML: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model = model.float().eval()
-    model.fuse(verbose=False) if "verbose" in model.fuse.__code__.co_varnames else model.fuse()
+    model = model.fuse(verbose=False)
     for p in model.parameters():
         p.requires_grad_(False)
-    torch.set_grad_enabled(True)  # fuse() leaves global grad mode as it found it; be explicit
-    return model, config
+    return model, config, bundle
+
+
+def detector_bundle_config(config: DetectorConfig, cfg: dict) -> dict:
+    return {"detector": config.to_dict(), "model_yaml": cfg}
 
 
 # ------------------------------------------------------------------------------------ inference
@@ -174,29 +179,27 @@ def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: flo
     return results
 
 
-def feature_tokens(model, x, layer: int | None = None, grid: int = 4):
-    """(B, grid*grid, C) tokens from the detector's deepest neck output (the P5 input of Detect).
+def detect_with_tokens(model, images: list[PreparedImage], config: DetectorConfig, grid: int = 4, conf: float | None = None):
+    """One forward pass -> (detections per image, feature tokens (B, grid*grid, C) as float32 numpy).
 
-    These are the detector features the fusion attends over (one token per image region).
+    The tokens are the deepest neck output (the P5 input of the Detect head), average-pooled to a
+    grid x grid map: one token per image region, what the fusion attends over. A forward hook
+    captures them, so detection and fusion share a single pass.
     """
     import torch
     import torch.nn.functional as F
 
-    detect_layer = model.model[-1]
-    source = detect_layer.f[-1] if layer is None else layer
-    saved: dict[int, torch.Tensor] = {}
-    y: list = []
-    h = x
-    for i, m in enumerate(model.model[:-1]):
-        if m.f != -1:
-            h = y[m.f] if isinstance(m.f, int) else [h if j == -1 else y[j] for j in m.f]
-        h = m(h)
-        y.append(h)
-        if i == source:
-            saved["f"] = h
-            break
-    fmap = F.adaptive_avg_pool2d(saved["f"], grid)  # (B, C, g, g)
-    return fmap.flatten(2).transpose(1, 2)  # (B, g*g, C)
+    captured: dict = {}
+    layer = model.model[model.model[-1].f[-1]]
+    handle = layer.register_forward_hook(lambda module, inputs, output: captured.__setitem__("f", output))
+    try:
+        detections = detect(model, images, config, conf=conf)
+    finally:
+        handle.remove()
+    if not images:
+        return [], np.zeros((0, grid * grid, 0), np.float32)
+    fmap = F.adaptive_avg_pool2d(captured["f"].float(), grid)  # (B, C, g, g)
+    return detections, fmap.flatten(2).transpose(1, 2).numpy()
 
 
 # ----------------------------------------------------------------------------------------- mAP

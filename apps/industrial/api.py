@@ -1,0 +1,176 @@
+"""Factory QC API: ``POST /v1/inspect`` (one board) and ``POST /v1/inspect/batch`` (many boards).
+
+Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
+content, sample rate, finite samples) before queuing; results are stored before they are returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Optional
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from pydantic import BaseModel, Field
+
+from core.serving import (
+    ApiError,
+    DynamicBatcher,
+    Principal,
+    ResultStore,
+    create_service_app,
+    get_batcher,
+    get_request_id,
+    get_store,
+    read_upload,
+    require_role,
+)
+from apps.industrial.settings import IndustrialSettings, get_settings
+
+IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
+VIBRATION_KINDS = {"csv", "npy", "wav"}
+
+router = APIRouter(prefix="/v1", tags=["inspection"])
+
+
+class Defect(BaseModel):
+    class_: str = Field(alias="class")
+    confidence: float
+    box_px: list[float]
+    size_mm: float
+    template_difference: Optional[float] = None
+    refuted_by_template: Optional[bool] = None
+
+    model_config = {"populate_by_name": True}
+
+
+class MachineState(BaseModel):
+    label: str
+    probabilities: dict[str, float]
+
+
+class Inspection(BaseModel):
+    id: str
+    defects: list[Defect]
+    machine_state: Optional[MachineState]
+    decision: str = Field(description="pass / fail / review")
+    defect_probability: Optional[float] = Field(description="fused P(board defective); null without fusion or image")
+    modality_weights: dict[str, float]
+    template_refuted: int
+    model_version: str
+    timings_ms: dict[str, float]
+
+
+class BatchInspection(BaseModel):
+    results: list[Inspection]
+
+
+def _refuse(code: str, message: str) -> ApiError:
+    return ApiError(422, code, message)
+
+
+async def _decode_board(
+    settings: IndustrialSettings,
+    image: UploadFile | None,
+    template: UploadFile | None,
+    vibration: UploadFile | None,
+    sample_rate: float | None,
+    label: str = "",
+):
+    from apps.industrial.service import InspectionItem, decode_image, decode_vibration, vibration_windows
+
+    start = time.perf_counter()
+    gray = tmpl = windows = None
+    if image is None and vibration is None:
+        raise _refuse("missing_input", f"{label}send an image (PNG/JPEG/BMP/TIFF), a vibration file (CSV/NPY/WAV), or both")
+    try:
+        if image is not None:
+            data = await read_upload(image, accept=IMAGE_KINDS, max_bytes=settings.max_upload_bytes)
+            gray = decode_image(data, settings.min_image_side, settings.max_image_side)
+        if template is not None:
+            if gray is None:
+                raise ValueError("a template needs the tested image too")
+            data = await read_upload(template, accept=IMAGE_KINDS, max_bytes=settings.max_upload_bytes)
+            tmpl = decode_image(data, settings.min_image_side, settings.max_image_side)
+            if tmpl.shape != gray.shape:
+                raise ValueError(f"template is {tmpl.shape[1]}x{tmpl.shape[0]} px but the image is {gray.shape[1]}x{gray.shape[0]}; they must be aligned and equal in size")
+        if vibration is not None:
+            data = await read_upload(vibration, accept=VIBRATION_KINDS, max_bytes=settings.max_upload_bytes)
+            from core.serving import sniff_kind
+
+            signal, rate = decode_vibration(data, sniff_kind(data), sample_rate)
+            windows = vibration_windows(signal, rate)
+        elif sample_rate is not None and not (0 < sample_rate < float("inf")):
+            raise ValueError("sample_rate must be a positive number")
+    except ValueError as exc:
+        raise _refuse("invalid_input", f"{label}{exc}") from None
+    return InspectionItem(gray, tmpl, windows, timings={"decode_ms": round((time.perf_counter() - start) * 1000, 2)})
+
+
+async def _finish(result, request_id: str, store: ResultStore, who: Principal, version: str, kind: str) -> Inspection:
+    if isinstance(result, Exception):
+        raise result
+    result_id = await store.asave_result("industrial", kind, request_id, result, role=who.role)
+    return Inspection(id=result_id, model_version=version, **result)
+
+
+@router.post("/inspect", response_model=Inspection, response_model_by_alias=True)
+async def inspect(
+    request: Request,
+    batcher: Annotated[DynamicBatcher, Depends(get_batcher("inspect"))],
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+    request_id: Annotated[str, Depends(get_request_id)],
+    image: Annotated[Optional[UploadFile], File(description="board image: PNG, JPEG, BMP or TIFF")] = None,
+    template: Annotated[Optional[UploadFile], File(description="optional aligned defect-free template image")] = None,
+    vibration: Annotated[Optional[UploadFile], File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
+    sample_rate: Annotated[Optional[float], Form(description="vibration sample rate in Hz (WAV: read from the file)")] = None,
+) -> Inspection:
+    """Inspect one board: defects (class, confidence, box, size in mm), machine state, one decision."""
+    settings: IndustrialSettings = request.app.state.settings
+    item = await _decode_board(settings, image, template, vibration, sample_rate)
+    result = await batcher.submit(item)
+    return await _finish(result, request_id, store, who, batcher.runner.version, "inspect")
+
+
+@router.post("/inspect/batch", response_model=BatchInspection, response_model_by_alias=True)
+async def inspect_batch(
+    request: Request,
+    batcher: Annotated[DynamicBatcher, Depends(get_batcher("inspect"))],
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+    request_id: Annotated[str, Depends(get_request_id)],
+    images: Annotated[list[UploadFile], File(description="one image per board")],
+    vibrations: Annotated[Optional[list[UploadFile]], File(description="optional: one vibration file per board, same order")] = None,
+    sample_rate: Annotated[Optional[float], Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
+) -> BatchInspection:
+    """Inspect many boards in one call; boards i pair images[i] with vibrations[i] when given."""
+    settings: IndustrialSettings = request.app.state.settings
+    if len(images) > settings.max_batch_boards:
+        raise _refuse("too_many_boards", f"{len(images)} boards sent; at most {settings.max_batch_boards} per batch call")
+    if vibrations and len(vibrations) != len(images):
+        raise _refuse("mismatched_batch", f"{len(images)} images but {len(vibrations)} vibration files; send one per board or none")
+    items = [
+        await _decode_board(settings, img, None, vibrations[i] if vibrations else None, sample_rate, label=f"board {i}: ")
+        for i, img in enumerate(images)
+    ]
+    results = await asyncio.gather(*(batcher.submit(item) for item in items), return_exceptions=True)
+    out = [await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch") for i, r in enumerate(results)]
+    return BatchInspection(results=out)
+
+
+def create_app(settings: IndustrialSettings | None = None):
+    settings = settings or get_settings()
+
+    def load_runners():
+        from apps.industrial.service import load_runner
+
+        return {"inspect": load_runner(settings)}
+
+    return create_service_app(
+        name="industrial",
+        settings=settings,
+        routers=[router],
+        load_runners=load_runners,
+        description="PCB defect detection + machine vibration state -> pass / fail / review per board.",
+    )

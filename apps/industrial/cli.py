@@ -1,0 +1,193 @@
+"""`triptych train|eval|bench industrial` and `triptych data industrial ...` (heavy imports inside commands)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+WEIGHTS = Path(__file__).parent / "weights"
+SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
+
+data = typer.Typer(help="DeepPCB conversion for ultralytics and split lists.", no_args_is_help=True)
+
+
+def _table(title: str, metrics: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in metrics.items():
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _write_json(path: Optional[str], metrics: dict) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
+        Path(path).write_text(json.dumps(flat, indent=2) + "\n")
+
+
+def train(
+    part: Annotated[str, typer.Option(help="detector, vibration or fusion.")] = "vibration",
+    cwru: Annotated[Optional[str], typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
+    deeppcb: Annotated[Optional[str], typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
+    data_yaml: Annotated[Optional[str], typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
+    arch: Annotated[str, typer.Option(help="Detector architecture: yolo11n or yolov7-tiny.")] = "yolo11n",
+    epochs: Annotated[int, typer.Option(help="Detector epochs (an upper bound when --hours is given).")] = 100,
+    hours: Annotated[Optional[float], typer.Option(help="Detector wall-clock budget in hours (ultralytics `time`).")] = None,
+    batch: Annotated[int, typer.Option(help="Detector batch size.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, or a CUDA device such as 0 / cuda.")] = "cpu",
+    out: Annotated[Optional[str], typer.Option(help="Output folder (default: runs/industrial/<part>).")] = None,
+    cross_validate: Annotated[bool, typer.Option(help="Vibration: leave-one-diameter-out CV before the final fit.")] = True,
+    coupling: Annotated[float, typer.Option(help="Fusion: coupling strength of the paired events it is trained on.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch
+
+    if device == "cpu":
+        torch.set_num_threads(1)
+    target = Path(out or f"runs/industrial/{part}")
+    if part == "vibration":
+        if not cwru:
+            raise typer.BadParameter("--part vibration needs --cwru DIR")
+        from apps.industrial.train import VibrationTrainConfig, train_vibration
+
+        metrics = train_vibration(Path(cwru), target, config=VibrationTrainConfig(seed=seed), cross_validate=cross_validate, log=typer.echo)
+        _table("vibration classifier", metrics)
+    elif part == "detector":
+        if not data_yaml:
+            raise typer.BadParameter("--part detector needs --data data.yaml (see `triptych data industrial prepare`)")
+        from apps.industrial.detector import train_detector
+
+        dev = "0" if device == "cuda" else device
+        metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed)
+        _table(f"detector {arch} (validation board groups)", metrics)
+        typer.echo(f"weights: {target / 'model.safetensors'} + {target / 'model.yaml'}; package with `triptych data industrial bundle-detector`")
+    elif part == "fusion":
+        if not (cwru and deeppcb):
+            raise typer.BadParameter("--part fusion needs --cwru DIR and --deeppcb DIR")
+        from apps.industrial.fusion_train import train_fusion_bundle
+
+        metrics = train_fusion_bundle(Path(deeppcb), Path(cwru), target, coupling=coupling, seed=seed, log=typer.echo)
+        _table("fusion model", metrics)
+    else:
+        raise typer.BadParameter("--part must be detector, vibration or fusion")
+
+
+def evaluate(
+    deeppcb: Annotated[Optional[str], typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
+    split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
+    cwru: Annotated[Optional[str], typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write one flat JSON object here.")] = None,
+    detector: Annotated[Optional[str], typer.Option(help="Detector bundle (default: shipped).")] = None,
+    vibration: Annotated[Optional[str], typer.Option(help="Vibration bundle (default: shipped).")] = None,
+    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
+) -> None:
+    """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    if not deeppcb and not cwru:
+        raise typer.BadParameter("give --deeppcb DIR [--split LIST] and/or --cwru DIR")
+    metrics: dict[str, float] = {}
+    if deeppcb:
+        from apps.industrial.evaluate import evaluate_deeppcb
+
+        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit)
+        _table(f"DeepPCB {split}", m)
+        metrics.update(m)
+    if cwru:
+        from apps.industrial.evaluate import evaluate_cwru
+
+        m = evaluate_cwru(Path(vibration or WEIGHTS / "vibration"), Path(cwru), threads=threads)
+        _table("CWRU vibration", m)
+        # Both evaluations in one call: prefix the vibration keys only when detection keys are present.
+        metrics.update({(f"vibration_{k}" if deeppcb else k): v for k, v in m.items()})
+    _write_json(json_out, metrics)
+
+
+def bench(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder (its held-out groups feed the pairing).")],
+    cwru: Annotated[str, typer.Option("--cwru", help="CWRU folder.")],
+    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the flat metrics here.")] = None,
+    cache: Annotated[str, typer.Option(help="Folder for cached upstream features.")] = "runs/industrial/bench",
+    split: Annotated[str, typer.Option(help="Split list whose boards feed the benchmark (must be held out from detector training).")] = str(SPLITS / "deeppcb_val.txt"),
+    couplings: Annotated[str, typer.Option(help="Comma-separated coupling strengths.")] = "0,0.25,0.5,0.75,1",
+) -> None:
+    """Paired image+vibration benchmark (explicit generative assumption): fused vs single-modality vs Bayesian."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch
+
+    torch.set_num_threads(1)
+    from apps.industrial.benchmark import PairingConfig, image_features, run_benchmark, vibration_features
+
+    cache_dir = Path(cache)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    img_npz, vib_npz = cache_dir / "images.npz", cache_dir / "vibration.npz"
+    if not img_npz.exists():
+        typer.echo("running the detector over the held-out boards (cached) ...")
+        image_features(WEIGHTS / "detector", Path(deeppcb), split, img_npz)
+    if not vib_npz.exists():
+        vibration_features(WEIGHTS / "vibration", Path(cwru), vib_npz)
+    config = PairingConfig(couplings=tuple(float(c) for c in couplings.split(",")))
+    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo)
+    metrics.pop("config", None)
+    _table("paired benchmark (board-level)", metrics)
+    _write_json(json_out, metrics)
+
+
+@data.command("prepare")
+def prepare(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    out: Annotated[str, typer.Option(help="Output folder for the ultralytics dataset.")] = "datasets/prepared/deeppcb",
+    split: Annotated[str, typer.Option(help="List inside DIR/PCBData to convert.")] = "trainval.txt",
+    grayscale: Annotated[bool, typer.Option(help="8-bit grayscale PNG instead of 1-bit (bilevel) PNG.")] = False,
+    templates: Annotated[bool, typer.Option(help="Add training templates as label-free background images.")] = True,
+) -> None:
+    """Convert DeepPCB to an ultralytics dataset (board-group validation split, compact PNG)."""
+    from apps.industrial.data import prepare_ultralytics
+
+    counts = prepare_ultralytics(Path(deeppcb), Path(out), split, bilevel=not grayscale, templates_as_background=templates)
+    typer.echo(f"{out}: {counts}")
+
+
+@data.command("splits")
+def splits(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    out: Annotated[str, typer.Option(help="Folder for deeppcb_train.txt / deeppcb_val.txt.")] = str(SPLITS),
+) -> None:
+    """Write the board-group train/validation lists (DeepPCB's list format)."""
+    from apps.industrial.data import load_deeppcb, split_by_group, write_split_list
+
+    train_set, val_set = split_by_group(load_deeppcb(Path(deeppcb)))
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_split_list(train_set, Path(deeppcb), Path(out) / "deeppcb_train.txt")
+    write_split_list(val_set, Path(deeppcb), Path(out) / "deeppcb_val.txt")
+    typer.echo(f"{len(train_set)} train / {len(val_set)} validation boards")
+
+
+@data.command("bundle-detector")
+def bundle_detector(
+    weights: Annotated[str, typer.Option(help="Folder with model.safetensors (+ metrics.json) from training.")],
+    arch: Annotated[str, typer.Option(help="yolo11n or yolov7-tiny.")],
+    out: Annotated[str, typer.Option(help="Bundle folder to write.")],
+    conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
+) -> None:
+    """Package trained detector weights as a core bundle (config with the YAML, safetensors, card)."""
+    from apps.industrial.fusion_train import make_detector_bundle
+
+    make_detector_bundle(Path(weights), arch, Path(out), conf=conf)
+    typer.echo(f"wrote {out}")

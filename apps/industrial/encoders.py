@@ -1,0 +1,153 @@
+"""Industrial encoders, registered in the core registry (import registers them).
+
+- ("vibration", "envelope_conv_lstm"): raw 12 kHz accelerometer windows -> per-window normalised raw
+  signal + its high-passed Hilbert envelope -> Conv1d front-end -> bidirectional LSTM -> time tokens.
+- ("detector", "tokens"): a projection of detector feature tokens (pooled neck features of the
+  YOLO model, computed outside: the detector itself is frozen and served by ultralytics' modules).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.config import ConfigBase
+from core.encoders import ConvLSTMEncoder, Encoder, EncoderOutput, register_encoder
+
+
+@dataclass
+class VibrationEncoderConfig(ConfigBase):
+    sample_rate: int = 12_000  # the rate windows arrive at (signals.MODEL_RATE)
+    highpass_hz: float = 1_000.0  # envelope band: bearing impacts ring the housing's kHz resonances
+    dim: int = 64  # output token width
+    conv_channels: int = 32
+    conv_layers: int = 5  # 2,048 samples -> 64 time tokens
+    kernel_size: int = 9
+    lstm_hidden: int = 32  # per direction
+    dropout: float = 0.1
+    # Envelope only: drop the raw waveform and feed the demodulated envelope decimated by `decimate`.
+    # Without the carrier the network cannot key on the housing resonance of one recording; it has
+    # to use the impact periodicity, which is what fault type changes and load does not.
+    envelope_only: bool = False
+    decimate: int = 8  # 12 kHz envelope -> 1.5 kHz (fault frequencies are below 600 Hz)
+
+    PRESETS = {
+        "tiny": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0},
+        "small": {},
+        "envelope": {"envelope_only": True, "conv_layers": 2},
+    }
+
+
+def analytic_envelope(x: torch.Tensor, sample_rate: int, highpass_hz: float) -> torch.Tensor:
+    """|analytic signal| of the high-passed input, both done with one FFT: (B, L) -> (B, L).
+
+    Bearing faults show as periodic impacts whose rate (BPFI/BPFO/BSF) scales with shaft speed; the
+    envelope exposes that periodicity independently of which resonance the impacts excite, which is
+    what should carry over between loads better than the raw waveform alone.
+    """
+    length = x.shape[-1]
+    spectrum = torch.fft.fft(x, dim=-1)
+    freqs = torch.fft.fftfreq(length, d=1.0 / sample_rate).to(x.device)
+    # Analytic-signal weights: keep DC/Nyquist once, double positive, drop negative frequencies.
+    weights = torch.where(freqs > 0, 2.0, 0.0)
+    weights = torch.where(freqs.abs() < highpass_hz, torch.zeros_like(weights), weights)
+    return torch.fft.ifft(spectrum * weights.to(spectrum.dtype), dim=-1).abs()
+
+
+def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-window zero mean, unit variance: load and sensor gain change amplitude, not the fault."""
+    return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + eps)
+
+
+class VibrationEncoder(Encoder):
+    """(B, L) or (B, 1, L) windows at ``sample_rate`` -> tokens (B, L / 2**conv_layers, dim)."""
+
+    modality = "vibration"
+
+    def __init__(
+        self,
+        sample_rate: int = 12_000,
+        highpass_hz: float = 1_000.0,
+        dim: int = 64,
+        conv_channels: int = 32,
+        conv_layers: int = 5,
+        kernel_size: int = 9,
+        lstm_hidden: int = 32,
+        dropout: float = 0.1,
+        envelope_only: bool = False,
+        decimate: int = 8,
+    ):
+        super().__init__()
+        self.dim = dim
+        self.sample_rate = sample_rate
+        self.highpass_hz = highpass_hz
+        self.envelope_only = envelope_only
+        self.decimate = decimate
+        self.body = ConvLSTMEncoder(
+            in_channels=1 if envelope_only else 2,
+            dim=dim,
+            conv_channels=conv_channels,
+            conv_layers=conv_layers,
+            kernel_size=kernel_size,
+            lstm_hidden=lstm_hidden,
+            bidirectional=True,
+            dropout=dropout,
+        )
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L) raw -> (B, 2, L) normalised signal + envelope, or (B, 1, L / decimate) envelope only."""
+        x = x.float()
+        envelope = analytic_envelope(x - x.mean(dim=-1, keepdim=True), self.sample_rate, self.highpass_hz)
+        if self.envelope_only:
+            # Box-filter decimation: enough anti-aliasing for a signal whose content of interest is < 600 Hz.
+            low = torch.nn.functional.avg_pool1d(envelope[:, None], self.decimate)  # (B, 1, L / decimate)
+            return standardise(low)
+        return torch.stack([standardise(x), standardise(envelope)], dim=1)
+
+    def forward(self, batch) -> EncoderOutput:
+        x = batch["signal"] if isinstance(batch, dict) else batch
+        if x.dim() == 3:
+            x = x[:, 0]
+        return self.body(self.features(x))
+
+
+def _vibration_example():
+    return VibrationEncoderConfig.from_name("tiny").to_dict(), torch.randn(2, 256)
+
+
+register_encoder("vibration", "envelope_conv_lstm", example=_vibration_example)(VibrationEncoder)
+
+
+@dataclass
+class DetectorTokenEncoderConfig(ConfigBase):
+    in_dim: int = 512  # channels of the detector's P5 neck output
+    dim: int = 64
+    dropout: float = 0.1
+
+    PRESETS = {"tiny": {"in_dim": 8, "dim": 16, "dropout": 0.0}}
+
+
+class DetectorTokenEncoder(Encoder):
+    """Detector feature tokens (B, P, C) (+ optional (B, P) mask) -> (B, P, dim)."""
+
+    modality = "image"
+
+    def __init__(self, in_dim: int = 512, dim: int = 64, dropout: float = 0.1):
+        super().__init__()
+        self.dim = dim
+        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+
+    def forward(self, batch) -> EncoderOutput:
+        x, mask = (batch["tokens"], batch.get("mask")) if isinstance(batch, dict) else (batch, None)
+        if mask is None:
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        return EncoderOutput(self.net(x), mask.bool())
+
+
+def _detector_example():
+    return DetectorTokenEncoderConfig.from_name("tiny").to_dict(), torch.randn(2, 4, 8)
+
+
+register_encoder("image", "detector_tokens", example=_detector_example)(DetectorTokenEncoder)

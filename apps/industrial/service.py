@@ -1,0 +1,265 @@
+"""Inspection service logic, plain Python (no HTTP): decode and check inputs, run the models, decide.
+
+``InspectionRunner.predict_batch`` is the core.serving ModelRunner: one call runs the detector over
+all queued boards' images as one batch, the vibration classifier over all their windows, then the
+fusion per board. Inputs are decoded and validated before they are queued (``decode_image``,
+``decode_vibration``), so bad uploads are refused with a 4xx and never reach the models.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from apps.industrial.data import FAULT_CLASSES
+from apps.industrial.signals import MODEL_RATE, WINDOW, frame, resample, validate_signal
+
+MAX_WINDOWS = 8  # vibration windows averaged per board (~1.4 s at 12 kHz)
+
+
+# ------------------------------------------------------------------------------------ decoding
+def decode_image(data: bytes, min_side: int = 32, max_side: int = 4096) -> np.ndarray:
+    """Bytes of a PNG/JPEG/BMP/TIFF -> (H, W) uint8 grayscale; ValueError with what is wrong."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if max(width, height) > max_side or min(width, height) < min_side:
+            raise ValueError(f"image is {width}x{height} px; accepted sides are {min_side}..{max_side} px")
+        gray = np.asarray(image.convert("L"))
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"could not decode the image ({type(exc).__name__}); send a PNG, JPEG, BMP or TIFF") from None
+    return gray
+
+
+def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -> tuple[np.ndarray, float]:
+    """CSV / NPY / WAV bytes -> (1-D float signal, sample rate). WAV carries its own rate."""
+    if kind == "wav" or data[:4] == b"RIFF":
+        import soundfile as sf
+
+        try:
+            signal, rate = sf.read(io.BytesIO(data), dtype="float64", always_2d=True)
+        except Exception:
+            raise ValueError("could not decode the WAV vibration file") from None
+        if sample_rate is not None and abs(float(sample_rate) - rate) > 0.5:
+            raise ValueError(f"sample_rate {sample_rate:g} Hz contradicts the WAV header's {rate} Hz")
+        signal, sample_rate = signal[:, 0], float(rate)
+    elif kind == "npy" or data[:6] == b"\x93NUMPY":
+        try:
+            array = np.load(io.BytesIO(data), allow_pickle=False)
+        except Exception:
+            raise ValueError("could not read the .npy vibration file (object arrays are refused)") from None
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"the .npy array has dtype {array.dtype}; a numeric array is needed")
+        if array.ndim == 2 and 1 in array.shape:
+            array = array.reshape(-1)
+        if array.ndim != 1:
+            raise ValueError(f"the .npy array has shape {array.shape}; a 1-D signal (or N x 1) is needed")
+        signal = array.astype(np.float64)
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("the vibration file is not CSV, NPY or WAV") from None
+        values = []
+        for line in text.splitlines():
+            cell = line.split(",")[0].strip()
+            if not cell:
+                continue
+            try:
+                values.append(float(cell))
+            except ValueError:
+                if values:  # a header is fine, text in the middle of the data is not
+                    raise ValueError(f"non-numeric value in the vibration CSV after {len(values)} samples") from None
+        signal = np.asarray(values, np.float64)
+    if sample_rate is None:
+        raise ValueError("sample_rate (Hz) is required for CSV and NPY vibration data")
+    sample_rate = float(sample_rate)
+    validate_signal(signal, sample_rate)
+    return signal, sample_rate
+
+
+def vibration_windows(signal: np.ndarray, sample_rate: float) -> np.ndarray:
+    """Resample to the model rate and take up to MAX_WINDOWS most recent non-overlapping windows."""
+    x = resample(signal, int(round(sample_rate)), MODEL_RATE)
+    windows = frame(x[-WINDOW * MAX_WINDOWS :])
+    if len(windows) == 0:
+        raise ValueError(f"the vibration signal is shorter than one {WINDOW}-sample window at {MODEL_RATE} Hz")
+    return windows
+
+
+# ------------------------------------------------------------------------------------ the runner
+@dataclass
+class InspectionItem:
+    image: np.ndarray | None  # (H, W) uint8
+    template: np.ndarray | None = None
+    windows: np.ndarray | None = None  # (K, 2048) at 12 kHz
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass
+class DecisionPolicy:
+    defect_threshold: float  # detection confidence that fails a board (image-only rule)
+    report_threshold: float = 0.25  # detections listed as defects from this confidence
+    review_band: float = 0.15
+    min_defect_mm: float = 0.0
+    px_per_mm: float = 48.0
+    template_min_diff: float = 0.01  # share of differing pixels in a box below which a template refutes it
+
+
+def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
+    """Share of pixels inside the box where the binarised image and template differ."""
+    from apps.industrial.data import binarize
+
+    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    a = binarize(gray[y1:y2, x1:x2])
+    b = binarize(template[y1:y2, x1:x2])
+    return float((a != b).mean()) if a.size else 0.0
+
+
+class InspectionRunner:
+    """ModelRunner over boards: detector + vibration classifier + fusion (learned, else Bayesian)."""
+
+    def __init__(self, detector, det_config, det_bundle, vibration, vib_bundle, fusion=None, fusion_bundle=None,
+                 policy: DecisionPolicy | None = None, threads: int = 2):
+        import torch
+
+        torch.set_num_threads(threads)
+        self.detector, self.det_config = detector, det_config
+        self.vibration, self.fusion = vibration, fusion
+        self.policy = policy or DecisionPolicy(det_config.conf, px_per_mm=det_config.px_per_mm)
+        self.name = "inspect"
+        bundles = [b for b in (det_bundle, vib_bundle, fusion_bundle) if b is not None]
+        self.version = "+".join(f"{b.card.name}@{b.card.version}" for b in bundles)
+        self.sha256 = ",".join(b.sha256[:16] for b in bundles)
+        self.bayes = (fusion_bundle.config.get("bayes") if fusion_bundle is not None else None)
+
+    def predict_batch(self, items: list[InspectionItem]) -> list:
+        import torch
+
+        from apps.industrial.detector import detect_with_tokens, prepare_image
+
+        results: list = [None] * len(items)
+        # Detector: one batch over every item that has an image.
+        with_image = [i for i, it in enumerate(items) if it.image is not None]
+        t0 = time.perf_counter()
+        det_out, tokens = {}, {}
+        if with_image:
+            prepared = [prepare_image(items[i].image, self.det_config) for i in with_image]
+            dets, toks = detect_with_tokens(self.detector, prepared, self.det_config, conf=0.05)
+            for k, i in enumerate(with_image):
+                det_out[i], tokens[i] = dets[k], toks[k]
+        t_det = (time.perf_counter() - t0) * 1000
+        # Vibration: one batch over all windows of all items.
+        t0 = time.perf_counter()
+        with_vib = [i for i, it in enumerate(items) if it.windows is not None]
+        vib_probs, vib_tokens = {}, {}
+        if with_vib:
+            stacked = np.concatenate([items[i].windows for i in with_vib]).astype(np.float32)
+            with torch.inference_mode():
+                enc = self.vibration.encoder(torch.from_numpy(stacked))
+                probs = self.vibration.head(enc.pooled()).softmax(-1).numpy()
+            start = 0
+            for i in with_vib:
+                k = len(items[i].windows)
+                vib_probs[i] = probs[start : start + k].mean(0)
+                vib_tokens[i] = enc.tokens[start : start + k].mean(0).numpy()
+                start += k
+        t_vib = (time.perf_counter() - t0) * 1000
+        for i, item in enumerate(items):
+            try:
+                results[i] = self._decide(item, det_out.get(i), tokens.get(i), vib_probs.get(i), vib_tokens.get(i), t_det, t_vib)
+            except Exception as exc:  # one bad board must not sink the batch
+                results[i] = exc
+        return results
+
+    def _decide(self, item, dets, tokens, probs, vtokens, t_det, t_vib) -> dict:
+        import torch
+
+        t0 = time.perf_counter()
+        policy = self.policy
+        defects, decisive, refuted = [], [], 0
+        for d in dets or []:
+            record = d.to_dict(policy.px_per_mm)
+            if item.template is not None and item.template.shape == item.image.shape:
+                support = template_support(item.image, item.template, d.box_px)
+                record["template_difference"] = round(support, 4)
+                if support < policy.template_min_diff:
+                    record["refuted_by_template"] = True
+            if d.confidence >= policy.report_threshold:
+                defects.append(record)
+                refuted += bool(record.get("refuted_by_template"))
+            if not record.get("refuted_by_template") and record["size_mm"] >= policy.min_defect_mm:
+                decisive.append(d)
+        # Evidence as in the fusion's training events: max confidence over all boxes the NMS kept
+        # (>= 0.05), defect count over the listed ones.
+        max_conf = max((d.confidence for d in decisive), default=0.0)
+        n_def = sum(d.confidence >= policy.report_threshold for d in decisive)
+        image_fail = max_conf >= policy.defect_threshold
+        has_image, has_vib = dets is not None, probs is not None
+        weights = {"image": float(has_image), "vibration": float(has_vib)}
+        if self.fusion is not None:
+            from apps.industrial.benchmark import _logit
+
+            in_dim = self.fusion.config.image.in_dim
+            img_tok = torch.from_numpy(tokens[None] if tokens is not None else np.zeros((1, 16, in_dim), np.float32))
+            vib_tok = torch.from_numpy(vtokens[None] if vtokens is not None else np.zeros((1, 64, self.fusion.config.vibration_dim), np.float32))
+            evidence = np.concatenate([[_logit(np.array(max(max_conf, 1e-4))) / 4.0, np.log1p(n_def)], probs if has_vib else np.zeros(4)])
+            with torch.inference_mode():
+                logit, w = self.fusion(img_tok.float(), vib_tok.float(), torch.from_numpy(evidence[None].astype(np.float32)),
+                                       torch.tensor([[has_image, has_vib]]))
+            p_defect = float(torch.sigmoid(logit)[0])
+            weights = {"image": round(float(w[0, 0]), 4), "vibration": round(float(w[0, 1]), 4)}
+        elif has_image:
+            p_defect = 1.0 if image_fail else 0.0
+        else:
+            p_defect = float("nan")
+        decision = self._decision(p_defect, has_image, image_fail)
+        state = None
+        if has_vib:
+            k = int(np.argmax(probs))
+            state = {"label": FAULT_CLASSES[k], "probabilities": {c: round(float(p), 4) for c, p in zip(FAULT_CLASSES, probs)}}
+        timings = dict(item.timings)
+        timings.update({"detector_ms": round(t_det, 2), "vibration_ms": round(t_vib, 2), "fusion_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        return {
+            "defects": defects,
+            "machine_state": state,
+            "decision": decision,
+            "defect_probability": None if np.isnan(p_defect) else round(p_defect, 4),
+            "modality_weights": weights,
+            "template_refuted": refuted,
+            "timings_ms": timings,
+        }
+
+    def _decision(self, p: float, has_image: bool, image_fail: bool) -> str:
+        band = self.policy.review_band
+        if not has_image:
+            # Never pass a board nobody looked at; a machine fault alone can still fail it.
+            return "fail" if p >= 0.5 + band else "review"
+        if self.fusion is None:
+            return "fail" if image_fail else "pass"
+        if p >= 0.5 + band:
+            return "fail"
+        if p <= 0.5 - band:
+            return "pass"
+        return "review"
+
+
+def load_runner(settings) -> InspectionRunner:
+    """The shipped bundles named by the settings (fusion optional)."""
+    from apps.industrial.detector import load_detector
+    from apps.industrial.model import load_fusion_model, load_vibration_classifier
+
+    detector, det_config, det_bundle = load_detector(settings.detector_dir)
+    det_config.px_per_mm = settings.px_per_mm
+    vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
+    fusion = fusion_bundle = None
+    if (settings.fusion_dir / "model.safetensors").exists():
+        fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
+    threshold = settings.defect_threshold if settings.defect_threshold is not None else det_config.conf
+    policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm)
+    return InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy, settings.torch_threads)

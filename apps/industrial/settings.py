@@ -1,0 +1,33 @@
+"""Settings of the factory QC app (env prefix ``TRIPTYCH_INDUSTRIAL_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import SettingsConfigDict
+
+from core.serving.settings import AppSettings
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+
+
+class IndustrialSettings(AppSettings):
+    model_config = SettingsConfigDict(env_prefix="TRIPTYCH_INDUSTRIAL_", extra="ignore")
+
+    detector_dir: Path = WEIGHTS_DIR / "detector"  # shipped detector bundle (YAML + safetensors)
+    vibration_dir: Path = WEIGHTS_DIR / "vibration"  # shipped vibration classifier bundle
+    fusion_dir: Path = WEIGHTS_DIR / "fusion"  # shipped fusion model bundle (optional: Bayesian fallback)
+    px_per_mm: float = 48.0  # camera pixel pitch; DeepPCB scans are ~48 px/mm
+    defect_threshold: float | None = None  # detection confidence that counts as a defect; None = the bundle's
+    review_band: float = 0.15  # fused defect probability within +-band of 0.5 -> "review"
+    min_defect_mm: float = 0.0  # defects smaller than this (longest side) are reported but do not fail a board
+    max_image_side: int = 4096  # refuse larger images (memory)
+    min_image_side: int = 32
+    max_batch_boards: int = 16  # boards per batch request
+    torch_threads: int = 2  # CPU threads for inference
+
+
+@lru_cache
+def get_settings() -> IndustrialSettings:
+    return IndustrialSettings()

@@ -1,0 +1,65 @@
+"""Tiny bundles and generated inputs for the industrial tests (no real data, seconds to build)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundles(tmp_path_factory):
+    """Detector (random yolo11n at 128 px), vibration and fusion bundles in a temp folder."""
+    import torch
+
+    from core.bundle import ModelCard, save_bundle
+    from apps.industrial.detector import DetectorConfig, build_model, detector_bundle_config, model_yaml
+    from apps.industrial.encoders import VibrationEncoderConfig
+    from apps.industrial.model import FusionModel, FusionModelConfig, VibrationClassifier
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("industrial_weights")
+    cfg = model_yaml("yolo11n")
+    det = build_model(cfg)
+    config = DetectorConfig(arch="yolo11n", imgsz=128, conf=0.5, report_conf=0.01)
+    save_bundle(root / "detector", det, detector_bundle_config(config, cfg), ModelCard("det", "t", "test"))
+    vib_cfg = VibrationEncoderConfig.from_name("tiny")
+    vib = VibrationClassifier(vib_cfg)
+    save_bundle(root / "vibration", vib, {"encoder": vib_cfg.to_dict(), "classes": ["normal", "ball", "inner_race", "outer_race"]},
+                ModelCard("vib", "t", "test"))
+    fcfg = FusionModelConfig.from_name("tiny")
+    fcfg.image.in_dim = 256  # yolo11n's P5 neck width
+    fcfg.vibration_dim = vib_cfg.dim
+    fusion = FusionModel(fcfg)
+    save_bundle(root / "fusion", fusion, {"fusion": fcfg.to_dict(), "bayes": None, "coupling": 0.5}, ModelCard("fus", "t", "test"))
+    return root
+
+
+def board_png(size: int = 160, seed: int = 0, defect: bool = False) -> bytes:
+    """A binarised synthetic 'PCB': traces and pads, optionally a break (open) in one trace."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    a = np.zeros((size, size), np.uint8)
+    for y in range(10, size - 10, 20):
+        a[y : y + 5, 10 : size - 10] = 255
+    for _ in range(6):
+        x, y = rng.integers(10, size - 20, 2)
+        a[y : y + 8, x : x + 8] = 255
+    if defect:
+        a[10:15, 60:66] = 0
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def vibration_signal(rate: int = 12_000, seconds: float = 0.5, impact_hz: float = 0.0, seed: int = 0) -> np.ndarray:
+    """Noise plus, optionally, decaying 3 kHz bursts repeating at impact_hz (a bearing-fault caricature)."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    x = 0.1 * rng.standard_normal(len(t))
+    if impact_hz:
+        phase = (t * impact_hz) % 1.0
+        x += np.exp(-(phase / impact_hz) / 0.002) * np.sin(2 * np.pi * 3000 * t)  # 2 ms ring-down
+    return x.astype(np.float32)

@@ -1,0 +1,93 @@
+"""Encoders, the fusion model and the detector plumbing on tiny configs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from apps.industrial.encoders import (
+    DetectorTokenEncoder,
+    VibrationEncoder,
+    VibrationEncoderConfig,
+    analytic_envelope,
+)
+from apps.industrial.model import FusionModel, FusionModelConfig, VibrationClassifier
+from tests.apps.industrial.conftest import vibration_signal
+
+
+def test_encoders_are_registered():
+    from core.encoders import list_encoders
+
+    import apps.industrial.encoders  # noqa: F401
+
+    assert ("vibration", "envelope_conv_lstm") in list_encoders() and ("image", "detector_tokens") in list_encoders()
+
+
+def test_envelope_recovers_the_impact_rate():
+    x = torch.from_numpy(vibration_signal(impact_hz=107.0, seconds=1.0))[None]
+    env = analytic_envelope(x - x.mean(), 12_000, 1_000.0)[0].numpy()
+    spectrum = np.abs(np.fft.rfft(env - env.mean()))
+    freqs = np.fft.rfftfreq(len(env), 1 / 12_000)
+    band = (freqs > 20) & (freqs < 600)
+    assert abs(freqs[band][np.argmax(spectrum[band])] - 107.0) < 3.0
+
+
+@pytest.mark.parametrize("envelope_only", [False, True])
+def test_vibration_encoder_shapes_and_amplitude_invariance(envelope_only):
+    cfg = VibrationEncoderConfig.from_name("tiny", envelope_only=envelope_only)
+    enc = VibrationEncoder(**cfg.to_dict()).eval()
+    x = torch.from_numpy(np.stack([vibration_signal(seconds=2048 / 12_000, seed=s) for s in range(2)]))
+    out = enc(x)
+    steps = 2048 // (cfg.decimate if envelope_only else 1) // 2**cfg.conv_layers
+    assert out.tokens.shape == (2, steps, cfg.dim) and out.mask.all()
+    # per-window normalisation: a sensor with 7x the gain gives the same tokens
+    torch.testing.assert_close(enc(7 * x).tokens, out.tokens, atol=1e-4, rtol=1e-3)
+
+
+def test_vibration_classifier_learns_impact_rates():
+    """Two 'states' that differ only in impact rate: a few steps of training must separate them."""
+    torch.manual_seed(0)
+    cfg = VibrationEncoderConfig.from_name("tiny", envelope_only=True)
+    model = VibrationClassifier(cfg, num_classes=2)
+    xs = [vibration_signal(seconds=2048 / 12_000, impact_hz=hz, seed=s) for s in range(16) for hz in (60.0, 160.0)]
+    x = torch.from_numpy(np.stack(xs))
+    y = torch.tensor([0, 1] * 16)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad(), loss.backward(), opt.step()
+    model.eval()
+    test = torch.from_numpy(np.stack([vibration_signal(seconds=2048 / 12_000, impact_hz=hz, seed=100 + s) for s in range(4) for hz in (60.0, 160.0)]))
+    assert (model(test).argmax(1) == torch.tensor([0, 1] * 4)).float().mean() >= 0.75
+
+
+def test_fusion_handles_missing_modalities():
+    cfg = FusionModelConfig.from_name("tiny")
+    model = FusionModel(cfg).eval()
+    present = torch.tensor([[True, True], [True, False], [False, True]])
+    logit, weights = model(torch.randn(3, 16, 8), torch.randn(3, 64, 16), torch.randn(3, 6), present)
+    assert logit.shape == (3,)
+    torch.testing.assert_close(weights.sum(1), torch.ones(3))
+    assert weights[1, 1] == 0 and weights[2, 0] == 0
+    # a missing modality's inputs cannot change the output
+    img2 = torch.randn(3, 16, 8)
+    logit2, _ = model(img2, torch.randn(3, 64, 16), torch.randn(3, 6), torch.tensor([[False, True]] * 3))
+    logit3, _ = model(torch.randn(3, 16, 8), torch.randn(3, 64, 16), torch.randn(3, 6), torch.tensor([[False, True]] * 3))
+    assert logit2.shape == logit3.shape
+
+
+def test_detector_token_encoder():
+    enc = DetectorTokenEncoder(in_dim=8, dim=16)
+    out = enc(torch.randn(2, 4, 8))
+    assert out.tokens.shape == (2, 4, 16)
+
+
+def test_missing_vibration_ignores_its_tokens():
+    torch.manual_seed(0)
+    model = FusionModel(FusionModelConfig.from_name("tiny")).eval()
+    present = torch.tensor([[True, False]])
+    img, ev = torch.randn(1, 16, 8), torch.randn(1, 6)
+    a, _ = model(img, torch.randn(1, 64, 16), ev, present)
+    b, _ = model(img, torch.randn(1, 64, 16), ev, present)
+    torch.testing.assert_close(a, b)
