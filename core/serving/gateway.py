@@ -74,10 +74,13 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
             return dict(unavailable[name])
         plugin, sub = mounted[name]
         state = sub.state
+        batchers = getattr(state, "batchers", {})
+        stalled = sorted(n for n, b in batchers.items() if getattr(b, "stalled", False))
         return {
             "mount": plugin.mount,
             "status": "mounted",
-            "ready": bool(getattr(state, "ready", True)),
+            "ready": bool(getattr(state, "ready", True)) and not stalled,
+            "stalled": stalled,
             "error": getattr(state, "load_error", None),
             "runners": {n: {"version": str(r.version), "sha256": str(r.sha256)} for n, r in getattr(state, "runners", {}).items()},
         }
