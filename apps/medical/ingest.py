@@ -265,6 +265,8 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
         ds = _dcmread(f, header_only=True)
         if ds is not None and "Rows" in ds:  # image objects only (skips DICOMDIR, reports, XML)
             headers.append((f, ds))
+    # scout / localizer images ride along in many exports; they are not part of the volume
+    headers = [(f, ds) for f, ds in headers if "LOCALIZER" not in [str(v).upper() for v in ds.get("ImageType", [])]]
     if not headers:
         raise IngestError(f"no DICOM files found. Accepted: {ACCEPTED}.", code="unsupported_type", status_code=415)
     series = {str(getattr(ds, "SeriesInstanceUID", "")) for _, ds in headers}
@@ -299,6 +301,12 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
     order = np.argsort(positions)
     gap = check_slice_positions(positions[order], limits)
     _check_spacing(pixel, gap, limits)
+    corners = np.array([_floats(headers[i][1].ImagePositionPatient, 3, "ImagePositionPatient", "DICOM series")
+                        for i in order])
+    drift = corners - corners[0] - np.outer(positions[order] - positions[order][0], normal)
+    if np.abs(drift).max() > 0.5 * min(pixel):  # slices shift sideways: gantry tilt or a sheared stack
+        raise IngestError("slices are not stacked along their normal (gantry tilt or sheared series); "
+                          "send an untilted, resampled series.", code="tilted_series")
     data = np.empty((cols, rows, len(headers)), dtype=np.float32)
     for k, i in enumerate(order):
         ds = _dcmread(headers[i][0], header_only=False)
@@ -318,7 +326,11 @@ def _pixels_hu(ds, where: str) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises many kinds for unsupported or corrupt pixel data
-        raise IngestError(f"{where}: pixel data cannot be decoded ({type(exc).__name__}).", code="corrupt_dicom") from None
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        name = getattr(syntax, "name", "") or str(syntax or "unknown")
+        raise IngestError(f"{where}: pixel data cannot be decoded ({type(exc).__name__}; transfer syntax {name}). "
+                          "Uncompressed or RLE DICOM is always readable; JPEG 2000 / JPEG-LS need pylibjpeg plugins.",
+                          code="corrupt_dicom") from None
     slope = float(getattr(ds, "RescaleSlope", 1) or 1)
     intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
     return arr.astype(np.float32) * slope + intercept

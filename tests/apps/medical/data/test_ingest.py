@@ -168,3 +168,27 @@ def test_ingest_upload_contract(series, tmp_path):
     with pytest.raises(IngestError) as err:
         ingest_upload(b"\x89PNG\r\n\x1a\n" + b"\0" * 100, "png", tmp_path)
     assert err.value.status_code == 415
+
+
+def test_localizer_is_ignored_and_tilt_refused(series, tmp_path):
+    import shutil
+
+    import pydicom
+
+    folder = tmp_path / "with_scout"
+    shutil.copytree(series, folder)
+    scout = pydicom.dcmread(next(series.glob("*.dcm")))
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]
+    scout.SOPInstanceUID = "1.2.3.999"
+    scout.save_as(folder / "scout.dcm")
+    assert ingest_path(folder).shape == (40, 40, 24)
+    tilted = tmp_path / "tilted"
+    tilted.mkdir()
+    for i, f in enumerate(sorted(series.glob("*.dcm"))):
+        ds = pydicom.dcmread(f)
+        ipp = [float(v) for v in ds.ImagePositionPatient]
+        ds.ImagePositionPatient = [ipp[0], ipp[1] + 0.8 * i, ipp[2]]  # 0.8 mm per slice: ~18 degrees
+        ds.save_as(tilted / f.name)
+    with pytest.raises(IngestError, match="gantry tilt"):
+        ingest_path(tilted)
