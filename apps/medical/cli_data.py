@@ -42,3 +42,41 @@ def render(
         raise typer.Exit(code=2) from exc
     keys = ("studies", "malignant", "benign", "excluded", "dicom_series", "seconds", "seconds_per_scan")
     typer.echo(json.dumps({k: summary[k] for k in keys}))
+
+
+@data.command("check")
+def check(
+    ct: Annotated[Path, typer.Option(help="A rendered set (or one in the same layout) with labels.csv.")],
+    limit: Annotated[int, typer.Option(help="Check at most this many studies (0 = all).")] = 0,
+) -> None:
+    """Validate a study folder: labels.csv columns, labels, and that every volume passes CT ingestion."""
+    import csv
+    import json
+
+    from apps.medical.ingest import IngestError, ingest_path
+
+    labels = ct / "labels.csv"
+    if not labels.is_file():
+        typer.echo(f"error: {labels} not found", err=True)
+        raise typer.Exit(code=2)
+    with labels.open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    missing = {"study_id", "patient_id", "label", "path"} - set(rows[0] if rows else {})
+    if missing:
+        typer.echo(f"error: labels.csv lacks columns {sorted(missing)}", err=True)
+        raise typer.Exit(code=2)
+    problems: list[str] = []
+    checked = 0
+    for row in rows[: limit or None]:
+        if row["label"] not in ("0", "1"):
+            problems.append(f"{row['study_id']}: label {row['label']!r} is not 0/1")
+        try:
+            ingest_path(ct / row["path"])
+        except IngestError as exc:
+            problems.append(f"{row['study_id']}: {exc.message}")
+        checked += 1
+    for line in problems[:20]:
+        typer.echo(line, err=True)
+    typer.echo(json.dumps({"studies": len(rows), "checked": checked, "problems": len(problems)}))
+    if problems:
+        raise typer.Exit(code=1)

@@ -137,7 +137,7 @@ def build_transforms(config: CTTransformConfig | None = None, *, load: bool = Tr
     steps = []
     if load:
         steps += [LoadImage(image_only=True, ensure_channel_first=False, reader=None), EnsureChannelFirst()]
-    steps.append(Orientation(axcodes="RAS"))
+    steps.append(Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))))
     if config.lung_crop:  # crop first: resampling only the lungs' box is several times cheaper
         steps.append(LungRegionCrop(config.lung_threshold_hu, config.crop_margin_mm, config.min_lung_ml))
     steps.append(FastSpacing(config.spacing_mm))

@@ -140,3 +140,26 @@ def test_cli_render(tiny_lidc_db, tmp_path):
     bad = CliRunner().invoke(root, ["data", "render", "--patients", "1:2", "--out", str(tmp_path),
                                     "--lidc-db", str(tmp_path / "nope.sqlite")])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_cli_check(tiny_lidc_db, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.medical.cli_data import data
+
+    config = RenderConfig(target_xy_mm=4.0, target_z_mm=6.0, dicom_share=0.5)  # ingest accepts <= 5 mm pixels
+    render_dataset(parse_patients("1:2"), tmp_path, seed=0, config=config, lidc_db=str(tiny_lidc_db), progress=False)
+    root = typer.Typer()
+    root.add_typer(data, name="data")
+    ok = CliRunner().invoke(root, ["data", "check", "--ct", str(tmp_path)])
+    assert ok.exit_code == 0, ok.output
+    rows = (tmp_path / "labels.csv").read_text().splitlines()
+    first = rows[1].split(",")
+    broken = tmp_path / first[3]
+    if broken.is_dir():
+        sorted(broken.glob("*.dcm"))[5].unlink()  # a missing slice
+    else:
+        broken.write_bytes(b"\x1f\x8b" + b"\0" * 50)  # a truncated NIfTI
+    bad = CliRunner().invoke(root, ["data", "check", "--ct", str(tmp_path)])
+    assert bad.exit_code == 1 and '"problems": 1' in bad.stdout
