@@ -50,11 +50,12 @@ class PairingConfig:
     )
     class_shift: float = 0.8  # at coupling 1, share of a faulty machine's defective boards drawn from its favoured classes
     couplings: tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0)
-    train_events: int = 4000
+    train_events: int = 2000
     test_events: int = 4000
     fusion_train_groups: tuple[str, ...] = ("group13000",)
     fusion_test_groups: tuple[str, ...] = ("group50600",)
-    epochs: int = 15
+    epochs: int = 6
+    token_dropout: float = 0.5  # share of training events whose image tokens are zeroed (see train_fusion)
     seed: int = 0
 
     def defect_rate(self, state: int, coupling: float) -> float:
@@ -151,7 +152,7 @@ def _logit(p, eps=1e-4):
 def _evidence(images, vib, ev) -> np.ndarray:
     return np.concatenate(
         [
-            _logit(images["max_conf"][ev["image"]])[:, None] / 4.0,
+            _logit(images["max_conf"][ev["image"]])[:, None],
             np.log1p(images["n_defects"][ev["image"]])[:, None],
             vib["probs"][ev["window"]],
         ],
@@ -227,16 +228,20 @@ def train_fusion(images, vib, ev, config: PairingConfig, fusion_config=None, log
         present[drop[:, 0] < 0.1, 0] = False
         present[(drop[:, 1] < 0.1) & present[:, 0], 1] = False
         present = torch.from_numpy(present)
+        # Fusion-train holds only ~400 distinct images, each always defective or always clean, so the
+        # detector tokens alone identify the label and a model that keys on them fails on new board
+        # groups. Zeroing the tokens of half the events keeps the evidence path load-bearing.
+        keep_tokens = torch.from_numpy(rng.random(n) >= config.token_dropout).float()[:, None, None]
         total = 0.0
         for i in range(0, n, 128):
             idx = order[i : i + 128]
-            logit, _ = model(img_tok[idx], vib_tok[idx], evidence[idx], present[idx])
+            logit, _ = model(img_tok[idx] * keep_tokens[idx], vib_tok[idx], evidence[idx], present[idx])
             loss = torch.nn.functional.binary_cross_entropy_with_logits(logit, y[idx])
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
         log(f"  fusion epoch {epoch + 1}/{config.epochs} loss {total / n:.4f}")
     return model.eval(), fusion_config
 
@@ -260,12 +265,12 @@ def fusion_predict(model, images, vib, ev, present: np.ndarray | None = None):
     return np.concatenate(probs), np.concatenate(weights)
 
 
-def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, save_model_at: float | None = 0.5):
+def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, image_threshold: float | None = None):
     """Flat metrics per coupling and method; returns (metrics, {coupling: (model, fusion_config)})."""
     config = config or PairingConfig()
     images = dict(np.load(image_npz))
     vib = dict(np.load(vib_npz))
-    threshold = float(images["threshold"])
+    threshold = float(images["threshold"]) if image_threshold is None else image_threshold
     out: dict[str, float] = {}
     models = {}
     for c in config.couplings:

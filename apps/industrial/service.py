@@ -208,7 +208,7 @@ class InspectionRunner:
             in_dim = self.fusion.config.image.in_dim
             img_tok = torch.from_numpy(tokens[None] if tokens is not None else np.zeros((1, 16, in_dim), np.float32))
             vib_tok = torch.from_numpy(vtokens[None] if vtokens is not None else np.zeros((1, 64, self.fusion.config.vibration_dim), np.float32))
-            evidence = np.concatenate([[_logit(np.array(max(max_conf, 1e-4))) / 4.0, np.log1p(n_def)], probs if has_vib else np.zeros(4)])
+            evidence = np.concatenate([[_logit(np.array(max(max_conf, 1e-4))), np.log1p(n_def)], probs if has_vib else np.zeros(4)])
             with torch.inference_mode():
                 logit, w = self.fusion(img_tok.float(), vib_tok.float(), torch.from_numpy(evidence[None].astype(np.float32)),
                                        torch.tensor([[has_image, has_vib]]))

@@ -1,0 +1,114 @@
+"""HTTP contract of /v1/inspect and /v1/inspect/batch on tiny bundles and generated inputs."""
+
+from __future__ import annotations
+
+import io
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from apps.industrial.api import create_app
+from apps.industrial.settings import IndustrialSettings
+from tests.apps.industrial.conftest import board_png, vibration_signal
+
+
+@pytest.fixture()
+def client(tiny_bundles, tmp_path):
+    settings = IndustrialSettings(
+        detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
+        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
+        torch_threads=1,
+    )
+    with TestClient(create_app(settings)) as c:
+        for _ in range(400):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        yield c
+
+
+KEY = {"X-API-Key": "k"}
+
+
+def _csv(x: np.ndarray) -> bytes:
+    return ("accel_g\n" + "\n".join(f"{v:.6f}" for v in x)).encode()
+
+
+def test_inspect_image_and_vibration(client):
+    files = {"image": ("b.png", board_png(defect=True), "image/png"), "vibration": ("v.csv", _csv(vibration_signal(seconds=0.4)), "text/csv")}
+    r = client.post("/v1/inspect", files=files, data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["decision"] in {"pass", "fail", "review"}
+    assert set(body["machine_state"]["probabilities"]) == {"normal", "ball", "inner_race", "outer_race"}
+    assert abs(sum(body["machine_state"]["probabilities"].values()) - 1) < 1e-3
+    assert abs(sum(body["modality_weights"].values()) - 1) < 1e-3 and 0 <= body["defect_probability"] <= 1
+    for d in body["defects"]:
+        assert set(d) >= {"class", "confidence", "box_px", "size_mm"}
+        assert abs(d["size_mm"] - max(d["box_px"][2] - d["box_px"][0], d["box_px"][3] - d["box_px"][1]) / 48.0) < 0.01
+    assert body["id"] and body["model_version"] == r.headers["x-model-version"]
+    assert {"decode_ms", "detector_ms", "vibration_ms", "fusion_ms"} <= set(body["timings_ms"])
+
+
+def test_inspect_image_only_and_wav_and_npy(client):
+    r = client.post("/v1/inspect", files={"image": ("b.png", board_png(), "image/png")}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["machine_state"] is None and r.json()["modality_weights"]["vibration"] == 0
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, vibration_signal(rate=48_000, seconds=0.3), 48_000, format="WAV", subtype="FLOAT")
+    r = client.post("/v1/inspect", files={"vibration": ("v.wav", buf.getvalue(), "audio/wav")}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["decision"] in {"review", "fail"}  # no image: never "pass"
+    npy = io.BytesIO()
+    np.save(npy, vibration_signal(seconds=0.3).astype(np.float64))
+    r = client.post("/v1/inspect", files={"vibration": ("v.npy", npy.getvalue(), "application/octet-stream")},
+                    data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 200, r.text
+
+
+def test_template_is_accepted(client):
+    png = board_png(seed=3)
+    r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png"), "template": ("t.png", png, "image/png")}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert r.json()["template_refuted"] == sum(bool(d.get("refuted_by_template")) for d in r.json()["defects"])
+
+
+@pytest.mark.parametrize(
+    "files,data,fragment",
+    [
+        ({"image": ("x.png", b"not an image at all", "image/png")}, {}, ""),
+        ({"vibration": ("v.csv", b"1.0\n2.0\n", "text/csv")}, {"sample_rate": "12000"}, "at least"),
+        ({"vibration": ("v.csv", _csv(np.full(5000, np.nan)), "text/csv")}, {"sample_rate": "12000"}, "NaN"),
+        ({"vibration": ("v.csv", _csv(np.random.randn(5000)), "text/csv")}, {}, "sample_rate"),
+        ({"vibration": ("v.csv", _csv(np.random.randn(5000)), "text/csv")}, {"sample_rate": "5"}, "outside"),
+        ({"vibration": ("v.csv", b"", "text/csv")}, {"sample_rate": "12000"}, ""),
+        ({}, {}, "send an image"),
+    ],
+)
+def test_bad_input_is_a_clear_4xx(client, files, data, fragment):
+    r = client.post("/v1/inspect", files=files or {"unused": ("u.txt", b"x", "text/plain")}, data=data, headers=KEY)
+    assert 400 <= r.status_code < 500, r.text
+    assert fragment in r.json()["error"]["message"]
+
+
+def test_wrong_template_size_and_auth(client):
+    files = {"image": ("b.png", board_png(size=160), "image/png"), "template": ("t.png", board_png(size=96), "image/png")}
+    r = client.post("/v1/inspect", files=files, headers=KEY)
+    assert r.status_code == 422 and "aligned" in r.json()["error"]["message"]
+    assert client.post("/v1/inspect", files={"image": ("b.png", board_png(), "image/png")}).status_code == 401
+    assert client.post("/v1/inspect", files={"image": ("b.png", board_png(), "image/png")}, headers={"X-API-Key": "a"}).status_code == 403
+
+
+def test_batch(client):
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(3)]
+    files += [("vibrations", (f"v{i}.csv", _csv(vibration_signal(seconds=0.3, seed=i)), "text/csv")) for i in range(3)]
+    r = client.post("/v1/inspect/batch", files=files, data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 3 and len({x["id"] for x in results}) == 3
+    r = client.post("/v1/inspect/batch", files=files[:3] + files[3:4], data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 422 and "one per board" in r.json()["error"]["message"]

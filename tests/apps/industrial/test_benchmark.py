@@ -1,0 +1,69 @@
+"""The paired benchmark's generative assumption and its decision rules, on synthetic upstream outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from apps.industrial.benchmark import BayesianCombiner, PairingConfig, run_benchmark, sample_events
+
+
+def fake_upstream(tmp_path, image_noise: float = 0.3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    n_img = 80
+    defective = np.tile([1, 0], n_img // 2)
+    groups = np.where(np.arange(n_img) < n_img // 2, "group13000", "group50600")
+    # image evidence: a noisy but informative max confidence
+    score = np.clip(0.5 + (defective - 0.5) * 0.8 + image_noise * rng.standard_normal(n_img), 0.01, 0.99)
+    images = {
+        "max_conf": score, "n_defects": (score > 0.5).astype(int), "tokens": rng.standard_normal((n_img, 16, 8)).astype(np.float16),
+        "defective": defective, "group": groups, "dominant": np.where(defective == 1, rng.integers(0, 6, n_img), -1), "threshold": 0.5,
+    }
+    n_vib = 200
+    state = np.repeat(np.arange(4), n_vib // 4)
+    probs = np.full((n_vib, 4), 0.02)
+    probs[np.arange(n_vib), state] = 0.94  # a confident, correct vibration classifier
+    vib = {"probs": probs, "tokens": rng.standard_normal((n_vib, 64, 16)).astype(np.float16), "state": state,
+           "half": np.tile(np.repeat([0, 1], n_vib // 8), 4)}
+    np.savez(tmp_path / "img.npz", **images)
+    np.savez(tmp_path / "vib.npz", **vib)
+    return images, vib
+
+
+def test_coupling_zero_makes_boards_independent_of_the_machine(tmp_path):
+    images, vib = fake_upstream(tmp_path)
+    cfg = PairingConfig()
+    for coupling, expect in ((0.0, [0.2, 0.2, 0.2, 0.2]), (1.0, [0.2, 0.6, 0.9, 0.75])):
+        ev = sample_events(images, vib, cfg, coupling, 0, 8000, np.random.default_rng(1))
+        rates = [ev["label"][ev["state"] == k].mean() for k in range(4)]
+        assert np.allclose(rates, expect, atol=0.05)
+        # the vibration window always comes from the sampled state, images from the right side's groups
+        assert (vib["state"][ev["window"]] == ev["state"]).all() and (vib["half"][ev["window"]] == 0).all()
+        assert (images["group"][ev["image"]] == "group13000").all()
+        assert (images["defective"][ev["image"]] == ev["label"]).all()
+
+
+def test_bayes_uses_vibration_only_when_it_informs(tmp_path):
+    images, vib = fake_upstream(tmp_path)
+    cfg = PairingConfig()
+    rng = np.random.default_rng(2)
+    flat = BayesianCombiner.fit(images, vib, sample_events(images, vib, cfg, 0.0, 0, 6000, rng))
+    assert np.ptp(flat.defect_rate_by_state) < 0.08  # coupling 0: P(d | state) flat
+    coupled = BayesianCombiner.fit(images, vib, sample_events(images, vib, cfg, 1.0, 0, 6000, rng))
+    assert coupled.defect_rate_by_state[2] > 0.8 and coupled.defect_rate_by_state[0] < 0.3
+    assert coupled.platt_a > 0  # higher detector confidence -> more likely defective
+
+
+@pytest.mark.slow
+def test_run_benchmark_reports_every_method(tmp_path):
+    fake_upstream(tmp_path, image_noise=0.6)  # a weak image: the machine state has room to help
+    cfg = PairingConfig(couplings=(0.0, 1.0), train_events=1000, test_events=2000, epochs=1)
+    metrics, models = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None)
+    for c in ("c0", "c1"):
+        for method in ("image_only", "vibration_only", "bayes", "learned"):
+            for key in ("false_alarm_rate", "miss_rate", "error_rate"):
+                assert 0.0 <= metrics[f"{c}/{method}/{key}"] <= 1.0
+    # at full coupling the machine state predicts the board; the Bayesian combination must beat the image alone
+    assert metrics["c1/bayes/error_rate"] < metrics["c1/image_only/error_rate"] - 0.02
+    assert metrics["c1/vibration_only/error_rate"] < 0.35
+    assert set(models) == {0.0, 1.0}

@@ -1,0 +1,78 @@
+"""Real DeepPCB / CWRU files and the shipped bundles (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import require_dataset
+
+WEIGHTS = Path(__file__).resolve().parents[3] / "apps" / "industrial" / "weights"
+SPLITS = Path(__file__).resolve().parents[3] / "datasets" / "industrial"
+
+pytestmark = pytest.mark.data
+
+
+def test_cwru_layout_and_rates(shared_data):
+    from apps.industrial.data import load_cwru
+
+    recs = load_cwru(require_dataset(shared_data, "cwru"))
+    assert len(recs) == 16
+    normal = [r for r in recs if r.label == 0]
+    assert len(normal) == 1 and normal[0].sample_rate == 48_000 and len(normal[0].signal) == 243_938
+    assert {r.label for r in recs} == {0, 1, 2, 3} and all(r.sample_rate == 12_000 for r in recs if r.label)
+
+
+def test_deeppcb_split_lists_are_by_group_and_complete(shared_data):
+    from apps.industrial.data import load_deeppcb
+
+    root = require_dataset(shared_data, "deeppcb")
+    train = load_deeppcb(root, SPLITS / "deeppcb_train.txt")
+    val = load_deeppcb(root, SPLITS / "deeppcb_val.txt")
+    assert len(train) + len(val) == len(load_deeppcb(root, "trainval.txt")) == 1000
+    assert not ({s.group for s in train} & {s.group for s in val})
+    assert all(s.image.exists() and s.template is not None for s in val[:20])
+
+
+@pytest.mark.slow
+def test_shipped_detector_separates_real_boards_from_templates(shared_data):
+    import torch
+
+    from apps.industrial.data import load_deeppcb, load_gray
+    from apps.industrial.detector import detect, load_detector, prepare_image
+
+    torch.set_num_threads(1)
+    root = require_dataset(shared_data, "deeppcb")
+    model, config, bundle = load_detector(WEIGHTS / "detector")
+    assert bundle.card.sha256
+    samples = load_deeppcb(root, SPLITS / "deeppcb_val.txt")[:3]
+    tests = [prepare_image(load_gray(s.image), config) for s in samples]
+    temps = [prepare_image(load_gray(s.template), config) for s in samples]
+    found = detect(model, tests + temps, config, conf=0.05)
+    top = [max((d.confidence for d in dets), default=0.0) for dets in found]
+    assert min(top[:3]) > max(top[3:])  # every defective board scores above every template
+    # boxes land on real defects: most listed boxes overlap an annotated box
+    gt = samples[0].boxes
+    boxes = np.array([d.box_px for d in found[0] if d.confidence >= config.report_conf])
+    overlaps = [((np.minimum(b[2], gt[:, 2]) > np.maximum(b[0], gt[:, 0])) & (np.minimum(b[3], gt[:, 3]) > np.maximum(b[1], gt[:, 1]))).any() for b in boxes]
+    assert np.mean(overlaps) >= 0.8
+
+
+@pytest.mark.slow
+def test_shipped_vibration_model_on_validation_blocks(shared_data):
+    import torch
+
+    from apps.industrial.model import load_vibration_classifier
+    from apps.industrial.signals import frame, time_blocks
+    from apps.industrial.train import predict_windows, recordings_at_model_rate
+
+    torch.set_num_threads(1)
+    model, _ = load_vibration_classifier(WEIGHTS / "vibration")
+    hits = []
+    for r in recordings_at_model_rate(require_dataset(shared_data, "cwru")):
+        _, va = time_blocks(len(r.signal))
+        w = frame(r.signal[va])
+        hits.append(predict_windows(model, w).argmax(1) == r.label)
+    assert np.concatenate(hits).mean() >= 0.95

@@ -1,0 +1,101 @@
+"""Service logic without HTTP: decoding, decisions, template refutation, detection metrics."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+
+from apps.industrial.detector import Detection, detection_scores
+from apps.industrial.service import (
+    DecisionPolicy,
+    InspectionItem,
+    InspectionRunner,
+    decode_image,
+    decode_vibration,
+    vibration_windows,
+)
+from tests.apps.industrial.conftest import board_png, vibration_signal
+
+
+def test_decode_vibration_formats():
+    x = vibration_signal(seconds=0.3)
+    csv = ("time_s,accel\n" + "\n".join(f"{v},{v}" for v in x)).encode()
+    with pytest.raises(ValueError, match="non-numeric"):
+        decode_vibration(b"1.0\nabc\n2.0\n", "csv", 12_000)
+    signal, rate = decode_vibration(("a\n" + "\n".join(map(str, x))).encode(), "csv", 12_000)
+    assert rate == 12_000 and np.allclose(signal, x, atol=1e-6)
+    with pytest.raises(ValueError):  # first column is text after the header row
+        decode_vibration(b"a,b\nx,1\n", "csv", 12_000)
+    buf = io.BytesIO()
+    np.save(buf, x[:, None])
+    assert decode_vibration(buf.getvalue(), "npy", 12_000)[0].shape == x.shape
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match="object arrays"):
+        decode_vibration(buf.getvalue(), "npy", 12_000)
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, x, 12_000, format="WAV")
+    with pytest.raises(ValueError, match="contradicts"):
+        decode_vibration(buf.getvalue(), "wav", 48_000)
+    assert decode_vibration(buf.getvalue(), "wav", None)[1] == 12_000
+    del csv
+
+
+def test_vibration_windows_resample_and_cap():
+    assert vibration_windows(vibration_signal(rate=48_000, seconds=1.0), 48_000).shape == (5, 2048)
+    assert vibration_windows(vibration_signal(seconds=3.0), 12_000).shape == (8, 2048)
+
+
+def test_decode_image_limits():
+    assert decode_image(board_png(size=64)).shape == (64, 64)
+    with pytest.raises(ValueError, match="accepted sides"):
+        decode_image(board_png(size=64), min_side=100)
+    with pytest.raises(ValueError, match="PNG, JPEG"):
+        decode_image(b"\x89PNG\r\n\x1a\n garbage")
+
+
+def _runner(policy):
+    """An image-only runner without models: enough to exercise the decision logic."""
+    runner = InspectionRunner.__new__(InspectionRunner)
+    runner.fusion, runner.policy = None, policy
+    return runner
+
+
+def test_template_refutes_unsupported_boxes_and_decides():
+    from apps.industrial.data import load_gray
+
+    image = load_gray(board_png(defect=True))
+    template = load_gray(board_png(defect=False))
+    on_defect = Detection(0, 0.9, (58.0, 8.0, 68.0, 17.0))  # covers the cut trace
+    elsewhere = Detection(1, 0.8, (100.0, 100.0, 110.0, 110.0))  # nothing differs there
+    runner = _runner(DecisionPolicy(defect_threshold=0.75, report_threshold=0.25))
+    item = InspectionItem(image, template)
+    out = runner._decide(item, [on_defect, elsewhere], None, None, None, 1.0, 0.0)
+    by_class = {d["class"]: d for d in out["defects"]}
+    assert by_class["short"]["refuted_by_template"] and not by_class["open"].get("refuted_by_template")
+    assert out["template_refuted"] == 1 and out["decision"] == "fail"
+    # only the refuted box above threshold -> the board passes
+    out = runner._decide(item, [elsewhere], None, None, None, 1.0, 0.0)
+    assert out["decision"] == "pass" and len(out["defects"]) == 1
+    # without a template the same box fails the board; below the decision threshold it is listed only
+    assert runner._decide(InspectionItem(image), [elsewhere], None, None, None, 1.0, 0.0)["decision"] == "fail"
+    low = Detection(1, 0.5, (100.0, 100.0, 110.0, 110.0))
+    out = runner._decide(InspectionItem(image), [low], None, None, None, 1.0, 0.0)
+    assert out["decision"] == "pass" and len(out["defects"]) == 1
+    assert out["defects"][0]["size_mm"] == pytest.approx(10 / 48, abs=1e-3)
+
+
+def test_detection_scores():
+    gt = (np.array([[10, 10, 30, 30], [50, 50, 60, 70]], np.float32), np.array([0, 3]))
+    perfect = [Detection(0, 0.9, (10, 10, 30, 30)), Detection(3, 0.8, (50, 50, 60, 70))]
+    s = detection_scores([perfect], [gt])
+    assert s.map50 == pytest.approx(1.0, abs=0.01) and s.map50_95 == pytest.approx(1.0, abs=0.01)
+    wrong_class = [Detection(1, 0.9, (10, 10, 30, 30)), Detection(2, 0.8, (50, 50, 60, 70))]
+    assert detection_scores([wrong_class], [gt]).map50 < 0.01
+    shifted = [Detection(0, 0.9, (12, 12, 32, 32)), Detection(3, 0.8, (50, 50, 60, 70))]  # IoU 0.68 and 1
+    s = detection_scores([shifted], [gt])
+    assert s.map50 == pytest.approx(1.0, abs=0.01) and s.map50_95 < 0.95
