@@ -55,3 +55,14 @@ def test_non_json_payload_refused_before_commit(tmp_path):
     with pytest.raises(TypeError):
         store.save_result("a", "k", None, {"p": object()})
     assert store.list_results("a") == []
+
+
+def test_schema_compiles_for_postgresql():
+    from sqlalchemy.dialects import postgresql
+    from sqlalchemy.schema import CreateTable
+
+    from core.serving.store import AuditRow, ResultRow
+
+    for table in (ResultRow.__table__, AuditRow.__table__):
+        ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
+        assert "JSON" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl
