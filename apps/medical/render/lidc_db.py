@@ -229,8 +229,12 @@ def cluster_annotations(scan: Scan, factor: float = 0.9, min_tol: float = 0.1) -
     return sorted(clusters, key=lambda c: min(a.id for a in c))
 
 
-def annotation_mask(ann: Annotation, zs: np.ndarray, row0: int, col0: int, shape: tuple[int, int, int]) -> np.ndarray:
-    """Boolean mask of one read on the local grid (planes at ``zs``; rows/cols offset by row0/col0)."""
+def annotation_mask(ann: Annotation, zs: np.ndarray, row0: int, col0: int, shape: tuple[int, int, int],
+                    include_contour_points: bool = True) -> np.ndarray:
+    """Boolean mask of one read on the local grid (planes at ``zs``; rows/cols offset by row0/col0).
+
+    LIDC readers drew outlines on the first pixels outside the nodule, and pylidc's masks leave the
+    outline points out (``include_contour_points=False``); True keeps them (one pixel ring larger)."""
     from PIL import Image, ImageDraw
 
     K, R, C = shape
@@ -245,10 +249,13 @@ def annotation_mask(ann: Annotation, zs: np.ndarray, row0: int, col0: int, shape
             draw.polygon(xy, fill=value, outline=value)
         else:
             draw.point(xy, fill=value)
+        if contour.inclusion and not include_contour_points:
+            draw.point(xy, fill=0)
     return np.stack([np.array(p, dtype=bool) for p in planes])
 
 
-def consolidate(cluster: list[Annotation], clevel: float = 0.5, pad: int = 2) -> Nodule:
+def consolidate(cluster: list[Annotation], clevel: float = 0.5, pad: int = 2,
+                include_contour_points: bool = True) -> Nodule:
     """Consensus mask of a cluster of reads: voxels included by at least ``clevel`` of them."""
     all_pts = np.concatenate([c.points for a in cluster for c in a.contours])
     col0 = max(int(all_pts[:, 0].min()) - pad, 0)
@@ -259,12 +266,12 @@ def consolidate(cluster: list[Annotation], clevel: float = 0.5, pad: int = 2) ->
     shape = (len(zs), row1 - row0, col1 - col0)
     votes = np.zeros(shape, dtype=np.float32)
     for ann in cluster:
-        votes += annotation_mask(ann, zs, row0, col0, shape)
+        votes += annotation_mask(ann, zs, row0, col0, shape, include_contour_points)
     mask = votes >= clevel * len(cluster) - 1e-6
     if not mask.any():  # readers' outlines do not overlap enough: keep their union
         mask = votes > 0
     return Nodule(annotations=cluster, mask=mask, zs=zs, row0=row0, col0=col0)
 
 
-def scan_nodules(scan: Scan) -> list[Nodule]:
-    return [consolidate(c) for c in cluster_annotations(scan)]
+def scan_nodules(scan: Scan, include_contour_points: bool = True) -> list[Nodule]:
+    return [consolidate(c, include_contour_points=include_contour_points) for c in cluster_annotations(scan)]

@@ -47,3 +47,49 @@ def test_real_scan_renders_at_default_size(db):
     assert study.volume.shape == (133, 170, 170) and study.volume.dtype == np.int16
     assert abs(study.spacing[1] - 3 * scan.pixel_spacing) < 1e-6 and study.spacing[0] == pytest.approx(2.5)
     assert elapsed < 10  # ~0.6 s on one idle core; generous for a loaded CI machine
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_clustering_agrees_with_the_lidc_nodule_list(db, shared_data):
+    """list3.2.csv (the LIDC team's own per-nodule list) is an independent check of how reads were
+    grouped and sized: same nodule count per case, positions within 10 px, sizes correlated; and
+    without the outline pixels (pylidc's convention) the sizes agree, with them they run larger."""
+    import csv
+    from collections import defaultdict
+
+    from apps.medical.render.lidc_db import cluster_annotations, consolidate
+    from tests.conftest import require_dataset
+
+    path = require_dataset(shared_data, "lidc_labels") / "list3.2.csv"
+    by_case = defaultdict(list)
+    with path.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            by_case[int(row["case"])].append(row)
+    scans = defaultdict(list)
+    for s in db.scans.values():
+        scans[s.patient_id].append(s)
+    same_count = cases = matched = total = 0
+    ratio_in, ratio_out = [], []
+    for case in sorted(by_case)[::8]:  # every 8th case keeps this a few seconds
+        found = scans.get(f"LIDC-IDRI-{case:04d}", [])
+        if len(found) != 1:
+            continue
+        scan = found[0]
+        clusters = cluster_annotations(scan)
+        cases += 1
+        same_count += len(clusters) == len(by_case[case])
+        centres = [np.concatenate([a.points_mm(1.0) for a in c])[:, :2].mean(0) for c in clusters]
+        for row in by_case[case]:
+            total += 1
+            d = [np.hypot(c[0] - float(row["x loc."]), c[1] - float(row["y loc."])) for c in centres]
+            if not d or min(d) > 10:
+                continue
+            matched += 1
+            cluster = clusters[int(np.argmin(d))]
+            ref = float(row["eq. diam."])
+            for inside, out in ((True, ratio_in), (False, ratio_out)):
+                vol = consolidate(cluster, include_contour_points=inside).volume_mm3(scan.pixel_spacing, scan.slice_spacing)
+                out.append((6 * vol / np.pi) ** (1 / 3) / ref)
+    assert cases > 90 and same_count / cases > 0.97 and matched / total > 0.97
+    assert 0.9 < np.median(ratio_out) < 1.08 < np.median(ratio_in) < 1.35
