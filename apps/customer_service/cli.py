@@ -68,6 +68,7 @@ def train(
         results.update(T.finalize_text_bundles(run_dir / "text", data_root / "banking77", weights_dir))
     if "voice-emotion" in chosen:
         results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
+        results["voice_emotion_speaker_norm"] = T.run_voice_training(data_root, run_dir, weights_dir, speaker_norm=True)
     if "fusion" in chosen:
         results["fusion"] = T.run_fusion_training(data_root, run_dir, weights_dir)
     typer.echo(json.dumps(results, indent=2, default=float))

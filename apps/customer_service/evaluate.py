@@ -73,26 +73,40 @@ def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None
     return out
 
 
-def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None) -> dict:
+def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
+                           speaker_norm_bundle: str | Path | None = None) -> dict:
     """RAVDESS or Emo-DB folder (labels.csv + audio) -> macro_f1, uar, accuracy.
 
     The argmax is restricted to the corpus's own classes (one label space covers both corpora).
+    ``macro_f1``/``uar``/``accuracy`` are per clip (what the service does). When the speaker-norm
+    bundle exists, ``speaker_norm_*`` keys add the same scores with features z-scored per speaker
+    over the folder's own clips (labels unused).
     """
     from apps.customer_service.data import read_audio
     from apps.customer_service.features import acoustic_features
     from apps.customer_service.model import load_voice_model
+    from apps.customer_service.train import speaker_normalize
 
-    model = load_voice_model(bundle or get_settings().voice_emotion_bundle)
+    settings = get_settings()
+    model = load_voice_model(bundle or settings.voice_emotion_bundle)
     corpus, clips = load_emotion_corpus(root)
     if not clips:
         raise ValueError(f"{root}: labels.csv lists no clips")
     x = np.stack([acoustic_features(read_audio(c.path)) for c in clips])
-    proba = model.predict_proba(x)
     allowed = np.array([name in DATASET_CLASSES[corpus] for name in VOICE_LABELS])
-    pred = np.where(allowed[None, :], proba, -1.0).argmax(1)
     y = np.array([VOICE_LABELS.index(c.label) for c in clips])
     classes = [VOICE_LABELS.index(n) for n in DATASET_CLASSES[corpus]]
-    out = _scores(y, pred, classes)
+
+    def score(proba: np.ndarray) -> dict:
+        return _scores(y, np.where(allowed[None, :], proba, -1.0).argmax(1), classes)
+
+    out = score(model.predict_proba(x))
+    spk_bundle = Path(speaker_norm_bundle or settings.voice_emotion_speaker_norm_bundle)
+    if (spk_bundle / "config.json").is_file():
+        spk_model = load_voice_model(spk_bundle)
+        speakers = np.array([c.speaker for c in clips])
+        for k, v in score(spk_model.predict_proba(speaker_normalize(x, speakers))).items():
+            out[f"speaker_norm_{k}"] = v
     out["n"] = float(len(clips))
     out["speakers"] = float(len({c.speaker for c in clips}))
     return out

@@ -21,6 +21,8 @@ class CustomerServiceSettings(AppSettings):
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
+    # Corpus evaluation only (needs several clips per speaker): features z-scored per speaker.
+    voice_emotion_speaker_norm_bundle: Path = WEIGHTS_DIR / "voice_emotion_speaker_norm"
     # Embedded ASR language model: "generic" | "bank" | "interpolated" (speech.SphinxConfig.lm).
     asr_lm: str = "interpolated"
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.

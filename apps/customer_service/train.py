@@ -654,7 +654,8 @@ def voice_corpus(data_root: Path):
     return clips, x, y, np.array([c.speaker for c in clips]), np.array([c.corpus for c in clips])
 
 
-def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTrainConfig, n_clips: int) -> None:
+def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTrainConfig, n_clips: int,
+                      speaker_norm: bool = False) -> None:
     from core.bundle import ModelCard, save_bundle
 
     from apps.customer_service.model import voice_ensemble_state
@@ -678,22 +679,46 @@ def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTra
                      "No per-speaker normalisation (a single call gives no speaker baseline)."],
         extra={"train": cfg.__dict__},
     )
-    save_bundle(weights_dir / "voice_emotion", voice_ensemble_state(models),
-                {"model": models[0].config.to_dict(), "ensemble": len(models)}, card)
+    if speaker_norm:
+        card.name += "-speaker-norm"
+        card.task += "; features z-scored per speaker first (needs several clips of each speaker)"
+        card.limitations[-1] = ("Per-speaker normalisation uses all of a speaker's clips (no labels): it fits "
+                                "corpus evaluation, not a single short call.")
+    save_bundle(weights_dir / ("voice_emotion_speaker_norm" if speaker_norm else "voice_emotion"),
+                voice_ensemble_state(models),
+                {"model": models[0].config.to_dict(), "ensemble": len(models), "speaker_norm": speaker_norm}, card)
+
+
+def speaker_normalize(x: np.ndarray, speakers: np.ndarray, min_clips: int = 5) -> np.ndarray:
+    """z-score every feature within each speaker's clips (no labels used: an unsupervised,
+    per-speaker adaptation). Speakers with fewer than ``min_clips`` clips keep their raw features
+    centred by the global statistics, since a handful of clips gives no stable baseline."""
+    out = np.empty_like(x)
+    g_mean, g_std = x.mean(0), x.std(0) + 1e-6
+    for spk in set(speakers.tolist()):
+        m = speakers == spk
+        if m.sum() >= min_clips:
+            out[m] = (x[m] - x[m].mean(0)) / (x[m].std(0) + 1e-6)
+        else:
+            out[m] = (x[m] - g_mean) / g_std
+    return out.astype(np.float32)
 
 
 def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: VoiceTrainConfig | None = None,
-                       log=print) -> dict:
+                       speaker_norm: bool = False, log=print) -> dict:
     import torch
 
     cfg = cfg or VoiceTrainConfig()
     torch.set_num_threads(1)
     clips, x, y, spk, corp = voice_corpus(data_root)
+    if speaker_norm:
+        x = speaker_normalize(x, spk)
     metrics, oof = cross_validate_voice(x, y, spk, corp, cfg, log=log)
     run_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(run_dir / "voice_oof.npz", oof=oof, y=y, speakers=spk, corpora=corp)
+    if not speaker_norm:  # the fusion gate is trained on what the service sees: per-clip probabilities
+        np.savez(run_dir / "voice_oof.npz", oof=oof, y=y, speakers=spk, corpora=corp)
     models = [fit_voice_mlp(x, y, cfg, seed=cfg.seed + s) for s in range(cfg.ensemble)]
-    save_voice_bundle(models, metrics, weights_dir, cfg, len(y))
+    save_voice_bundle(models, metrics, weights_dir, cfg, len(y), speaker_norm=speaker_norm)
     return metrics
 
 

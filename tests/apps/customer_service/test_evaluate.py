@@ -1,0 +1,76 @@
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from apps.customer_service.train import speaker_normalize
+from tests.apps.customer_service.conftest import INTENTS
+from tests.apps.customer_service.test_data import _write_emodb, _write_ravdess
+
+
+@pytest.fixture()
+def tiny_env(cs_tiny_bundles, monkeypatch):
+    """Point the settings (and so the CLI) at the tiny bundles."""
+    from apps.customer_service.settings import get_settings
+
+    for key, name in (("INTENT_BUNDLE", "intent"), ("TEXT_EMOTION_BUNDLE", "text_emotion"),
+                      ("VOICE_EMOTION_BUNDLE", "voice")):
+        monkeypatch.setenv(f"TRIPTYCH_CUSTOMER_SERVICE_{key}", str(cs_tiny_bundles[name]))
+    monkeypatch.setenv("TRIPTYCH_CUSTOMER_SERVICE_VOICE_EMOTION_SPEAKER_NORM_BUNDLE", str(cs_tiny_bundles["voice"]))
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_speaker_normalize_removes_speaker_offsets():
+    rng = np.random.default_rng(0)
+    speakers = np.repeat(np.array(["a", "b", "c"]), 20)
+    x = rng.normal(0, 1, (60, 4)) + np.repeat(np.array([[0.0], [10.0], [-5.0]]), 20, axis=0)
+    z = speaker_normalize(x.astype(np.float32), speakers)
+    for s in "abc":
+        assert np.allclose(z[speakers == s].mean(0), 0, atol=1e-5)
+    few = speaker_normalize(x[:3].astype(np.float32), speakers[:3], min_clips=5)  # too few: global centring
+    assert np.all(np.isfinite(few))
+
+
+def test_cli_intent_eval_writes_flat_json(tiny_env, tmp_path):
+    from apps.customer_service.cli import evaluate
+    import typer
+
+    csv_path = tmp_path / "test.csv"
+    rows = ["text,category"] + [f"query number {i} about {c},{c}" for i, c in enumerate(INTENTS * 3)]
+    csv_path.write_text("\n".join(rows) + "\n")
+    app = typer.Typer()
+    app.command()(evaluate)
+    out = tmp_path / "m.json"
+    r = CliRunner().invoke(app, ["--intent", str(csv_path), "--json", str(out)])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(out.read_text())
+    assert set(metrics) >= {"accuracy", "macro_f1"} and all(isinstance(v, float) for v in metrics.values())
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 12
+    bad = CliRunner().invoke(app, ["--intent", str(csv_path), "--text-emotion", str(csv_path)])
+    assert bad.exit_code != 0 and "exactly one" in bad.output
+
+
+def test_text_emotion_eval_scores_single_label_rows(tiny_env, tmp_path):
+    from apps.customer_service.evaluate import evaluate_text_emotion
+
+    tsv = tmp_path / "test.tsv"
+    tsv.write_text("great stuff\t3\ta\nugh\t0,1\tb\nsad day\t5\tc\nok\t4\td\n")
+    m = evaluate_text_emotion(tsv)
+    assert m["n"] == 3 and set(m) >= {"macro_f1", "accuracy"}
+
+
+def test_voice_eval_on_both_layouts(tiny_env, tmp_path):
+    from apps.customer_service.evaluate import evaluate_voice_emotion
+
+    rav, emo = tmp_path / "ravdess", tmp_path / "emodb"
+    rav.mkdir()
+    _write_ravdess(rav, actors=(19, 20))
+    _write_emodb(emo)
+    for root, n in ((rav, 4), (emo, 3)):
+        m = evaluate_voice_emotion(root)
+        assert m["n"] == n and 0 <= m["macro_f1"] <= 1 and "speaker_norm_macro_f1" in m
