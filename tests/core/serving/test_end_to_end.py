@@ -41,3 +41,37 @@ def test_concurrent_http_requests_none_lost_or_duplicated(tmp_path):
     assert all(r["payload"]["y"] == 2 * r["payload"]["x"] for r in rows)
     assert sum(len(b) for b in runner.batches) == N and len(runner.seen) == N
     assert max(len(b) for b in runner.batches) > 1
+
+
+def test_full_queue_answers_503_with_retry_after_over_http(tmp_path):
+    import threading
+
+    gate = threading.Event()
+    runner = DoubleRunner(gate=gate)
+    app = make_app(tmp_path, runner=runner, max_batch=1, max_queue=2)
+
+    async def fire(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            first = asyncio.ensure_future(client.post(url + "/double", json={"x": 0}))
+            for _ in range(200):  # until item 0 is inside the (blocked) model call
+                if runner.batches:
+                    break
+                await asyncio.sleep(0.02)
+            rest = [asyncio.ensure_future(client.post(url + "/double", json={"x": i})) for i in range(1, 9)]
+            done_early = []
+            for _ in range(100):  # wait until the refusals have come back, then let the model go
+                await asyncio.sleep(0.05)
+                done_early = [t for t in rest if t.done()]
+                if len(done_early) >= 6:
+                    break
+            gate.set()
+            return [await first] + [await t for t in rest]
+
+    with LoopbackServer(app) as server:
+        responses = asyncio.run(fire(server.url))
+    refused = [r for r in responses if r.status_code == 503]
+    served = [r for r in responses if r.status_code == 200]
+    assert len(refused) == 6 and len(served) == 3  # one running + a queue of two
+    for response in refused:
+        assert int(response.headers["retry-after"]) >= 1
+        assert response.json()["error"]["code"] == "overloaded"
