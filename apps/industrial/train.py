@@ -27,6 +27,9 @@ class VibrationTrainConfig:
     windows_per_epoch: int = 4_096  # random windows drawn per epoch, class-balanced
     stretch: float = 0.05  # +-5 % time stretch: shaft speed is 1,730..1,797 rpm over CWRU's loads
     noise_snr_db: float = 25.0  # additive white noise at this SNR (half the windows)
+    # Random smooth spectral tilt/EQ up to +-eq_db: another load or mounting changes which housing
+    # resonances the impacts excite; randomising the transfer function keeps the model off them.
+    eq_db: float = 0.0
     val_fraction: float = 0.25
     epochs: int = 12
     batch_size: int = 64
@@ -59,6 +62,11 @@ class BlockWindows(Dataset):
         chunk = signal[start : start + span + 1]
         # Reading `span` samples into WINDOW simulates a shaft running `factor` times faster.
         window = np.interp(np.linspace(0, span, WINDOW), np.arange(len(chunk)), chunk).astype(np.float32)
+        if self.config.eq_db > 0:
+            spectrum = np.fft.rfft(window)
+            knots = (torch.rand(8).numpy() * 2 - 1) * self.config.eq_db
+            gain_db = np.interp(np.linspace(0, 7, len(spectrum)), np.arange(8), knots)
+            window = np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=WINDOW).astype(np.float32)
         if float(torch.rand(())) < 0.5:
             noise_std = window.std() / (10 ** (self.config.noise_snr_db / 20))
             window = window + noise_std * torch.randn(WINDOW).numpy()

@@ -1,0 +1,56 @@
+"""The industrial CLI commands on generated data (typer's runner, no subprocess)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import typer
+from typer.testing import CliRunner
+
+from apps.industrial import cli
+from tests.apps.industrial.conftest import vibration_signal
+from tests.apps.industrial.test_data import make_deeppcb
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("eval")(cli.evaluate)
+    app.add_typer(cli.data, name="data")
+    return app
+
+
+def test_data_prepare_and_splits(tmp_path):
+    root = make_deeppcb(tmp_path / "deeppcb")
+    runner = CliRunner()
+    r = runner.invoke(_app(), ["data", "prepare", "--deeppcb", str(root), "--out", str(tmp_path / "prep")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "prep" / "data.yaml").exists() and len(list((tmp_path / "prep" / "images" / "val").glob("*.png"))) == 2
+    r = runner.invoke(_app(), ["data", "splits", "--deeppcb", str(root), "--out", str(tmp_path / "lists")])
+    assert r.exit_code == 0, r.output
+    assert len((tmp_path / "lists" / "deeppcb_val.txt").read_text().splitlines()) == 2
+
+
+def test_eval_cwru_writes_one_flat_json(tmp_path, tiny_bundles):
+    folder = tmp_path / "cwru" / "Data" / "1772 RPM"
+    folder.mkdir(parents=True)
+    np.savez(folder / "1772_IR_7_DE12.npz", DE=vibration_signal(seconds=1.0, impact_hz=160.0)[:, None])
+    np.savez(folder / "1772_Normal.npz", DE=vibration_signal(rate=48_000, seconds=1.0)[:, None])
+    out = tmp_path / "m.json"
+    r = CliRunner().invoke(_app(), ["eval", "--cwru", str(tmp_path / "cwru"), "--json", str(out), "--vibration",
+                                    str(tiny_bundles / "vibration"), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(out.read_text())
+    assert {"accuracy", "macro_f1", "n_windows"} <= set(metrics)
+    assert metrics["n_windows"] == 5 + 5 and all(isinstance(v, float) for v in metrics.values())
+
+
+def test_eval_deeppcb_keys(tmp_path, tiny_bundles):
+    root = make_deeppcb(tmp_path / "deeppcb")
+    out = tmp_path / "d.json"
+    r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--json", str(out),
+                                    "--detector", str(tiny_bundles / "detector"), "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    metrics = json.loads(out.read_text())
+    assert {"map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "images_per_second"} <= set(metrics)
+    assert metrics["n_boards"] == 4 and metrics["n_templates"] == 4
