@@ -93,6 +93,7 @@ def evaluate(
     vibration: Annotated[Optional[str], typer.Option(help="Vibration bundle (default: shipped).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
+    backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
     from core.offline import enforce_offline
@@ -104,7 +105,7 @@ def evaluate(
     if deeppcb:
         from apps.industrial.evaluate import evaluate_deeppcb
 
-        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit)
+        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit, backend=backend)
         _table(f"DeepPCB {split}", m)
         metrics.update(m)
     if cwru:

@@ -20,6 +20,7 @@ def evaluate_deeppcb(
     limit: int | None = None,
     binarize: bool | None = None,
     progress: bool = False,
+    backend: str = "onnx",
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested images and their templates.
 
@@ -30,10 +31,10 @@ def evaluate_deeppcb(
     import torch
 
     from apps.industrial.data import load_deeppcb, load_gray
-    from apps.industrial.detector import detect, detection_scores, load_detector, prepare_image
+    from apps.industrial.detector import detect, detection_scores, load_detector, load_onnx_detector, prepare_image
 
     torch.set_num_threads(threads)
-    model, config, _ = load_detector(bundle_dir)
+    model, config, _ = load_onnx_detector(bundle_dir, threads) if backend == "onnx" else load_detector(bundle_dir)
     if binarize is not None:
         config.binarize = binarize
     samples = load_deeppcb(root, split)[:limit]
@@ -124,15 +125,16 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, f
     return result
 
 
-def detector_speed(bundle_dir: Path, images: list[Path], threads: int, repeats: int = 1, batch: int = 1) -> dict[str, float]:
+def detector_speed(bundle_dir: Path, images: list[Path], threads: int, repeats: int = 1, batch: int = 1,
+                   backend: str = "onnx") -> dict[str, float]:
     """Images/s of forward + NMS at the bundle's size on `threads` CPU threads (decoding excluded)."""
     import torch
 
     from apps.industrial.data import load_gray
-    from apps.industrial.detector import detect, load_detector, prepare_image
+    from apps.industrial.detector import detect, load_detector, load_onnx_detector, prepare_image
 
     torch.set_num_threads(threads)
-    model, config, _ = load_detector(bundle_dir)
+    model, config, _ = load_onnx_detector(bundle_dir, threads) if backend == "onnx" else load_detector(bundle_dir)
     prepared = [prepare_image(load_gray(p), config) for p in images]
     detect(model, prepared[:batch], config)  # warm-up
     start, count = time.perf_counter(), 0

@@ -251,10 +251,13 @@ class InspectionRunner:
 
 def load_runner(settings) -> InspectionRunner:
     """The shipped bundles named by the settings (fusion optional)."""
-    from apps.industrial.detector import load_detector
+    from apps.industrial.detector import load_detector, load_onnx_detector
     from apps.industrial.model import load_fusion_model, load_vibration_classifier
 
-    detector, det_config, det_bundle = load_detector(settings.detector_dir)
+    if settings.detector_backend == "onnx":
+        detector, det_config, det_bundle = load_onnx_detector(settings.detector_dir, threads=settings.torch_threads)
+    else:
+        detector, det_config, det_bundle = load_detector(settings.detector_dir)
     det_config.px_per_mm = settings.px_per_mm
     vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
     fusion = fusion_bundle = None

@@ -26,6 +26,7 @@ class IndustrialSettings(AppSettings):
     min_image_side: int = 32
     max_batch_boards: int = 16  # boards per batch request
     torch_threads: int = 2  # CPU threads for inference
+    detector_backend: str = "onnx"  # "onnx" (onnxruntime, faster on CPU) or "torch"
 
 
 @lru_cache

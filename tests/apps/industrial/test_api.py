@@ -19,7 +19,7 @@ def client(tiny_bundles, tmp_path):
     settings = IndustrialSettings(
         detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
         database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
-        torch_threads=1,
+        torch_threads=1, detector_backend="torch",
     )
     with TestClient(create_app(settings)) as c:
         for _ in range(400):

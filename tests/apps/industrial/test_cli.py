@@ -49,7 +49,7 @@ def test_eval_deeppcb_keys(tmp_path, tiny_bundles):
     root = make_deeppcb(tmp_path / "deeppcb")
     out = tmp_path / "d.json"
     r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--json", str(out),
-                                    "--detector", str(tiny_bundles / "detector"), "--threads", "1"])
+                                    "--detector", str(tiny_bundles / "detector"), "--threads", "1", "--backend", "torch"])
     assert r.exit_code == 0, r.output
     metrics = json.loads(out.read_text())
     assert {"map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "images_per_second"} <= set(metrics)

@@ -91,3 +91,20 @@ def test_missing_vibration_ignores_its_tokens():
     a, _ = model(img, torch.randn(1, 64, 16), ev, present)
     b, _ = model(img, torch.randn(1, 64, 16), ev, present)
     torch.testing.assert_close(a, b)
+
+
+def test_onnx_detector_matches_torch(tiny_bundles, tmp_path):
+    from apps.industrial.detector import detect_with_tokens, load_detector, load_onnx_detector, prepare_image
+    from apps.industrial.data import load_gray
+    from tests.apps.industrial.conftest import board_png
+
+    torch_model, config, _ = load_detector(tiny_bundles / "detector")
+    onnx_model, _, _ = load_onnx_detector(tiny_bundles / "detector", threads=1, cache_dir=tmp_path)
+    images = [prepare_image(load_gray(board_png(seed=s)), config) for s in range(2)]
+    d1, t1 = detect_with_tokens(torch_model, images, config, conf=0.0001)
+    d2, t2 = detect_with_tokens(onnx_model, images, config, conf=0.0001)
+    np.testing.assert_allclose(t1, t2, atol=1e-3, rtol=1e-3)
+    assert [len(d) for d in d1] == [len(d) for d in d2]
+    for a, b in zip(d1[0][:20], d2[0][:20]):
+        assert a.cls == b.cls and abs(a.confidence - b.confidence) < 1e-3
+    assert len(list(tmp_path.glob("detector-*.onnx"))) == 1
