@@ -36,7 +36,8 @@ _MIME = {
     "dicom": {"application/dicom", "application/dicom+binary"},
     "nifti": {"application/x-nifti", "application/gzip", "application/x-gzip", "image/nifti"},
     "npy": {"application/x-npy", "application/npy"},
-    "csv": {"text/csv", "application/csv", "text/plain"},
+    # Windows browsers label .csv files with Excel's type
+    "csv": {"text/csv", "application/csv", "text/x-csv", "application/x-csv", "text/plain", "application/vnd.ms-excel"},
     "text": {"text/plain", "text/markdown", "text/csv"},
 }
 _GENERIC_MIME = {"", "application/octet-stream", "binary/octet-stream", "application/unknown"}
