@@ -95,6 +95,12 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
 
 async def _value_error(request: Request, exc: ValueError) -> JSONResponse:
     # models and decoders raise ValueError on input they cannot use: that is the client's input
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError):  # str() of these quotes the input values; keep only where/why
+        detail = _clean_validation_errors(list(exc.errors()))
+        where = ", ".join(".".join(str(p) for p in d["loc"]) + ": " + d["msg"] for d in detail[:5])
+        return JSONResponse(error_body("invalid_input", f"input does not match the schema ({where})", detail), status_code=422)
     return JSONResponse(error_body("invalid_input", str(exc)[:500] or "invalid input"), status_code=422)
 
 

@@ -101,6 +101,13 @@ async def archive(request: Request, file: Annotated[UploadFile, File()]) -> dict
     return {"files": names}
 
 
+@router.post("/parse-form")
+async def parse_form(request: Request) -> dict[str, Any]:
+    # an app validating a JSON form field itself: pydantic's ValidationError is a ValueError
+    form = await request.form()
+    return {"x": Number.model_validate_json(str(form.get("meta", "{}"))).x}
+
+
 @router.get("/bug")
 async def bug() -> dict[str, Any]:
     raise RuntimeError("a real bug")

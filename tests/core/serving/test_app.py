@@ -113,6 +113,14 @@ def test_validation_errors_do_not_echo_input(tmp_path):
         assert "4111" not in response.text
 
 
+def test_in_route_pydantic_errors_are_422_without_values(tmp_path):
+    with TestClient(make_app(tmp_path)) as client:
+        response = client.post("/parse-form", data={"meta": '{"x": "card 4111111111111111"}'})
+        assert response.status_code == 422 and _shape(response)["code"] == "invalid_input"
+        assert "4111111111111111" not in response.text and "x" in response.json()["error"]["message"]
+        assert client.post("/parse-form", data={"meta": '{"x": 2}'}).json() == {"x": 2.0}
+
+
 def test_real_bug_is_500_with_request_id_and_shape(tmp_path):
     with TestClient(make_app(tmp_path), raise_server_exceptions=False) as client:
         response = client.get("/bug")
