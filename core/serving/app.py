@@ -39,6 +39,18 @@ class _BodyTooLarge(Exception):
     pass
 
 
+def resolve_request_id(scope: dict, headers: Mapping[str, str]) -> str:
+    """The request's id: one already set by an outer layer (the gateway), else the client's
+    ``X-Request-ID`` when it is a plain token, else a new one. Stored in ``scope["state"]``."""
+    state = scope.setdefault("state", {})
+    request_id = state.get("request_id")
+    if not request_id:
+        incoming = headers.get("x-request-id", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        state["request_id"] = request_id
+    return request_id
+
+
 class ServiceMiddleware:
     """Pure ASGI middleware: request id, body-size cap, model headers, metrics, one log line."""
 
@@ -54,9 +66,7 @@ class ServiceMiddleware:
         settings: AppSettings = service.state.settings
         limit = settings.max_upload_bytes + _FORM_OVERHEAD
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        incoming = headers.get("x-request-id", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = request_id
+        request_id = resolve_request_id(scope, headers)
         started = time.perf_counter()
         status = {"code": 500, "started": False}
 

@@ -32,6 +32,32 @@ def _select(plugins: list[AppPlugin], app_names: Iterable[str] | None) -> list[A
     return [known[n] for n in wanted]
 
 
+class _GatewayRequestId:
+    """Gives gateway-level responses (``/health``, ``/ready``, 404s) an ``X-Request-ID`` too; mounted
+    apps reuse the same id, so one id follows a request through both layers."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from core.serving.app import resolve_request_id
+
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        request_id = resolve_request_id(scope, headers)
+
+        async def send_with_id(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                present = {k.lower() for k, _ in message.get("headers", [])}
+                if b"x-request-id" not in present:
+                    message = {**message, "headers": [*message.get("headers", []), (b"x-request-id", request_id.encode())]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
 def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlugin] | None = None) -> FastAPI:
     """The root app. ``app_names`` restricts the mounts (``serve --app``); ``plugins`` replaces
     discovery (tests). An app whose modules are not written yet is skipped and reported."""
@@ -66,6 +92,7 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
 
     root = FastAPI(title="triptych", description="The triptych apps behind one gateway.", lifespan=lifespan)
     install_error_handlers(root)
+    root.add_middleware(_GatewayRequestId)
     root.state.mounted = {name: sub for name, (_, sub) in mounted.items()}
     root.state.unavailable = unavailable
 

@@ -33,8 +33,12 @@ def test_mounts_apps_and_loads_their_models():
         assert ready["apps"]["alpha"]["ready"] and ready["apps"]["beta"]["ready"]
         assert ready["apps"]["alpha"]["runners"]["double"]["version"] == "1.2.3"
         assert client.get("/alpha/ready").status_code == 200
-        response = client.post("/beta/double", json={"x": 5})
+        response = client.post("/beta/double", json={"x": 5}, headers={"X-Request-ID": "trace-9"})
         assert response.status_code == 200 and response.json()["y"] == 10
+        assert response.headers.get_list("x-request-id") == ["trace-9"]  # one id through both layers
+        assert len(client.get("/health").headers["x-request-id"]) == 32
+        generated = client.post("/beta/double", json={"x": 1})
+        assert len(generated.headers.get_list("x-request-id")) == 1
         assert response.headers["x-model-version"] == "1.2.3"
         metrics = client.get("/alpha/metrics").text
         assert 'triptych_requests_total{app="test",method="POST",route="/double",status="200"} 1.0' not in metrics
