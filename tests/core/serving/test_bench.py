@@ -63,3 +63,12 @@ def test_batch_totals_parser():
         'triptych_batch_size_bucket{app="x",le="1.0",runner="a"} 1.0\n'
     )
     assert _batch_totals(text) == (15.0, 7.0)
+
+
+def test_cli_bench_serve_refuses_remote_targets():
+    from typer.testing import CliRunner
+
+    from core.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "serve", "--url", "http://example.com/x", "--requests", "1"])
+    assert result.exit_code == 2 and "loopback" in result.output
