@@ -72,3 +72,11 @@ def test_too_long_audio(client):
 
 def test_unknown_result_is_404(client):
     assert client.get("/v1/results/doesnotexist").status_code == 404
+
+
+def test_streaming_router_is_mounted(client):
+    """The speech side's WebSocket is served by this app (its protocol is tested there)."""
+    with client.websocket_connect("/v1/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_text('{"type": "end"}')
+        assert ws.receive_json()["type"] == "end"
