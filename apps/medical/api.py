@@ -91,7 +91,7 @@ async def analyze(
         try:
             volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.volume_shape)
         except CTInputError as exc:
-            raise ApiError(422, "invalid_ct", str(exc), {"accepted": sorted(CT_KINDS)}) from None
+            raise ApiError(exc.status_code, exc.code, str(exc), {"accepted": sorted(CT_KINDS)}) from None
     try:
         result: dict[str, Any] = await batcher.submit(StudyInput(volume=volume, report=report))
     except CTInputError as exc:

@@ -56,7 +56,11 @@ class StudyInput:
 
 
 class CTInputError(ValueError):
-    """The CT upload cannot be used; the message says why and what is accepted."""
+    """The CT upload cannot be used; the message says why and what is accepted (no PHI in it)."""
+
+    def __init__(self, message: str, status_code: int = 422, code: str = "invalid_ct"):
+        super().__init__(message)
+        self.status_code, self.code = status_code, code
 
 
 def volume_from_upload(data: bytes, kind: str, shape: list[int]) -> tuple[np.ndarray, str]:
@@ -70,13 +74,11 @@ def volume_from_upload(data: bytes, kind: str, shape: list[int]) -> tuple[np.nda
     with tempfile.TemporaryDirectory(prefix="triptych-ct-") as tmp:
         tmp_path = Path(tmp)
         ingest = _ingest_module()
-        if ingest is not None and hasattr(ingest, "ingest_upload"):
+        if ingest is not None:
             try:
                 path, study_uid = ingest.ingest_upload(data, kind, tmp_path)
-            except Exception as exc:  # the ingest module raises user-facing errors
-                if type(exc).__name__.endswith("Error") and not isinstance(exc, (MemoryError, RuntimeError)):
-                    raise CTInputError(str(exc)) from exc
-                raise
+            except ingest.IngestError as exc:  # checked: modality, spacing, missing slices, sizes, zip safety
+                raise CTInputError(exc.message, exc.status_code, exc.code) from None
         elif kind == "nifti":
             suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
             path = tmp_path / f"upload{suffix}"

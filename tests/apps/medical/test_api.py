@@ -84,3 +84,17 @@ def test_risk_bands_partition_probabilities():
     assert risk_band(0.0)["band"] == "low" and risk_band(0.0999)["band"] == "low"
     assert risk_band(0.1)["band"] == "intermediate" and risk_band(0.69)["band"] == "intermediate"
     assert risk_band(0.7)["band"] == "high" and risk_band(1.0)["band"] == "high"
+
+
+def test_dicom_uploads_go_through_ingestion_checks(client):
+    """Real pydicom test files: an MR image is refused as non-CT, a single CT slice as too few slices."""
+    from pydicom.data import get_testdata_file
+
+    h = {"X-API-Key": "rad"}
+    for name in ("MR_small.dcm", "CT_small.dcm"):
+        path = get_testdata_file(name, download=False)
+        if path is None:
+            pytest.skip(f"pydicom test file {name} not installed")
+        r = client.post("/v1/studies:analyze", files={"ct": (name, open(path, "rb").read(), "application/dicom")}, headers=h)
+        assert 400 <= r.status_code < 500, r.text
+        assert r.json()["error"]["message"]
