@@ -68,10 +68,10 @@ def image_features(detector_dir: Path, deeppcb_root: Path, split: str, out: Path
     import torch
 
     from apps.industrial.data import DEFECT_CLASSES, load_deeppcb, load_gray
-    from apps.industrial.detector import detect_with_tokens, load_detector, prepare_image
+    from apps.industrial.detector import detect_with_tokens, load_onnx_detector, prepare_image
 
     torch.set_num_threads(threads)
-    model, config, _ = load_detector(detector_dir)
+    model, config, _ = load_onnx_detector(detector_dir, threads)
     rows = {"max_conf": [], "n_defects": [], "tokens": [], "defective": [], "group": [], "dominant": []}
     for s in load_deeppcb(deeppcb_root, split)[:limit]:
         for path, defective in ((s.image, 1), (s.template, 0)):
@@ -221,7 +221,7 @@ def train_fusion(images, vib, ev, config: PairingConfig, fusion_config=None, log
     fusion_config.image.in_dim = int(images["tokens"].shape[-1])
     fusion_config.vibration_dim = int(vib["tokens"].shape[-1])
     model = FusionModel(fusion_config)
-    held = (ev["image"] % 4) == 0  # image-disjoint selection set
+    held = (ev["image"] // 2) % 4 == 0  # a quarter of the boards (tested image + template; stored in pairs)
     img_tok = torch.from_numpy(images["tokens"][ev["image"]].astype(np.float32))
     vib_tok = torch.from_numpy(vib["tokens"][ev["window"]].astype(np.float32))
     evidence = torch.from_numpy(_evidence(images, vib, ev))

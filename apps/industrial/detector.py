@@ -150,21 +150,21 @@ def prepare_image(gray: np.ndarray, config: DetectorConfig) -> PreparedImage:
     return PreparedImage(tensor, scale, (left, top), (h, w))
 
 
-def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: float | None = None) -> list[list[Detection]]:
-    """Batched forward + NMS; boxes mapped back to each input's pixels."""
+def _forward(model, x: np.ndarray):
+    """Raw head output (B, 4 + nc, anchors) as a torch tensor, from either backend."""
     import torch
+
+    if isinstance(model, OnnxDetector):
+        pred, _ = model(x)
+        return torch.from_numpy(pred)
+    with torch.inference_mode():
+        raw = model(torch.from_numpy(x))
+    return raw[0] if isinstance(raw, (list, tuple)) else raw
+
+
+def _nms(pred, images: list[PreparedImage], config: DetectorConfig, conf: float | None) -> list[list[Detection]]:
     from ultralytics.utils.nms import non_max_suppression
 
-    if not images:
-        return []
-    x = np.stack([im.tensor for im in images])
-    if isinstance(model, OnnxDetector):
-        pred, model.last_tokens = model(x)
-        pred = torch.from_numpy(pred)
-    else:
-        with torch.inference_mode():
-            raw = model(torch.from_numpy(x))
-        pred = raw[0] if isinstance(raw, (list, tuple)) else raw
     out = non_max_suppression(
         pred, conf_thres=config.conf if conf is None else conf, iou_thres=config.iou, max_det=config.max_det, nc=len(DEFECT_CLASSES)
     )
@@ -183,30 +183,37 @@ def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: flo
     return results
 
 
-def detect_with_tokens(model, images: list[PreparedImage], config: DetectorConfig, grid: int = 4, conf: float | None = None):
-    """One forward pass -> (detections per image, feature tokens (B, grid*grid, C) as float32 numpy).
+def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: float | None = None) -> list[list[Detection]]:
+    """Batched forward + NMS; boxes mapped back to each input's pixels."""
+    if not images:
+        return []
+    return _nms(_forward(model, np.stack([im.tensor for im in images])), images, config, conf)
 
-    The tokens are the deepest neck output (the P5 input of the Detect head), average-pooled to a
-    grid x grid map: one token per image region, what the fusion attends over. A forward hook
-    captures them, so detection and fusion share a single pass.
+
+def region_score_tokens(pred, imgsz: int, grid: int = 4) -> np.ndarray:
+    """(B, grid*grid, nc) tokens: per image region, the detector's highest score for each defect class.
+
+    Each anchor's box centre picks its region. These are the detector's own evidence laid out in
+    space; unlike pooled neck features they do not encode the board's layout, which differs from
+    one board group to the next and made a fusion trained on one group fail on another.
     """
     import torch
-    import torch.nn.functional as F
 
-    if isinstance(model, OnnxDetector):
-        detections = detect(model, images, config, conf=conf)
-        return detections, (model.last_tokens if images else np.zeros((0, grid * grid, 0), np.float32))
-    captured: dict = {}
-    layer = model.model[model.model[-1].f[-1]]
-    handle = layer.register_forward_hook(lambda module, inputs, output: captured.__setitem__("f", output))
-    try:
-        detections = detect(model, images, config, conf=conf)
-    finally:
-        handle.remove()
+    centres = pred[:, :2, :].clamp(0, imgsz - 1)  # (B, 2, A) box centres in input pixels
+    cell = (centres / (imgsz / grid)).long()
+    index = (cell[:, 1] * grid + cell[:, 0])[..., None].expand(-1, -1, pred.shape[1] - 4)  # (B, A, nc)
+    scores = pred[:, 4:, :].transpose(1, 2).float()  # (B, A, nc)
+    out = torch.zeros(pred.shape[0], grid * grid, scores.shape[-1])
+    out.scatter_reduce_(1, index, scores, reduce="amax", include_self=True)
+    return out.numpy()
+
+
+def detect_with_tokens(model, images: list[PreparedImage], config: DetectorConfig, grid: int = 4, conf: float | None = None):
+    """One forward pass -> (detections per image, region score tokens (B, grid*grid, nc) float32)."""
     if not images:
-        return [], np.zeros((0, grid * grid, 0), np.float32)
-    fmap = F.adaptive_avg_pool2d(captured["f"].float(), grid)  # (B, C, g, g)
-    return detections, fmap.flatten(2).transpose(1, 2).numpy()
+        return [], np.zeros((0, grid * grid, len(DEFECT_CLASSES)), np.float32)
+    pred = _forward(model, np.stack([im.tensor for im in images]))
+    return _nms(pred, images, config, conf), region_score_tokens(pred, config.imgsz, grid)
 
 
 class OnnxDetector:

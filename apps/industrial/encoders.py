@@ -122,9 +122,10 @@ register_encoder("vibration", "envelope_conv_lstm", example=_vibration_example)(
 
 @dataclass
 class DetectorTokenEncoderConfig(ConfigBase):
-    in_dim: int = 512  # channels of the detector's P5 neck output
+    in_dim: int = 6  # per-region detector scores, one per defect class (detector.region_score_tokens)
     dim: int = 64
     dropout: float = 0.1
+    score_inputs: bool = True  # inputs are probabilities: use their logits, no per-token LayerNorm
 
     PRESETS = {"tiny": {"in_dim": 8, "dim": 16, "dropout": 0.0}}
 
@@ -134,13 +135,18 @@ class DetectorTokenEncoder(Encoder):
 
     modality = "image"
 
-    def __init__(self, in_dim: int = 512, dim: int = 64, dropout: float = 0.1):
+    def __init__(self, in_dim: int = 6, dim: int = 64, dropout: float = 0.1, score_inputs: bool = True):
         super().__init__()
         self.dim = dim
-        self.net = nn.Sequential(nn.LayerNorm(in_dim), nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.score_inputs = score_inputs
+        # A LayerNorm across 6 class scores would erase their level, which is the evidence itself.
+        norm = nn.Identity() if score_inputs else nn.LayerNorm(in_dim)
+        self.net = nn.Sequential(norm, nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
 
     def forward(self, batch) -> EncoderOutput:
         x, mask = (batch["tokens"], batch.get("mask")) if isinstance(batch, dict) else (batch, None)
+        if self.score_inputs:
+            x = torch.logit(x.clamp(1e-4, 1 - 1e-4)) / 4.0  # probabilities -> bounded logits
         if mask is None:
             mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return EncoderOutput(self.net(x), mask.bool())

@@ -29,7 +29,7 @@ def tiny_bundles(tmp_path_factory):
     save_bundle(root / "vibration", vib, {"encoder": vib_cfg.to_dict(), "classes": ["normal", "ball", "inner_race", "outer_race"]},
                 ModelCard("vib", "t", "test"))
     fcfg = FusionModelConfig.from_name("tiny")
-    fcfg.image.in_dim = 256  # yolo11n's P5 neck width
+    fcfg.image.in_dim = 6  # region score tokens: one per defect class
     fcfg.vibration_dim = vib_cfg.dim
     fusion = FusionModel(fcfg)
     save_bundle(root / "fusion", fusion, {"fusion": fcfg.to_dict(), "bayes": None, "coupling": 0.5}, ModelCard("fus", "t", "test"))
