@@ -294,12 +294,19 @@ def redact_words(words: list) -> tuple[RedactionResult, list[int]]:
 
 def redact_audio(samples: np.ndarray, sample_rate: int, words: list, indices: list[int], *, pad_s: float = 0.05) -> np.ndarray:
     """A copy of ``samples`` ((N,) or (C, N)) with the given words (``.start``/``.end`` seconds)
-    silenced, ``pad_s`` either side so no edge of a digit survives."""
+    silenced. Consecutive words go silent as one stretch, pauses included (a pause's length
+    says how the digits were grouped), with ``pad_s`` either side so no edge of a digit survives."""
     out = np.array(samples, dtype=np.float32, copy=True)
     n = out.shape[-1]
-    for i in indices:
-        a = max(0, int((words[i].start - pad_s) * sample_rate))
-        b = min(n, int(np.ceil((words[i].end + pad_s) * sample_rate)))
+    runs: list[list[int]] = []
+    for i in sorted(set(indices)):
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    for run in runs:
+        a = max(0, int((words[run[0]].start - pad_s) * sample_rate))
+        b = min(n, int(np.ceil((words[run[-1]].end + pad_s) * sample_rate)))
         out[..., a:b] = 0.0
     return out
 

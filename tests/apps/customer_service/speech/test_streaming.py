@@ -1,0 +1,135 @@
+"""Streaming: partial then final hypotheses from 160 ms PCM chunks, the WebSocket protocol, the bench."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+
+import numpy as np
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from apps.customer_service.speech.streaming import StreamingRecognizer, bench_streaming
+from apps.customer_service.speech.router import create_stream_router
+
+from .conftest import speak
+
+CHUNK = 16_000 * 160 // 1000 * 2  # bytes in 160 ms
+
+
+def _pcm(x: np.ndarray) -> bytes:
+    return (np.clip(x, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+@pytest.fixture(scope="module")
+def call_audio() -> np.ndarray:
+    gap = np.zeros(8_000, dtype=np.float32)
+    return np.concatenate([gap, speak("Hello, my card has not arrived yet."), gap,
+                           speak("My card number is four five three nine one four eight eight zero three four three six four six seven."), gap])
+
+
+def test_partials_then_finals_with_stream_times(stream_pool, call_audio):
+    rec = StreamingRecognizer(pool=stream_pool)
+    pcm = _pcm(call_audio)
+    events = []
+    for off in range(0, len(pcm), CHUNK):
+        events += rec.accept(pcm[off:off + CHUNK])
+    events += rec.finish()
+    kinds = [e.type for e in events]
+    assert "partial" in kinds and kinds.count("final") >= 2
+    assert kinds.index("partial") < kinds.index("final")
+    finals = [e for e in events if e.type == "final"]
+    assert "card" in finals[0].text.split()
+    digits = sum(w in ("four", "five", "three", "nine", "one", "eight", "zero", "six", "seven") for w in finals[-1].text.split())
+    assert digits >= 12
+    duration = len(call_audio) / 16_000
+    for e in finals:
+        for w in e.words:
+            assert e.start - 0.05 <= w.start < w.end <= duration + 0.05
+    assert finals[1].start > finals[0].end - 0.05  # the second utterance starts after the first
+    assert rec.finish() == [] and len(rec.chunk_latencies_ms) == math.ceil(len(pcm) / CHUNK)
+
+
+def test_chunks_must_be_whole_samples(stream_pool):
+    rec = StreamingRecognizer(pool=stream_pool)
+    try:
+        with pytest.raises(ValueError, match="even number"):
+            rec.accept(b"\x00\x01\x02")
+    finally:
+        rec.close()
+
+
+def test_bench_reports_latency_percentiles(stream_pool, call_audio):
+    out = bench_streaming([call_audio[:16_000 * 4]], chunk_ms=160)
+    for key in ("chunk_p50_ms", "chunk_p95_ms", "chunk_max_ms", "rtf", "chunks", "audio_s"):
+        assert isinstance(out[key], float) and out[key] == out[key]
+    assert out["chunk_p50_ms"] <= out["chunk_p95_ms"] <= out["chunk_max_ms"]
+    assert out["chunks"] == math.ceil(16_000 * 4 / 2560)
+
+
+@pytest.fixture(scope="module")
+def client(stream_pool):
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, max_session_s=30), prefix="/customer-service")
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.mark.timeout(120)
+def test_websocket_streams_redacted_hypotheses(client, call_audio):
+    pcm = _pcm(call_audio)
+    with client.websocket_connect("/customer-service/v1/stream") as ws:
+        ready = ws.receive_json()
+        assert ready["type"] == "ready" and ready["sample_rate"] == 16000
+        for off in range(0, len(pcm), CHUNK):
+            ws.send_bytes(pcm[off:off + CHUNK])
+        ws.send_text(json.dumps({"type": "end"}))
+        messages = []
+        while True:
+            msg = ws.receive_json()
+            messages.append(msg)
+            if msg["type"] == "end":
+                break
+    finals = [m for m in messages if m["type"] == "final"]
+    assert any(m["type"] == "partial" for m in messages) and len(finals) >= 2
+    last = finals[-1]
+    assert "[CARD]" in last["text"] and last["redactions"][0]["type"] == "card"
+    spoken_digits = r"\b(four|five|three|nine|one|eight|zero|six|seven)( (four|five|three|nine|one|eight|zero|six|seven)){5,}"
+    assert not re.search(spoken_digits, " ".join(m.get("text", "") for m in messages))  # no partial leaks either
+    assert any(w["text"] == "[REDACTED]" for w in last["words"])
+    assert all("latency_ms" in m for m in messages if m["type"] == "partial")
+    assert messages[-1]["audio_s"] == pytest.approx(len(call_audio) / 16_000, abs=0.01)
+
+
+@pytest.mark.parametrize("url,send,code", [
+    ("/customer-service/v1/stream?mode=poetry", None, "bad_mode"),
+    ("/customer-service/v1/stream", ("bytes", b"\x00\x01\x02"), "bad_chunk"),
+    ("/customer-service/v1/stream", ("text", "hello"), "bad_message"),
+])
+def test_websocket_refuses_bad_input(client, url, send, code):
+    with client.websocket_connect(url) as ws:
+        first = ws.receive_json()
+        if send is not None:
+            assert first["type"] == "ready"
+            getattr(ws, f"send_{send[0]}")(send[1])
+            first = ws.receive_json()
+        assert first["type"] == "error" and first["code"] == code and first["message"]
+
+
+@pytest.mark.timeout(60)
+def test_websocket_session_limit(stream_pool):
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, max_session_s=0.5))
+    with TestClient(app) as c, c.websocket_connect("/v1/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        for _ in range(8):  # 0.8 s of audio against a 0.5 s limit
+            ws.send_bytes(b"\x00\x00" * 1600)
+        msgs = []
+        while True:
+            m = ws.receive_json()
+            msgs.append(m)
+            if m["type"] == "error":
+                break
+        assert msgs[-1]["code"] == "too_long"
