@@ -65,7 +65,8 @@ def train(
         # One process trains both (they share the MiniLM load and, on the GPU, one lease).
         T.train_text_models(data_root / "banking77", data_root / "goemotions" / "ekman",
                             str(base) if base else None, run_dir / "text", budget_s=budget_s)
-        results.update(T.finalize_text_bundles(run_dir / "text", data_root / "banking77", weights_dir))
+        results.update(T.finalize_text_bundles(run_dir / "text", data_root / "banking77", weights_dir,
+                                               data_root / "goemotions" / "ekman"))
     if "voice-emotion" in chosen:
         results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
         results["voice_emotion_speaker_norm"] = T.run_voice_training(data_root, run_dir, weights_dir, speaker_norm=True)

@@ -76,11 +76,15 @@ class TextClassifier(nn.Module):
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.head(self.embed(batch))  # (B, C) raw logits
 
-    def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
-        out = logits / self.config.temperature
+    def decision_log_proba(self, logits: torch.Tensor, texts: list[str]) -> torch.Tensor:
+        """Temperature-scaled log-probabilities, mixed with the lexical model when there is one, plus
+        the per-class offsets fitted on validation data (in that order, as they were fitted)."""
+        logp = (logits.float() / self.config.temperature).log_softmax(-1).cpu()
+        if self.lexical is not None and self.lexical_weight > 0:
+            logp = (1 - self.lexical_weight) * logp + self.lexical_weight * self.lexical.log_proba(texts)
         if self.config.logit_bias:
-            out = out + torch.tensor(self.config.logit_bias, dtype=out.dtype, device=out.device)
-        return out
+            logp = logp + torch.tensor(self.config.logit_bias, dtype=logp.dtype)
+        return logp
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Adapters + head: the whole shipped state (the base comes from the wheel)."""
@@ -106,11 +110,7 @@ class TextClassifier(nn.Module):
         out = []
         for i in range(0, len(texts), batch_size):
             chunk = texts[i:i + batch_size]
-            logp = self.calibrated(self(self.tokenize(chunk, device)).float()).log_softmax(-1).cpu()
-            if self.lexical is not None and self.lexical_weight > 0:
-                w = self.lexical_weight
-                logp = (1 - w) * logp + w * self.lexical.log_proba(chunk)
-            out.append(logp.softmax(-1))
+            out.append(self.decision_log_proba(self(self.tokenize(chunk, device)), chunk).softmax(-1))
         if not out:
             return torch.zeros(0, len(self.config.labels))
         return torch.cat(out)
