@@ -105,8 +105,10 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     layout = find_layout(root)
     items = {"fsdd": lambda: fsdd_items(root, exclude_speakers), "librispeech": lambda: librispeech_items(root),
              "sphinx": lambda: sphinx_items(root)}[layout]()
-    if limit:
-        items = items[:limit]
+    if limit and limit < len(items):
+        # evenly spaced, so a limited FSDD run still covers every digit and speaker
+        step = len(items) / limit
+        items = [items[int(i * step)] for i in range(limit)]
     if not items:
         raise ValueError(f"{root}: no utterances found ({layout} layout)")
     if recognizer is None:

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of
-from apps.customer_service.speech.grammars import GRAMMARS
+from apps.customer_service.speech.grammars import GRAMMARS, NARROW_BAND_PRONUNCIATIONS, NARROW_BAND_WORDS
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
 _LN_BASE = math.log(1.0001)  # pocketsphinx's integer log base
@@ -91,7 +91,7 @@ def make_decoder(cfg: SphinxConfig):
     if cfg.lm == "bank":
         opts["lm"] = None  # skip loading the 27 MB generic LM nobody will search
     dec = Decoder(**opts)
-    entries = read_dict(RESOURCES / "bank.dict")
+    entries = read_dict(RESOURCES / "bank.dict") + NARROW_BAND_PRONUNCIATIONS
     for k, (word, phones) in enumerate(entries):
         dec.add_word(word, phones, update=k == len(entries) - 1)
     if cfg.lm in ("bank", "interpolated"):
@@ -128,7 +128,8 @@ def _is_filler(word: str) -> bool:
 
 
 def _base_word(word: str) -> str:
-    return word.split("(", 1)[0]  # "was(2)" is the second pronunciation of "was"
+    word = word.split("(", 1)[0]  # "was(2)" is the second pronunciation of "was"
+    return NARROW_BAND_WORDS.get(word, word)
 
 
 class SphinxRecognizer:
