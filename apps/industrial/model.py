@@ -84,7 +84,13 @@ class FusionModel(nn.Module):
         self.attention = SpatioTemporalAttention(config.attention)
         # Gate reliability features: each modality's own scalar evidence (zero-padded to 4).
         self.gate = ModalityGate(d, 2, reliability_dim=4)
-        self.head = nn.Sequential(nn.LayerNorm(d + config.evidence_dim), nn.Linear(d + config.evidence_dim, d), nn.GELU(), nn.Linear(d, 1))
+        # The scalar evidence enters linearly (a calibrated logistic combination, as in the Bayesian
+        # rule); the attention-fused tokens add a correction that starts at zero. An MLP over the
+        # evidence learnt sharp thresholds that held on the training board group only.
+        self.evidence_head = nn.Linear(config.evidence_dim, 1)
+        self.head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, 1))
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
 
     def forward(
         self,
@@ -109,7 +115,7 @@ class FusionModel(nn.Module):
         evidence = evidence * torch.cat([present[:, :1].expand(-1, 2), present[:, 1:].expand(-1, 4)], dim=1).to(evidence.dtype)
         reliability = torch.stack([F.pad(evidence[:, :2], (0, 2)), evidence[:, 2:]], dim=1)  # (B, 2, 4)
         fused, weights = self.gate(torch.stack([image_summary, vib_summary], dim=1), present, reliability)
-        return self.head(torch.cat([fused, evidence], dim=-1)).squeeze(-1), weights
+        return (self.evidence_head(evidence) + self.head(fused)).squeeze(-1), weights
 
 
 def load_fusion_model(bundle_dir) -> tuple[FusionModel, object]:

@@ -125,7 +125,7 @@ class InspectionRunner:
     """ModelRunner over boards: detector + vibration classifier + fusion (learned, else Bayesian)."""
 
     def __init__(self, detector, det_config, det_bundle, vibration, vib_bundle, fusion=None, fusion_bundle=None,
-                 policy: DecisionPolicy | None = None, threads: int = 2):
+                 policy: DecisionPolicy | None = None, threads: int = 2, decision_rule: str = "bayes"):
         import torch
 
         torch.set_num_threads(threads)
@@ -136,7 +136,16 @@ class InspectionRunner:
         bundles = [b for b in (det_bundle, vib_bundle, fusion_bundle) if b is not None]
         self.version = "+".join(f"{b.card.name}@{b.card.version}" for b in bundles)
         self.sha256 = ",".join(b.sha256[:16] for b in bundles)
-        self.bayes = (fusion_bundle.config.get("bayes") if fusion_bundle is not None else None)
+        self.bayes = None
+        if fusion_bundle is not None and fusion_bundle.config.get("bayes"):
+            from apps.industrial.benchmark import BayesianCombiner
+
+            self.bayes = BayesianCombiner(**fusion_bundle.config["bayes"])
+        if decision_rule not in ("bayes", "learned", "image"):
+            raise ValueError(f"decision_rule must be bayes, learned or image, not {decision_rule!r}")
+        if decision_rule == "bayes" and self.bayes is None or decision_rule == "learned" and fusion is None:
+            decision_rule = "image"  # the fusion bundle is optional; without it the detector decides
+        self.decision_rule = decision_rule
 
     def predict_batch(self, items: list[InspectionItem]) -> list:
         import torch
@@ -201,8 +210,10 @@ class InspectionRunner:
         n_def = sum(d.confidence >= policy.report_threshold for d in decisive)
         image_fail = max_conf >= policy.defect_threshold
         has_image, has_vib = dets is not None, probs is not None
-        weights = {"image": float(has_image), "vibration": float(has_vib)}
-        if self.fusion is not None:
+        # Image rule (or no evidence moved the odds): the image decides when present.
+        weights = {"image": float(has_image), "vibration": 0.0 if has_image else float(has_vib)}
+        p_defect = float("nan")
+        if self.decision_rule == "learned":
             from apps.industrial.benchmark import _logit
 
             in_dim = self.fusion.config.image.in_dim
@@ -214,10 +225,21 @@ class InspectionRunner:
                                        torch.tensor([[has_image, has_vib]]))
             p_defect = float(torch.sigmoid(logit)[0])
             weights = {"image": round(float(w[0, 0]), 4), "vibration": round(float(w[0, 1]), 4)}
+        elif self.decision_rule == "bayes":
+            from apps.industrial.benchmark import _logit
+
+            conf = np.array([max(max_conf, 1e-4)]) if has_image else None
+            vib = probs[None] if has_vib else None
+            if conf is not None or vib is not None:
+                p_defect = float(self.bayes.combine(conf, vib)[0])
+            # Weight of evidence: each modality's share of the absolute log-odds it moved.
+            image_llr = abs(float(self.bayes.image_llr(conf)[0])) if has_image else 0.0
+            vib_llr = abs(float(_logit(self.bayes.p_vibration(vib))[0] - _logit(np.array(self.bayes.train_prior)))) if has_vib else 0.0
+            total = image_llr + vib_llr
+            if total > 0:
+                weights = {"image": round(image_llr / total, 4), "vibration": round(vib_llr / total, 4)}
         elif has_image:
             p_defect = 1.0 if image_fail else 0.0
-        else:
-            p_defect = float("nan")
         decision = self._decision(p_defect, has_image, image_fail)
         state = None
         if has_vib:
@@ -240,7 +262,7 @@ class InspectionRunner:
         if not has_image:
             # Never pass a board nobody looked at; a machine fault alone can still fail it.
             return "fail" if p >= 0.5 + band else "review"
-        if self.fusion is None:
+        if self.decision_rule == "image":
             return "fail" if image_fail else "pass"
         if p >= 0.5 + band:
             return "fail"
@@ -265,4 +287,5 @@ def load_runner(settings) -> InspectionRunner:
         fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
     threshold = settings.defect_threshold if settings.defect_threshold is not None else det_config.conf
     policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm)
-    return InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy, settings.torch_threads)
+    return InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
+                            settings.torch_threads, settings.decision_rule)

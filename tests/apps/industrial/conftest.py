@@ -32,7 +32,8 @@ def tiny_bundles(tmp_path_factory):
     fcfg.image.in_dim = 6  # region score tokens: one per defect class
     fcfg.vibration_dim = vib_cfg.dim
     fusion = FusionModel(fcfg)
-    save_bundle(root / "fusion", fusion, {"fusion": fcfg.to_dict(), "bayes": None, "coupling": 0.5}, ModelCard("fus", "t", "test"))
+    save_bundle(root / "fusion", fusion, {"fusion": fcfg.to_dict(), "coupling": 0.5,
+                 "bayes": {"platt_a": 1.0, "platt_b": 0.0, "train_prior": 0.2, "defect_rate_by_state": [0.2, 0.6, 0.9, 0.75]}}, ModelCard("fus", "t", "test"))
     return root
 
 

@@ -61,7 +61,7 @@ def test_decode_image_limits():
 def _runner(policy):
     """An image-only runner without models: enough to exercise the decision logic."""
     runner = InspectionRunner.__new__(InspectionRunner)
-    runner.fusion, runner.policy = None, policy
+    runner.fusion, runner.policy, runner.decision_rule = None, policy, "image"
     return runner
 
 
