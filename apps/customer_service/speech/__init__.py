@@ -42,6 +42,8 @@ Evaluation (``speech.evaluate``)
     ``evaluate_asr(root, *, recognizer=None, limit=None) -> dict`` for a LibriSpeech tree
     (``*.trans.txt``), an FSDD ``recordings/`` folder (keys ``wer``, ``digit_accuracy``) or the
     Sphinx test-data layout (``*.transcription``); flat dict of numbers.
+    ``evaluate_spoken_card_redaction(n=40, *, recognizer=None) -> dict``: TTS card numbers ->
+    ASR -> redaction; ``card_leak_free``, ``card_fully_redacted``, ``digit_wer``.
 
 Bank LM (``speech.lm``)
     ``python -m apps.customer_service.speech.lm --banking77 ../shared/data/banking77`` rebuilds
@@ -66,7 +68,7 @@ _EXPORTS = {
     "bench_streaming": "streaming",
     "create_stream_router": "router",
     "synthesize": "tts", "TTSUnavailable": "tts", "TTSError": "tts",
-    "evaluate_asr": "evaluate",
+    "evaluate_asr": "evaluate", "evaluate_spoken_card_redaction": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -146,3 +146,43 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     if layout == "fsdd":
         result["digit_accuracy"] = digits_right / len(items)
     return result
+
+
+def evaluate_spoken_card_redaction(n: int = 40, *, seed: int = 0, recognizer=None, voice: str = "en-us+klatt") -> dict:
+    """End-to-end privacy check: espeak-ng reads "my card number is <16 Luhn-valid digits>", the
+    recogniser transcribes it, :func:`pii.redact_words` redacts it. ``card_leak_free`` is the
+    share of calls where no four consecutive true digits survive in the redacted text;
+    ``card_fully_redacted`` the share with no digit of the number left at all;
+    ``digit_wer`` the recogniser's WER on the digit part (context for both)."""
+    import random
+
+    import jiwer
+
+    from apps.customer_service.pii import redact_words
+    from apps.customer_service.speech.audio import load_audio
+    from apps.customer_service.speech.tts import synthesize
+
+    if recognizer is None:
+        from apps.customer_service.speech.asr import create_recognizer
+
+        recognizer = create_recognizer("pocketsphinx", lm="bank")
+    rng = random.Random(seed)
+    leak_free = fully = 0
+    refs, hyps = [], []
+    for _ in range(n):
+        body = [rng.randrange(10) for _ in range(15)]
+        total = sum((d * 2 - 9 if d * 2 > 9 else d * 2) if i % 2 == 0 else d for i, d in enumerate(reversed(body)))
+        digits = body + [(10 - total % 10) % 10]
+        spoken = " ".join(_DIGIT_NAMES[d] for d in digits)
+        audio = load_audio(synthesize(f"My card number is {spoken}.", voice=voice))
+        tr = recognizer.transcribe(audio.mono(), audio.sample_rate)
+        result, _ = redact_words(tr.words)
+        words = [DIGIT_VALUES.get(w) for w in result.text.split()]
+        shown = "".join("x" if v is None else str(v) for v in words)
+        number = "".join(map(str, digits))
+        leak_free += not any(number[i:i + 4] in shown for i in range(len(number) - 3))
+        fully += all(v is None for v in words)
+        refs.append(spoken)
+        hyps.append(" ".join(w.text for w in tr.words if w.text in DIGIT_VALUES))
+    return {"calls": float(n), "card_leak_free": leak_free / n, "card_fully_redacted": fully / n,
+            "digit_wer": float(jiwer.wer(refs, hyps))}

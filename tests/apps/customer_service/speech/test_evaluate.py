@@ -86,3 +86,15 @@ def test_real_fsdd_digits_on_training_speakers(shared_data, bank_recognizer):
     out = evaluate_asr(root, recognizer=bank_recognizer, exclude_speakers={"george", "lucas", "jackson", "nicolas"},
                        limit=30)
     assert out["utterances"] == 30 and out["digit_accuracy"] >= 0.6
+
+
+def test_spoken_card_redaction_end_to_end(bank_recognizer):
+    from apps.customer_service.speech import tts
+    from apps.customer_service.speech.evaluate import evaluate_spoken_card_redaction
+
+    if not tts.available():
+        pytest.skip("espeak-ng not installed")
+    out = evaluate_spoken_card_redaction(2, recognizer=bank_recognizer)
+    assert out["calls"] == 2.0 and 0.0 <= out["digit_wer"] <= 1.0
+    assert out["card_leak_free"] >= out["card_fully_redacted"]
+    assert out["card_leak_free"] == 1.0  # both calls: no four true digits in a row survive
