@@ -280,7 +280,8 @@ def fusion_predict(model, images, vib, ev, present: np.ndarray | None = None):
     return np.concatenate(probs), np.concatenate(weights)
 
 
-def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, image_threshold: float | None = None):
+def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, image_threshold: float | None = None,
+                  learned: bool = True):
     """Flat metrics per coupling and method; returns (metrics, {coupling: (model, fusion_config)})."""
     config = config or PairingConfig()
     images = dict(np.load(image_npz))
@@ -298,26 +299,20 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         vib_probs = vib["probs"][test_ev["window"]]
         vib_flag = bayes.p_vibration(vib_probs) >= 0.5
         bayes_flag = bayes.combine(images["max_conf"][test_ev["image"]], vib_probs) >= 0.5
-        model, fcfg = train_fusion(images, vib, train_ev, config, log=lambda *_: None)
-        learned_p, weights = fusion_predict(model, images, vib, test_ev)
-        learned_flag = learned_p >= 0.5
-        image_only_learned, _ = fusion_predict(model, images, vib, test_ev, np.tile([True, False], (len(y), 1)))
-        models[c] = (model, fcfg, bayes)
-        for name, flag in (
-            ("image_only", image_flag),
-            ("vibration_only", vib_flag),
-            ("bayes", bayes_flag),
-            ("learned", learned_flag),
-            ("learned_image_missing_vibration", image_only_learned >= 0.5),
-        ):
+        # The same calibration without the vibration: separates "recalibrated image threshold" from "fusion".
+        image_calibrated_flag = bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5
+        flags = {"image_only": image_flag, "image_calibrated": image_calibrated_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
+        if learned:
+            model, fcfg = train_fusion(images, vib, train_ev, config, log=lambda *_: None)
+            learned_p, weights = fusion_predict(model, images, vib, test_ev)
+            image_only_learned, _ = fusion_predict(model, images, vib, test_ev, np.tile([True, False], (len(y), 1)))
+            flags.update({"learned": learned_p >= 0.5, "learned_image_missing_vibration": image_only_learned >= 0.5})
+            models[c] = (model, fcfg, bayes)
+            out[f"c{c:g}/learned/mean_vibration_weight"] = float(weights[:, 1].mean())
+        for name, flag in flags.items():
             for key, value in _rates(flag, y).items():
                 out[f"c{c:g}/{name}/{key}"] = value
-        out[f"c{c:g}/learned/mean_vibration_weight"] = float(weights[:, 1].mean())
         out[f"c{c:g}/defect_share"] = float(y.mean())
-        log(
-            f"coupling {c:g}: errors image {_rates(image_flag, y)['error_rate']:.4f} vib {_rates(vib_flag, y)['error_rate']:.4f} "
-            f"bayes {_rates(bayes_flag, y)['error_rate']:.4f} learned {_rates(learned_flag, y)['error_rate']:.4f} "
-            f"(vibration weight {weights[:, 1].mean():.2f})"
-        )
+        log(f"coupling {c:g}: error rates " + " ".join(f"{name} {_rates(flag, y)['error_rate']:.4f}" for name, flag in flags.items()))
     out["config"] = json.dumps(asdict(config))  # type: ignore[assignment]
     return out, models

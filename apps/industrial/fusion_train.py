@@ -80,6 +80,8 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     metrics.update({f"bayes_{k}": v for k, v in _rates(
         bayes.combine(images["max_conf"][test_ev["image"]], vib["probs"][test_ev["window"]]) >= 0.5, test_ev["label"]).items()})
     metrics.update({f"image_only_{k}": v for k, v in _rates(images["max_conf"][test_ev["image"]] >= float(images["threshold"]), test_ev["label"]).items()})
+    metrics.update({f"image_calibrated_{k}": v for k, v in _rates(
+        bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5, test_ev["label"]).items()})
     metrics["mean_vibration_weight"] = float(w[:, 1].mean())
     card = ModelCard(
         name="industrial-fusion",
