@@ -674,11 +674,10 @@ def fusion_report(model, pairs: dict) -> dict:
 # Orchestration used by `triptych train customer-service`.
 # ---------------------------------------------------------------------------------------------
 
-def voice_corpus(data_root: Path):
+def voice_corpus(data_root: Path, cache_dir: Path = Path("datasets/prepared/customer_service")):
     """Clips, features, labels, speakers and corpora of RAVDESS + Emo-DB under ``data_root``."""
     from apps.customer_service.data import VOICE_LABELS, load_emodb, load_ravdess
 
-    cache_dir = Path("datasets/prepared/customer_service")
     rav, emo = load_ravdess(data_root / "ravdess"), load_emodb(data_root / "emodb")
     x = np.concatenate([extract_voice_features(rav, cache_dir / "feat_ravdess.npz"),
                         extract_voice_features(emo, cache_dir / "feat_emodb.npz")])
@@ -738,12 +737,13 @@ def speaker_normalize(x: np.ndarray, speakers: np.ndarray, min_clips: int = 5) -
 
 
 def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: VoiceTrainConfig | None = None,
-                       speaker_norm: bool = False, log=print) -> dict:
+                       speaker_norm: bool = False, cache_dir: Path = Path("datasets/prepared/customer_service"),
+                       log=print) -> dict:
     import torch
 
     cfg = cfg or VoiceTrainConfig()
     torch.set_num_threads(1)
-    clips, x, y, spk, corp = voice_corpus(data_root)
+    clips, x, y, spk, corp = voice_corpus(data_root, cache_dir)
     if speaker_norm:
         x = speaker_normalize(x, spk)
     metrics, oof = cross_validate_voice(x, y, spk, corp, cfg, log=log)
