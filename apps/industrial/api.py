@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Annotated, Optional
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from pydantic import BaseModel, Field
 
+from apps.industrial.settings import IndustrialSettings, get_settings
 from core.serving import (
     ApiError,
     DynamicBatcher,
@@ -25,7 +26,6 @@ from core.serving import (
     read_upload,
     require_role,
 )
-from apps.industrial.settings import IndustrialSettings, get_settings
 
 IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
 VIBRATION_KINDS = {"csv", "npy", "wav"}
@@ -38,8 +38,8 @@ class Defect(BaseModel):
     confidence: float
     box_px: list[float]
     size_mm: float
-    template_difference: Optional[float] = None
-    refuted_by_template: Optional[bool] = None
+    template_difference: float | None = None
+    refuted_by_template: bool | None = None
 
     model_config = {"populate_by_name": True}
 
@@ -52,9 +52,9 @@ class MachineState(BaseModel):
 class Inspection(BaseModel):
     id: str
     defects: list[Defect]
-    machine_state: Optional[MachineState]
+    machine_state: MachineState | None
     decision: str = Field(description="pass / fail / review")
-    defect_probability: Optional[float] = Field(description="fused P(board defective); null without fusion or image")
+    defect_probability: float | None = Field(description="fused P(board defective); null without fusion or image")
     modality_weights: dict[str, float]
     template_refuted: int
     model_version: str
@@ -121,10 +121,10 @@ async def inspect(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("line"))],
     request_id: Annotated[str, Depends(get_request_id)],
-    image: Annotated[Optional[UploadFile], File(description="board image: PNG, JPEG, BMP or TIFF")] = None,
-    template: Annotated[Optional[UploadFile], File(description="optional aligned defect-free template image")] = None,
-    vibration: Annotated[Optional[UploadFile], File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
-    sample_rate: Annotated[Optional[float], Form(description="vibration sample rate in Hz (WAV: read from the file)")] = None,
+    image: Annotated[UploadFile | None, File(description="board image: PNG, JPEG, BMP or TIFF")] = None,
+    template: Annotated[UploadFile | None, File(description="optional aligned defect-free template image")] = None,
+    vibration: Annotated[UploadFile | None, File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
+    sample_rate: Annotated[float | None, Form(description="vibration sample rate in Hz (WAV: read from the file)")] = None,
 ) -> Inspection:
     """Inspect one board: defects (class, confidence, box, size in mm), machine state, one decision."""
     settings: IndustrialSettings = request.app.state.settings
@@ -141,8 +141,8 @@ async def inspect_batch(
     who: Annotated[Principal, Depends(require_role("line"))],
     request_id: Annotated[str, Depends(get_request_id)],
     images: Annotated[list[UploadFile], File(description="one image per board")],
-    vibrations: Annotated[Optional[list[UploadFile]], File(description="optional: one vibration file per board, same order")] = None,
-    sample_rate: Annotated[Optional[float], Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
+    vibrations: Annotated[list[UploadFile] | None, File(description="optional: one vibration file per board, same order")] = None,
+    sample_rate: Annotated[float | None, Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
 ) -> BatchInspection:
     """Inspect many boards in one call; boards i pair images[i] with vibrations[i] when given."""
     settings: IndustrialSettings = request.app.state.settings

@@ -170,7 +170,7 @@ class BayesianCombiner:
     defect_rate_by_state: list[float]
 
     @classmethod
-    def fit(cls, images, vib, ev) -> "BayesianCombiner":
+    def fit(cls, images, vib, ev) -> BayesianCombiner:
         from sklearn.linear_model import LogisticRegression
 
         s = _logit(images["max_conf"][ev["image"]])[:, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ def _table(title: str, metrics: dict) -> None:
     Console().print(table)
 
 
-def _write_json(path: Optional[str], metrics: dict) -> None:
+def _write_json(path: str | None, metrics: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
@@ -35,15 +35,15 @@ def _write_json(path: Optional[str], metrics: dict) -> None:
 
 def train(
     part: Annotated[str, typer.Option(help="detector, vibration or fusion.")] = "vibration",
-    cwru: Annotated[Optional[str], typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
-    deeppcb: Annotated[Optional[str], typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
-    data_yaml: Annotated[Optional[str], typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
+    cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
+    deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
+    data_yaml: Annotated[str | None, typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
     arch: Annotated[str, typer.Option(help="Detector architecture: yolo11n or yolov7-tiny.")] = "yolo11n",
     epochs: Annotated[int, typer.Option(help="Detector epochs (an upper bound when --hours is given).")] = 100,
-    hours: Annotated[Optional[float], typer.Option(help="Detector wall-clock budget in hours (ultralytics `time`).")] = None,
+    hours: Annotated[float | None, typer.Option(help="Detector wall-clock budget in hours (ultralytics `time`).")] = None,
     batch: Annotated[int, typer.Option(help="Detector batch size.")] = 32,
     device: Annotated[str, typer.Option(help="cpu, or a CUDA device such as 0 / cuda.")] = "cpu",
-    out: Annotated[Optional[str], typer.Option(help="Output folder (default: runs/industrial/<part>).")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (default: runs/industrial/<part>).")] = None,
     cross_validate: Annotated[bool, typer.Option(help="Vibration: leave-one-diameter-out CV before the final fit.")] = True,
     coupling: Annotated[float, typer.Option(help="Fusion: coupling strength of the paired events it is trained on.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -85,14 +85,14 @@ def train(
 
 
 def evaluate(
-    deeppcb: Annotated[Optional[str], typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
+    deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
     split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
-    cwru: Annotated[Optional[str], typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write one flat JSON object here.")] = None,
-    detector: Annotated[Optional[str], typer.Option(help="Detector bundle (default: shipped).")] = None,
-    vibration: Annotated[Optional[str], typer.Option(help="Vibration bundle (default: shipped).")] = None,
+    cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Detector bundle (default: shipped).")] = None,
+    vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
-    limit: Annotated[Optional[int], typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
+    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
@@ -120,8 +120,9 @@ def evaluate(
 
 def bench(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder (its held-out groups feed the pairing).")],
-    cwru: Annotated[str, typer.Option("--cwru", help="CWRU folder.")],
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the flat metrics here.")] = None,
+    cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (needed unless --speed).")] = None,
+    speed: Annotated[bool, typer.Option("--speed", help="Only measure detector CPU images/s (onnx and torch, 1 and 2 threads).")] = False,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the flat metrics here.")] = None,
     cache: Annotated[str, typer.Option(help="Folder for cached upstream features.")] = "runs/industrial/bench",
     split: Annotated[str, typer.Option(help="Split list whose boards feed the benchmark (must be held out from detector training).")] = str(SPLITS / "deeppcb_val.txt"),
     couplings: Annotated[str, typer.Option(help="Comma-separated coupling strengths.")] = "0,0.25,0.5,0.75,1",
@@ -131,6 +132,22 @@ def bench(
 
     enforce_offline()
     import torch
+
+    if speed:
+        from apps.industrial.data import load_deeppcb
+        from apps.industrial.evaluate import detector_speed
+
+        images = [s.image for s in load_deeppcb(Path(deeppcb), split)[:16]]
+        metrics = {}
+        for backend in ("onnx", "torch"):
+            for threads in (1, 2):
+                m = detector_speed(WEIGHTS / "detector", images, threads, backend=backend)
+                metrics[f"{backend}_{threads}thread_images_per_second"] = m["images_per_second"]
+        _table("detector CPU speed (640 px, forward + NMS)", metrics)
+        _write_json(json_out, metrics)
+        return
+    if not cwru:
+        raise typer.BadParameter("the paired benchmark needs --cwru DIR")
 
     torch.set_num_threads(1)
     from apps.industrial.benchmark import PairingConfig, image_features, run_benchmark, vibration_features

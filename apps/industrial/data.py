@@ -69,7 +69,7 @@ def load_deeppcb(root: Path, split: str | Path = "trainval.txt") -> list[PcbSamp
         if len(parts) < 2:
             continue
         image_rel, label_rel = parts[0], parts[1]
-        stem = image_rel[: -len(".jpg")] if image_rel.endswith(".jpg") else image_rel
+        stem = image_rel.removesuffix(".jpg")
         image = pcb / f"{stem}_test.jpg"
         template = pcb / f"{stem}_temp.jpg"
         boxes, classes = read_deeppcb_boxes(pcb / label_rel)
@@ -108,8 +108,9 @@ def binarize(gray: np.ndarray, threshold: int = 128) -> np.ndarray:
 
 
 def load_gray(path_or_bytes) -> np.ndarray:
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     if isinstance(path_or_bytes, (bytes, bytearray)):
         image = Image.open(io.BytesIO(path_or_bytes))

@@ -33,7 +33,7 @@ class DetectorConfig:
     max_det: int = 100
 
     @classmethod
-    def from_name(cls, name: str) -> "DetectorConfig":
+    def from_name(cls, name: str) -> DetectorConfig:
         presets = {"yolo11n": cls(arch="yolo11n"), "yolov7-tiny": cls(arch="yolov7-tiny"), "tiny": cls(arch="yolo11n", imgsz=128)}
         if name not in presets:
             raise KeyError(f"unknown detector preset {name!r}; choose from {sorted(presets)}")
@@ -82,7 +82,6 @@ def load_detector(bundle_dir: Path):
     The bundle's config.json holds the detector settings and the model YAML; the weights are a
     safetensors state_dict verified against the card's sha256 before loading (nothing unpickled).
     """
-    import torch
     from core.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)

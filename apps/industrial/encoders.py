@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -33,7 +34,7 @@ class VibrationEncoderConfig(ConfigBase):
     envelope_only: bool = False
     decimate: int = 8  # 12 kHz envelope -> 1.5 kHz (fault frequencies are below 600 Hz)
 
-    PRESETS = {
+    PRESETS: ClassVar[dict] = {
         "tiny": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0},
         "small": {},
         "envelope": {"envelope_only": True, "conv_layers": 2},
@@ -127,7 +128,7 @@ class DetectorTokenEncoderConfig(ConfigBase):
     dropout: float = 0.1
     score_inputs: bool = True  # inputs are probabilities: use their logits, no per-token LayerNorm
 
-    PRESETS = {"tiny": {"in_dim": 8, "dim": 16, "dropout": 0.0}}
+    PRESETS: ClassVar[dict] = {"tiny": {"in_dim": 8, "dim": 16, "dropout": 0.0}}
 
 
 class DetectorTokenEncoder(Encoder):

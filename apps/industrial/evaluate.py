@@ -31,7 +31,13 @@ def evaluate_deeppcb(
     import torch
 
     from apps.industrial.data import load_deeppcb, load_gray
-    from apps.industrial.detector import detect, detection_scores, load_detector, load_onnx_detector, prepare_image
+    from apps.industrial.detector import (
+        detect,
+        detection_scores,
+        load_detector,
+        load_onnx_detector,
+        prepare_image,
+    )
 
     torch.set_num_threads(threads)
     model, config, _ = load_onnx_detector(bundle_dir, threads) if backend == "onnx" else load_detector(bundle_dir)
@@ -88,11 +94,11 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, f
     """
     import torch
 
-    from core.metrics import classification_metrics
     from apps.industrial.data import FAULT_CLASSES, load_cwru
     from apps.industrial.model import load_vibration_classifier
     from apps.industrial.signals import MODEL_RATE, frame, resample
     from apps.industrial.train import predict_windows
+    from core.metrics import classification_metrics
 
     torch.set_num_threads(threads)
     model, _ = load_vibration_classifier(bundle_dir)
@@ -105,7 +111,7 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, f
         y = np.full(len(windows), rec.label)
         ys.append(y), ps.append(probs)
         votes.append(int(np.bincount(probs.argmax(1), minlength=len(FAULT_CLASSES)).argmax() == rec.label))
-        by_rpm.setdefault(rec.rpm, []).append((probs.argmax(1) == y))
+        by_rpm.setdefault(rec.rpm, []).append(probs.argmax(1) == y)
     y, p = np.concatenate(ys), np.concatenate(ps)
     m = classification_metrics(y, p, labels=list(range(len(FAULT_CLASSES))))
     fault = y != 0

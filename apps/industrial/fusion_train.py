@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
-from apps.industrial.data import DEFECT_CLASSES, DEEPPCB_VAL_GROUPS
+from apps.industrial.data import DEEPPCB_VAL_GROUPS, DEFECT_CLASSES
 
 WEIGHTS = Path(__file__).parent / "weights"
 SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
@@ -16,8 +16,8 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
     """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict)."""
     from safetensors.torch import load_file
 
-    from core.bundle import ModelCard, save_bundle
     from apps.industrial.detector import DetectorConfig, detector_bundle_config, model_yaml
+    from core.bundle import ModelCard, save_bundle
 
     weights = Path(weights)
     state = load_file(str(weights / "model.safetensors"))
@@ -54,11 +54,17 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     """Train the FusionModel on paired events at one coupling and save it with the Bayesian parameters."""
     import numpy as np
 
-    from core.bundle import ModelCard, save_bundle
     from apps.industrial.benchmark import (
-        BayesianCombiner, PairingConfig, _rates, fusion_predict, image_features, sample_events, train_fusion,
+        BayesianCombiner,
+        PairingConfig,
+        _rates,
+        fusion_predict,
+        image_features,
+        sample_events,
+        train_fusion,
         vibration_features,
     )
+    from core.bundle import ModelCard, save_bundle
 
     detector_dir = Path(detector_dir or WEIGHTS / "detector")
     vibration_dir = Path(vibration_dir or WEIGHTS / "vibration")

@@ -12,15 +12,12 @@ grid and gets zero gate weight.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.config import ConfigBase
-from core.encoders import masked_mean
-from core.fusion import ModalityGate, SpatioTemporalAttention, SpatioTemporalConfig
-from core.heads import ClassificationHead
 from apps.industrial.data import FAULT_CLASSES
 from apps.industrial.encoders import (
     DetectorTokenEncoder,
@@ -28,6 +25,10 @@ from apps.industrial.encoders import (
     VibrationEncoder,
     VibrationEncoderConfig,
 )
+from core.config import ConfigBase
+from core.encoders import masked_mean
+from core.fusion import ModalityGate, SpatioTemporalAttention, SpatioTemporalConfig
+from core.heads import ClassificationHead
 
 
 class VibrationClassifier(nn.Module):
@@ -54,7 +55,7 @@ class FusionModelConfig(ConfigBase):
     vibration_steps: int = 4  # vibration tokens are pooled to this many time rows of `max_positions`
     evidence_dim: int = 6  # per-event scalars: image (logit max conf, log1p #defects), vibration (4 state probs)
 
-    PRESETS = {
+    PRESETS: ClassVar[dict] = {
         "tiny": {
             "image": {"in_dim": 8, "dim": 16, "dropout": 0.0},
             "vibration_dim": 16,

@@ -43,7 +43,7 @@ def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -
 
         try:
             signal, rate = sf.read(io.BytesIO(data), dtype="float64", always_2d=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any decoder failure is the client's bad file
             raise ValueError("could not decode the WAV vibration file") from None
         if sample_rate is not None and abs(float(sample_rate) - rate) > 0.5:
             raise ValueError(f"sample_rate {sample_rate:g} Hz contradicts the WAV header's {rate} Hz")
@@ -51,7 +51,7 @@ def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -
     elif kind == "npy" or data[:6] == b"\x93NUMPY":
         try:
             array = np.load(io.BytesIO(data), allow_pickle=False)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any decoder failure is the client's bad file
             raise ValueError("could not read the .npy vibration file (object arrays are refused)") from None
         if array.dtype.kind not in "fiu":
             raise ValueError(f"the .npy array has dtype {array.dtype}; a numeric array is needed")
@@ -85,7 +85,7 @@ def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -
 
 def vibration_windows(signal: np.ndarray, sample_rate: float) -> np.ndarray:
     """Resample to the model rate and take up to MAX_WINDOWS most recent non-overlapping windows."""
-    x = resample(signal, int(round(sample_rate)), MODEL_RATE)
+    x = resample(signal, round(sample_rate), MODEL_RATE)
     windows = frame(x[-WINDOW * MAX_WINDOWS :])
     if len(windows) == 0:
         raise ValueError(f"the vibration signal is shorter than one {WINDOW}-sample window at {MODEL_RATE} Hz")
@@ -115,7 +115,7 @@ def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
     """Share of pixels inside the box where the binarised image and template differ."""
     from apps.industrial.data import binarize
 
-    x1, y1, x2, y2 = (int(round(v)) for v in box)
+    x1, y1, x2, y2 = (round(v) for v in box)
     a = binarize(gray[y1:y2, x1:x2])
     b = binarize(template[y1:y2, x1:x2])
     return float((a != b).mean()) if a.size else 0.0
@@ -182,7 +182,7 @@ class InspectionRunner:
         for i, item in enumerate(items):
             try:
                 results[i] = self._decide(item, det_out.get(i), tokens.get(i), vib_probs.get(i), vib_tokens.get(i), t_det, t_vib)
-            except Exception as exc:  # one bad board must not sink the batch
+            except Exception as exc:  # noqa: BLE001 - one bad board must not sink the batch
                 results[i] = exc
         return results
 

@@ -131,8 +131,8 @@ def _evaluate(model, loader, device):
 
 
 def fit_vibration(train_blocks, val_windows, val_labels, encoder_config, config: VibrationTrainConfig, log=print, device: str = "cpu"):
-    from core.training import TrainConfig, fit
     from apps.industrial.model import VibrationClassifier
+    from core.training import TrainConfig, fit
 
     torch.manual_seed(config.seed)
     model = VibrationClassifier(encoder_config)
@@ -169,9 +169,9 @@ def train_vibration(
     device: str = "cpu",
 ) -> dict:
     """Train on time-block splits of every recording; optionally leave-one-diameter-out CV first."""
+    from apps.industrial.encoders import VibrationEncoderConfig
     from core.bundle import ModelCard, save_bundle
     from core.metrics import classification_metrics
-    from apps.industrial.encoders import VibrationEncoderConfig
 
     config = config or VibrationTrainConfig()
     encoder_config = VibrationEncoderConfig.from_name(preset)
@@ -181,7 +181,7 @@ def train_vibration(
     if cross_validate:
         metrics.update(cross_validate_recordings(recordings, encoder_config, config, log=log, device=device))
     train_blocks, val_w, val_y = split_blocks(recordings, config.val_fraction)
-    model, result = fit_vibration(train_blocks, val_w, val_y, encoder_config, config, log=log, device=device)
+    model, _ = fit_vibration(train_blocks, val_w, val_y, encoder_config, config, log=log, device=device)
     probs = predict_windows(model, val_w)
     m = classification_metrics(val_y, probs)
     metrics.update({"timeblock_val_accuracy": float(m["accuracy"]), "timeblock_val_macro_f1": float(m["macro_f1"]),
@@ -198,7 +198,7 @@ def train_vibration(
                    f"{config.val_fraction:.0%} validates, one window gap; cross-validation 'cv_*': all fault "
                    "recordings of one diameter (7/14/21/28 mil) held out at a time"),
             metrics=metrics,
-            reproduce=f"triptych train industrial --part vibration --cwru DIR && triptych eval industrial --cwru DIR --json OUT",
+            reproduce="triptych train industrial --part vibration --cwru DIR && triptych eval industrial --cwru DIR --json OUT",
             limitations=[
                 "trained on load 0 HP only; other loads change speed by up to 4 % (augmented) and transmission paths (not seen)",
                 "one normal recording: normal-state accuracy on other machines is unmeasured",

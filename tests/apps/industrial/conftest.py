@@ -13,10 +13,10 @@ def tiny_bundles(tmp_path_factory):
     """Detector (random yolo11n at 128 px), vibration and fusion bundles in a temp folder."""
     import torch
 
-    from core.bundle import ModelCard, save_bundle
     from apps.industrial.detector import DetectorConfig, build_model, detector_bundle_config, model_yaml
     from apps.industrial.encoders import VibrationEncoderConfig
     from apps.industrial.model import FusionModel, FusionModelConfig, VibrationClassifier
+    from core.bundle import ModelCard, save_bundle
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("industrial_weights")

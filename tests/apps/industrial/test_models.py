@@ -17,9 +17,8 @@ from tests.apps.industrial.conftest import vibration_signal
 
 
 def test_encoders_are_registered():
-    from core.encoders import list_encoders
-
     import apps.industrial.encoders  # noqa: F401
+    from core.encoders import list_encoders
 
     assert ("vibration", "envelope_conv_lstm") in list_encoders() and ("image", "detector_tokens") in list_encoders()
 
@@ -94,8 +93,8 @@ def test_missing_vibration_ignores_its_tokens():
 
 
 def test_onnx_detector_matches_torch(tiny_bundles, tmp_path):
-    from apps.industrial.detector import detect_with_tokens, load_detector, load_onnx_detector, prepare_image
     from apps.industrial.data import load_gray
+    from apps.industrial.detector import detect_with_tokens, load_detector, load_onnx_detector, prepare_image
     from tests.apps.industrial.conftest import board_png
 
     torch_model, config, _ = load_detector(tiny_bundles / "detector")
