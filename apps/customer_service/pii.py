@@ -108,7 +108,7 @@ def find_pii(text: str) -> list[Redaction]:
 
 def _plain(s: str) -> str:
     w = s.lower().strip(".,;:!?\"'")
-    return w[:-2] if w.endswith("'s") else w  # "account's" still announces an account
+    return w.removesuffix("'s")  # "account's" still announces an account
 
 
 def _emails(text: str) -> list[Redaction]:

@@ -51,7 +51,7 @@ class SphinxConfig:
     model_dir: str | None = None  # acoustic model folder; None = the wheel's en-us
 
     @classmethod
-    def from_name(cls, name: str) -> "SphinxConfig":
+    def from_name(cls, name: str) -> SphinxConfig:
         presets = {
             "default": cls(),
             "bank": cls(lm="bank"),

@@ -228,8 +228,7 @@ def main() -> None:
     rng = random.Random(20261128)
     rows = HAND + generated(rng)
     with open(OUT, "w", encoding="utf-8") as f:
-        for text, ents in rows:
-            f.write(json.dumps({"text": text, "entities": [{"type": t, "value": v} for t, v in ents]}) + "\n")
+        f.writelines(json.dumps({"text": text, "entities": [{"type": t, "value": v} for t, v in ents]}) + "\n" for text, ents in rows)
     print(f"{len(rows)} rows -> {OUT}")
 
 

@@ -8,8 +8,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from apps.customer_service.speech.audio import (AudioError, from_pcm16, load_audio, sniff_audio_format, to_pcm16,
-                                                to_wav_bytes)
+from apps.customer_service.speech.audio import (
+    AudioError,
+    from_pcm16,
+    load_audio,
+    sniff_audio_format,
+    to_pcm16,
+    to_wav_bytes,
+)
 
 
 def _encode(x: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> bytes:

@@ -53,7 +53,7 @@ def test_narrow_band_audio_is_detected_and_still_recognised(bank_recognizer):
 
 def test_interpolation_is_a_mixture_of_the_two_lms():
     rec = SphinxRecognizer(SphinxConfig(lm="interpolated", interp_weight=0.5))
-    generic, bank = rec._lms()
+    rec._lms()  # load both LMs up front
     for words in (["my", "card", "has", "not", "arrived"], ["the", "old", "man", "walked", "home"]):
         mixed = rec.interpolated_logprob(words)
         rec.config.interp_weight = 0.0

@@ -11,8 +11,8 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from apps.customer_service.speech.streaming import StreamingRecognizer, bench_streaming
 from apps.customer_service.speech.router import create_stream_router
+from apps.customer_service.speech.streaming import StreamingRecognizer, bench_streaming
 
 from .conftest import speak
 

@@ -40,9 +40,9 @@ def test_pieces_point_at_their_source():
 
 
 def test_parsers():
-    assert parse_cardinal("two thousand and five".split(), 0) == (2005, 4)
-    assert parse_cardinal("five twenty".split(), 0) == (5, 1)  # two numbers, not one
-    assert parse_cardinal("hello".split(), 0) is None
-    assert parse_year("nineteen oh five".split(), 0) == (1905, 3)
-    assert parse_year("twenty twenty".split(), 0) == (2020, 2)
-    assert parse_year("seventeen".split(), 0) is None
+    assert parse_cardinal(["two", "thousand", "and", "five"], 0) == (2005, 4)
+    assert parse_cardinal(["five", "twenty"], 0) == (5, 1)  # two numbers, not one
+    assert parse_cardinal(["hello"], 0) is None
+    assert parse_year(["nineteen", "oh", "five"], 0) == (1905, 3)
+    assert parse_year(["twenty", "twenty"], 0) == (2020, 2)
+    assert parse_year(["seventeen"], 0) is None
