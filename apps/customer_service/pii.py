@@ -8,8 +8,8 @@ keep their source offsets, so every redaction points at the original characters 
 
 Rules (each type has positives and hard negatives in ``datasets/customer_service/asr/pii_corpus.jsonl``):
   card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
-           in one digit must not leak the other fifteen); after "card", also any run of 6+
-           digits and the run right after such a fragment (a misheard word splits the number)
+           in one digit must not leak the other fifteen); after "card", also runs of 4+ digits
+           (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1
   account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
            "account" / "acc" / "a/c"
@@ -101,7 +101,7 @@ def find_pii(text: str) -> list[Redaction]:
     found += [Redaction("iban", m.start(), m.end()) for m in _IBAN.finditer(text) if iban_ok(m.group())]
     pieces = normalise_aligned(text)
     words = [_plain(p.text) for p in pieces]
-    found += _numbers(pieces, words)
+    found += _numbers(pieces, words, text)
     found += _dates_of_birth(pieces, words)
     return _resolve(found)
 
@@ -165,26 +165,33 @@ def _end(piece: Piece) -> int:
     return piece.end - (len(piece.text) - len(piece.text.rstrip(".,;:!?")))
 
 
+_SPOKEN_DIGIT = re.compile(r"^(?:(?:zero|oh|o|nought|one|two|three|four|five|six|seven|eight|nine|double|triple)[\s,.]*)+$",
+                           re.IGNORECASE)
+
+
+def _is_spoken_digits(source: str) -> bool:
+    return bool(_SPOKEN_DIGIT.match(source.strip()))
+
+
 def _digits(s: str) -> str:
     return re.sub(r"\D", "", s)
 
 
-def _numbers(pieces: list[Piece], words: list[str]) -> list[Redaction]:
-    out: list[Redaction] = []
-    last_card_piece = -10
+def _numbers(pieces: list[Piece], words: list[str], text: str) -> list[Redaction]:
+    runs = []
     for first, last in _digit_runs(pieces, words):
         idx = [k for k in range(first, last + 1) if words[k] not in _FILLERS]
         groups = [DIGIT_WORDS[words[k]] if words[k] in DIGIT_WORDS else _digits(pieces[k].text) for k in idx]
-        card_context = _context(words, first, "card")
-        card = _best_card(idx, groups, card_context=card_context)
-        if card is None and len("".join(groups)) >= 6 and (card_context or first - last_card_piece <= 3):
-            # a recognition slip ("eight eight" heard as "a say") splits a spoken card number in
-            # two; after "card", or right after a card fragment, every long digit run is card
-            card = (0, len(groups) - 1)
+        card = _best_card(idx, groups, card_context=_context(words, first, "card"))
+        spoken = all(_is_spoken_digits(text[pieces[k].start:pieces[k].end]) for k in idx)
+        runs.append({"idx": idx, "groups": groups, "card": card, "spoken": spoken})
+    _card_fragments(runs, words)
+    out: list[Redaction] = []
+    for run in runs:
+        idx, groups, card = run["idx"], run["groups"], run["card"]
         if card is not None:
             a, b = card
             out.append(Redaction("card", pieces[idx[a]].start, _end(pieces[idx[b]])))
-            last_card_piece = idx[b]
             # what is left of the run on either side is classified on its own
             rest = [(idx[:a], groups[:a]), (idx[b + 1:], groups[b + 1:])]
         else:
@@ -195,6 +202,35 @@ def _numbers(pieces: list[Piece], words: list[str]) -> list[Redaction]:
                 if kind:
                     out.append(Redaction(kind, pieces[sub_idx[0]].start, _end(pieces[sub_idx[-1]])))
     return out
+
+
+def _card_fragments(runs: list[dict], words: list[str]) -> None:
+    """A misheard word ("eight eight" -> "a say") splits a spoken card number into fragments that
+    no longer pass as 13-19 digits. Mark as card: runs of 4+ digits soon after "card" (not "card
+    ending 4467": the last four may be shown), and runs of 3+ digits within 4 words of a card run."""
+    def near(a: dict, b: dict) -> bool:
+        return 0 <= b["idx"][0] - a["idx"][-1] <= 5 or 0 <= a["idx"][0] - b["idx"][-1] <= 5
+
+    def candidate(run: dict) -> bool:
+        # only digit-by-digit speech splits like this (ASR output); "1500" or "19.99" never does,
+        # and a run announced as an account or sort code is one
+        first = run["idx"][0]
+        return (run["card"] is None and run["spoken"] and not _context(words, first, "account", window=3)
+                and not _context(words, first, "sort", window=3))
+
+    for run in runs:
+        n, first = len("".join(run["groups"])), run["idx"][0]
+        last_four = any(w in ("ending", "ends", "last", "final") for w in words[max(0, first - 3):first])
+        if candidate(run) and n >= 4 and not last_four and _context(words, first, "card", window=10):
+            run["card"] = (0, len(run["groups"]) - 1)
+    changed = True
+    while changed:
+        changed = False
+        for run in runs:
+            if candidate(run) and len("".join(run["groups"])) >= 3 and any(
+                    o["card"] is not None and near(run, o) for o in runs if o is not run):
+                run["card"] = (0, len(run["groups"]) - 1)
+                changed = True
 
 
 def _best_card(idx: list[int], groups: list[str], *, card_context: bool) -> tuple[int, int] | None:
