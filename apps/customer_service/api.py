@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
 from pydantic import BaseModel, Field
 
+from apps.customer_service.settings import CustomerServiceSettings, get_settings
 from core.serving import (
     ApiError,
     DynamicBatcher,
@@ -28,8 +29,6 @@ from core.serving import (
     read_upload,
     require_role,
 )
-
-from apps.customer_service.settings import CustomerServiceSettings, get_settings
 
 log = logging.getLogger("triptych.customer_service")
 APP = "customer-service"
@@ -63,8 +62,8 @@ class Redaction(BaseModel):
     type: str
     start: int = Field(description="character offset into transcript.text of the UNREDACTED form")
     end: int
-    start_s: Optional[float] = None
-    end_s: Optional[float] = None
+    start_s: float | None = None
+    end_s: float | None = None
     speaker: str
 
 
@@ -76,16 +75,16 @@ class Transcript(BaseModel):
 
 class Segment(BaseModel):
     speaker: Literal["caller", "agent"]
-    start: Optional[float]
-    end: Optional[float]
+    start: float | None
+    end: float | None
     text: str
     asr_confidence: float
-    emotion: Optional[str]
-    contact_centre: Optional[dict[str, float]]
-    ekman: Optional[dict[str, float]]
+    emotion: str | None
+    contact_centre: dict[str, float] | None
+    ekman: dict[str, float] | None
     modality_weights: dict[str, float]
-    voice: Optional[dict[str, float]] = None
-    text_emotion: Optional[dict[str, float]] = None
+    voice: dict[str, float] | None = None
+    text_emotion: dict[str, float] | None = None
 
 
 class CallEmotion(BaseModel):
@@ -110,16 +109,16 @@ class Escalation(BaseModel):
 class Reply(BaseModel):
     mode: Literal["text", "voice"]
     text: str
-    audio_wav_base64: Optional[str] = None
-    voice_unavailable: Optional[str] = None
+    audio_wav_base64: str | None = None
+    voice_unavailable: str | None = None
 
 
 class CallAnalysis(BaseModel):
     id: str
     transcript: Transcript
     segments: list[Segment]
-    emotion: Optional[CallEmotion]
-    intent: Optional[Intent]
+    emotion: CallEmotion | None
+    intent: Intent | None
     escalation: Escalation
     reply: Reply
     model_versions: dict[str, str]
@@ -136,10 +135,10 @@ async def analyze_call(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("agent"))],
     request_id: Annotated[str, Depends(get_request_id)],
-    audio: Annotated[Optional[UploadFile], File(description="WAV, FLAC, OGG or MP3; mono, or stereo agent/caller")] = None,
-    text: Annotated[Optional[str], Form(description="typed text (chat) instead of or besides audio")] = None,
-    output_mode: Annotated[Optional[Literal["text", "voice"]], Form(description="reply as text or voice; default from the User-Agent")] = None,
-    user_agent: Annotated[Optional[str], Header()] = None,
+    audio: Annotated[UploadFile | None, File(description="WAV, FLAC, OGG or MP3; mono, or stereo agent/caller")] = None,
+    text: Annotated[str | None, Form(description="typed text (chat) instead of or besides audio")] = None,
+    output_mode: Annotated[Literal["text", "voice"] | None, Form(description="reply as text or voice; default from the User-Agent")] = None,
+    user_agent: Annotated[str | None, Header()] = None,
 ) -> CallAnalysis:
     from apps.customer_service.service import CallRequest, InputError
 

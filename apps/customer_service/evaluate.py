@@ -32,9 +32,8 @@ def _scores(y: np.ndarray, pred: np.ndarray, labels: list[int]) -> dict[str, flo
 
 def evaluate_intent(csv_path: str | Path, bundle: str | Path | None = None, batch_size: int = 64) -> dict:
     """BANKING77 CSV (text,category) -> accuracy, macro_f1, mean confidence, ECE."""
-    from core.metrics import expected_calibration_error
-
     from apps.customer_service.model import load_text_classifier
+    from core.metrics import expected_calibration_error
 
     model = load_text_classifier(bundle or get_settings().intent_bundle)
     texts, cats = load_banking77(csv_path)

@@ -10,16 +10,11 @@
 from __future__ import annotations
 
 import math
-
-import numpy as np
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
-
-from core.config import ConfigBase
-from core.fusion import ModalityGate
-from core.heads import ClassificationHead
 
 from apps.customer_service.data import EKMAN_LABELS, VOICE_LABELS
 from apps.customer_service.encoders import (
@@ -28,6 +23,9 @@ from apps.customer_service.encoders import (
     VoiceEncoderConfig,
     VoiceStatsEncoder,
 )
+from core.config import ConfigBase
+from core.fusion import ModalityGate
+from core.heads import ClassificationHead
 
 
 @dataclass

@@ -21,7 +21,12 @@ from typing import Any
 import numpy as np
 
 from apps.customer_service.data import EKMAN_LABELS, VOICE_LABELS
-from apps.customer_service.escalation import EscalationRules, choose_output_mode, decide_escalation, reply_text
+from apps.customer_service.escalation import (
+    EscalationRules,
+    choose_output_mode,
+    decide_escalation,
+    reply_text,
+)
 from apps.customer_service.settings import CustomerServiceSettings
 
 SAMPLE_RATE = 16000
@@ -80,7 +85,7 @@ class CustomerServiceEngine:
         self.rules = EscalationRules.from_dict(settings.escalation) if settings.escalation else EscalationRules()
 
     @classmethod
-    def from_settings(cls, settings: CustomerServiceSettings) -> "CustomerServiceEngine":
+    def from_settings(cls, settings: CustomerServiceSettings) -> CustomerServiceEngine:
         """Load every shipped bundle (and the embedded ASR) named in ``settings``."""
         import torch
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -264,8 +264,8 @@ def train_text_models(banking_dir: Path, ekman_dir: Path, base: str | None, out:
     meta = {"labels": labels, "encoder": w["enc"].to_dict(), "winner": winner, "final_epochs": final_epochs,
             "variants": {k: {"history": r["history"], "best": r["best"], "train": r["cfg"].__dict__}
                          for k, r in results.items()},
-            "full_history": hist_full, "n_train_split": int(len(tr)), "n_val_split": int(len(va)),
-            "n_full": int(len(all_idx))}
+            "full_history": hist_full, "n_train_split": len(tr), "n_val_split": len(va),
+            "n_full": len(all_idx)}
     (out / "intent_meta.json").write_text(json.dumps(meta, indent=1))
     del model
     # ---- text emotion (GoEmotions Ekman) ----
@@ -446,10 +446,9 @@ def finalize_text_bundles(run_dir: Path, banking_dir: Path, weights_dir: Path, e
     import torch
     from safetensors.torch import load_file
 
-    from core.bundle import ModelCard, save_bundle
-
     from apps.customer_service.data import load_banking77
     from apps.customer_service.model import LexicalModel
+    from core.bundle import ModelCard, save_bundle
 
     results = {}
     # ---- intent ----
@@ -688,9 +687,8 @@ def voice_corpus(data_root: Path, cache_dir: Path = Path("datasets/prepared/cust
 
 def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTrainConfig, n_clips: int,
                       speaker_norm: bool = False) -> None:
-    from core.bundle import ModelCard, save_bundle
-
     from apps.customer_service.model import voice_ensemble_state
+    from core.bundle import ModelCard, save_bundle
 
     card = ModelCard(
         name="customer-service-voice-emotion", version="1.0.0",
@@ -781,9 +779,8 @@ def run_fusion_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: 
     """Gate trained on label-matched pairs; evaluated on held-out speakers AND held-out texts."""
     import torch
 
-    from core.bundle import ModelCard, save_bundle
-
     from apps.customer_service.model import voice_to_ekman_matrix
+    from core.bundle import ModelCard, save_bundle
 
     cfg = cfg or FusionTrainConfig()
     torch.set_num_threads(1)

@@ -34,8 +34,6 @@ def cs_tiny_bundles(tmp_path_factory) -> dict[str, Path]:
     """Bundles of tiny, randomly initialised models in the shipped format (config + safetensors + card)."""
     import torch
 
-    from core.bundle import ModelCard, save_bundle
-
     from apps.customer_service.data import EKMAN_LABELS
     from apps.customer_service.encoders import TextEncoderConfig, VoiceEncoderConfig
     from apps.customer_service.model import (
@@ -47,6 +45,7 @@ def cs_tiny_bundles(tmp_path_factory) -> dict[str, Path]:
         VoiceEmotionModel,
         voice_ensemble_state,
     )
+    from core.bundle import ModelCard, save_bundle
 
     root = tmp_path_factory.mktemp("cs_bundles")
     torch.manual_seed(0)

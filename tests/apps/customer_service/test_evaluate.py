@@ -37,8 +37,9 @@ def test_speaker_normalize_removes_speaker_offsets():
 
 
 def test_cli_intent_eval_writes_flat_json(tiny_env, tmp_path):
-    from apps.customer_service.cli import evaluate
     import typer
+
+    from apps.customer_service.cli import evaluate
 
     csv_path = tmp_path / "test.csv"
     rows = ["text,category"] + [f"query number {i} about {c},{c}" for i, c in enumerate(INTENTS * 3)]

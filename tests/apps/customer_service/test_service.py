@@ -102,7 +102,7 @@ def test_word_level_redaction_and_segmentation(engine):
     from apps.customer_service.pii import redact_words
     from apps.customer_service.speech import Word
 
-    spoken = "my card is four one one one one one one one one one one one one one one one thanks".split()
+    spoken = ["my", "card", "is", "four", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "thanks"]
     words = [Word(w, 0.3 * i, 0.3 * i + 0.25, 0.9) for i, w in enumerate(spoken)]
     words[-1] = Word("thanks", 20.0, 20.4, 0.9)  # after a long pause
     result, hits = redact_words(words)

@@ -7,7 +7,12 @@ import shutil
 import numpy as np
 
 from apps.customer_service.model import load_fusion, load_voice_model
-from apps.customer_service.train import FusionTrainConfig, VoiceTrainConfig, run_fusion_training, run_voice_training
+from apps.customer_service.train import (
+    FusionTrainConfig,
+    VoiceTrainConfig,
+    run_fusion_training,
+    run_voice_training,
+)
 from tests.apps.customer_service.test_data import _write_emodb, _write_ravdess
 
 
