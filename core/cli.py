@@ -7,7 +7,7 @@ inside their commands, so ``triptych --help`` stays quick.
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,7 +32,7 @@ app.add_typer(data_app, name="data")
 
 @app.command()
 def serve(
-    app_name: Annotated[Optional[str], typer.Option("--app", help="Serve one app alone (e.g. industrial).")] = None,
+    app_name: Annotated[str | None, typer.Option("--app", help="Serve one app alone (e.g. industrial).")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
@@ -48,13 +48,13 @@ def serve(
 
 @bench_app.command("serve")
 def bench_serve(
-    url: Annotated[Optional[str], typer.Option(help="Benchmark a running server at this loopback URL instead of the toy model.")] = None,
+    url: Annotated[str | None, typer.Option(help="Benchmark a running server at this loopback URL instead of the toy model.")] = None,
     concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32,64",
     requests: Annotated[int, typer.Option(help="Requests per concurrency level (bounded).")] = 400,
     duration_s: Annotated[float, typer.Option("--duration", help="Upper bound in seconds per level.")] = 20.0,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write results as JSON here.")] = None,
-    body: Annotated[Optional[str], typer.Option(help="With --url: a JSON file to POST (default: GET).")] = None,
-    metrics_url: Annotated[Optional[str], typer.Option(help="With --url: the app's /metrics (for mean batch size).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write results as JSON here.")] = None,
+    body: Annotated[str | None, typer.Option(help="With --url: a JSON file to POST (default: GET).")] = None,
+    metrics_url: Annotated[str | None, typer.Option(help="With --url: the app's /metrics (for mean batch size).")] = None,
 ) -> None:
     """Throughput, p50/p95 latency and mean batch size, with and without dynamic batching."""
     from core.serving.bench import run_bench

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, Self, TypeVar, get_type_hints
 
 C = TypeVar("C", bound="ConfigBase")
 
@@ -17,13 +17,13 @@ class ConfigBase:
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
     @classmethod
-    def from_name(cls: type[C], name: str, **overrides: Any) -> C:
+    def from_name(cls, name: str, **overrides: Any) -> Self:
         if name not in cls.PRESETS:
             raise KeyError(f"{cls.__name__} has no preset {name!r}; presets: {sorted(cls.PRESETS)}")
         return cls.from_dict({**cls.PRESETS[name], **overrides})
 
     @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+    def from_dict(cls, data: dict[str, Any]) -> Self:
         hints = get_type_hints(cls)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
@@ -47,8 +47,8 @@ class ConfigBase:
         return text
 
     @classmethod
-    def from_json(cls: type[C], path: str | Path) -> C:
+    def from_json(cls, path: str | Path) -> Self:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def replace(self: C, **changes: Any) -> C:
+    def replace(self, **changes: Any) -> Self:
         return dataclasses.replace(self, **changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,7 +18,7 @@ def expected_calibration_error(y_true: np.ndarray, probabilities: np.ndarray, bi
     correct = (probabilities.argmax(axis=1) == np.asarray(y_true)).astype(np.float64)
     edges = np.linspace(0.0, 1.0, bins + 1)
     error = 0.0
-    for low, high in zip(edges[:-1], edges[1:]):
+    for low, high in itertools.pairwise(edges):
         in_bin = (confidence > low) & (confidence <= high)
         if in_bin.any():
             error += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())

@@ -12,9 +12,10 @@ and its plugin module must stay cheap to import (no torch, no models): the CLI r
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Callable
+from typing import Any
 
 ENTRY_POINT_GROUP = "triptych.apps"
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -47,7 +47,7 @@ class TrainConfig(ConfigBase):
     resume: bool = True
     progress: bool = True  # tqdm progress bar
 
-    PRESETS = {"tiny": {"epochs": 2, "batch_size": 8, "patience": 0, "progress": False}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"epochs": 2, "batch_size": 8, "patience": 0, "progress": False}}
 
 
 @dataclass

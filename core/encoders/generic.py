@@ -6,6 +6,7 @@ Domain encoders (CT, detector features, speech) live in the apps and register th
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -29,7 +30,7 @@ class MLPEncoderConfig(ConfigBase):
     hidden: int = 256  # hidden width of the two-layer MLP
     dropout: float = 0.1
 
-    PRESETS = {"tiny": {"in_dim": 8, "dim": 16, "hidden": 32, "dropout": 0.0}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"in_dim": 8, "dim": 16, "hidden": 32, "dropout": 0.0}}
 
 
 class MLPEncoder(Encoder):
@@ -76,7 +77,7 @@ class ConvLSTMEncoderConfig(ConfigBase):
     bidirectional: bool = True
     dropout: float = 0.1
 
-    PRESETS = {
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0},
         "small": {},
     }

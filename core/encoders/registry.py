@@ -6,8 +6,9 @@ parametrised contract test can build and exercise every registered encoder, core
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from core.encoders.base import Encoder
 

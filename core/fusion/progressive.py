@@ -9,6 +9,7 @@ callers can show them.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -31,7 +32,7 @@ class FusionConfig(ConfigBase):
     reliability_dim: int = 0  # extra per-modality features the gate sees (e.g. ASR confidence)
     dropout: float = 0.1
 
-    PRESETS = {
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
         "tiny": {"dim": 16, "heads": 2, "specific_layers": 1, "cross_layers": 1, "shared_layers": 1, "dropout": 0.0},
         "small": {"dim": 64, "heads": 4},
         "base": {"dim": 128, "heads": 4, "specific_layers": 2, "cross_layers": 2, "shared_layers": 2},

@@ -8,6 +8,7 @@ at O(T·P² + P·T²) instead of O((T·P)²), which is what makes it usable on a
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ class SpatioTemporalConfig(ConfigBase):
     max_positions: int = 256  # learned position embeddings
     dropout: float = 0.1
 
-    PRESETS = {"tiny": {"dim": 16, "heads": 2, "layers": 1, "max_time": 8, "max_positions": 16, "dropout": 0.0}}
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {"dim": 16, "heads": 2, "layers": 1, "max_time": 8, "max_positions": 16, "dropout": 0.0}}
 
 
 class SpatioTemporalAttention(nn.Module):
