@@ -47,6 +47,8 @@ class SphinxConfig:
     wip: float = 0.65  # word insertion penalty
     pad_s: float = 0.3  # silence added on both sides (trimmed clips)
     band_fill: float = 1e-2  # noise floor (x peak) for audio with nothing above 4 kHz; 0 = off
+    maxhmmpf: int = 30000  # cap on active HMMs per frame: bounds the worst-case time per chunk
+    beam: float = 1e-48  # main search beam (pocketsphinx default)
     bank_lm: str | None = None  # ARPA path; None = the shipped resources/bank.lm
     model_dir: str | None = None  # acoustic model folder; None = the wheel's en-us
 
@@ -57,7 +59,8 @@ class SphinxConfig:
             "bank": cls(lm="bank"),
             "interpolated": cls(lm="interpolated"),
             # streaming: one fast pass, no lattice; partials every chunk must stay cheap
-            "streaming": cls(lm="bank", topn=4, bestpath=False),
+            # maxhmmpf 10000: p95 per 160 ms chunk on real read speech 96 -> 49 ms, same WER
+            "streaming": cls(lm="bank", topn=4, bestpath=False, maxhmmpf=10_000),
             "tiny": cls(topn=2, bestpath=False),
         }
         if name not in presets:
@@ -66,7 +69,8 @@ class SphinxConfig:
 
 
 def _decoder_options(cfg: SphinxConfig) -> dict:
-    opts = dict(loglevel="FATAL", topn=cfg.topn, fwdflat=cfg.fwdflat, bestpath=cfg.bestpath, lw=cfg.lw, wip=cfg.wip)
+    opts = dict(loglevel="FATAL", topn=cfg.topn, fwdflat=cfg.fwdflat, bestpath=cfg.bestpath, lw=cfg.lw, wip=cfg.wip,
+                maxhmmpf=cfg.maxhmmpf, beam=cfg.beam)
     if cfg.model_dir:
         opts["hmm"] = cfg.model_dir
     return opts
