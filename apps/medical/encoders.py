@@ -33,6 +33,7 @@ class CTEncoderConfig(ConfigBase):
     dim: int = 128  # study vector and token width
     conv1_stride: int = 2  # stem stride; 2 keeps 64-128 voxel inputs cheap on CPU
     norm: str = "batch"  # "batch", or "group" (per-sample statistics: safe for batches of one)
+    blob_features: bool = False  # add fixed multi-scale blob (difference-of-boxes) features as a token
     dropout: float = 0.1
 
     PRESETS = {
@@ -68,8 +69,14 @@ class CTResNetEncoder(Encoder):
             norm=("group", {"num_groups": 2}) if config.norm == "group" else config.norm,
         )
         width = config.block_inplanes[3]
+        self.blob = BlobFeatures() if config.blob_features else None
+        blob_width = 0
+        if self.blob is not None:
+            blob_width = 32
+            self.blob_proj = nn.Sequential(nn.LayerNorm(BlobFeatures.out_dim), nn.Linear(BlobFeatures.out_dim, blob_width), nn.GELU())
+            self.blob_token = nn.Linear(blob_width, config.dim)
         # mean AND max over cells: a nodule is local, a mean alone would dilute it
-        self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width, config.dim))
+        self.study = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width + blob_width, config.dim))
         self.token_proj = nn.Linear(width, config.dim)
         self.feature_map: torch.Tensor | None = None  # last (B, C, d, h, w) map, for Grad-CAM
 
@@ -90,15 +97,57 @@ class CTResNetEncoder(Encoder):
         fmap = self.features(x)
         self.feature_map = fmap
         cells = fmap.flatten(2).transpose(1, 2)  # (B, d*h*w, C)
-        pooled = torch.cat([cells.mean(dim=1), cells.amax(dim=1)], dim=-1)  # (B, 2C)
-        study = self.study(pooled).unsqueeze(1)  # (B, 1, dim): the 128-d study vector
-        tokens = torch.cat([study, self.token_proj(cells)], dim=1)  # (B, 1 + d*h*w, dim)
+        pooled = [cells.mean(dim=1), cells.amax(dim=1)]  # (B, C) each
+        extra = []
+        if self.blob is not None:
+            blob = self.blob_proj(self.blob(x))  # (B, 32)
+            pooled.append(blob)
+            extra.append(self.blob_token(blob).unsqueeze(1))
+        study = self.study(torch.cat(pooled, dim=-1)).unsqueeze(1)  # (B, 1, dim): the 128-d study vector
+        tokens = torch.cat([study, *extra, self.token_proj(cells)], dim=1)  # (B, 1 [+1] + d*h*w, dim)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return EncoderOutput(tokens, mask)
 
     def study_vector(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 1, D, H, W) -> (B, dim)."""
         return self.forward(x).tokens[:, 0]
+
+
+class BlobFeatures(nn.Module):
+    """Fixed (not learned) multi-scale blob detector: a classical CAD prior for nodules.
+
+    Difference of separable box filters at three scales, kept only where the coarse background is
+    lung-dark (so the heart/chest wall edges do not fire); per scale the max, the mean of the top
+    responses and the log-count of strong responses, plus the log-count of dense voxels in the lungs.
+    Separable filters keep it to a few milliseconds per study on a CPU.
+    """
+
+    scales = (3, 5, 7)
+    out_dim = 3 * len(scales) + 1
+
+    @staticmethod
+    def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        p = k // 2
+        x = F.avg_pool3d(x, (k, 1, 1), stride=1, padding=(p, 0, 0), count_include_pad=False)
+        x = F.avg_pool3d(x, (1, k, 1), stride=1, padding=(0, p, 0), count_include_pad=False)
+        return F.avg_pool3d(x, (1, 1, k), stride=1, padding=(0, 0, p), count_include_pad=False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        x = x.float()
+        background = F.interpolate(F.avg_pool3d(x, 8, 8, ceil_mode=True), size=x.shape[2:], mode="nearest")
+        lung = (background < 0.35).to(x.dtype)
+        feats = []
+        for k in self.scales:
+            dog = ((self._box(x, k) - self._box(x, 2 * k + 1)) * lung).flatten(1)
+            top = dog.topk(min(30, dog.shape[1]), dim=1).values
+            feats += [dog.amax(1) * 10, top.mean(1) * 10, (dog > 0.15).to(x.dtype).sum(1).log1p()]
+        feats.append(((x > 0.55).to(x.dtype) * lung).flatten(1).sum(1).log1p())
+        return torch.stack(feats, dim=1)  # (B, out_dim)
 
 
 # -- report text --------------------------------------------------------------------------------

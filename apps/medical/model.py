@@ -32,6 +32,7 @@ class MedicalModelConfig(ConfigBase):
     # serving alike: 16 levels (~90 HU steps in the lung window) keep lung, ground glass, solid tissue
     # and calcium apart, drop scanner-noise texture, and let a training set travel compactly.
     intensity_levels: int = 16
+    aux_weight: float = 0.0  # training only: per-modality heads on the fused summaries get this loss share
     clause_tokens: int = 48  # word pieces kept per report clause
     max_clauses: int = 24  # report clauses kept (one token each)
     head_hidden: int = 64
@@ -48,6 +49,8 @@ class MedicalModelConfig(ConfigBase):
             "bert_hidden": 16,
         },
         "small": {},
+        # small + fixed blob features in the CT encoder + per-modality auxiliary losses
+        "small_blob": {"ct": {**CTEncoderConfig.PRESETS["small"], "blob_features": True}, "aux_weight": 0.5},
     }
 
     @classmethod
@@ -69,6 +72,10 @@ class MedicalModel(nn.Module):
         heads = {"malignancy": ClassificationHead(config.fusion.dim, 1, hidden=config.head_hidden)}
         self.net = MultimodalModel({"ct": CTResNetEncoder(config.ct), "report": report_encoder}, config.fusion, heads)
         # Calibration: p = sigmoid(logit / temperature + bias), fitted after training.
+        if config.aux_weight:
+            # per-modality heads: direct supervision for each branch, so the CT encoder learns even
+            # while the gate still leans on the (easier) report
+            self.aux = nn.ModuleDict({m: nn.Linear(config.fusion.dim, 1) for m in MODALITIES})
         self.register_buffer("temperature", torch.ones(()))
         self.register_buffer("bias", torch.zeros(()))
 
@@ -86,7 +93,15 @@ class MedicalModel(nn.Module):
         if ct is not None and self.config.intensity_levels:
             ct = posterise(ct, self.config.intensity_levels)
         out = self.net({"ct": ct, "report": report}, present=present)
+        self.last_summaries = out.fusion.summaries  # (B, M, D), read by the auxiliary loss in training
         return out.logits[:, 0], out.weights
+
+    def aux_logits(self) -> torch.Tensor | None:
+        """(B, M) per-modality logits from the last forward (None without aux heads)."""
+        if not self.config.aux_weight:
+            return None
+        s = self.last_summaries
+        return torch.cat([self.aux[m](s[:, i]) for i, m in enumerate(MODALITIES)], dim=1)
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits / self.temperature + self.bias)

@@ -344,7 +344,15 @@ def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
     pack = Path(pack)
     meta = np.load(pack / "meta.npz")
     levels = int(meta["levels"])
-    idx = np.frombuffer(bz2.decompress((pack / "volumes.bz2").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
+    if (pack / "volumes.nib.xz").is_file():  # two 4-bit indices per byte along W, xz (smaller, slower to write)
+        import lzma
+
+        packed = np.frombuffer(lzma.decompress((pack / "volumes.nib.xz").read_bytes()), dtype=np.uint8)
+        packed = packed.reshape(*meta["shape"][:-1], -1)
+        idx = np.empty(tuple(meta["shape"]), dtype=np.uint8)
+        idx[..., 0::2], idx[..., 1::2] = packed >> 4, packed & 15
+    else:
+        idx = np.frombuffer(bz2.decompress((pack / "volumes.bz2").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
     # index -> the posterised value the model computes, stored back as uint8 0..255
     volumes = np.round(idx.astype(np.float32) / (levels - 1) * 255.0).astype(np.uint8)
     hidden = torch.from_numpy(meta["hidden_q"].astype(np.float32) * meta["hidden_scale"]).half()
@@ -363,8 +371,14 @@ def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDatase
 
     def loss_fn(m, batch, device):
         logits, _ = _forward(m, batch, augment=True)
-        return torch.nn.functional.binary_cross_entropy_with_logits(
-            logits.float(), batch["label"], pos_weight=pos_weight.to(device))
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), batch["label"], pos_weight=pos_weight.to(device))
+        aux = m.aux_logits()
+        if aux is not None:
+            present = torch.stack([batch["present_ct"], batch["present_report"]], dim=1).float()
+            per = torch.nn.functional.binary_cross_entropy_with_logits(
+                aux.float(), batch["label"][:, None].expand_as(aux), pos_weight=pos_weight.to(device), reduction="none")
+            loss = loss + m.config.aux_weight * (per * present).sum() / present.sum().clamp_min(1.0)
+        return loss
 
     def evaluate_fn(m, loader, device):
         scores, ys, losses = [], [], []

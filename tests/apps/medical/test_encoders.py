@@ -54,3 +54,15 @@ def test_unfrozen_bert_gets_gradients(tiny_bert_dir):
     out = encoder(encoder.tokenize(["a nodule"]))
     out.tokens.sum().backward()
     assert any(p.grad is not None for p in encoder.bert.parameters())
+
+
+def test_blob_features_respond_to_a_nodule_in_lung_not_to_empty_lung():
+    from apps.medical.encoders import BlobFeatures
+
+    lung = torch.full((2, 1, 24, 32, 32), 0.07)
+    lung[1, 0, 10:15, 14:19, 14:19] = 0.73  # a 5-voxel solid nodule in the second volume
+    feats = BlobFeatures()(lung)
+    assert feats.shape == (2, BlobFeatures.out_dim)
+    assert torch.all(feats[1, :-1] >= feats[0, :-1]) and feats[1, 0] > feats[0, 0] + 1
+    encoder = CTResNetEncoder(CTEncoderConfig.from_name("tiny", blob_features=True))
+    assert encoder(lung).tokens.shape[1] == encoder(lung[:, :, :, :, :]).tokens.shape[1] >= 3  # study + blob + cells

@@ -52,3 +52,13 @@ def test_bundle_refuses_a_different_bert(tiny_bundle, tmp_path):
     (tmp_path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(45)]))
     with pytest.raises(ValueError, match="different report BERT"):
         load_model(tiny_bundle[0], str(tmp_path))
+
+
+def test_auxiliary_heads_give_per_modality_logits(tiny_bert_dir):
+    config = MedicalModelConfig.from_name("tiny", aux_weight=0.5)
+    model = build_model(config, bert_path=str(tiny_bert_dir))
+    model(torch.rand(2, 1, 16, 24, 24), model.report_encoder.tokenize(["a", "b"]))
+    assert model.aux_logits().shape == (2, 2)
+    plain = build_model(MedicalModelConfig.from_name("tiny"), bert_path=str(tiny_bert_dir))
+    plain(torch.rand(2, 1, 16, 24, 24), None)
+    assert plain.aux_logits() is None
