@@ -44,6 +44,8 @@ Evaluation (``speech.evaluate``)
     Sphinx test-data layout (``*.transcription``); flat dict of numbers.
     ``evaluate_spoken_card_redaction(n=40, *, recognizer=None) -> dict``: TTS card numbers ->
     ASR -> redaction; ``card_leak_free``, ``card_fully_redacted``, ``digit_wer``.
+    ``evaluate_bank_lm(banking77_root, *, n=60) -> dict``: ``wer_generic``, ``wer_bank``,
+    ``wer_interpolated`` on held-out BANKING77 queries spoken by espeak-ng.
 
 Bank LM (``speech.lm``)
     ``python -m apps.customer_service.speech.lm --banking77 ../shared/data/banking77`` rebuilds
@@ -69,6 +71,7 @@ _EXPORTS = {
     "create_stream_router": "router",
     "synthesize": "tts", "TTSUnavailable": "tts", "TTSError": "tts",
     "evaluate_asr": "evaluate", "evaluate_spoken_card_redaction": "evaluate",
+    "evaluate_bank_lm": "evaluate",
 }
 
 __all__ = sorted(_EXPORTS)

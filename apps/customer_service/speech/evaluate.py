@@ -186,3 +186,27 @@ def evaluate_spoken_card_redaction(n: int = 40, *, seed: int = 0, recognizer=Non
         hyps.append(" ".join(w.text for w in tr.words if w.text in DIGIT_VALUES))
     return {"calls": float(n), "card_leak_free": leak_free / n, "card_fully_redacted": fully / n,
             "digit_wer": float(jiwer.wer(refs, hyps))}
+
+
+def evaluate_bank_lm(banking77: str | Path, *, n: int = 60, offset: int = 0, voice: str = "en-us+klatt",
+                     lms: tuple[str, ...] = ("generic", "bank", "interpolated")) -> dict:
+    """WER of each free-speech LM on BANKING77 rows the bank LM never saw (``lm.is_heldout``),
+    spoken by espeak-ng. Flat dict: ``wer_<lm>``, ``seconds_<lm>``, ``sentences``."""
+    import jiwer
+
+    from apps.customer_service.speech.audio import load_audio
+    from apps.customer_service.speech.lm import heldout_sentences, spoken_form
+    from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
+    from apps.customer_service.speech.tts import synthesize
+
+    sentences = heldout_sentences(Path(banking77))[offset:offset + n]
+    audio = [load_audio(synthesize(s, voice=voice)).mono() for s in sentences]
+    refs = [scoring_text(spoken_form(s)) for s in sentences]
+    out: dict[str, float] = {"sentences": float(len(sentences))}
+    for name in lms:
+        rec = SphinxRecognizer(SphinxConfig(lm=name))
+        t0 = time.perf_counter()
+        hyps = [scoring_text(rec.transcribe(x).text) for x in audio]
+        out[f"seconds_{name}"] = time.perf_counter() - t0
+        out[f"wer_{name}"] = float(jiwer.wer(refs, hyps))
+    return out
