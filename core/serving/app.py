@@ -13,6 +13,7 @@ import contextlib
 import inspect
 import logging
 import re
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -28,6 +29,16 @@ from core.serving.settings import AppSettings
 from core.serving.store import ResultStore
 
 log = logging.getLogger("triptych.serving")
+
+# Apps in one gateway load their models one after another: first imports of transformers'
+# lazy modules are not thread-safe ("cannot import name 'AutoConfig'" under concurrent loads),
+# and parallel loading buys nothing on a couple of cores.
+_LOAD_LOCK = threading.Lock()
+
+
+def _load_serially(load_runners: LoadRunners) -> Any:
+    with _LOAD_LOCK:
+        return load_runners()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # multipart framing and other form fields on top of the largest single upload
 _FORM_OVERHEAD = 1024 * 1024
@@ -154,7 +165,7 @@ async def _load(app: FastAPI, load_runners: LoadRunners | None) -> None:
         runners: Mapping[str, ModelRunner] = {}
         if load_runners is not None:
             # loading reads bundles and builds models: keep it off the event loop
-            loaded = await asyncio.to_thread(load_runners)
+            loaded = await asyncio.to_thread(_load_serially, load_runners)
             if inspect.isawaitable(loaded):
                 loaded = await loaded
             runners = dict(loaded or {})
