@@ -45,11 +45,26 @@ def train(
     bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",
     cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = "datasets/prepared/medical",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    pack: Annotated[Optional[str], typer.Option(help="Train from a compact pack (see --write-pack) instead of --ct.")] = None,
+    write_pack: Annotated[Optional[str], typer.Option(help="With --ct: write a compact training pack here and stop.")] = None,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports) and/or the CT + report fusion model (--ct)."""
     from core.offline import enforce_offline
 
     enforce_offline()
+    if pack:
+        import torch
+
+        from apps.medical.train import FusionTrainConfig, train_from_pack
+
+        config = FusionTrainConfig.from_name(preset)
+        config.loop.device = device
+        if epochs is not None:
+            config.loop.epochs = epochs
+        runs = train_from_pack(pack, Path(out or WEIGHTS / "fusion"), config, seeds=(seed,), log=typer.echo)
+        _table("fusion model from pack (patient-held-out validation)",
+               {k: v for k, v in runs[f"seed{seed}"].items() if isinstance(v, (int, float))})
+        return
     if not ct and not reports:
         raise typer.BadParameter("give --ct DIR (fusion model) and/or --reports FILE (IU report classifier)")
     if reports:
@@ -70,6 +85,15 @@ def train(
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
+        if write_pack:
+            from apps.medical.model import MedicalModelConfig, build_model
+            from apps.medical.train import load_arrays
+            from apps.medical.train import write_pack as write_pack_fn
+
+            model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
+            arrays = load_arrays(ct, model, parse_patient_range(patients), Path(cache) if cache else None, typer.echo)
+            typer.echo(f"pack written to {write_pack_fn(arrays, model, write_pack)}")
+            return
         _, metrics = train_fusion(ct, Path(out or WEIGHTS / "fusion"), config, parse_patient_range(patients),
                                   bert_path=bert_path, cache=Path(cache) if cache else None, log=typer.echo)
         _table("fusion model (patient-held-out validation)", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})

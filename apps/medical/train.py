@@ -126,6 +126,9 @@ class FusionTrainConfig(ConfigBase):
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                            "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         "small": {},
+        # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
+        "small_blob": {"model": "small_blob", "loop": {"epochs": 55, "batch_size": 32, "lr": 1e-3, "patience": 25,
+                                                       "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
     }
 
     @classmethod
@@ -442,7 +445,10 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
     keep the one with the best validation AUC (fused) and save it as a bundle. Returns all runs' metrics."""
     from apps.medical.model import build_model
 
-    arrays, model_config, bert_config = read_pack(pack)
+    arrays, pack_model_config, bert_config = read_pack(pack)
+    model_config = MedicalModelConfig.from_name(config.model)
+    if list(model_config.volume_shape) != list(pack_model_config.volume_shape):
+        raise ValueError(f"pack volumes are {pack_model_config.volume_shape}, preset {config.model!r} wants {model_config.volume_shape}")
     runs, best = {}, None
     for seed in seeds:
         torch.manual_seed(seed)

@@ -61,3 +61,23 @@ def test_toy_model_learns_the_toy_signal(tmp_path, tiny_bert_dir):
     config.loop.lr = 3e-3
     _, metrics = train_fusion(root, None, config, patients=(1, 800), bert_path=str(tiny_bert_dir), log=lambda m: None)
     assert metrics["val_auc_fused"] > 0.6
+
+
+def test_pack_round_trip_trains_without_bert_weights(tmp_path, toy_studies, tiny_bert_dir):
+    """A pack carries posterised volumes + clause vectors; training from it needs no BERT folder."""
+    from apps.medical.model import MedicalModelConfig, build_model, load_model, posterise
+    from apps.medical.train import FusionTrainConfig, load_arrays, read_pack, train_from_pack, write_pack
+
+    model = build_model(MedicalModelConfig.from_name("tiny"), bert_path=str(tiny_bert_dir))
+    arrays = load_arrays(toy_studies, model, (1, 800), log=lambda m: None)
+    write_pack(arrays, model, tmp_path / "pack")
+    back, _, bert_config = read_pack(tmp_path / "pack")
+    import torch
+
+    expected = posterise(torch.from_numpy(arrays["volumes"]).float() / 255, 16)
+    assert torch.allclose(torch.from_numpy(back["volumes"]).float() / 255, expected, atol=1 / 255)
+    assert bert_config["hidden_size"] == 16 and list(back["study_ids"]) == list(arrays["study_ids"])
+    runs = train_from_pack(tmp_path / "pack", tmp_path / "bundle", FusionTrainConfig.from_name("tiny"), log=lambda m: None)
+    assert "seed0" in runs
+    loaded, _ = load_model(tmp_path / "bundle", str(tiny_bert_dir))  # the real tokenizer + BERT at load time
+    assert loaded.config.intensity_levels == 16
