@@ -1,3 +1,4 @@
+import pytest
 import numpy as np
 import torch
 
@@ -62,3 +63,21 @@ def test_auxiliary_heads_give_per_modality_logits(tiny_bert_dir):
     plain = build_model(MedicalModelConfig.from_name("tiny"), bert_path=str(tiny_bert_dir))
     plain(torch.rand(2, 1, 16, 24, 24), None)
     assert plain.aux_logits() is None
+
+
+@pytest.mark.slow
+def test_shipped_bundle_loads_verified_and_predicts():
+    """`make serve` uses the bundle in apps/medical/weights/fusion with the bundled MiniLM."""
+    from apps.medical.settings import MedicalSettings
+
+    bundle_dir = MedicalSettings().bundle_dir
+    if not (bundle_dir / "model.safetensors").is_file():
+        pytest.skip("no shipped fusion bundle in this checkout")
+    model, bundle = load_model(bundle_dir)
+    assert bundle.sha256 and bundle.card.extra["patients"]
+    assert max(int(p[-4:]) for p in bundle.card.extra["patients"]) <= 800
+    shape = model.config.volume_shape
+    with torch.no_grad():
+        logits, weights = model(torch.rand(1, 1, *shape), model.report_encoder.tokenize(["Former smoker. A nodule."]))
+    p = model.calibrated(logits)
+    assert 0 <= float(p) <= 1 and torch.allclose(weights.sum(1), torch.ones(1))
