@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
+from apps.medical.settings import MedicalSettings, get_settings
 from core.serving import (
     ApiError,
     DynamicBatcher,
@@ -23,7 +24,6 @@ from core.serving import (
     sniff_kind,
     subject_hash,
 )
-from apps.medical.settings import MedicalSettings, get_settings
 
 CT_KINDS = {"nifti", "dicom", "zip"}
 MAX_REPORT_CHARS = 20_000
@@ -45,7 +45,7 @@ class AnalyzeResponse(BaseModel):
     id: str = Field(description="Result id in the result store")
     probability: float = Field(description="Calibrated probability that the nodule is malignant")
     risk: RiskBand
-    location: Optional[Location] = Field(None, description="Heat-map peak; None without a CT")
+    location: Location | None = Field(None, description="Heat-map peak; None without a CT")
     heatmaps: list[str] = Field(description="URLs of PNG slices with the Grad-CAM overlay")
     modality_weights: dict[str, float]
     model_version: str
@@ -70,8 +70,8 @@ async def analyze(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
     request_id: Annotated[str, Depends(get_request_id)],
-    ct: Annotated[Optional[UploadFile], File(description="CT: NIfTI (.nii/.nii.gz), a DICOM file or a zipped DICOM series")] = None,
-    report: Annotated[Optional[str], Form(description="Report / EMR text (plain text)")] = None,
+    ct: Annotated[UploadFile | None, File(description="CT: NIfTI (.nii/.nii.gz), a DICOM file or a zipped DICOM series")] = None,
+    report: Annotated[str | None, Form(description="Report / EMR text (plain text)")] = None,
 ) -> AnalyzeResponse:
     from apps.medical.service import CTInputError, StudyInput, volume_from_upload
 

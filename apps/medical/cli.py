@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -28,25 +28,25 @@ def _table(title: str, metrics: dict) -> None:
     Console().print(table)
 
 
-def _write_json(path: Optional[str], metrics: dict) -> None:
+def _write_json(path: str | None, metrics: dict) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2) + "\n")
 
 
 def train(
-    ct: Annotated[Optional[str], typer.Option("--ct", help="Rendered training set (labels.csv + volumes).")] = None,
-    reports: Annotated[Optional[str], typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
-    out: Annotated[Optional[str], typer.Option(help="Output folder (default: the shipped weights folder).")] = None,
+    ct: Annotated[str | None, typer.Option("--ct", help="Rendered training set (labels.csv + volumes).")] = None,
+    reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
+    out: Annotated[str | None, typer.Option(help="Output folder (default: the shipped weights folder).")] = None,
     patients: Annotated[str, typer.Option(help="Patient range to train on; must lie within 0001:0800.")] = "LIDC-IDRI-0001:LIDC-IDRI-0800",
     preset: Annotated[str, typer.Option(help="Training preset: small (default) or tiny (smoke test).")] = "small",
-    epochs: Annotated[Optional[int], typer.Option(help="Override the preset's epochs.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",
-    cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = "datasets/prepared/medical",
+    cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = "datasets/prepared/medical",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    pack: Annotated[Optional[str], typer.Option(help="Train from a compact pack (see --write-pack) instead of --ct.")] = None,
-    write_pack: Annotated[Optional[str], typer.Option(help="With --ct: write a compact training pack here and stop.")] = None,
+    pack: Annotated[str | None, typer.Option(help="Train from a compact pack (see --write-pack) instead of --ct.")] = None,
+    write_pack: Annotated[str | None, typer.Option(help="With --ct: write a compact training pack here and stop.")] = None,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports) and/or the CT + report fusion model (--ct)."""
     from core.offline import enforce_offline
@@ -100,14 +100,14 @@ def train(
 
 
 def evaluate(
-    ct: Annotated[Optional[str], typer.Option("--ct", help="Rendered set with labels.csv (e.g. patients 0801-1012).")] = None,
-    reports: Annotated[Optional[str], typer.Option("--reports", help="IU indiana_reports.csv (or its folder).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
-    bundle: Annotated[Optional[str], typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
-    classifier: Annotated[Optional[str], typer.Option(help="IU classifier JSON (default: shipped).")] = None,
+    ct: Annotated[str | None, typer.Option("--ct", help="Rendered set with labels.csv (e.g. patients 0801-1012).")] = None,
+    reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
+    bundle: Annotated[str | None, typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
+    classifier: Annotated[str | None, typer.Option(help="IU classifier JSON (default: shipped).")] = None,
     bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
-    cache: Annotated[Optional[str], typer.Option(help="Cache folder for prepared volumes.")] = None,
-    record: Annotated[Optional[str], typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
+    cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = None,
+    record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
 ) -> None:
     """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece) or --reports FILE (auc, f1)."""
     from core.offline import enforce_offline
@@ -140,8 +140,8 @@ def bench(
     ct: Annotated[str, typer.Option("--ct", help="Rendered set (labels.csv) to time studies from.")],
     studies: Annotated[int, typer.Option(help="How many studies to time.")] = 10,
     threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
-    bundle: Annotated[Optional[str], typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
-    json_out: Annotated[Optional[str], typer.Option("--json", help="Write timings JSON here.")] = None,
+    bundle: Annotated[str | None, typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write timings JSON here.")] = None,
 ) -> None:
     """Seconds per study on CPU: file -> pipeline -> model + Grad-CAM -> heat-map PNGs."""
     import tempfile

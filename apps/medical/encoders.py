@@ -22,7 +22,6 @@ from core.config import ConfigBase
 from core.encoders.base import Encoder, EncoderOutput
 from core.encoders.registry import register_encoder
 
-
 # -- CT -----------------------------------------------------------------------------------------
 
 

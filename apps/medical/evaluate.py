@@ -28,12 +28,12 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     """Fused, CT-only and text-only AUC, accuracy and ECE (calibrated) on a rendered set."""
     import torch
 
-    from core.metrics import expected_calibration_error
     from apps.medical.data import load_rendered
     from apps.medical.model import load_model
     from apps.medical.train import StudyDataset, _auc, embed_reports, predict_logits, prepare_volumes
+    from core.metrics import expected_calibration_error
 
-    model, bundle = load_model(bundle_dir, bert_path)
+    model, _ = load_model(bundle_dir, bert_path)
     studies = load_rendered(ct_dir, patients)
     if not studies:
         raise ValueError(f"no labelled studies in {ct_dir}")

@@ -14,11 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
 from core.config import ConfigBase
 from core.fusion.progressive import FusionConfig
 from core.heads import ClassificationHead
 from core.model import MultimodalModel
-from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
 
 MODALITIES = ("ct", "report")
 
@@ -54,7 +54,7 @@ class MedicalModelConfig(ConfigBase):
     }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "MedicalModelConfig":
+    def from_dict(cls, data: dict[str, Any]) -> MedicalModelConfig:
         data = dict(data)
         if isinstance(data.get("ct"), dict):
             data["ct"] = CTEncoderConfig.from_dict(data["ct"])

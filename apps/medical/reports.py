@@ -99,7 +99,7 @@ class ReportClassifier:
         return hstack([a, self.config.negated_weight * n, csr_matrix(prepared.keywords)]).tocsr()
 
     # -- training / inference -------------------------------------------------------------------
-    def fit(self, texts: list[str], labels: list[int] | np.ndarray, tune_threshold: bool = True) -> "ReportClassifier":
+    def fit(self, texts: list[str], labels: list[int] | np.ndarray, tune_threshold: bool = True) -> ReportClassifier:
         from sklearn.linear_model import LogisticRegression
 
         y = np.asarray(labels, dtype=int)
@@ -161,7 +161,7 @@ class ReportClassifier:
         Path(path).write_text(json.dumps(self.to_dict()))
 
     @classmethod
-    def from_dict(cls, data: dict) -> "ReportClassifier":
+    def from_dict(cls, data: dict) -> ReportClassifier:
         from sklearn.feature_extraction.text import TfidfVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -189,5 +189,5 @@ class ReportClassifier:
         return model
 
     @classmethod
-    def load(cls, path: str | Path) -> "ReportClassifier":
+    def load(cls, path: str | Path) -> ReportClassifier:
         return cls.from_dict(json.loads(Path(path).read_text()))

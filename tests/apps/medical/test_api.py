@@ -1,5 +1,6 @@
 import logging
 import time
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -95,6 +96,6 @@ def test_dicom_uploads_go_through_ingestion_checks(client):
         path = get_testdata_file(name, download=False)
         if path is None:
             pytest.skip(f"pydicom test file {name} not installed")
-        r = client.post("/v1/studies:analyze", files={"ct": (name, open(path, "rb").read(), "application/dicom")}, headers=h)
+        r = client.post("/v1/studies:analyze", files={"ct": (name, Path(path).read_bytes(), "application/dicom")}, headers=h)
         assert 400 <= r.status_code < 500, r.text
         assert r.json()["error"]["message"]

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from core.encoders import create_encoder, list_encoders
 from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
+from core.encoders import create_encoder, list_encoders
 
 
 def test_registered_in_core_registry():

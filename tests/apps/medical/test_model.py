@@ -1,5 +1,4 @@
 import pytest
-import numpy as np
 import torch
 
 from apps.medical.model import MedicalModelConfig, build_model, fit_calibration, load_model
