@@ -139,7 +139,9 @@ class StreamingRecognizer:
         events = []
         try:
             if self._in_utt or self._buf:
-                tail = self._ep.end_stream(self._buf) if self._in_utt else None
+                # end_stream indexes into its argument, so an empty tail (the stream ended on a
+                # frame boundary) is replaced by one frame of silence to flush the window.
+                tail = self._ep.end_stream(self._buf or bytes(self._frame_bytes)) if self._in_utt else None
                 if tail:
                     self._process(tail)
                 if self._in_utt:

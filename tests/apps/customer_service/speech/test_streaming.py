@@ -133,3 +133,18 @@ def test_websocket_session_limit(stream_pool):
             if m["type"] == "error":
                 break
         assert msgs[-1]["code"] == "too_long"
+
+
+@pytest.mark.parametrize("cut_s", [0.6, 0.62, 1.0])
+def test_stream_ending_mid_speech_finishes_cleanly(stream_pool, cut_s):
+    # Regression: a stream cut while the caller is still talking, on a frame boundary, left the
+    # endpointer an empty tail and pocketsphinx raised IndexError from end_stream.
+    pcm = _pcm(speak("My card number is four five three nine and I want to block it"))[: int(cut_s * 16_000) * 2]
+    rec = StreamingRecognizer(pool=stream_pool)
+    events = []
+    for off in range(0, len(pcm), 3_200):  # 100 ms chunks
+        events += rec.accept(pcm[off:off + 3_200])
+    events += rec.finish()
+    finals = [e for e in events if e.type == "final"]
+    assert len(finals) == 1 and finals[0].text
+    assert finals[0].end <= cut_s + 0.05
