@@ -39,16 +39,14 @@ class MultimodalModel(nn.Module):
         self.router = TaskRouter(heads)
 
     def encode(self, inputs: dict[str, Any], present: dict[str, torch.Tensor] | None = None) -> dict[str, EncoderOutput]:
-        batch_size, device = self._batch_info(inputs, present)
+        encoded = {name: self.encoders[name](inputs[name]) for name in self.modalities if inputs.get(name) is not None}
+        batch_size, device = self._batch_info(encoded, present)
         outputs = {}
         for name in self.modalities:
-            batch = inputs.get(name)
-            encoder = self.encoders[name]
-            if batch is None:
-                tokens = torch.zeros(batch_size, 1, encoder.dim, device=device)
+            out = encoded.get(name)
+            if out is None:
+                tokens = torch.zeros(batch_size, 1, self.encoders[name].dim, device=device)
                 out = EncoderOutput(tokens, torch.zeros(batch_size, 1, dtype=torch.bool, device=device))
-            else:
-                out = encoder(batch)
             if present is not None and name in present:
                 keep = present[name].to(device=out.mask.device, dtype=torch.bool)
                 out = EncoderOutput(out.tokens * keep[:, None, None].to(out.tokens.dtype), out.mask & keep[:, None])
@@ -67,20 +65,13 @@ class MultimodalModel(nn.Module):
         logits = self.router(fusion.fused, task or self.router.tasks[0])
         return ModelOutput(logits, fusion.weights, fusion.fused, fusion)
 
-    def _batch_info(self, inputs: dict[str, Any], present: dict[str, torch.Tensor] | None) -> tuple[int, torch.device]:
-        for value in list(inputs.values()) + list((present or {}).values()):
-            tensor = _first_tensor(value)
-            if tensor is not None:
-                return tensor.shape[0], tensor.device
-        raise ValueError("no modality has data: pass at least one input tensor or a present mask")
-
-
-def _first_tensor(value: Any) -> torch.Tensor | None:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, dict):
-        for item in value.values():
-            found = _first_tensor(item)
-            if found is not None:
-                return found
-    return None
+    @staticmethod
+    def _batch_info(encoded: dict[str, EncoderOutput], present: dict[str, torch.Tensor] | None) -> tuple[int, torch.device]:
+        """The batch size every modality must share, from encoder outputs and present masks."""
+        sizes = {f"{name} tokens": (out.batch_size, out.tokens.device) for name, out in encoded.items()}
+        sizes.update({f"{name} present mask": (len(mask), mask.device) for name, mask in (present or {}).items()})
+        if not sizes:
+            raise ValueError("no modality has data: pass at least one input or a present mask")
+        if len({size for size, _ in sizes.values()}) > 1:
+            raise ValueError(f"modalities disagree on the batch size: { {k: v[0] for k, v in sizes.items()} }")
+        return next(iter(sizes.values()))

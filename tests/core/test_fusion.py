@@ -113,3 +113,17 @@ def test_router_rejects_unknown_task():
     router = TaskRouter({"intent": ClassificationHead(4, 2)})
     with pytest.raises(KeyError, match="intent"):
         router(torch.randn(1, 4), "emotion")
+
+
+def test_model_refuses_inconsistent_batch_sizes():
+    import pytest
+
+    encoders = {name: create_encoder("vector", "mlp", in_dim=8, dim=16, hidden=16) for name in ("a", "b")}
+    model = MultimodalModel(encoders, FusionConfig.from_name("tiny"), {"main": ClassificationHead(16, 2)})
+    with pytest.raises(ValueError, match="disagree on the batch size"):
+        model({"a": torch.randn(3, 8), "b": torch.randn(4, 8)})
+    with pytest.raises(ValueError, match="no modality"):
+        model({"a": None, "b": None})
+    # Only a present mask: every modality absent, the batch size still comes from the mask.
+    out = model({"a": None, "b": None}, present={"a": torch.zeros(2, dtype=torch.bool)})
+    assert out.logits.shape == (2, 2) and (out.weights == 0).all()
