@@ -139,8 +139,15 @@ def _check_content(kind: str, data: bytes) -> None:
     if kind in ("png", "jpeg", "bmp", "tiff"):
         from PIL import Image
 
-        with Image.open(io.BytesIO(data)) as image:  # raises DecompressionBombError on absurd sizes
-            image.verify()
+        try:
+            with Image.open(io.BytesIO(data)) as image:  # raises DecompressionBombError on absurd sizes
+                image.verify()
+        except Image.DecompressionBombError:
+            raise
+        except Exception as exc:
+            # ultralytics patches Image.open and turns a plain decode failure into a
+            # ModuleNotFoundError (pi_heif); report the decode failure itself.
+            raise ValueError("image data is truncated or corrupt") from exc
     elif kind in ("wav", "flac", "ogg", "mp3"):
         import soundfile
 
@@ -225,10 +232,15 @@ async def read_upload(
             raise ApiError(
                 422,
                 "corrupt_upload",
-                f"{name} starts like {kind} but could not be decoded ({type(exc).__name__}); accepted kinds: {accepted}",
+                f"{name} starts like {kind} but could not be decoded ({_reason(exc)}); accepted kinds: {accepted}",
                 {"accepted": sorted(accept), "detected": kind},
             ) from None
     return data
+
+
+def _reason(exc: Exception) -> str:
+    """A short, content-free reason: the decoder's message when it is ours, else its type."""
+    return str(exc)[:120] if type(exc) is ValueError and str(exc) else type(exc).__name__
 
 
 def _too_large(size: int, max_bytes: int, at_least: bool = False) -> ApiError:

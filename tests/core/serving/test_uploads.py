@@ -257,3 +257,14 @@ def test_upload_endpoints_over_http(tmp_path, monkeypatch):
         missing = client.post("/image")
         assert missing.status_code == 422 and missing.json()["error"]["code"] == "invalid_request"
     assert list(spool.iterdir()) == []  # every temporary file and folder is gone
+
+
+def test_corrupt_image_reason_survives_ultralytics_patch():
+    # ultralytics wraps PIL's Image.open and re-raises decode failures as ModuleNotFoundError.
+    import torch  # noqa: F401  (ultralytics after torch)
+    import ultralytics  # noqa: F401
+
+    with pytest.raises(ApiError) as corrupt:
+        asyncio.run(read_upload(b"\x89PNG\r\n\x1a\nxxxx", accept={"png"}, max_bytes=1_000))
+    assert corrupt.value.status_code == 422
+    assert "truncated or corrupt" in corrupt.value.message and "ModuleNotFound" not in corrupt.value.message
