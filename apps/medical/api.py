@@ -89,7 +89,7 @@ async def analyze(
     if ct is not None:
         data = await read_upload(ct, accept=CT_KINDS, max_bytes=settings.max_upload_bytes)
         try:
-            volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.volume_shape)
+            volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.load_ct)
         except CTInputError as exc:
             raise ApiError(exc.status_code, exc.code, str(exc), {"accepted": sorted(CT_KINDS)}) from None
     try:

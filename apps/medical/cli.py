@@ -156,14 +156,12 @@ def bench(
     torch.set_num_threads(threads)
     from apps.medical.data import load_rendered
     from apps.medical.service import MedicalRunner, StudyInput
-    from apps.medical.volumes import load_volume
-
     with tempfile.TemporaryDirectory() as tmp:
         runner = MedicalRunner(bundle or WEIGHTS / "fusion", tmp, threads=threads)
         times = []
         for study in load_rendered(ct)[:studies]:
             started = time.perf_counter()
-            volume = load_volume(study.volume_path, runner.volume_shape)
+            volume = runner.load_ct(study.volume_path)
             runner.analyze(StudyInput(volume, study.report))
             times.append(time.perf_counter() - started)
     metrics = {"seconds_per_study_mean": float(np.mean(times)), "seconds_per_study_p95": float(np.percentile(times, 95)),

@@ -149,6 +149,83 @@ class BlobFeatures(nn.Module):
         return torch.stack(feats, dim=1)  # (B, out_dim)
 
 
+@dataclass
+class CandidateEncoderConfig(ConfigBase):
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # stem (stride 2), then one conv + 2x pool each
+    dim: int = 128  # token width
+    geometry_features: int = 10  # len(apps.medical.candidates.GEOMETRY_FEATURES)
+    dropout: float = 0.1
+
+    PRESETS = {
+        "tiny": {"channels": [4, 8], "dim": 16, "dropout": 0.0},
+        "small": {},
+    }
+
+
+# Fixed scales bringing the candidate geometry features (mm, log mm3, HU/1000, ratios, rank) to ~0..1
+_GEOMETRY_SCALE = (10.0, 30.0, 10.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 5.0)
+
+
+def _candidate_example():
+    crops = torch.rand(2, 3, 1, 12, 12, 12)
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    return {"config": CandidateEncoderConfig.from_name("tiny")}, {"crops": crops, "geometry": torch.rand(2, 3, 10), "mask": mask}
+
+
+@register_encoder("ct", "candidates", example=_candidate_example)
+class CTCandidateEncoder(Encoder):
+    """Nodule candidates (``apps.medical.candidates``) -> ``[study token, one token per candidate]``.
+
+    Input dict: ``crops`` (B, K, 1, S, S, S) lung-windowed 0..1, ``geometry`` (B, K, F), ``mask``
+    (B, K) True = real candidate. Each crop goes through a small plain 3D CNN; its token is the CNN
+    vector plus an embedding of the candidate's geometry. The study token (always valid, so a scan
+    without candidates still has a CT token) pools the candidates (masked mean and max) and knows
+    how many there were.
+    """
+
+    modality = "ct"
+
+    def __init__(self, config: CandidateEncoderConfig | None = None):
+        super().__init__()
+        self.config = config = config or CandidateEncoderConfig()
+        self.dim = config.dim
+        # a strided stem then one conv + 2x pooling per stage: ~25 M multiply-adds per 32^3 crop, so
+        # training runs on a CPU and a study's candidates cost milliseconds at serving time
+        stem = config.channels[0]
+        layers: list[nn.Module] = [nn.Conv3d(1, stem, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(4, stem), stem),
+                                   nn.ReLU(inplace=True)]
+        width = stem
+        for c in config.channels[1:]:
+            layers += [nn.Conv3d(width, c, 3, padding=1, bias=False), nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True),
+                       nn.MaxPool3d(2)]
+            width = c
+        self.cnn = nn.Sequential(*layers)
+        self.crop_proj = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width, config.dim))
+        self.geometry_proj = nn.Sequential(nn.Linear(config.geometry_features, config.dim), nn.GELU(),
+                                           nn.Linear(config.dim, config.dim))
+        self.register_buffer("geometry_scale", torch.tensor(_GEOMETRY_SCALE[: config.geometry_features]
+                                                            + (1.0,) * max(0, config.geometry_features - len(_GEOMETRY_SCALE))))
+        self.study = nn.Sequential(nn.Linear(2 * config.dim + 1, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim))
+        self.feature_map: torch.Tensor | None = None
+
+    def forward(self, batch) -> EncoderOutput:
+        crops, geometry, mask = batch["crops"], batch["geometry"], batch["mask"].bool()
+        if crops.dim() != 6 or crops.shape[2] != 1:
+            raise ValueError(f"candidate crops must be (B, K, 1, S, S, S), got {tuple(crops.shape)}")
+        b, k = crops.shape[:2]
+        fmap = self.cnn(crops.flatten(0, 1).float())  # (B*K, C, s, s, s)
+        pooled = torch.cat([fmap.mean(dim=(2, 3, 4)), fmap.amax(dim=(2, 3, 4))], dim=1)
+        tokens = self.crop_proj(pooled).view(b, k, -1) + self.geometry_proj(geometry.float() / self.geometry_scale)
+        m = mask.unsqueeze(-1).to(tokens.dtype)
+        tokens = tokens * m
+        count = mask.sum(1, keepdim=True).to(tokens.dtype)
+        mean = tokens.sum(1) / count.clamp_min(1.0)
+        peak = tokens.masked_fill(~mask.unsqueeze(-1), -1e4).amax(1) * (count > 0).to(tokens.dtype)
+        study = self.study(torch.cat([mean, peak, count / max(k, 1)], dim=-1)).unsqueeze(1)
+        out_mask = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=mask.device), mask], dim=1)
+        return EncoderOutput(torch.cat([study, tokens], dim=1), out_mask)
+
+
 # -- report text --------------------------------------------------------------------------------
 
 

@@ -30,7 +30,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
 
     from apps.medical.data import load_rendered
     from apps.medical.model import load_model
-    from apps.medical.train import StudyDataset, _auc, embed_reports, predict_logits, prepare_volumes
+    from apps.medical.train import StudyDataset, _auc, ct_arrays, embed_reports, predict_logits
     from core.metrics import expected_calibration_error
 
     model, _ = load_model(bundle_dir, bert_path)
@@ -38,7 +38,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     if not studies:
         raise ValueError(f"no labelled studies in {ct_dir}")
     y = np.array([s.label for s in studies])
-    volumes = prepare_volumes([s.volume_path for s in studies], model.config.volume_shape, cache, log=lambda m: None)
+    volumes = ct_arrays(model, studies, cache, log=lambda m: None)
     hidden, mask = embed_reports(model, [s.report for s in studies])
     scores = {}
     for name, ct_on, rep_on in (("fused", True, True), ("ct", True, False), ("text", False, True)):

@@ -14,7 +14,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from apps.medical.encoders import BertReportEncoder, CTEncoderConfig, CTResNetEncoder
+from apps.medical.encoders import (
+    BertReportEncoder,
+    CandidateEncoderConfig,
+    CTCandidateEncoder,
+    CTEncoderConfig,
+    CTResNetEncoder,
+)
 from core.config import ConfigBase
 from core.fusion.progressive import FusionConfig
 from core.heads import ClassificationHead
@@ -26,6 +32,11 @@ MODALITIES = ("ct", "report")
 @dataclass
 class MedicalModelConfig(ConfigBase):
     ct: CTEncoderConfig = field(default_factory=CTEncoderConfig)
+    # "resnet3d": one lung-cropped, resized volume; "candidates": the classical candidate stage
+    # (apps.medical.candidates, native resolution) -> crops + geometry -> CTCandidateEncoder
+    ct_kind: str = "resnet3d"
+    candidate_encoder: CandidateEncoderConfig = field(default_factory=CandidateEncoderConfig)
+    candidate_stage: dict = field(default_factory=dict)  # CandidateConfig overrides (defaults if empty)
     fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
     volume_shape: list[int] = field(default_factory=lambda: [56, 88, 88])  # (D, H, W) model input
     # CT intensities are posterised to this many levels (0 = off) inside forward(), in training and
@@ -49,6 +60,18 @@ class MedicalModelConfig(ConfigBase):
             "bert_hidden": 16,
         },
         "small": {},
+        # nodule candidates at native resolution (crops + geometry) + per-modality auxiliary losses
+        "candidates": {"ct_kind": "candidates", "aux_weight": 0.5},
+        "tiny_candidates": {
+            "ct_kind": "candidates",
+            "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
+            "candidate_stage": {"k": 3, "crop": 12},
+            "fusion": FusionConfig.PRESETS["tiny"],
+            "clause_tokens": 16,
+            "max_clauses": 8,
+            "head_hidden": 8,
+            "bert_hidden": 16,
+        },
         # small + fixed blob features in the CT encoder + per-modality auxiliary losses
         "small_blob": {"ct": {**CTEncoderConfig.PRESETS["small"], "blob_features": True}, "aux_weight": 0.5},
     }
@@ -58,6 +81,8 @@ class MedicalModelConfig(ConfigBase):
         data = dict(data)
         if isinstance(data.get("ct"), dict):
             data["ct"] = CTEncoderConfig.from_dict(data["ct"])
+        if isinstance(data.get("candidate_encoder"), dict):
+            data["candidate_encoder"] = CandidateEncoderConfig.from_dict(data["candidate_encoder"])
         if isinstance(data.get("fusion"), dict):
             data["fusion"] = FusionConfig.from_dict(data["fusion"])
         return super().from_dict(data)
@@ -70,7 +95,13 @@ class MedicalModel(nn.Module):
             raise ValueError(f"report encoder width {report_encoder.dim} != config.bert_hidden {config.bert_hidden}")
         self.config = config
         heads = {"malignancy": ClassificationHead(config.fusion.dim, 1, hidden=config.head_hidden)}
-        self.net = MultimodalModel({"ct": CTResNetEncoder(config.ct), "report": report_encoder}, config.fusion, heads)
+        if config.ct_kind == "candidates":
+            ct_encoder: nn.Module = CTCandidateEncoder(config.candidate_encoder)
+        elif config.ct_kind == "resnet3d":
+            ct_encoder = CTResNetEncoder(config.ct)
+        else:
+            raise ValueError(f"unknown ct_kind {config.ct_kind!r}; choose resnet3d or candidates")
+        self.net = MultimodalModel({"ct": ct_encoder, "report": report_encoder}, config.fusion, heads)
         # Calibration: p = sigmoid(logit / temperature + bias), fitted after training.
         if config.aux_weight:
             # per-modality heads: direct supervision for each branch, so the CT encoder learns even
@@ -80,7 +111,16 @@ class MedicalModel(nn.Module):
         self.register_buffer("bias", torch.zeros(()))
 
     @property
-    def ct_encoder(self) -> CTResNetEncoder:
+    def uses_candidates(self) -> bool:
+        return self.config.ct_kind == "candidates"
+
+    def candidate_config(self):
+        from apps.medical.candidates import CandidateConfig
+
+        return CandidateConfig(**self.config.candidate_stage)
+
+    @property
+    def ct_encoder(self) -> nn.Module:
         return self.net.encoders["ct"]
 
     @property
@@ -90,7 +130,7 @@ class MedicalModel(nn.Module):
     def forward(self, ct: torch.Tensor | None, report: dict[str, torch.Tensor] | None,
                 present: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Return (raw logits (B,), modality weights (B, 2) in MODALITIES order)."""
-        if ct is not None and self.config.intensity_levels:
+        if isinstance(ct, torch.Tensor) and self.config.intensity_levels:
             ct = posterise(ct, self.config.intensity_levels)
         out = self.net({"ct": ct, "report": report}, present=present)
         self.last_summaries = out.fusion.summaries  # (B, M, D), read by the auxiliary loss in training

@@ -50,8 +50,17 @@ def risk_band(probability: float) -> dict[str, str]:
 
 
 @dataclass
+class CandidateInput:
+    """CT input of a candidate-stage model: the candidates plus the lung-windowed native volume the
+    heat-map slices are drawn on."""
+
+    candidates: Any  # apps.medical.candidates.Candidates
+    display: np.ndarray  # (D, H, W) float 0..1 at the scan's own resolution
+
+
+@dataclass
 class StudyInput:
-    volume: np.ndarray | None  # (D, H, W) float 0..1 at the model's volume_shape, or None
+    volume: np.ndarray | CandidateInput | None  # (D, H, W) 0..1 at volume_shape / candidates / None
     report: str | None  # EMR / report text, or None
 
 
@@ -63,14 +72,27 @@ class CTInputError(ValueError):
         self.status_code, self.code = status_code, code
 
 
-def volume_from_upload(data: bytes, kind: str, shape: list[int]) -> tuple[np.ndarray, str]:
-    """Upload bytes -> (model array, study key for hashing). ``kind`` from core.serving.sniff_kind.
+def load_ct_input(path: str | Path, shape: list[int] | None = None, candidate_config=None):
+    """A CT file -> the model's CT input: the resized volume (``shape``) or, given a
+    ``candidate_config``, a ``CandidateInput``. The one path for training, evaluation and serving."""
+    if candidate_config is None:
+        from apps.medical.volumes import load_volume
+
+        return load_volume(path, shape)
+    from apps.medical.candidates import extract, load_hu
+    from apps.medical.volumes import window
+
+    hu, spacing = load_hu(path)
+    return CandidateInput(extract(hu, spacing, candidate_config), window(hu))
+
+
+def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
+    """Upload bytes -> (model CT input, study key for hashing). ``kind`` from core.serving.sniff_kind;
+    ``shape`` is the model's volume shape or a callable path -> CT input (``MedicalRunner.load_ct``).
 
     The study key is the DICOM StudyInstanceUID when there is one, else the sha256 of the bytes; it
     is only ever stored hashed.
     """
-    from apps.medical.volumes import load_volume
-
     with tempfile.TemporaryDirectory(prefix="triptych-ct-") as tmp:
         tmp_path = Path(tmp)
         ingest = _ingest_module()
@@ -87,7 +109,7 @@ def volume_from_upload(data: bytes, kind: str, shape: list[int]) -> tuple[np.nda
         else:
             raise CTInputError(f"a {kind} upload cannot be read by this installation; send a NIfTI volume (.nii, .nii.gz)")
         try:
-            volume = load_volume(path, shape)
+            volume = shape(path) if callable(shape) else load_ct_input(path, shape)
         except Exception as exc:  # readers raise many types (MONAI wraps them in RuntimeError); input's fault here
             raise CTInputError(f"could not read the CT volume ({type(exc).__name__}); "
                                "send a complete NIfTI volume, DICOM file or zipped DICOM series") from None
@@ -119,9 +141,14 @@ class MedicalRunner:
         self.version = bundle.version
         self.sha256 = bundle.sha256
         self.volume_shape = list(self.model.config.volume_shape)
+        self.candidate_config = self.model.candidate_config() if self.model.uses_candidates else None
         self.artefact_dir = Path(artefact_dir) / "medical"
         self.heatmap_slices = heatmap_slices
         self._lock = threading.Lock()  # the CT encoder keeps its last feature map: one study at a time
+
+    def load_ct(self, path: str | Path):
+        """A CT file -> this model's CT input (what ``StudyInput.volume`` holds)."""
+        return load_ct_input(path, self.volume_shape, self.candidate_config)
 
     def predict_batch(self, items: list[StudyInput]) -> list[Any]:
         out: list[Any] = []
@@ -148,6 +175,10 @@ class MedicalRunner:
                     logits, weights = self.model(None, report)
                 probability = float(self.model.calibrated(logits)[0])
                 return self._result(probability, [float(w) for w in weights[0]], None, [])
+            if self.candidate_config is not None:
+                if not isinstance(item.volume, CandidateInput):
+                    raise CTInputError("this model reads nodule candidates; load the CT with MedicalRunner.load_ct")
+                return self._analyze_candidates(item.volume, report)
             if tuple(item.volume.shape) != tuple(self.volume_shape):
                 raise CTInputError(f"volume shape {item.volume.shape} != model input {self.volume_shape}")
             ct = torch.from_numpy(np.ascontiguousarray(item.volume, dtype=np.float32))[None, None]
@@ -162,6 +193,59 @@ class MedicalRunner:
             names.append(name)
         location = describe_location(cam.peak, tuple(cam.heatmap.shape))
         return self._result(cam.probability, cam.weights, location, names, artefact_id)
+
+    def _analyze_candidates(self, ct_input: CandidateInput, report) -> dict[str, Any]:
+        """Probability plus an occlusion explanation: each candidate's share is the drop of the
+        malignancy logit when it alone is masked out; the heat map puts a blob of that weight at
+        each candidate, the location is the candidate that mattered most."""
+        import torch
+
+        from apps.medical.gradcam import describe_location, overlay_png
+
+        c = ct_input.candidates
+        crops = torch.from_numpy(c.crops)[None, :, None]
+        geometry = torch.from_numpy(c.geometry)[None]
+        mask = torch.from_numpy(c.mask)[None]
+        k = mask.shape[1]
+        # row 0: all candidates; row i+1: candidate i masked out (one batched forward)
+        masks = mask.repeat(k + 1, 1)
+        masks[1:] &= ~torch.eye(k, dtype=torch.bool)
+        batch = {"crops": crops.expand(k + 1, -1, -1, -1, -1, -1), "geometry": geometry.expand(k + 1, -1, -1), "mask": masks}
+        rep = None if report is None else {key: v.expand(k + 1, *v.shape[1:]) for key, v in report.items()}
+        with torch.no_grad():
+            logits, weights = self.model(batch, rep)
+        probability = float(self.model.calibrated(logits[:1])[0])
+        share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask
+        display = ct_input.display
+        heat = np.zeros(display.shape, np.float32)
+        if c.mask.any():
+            best = int(np.argmax(np.where(c.mask, share, -np.inf))) if share.max() > 0 else int(np.flatnonzero(c.mask)[0])
+            zz, yy, xx = np.ogrid[: display.shape[0], : display.shape[1], : display.shape[2]]
+            peak_share = max(float(share.max()), 1e-6)
+            for i in np.flatnonzero(c.mask):
+                z, y, x = (int(v) for v in c.centres_vox[i])
+                w = float(share[i]) / peak_share if share.max() > 0 else float(i == best)
+                if w > 0:
+                    r = max(2.0, float(c.geometry[i, 0]) / 2.0)  # voxels, roughly the candidate's radius
+                    heat = np.maximum(heat, w * np.exp(-((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2) / (2 * r * r)))
+            peak = tuple(int(v) for v in c.centres_vox[best])
+            location = describe_location(peak, tuple(display.shape))
+            location["description"] = location["description"].replace("heat-map peak", "most influential nodule candidate")
+            location["candidate_diameter_mm"] = round(float(c.geometry[best, 1]), 1)
+            slices = [peak[0]] + [int(c.centres_vox[i, 0]) for i in np.argsort(-share) if c.mask[i] and share[i] > 0
+                                  and int(c.centres_vox[i, 0]) != peak[0]]
+            slices = list(dict.fromkeys(slices))[: self.heatmap_slices]
+        else:
+            location, slices = None, []
+        artefact_id = uuid.uuid4().hex
+        folder = self.artefact_dir / artefact_id
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        for z in slices:
+            name = f"slice_{z}.png"
+            (folder / name).write_bytes(overlay_png(display, heat, z, scale=2))
+            names.append(name)
+        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id)
 
     def _result(self, probability: float, weights: list[float], location: dict | None, heatmaps: list[str],
                 artefact_id: str | None = None) -> dict[str, Any]:

@@ -126,6 +126,11 @@ class FusionTrainConfig(ConfigBase):
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                            "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         "small": {},
+        "tiny_candidates": {"model": "tiny_candidates", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
+                                                                 "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
+        # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
+        "candidates": {"model": "candidates", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
+                                                       "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
         "small_blob": {"model": "small_blob", "loop": {"epochs": 55, "batch_size": 32, "lr": 1e-3, "patience": 25,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
@@ -186,7 +191,10 @@ class StudyDataset(Dataset):
 
     def __init__(self, volumes: np.ndarray, hidden: torch.Tensor, mask: torch.Tensor, labels: np.ndarray,
                  train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True):
-        self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))  # uint8 (N, D, H, W)
+        if isinstance(volumes, dict):  # candidate stage output: crops uint8 (N, K, S, S, S), geometry, cmask
+            self.volumes = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in volumes.items()}
+        else:
+            self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))  # uint8 (N, D, H, W)
         self.hidden, self.mask = hidden, mask
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.train, self.modality_dropout = train, modality_dropout
@@ -203,8 +211,13 @@ class StudyDataset(Dataset):
                 present_ct = False
             elif r < 2 * self.modality_dropout:
                 present_report = False
+        if isinstance(self.volumes, dict):
+            ct = {"crops": self.volumes["crops"][i].unsqueeze(1),  # uint8 (K, 1, S, S, S)
+                  "geometry": self.volumes["geometry"][i], "cmask": self.volumes["cmask"][i]}
+        else:
+            ct = {"ct": self.volumes[i].unsqueeze(0)}  # uint8 (1, D, H, W): scaled to 0..1 on the device
         return {
-            "ct": self.volumes[i].unsqueeze(0),  # uint8 (1, D, H, W): scaled to 0..1 on the device
+            **ct,
             "hidden": self.hidden[i].float(),
             "segment_mask": self.mask[i],
             "label": self.labels[i],
@@ -224,11 +237,68 @@ def augment_ct(ct: torch.Tensor) -> torch.Tensor:
     return (ct * scale).clamp(0, 1)
 
 
+def augment_crops(crops: torch.Tensor) -> torch.Tensor:
+    """Candidate crops (B, K, 1, S, S, S): random flips along each axis and in-plane transposes
+    (a nodule has no preferred orientation), a +-1 voxel shift and +-5 % intensity jitter."""
+    for axis in (3, 4, 5):
+        if float(torch.rand(())) < 0.5:
+            crops = crops.flip(axis)
+    if float(torch.rand(())) < 0.5:
+        crops = crops.transpose(4, 5)
+    crops = torch.roll(crops, shifts=torch.randint(-1, 2, (3,)).tolist(), dims=(3, 4, 5))
+    scale = 1 + 0.05 * torch.randn(crops.shape[0], 1, 1, 1, 1, 1, device=crops.device)
+    return (crops * scale).clamp(0, 1)
+
+
+def prepare_candidates(paths: list[Path], study_ids: list[str], config, cache: Path | None = None,
+                       log: Log = print) -> dict[str, np.ndarray]:
+    """Candidate stage (``apps.medical.candidates``: the same ``load_hu`` + ``extract`` as serving) for
+    every study, cached per study under ``cache/candidates_<config hash>/`` as uint8 crops."""
+    from dataclasses import asdict
+
+    from apps.medical.candidates import GEOMETRY_FEATURES, extract, load_hu
+
+    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
+    folder = Path(cache) / f"candidates_{key}" if cache else None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    n, k, size = len(paths), config.k, config.crop
+    crops = np.zeros((n, k, size, size, size), np.uint8)
+    geometry = np.zeros((n, k, len(GEOMETRY_FEATURES)), np.float32)
+    cmask = np.zeros((n, k), bool)
+    started = time.perf_counter()
+    for i, (path, study_id) in enumerate(zip(paths, study_ids)):
+        cached = folder / f"{study_id}.npz" if folder is not None else None
+        if cached is not None and cached.is_file():
+            data = np.load(cached)
+            crops[i], geometry[i], cmask[i] = data["crops"], data["geometry"], data["mask"]
+            continue
+        hu, spacing = load_hu(path)
+        c = extract(hu, spacing, config)
+        crops[i] = np.round(c.crops * 255).astype(np.uint8)
+        geometry[i], cmask[i] = c.geometry, c.mask
+        if cached is not None:
+            np.savez(cached, crops=crops[i], geometry=geometry[i], mask=cmask[i], centres=c.centres_vox)
+        if (i + 1) % 50 == 0:
+            log(f"candidates {i + 1}/{n} ({time.perf_counter() - started:.0f} s)")
+    return {"crops": crops, "geometry": geometry, "cmask": cmask}
+
+
+def _take(ct, idx):
+    return {k: v[idx] for k, v in ct.items()} if isinstance(ct, dict) else ct[idx]
+
+
 def _forward(model: MedicalModel, batch: dict[str, torch.Tensor], augment: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     present = {"ct": batch["present_ct"], "report": batch["present_report"]}
-    ct = batch["ct"].float() / 255.0 if batch["ct"].dtype == torch.uint8 else batch["ct"]
-    if augment:
-        ct = augment_ct(ct)
+    if "crops" in batch:
+        crops = batch["crops"].float() / 255.0 if batch["crops"].dtype == torch.uint8 else batch["crops"]
+        if augment:
+            crops = augment_crops(crops)
+        ct = {"crops": crops, "geometry": batch["geometry"], "mask": batch["cmask"]}
+    else:
+        ct = batch["ct"].float() / 255.0 if batch["ct"].dtype == torch.uint8 else batch["ct"]
+        if augment:
+            ct = augment_ct(ct)
     report = {"hidden": batch["hidden"], "segment_mask": batch["segment_mask"]}
     return model(ct, report, present=present)
 
@@ -281,11 +351,19 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
     studies = load_rendered(root, patients)
     if not studies:
         raise ValueError(f"no labelled studies for patients {patients} in {root}")
-    volumes = prepare_volumes([s.volume_path for s in studies], model.config.volume_shape, cache, log)
+    volumes = ct_arrays(model, studies, cache, log)
     hidden, mask = embed_reports(model, [s.report for s in studies])
     return {"volumes": volumes, "hidden": hidden, "segment_mask": mask,
             "labels": np.array([s.label for s in studies], dtype=np.int64),
             "patient_ids": np.array([s.patient_id for s in studies]), "study_ids": np.array([s.study_id for s in studies])}
+
+
+def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log = print):
+    """The CT input of every study for this model: resized volumes, or candidate crops + geometry."""
+    if model.uses_candidates:
+        return prepare_candidates([s.volume_path for s in studies], [s.study_id for s in studies],
+                                  model.candidate_config(), cache, log)
+    return prepare_volumes([s.volume_path for s in studies], model.config.volume_shape, cache, log)
 
 
 def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, log: Log = print) -> tuple[MedicalModel, dict]:
@@ -303,15 +381,15 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
     log(f"{len(labels)} studies ({int(labels.sum())} malignant) from {len(set(patient_ids))} patients; "
         f"train {len(tr)} / val {len(va)} studies (split by patient)")
-    train_set = StudyDataset(volumes[tr], hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout)
-    val_set = StudyDataset(volumes[va], hidden[va], mask[va], labels[va])
+    train_set = StudyDataset(_take(volumes, tr), hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout)
+    val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va])
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device
     val_logits = predict_logits(model, val_set, device=device)
     t, b = fit_calibration(torch.from_numpy(val_logits), torch.from_numpy(labels[va]))
     model.temperature.fill_(t)
     model.bias.fill_(b)
-    metrics.update(single_modality_aucs(model, volumes[va], hidden[va], mask[va], labels[va], device))
+    metrics.update(single_modality_aucs(model, _take(volumes, va), hidden[va], mask[va], labels[va], device))
     metrics.update({"train_studies": len(tr), "val_studies": len(va), "temperature": t, "calibration_bias": b})
     model.to("cpu")
     return model, metrics

@@ -60,7 +60,7 @@ def lung_mask(hu: np.ndarray, threshold: float, spacing_xyz: tuple[float, float,
     # drop specks (bowel gas, noise): keep the components holding most of the air
     labels, n = ndimage.label(mask)
     if n > 1:
-        sizes = ndimage.sum(mask, labels, index=np.arange(1, n + 1))
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]  # ndimage.sum, ~20x faster here
         keep = np.flatnonzero(sizes >= 0.1 * sizes.max()) + 1
         mask = np.isin(labels, keep)
     return mask

@@ -1,0 +1,111 @@
+"""The classical nodule-candidate stage on tiny generated chest volumes, and the candidate model
+path (training, evaluation and serving share ``candidates.extract``)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _chest(seed: int = 0, shape=(40, 64, 64)) -> np.ndarray:
+    """Body (soft tissue) with two lungs (-850 HU), a few thin vessels, scanner noise. Spacing 2.5/2/2 mm."""
+    rng = np.random.default_rng(seed)
+    d, h, w = shape
+    zz, yy, xx = np.mgrid[:d, :h, :w].astype(np.float32)
+    hu = np.full(shape, -1000.0, np.float32)
+    body = ((yy - h / 2) / (0.45 * h)) ** 2 + ((xx - w / 2) / (0.47 * w)) ** 2 <= 1
+    hu[body] = 40.0
+    for cx in (0.3 * w, 0.7 * w):
+        lung = (((yy - h / 2) / (0.32 * h)) ** 2 + ((xx - cx) / (0.14 * w)) ** 2 <= 1) & (zz > 2) & (zz < d - 3)
+        hu[lung] = -850.0
+        for k in range(3):  # thin vessels along z: radius 1 voxel (2 mm)
+            vy, vx = h / 2 + rng.uniform(-8, 8), cx + rng.uniform(-3, 3)
+            hu[lung & ((yy - vy) ** 2 + (xx - vx) ** 2 <= 1.0)] = 30.0
+    return hu + rng.normal(0, 15, shape).astype(np.float32)
+
+
+def _plant(hu: np.ndarray, centre, radius_mm: float, spacing, value: float = 20.0) -> np.ndarray:
+    zz, yy, xx = np.mgrid[: hu.shape[0], : hu.shape[1], : hu.shape[2]].astype(np.float32)
+    r = np.sqrt(((zz - centre[0]) * spacing[0]) ** 2 + ((yy - centre[1]) * spacing[1]) ** 2 + ((xx - centre[2]) * spacing[2]) ** 2)
+    out = hu.copy()
+    out[r <= radius_mm] = value
+    return out
+
+
+SPACING = (2.5, 2.0, 2.0)
+
+
+@pytest.mark.parametrize("radius_mm,value", [(5.0, 20.0), (3.0, 20.0), (6.0, -600.0)])  # solid 10 mm, solid 6 mm, ground glass
+def test_planted_sphere_is_found_with_its_size(radius_mm, value):
+    from apps.medical.candidates import GEOMETRY_FEATURES, CandidateConfig, extract
+
+    centre = (20, 30, 22)  # inside the right-hand lung of the phantom
+    hu = _plant(_chest(1), centre, radius_mm, SPACING, value)
+    c = extract(hu, SPACING, CandidateConfig(k=4, crop=16))
+    assert c.mask.any()
+    dist = np.linalg.norm((c.centres_vox - np.array(centre)) * np.array(SPACING), axis=1)
+    dist[~c.mask] = np.inf
+    i = int(np.argmin(dist))
+    assert dist[i] <= 3.0, f"nearest candidate {dist[i]:.1f} mm away"
+    r = c.geometry[i, GEOMETRY_FEATURES.index("radius_mm")]  # distance-transform radius: vessels do not inflate it
+    assert 0.6 * radius_mm <= r <= 1.4 * radius_mm
+    assert c.geometry[i, GEOMETRY_FEATURES.index("eq_diameter_mm")] >= 0.6 * 2 * radius_mm
+    assert c.crops.shape == (4, 16, 16, 16) and 0.0 <= c.crops.min() and c.crops.max() <= 1.0
+    # the crop is centred on the sphere: its centre is bright, its corner lung-dark
+    assert c.crops[i, 8, 8, 8] > c.crops[i, 0, 0, 0] + 0.1  # ground glass is 250 HU above lung: +0.18
+
+
+def test_no_nodule_gives_no_large_candidate_and_is_deterministic():
+    from apps.medical.candidates import GEOMETRY_FEATURES, CandidateConfig, extract
+
+    hu = _chest(2)
+    a = extract(hu, SPACING, CandidateConfig(k=4, crop=16))
+    b = extract(hu.copy(), SPACING, CandidateConfig(k=4, crop=16))
+    assert np.array_equal(a.centres_vox, b.centres_vox) and np.array_equal(a.geometry, b.geometry)
+    radius = a.geometry[a.mask, GEOMETRY_FEATURES.index("radius_mm")]
+    assert (radius < 4.0).all()  # only thin vessels
+    empty = extract(np.full((12, 20, 20), -1000.0, np.float32), SPACING, CandidateConfig(k=4, crop=16))
+    assert not empty.mask.any() and (empty.centres_vox == -1).all()
+
+
+def test_candidate_encoder_and_model_handle_absent_candidates(tiny_bert_dir):
+    import torch
+
+    from apps.medical.model import MedicalModelConfig, build_model
+
+    config = MedicalModelConfig.from_name("tiny_candidates")
+    model = build_model(config, bert_path=str(tiny_bert_dir)).eval()
+    k, s = config.candidate_stage["k"], config.candidate_stage["crop"]
+    ct = {"crops": torch.rand(2, k, 1, s, s, s), "geometry": torch.rand(2, k, 10),
+          "mask": torch.tensor([[True] * k, [False] * k])}
+    report = model.report_encoder.tokenize(["Former smoker.", "Never smoker."])
+    with torch.no_grad():
+        logits, weights = model(ct, report)
+    assert logits.shape == (2,) and torch.isfinite(logits).all() and torch.isfinite(weights).all()
+
+
+@pytest.mark.slow
+def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny_bert_dir):
+    """Same extract() in training (cached), evaluation and the service runner."""
+    from apps.medical.data import load_rendered
+    from apps.medical.evaluate import evaluate_ct
+    from apps.medical.service import CandidateInput, MedicalRunner, StudyInput
+    from apps.medical.train import FusionTrainConfig, train_fusion
+
+    out = tmp_path / "bundle"
+    _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny_candidates"), patients=(1, 800),
+                              bert_path=str(tiny_bert_dir), cache=tmp_path / "cache", log=lambda m: None)
+    assert "val_auc_ct_only" in metrics
+    assert list((tmp_path / "cache").glob("candidates_*/*.npz"))
+    result = evaluate_ct(toy_studies, out, str(tiny_bert_dir), cache=tmp_path / "cache")
+    assert {"auc", "auc_ct_only", "auc_text_only", "accuracy", "ece"} <= set(result)
+    runner = MedicalRunner(out, tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1)
+    study = load_rendered(toy_studies)[0]
+    ct = runner.load_ct(study.volume_path)
+    assert isinstance(ct, CandidateInput)
+    answer = runner.predict_batch([StudyInput(ct, study.report), StudyInput(ct, None)])
+    for item in answer:
+        assert not isinstance(item, Exception), item
+        assert 0.0 <= item["probability"] <= 1.0
+    if ct.candidates.mask.any():
+        assert answer[0]["location"] is not None and answer[0]["heatmaps"]
