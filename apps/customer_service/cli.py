@@ -17,19 +17,9 @@ data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help
 
 
 def _write_json(metrics: dict, json_out: Path | None, title: str) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from core.reporting import print_metrics, write_metrics_json
 
-    flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in flat.items():
-        table.add_row(k, f"{v:.4f}")
-    Console().print(table)
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(flat, indent=2) + "\n")
+    print_metrics(title, write_metrics_json(json_out, metrics))
 
 
 def _setup() -> None:
