@@ -211,8 +211,11 @@ class MedicalRunner:
         masks = mask.repeat(k + 1, 1)
         masks[1:] &= ~torch.eye(k, dtype=torch.bool)
         batch = {"crops": crops.expand(k + 1, -1, -1, -1, -1, -1), "geometry": geometry.expand(k + 1, -1, -1), "mask": masks}
-        rep = None if report is None else {key: v.expand(k + 1, *v.shape[1:]) for key, v in report.items()}
+        rep = None
         with torch.no_grad():
+            if report is not None:  # the report's clause vectors once, shared by the k + 1 rows
+                hidden, segment_mask = self.model.report_encoder.embed(report)
+                rep = {"hidden": hidden.expand(k + 1, -1, -1), "segment_mask": segment_mask.expand(k + 1, -1)}
             logits, weights = self.model(batch, rep)
         probability = float(self.model.calibrated(logits[:1])[0])
         share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask
@@ -220,14 +223,17 @@ class MedicalRunner:
         heat = np.zeros(display.shape, np.float32)
         if c.mask.any():
             best = int(np.argmax(np.where(c.mask, share, -np.inf))) if share.max() > 0 else int(np.flatnonzero(c.mask)[0])
-            zz, yy, xx = np.ogrid[: display.shape[0], : display.shape[1], : display.shape[2]]
             peak_share = max(float(share.max()), 1e-6)
             for i in np.flatnonzero(c.mask):
                 z, y, x = (int(v) for v in c.centres_vox[i])
                 w = float(share[i]) / peak_share if share.max() > 0 else float(i == best)
                 if w > 0:
                     r = max(2.0, float(c.geometry[i, 0]) / 2.0)  # voxels, roughly the candidate's radius
-                    heat = np.maximum(heat, w * np.exp(-((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2) / (2 * r * r)))
+                    box = tuple(slice(max(0, v - int(3 * r)), min(n, v + int(3 * r) + 1))
+                                for v, n in zip((z, y, x), display.shape))
+                    zz, yy, xx = np.ogrid[box]
+                    blob = w * np.exp(-((zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2) / (2 * r * r))
+                    heat[box] = np.maximum(heat[box], blob.astype(np.float32))
             peak = tuple(int(v) for v in c.centres_vox[best])
             location = describe_location(peak, tuple(display.shape))
             location["description"] = location["description"].replace("heat-map peak", "most influential nodule candidate")

@@ -129,7 +129,7 @@ class FusionTrainConfig(ConfigBase):
         "tiny_candidates": {"model": "tiny_candidates", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                                                  "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
-        "candidates": {"model": "candidates", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
+        "candidates": {"model": "candidates", "loop": {"epochs": 24, "batch_size": 32, "lr": 1e-3, "patience": 10,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
         "small_blob": {"model": "small_blob", "loop": {"epochs": 55, "batch_size": 32, "lr": 1e-3, "patience": 25,
@@ -337,7 +337,7 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
     arrays = load_arrays(train_dir, model, patients, cache, log)
     model, metrics = train_arrays(model, arrays, config, log)
     if out is not None:
-        save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path)
+        save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path, preset=config.model)
     return model, metrics
 
 
@@ -493,7 +493,7 @@ def bert_fingerprint(model: MedicalModel) -> dict:
 
 
 def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
-                       bert_path: str = "", version: str = "") -> None:
+                       bert_path: str = "", version: str = "", preset: str = "small_blob") -> None:
     from core.bundle import ModelCard, save_bundle
 
     version = version or time.strftime("medical-fusion-%Y%m%d-%H%M")
@@ -509,7 +509,7 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
               f"trained on {len(train_patients)} patients within LIDC-IDRI-0001..0800; 0801..1012 never used"],
         split="by patient: sha256(seed:patient_id) < 0.2 -> validation, the rest training",
         metrics=clean,
-        reproduce="triptych train medical --ct datasets/rendered/lidc_train --preset small_blob --out apps/medical/weights/fusion",
+        reproduce=f"triptych train medical --ct datasets/rendered/lidc_train --preset {preset} --out apps/medical/weights/fusion",
         limitations=["Rendered volumes, not real CT: numbers measure the method, not clinical performance.",
                      "Not a medical device; the risk band is not a Lung-RADS category."],
         extra={"patients": train_patients},
