@@ -94,6 +94,7 @@ def evaluate(
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
+    precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
     from core.offline import enforce_offline
@@ -105,8 +106,13 @@ def evaluate(
     if deeppcb:
         from apps.industrial.evaluate import evaluate_deeppcb
 
-        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit, backend=backend)
-        _table(f"DeepPCB {split}", m)
+        if precision is None:
+            from apps.industrial.settings import get_settings
+
+            precision = get_settings().detector_precision if backend == "onnx" else "fp32"
+        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit,
+                             backend=backend, precision=precision)
+        _table(f"DeepPCB {split} ({backend} {precision})", m)
         metrics.update(m)
     if cwru:
         from apps.industrial.evaluate import evaluate_cwru
@@ -135,14 +141,15 @@ def bench(
 
     if speed:
         from apps.industrial.data import load_deeppcb
-        from apps.industrial.evaluate import detector_speed
+        from apps.industrial.evaluate import detector_speed, precision_speed
 
         images = [s.image for s in load_deeppcb(Path(deeppcb), split)[:16]]
         metrics = {}
-        for backend in ("onnx", "torch"):
-            for threads in (1, 2):
-                m = detector_speed(WEIGHTS / "detector", images, threads, backend=backend)
-                metrics[f"{backend}_{threads}thread_images_per_second"] = m["images_per_second"]
+        for threads in (1, 2):
+            m = detector_speed(WEIGHTS / "detector", images, threads, backend="torch")
+            metrics[f"torch_{threads}thread_images_per_second"] = m["images_per_second"]
+            # onnxruntime fp32 vs int8, interleaved round by round to cancel the shared machine's load
+            metrics.update({f"onnx_{k}": v for k, v in precision_speed(WEIGHTS / "detector", images, threads).items()})
         _table("detector CPU speed (640 px, forward + NMS)", metrics)
         _write_json(json_out, metrics)
         return
@@ -180,6 +187,26 @@ def prepare(
 
     counts = prepare_ultralytics(Path(deeppcb), Path(out), split, bilevel=not grayscale, templates_as_background=templates)
     typer.echo(f"{out}: {counts}")
+
+
+@data.command("quantize")
+def quantize(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    split: Annotated[str, typer.Option(help="Calibration list: TRAINING boards only (validation groups are refused).")] = str(SPLITS / "deeppcb_train.txt"),
+    n: Annotated[int, typer.Option(help="Calibration images (half tested boards, half templates).")] = 96,
+    bundle: Annotated[str, typer.Option(help="Detector bundle to add detector-int8.onnx to.")] = str(WEIGHTS / "detector"),
+    method: Annotated[str, typer.Option(help="Activation range calibration: minmax or percentile.")] = "minmax",
+    seed: Annotated[int, typer.Option(help="Seed of the calibration image draw.")] = 0,
+) -> None:
+    """Build the detector's static INT8 ONNX model (QDQ, per-channel weights) inside its bundle."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    from apps.industrial.detector import calibration_images, quantize_detector
+
+    images = calibration_images(Path(deeppcb), split, n=n, seed=seed)
+    meta = quantize_detector(Path(bundle), images, method=method, log=typer.echo)
+    typer.echo(f"sha256 {meta['sha256']} recorded in {Path(bundle) / 'card.json'}; select with TRIPTYCH_INDUSTRIAL_DETECTOR_PRECISION=int8")
 
 
 @data.command("splits")

@@ -225,6 +225,7 @@ class OnnxDetector:
     def __init__(self, path: Path, threads: int = 1):
         from core.compression import onnx_session
 
+        self.path = Path(path)
         self.session = onnx_session(path, threads=threads)
         self.last_tokens = None
 
@@ -265,19 +266,165 @@ def export_detector_onnx(model, config: DetectorConfig, path: Path, grid: int = 
     return Path(path)
 
 
-def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | None = None):
-    """(OnnxDetector, DetectorConfig, Bundle); exports the bundle's model on first use."""
+PRECISIONS = ("fp32", "int8")
+INT8_FILE = "detector-int8.onnx"  # shipped inside the detector bundle, its sha256 in card.json extra["int8"]
+
+
+def _fp32_onnx(model, config: DetectorConfig, bundle, cache_dir: Path | None) -> Path:
     from core.offline import state_dir
 
-    model, config, bundle = load_detector(bundle_dir)
     cache_dir = Path(cache_dir or state_dir() / "industrial")
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"detector-{bundle.sha256[:16]}-{config.imgsz}.onnx"
     if not path.exists():
-        tmp = path.with_suffix(".tmp.onnx")
+        tmp = path.with_suffix(f".{id(path)}.tmp.onnx")
         export_detector_onnx(model, config, tmp)
         tmp.replace(path)
-    return OnnxDetector(path, threads), config, bundle
+    return path
+
+
+def verify_int8(bundle) -> Path:
+    """Path of the bundle's INT8 model after checking it is there, intact and made from these weights.
+
+    Raises core.bundle.BundleError naming what is wrong and how to rebuild it.
+    """
+    from core.bundle import BundleError, sha256_file
+
+    rebuild = "rebuild it with `triptych data industrial quantize --deeppcb DIR` or set detector_precision=fp32"
+    meta = bundle.card.extra.get("int8")
+    path = Path(bundle.path) / INT8_FILE
+    if not meta or not meta.get("sha256"):
+        raise BundleError(f"detector bundle {bundle.path} has no INT8 model recorded in card.json; {rebuild}")
+    if not path.is_file():
+        raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} is missing; {rebuild}")
+    actual = sha256_file(path)
+    if actual != meta["sha256"]:
+        raise BundleError(
+            f"detector bundle {bundle.path}: {INT8_FILE} has sha256 {actual[:12]}… but the card records "
+            f"{meta['sha256'][:12]}…; the file is corrupt, truncated or was replaced; {rebuild}"
+        )
+    if meta.get("source_sha256") != bundle.sha256:
+        raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} was quantised from other weights "
+                          f"({str(meta.get('source_sha256'))[:12]}…, bundle has {bundle.sha256[:12]}…); {rebuild}")
+    return path
+
+
+def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | None = None, precision: str = "fp32"):
+    """(OnnxDetector, DetectorConfig, Bundle). fp32 exports the bundle's model on first use (cached);
+    int8 runs the bundle's verified, statically quantised model (see ``quantize_detector``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"detector precision must be one of {PRECISIONS}, not {precision!r}")
+    if precision == "int8":
+        from core.bundle import load_bundle
+
+        bundle = load_bundle(bundle_dir)  # verifies the fp32 weights the INT8 model was made from
+        config = DetectorConfig(**bundle.config["detector"])
+        return OnnxDetector(verify_int8(bundle), threads), config, bundle
+    model, config, bundle = load_detector(bundle_dir)
+    return OnnxDetector(_fp32_onnx(model, config, bundle, cache_dir), threads), config, bundle
+
+
+def float_head_nodes(graph_nodes, detect_index: int) -> list[str]:
+    """Nodes that stay float in the INT8 detector: box decoding and the last 1x1 convs of the head.
+
+    The Detect layer's decoding (DFL softmax, anchor offsets, strides) writes boxes in input pixels:
+    8 bits over 640 px would be a 2.5 px step. Its final 1x1 convs produce the box-distribution and
+    class logits the decision thresholds act on. Everything outside the network (the pooled tokens
+    for fusion) stays float too. The rest (backbone, neck, head conv stacks) is quantised.
+    """
+    import re
+
+    keep_float = []
+    detect = re.compile(rf"(^|/)model\.{detect_index}/")
+    last_conv = re.compile(r"/cv[23]\.\d+/cv[23]\.\d+\.2/Conv$")
+    for node in graph_nodes:
+        name = node.name
+        if detect.search(name):
+            in_stack = re.search(r"/cv[23]\.\d+/", name) is not None
+            if not in_stack or last_conv.search(name):
+                keep_float.append(name)
+        elif not re.search(r"(^|/)model\.\d+/", name):
+            keep_float.append(name)
+    return keep_float
+
+
+def calibration_images(root: Path, split: str | Path, n: int = 96, seed: int = 0) -> list[Path]:
+    """n images of `split` (half tested boards, half defect-free templates, as the line sees both)."""
+    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb
+
+    samples = load_deeppcb(root, split)
+    leaked = sorted({s.group for s in samples} & set(DEEPPCB_VAL_GROUPS))
+    if leaked:
+        raise ValueError(f"calibration list {split} contains validation board groups {leaked}; calibrate on the training list")
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(samples))
+    paths = []
+    for k, i in enumerate(order):
+        s = samples[i]
+        path = s.template if k % 2 and s.template is not None else s.image
+        paths.append(path)
+        if len(paths) == n:
+            break
+    return paths
+
+
+def update_detector_card(bundle_dir: Path, int8: dict | None = None, metrics: dict | None = None, notes: str | None = None) -> None:
+    """Rewrite card.json + MODEL_CARD.md (the safetensors and their sha256 are untouched)."""
+    import json
+
+    from core.bundle import CARD_JSON, CARD_MD, ModelCard
+
+    bundle_dir = Path(bundle_dir)
+    data = json.loads((bundle_dir / CARD_JSON).read_text())
+    if int8 is not None:
+        data.setdefault("extra", {})["int8"] = int8
+    if metrics:
+        data["metrics"].update({k: float(v) for k, v in metrics.items()})
+    if notes is not None:
+        data["notes"] = notes
+    card = ModelCard(**data)
+    (bundle_dir / CARD_JSON).write_text(json.dumps(card.__dict__, indent=2) + "\n")
+    markdown = card.to_markdown()
+    if card.extra.get("int8"):
+        markdown += f"- sha256 of {INT8_FILE}: `{card.extra['int8']['sha256']}`\n"
+    (bundle_dir / CARD_MD).write_text(markdown)
+
+
+def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "minmax", cache_dir: Path | None = None,
+                      log=print) -> dict:
+    """Static INT8 (QDQ, per-channel weights) of the bundle's fp32 ONNX model, calibrated on `images`;
+    writes ``detector-int8.onnx`` into the bundle and records its sha256 and recipe in card.json."""
+    import time as _time
+
+    import onnx
+
+    from apps.industrial.data import load_gray
+    from core.bundle import sha256_file
+    from core.compression import quantize_onnx_static
+
+    bundle_dir = Path(bundle_dir)
+    model, config, bundle = load_detector(bundle_dir)
+    fp32 = _fp32_onnx(model, config, bundle, cache_dir)
+    exclude = float_head_nodes(onnx.load(str(fp32)).graph.node, len(model.model) - 1)
+    feeds = [{"images": prepare_image(load_gray(p), config).tensor[None]} for p in images]
+    start = _time.time()
+    out = bundle_dir / INT8_FILE
+    tmp = out.with_suffix(".tmp.onnx")
+    quantize_onnx_static(fp32, tmp, feeds, per_channel=True, nodes_to_exclude=exclude, calibrate_method=method)
+    tmp.replace(out)
+    meta = {
+        "file": INT8_FILE,
+        "sha256": sha256_file(out),
+        "source_sha256": bundle.sha256,
+        "format": "onnx QDQ: uint8 activations, int8 per-channel weights (onnxruntime quantize_static)",
+        "calibration": f"{len(images)} DeepPCB training-list images (half tested, half templates), {method}",
+        "calibration_images": [f"{Path(p).parent.name}/{Path(p).name}" for p in images],
+        "float_nodes": len(exclude),
+        "bytes": out.stat().st_size,
+    }
+    update_detector_card(bundle_dir, int8=meta)
+    log(f"wrote {out} ({meta['bytes'] / 1e6:.1f} MB, {_time.time() - start:.0f} s, {len(exclude)} nodes kept float)")
+    return meta
 
 
 # ----------------------------------------------------------------------------------------- mAP

@@ -21,6 +21,7 @@ def evaluate_deeppcb(
     binarize: bool | None = None,
     progress: bool = False,
     backend: str = "onnx",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested images and their templates.
 
@@ -40,7 +41,9 @@ def evaluate_deeppcb(
     )
 
     torch.set_num_threads(threads)
-    model, config, _ = load_onnx_detector(bundle_dir, threads) if backend == "onnx" else load_detector(bundle_dir)
+    if backend != "onnx" and precision != "fp32":
+        raise ValueError("INT8 runs through onnxruntime: use backend='onnx'")
+    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision) if backend == "onnx" else load_detector(bundle_dir)
     if binarize is not None:
         config.binarize = binarize
     samples = load_deeppcb(root, split)[:limit]
@@ -150,3 +153,32 @@ def detector_speed(bundle_dir: Path, images: list[Path], threads: int, repeats: 
             count += len(prepared[i : i + batch])
     seconds = time.perf_counter() - start
     return {"images_per_second": count / seconds, "ms_per_image": 1000 * seconds / count, "threads": float(threads), "imgsz": float(config.imgsz)}
+
+
+def precision_speed(bundle_dir: Path, images: list[Path], threads: int, rounds: int = 3,
+                    precisions: tuple[str, ...] = ("fp32", "int8")) -> dict[str, float]:
+    """Images/s of forward + NMS for each precision, measured interleaved in one process.
+
+    Each round runs every precision over the same images, one after the other, so a load spike from
+    other jobs on a shared machine hits all of them alike; the per-precision totals are compared.
+    """
+    import torch
+
+    from apps.industrial.data import load_gray
+    from apps.industrial.detector import detect, load_onnx_detector, prepare_image
+
+    torch.set_num_threads(threads)
+    models = {p: load_onnx_detector(bundle_dir, threads, precision=p) for p in precisions}
+    config = models[precisions[0]][1]
+    prepared = [prepare_image(load_gray(p), config) for p in images]
+    seconds = dict.fromkeys(precisions, 0.0)
+    for p in precisions:
+        detect(models[p][0], prepared[:1], config)  # warm-up
+    for _ in range(rounds):
+        for p in precisions:
+            start = time.perf_counter()
+            for im in prepared:
+                detect(models[p][0], [im], config)
+            seconds[p] += time.perf_counter() - start
+    n = rounds * len(prepared)
+    return {f"{p}_{threads}thread_images_per_second": n / seconds[p] for p in precisions}

@@ -276,10 +276,15 @@ def load_runner(settings) -> InspectionRunner:
     from apps.industrial.detector import load_detector, load_onnx_detector
     from apps.industrial.model import load_fusion_model, load_vibration_classifier
 
+    precision = settings.detector_precision
     if settings.detector_backend == "onnx":
-        detector, det_config, det_bundle = load_onnx_detector(settings.detector_dir, threads=settings.torch_threads)
-    else:
+        detector, det_config, det_bundle = load_onnx_detector(settings.detector_dir, threads=settings.torch_threads, precision=precision)
+    elif settings.detector_backend == "torch":
+        if precision != "fp32":
+            raise ValueError(f"detector_precision={precision!r} needs detector_backend='onnx' (the torch backend runs fp32)")
         detector, det_config, det_bundle = load_detector(settings.detector_dir)
+    else:
+        raise ValueError(f"detector_backend must be onnx or torch, not {settings.detector_backend!r}")
     det_config.px_per_mm = settings.px_per_mm
     vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
     fusion = fusion_bundle = None

@@ -37,3 +37,28 @@ def test_structured_pruning_zeroes_that_share_of_channels(amount):
     pruned = prune_channels(_model(), amount=amount)
     assert channel_sparsity(pruned) == pytest.approx(amount, abs=0.05)
     assert channel_sparsity(_model()) == 0.0
+
+
+def test_static_onnx_quantisation_is_qdq_and_close(tmp_path):
+    import onnx
+
+    from core.compression import quantize_onnx_static
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 8, 3, padding=1)).eval()
+    fp32 = export_onnx(model, (torch.randn(1, 3, 16, 16),), tmp_path / "m.onnx", ["x"], ["y"])
+    rng = np.random.default_rng(0)
+    calibration = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(8)]
+    int8 = quantize_onnx_static(fp32, tmp_path / "m8.onnx", calibration)
+    ops = [n.op_type for n in onnx.load(str(int8)).graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and "DequantizeLinear" in ops
+    x = rng.standard_normal((2, 3, 16, 16)).astype(np.float32)
+    ref = onnx_session(fp32).run(None, {"x": x})[0]
+    out = onnx_session(int8).run(None, {"x": x})[0]
+    assert np.abs(out - ref).max() < 0.05 * np.abs(ref).max()
+    # Excluded nodes stay float: no QDQ pair feeds the second conv's weights then.
+    last = [n.name for n in onnx.load(str(fp32)).graph.node if n.op_type == "Conv"][-1]
+    partial = quantize_onnx_static(fp32, tmp_path / "p8.onnx", calibration, nodes_to_exclude=[last])
+    assert ops.count("DequantizeLinear") > [n.op_type for n in onnx.load(str(partial)).graph.node].count("DequantizeLinear")
+    with pytest.raises(ValueError, match="empty"):
+        quantize_onnx_static(fp32, tmp_path / "e.onnx", [])
