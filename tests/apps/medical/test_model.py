@@ -75,8 +75,14 @@ def test_shipped_bundle_loads_verified_and_predicts():
     model, bundle = load_model(bundle_dir)
     assert bundle.sha256 and bundle.card.extra["patients"]
     assert max(int(p[-4:]) for p in bundle.card.extra["patients"]) <= 800
-    shape = model.config.volume_shape
+    if model.uses_candidates:
+        stage = model.candidate_config()
+        size = stage.crop
+        ct = {"crops": torch.rand(1, stage.k, 1, size, size, size), "geometry": torch.rand(1, stage.k, 10),
+              "mask": torch.ones(1, stage.k, dtype=torch.bool)}
+    else:
+        ct = torch.rand(1, 1, *model.config.volume_shape)
     with torch.no_grad():
-        logits, weights = model(torch.rand(1, 1, *shape), model.report_encoder.tokenize(["Former smoker. A nodule."]))
+        logits, weights = model(ct, model.report_encoder.tokenize(["Former smoker. A nodule."]))
     p = model.calibrated(logits)
     assert 0 <= float(p) <= 1 and torch.allclose(weights.sum(1), torch.ones(1))
