@@ -19,7 +19,7 @@ def client(tiny_bundles, tmp_path, request):
     settings = IndustrialSettings(
         detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
         database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
-        torch_threads=1, detector_backend="torch", decision_rule=request.param,
+        torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule=request.param,
     )
     with TestClient(create_app(settings)) as c:
         for _ in range(400):

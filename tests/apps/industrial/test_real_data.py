@@ -61,6 +61,24 @@ def test_shipped_detector_separates_real_boards_from_templates(shared_data):
 
 
 @pytest.mark.slow
+def test_shipped_int8_detector_agrees_with_fp32_on_real_boards(shared_data):
+    from apps.industrial.data import load_deeppcb, load_gray
+    from apps.industrial.detector import INT8_FILE, detect, load_onnx_detector, prepare_image
+
+    root = require_dataset(shared_data, "deeppcb")
+    int8, config, bundle = load_onnx_detector(WEIGHTS / "detector", threads=1, precision="int8")  # sha256-verified
+    assert int8.path.name == INT8_FILE and bundle.card.extra["int8"]["source_sha256"] == bundle.sha256
+    calibration = set(bundle.card.extra["int8"]["calibration_images"])
+    samples = load_deeppcb(root, SPLITS / "deeppcb_val.txt")[:3]
+    assert not calibration & {f"{s.image.parent.name}/{s.image.name}" for s in samples}
+    fp32, _, _ = load_onnx_detector(WEIGHTS / "detector", threads=1, precision="fp32")
+    images = [prepare_image(load_gray(p), config) for s in samples for p in (s.image, s.template)]
+    top32, top8 = ([max((d.confidence for d in dets), default=0.0) for dets in detect(m, images, config, conf=0.05)] for m in (fp32, int8))
+    assert np.max(np.abs(np.array(top32) - np.array(top8))) < 0.15  # board scores (up to 0.09 on 10 validation boards)
+    assert min(top8[0::2]) > max(top8[1::2])  # defective boards above templates, as with fp32
+
+
+@pytest.mark.slow
 def test_shipped_vibration_model_on_validation_blocks(shared_data):
     import torch
 
