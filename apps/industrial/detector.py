@@ -390,7 +390,7 @@ def update_detector_card(bundle_dir: Path, int8: dict | None = None, metrics: di
     (bundle_dir / CARD_MD).write_text(markdown)
 
 
-def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "minmax", cache_dir: Path | None = None,
+def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "percentile", cache_dir: Path | None = None,
                       log=print) -> dict:
     """Static INT8 (QDQ, per-channel weights) of the bundle's fp32 ONNX model, calibrated on `images`;
     writes ``detector-int8.onnx`` into the bundle and records its sha256 and recipe in card.json."""
@@ -410,8 +410,11 @@ def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "minma
     start = _time.time()
     out = bundle_dir / INT8_FILE
     tmp = out.with_suffix(".tmp.onnx")
-    quantize_onnx_static(fp32, tmp, feeds, per_channel=True, nodes_to_exclude=exclude, calibrate_method=method)
-    tmp.replace(out)
+    try:
+        quantize_onnx_static(fp32, tmp, feeds, per_channel=True, nodes_to_exclude=exclude, calibrate_method=method)
+        tmp.replace(out)  # the shipped file changes only once the new one is complete
+    finally:
+        tmp.unlink(missing_ok=True)
     meta = {
         "file": INT8_FILE,
         "sha256": sha256_file(out),

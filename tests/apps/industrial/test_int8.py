@@ -77,7 +77,7 @@ def test_int8_model_is_quantised_and_close_to_fp32(int8_bundle, tmp_path):
     assert p8.shape == p32.shape and t8.shape == t32.shape
     for out32, out8, other in ((p32[0, 4:], p8[0, 4:], q32[0, 4:]), (t32, t8, u32)):  # class scores, fusion tokens
         assert np.corrcoef(out8.ravel(), out32.ravel())[0, 1] > 0.5
-        assert np.abs(out8 - out32).mean() < 0.75 * np.abs(other - out32).mean()  # measured ~0.5
+        assert np.abs(out8 - out32).mean() < 0.75 * np.abs(other - out32).mean()  # measured 0.5-0.6
     box_err = np.abs(p8[0, :4] - p32[0, :4])  # box centre / size in input pixels (128 px input)
     assert np.median(box_err) < 4.0, np.median(box_err)
 
