@@ -62,6 +62,7 @@ class MedicalModelConfig(ConfigBase):
         "small": {},
         # nodule candidates at native resolution (crops + geometry) + per-modality auxiliary losses
         "candidates": {"ct_kind": "candidates", "aux_weight": 0.5},
+        "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3}},
         "tiny_candidates": {
             "ct_kind": "candidates",
             "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],

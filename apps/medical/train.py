@@ -131,6 +131,11 @@ class FusionTrainConfig(ConfigBase):
         # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
         "candidates": {"model": "candidates", "loop": {"epochs": 24, "batch_size": 32, "lr": 1e-3, "patience": 10,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
+        # candidates with the CT branch pushed harder: more report dropout, full-weight auxiliary
+        # losses, more dropout on the crop vectors (the CNN memorises 415 studies' crops quickly)
+        "candidates_aux": {"model": "candidates_aux", "modality_dropout": 0.3,
+                           "loop": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "patience": 8,
+                                    "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
         "small_blob": {"model": "small_blob", "loop": {"epochs": 55, "batch_size": 32, "lr": 1e-3, "patience": 25,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
