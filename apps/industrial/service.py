@@ -292,5 +292,11 @@ def load_runner(settings) -> InspectionRunner:
         fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
     threshold = settings.defect_threshold if settings.defect_threshold is not None else det_config.conf
     policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm)
-    return InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
-                            settings.torch_threads, settings.decision_rule)
+    runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
+                              settings.torch_threads, settings.decision_rule)
+    if settings.detector_backend == "onnx" and precision == "int8":
+        # What runs is detector-int8.onnx: X-Model-Version / X-Model-Sha256 say so.
+        runner.version = runner.version.replace(f"{det_bundle.card.name}@{det_bundle.card.version}",
+                                                f"{det_bundle.card.name}@{det_bundle.card.version}-int8", 1)
+        runner.sha256 = runner.sha256.replace(det_bundle.sha256[:16], det_bundle.card.extra["int8"]["sha256"][:16], 1)
+    return runner

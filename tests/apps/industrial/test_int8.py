@@ -47,7 +47,7 @@ def int8_bundle(tmp_path_factory):
     for head in model.model[-1].cv3:
         torch.nn.init.zeros_(head[-1].bias)
     model.eval()
-    save_bundle(bundle, model, detector_bundle_config(config, cfg), ModelCard("det-int8-test", "t", "test"))
+    save_bundle(bundle, model, detector_bundle_config(config, cfg), ModelCard("tiny-det", "t", "test"))
     images = []
     for seed in range(8):
         path = root / f"calib{seed}.png"
@@ -115,6 +115,7 @@ def test_precision_setting_switches_backends(int8_bundle, tiny_bundles, tmp_path
     for precision in ("fp32", "int8"):
         runner = load_runner(_settings(tiny_bundles, int8_bundle, tmp_path, detector_precision=precision))
         assert (runner.detector.path.name == INT8_FILE) == (precision == "int8")
+        assert ("-int8" in runner.version) == (precision == "int8")  # reported in X-Model-Version
         [result] = runner.predict_batch([item])
         assert result["decision"] in ("pass", "fail", "review")
         out[precision] = result
