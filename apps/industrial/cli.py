@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -15,22 +14,15 @@ data = typer.Typer(help="DeepPCB conversion for ultralytics and split lists.", n
 
 
 def _table(title: str, metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from core.reporting import print_metrics
 
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    print_metrics(title, metrics)
 
 
 def _write_json(path: str | None, metrics: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        flat = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
-        Path(path).write_text(json.dumps(flat, indent=2) + "\n")
+    from core.reporting import write_metrics_json
+
+    write_metrics_json(path, metrics)
 
 
 def train(
