@@ -91,14 +91,14 @@ def lung_region(hu: np.ndarray, spacing: tuple[float, float, float], config: Can
     from apps.medical.transforms import lung_mask
 
     air = lung_mask(np.transpose(hu, (2, 1, 0)), config.lung_hu).transpose(2, 1, 0)  # helper wants (X, Y, Z)
-    radius = [max(1, int(round(config.close_mm / (2.0 * s)))) for s in spacing]
+    radius = [max(1, round(config.close_mm / (2.0 * s))) for s in spacing]
     zz, yy, xx = np.ogrid[-radius[0]:radius[0] + 1, -radius[1]:radius[1] + 1, -radius[2]:radius[2] + 1]
     ball = (zz / radius[0]) ** 2 + (yy / radius[1]) ** 2 + (xx / radius[2]) ** 2 <= 1.0
     pad = max(radius)
     # each lung on its own: closed together, the mediastinum between them would become a filled hole
     if not air.any():
         return air
-    mid = int(round(np.argwhere(air.any(axis=(0, 1)))[:, 0].mean()))
+    mid = round(float(np.argwhere(air.any(axis=(0, 1)))[:, 0].mean()))
     out = np.zeros_like(air)
     for half in (slice(0, mid), slice(mid, air.shape[2])):
         part = air[:, :, half]
