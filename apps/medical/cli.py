@@ -2,36 +2,26 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-try:  # the data helper's group (render, ...); absent in installs without it
-    from apps.medical.cli_data import data
-except ImportError:  # pragma: no cover - depends on the checkout
-    data = typer.Typer(help="Data commands for the radiology app (renderer not installed).")
+from apps.medical.cli_data import data  # noqa: F401  (the `triptych data medical` group)
 
 WEIGHTS = Path(__file__).parent / "weights"
 
 
 def _table(title: str, metrics: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from core.reporting import print_metrics
 
-    table = Table(title=title)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
-    Console().print(table)
+    print_metrics(title, metrics)
 
 
 def _write_json(path: str | None, metrics: dict) -> None:
-    if path:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps({k: float(v) for k, v in metrics.items()}, indent=2) + "\n")
+    from core.reporting import write_metrics_json
+
+    write_metrics_json(path, metrics)
 
 
 def train(
