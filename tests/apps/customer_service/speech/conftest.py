@@ -28,6 +28,14 @@ def bank_recognizer():
 
 
 @pytest.fixture(scope="session")
+def grammar_recognizer():
+    """Digit modes decoded by the JSGF grammars (the learned digit model switched off)."""
+    from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
+
+    return SphinxRecognizer(SphinxConfig(lm="bank", digit_model=False))
+
+
+@pytest.fixture(scope="session")
 def stream_pool():
     from apps.customer_service.speech.streaming import DecoderPool
 

@@ -33,7 +33,7 @@ def test_librispeech_layout(tmp_path, bank_recognizer):
     assert all(isinstance(v, float) for v in out.values())
 
 
-def test_fsdd_layout_uses_the_digit_grammar(tmp_path, bank_recognizer):
+def test_fsdd_layout_uses_the_digit_grammar(tmp_path, grammar_recognizer):
     rec = tmp_path / "recordings"
     rec.mkdir()
     digits = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
@@ -41,7 +41,7 @@ def test_fsdd_layout_uses_the_digit_grammar(tmp_path, bank_recognizer):
         x = speak(digits[d], rate=8_000)
         sf.write(rec / f"{d}_tts_0.wav", x[::2], 8_000)  # 8 kHz files like the real FSDD
     assert find_layout(tmp_path) == "fsdd"
-    out = evaluate_asr(tmp_path, recognizer=bank_recognizer)
+    out = evaluate_asr(tmp_path, recognizer=grammar_recognizer)
     assert out["utterances"] == 5
     assert out["digit_accuracy"] >= 0.8 and out["wer"] == pytest.approx(1 - out["digit_accuracy"])
 

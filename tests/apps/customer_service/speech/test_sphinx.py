@@ -15,14 +15,14 @@ from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer, 
 from .conftest import speak
 
 
-def test_single_digit_grammar(bank_recognizer):
+def test_single_digit_grammar(grammar_recognizer):
     for word in ("seven", "three", "nine"):
-        out = bank_recognizer.transcribe(speak(word), mode="digit")
+        out = grammar_recognizer.transcribe(speak(word), mode="digit")
         assert out.text == word
 
 
-def test_digit_string_grammar_only_emits_digits(bank_recognizer):
-    out = bank_recognizer.transcribe(speak("four five three nine, one four eight eight"), mode="digits")
+def test_digit_string_grammar_only_emits_digits(grammar_recognizer):
+    out = grammar_recognizer.transcribe(speak("four five three nine, one four eight eight"), mode="digits")
     assert out.words and all(w.text in DIGIT_VALUES or w.text in ("double", "triple") for w in out.words)
     assert jiwer.wer("four five three nine one four eight eight", out.text) <= 0.25
     assert out.normalised.replace(" ", "").isdigit()
@@ -44,11 +44,11 @@ def test_bank_lm_transcribes_a_bank_request_with_times_and_confidences(bank_reco
     assert 0.0 < out.confidence <= 1.0 and out.extra["search"] == "bank"
 
 
-def test_narrow_band_audio_is_detected_and_still_recognised(bank_recognizer):
+def test_narrow_band_audio_is_detected_and_still_recognised(grammar_recognizer):
     for word in ("seven", "two"):
         audio = speak(word, rate=8_000)
         assert is_band_limited(audio) and not is_band_limited(speak(word))
-        assert bank_recognizer.transcribe(audio, mode="digit").text == word
+        assert grammar_recognizer.transcribe(audio, mode="digit").text == word
 
 
 def test_interpolation_is_a_mixture_of_the_two_lms():

@@ -1,0 +1,151 @@
+"""The learned digit recogniser: front-end, augmentation, segmentation, training -> bundle -> ASR."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from apps.customer_service.logmel import (
+    FrontEndConfig,
+    LogMel,
+    augment_waves,
+    mel_filterbank,
+    mel_warp_index,
+    spec_augment,
+    speed_perturb,
+    time_stretch,
+    warp_bands,
+)
+from apps.customer_service.speech import digits as D
+
+
+def _tone(freq: float, seconds: float, sr: int = 8000, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * sr)) / sr
+    rng = np.random.default_rng(seed)
+    env = np.hanning(len(t))
+    return (0.3 * env * np.sin(2 * np.pi * freq * t) + 0.003 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def test_logmel_masks_padding_and_removes_the_utterance_mean():
+    fe = LogMel(FrontEndConfig.from_name("digits"))
+    wave = torch.randn(2, 4000) * 0.1
+    lengths = torch.tensor([4000, 2000])
+    x, mask = fe(wave, lengths)
+    assert x.shape[:2] == (2, 40) and mask.shape == (2, x.shape[-1])
+    assert mask[0].all() and mask[1].sum() == 2000 // 80 + 1
+    assert torch.all(x[1][:, ~mask[1]] == 0)
+    means = (x * mask[:, None]).sum(-1) / mask.sum(-1, keepdim=True)
+    assert means.abs().max() < 1e-4
+    # a gain change is a constant in the log domain: normalisation removes it
+    x2, _ = fe(wave * 3.0, lengths)
+    assert torch.allclose(x, x2, atol=1e-3)
+
+
+def test_vtln_warp_moves_the_filterbank_and_keeps_the_band_edge():
+    base = mel_filterbank(8000, 256, 40, 60, 3800)
+    up = mel_filterbank(8000, 256, 40, 60, 3800, warp=1.1)
+    freqs = np.linspace(0, 4000, 129)
+    centre = lambda fb: (fb * freqs).sum(1) / fb.sum(1)
+    assert np.all(centre(up)[5:30] < centre(base)[5:30])  # reading f*1.1: filters sit lower in f
+    idx = mel_warp_index(FrontEndConfig.from_name("emotion"), 1.0)
+    assert np.allclose(idx, np.arange(64), atol=1e-3)
+    x = torch.randn(1, 64, 10)
+    assert torch.allclose(warp_bands(x, torch.tensor(idx)[None]), x, atol=1e-3)
+
+
+def test_augmentations_keep_lengths_consistent():
+    torch.manual_seed(0)
+    wave = torch.randn(3, 4000)
+    lengths = torch.tensor([4000, 3000, 1000])
+    w, n = speed_perturb(wave, lengths, 0.9, 1.1)
+    assert w.shape[0] == 3 and n.max() == w.shape[1] and torch.all((n > 800) & (n < 4500))
+    w2, n2 = augment_waves(w, n)
+    assert torch.all(n2 >= n) and w2.shape[1] == n2.max()
+    assert torch.all(w2[2, n2[2]:] == 0)
+    x, mask = LogMel()(w2, n2)
+    x3, m3 = time_stretch(x, mask, 0.8, 0.8)
+    assert torch.all((m3.sum(1) - (mask.sum(1) * 0.8).round()).abs() <= 1)
+    assert spec_augment(x, mask).shape == x.shape
+
+
+def test_speech_span_and_pause_segmentation():
+    sr = 8000
+    silence = np.zeros(int(0.3 * sr), np.float32) + 1e-4 * np.random.default_rng(0).standard_normal(int(0.3 * sr)).astype(np.float32)
+    word = _tone(400, 0.35)
+    x = np.concatenate([silence, word, silence, word, silence, word, silence])
+    s, e = D.speech_span(x)
+    assert 0.2 * sr <= s <= 0.3 * sr and len(x) - 0.3 * sr <= e <= len(x) - 0.2 * sr
+    segs = D.split_digits(x)
+    assert len(segs) == 3
+    assert all(0.3 * sr <= e - s <= 0.6 * sr for s, e in segs)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    """A tiny digit model trained for two epochs on tones (one pitch per digit) -> a bundle."""
+    tmp = tmp_path_factory.mktemp("digits")
+    waves, y, spk = [], [], []
+    for s, speaker in enumerate(("ann", "bob")):
+        for d in range(10):
+            for k in range(2):
+                waves.append(_tone(300 + 150 * d, 0.3 + 0.05 * k, seed=s * 100 + d * 10 + k))
+                y.append(d)
+                spk.append(speaker)
+    lens = np.array([len(w) for w in waves])
+    pack = tmp / "pack.npz"
+    np.savez(pack, pcm=(np.concatenate(waves) * 32767).astype(np.int16), lengths=lens, y=np.array(y),
+             speakers=np.array(spk), names=np.array([f"{d}_{s}_0.wav" for d, s in zip(y, spk)]))
+    run = tmp / "run"
+    D.run_training(pack, run, fold="ann", preset="tiny", device="cpu")
+    D.run_training(pack, run, fold="all", preset="tiny", device="cpu")
+    metrics = D.finalize(run, tmp / "bundle")
+    return tmp / "bundle", metrics
+
+
+def test_training_writes_a_bundle_with_the_held_out_speaker_scored(tiny_bundle):
+    bundle, metrics = tiny_bundle
+    assert set(metrics) == {"loso_accuracy_ann", "loso_accuracy_mean", "loso_accuracy_pooled"}
+    assert 0.0 <= metrics["loso_accuracy_ann"] <= 1.0
+    assert (bundle / "MODEL_CARD.md").read_text().count("leave-one-speaker-out") == 1
+    rec = D.DigitRecognizer(bundle)
+    audio16k = np.repeat(_tone(600, 0.4), 2)
+    (word,) = rec.transcribe_digit(audio16k)
+    assert word.text in D.DIGIT_WORDS and 0.0 <= word.confidence <= 1.0
+    assert 0.0 <= word.start < word.end <= len(audio16k) / 16_000 + 1e-6
+
+
+def test_sphinx_digit_mode_uses_the_learned_model(tiny_bundle):
+    from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
+
+    bundle, _ = tiny_bundle
+    rec = SphinxRecognizer(SphinxConfig(lm="bank", topn=2, bestpath=False, digit_bundle=str(bundle)))
+    audio16k = np.repeat(_tone(900, 0.4), 2)
+    out = rec.transcribe(audio16k, mode="digit")
+    assert out.extra["search"] == "digit-cnn" and len(out.words) == 1
+    # a string with clear pauses goes through the same model, one word per segment
+    gap = np.zeros(4000, np.float32)
+    string = np.concatenate([gap, np.repeat(_tone(450, 0.35), 2), gap, np.repeat(_tone(900, 0.35), 2), gap])
+    out = rec.transcribe(string, mode="digits")
+    assert out.extra["search"] == "digit-cnn" and len(out.words) == 2
+    assert out.words[0].end <= out.words[1].start
+    # the grammar stays available
+    grammar = SphinxRecognizer(SphinxConfig(lm="bank", topn=2, bestpath=False, digit_model=False))
+    assert grammar.transcribe(audio16k, mode="digit").extra["search"] == "digit"
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_shipped_digit_model_on_real_fsdd(shared_data):
+    """Sanity check of the shipped bundle on clips of its own (training) speakers; the held-out
+    numbers are the leave-one-speaker-out ones in its card."""
+    from apps.customer_service.speech.evaluate import evaluate_asr
+
+    root = shared_data / "fsdd"
+    if not (root / "recordings").is_dir():
+        pytest.skip("fsdd not present")
+    if not (D.WEIGHTS / "config.json").is_file():
+        pytest.skip("no shipped digit bundle")
+    out = evaluate_asr(root, limit=40)
+    assert out["utterances"] == 40 and out["digit_accuracy"] >= 0.9
+    assert out["wer"] == pytest.approx(1 - out["digit_accuracy"])
