@@ -122,7 +122,10 @@ async def inspect(
     who: Annotated[Principal, Depends(require_role("line"))],
     request_id: Annotated[str, Depends(get_request_id)],
     image: Annotated[UploadFile | None, File(description="board image: PNG, JPEG, BMP or TIFF")] = None,
-    template: Annotated[UploadFile | None, File(description="optional aligned defect-free template image")] = None,
+    template: Annotated[UploadFile | None, File(description=(
+        "optional defect-free template of the same board, aligned and of the image's size: a template-aware "
+        "detector takes it as input (image, template, |difference|; without one it runs on the image alone, "
+        "with its own decision threshold), and every reported defect is checked against it"))] = None,
     vibration: Annotated[UploadFile | None, File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
     sample_rate: Annotated[float | None, Form(description="vibration sample rate in Hz (WAV: read from the file)")] = None,
 ) -> Inspection:
@@ -141,17 +144,21 @@ async def inspect_batch(
     who: Annotated[Principal, Depends(require_role("line"))],
     request_id: Annotated[str, Depends(get_request_id)],
     images: Annotated[list[UploadFile], File(description="one image per board")],
+    templates: Annotated[list[UploadFile] | None, File(description="optional: one aligned template per board, same order")] = None,
     vibrations: Annotated[list[UploadFile] | None, File(description="optional: one vibration file per board, same order")] = None,
     sample_rate: Annotated[float | None, Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
 ) -> BatchInspection:
-    """Inspect many boards in one call; boards i pair images[i] with vibrations[i] when given."""
+    """Inspect many boards in one call; board i pairs images[i] with templates[i] and vibrations[i] when given."""
     settings: IndustrialSettings = request.app.state.settings
     if len(images) > settings.max_batch_boards:
         raise _refuse("too_many_boards", f"{len(images)} boards sent; at most {settings.max_batch_boards} per batch call")
     if vibrations and len(vibrations) != len(images):
         raise _refuse("mismatched_batch", f"{len(images)} images but {len(vibrations)} vibration files; send one per board or none")
+    if templates and len(templates) != len(images):
+        raise _refuse("mismatched_batch", f"{len(images)} images but {len(templates)} templates; send one per board or none")
     items = [
-        await _decode_board(settings, img, None, vibrations[i] if vibrations else None, sample_rate, label=f"board {i}: ")
+        await _decode_board(settings, img, templates[i] if templates else None, vibrations[i] if vibrations else None, sample_rate,
+                            label=f"board {i}: ")
         for i, img in enumerate(images)
     ]
     results = await asyncio.gather(*(batcher.submit(item) for item in items), return_exceptions=True)

@@ -39,6 +39,8 @@ def train(
     cross_validate: Annotated[bool, typer.Option(help="Vibration: leave-one-diameter-out CV before the final fit.")] = True,
     coupling: Annotated[float, typer.Option(help="Fusion: coupling strength of the paired events it is trained on.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    dropout: Annotated[float, typer.Option(help="Detector on template-diff data: share of training samples given the no-template encoding.")] = 0.3,
+    keep: Annotated[str, typer.Option(help="Detector weights to keep: last (final EMA) or best (ultralytics' pick on the validation groups).")] = "last",
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
     from core.offline import enforce_offline
@@ -62,7 +64,8 @@ def train(
         from apps.industrial.detector import train_detector
 
         dev = "0" if device == "cuda" else device
-        metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed)
+        metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed,
+                                 dropout=dropout, keep=keep)
         _table(f"detector {arch} (validation board groups)", metrics)
         typer.echo(f"weights: {target / 'model.safetensors'} + {target / 'model.yaml'}; package with `triptych data industrial bundle-detector`")
     elif part == "fusion":
@@ -85,6 +88,7 @@ def evaluate(
     vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
+    no_template: Annotated[bool, typer.Option("--no-template", help="Do not give a template-aware detector the boards' templates (the endpoint's path without one).")] = False,
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
     precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
 ) -> None:
@@ -103,8 +107,9 @@ def evaluate(
 
             precision = get_settings().detector_precision if backend == "onnx" else "fp32"
         m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit,
-                             backend=backend, precision=precision)
-        _table(f"DeepPCB {split} ({backend} {precision})", m)
+                             backend=backend, precision=precision, use_template=not no_template)
+        mode = "with template" if m["template_used"] else "without template"
+        _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
         metrics.update(m)
     if cwru:
         from apps.industrial.evaluate import evaluate_cwru
@@ -172,12 +177,14 @@ def prepare(
     out: Annotated[str, typer.Option(help="Output folder for the ultralytics dataset.")] = "datasets/prepared/deeppcb",
     split: Annotated[str, typer.Option(help="List inside DIR/PCBData to convert.")] = "trainval.txt",
     grayscale: Annotated[bool, typer.Option(help="8-bit grayscale PNG instead of 1-bit (bilevel) PNG.")] = False,
-    templates: Annotated[bool, typer.Option(help="Add training templates as label-free background images.")] = True,
+    templates: Annotated[bool, typer.Option(help="Add defect-free background images (templates; repaired scans for template-diff).")] = True,
+    input_mode: Annotated[str, typer.Option("--input", help="Detector input: gray (image only) or template-diff (image, template, |difference|).")] = "gray",
 ) -> None:
     """Convert DeepPCB to an ultralytics dataset (board-group validation split, compact PNG)."""
     from apps.industrial.data import prepare_ultralytics
 
-    counts = prepare_ultralytics(Path(deeppcb), Path(out), split, bilevel=not grayscale, templates_as_background=templates)
+    counts = prepare_ultralytics(Path(deeppcb), Path(out), split, bilevel=not grayscale, templates_as_background=templates,
+                                 input_mode=input_mode)
     typer.echo(f"{out}: {counts}")
 
 
@@ -194,11 +201,43 @@ def quantize(
     from core.offline import enforce_offline
 
     enforce_offline()
-    from apps.industrial.detector import calibration_images, quantize_detector
+    from apps.industrial.detector import DetectorConfig, calibration_items, quantize_detector
+    from core.bundle import load_bundle
 
-    images = calibration_images(Path(deeppcb), split, n=n, seed=seed)
+    input_mode = DetectorConfig(**load_bundle(Path(bundle)).config["detector"]).input
+    images = calibration_items(Path(deeppcb), split, n=n, seed=seed, input_mode=input_mode)
     meta = quantize_detector(Path(bundle), images, method=method, log=typer.echo)
     typer.echo(f"sha256 {meta['sha256']} recorded in {Path(bundle) / 'card.json'}; select with TRIPTYCH_INDUSTRIAL_DETECTOR_PRECISION=int8")
+
+
+@data.command("threshold")
+def threshold(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    split: Annotated[str, typer.Option(help="TRAINING list (validation groups are refused).")] = str(SPLITS / "deeppcb_train.txt"),
+    every: Annotated[int, typer.Option(help="Use every N-th board of the list.")] = 3,
+    bundle: Annotated[str, typer.Option(help="Detector bundle whose config.json receives the thresholds.")] = str(WEIGHTS / "detector"),
+    precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
+    slack: Annotated[float, typer.Option(help="Allowed false-alarm / miss share on these boards.")] = 0.01,
+    json_out: Annotated[str | None, typer.Option("--json", help="Write the selection's numbers here.")] = None,
+) -> None:
+    """Choose the board decision thresholds (with / without template) on training boards; store them in the bundle."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch
+
+    torch.set_num_threads(1)
+    from apps.industrial.evaluate import select_thresholds
+    from apps.industrial.fusion_train import set_detector_thresholds
+
+    if precision is None:
+        from apps.industrial.settings import get_settings
+
+        precision = get_settings().detector_precision
+    m = select_thresholds(Path(bundle), Path(deeppcb), split, every=every, precision=precision, slack=slack)
+    set_detector_thresholds(Path(bundle), m["conf"], m.get("conf_no_template"))
+    _table(f"decision thresholds from {split} ({precision})", m)
+    _write_json(json_out, m)
 
 
 @data.command("splits")
@@ -222,9 +261,10 @@ def bundle_detector(
     arch: Annotated[str, typer.Option(help="yolo11n or yolov7-tiny.")],
     out: Annotated[str, typer.Option(help="Bundle folder to write.")],
     conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
+    input_mode: Annotated[str, typer.Option("--input", help="Input the weights were trained on: gray or template-diff.")] = "gray",
 ) -> None:
     """Package trained detector weights as a core bundle (config with the YAML, safetensors, card)."""
     from apps.industrial.fusion_train import make_detector_bundle
 
-    make_detector_bundle(Path(weights), arch, Path(out), conf=conf)
+    make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode)
     typer.echo(f"wrote {out}")

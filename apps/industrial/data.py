@@ -107,6 +107,62 @@ def binarize(gray: np.ndarray, threshold: int = 128) -> np.ndarray:
     return np.where(gray >= threshold, 255, 0).astype(np.uint8)
 
 
+INPUT_MODES = ("gray", "template-diff")
+
+
+def encode_input(test: np.ndarray, template: np.ndarray | None = None, mode: str = "template-diff",
+                 bilevel: bool = True) -> np.ndarray:
+    """The detector's 3-channel input (H, W, 3) uint8: ONE function for training data, evaluation and serving.
+
+    ``gray``: the tested image in all three channels (the original detector). ``template-diff``:
+    channel 0 = tested image, 1 = the aligned defect-free template, 2 = |test - template|. Without a
+    template the same model gets the "no template" encoding (template := test, difference := 0), which
+    it also saw in training (template dropout), so the endpoint works with or without one. The
+    difference is left sharp: DeepPCB pairs are registered, so a dilated difference would only
+    widen the 1-px edge noise of the binarised scans into blobs the size of a pin-hole.
+    """
+    if mode not in INPUT_MODES:
+        raise ValueError(f"detector input must be one of {INPUT_MODES}, not {mode!r}")
+    if test.ndim != 2:
+        raise ValueError(f"expected a 2-D grayscale image, got shape {test.shape}")
+    if bilevel:
+        test = binarize(test)
+    test = test.astype(np.uint8, copy=False)
+    if mode == "gray":
+        return np.repeat(test[..., None], 3, axis=-1)
+    if template is None:
+        return np.stack([test, test, np.zeros_like(test)], axis=-1)
+    if template.shape != test.shape:
+        raise ValueError(f"template is {template.shape[1]}x{template.shape[0]} px but the image is "
+                         f"{test.shape[1]}x{test.shape[0]}; they must be aligned and equal in size")
+    if bilevel:
+        template = binarize(template)
+    template = template.astype(np.uint8, copy=False)
+    diff = np.abs(test.astype(np.int16) - template.astype(np.int16)).astype(np.uint8)
+    return np.stack([test, template, diff], axis=-1)
+
+
+def drop_template(encoded: np.ndarray, mode: str = "template-diff") -> np.ndarray:
+    """The "no template" version of an encoded (H, W, 3) input: what a request without a template sees."""
+    return encode_input(np.ascontiguousarray(encoded[..., 0]), None, mode, bilevel=False)
+
+
+def repaired_scan(sample: PcbSample, margin: int = 2) -> np.ndarray:
+    """A defect-free tested scan: the tested image with every annotated box (+margin) copied from the template.
+
+    Outside the boxes it keeps the real scan-vs-template differences (binarisation edges, residual
+    misregistration); a template compared with itself would have none and make false alarms trivially rare.
+    """
+    if sample.template is None:
+        raise ValueError(f"{sample.image} has no template")
+    test, template = load_gray(sample.image).copy(), load_gray(sample.template)
+    h, w = test.shape
+    for x1, y1, x2, y2 in sample.boxes.astype(int):
+        ys, xs = slice(max(y1 - margin, 0), min(y2 + margin, h)), slice(max(x1 - margin, 0), min(x2 + margin, w))
+        test[ys, xs] = template[ys, xs]
+    return test
+
+
 def load_gray(path_or_bytes) -> np.ndarray:
     import io
 
@@ -126,15 +182,24 @@ def prepare_ultralytics(
     val_groups=DEEPPCB_VAL_GROUPS,
     bilevel: bool = True,
     templates_as_background: bool = True,
+    input_mode: str = "gray",
 ) -> dict:
     """Write an ultralytics dataset (images/, labels/, data.yaml) from DeepPCB's own layout.
 
-    Images are stored as 1-bit PNG (DeepPCB is binarised: ~2.5 kB a tile instead of ~18 kB JPEG) or
-    8-bit grayscale PNG. Training templates go in as label-less background images: they teach the
-    detector what a defect-free board looks like, which is what the board false-alarm rate measures.
+    ``gray`` input: 1-bit PNG (DeepPCB is binarised: ~2.5 kB a tile instead of ~18 kB JPEG) or 8-bit
+    grayscale PNG; training templates go in as label-less background images (what a defect-free board
+    looks like, which the board false-alarm rate measures). ``template-diff`` input: ``encode_input``
+    of each tested image with its template, as an 8-colour palette PNG (bilevel channels); the
+    background images are ``repaired_scan`` boards (defects replaced from the template) encoded with
+    the template, so defect-free examples keep the real scan-vs-template noise. Template dropout
+    (the "no template" encoding) is applied at training time (``train_detector``), per sample and epoch.
     """
     from PIL import Image
 
+    if input_mode not in INPUT_MODES:
+        raise ValueError(f"input mode must be one of {INPUT_MODES}, not {input_mode!r}")
+    if input_mode == "template-diff" and not bilevel:
+        raise ValueError("template-diff input is stored bilevel (the scans are binarised); drop --grayscale")
     out = Path(out)
     samples = load_deeppcb(root, split)
     train, val = split_by_group(samples, val_groups)
@@ -147,11 +212,17 @@ def prepare_ultralytics(
             if side == "train" and templates_as_background and s.template is not None:
                 pairs.append((s.template, f"{s.stem}_temp", False))
             for src, name, labelled in pairs:
-                gray = load_gray(src)
-                if bilevel:
-                    Image.fromarray(binarize(gray)).convert("1").save(out / "images" / side / f"{name}.png", optimize=True)
+                if input_mode == "template-diff":
+                    template = load_gray(s.template) if s.template is not None else None
+                    test = load_gray(src) if labelled else repaired_scan(s)
+                    _save_palette_png(encode_input(test, template, input_mode), out / "images" / side / f"{name}.png")
+                    gray = test
                 else:
-                    Image.fromarray(gray).save(out / "images" / side / f"{name}.png", optimize=True)
+                    gray = load_gray(src)
+                    if bilevel:
+                        Image.fromarray(binarize(gray)).convert("1").save(out / "images" / side / f"{name}.png", optimize=True)
+                    else:
+                        Image.fromarray(gray).save(out / "images" / side / f"{name}.png", optimize=True)
                 if labelled:
                     h, w = gray.shape
                     rows = []
@@ -164,8 +235,23 @@ def prepare_ultralytics(
                 else:
                     counts["train_background"] += 1
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(DEFECT_CLASSES))
-    (out / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\nnames:\n{names}\n")
+    (out / "data.yaml").write_text(f"path: .\ntrain: images/train\nval: images/val\ninput: {input_mode}\nnames:\n{names}\n")
     return counts
+
+
+def _save_palette_png(rgb: np.ndarray, path: Path) -> None:
+    """(H, W, 3) uint8 whose channels are 0/255 -> 8-colour palette PNG (~4x smaller than RGB; decodes to the same RGB)."""
+    from PIL import Image
+
+    bits = (rgb[..., 0] > 127).astype(np.uint8) * 4 + (rgb[..., 1] > 127) * 2 + (rgb[..., 2] > 127)
+    if not np.array_equal(np.where(rgb > 127, 255, 0), rgb):
+        raise ValueError("palette PNG needs bilevel channels")
+    image = Image.frombytes("P", (bits.shape[1], bits.shape[0]), np.ascontiguousarray(bits, np.uint8).tobytes())
+    palette = []
+    for k in range(8):
+        palette += [255 * (k >> 2 & 1), 255 * (k >> 1 & 1), 255 * (k & 1)]
+    image.putpalette(palette)
+    image.save(path, optimize=True)
 
 
 # ------------------------------------------------------------------------------------------ CWRU

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.industrial.data import DEFECT_CLASSES, binarize
+from apps.industrial.data import DEFECT_CLASSES, encode_input
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ARCHITECTURES = ("yolo11n", "yolov7-tiny")
@@ -31,10 +31,20 @@ class DetectorConfig:
     binarize: bool = True  # threshold at 128 like the training data (DeepPCB scans are bilevel)
     px_per_mm: float = 48.0  # pixel pitch for size_mm (DeepPCB: ~48 px/mm)
     max_det: int = 100
+    # "gray" (tested image in all 3 channels, the first detector) or "template-diff" (test, template,
+    # |test - template|; without a template: test, test, 0). See apps.industrial.data.encode_input.
+    input: str = "gray"
+    conf_no_template: float | None = None  # board decision threshold when no template is given (None = conf)
+
+    def decision_threshold(self, has_template: bool) -> float:
+        if has_template or self.input == "gray" or self.conf_no_template is None:
+            return self.conf
+        return self.conf_no_template
 
     @classmethod
     def from_name(cls, name: str) -> DetectorConfig:
-        presets = {"yolo11n": cls(arch="yolo11n"), "yolov7-tiny": cls(arch="yolov7-tiny"), "tiny": cls(arch="yolo11n", imgsz=128)}
+        presets = {"yolo11n": cls(arch="yolo11n"), "yolov7-tiny": cls(arch="yolov7-tiny"), "tiny": cls(arch="yolo11n", imgsz=128),
+                   "tiny-template": cls(arch="yolo11n", imgsz=128, input="template-diff")}
         if name not in presets:
             raise KeyError(f"unknown detector preset {name!r}; choose from {sorted(presets)}")
         return presets[name]
@@ -128,24 +138,24 @@ class PreparedImage:
     shape: tuple[int, int]  # original (H, W)
 
 
-def prepare_image(gray: np.ndarray, config: DetectorConfig) -> PreparedImage:
-    """Grayscale (H, W) uint8 -> letterboxed 3-channel tensor, as ultralytics trains (pad value 114)."""
+def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray | None = None) -> PreparedImage:
+    """Grayscale (H, W) uint8 (+ optional aligned template) -> letterboxed (3, S, S) tensor, pad value 114 as
+    ultralytics trains. The channels come from ``encode_input``, the function that also wrote the training data."""
     from PIL import Image
 
-    if gray.ndim != 2:
-        raise ValueError(f"expected a 2-D grayscale image, got shape {gray.shape}")
-    if config.binarize:
-        gray = binarize(gray)
-    h, w = gray.shape
+    if config.input == "gray":
+        template = None  # a gray-input model never saw a template; it is still used for refutation by the service
+    encoded = encode_input(gray, template, config.input, bilevel=config.binarize)
+    h, w = encoded.shape[:2]
     s = config.imgsz
     scale = min(s / h, s / w)
     nh, nw = round(h * scale), round(w * scale)
     if (nh, nw) != (h, w):
-        gray = np.asarray(Image.fromarray(gray).resize((nw, nh), Image.BILINEAR))
-    canvas = np.full((s, s), 114, np.uint8)
+        encoded = np.asarray(Image.fromarray(encoded).resize((nw, nh), Image.BILINEAR))
+    canvas = np.full((s, s, 3), 114, np.uint8)
     top, left = (s - nh) // 2, (s - nw) // 2
-    canvas[top : top + nh, left : left + nw] = gray
-    tensor = np.repeat(canvas[None].astype(np.float32) / 255.0, 3, axis=0)
+    canvas[top : top + nh, left : left + nw] = encoded
+    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
     return PreparedImage(tensor, scale, (left, top), (h, w))
 
 
@@ -350,6 +360,16 @@ def float_head_nodes(graph_nodes, detect_index: int) -> list[str]:
 
 def calibration_images(root: Path, split: str | Path, n: int = 96, seed: int = 0) -> list[Path]:
     """n images of `split` (half tested boards, half defect-free templates, as the line sees both)."""
+    return [item[0] for item in calibration_items(root, split, n, seed, "gray")]
+
+
+def calibration_items(root: Path, split: str | Path, n: int = 96, seed: int = 0, input_mode: str = "gray") -> list[tuple]:
+    """n calibration inputs of a TRAINING list as (image path, template path | None, repaired?).
+
+    gray: alternately tested boards and templates. template-diff: in turn a tested board with its
+    template, a repaired (defect-free) scan with its template, a tested board alone and a template
+    alone, so both request paths (with and without template) set the activation ranges.
+    """
     from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb
 
     samples = load_deeppcb(root, split)
@@ -358,14 +378,33 @@ def calibration_images(root: Path, split: str | Path, n: int = 96, seed: int = 0
         raise ValueError(f"calibration list {split} contains validation board groups {leaked}; calibrate on the training list")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(samples))
-    paths = []
+    items = []
     for k, i in enumerate(order):
         s = samples[i]
-        path = s.template if k % 2 and s.template is not None else s.image
-        paths.append(path)
-        if len(paths) == n:
+        if input_mode == "gray" or s.template is None:
+            items.append((s.template if k % 2 and s.template is not None else s.image, None, False))
+        else:
+            items.append([(s.image, s.template, False), (s.image, s.template, True), (s.image, None, False),
+                          (s.template, None, False)][k % 4])
+        if len(items) == n:
             break
-    return paths
+    return items
+
+
+def calibration_input(item, config: DetectorConfig) -> np.ndarray:
+    """(1, 3, S, S) float32 for one calibration item (prepared as the service prepares requests)."""
+    from apps.industrial.data import PcbSample, load_gray, read_deeppcb_boxes, repaired_scan
+
+    if isinstance(item, (str, Path)):
+        item = (item, None, False)
+    image, template, repaired = item
+    if repaired:
+        label = Path(image).parent.with_name(Path(image).parent.name + "_not") / (Path(image).name.removesuffix("_test.jpg") + ".txt")
+        boxes, classes = read_deeppcb_boxes(label)
+        gray = repaired_scan(PcbSample(Path(image), Path(template), boxes, classes))
+    else:
+        gray = load_gray(image)
+    return prepare_image(gray, config, load_gray(template) if template is not None else None).tensor[None]
 
 
 def update_detector_card(bundle_dir: Path, int8: dict | None = None, metrics: dict | None = None, notes: str | None = None) -> None:
@@ -390,6 +429,14 @@ def update_detector_card(bundle_dir: Path, int8: dict | None = None, metrics: di
     (bundle_dir / CARD_MD).write_text(markdown)
 
 
+def _calibration_name(item) -> str:
+    if isinstance(item, (str, Path)):
+        item = (item, None, False)
+    image, template, repaired = item
+    name = f"{Path(image).parent.name}/{Path(image).name}"
+    return name + (" repaired" if repaired else "") + (" +template" if template is not None else "")
+
+
 def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "percentile", cache_dir: Path | None = None,
                       log=print) -> dict:
     """Static INT8 (QDQ, per-channel weights) of the bundle's fp32 ONNX model, calibrated on `images`;
@@ -398,7 +445,6 @@ def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "perce
 
     import onnx
 
-    from apps.industrial.data import load_gray
     from core.bundle import sha256_file
     from core.compression import quantize_onnx_static
 
@@ -406,7 +452,7 @@ def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "perce
     model, config, bundle = load_detector(bundle_dir)
     fp32 = _fp32_onnx(model, config, bundle, cache_dir)
     exclude = float_head_nodes(onnx.load(str(fp32)).graph.node, len(model.model) - 1)
-    feeds = [{"images": prepare_image(load_gray(p), config).tensor[None]} for p in images]
+    feeds = [{"images": calibration_input(item, config)} for item in images]
     start = _time.time()
     out = bundle_dir / INT8_FILE
     tmp = out.with_suffix(".tmp.onnx")
@@ -420,8 +466,10 @@ def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "perce
         "sha256": sha256_file(out),
         "source_sha256": bundle.sha256,
         "format": "onnx QDQ: uint8 activations, int8 per-channel weights (onnxruntime quantize_static)",
-        "calibration": f"{len(images)} DeepPCB training-list images (half tested, half templates), {method}",
-        "calibration_images": [f"{Path(p).parent.name}/{Path(p).name}" for p in images],
+        "calibration": (f"{len(images)} DeepPCB training-list inputs ("
+                        + ("half tested, half templates" if config.input == "gray" else
+                           "in turn tested+template, repaired+template, tested alone, template alone") + f"), {method}"),
+        "calibration_images": [_calibration_name(item) for item in images],
         "float_nodes": len(exclude),
         "bytes": out.stat().st_size,
     }
@@ -511,6 +559,34 @@ def _patch_ultralytics_for_offline_training() -> None:
         trainer_module.BaseTrainer.read_results_csv = read_results_csv
 
 
+def template_dropout(p: float, mode: str):
+    """Patch ultralytics' YOLODataset so that a share `p` of TRAINING samples (after mosaic and the other
+    augmentations, per sample and epoch) get the "no template" encoding of ``data.drop_template``:
+    one model then serves requests with and without a template. Returns an undo callable."""
+    import random
+
+    import torch
+    from ultralytics.data.dataset import YOLODataset
+
+    from apps.industrial.data import drop_template
+
+    original = YOLODataset.__getitem__
+
+    def __getitem__(self, index):
+        label = original(self, index)
+        if self.augment and random.random() < p:
+            img = label["img"]  # (3, H, W) uint8, channels in file order (Format turned cv2's BGR back)
+            label["img"] = torch.from_numpy(drop_template(img.permute(1, 2, 0).numpy(), mode).transpose(2, 0, 1).copy())
+        return label
+
+    YOLODataset.__getitem__ = __getitem__
+
+    def undo():
+        YOLODataset.__getitem__ = original
+
+    return undo
+
+
 def train_detector(
     arch: str,
     data_yaml: Path,
@@ -523,14 +599,28 @@ def train_detector(
     device: str = "cpu",
     seed: int = 0,
     cache: str | bool = "ram",
+    dropout: float = 0.3,
+    keep: str = "last",
+    fraction: float = 1.0,
 ) -> dict:
-    """Train one config with ultralytics; returns metrics and writes weights (safetensors + YAML) to out_dir."""
+    """Train one config with ultralytics; returns metrics and writes weights (safetensors + YAML) to out_dir.
+
+    The input encoding comes from the data.yaml's ``input`` key (written by ``prepare_ultralytics``);
+    ``template-diff`` data trains with template dropout `dropout`. ``keep="last"`` ships the final EMA
+    weights (no checkpoint chosen on the validation groups); ``"best"`` ultralytics' best-fitness epoch,
+    which is chosen on them. Both are written (model.safetensors = the kept one, model_best /
+    model_last.safetensors).
+    """
     from core.offline import enforce_offline
 
     enforce_offline()
+    import copy
+
     import torch  # noqa: F401
     from ultralytics import YOLO
 
+    if keep not in ("last", "best"):
+        raise ValueError("keep must be last or best")
     _patch_ultralytics_for_offline_training()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -543,49 +633,65 @@ def train_detector(
     # ultralytics resolves a relative `path:` against its own datasets dir; pin it to the yaml's folder.
     data = yaml.safe_load(Path(data_yaml).read_text())
     data["path"] = str(Path(data_yaml).resolve().parent)
+    input_mode = data.pop("input", "gray")
     data_path = out_dir / "data.yaml"
     data_path.write_text(yaml.safe_dump(data, sort_keys=False))
+    undo = template_dropout(dropout, input_mode) if input_mode == "template-diff" and dropout > 0 else (lambda: None)
     yolo = YOLO(str(yaml_path), task="detect")
+    final: dict = {}
+    yolo.add_callback("on_train_end", lambda trainer: final.update(model=copy.deepcopy(trainer.ema.ema).float().cpu()))
     start = time.time()
-    yolo.train(
-        data=str(data_path),
-        epochs=epochs,
-        time=time_hours,
-        imgsz=imgsz,
-        batch=batch,
-        workers=workers,
-        device=device,
-        seed=seed,
-        cache=cache,
-        pretrained=False,
-        amp=device != "cpu",
-        plots=False,
-        project=str(out_dir.resolve()),
-        name="run",
-        exist_ok=True,
-        flipud=0.5,  # PCB defects have no up/down; both flips are label-preserving
-        fliplr=0.5,
-        scale=0.3,  # tiny defects (pin-holes ~10 px) vanish under strong down-scaling
-        hsv_h=0.0,
-        hsv_s=0.0,
-        close_mosaic=5,
-        verbose=False,
-    )
+    try:
+        yolo.train(
+            data=str(data_path),
+            epochs=epochs,
+            time=time_hours,
+            imgsz=imgsz,
+            batch=batch,
+            workers=workers,
+            device=device,
+            seed=seed,
+            cache=cache,
+            pretrained=False,
+            amp=device != "cpu",
+            plots=False,
+            project=str(out_dir.resolve()),
+            name="run",
+            exist_ok=True,
+            flipud=0.5,  # PCB defects have no up/down; both flips are label-preserving
+            fliplr=0.5,
+            scale=0.3,  # tiny defects (pin-holes ~10 px) vanish under strong down-scaling
+            hsv_h=0.0,
+            hsv_s=0.0,
+            close_mosaic=5,
+            fraction=fraction,
+            verbose=False,
+        )
+    finally:
+        undo()
     seconds = time.time() - start
     trainer = yolo.trainer
     metrics = {k.replace("metrics/", "").replace("(B)", ""): float(v) for k, v in trainer.metrics.items()}
-    metrics.update({"train_seconds": seconds, "epochs_run": int(trainer.epoch) + 1})
-    export_weights(yolo.model, cfg, out_dir)
+    metrics.update({"train_seconds": seconds, "epochs_run": int(trainer.epoch) + 1, "template_dropout": dropout,
+                    "input": input_mode, "kept": keep})
+    export_weights(yolo.model, cfg, out_dir, name="model_best.safetensors")
+    if "model" in final:
+        export_weights(final["model"], cfg, out_dir, name="model_last.safetensors")
+    kept = out_dir / f"model_{keep if 'model' in final else 'best'}.safetensors"
+    (out_dir / "model.safetensors").write_bytes(kept.read_bytes())
+    import json
+
+    (out_dir / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
     return metrics
 
 
-def export_weights(model, cfg: dict, out_dir: Path, half: bool = True) -> Path:
+def export_weights(model, cfg: dict, out_dir: Path, half: bool = True, name: str = "model.safetensors") -> Path:
     """model.safetensors (fp16 state_dict) + model.yaml: no pickles in what ships."""
     import yaml
     from safetensors.torch import save_file
 
     state = {k: (v.half() if half and v.is_floating_point() else v).contiguous().cpu() for k, v in model.state_dict().items()}
     out_dir = Path(out_dir)
-    save_file(state, str(out_dir / "model.safetensors"))
+    save_file(state, str(out_dir / name))
     (out_dir / "model.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return out_dir / "model.safetensors"
+    return out_dir / name

@@ -12,6 +12,72 @@ from pathlib import Path
 import numpy as np
 
 
+def board_inputs(sample, config, use_template: bool = True) -> dict:
+    """The inputs evaluated for one DeepPCB board, prepared exactly as the service prepares a request.
+
+    ``test``: the tested image (with its template when the model takes one and `use_template`).
+    Defect-free boards: ``template`` (the defect-free template itself; the issue's definition) and
+    ``repaired`` (the tested scan with its annotated boxes copied from the template, see
+    ``data.repaired_scan``). With a template-aware model the template compared with itself has a
+    zero difference image, so there the primary false-alarm board is ``repaired``, which keeps the
+    real scan-vs-template noise; without a template it is ``template``, as for the gray model.
+    """
+    from apps.industrial.data import load_gray, repaired_scan
+    from apps.industrial.detector import prepare_image
+
+    template_mode = use_template and config.input == "template-diff" and sample.template is not None
+    template = load_gray(sample.template) if sample.template is not None else None
+    reference = template if template_mode else None
+    out = {"test": prepare_image(load_gray(sample.image), config, reference)}
+    if template is not None:
+        out["template"] = prepare_image(template, config, reference)
+        out["repaired"] = prepare_image(repaired_scan(sample), config, reference)
+    out["primary_clean"] = "repaired" if template_mode else "template"
+    return out
+
+
+def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False):
+    """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards."""
+    from apps.industrial.detector import detect
+
+    dets_test, top, seconds, n = [], {"test": [], "template": [], "repaired": []}, 0.0, 0
+    primary = None
+    for i, s in enumerate(samples):
+        inputs = board_inputs(s, config, use_template)
+        primary = inputs.pop("primary_clean")
+        for kind, prepared in inputs.items():
+            start = time.perf_counter()
+            dets = detect(model, [prepared], config, conf=config.nms_conf if nms_conf is None else nms_conf)[0]
+            seconds += time.perf_counter() - start
+            n += 1
+            top[kind].append(max((d.confidence for d in dets), default=0.0))
+            if kind == "test":
+                dets_test.append(dets)
+        if progress and (i + 1) % 50 == 0:
+            print(f"  {i + 1}/{len(samples)} boards", flush=True)
+    return dets_test, {k: np.array(v) for k, v in top.items()}, primary, seconds, n
+
+
+def choose_threshold(defective: np.ndarray, clean: np.ndarray, slack: float = 0.01) -> float:
+    """Board decision threshold from max-confidence scores of defective and defect-free boards.
+
+    Midway (in logit space) between the (1 - slack) quantile of the defect-free boards and the
+    `slack` quantile of the defective ones, i.e. the widest margin that keeps <= slack false alarms
+    and >= 1 - slack recall on these boards; if they overlap, the threshold with the fewest errors.
+    Meant for TRAINING boards: validation groups must not choose it.
+    """
+    eps = 1e-4
+    lo = float(np.quantile(clean, 1 - slack)) if len(clean) else 0.0
+    hi = float(np.quantile(defective, slack)) if len(defective) else 1.0
+    if lo < hi:
+        logit = lambda p: np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps)))
+        z = (logit(lo) + logit(hi)) / 2
+        return float(round(1 / (1 + np.exp(-z)), 4))
+    grid = np.unique(np.concatenate([clean, defective, [0.5]]))
+    errors = [(clean >= t).sum() + (defective < t).sum() for t in grid]
+    return float(round(grid[int(np.argmin(errors))], 4))
+
+
 def evaluate_deeppcb(
     bundle_dir: Path,
     root: Path,
@@ -22,23 +88,21 @@ def evaluate_deeppcb(
     progress: bool = False,
     backend: str = "onnx",
     precision: str = "fp32",
+    use_template: bool = True,
 ) -> dict[str, float]:
-    """mAP on the tested images of `split`; board-level decisions on tested images and their templates.
+    """mAP on the tested images of `split`; board-level decisions on tested and defect-free boards.
 
-    ``board_false_alarm_rate``: share of defect-free templates with any detection >= the decision
-    threshold; ``board_recall``: share of tested (defective) boards with one. ``images_per_second``:
-    single-image forward + NMS on `threads` CPU threads, image decoding excluded.
+    ``use_template``: a template-aware model gets each board's template (the default, when the layout
+    has one); False measures the no-template path the endpoint takes without one. A gray-input model
+    ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
+    detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
+    boards with one. ``images_per_second``: single-image forward + NMS on `threads` CPU threads,
+    image decoding and encoding excluded.
     """
     import torch
 
-    from apps.industrial.data import load_deeppcb, load_gray
-    from apps.industrial.detector import (
-        detect,
-        detection_scores,
-        load_detector,
-        load_onnx_detector,
-        prepare_image,
-    )
+    from apps.industrial.data import load_deeppcb
+    from apps.industrial.detector import detection_scores, load_detector, load_onnx_detector
 
     torch.set_num_threads(threads)
     if backend != "onnx" and precision != "fp32":
@@ -47,46 +111,58 @@ def evaluate_deeppcb(
     if binarize is not None:
         config.binarize = binarize
     samples = load_deeppcb(root, split)[:limit]
-    preds, truths, test_max, temp_max = [], [], [], []
-    seconds, n_timed = 0.0, 0
-    for i, s in enumerate(samples):
-        for kind, path in (("test", s.image), ("temp", s.template)):
-            if path is None:
-                continue
-            prepared = prepare_image(load_gray(path), config)
-            start = time.perf_counter()
-            dets = detect(model, [prepared], config, conf=config.nms_conf)[0]
-            seconds += time.perf_counter() - start
-            n_timed += 1
-            top = max((d.confidence for d in dets), default=0.0)
-            if kind == "test":
-                preds.append(dets)
-                truths.append((s.boxes, s.classes))
-                test_max.append(top)
-            else:
-                temp_max.append(top)
-        if progress and (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(samples)} boards", flush=True)
-    scores = detection_scores(preds, truths)
-    test_max, temp_max = np.array(test_max), np.array(temp_max)
+    dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress)
+    template_mode = primary == "repaired"
+    threshold = config.decision_threshold(template_mode)
+    scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
+    test_max, clean_max = top["test"], top[primary or "template"]
+    rate = lambda x, t: float((x >= t).mean()) if len(x) else float("nan")
     result = {
         "map50": scores.map50,
         "map50_95": scores.map50_95,
         "precision": scores.precision,
         "recall": scores.recall,
-        "board_false_alarm_rate": float((temp_max >= config.conf).mean()) if len(temp_max) else float("nan"),
-        "board_recall": float((test_max >= config.conf).mean()) if len(test_max) else float("nan"),
+        "board_false_alarm_rate": rate(clean_max, threshold),
+        "board_recall": rate(test_max, threshold),
         "images_per_second": n_timed / seconds if seconds else 0.0,
         "n_boards": float(len(test_max)),
-        "n_templates": float(len(temp_max)),
-        "decision_threshold": float(config.conf),
+        "n_templates": float(len(top["template"])),
+        "decision_threshold": float(threshold),
+        "template_used": float(template_mode),
+        "board_fa_templates": rate(top["template"], threshold),
+        "board_fa_repaired": rate(top["repaired"], threshold),
     }
     result.update({f"ap50_{k}": v for k, v in scores.per_class_ap50.items()})
     # Where a lower or higher threshold would put the two board-level error rates (for the card).
     for t in (0.1, 0.25, 0.5, 0.7):
-        result[f"board_fa@{t}"] = float((temp_max >= t).mean()) if len(temp_max) else float("nan")
-        result[f"board_recall@{t}"] = float((test_max >= t).mean()) if len(test_max) else float("nan")
+        result[f"board_fa@{t}"] = rate(clean_max, t)
+        result[f"board_recall@{t}"] = rate(test_max, t)
     return result
+
+
+def select_thresholds(bundle_dir: Path, root: Path, split: str | Path, every: int = 3, threads: int = 1,
+                      precision: str = "fp32", slack: float = 0.01, progress: bool = False) -> dict[str, float]:
+    """Decision thresholds (with and without template) from every `every`-th board of a TRAINING list."""
+    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb
+    from apps.industrial.detector import load_onnx_detector
+
+    samples = load_deeppcb(root, split)[::every]
+    leaked = sorted({s.group for s in samples} & set(DEEPPCB_VAL_GROUPS))
+    if leaked:
+        raise ValueError(f"threshold list {split} contains validation board groups {leaked}; choose on training boards")
+    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision)
+    out = {"n_boards": float(len(samples))}
+    paths = (True, False) if config.input == "template-diff" else (False,)
+    for use_template in paths:
+        _, top, primary, _, _ = board_scores(model, config, samples, use_template, nms_conf=0.05, progress=progress)
+        clean = np.concatenate([top["template"], top["repaired"]]) if primary == "template" else top["repaired"]
+        key = "conf" if use_template or config.input == "gray" else "conf_no_template"
+        out[key] = choose_threshold(top["test"], clean, slack)
+        out[f"{key}_train_recall"] = float((top["test"] >= out[key]).mean())
+        out[f"{key}_train_fa"] = float((clean >= out[key]).mean())
+        out[f"{key}_train_clean_q99"] = float(np.quantile(clean, 1 - slack))
+        out[f"{key}_train_defective_q01"] = float(np.quantile(top["test"], slack))
+    return out
 
 
 def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, float]:

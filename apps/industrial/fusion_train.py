@@ -12,7 +12,18 @@ WEIGHTS = Path(__file__).parent / "weights"
 SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
 
 
-def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = ""):
+def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: float | None = None) -> None:
+    """Write the board decision thresholds into a detector bundle's config.json (weights untouched)."""
+    path = Path(bundle_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config["detector"]["conf"] = float(conf)
+    if conf_no_template is not None:
+        config["detector"]["conf_no_template"] = float(conf_no_template)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = "",
+                         input_mode: str = "gray"):
     """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict)."""
     from safetensors.torch import load_file
 
@@ -23,20 +34,25 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
     state = load_file(str(weights / "model.safetensors"))
     if metrics is None and (weights / "metrics.json").exists():
         metrics = json.loads((weights / "metrics.json").read_text())
+    td = input_mode == "template-diff"
+    prepared = "datasets/prepared/deeppcb_td" if td else "datasets/prepared/deeppcb"
     card = ModelCard(
-        name=f"industrial-detector-{arch}",
+        name=f"industrial-detector-{arch}" + ("-template" if td else ""),
         version="0.1.0",
-        task=f"PCB defect detection ({', '.join(DEFECT_CLASSES)}) on 640x640 binarised scans; size_mm from a pixel pitch",
+        task=(f"PCB defect detection ({', '.join(DEFECT_CLASSES)}) on 640x640 binarised scans; size_mm from a pixel pitch"
+              + ("; input channels: tested image, aligned defect-free template, |difference| (template optional)" if td else "")),
         data=["DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB, MIT licence file, research use): "
               "PCBData/trainval.txt, 1,000 tested images with boxes + defect-free templates"],
         split=(f"by board group: validation = {', '.join(DEEPPCB_VAL_GROUPS)} (248 boards; "
-               "datasets/industrial/deeppcb_val.txt), training = the other 5 groups (752 boards + their 752 templates "
-               "as label-free background images; datasets/industrial/deeppcb_train.txt)"),
+               "datasets/industrial/deeppcb_val.txt), training = the other 5 groups (752 boards + 752 defect-free "
+               + ("repaired scans (defect boxes copied from the template)" if td else "templates")
+               + " as label-free background images; datasets/industrial/deeppcb_train.txt)"),
         metrics={k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         reproduce=(
-            "triptych data industrial prepare --deeppcb DIR --out datasets/prepared/deeppcb\n"
-            f"triptych train industrial --part detector --arch {arch} --data datasets/prepared/deeppcb/data.yaml --device cuda --hours 0.1\n"
-            f"triptych eval industrial --deeppcb DIR --split datasets/industrial/deeppcb_val.txt --json OUT"
+            f"triptych data industrial prepare --deeppcb DIR --out {prepared}" + (" --input template-diff" if td else "") + "\n"
+            f"triptych train industrial --part detector --arch {arch} --data {prepared}/data.yaml --device cuda --hours "
+            + ("0.09 --dropout 0.3 --keep last" if td else "0.1") + "\n"
+            "triptych eval industrial --deeppcb DIR --split datasets/industrial/deeppcb_val.txt --json OUT"
         ),
         limitations=[
             "DeepPCB defects are largely hand-added to binarised scans; colour AOI images will not transfer",
@@ -44,7 +60,7 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
         ],
         notes=notes,
     )
-    config = DetectorConfig(arch=arch, conf=conf)
+    config = DetectorConfig(arch=arch, conf=conf, input=input_mode)
     return save_bundle(out, state, detector_bundle_config(config, model_yaml(arch)), card)
 
 

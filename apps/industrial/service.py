@@ -109,6 +109,14 @@ class DecisionPolicy:
     min_defect_mm: float = 0.0
     px_per_mm: float = 48.0
     template_min_diff: float = 0.01  # share of differing pixels in a box below which a template refutes it
+    # A template-aware detector scores boards without a template on another scale (no difference
+    # channel): its own threshold, chosen on training boards like defect_threshold. None = defect_threshold.
+    defect_threshold_no_template: float | None = None
+
+    def threshold(self, has_template: bool) -> float:
+        if has_template or self.defect_threshold_no_template is None:
+            return self.defect_threshold
+        return self.defect_threshold_no_template
 
 
 def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
@@ -158,7 +166,9 @@ class InspectionRunner:
         t0 = time.perf_counter()
         det_out, tokens = {}, {}
         if with_image:
-            prepared = [prepare_image(items[i].image, self.det_config) for i in with_image]
+            # The same encoding as the training data and the evaluation (data.encode_input): with the
+            # board's template when the request brought one, the "no template" encoding otherwise.
+            prepared = [prepare_image(items[i].image, self.det_config, items[i].template) for i in with_image]
             dets, toks = detect_with_tokens(self.detector, prepared, self.det_config, conf=0.05)
             for k, i in enumerate(with_image):
                 det_out[i], tokens[i] = dets[k], toks[k]
@@ -208,7 +218,8 @@ class InspectionRunner:
         # (>= 0.05), defect count over the listed ones.
         max_conf = max((d.confidence for d in decisive), default=0.0)
         n_def = sum(d.confidence >= policy.report_threshold for d in decisive)
-        image_fail = max_conf >= policy.defect_threshold
+        has_template = item.template is not None and self.det_config.input == "template-diff"
+        image_fail = max_conf >= policy.threshold(has_template)
         has_image, has_vib = dets is not None, probs is not None
         # Image rule (or no evidence moved the odds): the image decides when present.
         weights = {"image": float(has_image), "vibration": 0.0 if has_image else float(has_vib)}
@@ -290,8 +301,20 @@ def load_runner(settings) -> InspectionRunner:
     fusion = fusion_bundle = None
     if (settings.fusion_dir / "model.safetensors").exists():
         fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
-    threshold = settings.defect_threshold if settings.defect_threshold is not None else det_config.conf
-    policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm)
+        fitted_on = fusion_bundle.config.get("detector_sha256")
+        if fitted_on is not None and fitted_on != det_bundle.sha256:
+            # Its calibration maps another detector's scores: deciding with it would be wrong, not just stale.
+            import logging
+
+            logging.getLogger(__name__).warning("fusion bundle was fitted on detector %s, not %s: deciding with the image rule",
+                                                fitted_on[:12], det_bundle.sha256[:12])
+            fusion = fusion_bundle = None
+    if settings.defect_threshold is not None:
+        threshold, threshold_no_template = settings.defect_threshold, None
+    else:
+        threshold, threshold_no_template = det_config.conf, det_config.decision_threshold(False)
+    policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
+                            defect_threshold_no_template=threshold_no_template)
     runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
                               settings.torch_threads, settings.decision_rule)
     if settings.detector_backend == "onnx" and precision == "int8":
