@@ -57,6 +57,7 @@ class Inspection(BaseModel):
     defect_probability: float | None = Field(description="fused P(board defective); null without fusion or image")
     modality_weights: dict[str, float]
     template_refuted: int
+    detector_input: str | None = Field(None, description="image+template (template-aware detector) or image; null without image")
     model_version: str
     timings_ms: dict[str, float]
 

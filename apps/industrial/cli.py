@@ -84,7 +84,7 @@ def evaluate(
     split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
     cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
-    detector: Annotated[str | None, typer.Option(help="Detector bundle (default: shipped).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Detector bundle (default: the shipped template-aware one, or with --no-template the image-only one, as the service picks).")] = None,
     vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
     limit: Annotated[int | None, typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
@@ -101,12 +101,17 @@ def evaluate(
     metrics: dict[str, float] = {}
     if deeppcb:
         from apps.industrial.evaluate import evaluate_deeppcb
+        from apps.industrial.settings import get_settings
 
+        settings = get_settings()
         if precision is None:
-            from apps.industrial.settings import get_settings
-
-            precision = get_settings().detector_precision if backend == "onnx" else "fp32"
-        m = evaluate_deeppcb(Path(detector or WEIGHTS / "detector"), Path(deeppcb), split, threads=threads, limit=limit,
+            precision = settings.detector_precision if backend == "onnx" else "fp32"
+        if detector is None:
+            # As the service picks: boards with a template go to the template-aware detector when one ships.
+            tdir = settings.template_detector_dir
+            use_tdir = not no_template and tdir is not None and (Path(tdir) / "model.safetensors").exists()
+            detector = str(tdir if use_tdir else settings.detector_dir)
+        m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
                              backend=backend, precision=precision, use_template=not no_template)
         mode = "with template" if m["template_used"] else "without template"
         _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
@@ -158,7 +163,10 @@ def bench(
 
     cache_dir = Path(cache)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    img_npz, vib_npz = cache_dir / "images.npz", cache_dir / "vibration.npz"
+    from core.bundle import load_bundle
+
+    img_npz = cache_dir / f"images-{load_bundle(WEIGHTS / 'detector').sha256[:12]}.npz"  # named by the detector's weights
+    vib_npz = cache_dir / "vibration.npz"
     if not img_npz.exists():
         typer.echo("running the detector over the held-out boards (cached) ...")
         image_features(WEIGHTS / "detector", Path(deeppcb), split, img_npz)
@@ -238,6 +246,28 @@ def threshold(
     set_detector_thresholds(Path(bundle), m["conf"], m.get("conf_no_template"))
     _table(f"decision thresholds from {split} ({precision})", m)
     _write_json(json_out, m)
+
+
+@data.command("platt")
+def platt(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    bundle: Annotated[str, typer.Option(help="Template-aware detector bundle to calibrate.")] = str(WEIGHTS / "detector_template"),
+    precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
+) -> None:
+    """Calibrate a template-aware detector's board score for the Bayesian decision rule (fusion-train group only)."""
+    from core.offline import enforce_offline
+
+    enforce_offline()
+    import torch
+
+    torch.set_num_threads(1)
+    from apps.industrial.fusion_train import fit_template_platt
+
+    if precision is None:
+        from apps.industrial.settings import get_settings
+
+        precision = get_settings().detector_precision
+    typer.echo(fit_template_platt(Path(bundle), Path(deeppcb), precision=precision))
 
 
 @data.command("splits")

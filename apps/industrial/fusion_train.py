@@ -22,6 +22,38 @@ def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: flo
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None = None, groups=("group13000",),
+                       precision: str = "int8", threads: int = 1) -> dict:
+    """Platt scaling of a template-aware detector's board score, for the service's Bayesian rule.
+
+    Fitted on the fusion-TRAIN board group (group13000, as the fusion bundle's own calibration; never
+    the fusion-test group50600): logit P(defective) = a * logit(max confidence) + b on class-balanced
+    boards (tested image + template vs repaired scan + template), so b is the image log-likelihood
+    ratio's offset. Written to the bundle's config.json as ``platt``.
+    """
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from apps.industrial.benchmark import _logit
+    from apps.industrial.data import load_deeppcb
+    from apps.industrial.detector import load_onnx_detector
+    from apps.industrial.evaluate import board_scores
+
+    samples = [s for s in load_deeppcb(deeppcb, split or SPLITS / "deeppcb_val.txt") if s.group in groups]
+    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision)
+    _, top, primary, _, _ = board_scores(model, config, samples, True, nms_conf=0.05)
+    x = np.concatenate([top["test"], top[primary]])
+    y = np.concatenate([np.ones(len(top["test"])), np.zeros(len(top[primary]))])
+    lr = LogisticRegression(C=10.0).fit(_logit(np.clip(x, 1e-4, 1 - 1e-4))[:, None], y)
+    platt = {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0]), "fitted_on": f"{', '.join(groups)} ({len(samples)} boards, "
+             f"tested+template vs {primary}+template, {precision})"}
+    path = Path(bundle_dir) / "config.json"
+    cfg = json.loads(path.read_text())
+    cfg["platt"] = platt
+    path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return platt
+
+
 def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = "",
                          input_mode: str = "gray"):
     """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict)."""
@@ -85,7 +117,11 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     detector_dir = Path(detector_dir or WEIGHTS / "detector")
     vibration_dir = Path(vibration_dir or WEIGHTS / "vibration")
     cache.mkdir(parents=True, exist_ok=True)
-    img_npz, vib_npz = cache / "images.npz", cache / "vibration.npz"
+    from core.bundle import load_bundle
+
+    # Cached detector outputs are named by the detector's weights: a retrained detector never reuses stale ones.
+    detector_sha256 = load_bundle(detector_dir).sha256
+    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}.npz", cache / "vibration.npz"
     if not img_npz.exists():
         image_features(detector_dir, deeppcb, str(SPLITS / "deeppcb_val.txt"), img_npz)
     if not vib_npz.exists():
@@ -118,5 +154,7 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
                      f"(coupling {coupling}), to be re-fitted on a real line's history"],
         extra={"pairing": asdict(config), "coupling": coupling},
     )
-    save_bundle(out, model, {"fusion": fusion_config.to_dict(), "bayes": asdict(bayes), "coupling": coupling}, card)
+    # The calibration maps THIS detector's scores; the service refuses to combine it with another one.
+    save_bundle(out, model, {"fusion": fusion_config.to_dict(), "bayes": asdict(bayes), "coupling": coupling,
+                             "detector_sha256": detector_sha256}, card)
     return metrics

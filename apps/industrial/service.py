@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -109,14 +110,17 @@ class DecisionPolicy:
     min_defect_mm: float = 0.0
     px_per_mm: float = 48.0
     template_min_diff: float = 0.01  # share of differing pixels in a box below which a template refutes it
-    # A template-aware detector scores boards without a template on another scale (no difference
-    # channel): its own threshold, chosen on training boards like defect_threshold. None = defect_threshold.
+    # Boards whose request brought a template are scored by the template-aware detector (or by a
+    # template-aware default detector with its template channels), on another scale: their own
+    # threshold, chosen on training boards. None = defect_threshold.
+    defect_threshold_template: float | None = None
+    # A template-aware detector used WITHOUT a template (no difference channel) has its own threshold too.
     defect_threshold_no_template: float | None = None
 
     def threshold(self, has_template: bool) -> float:
-        if has_template or self.defect_threshold_no_template is None:
-            return self.defect_threshold
-        return self.defect_threshold_no_template
+        if has_template:
+            return self.defect_threshold if self.defect_threshold_template is None else self.defect_threshold_template
+        return self.defect_threshold if self.defect_threshold_no_template is None else self.defect_threshold_no_template
 
 
 def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
@@ -133,22 +137,31 @@ class InspectionRunner:
     """ModelRunner over boards: detector + vibration classifier + fusion (learned, else Bayesian)."""
 
     def __init__(self, detector, det_config, det_bundle, vibration, vib_bundle, fusion=None, fusion_bundle=None,
-                 policy: DecisionPolicy | None = None, threads: int = 2, decision_rule: str = "bayes"):
+                 policy: DecisionPolicy | None = None, threads: int = 2, decision_rule: str = "bayes",
+                 template_detector=None, template_config=None, template_bundle=None):
         import torch
 
         torch.set_num_threads(threads)
         self.detector, self.det_config = detector, det_config
+        # Optional second detector trained on (image, template, |difference|): boards sent with a
+        # template go to it, boards without one to `detector` (one model could not do both as well).
+        self.template_detector, self.template_config = template_detector, template_config
         self.vibration, self.fusion = vibration, fusion
         self.policy = policy or DecisionPolicy(det_config.conf, px_per_mm=det_config.px_per_mm)
         self.name = "inspect"
-        bundles = [b for b in (det_bundle, vib_bundle, fusion_bundle) if b is not None]
+        bundles = [b for b in (det_bundle, template_bundle, vib_bundle, fusion_bundle) if b is not None]
         self.version = "+".join(f"{b.card.name}@{b.card.version}" for b in bundles)
         self.sha256 = ",".join(b.sha256[:16] for b in bundles)
-        self.bayes = None
+        self.bayes = self.bayes_template = None
         if fusion_bundle is not None and fusion_bundle.config.get("bayes"):
             from apps.industrial.benchmark import BayesianCombiner
 
             self.bayes = BayesianCombiner(**fusion_bundle.config["bayes"])
+            platt = (template_bundle.config.get("platt") if template_bundle is not None else None)
+            if platt:
+                # The template detector's own score calibration, with the fusion's vibration side.
+                self.bayes_template = BayesianCombiner(platt["a"], platt["b"] + float(np.log(self.bayes.train_prior / (1 - self.bayes.train_prior))),
+                                                       self.bayes.train_prior, self.bayes.defect_rate_by_state)
         if decision_rule not in ("bayes", "learned", "image"):
             raise ValueError(f"decision_rule must be bayes, learned or image, not {decision_rule!r}")
         if decision_rule == "bayes" and self.bayes is None or decision_rule == "learned" and fusion is None:
@@ -161,16 +174,15 @@ class InspectionRunner:
         from apps.industrial.detector import detect_with_tokens, prepare_image
 
         results: list = [None] * len(items)
-        # Detector: one batch over every item that has an image.
-        with_image = [i for i, it in enumerate(items) if it.image is not None]
+        # Detector: one batch per detector over the items that have an image.
         t0 = time.perf_counter()
         det_out, tokens = {}, {}
-        if with_image:
+        for detector, config, group in self._detector_groups(items):
             # The same encoding as the training data and the evaluation (data.encode_input): with the
             # board's template when the request brought one, the "no template" encoding otherwise.
-            prepared = [prepare_image(items[i].image, self.det_config, items[i].template) for i in with_image]
-            dets, toks = detect_with_tokens(self.detector, prepared, self.det_config, conf=0.05)
-            for k, i in enumerate(with_image):
+            prepared = [prepare_image(items[i].image, config, items[i].template) for i in group]
+            dets, toks = detect_with_tokens(detector, prepared, config, conf=0.05)
+            for k, i in enumerate(group):
                 det_out[i], tokens[i] = dets[k], toks[k]
         t_det = (time.perf_counter() - t0) * 1000
         # Vibration: one batch over all windows of all items.
@@ -196,6 +208,20 @@ class InspectionRunner:
                 results[i] = exc
         return results
 
+    def _uses_template(self, item) -> bool:
+        """Whether this board's detection takes its template as input (else: the image alone)."""
+        if item.template is None or item.image is None:
+            return False
+        return self.template_detector is not None or self.det_config.input == "template-diff"
+
+    def _detector_groups(self, items):
+        plain = [i for i, it in enumerate(items) if it.image is not None and not (self._uses_template(it) and self.template_detector is not None)]
+        templated = [i for i, it in enumerate(items) if it.image is not None and i not in plain]
+        groups = [(self.detector, self.det_config, plain)]
+        if templated:
+            groups.append((self.template_detector, self.template_config, templated))
+        return [g for g in groups if g[2]]
+
     def _decide(self, item, dets, tokens, probs, vtokens, t_det, t_vib) -> dict:
         import torch
 
@@ -218,7 +244,7 @@ class InspectionRunner:
         # (>= 0.05), defect count over the listed ones.
         max_conf = max((d.confidence for d in decisive), default=0.0)
         n_def = sum(d.confidence >= policy.report_threshold for d in decisive)
-        has_template = item.template is not None and self.det_config.input == "template-diff"
+        has_template = self._uses_template(item)
         image_fail = max_conf >= policy.threshold(has_template)
         has_image, has_vib = dets is not None, probs is not None
         # Image rule (or no evidence moved the odds): the image decides when present.
@@ -236,22 +262,25 @@ class InspectionRunner:
                                        torch.tensor([[has_image, has_vib]]))
             p_defect = float(torch.sigmoid(logit)[0])
             weights = {"image": round(float(w[0, 0]), 4), "vibration": round(float(w[0, 1]), 4)}
-        elif self.decision_rule == "bayes":
+        elif self.decision_rule == "bayes" and (self.bayes_template is not None or not has_template or self.template_detector is None):
             from apps.industrial.benchmark import _logit
 
+            # Scores of the template detector are calibrated separately (its bundle's `platt`).
+            bayes = self.bayes_template if has_template and self.template_detector is not None else self.bayes
             conf = np.array([max(max_conf, 1e-4)]) if has_image else None
             vib = probs[None] if has_vib else None
             if conf is not None or vib is not None:
-                p_defect = float(self.bayes.combine(conf, vib)[0])
+                p_defect = float(bayes.combine(conf, vib)[0])
             # Weight of evidence: each modality's share of the absolute log-odds it moved.
-            image_llr = abs(float(self.bayes.image_llr(conf)[0])) if has_image else 0.0
-            vib_llr = abs(float(_logit(self.bayes.p_vibration(vib))[0] - _logit(np.array(self.bayes.train_prior)))) if has_vib else 0.0
+            image_llr = abs(float(bayes.image_llr(conf)[0])) if has_image else 0.0
+            vib_llr = abs(float(_logit(bayes.p_vibration(vib))[0] - _logit(np.array(bayes.train_prior)))) if has_vib else 0.0
             total = image_llr + vib_llr
             if total > 0:
                 weights = {"image": round(image_llr / total, 4), "vibration": round(vib_llr / total, 4)}
         elif has_image:
             p_defect = 1.0 if image_fail else 0.0
-        decision = self._decision(p_defect, has_image, image_fail)
+        rule = self.decision_rule if not np.isnan(p_defect) or not has_image else "image"
+        decision = self._decision(p_defect, has_image, image_fail, rule)
         state = None
         if has_vib:
             k = int(np.argmax(probs))
@@ -265,15 +294,16 @@ class InspectionRunner:
             "defect_probability": None if np.isnan(p_defect) else round(p_defect, 4),
             "modality_weights": weights,
             "template_refuted": refuted,
+            "detector_input": None if not has_image else ("image+template" if has_template else "image"),
             "timings_ms": timings,
         }
 
-    def _decision(self, p: float, has_image: bool, image_fail: bool) -> str:
+    def _decision(self, p: float, has_image: bool, image_fail: bool, rule: str | None = None) -> str:
         band = self.policy.review_band
         if not has_image:
             # Never pass a board nobody looked at; a machine fault alone can still fail it.
             return "fail" if p >= 0.5 + band else "review"
-        if self.decision_rule == "image":
+        if (rule or self.decision_rule) == "image":
             return "fail" if image_fail else "pass"
         if p >= 0.5 + band:
             return "fail"
@@ -288,15 +318,24 @@ def load_runner(settings) -> InspectionRunner:
     from apps.industrial.model import load_fusion_model, load_vibration_classifier
 
     precision = settings.detector_precision
-    if settings.detector_backend == "onnx":
-        detector, det_config, det_bundle = load_onnx_detector(settings.detector_dir, threads=settings.torch_threads, precision=precision)
-    elif settings.detector_backend == "torch":
-        if precision != "fp32":
-            raise ValueError(f"detector_precision={precision!r} needs detector_backend='onnx' (the torch backend runs fp32)")
-        detector, det_config, det_bundle = load_detector(settings.detector_dir)
-    else:
+
+    def load(bundle_dir):
+        if settings.detector_backend == "onnx":
+            return load_onnx_detector(bundle_dir, threads=settings.torch_threads, precision=precision)
+        if settings.detector_backend == "torch":
+            if precision != "fp32":
+                raise ValueError(f"detector_precision={precision!r} needs detector_backend='onnx' (the torch backend runs fp32)")
+            return load_detector(bundle_dir)
         raise ValueError(f"detector_backend must be onnx or torch, not {settings.detector_backend!r}")
+
+    detector, det_config, det_bundle = load(settings.detector_dir)
     det_config.px_per_mm = settings.px_per_mm
+    template_detector = template_config = template_bundle = None
+    if settings.template_detector_dir is not None and (Path(settings.template_detector_dir) / "model.safetensors").exists():
+        template_detector, template_config, template_bundle = load(settings.template_detector_dir)
+        if template_config.input != "template-diff":
+            raise ValueError(f"{settings.template_detector_dir} holds a {template_config.input!r}-input detector, not a template-diff one")
+        template_config.px_per_mm = settings.px_per_mm
     vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
     fusion = fusion_bundle = None
     if (settings.fusion_dir / "model.safetensors").exists():
@@ -313,13 +352,19 @@ def load_runner(settings) -> InspectionRunner:
         threshold, threshold_no_template = settings.defect_threshold, None
     else:
         threshold, threshold_no_template = det_config.conf, det_config.decision_threshold(False)
+    threshold_template = settings.template_defect_threshold
+    if threshold_template is None and template_config is not None:
+        threshold_template = template_config.conf
     policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
-                            defect_threshold_no_template=threshold_no_template)
+                            defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template)
     runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
-                              settings.torch_threads, settings.decision_rule)
+                              settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle)
     if settings.detector_backend == "onnx" and precision == "int8":
         # What runs is detector-int8.onnx: X-Model-Version / X-Model-Sha256 say so.
-        runner.version = runner.version.replace(f"{det_bundle.card.name}@{det_bundle.card.version}",
-                                                f"{det_bundle.card.name}@{det_bundle.card.version}-int8", 1)
-        runner.sha256 = runner.sha256.replace(det_bundle.sha256[:16], det_bundle.card.extra["int8"]["sha256"][:16], 1)
+        for bundle in (det_bundle, template_bundle):
+            if bundle is None:
+                continue
+            runner.version = runner.version.replace(f"{bundle.card.name}@{bundle.card.version}",
+                                                    f"{bundle.card.name}@{bundle.card.version}-int8", 1)
+            runner.sha256 = runner.sha256.replace(bundle.sha256[:16], bundle.card.extra["int8"]["sha256"][:16], 1)
     return runner

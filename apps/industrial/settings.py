@@ -15,7 +15,11 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 class IndustrialSettings(AppSettings):
     model_config = SettingsConfigDict(env_prefix="TRIPTYCH_INDUSTRIAL_", extra="ignore")
 
-    detector_dir: Path = WEIGHTS_DIR / "detector"  # shipped detector bundle (YAML + safetensors)
+    detector_dir: Path = WEIGHTS_DIR / "detector"  # shipped detector bundle (YAML + safetensors); boards without template
+    # Template-aware detector (input: image, template, |difference|) for boards sent WITH a template;
+    # None or a folder without weights = templates only refute boxes, as before (detector card).
+    template_detector_dir: Path | None = WEIGHTS_DIR / "detector_template"
+    template_defect_threshold: float | None = None  # None = the template bundle's (chosen on training boards)
     vibration_dir: Path = WEIGHTS_DIR / "vibration"  # shipped vibration classifier bundle
     fusion_dir: Path = WEIGHTS_DIR / "fusion"  # shipped fusion model bundle (optional: Bayesian fallback)
     px_per_mm: float = 48.0  # camera pixel pitch; DeepPCB scans are ~48 px/mm

@@ -24,6 +24,10 @@ def tiny_bundles(tmp_path_factory):
     det = build_model(cfg)
     config = DetectorConfig(arch="yolo11n", imgsz=128, conf=0.5, report_conf=0.01)
     save_bundle(root / "detector", det, detector_bundle_config(config, cfg), ModelCard("det", "t", "test"))
+    tconfig = DetectorConfig.from_name("tiny-template")
+    tconfig.conf, tconfig.report_conf = 0.5, 0.01
+    save_bundle(root / "detector_template", build_model(cfg), {**detector_bundle_config(tconfig, cfg), "platt": {"a": 2.0, "b": -1.0}},
+                ModelCard("det-template", "t", "test"))
     vib_cfg = VibrationEncoderConfig.from_name("tiny")
     vib = VibrationClassifier(vib_cfg)
     save_bundle(root / "vibration", vib, {"encoder": vib_cfg.to_dict(), "classes": ["normal", "ball", "inner_race", "outer_race"]},

@@ -18,7 +18,7 @@ from tests.apps.industrial.conftest import board_png, vibration_signal
 def client(tiny_bundles, tmp_path, request):
     settings = IndustrialSettings(
         detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
-        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
+        template_detector_dir=tiny_bundles / "detector_template", database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
         torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule=request.param,
     )
     with TestClient(create_app(settings)) as c:
@@ -75,6 +75,10 @@ def test_template_is_accepted(client):
     r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png"), "template": ("t.png", png, "image/png")}, headers=KEY)
     assert r.status_code == 200, r.text
     assert r.json()["template_refuted"] == sum(bool(d.get("refuted_by_template")) for d in r.json()["defects"])
+    assert r.json()["detector_input"] == "image+template"  # routed to the template-aware detector
+    assert "det-template@t" in r.headers["x-model-version"]
+    r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png")}, headers=KEY)
+    assert r.json()["detector_input"] == "image"
 
 
 @pytest.mark.parametrize(
@@ -110,5 +114,13 @@ def test_batch(client):
     assert r.status_code == 200, r.text
     results = r.json()["results"]
     assert len(results) == 3 and len({x["id"] for x in results}) == 3
+    assert [x["detector_input"] for x in results] == ["image"] * 3
     r = client.post("/v1/inspect/batch", files=files[:3] + files[3:4], data={"sample_rate": "12000"}, headers=KEY)
     assert r.status_code == 422 and "one per board" in r.json()["error"]["message"]
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(2)]
+    files += [("templates", (f"t{i}.png", board_png(seed=i), "image/png")) for i in range(2)]
+    r = client.post("/v1/inspect/batch", files=files, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert [x["detector_input"] for x in r.json()["results"]] == ["image+template"] * 2
+    r = client.post("/v1/inspect/batch", files=files[:3], headers=KEY)
+    assert r.status_code == 422 and "templates" in r.json()["error"]["message"]

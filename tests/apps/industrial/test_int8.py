@@ -95,6 +95,7 @@ def test_card_records_int8_and_the_weights_it_came_from(int8_bundle):
 def _settings(tiny_bundles, detector_dir, tmp_path, **kw):
     from apps.industrial.settings import IndustrialSettings
 
+    kw.setdefault("template_detector_dir", None)
     return IndustrialSettings(detector_dir=detector_dir, vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
                               database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", torch_threads=1, **kw)
 

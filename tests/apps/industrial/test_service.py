@@ -7,7 +7,7 @@ import io
 import numpy as np
 import pytest
 
-from apps.industrial.detector import Detection, detection_scores
+from apps.industrial.detector import Detection, DetectorConfig, detection_scores
 from apps.industrial.service import (
     DecisionPolicy,
     InspectionItem,
@@ -62,6 +62,7 @@ def _runner(policy):
     """An image-only runner without models: enough to exercise the decision logic."""
     runner = InspectionRunner.__new__(InspectionRunner)
     runner.fusion, runner.policy, runner.decision_rule = None, policy, "image"
+    runner.det_config, runner.template_detector = DetectorConfig(), None  # gray input: templates only refute boxes
     return runner
 
 

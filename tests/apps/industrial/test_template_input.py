@@ -116,6 +116,7 @@ def test_service_and_eval_feed_the_same_encoding(tmp_path):
     test, template = _pair()
     runner = InspectionRunner.__new__(InspectionRunner)
     runner.detector, runner.det_config, runner.vibration, runner.fusion = Recorder(), TD, None, None
+    runner.template_detector = runner.template_config = None
     runner.policy, runner.decision_rule = DecisionPolicy(TD.conf, defect_threshold_no_template=TD.conf_no_template), "image"
     out = runner.predict_batch([InspectionItem(test, template), InspectionItem(test)])
     assert [o["decision"] for o in out] == ["pass", "pass"]
@@ -137,6 +138,24 @@ def test_service_and_eval_feed_the_same_encoding(tmp_path):
     assert np.array_equal(alone["test"].tensor, prepare_image(load_gray(s.image), config).tensor)
 
 
+def test_service_routes_boards_by_template():
+    """With a template-aware second detector: boards with a template go to it, the others to the image-only one."""
+    from apps.industrial.service import DecisionPolicy, InspectionItem, InspectionRunner
+
+    test, template = _pair()
+    runner = InspectionRunner.__new__(InspectionRunner)
+    gray = DetectorConfig(imgsz=160, conf=0.75)
+    runner.detector, runner.det_config, runner.template_detector, runner.template_config = Recorder(), gray, Recorder(), TD
+    runner.vibration, runner.fusion, runner.decision_rule = None, None, "image"
+    runner.policy = DecisionPolicy(0.75, defect_threshold_template=0.6)
+    out = runner.predict_batch([InspectionItem(test), InspectionItem(test, template), InspectionItem(test)])
+    assert [o["detector_input"] for o in out] == ["image", "image+template", "image"]
+    assert runner.detector.seen.shape[0] == 2 and runner.template_detector.seen.shape[0] == 1
+    assert np.array_equal(runner.template_detector.seen[0].numpy(), prepare_image(test, TD, template).tensor)
+    assert np.array_equal(runner.detector.seen[0].numpy(), prepare_image(test, gray).tensor)  # gray: 3 x the image
+    assert runner.policy.threshold(True) == 0.6 and runner.policy.threshold(False) == 0.75
+
+
 def test_no_template_decision_uses_its_own_threshold():
     from apps.industrial.detector import Detection
     from apps.industrial.service import DecisionPolicy, InspectionItem, InspectionRunner
@@ -144,6 +163,7 @@ def test_no_template_decision_uses_its_own_threshold():
     test, template = _pair()
     runner = InspectionRunner.__new__(InspectionRunner)
     runner.det_config, runner.fusion, runner.decision_rule = TD, None, "image"
+    runner.template_detector = runner.template_config = None
     runner.policy = DecisionPolicy(0.6, report_threshold=0.25, defect_threshold_no_template=0.3)
     box = Detection(0, 0.45, (58.0, 8.0, 68.0, 17.0))  # on the cut trace: the template supports it
     assert runner._decide(InspectionItem(test, template), [box], None, None, None, 1.0, 0.0)["decision"] == "pass"
