@@ -81,7 +81,8 @@ def train(
             from apps.medical.train import write_pack as write_pack_fn
 
             model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
-            arrays = load_arrays(ct, model, parse_patient_range(patients), Path(cache) if cache else None, typer.echo)
+            arrays = load_arrays(ct, model, parse_patient_range(patients), Path(cache) if cache else None, typer.echo,
+                                 split=(config.val_fraction, config.seed))
             typer.echo(f"pack written to {write_pack_fn(arrays, model, write_pack)}")
             return
         _, metrics = train_fusion(ct, Path(out or WEIGHTS / "fusion"), config, parse_patient_range(patients),

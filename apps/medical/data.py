@@ -122,3 +122,46 @@ def load_rendered(root: str | Path, patients: tuple[int, int] | None = None) -> 
 def patient_split(patient_id: str, val_fraction: float = 0.2, seed: int = 0) -> str:
     """Deterministic train/val assignment by patient (every study of a patient on one side)."""
     return uid_split(patient_id, val_fraction, seed)
+
+
+def rendered_nodule_centres(root: str | Path) -> dict[str, tuple[tuple[float, float, float], list[tuple[float, ...]]]]:
+    """Per study: the voxel spacing (z, y, x) mm and its rendered nodules as ``(z, y, x, diameter_mm)``
+    voxel coordinates in the layout of ``candidates.load_hu``, for training the candidate ranker. NIfTI studies only (their header
+    gives the grid); DICOM-series studies are left out.
+
+    ``nodules.csv`` holds x/y in mm from the scan's native pixel (0, 0) and z in patient mm; the
+    renderer's grid coarsens native pixels by a whole factor ``f`` and writes the NIfTI origin at
+    ``x0 = ((f - 1) / 2 - 255.5) * native_pixel``, which gives ``f`` back from the header."""
+    import nibabel as nib
+
+    root = Path(root)
+    path = root / "nodules.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: the candidate ranker trains on a rendered set's nodules.csv")
+    by_study: dict[str, list[dict[str, str]]] = {}
+    with path.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            by_study.setdefault(row["study_id"], []).append(row)
+    out: dict[str, tuple[tuple[float, float, float], list[tuple[float, ...]]]] = {}
+    for study in load_rendered(root):
+        if study.study_id not in by_study or not str(study.volume_path).endswith((".nii", ".nii.gz")):
+            continue
+        image = nib.load(str(study.volume_path))
+        zooms = [float(z) for z in image.header.get_zooms()[:3]]
+        spacing = (zooms[2], zooms[1], zooms[0])
+        rows = by_study[study.study_id]
+        if "z_vox" in rows[0]:  # positions already in the load_hu layout (generated sets)
+            out[study.study_id] = (spacing, [(float(r["z_vox"]), float(r["y_vox"]), float(r["x_vox"]), float(r["diameter_mm"]))
+                                             for r in rows])
+            continue
+        affine, nx = image.affine, int(image.shape[0])
+        dx, dy, dz = -float(affine[0, 0]), -float(affine[1, 1]), float(affine[2, 2])
+        x0, z0 = -float(affine[0, 3]), float(affine[2, 3])
+        f = max(1, round(-256.0 / (x0 / dx - 0.5)))
+        offset = (f - 1) / (2.0 * f)  # native pixel centre -> coarse voxel index
+        out[study.study_id] = ((dz, dy, dx), [
+            ((float(r["z_mm"]) - z0) / dz, float(r["y_mm"]) / dy - offset, nx - 1 - (float(r["x_mm"]) / dx - offset),
+             float(r["diameter_mm"]))
+            for r in rows
+        ])
+    return out

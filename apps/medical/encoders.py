@@ -151,25 +151,29 @@ class BlobFeatures(nn.Module):
 
 @dataclass
 class CandidateEncoderConfig(ConfigBase):
-    channels: list[int] = field(default_factory=lambda: [8, 16, 32])  # stem (stride 2), then one conv + 2x pool each
-    dim: int = 128  # token width
-    geometry_features: int = 10  # len(apps.medical.candidates.GEOMETRY_FEATURES)
+    # "resnet": MONAI's 3D ResNet (basic blocks, one per stage, strided stem, group norm: empty
+    # candidate slots are zeros and must not shift batch statistics); "plain": conv + pool stages
+    backbone: str = "resnet"
+    channels: list[int] = field(default_factory=lambda: [8, 16, 32, 64])  # stage widths
+    dim: int = 128  # token width, and the study vector's (the seed's 128-d)
+    geometry_features: int = 25  # len(apps.medical.candidates.GEOMETRY_FEATURES)
+    # crops are posterised to this many levels (0 = off) in forward(), in training and serving alike:
+    # ~90 HU steps keep lung, ground glass, solid tissue and calcium apart and let crops travel compactly
+    crop_levels: int = 16
     dropout: float = 0.1
 
     PRESETS = {
-        "tiny": {"channels": [4, 8], "dim": 16, "dropout": 0.0},
+        "tiny": {"channels": [4, 4, 8, 8], "dim": 16, "dropout": 0.0},
         "small": {},
+        "plain": {"backbone": "plain", "channels": [8, 16, 32]},
     }
-
-
-# Fixed scales bringing the candidate geometry features (mm, log mm3, HU/1000, ratios, rank) to ~0..1
-_GEOMETRY_SCALE = (10.0, 30.0, 10.0, 1.0, 1.0, 1.0, 3.0, 1.0, 1.0, 5.0)
 
 
 def _candidate_example():
     crops = torch.rand(2, 3, 1, 12, 12, 12)
     mask = torch.tensor([[True, True, False], [False, False, False]])
-    return {"config": CandidateEncoderConfig.from_name("tiny")}, {"crops": crops, "geometry": torch.rand(2, 3, 10), "mask": mask}
+    config = CandidateEncoderConfig.from_name("tiny")
+    return {"config": config}, {"crops": crops, "geometry": torch.rand(2, 3, config.geometry_features), "mask": mask}
 
 
 @register_encoder("ct", "candidates", example=_candidate_example)
@@ -189,33 +193,56 @@ class CTCandidateEncoder(Encoder):
         super().__init__()
         self.config = config = config or CandidateEncoderConfig()
         self.dim = config.dim
-        # a strided stem then one conv + 2x pooling per stage: ~25 M multiply-adds per 32^3 crop, so
-        # training runs on a CPU and a study's candidates cost milliseconds at serving time
-        stem = config.channels[0]
-        layers: list[nn.Module] = [nn.Conv3d(1, stem, 3, stride=2, padding=1, bias=False), nn.GroupNorm(min(4, stem), stem),
-                                   nn.ReLU(inplace=True)]
-        width = stem
-        for c in config.channels[1:]:
-            layers += [nn.Conv3d(width, c, 3, padding=1, bias=False), nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True),
-                       nn.MaxPool3d(2)]
-            width = c
-        self.cnn = nn.Sequential(*layers)
+        if config.backbone == "resnet":
+            from monai.networks.nets import ResNet
+
+            # strided 3^3 stem and no max-pool: a 20^3 crop ends as 2^3 cells after four stages,
+            # ~12 M multiply-adds per crop, so a study's candidates cost milliseconds on a CPU
+            net = ResNet(block="basic", layers=[1] * len(config.channels), block_inplanes=list(config.channels), spatial_dims=3,
+                         n_input_channels=1, conv1_t_size=3, conv1_t_stride=2, no_max_pool=True, feed_forward=False,
+                         norm=("group", {"num_groups": min(4, config.channels[0])}))
+            self.cnn = nn.Sequential(net.conv1, net.bn1, net.act, net.layer1, net.layer2, net.layer3, net.layer4)
+            width = config.channels[-1]
+        elif config.backbone == "plain":
+            stem = config.channels[0]
+            layers: list[nn.Module] = [nn.Conv3d(1, stem, 3, stride=2, padding=1, bias=False),
+                                       nn.GroupNorm(min(4, stem), stem), nn.ReLU(inplace=True)]
+            width = stem
+            for c in config.channels[1:]:
+                layers += [nn.Conv3d(width, c, 3, padding=1, bias=False), nn.GroupNorm(min(4, c), c), nn.ReLU(inplace=True),
+                           nn.MaxPool3d(2)]
+                width = c
+            self.cnn = nn.Sequential(*layers)
+        else:
+            raise ValueError(f"unknown candidate backbone {config.backbone!r}; choose resnet or plain")
         self.crop_proj = nn.Sequential(nn.Dropout(config.dropout), nn.Linear(2 * width, config.dim))
         self.geometry_proj = nn.Sequential(nn.Linear(config.geometry_features, config.dim), nn.GELU(),
                                            nn.Linear(config.dim, config.dim))
-        self.register_buffer("geometry_scale", torch.tensor(_GEOMETRY_SCALE[: config.geometry_features]
-                                                            + (1.0,) * max(0, config.geometry_features - len(_GEOMETRY_SCALE))))
+        # standardisation of the geometry features, set from the training studies (``set_statistics``)
+        self.register_buffer("geometry_mean", torch.zeros(config.geometry_features))
+        self.register_buffer("geometry_std", torch.ones(config.geometry_features))
         self.study = nn.Sequential(nn.Linear(2 * config.dim + 1, config.dim), nn.GELU(), nn.Linear(config.dim, config.dim))
         self.feature_map: torch.Tensor | None = None
+
+    def set_statistics(self, geometry: torch.Tensor, mask: torch.Tensor) -> None:
+        """Feature mean/std over the real candidates of the training studies: (N, K, F), (N, K)."""
+        real = geometry[mask.bool()].float()
+        if len(real) > 1:
+            self.geometry_mean.copy_(real.mean(0))
+            self.geometry_std.copy_(real.std(0).clamp_min(1e-3))
 
     def forward(self, batch) -> EncoderOutput:
         crops, geometry, mask = batch["crops"], batch["geometry"], batch["mask"].bool()
         if crops.dim() != 6 or crops.shape[2] != 1:
             raise ValueError(f"candidate crops must be (B, K, 1, S, S, S), got {tuple(crops.shape)}")
         b, k = crops.shape[:2]
-        fmap = self.cnn(crops.flatten(0, 1).float())  # (B*K, C, s, s, s)
+        crops = crops.flatten(0, 1).float()
+        if self.config.crop_levels:
+            levels = self.config.crop_levels
+            crops = torch.clamp(torch.floor(crops * levels), max=levels - 1) / (levels - 1)
+        fmap = self.cnn(crops)  # (B*K, C, s, s, s)
         pooled = torch.cat([fmap.mean(dim=(2, 3, 4)), fmap.amax(dim=(2, 3, 4))], dim=1)
-        tokens = self.crop_proj(pooled).view(b, k, -1) + self.geometry_proj(geometry.float() / self.geometry_scale)
+        tokens = self.crop_proj(pooled).view(b, k, -1) + self.geometry_proj((geometry.float() - self.geometry_mean) / self.geometry_std)
         m = mask.unsqueeze(-1).to(tokens.dtype)
         tokens = tokens * m
         count = mask.sum(1, keepdim=True).to(tokens.dtype)

@@ -61,8 +61,9 @@ class MedicalModelConfig(ConfigBase):
         },
         "small": {},
         # nodule candidates at native resolution (crops + geometry) + per-modality auxiliary losses
-        "candidates": {"ct_kind": "candidates", "aux_weight": 0.5},
-        "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3}},
+        "candidates": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}},
+        "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3},
+                           "candidate_stage": {"crop": 20}},
         "tiny_candidates": {
             "ct_kind": "candidates",
             "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
@@ -98,6 +99,7 @@ class MedicalModel(nn.Module):
         heads = {"malignancy": ClassificationHead(config.fusion.dim, 1, hidden=config.head_hidden)}
         if config.ct_kind == "candidates":
             ct_encoder: nn.Module = CTCandidateEncoder(config.candidate_encoder)
+            self.ranker = CandidateRanker(config.candidate_encoder.geometry_features - 1)
         elif config.ct_kind == "resnet3d":
             ct_encoder = CTResNetEncoder(config.ct)
         else:
@@ -118,7 +120,15 @@ class MedicalModel(nn.Module):
     def candidate_config(self):
         from apps.medical.candidates import CandidateConfig
 
-        return CandidateConfig(**self.config.candidate_stage)
+        stage = dict(self.config.candidate_stage)
+        if "scales_mm" in stage:
+            stage["scales_mm"] = tuple(stage["scales_mm"])  # JSON gives a list; the config is frozen/hashable
+        return CandidateConfig(**stage)
+
+    def rank_candidates(self, features):
+        """Proposal features (P, F) numpy -> nodule logits (P,) numpy (the candidate stage's ranker)."""
+        with torch.no_grad():
+            return self.ranker(torch.as_tensor(features, dtype=torch.float32)).numpy()
 
     @property
     def ct_encoder(self) -> nn.Module:
@@ -159,6 +169,28 @@ class MedicalModel(nn.Module):
         missing = [k for k in missing if not k.startswith("net.encoders.report.bert.")]
         if missing or unexpected:
             raise ValueError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+
+class CandidateRanker(nn.Module):
+    """Nodule-vs-other score of a proposal from its ``candidates.FEATURES``: a small MLP on features
+    standardised with statistics of the training proposals (buffers, so they ship in the bundle).
+    Trained on its own (``train.fit_ranker``) against the rendered nodules' positions."""
+
+    def __init__(self, features: int, hidden: int = 64):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        self.net = nn.Sequential(nn.Linear(features, hidden), nn.GELU(), nn.Linear(hidden, hidden // 2), nn.GELU(),
+                                 nn.Linear(hidden // 2, 1))
+
+    def set_statistics(self, features: torch.Tensor) -> None:
+        self.mean.copy_(features.mean(0))
+        self.std.copy_(features.std(0).clamp_min(1e-3))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if features.shape[-1] != self.mean.shape[0]:
+            raise ValueError(f"ranker expects {self.mean.shape[0]} features, got {features.shape[-1]}")
+        return self.net((features - self.mean) / self.std).squeeze(-1)
 
 
 def posterise(ct: torch.Tensor, levels: int) -> torch.Tensor:

@@ -72,9 +72,10 @@ class CTInputError(ValueError):
         self.status_code, self.code = status_code, code
 
 
-def load_ct_input(path: str | Path, shape: list[int] | None = None, candidate_config=None):
+def load_ct_input(path: str | Path, shape: list[int] | None = None, candidate_config=None, ranker=None):
     """A CT file -> the model's CT input: the resized volume (``shape``) or, given a
-    ``candidate_config``, a ``CandidateInput``. The one path for training, evaluation and serving."""
+    ``candidate_config`` (and the model's candidate ``ranker``), a ``CandidateInput``. The one path
+    for evaluation and serving; training reaches the same ``candidates.extract``."""
     if candidate_config is None:
         from apps.medical.volumes import load_volume
 
@@ -83,7 +84,7 @@ def load_ct_input(path: str | Path, shape: list[int] | None = None, candidate_co
     from apps.medical.volumes import window
 
     hu, spacing = load_hu(path)
-    return CandidateInput(extract(hu, spacing, candidate_config), window(hu))
+    return CandidateInput(extract(hu, spacing, candidate_config, ranker=ranker), window(hu))
 
 
 def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
@@ -148,7 +149,8 @@ class MedicalRunner:
 
     def load_ct(self, path: str | Path):
         """A CT file -> this model's CT input (what ``StudyInput.volume`` holds)."""
-        return load_ct_input(path, self.volume_shape, self.candidate_config)
+        ranker = self.model.rank_candidates if self.candidate_config is not None else None
+        return load_ct_input(path, self.volume_shape, self.candidate_config, ranker)
 
     def predict_batch(self, items: list[StudyInput]) -> list[Any]:
         out: list[Any] = []

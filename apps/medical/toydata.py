@@ -14,8 +14,9 @@ from pathlib import Path
 import numpy as np
 
 
-def toy_volume(rng: np.random.Generator, label: int, shape: tuple[int, int, int] = (24, 32, 32)) -> np.ndarray:
-    """(D, H, W) Hounsfield units."""
+def toy_volume(rng: np.random.Generator, label: int, shape: tuple[int, int, int] = (24, 32, 32),
+               nodule: list | None = None) -> np.ndarray:
+    """(D, H, W) Hounsfield units; ``nodule`` (a list) receives (z, y, x, radius) in voxels."""
     d, h, w = shape
     z, y, x = np.meshgrid(np.linspace(-1, 1, d), np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
     hu = np.full(shape, -1000.0, dtype=np.float32)
@@ -36,6 +37,8 @@ def toy_volume(rng: np.random.Generator, label: int, shape: tuple[int, int, int]
         theta = np.arctan2(yy - cy, xx - cx)
         dist = dist / (1 + 0.35 * np.maximum(0, np.sin(5 * theta)))
     hu[dist < radius] = 30.0 if label or rng.random() < 0.5 else 400.0  # some benign ones calcified
+    if nodule is not None:
+        nodule.extend([int(cz), int(cy), int(cx), float(radius)])
     hu += rng.normal(0, 25, size=shape).astype(np.float32)
     return hu
 
@@ -51,19 +54,23 @@ def toy_report(rng: np.random.Generator, label: int) -> str:
 
 def write_toy_dataset(out: str | Path, n: int = 16, shape: tuple[int, int, int] = (24, 32, 32), seed: int = 0,
                       first_patient: int = 1) -> Path:
-    """``out/labels.csv`` + ``out/volumes/*.nii.gz`` + ``out/reports/*.txt``; balanced labels."""
+    """``out/labels.csv`` + ``out/volumes/*.nii.gz`` + ``out/reports/*.txt`` + ``out/nodules.csv``
+    (nodule centres in voxels, for the candidate ranker); balanced labels."""
     import nibabel as nib
 
     out = Path(out)
     (out / "volumes").mkdir(parents=True, exist_ok=True)
     (out / "reports").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    rows = []
+    rows, nodules = [], []
     for i in range(n):
         label = i % 2
         patient = f"LIDC-IDRI-{first_patient + i:04d}"
         study = f"{patient}-s0"
-        hu = toy_volume(rng, label, shape)
+        nodule: list = []
+        hu = toy_volume(rng, label, shape, nodule)
+        nodules.append({"study_id": study, "label": label, "z_vox": nodule[0], "y_vox": nodule[1], "x_vox": nodule[2],
+                        "diameter_mm": round(2 * 2.0 * nodule[3], 1)})
         # (D, H, W) -> NIfTI (X, Y, Z) with 2 mm voxels; RAS affine
         data = np.transpose(hu[:, ::-1, :], (2, 1, 0)).astype(np.int16)
         nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(out / "volumes" / f"{study}.nii.gz"))
@@ -74,4 +81,8 @@ def write_toy_dataset(out: str | Path, n: int = 16, shape: tuple[int, int, int] 
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    with (out / "nodules.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(nodules[0]))
+        writer.writeheader()
+        writer.writerows(nodules)
     return out

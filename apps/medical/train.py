@@ -129,7 +129,7 @@ class FusionTrainConfig(ConfigBase):
         "tiny_candidates": {"model": "tiny_candidates", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                                                  "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
-        "candidates": {"model": "candidates", "loop": {"epochs": 24, "batch_size": 32, "lr": 1e-3, "patience": 10,
+        "candidates": {"model": "candidates", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
         # candidates with the CT branch pushed harder: more report dropout, full-weight auxiliary
         # losses, more dropout on the crop vectors (the CNN memorises 415 studies' crops quickly)
@@ -255,37 +255,119 @@ def augment_crops(crops: torch.Tensor) -> torch.Tensor:
     return (crops * scale).clamp(0, 1)
 
 
-def prepare_candidates(paths: list[Path], study_ids: list[str], config, cache: Path | None = None,
-                       log: Log = print) -> dict[str, np.ndarray]:
-    """Candidate stage (``apps.medical.candidates``: the same ``load_hu`` + ``extract`` as serving) for
-    every study, cached per study under ``cache/candidates_<config hash>/`` as uint8 crops."""
+def proposal_cache_key(config) -> str:
+    """Hash of the settings that change ``candidates.propose`` (not k / crop size, which only select)."""
     from dataclasses import asdict
 
-    from apps.medical.candidates import GEOMETRY_FEATURES, extract, load_hu
+    fields = {k: v for k, v in asdict(config).items() if k not in ("k", "crop", "crop_mm", "hu_min", "hu_max")}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
-    key = hashlib.sha256(json.dumps(asdict(config), sort_keys=True).encode()).hexdigest()[:10]
-    folder = Path(cache) / f"candidates_{key}" if cache else None
+
+def prepare_proposals(paths: list[Path], study_ids: list[str], config, cache: Path | None = None,
+                      log: Log = print) -> list:
+    """``candidates.propose`` for every study (the expensive, ranker-independent part), cached per
+    study under ``cache/proposals_<key>/``."""
+    from apps.medical.candidates import Proposals, load_hu, propose
+
+    folder = Path(cache) / f"proposals_{proposal_cache_key(config)}" if cache else None
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    out, started = [], time.perf_counter()
+    for i, (path, study_id) in enumerate(zip(paths, study_ids)):
+        cached = folder / f"{study_id}.npz" if folder is not None else None
+        if cached is not None and cached.is_file():
+            data = np.load(cached)
+            out.append(Proposals(data["centres"], data["features"], float(data["lung_ml"])))
+            continue
+        hu, spacing = load_hu(path)
+        p = propose(hu, spacing, config)
+        if cached is not None:
+            tmp = cached.with_suffix(".tmp.npz")
+            np.savez(tmp, centres=p.centres_vox, features=p.features, lung_ml=p.lung_ml)
+            tmp.rename(cached)
+        out.append(p)
+        if (i + 1) % 25 == 0:
+            log(f"proposals {i + 1}/{len(paths)} ({time.perf_counter() - started:.0f} s)")
+    return out
+
+
+def proposal_labels(proposals: list, nodules: list[list[tuple[float, float, float, float]] | None],
+                    spacings: list[tuple[float, float, float]]) -> list[np.ndarray | None]:
+    """1 for a proposal within max(radius, 3 mm) + 1 mm of a rendered nodule centre, else 0 (None
+    where the study's nodule positions are unknown)."""
+    out: list[np.ndarray | None] = []
+    for p, nods, sp in zip(proposals, nodules, spacings):
+        if nods is None:
+            out.append(None)
+            continue
+        y = np.zeros(len(p.centres_vox), np.float32)
+        for z, yy, x, d in nods:
+            dist = np.linalg.norm((p.centres_vox - np.array([z, yy, x])) * np.asarray(sp), axis=1)
+            y[dist <= max(d / 2.0, 3.0) + 1.0] = 1.0
+        out.append(y)
+    return out
+
+
+def fit_ranker(model: MedicalModel, proposals: list, labels: list[np.ndarray | None], train_idx: np.ndarray,
+               epochs: int = 40, seed: int = 0, log: Log = print) -> None:
+    """Train ``model.ranker`` (nodule vs other proposal) on the training studies' proposals."""
+    x = torch.from_numpy(np.concatenate([proposals[i].features for i in train_idx if labels[i] is not None]))
+    y = torch.from_numpy(np.concatenate([labels[i] for i in train_idx if labels[i] is not None]))
+    if len(y) == 0 or y.sum() == 0:
+        raise ValueError("no labelled nodule among the training proposals: check nodules.csv and the volumes")
+    ranker = model.ranker
+    ranker.set_statistics(x)
+    g = torch.Generator().manual_seed(seed)
+    opt = torch.optim.AdamW(ranker.parameters(), lr=3e-3, weight_decay=1e-3)
+    pos_weight = (len(y) - y.sum()) / y.sum()
+    ranker.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(y), generator=g).split(512):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(ranker(x[idx]), y[idx], pos_weight=pos_weight)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    ranker.eval()
+    log(f"ranker: {len(y)} proposals ({int(y.sum())} on nodules) from {len(train_idx)} studies")
+
+
+def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings: list, idx: np.ndarray, k: int) -> dict:
+    """Share of rendered nodules (all; the largest per study) with a top-``k`` candidate on them."""
+    every, largest = [], []
+    for i in idx:
+        if nodules[i] is None or len(proposals[i].features) == 0:
+            if nodules[i]:
+                every += [False] * len(nodules[i])
+                largest.append(False)
+            continue
+        top = np.argsort(-model.rank_candidates(proposals[i].features), kind="stable")[:k]
+        centres = proposals[i].centres_vox[top]
+        hits = [bool((np.linalg.norm((centres - np.array(n[:3])) * np.asarray(spacings[i]), axis=1)
+                      <= max(n[3] / 2.0, 3.0) + 1.0).any()) for n in nodules[i]]
+        every += hits
+        largest.append(hits[int(np.argmax([n[3] for n in nodules[i]]))])
+    return {"ranker_recall_all": float(np.mean(every)) if every else float("nan"),
+            "ranker_recall_largest": float(np.mean(largest)) if largest else float("nan")}
+
+
+def prepare_candidates(paths: list[Path], proposals: list, model: MedicalModel, log: Log = print) -> dict[str, np.ndarray]:
+    """Top-k candidates of every study by the model's ranker: uint8 crops, geometry, mask, centres.
+    The volume is read again for the crops (the same ``load_hu`` + ``extract`` as serving)."""
+    from apps.medical.candidates import GEOMETRY_FEATURES, extract, load_hu
+
+    config = model.candidate_config()
     n, k, size = len(paths), config.k, config.crop
     crops = np.zeros((n, k, size, size, size), np.uint8)
     geometry = np.zeros((n, k, len(GEOMETRY_FEATURES)), np.float32)
     cmask = np.zeros((n, k), bool)
     started = time.perf_counter()
-    for i, (path, study_id) in enumerate(zip(paths, study_ids)):
-        cached = folder / f"{study_id}.npz" if folder is not None else None
-        if cached is not None and cached.is_file():
-            data = np.load(cached)
-            crops[i], geometry[i], cmask[i] = data["crops"], data["geometry"], data["mask"]
-            continue
+    for i, (path, p) in enumerate(zip(paths, proposals)):
         hu, spacing = load_hu(path)
-        c = extract(hu, spacing, config)
+        c = extract(hu, spacing, config, ranker=model.rank_candidates, proposals=p)
         crops[i] = np.round(c.crops * 255).astype(np.uint8)
         geometry[i], cmask[i] = c.geometry, c.mask
-        if cached is not None:
-            np.savez(cached, crops=crops[i], geometry=geometry[i], mask=cmask[i], centres=c.centres_vox)
-        if (i + 1) % 50 == 0:
-            log(f"candidates {i + 1}/{n} ({time.perf_counter() - started:.0f} s)")
+        if (i + 1) % 100 == 0:
+            log(f"candidate crops {i + 1}/{n} ({time.perf_counter() - started:.0f} s)")
     return {"crops": crops, "geometry": geometry, "cmask": cmask}
 
 
@@ -339,36 +421,62 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
         raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
     torch.manual_seed(config.loop.seed)
     model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
-    arrays = load_arrays(train_dir, model, patients, cache, log)
+    arrays = load_arrays(train_dir, model, patients, cache, log, split=(config.val_fraction, config.seed))
     model, metrics = train_arrays(model, arrays, config, log)
+    metrics.update(arrays.get("ranker_metrics", {}))
     if out is not None:
         save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path, preset=config.model)
     return model, metrics
 
 
 def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int] = (1, 800),
-                cache: Path | None = None, log: Log = print) -> dict[str, np.ndarray | torch.Tensor]:
-    """Everything training needs from a rendered folder: uint8 volumes, clause vectors, labels, ids."""
-    from apps.medical.data import load_rendered
+                cache: Path | None = None, log: Log = print, split: tuple[float, int] = (0.2, 0)) -> dict:
+    """Everything training needs from a rendered folder: CT inputs, clause vectors, labels, ids.
+    A candidate model's ranker is trained here first, on the training patients' proposals only
+    (``split`` = the validation fraction and seed of ``train_arrays``' patient split)."""
+    from apps.medical.data import load_rendered, patient_split, rendered_nodule_centres
 
     if patients[1] > 800:
         raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
     studies = load_rendered(root, patients)
     if not studies:
         raise ValueError(f"no labelled studies for patients {patients} in {root}")
-    volumes = ct_arrays(model, studies, cache, log)
+    extra: dict = {}
+    if model.uses_candidates:
+        paths, ids = [s.volume_path for s in studies], [s.study_id for s in studies]
+        proposals = prepare_proposals(paths, ids, model.candidate_config(), cache, log)
+        known = rendered_nodule_centres(root)
+        spacings = [known[i][0] if i in known else None for i in ids]
+        nodules = [known[i][1] if i in known else None for i in ids]
+        labels = proposal_labels(proposals, nodules, spacings)
+        side = np.array([patient_split(s.patient_id, *split) for s in studies])
+        tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "val")
+        if len(tr) == 0:
+            tr = np.arange(len(studies))
+        fit_ranker(model, proposals, labels, tr, log=log)
+        k = model.candidate_config().k
+        extra = {f"train_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, tr, k).items()}
+        if len(va):
+            extra.update({f"val_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, va, k).items()})
+        log("ranker top-%d recall: " % k + ", ".join(f"{key} {v:.3f}" for key, v in extra.items()))
+        volumes = prepare_candidates(paths, proposals, model, log)
+        model.ct_encoder.set_statistics(torch.from_numpy(volumes["geometry"][tr]), torch.from_numpy(volumes["cmask"][tr]))
+    else:
+        volumes = ct_arrays(model, studies, cache, log)
     hidden, mask = embed_reports(model, [s.report for s in studies])
     return {"volumes": volumes, "hidden": hidden, "segment_mask": mask,
-            "labels": np.array([s.label for s in studies], dtype=np.int64),
+            "labels": np.array([s.label for s in studies], dtype=np.int64), "ranker_metrics": extra,
             "patient_ids": np.array([s.patient_id for s in studies]), "study_ids": np.array([s.study_id for s in studies])}
 
 
 def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log = print):
-    """The CT input of every study for this model: resized volumes, or candidate crops + geometry."""
+    """The CT input of every study for this model (its ranker already trained): resized volumes, or
+    candidate crops + geometry."""
+    paths = [s.volume_path for s in studies]
     if model.uses_candidates:
-        return prepare_candidates([s.volume_path for s in studies], [s.study_id for s in studies],
-                                  model.candidate_config(), cache, log)
-    return prepare_volumes([s.volume_path for s in studies], model.config.volume_shape, cache, log)
+        proposals = prepare_proposals(paths, [s.study_id for s in studies], model.candidate_config(), cache, log)
+        return prepare_candidates(paths, proposals, model, log)
+    return prepare_volumes(paths, model.config.volume_shape, cache, log)
 
 
 def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, log: Log = print) -> tuple[MedicalModel, dict]:
@@ -404,23 +512,42 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
 
 
 def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
-    """A few tens of MB holding a whole training set: volumes posterised to the model's levels and
-    bz2-compressed (noise-free posterised volumes compress ~6x; bz2 is 20x faster than xz here),
-    clause vectors as int8 with a per-vector scale, labels and ids, plus the BERT's config (not its weights)."""
+    """A few tens of MB holding a whole training set, plus the BERT's config (not its weights) and
+    clause vectors as int8 with a per-vector scale. Volumes (or candidate crops) are posterised to the
+    model's levels, two 4-bit indices per byte when 16 levels or fewer, and bz2-compressed. A
+    candidate model's trained ranker and feature statistics travel along (``ct_state.safetensors``)."""
     import bz2
+
+    from safetensors.torch import save_file
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    levels = model.config.intensity_levels or 256
-    idx = np.minimum(np.floor(arrays["volumes"].astype(np.float32) / 255.0 * levels), levels - 1).astype(np.uint8)
-    (out / "volumes.bz2").write_bytes(bz2.compress(idx.tobytes(), 9))
+    volumes = arrays["volumes"]
+    extra: dict[str, np.ndarray] = {}
+    if isinstance(volumes, dict):
+        levels = model.config.candidate_encoder.crop_levels or 256
+        images = volumes["crops"]
+        extra = {"geometry": volumes["geometry"], "cmask": volumes["cmask"]}
+        state = {f"ranker.{k}": v for k, v in model.ranker.state_dict().items()}
+        state.update({f"ct.{k}": getattr(model.ct_encoder, k) for k in ("geometry_mean", "geometry_std")})
+        save_file({k: v.contiguous() for k, v in state.items()}, str(out / "ct_state.safetensors"))
+    else:
+        levels = model.config.intensity_levels or 256
+        images = volumes
+    idx = np.minimum(np.floor(images.astype(np.float32) / 255.0 * levels), levels - 1).astype(np.uint8)
+    flat = idx.reshape(-1)
+    if levels <= 16 and flat.size % 2 == 0:
+        (out / "volumes.nib.bz2").write_bytes(bz2.compress(((flat[0::2] << 4) | flat[1::2]).tobytes(), 9))
+    else:
+        (out / "volumes.bz2").write_bytes(bz2.compress(idx.tobytes(), 9))
     hidden = arrays["hidden"].float().numpy()
     scale = np.abs(hidden).max(axis=-1, keepdims=True).clip(1e-8) / 127.0
     np.savez_compressed(out / "meta.npz", hidden_q=np.round(hidden / scale).astype(np.int8), hidden_scale=scale.astype(np.float32),
                         segment_mask=arrays["segment_mask"].numpy(), labels=arrays["labels"], patient_ids=arrays["patient_ids"],
-                        study_ids=arrays["study_ids"], shape=np.array(idx.shape), levels=np.array(levels))
+                        study_ids=arrays["study_ids"], shape=np.array(idx.shape), levels=np.array(levels), **extra)
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(),
-                                                 "bert_config": model.report_encoder.bert.config.to_dict()}))
+                                                 "bert_config": model.report_encoder.bert.config.to_dict(),
+                                                 "ranker_metrics": arrays.get("ranker_metrics", {})}))
     return out
 
 
@@ -430,22 +557,41 @@ def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
     pack = Path(pack)
     meta = np.load(pack / "meta.npz")
     levels = int(meta["levels"])
-    if (pack / "volumes.nib.xz").is_file():  # two 4-bit indices per byte along W, xz (smaller, slower to write)
+    shape = tuple(int(v) for v in meta["shape"])
+    if (pack / "volumes.nib.bz2").is_file():
+        packed = np.frombuffer(bz2.decompress((pack / "volumes.nib.bz2").read_bytes()), dtype=np.uint8)
+        idx = np.empty(packed.size * 2, dtype=np.uint8)
+        idx[0::2], idx[1::2] = packed >> 4, packed & 15
+        idx = idx.reshape(shape)
+    elif (pack / "volumes.nib.xz").is_file():  # two 4-bit indices per byte along W, xz (older packs)
         import lzma
 
         packed = np.frombuffer(lzma.decompress((pack / "volumes.nib.xz").read_bytes()), dtype=np.uint8)
-        packed = packed.reshape(*meta["shape"][:-1], -1)
-        idx = np.empty(tuple(meta["shape"]), dtype=np.uint8)
+        packed = packed.reshape(*shape[:-1], -1)
+        idx = np.empty(shape, dtype=np.uint8)
         idx[..., 0::2], idx[..., 1::2] = packed >> 4, packed & 15
     else:
-        idx = np.frombuffer(bz2.decompress((pack / "volumes.bz2").read_bytes()), dtype=np.uint8).reshape(meta["shape"])
+        idx = np.frombuffer(bz2.decompress((pack / "volumes.bz2").read_bytes()), dtype=np.uint8).reshape(shape)
     # index -> the posterised value the model computes, stored back as uint8 0..255
-    volumes = np.round(idx.astype(np.float32) / (levels - 1) * 255.0).astype(np.uint8)
+    images = np.round(idx.astype(np.float32) / (levels - 1) * 255.0).astype(np.uint8)
+    volumes = {"crops": images, "geometry": meta["geometry"], "cmask": meta["cmask"]} if "geometry" in meta else images
     hidden = torch.from_numpy(meta["hidden_q"].astype(np.float32) * meta["hidden_scale"]).half()
     config = json.loads((pack / "config.json").read_text())
     arrays = {"volumes": volumes, "hidden": hidden, "segment_mask": torch.from_numpy(meta["segment_mask"]),
-              "labels": meta["labels"], "patient_ids": meta["patient_ids"], "study_ids": meta["study_ids"]}
+              "labels": meta["labels"], "patient_ids": meta["patient_ids"], "study_ids": meta["study_ids"],
+              "ranker_metrics": config.get("ranker_metrics", {})}
+    if (pack / "ct_state.safetensors").is_file():
+        from safetensors.torch import load_file
+
+        arrays["ct_state"] = load_file(str(pack / "ct_state.safetensors"))
     return arrays, MedicalModelConfig.from_dict(config["model"]), config["bert_config"]
+
+
+def load_ct_state(model: MedicalModel, state: dict[str, torch.Tensor]) -> None:
+    """The ranker and candidate-feature statistics fitted before packing (``write_pack``)."""
+    model.ranker.load_state_dict({k[len("ranker."):]: v for k, v in state.items() if k.startswith("ranker.")})
+    for name in ("geometry_mean", "geometry_std"):
+        getattr(model.ct_encoder, name).copy_(state[f"ct.{name}"])
 
 
 def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDataset, loop: TrainConfig,
@@ -530,21 +676,30 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
 
     arrays, pack_model_config, bert_config = read_pack(pack)
     model_config = MedicalModelConfig.from_name(config.model)
-    if list(model_config.volume_shape) != list(pack_model_config.volume_shape):
+    if model_config.ct_kind != pack_model_config.ct_kind:
+        raise ValueError(f"pack holds {pack_model_config.ct_kind} CT inputs, preset {config.model!r} wants {model_config.ct_kind}")
+    if model_config.ct_kind == "candidates":
+        if model_config.candidate_stage != pack_model_config.candidate_stage:
+            raise ValueError(f"pack candidates come from stage {pack_model_config.candidate_stage}, preset {config.model!r} "
+                             f"wants {model_config.candidate_stage}")
+    elif list(model_config.volume_shape) != list(pack_model_config.volume_shape):
         raise ValueError(f"pack volumes are {pack_model_config.volume_shape}, preset {config.model!r} wants {model_config.volume_shape}")
     runs, best = {}, None
     for seed in seeds:
         torch.manual_seed(seed)
         model = build_model(model_config, bert_config=bert_config)
+        if "ct_state" in arrays:
+            load_ct_state(model, arrays["ct_state"])
         started = time.perf_counter()
         # the seed varies initialisation and augmentation only: the patient split stays that of config.seed
         model, metrics = train_arrays(model, arrays, config.replace(loop=config.loop.replace(seed=seed)), log)
         metrics["seconds"] = time.perf_counter() - started
+        metrics.update(arrays.get("ranker_metrics", {}))
         runs[f"seed{seed}"] = metrics
         log(f"seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
         if best is None or metrics["val_auc_fused"] > best[1]["val_auc_fused"]:
             best = (model, metrics, seed)
     model, metrics, seed = best
     metrics = {**metrics, "seed": seed}
-    save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())))
+    save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), preset=config.model)
     return runs

@@ -55,17 +55,42 @@ def test_planted_sphere_is_found_with_its_size(radius_mm, value):
     assert c.crops[i, 8, 8, 8] > c.crops[i, 0, 0, 0] + 0.1  # ground glass is 250 HU above lung: +0.18
 
 
-def test_no_nodule_gives_no_large_candidate_and_is_deterministic():
-    from apps.medical.candidates import GEOMETRY_FEATURES, CandidateConfig, extract
+def test_vessels_respond_weaker_than_a_nodule_and_proposals_are_deterministic():
+    from apps.medical.candidates import FEATURES, CandidateConfig, extract, propose
 
     hu = _chest(2)
-    a = extract(hu, SPACING, CandidateConfig(k=4, crop=16))
-    b = extract(hu.copy(), SPACING, CandidateConfig(k=4, crop=16))
-    assert np.array_equal(a.centres_vox, b.centres_vox) and np.array_equal(a.geometry, b.geometry)
-    radius = a.geometry[a.mask, GEOMETRY_FEATURES.index("radius_mm")]
-    assert (radius < 4.0).all()  # only thin vessels
+    a = propose(hu, SPACING)
+    b = propose(hu.copy(), SPACING)
+    assert np.array_equal(a.centres_vox, b.centres_vox) and np.array_equal(a.features, b.features)
+    assert a.features.shape[1] == len(FEATURES) and np.isfinite(a.features).all()
+    # the dot filter separates a round 8 mm nodule from the phantom's tubes (vessels along z)
+    centre = (20, 30, 22)
+    p = propose(_plant(hu, centre, 4.0, SPACING), SPACING)
+    dist = np.linalg.norm((p.centres_vox - np.array(centre)) * np.array(SPACING), axis=1)
+    assert dist.min() <= 3.0
+    dot = FEATURES.index("log_dot")
+    assert p.features[dist <= 3.0, dot].max() > a.features[:, dot].max()
     empty = extract(np.full((12, 20, 20), -1000.0, np.float32), SPACING, CandidateConfig(k=4, crop=16))
     assert not empty.mask.any() and (empty.centres_vox == -1).all()
+
+
+def test_ranker_decides_which_proposals_become_candidates():
+    from apps.medical.candidates import GEOMETRY_FEATURES, CandidateConfig, extract, propose
+
+    hu = _plant(_chest(3), (20, 30, 22), 4.0, SPACING)
+    proposals = propose(hu, SPACING)
+    assert len(proposals.features) > 2
+    favourite = len(proposals.features) - 1  # a ranker that prefers the last proposal above all
+
+    def ranker(features):
+        scores = -np.arange(len(features), dtype=np.float32)
+        scores[favourite] = 100.0
+        return scores
+
+    c = extract(hu, SPACING, CandidateConfig(k=2, crop=16), ranker=ranker, proposals=proposals)
+    assert np.array_equal(c.centres_vox[0], proposals.centres_vox[favourite])
+    assert np.array_equal(c.centres_vox[1], proposals.centres_vox[0])
+    assert c.geometry[0, GEOMETRY_FEATURES.index("ranker_logit")] == 100.0
 
 
 def test_candidate_encoder_and_model_handle_absent_candidates(tiny_bert_dir):
@@ -76,7 +101,7 @@ def test_candidate_encoder_and_model_handle_absent_candidates(tiny_bert_dir):
     config = MedicalModelConfig.from_name("tiny_candidates")
     model = build_model(config, bert_path=str(tiny_bert_dir)).eval()
     k, s = config.candidate_stage["k"], config.candidate_stage["crop"]
-    ct = {"crops": torch.rand(2, k, 1, s, s, s), "geometry": torch.rand(2, k, 10),
+    ct = {"crops": torch.rand(2, k, 1, s, s, s), "geometry": torch.rand(2, k, config.candidate_encoder.geometry_features),
           "mask": torch.tensor([[True] * k, [False] * k])}
     report = model.report_encoder.tokenize(["Former smoker.", "Never smoker."])
     with torch.no_grad():
@@ -96,7 +121,8 @@ def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny
     _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny_candidates"), patients=(1, 800),
                               bert_path=str(tiny_bert_dir), cache=tmp_path / "cache", log=lambda m: None)
     assert "val_auc_ct_only" in metrics
-    assert list((tmp_path / "cache").glob("candidates_*/*.npz"))
+    assert list((tmp_path / "cache").glob("proposals_*/*.npz"))
+    assert 0.0 <= metrics["train_ranker_recall_all"] <= 1.0
     result = evaluate_ct(toy_studies, out, str(tiny_bert_dir), cache=tmp_path / "cache")
     assert {"auc", "auc_ct_only", "auc_text_only", "accuracy", "ece"} <= set(result)
     runner = MedicalRunner(out, tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1)

@@ -81,3 +81,28 @@ def test_pack_round_trip_trains_without_bert_weights(tmp_path, toy_studies, tiny
     assert "seed0" in runs
     loaded, _ = load_model(tmp_path / "bundle", str(tiny_bert_dir))  # the real tokenizer + BERT at load time
     assert loaded.config.intensity_levels == 16
+
+
+def test_candidate_pack_carries_crops_ranker_and_statistics(tmp_path, toy_studies, tiny_bert_dir):
+    """A candidate model's pack holds posterised crops and the ranker trained before packing; the
+    model trained from it ranks proposals exactly as the packing model did."""
+    import numpy as np
+    import torch
+
+    from apps.medical.model import MedicalModelConfig, build_model, load_model
+    from apps.medical.train import FusionTrainConfig, load_arrays, read_pack, train_from_pack, write_pack
+
+    model = build_model(MedicalModelConfig.from_name("tiny_candidates"), bert_path=str(tiny_bert_dir))
+    arrays = load_arrays(toy_studies, model, (1, 800), cache=tmp_path / "cache", log=lambda m: None)
+    assert 0.0 <= arrays["ranker_metrics"]["train_ranker_recall_all"] <= 1.0
+    write_pack(arrays, model, tmp_path / "pack")
+    back, _, _ = read_pack(tmp_path / "pack")
+    levels = model.config.candidate_encoder.crop_levels
+    expected = np.minimum(np.floor(arrays["volumes"]["crops"] / 255.0 * levels), levels - 1) / (levels - 1)
+    assert np.allclose(back["volumes"]["crops"] / 255.0, expected, atol=1 / 255)
+    assert np.array_equal(back["volumes"]["cmask"], arrays["volumes"]["cmask"])
+    train_from_pack(tmp_path / "pack", tmp_path / "bundle", FusionTrainConfig.from_name("tiny_candidates"), log=lambda m: None)
+    loaded, _ = load_model(tmp_path / "bundle", str(tiny_bert_dir))
+    features = torch.rand(5, len(model.ranker.mean)).numpy()
+    assert np.allclose(loaded.rank_candidates(features), model.rank_candidates(features), atol=1e-5)
+    assert torch.allclose(loaded.ct_encoder.geometry_mean, model.ct_encoder.geometry_mean)
