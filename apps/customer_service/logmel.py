@@ -298,3 +298,71 @@ def _example():
 
 
 register_encoder("audio", "logmel_cnn", example=_example)(LogMelCNNEncoder)
+
+
+@dataclass
+class LogMelTDNNConfig(ConfigBase):
+    n_mels: int = 40
+    channels: tuple = (48, 48, 64, 64)  # residual blocks of two 1-D convolutions each
+    strides: tuple = (2, 1, 2, 1)
+    kernel: int = 9
+    dropout: float = 0.1
+
+    PRESETS = {
+        "digits": {},
+        "tiny": {"n_mels": 16, "channels": (8, 8), "strides": (2, 1), "kernel": 3, "dropout": 0.0},
+    }
+
+
+class _Res1d(nn.Module):
+    def __init__(self, cin: int, cout: int, k: int, stride: int, dropout: float) -> None:
+        super().__init__()
+        self.a = nn.Conv1d(cin, cout, k, stride, padding=k // 2, bias=False)
+        self.bn_a = nn.BatchNorm1d(cout)
+        self.b = nn.Conv1d(cout, cout, k, 1, padding=k // 2, bias=False)
+        self.bn_b = nn.BatchNorm1d(cout)
+        self.skip = nn.Identity() if cin == cout and stride == 1 else nn.Sequential(
+            nn.Conv1d(cin, cout, 1, stride, bias=False), nn.BatchNorm1d(cout))
+        self.drop = nn.Dropout(dropout) if dropout else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.bn_a(self.a(x)))
+        return self.drop(F.relu(self.bn_b(self.b(h)) + self.skip(x)))
+
+
+class LogMelTDNNEncoder(Encoder):
+    """Time-delay (1-D, bands as channels) residual network over normalised log-mels (TC-ResNet
+    style): about ten times cheaper than the 2-D CNN, so it trains on one CPU thread."""
+
+    modality = "audio"
+
+    def __init__(self, config: LogMelTDNNConfig | None = None) -> None:
+        super().__init__()
+        self.config = c = config or LogMelTDNNConfig()
+        self.stem = nn.Sequential(nn.Conv1d(c.n_mels, c.channels[0], 3, padding=1, bias=False),
+                                  nn.BatchNorm1d(c.channels[0]), nn.ReLU())
+        chans = (c.channels[0], *c.channels)
+        self.blocks = nn.ModuleList(_Res1d(chans[i], chans[i + 1], c.kernel, c.strides[i], c.dropout)
+                                    for i in range(len(c.channels)))
+        self.dim = c.channels[-1]
+
+    def forward(self, batch) -> EncoderOutput:
+        x, mask = (batch["x"], batch["mask"]) if isinstance(batch, dict) else batch
+        h = self.stem(x)
+        lengths = mask.sum(1)
+        for block, stride in zip(self.blocks, self.config.strides, strict=True):
+            h = block(h)
+            lengths = (lengths + stride - 1) // stride
+        t_out = h.shape[-1]
+        out_mask = torch.arange(t_out, device=h.device)[None, :] < lengths.clamp(1, t_out)[:, None]
+        return EncoderOutput(h.transpose(1, 2) * out_mask[..., None], out_mask)
+
+
+def _tdnn_example():
+    x = torch.randn(2, 16, 40)
+    mask = torch.ones(2, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    return {"config": LogMelTDNNConfig.from_name("tiny")}, {"x": x, "mask": mask}
+
+
+register_encoder("audio", "logmel_tdnn", example=_tdnn_example)(LogMelTDNNEncoder)

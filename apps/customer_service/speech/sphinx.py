@@ -202,11 +202,22 @@ class SphinxRecognizer:
             return None  # a checkout without the shipped digit bundle: the grammar still works
         rec = shared_digit_recognizer(self.config.digit_bundle)
         if mode == "digit":
-            return rec.transcribe_digit(x), rec.version
+            return rec.transcribe_digit(x, self._grammar_digit(x) if rec.grammar_weight else None), rec.version
         segs = rec.segment_digits(x)
         if segs is None:
             return None
-        return rec.transcribe_segments(x, segs), rec.version
+        hints = [self._grammar_digit(x[2 * s:2 * e]) for s, e in segs] if rec.grammar_weight else None  # 8 -> 16 kHz
+        return rec.transcribe_segments(x, segs, hints), rec.version
+
+    def _grammar_digit(self, x: np.ndarray) -> int | None:
+        """The single-digit grammar's answer for ``x`` (16 kHz), or None when it heard no one digit."""
+        from apps.customer_service.speech.grammars import DIGIT_VALUES
+
+        pcm = (np.clip(condition(x, self.config), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        with self._lock:
+            decoded = self._decode(pcm, "digit")
+        words = [_base_word(s.word) for s in decoded["segments"] if not _is_filler(s.word)]
+        return DIGIT_VALUES.get(words[0]) if len(words) == 1 else None
 
     def _decode(self, pcm: bytes, search: str) -> dict:
         dec = self._decoder

@@ -95,24 +95,34 @@ def tiny_bundle(tmp_path_factory):
     lens = np.array([len(w) for w in waves])
     pack = tmp / "pack.npz"
     np.savez(pack, pcm=(np.concatenate(waves) * 32767).astype(np.int16), lengths=lens, y=np.array(y),
-             speakers=np.array(spk), names=np.array([f"{d}_{s}_0.wav" for d, s in zip(y, spk)]))
+             speakers=np.array(spk), names=np.array([f"{d}_{s}_{i}.wav" for i, (d, s) in enumerate(zip(y, spk))]))
     run = tmp / "run"
     D.run_training(pack, run, fold="ann", preset="tiny", device="cpu")
     D.run_training(pack, run, fold="all", preset="tiny", device="cpu")
-    metrics = D.finalize(run, tmp / "bundle")
+    # a "grammar" that is right on every other clip: the fusion weight's grid is reported per speaker
+    names = np.array([f"{d}_{s}_{i}.wav" for i, (d, s) in enumerate(zip(y, spk))])
+    np.savez(tmp / "grammar.npz", names=names, digit=np.where(np.arange(len(y)) % 2 == 0, np.array(y), -1))
+    metrics = D.finalize([run], tmp / "bundle", grammar=tmp / "grammar.npz", grammar_weight=1.0)
     return tmp / "bundle", metrics
 
 
 def test_training_writes_a_bundle_with_the_held_out_speaker_scored(tiny_bundle):
     bundle, metrics = tiny_bundle
-    assert set(metrics) == {"loso_accuracy_ann", "loso_accuracy_mean", "loso_accuracy_pooled"}
-    assert 0.0 <= metrics["loso_accuracy_ann"] <= 1.0
-    assert (bundle / "MODEL_CARD.md").read_text().count("leave-one-speaker-out") == 1
+    assert {"loso_accuracy_ann", "loso_accuracy_mean", "cnn_ann", "grammar_ann"} <= set(metrics)
+    assert 0.0 <= metrics["loso_accuracy_ann"] <= 1.0 and metrics["grammar_ann"] == 0.5
+    assert "leave-one-speaker-out" in (bundle / "MODEL_CARD.md").read_text()
     rec = D.DigitRecognizer(bundle)
+    assert rec.grammar_weight == 1.0 and len(rec.members) == 1
     audio16k = np.repeat(_tone(600, 0.4), 2)
     (word,) = rec.transcribe_digit(audio16k)
     assert word.text in D.DIGIT_WORDS and 0.0 <= word.confidence <= 1.0
     assert 0.0 <= word.start < word.end <= len(audio16k) / 16_000 + 1e-6
+    # the grammar's digit adds its weight to that digit's log-probability
+    piece = D.to_8k(audio16k)
+    plain = rec._classify([piece])[0]
+    hinted = rec._classify([piece], [3])[0]
+    assert np.isclose(hinted.sum(), 1.0) and hinted[3] > plain[3]
+    assert np.isclose(np.log(hinted[3] / hinted[0]) - np.log(plain[3] / plain[0]), 1.0, atol=1e-4)
 
 
 def test_sphinx_digit_mode_uses_the_learned_model(tiny_bundle):
