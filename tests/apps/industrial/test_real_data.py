@@ -36,8 +36,13 @@ def test_deeppcb_split_lists_are_by_group_and_complete(shared_data):
     assert all(s.image.exists() and s.template is not None for s in val[:20])
 
 
+# The two shipped detectors and the request path each serves: boards without / with a template.
+SHIPPED = [("detector", False), ("detector_template", True)]
+
+
 @pytest.mark.slow
-def test_shipped_detector_separates_real_boards_from_templates(shared_data):
+@pytest.mark.parametrize("name,use_template", SHIPPED)
+def test_shipped_detector_separates_real_boards_from_templates(shared_data, name, use_template):
     import torch
 
     from apps.industrial.data import load_deeppcb
@@ -46,15 +51,14 @@ def test_shipped_detector_separates_real_boards_from_templates(shared_data):
 
     torch.set_num_threads(1)
     root = require_dataset(shared_data, "deeppcb")
-    model, config, bundle = load_detector(WEIGHTS / "detector")
-    assert bundle.card.sha256
+    model, config, bundle = load_detector(WEIGHTS / name)
+    assert bundle.card.sha256 and (config.input == "template-diff") == use_template
     samples = load_deeppcb(root, SPLITS / "deeppcb_val.txt")[:3]
-    for use_template in (True, False):  # a gray-input model ignores the template: both rounds are the same
-        inputs = [board_inputs(s, config, use_template) for s in samples]
-        clean = inputs[0]["primary_clean"]  # with a template: the repaired scan; without: the template
-        found = detect(model, [x["test"] for x in inputs] + [x[clean] for x in inputs], config, conf=0.05)
-        top = [max((d.confidence for d in dets), default=0.0) for dets in found]
-        assert min(top[:3]) > max(top[3:])  # every defective board scores above every defect-free one
+    inputs = [board_inputs(s, config, use_template) for s in samples]
+    clean = inputs[0]["primary_clean"]  # with a template: the repaired scan; without: the template
+    found = detect(model, [x["test"] for x in inputs] + [x[clean] for x in inputs], config, conf=0.05)
+    top = [max((d.confidence for d in dets), default=0.0) for dets in found]
+    assert min(top[:3]) > max(top[3:])  # every defective board scores above every defect-free one
     found = detect(model, [inputs[0]["test"]], config, conf=0.05)
     # boxes land on real defects: most listed boxes overlap an annotated box
     gt = samples[0].boxes
@@ -64,27 +68,26 @@ def test_shipped_detector_separates_real_boards_from_templates(shared_data):
 
 
 @pytest.mark.slow
-def test_shipped_int8_detector_agrees_with_fp32_on_real_boards(shared_data):
+@pytest.mark.parametrize("name,use_template", SHIPPED)
+def test_shipped_int8_detector_agrees_with_fp32_on_real_boards(shared_data, name, use_template):
     from apps.industrial.data import load_deeppcb
     from apps.industrial.detector import INT8_FILE, detect, load_onnx_detector
     from apps.industrial.evaluate import board_inputs
 
     root = require_dataset(shared_data, "deeppcb")
-    int8, config, bundle = load_onnx_detector(WEIGHTS / "detector", threads=1, precision="int8")  # sha256-verified
+    int8, config, bundle = load_onnx_detector(WEIGHTS / name, threads=1, precision="int8")  # sha256-verified
     assert int8.path.name == INT8_FILE and bundle.card.extra["int8"]["source_sha256"] == bundle.sha256
     calibration = set(bundle.card.extra["int8"]["calibration_images"])
     samples = load_deeppcb(root, SPLITS / "deeppcb_val.txt")[:3]
     assert not {c.split(" ")[0] for c in calibration} & {f"{s.image.parent.name}/{s.image.name}" for s in samples}
-    fp32, _, _ = load_onnx_detector(WEIGHTS / "detector", threads=1, precision="fp32")
+    fp32, _, _ = load_onnx_detector(WEIGHTS / name, threads=1, precision="fp32")
     images = []
-    for use_template in (True, False):  # tested board, then its defect-free counterpart, on both request paths
-        for s in samples:
-            x = board_inputs(s, config, use_template)
-            images += [x["test"], x[x["primary_clean"]]]
+    for s in samples:  # tested board, then its defect-free counterpart
+        x = board_inputs(s, config, use_template)
+        images += [x["test"], x[x["primary_clean"]]]
     top32, top8 = ([max((d.confidence for d in dets), default=0.0) for dets in detect(m, images, config, conf=0.05)] for m in (fp32, int8))
     assert np.max(np.abs(np.array(top32) - np.array(top8))) < 0.15  # board scores (up to 0.09 on 10 validation boards)
-    for path in (top8[:6], top8[6:]):  # with template, then without
-        assert min(path[0::2]) > max(path[1::2])  # defective boards above defect-free ones, as with fp32
+    assert min(top8[0::2]) > max(top8[1::2])  # defective boards above defect-free ones, as with fp32
 
 
 @pytest.mark.slow
