@@ -263,38 +263,19 @@ def collect_oof(run: Path, n: int, seeds: tuple[int, ...] = (0, 1)) -> np.ndarra
     return np.mean(per_seed, axis=0)
 
 
-class VoiceCNNEnsemble:
-    """The shipped CRNN members (``weights/voice_cnn``); ``predict_audio`` takes 16 kHz clips."""
-
-    def __init__(self, directory: str | Path) -> None:
-        import torch
-
-        from core.bundle import load_bundle
-
-        b = load_bundle(directory)
-        self.members = []
-        for i in range(int(b.config["ensemble"])):
-            m = build_model(config=b.config["model"])
-            prefix = f"members.{i}."
-            m.load_state_dict({k[len(prefix):]: v.float() for k, v in b.state_dict.items() if k.startswith(prefix)})
-            self.members.append(m.eval())
-        self.blend = float(b.config.get("blend", 1.0))  # weight of this model against the statistics MLP
-        self.version, self.sha256 = b.card.version, b.card.sha256
-        self._torch = torch
-
-    def predict_audio(self, clips: list[np.ndarray]) -> np.ndarray:
-        from apps.customer_service.logmel import normalise
-
-        torch = self._torch
-        feats = []
-        with torch.no_grad():
-            for x in clips:
-                x = trim(np.asarray(x, dtype=np.float32))[: MAX_FRAMES * 160]
-                raw, mask = self.members[0].frontend.raw(torch.from_numpy(np.ascontiguousarray(x))[None])
-                feats.append(raw[0, :, : int(mask.sum())].numpy())
-            x, mask = pad_feats(feats)
-            x = normalise(x, mask)
-            return np.mean([m.classify(x, mask).softmax(-1).numpy() for m in self.members], axis=0)
+def compare(run: Path, pack_path: Path, mlp_oof: Path, seeds: tuple[int, ...] = (0, 1)) -> dict:
+    """Out-of-fold metrics of the CRNN (seeds averaged), of the shipped statistics MLP
+    (``train.py``'s ``voice_oof.npz``, same folds) and of their equal-weight average."""
+    z = np.load(pack_path)
+    y, corp = z["y"], z["corpora"]
+    m = np.load(mlp_oof)
+    if list(m["y"]) != list(y) or list(m["speakers"]) != list(z["speakers"]):
+        raise ValueError("the MLP's out-of-fold file lists other clips (rebuild both from the same data)")
+    cnn = collect_oof(run, len(y), seeds)
+    out = {}
+    for name, proba in (("crnn", cnn), ("mlp", m["oof"]), ("avg", 0.5 * cnn + 0.5 * m["oof"])):
+        out.update({f"{name}_{k}": v for k, v in corpus_metrics(proba, y, corp).items()})
+    return out
 
 
 def main(argv: list[str]) -> None:
@@ -312,9 +293,15 @@ def main(argv: list[str]) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--epochs", type=int, default=None)
     t.add_argument("--device", default=None)
+    c = sub.add_parser("compare")
+    c.add_argument("run", type=Path)
+    c.add_argument("--pack", type=Path, default=Path(".pack/cs/emotion_mel.npz"))
+    c.add_argument("--mlp-oof", type=Path, default=Path("runs/customer_service/voice_oof.npz"))
     args = p.parse_args(argv)
     if args.cmd == "pack":
         pack(args.data, args.out)
+    elif args.cmd == "compare":
+        print(json.dumps(compare(args.run, args.pack, args.mlp_oof), indent=1))
     else:
         run_training(args.pack, args.out, fold=args.fold, seed=args.seed, epochs=args.epochs, device=args.device)
 
