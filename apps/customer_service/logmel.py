@@ -144,7 +144,7 @@ def speed_perturb(wave: torch.Tensor, lengths: torch.Tensor, low: float = 0.85, 
     out, new_len = [], []
     for row, n in zip(wave, lengths.tolist()):
         s = float(torch.empty(1).uniform_(low, high, generator=generator))
-        m = max(8, int(round(n / s)))
+        m = max(8, round(n / s))
         out.append(F.interpolate(row[None, None, :n], size=m, mode="linear", align_corners=False)[0, 0])
         new_len.append(m)
     width = max(new_len)
@@ -204,11 +204,11 @@ def spec_augment(x: torch.Tensor, mask: torch.Tensor, *, freq_masks: int = 2, fr
 
 def time_stretch(x: torch.Tensor, mask: torch.Tensor, low: float = 0.85, high: float = 1.15) -> tuple[torch.Tensor, torch.Tensor]:
     """Tempo perturbation on the spectrogram (frames resampled; pitch untouched), per row."""
-    b, m, t = x.shape
+    b, m, _t = x.shape
     n = mask.sum(1).tolist()
     rows, lens = [], []
     for i in range(b):
-        k = max(2, int(round(n[i] * float(torch.empty(1).uniform_(low, high)))))
+        k = max(2, round(n[i] * float(torch.empty(1).uniform_(low, high))))
         rows.append(F.interpolate(x[i:i + 1, :, :max(2, n[i])], size=k, mode="linear", align_corners=False)[0])
         lens.append(k)
     width = max(lens)

@@ -449,6 +449,52 @@ def rescore(run: Path, pack_path: Path, seed: int = 0) -> None:
         f.write_text(json.dumps(meta, indent=1))
 
 
+def strings_report(run: Path, pack_path: Path, n: int = 25, grammar_weight: float = 1.0, seed: int = 0) -> dict:
+    """Digit strings read with pauses (:func:`synthetic_strings` from each held-out speaker's own
+    clips), decoded three ways with that fold's network: the JSGF ``digits`` grammar alone, VAD
+    segments + network, VAD segments + network + the grammar's per-segment digit. WER and
+    exact-string rate per speaker."""
+    import jiwer
+    from safetensors.torch import load_file
+
+    from apps.customer_service.speech.grammars import DIGIT_VALUES
+    from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
+
+    waves, y, spk, _ = read_pack(pack_path)
+    grammar = SphinxRecognizer(SphinxConfig(lm="bank", digit_model=False))
+    out: dict[str, float] = {}
+    for f in sorted(run.glob(f"digits_*_s{seed}.json")):
+        meta = json.loads(f.read_text())
+        s = meta["fold"]
+        if s == "all":
+            continue
+        model = build_model(config=meta["model"])
+        model.load_state_dict(load_file(str(f.with_suffix(".safetensors"))))
+        rec = DigitRecognizer.__new__(DigitRecognizer)
+        rec.members, rec.model, rec.grammar_weight = [model.eval()], model, grammar_weight
+        import torch
+
+        rec._torch = torch
+        data = synthetic_strings([w for w, k in zip(waves, spk) if k == s], y[spk == s], n=n, seed=1)
+        refs, hyps = [], {"grammar": [], "segments": [], "segments_fused": []}
+        for audio, digs in data:
+            refs.append(" ".join(DIGIT_WORDS[d] for d in digs))
+            g = grammar.transcribe(audio, mode="digits").text.split()
+            hyps["grammar"].append(" ".join(DIGIT_WORDS[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in g))
+            segs = rec.segment_digits(audio)
+            if segs is None:  # what the ASR does then: the grammar
+                hyps["segments"].append(hyps["grammar"][-1])
+                hyps["segments_fused"].append(hyps["grammar"][-1])
+                continue
+            hyps["segments"].append(" ".join(w.text for w in rec.transcribe_segments(audio, segs)))
+            hints = [grammar._grammar_digit(audio[2 * a:2 * b]) for a, b in segs]
+            hyps["segments_fused"].append(" ".join(w.text for w in rec.transcribe_segments(audio, segs, hints)))
+        for k, h in hyps.items():
+            out[f"wer_{k}_{s}"] = float(jiwer.wer(refs, h))
+            out[f"exact_{k}_{s}"] = float(np.mean([a == b for a, b in zip(refs, h)]))
+    return {k: round(v, 4) for k, v in sorted(out.items())}
+
+
 def grammar_decisions(fsdd: Path, out: Path) -> None:
     """The JSGF digit grammar's answer (pocketsphinx, learned model off) for every FSDD clip:
     what the fusion weight is measured against. Never trained on these speakers."""
@@ -526,8 +572,8 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
              f"{kinds} (registered encoders audio/logmel_cnn, audio/logmel_tdnn; probabilities averaged) -> "
              f"10-way softmax, plus {grammar_weight:g} x one-hot of the pocketsphinx digit grammar's answer in the "
              "log domain; the ASR's digit mode",
-        data=["FSDD (Free Spoken Digit Dataset, CC BY-SA 4.0): the 4 speakers here (jackson, nicolas, theo, "
-              "yweweler), 2,000 clips, all indices (0-49)"],
+        data=[("FSDD (Free Spoken Digit Dataset, CC BY-SA 4.0): the 4 speakers here (jackson, nicolas, theo, "
+              "yweweler), 2,000 clips, all indices (0-49)")],
         split="leave-one-speaker-out over the 4 speakers (each fold trains on 3, scores the 4th); the shipped "
               "model is refitted on all 4 with the same recipe. george and lucas (the hidden evaluation "
               "speakers) were never seen.",
@@ -539,17 +585,17 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
                   "runs/digits_grammar.npz; python -m apps.customer_service.speech.digits finalize runs/<member> ... "
                   "--grammar runs/digits_grammar.npz --grammar-weight W; triptych eval customer-service "
                   "--asr <fsdd dir> --json out.json",
-        limitations=["Below the issue's 0.98 on speakers not trained on (see loso_accuracy_*): three training "
+        limitations=[("Below the issue's 0.98 on speakers not trained on (see loso_accuracy_*): three training "
                      "speakers per fold carry too little speaker variety; the accented speaker (nicolas) is "
-                     "the weakest fold for both the networks and the grammar.",
-                     "The grammar weight was chosen on the same leave-one-speaker-out predictions it is reported "
-                     "on (one number from a grid of six): mildly optimistic.",
-                     "Trained on 4 adult male speakers (US, Belgian-French, German accents): female, child and "
-                     "other-accent callers are untested.",
-                     "Isolated digits only; digit strings use it only when the caller pauses between digits "
-                     "(VAD segments), otherwise the JSGF grammar.",
-                     "Always answers one of ten digits: out-of-vocabulary speech gets a digit with a lower "
-                     "confidence, never a refusal."],
+                     "the weakest fold for both the networks and the grammar."),
+                     ("The grammar weight was chosen on the same leave-one-speaker-out predictions it is reported "
+                     "on (one number from a grid of six): mildly optimistic."),
+                     ("Trained on 4 adult male speakers (US, Belgian-French, German accents): female, child and "
+                     "other-accent callers are untested."),
+                     ("Isolated digits only; digit strings use it only when the caller pauses between digits "
+                     "(VAD segments), otherwise the JSGF grammar."),
+                     ("Always answers one of ten digits: out-of-vocabulary speech gets a digit with a lower "
+                     "confidence, never a refusal.")],
         extra={"train": [m["train"] for m in metas], "train_s_all": [round(m["train_s"], 1) for m in metas],
                "inference_conditioning": f"{PAD_S} s of silence each side + white noise {NOISE_SNR_DB:g} dB under "
                                          "the clip's power (the centres of the training augmentation ranges)",
@@ -587,6 +633,10 @@ def main(argv: list[str]) -> None:
     rs = sub.add_parser("rescore")
     rs.add_argument("run", type=Path)
     rs.add_argument("--pack", type=Path, default=Path(".pack/cs/fsdd8k.npz"))
+    st = sub.add_parser("strings")
+    st.add_argument("run", type=Path)
+    st.add_argument("--pack", type=Path, default=Path(".pack/cs/fsdd8k.npz"))
+    st.add_argument("--n", type=int, default=25)
     g = sub.add_parser("grammar-decisions")
     g.add_argument("--fsdd", type=Path, default=Path("../shared/data/fsdd"))
     g.add_argument("--out", type=Path, default=Path("runs/digits_grammar.npz"))
@@ -601,6 +651,8 @@ def main(argv: list[str]) -> None:
                      preset=args.preset)
     elif args.cmd == "rescore":
         rescore(args.run, args.pack)
+    elif args.cmd == "strings":
+        print(json.dumps(strings_report(args.run, args.pack, args.n), indent=1))
     elif args.cmd == "grammar-decisions":
         grammar_decisions(args.fsdd, args.out)
     elif args.cmd == "report":

@@ -64,7 +64,7 @@ def test_augmentations_keep_lengths_consistent():
     assert torch.all(n2 >= n) and w2.shape[1] == n2.max()
     assert torch.all(w2[2, n2[2]:] == 0)
     x, mask = LogMel()(w2, n2)
-    x3, m3 = time_stretch(x, mask, 0.8, 0.8)
+    _x3, m3 = time_stretch(x, mask, 0.8, 0.8)
     assert torch.all((m3.sum(1) - (mask.sum(1) * 0.8).round()).abs() <= 1)
     assert spec_augment(x, mask).shape == x.shape
 
