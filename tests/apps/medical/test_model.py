@@ -78,8 +78,12 @@ def test_shipped_bundle_loads_verified_and_predicts():
     if model.uses_candidates:
         stage = model.candidate_config()
         size = stage.crop
-        ct = {"crops": torch.rand(1, stage.k, 1, size, size, size), "geometry": torch.rand(1, stage.k, 10),
+        features = model.config.candidate_encoder.geometry_features
+        ct = {"crops": torch.rand(1, stage.k, 1, size, size, size), "geometry": torch.rand(1, stage.k, features),
               "mask": torch.ones(1, stage.k, dtype=torch.bool)}
+        # the ranker and the feature statistics were fitted before shipping (not the initial 0 / 1)
+        assert model.ranker.mean.abs().sum() > 0 and not torch.allclose(model.ranker.std, torch.ones_like(model.ranker.std))
+        assert model.ct_encoder.geometry_mean.abs().sum() > 0
     else:
         ct = torch.rand(1, 1, *model.config.volume_shape)
     with torch.no_grad():
