@@ -46,7 +46,7 @@ class AnalyzeResponse(BaseModel):
     probability: float = Field(description="Calibrated probability that the nodule is malignant")
     risk: RiskBand
     location: Location | None = Field(None, description="Heat-map peak; None without a CT")
-    heatmaps: list[str] = Field(description="URLs of PNG slices with the Grad-CAM overlay")
+    heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
     modality_weights: dict[str, float]
     model_version: str
     model_sha256: str
