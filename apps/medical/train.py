@@ -309,26 +309,32 @@ def proposal_labels(proposals: list, nodules: list[list[tuple[float, float, floa
 
 
 def fit_ranker(model: MedicalModel, proposals: list, labels: list[np.ndarray | None], train_idx: np.ndarray,
-               epochs: int = 40, seed: int = 0, log: Log = print) -> None:
-    """Train ``model.ranker`` (nodule vs other proposal) on the training studies' proposals."""
+               epochs: int = 15, seed: int = 0, log: Log = print) -> None:
+    """Train ``model.ranker`` (nodule vs other proposal) on the training studies' proposals; each
+    member on its own initialisation and batch order."""
     x = torch.from_numpy(np.concatenate([proposals[i].features for i in train_idx if labels[i] is not None]))
     y = torch.from_numpy(np.concatenate([labels[i] for i in train_idx if labels[i] is not None]))
     if len(y) == 0 or y.sum() == 0:
         raise ValueError("no labelled nodule among the training proposals: check nodules.csv and the volumes")
     ranker = model.ranker
     ranker.set_statistics(x)
-    g = torch.Generator().manual_seed(seed)
-    opt = torch.optim.AdamW(ranker.parameters(), lr=3e-3, weight_decay=1e-3)
     pos_weight = (len(y) - y.sum()) / y.sum()
     ranker.train()
-    for _ in range(epochs):
-        for idx in torch.randperm(len(y), generator=g).split(512):
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(ranker(x[idx]), y[idx], pos_weight=pos_weight)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+    for member, net in enumerate(ranker.members):
+        torch.manual_seed(seed * 100 + member)
+        for layer in net:
+            layer.reset_parameters()
+        g = torch.Generator().manual_seed(seed * 100 + member)
+        opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-2)
+        for _ in range(epochs):
+            for idx in torch.randperm(len(y), generator=g).split(512):
+                logits = ranker.member_logits(x[idx], member)
+                loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y[idx], pos_weight=pos_weight)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
     ranker.eval()
-    log(f"ranker: {len(y)} proposals ({int(y.sum())} on nodules) from {len(train_idx)} studies")
+    log(f"ranker: {len(ranker.members)} members on {len(y)} proposals ({int(y.sum())} on nodules) from {len(train_idx)} studies")
 
 
 def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings: list, idx: np.ndarray, k: int) -> dict:
