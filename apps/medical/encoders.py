@@ -299,7 +299,7 @@ class BertReportEncoder(Encoder):
     modality = "text"
 
     def __init__(self, path: str = "", bert_config: dict[str, Any] | None = None, max_length: int = 48,
-                 max_segments: int = 24, freeze: bool = True):
+                 max_segments: int = 24, freeze: bool = True, risk_factors: bool = False):
         super().__init__()
         from core.offline import enforce_offline
 
@@ -322,6 +322,12 @@ class BertReportEncoder(Encoder):
         if freeze:
             self.bert.requires_grad_(False)
             self.bert.eval()
+        # clinical risk factors read from the text (``apps.medical.risk``) as one more token
+        self.risk_proj: nn.Module | None = None
+        if risk_factors:
+            from apps.medical.risk import RISK_FACTORS
+
+            self.risk_proj = nn.Sequential(nn.Linear(len(RISK_FACTORS), self.dim), nn.GELU(), nn.Linear(self.dim, self.dim))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -344,7 +350,12 @@ class BertReportEncoder(Encoder):
             ids[i, : len(segs)] = enc["input_ids"][row : row + len(segs)]
             mask[i, : len(segs)] = enc["attention_mask"][row : row + len(segs)]
             row += len(segs)
-        return {"input_ids": ids, "attention_mask": mask}
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self.risk_proj is not None:
+            from apps.medical.risk import risk_matrix
+
+            out["risk"] = torch.from_numpy(risk_matrix(texts))
+        return out
 
     def embed(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """Clause vectors (B, S, H) (masked mean of token states) and the clause mask (B, S)."""
@@ -377,4 +388,11 @@ class BertReportEncoder(Encoder):
             hidden, mask = batch["hidden"], batch["segment_mask"].bool()
         else:
             hidden, mask = self.embed(batch)
-        return EncoderOutput(hidden * mask.unsqueeze(-1).to(hidden.dtype), mask)
+        tokens = hidden * mask.unsqueeze(-1).to(hidden.dtype)
+        if self.risk_proj is not None:
+            if "risk" not in batch:
+                raise ValueError("this report encoder reads risk factors: tokenize() the text or pass batch['risk']")
+            risk = self.risk_proj(batch["risk"].to(tokens.dtype)).unsqueeze(1)
+            tokens = torch.cat([tokens, risk], dim=1)
+            mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=torch.bool, device=mask.device)], dim=1)
+        return EncoderOutput(tokens, mask)

@@ -30,7 +30,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
 
     from apps.medical.data import load_rendered
     from apps.medical.model import load_model
-    from apps.medical.train import StudyDataset, _auc, ct_arrays, embed_reports, predict_logits
+    from apps.medical.train import StudyDataset, _auc, ct_arrays, embed_reports, predict_logits, report_risk
     from core.metrics import expected_calibration_error
 
     model, _ = load_model(bundle_dir, bert_path)
@@ -40,9 +40,10 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     y = np.array([s.label for s in studies])
     volumes = ct_arrays(model, studies, cache, log=lambda m: None)
     hidden, mask = embed_reports(model, [s.report for s in studies])
+    risk = report_risk([s.report for s in studies])
     scores = {}
     for name, ct_on, rep_on in (("fused", True, True), ("ct", True, False), ("text", False, True)):
-        ds = StudyDataset(volumes, hidden, mask, y, present_ct=ct_on, present_report=rep_on)
+        ds = StudyDataset(volumes, hidden, mask, y, present_ct=ct_on, present_report=rep_on, risk=risk)
         scores[name] = predict_logits(model, ds)
     prob = model.calibrated(torch.from_numpy(scores["fused"])).numpy()
     return {

@@ -37,6 +37,7 @@ class MedicalModelConfig(ConfigBase):
     ct_kind: str = "resnet3d"
     candidate_encoder: CandidateEncoderConfig = field(default_factory=CandidateEncoderConfig)
     candidate_stage: dict = field(default_factory=dict)  # CandidateConfig overrides (defaults if empty)
+    risk_factors: bool = False  # the report also gives its clinical risk factors (apps.medical.risk) as a token
     ranker_members: int = 5  # MLPs averaged by the candidate ranker
     ranker_dropout: float = 0.3
     fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
@@ -64,12 +65,14 @@ class MedicalModelConfig(ConfigBase):
         "small": {},
         # nodule candidates at native resolution (crops + geometry) + per-modality auxiliary losses
         "candidates": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}},
+        "candidates_risk": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True},
         "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3},
                            "candidate_stage": {"crop": 20}},
         "tiny_candidates": {
             "ct_kind": "candidates",
             "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
             "candidate_stage": {"k": 3, "crop": 12},
+            "risk_factors": True,
             "fusion": FusionConfig.PRESETS["tiny"],
             "clause_tokens": 16,
             "max_clauses": 8,
@@ -216,7 +219,7 @@ def posterise(ct: torch.Tensor, levels: int) -> torch.Tensor:
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
                 freeze_bert: bool = True) -> MedicalModel:
     report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.clause_tokens,
-                               max_segments=config.max_clauses, freeze=freeze_bert)
+                               max_segments=config.max_clauses, freeze=freeze_bert, risk_factors=config.risk_factors)
     return MedicalModel(config, report)
 
 

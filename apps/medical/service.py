@@ -218,6 +218,8 @@ class MedicalRunner:
             if report is not None:  # the report's clause vectors once, shared by the k + 1 rows
                 hidden, segment_mask = self.model.report_encoder.embed(report)
                 rep = {"hidden": hidden.expand(k + 1, -1, -1), "segment_mask": segment_mask.expand(k + 1, -1)}
+                if "risk" in report:
+                    rep["risk"] = report["risk"].expand(k + 1, -1)
             logits, weights = self.model(batch, rep)
         probability = float(self.model.calibrated(logits[:1])[0])
         share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask

@@ -131,6 +131,10 @@ class FusionTrainConfig(ConfigBase):
         # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
         "candidates": {"model": "candidates", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
+        # candidates + the report's clinical risk factors as one more report token
+        "candidates_risk": {"model": "candidates_risk", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
+                                                                 "monitor": "auc", "mode": "max", "progress": False,
+                                                                 "num_workers": 0}},
         # candidates with the CT branch pushed harder: more report dropout, full-weight auxiliary
         # losses, more dropout on the crop vectors (the CNN memorises 415 studies' crops quickly)
         "candidates_aux": {"model": "candidates_aux", "modality_dropout": 0.3,
@@ -195,12 +199,14 @@ class StudyDataset(Dataset):
     CT augmentation runs batch-wise on the training device (``augment_ct``), not here."""
 
     def __init__(self, volumes: np.ndarray, hidden: torch.Tensor, mask: torch.Tensor, labels: np.ndarray,
-                 train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True):
+                 train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True,
+                 risk: torch.Tensor | None = None):
         if isinstance(volumes, dict):  # candidate stage output: crops uint8 (N, K, S, S, S), geometry, cmask
             self.volumes = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in volumes.items()}
         else:
             self.volumes = torch.from_numpy(np.ascontiguousarray(volumes))  # uint8 (N, D, H, W)
         self.hidden, self.mask = hidden, mask
+        self.risk = risk  # (N, len(RISK_FACTORS)) clinical risk factors read from each report, or None
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.train, self.modality_dropout = train, modality_dropout
         self.present_ct, self.present_report = present_ct, present_report
@@ -225,6 +231,7 @@ class StudyDataset(Dataset):
             **ct,
             "hidden": self.hidden[i].float(),
             "segment_mask": self.mask[i],
+            **({"risk": self.risk[i]} if self.risk is not None else {}),
             "label": self.labels[i],
             "present_ct": torch.tensor(present_ct),
             "present_report": torch.tensor(present_report),
@@ -393,6 +400,8 @@ def _forward(model: MedicalModel, batch: dict[str, torch.Tensor], augment: bool 
         if augment:
             ct = augment_ct(ct)
     report = {"hidden": batch["hidden"], "segment_mask": batch["segment_mask"]}
+    if model.config.risk_factors:
+        report["risk"] = batch["risk"]
     return model(ct, report, present=present)
 
 
@@ -470,9 +479,20 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
     else:
         volumes = ct_arrays(model, studies, cache, log)
     hidden, mask = embed_reports(model, [s.report for s in studies])
-    return {"volumes": volumes, "hidden": hidden, "segment_mask": mask,
+    return {"volumes": volumes, "hidden": hidden, "segment_mask": mask, "risk": report_risk([s.report for s in studies]),
             "labels": np.array([s.label for s in studies], dtype=np.int64), "ranker_metrics": extra,
             "patient_ids": np.array([s.patient_id for s in studies]), "study_ids": np.array([s.study_id for s in studies])}
+
+
+def report_risk(texts: list[str]) -> torch.Tensor:
+    """Clinical risk factors of every report (``apps.medical.risk``): cheap, so packs always carry them."""
+    from apps.medical.risk import risk_matrix
+
+    return torch.from_numpy(risk_matrix(texts))
+
+
+def _rows(x, idx):
+    return None if x is None else x[idx]
 
 
 def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log = print):
@@ -500,15 +520,17 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     tr, va = np.where(split == "train")[0], np.where(split == "val")[0]
     log(f"{len(labels)} studies ({int(labels.sum())} malignant) from {len(set(patient_ids))} patients; "
         f"train {len(tr)} / val {len(va)} studies (split by patient)")
-    train_set = StudyDataset(_take(volumes, tr), hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout)
-    val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va])
+    risk = arrays.get("risk")
+    train_set = StudyDataset(_take(volumes, tr), hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout,
+                             risk=_rows(risk, tr))
+    val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va))
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device
     val_logits = predict_logits(model, val_set, device=device)
     t, b = fit_calibration(torch.from_numpy(val_logits), torch.from_numpy(labels[va]))
     model.temperature.fill_(t)
     model.bias.fill_(b)
-    metrics.update(single_modality_aucs(model, _take(volumes, va), hidden[va], mask[va], labels[va], device))
+    metrics.update(single_modality_aucs(model, _take(volumes, va), hidden[va], mask[va], labels[va], device, _rows(risk, va)))
     metrics.update({"train_studies": len(tr), "val_studies": len(va), "temperature": t, "calibration_bias": b})
     model.to("cpu")
     return model, metrics
@@ -550,7 +572,8 @@ def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
     scale = np.abs(hidden).max(axis=-1, keepdims=True).clip(1e-8) / 127.0
     np.savez_compressed(out / "meta.npz", hidden_q=np.round(hidden / scale).astype(np.int8), hidden_scale=scale.astype(np.float32),
                         segment_mask=arrays["segment_mask"].numpy(), labels=arrays["labels"], patient_ids=arrays["patient_ids"],
-                        study_ids=arrays["study_ids"], shape=np.array(idx.shape), levels=np.array(levels), **extra)
+                        study_ids=arrays["study_ids"], shape=np.array(idx.shape), levels=np.array(levels), **extra,
+                        **({"risk": arrays["risk"].numpy()} if arrays.get("risk") is not None else {}))
     (out / "config.json").write_text(json.dumps({"model": model.config.to_dict(),
                                                  "bert_config": model.report_encoder.bert.config.to_dict(),
                                                  "ranker_metrics": arrays.get("ranker_metrics", {})}))
@@ -585,7 +608,8 @@ def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
     config = json.loads((pack / "config.json").read_text())
     arrays = {"volumes": volumes, "hidden": hidden, "segment_mask": torch.from_numpy(meta["segment_mask"]),
               "labels": meta["labels"], "patient_ids": meta["patient_ids"], "study_ids": meta["study_ids"],
-              "ranker_metrics": config.get("ranker_metrics", {})}
+              "ranker_metrics": config.get("ranker_metrics", {}),
+              "risk": torch.from_numpy(meta["risk"]) if "risk" in meta else None}
     if (pack / "ct_state.safetensors").is_file():
         from safetensors.torch import load_file
 
@@ -635,10 +659,10 @@ def fit_model(model: MedicalModel, train_set: StudyDataset, val_set: StudyDatase
     return model, {"val_auc": float(result.best_metric), "best_epoch": int(result.best_epoch), "epochs_run": int(result.epochs_run)}
 
 
-def single_modality_aucs(model: MedicalModel, volumes, hidden, mask, labels, device) -> dict[str, float]:
+def single_modality_aucs(model: MedicalModel, volumes, hidden, mask, labels, device, risk=None) -> dict[str, float]:
     out = {}
     for name, ct_on, rep_on in (("val_auc_fused", True, True), ("val_auc_ct_only", True, False), ("val_auc_text_only", False, True)):
-        ds = StudyDataset(volumes, hidden, mask, labels, present_ct=ct_on, present_report=rep_on)
+        ds = StudyDataset(volumes, hidden, mask, labels, present_ct=ct_on, present_report=rep_on, risk=risk)
         out[name] = _auc(np.asarray(labels), predict_logits(model, ds, device=device))
     return out
 

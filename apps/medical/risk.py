@@ -1,0 +1,75 @@
+"""Clinical risk factors read from the EMR text: the inputs of the Brock/PanCan and PLCOm2012 models.
+
+A frozen sentence encoder sees "former smoker, quit 3 years ago after 46 years at 34 cigarettes per
+day" as one vector and a few hundred studies cannot teach a fusion model to read numbers out of it;
+the risk models are linear in these numbers. So the report also yields this small, named feature
+vector (centred and scaled like the published models), which the report encoder turns into one more
+token. Anything not mentioned stays 0 (the population centre); negated mentions ("No family history
+of lung cancer", "no significant pulmonary history", "Symptoms: none reported") count as absent.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+RISK_FACTORS = ("age", "female", "current_smoker", "former_smoker", "log_pack_years", "smoking_years",
+                "years_since_quit", "cigarettes_per_day", "bmi", "family_history", "emphysema", "copd",
+                "prior_cancer", "cough", "haemoptysis", "weight_loss")
+
+_AGE = re.compile(r"\b(\d{2,3})[- ]year[- ]old\s+(man|woman|male|female|patient)?", re.I)
+_PACK_YEARS = re.compile(r"(\d+(?:\.\d+)?)\s*pack[- ]years?", re.I)
+_QUIT = re.compile(r"quit\s+(\d+)\s+years?\s+ago", re.I)
+_YEARS = re.compile(r"(?:for|after)\s+(\d+)\s+years", re.I)
+_CPD = re.compile(r"(\d+)\s+cigarettes?\s+per\s+day", re.I)
+_BMI = re.compile(r"\bBMI\s*(?:of\s*)?(\d+(?:\.\d+)?)", re.I)
+_NEGATED = re.compile(r"\b(no|denies|without|negative for)\b[^.;:]*$", re.I)
+
+
+def _mentioned(text: str, pattern: str) -> float:
+    """1 when ``pattern`` occurs in a sentence that does not negate it before the mention."""
+    for m in re.finditer(pattern, text, re.I):
+        start = max(text.rfind(".", 0, m.start()), text.rfind(":", 0, m.start())) + 1
+        if not _NEGATED.search(text[start : m.start()]):
+            return 1.0
+    return 0.0
+
+
+def extract_risk_factors(text: str | None) -> np.ndarray:
+    """``RISK_FACTORS`` as float32, centred and scaled (age 62, 27 pack-years, BMI 27, ...)."""
+    out = np.zeros(len(RISK_FACTORS), np.float32)
+    if not text:
+        return out
+    values: dict[str, float] = {}
+    if m := _AGE.search(text):
+        values["age"] = (float(m.group(1)) - 62.0) / 10.0
+        values["female"] = 1.0 if (m.group(2) or "").lower() in ("woman", "female") else 0.0
+    if re.search(r"\bcurrent(?:ly)?\s+smok", text, re.I):
+        values["current_smoker"] = 1.0
+    elif re.search(r"\b(former|ex-?)\s*smoker\b", text, re.I):
+        values["former_smoker"] = 1.0
+    if m := _PACK_YEARS.search(text):
+        values["log_pack_years"] = float(np.log1p(float(m.group(1)))) - float(np.log1p(27.0))
+    if m := _YEARS.search(text):
+        values["smoking_years"] = (float(m.group(1)) - 27.0) / 10.0
+    if m := _QUIT.search(text):
+        values["years_since_quit"] = (float(m.group(1)) - 10.0) / 10.0
+    if m := _CPD.search(text):
+        values["cigarettes_per_day"] = (float(m.group(1)) - 20.0) / 10.0
+    if m := _BMI.search(text):
+        values["bmi"] = (float(m.group(1)) - 27.0) / 5.0
+    values["family_history"] = _mentioned(text, r"family history of (?:lung )?cancer")
+    values["emphysema"] = _mentioned(text, r"emphysema")
+    values["copd"] = _mentioned(text, r"\bCOPD\b|chronic obstructive")
+    values["prior_cancer"] = _mentioned(text, r"(?:prior|previous|(?<!family )history of)\s+(?:\w+\s+){0,2}(?:cancer|malignancy)")
+    values["cough"] = _mentioned(text, r"\bcough")
+    values["haemoptysis"] = _mentioned(text, r"ha?emoptysis")
+    values["weight_loss"] = _mentioned(text, r"weight loss")
+    for name, value in values.items():
+        out[RISK_FACTORS.index(name)] = value
+    return out
+
+
+def risk_matrix(texts: list[str | None]) -> np.ndarray:
+    return np.stack([extract_risk_factors(t) for t in texts]) if texts else np.zeros((0, len(RISK_FACTORS)), np.float32)
