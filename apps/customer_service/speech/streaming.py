@@ -72,7 +72,9 @@ class StreamingRecognizer:
     """Feed little-endian 16-bit mono PCM at 16 kHz with :meth:`accept`; call :meth:`finish` at the end.
 
     ``mode`` picks the search: "default" (the config's free-speech LM) or a grammar ("digits" ...).
-    ``chunk`` sizes are free; 100-200 ms is what the WebSocket clients send.
+    In the digit modes, with ``config.digit_model``, each final is re-decided by the learned digit
+    recogniser on the utterance's audio (the grammar's answer is its hint), as ``transcribe`` does;
+    partials stay the grammar's. ``chunk`` sizes are free; 100-200 ms is what the WebSocket clients send.
     """
 
     def __init__(self, config: SphinxConfig | None = None, *, mode: str = "default", pool: DecoderPool | None = None,
@@ -93,6 +95,7 @@ class StreamingRecognizer:
         self._utt_start = 0.0
         self._last_partial = ""
         self._utt_samples = 0
+        self._utt_pcm = bytearray()  # kept only in the digit modes, for the learned digit recogniser
         self._max_utt_samples = int(max_utterance_s * 16_000)
         self.chunk_latencies_ms: list[float] = []
         self.closed = False
@@ -168,12 +171,15 @@ class StreamingRecognizer:
         self._in_utt = True
         self._utt_start = float(self._ep.speech_start)
         self._utt_samples = 0
+        self._utt_pcm = bytearray()
         self._last_partial = ""
 
     def _process(self, pcm: bytes) -> None:
         if pcm:
             self._decoder.process_raw(pcm, full_utt=False)
             self._utt_samples += len(pcm) // 2
+            if self.mode in ("digit", "digits"):
+                self._utt_pcm += pcm
 
     def _partial(self) -> StreamEvent | None:
         hyp = self._decoder.hyp()
@@ -196,8 +202,33 @@ class StreamingRecognizer:
                 words.append(Word(_base_word(seg.word), self._utt_start + seg.start_frame / 100,
                                   self._utt_start + (seg.end_frame + 1) / 100, float(min(1.0, max(0.0, prob)))))
         end = self._utt_start + self._utt_samples / 16_000
+        learned = self._learned_digits(words)
+        if learned is not None:
+            return StreamEvent("final", " ".join(w.text for w in learned), self._utt_start, end, learned, confidence_of(learned))
         return StreamEvent("final", " ".join(w.text for w in words), self._utt_start, end, words,
                            confidence_of(words) if self.config.bestpath else 0.0)
+
+    def _learned_digits(self, grammar_words: list[Word]) -> list[Word] | None:
+        """The digit CNN's words for the finished utterance (times in the stream), or None to keep
+        the grammar's: other modes, the model switched off or not shipped, or digits run together."""
+        if self.mode not in ("digit", "digits") or not self.config.digit_model or len(self._utt_pcm) < 320:
+            return None
+        from apps.customer_service.speech.digits import WEIGHTS, shared_digit_recognizer
+        from apps.customer_service.speech.grammars import DIGIT_VALUES
+
+        if self.config.digit_bundle is None and not (WEIGHTS / "model.safetensors").is_file():
+            return None
+        rec = shared_digit_recognizer(self.config.digit_bundle)
+        x = np.frombuffer(bytes(self._utt_pcm), dtype="<i2").astype(np.float32) / 32768.0
+        if self.mode == "digit":
+            hint = DIGIT_VALUES.get(grammar_words[0].text) if len(grammar_words) == 1 else None
+            words = rec.transcribe_digit(x, hint)
+        else:
+            segs = rec.segment_digits(x)
+            if segs is None:
+                return None
+            words = rec.transcribe_segments(x, segs)
+        return [Word(w.text, self._utt_start + w.start, self._utt_start + w.end, w.confidence) for w in words]
 
 
 def _percentile(values: list[float], q: float) -> float:

@@ -148,3 +148,29 @@ def test_stream_ending_mid_speech_finishes_cleanly(stream_pool, cut_s):
     finals = [e for e in events if e.type == "final"]
     assert len(finals) == 1 and finals[0].text
     assert finals[0].end <= cut_s + 0.05
+
+
+def test_digit_mode_finals_come_from_the_learned_digit_recogniser(stream_pool, monkeypatch):
+    """In digit mode each final is re-decided by the shipped digit CNN on the utterance's audio."""
+    from apps.customer_service.speech import digits
+
+    calls = []
+    real = digits.shared_digit_recognizer
+
+    def spy(bundle=None):
+        calls.append(bundle)
+        return real(bundle)
+
+    monkeypatch.setattr(digits, "shared_digit_recognizer", spy)
+    gap = np.zeros(8_000, dtype=np.float32)
+    pcm = _pcm(np.concatenate([gap, speak("seven"), gap, gap, speak("two"), gap]))
+    rec = StreamingRecognizer(pool=stream_pool, mode="digit")
+    events = []
+    for off in range(0, len(pcm), CHUNK):
+        events += rec.accept(pcm[off:off + CHUNK])
+    events += rec.finish()
+    finals = [e for e in events if e.type == "final" and e.text]
+    assert [e.text for e in finals] == ["seven", "two"]
+    assert len(calls) >= 2
+    for e in finals:
+        assert len(e.words) == 1 and e.start - 0.05 <= e.words[0].start < e.words[0].end <= e.end + 0.05
