@@ -29,7 +29,9 @@ def train(
     reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default: the shipped weights folder).")] = None,
     patients: Annotated[str, typer.Option(help="Patient range to train on; must lie within 0001:0800.")] = "LIDC-IDRI-0001:LIDC-IDRI-0800",
-    preset: Annotated[str, typer.Option(help="Training preset: small (default) or tiny (smoke test).")] = "small",
+    preset: Annotated[str, typer.Option(help="Training preset: candidates_risk (the shipped model: nodule candidates + "
+                                             "report risk factors), candidates, candidates_aux, small / small_blob "
+                                             "(whole-lung volume), tiny / tiny_candidates (smoke tests).")] = "candidates_risk",
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",

@@ -2,8 +2,9 @@
 
 ``MedicalRunner`` is the ``ModelRunner`` the API batches through: each item is one study (the CT
 array already through the shared pipeline, plus the report text or None). Per study it returns the
-calibrated probability, the modality weights, a risk band, a location estimate and Grad-CAM
-heat-map PNGs written under the artefact directory. Nothing here logs inputs: reports and DICOM
+calibrated probability, the modality weights, a risk band, a location estimate and heat-map PNGs
+(Grad-CAM for a whole-volume model; each candidate's occlusion share for a candidate model) written
+under the artefact directory. Nothing here logs inputs: reports and DICOM
 headers can hold PHI.
 """
 
