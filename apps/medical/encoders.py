@@ -25,6 +25,11 @@ from core.encoders.registry import register_encoder
 # -- CT -----------------------------------------------------------------------------------------
 
 
+def posterise(ct: torch.Tensor, levels: int) -> torch.Tensor:
+    """0..1 -> ``levels`` evenly spaced values in 0..1 (idempotent)."""
+    return torch.clamp(torch.floor(ct * levels), max=levels - 1) / (levels - 1)
+
+
 @dataclass
 class CTEncoderConfig(ConfigBase):
     block_inplanes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # widths of the 4 stages
@@ -238,8 +243,7 @@ class CTCandidateEncoder(Encoder):
         b, k = crops.shape[:2]
         crops = crops.flatten(0, 1).float()
         if self.config.crop_levels:
-            levels = self.config.crop_levels
-            crops = torch.clamp(torch.floor(crops * levels), max=levels - 1) / (levels - 1)
+            crops = posterise(crops, self.config.crop_levels)
         fmap = self.cnn(crops)  # (B*K, C, s, s, s)
         pooled = torch.cat([fmap.mean(dim=(2, 3, 4)), fmap.amax(dim=(2, 3, 4))], dim=1)
         tokens = self.crop_proj(pooled).view(b, k, -1) + self.geometry_proj((geometry.float() - self.geometry_mean) / self.geometry_std)

@@ -20,6 +20,7 @@ from apps.medical.encoders import (
     CTCandidateEncoder,
     CTEncoderConfig,
     CTResNetEncoder,
+    posterise,
 )
 from core.config import ConfigBase
 from core.fusion.progressive import FusionConfig
@@ -209,11 +210,6 @@ class CandidateRanker(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.member_logits(features, i) for i in range(len(self.members))]).mean(0)
-
-
-def posterise(ct: torch.Tensor, levels: int) -> torch.Tensor:
-    """0..1 -> ``levels`` evenly spaced values in 0..1 (idempotent)."""
-    return torch.clamp(torch.floor(ct * levels), max=levels - 1) / (levels - 1)
 
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
