@@ -18,18 +18,18 @@ RISK_FACTORS = ("age", "female", "current_smoker", "former_smoker", "log_pack_ye
                 "years_since_quit", "cigarettes_per_day", "bmi", "family_history", "emphysema", "copd",
                 "prior_cancer", "cough", "haemoptysis", "weight_loss")
 
-_AGE = re.compile(r"\b(\d{2,3})[- ]year[- ]old\s+(man|woman|male|female|patient)?", re.I)
-_PACK_YEARS = re.compile(r"(\d+(?:\.\d+)?)\s*pack[- ]years?", re.I)
-_QUIT = re.compile(r"quit\s+(\d+)\s+years?\s+ago", re.I)
-_YEARS = re.compile(r"(?:for|after)\s+(\d+)\s+years", re.I)
-_CPD = re.compile(r"(\d+)\s+cigarettes?\s+per\s+day", re.I)
-_BMI = re.compile(r"\bBMI\s*(?:of\s*)?(\d+(?:\.\d+)?)", re.I)
-_NEGATED = re.compile(r"\b(no|denies|without|negative for)\b[^.;:]*$", re.I)
+_AGE = re.compile(r"\b(\d{2,3})[- ]year[- ]old\s+(man|woman|male|female|patient)?", re.IGNORECASE)
+_PACK_YEARS = re.compile(r"(\d+(?:\.\d+)?)\s*pack[- ]years?", re.IGNORECASE)
+_QUIT = re.compile(r"quit\s+(\d+)\s+years?\s+ago", re.IGNORECASE)
+_YEARS = re.compile(r"(?:for|after)\s+(\d+)\s+years", re.IGNORECASE)
+_CPD = re.compile(r"(\d+)\s+cigarettes?\s+per\s+day", re.IGNORECASE)
+_BMI = re.compile(r"\bBMI\s*(?:of\s*)?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_NEGATED = re.compile(r"\b(no|denies|without|negative for)\b[^.;:]*$", re.IGNORECASE)
 
 
 def _mentioned(text: str, pattern: str) -> float:
     """1 when ``pattern`` occurs in a sentence that does not negate it before the mention."""
-    for m in re.finditer(pattern, text, re.I):
+    for m in re.finditer(pattern, text, re.IGNORECASE):
         start = max(text.rfind(".", 0, m.start()), text.rfind(":", 0, m.start())) + 1
         if not _NEGATED.search(text[start : m.start()]):
             return 1.0
@@ -45,9 +45,9 @@ def extract_risk_factors(text: str | None) -> np.ndarray:
     if m := _AGE.search(text):
         values["age"] = (float(m.group(1)) - 62.0) / 10.0
         values["female"] = 1.0 if (m.group(2) or "").lower() in ("woman", "female") else 0.0
-    if re.search(r"\bcurrent(?:ly)?\s+smok", text, re.I):
+    if re.search(r"\bcurrent(?:ly)?\s+smok", text, re.IGNORECASE):
         values["current_smoker"] = 1.0
-    elif re.search(r"\b(former|ex-?)\s*smoker\b", text, re.I):
+    elif re.search(r"\b(former|ex-?)\s*smoker\b", text, re.IGNORECASE):
         values["former_smoker"] = 1.0
     if m := _PACK_YEARS.search(text):
         values["log_pack_years"] = float(np.log1p(float(m.group(1)))) - float(np.log1p(27.0))

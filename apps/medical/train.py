@@ -473,7 +473,7 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
         extra = {f"train_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, tr, k).items()}
         if len(va):
             extra.update({f"val_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, va, k).items()})
-        log("ranker top-%d recall: " % k + ", ".join(f"{key} {v:.3f}" for key, v in extra.items()))
+        log(f"ranker top-{k} recall: " + ", ".join(f"{key} {v:.3f}" for key, v in extra.items()))
         volumes = prepare_candidates(paths, proposals, model, log)
         model.ct_encoder.set_statistics(torch.from_numpy(volumes["geometry"][tr]), torch.from_numpy(volumes["cmask"][tr]))
     else:
