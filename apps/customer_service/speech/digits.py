@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -332,6 +333,28 @@ def shared_digit_recognizer(bundle: str | Path | None = None) -> DigitRecognizer
     if key not in _SHARED:
         _SHARED[key] = DigitRecognizer(bundle)
     return _SHARED[key]
+
+
+def learned_digit_words(audio16k: np.ndarray, mode: str, bundle: str | Path | None = None,
+                        hint: Callable[[], int | None] | None = None,
+                        segment_hint: Callable[[np.ndarray], int | None] | None = None) -> tuple[list, str] | None:
+    """The digit modes' words from the learned recogniser: ``(words, model version)``, or None when
+    the grammar should decide (no bundle shipped, or a digit string without clear pauses).
+
+    ``hint`` gives the grammar's digit for the whole clip (mode "digit"); ``segment_hint`` the
+    grammar's digit for one segment's 16 kHz audio (mode "digits"). Both are asked only when the
+    bundle weighs the grammar's answer."""
+    if bundle is None and not (WEIGHTS / "model.safetensors").is_file():
+        return None  # a checkout without the shipped digit bundle: the grammar still works
+    rec = shared_digit_recognizer(bundle)
+    if mode == "digit":
+        return rec.transcribe_digit(audio16k, hint() if hint is not None and rec.grammar_weight else None), rec.version
+    segs = rec.segment_digits(audio16k)
+    if segs is None:
+        return None
+    hints = ([segment_hint(audio16k[2 * s:2 * e]) for s, e in segs]  # 8 -> 16 kHz sample ranges
+             if segment_hint is not None and rec.grammar_weight else None)
+    return rec.transcribe_segments(audio16k, segs, hints), rec.version
 
 
 def synthetic_strings(waves: list[np.ndarray], labels: np.ndarray, n: int = 100, length: tuple[int, int] = (4, 8),

@@ -196,18 +196,10 @@ class SphinxRecognizer:
     def _learned_digits(self, x: np.ndarray, mode: str) -> tuple[list[Word], str] | None:
         """Words from the digit CNN, or None when the grammar should decide (digit strings
         without clear pauses between the digits)."""
-        from apps.customer_service.speech.digits import WEIGHTS, shared_digit_recognizer
+        from apps.customer_service.speech.digits import learned_digit_words
 
-        if self.config.digit_bundle is None and not (WEIGHTS / "model.safetensors").is_file():
-            return None  # a checkout without the shipped digit bundle: the grammar still works
-        rec = shared_digit_recognizer(self.config.digit_bundle)
-        if mode == "digit":
-            return rec.transcribe_digit(x, self._grammar_digit(x) if rec.grammar_weight else None), rec.version
-        segs = rec.segment_digits(x)
-        if segs is None:
-            return None
-        hints = [self._grammar_digit(x[2 * s:2 * e]) for s, e in segs] if rec.grammar_weight else None  # 8 -> 16 kHz
-        return rec.transcribe_segments(x, segs, hints), rec.version
+        return learned_digit_words(x, mode, self.config.digit_bundle, hint=lambda: self._grammar_digit(x),
+                                   segment_hint=self._grammar_digit)
 
     def _grammar_digit(self, x: np.ndarray) -> int | None:
         """The single-digit grammar's answer for ``x`` (16 kHz), or None when it heard no one digit."""

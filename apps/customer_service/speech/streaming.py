@@ -213,21 +213,16 @@ class StreamingRecognizer:
         the grammar's: other modes, the model switched off or not shipped, or digits run together."""
         if self.mode not in ("digit", "digits") or not self.config.digit_model or len(self._utt_pcm) < 320:
             return None
-        from apps.customer_service.speech.digits import WEIGHTS, shared_digit_recognizer
+        from apps.customer_service.speech.digits import learned_digit_words
         from apps.customer_service.speech.grammars import DIGIT_VALUES
 
-        if self.config.digit_bundle is None and not (WEIGHTS / "model.safetensors").is_file():
-            return None
-        rec = shared_digit_recognizer(self.config.digit_bundle)
         x = np.frombuffer(bytes(self._utt_pcm), dtype="<i2").astype(np.float32) / 32768.0
-        if self.mode == "digit":
-            hint = DIGIT_VALUES.get(grammar_words[0].text) if len(grammar_words) == 1 else None
-            words = rec.transcribe_digit(x, hint)
-        else:
-            segs = rec.segment_digits(x)
-            if segs is None:
-                return None
-            words = rec.transcribe_segments(x, segs)
+        # the stream's own decoder ran the digit grammar: its final is the hint (no per-segment hints)
+        hint = (lambda: DIGIT_VALUES.get(grammar_words[0].text)) if len(grammar_words) == 1 else None
+        learned = learned_digit_words(x, self.mode, self.config.digit_bundle, hint=hint)
+        if learned is None:
+            return None
+        words, _ = learned
         return [Word(w.text, self._utt_start + w.start, self._utt_start + w.end, w.confidence) for w in words]
 
 
