@@ -255,7 +255,8 @@ def _save_palette_png(rgb: np.ndarray, path: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ CWRU
-_CWRU_NAME = re.compile(r"^(?P<rpm>\d+)_(?P<fault>Normal|B|IR|OR@\d+|OR)(?:_(?P<mil>\d+))?(?:_(?P<end>DE|FE)(?P<khz>\d+))?$")
+# <rpm>_ prefix optional (any speed: 1797 / 1772 / 1750 / 1730 rpm for 0-3 HP; missing = 0, unknown).
+_CWRU_NAME = re.compile(r"^(?:(?P<rpm>\d+)_)?(?P<fault>Normal|B|IR|OR@\d+|OR)(?:_(?P<mil>\d+))?(?:_(?P<end>DE|FE)(?P<khz>\d+))?$")
 
 
 @dataclass
@@ -277,10 +278,10 @@ def parse_cwru_name(name: str) -> dict:
     if match["khz"]:
         rate = int(match["khz"]) * 1000
     elif fault == "Normal":
-        rate = 48_000  # CWRU's normal baselines are 48 kHz recordings (MANIFEST, data/README)
+        rate = 48_000  # CWRU's normal baselines are 48 kHz recordings at every load (MANIFEST, data/README)
     else:
         raise ValueError(f"no sample rate in CWRU file name {name!r}")
-    return {"label": code, "rpm": int(match["rpm"]), "rate": rate, "mil": int(match["mil"] or 0)}
+    return {"label": code, "rpm": int(match["rpm"] or 0), "rate": rate, "mil": int(match["mil"] or 0)}
 
 
 def load_cwru(root: Path) -> list[VibrationRecording]:

@@ -33,10 +33,20 @@ class VibrationEncoderConfig(ConfigBase):
     # to use the impact periodicity, which is what fault type changes and load does not.
     envelope_only: bool = False
     decimate: int = 8  # 12 kHz envelope -> 1.5 kHz (fault frequencies are below 600 Hz)
+    # Envelope-spectrum branch (0 = off): the log envelope spectrum up to spectrum_max_hz, a small
+    # Conv1d over frequency, max-pooled into spectrum_pool bands, added to every LSTM time token. BPFO /
+    # BSF / BPFI and their harmonics are lines there; max-pooling over ~60 Hz bands lets a 1-4 % speed
+    # shift move a line inside its band without changing the code.
+    spectrum_channels: int = 0
+    spectrum_max_hz: float = 1_000.0
+    spectrum_pool: int = 16
 
     PRESETS: ClassVar[dict] = {
         "tiny": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0},
+        "tiny_spectrum": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0,
+                          "spectrum_channels": 4, "spectrum_pool": 4},
         "small": {},
+        "spectrum": {"spectrum_channels": 16},
         "envelope": {"envelope_only": True, "conv_layers": 2},
     }
 
@@ -62,6 +72,21 @@ def standardise(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return (x - x.mean(dim=-1, keepdim=True)) / (x.std(dim=-1, keepdim=True) + eps)
 
 
+def log_envelope_spectrum(envelope: torch.Tensor, sample_rate: int, max_hz: float) -> torch.Tensor:
+    """(B, L) envelope -> (B, F) log magnitude spectrum of its fluctuation, 0 < f <= max_hz, per-window centred.
+
+    Hann-windowed so a line leaks into its neighbours only; the log and the centring make it
+    independent of the window's overall level (that level moves with load).
+    """
+    length = envelope.shape[-1]
+    centred = envelope - envelope.mean(dim=-1, keepdim=True)
+    hann = torch.hann_window(length, periodic=False, dtype=centred.dtype, device=centred.device)
+    magnitude = torch.fft.rfft(centred * hann, dim=-1).abs()
+    bins = int(max_hz * length / sample_rate)
+    logs = torch.log(magnitude[:, 1 : bins + 1] + 1e-3 * magnitude[:, 1:].mean(dim=-1, keepdim=True) + 1e-8)
+    return logs - logs.mean(dim=-1, keepdim=True)
+
+
 class VibrationEncoder(Encoder):
     """(B, L) or (B, 1, L) windows at ``sample_rate`` -> tokens (B, L / 2**conv_layers, dim)."""
 
@@ -79,6 +104,9 @@ class VibrationEncoder(Encoder):
         dropout: float = 0.1,
         envelope_only: bool = False,
         decimate: int = 8,
+        spectrum_channels: int = 0,
+        spectrum_max_hz: float = 1_000.0,
+        spectrum_pool: int = 16,
     ):
         super().__init__()
         self.dim = dim
@@ -86,6 +114,16 @@ class VibrationEncoder(Encoder):
         self.highpass_hz = highpass_hz
         self.envelope_only = envelope_only
         self.decimate = decimate
+        self.spectrum_max_hz = spectrum_max_hz
+        self.spectrum = None
+        if spectrum_channels > 0:
+            c = spectrum_channels
+            self.spectrum = nn.Sequential(
+                nn.Conv1d(1, c, 5, padding=2), nn.BatchNorm1d(c), nn.GELU(),
+                nn.Conv1d(c, c, 5, padding=2), nn.BatchNorm1d(c), nn.GELU(),
+                nn.AdaptiveMaxPool1d(spectrum_pool), nn.Flatten(),
+                nn.Dropout(dropout), nn.Linear(c * spectrum_pool, dim),
+            )
         self.body = ConvLSTMEncoder(
             in_channels=1 if envelope_only else 2,
             dim=dim,
@@ -97,28 +135,48 @@ class VibrationEncoder(Encoder):
             dropout=dropout,
         )
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor, envelope: torch.Tensor | None = None) -> torch.Tensor:
         """(B, L) raw -> (B, 2, L) normalised signal + envelope, or (B, 1, L / decimate) envelope only."""
         x = x.float()
-        envelope = analytic_envelope(x - x.mean(dim=-1, keepdim=True), self.sample_rate, self.highpass_hz)
+        if envelope is None:
+            envelope = self.envelope(x)
         if self.envelope_only:
             # Box-filter decimation: enough anti-aliasing for a signal whose content of interest is < 600 Hz.
             low = torch.nn.functional.avg_pool1d(envelope[:, None], self.decimate)  # (B, 1, L / decimate)
             return standardise(low)
         return torch.stack([standardise(x), standardise(envelope)], dim=1)
 
+    def envelope(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float()
+        return analytic_envelope(x - x.mean(dim=-1, keepdim=True), self.sample_rate, self.highpass_hz)
+
     def forward(self, batch) -> EncoderOutput:
         x = batch["signal"] if isinstance(batch, dict) else batch
         if x.dim() == 3:
             x = x[:, 0]
-        return self.body(self.features(x))
+        envelope = self.envelope(x)
+        out = self.body(self.features(x, envelope))
+        if self.spectrum is None:
+            return out
+        spectrum = log_envelope_spectrum(envelope, self.sample_rate, self.spectrum_max_hz)
+        # One spectral code added to every time token: token shape (and the fusion model reading
+        # them) stays as it was, and the pooled summary carries the spectrum at full weight.
+        code = self.spectrum(spectrum[:, None])
+        return EncoderOutput(out.tokens + code[:, None, :], out.mask)
 
 
 def _vibration_example():
     return VibrationEncoderConfig.from_name("tiny").to_dict(), torch.randn(2, 256)
 
 
+def _vibration_spectrum_example():
+    return VibrationEncoderConfig.from_name("tiny_spectrum").to_dict(), torch.randn(2, 2048)
+
+
 register_encoder("vibration", "envelope_conv_lstm", example=_vibration_example)(VibrationEncoder)
+# The same module with its envelope-spectrum branch on: registered under its own name so the
+# registry's contract test exercises that path too.
+register_encoder("vibration", "envelope_spectrum_conv_lstm", example=_vibration_spectrum_example)(VibrationEncoder)
 
 
 @dataclass

@@ -96,10 +96,29 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
     return save_bundle(out, state, detector_bundle_config(config, model_yaml(arch)), card)
 
 
+def benchmark_table(bench: dict, couplings, image_threshold: float) -> str:
+    """The paired benchmark (``benchmark.run_benchmark`` output) as the card's markdown table."""
+    cols = ["image_only", "image_calibrated", "vibration_only", "bayes", "learned"]
+    head = (f"| coupling | defect share | image rule (>={image_threshold:.4f}) FA / miss | image calibrated FA / miss | "
+            "vibration only FA / miss | Bayes FA / miss | learned FA / miss | learned vib. weight |")
+    rows = [head, "|" + "---|" * 8]
+    for c in couplings:
+        k = f"c{c:g}"
+        cells = [f"{bench[f'{k}/{m}/false_alarm_rate']:.3f} / {bench[f'{k}/{m}/miss_rate']:.3f}" for m in cols]
+        rows.append(f"| {c:g} | {bench[f'{k}/defect_share']:.3f} | " + " | ".join(cells)
+                    + f" | {bench[f'{k}/learned/mean_vibration_weight']:.2f} |")
+    return "\n".join(rows)
+
+
 def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 0.5, seed: int = 0,
                         detector_dir: Path | None = None, vibration_dir: Path | None = None,
-                        cache: Path = Path("runs/industrial/bench"), log=print) -> dict:
-    """Train the FusionModel on paired events at one coupling and save it with the Bayesian parameters."""
+                        cache: Path = Path("runs/industrial/bench"), log=print, benchmark: bool = True,
+                        notes: str = "") -> dict:
+    """Train the FusionModel on paired events at one coupling and save it with the Bayesian parameters.
+
+    With ``benchmark`` the paired benchmark over every coupling of PairingConfig runs on the same
+    cached features and its table goes into the card (what ``triptych bench industrial`` prints).
+    """
     import numpy as np
 
     from apps.industrial.benchmark import (
@@ -108,6 +127,7 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
         _rates,
         fusion_predict,
         image_features,
+        run_benchmark,
         sample_events,
         train_fusion,
         vibration_features,
@@ -119,9 +139,11 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     cache.mkdir(parents=True, exist_ok=True)
     from core.bundle import load_bundle
 
-    # Cached detector outputs are named by the detector's weights: a retrained detector never reuses stale ones.
+    # Cached upstream outputs are named by each upstream model's weights: a retrained detector or
+    # vibration classifier never reuses stale features.
     detector_sha256 = load_bundle(detector_dir).sha256
-    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}.npz", cache / "vibration.npz"
+    vibration_sha256 = load_bundle(vibration_dir).sha256
+    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}.npz", cache / f"vibration-{vibration_sha256[:12]}.npz"
     if not img_npz.exists():
         image_features(detector_dir, deeppcb, str(SPLITS / "deeppcb_val.txt"), img_npz)
     if not vib_npz.exists():
@@ -141,6 +163,16 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     metrics.update({f"image_calibrated_{k}": v for k, v in _rates(
         bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5, test_ev["label"]).items()})
     metrics["mean_vibration_weight"] = float(w[:, 1].mean())
+    threshold = float(images["threshold"])
+    table = ""
+    if benchmark:
+        bench, _ = run_benchmark(img_npz, vib_npz, config, log=log)
+        table = ("Paired benchmark (`triptych bench industrial --deeppcb DIR --cwru DIR`, recomputed by the train command; "
+                 f"{config.test_events:,} fusion-test events per coupling, images from board group "
+                 f"{', '.join(config.fusion_test_groups)} only, vibration from the second half of CWRU validation blocks; "
+                 "board false-alarm rate = flagged clean boards / clean boards, miss rate = passed defective boards / "
+                 f"defective boards; image rule = the image-only detector's shipped threshold {threshold:.4f}, chosen on "
+                 "training boards):\n\n" + benchmark_table(bench, config.couplings, threshold))
     card = ModelCard(
         name="industrial-fusion",
         version="0.1.0",
@@ -152,7 +184,9 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
         reproduce=f"triptych train industrial --part fusion --deeppcb DIR --cwru DIR --coupling {coupling}",
         limitations=["trained on a synthetic pairing: the coupling between machine state and board defects is an assumption "
                      f"(coupling {coupling}), to be re-fitted on a real line's history"],
-        extra={"pairing": asdict(config), "coupling": coupling},
+        notes="\n\n".join(t for t in (table, notes) if t),
+        extra={"pairing": asdict(config), "coupling": coupling, "detector_sha256": detector_sha256,
+               "vibration_sha256": vibration_sha256, "image_threshold": threshold},
     )
     # The calibration maps THIS detector's scores; the service refuses to combine it with another one.
     save_bundle(out, model, {"fusion": fusion_config.to_dict(), "bayes": asdict(bayes), "coupling": coupling,

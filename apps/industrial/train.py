@@ -19,13 +19,15 @@ import torch
 from torch.utils.data import Dataset
 
 from apps.industrial.data import FAULT_CLASSES, VibrationRecording, load_cwru
-from apps.industrial.signals import MODEL_RATE, WINDOW, frame, resample, time_blocks
+from apps.industrial.signals import MODEL_RATE, NOMINAL_RPM, WINDOW, augment_window, change_speed, frame, resample, time_blocks
+
+SIMULATED_RPMS = (1_772, 1_750, 1_730)  # CWRU 1 / 2 / 3 HP shaft speeds
 
 
 @dataclass
 class VibrationTrainConfig:
     windows_per_epoch: int = 2_048  # random windows drawn per epoch, class-balanced
-    stretch: float = 0.08  # +-8 % time stretch: shaft speed is 1,730..1,797 rpm over CWRU's loads (-4 %)
+    stretch: float = 0.06  # +-6 % speed: CWRU's loads run the shaft 1-4 % slower than 0 HP (signals.augment_window)
     noise_snr_db: float = 25.0  # additive white noise at this SNR (half the windows)
     # Random smooth spectral tilt/EQ up to +-eq_db: another load or mounting changes which housing
     # resonances the impacts excite; randomising the transfer function keeps the model off them.
@@ -38,12 +40,12 @@ class VibrationTrainConfig:
 
 
 class BlockWindows(Dataset):
-    """Class-balanced random windows from training blocks, with speed and noise augmentation."""
+    """Class-balanced random windows from training blocks, augmented by ``signals.augment_window``."""
 
     def __init__(self, blocks: list[tuple[np.ndarray, int]], config: VibrationTrainConfig):
         self.by_class: dict[int, list[np.ndarray]] = {}
         for signal, label in blocks:
-            if len(signal) >= int(WINDOW * (1 + config.stretch)) + 1:
+            if len(signal) >= int(WINDOW * (1 + config.stretch)) + 3:
                 self.by_class.setdefault(label, []).append(signal)
         self.labels = sorted(self.by_class)
         self.config = config
@@ -52,25 +54,15 @@ class BlockWindows(Dataset):
         return self.config.windows_per_epoch
 
     def __getitem__(self, index: int):
-        # torch's RNG is re-seeded per epoch by core.training.fit, so augmentation replays on resume.
+        # Class-balanced by index, recording uniform within the class. The numpy generator is seeded
+        # from torch's RNG, which core.training.fit re-seeds per epoch, so augmentation replays.
+        rng = np.random.default_rng(int(torch.randint(2**31 - 1, ())))
         label = self.labels[index % len(self.labels)]
         recordings = self.by_class[label]
-        signal = recordings[int(torch.randint(len(recordings), ()))]
-        factor = 1.0 + (float(torch.rand(())) * 2 - 1) * self.config.stretch
-        span = int(np.ceil(WINDOW * factor))
-        start = int(torch.randint(len(signal) - span, ()))
-        chunk = signal[start : start + span + 1]
-        # Reading `span` samples into WINDOW simulates a shaft running `factor` times faster.
-        window = np.interp(np.linspace(0, span, WINDOW), np.arange(len(chunk)), chunk).astype(np.float32)
-        if self.config.eq_db > 0:
-            spectrum = np.fft.rfft(window)
-            knots = (torch.rand(8).numpy() * 2 - 1) * self.config.eq_db
-            gain_db = np.interp(np.linspace(0, 7, len(spectrum)), np.arange(8), knots)
-            window = np.fft.irfft(spectrum * 10 ** (gain_db / 20), n=WINDOW).astype(np.float32)
-        if float(torch.rand(())) < 0.5:
-            noise_std = window.std() / (10 ** (self.config.noise_snr_db / 20))
-            window = window + noise_std * torch.randn(WINDOW).numpy()
-        return torch.from_numpy(window.astype(np.float32)), label
+        signal = recordings[int(rng.integers(len(recordings)))]
+        window, _ = augment_window(signal, rng, stretch=self.config.stretch, eq_db=self.config.eq_db,
+                                   noise_snr_db=self.config.noise_snr_db)
+        return torch.from_numpy(window), label
 
 
 class FixedWindows(Dataset):
@@ -162,13 +154,19 @@ def fit_vibration(train_blocks, val_windows, val_labels, encoder_config, config:
 def train_vibration(
     cwru_root: Path,
     out: Path | None,
-    preset: str = "small",
+    preset: str = "spectrum",
     config: VibrationTrainConfig | None = None,
     cross_validate: bool = True,
     log=print,
     device: str = "cpu",
+    notes: str | None = None,
 ) -> dict:
-    """Train on time-block splits of every recording; optionally leave-one-diameter-out CV first."""
+    """Train on time-block splits of every recording; optionally leave-one-diameter-out CV first.
+
+    Proxies in the card: (a) ``timeblock_val_*`` held-out time blocks, (b) ``cv_*`` leave-one-fault-
+    diameter-out, (c) ``simload_*`` the validation blocks re-timed to 1,772 / 1,750 / 1,730 rpm
+    (speed only). Settings were chosen on (a) + (b); (c) is reported, never tuned on.
+    """
     from apps.industrial.encoders import VibrationEncoderConfig
     from core.bundle import ModelCard, save_bundle
     from core.metrics import classification_metrics
@@ -186,6 +184,7 @@ def train_vibration(
     m = classification_metrics(val_y, probs)
     metrics.update({"timeblock_val_accuracy": float(m["accuracy"]), "timeblock_val_macro_f1": float(m["macro_f1"]),
                     "timeblock_val_windows": float(len(val_y)), "train_seconds": time.time() - started})
+    metrics.update(simulated_load_metrics(model, recordings, config.val_fraction))
     log(json.dumps(metrics, indent=1))
     if out is not None:
         card = ModelCard(
@@ -195,12 +194,21 @@ def train_vibration(
             data=["CWRU Bearing Data Center, 0 HP / 1,797 rpm drive-end recordings (12 kHz faults; 48 kHz normal "
                   "baseline resampled to 12 kHz), npz re-packaging by Rigas et al.; research use"],
             split=(f"time blocks: first {1 - config.val_fraction:.0%} of every recording trains, last "
-                   f"{config.val_fraction:.0%} validates, one window gap; cross-validation 'cv_*': all fault "
-                   "recordings of one diameter (7/14/21/28 mil) held out at a time"),
+                   f"{config.val_fraction:.0%} validates, one window gap (metrics 'timeblock_val_*', proxy a); "
+                   "cross-validation 'cv_*' (proxy b): all fault recordings of one diameter (7/14/21/28 mil) held out "
+                   "at a time, fault windows scored; 'simload_*' (proxy c): the validation blocks resampled by "
+                   "1797/rpm and read at 12 kHz as if the shaft ran at 1,772 / 1,750 / 1,730 rpm (CWRU 1 / 2 / 3 HP) - "
+                   "it simulates ONLY the speed change of a load change (resonances move with it here, amplitudes "
+                   "and transmission stay 0 HP's). None of a, b, c is the real other-load test: those recordings "
+                   "are not in the data"),
             metrics=metrics,
             reproduce="triptych train industrial --part vibration --cwru DIR && triptych eval industrial --cwru DIR --json OUT",
+            notes=VIBRATION_NOTES if notes is None else notes,
             limitations=[
-                "trained on load 0 HP only; other loads change speed by up to 4 % (augmented) and transmission paths (not seen)",
+                "trained on load 0 HP only; other loads change speed by up to 4 % (augmented: +-"
+                f"{config.stretch:.0%}) and amplitudes / transmission paths (only a random EQ stands in for those)",
+                "leave-one-diameter-out accuracy (cv_*) is about half: a fault of a size never trained on is often "
+                "given the wrong type; severity is not predicted for that reason",
                 "one normal recording: normal-state accuracy on other machines is unmeasured",
                 "seeded EDM faults on a lab rig; real wear differs",
             ],
@@ -208,6 +216,9 @@ def train_vibration(
         )
         save_bundle(out, model, {"encoder": encoder_config.to_dict(), "classes": list(FAULT_CLASSES), "window": WINDOW, "sample_rate": MODEL_RATE}, card)
     return metrics
+
+
+VIBRATION_NOTES = ""
 
 
 def cross_validate_recordings(recordings, encoder_config, config: VibrationTrainConfig, log=print, device: str = "cpu") -> dict:
@@ -234,3 +245,27 @@ def cross_validate_recordings(recordings, encoder_config, config: VibrationTrain
     y, p = np.concatenate(all_y), np.concatenate(all_p)
     m = classification_metrics(y, p)
     return {"cv_unseen_recording_accuracy": float(m["accuracy"]), "cv_unseen_recording_macro_f1": float(m["macro_f1"]), "cv_windows": float(len(y))}
+
+
+def simulated_load_metrics(model, recordings, val_fraction: float = 0.25, rpms=SIMULATED_RPMS) -> dict:
+    """Proxy (c): the validation time blocks as if the shaft ran at each of ``rpms`` (signals.change_speed).
+
+    Simulates the speed change of a load change only (fault frequencies and resonances move together,
+    amplitudes and transmission stay 0 HP's); the real 1-3 HP recordings are not in the data.
+    """
+    from core.metrics import classification_metrics
+
+    out, ys, ps = {}, [], []
+    for rpm in rpms:
+        windows, labels = [], []
+        for r in recordings:
+            _, va = time_blocks(len(r.signal), val_fraction)
+            w = frame(change_speed(r.signal[va], rpm, r.rpm or NOMINAL_RPM))
+            windows.append(w), labels.append(np.full(len(w), r.label))
+        y, p = np.concatenate(labels), predict_windows(model, np.concatenate(windows))
+        out[f"simload_{rpm}rpm_accuracy"] = float((p.argmax(1) == y).mean())
+        ys.append(y), ps.append(p)
+    m = classification_metrics(np.concatenate(ys), np.concatenate(ps), labels=list(range(len(FAULT_CLASSES))))
+    out.update({"simload_accuracy": float(m["accuracy"]), "simload_macro_f1": float(m["macro_f1"]),
+                "simload_windows": float(sum(len(y) for y in ys))})
+    return out

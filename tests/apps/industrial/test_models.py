@@ -107,3 +107,17 @@ def test_onnx_detector_matches_torch(tiny_bundles, tmp_path):
     for a, b in zip(d1[0][:20], d2[0][:20]):
         assert a.cls == b.cls and abs(a.confidence - b.confidence) < 1e-3
     assert len(list(tmp_path.glob("detector-*.onnx"))) == 1
+
+
+def test_fusion_card_benchmark_table_names_the_threshold():
+    from apps.industrial.fusion_train import benchmark_table
+
+    bench = {}
+    for c in (0.0, 0.5):
+        bench[f"c{c:g}/defect_share"] = 0.2 + c / 10
+        bench[f"c{c:g}/learned/mean_vibration_weight"] = 0.3
+        for m in ("image_only", "image_calibrated", "vibration_only", "bayes", "learned"):
+            bench[f"c{c:g}/{m}/false_alarm_rate"], bench[f"c{c:g}/{m}/miss_rate"] = 0.01 * (1 + c), 0.0
+    lines = benchmark_table(bench, (0.0, 0.5), 0.7035).splitlines()
+    assert "(>=0.7035)" in lines[0] and len(lines) == 4
+    assert lines[3].startswith("| 0.5 | 0.250 | 0.015 / 0.000")
