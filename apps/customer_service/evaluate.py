@@ -82,8 +82,8 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     over the folder's own clips (labels unused).
     """
     from apps.customer_service.data import read_audio
-    from apps.customer_service.features import acoustic_features
     from apps.customer_service.model import load_voice_model
+    from apps.customer_service.smile import voice_features
     from apps.customer_service.train import speaker_normalize
 
     settings = get_settings()
@@ -91,7 +91,16 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     corpus, clips = load_emotion_corpus(root)
     if not clips:
         raise ValueError(f"{root}: labels.csv lists no clips")
-    x = np.stack([acoustic_features(read_audio(c.path)) for c in clips])
+    audio = [read_audio(c.path) for c in clips]
+    blocks: dict[tuple, np.ndarray] = {}  # features per block list, shared by the two bundles
+
+    def features(blocks_of_model: tuple) -> np.ndarray:
+        key = tuple(blocks_of_model)
+        if key not in blocks:
+            blocks[key] = np.stack([voice_features(a, key) for a in audio])
+        return blocks[key]
+
+    x = features(model.blocks)
     allowed = np.array([name in DATASET_CLASSES[corpus] for name in VOICE_LABELS])
     y = np.array([VOICE_LABELS.index(c.label) for c in clips])
     classes = [VOICE_LABELS.index(n) for n in DATASET_CLASSES[corpus]]
@@ -104,7 +113,8 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     if (spk_bundle / "config.json").is_file():
         spk_model = load_voice_model(spk_bundle)
         speakers = np.array([c.speaker for c in clips])
-        for k, v in score(spk_model.predict_proba(speaker_normalize(x, speakers))).items():
+        x_spk = speaker_normalize(features(spk_model.blocks), speakers)
+        for k, v in score(spk_model.predict_proba(x_spk)).items():
             out[f"speaker_norm_{k}"] = v
     out["n"] = float(len(clips))
     out["speakers"] = float(len({c.speaker for c in clips}))

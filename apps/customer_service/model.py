@@ -291,20 +291,135 @@ class VoiceEnsemble(nn.Module):
         self.eval()
         return self(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
 
+    blocks = ("stats",)
+
+    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+        from apps.customer_service.features import acoustic_features
+
+        return acoustic_features(audio, sr)
+
 
 def voice_ensemble_state(models: list[VoiceEmotionModel]) -> dict[str, torch.Tensor]:
     return {f"members.{i}.{k}": v for i, m in enumerate(models) for k, v in m.state_dict().items()}
 
 
-def load_voice_model(directory) -> VoiceEnsemble:
+class LinearVoiceModel:
+    """Standardised openSMILE functionals (optionally + the 434 statistics) -> one linear layer over
+    VOICE_LABELS -> softmax(scores / temperature). Plain arrays from safetensors; no pickles.
+
+    ``blocks`` names the feature blocks the bundle was trained on, in order (see
+    ``smile.voice_features``); ``features(audio)`` computes exactly those for one segment."""
+
+    def __init__(self, config: dict, mean, scale, coef, intercept):
+        self.config = config
+        self.labels = list(config["labels"])
+        self.blocks = tuple(config["blocks"])
+        self.temperature = float(config["temperature"])
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.scale = np.asarray(scale, dtype=np.float32)
+        self.coef = np.asarray(coef, dtype=np.float32)  # (C, F)
+        self.intercept = np.asarray(intercept, dtype=np.float32)  # (C,)
+        if self.coef.shape != (len(self.labels), self.mean.size) or self.scale.shape != self.mean.shape:
+            raise ValueError(f"linear voice bundle arrays disagree: coef {self.coef.shape}, mean {self.mean.shape}")
+        self.version = "untrained"
+        self.sha256 = ""
+
+    @property
+    def in_dim(self) -> int:
+        return int(self.mean.size)
+
+    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+        from apps.customer_service.smile import voice_features
+
+        return voice_features(audio, self.blocks, sr)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected {self.in_dim} features ({'+'.join(self.blocks)}), got {x.shape[1]}")
+        s = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
+        s = s / self.temperature
+        s = s - s.max(1, keepdims=True)
+        e = np.exp(s)
+        return (e / e.sum(1, keepdims=True)).astype(np.float32)
+
+
+def linear_voice_state(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(np.ascontiguousarray(params[k], dtype=np.float32))
+            for k in ("mean", "scale", "coef", "intercept")}
+
+
+def block_dims(blocks) -> list[int]:
+    from apps.customer_service.features import FEATURE_DIM
+    from apps.customer_service.smile import FEATURE_SETS, STATS
+
+    return [FEATURE_DIM if b == STATS else FEATURE_SETS[b][1] for b in blocks]
+
+
+class AveragedVoiceModel:
+    """Weighted average of the probabilities of several voice models (e.g. the linear model on
+    openSMILE functionals and the MLP ensemble on the 434 statistics). Features are computed once
+    for the union of the members' blocks and sliced per member."""
+
+    def __init__(self, members: list, weights: list[float]):
+        if len(members) != len(weights) or not members:
+            raise ValueError("one weight per member")
+        self.members = members
+        self.weights = np.asarray(weights, dtype=np.float32) / float(np.sum(weights))
+        blocks: list[str] = []
+        for m in members:
+            blocks += [b for b in m.blocks if b not in blocks]
+        self.blocks = tuple(blocks)
+        offsets = np.concatenate([[0], np.cumsum(block_dims(self.blocks))])
+        where = {b: (int(offsets[i]), int(offsets[i + 1])) for i, b in enumerate(self.blocks)}
+        self._columns = [np.concatenate([np.arange(*where[b]) for b in m.blocks]) for m in members]
+        self.in_dim = int(offsets[-1])
+        self.version = "untrained"
+        self.sha256 = ""
+
+    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+        from apps.customer_service.smile import voice_features
+
+        return voice_features(audio, self.blocks, sr)
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected {self.in_dim} features ({'+'.join(self.blocks)}), got {x.shape[1]}")
+        p = sum(w * np.asarray(m.predict_proba(x[:, cols])) for w, m, cols in zip(self.weights, self.members,
+                                                                                    self._columns))
+        return (p / p.sum(1, keepdims=True)).astype(np.float32)
+
+
+def _voice_model_from(config: dict, state: dict[str, torch.Tensor]):
+    kind = config.get("type", "mlp")
+    if kind == "linear":
+        return LinearVoiceModel(config, *(state[k].numpy() for k in ("mean", "scale", "coef", "intercept")))
+    if kind == "average":
+        members = [_voice_model_from(c, {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"{i}.")})
+                   for i, c in enumerate(config["members"])]
+        return AveragedVoiceModel(members, config["weights"])
+    cfg = VoiceEmotionConfig.from_dict(config["model"])
+    model = VoiceEnsemble(cfg, int(config["ensemble"]))
+    model.load_state_dict({k: v.float() for k, v in state.items()})
+    return model.eval()
+
+
+def averaged_voice_state(member_states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {f"{i}.{k}": v for i, state in enumerate(member_states) for k, v in state.items()}
+
+
+def load_voice_model(directory):
+    """The voice-emotion model of a bundle, by its config ``type``: ``linear`` (LinearVoiceModel),
+    ``average`` (AveragedVoiceModel of members stored under "<i>." prefixes) or the MLP
+    ``VoiceEnsemble`` on the 434 statistics (no type). All have ``blocks``, ``features(audio)`` and
+    ``predict_proba(x)``."""
     from core.bundle import load_bundle
 
     bundle = load_bundle(directory)
-    cfg = VoiceEmotionConfig.from_dict(bundle.config["model"])
-    model = VoiceEnsemble(cfg, int(bundle.config["ensemble"]))
-    model.load_state_dict({k: v.float() for k, v in bundle.state_dict.items()})
+    model = _voice_model_from(bundle.config, bundle.state_dict)
     model.version, model.sha256 = bundle.card.version, bundle.card.sha256
-    return model.eval()
+    return model
 
 
 def load_fusion(directory) -> EmotionFusion:

@@ -280,7 +280,6 @@ class CustomerServiceEngine:
     def _emotions(self, segments: list[dict]) -> None:
         import torch
 
-        from apps.customer_service.features import acoustic_features
         from apps.customer_service.model import (
             CONTACT_CENTRE_LABELS,
             ekman_to_contact_matrix,
@@ -301,7 +300,7 @@ class CustomerServiceEngine:
                 if samples is None or samples.size < SAMPLE_RATE // 4:
                     continue
                 try:
-                    feats.append(acoustic_features(samples))
+                    feats.append(self.voice.features(samples))  # the blocks the bundle was trained on
                     rows.append(i)
                 except ValueError:  # silent or too short: the voice branch abstains
                     continue

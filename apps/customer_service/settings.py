@@ -20,6 +20,10 @@ class CustomerServiceSettings(AppSettings):
     intent_bundle: Path = WEIGHTS_DIR / "intent"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
+    # What `train --parts voice-emotion` fits: "linear" (openSMILE functionals -> linear model, the
+    # shipped default) or "mlp" (the 434 statistics -> MLP ensemble; its bundle is voice_emotion_mlp,
+    # selectable for serving through voice_emotion_bundle). The loader reads the type from the bundle.
+    voice_model: str = "linear"
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
     # Corpus evaluation only (needs several clips per speaker): features z-scored per speaker.
     voice_emotion_speaker_norm_bundle: Path = WEIGHTS_DIR / "voice_emotion_speaker_norm"

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
 
-from apps.customer_service.model import load_fusion, load_voice_model
+from apps.customer_service.model import AveragedVoiceModel, load_fusion, load_voice_model
 from apps.customer_service.train import (
     FusionTrainConfig,
+    LinearVoiceConfig,
     VoiceTrainConfig,
     run_fusion_training,
+    run_linear_voice_training,
     run_voice_training,
 )
+from tests.apps.customer_service.conftest import tone
 from tests.apps.customer_service.test_data import _write_emodb, _write_ravdess
 
 
@@ -30,11 +34,24 @@ def test_voice_and_fusion_training_write_loadable_bundles(tmp_path, cs_tiny_bund
     runs = tmp_path / "runs"
 
     metrics = run_voice_training(data, runs, weights, VoiceTrainConfig(epochs=5, ensemble=2),
-                                 cache_dir=tmp_path / "cache", log=lambda s: None)
+                                 cache_dir=tmp_path / "cache", log=lambda s: None, model="mlp")
     assert {"ravdess_macro_f1", "emodb_macro_f1"} <= set(metrics)
     voice = load_voice_model(weights / "voice_emotion")
-    assert len(voice.members) == 2
+    assert len(voice.members) == 2 and voice.blocks == ("stats",)
     assert np.load(runs / "voice_oof.npz")["oof"].shape == (15, 9)
+
+    # The shipped kind: linear model on openSMILE functionals averaged with the MLP ensemble.
+    metrics = run_linear_voice_training(data, runs, weights, LinearVoiceConfig(blocks=("egemaps",), grid=(1e-3, 1e-1)),
+                                        tmp_path / "cache", log=lambda s: None, mlp_weight=0.5,
+                                        mlp_cfg=VoiceTrainConfig(epochs=5, ensemble=2))
+    assert {"ravdess_macro_f1", "linear_emodb_macro_f1", "mlp_ravdess_macro_f1"} <= set(metrics)
+    voice = load_voice_model(weights / "voice_emotion")
+    assert isinstance(voice, AveragedVoiceModel) and voice.blocks == ("egemaps", "stats")
+    assert json.loads((weights / "voice_emotion" / "config.json").read_text())["type"] == "average"
+    p = voice.predict_proba(np.stack([voice.features(tone(0.7))]))
+    assert p.shape == (1, 9) and abs(p.sum() - 1) < 1e-5
+    oof = np.load(runs / "voice_oof.npz")["oof"]
+    assert oof.shape == (15, 9) and np.allclose(oof.sum(1), 1, atol=1e-4)
 
     report = run_fusion_training(data, runs, weights, FusionTrainConfig(pairs_per_clip=2, epochs=2), log=lambda s: None)
     assert {"clean_fused_macro_f1", "noisy_mean_text_weight", "fixed_mean_text_weight"} <= set(report)

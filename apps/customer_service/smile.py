@@ -1,0 +1,91 @@
+"""openSMILE functionals for voice emotion: ComParE_2016 (6,373) and eGeMAPSv02 (88).
+
+The standard paralinguistic feature sets, computed by the SMILExtract library bundled in the
+``opensmile`` wheel (its configs ship in the wheel too: nothing is fetched at run time). The
+audio gets the same preparation as ``features.acoustic_features`` (16 kHz mono, silence at both
+ends trimmed, peak normalised) so the two can be concatenated and so recording gain does not
+move the loudness functionals.
+
+``opensmile`` (and its pandas dependency) is imported lazily: the service and CLI import this module.
+"""
+
+from __future__ import annotations
+
+import threading
+from functools import cache
+
+import numpy as np
+
+SAMPLE_RATE = 16000
+# name used in bundles -> (opensmile FeatureSet member, number of functionals)
+FEATURE_SETS: dict[str, tuple[str, int]] = {
+    "compare": ("ComParE_2016", 6373),
+    "egemaps": ("eGeMAPSv02", 88),
+}
+# Every feature block a voice bundle may list, in the order they are concatenated.
+STATS = "stats"  # the 434 utterance statistics of features.acoustic_features
+
+_LOCK = threading.Lock()  # one SMILExtract instance per feature set, shared by the service's threads
+
+
+@cache
+def _extractor(name: str):
+    import opensmile
+
+    if name not in FEATURE_SETS:
+        raise KeyError(f"unknown openSMILE feature set {name!r}; choose from {sorted(FEATURE_SETS)}")
+    return opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, FEATURE_SETS[name][0]),
+        feature_level=opensmile.FeatureLevel.Functionals,
+        multiprocessing=False,
+        num_workers=1,
+    )
+
+
+def prepare_audio(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """16 kHz mono float32, trimmed and peak-normalised; ValueError for too short / silent audio."""
+    import librosa
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError("expected mono audio (1-D array)")
+    if sr != SAMPLE_RATE:
+        audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
+    if audio.size < SAMPLE_RATE // 10 or not np.all(np.isfinite(audio)) or not np.any(np.abs(audio) > 1e-5):
+        raise ValueError("audio is too short or silent for emotion analysis (need >= 0.1 s of signal)")
+    trimmed, _ = librosa.effects.trim(audio, top_db=35, frame_length=512, hop_length=160)
+    if trimmed.size >= SAMPLE_RATE // 10:
+        audio = trimmed
+    return (audio / (np.abs(audio).max() + 1e-8)).astype(np.float32)
+
+
+def smile_features(audio: np.ndarray, sr: int = SAMPLE_RATE, feature_set: str = "compare",
+                   prepared: bool = False) -> np.ndarray:
+    """(n_functionals,) float32 openSMILE functionals of one utterance (non-finite values -> 0)."""
+    x = audio if prepared else prepare_audio(audio, sr)
+    extractor = _extractor(feature_set)
+    with _LOCK:
+        values = extractor.process_signal(x, SAMPLE_RATE).to_numpy()
+    out = np.nan_to_num(values.reshape(-1).astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+    expected = FEATURE_SETS[feature_set][1]
+    if out.size != expected:
+        raise RuntimeError(f"openSMILE {feature_set} gave {out.size} functionals, expected {expected}")
+    return out
+
+
+def feature_names(feature_set: str = "compare") -> list[str]:
+    return list(_extractor(feature_set).feature_names)
+
+
+def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: int = SAMPLE_RATE) -> np.ndarray:
+    """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``) for one utterance."""
+    from apps.customer_service.features import acoustic_features
+
+    prepared = prepare_audio(audio, sr)
+    parts = []
+    for block in blocks:
+        if block == STATS:
+            parts.append(acoustic_features(audio, sr))  # does its own (identical) preparation
+        else:
+            parts.append(smile_features(prepared, feature_set=block, prepared=True))
+    return np.concatenate(parts).astype(np.float32)
