@@ -46,7 +46,7 @@ class VibrationEncoderConfig(ConfigBase):
         "tiny_spectrum": {"dim": 16, "conv_channels": 8, "conv_layers": 2, "lstm_hidden": 8, "dropout": 0.0,
                           "spectrum_channels": 4, "spectrum_pool": 4},
         "small": {},
-        "spectrum": {"spectrum_channels": 16},
+        "spectrum": {"spectrum_channels": 16, "spectrum_pool": 32},
         "envelope": {"envelope_only": True, "conv_layers": 2},
     }
 

@@ -202,7 +202,9 @@ def train_vibration(
                    "and transmission stay 0 HP's). None of a, b, c is the real other-load test: those recordings "
                    "are not in the data"),
             metrics=metrics,
-            reproduce="triptych train industrial --part vibration --cwru DIR && triptych eval industrial --cwru DIR --json OUT",
+            reproduce=("triptych train industrial --part vibration --cwru DIR --out apps/industrial/weights/vibration  "
+                       "# seed 0, preset '" + preset + "', VibrationTrainConfig defaults, CPU, 1 thread\n"
+                       "triptych eval industrial --cwru DIR --json OUT  # every recording whole: includes the training blocks"),
             notes=VIBRATION_NOTES if notes is None else notes,
             limitations=[
                 "trained on load 0 HP only; other loads change speed by up to 4 % (augmented: +-"
@@ -218,7 +220,36 @@ def train_vibration(
     return metrics
 
 
-VIBRATION_NOTES = ""
+VIBRATION_NOTES = (
+    "Proxies, all on the 0 HP data only (the real 1-3 HP recordings are the final test and were never used): "
+    "(a) held-out time blocks, (b) leave-one-fault-diameter-out, (c) simulated load shift (speed only). "
+    "Settings were chosen on (a) + (b) with seed 0; (c) was computed once for the chosen model and once for the "
+    "previous one.\n\n"
+    "| model (seed 0) | a: time blocks acc | b: LODO acc / macro-F1 | c: simulated 1772 / 1750 / 1730 rpm acc |\n"
+    "|---|---|---|---|\n"
+    "| previous shipped (Conv1d+BiLSTM on signal + envelope, +-8 % speed, EQ +-12 dB) | 1.000 | 0.466 / 0.455 (its card) "
+    "| 0.996 / 0.991 / 0.991 (mean 0.993, macro-F1 0.995) |\n"
+    "| same architecture, this code, +-6 % speed | 1.000 | 0.390 / 0.358 | not computed |\n"
+    "| + envelope-spectrum branch, 16 bands | 1.000 | 0.512 / 0.388 | not computed |\n"
+    "| **+ envelope-spectrum branch, 32 bands (shipped)** | 1.000 | **0.510 / 0.504** | 0.991 / 0.987 / 0.978 (mean 0.986, macro-F1 0.975) |\n"
+    "| + 32 bands, no EQ augmentation | 1.000 | 0.465 / 0.334 | not computed |\n\n"
+    "Reading it: the spectrum branch lifts (b) by 4-12 points of accuracy at equal (a) (+12 points of macro-F1 over the "
+    "16-band variant), the reason it ships. On (c) both models lose only windows of one recording, 1797_OR@6_14 "
+    "(outer race 14 mil, a known odd CWRU recording), called ball / normal: 1 / 2 / 2 of its 15 windows for the previous "
+    "model, 2 / 3 / 5 for this one at 1772 / 1750 / 1730 rpm; every recording's majority vote stays right for both. "
+    "That difference (5 windows of 694) is within what one recording decides, so (c) neither supports nor rules out either "
+    "model; it says the speed change alone is covered (the +-6 % speed augmentation), not that the 1-3 HP recordings "
+    "will reach 98 %: (c) cannot model the changed amplitudes and load zone. "
+    "A hand-built physics baseline on (b), envelope-spectrum SNR at 1-3 x BPFO / BPFI / BSF / 2 BSF / FTF / shaft "
+    "(6205 bearing, best over 0.95-1.01 x speed) + kurtosis, scored 0.53 (logistic regression) / 0.55 (random forest): "
+    "the diameter shift is hard for any model on this data, mostly 14 mil outer race and 21 / 28 mil ball. Severity "
+    "(diameter) is not an output: with one recording per fault type and diameter, the only honest test is (b)-style "
+    "(an unseen size), where it cannot be learnt; on time blocks it would only re-identify the recording.\n\n"
+    "Augmentation (apps/industrial/signals.augment_window, one numpy generator seeded from torch's per-epoch seed): "
+    "speed factor uniform in 1 +- stretch (a span of 2048 x factor samples read into 2048), random start, random smooth "
+    "+-eq_db EQ, white noise at noise_snr_db on half the windows; windows class-balanced. Gain needs no augmentation: "
+    "the encoder standardises every window and the spectrum branch is centred in log."
+)
 
 
 def cross_validate_recordings(recordings, encoder_config, config: VibrationTrainConfig, log=print, device: str = "cpu") -> dict:
