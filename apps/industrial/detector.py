@@ -602,8 +602,12 @@ def train_detector(
     dropout: float = 0.3,
     keep: str = "last",
     fraction: float = 1.0,
+    init: Path | None = None,
 ) -> dict:
     """Train one config with ultralytics; returns metrics and writes weights (safetensors + YAML) to out_dir.
+
+    ``init`` (a detector bundle directory, e.g. a shipped one) warm-starts from its weights instead of
+    random initialisation: a continuation run, so a time-bounded GPU session adds epochs to earlier ones.
 
     The input encoding comes from the data.yaml's ``input`` key (written by ``prepare_ultralytics``);
     ``template-diff`` data trains with template dropout `dropout`. ``keep="last"`` ships the final EMA
@@ -638,6 +642,14 @@ def train_detector(
     data_path.write_text(yaml.safe_dump(data, sort_keys=False))
     undo = template_dropout(dropout, input_mode) if input_mode == "template-diff" and dropout > 0 else (lambda: None)
     yolo = YOLO(str(yaml_path), task="detect")
+    trainer_class = None
+    if init is not None:
+        from core.bundle import load_bundle
+
+        init_bundle = load_bundle(Path(init))
+        if init_bundle.config["model_yaml"] != cfg:
+            raise ValueError(f"{init} holds a different architecture than {arch}")
+        trainer_class = warm_start_trainer(init_bundle.state_dict)
     final: dict = {}
     yolo.add_callback("on_train_end", lambda trainer: final.update(model=copy.deepcopy(trainer.ema.ema).float().cpu()))
     start = time.time()
@@ -666,6 +678,7 @@ def train_detector(
             close_mosaic=5,
             fraction=fraction,
             verbose=False,
+            trainer=trainer_class,
         )
     finally:
         undo()
@@ -683,6 +696,20 @@ def train_detector(
 
     (out_dir / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
     return metrics
+
+
+def warm_start_trainer(state_dict: dict):
+    """An ultralytics DetectionTrainer whose fresh model is loaded with `state_dict` (no pickle involved)."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class WarmStartTrainer(DetectionTrainer):
+        def get_model(self, cfg=None, weights=None, verbose=True):
+            model = super().get_model(cfg=cfg, weights=weights, verbose=verbose)
+            state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
+            model.load_state_dict(state, strict=True)
+            return model
+
+    return WarmStartTrainer
 
 
 def export_weights(model, cfg: dict, out_dir: Path, half: bool = True, name: str = "model.safetensors") -> Path:
