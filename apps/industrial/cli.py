@@ -41,6 +41,7 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     dropout: Annotated[float, typer.Option(help="Detector on template-diff data: share of training samples given the no-template encoding.")] = 0.3,
     keep: Annotated[str, typer.Option(help="Detector weights to keep: last (final EMA) or best (ultralytics' pick on the validation groups).")] = "last",
+    init: Annotated[str | None, typer.Option(help="Detector: warm-start from this detector bundle (e.g. apps/industrial/weights/detector_template).")] = None,
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
     from core.offline import enforce_offline
@@ -65,7 +66,7 @@ def train(
 
         dev = "0" if device == "cuda" else device
         metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed,
-                                 dropout=dropout, keep=keep)
+                                 dropout=dropout, keep=keep, init=Path(init) if init else None)
         _table(f"detector {arch} (validation board groups)", metrics)
         typer.echo(f"weights: {target / 'model.safetensors'} + {target / 'model.yaml'}; package with `triptych data industrial bundle-detector`")
     elif part == "fusion":
