@@ -55,14 +55,15 @@ def train(
     results: dict = {}
     if "intent" in chosen or "text-emotion" in chosen:
         # One process trains both (they share the MiniLM load and, on the GPU, one lease).
+        text_parts = tuple(p for p in ("intent", "text-emotion") if p in chosen)
         text_run = from_run or run_dir / "text"
         if from_run is None:
             T.train_text_models(data_root / "banking77", data_root / "goemotions" / "ekman",
-                                str(base) if base else None, text_run, budget_s=budget_s)
+                                str(base) if base else None, text_run, budget_s=budget_s, parts=text_parts)
         results.update(T.finalize_text_bundles(text_run, data_root / "banking77", weights_dir,
-                                               data_root / "goemotions" / "ekman"))
-        # the fusion part caches text-emotion probabilities: they are stale now
-        (run_dir / "text_dev_probs.npz").unlink(missing_ok=True)
+                                               data_root / "goemotions" / "ekman", parts=text_parts))
+        if "text-emotion" in text_parts:  # the fusion part caches text-emotion probabilities: stale now
+            (run_dir / "text_dev_probs.npz").unlink(missing_ok=True)
     if "voice-emotion" in chosen:
         results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
         results["voice_emotion_speaker_norm"] = T.run_voice_training(
