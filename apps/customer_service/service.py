@@ -96,7 +96,7 @@ class CustomerServiceEngine:
         from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
         from apps.customer_service.speech import create_recognizer
 
-        return cls(
+        engine = cls(
             settings,
             intent=load_text_classifier(settings.intent_bundle),
             text_emotion=load_text_classifier(settings.text_emotion_bundle),
@@ -104,6 +104,17 @@ class CustomerServiceEngine:
             fusion=load_fusion(settings.fusion_bundle),
             recognizer=create_recognizer("pocketsphinx", lm=settings.asr_lm),
         )
+        engine.warm_up_voice()
+        return engine
+
+    def warm_up_voice(self) -> None:
+        """Run the voice features once at load time: the first call otherwise pays several seconds
+        of one-off costs (librosa's JIT compilation, openSMILE's configuration) inside a request."""
+        if self.voice is None:
+            return
+        t = np.arange(SAMPLE_RATE) / SAMPLE_RATE
+        self.voice.features((0.3 * np.sin(2 * np.pi * 150 * t) * (0.6 + 0.4 * np.sin(2 * np.pi * 3 * t)))
+                            .astype(np.float32))
 
     # ---- identity for X-Model-Version / X-Model-Sha256 ----
     def versions(self) -> dict[str, str]:
