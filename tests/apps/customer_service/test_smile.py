@@ -145,3 +145,14 @@ def test_service_uses_the_linear_model(linear_bundle, cs_settings):
         assert abs(sum(s["contact_centre"].values()) - 1) < 1e-3
         assert s["modality_weights"]["voice"] > 0
     assert out["model_versions"]["voice"] == "0.0.1"
+
+
+def test_corpus_evaluation_reads_the_bundle_blocks(linear_bundle, tmp_path):
+    from apps.customer_service.evaluate import evaluate_voice_emotion
+    from tests.apps.customer_service.test_data import _write_ravdess
+
+    root = tmp_path / "ravdess"
+    _write_ravdess(root, actors=(1, 2, 3, 4, 5), emotions=((1, "neutral"), (5, "angry")))
+    m = evaluate_voice_emotion(root, bundle=linear_bundle[0], speaker_norm_bundle=linear_bundle[0])
+    assert m["n"] == 10 and m["speakers"] == 5
+    assert 0 <= m["macro_f1"] <= 1 and 0 <= m["speaker_norm_macro_f1"] <= 1
