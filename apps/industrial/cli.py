@@ -166,8 +166,9 @@ def bench(
     cache_dir.mkdir(parents=True, exist_ok=True)
     from core.bundle import load_bundle
 
-    img_npz = cache_dir / f"images-{load_bundle(WEIGHTS / 'detector').sha256[:12]}.npz"  # named by the detector's weights
-    vib_npz = cache_dir / "vibration.npz"
+    # named by the upstream models' weights, so a retrained model never reuses stale features
+    img_npz = cache_dir / f"images-{load_bundle(WEIGHTS / 'detector').sha256[:12]}.npz"
+    vib_npz = cache_dir / f"vibration-{load_bundle(WEIGHTS / 'vibration').sha256[:12]}.npz"
     if not img_npz.exists():
         typer.echo("running the detector over the held-out boards (cached) ...")
         image_features(WEIGHTS / "detector", Path(deeppcb), split, img_npz)
