@@ -171,13 +171,31 @@ def _dot_response(v: np.ndarray, inside: np.ndarray, spacing: np.ndarray, s: flo
         h[a, b] = ndimage.gaussian_filter1d(gy, sigma[2], axis=2, order=ox, truncate=3.0) * (s * s / (spacing[a] * spacing[b]))
     trace = h[0, 0] + h[1, 1] + h[2, 2]
     idx = np.nonzero(inside & (trace < -30.0))
-    m = np.empty((len(idx[0]), 3, 3), np.float32)
-    for (a, b), value in h.items():
-        m[:, a, b] = m[:, b, a] = value[idx]
-    lam = np.linalg.eigvalsh(m)  # ascending: lam[:, 0] the most negative
+    lam = symmetric_eigvals3({key: value[idx] for key, value in h.items()})  # ascending: lam[:, 0] the most negative
     dot = np.where(lam[:, 2] < 0, lam[:, 2] ** 2 / np.maximum(np.abs(lam[:, 0]), 1e-6), 0.0).astype(np.float32)
     ratios = np.stack([lam[:, 1] / np.minimum(lam[:, 0], -1e-6), lam[:, 2] / np.minimum(lam[:, 0], -1e-6)], axis=1)
     return idx, dot, ratios
+
+
+def symmetric_eigvals3(h: dict[tuple[int, int], np.ndarray]) -> np.ndarray:
+    """Eigenvalues (N, 3), ascending, of N symmetric 3x3 matrices given by their upper entries h[a, b].
+
+    The closed form (trigonometric solution of the characteristic cubic) in float64: several times
+    faster than LAPACK's batched ``eigvalsh`` on the ~10^5-10^6 voxels of a scan, and as exact for the
+    features built from it (tested against ``np.linalg.eigvalsh``).
+    """
+    a00, a11, a22 = (h[i, i].astype(np.float64) for i in range(3))
+    a01, a02, a12 = h[0, 1].astype(np.float64), h[0, 2].astype(np.float64), h[1, 2].astype(np.float64)
+    q = (a00 + a11 + a22) / 3.0
+    b00, b11, b22 = a00 - q, a11 - q, a22 - q
+    p = np.sqrt((b00 ** 2 + b11 ** 2 + b22 ** 2 + 2.0 * (a01 ** 2 + a02 ** 2 + a12 ** 2)) / 6.0)
+    safe = np.where(p > 0, p, 1.0)
+    det = (b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02) + a02 * (a01 * a12 - b11 * a02)) / safe ** 3
+    phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
+    largest = q + 2.0 * p * np.cos(phi)
+    smallest = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    middle = 3.0 * q - largest - smallest
+    return np.stack([smallest, middle, largest], axis=1).astype(np.float32)
 
 
 def hessian_dots(hu: np.ndarray, spacing, lung: np.ndarray, config: CandidateConfig):

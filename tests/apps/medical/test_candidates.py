@@ -135,3 +135,20 @@ def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny
         assert 0.0 <= item["probability"] <= 1.0
     if ct.candidates.mask.any():
         assert answer[0]["location"] is not None and answer[0]["heatmaps"]
+
+
+def test_closed_form_eigenvalues_match_lapack():
+    from apps.medical.candidates import symmetric_eigvals3
+
+    rng = np.random.default_rng(0)
+    n = 5000
+    keys = [(0, 0), (1, 1), (2, 2), (0, 1), (0, 2), (1, 2)]
+    h = {k: (rng.normal(size=n) * 300).astype(np.float32) for k in keys}
+    for k in ((0, 1), (0, 2), (1, 2)):  # diagonal and scalar matrices: the degenerate cases of the cubic
+        h[k][:20] = 0.0
+    for k in ((0, 0), (1, 1), (2, 2)):
+        h[k][:10] = -42.0
+    m = np.empty((n, 3, 3))
+    for (a, b), v in h.items():
+        m[:, a, b] = m[:, b, a] = v
+    np.testing.assert_allclose(symmetric_eigvals3(h), np.linalg.eigvalsh(m), atol=1e-2, rtol=1e-5)
