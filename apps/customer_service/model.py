@@ -303,7 +303,25 @@ def voice_ensemble_state(models: list[VoiceEmotionModel]) -> dict[str, torch.Ten
     return {f"members.{i}.{k}": v for i, m in enumerate(models) for k, v in m.state_dict().items()}
 
 
-class LinearVoiceModel:
+class _BlockVoiceModel:
+    """What the openSMILE-era voice models share: ``blocks`` (the feature blocks, in order) and ``in_dim``."""
+
+    blocks: tuple[str, ...]
+    in_dim: int
+
+    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
+        from apps.customer_service.smile import voice_features
+
+        return voice_features(audio, self.blocks, sr)
+
+    def _checked(self, x: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
+        if x.shape[1] != self.in_dim:
+            raise ValueError(f"expected {self.in_dim} features ({'+'.join(self.blocks)}), got {x.shape[1]}")
+        return x
+
+
+class LinearVoiceModel(_BlockVoiceModel):
     """Standardised openSMILE functionals (optionally + the 434 statistics) -> one linear layer over
     VOICE_LABELS -> softmax(scores / temperature). Plain arrays from safetensors; no pickles.
 
@@ -328,15 +346,8 @@ class LinearVoiceModel:
     def in_dim(self) -> int:
         return int(self.mean.size)
 
-    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
-        from apps.customer_service.smile import voice_features
-
-        return voice_features(audio, self.blocks, sr)
-
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        if x.shape[1] != self.in_dim:
-            raise ValueError(f"expected {self.in_dim} features ({'+'.join(self.blocks)}), got {x.shape[1]}")
+        x = self._checked(x)
         s = ((x - self.mean) / self.scale) @ self.coef.T + self.intercept
         s = s / self.temperature
         s = s - s.max(1, keepdims=True)
@@ -356,7 +367,7 @@ def block_dims(blocks) -> list[int]:
     return [FEATURE_DIM if b == STATS else FEATURE_SETS[b][1] for b in blocks]
 
 
-class AveragedVoiceModel:
+class AveragedVoiceModel(_BlockVoiceModel):
     """Weighted average of the probabilities of several voice models (e.g. the linear model on
     openSMILE functionals and the MLP ensemble on the 434 statistics). Features are computed once
     for the union of the members' blocks and sliced per member."""
@@ -377,15 +388,8 @@ class AveragedVoiceModel:
         self.version = "untrained"
         self.sha256 = ""
 
-    def features(self, audio: np.ndarray, sr: int = 16000) -> np.ndarray:
-        from apps.customer_service.smile import voice_features
-
-        return voice_features(audio, self.blocks, sr)
-
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        x = np.atleast_2d(np.asarray(x, dtype=np.float32))
-        if x.shape[1] != self.in_dim:
-            raise ValueError(f"expected {self.in_dim} features ({'+'.join(self.blocks)}), got {x.shape[1]}")
+        x = self._checked(x)
         p = sum(w * np.asarray(m.predict_proba(x[:, cols])) for w, m, cols in zip(self.weights, self.members,
                                                                                     self._columns))
         return (p / p.sum(1, keepdims=True)).astype(np.float32)

@@ -441,22 +441,12 @@ def restricted_predictions(proba: np.ndarray, corpora: np.ndarray) -> np.ndarray
 
 def cross_validate_voice(x, y, speakers, corpora, cfg: VoiceTrainConfig, log=print) -> tuple[dict, np.ndarray]:
     """Speaker-independent CV: out-of-fold probabilities and per-corpus metrics."""
-    from core.metrics import classification_metrics
-
     oof = np.zeros((len(y), 9), dtype=np.float32)
     for i, val in enumerate(speaker_folds(speakers, corpora)):
         models = [fit_voice_mlp(x[~val], y[~val], cfg, seed=cfg.seed + s) for s in range(cfg.ensemble)]
         oof[val] = voice_ensemble_proba(models, x[val])
         log(f"fold {i + 1}: {sorted(set(speakers[val]))}")
-    pred = restricted_predictions(oof, corpora)
-    metrics = {}
-    for corpus in sorted(set(corpora)):
-        m = corpora == corpus
-        one_hot = np.eye(oof.shape[1])[pred[m]]
-        r = classification_metrics(y[m], one_hot, labels=sorted(set(y[m].tolist())))
-        for key in ("macro_f1", "uar", "accuracy"):
-            metrics[f"{corpus}_{key}"] = round(float(r[key]), 4)
-    return metrics, oof
+    return per_corpus_metrics(oof, y, corpora), oof
 
 
 # ---------------------------------------------------------------------------------------------
