@@ -621,7 +621,10 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
     for name, other in (compare or {}).items():
         rep = loso_report(other, grammar, seed=seed)
         compared[name] = rep
-        metrics.update({k.replace(shipped, name): v for k, v in rep.items() if k.startswith(shipped + "_")})
+        # a comparison run on fewer folds gets no mean: it would not compare with the shipped mean
+        complete = {k for k in rep if k.startswith(shipped + "_")} >= {k for k in report if k.startswith(shipped + "_")}
+        metrics.update({k.replace(shipped, name): v for k, v in rep.items()
+                        if k.startswith(shipped + "_") and (complete or not k.endswith("_mean"))})
     metas = [json.loads((r / f"digits_all_s{seed}.json").read_text()) for r in runs]
     fold_metas = [json.loads(f.read_text()) for r in runs for f in sorted(r.glob(f"digits_*_s{seed}.json"))]
     extras = {json.dumps(m.get("extra")) for m in fold_metas}
@@ -700,7 +703,9 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
     )
     card.notes = ("Leave-one-speaker-out grid (accuracy per held-out speaker, CNN log-probabilities + w x "
                   "one-hot of the grammar's digit): " + json.dumps(report)
-                  + "".join(f"\n\nThe same grid for {k}: " + json.dumps(v) for k, v in compared.items()))
+                  + "".join(f"\n\nThe same grid for {k} ({', '.join(map(str, compare[k]))}; held-out speakers "
+                            f"{sorted({x.rsplit('_', 1)[1] for x in v if not x.endswith('_mean')})}): "
+                            + json.dumps(v) for k, v in compared.items()))
     save_bundle(weights, state, {"members": [m["model"] for m in metas], "grammar_weight": grammar_weight}, card)
     del torch
     return metrics
