@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, Field
 
 from apps.medical.settings import MedicalSettings, get_settings
@@ -47,6 +47,9 @@ class AnalyzeResponse(BaseModel):
     risk: RiskBand
     location: Location | None = Field(None, description="Heat-map peak; None without a CT")
     heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
+    secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
+                                          "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "
+                                          "with the study in a PACS")
     modality_weights: dict[str, float]
     model_version: str
     model_sha256: str
@@ -98,7 +101,8 @@ async def analyze(
         raise ApiError(422, "invalid_input", str(exc)) from None
     prefix = request.scope.get("root_path", "")
     links = [f"{prefix}/v1/heatmaps/{result['artefact_id']}/{name}" for name in result["heatmaps"]]
-    payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {"heatmaps": links}
+    capture = f"{prefix}/v1/heatmaps/{result['artefact_id']}/secondary-capture.zip" if links else None
+    payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {"heatmaps": links, "secondary_capture": capture}
     result_id = await store.asave_result("medical", "study", request_id, payload, role=who.role)
     await store.aaudit(
         "medical", "studies:analyze", who.role,
@@ -106,8 +110,34 @@ async def analyze(
         {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"],
          "ct": volume is not None, "report": report is not None},
     )
-    return AnalyzeResponse(id=result_id, heatmaps=links, **{k: v for k, v in result.items()
-                                                             if k in AnalyzeResponse.model_fields and k not in ("id", "heatmaps")})
+    return AnalyzeResponse(id=result_id, heatmaps=links, secondary_capture=capture,
+                           **{k: v for k, v in result.items()
+                              if k in AnalyzeResponse.model_fields and k not in ("id", "heatmaps", "secondary_capture")})
+
+
+@router.get("/v1/heatmaps/{artefact_id}/secondary-capture.zip",
+            summary="The heat-map slices as DICOM Secondary Capture instances (zip), filed under the given study",
+            response_class=Response, responses={200: {"content": {"application/zip": {}}}})
+async def heatmap_secondary_capture(
+    request: Request,
+    artefact_id: str,
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+    study_uid: Annotated[str | None, Query(max_length=64, description="Study Instance UID of the analysed CT, so a "
+                                           "PACS files the instances with it; the service does not keep it. "
+                                           "Without it the instances form a study of their own.")] = None,
+) -> Response:
+    from apps.medical.secondary_capture import heatmaps_to_secondary_capture_zip, valid_uid
+
+    runner = _runner(request)
+    slices = runner.artefact_slices(artefact_id)
+    if not slices:
+        raise ApiError(404, "not_found", "no heat-map images for this id")
+    if study_uid is not None and not valid_uid(study_uid):
+        raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
+                                                 "(no leading zeros), at most 64 characters")
+    data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version)
+    return Response(data, media_type="application/zip",
+                    headers={"Content-Disposition": f'attachment; filename="heatmaps-{artefact_id}.zip"'})
 
 
 @router.get("/v1/heatmaps/{artefact_id}/{name}", summary="A heat-map slice PNG", response_class=FileResponse)

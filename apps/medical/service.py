@@ -278,3 +278,11 @@ class MedicalRunner:
             return None
         path = self.artefact_dir / artefact_id / name
         return path if path.is_file() else None
+
+    def artefact_slices(self, artefact_id: str) -> list[Path]:
+        """The heat-map PNGs of one result, in slice order ([] for an unknown id)."""
+        if not _ARTEFACT_ID.match(artefact_id):
+            return []
+        folder = self.artefact_dir / artefact_id
+        paths = [p for p in folder.glob("slice_*.png") if _ARTEFACT_NAME.match(p.name)] if folder.is_dir() else []
+        return sorted(paths, key=lambda p: int(p.stem.split("_")[1]))

@@ -1,7 +1,10 @@
+import io
 import logging
 import time
+import zipfile
 from pathlib import Path
 
+import pydicom
 import pytest
 from fastapi.testclient import TestClient
 
@@ -40,6 +43,20 @@ def test_analyze_returns_everything_and_audits(client, toy_studies, caplog):
     assert len(body["heatmaps"]) == 3 and r.headers["x-model-version"] == body["model_version"]
     png = client.get(body["heatmaps"][0], headers={"X-API-Key": "rad"})
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    folder = body["heatmaps"][0].rsplit("/", 1)[0]
+    assert body["secondary_capture"] == f"{folder}/secondary-capture.zip"
+    sc = client.get(body["secondary_capture"], params={"study_uid": "1.2.826.0.1.3680043.2.1125.1"},
+                    headers={"X-API-Key": "rad"})
+    assert sc.status_code == 200 and sc.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(sc.content)) as archive:
+        first = pydicom.dcmread(io.BytesIO(archive.read(sorted(archive.namelist())[0])))
+        assert len(archive.namelist()) == len(body["heatmaps"])
+    assert first.StudyInstanceUID == "1.2.826.0.1.3680043.2.1125.1" and first.Modality == "OT"
+    assert client.get(f"{folder}/secondary-capture.zip", params={"study_uid": "1.02"},
+                      headers={"X-API-Key": "rad"}).status_code == 422
+    assert client.get(f"{folder}/secondary-capture.zip", headers={"X-API-Key": "ag"}).status_code == 403
+    assert client.get("/v1/heatmaps/" + "0" * 32 + "/secondary-capture.zip", headers={"X-API-Key": "rad"}).status_code == 404
+    assert "1.2.826.0.1.3680043.2.1125.1" not in str(client.app.state.store.list_audit("medical"))
     store = client.app.state.store
     assert store.get_result(body["id"])["payload"]["probability"] == body["probability"]
     audit = store.list_audit("medical")[0]
@@ -53,7 +70,7 @@ def test_analyze_returns_everything_and_audits(client, toy_studies, caplog):
 def test_either_modality_may_be_missing(client, toy_studies):
     h = {"X-API-Key": "rad"}
     only_report = client.post("/v1/studies:analyze", data={"report": REPORT}, headers=h).json()
-    assert only_report["modality_weights"]["ct"] == 0 and only_report["heatmaps"] == []
+    assert only_report["modality_weights"]["ct"] == 0 and only_report["heatmaps"] == [] and only_report["secondary_capture"] is None
     only_ct = client.post("/v1/studies:analyze", files={"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")}, headers=h).json()
     assert only_ct["modality_weights"]["report"] == 0 and only_ct["heatmaps"]
 

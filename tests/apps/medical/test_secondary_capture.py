@@ -1,0 +1,54 @@
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from apps.medical.secondary_capture import (
+    SECONDARY_CAPTURE_SOP_CLASS,
+    heatmaps_to_secondary_capture_zip,
+    secondary_capture,
+    valid_uid,
+)
+
+
+def test_uid_rules():
+    assert valid_uid("1.2.840.113619.2.55.3") and valid_uid("2.25.1234")
+    for bad in ("1.02.3", "1..2", "abc", "1.2.", "1", "1.2.3 ", "1." + "1" * 64):
+        assert not valid_uid(bad), bad
+
+
+def test_instance_reads_back_with_the_study_uid_and_no_phi():
+    import pydicom
+
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = secondary_capture(rgb, study_uid="1.2.3.4", series_uid="1.2.3.5", instance_number=2,
+                             model_version="medical-fusion-x", slice_label="slice 17")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert ds.SOPClassUID == SECONDARY_CAPTURE_SOP_CLASS and ds.file_meta.MediaStorageSOPClassUID == ds.SOPClassUID
+    assert ds.StudyInstanceUID == "1.2.3.4" and ds.SeriesInstanceUID == "1.2.3.5" and ds.InstanceNumber == 2
+    assert (ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation) == (24, 32, 3, "RGB")
+    np.testing.assert_array_equal(ds.pixel_array, rgb)
+    assert ds.PatientName == "" and ds.PatientID == "" and ds.PatientBirthDate == "" and ds.AccessionNumber == ""
+    with pytest.raises(ValueError):
+        secondary_capture(rgb[..., 0], study_uid="1.2", series_uid="1.3", instance_number=1, model_version="m", slice_label="s")
+
+
+def test_zip_has_one_instance_per_slice_in_one_series(tmp_path):
+    import pydicom
+
+    paths = []
+    for z in (12, 3):
+        path = tmp_path / f"slice_{z}.png"
+        Image.fromarray(np.full((8, 8, 3), z, np.uint8)).save(path)
+        paths.append(path)
+    data, study = heatmaps_to_secondary_capture_zip(paths, None, "v1")
+    assert valid_uid(study)
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        sets = [pydicom.dcmread(io.BytesIO(archive.read(n))) for n in sorted(archive.namelist())]
+    assert len(sets) == 2 and {d.SeriesInstanceUID for d in sets} == {sets[0].SeriesInstanceUID}
+    assert {d.StudyInstanceUID for d in sets} == {study} and len({d.SOPInstanceUID for d in sets}) == 2
+    assert sets[0].pixel_array[0, 0, 0] == 12 and "slice 12" in sets[0].ImageComments
+    with pytest.raises(ValueError):
+        heatmaps_to_secondary_capture_zip(paths, "not-a-uid", "v1")
