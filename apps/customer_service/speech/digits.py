@@ -603,6 +603,31 @@ def loso_report(runs: list[Path], grammar: Path | None, weights=(0.0, 0.5, 1.0, 
     return {k: round(v, 4) for k, v in sorted(out.items())}
 
 
+def _training_steps(run: Path, seed: int = 0) -> list[str]:
+    """The train commands that made ``run``, earlier runs it continued from first."""
+    meta = json.loads((Path(run) / f"digits_all_s{seed}.json").read_text())
+    t = meta["train"]
+    steps = _training_steps(Path(meta["init"]), seed) if meta.get("init") else []
+    args, env = "", ""
+    if meta.get("init"):
+        env = "OMP_NUM_THREADS=1 "
+        args = f" --device cpu --init {meta['init']} --epochs {t['epochs']} --lr {t['lr']:g}"
+    if meta.get("extra"):
+        args += f" --extra {meta['extra']['pack']}"
+    note = "" if meta.get("init") else f"  # {t['epochs']} epochs from scratch"
+    steps.append(f"for f in jackson nicolas theo yweweler all; do {env}python -m apps.customer_service.speech.digits "
+                 f"train .pack/cs/fsdd8k.npz {run} --fold $f{args}; done{note}")
+    return steps
+
+
+def _recipe(run: Path, seed: int = 0) -> str:
+    """One line for the training chain of ``run``: "60 epochs from scratch + 15 continued (+ synthetic)"."""
+    meta = json.loads(sorted(Path(run).glob(f"digits_*_s{seed}.json"))[0].read_text())  # any fold: same recipe
+    here = f"{meta['train']['epochs']} {'continued' if meta.get('init') else 'epochs from scratch'}"
+    here += " with the synthetic speakers" if meta.get("extra") else ""
+    return (_recipe(Path(meta["init"]), seed) + " + " if meta.get("init") else "") + here
+
+
 def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: Path | None = None,
              grammar_weight: float = 0.0, compare: dict[str, list[Path]] | None = None) -> dict:
     """Bundle the refit-on-all model with the leave-one-speaker-out numbers in its card.
@@ -637,22 +662,12 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
         for k, v in load_file(str(r / f"digits_all_s{seed}.safetensors")).items():
             state[f"members.{i}.{k}"] = v.half() if v.is_floating_point() else v
     kinds = " + ".join(m["model"].get("encoder_kind", "cnn") for m in metas)
-    run_args = " --device cpu" if metas[0].get("init") else ""
-    if metas[0].get("init"):
-        t = metas[0]["train"]
-        run_args += f" --init {metas[0]['init']} --epochs {t['epochs']} --lr {t['lr']:g}"
-    if synthetic:
-        run_args += f" --extra {synthetic['pack']}"
     steps = ["python -m apps.customer_service.speech.digits pack --fsdd ../shared/data/fsdd --out .pack/cs/fsdd8k.npz"]
     if synthetic:
         steps.append(f"python -m apps.customer_service.speech.digits synth-pack --out {synthetic['pack']} "
                      "--voices 200 --seed 0")
-    if metas[0].get("init"):
-        steps.append(f"for f in jackson nicolas theo yweweler all; do python -m apps.customer_service.speech.digits "
-                     f"train .pack/cs/fsdd8k.npz {metas[0]['init']} --fold $f; done  # 60 epochs from scratch (GPU)")
-    steps += [(f"for f in jackson nicolas theo yweweler all; do OMP_NUM_THREADS=1 python -m "
-              f"apps.customer_service.speech.digits train .pack/cs/fsdd8k.npz {runs[0]} --fold $f{run_args}; done"),
-              "python -m apps.customer_service.speech.digits grammar-decisions --out runs/digits_grammar.npz",
+    steps += _training_steps(runs[0], seed)
+    steps += ["python -m apps.customer_service.speech.digits grammar-decisions --out runs/digits_grammar.npz",
               f"python -m apps.customer_service.speech.digits finalize {' '.join(map(str, runs))} --grammar "
               f"runs/digits_grammar.npz --grammar-weight {grammar_weight:g}"
               + "".join(f" --compare {k}={','.join(map(str, v))}" for k, v in (compare or {}).items()),
@@ -674,9 +689,10 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
         split="leave-one-speaker-out over the 4 speakers (each fold trains on 3, scores the 4th; a continued "
               "run starts from the same fold's earlier model, which never heard the held-out speaker either); "
               "the shipped model is refitted on all 4 with the same recipe. george and lucas (the hidden "
-              "evaluation speakers) were never seen. loso_accuracy_* is the shipped recipe; "
-              + ", ".join(f"{k}_* the same grammar fusion with the networks of {', '.join(map(str, v))}"
-                          for k, v in (compare or {}).items()) + "; cnn_* the shipped recipe's networks alone, "
+              f"evaluation speakers) were never seen. loso_accuracy_* is the shipped recipe ({_recipe(runs[0], seed)}); "
+              + ", ".join(f"{k}_* the same grammar fusion with the networks of {', '.join(map(str, v))} "
+                          f"({_recipe(v[0], seed)})" for k, v in (compare or {}).items())
+              + "; cnn_* the shipped recipe's networks alone, "
               "grammar_* the grammar alone.",
         metrics=metrics,
         reproduce="\n".join(steps),
