@@ -33,10 +33,10 @@ def _slope(x: np.ndarray) -> float:
     return float(np.polyfit(t, x, 1)[0])
 
 
-def acoustic_features(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """(FEATURE_DIM,) float32 statistics of one utterance; silence at both ends is trimmed first.
+def prepare_utterance(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
+    """16 kHz mono float32, silence at both ends trimmed, peak-normalised: what every voice feature reads.
 
-    Raises ValueError for audio shorter than 0.1 s or without signal, so callers can answer 4xx.
+    Raises ValueError for audio shorter than 0.1 s, without signal or not finite, so callers can answer 4xx.
     """
     import librosa
 
@@ -45,14 +45,24 @@ def acoustic_features(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
         raise ValueError("expected mono audio (1-D array)")
     if sr != SAMPLE_RATE:
         audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
-    if audio.size < SAMPLE_RATE // 10 or not np.any(np.abs(audio) > 1e-5):
+    if audio.size < SAMPLE_RATE // 10 or not np.all(np.isfinite(audio)) or not np.any(np.abs(audio) > 1e-5):
         raise ValueError("audio is too short or silent for emotion analysis (need >= 0.1 s of signal)")
     trimmed, _ = librosa.effects.trim(audio, top_db=35, frame_length=N_FFT, hop_length=HOP)
     if trimmed.size >= SAMPLE_RATE // 10:
         audio = trimmed
     # Loudness is informative (anger vs sadness) but recording gain is not: normalise the peak and
     # keep the level distribution (rms percentiles relative to the peak) as features.
-    audio = audio / (np.abs(audio).max() + 1e-8)
+    return (audio / (np.abs(audio).max() + 1e-8)).astype(np.float32)
+
+
+def acoustic_features(audio: np.ndarray, sr: int = SAMPLE_RATE, prepared: bool = False) -> np.ndarray:
+    """(FEATURE_DIM,) float32 statistics of one utterance (``prepare_utterance`` first unless ``prepared``).
+
+    Raises ValueError for audio shorter than 0.1 s or without signal, so callers can answer 4xx.
+    """
+    import librosa
+
+    audio = audio if prepared else prepare_utterance(audio, sr)
     sr = SAMPLE_RATE
 
     stft = np.abs(librosa.stft(audio, n_fft=N_FFT, hop_length=HOP)) ** 2

@@ -42,27 +42,12 @@ def _extractor(name: str):
     )
 
 
-def prepare_audio(audio: np.ndarray, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """16 kHz mono float32, trimmed and peak-normalised; ValueError for too short / silent audio."""
-    import librosa
-
-    audio = np.asarray(audio, dtype=np.float32)
-    if audio.ndim != 1:
-        raise ValueError("expected mono audio (1-D array)")
-    if sr != SAMPLE_RATE:
-        audio = librosa.resample(audio, orig_sr=sr, target_sr=SAMPLE_RATE)
-    if audio.size < SAMPLE_RATE // 10 or not np.all(np.isfinite(audio)) or not np.any(np.abs(audio) > 1e-5):
-        raise ValueError("audio is too short or silent for emotion analysis (need >= 0.1 s of signal)")
-    trimmed, _ = librosa.effects.trim(audio, top_db=35, frame_length=512, hop_length=160)
-    if trimmed.size >= SAMPLE_RATE // 10:
-        audio = trimmed
-    return (audio / (np.abs(audio).max() + 1e-8)).astype(np.float32)
-
-
 def smile_features(audio: np.ndarray, sr: int = SAMPLE_RATE, feature_set: str = "compare",
                    prepared: bool = False) -> np.ndarray:
     """(n_functionals,) float32 openSMILE functionals of one utterance (non-finite values -> 0)."""
-    x = audio if prepared else prepare_audio(audio, sr)
+    from apps.customer_service.features import prepare_utterance
+
+    x = audio if prepared else prepare_utterance(audio, sr)
     extractor = _extractor(feature_set)
     with _LOCK:
         values = extractor.process_signal(x, SAMPLE_RATE).to_numpy()
@@ -79,13 +64,13 @@ def feature_names(feature_set: str = "compare") -> list[str]:
 
 def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: int = SAMPLE_RATE) -> np.ndarray:
     """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``) for one utterance."""
-    from apps.customer_service.features import acoustic_features
+    from apps.customer_service.features import acoustic_features, prepare_utterance
 
-    prepared = prepare_audio(audio, sr)
+    prepared = prepare_utterance(audio, sr)
     parts = []
     for block in blocks:
         if block == STATS:
-            parts.append(acoustic_features(audio, sr))  # does its own (identical) preparation
+            parts.append(acoustic_features(prepared, prepared=True))
         else:
             parts.append(smile_features(prepared, feature_set=block, prepared=True))
     return np.concatenate(parts).astype(np.float32)
