@@ -53,8 +53,6 @@ class CandidateConfig:
     min_radius_mm: float = 1.5  # smaller distance maxima are noise or vessel crumbs
     hu_min: float = -1000.0
     hu_max: float = 400.0
-    ranker_crop: int = 0  # > 0: the ranker also reads a crop of this edge (voxels) around every proposal
-    ranker_crop_mm: float = 2.0
     proposal_version: int = 2  # bump when ``propose`` changes: cached proposals are keyed by the config
 
 
@@ -150,8 +148,7 @@ class Proposals:
     lung_ml: float
 
 
-# (P, len(FEATURES)) features, (P, S, S, S) uint8 crops or None -> (P,) logits, higher = more nodule-like
-Ranker = Callable[[np.ndarray, np.ndarray | None], np.ndarray]
+Ranker = Callable[[np.ndarray], np.ndarray]  # (P, len(FEATURES)) -> (P,) logits, higher = more nodule-like
 
 
 def _compress(hu: np.ndarray) -> np.ndarray:
@@ -334,9 +331,7 @@ def extract(hu: np.ndarray, spacing: tuple[float, float, float], config: Candida
     if len(p.features) == 0:
         return out
     if ranker is not None:
-        crops = (proposal_crops(hu, spacing, p.centres_vox, config.ranker_crop, config.ranker_crop_mm, config.hu_min,
-                                config.hu_max) if config.ranker_crop else None)
-        scores = np.asarray(ranker(p.features, crops), dtype=np.float32).reshape(-1)
+        scores = np.asarray(ranker(p.features), dtype=np.float32).reshape(-1)
     else:
         scores = p.features[:, FEATURES.index("log_dot")] + p.features[:, FEATURES.index("dt_radius_mm")] / 5.0
     order = np.argsort(-scores, kind="stable")[:k]
@@ -357,29 +352,6 @@ def crop(hu: np.ndarray, spacing, centre, config: CandidateConfig) -> np.ndarray
     grid = np.meshgrid(*axes, indexing="ij")
     values = ndimage.map_coordinates(hu, grid, order=1, mode="constant", cval=config.hu_min)
     return np.clip((values - config.hu_min) / (config.hu_max - config.hu_min), 0.0, 1.0).astype(np.float32)
-
-
-def proposal_crops(hu: np.ndarray, spacing, centres: np.ndarray, size: int, mm: float,
-                   hu_min: float = -1000.0, hu_max: float = 400.0) -> np.ndarray:
-    """Every proposal's isotropic ``size`` ^3 grid of ``mm`` voxels as uint8 (lung window -> 0..255), in
-    one interpolation pass over all of them: what a crop-reading ranker scores."""
-    from scipy import ndimage
-
-    centres = np.asarray(centres, dtype=np.float32).reshape(-1, 3)
-    out = np.zeros((len(centres), size, size, size), np.uint8)
-    if len(centres) == 0:
-        return out
-    offs = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) * mm
-    axes = [centres[:, a, None] + offs[None] / float(spacing[a]) for a in range(3)]  # (P, S) per axis
-    grid = np.stack([
-        np.broadcast_to(axes[0][:, :, None, None], (len(centres), size, size, size)),
-        np.broadcast_to(axes[1][:, None, :, None], (len(centres), size, size, size)),
-        np.broadcast_to(axes[2][:, None, None, :], (len(centres), size, size, size)),
-    ])
-    values = ndimage.map_coordinates(hu, grid.reshape(3, -1), order=1, mode="constant", cval=hu_min)
-    scaled = np.clip((values - hu_min) * (255.0 / (hu_max - hu_min)), 0.0, 255.0)
-    out[:] = np.round(scaled).astype(np.uint8).reshape(out.shape)
-    return out
 
 
 def component_features(hu: np.ndarray, dense: np.ndarray, spacing, centre, radius: float) -> np.ndarray:

@@ -41,7 +41,6 @@ class MedicalModelConfig(ConfigBase):
     risk_factors: bool = False  # the report also gives its clinical risk factors (apps.medical.risk) as a token
     ranker_members: int = 5  # MLPs averaged by the candidate ranker
     ranker_dropout: float = 0.3
-    ranker_width: int = 16  # channels of a crop ranker's CNN (candidate_stage ranker_crop > 0)
     fusion: FusionConfig = field(default_factory=lambda: FusionConfig.from_name("small"))
     volume_shape: list[int] = field(default_factory=lambda: [56, 88, 88])  # (D, H, W) model input
     # CT intensities are posterised to this many levels (0 = off) inside forward(), in training and
@@ -68,27 +67,12 @@ class MedicalModelConfig(ConfigBase):
         # nodule candidates at native resolution (crops + geometry) + per-modality auxiliary losses
         "candidates": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}},
         "candidates_risk": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True},
-        # + a crop-reading ranker over a 3x larger Hessian proposal pool
-        "candidates_cnn": {"ct_kind": "candidates", "aux_weight": 0.5, "risk_factors": True,
-                           "candidate_stage": {"crop": 20, "pool_hessian": 360, "ranker_crop": 16}},
         "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3},
                            "candidate_stage": {"crop": 20}},
         "tiny_candidates": {
             "ct_kind": "candidates",
             "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
             "candidate_stage": {"k": 3, "crop": 12},
-            "risk_factors": True,
-            "fusion": FusionConfig.PRESETS["tiny"],
-            "clause_tokens": 16,
-            "max_clauses": 8,
-            "head_hidden": 8,
-            "bert_hidden": 16,
-        },
-        "tiny_candidates_cnn": {
-            "ct_kind": "candidates",
-            "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
-            "candidate_stage": {"k": 3, "crop": 12, "ranker_crop": 8},
-            "ranker_width": 8,
             "risk_factors": True,
             "fusion": FusionConfig.PRESETS["tiny"],
             "clause_tokens": 16,
@@ -121,11 +105,8 @@ class MedicalModel(nn.Module):
         heads = {"malignancy": ClassificationHead(config.fusion.dim, 1, hidden=config.head_hidden)}
         if config.ct_kind == "candidates":
             ct_encoder: nn.Module = CTCandidateEncoder(config.candidate_encoder)
-            features = config.candidate_encoder.geometry_features - 1
-            if config.candidate_stage.get("ranker_crop", 0):
-                self.ranker: nn.Module = CropRanker(features, width=config.ranker_width, dropout=config.ranker_dropout)
-            else:
-                self.ranker = CandidateRanker(features, members=config.ranker_members, dropout=config.ranker_dropout)
+            self.ranker = CandidateRanker(config.candidate_encoder.geometry_features - 1, members=config.ranker_members,
+                                          dropout=config.ranker_dropout)
         elif config.ct_kind == "resnet3d":
             ct_encoder = CTResNetEncoder(config.ct)
         else:
@@ -151,16 +132,10 @@ class MedicalModel(nn.Module):
             stage["scales_mm"] = tuple(stage["scales_mm"])  # JSON gives a list; the config is frozen/hashable
         return CandidateConfig(**stage)
 
-    def rank_candidates(self, features, crops=None):
-        """Proposal features (P, F) numpy [+ crops (P, S, S, S) uint8 for a crop ranker] -> nodule logits
-        (P,) numpy (the candidate stage's ranker)."""
-        x = torch.as_tensor(features, dtype=torch.float32)
+    def rank_candidates(self, features):
+        """Proposal features (P, F) numpy -> nodule logits (P,) numpy (the candidate stage's ranker)."""
         with torch.no_grad():
-            if isinstance(self.ranker, CropRanker):
-                if crops is None:
-                    raise ValueError("this model's ranker reads proposal crops: set candidate_stage ranker_crop")
-                return self.ranker(x, torch.as_tensor(crops)).numpy()
-            return self.ranker(x).numpy()
+            return self.ranker(torch.as_tensor(features, dtype=torch.float32)).numpy()
 
     @property
     def ct_encoder(self) -> nn.Module:
@@ -235,46 +210,6 @@ class CandidateRanker(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return torch.stack([self.member_logits(features, i) for i in range(len(self.members))]).mean(0)
-
-
-class CropRanker(nn.Module):
-    """Nodule-vs-other score of a proposal from its crop (a small 3-D CNN) and its ``candidates.FEATURES``.
-
-    The feature-only ranker kept the largest nodule in its top 8 for ~58 % of validation patients:
-    hand features do not tell a ground-glass nodule from a vessel crossing, a crop does. The CNN
-    reads a ``crop`` ^3 grid of 2 mm voxels around the proposal (uint8 lung window, as
-    ``candidates.proposal_crops`` writes it), strided down to 2^3; its pooled vector meets the
-    standardised features in a small MLP. Trained on its own (``train.fit_crop_ranker``)."""
-
-    def __init__(self, features: int, width: int = 16, hidden: int = 64, dropout: float = 0.2):
-        super().__init__()
-        self.dropout = dropout
-        self.register_buffer("mean", torch.zeros(features))
-        self.register_buffer("std", torch.ones(features))
-
-        def block(cin: int, cout: int, stride: int) -> nn.Sequential:
-            return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                                 nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True))
-
-        w = width
-        self.cnn = nn.Sequential(block(1, w // 2, 1), block(w // 2, w, 2), block(w, 2 * w, 2), block(2 * w, 4 * w, 2))
-        self.features_in = nn.Linear(features, hidden)
-        self.head = nn.Sequential(nn.Linear(8 * w + hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-
-    def set_statistics(self, features: torch.Tensor) -> None:
-        self.mean.copy_(features.mean(0))
-        self.std.copy_(features.std(0).clamp_min(1e-3))
-
-    def forward(self, features: torch.Tensor, crops: torch.Tensor) -> torch.Tensor:
-        """features (P, F), crops (P, S, S, S) uint8 or 0..1 float -> logits (P,)."""
-        if features.shape[-1] != self.mean.shape[0]:
-            raise ValueError(f"ranker expects {self.mean.shape[0]} features, got {features.shape[-1]}")
-        if crops.dtype == torch.uint8:
-            crops = crops.float() / 255.0
-        maps = self.cnn(crops.unsqueeze(1))
-        pooled = torch.cat([maps.mean((2, 3, 4)), maps.amax((2, 3, 4))], dim=1)
-        x = nn.functional.gelu(self.features_in((features - self.mean) / self.std))
-        return self.head(torch.cat([pooled, x], dim=1)).squeeze(-1)
 
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,

@@ -128,9 +128,6 @@ class FusionTrainConfig(ConfigBase):
         "small": {},
         "tiny_candidates": {"model": "tiny_candidates", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                                                  "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
-        "tiny_candidates_cnn": {"model": "tiny_candidates_cnn",
-                                "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
-                                         "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # nodule candidates (crops + geometry) instead of one resized volume; cheap enough for a CPU
         "candidates": {"model": "candidates", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
@@ -138,10 +135,6 @@ class FusionTrainConfig(ConfigBase):
         "candidates_risk": {"model": "candidates_risk", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
                                                                  "monitor": "auc", "mode": "max", "progress": False,
                                                                  "num_workers": 0}},
-        # candidates_risk with the crop-reading ranker over the larger proposal pool
-        "candidates_cnn": {"model": "candidates_cnn", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
-                                                               "monitor": "auc", "mode": "max", "progress": False,
-                                                               "num_workers": 0}},
         # candidates with the CT branch pushed harder: more report dropout, full-weight auxiliary
         # losses, more dropout on the crop vectors (the CNN memorises 415 studies' crops quickly)
         "candidates_aux": {"model": "candidates_aux", "modality_dropout": 0.3,
@@ -273,7 +266,7 @@ def proposal_cache_key(config) -> str:
     """Hash of the settings that change ``candidates.propose`` (not k / crop size, which only select)."""
     from dataclasses import asdict
 
-    fields = {k: v for k, v in asdict(config).items() if k not in ("k", "crop", "crop_mm", "hu_min", "hu_max", "ranker_crop", "ranker_crop_mm")}
+    fields = {k: v for k, v in asdict(config).items() if k not in ("k", "crop", "crop_mm", "hu_min", "hu_max")}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
 
 
@@ -351,146 +344,8 @@ def fit_ranker(model: MedicalModel, proposals: list, labels: list[np.ndarray | N
     log(f"ranker: {len(ranker.members)} members on {len(y)} proposals ({int(y.sum())} on nodules) from {len(train_idx)} studies")
 
 
-def _ranker_batch(crops: np.ndarray, idx: np.ndarray, size: int, rng: np.random.Generator | None) -> torch.Tensor:
-    """``size`` ^3 windows of margin-padded crops: the centre one, or (training) a random shift of up
-    to the margin per axis, random flips and an axial transpose (a nodule has no preferred side)."""
-    margin = crops.shape[-1] - size
-    out = np.empty((len(idx), size, size, size), np.uint8)
-    for j, i in enumerate(idx):
-        if rng is None:
-            a = b = c = margin // 2
-        else:
-            a, b, c = rng.integers(0, margin + 1, 3)
-        w = crops[i, a:a + size, b:b + size, c:c + size]
-        if rng is not None:
-            for axis in range(3):
-                if rng.random() < 0.5:
-                    w = np.flip(w, axis)
-            if rng.random() < 0.5:
-                w = w.transpose(0, 2, 1)
-        out[j] = w
-    return torch.from_numpy(out)
-
-
-@torch.no_grad()
-def crop_ranker_scores(ranker, features: np.ndarray, crops: np.ndarray, size: int, batch: int = 1024,
-                       device: str | torch.device = "cpu") -> np.ndarray:
-    """Logits of every proposal (centre windows of margin-padded crops)."""
-    ranker.eval()
-    out = []
-    for start in range(0, len(features), batch):
-        idx = np.arange(start, min(start + batch, len(features)))
-        f = torch.as_tensor(features[idx], dtype=torch.float32, device=device)
-        out.append(ranker(f, _ranker_batch(crops, idx, size, None).to(device)).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros(0, np.float32)
-
-
-def fit_crop_ranker(ranker, features: list[np.ndarray], crops: list[np.ndarray], labels: list[np.ndarray | None],
-                    train_idx: np.ndarray, size: int, epochs: int = 8, negatives_per_positive: int = 6,
-                    hard_from: int = 3, hard_per_study: int = 24, batch: int = 256, lr: float = 2e-3, seed: int = 0,
-                    device: str | torch.device = "cpu", log: Log = print) -> dict:
-    """Train a ``model.CropRanker`` on the training studies' proposals (crops margin-padded beyond
-    ``size``). Each epoch: every nodule proposal + ``negatives_per_positive`` x as many others; from
-    epoch ``hard_from`` half of those others are the studies' currently highest-scored ones (vessel
-    crossings, pleural bumps: what pushes a nodule out of the top k)."""
-    studies = [i for i in train_idx if labels[i] is not None and len(features[i])]
-    x = np.concatenate([features[i] for i in studies]).astype(np.float32)
-    c = np.concatenate([crops[i] for i in studies])
-    y = np.concatenate([labels[i] for i in studies]).astype(np.float32)
-    owner = np.concatenate([np.full(len(labels[i]), j) for j, i in enumerate(studies)])
-    pos, neg = np.flatnonzero(y > 0), np.flatnonzero(y == 0)
-    if len(pos) == 0:
-        raise ValueError("no labelled nodule among the training proposals: check nodules.csv and the volumes")
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    ranker.set_statistics(torch.from_numpy(x))
-    ranker.to(device)
-    opt = torch.optim.AdamW(ranker.parameters(), lr=lr, weight_decay=1e-2)
-    n_neg = min(len(neg), negatives_per_positive * len(pos))
-    steps = epochs * math.ceil((len(pos) + n_neg) / batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
-    hard = np.zeros(0, np.int64)
-    started = time.perf_counter()
-    for epoch in range(epochs):
-        if epoch >= hard_from:
-            scores = crop_ranker_scores(ranker, x[neg], c[neg], size, device=device)
-            order = np.lexsort((-scores, owner[neg]))  # by study, highest score first
-            first = np.r_[0, np.flatnonzero(np.diff(owner[neg][order])) + 1]
-            rank_in_study = np.arange(len(order)) - np.repeat(first, np.diff(np.r_[first, len(order)]))
-            hard = neg[order[rank_in_study < hard_per_study]]
-        n_hard = min(len(hard), n_neg // 2)
-        chosen = np.concatenate([pos, rng.choice(hard, n_hard, replace=False) if n_hard else hard[:0],
-                                 rng.choice(neg, n_neg - n_hard, replace=False)])
-        rng.shuffle(chosen)
-        ranker.train()
-        total = 0.0
-        for start in range(0, len(chosen), batch):
-            idx = chosen[start:start + batch]
-            f = torch.from_numpy(x[idx]).to(device)
-            w = _ranker_batch(c, idx, size, rng).to(device)
-            f = f * (1 + 0.02 * torch.randn_like(f))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(ranker(f, w), torch.from_numpy(y[idx]).to(device))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-        log(f"crop ranker epoch {epoch + 1}/{epochs}: loss {total / len(chosen):.4f} on {len(chosen)} proposals "
-            f"({len(pos)} nodule, {n_hard} hard) {time.perf_counter() - started:.0f} s")
-    ranker.eval()
-    ranker.to("cpu")
-    return {"ranker_train_proposals": int(len(y)), "ranker_train_nodule_proposals": int(len(pos))}
-
-
-RANKER_CROP_MARGIN = 4  # training crops are this much wider than the ranker's window: room for shifts
-
-
-def prepare_ranker_crops(paths: list[Path], study_ids: list[str], proposals: list, config, cache: Path | None = None,
-                         log: Log = print) -> list[np.ndarray]:
-    """Margin-padded uint8 crops of every proposal for a crop ranker (their centre window is exactly
-    what ``candidates.extract`` gives the ranker in serving), cached per study next to the proposals."""
-    from apps.medical.candidates import load_hu, proposal_crops
-
-    size = config.ranker_crop + RANKER_CROP_MARGIN
-    folder = (Path(cache) / f"ranker_crops_{proposal_cache_key(config)}_{size}_{config.ranker_crop_mm:g}mm"
-              if cache else None)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-    out, started = [], time.perf_counter()
-    for i, (path, study_id, p) in enumerate(zip(paths, study_ids, proposals)):
-        cached = folder / f"{study_id}.npz" if folder is not None else None
-        if cached is not None and cached.is_file():
-            crops = np.load(cached)["crops"]
-            if len(crops) == len(p.centres_vox):
-                out.append(crops)
-                continue
-        hu, spacing = load_hu(path)
-        crops = proposal_crops(hu, spacing, p.centres_vox, size, config.ranker_crop_mm, config.hu_min, config.hu_max)
-        if cached is not None:
-            tmp = cached.with_suffix(".tmp.npz")
-            np.savez(tmp, crops=crops)
-            tmp.rename(cached)
-        out.append(crops)
-        if (i + 1) % 50 == 0:
-            log(f"ranker crops {i + 1}/{len(paths)} ({time.perf_counter() - started:.0f} s)")
-    return out
-
-
-def proposal_scores(model: MedicalModel, proposals: list, ranker_crops: list | None, idx) -> dict[int, np.ndarray]:
-    """The model's ranker logits of every proposal of the studies ``idx``."""
-    out = {}
-    for i in idx:
-        if ranker_crops is None:
-            out[i] = model.rank_candidates(proposals[i].features)
-        else:
-            out[i] = crop_ranker_scores(model.ranker, proposals[i].features, ranker_crops[i], model.candidate_config().ranker_crop)
-    return out
-
-
-def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings: list, idx: np.ndarray, k: int,
-                  ranker_crops: list | None = None) -> dict:
+def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings: list, idx: np.ndarray, k: int) -> dict:
     """Share of rendered nodules (all; the largest per study) with a top-``k`` candidate on them."""
-    scores = proposal_scores(model, proposals, ranker_crops, [i for i in idx if len(proposals[i].features)])
     every, largest = [], []
     for i in idx:
         if nodules[i] is None or len(proposals[i].features) == 0:
@@ -498,7 +353,7 @@ def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings:
                 every += [False] * len(nodules[i])
                 largest.append(False)
             continue
-        top = np.argsort(-scores[i], kind="stable")[:k]
+        top = np.argsort(-model.rank_candidates(proposals[i].features), kind="stable")[:k]
         centres = proposals[i].centres_vox[top]
         hits = [bool((np.linalg.norm((centres - np.array(n[:3])) * np.asarray(spacings[i]), axis=1)
                       <= max(n[3] / 2.0, 3.0) + 1.0).any()) for n in nodules[i]]
@@ -590,8 +445,7 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
 
 
 def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int] = (1, 800),
-                cache: Path | None = None, log: Log = print, split: tuple[float, int] = (0.2, 0),
-                ranker_seed: int = 0, ranker_device: str = "cpu") -> dict:
+                cache: Path | None = None, log: Log = print, split: tuple[float, int] = (0.2, 0)) -> dict:
     """Everything training needs from a rendered folder: CT inputs, clause vectors, labels, ids.
     A candidate model's ranker is trained here first, on the training patients' proposals only
     (``split`` = the validation fraction and seed of ``train_arrays``' patient split)."""
@@ -614,18 +468,11 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
         tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "val")
         if len(tr) == 0:
             tr = np.arange(len(studies))
-        stage = model.candidate_config()
-        crops = None
-        if stage.ranker_crop:
-            crops = prepare_ranker_crops(paths, ids, proposals, stage, cache, log)
-            fit_crop_ranker(model.ranker, [p.features for p in proposals], crops, labels, tr, stage.ranker_crop,
-                            seed=ranker_seed, device=ranker_device, log=log)
-        else:
-            fit_ranker(model, proposals, labels, tr, log=log)
-        k = stage.k
-        extra = {f"train_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, tr, k, crops).items()}
+        fit_ranker(model, proposals, labels, tr, log=log)
+        k = model.candidate_config().k
+        extra = {f"train_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, tr, k).items()}
         if len(va):
-            extra.update({f"val_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, va, k, crops).items()})
+            extra.update({f"val_{key}": v for key, v in ranker_recall(model, proposals, nodules, spacings, va, k).items()})
         log(f"ranker top-{k} recall: " + ", ".join(f"{key} {v:.3f}" for key, v in extra.items()))
         volumes = prepare_candidates(paths, proposals, model, log)
         model.ct_encoder.set_statistics(torch.from_numpy(volumes["geometry"][tr]), torch.from_numpy(volumes["cmask"][tr]))

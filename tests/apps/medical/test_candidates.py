@@ -82,8 +82,7 @@ def test_ranker_decides_which_proposals_become_candidates():
     assert len(proposals.features) > 2
     favourite = len(proposals.features) - 1  # a ranker that prefers the last proposal above all
 
-    def ranker(features, crops):
-        assert crops is None  # the configuration asks for no ranker crops
+    def ranker(features):
         scores = -np.arange(len(features), dtype=np.float32)
         scores[favourite] = 100.0
         return scores
@@ -110,49 +109,8 @@ def test_candidate_encoder_and_model_handle_absent_candidates(tiny_bert_dir):
     assert logits.shape == (2,) and torch.isfinite(logits).all() and torch.isfinite(weights).all()
 
 
-def test_proposal_crops_centre_window_is_the_smaller_crop():
-    """Training caches margin-padded crops; their centre window must be exactly what serving computes."""
-    from apps.medical.candidates import proposal_crops
-
-    hu = _plant(_chest(2), (20, 30, 22), 4.0, SPACING)
-    centres = np.array([[20, 30, 22], [10, 20, 40], [0, 0, 0]])
-    wide, narrow = proposal_crops(hu, SPACING, centres, 12, 2.0), proposal_crops(hu, SPACING, centres, 8, 2.0)
-    assert wide.dtype == np.uint8 and wide.shape == (3, 12, 12, 12)
-    assert np.array_equal(wide[:, 2:10, 2:10, 2:10], narrow)
-    assert narrow[0, 4, 4, 4] > 150 and narrow[2, 0, 0, 0] == 0  # sphere (20 HU) bright; outside the scan = air
-    assert proposal_crops(hu, SPACING, np.zeros((0, 3)), 8, 2.0).shape == (0, 8, 8, 8)
-
-
-def test_crop_ranker_learns_to_put_planted_nodules_first():
-    import torch
-
-    from apps.medical.candidates import propose, proposal_crops
-    from apps.medical.model import CropRanker
-    from apps.medical.train import crop_ranker_scores, fit_crop_ranker, proposal_labels
-
-    torch.manual_seed(0)
-    proposals, crops, nodules = [], [], []
-    for seed in range(7):
-        rng = np.random.default_rng(seed)
-        centre = (int(rng.integers(14, 26)), int(rng.integers(24, 36)), int(rng.integers(19, 25)))
-        radius = float(rng.uniform(3.0, 6.0))
-        hu = _plant(_chest(seed), centre, radius, SPACING, value=float(rng.choice([20.0, -600.0])))
-        proposals.append(propose(hu, SPACING))
-        crops.append(proposal_crops(hu, SPACING, proposals[-1].centres_vox, 12, 2.0))
-        nodules.append([(*centre, 2 * radius)])
-    labels = proposal_labels(proposals, nodules, [SPACING] * len(proposals))
-    assert all(y.sum() >= 1 for y in labels)
-    ranker = CropRanker(proposals[0].features.shape[1], width=8)
-    fit_crop_ranker(ranker, [p.features for p in proposals], crops, labels, np.arange(6), size=8, epochs=6,
-                    negatives_per_positive=4, hard_from=2, batch=32, lr=3e-3, log=lambda m: None)
-    scores = crop_ranker_scores(ranker, proposals[6].features, crops[6], 8)
-    top = np.argsort(-scores)[:3]
-    assert labels[6][top].any(), "the held-out phantom's nodule is not among the ranker's top 3"
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["tiny_candidates", "tiny_candidates_cnn"])
-def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny_bert_dir, preset):
+def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny_bert_dir):
     """Same extract() in training (cached), evaluation and the service runner."""
     from apps.medical.data import load_rendered
     from apps.medical.evaluate import evaluate_ct
@@ -160,11 +118,10 @@ def test_candidate_model_trains_evaluates_and_serves(tmp_path, toy_studies, tiny
     from apps.medical.train import FusionTrainConfig, train_fusion
 
     out = tmp_path / "bundle"
-    _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name(preset), patients=(1, 800),
+    _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny_candidates"), patients=(1, 800),
                               bert_path=str(tiny_bert_dir), cache=tmp_path / "cache", log=lambda m: None)
     assert "val_auc_ct_only" in metrics
     assert list((tmp_path / "cache").glob("proposals_*/*.npz"))
-    assert bool(list((tmp_path / "cache").glob("ranker_crops_*/*.npz"))) == (preset == "tiny_candidates_cnn")
     assert 0.0 <= metrics["train_ranker_recall_all"] <= 1.0
     result = evaluate_ct(toy_studies, out, str(tiny_bert_dir), cache=tmp_path / "cache")
     assert {"auc", "auc_ct_only", "auc_text_only", "accuracy", "ece"} <= set(result)
