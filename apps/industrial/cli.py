@@ -167,7 +167,8 @@ def bench(
     from core.bundle import load_bundle
 
     # named by the upstream models' weights, so a retrained model never reuses stale features
-    img_npz = cache_dir / f"images-{load_bundle(WEIGHTS / 'detector').sha256[:12]}.npz"
+    detector_bundle = load_bundle(WEIGHTS / "detector")
+    img_npz = cache_dir / f"images-{detector_bundle.sha256[:12]}.npz"
     vib_npz = cache_dir / f"vibration-{load_bundle(WEIGHTS / 'vibration').sha256[:12]}.npz"
     if not img_npz.exists():
         typer.echo("running the detector over the held-out boards (cached) ...")
@@ -175,7 +176,9 @@ def bench(
     if not vib_npz.exists():
         vibration_features(WEIGHTS / "vibration", Path(cwru), vib_npz)
     config = PairingConfig(couplings=tuple(float(c) for c in couplings.split(",")))
-    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo)
+    # the production rule's threshold is the bundle's current one, not the one cached with the features
+    threshold = float(detector_bundle.config["detector"]["conf"])
+    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo, image_threshold=threshold)
     metrics.pop("config", None)
     _table("paired benchmark (board-level)", metrics)
     _write_json(json_out, metrics)

@@ -38,6 +38,23 @@ def test_encoding_channels_shapes_and_no_template_path():
     assert set(np.unique(encode_input(noisy, template))) <= {0, 255}  # binarised before the difference
 
 
+def test_a_shifted_template_is_registered_before_the_difference():
+    from apps.industrial.data import register_template
+
+    test, template = _pair()
+    for dy, dx in ((2, -3), (-4, 1), (0, 3)):
+        moved = np.roll(template, (dy, dx), axis=(0, 1))
+        back, shift = register_template(test, moved)
+        assert shift == (-dy, -dx)
+        assert np.array_equal(back[8:-8, 8:-8], template[8:-8, 8:-8])
+        diff = encode_input(test, moved)[..., 2]
+        assert (diff[8:-8, 8:-8] > 0).sum() == 5 * 6  # only the cut trace, no edge lines from the shift
+    same, shift = register_template(test, template)
+    assert shift == (0, 0) and same is template  # a registered pair is left untouched
+    beyond = np.roll(template, (9, 0), axis=(0, 1))  # further than max_shift: not searched
+    assert max(abs(v) for v in register_template(test, beyond)[1]) <= 4
+
+
 def test_prepare_image_is_the_encoding_letterboxed():
     test, template = _pair()
     for tmpl in (template, None):
