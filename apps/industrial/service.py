@@ -123,8 +123,15 @@ class DecisionPolicy:
         return self.defect_threshold if self.defect_threshold_no_template is None else self.defect_threshold_no_template
 
 
+def registered_template(gray: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """The binarised template registered to the binarised image (as the detector input registers it)."""
+    from apps.industrial.data import binarize, register_template
+
+    return register_template(binarize(gray), binarize(template))[0]
+
+
 def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
-    """Share of pixels inside the box where the binarised image and template differ."""
+    """Share of pixels inside the box where the binarised image and (registered) template differ."""
     from apps.industrial.data import binarize
 
     x1, y1, x2, y2 = (round(v) for v in box)
@@ -228,10 +235,13 @@ class InspectionRunner:
         t0 = time.perf_counter()
         policy = self.policy
         defects, decisive, refuted = [], [], 0
+        comparable = item.template is not None and item.image is not None and item.template.shape == item.image.shape
+        # a template a few pixels off would support every box along its misregistered edges
+        template = registered_template(item.image, item.template) if comparable and dets else None
         for d in dets or []:
             record = d.to_dict(policy.px_per_mm)
-            if item.template is not None and item.template.shape == item.image.shape:
-                support = template_support(item.image, item.template, d.box_px)
+            if template is not None:
+                support = template_support(item.image, template, d.box_px)
                 record["template_difference"] = round(support, 4)
                 if support < policy.template_min_diff:
                     record["refuted_by_template"] = True

@@ -90,6 +90,21 @@ def test_template_refutes_unsupported_boxes_and_decides():
     assert out["defects"][0]["size_mm"] == pytest.approx(10 / 48, abs=1e-3)
 
 
+def test_a_misregistered_template_still_refutes():
+    """A template a few pixels off differs along every edge; registered, it refutes as an aligned one does."""
+    from apps.industrial.data import load_gray
+    from apps.industrial.service import template_support
+
+    image = load_gray(board_png(defect=True))
+    shifted = np.roll(load_gray(board_png(defect=False)), (2, -3), axis=(0, 1))
+    on_edges = Detection(1, 0.8, (12.0, 12.0, 24.0, 24.0))  # trace edges, no defect: 27 % differ unregistered
+    assert template_support(image, shifted, on_edges.box_px) > 0.2
+    runner = _runner(DecisionPolicy(defect_threshold=0.75, report_threshold=0.25))
+    out = runner._decide(InspectionItem(image, shifted), [on_edges], None, None, None, 1.0, 0.0)
+    assert out["defects"][0]["template_difference"] == 0.0
+    assert out["defects"][0]["refuted_by_template"] and out["decision"] == "pass"
+
+
 def test_detection_scores():
     gt = (np.array([[10, 10, 30, 30], [50, 50, 60, 70]], np.float32), np.array([0, 3]))
     perfect = [Detection(0, 0.9, (10, 10, 30, 30)), Detection(3, 0.8, (50, 50, 60, 70))]
