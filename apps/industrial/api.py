@@ -124,7 +124,8 @@ async def inspect(
     request_id: Annotated[str, Depends(get_request_id)],
     image: Annotated[UploadFile | None, File(description="board image: PNG, JPEG, BMP or TIFF")] = None,
     template: Annotated[UploadFile | None, File(description=(
-        "optional defect-free template of the same board, aligned and of the image's size: a template-aware "
+        "optional defect-free template of the same board, of the image's size and aligned to it within a few "
+        "pixels (shifts up to 4 px are registered automatically): a template-aware "
         "detector takes it as input (image, template, |difference|; without one it runs on the image alone, "
         "with its own decision threshold), and every reported defect is checked against it"))] = None,
     vibration: Annotated[UploadFile | None, File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
@@ -145,7 +146,7 @@ async def inspect_batch(
     who: Annotated[Principal, Depends(require_role("line"))],
     request_id: Annotated[str, Depends(get_request_id)],
     images: Annotated[list[UploadFile], File(description="one image per board")],
-    templates: Annotated[list[UploadFile] | None, File(description="optional: one aligned template per board, same order")] = None,
+    templates: Annotated[list[UploadFile] | None, File(description="optional: one template per board (same size, aligned within 4 px), same order")] = None,
     vibrations: Annotated[list[UploadFile] | None, File(description="optional: one vibration file per board, same order")] = None,
     sample_rate: Annotated[float | None, Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
 ) -> BatchInspection:
