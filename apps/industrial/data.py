@@ -147,8 +147,15 @@ def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
     return out
 
 
+def align_template(test: np.ndarray, template: np.ndarray) -> np.ndarray:
+    """The (gray) template moved onto the (gray) scan by the shift ``register_template`` finds between
+    their binarised versions, the shift ``encode_input`` applies."""
+    _, (dy, dx) = register_template(binarize(test), binarize(template))
+    return shift_image(template, dy, dx)
+
+
 def encode_input(test: np.ndarray, template: np.ndarray | None = None, mode: str = "template-diff",
-                 bilevel: bool = True) -> np.ndarray:
+                 bilevel: bool = True, registered: bool = False) -> np.ndarray:
     """The detector's 3-channel input (H, W, 3) uint8: ONE function for training data, evaluation and serving.
 
     ``gray``: the tested image in all three channels (the original detector). ``template-diff``:
@@ -175,7 +182,9 @@ def encode_input(test: np.ndarray, template: np.ndarray | None = None, mode: str
                          f"{test.shape[1]}x{test.shape[0]}; they must be aligned and equal in size")
     if bilevel:
         template = binarize(template)
-    template, _ = register_template(test, template.astype(np.uint8, copy=False))
+    template = template.astype(np.uint8, copy=False)
+    if not registered:  # a caller that already aligned it (``align_template``) saves the search
+        template, _ = register_template(test, template)
     diff = np.abs(test.astype(np.int16) - template.astype(np.int16)).astype(np.uint8)
     return np.stack([test, template, diff], axis=-1)
 
@@ -195,9 +204,8 @@ def repaired_scan(sample: PcbSample, margin: int = 2) -> np.ndarray:
     """
     if sample.template is None:
         raise ValueError(f"{sample.image} has no template")
-    test, template = load_gray(sample.image).copy(), load_gray(sample.template)
-    _, (dy, dx) = register_template(binarize(test), binarize(template))
-    template = shift_image(template, dy, dx)
+    test = load_gray(sample.image).copy()
+    template = align_template(test, load_gray(sample.template))
     h, w = test.shape
     for x1, y1, x2, y2 in sample.boxes.astype(int):
         ys, xs = slice(max(y1 - margin, 0), min(y2 + margin, h)), slice(max(x1 - margin, 0), min(x2 + margin, w))

@@ -138,14 +138,15 @@ class PreparedImage:
     shape: tuple[int, int]  # original (H, W)
 
 
-def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray | None = None) -> PreparedImage:
+def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray | None = None,
+                  registered: bool = False) -> PreparedImage:
     """Grayscale (H, W) uint8 (+ optional aligned template) -> letterboxed (3, S, S) tensor, pad value 114 as
     ultralytics trains. The channels come from ``encode_input``, the function that also wrote the training data."""
     from PIL import Image
 
     if config.input == "gray":
         template = None  # a gray-input model never saw a template; it is still used for refutation by the service
-    encoded = encode_input(gray, template, config.input, bilevel=config.binarize)
+    encoded = encode_input(gray, template, config.input, bilevel=config.binarize, registered=registered)
     h, w = encoded.shape[:2]
     s = config.imgsz
     scale = min(s / h, s / w)

@@ -123,15 +123,8 @@ class DecisionPolicy:
         return self.defect_threshold if self.defect_threshold_no_template is None else self.defect_threshold_no_template
 
 
-def registered_template(gray: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """The binarised template registered to the binarised image (as the detector input registers it)."""
-    from apps.industrial.data import binarize, register_template
-
-    return register_template(binarize(gray), binarize(template))[0]
-
-
 def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
-    """Share of pixels inside the box where the binarised image and (registered) template differ."""
+    """Share of pixels inside the box where the binarised image and template differ."""
     from apps.industrial.data import binarize
 
     x1, y1, x2, y2 = (round(v) for v in box)
@@ -181,13 +174,14 @@ class InspectionRunner:
         from apps.industrial.detector import detect_with_tokens, prepare_image
 
         results: list = [None] * len(items)
-        # Detector: one batch per detector over the items that have an image.
         t0 = time.perf_counter()
+        self.align_templates(items)
+        # Detector: one batch per detector over the items that have an image.
         det_out, tokens = {}, {}
         for detector, config, group in self._detector_groups(items):
             # The same encoding as the training data and the evaluation (data.encode_input): with the
             # board's template when the request brought one, the "no template" encoding otherwise.
-            prepared = [prepare_image(items[i].image, config, items[i].template) for i in group]
+            prepared = [prepare_image(items[i].image, config, items[i].template, registered=True) for i in group]
             dets, toks = detect_with_tokens(detector, prepared, config, conf=0.05)
             for k, i in enumerate(group):
                 det_out[i], tokens[i] = dets[k], toks[k]
@@ -215,6 +209,17 @@ class InspectionRunner:
                 results[i] = exc
         return results
 
+    @staticmethod
+    def align_templates(items: list[InspectionItem]) -> None:
+        """Register every board's template to its image once (``data.align_template``), in place: the
+        detector input and the template refutation then share it (a template a few pixels off would
+        support every box along its misregistered edges)."""
+        from apps.industrial.data import align_template
+
+        for item in items:
+            if item.template is not None and item.image is not None and item.template.shape == item.image.shape:
+                item.template = align_template(item.image, item.template)
+
     def _uses_template(self, item) -> bool:
         """Whether this board's detection takes its template as input (else: the image alone)."""
         if item.template is None or item.image is None:
@@ -235,13 +240,10 @@ class InspectionRunner:
         t0 = time.perf_counter()
         policy = self.policy
         defects, decisive, refuted = [], [], 0
-        comparable = item.template is not None and item.image is not None and item.template.shape == item.image.shape
-        # a template a few pixels off would support every box along its misregistered edges
-        template = registered_template(item.image, item.template) if comparable and dets else None
         for d in dets or []:
             record = d.to_dict(policy.px_per_mm)
-            if template is not None:
-                support = template_support(item.image, template, d.box_px)
+            if item.template is not None and item.template.shape == item.image.shape:
+                support = template_support(item.image, item.template, d.box_px)
                 record["template_difference"] = round(support, 4)
                 if support < policy.template_min_diff:
                     record["refuted_by_template"] = True

@@ -100,7 +100,9 @@ def test_a_misregistered_template_still_refutes():
     on_edges = Detection(1, 0.8, (12.0, 12.0, 24.0, 24.0))  # trace edges, no defect: 27 % differ unregistered
     assert template_support(image, shifted, on_edges.box_px) > 0.2
     runner = _runner(DecisionPolicy(defect_threshold=0.75, report_threshold=0.25))
-    out = runner._decide(InspectionItem(image, shifted), [on_edges], None, None, None, 1.0, 0.0)
+    item = InspectionItem(image, shifted)
+    runner.align_templates([item])  # predict_batch's first step
+    out = runner._decide(item, [on_edges], None, None, None, 1.0, 0.0)
     assert out["defects"][0]["template_difference"] == 0.0
     assert out["defects"][0]["refuted_by_template"] and out["decision"] == "pass"
 
