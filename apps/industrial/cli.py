@@ -42,6 +42,7 @@ def train(
     dropout: Annotated[float, typer.Option(help="Detector on template-diff data: share of training samples given the no-template encoding.")] = 0.3,
     keep: Annotated[str, typer.Option(help="Detector weights to keep: last (final EMA) or best (ultralytics' pick on the validation groups).")] = "last",
     init: Annotated[str | None, typer.Option(help="Detector: warm-start from this detector bundle (e.g. apps/industrial/weights/detector_template).")] = None,
+    exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Detector: leave these training board groups out (e.g. group44000,group77000) to calibrate the board threshold on them.")] = None,
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
     from core.offline import enforce_offline
@@ -62,11 +63,13 @@ def train(
     elif part == "detector":
         if not data_yaml:
             raise typer.BadParameter("--part detector needs --data data.yaml (see `triptych data industrial prepare`)")
+        from apps.industrial.data import parse_groups
         from apps.industrial.detector import train_detector
 
         dev = "0" if device == "cuda" else device
         metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed,
-                                 dropout=dropout, keep=keep, init=Path(init) if init else None)
+                                 dropout=dropout, keep=keep, init=Path(init) if init else None,
+                                 exclude_groups=parse_groups(exclude_groups))
         _table(f"detector {arch} (validation board groups)", metrics)
         typer.echo(f"weights: {target / 'model.safetensors'} + {target / 'model.yaml'}; package with `triptych data industrial bundle-detector`")
     elif part == "fusion":

@@ -92,6 +92,40 @@ def split_by_group(samples: list[PcbSample], val_groups=DEEPPCB_VAL_GROUPS) -> t
     return train, val
 
 
+def parse_groups(text: str | None) -> tuple[str, ...]:
+    """``"group44000,77000"`` -> ``("group44000", "group77000")`` (the ``group`` prefix is optional)."""
+    if not text:
+        return ()
+    groups = tuple(g if g.startswith("group") else f"group{g}" for g in (p.strip() for p in text.split(",")) if g)
+    bad = [g for g in groups if not g.removeprefix("group").isdigit()]
+    if bad:
+        raise ValueError(f"board groups look like group44000 (DeepPCB's folder names), not {bad}")
+    return groups
+
+
+def select_groups(samples: list[PcbSample], include=(), exclude=()) -> list[PcbSample]:
+    """The samples of board groups ``include`` (all when empty) minus those of ``exclude``.
+
+    A named group that the list does not contain is an error: a typo would otherwise silently
+    calibrate on, or train with, the wrong boards."""
+    present = {s.group for s in samples}
+    missing = sorted(set(include) - present) + sorted(set(exclude) - present)
+    if missing:
+        raise ValueError(f"board groups {missing} are not in this list (it has {sorted(present)})")
+    return [s for s in samples if (not include or s.group in include) and s.group not in exclude]
+
+
+def group_of_board_file(name: str) -> str:
+    """The DeepPCB board group of a prepared image (``44000123.png``, ``44000123_temp.png`` -> ``group44000``).
+
+    DeepPCB names every board ``<group digits><3-digit index>`` inside ``group<digits>/<digits>/``, and
+    ``prepare_ultralytics`` keeps that stem, so the group is the stem without its last 3 digits."""
+    stem = Path(name).stem.removesuffix("_temp")
+    if not stem.isdigit() or len(stem) < 4:
+        raise ValueError(f"{name!r} is not a DeepPCB board file name (<group digits><3 digits>.png)")
+    return f"group{stem[:-3]}"
+
+
 def write_split_list(samples: list[PcbSample], root: Path, path: Path) -> None:
     pcb = Path(root) / "PCBData"
     lines = []

@@ -604,6 +604,7 @@ def train_detector(
     keep: str = "last",
     fraction: float = 1.0,
     init: Path | None = None,
+    exclude_groups: tuple[str, ...] = (),
 ) -> dict:
     """Train one config with ultralytics; returns metrics and writes weights (safetensors + YAML) to out_dir.
 
@@ -614,7 +615,9 @@ def train_detector(
     ``template-diff`` data trains with template dropout `dropout`. ``keep="last"`` ships the final EMA
     weights (no checkpoint chosen on the validation groups); ``"best"`` ultralytics' best-fitness epoch,
     which is chosen on them. Both are written (model.safetensors = the kept one, model_best /
-    model_last.safetensors).
+    model_last.safetensors). ``exclude_groups`` (e.g. ``("group44000", "group77000")``) leaves those
+    board groups' training images out (``train_image_list``), so they can calibrate the board decision
+    on boards the detector never saw.
     """
     from core.offline import enforce_offline
 
@@ -639,6 +642,10 @@ def train_detector(
     data = yaml.safe_load(Path(data_yaml).read_text())
     data["path"] = str(Path(data_yaml).resolve().parent)
     input_mode = data.pop("input", "gray")
+    n_train = None
+    if exclude_groups:
+        listed = train_image_list(Path(data["path"]) / data["train"], exclude_groups, out_dir / "train_images.txt")
+        data["train"], n_train = str(listed), len(listed.read_text().split())
     data_path = out_dir / "data.yaml"
     data_path.write_text(yaml.safe_dump(data, sort_keys=False))
     undo = template_dropout(dropout, input_mode) if input_mode == "template-diff" and dropout > 0 else (lambda: None)
@@ -688,6 +695,8 @@ def train_detector(
     metrics = {k.replace("metrics/", "").replace("(B)", ""): float(v) for k, v in trainer.metrics.items()}
     metrics.update({"train_seconds": seconds, "epochs_run": int(trainer.epoch) + 1, "template_dropout": dropout,
                     "input": input_mode, "kept": keep})
+    if n_train is not None:
+        metrics.update({"n_train_images": n_train, "excluded_groups": ",".join(exclude_groups)})
     export_weights(yolo.model, cfg, out_dir, name="model_best.safetensors")
     if "model" in final:
         export_weights(final["model"], cfg, out_dir, name="model_last.safetensors")
@@ -697,6 +706,23 @@ def train_detector(
 
     (out_dir / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, indent=1))
     return metrics
+
+
+def train_image_list(train_dir: Path, exclude_groups, path: Path) -> Path:
+    """Write ``path``: the images of a prepared training folder minus those of ``exclude_groups``
+    (absolute paths, one a line; ultralytics finds each label by swapping images/ for labels/)."""
+    from apps.industrial.data import group_of_board_file
+
+    images = sorted(Path(train_dir).resolve().glob("*.png"))
+    groups = {p: group_of_board_file(p.name) for p in images}
+    missing = sorted(set(exclude_groups) - set(groups.values()))
+    if missing:
+        raise ValueError(f"excluded board groups {missing} have no images in {train_dir}")
+    kept = [p for p in images if groups[p] not in exclude_groups]
+    if not kept:
+        raise ValueError(f"excluding {list(exclude_groups)} leaves no training images in {train_dir}")
+    Path(path).write_text("".join(f"{p}\n" for p in kept))
+    return Path(path)
 
 
 def warm_start_trainer(state_dict: dict):
