@@ -39,11 +39,34 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     pack: Annotated[str | None, typer.Option(help="Train from a compact pack (see --write-pack) instead of --ct.")] = None,
     write_pack: Annotated[str | None, typer.Option(help="With --ct: write a compact training pack here and stop.")] = None,
+    detector: Annotated[str | None, typer.Option(help="Nodule-detector bundle for the detector presets (see --train-detector).")] = None,
+    train_detector: Annotated[str | None, typer.Option(help="With --ct: train the dense nodule detector, write its bundle here and stop.")] = None,
+    seconds: Annotated[float, typer.Option(help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
+    detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped) or tiny.")] = "small",
+    workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
 ) -> None:
-    """Train the radiology models: the IU report classifier (--reports) and/or the CT + report fusion model (--ct)."""
+    """Train the radiology models: the IU report classifier (--reports), the nodule detector
+    (--train-detector) and/or the CT + report fusion model (--ct)."""
     from core.offline import enforce_offline
 
     enforce_offline()
+    if train_detector:
+        if not ct:
+            raise typer.BadParameter("--train-detector needs --ct DIR (a rendered training set)")
+        import torch
+
+        from apps.medical.data import parse_patient_range
+        from apps.medical.detector_train import (DetectorTrainConfig, load_detector_studies, save_detector_bundle,
+                                                 train_detector as fit_detector)
+
+        resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+        config = DetectorTrainConfig.from_name(detector_preset, seed=seed, device=resolved, seconds=seconds)
+        studies = load_detector_studies(ct, config.detector, parse_patient_range(patients), workers=workers, log=typer.echo)
+        det, info = fit_detector(studies, config, log=typer.echo)
+        save_detector_bundle(det, train_detector, config, info["metrics"], sorted({s.patient_id for s in studies}),
+                             info["history"])
+        _table("nodule detector (patient-held-out validation)", info["metrics"])
+        return
     if pack:
         import torch
 
@@ -78,17 +101,17 @@ def train(
         if epochs is not None:
             config.loop.epochs = epochs
         if write_pack:
-            from apps.medical.model import MedicalModelConfig, build_model
-            from apps.medical.train import load_arrays
+            from apps.medical.train import build_training_model, load_arrays
             from apps.medical.train import write_pack as write_pack_fn
 
-            model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
+            model = build_training_model(config.model, bert_path, detector)
             arrays = load_arrays(ct, model, parse_patient_range(patients), Path(cache) if cache else None, typer.echo,
                                  split=(config.val_fraction, config.seed))
             typer.echo(f"pack written to {write_pack_fn(arrays, model, write_pack)}")
             return
         _, metrics = train_fusion(ct, Path(out or WEIGHTS / "fusion"), config, parse_patient_range(patients),
-                                  bert_path=bert_path, cache=Path(cache) if cache else None, log=typer.echo)
+                                  bert_path=bert_path, cache=Path(cache) if cache else None, log=typer.echo,
+                                  detector=detector)
         _table("fusion model (patient-held-out validation)", {k: v for k, v in metrics.items() if isinstance(v, (int, float))})
 
 

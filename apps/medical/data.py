@@ -124,10 +124,12 @@ def patient_split(patient_id: str, val_fraction: float = 0.2, seed: int = 0) -> 
     return uid_split(patient_id, val_fraction, seed)
 
 
-def rendered_nodule_centres(root: str | Path) -> dict[str, tuple[tuple[float, float, float], list[tuple[float, ...]]]]:
+def rendered_nodule_centres(root: str | Path, with_labels: bool = False
+                            ) -> dict[str, tuple[tuple[float, float, float], list[tuple[float, ...]]]]:
     """Per study: the voxel spacing (z, y, x) mm and its rendered nodules as ``(z, y, x, diameter_mm)``
-    voxel coordinates in the layout of ``candidates.load_hu``, for training the candidate ranker. NIfTI studies only (their header
-    gives the grid); DICOM-series studies are left out.
+    (``+ (malignant 0/1,)`` with ``with_labels``) voxel coordinates in the layout of
+    ``candidates.load_hu``, for training the candidate ranker and the nodule detector. NIfTI studies
+    only (their header gives the grid); DICOM-series studies are left out.
 
     ``nodules.csv`` holds x/y in mm from the scan's native pixel (0, 0) and z in patient mm; the
     renderer's grid coarsens native pixels by a whole factor ``f`` and writes the NIfTI origin at
@@ -152,7 +154,7 @@ def rendered_nodule_centres(root: str | Path) -> dict[str, tuple[tuple[float, fl
         rows = by_study[study.study_id]
         if "z_vox" in rows[0]:  # positions already in the load_hu layout (generated sets)
             out[study.study_id] = (spacing, [(float(r["z_vox"]), float(r["y_vox"]), float(r["x_vox"]), float(r["diameter_mm"]))
-                                             for r in rows])
+                                             + ((float(r["label"]),) if with_labels else ()) for r in rows])
             continue
         affine, nx = image.affine, int(image.shape[0])
         dx, dy, dz = -float(affine[0, 0]), -float(affine[1, 1]), float(affine[2, 2])
@@ -161,7 +163,7 @@ def rendered_nodule_centres(root: str | Path) -> dict[str, tuple[tuple[float, fl
         offset = (f - 1) / (2.0 * f)  # native pixel centre -> coarse voxel index
         out[study.study_id] = ((dz, dy, dx), [
             ((float(r["z_mm"]) - z0) / dz, float(r["y_mm"]) / dy - offset, nx - 1 - (float(r["x_mm"]) / dx - offset),
-             float(r["diameter_mm"]))
+             float(r["diameter_mm"])) + ((float(r["label"]),) if with_labels else ())
             for r in rows
         ])
     return out

@@ -22,6 +22,7 @@ from apps.medical.encoders import (
     CTResNetEncoder,
     posterise,
 )
+from apps.medical.detector import DETECTOR_FEATURES, NoduleDetector, NoduleDetectorConfig
 from core.config import ConfigBase
 from core.fusion.progressive import FusionConfig
 from core.heads import ClassificationHead
@@ -34,8 +35,10 @@ MODALITIES = ("ct", "report")
 class MedicalModelConfig(ConfigBase):
     ct: CTEncoderConfig = field(default_factory=CTEncoderConfig)
     # "resnet3d": one lung-cropped, resized volume; "candidates": the classical candidate stage
-    # (apps.medical.candidates, native resolution) -> crops + geometry -> CTCandidateEncoder
+    # (apps.medical.candidates, native resolution) -> crops + geometry -> CTCandidateEncoder;
+    # "detector": the dense nodule detector's peaks (apps.medical.detector) -> the same encoder
     ct_kind: str = "resnet3d"
+    detector: NoduleDetectorConfig = field(default_factory=NoduleDetectorConfig)
     candidate_encoder: CandidateEncoderConfig = field(default_factory=CandidateEncoderConfig)
     candidate_stage: dict = field(default_factory=dict)  # CandidateConfig overrides (defaults if empty)
     risk_factors: bool = False  # the report also gives its clinical risk factors (apps.medical.risk) as a token
@@ -80,6 +83,21 @@ class MedicalModelConfig(ConfigBase):
             "head_hidden": 8,
             "bert_hidden": 16,
         },
+        # the dense detector's top 8 (crops + its heat / size / malignancy outputs) + risk factors
+        "detector_risk": {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
+                          "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
+        "tiny_detector": {
+            "ct_kind": "detector",
+            "detector": NoduleDetectorConfig.PRESETS["tiny"],
+            "candidate_encoder": {**CandidateEncoderConfig.PRESETS["tiny"], "geometry_features": len(DETECTOR_FEATURES)},
+            "candidate_stage": {"k": 3, "crop": 12},
+            "risk_factors": True,
+            "fusion": FusionConfig.PRESETS["tiny"],
+            "clause_tokens": 16,
+            "max_clauses": 8,
+            "head_hidden": 8,
+            "bert_hidden": 16,
+        },
         # small + fixed blob features in the CT encoder + per-modality auxiliary losses
         "small_blob": {"ct": {**CTEncoderConfig.PRESETS["small"], "blob_features": True}, "aux_weight": 0.5},
     }
@@ -93,6 +111,8 @@ class MedicalModelConfig(ConfigBase):
             data["candidate_encoder"] = CandidateEncoderConfig.from_dict(data["candidate_encoder"])
         if isinstance(data.get("fusion"), dict):
             data["fusion"] = FusionConfig.from_dict(data["fusion"])
+        if isinstance(data.get("detector"), dict):
+            data["detector"] = NoduleDetectorConfig.from_dict(data["detector"])
         return super().from_dict(data)
 
 
@@ -107,10 +127,13 @@ class MedicalModel(nn.Module):
             ct_encoder: nn.Module = CTCandidateEncoder(config.candidate_encoder)
             self.ranker = CandidateRanker(config.candidate_encoder.geometry_features - 1, members=config.ranker_members,
                                           dropout=config.ranker_dropout)
+        elif config.ct_kind == "detector":
+            ct_encoder = CTCandidateEncoder(config.candidate_encoder)
+            self.detector = NoduleDetector(config.detector)
         elif config.ct_kind == "resnet3d":
             ct_encoder = CTResNetEncoder(config.ct)
         else:
-            raise ValueError(f"unknown ct_kind {config.ct_kind!r}; choose resnet3d or candidates")
+            raise ValueError(f"unknown ct_kind {config.ct_kind!r}; choose resnet3d, candidates or detector")
         self.net = MultimodalModel({"ct": ct_encoder, "report": report_encoder}, config.fusion, heads)
         # Calibration: p = sigmoid(logit / temperature + bias), fitted after training.
         if config.aux_weight:
@@ -122,7 +145,24 @@ class MedicalModel(nn.Module):
 
     @property
     def uses_candidates(self) -> bool:
+        """The CT branch reads candidates (crops + features), from the ranker or the detector."""
+        return self.config.ct_kind in ("candidates", "detector")
+
+    @property
+    def uses_ranker(self) -> bool:
         return self.config.ct_kind == "candidates"
+
+    def extract_candidates(self, hu, spacing, proposals=None):
+        """HU volume (D, H, W) + spacing (z, y, x) -> ``candidates.Candidates`` for the CT encoder:
+        the detector's peaks, or the classical proposals (``proposals`` if computed) ranked by the ranker."""
+        config = self.candidate_config()
+        if self.config.ct_kind == "detector":
+            from apps.medical.detector import detection_candidates
+
+            return detection_candidates(hu, spacing, self.detector, config)
+        from apps.medical.candidates import extract
+
+        return extract(hu, spacing, config, ranker=self.rank_candidates, proposals=proposals)
 
     def candidate_config(self):
         from apps.medical.candidates import CandidateConfig

@@ -73,19 +73,19 @@ class CTInputError(ValueError):
         self.status_code, self.code = status_code, code
 
 
-def load_ct_input(path: str | Path, shape: list[int] | None = None, candidate_config=None, ranker=None):
-    """A CT file -> the model's CT input: the resized volume (``shape``) or, given a
-    ``candidate_config`` (and the model's candidate ``ranker``), a ``CandidateInput``. The one path
-    for evaluation and serving; training reaches the same ``candidates.extract``."""
-    if candidate_config is None:
+def load_ct_input(path: str | Path, shape: list[int] | None = None, candidates=None):
+    """A CT file -> the model's CT input: the resized volume (``shape``) or, given ``candidates``
+    (the model's ``extract_candidates``: HU + spacing -> candidates), a ``CandidateInput``. The one
+    path for evaluation and serving; training reaches the same ``extract_candidates``."""
+    if candidates is None:
         from apps.medical.volumes import load_volume
 
         return load_volume(path, shape)
-    from apps.medical.candidates import extract, load_hu
+    from apps.medical.candidates import load_hu
     from apps.medical.volumes import window
 
     hu, spacing = load_hu(path)
-    return CandidateInput(extract(hu, spacing, candidate_config, ranker=ranker), window(hu))
+    return CandidateInput(candidates(hu, spacing), window(hu))
 
 
 def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
@@ -150,8 +150,8 @@ class MedicalRunner:
 
     def load_ct(self, path: str | Path):
         """A CT file -> this model's CT input (what ``StudyInput.volume`` holds)."""
-        ranker = self.model.rank_candidates if self.candidate_config is not None else None
-        return load_ct_input(path, self.volume_shape, self.candidate_config, ranker)
+        extract = self.model.extract_candidates if self.candidate_config is not None else None
+        return load_ct_input(path, self.volume_shape, extract)
 
     def predict_batch(self, items: list[StudyInput]) -> list[Any]:
         out: list[Any] = []

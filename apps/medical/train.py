@@ -140,6 +140,12 @@ class FusionTrainConfig(ConfigBase):
         "candidates_aux": {"model": "candidates_aux", "modality_dropout": 0.3,
                            "loop": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "patience": 8,
                                     "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
+        # the dense detector's candidates (its weights come from --detector) + risk factors
+        "detector_risk": {"model": "detector_risk", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
+                                                             "monitor": "auc", "mode": "max", "progress": False,
+                                                             "num_workers": 0}},
+        "tiny_detector": {"model": "tiny_detector", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
+                                                             "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
         "small_blob": {"model": "small_blob", "loop": {"epochs": 55, "batch_size": 32, "lr": 1e-3, "patience": 25,
                                                        "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
@@ -363,20 +369,23 @@ def ranker_recall(model: MedicalModel, proposals: list, nodules: list, spacings:
             "ranker_recall_largest": float(np.mean(largest)) if largest else float("nan")}
 
 
-def prepare_candidates(paths: list[Path], proposals: list, model: MedicalModel, log: Log = print) -> dict[str, np.ndarray]:
-    """Top-k candidates of every study by the model's ranker: uint8 crops, geometry, mask, centres.
-    The volume is read again for the crops (the same ``load_hu`` + ``extract`` as serving)."""
-    from apps.medical.candidates import GEOMETRY_FEATURES, extract, load_hu
+def prepare_candidates(paths: list[Path], proposals: list | None, model: MedicalModel, log: Log = print) -> dict[str, np.ndarray]:
+    """Top-k candidates of every study (the ranker's, from ``proposals``; or the detector's):
+    uint8 crops, features, mask. The volume is read again for the crops (the same ``load_hu`` +
+    ``model.extract_candidates`` as serving)."""
+    from apps.medical.candidates import load_hu
 
     config = model.candidate_config()
     n, k, size = len(paths), config.k, config.crop
     crops = np.zeros((n, k, size, size, size), np.uint8)
-    geometry = np.zeros((n, k, len(GEOMETRY_FEATURES)), np.float32)
+    geometry = np.zeros((n, k, model.config.candidate_encoder.geometry_features), np.float32)
     cmask = np.zeros((n, k), bool)
     started = time.perf_counter()
+    proposals = proposals if proposals is not None else [None] * n
     for i, (path, p) in enumerate(zip(paths, proposals)):
         hu, spacing = load_hu(path)
-        c = extract(hu, spacing, config, ranker=model.rank_candidates, proposals=p)
+        with torch.no_grad():
+            c = model.extract_candidates(hu, spacing, proposals=p)
         crops[i] = np.round(c.crops * 255).astype(np.uint8)
         geometry[i], cmask[i] = c.geometry, c.mask
         if (i + 1) % 100 == 0:
@@ -425,17 +434,33 @@ def _auc(y: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(y, scores)) if len(set(y.tolist())) == 2 else float("nan")
 
 
-def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTrainConfig | None = None,
-                 patients: tuple[int, int] = (1, 800), bert_path: str = "", cache: Path | None = None,
-                 log: Log = print) -> tuple[MedicalModel, dict]:
-    """Train on ``train_dir`` (renderer layout) restricted to ``patients``; save a bundle to ``out``."""
+def build_training_model(preset: str, bert_path: str = "", detector: str | Path | None = None) -> MedicalModel:
+    """The untrained fusion model of a preset; a detector preset gets its (already trained) detector
+    from the bundle ``detector`` (``--train-detector``), whose own config wins over the preset's."""
     from apps.medical.model import build_model
 
+    config = MedicalModelConfig.from_name(preset)
+    if config.ct_kind != "detector":
+        return build_model(config, bert_path=bert_path)
+    if detector is None:
+        raise ValueError(f"preset {preset!r} reads the nodule detector's candidates: give the detector bundle (--detector DIR)")
+    from apps.medical.detector_train import load_detector_bundle
+
+    trained = load_detector_bundle(detector)
+    model = build_model(config.replace(detector=trained.config), bert_path=bert_path)
+    model.detector.load_state_dict(trained.state_dict())
+    return model
+
+
+def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTrainConfig | None = None,
+                 patients: tuple[int, int] = (1, 800), bert_path: str = "", cache: Path | None = None,
+                 log: Log = print, detector: str | Path | None = None) -> tuple[MedicalModel, dict]:
+    """Train on ``train_dir`` (renderer layout) restricted to ``patients``; save a bundle to ``out``."""
     config = config or FusionTrainConfig()
     if patients[1] > 800:
         raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
     torch.manual_seed(config.loop.seed)
-    model = build_model(MedicalModelConfig.from_name(config.model), bert_path=bert_path)
+    model = build_training_model(config.model, bert_path, detector)
     arrays = load_arrays(train_dir, model, patients, cache, log, split=(config.val_fraction, config.seed))
     model, metrics = train_arrays(model, arrays, config, log)
     metrics.update(arrays.get("ranker_metrics", {}))
@@ -457,7 +482,12 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
     if not studies:
         raise ValueError(f"no labelled studies for patients {patients} in {root}")
     extra: dict = {}
-    if model.uses_candidates:
+    if model.uses_candidates and not model.uses_ranker:
+        side = np.array([patient_split(s.patient_id, *split) for s in studies])
+        tr = np.flatnonzero(side == "train")
+        volumes = prepare_candidates([s.volume_path for s in studies], None, model, log)
+        model.ct_encoder.set_statistics(torch.from_numpy(volumes["geometry"][tr]), torch.from_numpy(volumes["cmask"][tr]))
+    elif model.uses_candidates:
         paths, ids = [s.volume_path for s in studies], [s.study_id for s in studies]
         proposals = prepare_proposals(paths, ids, model.candidate_config(), cache, log)
         known = rendered_nodule_centres(root)
@@ -499,6 +529,8 @@ def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log 
     """The CT input of every study for this model (its ranker already trained): resized volumes, or
     candidate crops + geometry."""
     paths = [s.volume_path for s in studies]
+    if model.uses_candidates and not model.uses_ranker:
+        return prepare_candidates(paths, None, model, log)
     if model.uses_candidates:
         proposals = prepare_proposals(paths, [s.study_id for s in studies], model.candidate_config(), cache, log)
         return prepare_candidates(paths, proposals, model, log)
@@ -556,7 +588,9 @@ def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
         levels = model.config.candidate_encoder.crop_levels or 256
         images = volumes["crops"]
         extra = {"geometry": volumes["geometry"], "cmask": volumes["cmask"]}
-        state = {f"ranker.{k}": v for k, v in model.ranker.state_dict().items()}
+        fitted = model.ranker if model.uses_ranker else model.detector
+        prefix = "ranker" if model.uses_ranker else "detector"
+        state = {f"{prefix}.{k}": v for k, v in fitted.state_dict().items()}
         state.update({f"ct.{k}": getattr(model.ct_encoder, k) for k in ("geometry_mean", "geometry_std")})
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "ct_state.safetensors"))
     else:
@@ -618,8 +652,11 @@ def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
 
 
 def load_ct_state(model: MedicalModel, state: dict[str, torch.Tensor]) -> None:
-    """The ranker and candidate-feature statistics fitted before packing (``write_pack``)."""
-    model.ranker.load_state_dict({k[len("ranker."):]: v for k, v in state.items() if k.startswith("ranker.")})
+    """The ranker (or detector) and candidate-feature statistics fitted before packing (``write_pack``)."""
+    for prefix in ("ranker", "detector"):
+        part = {k[len(prefix) + 1:]: v for k, v in state.items() if k.startswith(prefix + ".")}
+        if part:
+            getattr(model, prefix).load_state_dict(part)
     for name in ("geometry_mean", "geometry_std"):
         getattr(model.ct_encoder, name).copy_(state[f"ct.{name}"])
 
@@ -708,7 +745,9 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
     model_config = MedicalModelConfig.from_name(config.model)
     if model_config.ct_kind != pack_model_config.ct_kind:
         raise ValueError(f"pack holds {pack_model_config.ct_kind} CT inputs, preset {config.model!r} wants {model_config.ct_kind}")
-    if model_config.ct_kind == "candidates":
+    if model_config.ct_kind == "detector":  # the detector in the pack made its candidates: keep its shape
+        model_config = model_config.replace(detector=pack_model_config.detector)
+    if model_config.ct_kind in ("candidates", "detector"):
         if model_config.candidate_stage != pack_model_config.candidate_stage:
             raise ValueError(f"pack candidates come from stage {pack_model_config.candidate_stage}, preset {config.model!r} "
                              f"wants {model_config.candidate_stage}")

@@ -1,0 +1,122 @@
+"""The dense nodule detector: targets, decoding, coordinates back in the input volume, training."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from apps.medical.detector import (DETECTOR_FEATURES, STRIDE, NoduleDetector, NoduleDetectorConfig, decode,
+                                   detection_candidates, detector_loss, heat_targets)
+
+
+def test_heat_targets_peak_at_the_nodule_cell_with_its_size_and_label():
+    config = NoduleDetectorConfig()
+    t = heat_targets((10, 12, 12), [(20.0, 24.0, 8.0, 12.0, 1.0), (4.0, 40.0, 40.0, 5.0, 0.0)], config)
+    assert t["heat"][5, 6, 2] == 1.0 and t["heat"][1, 10, 10] == 1.0
+    assert t["heat"].max() == 1.0 and 0.0 < t["heat"][5, 6, 3] < 1.0
+    assert t["size"][5, 6, 2] == pytest.approx(np.log(12.0)) and t["malignant"][5, 6, 2] == 1.0
+    assert t["malignant"][1, 10, 10] == 0.0 and t["size"][1, 10, 10] == pytest.approx(np.log(5.0))
+
+
+def test_decode_returns_separated_peaks_in_grid_voxels():
+    config = NoduleDetectorConfig(min_separation_mm=10.0)
+    heat = torch.full((1, 8, 10, 10), -8.0)
+    heat[0, 2, 3, 4] = 4.0
+    heat[0, 2, 3, 5] = 3.5  # 8 mm away: the same nodule, suppressed
+    heat[0, 6, 8, 1] = 2.0
+    out = {"heat": heat, "size": torch.full_like(heat, np.log(9.0)), "malignancy": torch.zeros_like(heat)}
+    det = decode(out, k=2, config=config)[0]
+    assert len(det.heat_logit) == 2 and det.heat_logit[0] == pytest.approx(4.0)
+    assert np.allclose(det.centres_vox[1], np.array([6, 8, 1]) * STRIDE, atol=0.5)
+    assert abs(det.centres_vox[0][2] - 4 * STRIDE) < 0.5 * STRIDE  # refined towards its neighbour, within a cell
+    assert np.allclose(det.diameter_mm, 9.0)
+
+
+class _FixedHeat(NoduleDetector):
+    """Puts the heat peak under a chosen voxel of the detector grid, whatever the input."""
+
+    def __init__(self, peak_vox):
+        super().__init__(NoduleDetectorConfig.from_name("tiny"))
+        self.peak_vox = peak_vox
+
+    def forward(self, x):
+        cells = [-(-n // STRIDE) for n in x.shape[2:]]
+        heat = torch.full([x.shape[0], *cells], -8.0)
+        heat[(slice(None), *[int(round(v / STRIDE)) for v in self.peak_vox])] = 5.0
+        return {"heat": heat, "size": torch.full_like(heat, np.log(8.0)), "malignancy": torch.zeros_like(heat)}
+
+
+def test_candidates_map_back_to_the_input_voxels_when_resampled():
+    from apps.medical.candidates import CandidateConfig
+
+    hu = np.full((40, 64, 64), -850.0, np.float32)
+    spacing = (1.25, 1.0, 1.0)  # twice the detector grid's resolution in every axis
+    # a peak at grid voxel (8, 16, 24) is input voxel ~(16, 32, 48)
+    cands = detection_candidates(hu, spacing, _FixedHeat((8, 16, 24)), CandidateConfig(k=3, crop=8))
+    assert cands.mask.all()  # always k candidates: weak peaks are evidence too (their heat is a feature)
+    assert cands.geometry[0, 0] == pytest.approx(5.0) and (cands.geometry[1:, 0] < 0).all()
+    assert np.abs(cands.centres_vox[0] - np.array([16, 32, 48])).max() <= 1
+    assert cands.geometry.shape == (3, len(DETECTOR_FEATURES)) and cands.crops.shape == (3, 8, 8, 8)
+    assert cands.geometry[0, DETECTOR_FEATURES.index("diameter_mm")] == pytest.approx(8.0)
+
+
+BLOB_TRAIN_STEPS = 150
+
+
+def test_tiny_detector_learns_to_find_a_blob():
+    """A few hundred CPU steps on generated scans: the top detection lands on the bright blob."""
+    from apps.medical.detector_train import DetectorStudy, DetectorTrainConfig, detect_studies, detection_metrics, train_detector
+
+    rng = np.random.default_rng(0)
+    config = DetectorTrainConfig.from_name("tiny", steps=BLOB_TRAIN_STEPS, val_every=BLOB_TRAIN_STEPS, patch=[16, 32, 32], batch_size=4)
+    studies = []
+    for i in range(16):
+        vol = rng.normal(40, 10, (16, 32, 32)).astype(np.float32)
+        c = rng.integers([4, 6, 6], [12, 26, 26])
+        zz, yy, xx = np.meshgrid(*[np.arange(n) for n in vol.shape], indexing="ij")
+        vol[(zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= 4] = 230
+        nodules = [(float(c[0]), float(c[1]), float(c[2]), 8.0, float(i % 2))]
+        studies.append(DetectorStudy(f"s{i}", f"LIDC-IDRI-{i + 1:04d}", i % 2, vol.astype(np.uint8), nodules,
+                                     heat_targets((4, 8, 8), nodules, config.detector)))
+    torch.manual_seed(0)
+    detector, info = train_detector(studies, config, log=lambda m: None, split=(0.0, 0))
+    metrics = detection_metrics(studies, detect_studies(detector, studies, 1, "cpu"), 1, config.detector.spacing_mm)
+    assert metrics["recall_largest"] >= 0.8
+    assert info["metrics"]["steps_run"] == BLOB_TRAIN_STEPS
+
+
+def test_loss_is_finite_without_any_nodule():
+    out = {k: torch.zeros(2, 4, 4, 4, requires_grad=True) for k in ("heat", "size", "malignancy")}
+    target = {"heat": torch.zeros(2, 4, 4, 4), "size": torch.zeros(2, 4, 4, 4), "malignant": torch.zeros(2, 4, 4, 4)}
+    losses = detector_loss(out, target)
+    assert torch.isfinite(losses["loss"]) and losses["size"] == 0
+
+
+def test_detector_fusion_model_trains_from_a_pack_and_keeps_its_detector(tmp_path, toy_studies, tiny_bert_dir):
+    """detector preset: detector bundle -> candidates -> pack -> fusion bundle holding the same detector."""
+    from apps.medical.detector_train import (DetectorTrainConfig, load_detector_bundle, load_detector_studies,
+                                             save_detector_bundle, train_detector)
+    from apps.medical.model import load_model
+    from apps.medical.train import FusionTrainConfig, build_training_model, load_arrays, train_from_pack, write_pack
+
+    config = DetectorTrainConfig.from_name("tiny", steps=3, val_every=3)
+    studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)
+    det, info = train_detector(studies, config, log=lambda m: None)
+    save_detector_bundle(det, tmp_path / "det", config, info["metrics"], ["LIDC-IDRI-0001"])
+    assert torch.equal(load_detector_bundle(tmp_path / "det").stem[0].weight, det.stem[0].weight)
+    with pytest.raises(ValueError, match="--detector"):
+        build_training_model("tiny_detector", str(tiny_bert_dir))
+    model = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det")
+    arrays = load_arrays(toy_studies, model, (1, 800), log=lambda m: None)
+    assert arrays["volumes"]["geometry"].shape[1:] == (3, len(DETECTOR_FEATURES))
+    assert arrays["volumes"]["cmask"].any()
+    write_pack(arrays, model, tmp_path / "pack")
+    train_from_pack(tmp_path / "pack", tmp_path / "bundle", FusionTrainConfig.from_name("tiny_detector"), log=lambda m: None)
+    loaded, _ = load_model(tmp_path / "bundle", str(tiny_bert_dir))
+    assert torch.equal(loaded.detector.stem[0].weight, det.stem[0].weight)
+    from apps.medical.candidates import load_hu
+
+    hu, spacing = load_hu(next((toy_studies / "volumes").glob("*.nii.gz")))
+    a, b = loaded.extract_candidates(hu, spacing), model.extract_candidates(hu, spacing)
+    assert np.array_equal(a.centres_vox, b.centres_vox) and np.allclose(a.geometry, b.geometry, atol=1e-5)
