@@ -220,8 +220,11 @@ def quantize(
     from apps.industrial.detector import DetectorConfig, calibration_items, quantize_detector
     from core.bundle import load_bundle
 
-    input_mode = DetectorConfig(**load_bundle(Path(bundle)).config["detector"]).input
-    images = calibration_items(Path(deeppcb), split, n=n, seed=seed, input_mode=input_mode)
+    bundle_config = load_bundle(Path(bundle)).config
+    input_mode = DetectorConfig(**bundle_config["detector"]).input
+    # groups held out of training stay out of every calibration it is not meant for
+    images = calibration_items(Path(deeppcb), split, n=n, seed=seed, input_mode=input_mode,
+                               exclude_groups=bundle_config.get("held_out_groups", ()))
     meta = quantize_detector(Path(bundle), images, method=method, log=typer.echo)
     typer.echo(f"sha256 {meta['sha256']} recorded in {Path(bundle) / 'card.json'}; select with TRIPTYCH_INDUSTRIAL_DETECTOR_PRECISION=int8")
 
@@ -235,8 +238,12 @@ def threshold(
     precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
     slack: Annotated[float, typer.Option(help="Allowed false-alarm / miss share on these boards.")] = 0.01,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the selection's numbers here.")] = None,
+    groups: Annotated[str | None, typer.Option("--groups", help="Only these board groups of the list (default: the bundle's held-out calibration groups, if it records any, every board).")] = None,
 ) -> None:
-    """Choose the board decision thresholds (with / without template) on training boards; store them in the bundle."""
+    """Choose the board decision thresholds (with / without template) on training boards; store them in the bundle.
+
+    A bundle trained with board groups held out (`train --exclude-groups`, `bundle-detector --exclude-groups`)
+    is calibrated on those groups, every board: boards it never saw."""
     from core.offline import enforce_offline
 
     enforce_offline()
@@ -250,9 +257,17 @@ def threshold(
         from apps.industrial.settings import get_settings
 
         precision = get_settings().detector_precision
-    m = select_thresholds(Path(bundle), Path(deeppcb), split, every=every, precision=precision, slack=slack)
+    from apps.industrial.data import parse_groups
+    from core.bundle import load_bundle
+
+    chosen = parse_groups(groups)
+    held_out = tuple(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
+    if not chosen and held_out:
+        chosen, every = held_out, 1
+        typer.echo(f"calibrating on the bundle's held-out groups {', '.join(held_out)} (every board)")
+    m = select_thresholds(Path(bundle), Path(deeppcb), split, every=every, precision=precision, slack=slack, groups=chosen)
     set_detector_thresholds(Path(bundle), m["conf"], m.get("conf_no_template"))
-    _table(f"decision thresholds from {split} ({precision})", m)
+    _table(f"decision thresholds from {split}{' ' + ','.join(chosen) if chosen else ''} ({precision})", m)
     _write_json(json_out, m)
 
 
@@ -261,8 +276,11 @@ def platt(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
     bundle: Annotated[str, typer.Option(help="Template-aware detector bundle to calibrate.")] = str(WEIGHTS / "detector_template"),
     precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
+    split: Annotated[str | None, typer.Option(help="List holding the boards (default: the validation list, for its fusion-train group).")] = None,
+    groups: Annotated[str | None, typer.Option("--groups", help="Board groups to fit on (default: the bundle's held-out calibration groups from the training list, else group13000).")] = None,
 ) -> None:
-    """Calibrate a template-aware detector's board score for the Bayesian decision rule (fusion-train group only)."""
+    """Calibrate a template-aware detector's board score for the Bayesian decision rule (fusion-train group, or
+    the bundle's held-out calibration groups)."""
     from core.offline import enforce_offline
 
     enforce_offline()
@@ -275,22 +293,42 @@ def platt(
         from apps.industrial.settings import get_settings
 
         precision = get_settings().detector_precision
-    typer.echo(fit_template_platt(Path(bundle), Path(deeppcb), precision=precision))
+    from apps.industrial.data import parse_groups
+    from core.bundle import load_bundle
+
+    chosen = parse_groups(groups)
+    held_out = tuple(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
+    if not chosen and held_out:
+        chosen, split = held_out, split or str(SPLITS / "deeppcb_train.txt")
+    typer.echo(fit_template_platt(Path(bundle), Path(deeppcb), split=split, groups=chosen or ("group13000",), precision=precision))
 
 
 @data.command("splits")
 def splits(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
     out: Annotated[str, typer.Option(help="Folder for deeppcb_train.txt / deeppcb_val.txt.")] = str(SPLITS),
+    calibration_groups: Annotated[str | None, typer.Option("--calibration-groups", help="Also write deeppcb_calib.txt (these training groups) and deeppcb_fit.txt (the rest).")] = None,
 ) -> None:
     """Write the board-group train/validation lists (DeepPCB's list format)."""
-    from apps.industrial.data import load_deeppcb, split_by_group, write_split_list
+    from apps.industrial.data import (
+        load_deeppcb,
+        parse_groups,
+        select_groups,
+        split_by_group,
+        write_split_list,
+    )
 
     train_set, val_set = split_by_group(load_deeppcb(Path(deeppcb)))
     Path(out).mkdir(parents=True, exist_ok=True)
     write_split_list(train_set, Path(deeppcb), Path(out) / "deeppcb_train.txt")
     write_split_list(val_set, Path(deeppcb), Path(out) / "deeppcb_val.txt")
     typer.echo(f"{len(train_set)} train / {len(val_set)} validation boards")
+    cal = parse_groups(calibration_groups)
+    if cal:
+        cal_set, fit_set = select_groups(train_set, include=cal), select_groups(train_set, exclude=cal)
+        write_split_list(cal_set, Path(deeppcb), Path(out) / "deeppcb_calib.txt")
+        write_split_list(fit_set, Path(deeppcb), Path(out) / "deeppcb_fit.txt")
+        typer.echo(f"of the training boards: {len(fit_set)} fit / {len(cal_set)} calibration ({', '.join(cal)})")
 
 
 @data.command("bundle-detector")
@@ -300,9 +338,12 @@ def bundle_detector(
     out: Annotated[str, typer.Option(help="Bundle folder to write.")],
     conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
     input_mode: Annotated[str, typer.Option("--input", help="Input the weights were trained on: gray or template-diff.")] = "gray",
+    exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Board groups the weights were trained without (train --exclude-groups): recorded as the bundle's calibration groups.")] = None,
 ) -> None:
     """Package trained detector weights as a core bundle (config with the YAML, safetensors, card)."""
+    from apps.industrial.data import parse_groups
     from apps.industrial.fusion_train import make_detector_bundle
 
-    make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode)
+    make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode,
+                         held_out_groups=parse_groups(exclude_groups))
     typer.echo(f"wrote {out}")

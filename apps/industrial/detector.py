@@ -364,16 +364,18 @@ def calibration_images(root: Path, split: str | Path, n: int = 96, seed: int = 0
     return [item[0] for item in calibration_items(root, split, n, seed, "gray")]
 
 
-def calibration_items(root: Path, split: str | Path, n: int = 96, seed: int = 0, input_mode: str = "gray") -> list[tuple]:
+def calibration_items(root: Path, split: str | Path, n: int = 96, seed: int = 0, input_mode: str = "gray",
+                      exclude_groups=()) -> list[tuple]:
     """n calibration inputs of a TRAINING list as (image path, template path | None, repaired?).
 
     gray: alternately tested boards and templates. template-diff: in turn a tested board with its
     template, a repaired (defect-free) scan with its template, a tested board alone and a template
     alone, so both request paths (with and without template) set the activation ranges.
+    ``exclude_groups``: board groups held out of training (a bundle's ``held_out_groups``) stay out here too.
     """
-    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb
+    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb, select_groups
 
-    samples = load_deeppcb(root, split)
+    samples = select_groups(load_deeppcb(root, split), exclude=tuple(exclude_groups))
     leaked = sorted({s.group for s in samples} & set(DEEPPCB_VAL_GROUPS))
     if leaked:
         raise ValueError(f"calibration list {split} contains validation board groups {leaked}; calibrate on the training list")

@@ -141,16 +141,27 @@ def evaluate_deeppcb(
 
 
 def select_thresholds(bundle_dir: Path, root: Path, split: str | Path, every: int = 3, threads: int = 1,
-                      precision: str = "fp32", slack: float = 0.01, progress: bool = False) -> dict[str, float]:
-    """Decision thresholds (with and without template) from every `every`-th board of a TRAINING list."""
-    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb
+                      precision: str = "fp32", slack: float = 0.01, progress: bool = False, groups=()) -> dict[str, float]:
+    """Decision thresholds (with and without template) from every `every`-th board of a TRAINING list.
+
+    ``groups``: only these board groups of the list; for a bundle trained with groups held out
+    (``held_out_groups`` in its config), they must be among those: boards the detector never saw,
+    whose scores spread like the validation groups' rather than like memorised training boards'.
+    """
+    from apps.industrial.data import DEEPPCB_VAL_GROUPS, load_deeppcb, select_groups
     from apps.industrial.detector import load_onnx_detector
 
-    samples = load_deeppcb(root, split)[::every]
+    samples = select_groups(load_deeppcb(root, split), include=tuple(groups))[::every]
     leaked = sorted({s.group for s in samples} & set(DEEPPCB_VAL_GROUPS))
     if leaked:
         raise ValueError(f"threshold list {split} contains validation board groups {leaked}; choose on training boards")
-    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision)
+    model, config, bundle = load_onnx_detector(bundle_dir, threads, precision=precision)
+    held_out = bundle.config.get("held_out_groups")
+    if held_out is not None:
+        seen = sorted({s.group for s in samples} - set(held_out))
+        if seen:
+            raise ValueError(f"{bundle_dir} was trained on board groups {seen}; choose its threshold on its held-out "
+                             f"groups {held_out} (--groups)")
     out = {"n_boards": float(len(samples))}
     paths = (True, False) if config.input == "template-diff" else (False,)
     for use_template in paths:

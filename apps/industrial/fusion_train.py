@@ -40,7 +40,13 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
     from apps.industrial.evaluate import board_scores
 
     samples = [s for s in load_deeppcb(deeppcb, split or SPLITS / "deeppcb_val.txt") if s.group in groups]
-    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision)
+    if not samples:
+        raise ValueError(f"no boards of groups {list(groups)} in {split or 'deeppcb_val.txt'}")
+    model, config, bundle = load_onnx_detector(bundle_dir, threads, precision=precision)
+    held_out = bundle.config.get("held_out_groups")
+    leaked = sorted(set(groups) - set(held_out) - set(DEEPPCB_VAL_GROUPS)) if held_out is not None else []
+    if leaked:
+        raise ValueError(f"{bundle_dir} was trained on board groups {leaked}; calibrate it on held-out groups {held_out}")
     _, top, primary, _, _ = board_scores(model, config, samples, True, nms_conf=0.05)
     x = np.concatenate([top["test"], top[primary]])
     y = np.concatenate([np.ones(len(top["test"])), np.zeros(len(top[primary]))])
@@ -55,8 +61,11 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
 
 
 def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = "",
-                         input_mode: str = "gray"):
-    """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict)."""
+                         input_mode: str = "gray", held_out_groups: tuple[str, ...] = ()):
+    """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict).
+
+    ``held_out_groups``: training board groups the weights were trained without (``--exclude-groups``);
+    recorded in config.json so that threshold, Platt and INT8 calibration use / avoid them."""
     from safetensors.torch import load_file
 
     from apps.industrial.detector import DetectorConfig, detector_bundle_config, model_yaml
@@ -75,10 +84,7 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
               + ("; input channels: tested image, aligned defect-free template, |difference| (template optional)" if td else "")),
         data=["DeepPCB (Tang et al. 2019, github.com/tangsanli5201/DeepPCB, MIT licence file, research use): "
               "PCBData/trainval.txt, 1,000 tested images with boxes + defect-free templates"],
-        split=(f"by board group: validation = {', '.join(DEEPPCB_VAL_GROUPS)} (248 boards; "
-               "datasets/industrial/deeppcb_val.txt), training = the other 5 groups (752 boards + 752 defect-free "
-               + ("repaired scans (defect boxes copied from the template)" if td else "templates")
-               + " as label-free background images; datasets/industrial/deeppcb_train.txt)"),
+        split=_split_text(td, held_out_groups),
         metrics={k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float))},
         reproduce=(
             f"triptych data industrial prepare --deeppcb DIR --out {prepared}" + (" --input template-diff" if td else "") + "\n"
@@ -93,7 +99,30 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
         notes=notes,
     )
     config = DetectorConfig(arch=arch, conf=conf, input=input_mode)
-    return save_bundle(out, state, detector_bundle_config(config, model_yaml(arch)), card)
+    bundle_config = detector_bundle_config(config, model_yaml(arch))
+    if held_out_groups:
+        bundle_config["held_out_groups"] = list(held_out_groups)
+    return save_bundle(out, state, bundle_config, card)
+
+
+def _split_text(td: bool, held_out_groups=()) -> str:
+    """The card's split line, counted from the training list (DeepPCB trainval minus the validation groups)."""
+    from collections import Counter
+
+    clean = "repaired scans (defect boxes copied from the template)" if td else "templates"
+    text = f"by board group: validation = {', '.join(DEEPPCB_VAL_GROUPS)} (248 boards; datasets/industrial/deeppcb_val.txt), "
+    if not held_out_groups:
+        return text + (f"training = the other 5 groups (752 boards + 752 defect-free {clean} as label-free background images; "
+                       "datasets/industrial/deeppcb_train.txt)")
+    try:
+        counts = Counter(s.split("/")[0] for s in (SPLITS / "deeppcb_train.txt").read_text().split()[::2])
+    except OSError:
+        counts = Counter()
+    n_cal = sum(counts[g] for g in held_out_groups)
+    fit = sorted(set(counts) - set(held_out_groups))
+    return text + (f"calibration (board threshold, Platt scaling; never trained on) = {', '.join(held_out_groups)} ({n_cal} boards), "
+                   f"training = {', '.join(fit)} ({sum(counts[g] for g in fit)} boards + as many defect-free {clean} as "
+                   "label-free background images; datasets/industrial/deeppcb_train.txt minus the calibration groups)")
 
 
 FUSION_NOTES = (
