@@ -347,3 +347,38 @@ def bundle_detector(
     make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode,
                          held_out_groups=parse_groups(exclude_groups))
     typer.echo(f"wrote {out}")
+
+
+@data.command("card")
+def card(
+    bundle: Annotated[str, typer.Option(help="Detector bundle whose card.json (and MODEL_CARD.md, generated from it) to update.")],
+    metrics: Annotated[list[str] | None, typer.Option("--metrics", help="PREFIX=FILE.json: a flat metrics JSON (an eval's --json) stored as PREFIX_<key>; repeatable.")] = None,
+    notes_file: Annotated[str | None, typer.Option("--notes-file", help="Text put before the card's existing notes.")] = None,
+    field: Annotated[list[str] | None, typer.Option("--field", help="NAME=FILE: replace a card text field (split, reproduce) with the file's text; repeatable.")] = None,
+) -> None:
+    """Record measured numbers and notes in a detector bundle's card (card.json -> MODEL_CARD.md)."""
+    import json
+
+    from apps.industrial.detector import update_detector_card
+
+    values: dict[str, float] = {}
+    for item in metrics or []:
+        prefix, _, path = item.partition("=")
+        if not path:
+            raise typer.BadParameter(f"--metrics takes PREFIX=FILE.json, not {item!r}")
+        values.update({f"{prefix}_{k}": float(v) for k, v in json.loads(Path(path).read_text()).items()
+                       if isinstance(v, (int, float))})
+    card_path = Path(bundle) / "card.json"
+    for item in field or []:
+        name, _, path = item.partition("=")
+        if name not in ("split", "reproduce") or not path:
+            raise typer.BadParameter(f"--field takes split=FILE or reproduce=FILE, not {item!r}")
+        data = json.loads(card_path.read_text())
+        data[name] = Path(path).read_text().strip()
+        card_path.write_text(json.dumps(data, indent=2) + "\n")
+    notes = None
+    if notes_file:
+        old = json.loads(card_path.read_text()).get("notes", "")
+        notes = Path(notes_file).read_text().strip() + ("\n\n" + old if old else "")
+    update_detector_card(Path(bundle), metrics=values or None, notes=notes)
+    typer.echo(f"updated {card_path} and MODEL_CARD.md ({len(values)} metrics)")

@@ -98,3 +98,19 @@ def test_int8_calibration_inputs_skip_held_out_groups(tmp_path):
     root = make_deeppcb(tmp_path / "d", groups=GROUPS[:2], per_group=3)
     items = calibration_items(root, "trainval.txt", n=6, input_mode="template-diff", exclude_groups=("group44000",))
     assert len(items) == 3 and all("44000" not in str(item[0]) for item in items)
+
+
+def test_card_command_records_metrics_and_notes(tmp_path, held_out_bundle):
+    (tmp_path / "m.json").write_text(json.dumps({"map50": 0.5, "board_recall": 1.0}))
+    (tmp_path / "n.txt").write_text("Session 5: calibrated on held-out groups.")
+    (tmp_path / "s.txt").write_text("by board group: calibration = group44000")
+    r = CliRunner().invoke(_app(), ["data", "card", "--bundle", str(held_out_bundle), "--metrics", f"val_int8={tmp_path / 'm.json'}",
+                                    "--notes-file", str(tmp_path / "n.txt"), "--field", f"split={tmp_path / 's.txt'}"])
+    assert r.exit_code == 0, r.output
+    card = json.loads((held_out_bundle / "card.json").read_text())
+    assert card["metrics"]["val_int8_map50"] == 0.5 and card["notes"].startswith("Session 5")
+    assert card["split"] == "by board group: calibration = group44000"
+    markdown = (held_out_bundle / "MODEL_CARD.md").read_text()
+    assert "val_int8_board_recall" in markdown and "calibration = group44000" in markdown
+    r = CliRunner().invoke(_app(), ["data", "card", "--bundle", str(held_out_bundle), "--metrics", "nofile"])
+    assert r.exit_code != 0
