@@ -354,27 +354,35 @@ def card(
     bundle: Annotated[str, typer.Option(help="Detector bundle whose card.json (and MODEL_CARD.md, generated from it) to update.")],
     metrics: Annotated[list[str] | None, typer.Option("--metrics", help="PREFIX=FILE.json: a flat metrics JSON (an eval's --json) stored as PREFIX_<key>; repeatable.")] = None,
     notes_file: Annotated[str | None, typer.Option("--notes-file", help="Text put before the card's existing notes.")] = None,
-    field: Annotated[list[str] | None, typer.Option("--field", help="NAME=FILE: replace a card text field (split, reproduce) with the file's text; repeatable.")] = None,
+    field: Annotated[list[str] | None, typer.Option("--field", help="NAME=FILE: replace a card text field (split, reproduce; limitations: one a line) with the file's text; repeatable.")] = None,
+    training: Annotated[str | None, typer.Option("--training", help="The training run's metrics.json (ultralytics' validator numbers renamed ultralytics_val_*).")] = None,
+    replace_metrics: Annotated[bool, typer.Option("--replace-metrics", help="Drop the card's metrics first (a new model's card).")] = False,
 ) -> None:
     """Record measured numbers and notes in a detector bundle's card (card.json -> MODEL_CARD.md)."""
     import json
 
     from apps.industrial.detector import update_detector_card
+    from apps.industrial.fusion_train import training_metrics
 
-    values: dict[str, float] = {}
+    card_path = Path(bundle) / "card.json"
+    if replace_metrics:
+        data = json.loads(card_path.read_text())
+        data["metrics"] = {}
+        card_path.write_text(json.dumps(data, indent=2) + "\n")
+    values: dict[str, float] = training_metrics(Path(training)) if training else {}
     for item in metrics or []:
         prefix, _, path = item.partition("=")
         if not path:
             raise typer.BadParameter(f"--metrics takes PREFIX=FILE.json, not {item!r}")
         values.update({f"{prefix}_{k}": float(v) for k, v in json.loads(Path(path).read_text()).items()
                        if isinstance(v, (int, float))})
-    card_path = Path(bundle) / "card.json"
     for item in field or []:
         name, _, path = item.partition("=")
-        if name not in ("split", "reproduce") or not path:
-            raise typer.BadParameter(f"--field takes split=FILE or reproduce=FILE, not {item!r}")
+        if name not in ("split", "reproduce", "limitations") or not path:
+            raise typer.BadParameter(f"--field takes split=FILE, reproduce=FILE or limitations=FILE, not {item!r}")
         data = json.loads(card_path.read_text())
-        data[name] = Path(path).read_text().strip()
+        text = Path(path).read_text().strip()
+        data[name] = [line for line in text.splitlines() if line.strip()] if name == "limitations" else text
         card_path.write_text(json.dumps(data, indent=2) + "\n")
     notes = None
     if notes_file:

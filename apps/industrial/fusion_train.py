@@ -74,7 +74,7 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
     weights = Path(weights)
     state = load_file(str(weights / "model.safetensors"))
     if metrics is None and (weights / "metrics.json").exists():
-        metrics = json.loads((weights / "metrics.json").read_text())
+        metrics = training_metrics(weights / "metrics.json")
     td = input_mode == "template-diff"
     prepared = "datasets/prepared/deeppcb_td" if td else "datasets/prepared/deeppcb"
     card = ModelCard(
@@ -103,6 +103,18 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
     if held_out_groups:
         bundle_config["held_out_groups"] = list(held_out_groups)
     return save_bundle(out, state, bundle_config, card)
+
+
+ULTRALYTICS_VAL_KEYS = ("precision", "recall", "mAP50", "mAP50-95")
+
+
+def training_metrics(path: Path) -> dict[str, float]:
+    """A training run's metrics.json for a card. ultralytics' own validator numbers (its val folder, logged
+    each epoch, not this repo's evaluator) are renamed ``ultralytics_val_*`` so that no card reads them
+    as validation results."""
+    raw = json.loads(Path(path).read_text())
+    return {(f"ultralytics_val_{k}" if k in ULTRALYTICS_VAL_KEYS else k): float(v) for k, v in raw.items()
+            if isinstance(v, (int, float))}
 
 
 def _split_text(td: bool, held_out_groups=()) -> str:

@@ -9,7 +9,13 @@ import typer
 from typer.testing import CliRunner
 
 from apps.industrial import cli
-from apps.industrial.data import group_of_board_file, load_deeppcb, parse_groups, prepare_ultralytics, select_groups
+from apps.industrial.data import (
+    group_of_board_file,
+    load_deeppcb,
+    parse_groups,
+    prepare_ultralytics,
+    select_groups,
+)
 from tests.apps.industrial.test_data import make_deeppcb
 
 GROUPS = ("group00041", "group44000", "group13000")
@@ -114,3 +120,12 @@ def test_card_command_records_metrics_and_notes(tmp_path, held_out_bundle):
     assert "val_int8_board_recall" in markdown and "calibration = group44000" in markdown
     r = CliRunner().invoke(_app(), ["data", "card", "--bundle", str(held_out_bundle), "--metrics", "nofile"])
     assert r.exit_code != 0
+    (tmp_path / "train.json").write_text(json.dumps({"mAP50": 0.99, "epochs_run": 82, "input": "template-diff"}))
+    (tmp_path / "lim.txt").write_text("first limit\n\nsecond limit\n")
+    r = CliRunner().invoke(_app(), ["data", "card", "--bundle", str(held_out_bundle), "--replace-metrics", "--training",
+                                    str(tmp_path / "train.json"), "--field", f"limitations={tmp_path / 'lim.txt'}"])
+    assert r.exit_code == 0, r.output
+    card = json.loads((held_out_bundle / "card.json").read_text())
+    # ultralytics' per-epoch validator number is not a validation result of this repo's evaluator
+    assert card["metrics"] == {"ultralytics_val_mAP50": 0.99, "epochs_run": 82.0}
+    assert card["limitations"] == ["first limit", "second limit"]
