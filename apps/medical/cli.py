@@ -42,7 +42,8 @@ def train(
     detector: Annotated[str | None, typer.Option(help="Nodule-detector bundle for the detector presets (see --train-detector).")] = None,
     train_detector: Annotated[str | None, typer.Option(help="With --ct: train the dense nodule detector, write its bundle here and stop.")] = None,
     seconds: Annotated[float, typer.Option(help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
-    detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped) or tiny.")] = "small",
+    detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped), wide, small_group_norm or tiny.")] = "small",
+    steps: Annotated[int, typer.Option(help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
     workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
@@ -60,7 +61,8 @@ def train(
                                                  train_detector as fit_detector)
 
         resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
-        config = DetectorTrainConfig.from_name(detector_preset, seed=seed, device=resolved, seconds=seconds)
+        config = DetectorTrainConfig.from_name(detector_preset, seed=seed, device=resolved, seconds=seconds,
+                                               **({"steps": steps} if steps else {}))
         studies = load_detector_studies(ct, config.detector, parse_patient_range(patients), workers=workers, log=typer.echo)
         det, info = fit_detector(studies, config, log=typer.echo)
         save_detector_bundle(det, train_detector, config, info["metrics"], sorted({s.patient_id for s in studies}),

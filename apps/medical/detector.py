@@ -39,24 +39,37 @@ class NoduleDetectorConfig(ConfigBase):
     hu_min: float = -1000.0
     hu_max: float = 400.0
     min_separation_mm: float = 10.0  # peaks closer than this are one nodule
+    # "batch": statistics of the training patches, fixed at inference; "group": per scan, which
+    # differ between a training patch and a whole scan (a lot more air outside the body)
+    norm: str = "batch"
+    dropout: float = 0.1  # channel dropout before the heads (training only)
 
     PRESETS = {
         "tiny": {"channels": [4, 8, 8, 8]},
         "small": {},
         "wide": {"channels": [24, 48, 96, 96]},
+        "small_group_norm": {"norm": "group", "dropout": 0.0},
     }
 
 
-def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False),
-                         nn.GroupNorm(min(8, cout), cout), nn.ReLU(inplace=True))
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm3d(channels)
+    if kind == "group":
+        return nn.GroupNorm(min(8, channels), channels)
+    raise ValueError(f"unknown norm {kind!r}; choose batch or group")
+
+
+def _conv(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+    return nn.Sequential(nn.Conv3d(cin, cout, 3, stride=stride, padding=1, bias=False), _norm(norm, cout),
+                         nn.ReLU(inplace=True))
 
 
 class _Residual(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, norm: str = "batch"):
         super().__init__()
-        self.body = nn.Sequential(_conv(channels, channels), nn.Conv3d(channels, channels, 3, padding=1, bias=False),
-                                  nn.GroupNorm(min(8, channels), channels))
+        self.body = nn.Sequential(_conv(channels, channels, norm=norm),
+                                  nn.Conv3d(channels, channels, 3, padding=1, bias=False), _norm(norm, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.relu(x + self.body(x))
@@ -69,15 +82,16 @@ class NoduleDetector(nn.Module):
         super().__init__()
         self.config = config = config or NoduleDetectorConfig()
         c0, c1, c2, c3 = config.channels
-        self.stem = _conv(1, c0, 2)
-        self.down1 = nn.Sequential(_conv(c0, c1, 2), _Residual(c1))
-        self.down2 = nn.Sequential(_conv(c1, c2, 2), _Residual(c2))
-        self.down3 = nn.Sequential(_conv(c2, c3, 2), _Residual(c3))
+        n = config.norm
+        self.stem = _conv(1, c0, 2, n)
+        self.down1 = nn.Sequential(_conv(c0, c1, 2, n), _Residual(c1, n))
+        self.down2 = nn.Sequential(_conv(c1, c2, 2, n), _Residual(c2, n))
+        self.down3 = nn.Sequential(_conv(c2, c3, 2, n), _Residual(c3, n))
         self.lateral3 = nn.Conv3d(c3, c2, 1)
-        self.smooth2 = _conv(c2, c2)
+        self.smooth2 = _conv(c2, c2, norm=n)
         self.lateral2 = nn.Conv3d(c2, c1, 1)
-        self.smooth1 = _conv(c1, c1)
-        self.head = nn.Sequential(_conv(c1, c1), nn.Conv3d(c1, 3, 1))
+        self.smooth1 = _conv(c1, c1, norm=n)
+        self.head = nn.Sequential(_conv(c1, c1, norm=n), nn.Dropout3d(config.dropout), nn.Conv3d(c1, 3, 1))
         with torch.no_grad():  # a nodule centre is rare: start the heat near a 1 % prior (CenterNet)
             self.head[-1].bias.copy_(torch.tensor([-4.6, 2.3, 0.0]))
 

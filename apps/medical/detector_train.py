@@ -30,11 +30,12 @@ class DetectorTrainConfig(ConfigBase):
     detector: NoduleDetectorConfig = field(default_factory=NoduleDetectorConfig)
     patch: list[int] = field(default_factory=lambda: [64, 128, 128])  # (D, H, W) voxels, multiples of 16
     nodule_patch_share: float = 0.75  # patches centred near a nodule (the rest anywhere)
+    augment: bool = True  # mirrors on every axis, axial transposes, intensity gain / offset, noise
     batch_size: int = 8
     steps: int = 3000
     lr: float = 2e-3
-    weight_decay: float = 1e-4
-    val_every: int = 500
+    weight_decay: float = 1e-2
+    val_every: int = 250
     k: int = 8  # detections scored per study
     seconds: float = 0.0  # wall-clock budget for the steps (0 = none)
     seed: int = 0
@@ -45,6 +46,8 @@ class DetectorTrainConfig(ConfigBase):
                  "val_every": 4},
         "small": {},
         "wide": {"detector": NoduleDetectorConfig.PRESETS["wide"]},
+        "small_group_norm": {"detector": NoduleDetectorConfig.PRESETS["small_group_norm"], "augment": False,
+                             "weight_decay": 1e-4},
     }
 
     @classmethod
@@ -90,7 +93,10 @@ def load_detector_studies(root: str | Path, config: NoduleDetectorConfig, patien
     jobs = [(str(s.volume_path), config.to_dict()) for s in studies]
     started = time.perf_counter()
     if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        import multiprocessing
+
+        # spawn, not fork: a forked child of a process whose OpenMP pool is running can hang
+        with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             loaded = list(pool.map(_load_one, jobs, chunksize=4))
     else:
         loaded = [_load_one(j) for j in jobs]
@@ -103,7 +109,7 @@ def load_detector_studies(root: str | Path, config: NoduleDetectorConfig, patien
     return out
 
 
-def _patch(study: DetectorStudy, size: np.ndarray, rng: np.random.Generator, near_nodule: bool):
+def _patch(study: DetectorStudy, size: np.ndarray, rng: np.random.Generator, near_nodule: bool, augment: bool = True):
     shape = np.asarray(study.volume.shape)
     if near_nodule and study.nodules:
         z, y, x = study.nodules[rng.integers(len(study.nodules))][:3]
@@ -125,17 +131,30 @@ def _patch(study: DetectorStudy, size: np.ndarray, rng: np.random.Generator, nea
     if rng.random() < 0.5:  # left-right mirror: the lungs are near-symmetric, nodules occur on both sides
         vol = vol[:, :, ::-1]
         targets = {k: v[:, :, ::-1] for k, v in targets.items()}
+    if augment:  # a nodule looks the same upside down or turned in the axial plane (y and x share a spacing)
+        for axis in (0, 1):
+            if rng.random() < 0.5:
+                vol = np.flip(vol, axis)
+                targets = {k: np.flip(v, axis) for k, v in targets.items()}
+        if size[1] == size[2] and rng.random() < 0.5:
+            vol = vol.transpose(0, 2, 1)
+            targets = {k: v.transpose(0, 2, 1) for k, v in targets.items()}
     return np.ascontiguousarray(vol), {k: np.ascontiguousarray(v) for k, v in targets.items()}
 
 
-def _batch(studies, idx, size, rng, share, device):
+def _batch(studies, idx, size, rng, share, device, augment: bool = False):
     vols, targets = [], {"heat": [], "size": [], "malignant": []}
     for i in idx:
-        v, t = _patch(studies[i], size, rng, rng.random() < share)
+        v, t = _patch(studies[i], size, rng, rng.random() < share, augment)
         vols.append(v)
         for k in targets:
             targets[k].append(t[k])
     x = torch.from_numpy(np.stack(vols)).to(device).float().div_(255.0).unsqueeze(1)
+    if augment:  # scanner differences: window gain / offset (+-10 %, +-40 HU) and noise (~15 HU)
+        n = x.shape[0]
+        gain = torch.from_numpy(rng.uniform(0.9, 1.1, (n, 1, 1, 1, 1))).to(x)
+        offset = torch.from_numpy(rng.uniform(-0.03, 0.03, (n, 1, 1, 1, 1))).to(x)
+        x = (x * gain + offset + torch.randn_like(x) * 0.01).clamp_(0.0, 1.0)
     return x, {k: torch.from_numpy(np.stack(v)).to(device) for k, v in targets.items()}
 
 
@@ -206,7 +225,7 @@ def train_detector(studies: list[DetectorStudy], config: DetectorTrainConfig, lo
     opt = torch.optim.AdamW(detector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     size = np.asarray(config.patch)
     cuda = device.startswith("cuda")
-    best, best_state, history = -1.0, None, []
+    best, best_state, history = -math.inf, None, []
     started = time.perf_counter()
     running: dict[str, float] = {}
     step = 0
@@ -215,7 +234,7 @@ def train_detector(studies: list[DetectorStudy], config: DetectorTrainConfig, lo
         progress = max(step / config.steps, (time.perf_counter() - started) / config.seconds if config.seconds else 0.0)
         for group in opt.param_groups:
             group["lr"] = config.lr * min(1.0, progress / 0.05) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-        x, t = _batch(studies, rng.choice(tr, config.batch_size), size, rng, config.nodule_patch_share, device)
+        x, t = _batch(studies, rng.choice(tr, config.batch_size), size, rng, config.nodule_patch_share, device, config.augment)
         with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=cuda):
             out = detector(x)
         losses = detector_loss(out, t)
