@@ -81,8 +81,12 @@ def test_shipped_bundle_loads_verified_and_predicts():
         features = model.config.candidate_encoder.geometry_features
         ct = {"crops": torch.rand(1, stage.k, 1, size, size, size), "geometry": torch.rand(1, stage.k, features),
               "mask": torch.ones(1, stage.k, dtype=torch.bool)}
-        # the ranker and the feature statistics were fitted before shipping (not the initial 0 / 1)
-        assert model.ranker.mean.abs().sum() > 0 and not torch.allclose(model.ranker.std, torch.ones_like(model.ranker.std))
+        # the ranker (or detector) and the feature statistics were fitted before shipping (not the initial state)
+        if model.uses_ranker:
+            assert model.ranker.mean.abs().sum() > 0 and not torch.allclose(model.ranker.std, torch.ones_like(model.ranker.std))
+        else:  # a trained detector: batch-norm statistics moved off their initial 0 / 1
+            norm = model.detector.stem[1]
+            assert norm.running_mean.abs().sum() > 0 and not torch.allclose(norm.running_var, torch.ones_like(norm.running_var))
         assert model.ct_encoder.geometry_mean.abs().sum() > 0
     else:
         ct = torch.rand(1, 1, *model.config.volume_shape)
