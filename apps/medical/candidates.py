@@ -63,6 +63,7 @@ class Candidates:
     mask: np.ndarray  # (k,) bool, True = a real candidate
     centres_vox: np.ndarray  # (k, 3) int (z, y, x) in the input volume; -1 where absent
     lung_ml: float
+    radius_mm: np.ndarray | None = None  # (k,) estimated radius of each candidate (for drawing); 0 where absent
 
 
 def load_hu(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -327,7 +328,7 @@ def extract(hu: np.ndarray, spacing: tuple[float, float, float], config: Candida
     k = config.k
     out = Candidates(np.zeros((k, config.crop, config.crop, config.crop), np.float32),
                      np.zeros((k, len(GEOMETRY_FEATURES)), np.float32), np.zeros(k, bool), -np.ones((k, 3), np.int64),
-                     p.lung_ml)
+                     p.lung_ml, np.zeros(k, np.float32))
     if len(p.features) == 0:
         return out
     if ranker is not None:
@@ -340,6 +341,7 @@ def extract(hu: np.ndarray, spacing: tuple[float, float, float], config: Candida
         out.geometry[slot] = np.append(p.features[i], scores[i])
         out.mask[slot] = True
         out.centres_vox[slot] = p.centres_vox[i]
+        out.radius_mm[slot] = p.features[i, FEATURES.index("radius_mm")]
     return out
 
 

@@ -184,7 +184,8 @@ def detection_candidates(hu: np.ndarray, spacing, detector: NoduleDetector, conf
 
     k = config.k
     out = Candidates(np.zeros((k, config.crop, config.crop, config.crop), np.float32),
-                     np.zeros((k, len(DETECTOR_FEATURES)), np.float32), np.zeros(k, bool), -np.ones((k, 3), np.int64), 0.0)
+                     np.zeros((k, len(DETECTOR_FEATURES)), np.float32), np.zeros(k, bool), -np.ones((k, 3), np.int64), 0.0,
+                     np.zeros(k, np.float32))
     if hu.ndim != 3 or min(hu.shape) < 8:
         raise ValueError(f"expected a 3-D CT volume, got shape {hu.shape}")
     det = detect(hu, spacing, detector, k)
@@ -200,6 +201,7 @@ def detection_candidates(hu: np.ndarray, spacing, detector: NoduleDetector, conf
                               float((sphere > -300).mean()), float(((sphere > -800) & (sphere <= -300)).mean())]
         out.mask[slot] = True
         out.centres_vox[slot] = np.round(centre).astype(np.int64)
+        out.radius_mm[slot] = radius
     return out
 
 

@@ -233,7 +233,8 @@ class MedicalRunner:
                 z, y, x = (int(v) for v in c.centres_vox[i])
                 w = float(share[i]) / peak_share if share.max() > 0 else float(i == best)
                 if w > 0:
-                    r = max(2.0, float(c.geometry[i, 0]) / 2.0)  # voxels, roughly the candidate's radius
+                    # roughly the candidate's radius in voxels (rendered and most CT grids are ~2 mm)
+                    r = max(2.0, float(c.radius_mm[i]) / 2.0) if c.radius_mm is not None else 2.0
                     box = tuple(slice(max(0, v - int(3 * r)), min(n, v + int(3 * r) + 1))
                                 for v, n in zip((z, y, x), display.shape))
                     zz, yy, xx = np.ogrid[box]

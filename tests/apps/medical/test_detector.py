@@ -120,3 +120,34 @@ def test_detector_fusion_model_trains_from_a_pack_and_keeps_its_detector(tmp_pat
     hu, spacing = load_hu(next((toy_studies / "volumes").glob("*.nii.gz")))
     a, b = loaded.extract_candidates(hu, spacing), model.extract_candidates(hu, spacing)
     assert np.array_equal(a.centres_vox, b.centres_vox) and np.allclose(a.geometry, b.geometry, atol=1e-5)
+
+
+def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy_studies, tiny_bert_dir):
+    """--train-detector bundle -> train_fusion (detector preset) -> evaluate_ct -> the service runner draws
+    each candidate's occlusion share at its centre, sized by the detector's diameter."""
+    from apps.medical.data import load_rendered
+    from apps.medical.detector_train import DetectorTrainConfig, load_detector_studies, save_detector_bundle, train_detector
+    from apps.medical.evaluate import evaluate_ct
+    from apps.medical.service import CandidateInput, MedicalRunner, StudyInput
+    from apps.medical.train import FusionTrainConfig, train_fusion
+
+    config = DetectorTrainConfig.from_name("tiny", steps=3, val_every=3)
+    det, info = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None), config, log=lambda m: None)
+    save_detector_bundle(det, tmp_path / "det", config, info["metrics"], ["LIDC-IDRI-0001"])
+    out = tmp_path / "bundle"
+    _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny_detector"), patients=(1, 800),
+                              bert_path=str(tiny_bert_dir), log=lambda m: None, detector=tmp_path / "det")
+    assert "val_auc_ct_only" in metrics
+    result = evaluate_ct(toy_studies, out, str(tiny_bert_dir))
+    assert {"auc", "auc_ct_only", "auc_text_only"} <= set(result)
+    runner = MedicalRunner(out, tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1)
+    study = load_rendered(toy_studies)[0]
+    ct = runner.load_ct(study.volume_path)
+    assert isinstance(ct, CandidateInput) and ct.candidates.mask.all()
+    diameters = ct.candidates.geometry[:, DETECTOR_FEATURES.index("diameter_mm")]
+    assert np.allclose(ct.candidates.radius_mm, np.clip(diameters / 2, 2.0, 20.0))
+    answer = runner.predict_batch([StudyInput(ct, study.report), StudyInput(ct, None)])
+    for item in answer:
+        assert not isinstance(item, Exception), item
+        assert 0.0 <= item["probability"] <= 1.0
+    assert answer[0]["location"] is not None and answer[0]["heatmaps"]
