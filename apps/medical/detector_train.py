@@ -18,8 +18,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apps.medical.detector import (STRIDE, NoduleDetector, NoduleDetectorConfig, decode, detector_loss, heat_targets,
-                                   prepare_volume)
+from apps.medical.detector import (
+    STRIDE,
+    NoduleDetector,
+    NoduleDetectorConfig,
+    decode,
+    detector_loss,
+    heat_targets,
+    prepare_volume,
+)
 from core.config import ConfigBase
 
 Log = Callable[[str], None]

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from apps.medical.detector import DETECTOR_FEATURES, NoduleDetector, NoduleDetectorConfig
 from apps.medical.encoders import (
     BertReportEncoder,
     CandidateEncoderConfig,
@@ -22,13 +23,26 @@ from apps.medical.encoders import (
     CTResNetEncoder,
     posterise,
 )
-from apps.medical.detector import DETECTOR_FEATURES, NoduleDetector, NoduleDetectorConfig
 from core.config import ConfigBase
 from core.fusion.progressive import FusionConfig
 from core.heads import ClassificationHead
 from core.model import MultimodalModel
 
 MODALITIES = ("ct", "report")
+
+
+# smoke-test sized candidate model (tests, CLI smoke runs)
+_TINY_CANDIDATES = {
+    "ct_kind": "candidates",
+    "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
+    "candidate_stage": {"k": 3, "crop": 12},
+    "risk_factors": True,
+    "fusion": FusionConfig.PRESETS["tiny"],
+    "clause_tokens": 16,
+    "max_clauses": 8,
+    "head_hidden": 8,
+    "bert_hidden": 16,
+}
 
 
 @dataclass
@@ -72,32 +86,13 @@ class MedicalModelConfig(ConfigBase):
         "candidates_risk": {"ct_kind": "candidates", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True},
         "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3},
                            "candidate_stage": {"crop": 20}},
-        "tiny_candidates": {
-            "ct_kind": "candidates",
-            "candidate_encoder": CandidateEncoderConfig.PRESETS["tiny"],
-            "candidate_stage": {"k": 3, "crop": 12},
-            "risk_factors": True,
-            "fusion": FusionConfig.PRESETS["tiny"],
-            "clause_tokens": 16,
-            "max_clauses": 8,
-            "head_hidden": 8,
-            "bert_hidden": 16,
-        },
+        "tiny_candidates": _TINY_CANDIDATES,
         # the dense detector's top 8 (crops + its heat / size / malignancy outputs) + risk factors
         "detector_risk": {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
                           "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
-        "tiny_detector": {
-            "ct_kind": "detector",
-            "detector": NoduleDetectorConfig.PRESETS["tiny"],
-            "candidate_encoder": {**CandidateEncoderConfig.PRESETS["tiny"], "geometry_features": len(DETECTOR_FEATURES)},
-            "candidate_stage": {"k": 3, "crop": 12},
-            "risk_factors": True,
-            "fusion": FusionConfig.PRESETS["tiny"],
-            "clause_tokens": 16,
-            "max_clauses": 8,
-            "head_hidden": 8,
-            "bert_hidden": 16,
-        },
+        "tiny_detector": {**_TINY_CANDIDATES, "ct_kind": "detector", "detector": NoduleDetectorConfig.PRESETS["tiny"],
+                          "candidate_encoder": {**CandidateEncoderConfig.PRESETS["tiny"],
+                                                "geometry_features": len(DETECTOR_FEATURES)}},
         # small + fixed blob features in the CT encoder + per-modality auxiliary losses
         "small_blob": {"ct": {**CTEncoderConfig.PRESETS["small"], "blob_features": True}, "aux_weight": 0.5},
     }

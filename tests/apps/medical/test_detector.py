@@ -6,8 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from apps.medical.detector import (DETECTOR_FEATURES, STRIDE, NoduleDetector, NoduleDetectorConfig, decode,
-                                   detection_candidates, detector_loss, heat_targets)
+from apps.medical.detector import (
+    DETECTOR_FEATURES,
+    STRIDE,
+    NoduleDetector,
+    NoduleDetectorConfig,
+    decode,
+    detection_candidates,
+    detector_loss,
+    heat_targets,
+)
 
 
 def test_heat_targets_peak_at_the_nodule_cell_with_its_size_and_label():
@@ -66,7 +74,13 @@ BLOB_TRAIN_STEPS = 150
 
 def test_tiny_detector_learns_to_find_a_blob():
     """A few hundred CPU steps on generated scans: the top detection lands on the bright blob."""
-    from apps.medical.detector_train import DetectorStudy, DetectorTrainConfig, detect_studies, detection_metrics, train_detector
+    from apps.medical.detector_train import (
+        DetectorStudy,
+        DetectorTrainConfig,
+        detect_studies,
+        detection_metrics,
+        train_detector,
+    )
 
     rng = np.random.default_rng(0)
     config = DetectorTrainConfig.from_name("tiny", steps=BLOB_TRAIN_STEPS, val_every=BLOB_TRAIN_STEPS, patch=[16, 32, 32], batch_size=4)
@@ -95,10 +109,21 @@ def test_loss_is_finite_without_any_nodule():
 
 def test_detector_fusion_model_trains_from_a_pack_and_keeps_its_detector(tmp_path, toy_studies, tiny_bert_dir):
     """detector preset: detector bundle -> candidates -> pack -> fusion bundle holding the same detector."""
-    from apps.medical.detector_train import (DetectorTrainConfig, load_detector_bundle, load_detector_studies,
-                                             save_detector_bundle, train_detector)
+    from apps.medical.detector_train import (
+        DetectorTrainConfig,
+        load_detector_bundle,
+        load_detector_studies,
+        save_detector_bundle,
+        train_detector,
+    )
     from apps.medical.model import load_model
-    from apps.medical.train import FusionTrainConfig, build_training_model, load_arrays, train_from_pack, write_pack
+    from apps.medical.train import (
+        FusionTrainConfig,
+        build_training_model,
+        load_arrays,
+        train_from_pack,
+        write_pack,
+    )
 
     config = DetectorTrainConfig.from_name("tiny", steps=3, val_every=3)
     studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)
@@ -126,7 +151,12 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     """--train-detector bundle -> train_fusion (detector preset) -> evaluate_ct -> the service runner draws
     each candidate's occlusion share at its centre, sized by the detector's diameter."""
     from apps.medical.data import load_rendered
-    from apps.medical.detector_train import DetectorTrainConfig, load_detector_studies, save_detector_bundle, train_detector
+    from apps.medical.detector_train import (
+        DetectorTrainConfig,
+        load_detector_studies,
+        save_detector_bundle,
+        train_detector,
+    )
     from apps.medical.evaluate import evaluate_ct
     from apps.medical.service import CandidateInput, MedicalRunner, StudyInput
     from apps.medical.train import FusionTrainConfig, train_fusion
