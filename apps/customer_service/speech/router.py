@@ -49,8 +49,13 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         if mode not in _MODES:
             await _fail(websocket, 1003, "bad_mode", f"mode must be one of {', '.join(_MODES)}")
             return
+        making = asyncio.ensure_future(asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool()))
         try:
-            rec = await asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool())
+            # shielded: a client that leaves while a decoder is being acquired must not strand it
+            rec = await asyncio.shield(making)
+        except asyncio.CancelledError:
+            making.add_done_callback(_close_abandoned)
+            raise
         except TimeoutError:
             await _fail(websocket, 1013, "busy", "All streaming decoders are busy; retry shortly.")
             return
@@ -91,9 +96,17 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         except WebSocketDisconnect:
             pass
         finally:
-            await asyncio.to_thread(rec.close)
+            # A plain awaited to_thread would be cancelled with the session (the server cancels a
+            # handler whose client left): a close still queued for a worker thread would then be
+            # dropped and the decoder never returned to the pool. Shielded, it always runs.
+            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(rec.close)))
 
     return router
+
+
+def _close_abandoned(making: asyncio.Future) -> None:
+    if not making.cancelled() and making.exception() is None:
+        making.result().close()
 
 
 def _is_end(text: str | None) -> bool:

@@ -99,11 +99,18 @@ class StreamingRecognizer:
         self._max_utt_samples = int(max_utterance_s * 16_000)
         self.chunk_latencies_ms: list[float] = []
         self.closed = False
+        # a server may close a session (client gone) while a chunk is still being decoded in a
+        # worker thread: the decoder must not go back to the pool mid-decode
+        self._busy = threading.RLock()
 
     # -- public -------------------------------------------------------------------------------
 
     def accept(self, chunk: bytes) -> list[StreamEvent]:
         """Process one chunk; returns the events it caused (possibly none)."""
+        with self._busy:
+            return self._accept(chunk)
+
+    def _accept(self, chunk: bytes) -> list[StreamEvent]:
         if self.closed:
             raise RuntimeError("stream already finished")
         if len(chunk) % 2:
@@ -137,6 +144,10 @@ class StreamingRecognizer:
 
     def finish(self) -> list[StreamEvent]:
         """Flush the endpointer and close the current utterance; releases the decoder."""
+        with self._busy:
+            return self._finish()
+
+    def _finish(self) -> list[StreamEvent]:
         if self.closed:
             return []
         events = []
@@ -154,6 +165,11 @@ class StreamingRecognizer:
         return events
 
     def close(self) -> None:
+        """Release the decoder (waits for a chunk being decoded); safe to call more than once."""
+        with self._busy:
+            self._close()
+
+    def _close(self) -> None:
         if not self.closed:
             self.closed = True
             if self._in_utt:
