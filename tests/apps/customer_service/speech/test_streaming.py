@@ -174,3 +174,19 @@ def test_digit_mode_finals_come_from_the_learned_digit_recogniser(stream_pool, m
     assert len(calls) >= 2
     for e in finals:
         assert len(e.words) == 1 and e.start - 0.05 <= e.words[0].start < e.words[0].end <= e.end + 0.05
+
+
+@pytest.mark.timeout(60)
+def test_sessions_whose_client_leaves_return_their_decoder(stream_pool, call_audio):
+    """A client that drops the socket mid-call (no "end") must not strand the pool's only decoder."""
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, max_session_s=30))
+    pcm = _pcm(call_audio)
+    with TestClient(app) as c:
+        for _ in range(3):
+            with c.websocket_connect("/v1/stream") as ws:
+                assert ws.receive_json()["type"] == "ready"
+                for off in range(0, 8 * CHUNK, CHUNK):
+                    ws.send_bytes(pcm[off:off + CHUNK])
+    decoder = stream_pool.acquire(timeout_s=5.0)
+    stream_pool.release(decoder)
