@@ -41,11 +41,24 @@ class Location(BaseModel):
     description: str
 
 
+class Finding(BaseModel):
+    voxel_zyx: list[int] = Field(description="Candidate centre in the uploaded volume's voxels (z, y, x)")
+    diameter_mm: float = Field(description="Estimated diameter (mm)")
+    influence: float = Field(description="Its share of the decision relative to the most influential candidate (0-1): "
+                                         "the drop of the malignancy logit when it is masked out")
+    nodule_probability: float | None = Field(None, description="Detector's probability that a nodule is centred here "
+                                                               "(uncalibrated; detector models only)")
+    malignancy_score: float | None = Field(None, description="Detector's own malignancy score for it (uncalibrated; "
+                                                             "the study probability above is the calibrated answer)")
+
+
 class AnalyzeResponse(BaseModel):
     id: str = Field(description="Result id in the result store")
     probability: float = Field(description="Calibrated probability that the nodule is malignant")
     risk: RiskBand
     location: Location | None = Field(None, description="Heat-map peak; None without a CT")
+    findings: list[Finding] = Field(default_factory=list, description="The nodule candidates that moved the decision, "
+                                                                      "most influential first (at most 3; candidate models)")
     heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
     secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
                                           "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "

@@ -247,8 +247,9 @@ class MedicalRunner:
             slices = [peak[0]] + [int(c.centres_vox[i, 0]) for i in np.argsort(-share) if c.mask[i] and share[i] > 0
                                   and int(c.centres_vox[i, 0]) != peak[0]]
             slices = list(dict.fromkeys(slices))[: self.heatmap_slices]
+            findings = self._findings(c, share)
         else:
-            location, slices = None, []
+            location, slices, findings = None, [], []
         artefact_id = uuid.uuid4().hex
         folder = self.artefact_dir / artefact_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -257,15 +258,35 @@ class MedicalRunner:
             name = f"slice_{z}.png"
             (folder / name).write_bytes(overlay_png(display, heat, z, scale=2))
             names.append(name)
-        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id)
+        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings)
+
+    def _findings(self, c, share: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
+        """The candidates with a positive occlusion share, most influential first."""
+        from apps.medical.detector import DETECTOR_FEATURES
+
+        detector = self.model.config.ct_kind == "detector"
+        peak = max(float(share.max()), 1e-6)
+        out = []
+        for i in np.argsort(-share, kind="stable"):
+            if len(out) == top or share[i] <= 0 or not c.mask[i]:
+                break
+            item = {"voxel_zyx": [int(v) for v in c.centres_vox[i]],
+                    "diameter_mm": round(2.0 * float(c.radius_mm[i]), 1) if c.radius_mm is not None else 0.0,
+                    "influence": round(float(share[i]) / peak, 3)}
+            if detector:
+                heat, mal = (float(c.geometry[i, DETECTOR_FEATURES.index(k)]) for k in ("heat_logit", "malignancy_logit"))
+                item.update(nodule_probability=round(1 / (1 + np.exp(-heat)), 3), malignancy_score=round(1 / (1 + np.exp(-mal)), 3))
+            out.append(item)
+        return out
 
     def _result(self, probability: float, weights: list[float], location: dict | None, heatmaps: list[str],
-                artefact_id: str | None = None) -> dict[str, Any]:
+                artefact_id: str | None = None, findings: list[dict] | None = None) -> dict[str, Any]:
         return {
             "probability": round(probability, 4),
             "risk": risk_band(probability),
             "modality_weights": {"ct": round(weights[0], 4), "report": round(weights[1], 4)},
             "location": location,
+            "findings": findings or [],
             "artefact_id": artefact_id,
             "heatmaps": heatmaps,
             "model_version": self.version,

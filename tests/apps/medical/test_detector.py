@@ -181,3 +181,10 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
         assert not isinstance(item, Exception), item
         assert 0.0 <= item["probability"] <= 1.0
     assert answer[0]["location"] is not None and answer[0]["heatmaps"]
+    findings = answer[0]["findings"]
+    assert 1 <= len(findings) <= 3 and findings[0]["influence"] == 1.0
+    assert all(0.0 <= f["nodule_probability"] <= 1.0 and 0.0 <= f["malignancy_score"] <= 1.0 for f in findings)
+    assert [f["influence"] for f in findings] == sorted((f["influence"] for f in findings), reverse=True)
+    from apps.medical.api import AnalyzeResponse
+
+    AnalyzeResponse(id="x", secondary_capture=None, **answer[0])  # the API schema accepts the service's answer
