@@ -58,3 +58,23 @@ def test_voice_and_fusion_training_write_loadable_bundles(tmp_path, cs_tiny_bund
     fusion = load_fusion(weights / "fusion")
     assert "by label" in (weights / "fusion" / "MODEL_CARD.md").read_text().lower()
     assert fusion.version == "1.0.0"
+
+
+def test_fusion_without_text_decides_as_the_voice_does():
+    """No class bias is learned: whatever the gate learns, an absent (or zero-weight) text leaves the voice's decision."""
+    import numpy as np
+    import torch
+
+    from apps.customer_service.train import FusionTrainConfig, build_pairs, fit_fusion
+
+    rng = np.random.default_rng(0)
+    voice_y = rng.integers(0, 7, 200)
+    voice_p = rng.dirichlet(np.ones(7), 200).astype(np.float32)
+    text_y = rng.integers(0, 7, 100)
+    text_p = np.eye(7, dtype=np.float32)[text_y] * 0.7 + 0.3 / 7
+    cfg = FusionTrainConfig(epochs=3, pairs_per_clip=2)
+    model = fit_fusion(build_pairs(voice_p, voice_y, text_p, text_y, text_p[:2], cfg, rng, "mixed"), cfg)
+    assert torch.count_nonzero(model.class_bias) == 0
+    present = torch.tensor([[True, False]]).repeat(200, 1)
+    logp, weights = model(torch.tensor(voice_p), torch.tensor(text_p[:1]).repeat(200, 1), present, torch.ones(200))
+    assert torch.equal(logp.argmax(1), torch.tensor(voice_p).argmax(1)) and torch.all(weights[:, 1] == 0)
