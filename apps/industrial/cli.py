@@ -257,14 +257,10 @@ def threshold(
         from apps.industrial.settings import get_settings
 
         precision = get_settings().detector_precision
-    from apps.industrial.data import parse_groups
-    from core.bundle import load_bundle
-
-    chosen = parse_groups(groups)
-    held_out = tuple(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
-    if not chosen and held_out:
-        chosen, every = held_out, 1
-        typer.echo(f"calibrating on the bundle's held-out groups {', '.join(held_out)} (every board)")
+    chosen, from_bundle = _calibration_groups(bundle, groups)
+    if from_bundle:
+        every = 1
+        typer.echo(f"calibrating on the bundle's held-out groups {', '.join(chosen)} (every board)")
     m = select_thresholds(Path(bundle), Path(deeppcb), split, every=every, precision=precision, slack=slack, groups=chosen)
     set_detector_thresholds(Path(bundle), m["conf"], m.get("conf_no_template"))
     _table(f"decision thresholds from {split}{' ' + ','.join(chosen) if chosen else ''} ({precision})", m)
@@ -293,14 +289,23 @@ def platt(
         from apps.industrial.settings import get_settings
 
         precision = get_settings().detector_precision
+    chosen, from_bundle = _calibration_groups(bundle, groups)
+    if from_bundle:
+        split = split or str(SPLITS / "deeppcb_train.txt")
+    typer.echo(fit_template_platt(Path(bundle), Path(deeppcb), split=split, groups=chosen or ("group13000",), precision=precision))
+
+
+def _calibration_groups(bundle: str, groups: str | None) -> tuple[tuple[str, ...], bool]:
+    """The board groups a calibration command uses: ``--groups`` when given, else the bundle's
+    held-out groups (``bundle-detector --exclude-groups``); and whether they came from the bundle."""
     from apps.industrial.data import parse_groups
     from core.bundle import load_bundle
 
     chosen = parse_groups(groups)
+    if chosen:
+        return chosen, False
     held_out = tuple(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
-    if not chosen and held_out:
-        chosen, split = held_out, split or str(SPLITS / "deeppcb_train.txt")
-    typer.echo(fit_template_platt(Path(bundle), Path(deeppcb), split=split, groups=chosen or ("group13000",), precision=precision))
+    return held_out, bool(held_out)
 
 
 @data.command("splits")
