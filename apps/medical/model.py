@@ -147,11 +147,15 @@ class MedicalModel(nn.Module):
     def uses_ranker(self) -> bool:
         return self.config.ct_kind == "candidates"
 
+    @property
+    def uses_detector(self) -> bool:
+        return self.config.ct_kind == "detector"
+
     def extract_candidates(self, hu, spacing, proposals=None):
         """HU volume (D, H, W) + spacing (z, y, x) -> ``candidates.Candidates`` for the CT encoder:
         the detector's peaks, or the classical proposals (``proposals`` if computed) ranked by the ranker."""
         config = self.candidate_config()
-        if self.config.ct_kind == "detector":
+        if self.uses_detector:
             from apps.medical.detector import detection_candidates
 
             return detection_candidates(hu, spacing, self.detector, config)

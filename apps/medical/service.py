@@ -264,7 +264,7 @@ class MedicalRunner:
         """The candidates with a positive occlusion share, most influential first."""
         from apps.medical.detector import DETECTOR_FEATURES
 
-        detector = self.model.config.ct_kind == "detector"
+        detector = self.model.uses_detector
         peak = max(float(share.max()), 1e-6)
         out = []
         for i in np.argsort(-share, kind="stable"):

@@ -482,7 +482,7 @@ def load_arrays(root: str | Path, model: MedicalModel, patients: tuple[int, int]
     if not studies:
         raise ValueError(f"no labelled studies for patients {patients} in {root}")
     extra: dict = {}
-    if model.uses_candidates and not model.uses_ranker:
+    if model.uses_detector:
         side = np.array([patient_split(s.patient_id, *split) for s in studies])
         tr = np.flatnonzero(side == "train")
         volumes = prepare_candidates([s.volume_path for s in studies], None, model, log)
@@ -529,7 +529,7 @@ def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log 
     """The CT input of every study for this model (its ranker already trained): resized volumes, or
     candidate crops + geometry."""
     paths = [s.volume_path for s in studies]
-    if model.uses_candidates and not model.uses_ranker:
+    if model.uses_detector:
         return prepare_candidates(paths, None, model, log)
     if model.uses_candidates:
         proposals = prepare_proposals(paths, [s.study_id for s in studies], model.candidate_config(), cache, log)
@@ -588,8 +588,8 @@ def write_pack(arrays: dict, model: MedicalModel, out: str | Path) -> Path:
         levels = model.config.candidate_encoder.crop_levels or 256
         images = volumes["crops"]
         extra = {"geometry": volumes["geometry"], "cmask": volumes["cmask"]}
-        fitted = model.ranker if model.uses_ranker else model.detector
-        prefix = "ranker" if model.uses_ranker else "detector"
+        prefix = "detector" if model.uses_detector else "ranker"
+        fitted = getattr(model, prefix)
         state = {f"{prefix}.{k}": v for k, v in fitted.state_dict().items()}
         state.update({f"ct.{k}": getattr(model.ct_encoder, k) for k in ("geometry_mean", "geometry_std")})
         save_file({k: v.contiguous() for k, v in state.items()}, str(out / "ct_state.safetensors"))
