@@ -39,12 +39,15 @@ def train(
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     pack: Annotated[str | None, typer.Option(help="Train from a compact pack (see --write-pack) instead of --ct.")] = None,
     write_pack: Annotated[str | None, typer.Option(help="With --ct: write a compact training pack here and stop.")] = None,
-    detector: Annotated[str | None, typer.Option(help="Nodule-detector bundle for the detector presets (see --train-detector).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Nodule-detector bundle for the detector presets (see --train-detector); "
+                                                     "with --train-detector, the detector to continue training from.")] = None,
     train_detector: Annotated[str | None, typer.Option(help="With --ct: train the dense nodule detector, write its bundle here and stop.")] = None,
     seconds: Annotated[float, typer.Option(help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
     detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped), wide, small_group_norm or tiny.")] = "small",
     steps: Annotated[int, typer.Option(help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
     workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
+    extra_ct: Annotated[list[str] | None, typer.Option("--extra-ct", help="--train-detector: other renders (render seeds) of the "
+                                                       "training patients, training patches only; repeatable.")] = None,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -57,14 +60,17 @@ def train(
         import torch
 
         from apps.medical.data import parse_patient_range
-        from apps.medical.detector_train import (DetectorTrainConfig, load_detector_studies, save_detector_bundle,
-                                                 train_detector as fit_detector)
+        from apps.medical.detector_train import (DetectorTrainConfig, load_detector_bundle, load_detector_studies,
+                                                 save_detector_bundle, train_detector as fit_detector)
 
         resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         config = DetectorTrainConfig.from_name(detector_preset, seed=seed, device=resolved, seconds=seconds,
                                                **({"steps": steps} if steps else {}))
         studies = load_detector_studies(ct, config.detector, parse_patient_range(patients), workers=workers, log=typer.echo)
-        det, info = fit_detector(studies, config, log=typer.echo)
+        extra = [s for root in extra_ct or [] for s in
+                 load_detector_studies(root, config.detector, parse_patient_range(patients), workers=workers, log=typer.echo)]
+        init = load_detector_bundle(detector) if detector else None
+        det, info = fit_detector(studies, config, log=typer.echo, extra=extra, init=init)
         save_detector_bundle(det, train_detector, config, info["metrics"], sorted({s.patient_id for s in studies}),
                              info["history"])
         _table("nodule detector (patient-held-out validation)", info["metrics"])

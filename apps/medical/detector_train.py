@@ -212,11 +212,18 @@ def detection_metrics(studies: list[DetectorStudy], detections: list, k: int, gr
 
 
 def train_detector(studies: list[DetectorStudy], config: DetectorTrainConfig, log: Log = print,
-                   split: tuple[float, int] = (0.2, 0)) -> tuple[NoduleDetector, dict]:
+                   split: tuple[float, int] = (0.2, 0),
+                   extra: list[DetectorStudy] | None = None,
+                   init: NoduleDetector | None = None) -> tuple[NoduleDetector, dict]:
     """Explicit loop: AdamW, linear warm-up then cosine decay over the run's progress (steps or
     seconds, whichever runs out first, so a time-bounded run still anneals), bf16 autocast on CUDA,
     whole-scan validation every ``val_every`` steps; the weights with the best validation recall of
-    the largest nodule + detector-alone study AUC are kept."""
+    the largest nodule + detector-alone study AUC are kept.
+
+    ``extra``: more renders of the training patients (other render seeds: new bodies, vessels and
+    noise around the same nodules). They only add training patches; their validation-side patients
+    are dropped, so validation stays the main renders of patients never trained on. ``init``: a trained
+    detector of the same configuration to continue from (``load_detector_bundle``)."""
     import math
 
     from apps.medical.data import patient_split
@@ -227,8 +234,17 @@ def train_detector(studies: list[DetectorStudy], config: DetectorTrainConfig, lo
     tr, va = np.flatnonzero(side == "train"), np.flatnonzero(side == "val")
     if len(tr) == 0:
         tr = np.arange(len(studies))
+    extra = [s for s in extra or [] if patient_split(s.patient_id, *split) == "train"]
+    if extra:
+        tr = np.concatenate([tr, np.arange(len(studies), len(studies) + len(extra))])
+        studies = list(studies) + extra
     device = config.device
-    detector = NoduleDetector(config.detector).to(device)
+    detector = NoduleDetector(config.detector)
+    if init is not None:
+        if init.config.to_dict() != config.detector.to_dict():
+            raise ValueError("the detector to continue from has another configuration than the preset")
+        detector.load_state_dict(init.state_dict())
+    detector = detector.to(device)
     opt = torch.optim.AdamW(detector.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     size = np.asarray(config.patch)
     cuda = device.startswith("cuda")
@@ -271,7 +287,7 @@ def train_detector(studies: list[DetectorStudy], config: DetectorTrainConfig, lo
     detector.load_state_dict(best_state)
     detector.to("cpu").eval()
     metrics = {k: v for k, v in best_row.items() if isinstance(v, (int, float))}
-    metrics.update({"steps_run": step, "train_studies": len(tr), "val_studies": len(va),
+    metrics.update({"steps_run": step, "train_studies": len(tr), "train_studies_extra_renders": len(extra), "val_studies": len(va),
                     "train_seconds": round(time.perf_counter() - started, 1)})
     return detector, {"metrics": metrics, "history": history}
 

@@ -188,3 +188,33 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     from apps.medical.api import AnalyzeResponse
 
     AnalyzeResponse(id="x", secondary_capture=None, **answer[0])  # the API schema accepts the service's answer
+
+
+def test_extra_renders_add_only_training_patients_and_training_continues_from_a_detector(toy_studies):
+    """--extra-ct: other renders of validation patients never reach training; --detector with --train-detector:
+    training starts from that detector's weights (and refuses another configuration)."""
+    import dataclasses
+
+    from apps.medical.data import patient_split
+    from apps.medical.detector import NoduleDetector
+    from apps.medical.detector_train import DetectorTrainConfig, load_detector_studies, train_detector
+
+    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
+    studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)
+    split = (0.5, 0)
+    sides = {patient_split(s.patient_id, *split) for s in studies}
+    assert sides == {"train", "val"}, "the toy set should have patients on both sides of this split"
+    extra = [dataclasses.replace(s, study_id=s.study_id + "_render1") for s in studies]
+    n_train_extra = sum(patient_split(s.patient_id, *split) == "train" for s in extra)
+    init = NoduleDetector(config.detector)
+    frozen = dataclasses.replace(config, steps=1, lr=0.0)  # one step that moves no weight
+    _, info = train_detector(studies, frozen, log=lambda m: None, split=split, extra=extra, init=init)
+    assert info["metrics"]["train_studies_extra_renders"] == n_train_extra < len(extra)
+    assert info["metrics"]["train_studies"] == n_train_extra + sum(patient_split(s.patient_id, *split) == "train" for s in studies)
+    continued, _ = train_detector(studies, frozen, log=lambda m: None, split=split, init=init)
+    assert all(torch.equal(a, b) for a, b in zip(continued.parameters(), init.parameters()))
+    fresh, _ = train_detector(studies, dataclasses.replace(frozen, seed=1), log=lambda m: None, split=split)
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.parameters(), init.parameters()))
+    other = NoduleDetector(DetectorTrainConfig.from_name("small").detector)
+    with pytest.raises(ValueError, match="another configuration"):
+        train_detector(studies, config, log=lambda m: None, init=other)
