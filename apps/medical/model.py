@@ -65,6 +65,9 @@ class MedicalModelConfig(ConfigBase):
     # and calcium apart, drop scanner-noise texture, and let a training set travel compactly.
     intensity_levels: int = 16
     aux_weight: float = 0.0  # training only: per-modality heads on the fused summaries get this loss share
+    # the per-modality heads' logits are also added to the joint head's (log-odds of independent evidence
+    # add up): the gate's convex weighting alone let a strong CT drown a weaker but independent report
+    evidence_sum: bool = False
     clause_tokens: int = 48  # word pieces kept per report clause
     max_clauses: int = 24  # report clauses kept (one token each)
     head_hidden: int = 64
@@ -88,6 +91,8 @@ class MedicalModelConfig(ConfigBase):
                            "candidate_stage": {"crop": 20}},
         "tiny_candidates": _TINY_CANDIDATES,
         # the dense detector's top 8 (crops + its heat / size / malignancy outputs) + risk factors
+        "detector_evidence": {"ct_kind": "detector", "aux_weight": 0.5, "evidence_sum": True, "candidate_stage": {"crop": 20},
+                              "risk_factors": True, "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
         "detector_risk": {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
                           "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
         "tiny_detector": {**_TINY_CANDIDATES, "ct_kind": "detector", "detector": NoduleDetectorConfig.PRESETS["tiny"],
@@ -131,6 +136,8 @@ class MedicalModel(nn.Module):
             raise ValueError(f"unknown ct_kind {config.ct_kind!r}; choose resnet3d, candidates or detector")
         self.net = MultimodalModel({"ct": ct_encoder, "report": report_encoder}, config.fusion, heads)
         # Calibration: p = sigmoid(logit / temperature + bias), fitted after training.
+        if config.evidence_sum and not config.aux_weight:
+            raise ValueError("evidence_sum adds the per-modality heads' logits: it needs aux_weight > 0")
         if config.aux_weight:
             # per-modality heads: direct supervision for each branch, so the CT encoder learns even
             # while the gate still leans on the (easier) report
@@ -191,7 +198,10 @@ class MedicalModel(nn.Module):
             ct = posterise(ct, self.config.intensity_levels)
         out = self.net({"ct": ct, "report": report}, present=present)
         self.last_summaries = out.fusion.summaries  # (B, M, D), read by the auxiliary loss in training
-        return out.logits[:, 0], out.weights
+        logits = out.logits[:, 0]
+        if self.config.evidence_sum:
+            logits = logits + (self.aux_logits() * out.fusion.present).sum(1)
+        return logits, out.weights
 
     def aux_logits(self) -> torch.Tensor | None:
         """(B, M) per-modality logits from the last forward (None without aux heads)."""

@@ -144,6 +144,10 @@ class FusionTrainConfig(ConfigBase):
         "detector_risk": {"model": "detector_risk", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
                                                              "monitor": "auc", "mode": "max", "progress": False,
                                                              "num_workers": 0}},
+        # the same, the per-modality heads' logits added to the joint head's (MedicalModelConfig.evidence_sum)
+        "detector_evidence": {"model": "detector_evidence", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
+                                                                     "monitor": "auc", "mode": "max", "progress": False,
+                                                                     "num_workers": 0}},
         "tiny_detector": {"model": "tiny_detector", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                                              "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience

@@ -64,6 +64,26 @@ def test_auxiliary_heads_give_per_modality_logits(tiny_bert_dir):
     assert plain.aux_logits() is None
 
 
+def test_evidence_sum_adds_the_present_modalities_head_logits(tiny_bert_dir):
+    """evidence_sum: logit = joint head + the per-modality heads of the modalities present (an absent
+    report adds nothing); it needs the per-modality heads."""
+    with pytest.raises(ValueError, match="aux_weight"):
+        build_model(MedicalModelConfig.from_name("tiny", evidence_sum=True), bert_path=str(tiny_bert_dir))
+    torch.manual_seed(0)
+    config = MedicalModelConfig.from_name("tiny", aux_weight=0.5, evidence_sum=True)
+    model = build_model(config, bert_path=str(tiny_bert_dir)).eval()
+    joint_only = build_model(config.replace(evidence_sum=False), bert_path=str(tiny_bert_dir)).eval()
+    joint_only.load_state_dict(model.state_dict())
+    ct, report = torch.rand(2, 1, 16, 24, 24), model.report_encoder.tokenize(["Former smoker.", "Never smoker."])
+    present = {"ct": torch.tensor([True, True]), "report": torch.tensor([True, False])}
+    with torch.no_grad():
+        summed, weights = model(ct, report, present=present)
+        aux = model.aux_logits()
+        joint, joint_weights = joint_only(ct, report, present=present)
+    assert torch.allclose(summed, joint + aux[:, 0] + torch.tensor([1.0, 0.0]) * aux[:, 1], atol=1e-6)
+    assert torch.equal(weights, joint_weights)
+
+
 @pytest.mark.slow
 def test_shipped_bundle_loads_verified_and_predicts():
     """`make serve` uses the bundle in apps/medical/weights/fusion with the bundled MiniLM."""
