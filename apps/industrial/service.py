@@ -133,6 +133,24 @@ def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
     return float((a != b).mean()) if a.size else 0.0
 
 
+def detector_combiner(det_bundle, fitted):
+    """The Bayesian rule with a detector bundle's own Platt scaling and ``fitted``'s vibration side (P(d | state),
+    train prior); None when the bundle has no ``platt``.
+
+    That Platt was fitted on class-balanced boards (tested image vs its defect-free counterpart), so its
+    intercept is the image log-likelihood ratio's offset; ``BayesianCombiner.image_llr`` subtracts the train
+    prior's logit from ``platt_b``, hence ``b + logit(train_prior)``.
+    """
+    from apps.industrial.benchmark import BayesianCombiner
+
+    platt = det_bundle.config.get("platt") if det_bundle is not None else None
+    if not platt:
+        return None
+    prior = fitted.train_prior
+    return BayesianCombiner(float(platt["a"]), float(platt["b"]) + float(np.log(prior / (1 - prior))), prior,
+                            list(fitted.defect_rate_by_state))
+
+
 class InspectionRunner:
     """ModelRunner over boards: detector + vibration classifier + fusion (learned, else Bayesian)."""
 
@@ -156,12 +174,11 @@ class InspectionRunner:
         if fusion_bundle is not None and fusion_bundle.config.get("bayes"):
             from apps.industrial.benchmark import BayesianCombiner
 
-            self.bayes = BayesianCombiner(**fusion_bundle.config["bayes"])
-            platt = (template_bundle.config.get("platt") if template_bundle is not None else None)
-            if platt:
-                # The template detector's own score calibration, with the fusion's vibration side.
-                self.bayes_template = BayesianCombiner(platt["a"], platt["b"] + float(np.log(self.bayes.train_prior / (1 - self.bayes.train_prior))),
-                                                       self.bayes.train_prior, self.bayes.defect_rate_by_state)
+            fitted = BayesianCombiner(**fusion_bundle.config["bayes"])
+            # Each detector's own score calibration (its bundle's `platt`, fitted on board groups it never
+            # trained on) with the fusion's vibration side; the fusion's Platt only for a detector without one.
+            self.bayes = detector_combiner(det_bundle, fitted) or fitted
+            self.bayes_template = detector_combiner(template_bundle, fitted)
         if decision_rule not in ("bayes", "learned", "image"):
             raise ValueError(f"decision_rule must be bayes, learned or image, not {decision_rule!r}")
         if decision_rule == "bayes" and self.bayes is None or decision_rule == "learned" and fusion is None:
@@ -354,12 +371,18 @@ def load_runner(settings) -> InspectionRunner:
         fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
         fitted_on = fusion_bundle.config.get("detector_sha256")
         if fitted_on is not None and fitted_on != det_bundle.sha256:
-            # Its calibration maps another detector's scores: deciding with it would be wrong, not just stale.
+            # The learned model read another detector's tokens and scores: deciding with it would be wrong, not
+            # just stale. The Bayesian rule's vibration side (P(d | state)) does not depend on the detector, so
+            # it stays when the detector brings its own Platt scaling; without one only the image rule is left.
             import logging
 
-            logging.getLogger(__name__).warning("fusion bundle was fitted on detector %s, not %s: deciding with the image rule",
-                                                fitted_on[:12], det_bundle.sha256[:12])
-            fusion = fusion_bundle = None
+            own_platt = bool(det_bundle.config.get("platt"))
+            logging.getLogger(__name__).warning(
+                "fusion bundle was fitted on detector %s, not %s: learned fusion off; %s", fitted_on[:12], det_bundle.sha256[:12],
+                "Bayesian rule with the detector's own Platt scaling" if own_platt else "deciding with the image rule")
+            fusion = None
+            if not own_platt:
+                fusion_bundle = None
     if settings.defect_threshold is not None:
         threshold, threshold_no_template = settings.defect_threshold, None
     else:

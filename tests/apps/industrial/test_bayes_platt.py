@@ -1,0 +1,99 @@
+"""The Bayesian rule's image side comes from the detector bundle's own Platt scaling; a fusion bundle fitted on
+another detector loses its learned model but, with that Platt, not the Bayesian rule."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+PLATT = {"a": 4.5, "b": -6.0, "fitted_on": "held-out test groups"}
+
+
+def _bundles(tiny_bundles, tmp_path, platt: dict | None, fitted_on: str | None):
+    """Copies of the tiny detector and fusion bundles: the detector with or without a `platt`, the fusion bundle
+    recording `fitted_on` as its detector (None = the copied detector's own sha256). Only config.json changes, so
+    the weights still verify."""
+    det, fus = tmp_path / "detector", tmp_path / "fusion"
+    shutil.copytree(tiny_bundles / "detector", det)
+    shutil.copytree(tiny_bundles / "fusion", fus)
+    cfg = json.loads((det / "config.json").read_text())
+    cfg.pop("platt", None)
+    if platt:
+        cfg["platt"] = platt
+    (det / "config.json").write_text(json.dumps(cfg))
+    sha = json.loads((det / "card.json").read_text())["sha256"]
+    fcfg = json.loads((fus / "config.json").read_text())
+    fcfg["detector_sha256"] = sha if fitted_on is None else fitted_on
+    (fus / "config.json").write_text(json.dumps(fcfg))
+    return det, fus
+
+
+def _runner(tiny_bundles, tmp_path, platt, fitted_on, rule="bayes"):
+    from apps.industrial.service import load_runner
+    from apps.industrial.settings import IndustrialSettings
+
+    det, fus = _bundles(tiny_bundles, tmp_path, platt, fitted_on)
+    settings = IndustrialSettings(detector_dir=det, vibration_dir=tiny_bundles / "vibration", fusion_dir=fus, template_detector_dir=None,
+                                  database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", torch_threads=1,
+                                  detector_backend="torch", detector_precision="fp32", decision_rule=rule)
+    return load_runner(settings)
+
+
+def _logit(p):
+    return float(np.log(p / (1 - p)))
+
+
+def _item(defect=True):
+    from apps.industrial.service import InspectionItem, decode_image, vibration_windows
+    from tests.apps.industrial.conftest import board_png, vibration_signal
+
+    return InspectionItem(decode_image(board_png(defect=defect)), windows=vibration_windows(vibration_signal(seconds=0.4), 12_000))
+
+
+def test_image_side_uses_the_detectors_own_platt(tiny_bundles, tmp_path):
+    runner = _runner(tiny_bundles, tmp_path, PLATT, None)
+    fusion_bayes = json.loads((tiny_bundles / "fusion" / "config.json").read_text())["bayes"]
+    prior = fusion_bayes["train_prior"]
+    assert runner.decision_rule == "bayes" and runner.fusion is not None
+    # balanced fit: the intercept moves by the train prior's logit, so image_llr = a * logit(conf) + b
+    assert runner.bayes.platt_a == pytest.approx(PLATT["a"])
+    assert runner.bayes.platt_b == pytest.approx(PLATT["b"] + _logit(prior))
+    assert runner.bayes.defect_rate_by_state == pytest.approx(fusion_bayes["defect_rate_by_state"])
+    conf = np.array([0.3, 0.9])
+    assert runner.bayes.image_llr(conf) == pytest.approx(PLATT["a"] * np.log(conf / (1 - conf)) + PLATT["b"])
+    # and the board's probability is computed with it: logit P(d | vibration) + a * logit(max conf) + b
+    out = runner.predict_batch([_item()])[0]
+    conf = max([d["confidence"] for d in out["defects"]] + [1e-4])
+    probs = np.array([out["machine_state"]["probabilities"][c] for c in ("normal", "ball", "inner_race", "outer_race")])
+    p_vib = float(probs @ np.array(fusion_bayes["defect_rate_by_state"]))
+    z = _logit(p_vib) + PLATT["a"] * _logit(min(max(conf, 1e-4), 1 - 1e-4)) + PLATT["b"]
+    assert out["defect_probability"] == pytest.approx(1 / (1 + np.exp(-z)), abs=2e-3)
+
+
+def test_without_platt_the_fusion_calibration_is_kept(tiny_bundles, tmp_path):
+    runner = _runner(tiny_bundles, tmp_path, None, None)
+    fusion_bayes = json.loads((tiny_bundles / "fusion" / "config.json").read_text())["bayes"]
+    assert runner.decision_rule == "bayes"
+    assert (runner.bayes.platt_a, runner.bayes.platt_b) == (fusion_bayes["platt_a"], fusion_bayes["platt_b"])
+
+
+def test_detector_mismatch_keeps_bayes_with_platt_and_drops_learned(tiny_bundles, tmp_path, caplog):
+    other = "f" * 64
+    runner = _runner(tiny_bundles, tmp_path / "a", PLATT, other)
+    assert runner.decision_rule == "bayes" and runner.fusion is None
+    assert runner.bayes.platt_a == pytest.approx(PLATT["a"])
+    out = runner.predict_batch([_item()])[0]
+    assert out["defect_probability"] is not None and out["decision"] in ("pass", "fail", "review")
+    # the learned model read the other detector's tokens: off, and the rule falls back to the image rule
+    learned = _runner(tiny_bundles, tmp_path / "b", PLATT, other, rule="learned")
+    assert learned.fusion is None and learned.decision_rule == "image"
+
+
+def test_detector_mismatch_without_platt_decides_with_the_image_rule(tiny_bundles, tmp_path):
+    runner = _runner(tiny_bundles, tmp_path, None, "f" * 64)
+    assert runner.decision_rule == "image" and runner.bayes is None and runner.fusion is None
+    out = runner.predict_batch([_item()])[0]
+    assert out["decision"] in ("pass", "fail") and out["modality_weights"]["vibration"] == 0.0
