@@ -22,7 +22,9 @@ Decisions (board flagged defective) compared per coupling:
 - vibration-only: P(defective | vibration) >= 0.5, with P(defective | predicted state) counted on
   fusion-train events;
 - Bayesian: logit P(d | vibration) + calibrated image log-likelihood ratio (Platt scaling of the
-  detector's max-confidence logit), assuming image and vibration independent given d;
+  detector's max-confidence logit: the detector bundle's own ``platt``, fitted on training groups it
+  never trained on, when it has one, as the service uses it; else fitted on fusion-train events),
+  assuming image and vibration independent given d;
 - learned: the FusionModel (SpatioTemporalAttention over detector tokens x vibration time tokens,
   ModalityGate), trained on fusion-train events.
 """
@@ -63,15 +65,19 @@ class PairingConfig:
 
 
 # --------------------------------------------------------------------------- upstream features
-def image_features(detector_dir: Path, deeppcb_root: Path, split: str, out: Path, threads: int = 1, limit=None) -> Path:
-    """Run the frozen detector once over tested images and templates of `split`; cache to npz."""
+def image_features(detector_dir: Path, deeppcb_root: Path, split: str, out: Path, threads: int = 1, limit=None,
+                   precision: str = "fp32") -> Path:
+    """Run the frozen detector once over tested images and templates of `split`; cache to npz.
+
+    ``precision``: "int8" scores with the bundle's quantised model, as the service does by default."""
     import torch
 
     from apps.industrial.data import DEFECT_CLASSES, load_deeppcb, load_gray
     from apps.industrial.detector import detect_with_tokens, load_onnx_detector, prepare_image
 
     torch.set_num_threads(threads)
-    model, config, _ = load_onnx_detector(detector_dir, threads)
+    model, config, bundle = load_onnx_detector(detector_dir, threads, precision=precision)
+    platt = bundle.config.get("platt") or {}
     rows = {"max_conf": [], "n_defects": [], "tokens": [], "defective": [], "group": [], "dominant": []}
     for s in load_deeppcb(deeppcb_root, split)[:limit]:
         for path, defective in ((s.image, 1), (s.template, 0)):
@@ -86,7 +92,9 @@ def image_features(detector_dir: Path, deeppcb_root: Path, split: str, out: Path
             rows["group"].append(s.group)
             dominant = np.bincount(s.classes, minlength=len(DEFECT_CLASSES)).argmax() if defective else -1
             rows["dominant"].append(dominant)
-    np.savez_compressed(out, **{k: np.asarray(v) for k, v in rows.items()}, threshold=config.conf)
+    # The bundle's own Platt scaling travels with its scores (run_benchmark uses it, as the service does).
+    extra = {"platt_a": float(platt["a"]), "platt_b": float(platt["b"])} if platt else {}
+    np.savez_compressed(out, **{k: np.asarray(v) for k, v in rows.items()}, threshold=config.conf, precision=precision, **extra)
     return Path(out)
 
 
@@ -170,16 +178,24 @@ class BayesianCombiner:
     defect_rate_by_state: list[float]
 
     @classmethod
-    def fit(cls, images, vib, ev) -> BayesianCombiner:
-        from sklearn.linear_model import LogisticRegression
+    def fit(cls, images, vib, ev, platt: dict | None = None) -> BayesianCombiner:
+        """P(d | predicted state) and the train prior from fusion-train events; the image side from ``platt``
+        (a detector bundle's own, class-balanced: ``b + logit(train prior)``, as the service builds it) when
+        given, else Platt scaling fitted on these events."""
+        prior = float(ev["label"].mean())
+        if platt:
+            a, b = float(platt["a"]), float(platt["b"]) + float(_logit(np.array(prior)))
+        else:
+            from sklearn.linear_model import LogisticRegression
 
-        s = _logit(images["max_conf"][ev["image"]])[:, None]
-        lr = LogisticRegression(C=10.0).fit(s, ev["label"])
+            s = _logit(images["max_conf"][ev["image"]])[:, None]
+            lr = LogisticRegression(C=10.0).fit(s, ev["label"])
+            a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
         predicted = vib["probs"][ev["window"]].argmax(1)
         rates = [
             float((ev["label"][predicted == k].sum() + 1) / ((predicted == k).sum() + 2)) for k in range(len(STATE_NAMES))
         ]  # Laplace-smoothed P(defective | predicted state)
-        return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]), float(ev["label"].mean()), rates)
+        return cls(a, b, prior, rates)
 
     def p_vibration(self, probs: np.ndarray) -> np.ndarray:
         return probs @ np.asarray(self.defect_rate_by_state)
@@ -281,12 +297,18 @@ def fusion_predict(model, images, vib, ev, present: np.ndarray | None = None):
 
 
 def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, image_threshold: float | None = None,
-                  learned: bool = True):
-    """Flat metrics per coupling and method; returns (metrics, {coupling: (model, fusion_config)})."""
+                  learned: bool = True, platt: dict | None = None):
+    """Flat metrics per coupling and method; returns (metrics, {coupling: (model, fusion_config)}).
+
+    ``platt``: the detector bundle's own score calibration; the Bayesian and calibrated-image columns then use
+    it (what the service runs) instead of Platt scaling fitted on fusion-train events; None = the one cached with
+    the image features, if any."""
     config = config or PairingConfig()
     images = dict(np.load(image_npz))
     vib = dict(np.load(vib_npz))
     threshold = float(images["threshold"]) if image_threshold is None else image_threshold
+    if platt is None and "platt_a" in images:
+        platt = {"a": float(images["platt_a"]), "b": float(images["platt_b"])}
     out: dict[str, float] = {}
     models = {}
     for c in config.couplings:
@@ -295,7 +317,7 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         test_ev = sample_events(images, vib, config, c, 1, config.test_events, rng)
         y = test_ev["label"]
         image_flag = images["max_conf"][test_ev["image"]] >= threshold
-        bayes = BayesianCombiner.fit(images, vib, train_ev)
+        bayes = BayesianCombiner.fit(images, vib, train_ev, platt)
         vib_probs = vib["probs"][test_ev["window"]]
         vib_flag = bayes.p_vibration(vib_probs) >= 0.5
         bayes_flag = bayes.combine(images["max_conf"][test_ev["image"]], vib_probs) >= 0.5

@@ -138,20 +138,21 @@ def _split_text(td: bool, held_out_groups=()) -> str:
 
 
 FUSION_NOTES = (
-    "Reading it honestly: on this test group the image-only detector's score, once calibrated (Platt scaling fitted on "
-    "fusion-train events), already separates clean and defective boards almost perfectly, so the vibration has little "
-    "room to help. At zero coupling the Bayesian combination equals the calibrated image (fusion must not hurt there: "
-    "it does not); at coupling 0.25-0.75 it trades a point or so of misses and false alarms against it; at coupling 1, "
-    "where defects follow the machine state most, it cuts the calibrated image's false alarms. Against the image-only "
-    "detector's fixed rule (the threshold in the table, chosen on training boards) it is far better at every coupling, "
-    "mostly through calibration, not vibration: that rule flags 14-15 % of this group's clean boards. The learned "
-    "attention fusion (SpatioTemporalAttention over 16 detector region-score tokens x 4x16 vibration time tokens, "
-    "ModalityGate, linear evidence skip) fits the fusion-train group but transfers badly to the other board group "
-    "(the learned column). With one board group to train on, it learns that group's score distribution. The service "
-    "therefore decides with the Bayesian rule by default (`TRIPTYCH_INDUSTRIAL_DECISION_RULE=bayes`; `learned` and "
-    "`image` are selectable) and reports each modality's share of the log-odds as its weight. The upstream bundles "
-    "it was trained on are named by sha256 in extra (detector_sha256, vibration_sha256); the service falls back to "
-    "the image rule when the shipped detector is not the one recorded."
+    "How to read the table: the image rule is the detector bundle's fixed board threshold (named above, with where it "
+    "was chosen); 'image calibrated' is the same detector score through the Platt scaling the Bayesian rule uses (named "
+    "above), at the fusion-train prior, without vibration; Bayes adds logit P(defective | vibration) (P(defective | "
+    "predicted machine state) counted on fusion-train events), assuming image and vibration independent given the "
+    "board. At zero coupling the vibration carries no information, so Bayes equals the calibrated image there up to "
+    "the counting noise of those rates; fusion must not hurt there. The decisions here cut at 0.5; the service puts "
+    "probabilities within its review band (0.5 +- 0.15 by default) on 'review' instead. The learned attention fusion "
+    "(SpatioTemporalAttention over 16 detector region-score tokens x 4x16 vibration time tokens, ModalityGate, linear "
+    "evidence skip) is trained on one board group (group13000, epoch chosen on a quarter of its boards) and has so far "
+    "transferred badly to the fusion-test group (the learned column): it learns that group's score distribution. The "
+    "service therefore decides with the Bayesian rule by default (`TRIPTYCH_INDUSTRIAL_DECISION_RULE=bayes`; `learned` "
+    "and `image` are selectable) and reports each modality's share of the log-odds as its weight. The upstream bundles "
+    "are named by sha256 in extra (detector_sha256, vibration_sha256); with another image-only detector the service "
+    "turns the learned model off (it read this detector's tokens) and keeps the Bayesian rule only when that detector "
+    "carries its own Platt scaling (config.json `platt`), else the image rule decides."
 )
 
 
@@ -200,11 +201,17 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
 
     # Cached upstream outputs are named by each upstream model's weights: a retrained detector or
     # vibration classifier never reuses stale features.
-    detector_sha256 = load_bundle(detector_dir).sha256
+    detector_bundle = load_bundle(detector_dir)
+    detector_sha256 = detector_bundle.sha256
     vibration_sha256 = load_bundle(vibration_dir).sha256
-    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}.npz", cache / f"vibration-{vibration_sha256[:12]}.npz"
+    # Score boards as the service does (its default precision, int8, when the bundle ships that model) and
+    # calibrate them with the detector's own Platt scaling when it has one: what is benchmarked is what runs.
+    precision = "int8" if detector_bundle.card.extra.get("int8") else "fp32"
+    platt = detector_bundle.config.get("platt")
+    suffix = "-int8" if precision == "int8" else ""
+    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}{suffix}.npz", cache / f"vibration-{vibration_sha256[:12]}.npz"
     if not img_npz.exists():
-        image_features(detector_dir, deeppcb, str(SPLITS / "deeppcb_val.txt"), img_npz)
+        image_features(detector_dir, deeppcb, str(SPLITS / "deeppcb_val.txt"), img_npz, precision=precision)
     if not vib_npz.exists():
         vibration_features(vibration_dir, cwru, vib_npz)
     images, vib = dict(np.load(img_npz)), dict(np.load(vib_npz))
@@ -213,7 +220,7 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     train_ev = sample_events(images, vib, config, coupling, 0, config.train_events, rng)
     test_ev = sample_events(images, vib, config, coupling, 1, config.test_events, rng)
     model, fusion_config = train_fusion(images, vib, train_ev, config, log=log)
-    bayes = BayesianCombiner.fit(images, vib, train_ev)
+    bayes = BayesianCombiner.fit(images, vib, train_ev, platt)
     p, w = fusion_predict(model, images, vib, test_ev)
     metrics = {f"learned_{k}": v for k, v in _rates(p >= 0.5, test_ev["label"]).items()}
     metrics.update({f"bayes_{k}": v for k, v in _rates(
@@ -223,15 +230,21 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
         bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5, test_ev["label"]).items()})
     metrics["mean_vibration_weight"] = float(w[:, 1].mean())
     threshold = float(images["threshold"])
+    held = detector_bundle.config.get("held_out_groups") or []
     table = ""
     if benchmark:
-        bench, _ = run_benchmark(img_npz, vib_npz, config, log=log)
-        table = ("Paired benchmark (`triptych bench industrial --deeppcb DIR --cwru DIR`, recomputed by the train command; "
+        bench, _ = run_benchmark(img_npz, vib_npz, config, log=log, platt=platt)
+        table = ("Paired benchmark (computed by the train command under Reproduce, on the same cached features; "
                  f"{config.test_events:,} fusion-test events per coupling, images from board group "
                  f"{', '.join(config.fusion_test_groups)} only, vibration from the second half of CWRU validation blocks; "
                  "board false-alarm rate = flagged clean boards / clean boards, miss rate = passed defective boards / "
-                 f"defective boards; image rule = the image-only detector's shipped threshold {threshold:.4f}, chosen on "
-                 "training boards):\n\n" + benchmark_table(bench, config.couplings, threshold))
+                 f"defective boards; detector scores {precision}, as the service runs it; image rule = the image-only "
+                 f"detector's shipped threshold {threshold:.4f}, " + (f"chosen on board groups it never trained on ({', '.join(held)})"
+                 if held else "chosen on its training boards") + "; Bayes and image calibrated = " + (
+                     f"the detector bundle's own Platt scaling (a = {platt['a']:.3f}, b = {platt['b']:.3f}, fitted on "
+                     f"{platt.get('fitted_on', 'its held-out groups')}), intercept shifted by the fusion-train prior's logit"
+                     if platt else "Platt scaling fitted on fusion-train events") + "):\n\n"
+                 + benchmark_table(bench, config.couplings, threshold))
     card = ModelCard(
         name="industrial-fusion",
         version="0.1.0",
@@ -246,9 +259,11 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
                      f"(coupling {coupling}), to be re-fitted on a real line's history"],
         notes="\n\n".join(t for t in (table, notes) if t),
         extra={"pairing": asdict(config), "coupling": coupling, "detector_sha256": detector_sha256,
-               "vibration_sha256": vibration_sha256, "image_threshold": threshold},
+               "vibration_sha256": vibration_sha256, "image_threshold": threshold, "image_precision": precision,
+               "image_platt": platt or "fitted on fusion-train events"},
     )
-    # The calibration maps THIS detector's scores; the service refuses to combine it with another one.
+    # The learned model read THIS detector's tokens and scores; the service turns it off with another one (and,
+    # unless that detector brings its own Platt scaling, the Bayesian rule too).
     save_bundle(out, model, {"fusion": fusion_config.to_dict(), "bayes": asdict(bayes), "coupling": coupling,
-                             "detector_sha256": detector_sha256}, card)
+                             "detector_sha256": detector_sha256, "image_platt": "detector" if platt else "fusion-train"}, card)
     return metrics

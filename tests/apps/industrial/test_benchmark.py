@@ -67,3 +67,26 @@ def test_run_benchmark_reports_every_method(tmp_path):
     assert metrics["c1/bayes/error_rate"] < metrics["c1/image_only/error_rate"] - 0.02
     assert metrics["c1/vibration_only/error_rate"] < 0.35
     assert set(models) == {0.0, 1.0}
+
+
+def test_bayes_takes_the_detectors_own_platt(tmp_path):
+    """With the detector bundle's Platt (balanced fit) the benchmark's Bayes rule is the service's: a, b + logit(prior)."""
+    images, vib = fake_upstream(tmp_path)
+    ev = sample_events(images, vib, PairingConfig(), 0.5, 0, 3000, np.random.default_rng(3))
+    platt = {"a": 3.0, "b": -2.5}
+    own = BayesianCombiner.fit(images, vib, ev, platt)
+    fitted = BayesianCombiner.fit(images, vib, ev)
+    prior = ev["label"].mean()
+    assert own.platt_a == 3.0 and own.platt_b == pytest.approx(-2.5 + np.log(prior / (1 - prior)))
+    assert own.defect_rate_by_state == fitted.defect_rate_by_state and own.train_prior == fitted.train_prior
+    conf = np.array([0.2, 0.7])
+    assert own.image_llr(conf) == pytest.approx(3.0 * np.log(conf / (1 - conf)) - 2.5)
+    # run_benchmark: an explicit Platt, or the one cached with the image features, decides the Bayes columns
+    cfg = PairingConfig(couplings=(0.0,), train_events=500, test_events=500)
+    harsh = {"a": 1.0, "b": -20.0}  # never flags a board from the image
+    explicit, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False, platt=harsh)
+    assert explicit["c0/image_calibrated/miss_rate"] == 1.0
+    np.savez(tmp_path / "img_platt.npz", **images, platt_a=1.0, platt_b=-20.0)
+    cached, _ = run_benchmark(tmp_path / "img_platt.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False)
+    plain, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False)
+    assert cached["c0/image_calibrated/miss_rate"] == 1.0 and plain["c0/image_calibrated/miss_rate"] < 0.5
