@@ -112,7 +112,7 @@ class DecisionPolicy:
     template_min_diff: float = 0.01  # share of differing pixels in a box below which a template refutes it
     # Boards whose request brought a template are scored by the template-aware detector (or by a
     # template-aware default detector with its template channels), on another scale: their own
-    # threshold, chosen on training boards. None = defect_threshold.
+    # threshold (each bundle's `conf`, chosen on board groups it never trained on). None = defect_threshold.
     defect_threshold_template: float | None = None
     # A template-aware detector used WITHOUT a template (no difference channel) has its own threshold too.
     defect_threshold_no_template: float | None = None

@@ -19,7 +19,7 @@ class IndustrialSettings(AppSettings):
     # Template-aware detector (input: image, template, |difference|) for boards sent WITH a template;
     # None or a folder without weights = templates only refute boxes, as before (detector card).
     template_detector_dir: Path | None = WEIGHTS_DIR / "detector_template"
-    template_defect_threshold: float | None = None  # None = the template bundle's (chosen on training boards)
+    template_defect_threshold: float | None = None  # None = the template bundle's (chosen on held-out board groups)
     vibration_dir: Path = WEIGHTS_DIR / "vibration"  # shipped vibration classifier bundle
     fusion_dir: Path = WEIGHTS_DIR / "fusion"  # shipped fusion model bundle (optional: Bayesian fallback)
     px_per_mm: float = 48.0  # camera pixel pitch; DeepPCB scans are ~48 px/mm
@@ -35,9 +35,10 @@ class IndustrialSettings(AppSettings):
     # validation groups it matched fp32 mAP@0.5 (image-only 0.938 vs 0.935, with template 0.968 vs
     # 0.969) at ~1.6x the CPU speed (detector cards). "fp32" for the float models.
     detector_precision: str = "int8"
-    # How image and vibration evidence become one decision: "bayes" (calibrated combination, the
-    # better of the two on held-out board groups, see the fusion card), "learned" (the attention
-    # fusion model) or "image" (detector rule only, vibration reported but not used).
+    # How image and vibration evidence become one decision: "bayes" (each detector bundle's own Platt
+    # scaling + P(defective | machine state) from the fusion bundle; better than the learned fusion on
+    # held-out board groups, see the fusion card), "learned" (the attention fusion model) or "image"
+    # (detector rule only, vibration reported but not used).
     decision_rule: str = "bayes"
 
 
