@@ -124,6 +124,27 @@ def vibration_features(vibration_dir: Path, cwru_root: Path, out: Path, val_frac
 
 
 # ----------------------------------------------------------------------------------- events
+def upstream_features(detector_dir: Path, vibration_dir: Path, deeppcb_root: Path, cwru_root: Path, split: str,
+                      cache: Path, log=print) -> tuple[Path, Path, dict | None, str]:
+    """Cached detector and vibration outputs for the paired benchmark: (image npz, vibration npz, the detector's
+    own Platt or None, the precision the boards were scored at). Boards are scored as the service scores them (its default INT8 model when the bundle ships
+    one) and the caches are named by the upstream weights, so a retrained model never reuses stale features."""
+    from core.bundle import load_bundle
+
+    detector_bundle = load_bundle(detector_dir)
+    precision = "int8" if detector_bundle.card.extra.get("int8") else "fp32"
+    suffix = "-int8" if precision == "int8" else ""
+    cache.mkdir(parents=True, exist_ok=True)
+    img_npz = cache / f"images-{detector_bundle.sha256[:12]}{suffix}.npz"
+    vib_npz = cache / f"vibration-{load_bundle(vibration_dir).sha256[:12]}.npz"
+    if not img_npz.exists():
+        log("running the detector over the held-out boards (cached) ...")
+        image_features(detector_dir, deeppcb_root, split, img_npz, precision=precision)
+    if not vib_npz.exists():
+        vibration_features(vibration_dir, cwru_root, vib_npz)
+    return img_npz, vib_npz, detector_bundle.config.get("platt"), precision
+
+
 def sample_events(images: dict, vib: dict, config: PairingConfig, coupling: float, side: int, n: int, rng) -> dict:
     """Indices of (image, vibration window) pairs and the board label, per the generative assumption."""
     from apps.industrial.data import DEFECT_CLASSES

@@ -163,25 +163,16 @@ def bench(
         raise typer.BadParameter("the paired benchmark needs --cwru DIR")
 
     torch.set_num_threads(1)
-    from apps.industrial.benchmark import PairingConfig, image_features, run_benchmark, vibration_features
-
-    cache_dir = Path(cache)
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    from apps.industrial.benchmark import PairingConfig, run_benchmark, upstream_features
     from core.bundle import load_bundle
 
-    # named by the upstream models' weights, so a retrained model never reuses stale features
     detector_bundle = load_bundle(WEIGHTS / "detector")
-    img_npz = cache_dir / f"images-{detector_bundle.sha256[:12]}.npz"
-    vib_npz = cache_dir / f"vibration-{load_bundle(WEIGHTS / 'vibration').sha256[:12]}.npz"
-    if not img_npz.exists():
-        typer.echo("running the detector over the held-out boards (cached) ...")
-        image_features(WEIGHTS / "detector", Path(deeppcb), split, img_npz)
-    if not vib_npz.exists():
-        vibration_features(WEIGHTS / "vibration", Path(cwru), vib_npz)
+    img_npz, vib_npz, platt, _ = upstream_features(WEIGHTS / "detector", WEIGHTS / "vibration", Path(deeppcb), Path(cwru), split,
+                                                Path(cache), typer.echo)
     config = PairingConfig(couplings=tuple(float(c) for c in couplings.split(",")))
     # the production rule's threshold is the bundle's current one, not the one cached with the features
     threshold = float(detector_bundle.config["detector"]["conf"])
-    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo, image_threshold=threshold)
+    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo, image_threshold=threshold, platt=platt)
     metrics.pop("config", None)
     _table("paired benchmark (board-level)", metrics)
     _write_json(json_out, metrics)

@@ -186,34 +186,23 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
         PairingConfig,
         _rates,
         fusion_predict,
-        image_features,
         run_benchmark,
         sample_events,
         train_fusion,
-        vibration_features,
+        upstream_features,
     )
     from core.bundle import ModelCard, save_bundle
 
     detector_dir = Path(detector_dir or WEIGHTS / "detector")
     vibration_dir = Path(vibration_dir or WEIGHTS / "vibration")
-    cache.mkdir(parents=True, exist_ok=True)
     from core.bundle import load_bundle
 
-    # Cached upstream outputs are named by each upstream model's weights: a retrained detector or
-    # vibration classifier never reuses stale features.
     detector_bundle = load_bundle(detector_dir)
     detector_sha256 = detector_bundle.sha256
     vibration_sha256 = load_bundle(vibration_dir).sha256
-    # Score boards as the service does (its default precision, int8, when the bundle ships that model) and
-    # calibrate them with the detector's own Platt scaling when it has one: what is benchmarked is what runs.
-    precision = "int8" if detector_bundle.card.extra.get("int8") else "fp32"
-    platt = detector_bundle.config.get("platt")
-    suffix = "-int8" if precision == "int8" else ""
-    img_npz, vib_npz = cache / f"images-{detector_sha256[:12]}{suffix}.npz", cache / f"vibration-{vibration_sha256[:12]}.npz"
-    if not img_npz.exists():
-        image_features(detector_dir, deeppcb, str(SPLITS / "deeppcb_val.txt"), img_npz, precision=precision)
-    if not vib_npz.exists():
-        vibration_features(vibration_dir, cwru, vib_npz)
+    # scored and calibrated as the service does: what is benchmarked is what runs
+    img_npz, vib_npz, platt, precision = upstream_features(detector_dir, vibration_dir, deeppcb, cwru, str(SPLITS / "deeppcb_val.txt"),
+                                                cache, log)
     images, vib = dict(np.load(img_npz)), dict(np.load(vib_npz))
     config = PairingConfig(seed=seed)
     rng = np.random.default_rng(seed + int(coupling * 1000))
