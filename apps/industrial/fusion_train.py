@@ -252,7 +252,9 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
                "image_platt": platt or "fitted on fusion-train events"},
     )
     # The learned model read THIS detector's tokens and scores; the service turns it off with another one (and,
-    # unless that detector brings its own Platt scaling, the Bayesian rule too).
+    # unless that detector brings its own Platt scaling, the Bayesian rule too). Both rules' P(defective | state)
+    # was counted over THIS vibration classifier's predictions: with another one the image rule decides.
     save_bundle(out, model, {"fusion": fusion_config.to_dict(), "bayes": asdict(bayes), "coupling": coupling,
-                             "detector_sha256": detector_sha256, "image_platt": "detector" if platt else "fusion-train"}, card)
+                             "detector_sha256": detector_sha256, "vibration_sha256": vibration_sha256,
+                             "image_platt": "detector" if platt else "fusion-train"}, card)
     return metrics

@@ -383,6 +383,15 @@ def load_runner(settings) -> InspectionRunner:
             fusion = None
             if not own_platt:
                 fusion_bundle = None
+        vib_fitted_on = fusion_bundle.config.get("vibration_sha256") if fusion_bundle is not None else None
+        if vib_fitted_on is not None and vib_fitted_on != vib_bundle.sha256:
+            # P(defective | machine state) was counted over another classifier's predicted states: both fused
+            # rules would read this one's states with the wrong rates.
+            import logging
+
+            logging.getLogger(__name__).warning("fusion bundle was fitted on vibration classifier %s, not %s: deciding with "
+                                                "the image rule", vib_fitted_on[:12], vib_bundle.sha256[:12])
+            fusion = fusion_bundle = None
     if settings.defect_threshold is not None:
         threshold, threshold_no_template = settings.defect_threshold, None
     else:

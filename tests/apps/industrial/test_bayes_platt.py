@@ -97,3 +97,24 @@ def test_detector_mismatch_without_platt_decides_with_the_image_rule(tiny_bundle
     assert runner.decision_rule == "image" and runner.bayes is None and runner.fusion is None
     out = runner.predict_batch([_item()])[0]
     assert out["decision"] in ("pass", "fail") and out["modality_weights"]["vibration"] == 0.0
+
+
+def test_vibration_classifier_mismatch_decides_with_the_image_rule(tiny_bundles, tmp_path):
+    from apps.industrial.service import load_runner
+    from apps.industrial.settings import IndustrialSettings
+
+    det, fus = _bundles(tiny_bundles, tmp_path, PLATT, None)
+    fcfg = json.loads((fus / "config.json").read_text())
+    vib_sha = json.loads((tiny_bundles / "vibration" / "card.json").read_text())["sha256"]
+
+    def runner(fitted_on):
+        fcfg["vibration_sha256"] = fitted_on
+        (fus / "config.json").write_text(json.dumps(fcfg))
+        return load_runner(IndustrialSettings(
+            detector_dir=det, vibration_dir=tiny_bundles / "vibration", fusion_dir=fus, template_detector_dir=None,
+            database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", torch_threads=1,
+            detector_backend="torch", detector_precision="fp32"))
+
+    assert runner(vib_sha).decision_rule == "bayes"
+    other = runner("e" * 64)
+    assert other.decision_rule == "image" and other.bayes is None and other.fusion is None
