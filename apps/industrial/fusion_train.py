@@ -24,7 +24,7 @@ def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: flo
 
 def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None = None, groups=("group13000",),
                        precision: str = "int8", threads: int = 1) -> dict:
-    """Platt scaling of a template-aware detector's board score, for the service's Bayesian rule.
+    """Platt scaling of a detector's board score (template-aware or image-only), for the service's Bayesian rule.
 
     Fitted on the fusion-TRAIN board group (group13000, as the fusion bundle's own calibration; never
     the fusion-test group50600): logit P(defective) = a * logit(max confidence) + b on class-balanced
@@ -51,8 +51,9 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
     x = np.concatenate([top["test"], top[primary]])
     y = np.concatenate([np.ones(len(top["test"])), np.zeros(len(top[primary]))])
     lr = LogisticRegression(C=10.0).fit(_logit(np.clip(x, 1e-4, 1 - 1e-4))[:, None], y)
+    paired = "+template" if config.input == "template-diff" else ""  # an image-only detector sees no template
     platt = {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0]), "fitted_on": f"{', '.join(groups)} ({len(samples)} boards, "
-             f"tested+template vs {primary}+template, {precision})"}
+             f"tested{paired} vs {primary}{paired}, {precision})"}
     path = Path(bundle_dir) / "config.json"
     cfg = json.loads(path.read_text())
     cfg["platt"] = platt

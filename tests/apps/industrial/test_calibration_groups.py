@@ -129,3 +129,25 @@ def test_card_command_records_metrics_and_notes(tmp_path, held_out_bundle):
     # ultralytics' per-epoch validator number is not a validation result of this repo's evaluator
     assert card["metrics"] == {"ultralytics_val_mAP50": 0.99, "epochs_run": 82.0}
     assert card["limitations"] == ["first limit", "second limit"]
+
+
+@pytest.mark.parametrize("preset,pairs", [("tiny-template", "tested+template vs "), ("tiny", "tested vs template,")])
+def test_platt_says_what_it_was_fitted_on(tmp_path, preset, pairs):
+    """`data platt` on held-out groups; the label names the inputs the detector really saw (an image-only
+    detector is shown no template)."""
+    import torch
+
+    from apps.industrial.detector import DetectorConfig, build_model, detector_bundle_config, model_yaml
+    from core.bundle import ModelCard, save_bundle
+
+    torch.manual_seed(0)
+    cfg = model_yaml("yolo11n")
+    config = detector_bundle_config(DetectorConfig.from_name(preset), cfg)
+    config["held_out_groups"] = ["group44000"]
+    bundle = save_bundle(tmp_path / "det", build_model(cfg), config, ModelCard("det", "t", "test")).path
+    root = make_deeppcb(tmp_path / "d", groups=GROUPS[:2], per_group=3)
+    r = CliRunner().invoke(_app(), ["data", "platt", "--deeppcb", str(root), "--split", "trainval.txt", "--bundle", str(bundle),
+                                    "--precision", "fp32"])
+    assert r.exit_code == 0, r.output
+    platt = json.loads((bundle / "config.json").read_text())["platt"]
+    assert platt["fitted_on"].startswith("group44000 (3 boards, " + pairs)
