@@ -9,6 +9,7 @@ fusion per board. Inputs are decoded and validated before they are queued (``dec
 from __future__ import annotations
 
 import io
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,6 +367,7 @@ def load_runner(settings) -> InspectionRunner:
             raise ValueError(f"{settings.template_detector_dir} holds a {template_config.input!r}-input detector, not a template-diff one")
         template_config.px_per_mm = settings.px_per_mm
     vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
+    log = logging.getLogger(__name__)
     fusion = fusion_bundle = None
     if (settings.fusion_dir / "model.safetensors").exists():
         fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
@@ -374,10 +376,8 @@ def load_runner(settings) -> InspectionRunner:
             # The learned model read another detector's tokens and scores: deciding with it would be wrong, not
             # just stale. The Bayesian rule's vibration side (P(d | state)) does not depend on the detector, so
             # it stays when the detector brings its own Platt scaling; without one only the image rule is left.
-            import logging
-
             own_platt = bool(det_bundle.config.get("platt"))
-            logging.getLogger(__name__).warning(
+            log.warning(
                 "fusion bundle was fitted on detector %s, not %s: learned fusion off; %s", fitted_on[:12], det_bundle.sha256[:12],
                 "Bayesian rule with the detector's own Platt scaling" if own_platt else "deciding with the image rule")
             fusion = None
@@ -387,10 +387,8 @@ def load_runner(settings) -> InspectionRunner:
         if vib_fitted_on is not None and vib_fitted_on != vib_bundle.sha256:
             # P(defective | machine state) was counted over another classifier's predicted states: both fused
             # rules would read this one's states with the wrong rates.
-            import logging
-
-            logging.getLogger(__name__).warning("fusion bundle was fitted on vibration classifier %s, not %s: deciding with "
-                                                "the image rule", vib_fitted_on[:12], vib_bundle.sha256[:12])
+            log.warning("fusion bundle was fitted on vibration classifier %s, not %s: deciding with the image rule",
+                        vib_fitted_on[:12], vib_bundle.sha256[:12])
             fusion = fusion_bundle = None
     if settings.defect_threshold is not None:
         threshold, threshold_no_template = settings.defect_threshold, None
