@@ -63,7 +63,10 @@ class AnalyzeResponse(BaseModel):
     secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
                                           "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "
                                           "with the study in a PACS")
-    modality_weights: dict[str, float]
+    modality_weights: dict[str, float] = Field(description="The fusion gate's weights of the joint representation (sum to 1)")
+    modality_evidence: dict[str, float] | None = Field(
+        None, description="Log-odds each modality added on its own to the calibrated logit (0 when absent; models "
+                          "with per-modality evidence, e.g. the shipped one): positive = towards malignant")
     model_version: str
     model_sha256: str
     disclaimer: str

@@ -96,6 +96,7 @@ class MedicalModelConfig(ConfigBase):
         "detector_risk": {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
                           "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
         "tiny_detector": {**_TINY_CANDIDATES, "ct_kind": "detector", "detector": NoduleDetectorConfig.PRESETS["tiny"],
+                          "aux_weight": 0.5, "evidence_sum": True,  # as the shipped detector_evidence
                           "candidate_encoder": {**CandidateEncoderConfig.PRESETS["tiny"],
                                                 "geometry_features": len(DETECTOR_FEATURES)}},
         # small + fixed blob features in the CT encoder + per-modality auxiliary losses
@@ -198,9 +199,10 @@ class MedicalModel(nn.Module):
             ct = posterise(ct, self.config.intensity_levels)
         out = self.net({"ct": ct, "report": report}, present=present)
         self.last_summaries = out.fusion.summaries  # (B, M, D), read by the auxiliary loss in training
+        self.last_present = out.fusion.present.to(out.fusion.summaries.dtype)
         logits = out.logits[:, 0]
         if self.config.evidence_sum:
-            logits = logits + (self.aux_logits() * out.fusion.present).sum(1)
+            logits = logits + (self.aux_logits() * self.last_present).sum(1)
         return logits, out.weights
 
     def aux_logits(self) -> torch.Tensor | None:
@@ -209,6 +211,14 @@ class MedicalModel(nn.Module):
             return None
         s = self.last_summaries
         return torch.cat([self.aux[m](s[:, i]) for i, m in enumerate(MODALITIES)], dim=1)
+
+    @torch.no_grad()
+    def modality_evidence(self) -> torch.Tensor | None:
+        """(B, M) log-odds each present modality added to the last forward's logit, on the calibrated scale
+        (divided by the temperature; 0 for an absent one); None unless ``evidence_sum``."""
+        if not self.config.evidence_sum:
+            return None
+        return self.aux_logits() * self.last_present / self.temperature
 
     def calibrated(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits / self.temperature + self.bias)

@@ -177,7 +177,7 @@ class MedicalRunner:
                 with torch.no_grad():
                     logits, weights = self.model(None, report)
                 probability = float(self.model.calibrated(logits)[0])
-                return self._result(probability, [float(w) for w in weights[0]], None, [])
+                return self._result(probability, [float(w) for w in weights[0]], None, [], evidence=self._evidence(0))
             if self.candidate_config is not None:
                 if not isinstance(item.volume, CandidateInput):
                     raise CTInputError("this model reads nodule candidates; load the CT with MedicalRunner.load_ct")
@@ -222,6 +222,7 @@ class MedicalRunner:
                 if "risk" in report:
                     rep["risk"] = report["risk"].expand(k + 1, -1)
             logits, weights = self.model(batch, rep)
+        evidence = self._evidence(0)  # row 0: every candidate present
         probability = float(self.model.calibrated(logits[:1])[0])
         share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask
         display = ct_input.display
@@ -258,7 +259,14 @@ class MedicalRunner:
             name = f"slice_{z}.png"
             (folder / name).write_bytes(overlay_png(display, heat, z, scale=2))
             names.append(name)
-        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings)
+        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
+
+    def _evidence(self, row: int) -> dict[str, float] | None:
+        """The last forward's per-modality log-odds (evidence-sum models), by modality name."""
+        from apps.medical.model import MODALITIES
+
+        evidence = self.model.modality_evidence()
+        return None if evidence is None else {m: round(float(evidence[row, i]), 4) + 0.0 for i, m in enumerate(MODALITIES)}  # no -0.0
 
     def _findings(self, c, share: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
         """The candidates with a positive occlusion share, most influential first."""
@@ -280,11 +288,13 @@ class MedicalRunner:
         return out
 
     def _result(self, probability: float, weights: list[float], location: dict | None, heatmaps: list[str],
-                artefact_id: str | None = None, findings: list[dict] | None = None) -> dict[str, Any]:
+                artefact_id: str | None = None, findings: list[dict] | None = None,
+                evidence: dict[str, float] | None = None) -> dict[str, Any]:
         return {
             "probability": round(probability, 4),
             "risk": risk_band(probability),
             "modality_weights": {"ct": round(weights[0], 4), "report": round(weights[1], 4)},
+            "modality_evidence": evidence,
             "location": location,
             "findings": findings or [],
             "artefact_id": artefact_id,

@@ -185,6 +185,8 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     assert 1 <= len(findings) <= 3 and findings[0]["influence"] == 1.0
     assert all(0.0 <= f["nodule_probability"] <= 1.0 and 0.0 <= f["malignancy_score"] <= 1.0 for f in findings)
     assert [f["influence"] for f in findings] == sorted((f["influence"] for f in findings), reverse=True)
+    assert set(answer[0]["modality_evidence"]) == {"ct", "report"}
+    assert answer[1]["modality_evidence"]["report"] == 0.0  # no report, no evidence from it
     from apps.medical.api import AnalyzeResponse
 
     AnalyzeResponse(id="x", secondary_capture=None, **answer[0])  # the API schema accepts the service's answer

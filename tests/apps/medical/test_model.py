@@ -82,6 +82,11 @@ def test_evidence_sum_adds_the_present_modalities_head_logits(tiny_bert_dir):
         joint, joint_weights = joint_only(ct, report, present=present)
     assert torch.allclose(summed, joint + aux[:, 0] + torch.tensor([1.0, 0.0]) * aux[:, 1], atol=1e-6)
     assert torch.equal(weights, joint_weights)
+    # what the service reports: each modality's own log-odds on the calibrated scale, 0 when absent
+    model.temperature.fill_(2.0)
+    evidence = model.modality_evidence()
+    assert torch.allclose(evidence, torch.stack([aux[:, 0], torch.tensor([1.0, 0.0]) * aux[:, 1]], 1) / 2.0)
+    assert evidence[1, 1] == 0 and joint_only.modality_evidence() is None
 
 
 @pytest.mark.slow
