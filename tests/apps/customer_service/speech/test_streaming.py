@@ -188,5 +188,7 @@ def test_sessions_whose_client_leaves_return_their_decoder(stream_pool, call_aud
                 assert ws.receive_json()["type"] == "ready"
                 for off in range(0, 8 * CHUNK, CHUNK):
                     ws.send_bytes(pcm[off:off + CHUNK])
-    decoder = stream_pool.acquire(timeout_s=5.0)
-    stream_pool.release(decoder)
+        # while the server runs (leaving the client shuts its event loop down, and with it any session
+        # still decoding the chunks it was sent: a server stop, not a client leaving)
+        decoder = stream_pool.acquire(timeout_s=10.0)
+        stream_pool.release(decoder)
