@@ -22,7 +22,7 @@ Decisions (board flagged defective) compared per coupling:
 - vibration-only: P(defective | vibration) >= 0.5, with P(defective | predicted state) counted on
   fusion-train events;
 - Bayesian: logit P(d | vibration) + calibrated image log-likelihood ratio (Platt scaling of the
-  detector's max-confidence logit: the detector bundle's own ``platt``, fitted on training groups it
+  detector's max-confidence logit: the detector bundle's own ``platt``, fitted on board groups it
   never trained on, when it has one, as the service uses it; else fitted on fusion-train events),
   assuming image and vibration independent given d;
 - learned: the FusionModel (SpatioTemporalAttention over detector tokens x vibration time tokens,
@@ -127,8 +127,9 @@ def vibration_features(vibration_dir: Path, cwru_root: Path, out: Path, val_frac
 def upstream_features(detector_dir: Path, vibration_dir: Path, deeppcb_root: Path, cwru_root: Path, split: str,
                       cache: Path, log=print) -> tuple[Path, Path, dict | None, str]:
     """Cached detector and vibration outputs for the paired benchmark: (image npz, vibration npz, the detector's
-    own Platt or None, the precision the boards were scored at). Boards are scored as the service scores them (its default INT8 model when the bundle ships
-    one) and the caches are named by the upstream weights, so a retrained model never reuses stale features."""
+    own Platt or None, the precision the boards were scored at). Boards are scored as the service scores them
+    (its default INT8 model when the bundle ships one) and the caches are named by the upstream weights, so a
+    retrained model never reuses stale features."""
     from core.bundle import load_bundle
 
     detector_bundle = load_bundle(detector_dir)
