@@ -46,6 +46,9 @@ def train(
     detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped), wide, small_group_norm or tiny.")] = "small",
     steps: Annotated[int, typer.Option(help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
     workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
+    extra_pack: Annotated[list[str] | None, typer.Option("--extra-pack", help="With --pack: packs of other renders (render seeds) of the "
+                                                         "training patients, written with the same --detector; training "
+                                                         "studies only; repeatable.")] = None,
     extra_ct: Annotated[list[str] | None, typer.Option("--extra-ct", help="--train-detector: other renders (render seeds) of the "
                                                        "training patients, training patches only; repeatable.")] = None,
 ) -> None:
@@ -84,7 +87,8 @@ def train(
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
-        runs = train_from_pack(pack, Path(out or WEIGHTS / "fusion"), config, seeds=(seed,), log=typer.echo)
+        runs = train_from_pack(pack, Path(out or WEIGHTS / "fusion"), config, seeds=(seed,), log=typer.echo,
+                               extra_packs=tuple(extra_pack or ()))
         _table("fusion model from pack (patient-held-out validation)",
                {k: v for k, v in runs[f"seed{seed}"].items() if isinstance(v, (int, float))})
         return

@@ -541,8 +541,20 @@ def ct_arrays(model: MedicalModel, studies, cache: Path | None = None, log: Log 
     return prepare_volumes(paths, model.config.volume_shape, cache, log)
 
 
-def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, log: Log = print) -> tuple[MedicalModel, dict]:
-    """Patient split -> fit -> calibration on validation -> validation AUCs (fused / CT only / text only)."""
+def _concat(parts: list):
+    if isinstance(parts[0], dict):
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+    if isinstance(parts[0], torch.Tensor):
+        return torch.cat(parts)
+    return np.concatenate(parts)
+
+
+def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, log: Log = print,
+                 extra: list[dict] | None = None) -> tuple[MedicalModel, dict]:
+    """Patient split -> fit -> calibration on validation -> validation AUCs (fused / CT only / text only).
+
+    ``extra``: arrays of other renders (render seeds) of the same patients: their training-side studies are
+    added to the training set; validation, calibration and the reported AUCs stay on ``arrays``."""
     from apps.medical.data import patient_number, patient_split
     from apps.medical.model import fit_calibration
 
@@ -557,8 +569,18 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     log(f"{len(labels)} studies ({int(labels.sum())} malignant) from {len(set(patient_ids))} patients; "
         f"train {len(tr)} / val {len(va)} studies (split by patient)")
     risk = arrays.get("risk")
-    train_set = StudyDataset(_take(volumes, tr), hidden[tr], mask[tr], labels[tr], train=True, modality_dropout=config.modality_dropout,
-                             risk=_rows(risk, tr))
+    parts = [(arrays, tr)]
+    for more in extra or []:
+        if max(patient_number(p) for p in more["patient_ids"]) > 800:
+            raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
+        side = np.array([patient_split(p, config.val_fraction, config.seed) for p in more["patient_ids"]])
+        parts.append((more, np.where(side == "train")[0]))
+    if extra:
+        log(f"+ {sum(len(i) for _, i in parts[1:])} training studies from {len(extra)} other render(s)")
+    train_risk = None if risk is None else _concat([a["risk"][i] for a, i in parts])
+    train_set = StudyDataset(_concat([_take(a["volumes"], i) for a, i in parts]), _concat([a["hidden"][i] for a, i in parts]),
+                             _concat([a["segment_mask"][i] for a, i in parts]), _concat([a["labels"][i] for a, i in parts]),
+                             train=True, modality_dropout=config.modality_dropout, risk=train_risk)
     val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va))
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device
@@ -567,7 +589,7 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     model.temperature.fill_(t)
     model.bias.fill_(b)
     metrics.update(single_modality_aucs(model, _take(volumes, va), hidden[va], mask[va], labels[va], device, _rows(risk, va)))
-    metrics.update({"train_studies": len(tr), "val_studies": len(va), "temperature": t, "calibration_bias": b})
+    metrics.update({"train_studies": len(train_set), "val_studies": len(va), "temperature": t, "calibration_bias": b})
     model.to("cpu")
     return model, metrics
 
@@ -740,12 +762,23 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
 
 
 def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
-                    log: Log = print) -> dict:
+                    log: Log = print, extra_packs: tuple[str | Path, ...] = ()) -> dict:
     """Train one model per seed from a pack (no BERT weights needed: clause vectors are in the pack);
-    keep the one with the best validation AUC (fused) and save it as a bundle. Returns all runs' metrics."""
+    keep the one with the best validation AUC (fused) and save it as a bundle. Returns all runs' metrics.
+
+    ``extra_packs``: packs of other renders of the training patients, written by the same model (same
+    detector, candidate stage and BERT): training studies only (``train_arrays``'s ``extra``)."""
     from apps.medical.model import build_model
 
     arrays, pack_model_config, bert_config = read_pack(pack)
+    extra = []
+    for other in extra_packs:
+        more, more_config, more_bert = read_pack(other)
+        same_state = all(torch.equal(v, more.get("ct_state", {}).get(k, torch.empty(0))) for k, v in arrays.get("ct_state", {}).items()
+                         if "geometry_" not in k)  # feature statistics follow the data; the weights must not differ
+        if more_config.to_dict() != pack_model_config.to_dict() or more_bert != bert_config or not same_state:
+            raise ValueError(f"{other} was written by another model than {pack}: write it with the same preset and --detector")
+        extra.append(more)
     model_config = MedicalModelConfig.from_name(config.model)
     if model_config.ct_kind != pack_model_config.ct_kind:
         raise ValueError(f"pack holds {pack_model_config.ct_kind} CT inputs, preset {config.model!r} wants {model_config.ct_kind}")
@@ -765,7 +798,7 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
             load_ct_state(model, arrays["ct_state"])
         started = time.perf_counter()
         # the seed varies initialisation and augmentation only: the patient split stays that of config.seed
-        model, metrics = train_arrays(model, arrays, config.replace(loop=config.loop.replace(seed=seed)), log)
+        model, metrics = train_arrays(model, arrays, config.replace(loop=config.loop.replace(seed=seed)), log, extra=extra)
         metrics["seconds"] = time.perf_counter() - started
         metrics.update(arrays.get("ranker_metrics", {}))
         runs[f"seed{seed}"] = metrics

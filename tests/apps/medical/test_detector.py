@@ -220,3 +220,32 @@ def test_extra_renders_add_only_training_patients_and_training_continues_from_a_
     other = NoduleDetector(DetectorTrainConfig.from_name("small").detector)
     with pytest.raises(ValueError, match="another configuration"):
         train_detector(studies, config, log=lambda m: None, init=other)
+
+
+def test_extra_packs_add_training_studies_and_must_come_from_the_same_model(tmp_path, toy_studies, tiny_bert_dir):
+    """--extra-pack: other renders' packs add their training-side studies only; a pack written by another
+    detector is refused."""
+    from apps.medical.data import patient_split
+    from apps.medical.detector_train import DetectorTrainConfig, load_detector_studies, save_detector_bundle, train_detector
+    from apps.medical.train import FusionTrainConfig, build_training_model, load_arrays, train_from_pack, write_pack
+
+    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
+    studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)
+    for seed in (0, 1):
+        det, info = train_detector(studies, config.replace(seed=seed), log=lambda m: None)
+        save_detector_bundle(det, tmp_path / f"det{seed}", config, info["metrics"], ["LIDC-IDRI-0001"])
+    model = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det0")
+    arrays = load_arrays(toy_studies, model, (1, 800), log=lambda m: None)
+    write_pack(arrays, model, tmp_path / "pack")
+    write_pack(arrays, model, tmp_path / "pack_render1")  # stands in for another render of the same patients
+    other = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det1")
+    write_pack(load_arrays(toy_studies, other, (1, 800), log=lambda m: None), other, tmp_path / "pack_other")
+    fusion = FusionTrainConfig.from_name("tiny_detector")
+    alone = train_from_pack(tmp_path / "pack", tmp_path / "b0", fusion, log=lambda m: None)["seed0"]
+    more = train_from_pack(tmp_path / "pack", tmp_path / "b1", fusion, log=lambda m: None,
+                           extra_packs=(tmp_path / "pack_render1",))["seed0"]
+    n_train = sum(patient_split(p, fusion.val_fraction, fusion.seed) == "train" for p in arrays["patient_ids"])
+    assert 0 < n_train < len(arrays["patient_ids"])
+    assert more["train_studies"] == alone["train_studies"] + n_train and more["val_studies"] == alone["val_studies"]
+    with pytest.raises(ValueError, match="another model"):
+        train_from_pack(tmp_path / "pack", tmp_path / "b2", fusion, log=lambda m: None, extra_packs=(tmp_path / "pack_other",))
