@@ -163,6 +163,12 @@ class FusionTrainConfig(ConfigBase):
         return super().from_dict(data)
 
 
+def _volume_key(path: Path, *extra) -> str:
+    """Cache name of a volume file (or DICOM folder): its resolved path and size (+ ``extra``)."""
+    size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*"))
+    return hashlib.sha256(json.dumps([str(path.resolve()), size, *extra]).encode()).hexdigest()[:20]
+
+
 def prepare_volumes(paths: list[Path], shape: list[int], cache: Path | None = None, log: Log = print) -> np.ndarray:
     """uint8 (N, D, H, W) through the shared pipeline; each volume cached as .npy keyed by path, size, shape."""
     from apps.medical.volumes import load_volume, to_uint8
@@ -170,11 +176,7 @@ def prepare_volumes(paths: list[Path], shape: list[int], cache: Path | None = No
     started = time.perf_counter()
     out = np.zeros((len(paths), *shape), dtype=np.uint8)
     for i, path in enumerate(paths):
-        cached = None
-        if cache is not None:
-            size = path.stat().st_size if path.is_file() else sum(f.stat().st_size for f in path.glob("*"))
-            key = hashlib.sha256(json.dumps([str(path.resolve()), size, list(shape)]).encode()).hexdigest()[:20]
-            cached = cache / f"{key}.npy"
+        cached = cache / f"{_volume_key(path, list(shape))}.npy" if cache is not None else None
         if cached is not None and cached.is_file():
             out[i] = np.load(cached)
         else:
@@ -283,7 +285,8 @@ def proposal_cache_key(config) -> str:
 def prepare_proposals(paths: list[Path], study_ids: list[str], config, cache: Path | None = None,
                       log: Log = print) -> list:
     """``candidates.propose`` for every study (the expensive, ranker-independent part), cached per
-    study under ``cache/proposals_<key>/``."""
+    study under ``cache/proposals_<key>/``, named by study and by the volume file (path and size:
+    another render of the same study is another volume)."""
     from apps.medical.candidates import Proposals, load_hu, propose
 
     folder = Path(cache) / f"proposals_{proposal_cache_key(config)}" if cache else None
@@ -291,7 +294,7 @@ def prepare_proposals(paths: list[Path], study_ids: list[str], config, cache: Pa
         folder.mkdir(parents=True, exist_ok=True)
     out, started = [], time.perf_counter()
     for i, (path, study_id) in enumerate(zip(paths, study_ids)):
-        cached = folder / f"{study_id}.npz" if folder is not None else None
+        cached = folder / f"{study_id}_{_volume_key(Path(path))[:12]}.npz" if folder is not None else None
         if cached is not None and cached.is_file():
             data = np.load(cached)
             out.append(Proposals(data["centres"], data["features"], float(data["lung_ml"])))

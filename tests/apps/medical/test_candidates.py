@@ -152,3 +152,22 @@ def test_closed_form_eigenvalues_match_lapack():
     for (a, b), v in h.items():
         m[:, a, b] = m[:, b, a] = v
     np.testing.assert_allclose(symmetric_eigvals3(h), np.linalg.eigvalsh(m), atol=1e-2, rtol=1e-5)
+
+
+def test_proposal_cache_tells_renders_of_one_study_apart(tmp_path, toy_studies):
+    """Another render of the same study (same study id, another volume file) gets its own cached proposals."""
+    import shutil
+
+    from apps.medical.data import load_rendered
+    from apps.medical.model import MedicalModelConfig
+    from apps.medical.train import prepare_proposals
+
+    from apps.medical.candidates import CandidateConfig
+
+    stage = CandidateConfig(**MedicalModelConfig.from_name("tiny_candidates").candidate_stage)
+    study = load_rendered(toy_studies)[0]
+    other = tmp_path / "render1" / study.volume_path.name
+    other.parent.mkdir()
+    shutil.copy(study.volume_path, other)
+    prepare_proposals([study.volume_path, other], [study.study_id] * 2, stage, tmp_path / "cache", log=lambda m: None)
+    assert len(list((tmp_path / "cache").glob(f"proposals_*/{study.study_id}_*.npz"))) == 2
