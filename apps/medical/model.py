@@ -44,6 +44,10 @@ _TINY_CANDIDATES = {
     "bert_hidden": 16,
 }
 
+# the dense detector's top 8 (crops + its heat / size / malignancy outputs) + risk factors
+_DETECTOR_RISK = {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
+                  "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}}
+
 
 @dataclass
 class MedicalModelConfig(ConfigBase):
@@ -90,11 +94,8 @@ class MedicalModelConfig(ConfigBase):
         "candidates_aux": {"ct_kind": "candidates", "aux_weight": 1.0, "candidate_encoder": {"dropout": 0.3},
                            "candidate_stage": {"crop": 20}},
         "tiny_candidates": _TINY_CANDIDATES,
-        # the dense detector's top 8 (crops + its heat / size / malignancy outputs) + risk factors
-        "detector_evidence": {"ct_kind": "detector", "aux_weight": 0.5, "evidence_sum": True, "candidate_stage": {"crop": 20},
-                              "risk_factors": True, "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
-        "detector_risk": {"ct_kind": "detector", "aux_weight": 0.5, "candidate_stage": {"crop": 20}, "risk_factors": True,
-                          "candidate_encoder": {"geometry_features": len(DETECTOR_FEATURES)}},
+        "detector_risk": _DETECTOR_RISK,
+        "detector_evidence": {**_DETECTOR_RISK, "evidence_sum": True},
         "tiny_detector": {**_TINY_CANDIDATES, "ct_kind": "detector", "detector": NoduleDetectorConfig.PRESETS["tiny"],
                           "aux_weight": 0.5, "evidence_sum": True,  # as the shipped detector_evidence
                           "candidate_encoder": {**CandidateEncoderConfig.PRESETS["tiny"],

@@ -177,7 +177,7 @@ class MedicalRunner:
                 with torch.no_grad():
                     logits, weights = self.model(None, report)
                 probability = float(self.model.calibrated(logits)[0])
-                return self._result(probability, [float(w) for w in weights[0]], None, [], evidence=self._evidence(0))
+                return self._result(probability, [float(w) for w in weights[0]], None, [], evidence=self._evidence())
             if self.candidate_config is not None:
                 if not isinstance(item.volume, CandidateInput):
                     raise CTInputError("this model reads nodule candidates; load the CT with MedicalRunner.load_ct")
@@ -222,7 +222,7 @@ class MedicalRunner:
                 if "risk" in report:
                     rep["risk"] = report["risk"].expand(k + 1, -1)
             logits, weights = self.model(batch, rep)
-        evidence = self._evidence(0)  # row 0: every candidate present
+        evidence = self._evidence()
         probability = float(self.model.calibrated(logits[:1])[0])
         share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask
         display = ct_input.display
@@ -261,12 +261,13 @@ class MedicalRunner:
             names.append(name)
         return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
 
-    def _evidence(self, row: int) -> dict[str, float] | None:
-        """The last forward's per-modality log-odds (evidence-sum models), by modality name."""
+    def _evidence(self) -> dict[str, float] | None:
+        """The last forward's per-modality log-odds of its first row (the study as sent: every candidate
+        present), by modality name; None unless an evidence-sum model."""
         from apps.medical.model import MODALITIES
 
         evidence = self.model.modality_evidence()
-        return None if evidence is None else {m: round(float(evidence[row, i]), 4) + 0.0 for i, m in enumerate(MODALITIES)}  # no -0.0
+        return None if evidence is None else {m: round(float(evidence[0, i]), 4) + 0.0 for i, m in enumerate(MODALITIES)}  # no -0.0
 
     def _findings(self, c, share: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
         """The candidates with a positive occlusion share, most influential first."""

@@ -112,6 +112,10 @@ triptych eval medical --reports <indiana_reports.csv> --json out.json
 # -- CT + report fusion ---------------------------------------------------------------------------
 
 
+_DETECTOR_LOOP = {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15, "monitor": "auc", "mode": "max",
+                  "progress": False, "num_workers": 0}
+
+
 @dataclass
 class FusionTrainConfig(ConfigBase):
     model: str = "small"  # MedicalModelConfig preset
@@ -141,13 +145,9 @@ class FusionTrainConfig(ConfigBase):
                            "loop": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "patience": 8,
                                     "monitor": "auc", "mode": "max", "progress": False, "num_workers": 0}},
         # the dense detector's candidates (its weights come from --detector) + risk factors
-        "detector_risk": {"model": "detector_risk", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
-                                                             "monitor": "auc", "mode": "max", "progress": False,
-                                                             "num_workers": 0}},
+        "detector_risk": {"model": "detector_risk", "loop": _DETECTOR_LOOP},
         # the same, the per-modality heads' logits added to the joint head's (MedicalModelConfig.evidence_sum)
-        "detector_evidence": {"model": "detector_evidence", "loop": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "patience": 15,
-                                                                     "monitor": "auc", "mode": "max", "progress": False,
-                                                                     "num_workers": 0}},
+        "detector_evidence": {"model": "detector_evidence", "loop": _DETECTOR_LOOP},
         "tiny_detector": {"model": "tiny_detector", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
                                                              "monitor": "auc", "mode": "max", "device": "cpu", "num_workers": 0}},
         # the shipped model: blob token + auxiliary per-modality losses, batch 32, longer patience
@@ -562,7 +562,7 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     from apps.medical.model import fit_calibration
 
     patient_ids = arrays["patient_ids"]
-    if max(patient_number(p) for p in patient_ids) > 800:
+    if max(patient_number(p) for a in (arrays, *(extra or ())) for p in a["patient_ids"]) > 800:
         raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
     volumes, hidden, mask, labels = arrays["volumes"], arrays["hidden"], arrays["segment_mask"], arrays["labels"]
     split = np.array([patient_split(p, config.val_fraction, config.seed) for p in patient_ids])
@@ -574,8 +574,6 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     risk = arrays.get("risk")
     parts = [(arrays, tr)]
     for more in extra or []:
-        if max(patient_number(p) for p in more["patient_ids"]) > 800:
-            raise ValueError("patients LIDC-IDRI-0801..1012 are reserved for evaluation and are never trained on")
         side = np.array([patient_split(p, config.val_fraction, config.seed) for p in more["patient_ids"]])
         parts.append((more, np.where(side == "train")[0]))
     if extra:
