@@ -204,20 +204,26 @@ class BayesianCombiner:
         """P(d | predicted state) and the train prior from fusion-train events; the image side from ``platt``
         (a detector bundle's own, class-balanced: ``b + logit(train prior)``, as the service builds it) when
         given, else Platt scaling fitted on these events."""
-        prior = float(ev["label"].mean())
-        if platt:
-            a, b = float(platt["a"]), float(platt["b"]) + float(_logit(np.array(prior)))
-        else:
-            from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression
 
-            s = _logit(images["max_conf"][ev["image"]])[:, None]
-            lr = LogisticRegression(C=10.0).fit(s, ev["label"])
-            a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
+        prior = float(ev["label"].mean())
         predicted = vib["probs"][ev["window"]].argmax(1)
         rates = [
             float((ev["label"][predicted == k].sum() + 1) / ((predicted == k).sum() + 2)) for k in range(len(STATE_NAMES))
         ]  # Laplace-smoothed P(defective | predicted state)
-        return cls(a, b, prior, rates)
+        if platt:
+            return cls(0.0, 0.0, prior, rates).with_platt(platt)
+        s = _logit(images["max_conf"][ev["image"]])[:, None]
+        lr = LogisticRegression(C=10.0).fit(s, ev["label"])
+        return cls(float(lr.coef_[0, 0]), float(lr.intercept_[0]), prior, rates)
+
+    def with_platt(self, platt: dict) -> BayesianCombiner:
+        """The same vibration side with a detector bundle's own Platt scaling. That Platt was fitted on
+        class-balanced boards (tested image vs its defect-free counterpart), so its intercept is the image
+        log-likelihood ratio's offset; ``image_llr`` subtracts the train prior's logit, hence
+        ``b + logit(train_prior)``."""
+        return BayesianCombiner(float(platt["a"]), float(platt["b"]) + float(_logit(np.array(self.train_prior))),
+                                self.train_prior, list(self.defect_rate_by_state))
 
     def p_vibration(self, probs: np.ndarray) -> np.ndarray:
         return probs @ np.asarray(self.defect_rate_by_state)

@@ -136,20 +136,9 @@ def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
 
 def detector_combiner(det_bundle, fitted):
     """The Bayesian rule with a detector bundle's own Platt scaling and ``fitted``'s vibration side (P(d | state),
-    train prior); None when the bundle has no ``platt``.
-
-    That Platt was fitted on class-balanced boards (tested image vs its defect-free counterpart), so its
-    intercept is the image log-likelihood ratio's offset; ``BayesianCombiner.image_llr`` subtracts the train
-    prior's logit from ``platt_b``, hence ``b + logit(train_prior)``.
-    """
-    from apps.industrial.benchmark import BayesianCombiner
-
+    train prior); None when the bundle has no ``platt``."""
     platt = det_bundle.config.get("platt") if det_bundle is not None else None
-    if not platt:
-        return None
-    prior = fitted.train_prior
-    return BayesianCombiner(float(platt["a"]), float(platt["b"]) + float(np.log(prior / (1 - prior))), prior,
-                            list(fitted.defect_rate_by_state))
+    return fitted.with_platt(platt) if platt else None
 
 
 class InspectionRunner:
