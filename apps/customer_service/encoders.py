@@ -4,6 +4,7 @@
   local BERT folder), optionally with LoRA adapters (peft) so only a few MB are trained/shipped.
 - ("voice", "acoustic_stats"): an MLP over the standardised utterance statistics of
   ``features.acoustic_features`` (pitch, energy, spectral, cepstral), one token per utterance.
+- ("voice", "ge2e_lstm"): the pretrained GE2E speaker encoder (``ge2e``), frame tokens of its LSTM layers.
 """
 
 from __future__ import annotations
@@ -161,3 +162,7 @@ def _voice_example():
 
 
 register_encoder("voice", "acoustic_stats", example=_voice_example)(VoiceStatsEncoder)
+
+
+# ("voice", "ge2e_lstm"): the pretrained speaker encoder behind the "ge2e" voice-emotion feature block.
+from apps.customer_service import ge2e as _ge2e  # noqa: E402,F401  (registers it)

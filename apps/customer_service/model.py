@@ -430,10 +430,12 @@ def linear_voice_state(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
 
 
 def block_dims(blocks) -> list[int]:
+    from apps.customer_service import ge2e
     from apps.customer_service.features import FEATURE_DIM
     from apps.customer_service.smile import FEATURE_SETS, STATS
 
-    return [FEATURE_DIM if b == STATS else FEATURE_SETS[b][1] for b in blocks]
+    return [FEATURE_DIM if b == STATS else ge2e.feature_dim() if b == ge2e.BLOCK else FEATURE_SETS[b][1]
+            for b in blocks]
 
 
 class AveragedVoiceModel(_BlockVoiceModel):

@@ -63,7 +63,8 @@ def feature_names(feature_set: str = "compare") -> list[str]:
 
 
 def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: int = SAMPLE_RATE) -> np.ndarray:
-    """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``) for one utterance."""
+    """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``, ``"ge2e"``) for one utterance."""
+    from apps.customer_service import ge2e
     from apps.customer_service.features import acoustic_features, prepare_utterance
 
     prepared = prepare_utterance(audio, sr)
@@ -71,6 +72,8 @@ def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: i
     for block in blocks:
         if block == STATS:
             parts.append(acoustic_features(prepared, prepared=True))
+        elif block == ge2e.BLOCK:
+            parts.append(ge2e.statistics(prepared))
         else:
             parts.append(smile_features(prepared, feature_set=block, prepared=True))
     return np.concatenate(parts).astype(np.float32)
