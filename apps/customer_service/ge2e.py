@@ -105,6 +105,7 @@ def load_encoder(bundle_dir: str | Path = BUNDLE_DIR) -> GE2EEncoder:
     bundle = load_bundle(bundle_dir)
     encoder = GE2EEncoder(GE2EConfig.from_dict(bundle.config["encoder"]))
     encoder.load_state_dict({k: v.float() for k, v in bundle.state_dict.items()})
+    encoder.sha256 = bundle.sha256  # voice bundles record the encoder they were fitted on
     return encoder.eval()
 
 

@@ -492,6 +492,16 @@ def load_voice_model(directory):
     from core.bundle import load_bundle
 
     bundle = load_bundle(directory)
+    expected = bundle.config.get("ge2e_sha256")
+    if expected:  # the linear head is only valid on the speaker encoder it was fitted on
+        from apps.customer_service import ge2e
+        from core.bundle import BundleError
+
+        actual = ge2e.load_encoder().sha256
+        if actual != expected:
+            raise BundleError(f"voice bundle {directory} was fitted on speaker encoder {expected[:12]}… but "
+                              f"{ge2e.BUNDLE_DIR} holds {actual[:12]}…; retrain the voice model "
+                              "(triptych train customer-service --parts voice-emotion)")
     model = _voice_model_from(bundle.config, bundle.state_dict)
     model.version, model.sha256 = bundle.card.version, bundle.card.sha256
     return model

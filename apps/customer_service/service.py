@@ -109,7 +109,8 @@ class CustomerServiceEngine:
 
     def warm_up_voice(self) -> None:
         """Run the voice features once at load time: the first call otherwise pays several seconds
-        of one-off costs (librosa's JIT compilation, openSMILE's configuration) inside a request."""
+        of one-off costs (librosa's JIT compilation, openSMILE's configuration, loading the speaker
+        encoder) inside a request."""
         if self.voice is None:
             return
         t = np.arange(SAMPLE_RATE) / SAMPLE_RATE

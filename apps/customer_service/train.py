@@ -1220,7 +1220,13 @@ def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print) -> dict:
     params = fit_linear_voice(xs, y, cfg.kind, c, cfg.seed)
     log(f"linear final: C={c:g} T={temperature:.3f}")
     config = {"type": "linear", "labels": list(VOICE_LABELS), "blocks": list(cfg.blocks),
-              "kind": cfg.kind, "C": c, "temperature": temperature, "opensmile": "2.6"}
+              "kind": cfg.kind, "C": c, "temperature": temperature}
+    if any(b in ("compare", "egemaps") for b in cfg.blocks):
+        config["opensmile"] = "2.6"
+    if "ge2e" in cfg.blocks:
+        from apps.customer_service.ge2e import load_encoder
+
+        config["ge2e_sha256"] = load_encoder().sha256
     return {"metrics": metrics, "oof": oof, "folds": choices, "C": c, "temperature": temperature,
             "inner": table, "params": params, "config": config}
 

@@ -63,3 +63,23 @@ def test_shipped_encoder_is_the_resemblyzer_network_and_feeds_the_ge2e_block():
     x = voice_features(tone(1.2), (ge2e.BLOCK,))
     assert x.shape == (ge2e.feature_dim(),) == (1536,) and np.all(np.isfinite(x))
     assert x[768:].min() >= 0 and x[768:].max() > 0  # standard deviations of frame outputs
+
+
+def test_a_voice_bundle_fitted_on_another_encoder_is_refused(tmp_path):
+    import json
+    import shutil
+
+    from apps.customer_service.model import load_voice_model
+    from apps.customer_service.settings import WEIGHTS_DIR
+    from core.bundle import BundleError
+
+    shipped = load_voice_model(WEIGHTS_DIR / "voice_emotion")
+    assert shipped.blocks == (ge2e.BLOCK,)
+    copy = tmp_path / "voice_emotion"
+    shutil.copytree(WEIGHTS_DIR / "voice_emotion", copy)
+    config = json.loads((copy / "config.json").read_text())
+    assert config["ge2e_sha256"] == load_encoder().sha256
+    config["ge2e_sha256"] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="speaker encoder"):
+        load_voice_model(copy)
