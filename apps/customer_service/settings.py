@@ -20,10 +20,11 @@ class CustomerServiceSettings(AppSettings):
     intent_bundle: Path = WEIGHTS_DIR / "intent"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
-    # What `train --parts voice-emotion` fits: "linear" (openSMILE ComParE + the 434 statistics ->
-    # logistic regression, the shipped default), "average" (that linear model averaged with the MLP
-    # ensemble) or "mlp" (the 434 statistics -> MLP ensemble, the previous default). Serving reads the
-    # model type from the bundle, so any of them can be served through voice_emotion_bundle.
+    # What `train --parts voice-emotion` fits: "linear" (a logistic regression on the feature blocks of
+    # train.LinearVoiceConfig: the GE2E speaker-encoder statistics, the shipped default), "average"
+    # (that linear model averaged with the MLP ensemble) or "mlp" (the 434 statistics -> MLP ensemble,
+    # an earlier default). Serving reads the model type from the bundle, so any of them can be
+    # served through voice_emotion_bundle.
     voice_model: str = "linear"
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
     # Corpus evaluation only (needs several clips per speaker): features z-scored per speaker.

@@ -1,4 +1,5 @@
-"""openSMILE functionals for voice emotion: ComParE_2016 (6,373) and eGeMAPSv02 (88).
+"""Voice-emotion feature blocks: openSMILE functionals, ComParE_2016 (6,373) and eGeMAPSv02 (88), and
+(``voice_features``) their concatenation with the 434 statistics and the GE2E speaker-encoder statistics.
 
 The standard paralinguistic feature sets, computed by the SMILExtract library bundled in the
 ``opensmile`` wheel (its configs ship in the wheel too: nothing is fetched at run time). The
