@@ -84,6 +84,21 @@ def test_cross_validation_is_speaker_independent_and_learns():
     assert all(c["C"] in cfg.grid and c["temperature"] > 0 for c in choices)
 
 
+def test_perturbed_copies_join_only_their_own_clips_training_part():
+    """Labels carry no signal; each clip's copy is the clip itself. A held-out clip's copy in its own
+    training part would be memorised (more features than clips) and scored right: chance must stay chance."""
+    from apps.customer_service.train import LinearVoiceConfig, cross_validate_linear, with_copies
+
+    x, _, spk, corp = _toy(n_per=16, dim=300)
+    y = np.random.default_rng(1).permutation(np.array([VOICE_LABELS.index(n) for n in ("neutral", "angry", "sad")] * 27)[:len(x)])
+    copies = np.stack([x, x], axis=1)
+    xs, ys = with_copies(x[:3], y[:3], copies[:3])
+    assert xs.shape == (9, x.shape[1]) and list(ys) == list(y[:3]) * 3
+    cfg = LinearVoiceConfig(blocks=("egemaps",), grid=(1e2,), inner_folds=2, speed_rates=(0.9, 1.1))
+    _, oof, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, copies=copies)
+    assert (oof.argmax(1) == y).mean() < 0.6
+
+
 @pytest.fixture(scope="module")
 def linear_bundle(tmp_path_factory):
     """A linear voice bundle on eGeMAPS fitted to generated low/high voices (real extraction)."""
