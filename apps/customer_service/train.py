@@ -671,16 +671,16 @@ def select_linear_c(x, y, speakers, corpora, cfg: LinearVoiceConfig,
     C. The inner folds share the standardisation of the whole of ``x`` and its ``copies`` (labels
     unused); each inner fit adds the copies of its training clips only, scores original clips only."""
     folds = speaker_folds(speakers, corpora, k=cfg.inner_folds)
-    n, k = len(y), 0 if copies is None else copies.shape[1]
+    n, n_copies = len(y), 0 if copies is None else copies.shape[1]
     z_all = _Standardised(with_copies(x, y, copies)[0]).z
-    z, z_copies = z_all[:n], [z_all[n * (j + 1): n * (j + 2)] for j in range(k)]
+    z, z_copies = z_all[:n], [z_all[n * (j + 1): n * (j + 2)] for j in range(n_copies)]
     table, scores_at = {}, {}
     for c in cfg.grid:
         scores = np.zeros((len(y), 9), dtype=np.float32)
         for val in folds:
             tr = ~val
             coef, intercept = _fit_linear(np.concatenate([z[tr], *(zc[tr] for zc in z_copies)]),
-                                          np.tile(y[tr], k + 1), cfg.kind, c, cfg.seed)
+                                          np.tile(y[tr], n_copies + 1), cfg.kind, c, cfg.seed)
             scores[val] = z[val] @ coef.T + intercept
         m = per_corpus_metrics(scores, y, corpora)
         table[c] = float(np.mean([v for k, v in m.items() if k.endswith("macro_f1")]))
@@ -1282,7 +1282,7 @@ def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print, copies: np.
     log(f"linear final: C={c:g} T={temperature:.3f}")
     config = {"type": "linear", "labels": list(VOICE_LABELS), "blocks": list(cfg.blocks),
               "kind": cfg.kind, "C": c, "temperature": temperature}
-    if any(b in ("compare", "egemaps") for b in cfg.blocks):
+    if _uses_opensmile(cfg.blocks):
         config["opensmile"] = "2.6"
     if "ge2e" in cfg.blocks:
         from apps.customer_service.ge2e import load_encoder
@@ -1292,9 +1292,15 @@ def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print, copies: np.
             "inner": table, "params": params, "config": config}
 
 
+def _uses_opensmile(blocks) -> bool:
+    from apps.customer_service.smile import FEATURE_SETS
+
+    return any(b in FEATURE_SETS for b in blocks)
+
+
 def _block_sources(blocks) -> str:
     sources = []
-    if any(b in ("compare", "egemaps") for b in blocks):
+    if _uses_opensmile(blocks):
         sources.append("openSMILE 2.6, bundled SMILExtract")
     if "ge2e" in blocks:
         sources.append("GE2E: weights/speaker_encoder")
