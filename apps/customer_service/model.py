@@ -484,6 +484,14 @@ def averaged_voice_state(member_states: list[dict[str, torch.Tensor]]) -> dict[s
     return {f"{i}.{k}": v for i, state in enumerate(member_states) for k, v in state.items()}
 
 
+def _recorded_encoders(config: dict) -> set[str]:
+    """The GE2E sha256 values a voice config (and its members, for an average) was fitted on."""
+    found = {config["ge2e_sha256"]} if config.get("ge2e_sha256") else set()
+    for member in config.get("members", []):
+        found |= _recorded_encoders(member)
+    return found
+
+
 def load_voice_model(directory):
     """The voice-emotion model of a bundle, by its config ``type``: ``linear`` (LinearVoiceModel),
     ``average`` (AveragedVoiceModel of members stored under "<i>." prefixes) or the MLP
@@ -492,8 +500,7 @@ def load_voice_model(directory):
     from core.bundle import load_bundle
 
     bundle = load_bundle(directory)
-    expected = bundle.config.get("ge2e_sha256")
-    if expected:  # the linear head is only valid on the speaker encoder it was fitted on
+    for expected in _recorded_encoders(bundle.config):  # a head is only valid on the encoder it was fitted on
         from apps.customer_service import ge2e
         from core.bundle import BundleError
 

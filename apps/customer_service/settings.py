@@ -20,12 +20,13 @@ class CustomerServiceSettings(AppSettings):
     intent_bundle: Path = WEIGHTS_DIR / "intent"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
-    # What `train --parts voice-emotion` fits: "linear" (a logistic regression on the feature blocks of
-    # train.LinearVoiceConfig: the GE2E speaker-encoder statistics, the shipped default), "average"
-    # (that linear model averaged with the MLP ensemble) or "mlp" (the 434 statistics -> MLP ensemble,
-    # an earlier default). Serving reads the model type from the bundle, so any of them can be
-    # served through voice_emotion_bundle.
-    voice_model: str = "linear"
+    # What `train --parts voice-emotion` fits: "linear-pair" (the shipped default: the equal-weight
+    # average of two logistic regressions, on the GE2E speaker-encoder statistics, train.LinearVoiceConfig,
+    # and on openSMILE ComParE + the 434 statistics, train.SECOND_LINEAR), "linear" (the first alone),
+    # "average" (it averaged with the MLP ensemble) or "mlp" (the 434 statistics -> MLP ensemble, an
+    # earlier default). Serving reads the model type from the bundle, so any of them can be served
+    # through voice_emotion_bundle.
+    voice_model: str = "linear-pair"
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
     # Corpus evaluation only (needs several clips per speaker): features z-scored per speaker.
     voice_emotion_speaker_norm_bundle: Path = WEIGHTS_DIR / "voice_emotion_speaker_norm"

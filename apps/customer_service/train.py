@@ -12,7 +12,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -1127,22 +1127,25 @@ def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
                        model: str | None = None) -> dict:
     """Train the voice-emotion bundle (``voice_emotion`` or ``voice_emotion_speaker_norm``).
 
-    ``model``: "linear" (the shipped default: a linear model on the GE2E speaker-encoder statistics,
-    ``LinearVoiceConfig.blocks``), "average" (a linear model and the MLP ensemble, probabilities averaged) or "mlp" (the
+    ``model``: "linear-pair" (the shipped default: the equal-weight average of a linear model on the
+    GE2E speaker-encoder statistics, ``LinearVoiceConfig``, and one on openSMILE ComParE + the 434
+    statistics, ``SECOND_LINEAR``), "linear" (the first alone), "average" (a linear model and the MLP
+    ensemble, probabilities averaged) or "mlp" (the
     MLP ensemble on the 434 statistics, the previous default); None reads the ``voice_model`` setting.
     A VoiceTrainConfig configures the MLP part; a LinearVoiceConfig the linear part."""
     from apps.customer_service.settings import get_settings
 
     model = model or get_settings().voice_model
-    if model in ("linear", "average"):
+    if model in ("linear-pair", "linear", "average"):
         lcfg = cfg if isinstance(cfg, LinearVoiceConfig) else LinearVoiceConfig()
         if speaker_norm != lcfg.speaker_norm:
             lcfg = LinearVoiceConfig(**{**lcfg.__dict__, "speaker_norm": speaker_norm})
         return run_linear_voice_training(data_root, run_dir, weights_dir, lcfg, cache_dir, log,
                                          mlp_weight=0.5 if model == "average" else 0.0,
-                                         mlp_cfg=cfg if isinstance(cfg, VoiceTrainConfig) else None)
+                                         mlp_cfg=cfg if isinstance(cfg, VoiceTrainConfig) else None,
+                                         second=SECOND_LINEAR if model == "linear-pair" else None)
     if model != "mlp":
-        raise ValueError(f"unknown voice model {model!r}; choose 'average', 'linear' or 'mlp'")
+        raise ValueError(f"unknown voice model {model!r}; choose 'linear-pair', 'linear', 'average' or 'mlp'")
     return run_mlp_voice_training(data_root, run_dir, weights_dir,
                                   cfg if isinstance(cfg, VoiceTrainConfig) else None, speaker_norm, cache_dir, log)
 
@@ -1218,7 +1221,8 @@ VARIANT_RESULTS = {
     "mean of probabilities: ComParE logreg and the MLPs": (0.5791, 0.7171),
     "mean of probabilities: ComParE + stats434 logreg and the MLPs": (0.5747, 0.7178),
     "GE2E statistics -> logistic regression": (0.6161, 0.7853),
-    "GE2E statistics, training parts + speed-perturbed copies (0.9, 1.1) -> logistic regression (shipped)": (0.6276, 0.7985),
+    "GE2E statistics, training parts + speed-perturbed copies (0.9, 1.1) -> logistic regression": (0.6276, 0.7985),
+    "mean of probabilities: that and ComParE + stats434 logreg (shipped)": (0.6585, 0.7942),
     "ComParE_2016 + stats434 + GE2E statistics -> logistic regression": (0.6274, 0.7408),
     "mean of probabilities: GE2E logreg and ComParE + stats434 logreg": (0.6323, 0.7639),
 }
@@ -1292,6 +1296,10 @@ def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print, copies: np.
             "inner": table, "params": params, "config": config}
 
 
+# The second member of the default "linear-pair" voice model: what the linear model read until session 7.
+SECOND_LINEAR = LinearVoiceConfig(blocks=("compare", "stats"), speed_rates=())
+
+
 def _uses_opensmile(blocks) -> bool:
     from apps.customer_service.smile import FEATURE_SETS
 
@@ -1307,17 +1315,28 @@ def _block_sources(blocks) -> str:
     return f"; {', '.join(sources)}" if sources else ""
 
 
+def _linear_description(cfg: LinearVoiceConfig, n_feat: int) -> str:
+    copies = (f", trained with speed-perturbed copies ({', '.join(f'{r:g}' for r in cfg.speed_rates)}) of its "
+              "training clips" if cfg.speed_rates else "")
+    return ("class-balanced " + ("linear SVM (one-vs-rest)" if cfg.kind == "svm" else "logistic regression")
+            + f" on standardised {' + '.join(BLOCK_NAMES.get(b, b) for b in cfg.blocks)}"
+            f" ({n_feat} features{_block_sources(cfg.blocks)}){copies} -> softmax(scores / T)")
+
+
 def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int, n_feat: int,
-                averaged_with_mlp: float = 0.0, extra_metrics: dict | None = None):
+                averaged_with_mlp: float = 0.0, extra_metrics: dict | None = None,
+                second: tuple[LinearVoiceConfig, dict, int] | None = None):
     from core.bundle import ModelCard
 
     base_key = "speaker_norm_" if cfg.speaker_norm else ""
     comparison = {f"previous_mlp_{k.removeprefix(base_key)}": v for k, v in MLP_BASELINE.items()
                   if k.startswith(base_key) and (cfg.speaker_norm or not k.startswith("speaker_norm_"))}
-    linear = ("class-balanced " + ("linear SVM (one-vs-rest)" if cfg.kind == "svm" else "logistic regression")
-              + f" on standardised {' + '.join(BLOCK_NAMES.get(b, b) for b in cfg.blocks)}"
-              f" ({n_feat} features{_block_sources(cfg.blocks)}) -> softmax(scores / T)")
-    if averaged_with_mlp:
+    linear = _linear_description(cfg, n_feat)
+    if second is not None:
+        task = (f"acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
+                f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear} and (b) a "
+                f"{_linear_description(second[0], second[2])}")
+    elif averaged_with_mlp:
         task = (f"acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
                 f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear} and (b) "
                 "the previous model (434 utterance statistics -> ensemble of 5 MLPs)")
@@ -1332,7 +1351,8 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
         data=["RAVDESS speech, actors 1-18, 540 clips (CC BY-NC-SA 4.0, non-commercial)",
               "Emo-DB, 7 speakers, 357 clips (research use), resampled/cut copy"]
              + (["GE2E speaker encoder: Resemblyzer 0.1.4's pretrained LSTM (Apache-2.0; LibriSpeech + VoxCeleb "
-                 "1/2, trained by its authors), frozen, in weights/speaker_encoder"] if "ge2e" in cfg.blocks else []),
+                 "1/2, trained by its authors), frozen, in weights/speaker_encoder"]
+                if "ge2e" in cfg.blocks + (second[0].blocks if second else ()) else []),
         split="speaker-independent 6-fold cross-validation (each fold holds out ~3 RAVDESS actors and 1-2 "
               "Emo-DB speakers; the same folds as the previous MLP card); the metrics are out-of-fold. In each "
               f"outer fold the linear model's C (grid {list(cfg.grid)}) is chosen by a {cfg.inner_folds}-fold "
@@ -1343,12 +1363,16 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                  "own clips, scored clips are never perturbed" if cfg.speed_rates else "")
               + ("; the MLPs have fixed hyper-parameters and the average has fixed equal weights (no tuning)"
                  if averaged_with_mlp else "")
+              + (f"; member (b) is chosen the same way on its own features"
+                 f"{'' if second[0].speed_rates else ' (without copies)'} and the average has fixed equal "
+                 "weights" if second else "")
               + f". The shipped model repeats the selection on all {n_clips} clips (C={part['C']:g}, "
-              f"T={part['temperature']:.3f}) and is refitted on them. Evaluation restricts the argmax to the "
-              "corpus's own classes.",
+              f"T={part['temperature']:.3f}"
+              + (f"; member (b) C={second[1]['C']:g}, T={second[1]['temperature']:.3f}" if second else "")
+              + ") and is refitted on them. Evaluation restricts the argmax to the corpus's own classes.",
         metrics={**metrics, **(extra_metrics or {}), **comparison},
         reproduce="triptych train customer-service --parts voice-emotion   (setting "
-                  "TRIPTYCH_CUSTOMER_SERVICE_VOICE_MODEL: linear (default) | average | mlp); "
+                  "TRIPTYCH_CUSTOMER_SERVICE_VOICE_MODEL: linear-pair (default) | linear | average | mlp); "
                   "triptych eval customer-service --emotion <ravdess or emodb folder> --json out.json",
         limitations=["Below the issue's targets (RAVDESS 0.80 / Emo-DB 0.89 macro-F1).",
                      "Acted emotions (two fixed English sentences, ten German ones); real callers are subtler.",
@@ -1371,17 +1395,32 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
 
 def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: LinearVoiceConfig,
                               cache_dir: Path = Path("datasets/prepared/customer_service"), log=print,
-                              mlp_weight: float = 0.0, mlp_cfg: VoiceTrainConfig | None = None) -> dict:
-    """The linear model on ``cfg.blocks``; with ``mlp_weight`` > 0, averaged with the MLP ensemble on
-    the 434 statistics (both cross-validated in the same folds; the average's metrics are the card's)."""
+                              mlp_weight: float = 0.0, mlp_cfg: VoiceTrainConfig | None = None,
+                              second: LinearVoiceConfig | None = None) -> dict:
+    """The linear model on ``cfg.blocks``; with ``second``, the equal-weight average of its probabilities
+    and those of a second linear model (its own blocks and copies, the same speaker normalisation);
+    with ``mlp_weight`` > 0, averaged with the MLP ensemble on the 434 statistics. Every member is
+    cross-validated in the same folds; the average's out-of-fold metrics are the card's."""
     from apps.customer_service.model import averaged_voice_state, linear_voice_state, voice_ensemble_state
     from core.bundle import save_bundle
 
-    _, x, y, spk, corp = voice_blocks(data_root, cfg.blocks, cache_dir, log=log)
-    copies = speed_copies(data_root, cfg.blocks, cfg.speed_rates, cache_dir, log=log) if cfg.speed_rates else None
-    part = _linear_part(x, y, spk, corp, cfg, log=log, copies=copies)
+    def linear_member(member: LinearVoiceConfig):
+        _, x, y, spk, corp = voice_blocks(data_root, member.blocks, cache_dir, log=log)
+        copies = speed_copies(data_root, member.blocks, member.speed_rates, cache_dir, log=log) if member.speed_rates else None
+        return _linear_part(x, y, spk, corp, member, log=log, copies=copies), x.shape[1], y, spk, corp
+
+    part, n_feat, y, spk, corp = linear_member(cfg)
     metrics, oof, extra = part["metrics"], part["oof"], {}
     state, config = linear_voice_state(part["params"]), part["config"]
+    if second is not None:
+        second = replace(second, speaker_norm=cfg.speaker_norm)
+        part2, n_feat2, *_ = linear_member(second)
+        oof = 0.5 * oof + 0.5 * part2["oof"]
+        extra = {**{f"member_a_{k}": v for k, v in metrics.items() if k.endswith("macro_f1")},
+                 **{f"member_b_{k}": v for k, v in part2["metrics"].items() if k.endswith("macro_f1")}}
+        metrics = per_corpus_metrics(oof, y, corp)
+        config = {"type": "average", "weights": [0.5, 0.5], "members": [config, part2["config"]]}
+        state = averaged_voice_state([state, linear_voice_state(part2["params"])])
     if mlp_weight > 0:
         import torch
 
@@ -1390,6 +1429,8 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
         _, xs, _, _, _ = voice_blocks(data_root, ("stats",), cache_dir, log=log)
         if cfg.speaker_norm:
             xs = speaker_normalize(xs, spk)
+        if second is not None:
+            raise ValueError("a second linear model and the MLP ensemble cannot both be averaged in")
         mlp_metrics, mlp_oof = cross_validate_voice(xs, y, spk, corp, mcfg, log=log)
         oof = (1 - mlp_weight) * oof + mlp_weight * mlp_oof
         extra = {**{f"linear_{k}": v for k, v in metrics.items() if k.endswith("macro_f1")},
@@ -1408,8 +1449,10 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     (run_dir / f"{tag}_cv.json").write_text(json.dumps(
         {"metrics": metrics, "components": extra, "folds": part["folds"],
          "final": {"C": part["C"], "temperature": part["temperature"], "inner": part["inner"]},
-         "config": cfg.__dict__, "mlp_weight": mlp_weight}, indent=1, default=list))
-    card = _voice_card(cfg, metrics, part, len(y), x.shape[1], mlp_weight, extra)
+         "config": cfg.__dict__, "second": second.__dict__ if second else None, "mlp_weight": mlp_weight},
+        indent=1, default=list))
+    card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra,
+                       second=(second, part2, n_feat2) if second is not None else None)
     save_bundle(weights_dir / ("voice_emotion_speaker_norm" if cfg.speaker_norm else "voice_emotion"),
                 state, config, card)
     return {**metrics, **extra}
