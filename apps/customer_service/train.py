@@ -414,7 +414,7 @@ def speed_perturb(audio: np.ndarray, rate: float, sr: int = 16000) -> np.ndarray
     """``audio`` resampled by ``rate`` and read at ``sr``: tempo and pitch x 1/rate."""
     import librosa
 
-    return librosa.resample(audio, orig_sr=sr, target_sr=int(round(sr * rate))).astype(np.float32)
+    return librosa.resample(audio, orig_sr=sr, target_sr=round(sr * rate)).astype(np.float32)
 
 
 def extract_feature_block(clips, block: str, cache: Path | None = None,
