@@ -135,15 +135,22 @@ def import_resemblyzer(source: Path, out: Path, config: GE2EConfig | None = None
               "pretrained.pt: trained for speaker verification (generalised end-to-end loss) on "
               "LibriSpeech, VoxCeleb1 and VoxCeleb2 by its authors; not trained in this project"],
         split="not trained here; the emotion head on its features is (voice-emotion card)",
-        reproduce=f"pip download resemblyzer==0.1.4 --no-deps; unzip the wheel; "
-                  f"python -m apps.customer_service.ge2e import --source resemblyzer/pretrained.pt --out {out}",
-        limitations=["a speaker-verification network: its features track voice identity as much as "
+        reproduce="pip download resemblyzer==0.1.4 --no-deps; unzip the wheel; "
+                  "python -m apps.customer_service.ge2e import --source resemblyzer/pretrained.pt"
+                  + ("" if Path(out).resolve() == BUNDLE_DIR.resolve() else f" --out {out}"),
+        limitations=["redistributed under the Apache License 2.0 (LICENSE.txt beside the weights)",
+                     "a speaker-verification network: its features track voice identity as much as "
                      "emotion; the linear head on top is what is fitted to emotion",
                      "the 256-d speaker-embedding projection is not imported (unused)",
-                     "weights stored in fp16 (computed in fp32)"],
+                     "weights stored in fp16 (computed in fp32)",
+                     "a re-import writes the same tensors, but safetensors orders the file's metadata freely, "
+                     "so its sha256 may change; the voice bundles then refuse it until they are retrained"],
         extra={"source_sha256": digest, "licence": "Apache-2.0"},
     )
     save_bundle(out, state, {"encoder": asdict(config)}, card)
+    licence = source.parent.parent.glob("*.dist-info/LICENSE")  # Apache-2.0 asks for its text alongside
+    for path in licence:
+        (out / "LICENSE.txt").write_text(path.read_text())
     return out
 
 
