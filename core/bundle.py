@@ -94,7 +94,9 @@ def save_bundle(
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else model_or_state
     # safetensors refuses shared or non-contiguous storage; clone to be safe.
     state = {key: value.detach().to("cpu").contiguous().clone() for key, value in state.items()}
-    save_file(state, str(directory / WEIGHTS), metadata={"name": card.name, "version": card.version})
+    # No safetensors metadata: it is written in hash-map order, so the same tensors would get a new
+    # sha256 on every save. Name and version live in card.json.
+    save_file(state, str(directory / WEIGHTS))
     card.sha256 = sha256_file(directory / WEIGHTS)
     card.date = card.date or _dt.date.today().isoformat()
     (directory / CONFIG).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")

@@ -142,9 +142,7 @@ def import_resemblyzer(source: Path, out: Path, config: GE2EConfig | None = None
                      "a speaker-verification network: its features track voice identity as much as "
                      "emotion; the linear head on top is what is fitted to emotion",
                      "the 256-d speaker-embedding projection is not imported (unused)",
-                     "weights stored in fp16 (computed in fp32)",
-                     "a re-import writes the same tensors, but safetensors orders the file's metadata freely, "
-                     "so its sha256 may change; the voice bundles then refuse it until they are retrained"],
+                     "weights stored in fp16 (computed in fp32)"],
         extra={"source_sha256": digest, "licence": "Apache-2.0"},
     )
     save_bundle(out, state, {"encoder": asdict(config)}, card)

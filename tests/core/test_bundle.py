@@ -52,3 +52,13 @@ def test_missing_files_and_missing_hash_refused(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(BundleError, match="config.json is missing"):
         load_bundle(tmp_path)
+
+
+def test_the_same_tensors_always_get_the_same_sha256(tmp_path):
+    """A bundle's sha256 names its weights: saving the same tensors again must not change it (other
+    bundles record it, e.g. a voice model records its speaker encoder's)."""
+    torch.manual_seed(0)
+    state = {"b.weight": torch.randn(3, 3), "a.weight": torch.randn(2), "c.bias": torch.zeros(4)}
+    hashes = {save_bundle(tmp_path / str(i), state, {}, ModelCard(name="x", version=f"1.{i}", task="t")).sha256
+              for i in range(8)}
+    assert len(hashes) == 1
