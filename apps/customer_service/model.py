@@ -497,13 +497,11 @@ def load_voice_model(directory):
     ``average`` (AveragedVoiceModel of members stored under "<i>." prefixes) or the MLP
     ``VoiceEnsemble`` on the 434 statistics (no type). All have ``blocks``, ``features(audio)`` and
     ``predict_proba(x)``."""
-    from core.bundle import load_bundle
+    from apps.customer_service import ge2e
+    from core.bundle import BundleError, load_bundle
 
     bundle = load_bundle(directory)
     for expected in _recorded_encoders(bundle.config):  # a head is only valid on the encoder it was fitted on
-        from apps.customer_service import ge2e
-        from core.bundle import BundleError
-
         actual = ge2e.load_encoder().sha256
         if actual != expected:
             raise BundleError(f"voice bundle {directory} was fitted on speaker encoder {expected[:12]}… but "

@@ -1061,15 +1061,8 @@ def fusion_report(model, pairs: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 def voice_corpus(data_root: Path, cache_dir: Path = Path("datasets/prepared/customer_service")):
-    """Clips, features, labels, speakers and corpora of RAVDESS + Emo-DB under ``data_root``."""
-    from apps.customer_service.data import VOICE_LABELS, load_emodb, load_ravdess
-
-    rav, emo = load_ravdess(data_root / "ravdess"), load_emodb(data_root / "emodb")
-    x = np.concatenate([extract_voice_features(rav, cache_dir / "feat_ravdess.npz"),
-                        extract_voice_features(emo, cache_dir / "feat_emodb.npz")])
-    clips = rav + emo
-    y = np.array([VOICE_LABELS.index(c.label) for c in clips])
-    return clips, x, y, np.array([c.speaker for c in clips]), np.array([c.corpus for c in clips])
+    """Clips, the 434 statistics, labels, speakers and corpora of RAVDESS + Emo-DB under ``data_root``."""
+    return voice_blocks(data_root, ("stats",), cache_dir)
 
 
 def save_voice_bundle(models, cv_metrics: dict, weights_dir: Path, cfg: VoiceTrainConfig, n_clips: int,
@@ -1169,12 +1162,19 @@ def run_mlp_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cf
     return metrics
 
 
+def _emotion_corpora(data_root: Path) -> dict:
+    """The clips of RAVDESS and Emo-DB under ``data_root``, in the order every voice array uses."""
+    from apps.customer_service.data import load_emodb, load_ravdess
+
+    return {"ravdess": load_ravdess(data_root / "ravdess"), "emodb": load_emodb(data_root / "emodb")}
+
+
 def voice_blocks(data_root: Path, blocks: tuple[str, ...], cache_dir: Path, log=print):
     """Clips, (N, F) concatenated feature blocks, labels, speakers, corpora of RAVDESS + Emo-DB."""
-    from apps.customer_service.data import VOICE_LABELS, load_emodb, load_ravdess
+    from apps.customer_service.data import VOICE_LABELS
     from apps.customer_service.smile import FEATURE_SETS, STATS
 
-    corpora = {"ravdess": load_ravdess(data_root / "ravdess"), "emodb": load_emodb(data_root / "emodb")}
+    corpora = _emotion_corpora(data_root)
     parts = []
     for block in blocks:
         per = []
@@ -1193,9 +1193,7 @@ def voice_blocks(data_root: Path, blocks: tuple[str, ...], cache_dir: Path, log=
 def speed_copies(data_root: Path, blocks: tuple[str, ...], rates: tuple[float, ...], cache_dir: Path,
                  log=print) -> np.ndarray:
     """(N, len(rates), F): ``blocks`` of speed-perturbed copies of the clips of ``voice_blocks``, same order."""
-    from apps.customer_service.data import load_emodb, load_ravdess
-
-    corpora = {"ravdess": load_ravdess(data_root / "ravdess"), "emodb": load_emodb(data_root / "emodb")}
+    corpora = _emotion_corpora(data_root)
     out = []
     for rate in rates:
         parts = []
@@ -1404,6 +1402,9 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     from apps.customer_service.model import averaged_voice_state, linear_voice_state, voice_ensemble_state
     from core.bundle import save_bundle
 
+    if second is not None and mlp_weight > 0:
+        raise ValueError("a second linear model and the MLP ensemble cannot both be averaged in")
+
     def linear_member(member: LinearVoiceConfig):
         _, x, y, spk, corp = voice_blocks(data_root, member.blocks, cache_dir, log=log)
         copies = speed_copies(data_root, member.blocks, member.speed_rates, cache_dir, log=log) if member.speed_rates else None
@@ -1429,8 +1430,6 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
         _, xs, _, _, _ = voice_blocks(data_root, ("stats",), cache_dir, log=log)
         if cfg.speaker_norm:
             xs = speaker_normalize(xs, spk)
-        if second is not None:
-            raise ValueError("a second linear model and the MLP ensemble cannot both be averaged in")
         mlp_metrics, mlp_oof = cross_validate_voice(xs, y, spk, corp, mcfg, log=log)
         oof = (1 - mlp_weight) * oof + mlp_weight * mlp_oof
         extra = {**{f"linear_{k}": v for k, v in metrics.items() if k.endswith("macro_f1")},
