@@ -746,12 +746,10 @@ def main(argv: list[str]) -> None:
     t.add_argument("--extra", type=Path, default=None, help="synth-pack output: synthetic speakers for training")
     t.add_argument("--init", type=Path, default=None, help="continue from this run folder's model of the same fold")
     t.add_argument("--lr", type=float, default=None)
-    sy = sub.add_parser("synth-pack", help="synthetic digit speakers: espeak-ng (+ flite / festival) (training data only)")
+    sy = sub.add_parser("synth-pack", help="espeak-ng synthetic digit speakers (training data only)")
     sy.add_argument("--out", type=Path, default=Path(".pack/cs/synth8k.npz"))
     sy.add_argument("--voices", type=int, default=200)
     sy.add_argument("--seed", type=int, default=0)
-    sy.add_argument("--corpus-per-voice", type=int, default=0,
-                    help="settings of each installed flite / festival voice to add (Debian packages)")
     f = sub.add_parser("finalize")
     f.add_argument("runs", type=Path, nargs="+", help="training output folders (one member each)")
     f.add_argument("--weights", type=Path, default=WEIGHTS)
@@ -781,7 +779,7 @@ def main(argv: list[str]) -> None:
     elif args.cmd == "synth-pack":
         from apps.customer_service.speech.digit_augment import pack_synthetic
 
-        pack_synthetic(args.out, args.voices, args.seed, args.corpus_per_voice)
+        pack_synthetic(args.out, args.voices, args.seed)
     elif args.cmd == "rescore":
         rescore(args.run, args.pack)
     elif args.cmd == "strings":
