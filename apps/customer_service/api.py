@@ -143,13 +143,19 @@ async def analyze_call(
     from apps.customer_service.service import CallRequest, InputError
 
     settings: CustomerServiceSettings = request.app.state.settings
-    data = None
+    data, timeout_s = None, None
     if audio is not None:
+        from apps.customer_service.speech.audio import channel_seconds
+
         data = await read_upload(audio, accept=AUDIO_KINDS, max_bytes=settings.max_upload_bytes)
+        seconds = channel_seconds(data)
+        if seconds is not None:
+            timeout_s = settings.request_timeout_s + settings.seconds_per_audio_second * seconds
     if data is None and not (text or "").strip():
         raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
     try:
-        result = await batcher.submit(CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent))
+        result = await batcher.submit(CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent),
+                                      timeout_s=timeout_s)
     except InputError as exc:
         raise ApiError(exc.status, exc.code, exc.message) from None
     # Persist before answering; the synthesised WAV is large and re-creatable, so only its hash is stored.

@@ -49,7 +49,8 @@ class InputError(ValueError):
         self.status, self.code, self.message = status, code, message
 
 
-_AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422, "too_many_channels": 422}
+_AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422, "too_many_channels": 422,
+                 "bad_sample_rate": 422}
 
 
 def _sentences(text: str) -> list[str]:

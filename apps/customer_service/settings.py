@@ -34,6 +34,10 @@ class CustomerServiceSettings(AppSettings):
     asr_lm: str = "interpolated"
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
     max_audio_seconds: float = 600.0
+    # A call waits request_timeout_s plus this much per second of audio per channel: the ASR runs at
+    # 0.26 s per second of read speech on one thread here (60 s took 17.5 s end to end), so a
+    # ten-minute call must not meet the 30 s meant for short requests.
+    seconds_per_audio_second: float = 0.6
     max_text_chars: int = 20000
     # Voice segments for emotion over time: analysis window when ASR gives no utterance boundaries.
     segment_seconds: float = 4.0

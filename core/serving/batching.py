@@ -59,6 +59,7 @@ class _Pending:
     item: Any
     future: asyncio.Future
     enqueued: float
+    timeout_s: float
 
 
 class DynamicBatcher:
@@ -93,6 +94,7 @@ class DynamicBatcher:
         self._executor: ThreadPoolExecutor | None = None
         self._batch_seconds = 0.05  # running estimate, used for Retry-After
         self._batch_started: float | None = None  # perf_counter when the running batch began
+        self._batch_timeout_s = timeout_s  # the longest timeout among the running batch's items
         self._closed = False
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -142,16 +144,20 @@ class DynamicBatcher:
 
     @property
     def stalled(self) -> bool:
-        """True when one model call has outlasted the request timeout: every caller is timing out."""
-        return self.busy_s > self.timeout_s
+        """True when one model call has outlasted the longest timeout of the items in it: every
+        caller is timing out."""
+        return self.busy_s > self._batch_timeout_s
 
     def retry_after_s(self) -> int:
         # time to drain the queue at the current batch speed, at least one second
         batches = math.ceil(len(self._queue) / self.max_batch)
         return max(1, math.ceil(batches * self._batch_seconds))
 
-    async def submit(self, item: Any) -> Any:
-        """Queue one item and wait for its own result (or its own exception)."""
+    async def submit(self, item: Any, timeout_s: float | None = None) -> Any:
+        """Queue one item and wait for its own result (or its own exception).
+
+        ``timeout_s``: this item's wait limit instead of the batcher's, for work whose size is
+        known up front (a long recording takes longer than a short one)."""
         if self._closed:
             raise ApiError(503, "shutting_down", "the service is shutting down; retry shortly")
         self._ensure_started()
@@ -167,20 +173,21 @@ class DynamicBatcher:
                 headers={"Retry-After": str(retry)},
             )
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(item, future, time.perf_counter()))
+        timeout_s = self.timeout_s if timeout_s is None else float(timeout_s)
+        self._queue.append(_Pending(item, future, time.perf_counter(), timeout_s))
         self.stats.submitted += 1
         self._emit("queue", depth=len(self._queue))
         assert self._wakeup is not None
         self._wakeup.set()
         try:
             # shield: a timeout abandons the wait, not the batch other callers share
-            return await asyncio.wait_for(asyncio.shield(future), self.timeout_s)
+            return await asyncio.wait_for(asyncio.shield(future), timeout_s)
         except TimeoutError:
             future.cancel()  # the worker skips it if it has not started yet
             self.stats.timed_out += 1
             self._emit("item", outcome="timeout")
             raise ApiError(
-                504, "timeout", f"model {self.runner.name!r} did not answer within {self.timeout_s:g} s; retry later"
+                504, "timeout", f"model {self.runner.name!r} did not answer within {timeout_s:g} s; retry later"
             ) from None
 
     # -- worker ------------------------------------------------------------------------------
@@ -222,6 +229,7 @@ class DynamicBatcher:
                 continue
             items = [p.item for p in batch]
             started = time.perf_counter()
+            self._batch_timeout_s = max(p.timeout_s for p in batch)
             self._batch_started = started
             try:
                 results = await loop.run_in_executor(self._executor, self._run_isolated, items)

@@ -16,11 +16,14 @@ import numpy as np
 
 TARGET_RATE = 16_000
 ACCEPTED_FORMATS = ("wav", "flac", "ogg", "mp3")
-ACCEPTED_TEXT = "WAV, FLAC, OGG (Vorbis/Opus) or MP3 audio, mono or stereo, any sample rate"
+MIN_RATE, MAX_RATE = 4_000, 384_000  # Hz: below, speech is not there to hear; above, no recorder writes it
+ACCEPTED_TEXT = ("WAV, FLAC, OGG (Vorbis/Opus) or MP3 audio, mono or stereo, at any sample rate from "
+                 f"{MIN_RATE // 1000} to {MAX_RATE // 1000} kHz")
 
 
 class AudioError(ValueError):
-    """Audio that cannot be used. ``code``: not_audio | empty | corrupt | too_long | too_many_channels."""
+    """Audio that cannot be used. ``code``: not_audio | empty | corrupt | too_long | too_many_channels |
+    bad_sample_rate."""
 
     def __init__(self, code: str, message: str) -> None:
         super().__init__(message)
@@ -95,6 +98,7 @@ def load_audio(
         raise AudioError(
             "too_many_channels", f"{info.channels} channels; at most {max_channels} (mono, or stereo agent/caller)."
         )
+    check_rate(info.samplerate)
     # mp3 frame counts are estimates until decoded; check them again after decoding
     if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds * 1.05:
         raise AudioError("too_long", f"The audio lasts {info.frames / info.samplerate:.0f} s; the limit is {max_seconds:.0f} s.")
@@ -102,6 +106,7 @@ def load_audio(
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
     except Exception as exc:
         raise AudioError("corrupt", f"The {fmt.upper()} data could not be decoded ({exc}).") from exc
+    check_rate(rate)
     if samples.shape[0] == 0:
         raise AudioError("empty", f"The {fmt.upper()} file holds no samples. Accepted: {ACCEPTED_TEXT}.")
     if not np.all(np.isfinite(samples)):
@@ -110,6 +115,26 @@ def load_audio(
         raise AudioError("too_long", f"The audio lasts {samples.shape[0] / rate:.0f} s; the limit is {max_seconds:.0f} s.")
     out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
     return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate))
+
+
+def check_rate(rate: float) -> None:
+    # a header's rate of 1 Hz made 100 samples "100 s" of audio, resampled to 1.6 M samples of noise
+    if not MIN_RATE <= rate <= MAX_RATE:
+        raise AudioError("bad_sample_rate", f"The audio's sample rate is {rate:g} Hz. Accepted: {ACCEPTED_TEXT}.")
+
+
+def channel_seconds(data: bytes) -> float | None:
+    """Seconds x channels of audio from the header alone (what the ASR will have to decode), or
+    None when the header cannot be read (decoding will say why)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:
+        return None
+    if info.frames <= 0 or not MIN_RATE <= info.samplerate <= MAX_RATE:
+        return None
+    return info.frames / info.samplerate * info.channels
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:

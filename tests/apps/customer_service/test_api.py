@@ -70,6 +70,30 @@ def test_too_long_audio(client):
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
 
 
+def test_absurd_sample_rate_is_a_422(client):
+    r = client.post("/v1/calls:analyze", files={"audio": ("x.wav", wav_bytes(np.zeros(100, np.float32), sr=1), "audio/wav")})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "bad_sample_rate", r.text
+
+
+def test_a_long_recording_waits_in_proportion_to_its_length(client, monkeypatch):
+    """A 10-minute call takes minutes to decode; the 30 s meant for short requests must not cut it off."""
+    seen = {}
+    batcher = client.app.state.batchers["calls"]
+    submit = batcher.submit
+
+    async def spy(item, timeout_s=None):
+        seen["timeout_s"] = timeout_s
+        return await submit(item, timeout_s=timeout_s)
+
+    monkeypatch.setattr(batcher, "submit", spy)
+    settings = client.app.state.settings
+    r = client.post("/v1/calls:analyze", files={"audio": ("c.wav", wav_bytes(np.zeros((16000 * 5, 2), np.float32)), "audio/wav")})
+    assert r.status_code == 200, r.text
+    assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_audio_second * 10.0)
+    client.post("/v1/calls:analyze", data={"text": "hello"})
+    assert seen["timeout_s"] is None  # text only: the service's default
+
+
 def test_unknown_result_is_404(client):
     assert client.get("/v1/results/doesnotexist").status_code == 404
 

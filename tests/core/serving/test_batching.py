@@ -176,6 +176,25 @@ def test_timeout_504_and_queued_item_is_skipped():
     assert batcher.stats.timed_out == 2
 
 
+def test_an_item_with_a_longer_timeout_outlasts_the_default_and_is_not_stalled():
+    runner = DoubleRunner(delay_s=0.4)
+
+    async def main():
+        batcher = DynamicBatcher(runner, max_batch=1, max_delay_ms=1, timeout_s=0.1)
+        long = asyncio.ensure_future(batcher.submit(5, timeout_s=2.0))  # e.g. a long recording
+        await asyncio.sleep(0.25)  # running longer than the default timeout, within its own
+        stalled_while_running = batcher.stalled
+        with pytest.raises(ApiError) as short:
+            await batcher.submit(1)  # the default still applies to everyone else
+        result = await long
+        await batcher.stop()
+        return result, stalled_while_running, short.value
+
+    result, stalled, short = run(main())
+    assert result == 10 and not stalled
+    assert short.status_code == 504 and "0.1 s" in short.message
+
+
 def test_stop_fails_queued_requests_with_503():
     gate = threading.Event()
     runner = DoubleRunner(gate=gate)

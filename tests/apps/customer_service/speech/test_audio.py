@@ -10,6 +10,7 @@ import soundfile as sf
 
 from apps.customer_service.speech.audio import (
     AudioError,
+    channel_seconds,
     from_pcm16,
     load_audio,
     sniff_audio_format,
@@ -81,6 +82,21 @@ def test_empty_wav_and_too_long_and_too_many_channels():
     with pytest.raises(AudioError) as err:
         load_audio(_encode(np.zeros((800, 3), dtype=np.float32), 8_000, "WAV", "PCM_16"))
     assert err.value.code == "too_many_channels"
+
+
+@pytest.mark.parametrize("rate", [1, 2_000, 400_000])
+def test_absurd_sample_rates_are_refused_before_resampling(rate):
+    """A 1 Hz header made 100 samples '100 s' of audio (1.6 M samples after resampling, a 504)."""
+    with pytest.raises(AudioError) as err:
+        load_audio(_encode(np.zeros(100, dtype=np.float32), rate, "WAV", "PCM_16"))
+    assert err.value.code == "bad_sample_rate" and f"{rate} Hz" in err.value.message and "4 to 384 kHz" in err.value.message
+
+
+def test_channel_seconds_from_the_header():
+    assert channel_seconds(_encode(np.zeros((16_000, 2), np.float32), 8_000, "WAV", "PCM_16")) == pytest.approx(4.0)
+    assert channel_seconds(_encode(_sine(44_100, seconds=1.5), 44_100, "FLAC", "PCM_16")) == pytest.approx(1.5)
+    assert channel_seconds(b"not audio") is None
+    assert channel_seconds(_encode(np.zeros(100, np.float32), 1, "WAV", "PCM_16")) is None
 
 
 def test_truncated_flac_is_corrupt():
