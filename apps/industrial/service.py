@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,15 +69,24 @@ def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -
         except UnicodeDecodeError:
             raise ValueError("the vibration file is not CSV, NPY or WAV") from None
         values = []
+        # Semicolon-separated files (spreadsheets in much of Europe) write decimal commas
+        semicolons = ";" in text[:4096]
         for line in text.splitlines():
-            cell = line.split(",")[0].strip()
+            if semicolons:
+                cell = line.split(";", 1)[0].strip().replace(",", ".")
+            else:
+                cell = re.split(r"[,\t ]+", line.strip(), maxsplit=1)[0]
             if not cell:
                 continue
             try:
                 values.append(float(cell))
             except ValueError:
                 if values:  # a header is fine, text in the middle of the data is not
-                    raise ValueError(f"non-numeric value in the vibration CSV after {len(values)} samples") from None
+                    raise ValueError(f"non-numeric value {cell[:20]!r} in the vibration CSV after {len(values)} samples") from None
+        if not values:
+            raise ValueError("no numbers in the vibration CSV's first column: send one sample per line (the first "
+                             "column of comma, tab or space separated values with a decimal point, or semicolon separated with a decimal "
+                             "comma; an optional header line)")
         signal = np.asarray(values, np.float64)
     if sample_rate is None:
         raise ValueError("sample_rate (Hz) is required for CSV and NPY vibration data")

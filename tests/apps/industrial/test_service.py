@@ -28,6 +28,13 @@ def test_decode_vibration_formats():
     assert rate == 12_000 and np.allclose(signal, x, atol=1e-6)
     with pytest.raises(ValueError):  # first column is text after the header row
         decode_vibration(b"a,b\nx,1\n", "csv", 12_000)
+    for sep in (";", "\t", " "):  # other separators: the first column is still the signal
+        signal, _ = decode_vibration(("t" + sep + "a\n" + "\n".join(f"{v}{sep}0" for v in x)).encode(), "csv", 12_000)
+        assert np.allclose(signal, x, atol=1e-6)
+    european = "t;a\n" + "\n".join(f"{v:.6f}".replace(".", ",") + ";1,5" for v in x)  # decimal commas
+    assert np.allclose(decode_vibration(european.encode(), "csv", 12_000)[0], x, atol=1e-5)
+    with pytest.raises(ValueError, match="no numbers .* decimal point"):
+        decode_vibration(b"time\nstart\nstop\n", "csv", 12_000)
     buf = io.BytesIO()
     np.save(buf, x[:, None])
     assert decode_vibration(buf.getvalue(), "npy", 12_000)[0].shape == x.shape
