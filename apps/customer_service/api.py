@@ -14,6 +14,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from apps.customer_service.settings import CustomerServiceSettings, get_settings
@@ -26,8 +27,11 @@ from core.serving import (
     get_batcher,
     get_request_id,
     get_store,
+    job_status,
     read_upload,
     require_role,
+    start_job,
+    wants_async,
 )
 
 log = logging.getLogger("triptych.customer_service")
@@ -125,10 +129,29 @@ class CallAnalysis(BaseModel):
     timings_ms: dict[str, float]
 
 
+class CallAccepted(BaseModel):
+    """A call taken as a background job (``Prefer: respond-async``): poll ``result_url``."""
+
+    id: str
+    status: Literal["running"]
+    result_url: str
+
+
 router = APIRouter(prefix="/v1", tags=["customer-service"])
 
 
-@router.post("/calls:analyze", response_model=CallAnalysis, summary="Analyse a call (audio and/or text)")
+def _stored(result: dict) -> dict:
+    """What is persisted of a result: the synthesised WAV is large and re-creatable, so only its hash."""
+    stored = dict(result)
+    wav = stored["reply"].get("audio_wav_base64")
+    if wav:
+        stored["reply"] = {**stored["reply"], "audio_wav_base64": None,
+                           "audio_sha256": hashlib.sha256(wav.encode()).hexdigest()}
+    return stored
+
+
+@router.post("/calls:analyze", response_model=CallAnalysis, summary="Analyse a call (audio and/or text)",
+             responses={202: {"model": CallAccepted, "description": "taken as a background job (Prefer: respond-async)"}})
 async def analyze_call(
     request: Request,
     batcher: Annotated[DynamicBatcher, Depends(get_batcher("calls"))],
@@ -139,7 +162,10 @@ async def analyze_call(
     text: Annotated[str | None, Form(description="typed text (chat) instead of or besides audio")] = None,
     output_mode: Annotated[Literal["text", "voice"] | None, Form(description="reply as text or voice; default from the User-Agent")] = None,
     user_agent: Annotated[str | None, Header()] = None,
-) -> CallAnalysis:
+    prefer: Annotated[str | None, Header(description=(
+        "'respond-async' (RFC 7240): answer 202 at once and analyse in the background; poll "
+        "GET /v1/results/{id} (for long recordings: a ten-minute call takes minutes)"))] = None,
+) -> CallAnalysis | JSONResponse:
     from apps.customer_service.service import CallRequest, InputError
 
     settings: CustomerServiceSettings = request.app.state.settings
@@ -153,18 +179,22 @@ async def analyze_call(
             timeout_s = settings.request_timeout_s + settings.seconds_per_audio_second * seconds
     if data is None and not (text or "").strip():
         raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
-    try:
-        result = await batcher.submit(CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent),
-                                      timeout_s=timeout_s)
-    except InputError as exc:
-        raise ApiError(exc.status, exc.code, exc.message) from None
-    # Persist before answering; the synthesised WAV is large and re-creatable, so only its hash is stored.
-    stored = dict(result)
-    wav = stored["reply"].get("audio_wav_base64")
-    if wav:
-        stored["reply"] = {**stored["reply"], "audio_wav_base64": None,
-                           "audio_sha256": hashlib.sha256(wav.encode()).hexdigest()}
-    result_id = await store.asave_result(APP, "call", request_id, stored, role=who.role)
+    call = CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent)
+
+    async def analyse() -> dict:
+        try:
+            return await batcher.submit(call, timeout_s=timeout_s)
+        except InputError as exc:
+            raise ApiError(exc.status, exc.code, exc.message) from None
+
+    if wants_async(prefer):
+        # the job's record is committed before the 202; a voice reply is kept whole (no other way to fetch it)
+        job_id = await start_job(store, APP, "call", request_id, who.role, analyse)
+        url = f"{request.scope.get('root_path', '')}/v1/results/{job_id}"
+        return JSONResponse(CallAccepted(id=job_id, status="running", result_url=url).model_dump(), status_code=202,
+                            headers={"Location": url, "Preference-Applied": "respond-async"})
+    result = await analyse()
+    result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
     return CallAnalysis(id=result_id, **result)
 
 
@@ -174,9 +204,19 @@ async def get_result(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("agent"))],
 ) -> dict:
+    """A stored analysis. A background job (``Prefer: respond-async``) answers 202 while it runs; then its
+    payload's ``status`` is ``done`` (the analysis), ``failed`` (``error``: what the synchronous call would
+    have answered) or ``interrupted`` (the service stopped before it finished: send the call again)."""
     row = await store.aget_result(result_id)
     if row is None or row.get("app", APP) != APP:
         raise ApiError(404, "not_found", f"no result {result_id!r}")
+    status = job_status(row["payload"])
+    if status == "running":
+        return JSONResponse({"id": result_id, "status": "running"}, status_code=202, headers={"Retry-After": "5"})
+    if status == "interrupted":
+        row["payload"] = {"status": "interrupted",
+                          "error": {"status": 503, "code": "interrupted",
+                                    "message": "the service stopped before this call was analysed; send it again"}}
     return row
 
 

@@ -29,6 +29,9 @@ _EXPORTS = {
     "temporary_directory": "core.serving.uploads",
     "KINDS": "core.serving.uploads",
     "ResultStore": "core.serving.store",
+    "start_job": "core.serving.jobs",
+    "job_status": "core.serving.jobs",
+    "wants_async": "core.serving.jobs",
     "require_role": "core.serving.auth",
     "Principal": "core.serving.auth",
     "subject_hash": "core.serving.auth",
@@ -50,12 +53,15 @@ __all__ = [
     "get_batcher",
     "get_request_id",
     "get_store",
+    "job_status",
     "read_upload",
     "require_role",
     "safe_unzip",
     "sniff_kind",
+    "start_job",
     "subject_hash",
     "temporary_directory",
+    "wants_async",
 ]
 
 

@@ -219,6 +219,9 @@ def create_service_app(
                 await app.state.loader
             for batcher in list(app.state.batchers.values()):
                 await batcher.stop()
+            from core.serving.jobs import drain_jobs
+
+            await drain_jobs()  # background jobs store their outcome (503 for those the stop cut off)
             app.state.batchers.clear()
             app.state.ready = False
 

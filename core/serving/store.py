@@ -88,6 +88,15 @@ class ResultStore:
             session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))
         return result_id
 
+    def update_result(self, result_id: str, payload: dict[str, Any]) -> None:
+        """Replace a stored result's payload (a background job's outcome replacing its 'running' record)."""
+        json.dumps(payload, allow_nan=False)
+        with self._sessions.begin() as session:
+            row = session.get(ResultRow, result_id)
+            if row is None:
+                raise KeyError(result_id)
+            row.payload = payload
+
     def get_result(self, result_id: str) -> dict[str, Any] | None:
         with self._sessions() as session:
             row = session.get(ResultRow, result_id)
@@ -134,6 +143,11 @@ class ResultStore:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.save_result, *args, **kwargs)
+
+    async def aupdate_result(self, result_id: str, payload: dict[str, Any]) -> None:
+        from starlette.concurrency import run_in_threadpool
+
+        await run_in_threadpool(self.update_result, result_id, payload)
 
     async def aget_result(self, result_id: str) -> dict[str, Any] | None:
         from starlette.concurrency import run_in_threadpool

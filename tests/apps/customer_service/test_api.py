@@ -94,6 +94,47 @@ def test_a_long_recording_waits_in_proportion_to_its_length(client, monkeypatch)
     assert seen["timeout_s"] is None  # text only: the service's default
 
 
+def _poll(client, url, seconds=60.0):
+    for _ in range(int(seconds / 0.1)):
+        r = client.get(url)
+        if r.status_code != 202:
+            return r
+        assert r.json()["status"] == "running" and r.headers["Retry-After"]
+        time.sleep(0.1)
+    raise AssertionError(f"{url} still running after {seconds} s")
+
+
+def test_a_background_job_is_acknowledged_then_stored(client):
+    r = client.post("/v1/calls:analyze", data={"text": f"Someone used my card {CARD}!", "output_mode": "voice"},
+                    headers={"Prefer": "respond-async"})
+    assert r.status_code == 202, r.text
+    body = r.json()
+    assert body["status"] == "running" and r.headers["Location"] == body["result_url"] == f"/v1/results/{body['id']}"
+    assert r.headers["Preference-Applied"] == "respond-async"
+    done = _poll(client, body["result_url"])
+    assert done.status_code == 200, done.text
+    payload = done.json()["payload"]
+    assert payload["status"] == "done" and payload["intent"]["label"] and CARD not in done.text
+    assert payload["reply"]["mode"] == "voice" and payload["reply"]["audio_wav_base64"]  # the job's only copy
+
+
+def test_a_failed_background_job_stores_the_error_a_synchronous_call_would_get(client):
+    r = client.post("/v1/calls:analyze", files={"audio": ("x.wav", wav_bytes(np.zeros(100, np.float32), sr=1), "audio/wav")},
+                    headers={"Prefer": "wait=10, respond-async"})
+    assert r.status_code == 202, r.text
+    payload = _poll(client, r.json()["result_url"]).json()["payload"]
+    assert payload["status"] == "failed"
+    assert payload["error"]["status"] == 422 and payload["error"]["code"] == "bad_sample_rate"
+
+
+def test_a_job_another_process_was_running_reads_interrupted(client):
+    store = client.app.state.store
+    job_id = store.save_result("customer-service", "call", None, {"status": "running", "process": "an-earlier-process"})
+    r = client.get(f"/v1/results/{job_id}")
+    assert r.status_code == 200 and r.json()["payload"]["status"] == "interrupted"
+    assert "send it again" in r.json()["payload"]["error"]["message"]
+
+
 def test_unknown_result_is_404(client):
     assert client.get("/v1/results/doesnotexist").status_code == 404
 
