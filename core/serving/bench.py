@@ -115,7 +115,10 @@ class LoopbackServer:
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
-        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None)
+        # keep-alive well past any stall: with uvicorn's 5 s, a pooled connection the (starved) client
+        # reuses just as the server closes it for idleness fails with a ReadError (seen under load)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", log_config=None,
+                                timeout_keep_alive=120)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 

@@ -4,16 +4,17 @@ For work that takes minutes (a long call recording), a client sends ``Prefer: re
 (RFC 7240) and gets ``202 Accepted`` with the id; ``GET .../results/{id}`` then says ``running``,
 ``done`` (with the result), ``failed`` (with the error a synchronous call would have answered) or
 ``interrupted``. The job's record is committed before the 202 goes out, so an acknowledged job is
-never silently lost: if the process stops before the work ends (the upload lives only in memory,
-and raw call audio is not written to disk), its record reads ``interrupted`` with a request to send
-it again, since the running record names the process that owned it.
+never silently lost: while the work runs its record gets a heartbeat every ``HEARTBEAT_S``; if the
+process stops before the work ends (the upload lives only in memory, and raw call audio is not
+written to disk), the heartbeat stops and the record reads ``interrupted`` with a request to send it
+again. Heartbeats, not process ids, so replicas sharing one database read each other's jobs right.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,8 +23,13 @@ from core.serving.store import ResultStore
 
 log = logging.getLogger(__name__)
 
-PROCESS_ID = uuid.uuid4().hex  # this server process: a running job of another one can no longer finish
+HEARTBEAT_S = 10.0
+STALE_AFTER_S = 3 * HEARTBEAT_S  # a running record without a heartbeat for this long was interrupted
 _LIVE: set[asyncio.Task] = set()  # strong references: the event loop keeps only weak ones
+
+
+def _running() -> dict[str, Any]:
+    return {"status": "running", "heartbeat": dt.datetime.now(dt.UTC).isoformat()}
 
 
 def wants_async(prefer: str | None) -> bool:
@@ -32,15 +38,24 @@ def wants_async(prefer: str | None) -> bool:
 
 
 async def start_job(store: ResultStore, app: str, kind: str, request_id: str | None, role: str | None,
-                    work: Callable[[], Awaitable[dict[str, Any]]]) -> str:
+                    work: Callable[[], Awaitable[dict[str, Any]]], heartbeat_s: float = HEARTBEAT_S) -> str:
     """Commit a ``running`` record, start ``work`` in the background, return the record's id.
 
     ``work`` returns the payload to store (what the synchronous route would persist); an
     :class:`ApiError` it raises is stored as the job's error, anything else as an internal error
     (its type only: messages can carry the caller's data)."""
-    job_id = await store.asave_result(app, kind, request_id, {"status": "running", "process": PROCESS_ID}, role=role)
+    job_id = await store.asave_result(app, kind, request_id, _running(), role=role)
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(heartbeat_s)
+            try:
+                await store.aupdate_result(job_id, _running(), only_if_status="running")
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried, the work goes on
+                log.warning("job %s: heartbeat not stored: %s", job_id, type(exc).__name__)
 
     async def run() -> None:
+        beating = asyncio.get_running_loop().create_task(beat())
         try:
             payload = {"status": "done", **(await work())}
         except ApiError as exc:
@@ -49,6 +64,8 @@ async def start_job(store: ResultStore, app: str, kind: str, request_id: str | N
             log.error("job %s (%s/%s) failed: %s", job_id, app, kind, type(exc).__name__)
             payload = {"status": "failed", "error": {"status": 500, "code": "internal_error",
                                                      "message": f"the job failed ({type(exc).__name__}); send it again"}}
+        finally:
+            beating.cancel()
         try:
             await store.aupdate_result(job_id, payload)
         except Exception as exc:  # noqa: BLE001
@@ -60,12 +77,16 @@ async def start_job(store: ResultStore, app: str, kind: str, request_id: str | N
     return job_id
 
 
-def job_status(payload: dict[str, Any]) -> str | None:
+def job_status(payload: dict[str, Any], stale_after_s: float = STALE_AFTER_S) -> str | None:
     """``running`` | ``done`` | ``failed`` | ``interrupted`` for a job's stored payload; None for a
     result stored synchronously (not a job)."""
     status = payload.get("status") if isinstance(payload, dict) else None
-    if status == "running" and payload.get("process") != PROCESS_ID:
-        return "interrupted"
+    if status == "running":
+        try:
+            age = (dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(payload["heartbeat"])).total_seconds()
+        except (KeyError, TypeError, ValueError):
+            return "interrupted"
+        return "running" if age <= stale_after_s else "interrupted"
     return status if status in ("running", "done", "failed") else None
 
 

@@ -88,14 +88,19 @@ class ResultStore:
             session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))
         return result_id
 
-    def update_result(self, result_id: str, payload: dict[str, Any]) -> None:
-        """Replace a stored result's payload (a background job's outcome replacing its 'running' record)."""
+    def update_result(self, result_id: str, payload: dict[str, Any], only_if_status: str | None = None) -> bool:
+        """Replace a stored result's payload (a background job's outcome replacing its 'running' record).
+        ``only_if_status``: replace only while the stored payload's ``status`` is that (a late heartbeat
+        must not overwrite an outcome); returns whether it replaced."""
         json.dumps(payload, allow_nan=False)
         with self._sessions.begin() as session:
-            row = session.get(ResultRow, result_id)
+            row = session.get(ResultRow, result_id, with_for_update=True)
             if row is None:
                 raise KeyError(result_id)
+            if only_if_status is not None and (row.payload or {}).get("status") != only_if_status:
+                return False
             row.payload = payload
+            return True
 
     def get_result(self, result_id: str) -> dict[str, Any] | None:
         with self._sessions() as session:
@@ -144,10 +149,10 @@ class ResultStore:
 
         return await run_in_threadpool(self.save_result, *args, **kwargs)
 
-    async def aupdate_result(self, result_id: str, payload: dict[str, Any]) -> None:
+    async def aupdate_result(self, result_id: str, payload: dict[str, Any], only_if_status: str | None = None) -> bool:
         from starlette.concurrency import run_in_threadpool
 
-        await run_in_threadpool(self.update_result, result_id, payload)
+        return await run_in_threadpool(self.update_result, result_id, payload, only_if_status)
 
     async def aget_result(self, result_id: str) -> dict[str, Any] | None:
         from starlette.concurrency import run_in_threadpool

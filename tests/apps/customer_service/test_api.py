@@ -129,7 +129,8 @@ def test_a_failed_background_job_stores_the_error_a_synchronous_call_would_get(c
 
 def test_a_job_another_process_was_running_reads_interrupted(client):
     store = client.app.state.store
-    job_id = store.save_result("customer-service", "call", None, {"status": "running", "process": "an-earlier-process"})
+    job_id = store.save_result("customer-service", "call", None,
+                               {"status": "running", "heartbeat": "2026-01-01T00:00:00+00:00"})  # its process stopped
     r = client.get(f"/v1/results/{job_id}")
     assert r.status_code == 200 and r.json()["payload"]["status"] == "interrupted"
     assert "send it again" in r.json()["payload"]["error"]["message"]

@@ -7,7 +7,9 @@ import asyncio
 import pytest
 
 from core.serving import ApiError, ResultStore, job_status, start_job, wants_async
-from core.serving.jobs import PROCESS_ID, drain_jobs
+import datetime as dt
+
+from core.serving.jobs import drain_jobs
 
 
 @pytest.mark.parametrize(("header", "expected"), [
@@ -34,20 +36,28 @@ def test_jobs_store_running_then_their_outcome(tmp_path):
         async def broken():
             raise RuntimeError("4111 1111 1111 1111 leaked into a message")
 
-        ids = [await start_job(store, "app", "thing", "req", "agent", work) for work in (ok, refused, broken)]
+        ids = [await start_job(store, "app", "thing", "req", "agent", work, heartbeat_s=0.05) for work in (ok, refused, broken)]
         running = store.get_result(ids[0])["payload"]  # committed before start_job returned
+        first_beat = running["heartbeat"]
+        await asyncio.sleep(0.25)
+        beaten = store.get_result(ids[0])["payload"]["heartbeat"]
         release.set()
         await drain_jobs()
-        return ids, running
+        await asyncio.sleep(0.2)  # no heartbeat may land after the outcome
+        return ids, running, first_beat, beaten
 
-    ids, running = asyncio.run(main())
-    assert running == {"status": "running", "process": PROCESS_ID} and job_status(running) == "running"
+    ids, running, first_beat, beaten = asyncio.run(main())
+    assert running["status"] == "running" and job_status(running) == "running"
+    assert beaten > first_beat  # the running job kept its heartbeat fresh
     done, refused, broken = (store.get_result(i)["payload"] for i in ids)
     assert done == {"status": "done", "answer": 42} and job_status(done) == "done"
     assert refused["error"] == {"status": 422, "code": "bad_input", "message": "what is accepted"}
     assert broken["status"] == "failed" and broken["error"]["code"] == "internal_error"
     assert "4111" not in str(broken)  # only the exception's type is kept
-    assert job_status({"status": "running", "process": "another"}) == "interrupted"
+    old = (dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)).isoformat()
+    assert job_status({"status": "running", "heartbeat": old}) == "interrupted"  # its process stopped
+    assert job_status({"status": "running", "heartbeat": old}, stale_after_s=3600) == "running"
+    assert job_status({"status": "running"}) == "interrupted"
     assert job_status({"intent": "x"}) is None  # a synchronous result is not a job
     store.close()
 
@@ -58,4 +68,7 @@ def test_update_of_a_missing_result_raises(tmp_path):
         store.update_result("nope", {"status": "done"})
     with pytest.raises(ValueError):
         store.update_result(store.save_result("a", "k", None, {}), {"x": float("nan")})
+    done = store.save_result("a", "k", None, {"status": "done", "answer": 1})
+    assert store.update_result(done, {"status": "running"}, only_if_status="running") is False
+    assert store.get_result(done)["payload"]["status"] == "done"
     store.close()
