@@ -53,6 +53,9 @@ _AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422
                  "bad_sample_rate": 422}
 
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
 def _sentences(text: str) -> list[str]:
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
     return parts or ([text.strip()] if text.strip() else [])
@@ -137,7 +140,8 @@ class CustomerServiceEngine:
     def analyze(self, req: CallRequest) -> dict[str, Any]:
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
-        text = (req.text or "").strip()
+        # control characters (NUL, BEL, ...) carry no words and some databases refuse NUL in JSON
+        text = _CONTROL.sub(" ", req.text or "").strip()
         if req.audio is None and not text:
             raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
         if len(text) > self.settings.max_text_chars:

@@ -48,6 +48,14 @@ def test_text_call_is_redacted_and_complete(engine):
     assert out["timings_ms"]["total_ms"] > 0
 
 
+def test_control_characters_are_not_words(engine):
+    out = engine.analyze(CallRequest(text="my card\x00is blocked\x07\tplease help"))
+    assert "\x00" not in str(out) and "\x07" not in str(out)
+    assert out["transcript"]["text"] == "my card is blocked \tplease help"
+    with pytest.raises(InputError):
+        engine.analyze(CallRequest(text="\x00\x01 \x1b"))  # nothing but control characters: no input
+
+
 def test_audio_call_segments_carry_voice_weight(engine):
     audio = np.concatenate([tone(1.2, 140), np.zeros(8000, np.float32), tone(1.2, 220, loud=0.6)])
     out = engine.analyze(CallRequest(audio=wav_bytes(audio)))
