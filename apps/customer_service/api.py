@@ -188,6 +188,10 @@ async def analyze_call(
             raise ApiError(exc.status, exc.code, exc.message) from None
 
     if wants_async(prefer):
+        if batcher.queue_depth >= batcher.max_queue:  # refuse now rather than acknowledge a job bound to fail
+            retry = batcher.retry_after_s()
+            raise ApiError(503, "overloaded", f"{batcher.queue_depth} calls are queued; retry in {retry} s",
+                           headers={"Retry-After": str(retry)})
         # the job's record is committed before the 202; a voice reply is kept whole (no other way to fetch it)
         job_id = await start_job(store, APP, "call", request_id, who.role, analyse)
         url = f"{request.scope.get('root_path', '')}/v1/results/{job_id}"

@@ -127,6 +127,13 @@ def test_a_failed_background_job_stores_the_error_a_synchronous_call_would_get(c
     assert payload["error"]["status"] == 422 and payload["error"]["code"] == "bad_sample_rate"
 
 
+def test_a_full_queue_refuses_a_background_job_instead_of_acknowledging_it(client, monkeypatch):
+    batcher = client.app.state.batchers["calls"]
+    monkeypatch.setattr(batcher, "max_queue", 0)
+    r = client.post("/v1/calls:analyze", data={"text": "hello"}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded" and r.headers["Retry-After"]
+
+
 def test_a_job_another_process_was_running_reads_interrupted(client):
     store = client.app.state.store
     job_id = store.save_result("customer-service", "call", None,
