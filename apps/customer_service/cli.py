@@ -80,6 +80,7 @@ def evaluate(
     intent: Annotated[Path | None, typer.Option(help="BANKING77 CSV (text,category).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
+    telephone: Annotated[bool, typer.Option(help="--emotion only: band-limit every clip as an 8 kHz phone line does.")] = False,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -95,7 +96,7 @@ def evaluate(
     if asr is not None:
         metrics = E.evaluate_asr(asr, limit=limit)
     elif emotion is not None:
-        metrics = E.evaluate_voice_emotion(emotion)
+        metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:
         metrics = E.evaluate_text_emotion(text_emotion)
     else:

@@ -73,8 +73,11 @@ def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None
 
 
 def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
-                           speaker_norm_bundle: str | Path | None = None) -> dict:
+                           speaker_norm_bundle: str | Path | None = None, telephone: bool = False) -> dict:
     """RAVDESS or Emo-DB folder (labels.csv + audio) -> macro_f1, uar, accuracy.
+
+    ``telephone``: every clip is first band-limited as a narrow-band (8 kHz) phone line delivers it,
+    which is what a contact centre's recordings are; the studio corpora are wide-band.
 
     The argmax is restricted to the corpus's own classes (one label space covers both corpora).
     ``macro_f1``/``uar``/``accuracy`` are per clip (what the service does). When the speaker-norm
@@ -92,6 +95,10 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     if not clips:
         raise ValueError(f"{root}: labels.csv lists no clips")
     audio = [read_audio(c.path) for c in clips]
+    if telephone:
+        from apps.customer_service.speech.audio import telephone_band
+
+        audio = [telephone_band(a) for a in audio]
     blocks: dict[tuple, np.ndarray] = {}  # features per block list, shared by the two bundles
 
     def features(blocks_of_model: tuple) -> np.ndarray:
@@ -118,6 +125,7 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
             out[f"speaker_norm_{k}"] = v
     out["n"] = float(len(clips))
     out["speakers"] = float(len({c.speaker for c in clips}))
+    out["telephone_band"] = float(telephone)
     return out
 
 

@@ -137,6 +137,18 @@ def channel_seconds(data: bytes) -> float | None:
     return info.frames / info.samplerate * info.channels
 
 
+def telephone_band(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000) -> np.ndarray:
+    """``x`` as a narrow-band telephone line delivers it: down to ``phone_rate`` and back (nothing
+    above 4 kHz), polyphase filtering like the corpus loaders."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate, phone_rate)
+    down = resample_poly(np.asarray(x, np.float32), phone_rate // g, rate // g)
+    return resample_poly(down, rate // g, phone_rate // g)[: len(x)].astype(np.float32)
+
+
 def resample(samples: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:
     """(C, N) or (N,) float32 from ``rate`` to ``target_rate`` (soxr, high quality)."""
     samples = np.asarray(samples, dtype=np.float32)

@@ -75,3 +75,15 @@ def test_voice_eval_on_both_layouts(tiny_env, tmp_path):
     for root, n in ((rav, 4), (emo, 3)):
         m = evaluate_voice_emotion(root)
         assert m["n"] == n and 0 <= m["macro_f1"] <= 1 and "speaker_norm_macro_f1" in m
+        assert m["telephone_band"] == 0.0
+    assert evaluate_voice_emotion(emo, telephone=True)["telephone_band"] == 1.0
+
+
+def test_telephone_band_keeps_speech_band_and_removes_the_rest():
+    from apps.customer_service.speech.audio import telephone_band
+
+    t = np.arange(16000) / 16000
+    low, high = np.sin(2 * np.pi * 1000 * t), np.sin(2 * np.pi * 6000 * t)
+    assert telephone_band(low).shape == low.shape
+    assert np.abs(telephone_band(low)[200:-200] - low[200:-200]).max() < 0.05  # 1 kHz passes
+    assert np.abs(telephone_band(high)[200:-200]).max() < 0.01  # 6 kHz is gone
