@@ -130,7 +130,7 @@ def channel_seconds(data: bytes) -> float | None:
 
     try:
         info = sf.info(io.BytesIO(data))
-    except Exception:
+    except Exception:  # noqa: BLE001 - an unreadable header is load_audio's to explain
         return None
     if info.frames <= 0 or not MIN_RATE <= info.samplerate <= MAX_RATE:
         return None

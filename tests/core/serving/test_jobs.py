@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 
 import pytest
 
 from core.serving import ApiError, ResultStore, job_status, start_job, wants_async
-import datetime as dt
-
 from core.serving.jobs import drain_jobs
 
 
