@@ -99,6 +99,45 @@ def test_perturbed_copies_join_only_their_own_clips_training_part():
     assert (oof.argmax(1) == y).mean() < 0.6
 
 
+def test_other_views_of_the_clips_are_scored_by_each_folds_model():
+    from apps.customer_service.train import LinearVoiceConfig, cross_validate_linear
+
+    x, y, spk, corp = _toy(n_per=16, dim=60)
+    cfg = LinearVoiceConfig(blocks=("egemaps",), kind="logreg", grid=(1e-1,), inner_folds=2)
+    noise = np.random.default_rng(2).normal(0, 50, x.shape)
+    metrics, _, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, views={"same": x, "noisy": x + noise})
+    assert metrics["same_ravdess_macro_f1"] == metrics["ravdess_macro_f1"]  # the same features: the same scores
+    assert metrics["noisy_ravdess_macro_f1"] < metrics["ravdess_macro_f1"]
+
+
+def test_training_copies_are_speed_then_telephone(monkeypatch, tmp_path):
+    from apps.customer_service import train as T
+
+    n, f = 5, 3
+    monkeypatch.setattr(T, "speed_copies", lambda root, blocks, rates, cache, log=print: np.ones((n, len(rates), f)))
+    monkeypatch.setattr(T, "telephone_features", lambda root, blocks, cache, log=print: np.full((n, f), 2.0))
+    both = T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=(0.9, 1.1), telephone_copies=True), tmp_path)
+    assert both.shape == (n, 3, f) and (both[:, :2] == 1).all() and (both[:, 2] == 2).all()
+    assert T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=(), telephone_copies=True), tmp_path).shape == (n, 1, f)
+    assert T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=()), tmp_path) is None
+    desc = T._linear_description(T.LinearVoiceConfig(speed_rates=(), telephone_copies=True), 10)
+    assert "telephone-band (4 kHz) copy" in desc
+
+
+def test_telephone_features_lose_the_upper_band(tmp_path):
+    import soundfile as sf
+
+    from apps.customer_service.train import extract_feature_block
+
+    t = np.arange(16000) / 16000
+    wide = (0.3 * np.sin(2 * np.pi * 150 * t) + 0.3 * np.sin(2 * np.pi * 5500 * t)).astype(np.float32)
+    sf.write(tmp_path / "a.wav", wide, 16000)
+    clip = type("Clip", (), {"path": tmp_path / "a.wav"})()
+    plain = extract_feature_block([clip], "egemaps", log=lambda s: None)
+    phone = extract_feature_block([clip], "egemaps", log=lambda s: None, telephone=True)
+    assert plain.shape == phone.shape and not np.allclose(plain, phone)
+
+
 @pytest.fixture(scope="module")
 def linear_bundle(tmp_path_factory):
     """A linear voice bundle on eGeMAPS fitted to generated low/high voices (real extraction)."""
