@@ -27,7 +27,7 @@ from core.serving import (
     get_batcher,
     get_request_id,
     get_store,
-    job_status,
+    job_response,
     read_upload,
     require_role,
     start_job,
@@ -214,14 +214,7 @@ async def get_result(
     row = await store.aget_result(result_id)
     if row is None or row.get("app", APP) != APP:
         raise ApiError(404, "not_found", f"no result {result_id!r}")
-    status = job_status(row["payload"])
-    if status == "running":
-        return JSONResponse({"id": result_id, "status": "running"}, status_code=202, headers={"Retry-After": "5"})
-    if status == "interrupted":
-        row["payload"] = {"status": "interrupted",
-                          "error": {"status": 503, "code": "interrupted",
-                                    "message": "the service stopped before this call was analysed; send it again"}}
-    return row
+    return job_response(row, what="call")
 
 
 def create_app(settings: CustomerServiceSettings | None = None):

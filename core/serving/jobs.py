@@ -90,6 +90,22 @@ def job_status(payload: dict[str, Any], stale_after_s: float = STALE_AFTER_S) ->
     return status if status in ("running", "done", "failed") else None
 
 
+def job_response(row: dict[str, Any], what: str = "job") -> dict[str, Any] | Any:
+    """What ``GET .../results/{id}`` answers for a stored row: a 202 ``{"id", "status": "running"}``
+    (with Retry-After) while its job runs; the row with an ``interrupted`` payload and a request to
+    send ``what`` again when its heartbeat stopped; otherwise the row as stored."""
+    from fastapi.responses import JSONResponse
+
+    status = job_status(row["payload"])
+    if status == "running":
+        return JSONResponse({"id": row["id"], "status": "running"}, status_code=202, headers={"Retry-After": "5"})
+    if status == "interrupted":
+        return {**row, "payload": {"status": "interrupted", "error": {
+            "status": 503, "code": "interrupted",
+            "message": f"the service stopped before this {what} was finished; send it again"}}}
+    return row
+
+
 async def drain_jobs(timeout_s: float = 5.0) -> None:
     """Wait (briefly) for running jobs, e.g. before the store closes at shutdown."""
     if _LIVE:
