@@ -9,7 +9,8 @@ import hmac
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request, WebSocket
+from starlette.requests import HTTPConnection
 
 from core.serving.errors import ApiError
 from core.serving.settings import ROLES
@@ -22,7 +23,7 @@ class Principal:
     authenticated: bool
 
 
-def _presented_key(request: Request) -> str | None:
+def _presented_key(request: HTTPConnection) -> str | None:
     key = request.headers.get("x-api-key")
     if key:
         return key.strip()
@@ -33,10 +34,11 @@ def _presented_key(request: Request) -> str | None:
     return None
 
 
-def resolve_principal(request: Request, keys: dict[str, str]) -> Principal:
+def resolve_principal(request: HTTPConnection, keys: dict[str, str], presented: str | None = None) -> Principal:
+    """Who sent ``request``: its header key (or ``presented``) looked up in ``keys``; 401 without a valid one."""
     if not keys:
         return Principal(role=None, key_id=None, authenticated=False)
-    presented = _presented_key(request)
+    presented = presented or _presented_key(request)
     if presented is None:
         raise ApiError(
             401, "unauthorized", "an API key is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
@@ -51,22 +53,34 @@ def resolve_principal(request: Request, keys: dict[str, str]) -> Principal:
     return Principal(role=role, key_id=hashlib.sha256(presented.encode()).hexdigest()[:12], authenticated=True)
 
 
+def _check_roles(roles: tuple[str, ...]) -> None:
+    unknown = set(roles) - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown roles {sorted(unknown)}; roles are {ROLES}")
+
+
+def _authorize(principal: Principal, roles: tuple[str, ...]) -> Principal:
+    if principal.authenticated and roles and principal.role != "admin" and principal.role not in roles:
+        raise ApiError(
+            403, "forbidden", f"role {principal.role!r} may not do this; allowed roles: {', '.join(roles)} (or admin)"
+        )
+    return principal
+
+
+def _app_keys(conn: HTTPConnection) -> dict[str, str]:
+    settings = getattr(conn.app.state, "settings", None)
+    return dict(getattr(settings, "api_keys", {}) or {})
+
+
 def require_role(*roles: str) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency: ``principal: Annotated[Principal, Depends(require_role("line"))]``.
 
     With no roles given any valid key passes. Keys come from ``request.app.state.settings.api_keys``.
     """
-    unknown = set(roles) - set(ROLES)
-    if unknown:
-        raise ValueError(f"unknown roles {sorted(unknown)}; roles are {ROLES}")
+    _check_roles(roles)
 
     async def dependency(request: Request) -> Principal:
-        settings = getattr(request.app.state, "settings", None)
-        principal = resolve_principal(request, dict(getattr(settings, "api_keys", {}) or {}))
-        if principal.authenticated and roles and principal.role != "admin" and principal.role not in roles:
-            raise ApiError(
-                403, "forbidden", f"role {principal.role!r} may not do this; allowed roles: {', '.join(roles)} (or admin)"
-            )
+        principal = _authorize(resolve_principal(request, _app_keys(request)), roles)
         request.state.principal = principal
         return principal
 
@@ -77,3 +91,37 @@ def require_role(*roles: str) -> Callable[[Request], Awaitable[Principal]]:
 def subject_hash(value: str, salt: str = "triptych") -> str:
     """A stable, non-reversible reference to a person or study for audit records (never the raw ID)."""
     return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:32]
+
+
+async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: float = 10.0) -> Principal | None:
+    """The principal of an accepted WebSocket, or None once it has been refused (an ``error`` message,
+    then close 1008). Keys are checked as for HTTP routes. Browsers cannot set headers on a WebSocket,
+    so without an ``X-API-Key`` / ``Authorization`` header the first message may carry the key,
+    ``{"type": "auth", "key": "..."}``, within ``timeout_s`` (never in the URL: access logs keep URLs)."""
+    import asyncio
+    import json
+
+    _check_roles(roles)
+    keys = _app_keys(websocket)
+    presented = None
+    if keys and _presented_key(websocket) is None:
+        from starlette.websockets import WebSocketDisconnect
+
+        try:
+            message = await asyncio.wait_for(websocket.receive_text(), timeout_s)
+        except WebSocketDisconnect:
+            return None
+        except (TimeoutError, KeyError, RuntimeError):
+            message = ""
+        try:
+            body = json.loads(message)
+            if body.get("type") == "auth" and isinstance(body.get("key"), str) and body["key"].strip():
+                presented = body["key"].strip()
+        except (ValueError, AttributeError):
+            pass  # no usable key: refused below, like a request without one
+    try:
+        return _authorize(resolve_principal(websocket, keys, presented), roles)
+    except ApiError as exc:
+        await websocket.send_json({"type": "error", "code": exc.code, "message": exc.message})
+        await websocket.close(code=1008)
+        return None

@@ -2,7 +2,10 @@
 
 Protocol
   1. connect ``/customer-service/v1/stream?mode=default&redact=true`` (mode: default | digits |
-     amount | digit); the server answers ``{"type": "ready", "sample_rate": 16000, ...}``.
+     amount | digit); the server answers ``{"type": "ready", "sample_rate": 16000, ...}``. When the
+     service has API keys, the role ``agent`` (or admin) is needed, as for the REST routes: send
+     ``X-API-Key`` / ``Authorization: Bearer`` with the handshake or, from a browser, make the first
+     message ``{"type": "auth", "key": "..."}``; otherwise an ``unauthorized`` error and close 1008.
   2. send binary messages of little-endian 16-bit mono PCM at 16 kHz, 100-200 ms each (any size
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
@@ -24,6 +27,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from apps.customer_service.speech.sphinx import SphinxConfig
 from apps.customer_service.speech.streaming import DecoderPool, StreamEvent, StreamingRecognizer
+from core.serving.auth import authorize_websocket
 
 _MODES = ("default", "digit", "digits", "amount")
 
@@ -44,6 +48,8 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
     @router.websocket(path)
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
+        if await authorize_websocket(websocket, "agent") is None:  # call audio is PII: same keys as the REST routes
+            return
         mode = websocket.query_params.get("mode", "default")
         do_redact = websocket.query_params.get("redact", str(redact)).lower() not in ("0", "false", "no")
         if mode not in _MODES:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from fastapi import WebSocket
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
@@ -61,3 +62,58 @@ def test_require_role_rejects_unknown_role_names():
 
     with pytest.raises(ValueError):
         require_role("doctor")
+
+
+def _ws_app(keys: dict[str, str]):
+    from types import SimpleNamespace
+
+    from fastapi import FastAPI
+
+    from core.serving.auth import authorize_websocket
+
+    app = FastAPI()
+    app.state.settings = SimpleNamespace(api_keys=keys)
+
+    @app.websocket("/ws")
+    async def ws(websocket: WebSocket) -> None:
+        await websocket.accept()
+        who = await authorize_websocket(websocket, "agent", timeout_s=2.0)
+        if who is not None:
+            await websocket.send_json({"type": "ready", "role": who.role})
+            await websocket.close()
+
+    return app
+
+
+@pytest.mark.parametrize("headers,first,expect", [
+    ({}, None, "unauthorized"),  # nothing sent within the timeout
+    ({}, '{"type": "auth", "key": "guess"}', "unauthorized"),
+    ({}, b"\x00\x00", "unauthorized"),  # audio before the key
+    ({}, '{"type": "auth", "key": "line-key"}', "forbidden"),
+    ({}, '{"type": "auth", "key": "agent-key"}', "agent"),
+    ({"X-API-Key": "agent-key"}, None, "agent"),
+    ({"Authorization": "Bearer root-key"}, None, "admin"),
+])
+def test_websocket_needs_a_key_of_an_allowed_role(headers, first, expect):
+    """Keys configured: a WebSocket is refused (error, close 1008) like a request without a valid key;
+    browsers, which cannot set headers, send the key as the first message."""
+    from starlette.websockets import WebSocketDisconnect
+
+    with TestClient(_ws_app(KEYS)) as client, client.websocket_connect("/ws", headers=headers) as ws:
+        if isinstance(first, bytes):
+            ws.send_bytes(first)
+        elif first is not None:
+            ws.send_text(first)
+        msg = ws.receive_json()
+        if expect in ("unauthorized", "forbidden"):
+            assert msg["type"] == "error" and msg["code"] == expect and msg["message"]
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1008
+        else:
+            assert msg == {"type": "ready", "role": expect}
+
+
+def test_websocket_open_without_keys():
+    with TestClient(_ws_app({})) as client, client.websocket_connect("/ws") as ws:
+        assert ws.receive_json() == {"type": "ready", "role": None}
