@@ -5,6 +5,8 @@
   before it is returned.
 - ``GET /v1/results/{id}``: a stored analysis.
 - WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
+- ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
+  analysis; live transcription from the microphone).
 """
 
 from __future__ import annotations
@@ -218,8 +220,12 @@ async def get_result(
 
 
 def create_app(settings: CustomerServiceSettings | None = None):
+    from pathlib import Path
+
+    from core.serving.web import page_router
+
     settings = settings or get_settings()
-    routers = [router]
+    routers = [router, page_router(Path(__file__).parent / "web")]  # GET /ui/: the page for contact-centre staff
     try:
         from apps.customer_service.speech import create_stream_router
 

@@ -1,0 +1,272 @@
+// The contact centre's page: analyse a recording (POST v1/calls:analyze as a background job, then
+// GET v1/results/{id}) and live transcription (WebSocket v1/stream). Everything shown is set with
+// textContent: transcripts are never parsed as HTML.
+"use strict";
+
+const BASE = location.pathname.replace(/ui\/(index\.html)?$/, "");  // ".../customer-service/"
+const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
+const $ = (id) => document.getElementById(id);
+
+function apiKey() {
+  const key = $("api-key").value.trim();
+  sessionStorage.setItem("triptych-api-key", key);  // this tab only, gone when it closes
+  return key;
+}
+
+function headers(extra = {}) {
+  const key = apiKey();
+  return key ? { ...extra, "X-API-Key": key } : extra;
+}
+
+function el(tag, text, cls) {
+  const node = document.createElement(tag);
+  if (text !== undefined && text !== null) node.textContent = String(text);
+  if (cls) node.className = cls;
+  return node;
+}
+
+function setStatus(id, text, isError = false) {
+  $(id).textContent = text;
+  $(id).classList.toggle("error", isError);
+}
+
+async function errorText(response) {
+  try {
+    const body = await response.json();
+    if (body.error) return `${body.error.message} (${response.status} ${body.error.code})`;
+    if (body.payload && body.payload.error) return body.payload.error.message;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${response.status}`;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+const pct = (p) => `${Math.round(100 * p)} %`;
+const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
+
+// ---- analyse a recording -----------------------------------------------------------------------
+
+async function analyse(event) {
+  event.preventDefault();
+  const form = new FormData();
+  const file = $("audio").files[0];
+  const text = $("text").value;
+  if (!file && !text.trim()) {
+    setStatus("call-status", "Choose a recording or type some text.", true);
+    return;
+  }
+  if (file) form.append("audio", file);
+  if (text.trim()) form.append("text", text);
+  if ($("output-mode").value) form.append("output_mode", $("output-mode").value);
+  $("analyse-button").disabled = true;
+  $("call-result").hidden = true;
+  const started = performance.now();
+  try {
+    setStatus("call-status", "Uploading…");
+    // a long recording takes minutes to decode: ask for a background job and poll its result
+    const response = await fetch(BASE + "v1/calls:analyze",
+      { method: "POST", body: form, headers: headers({ Prefer: "respond-async" }) });
+    let analysis;
+    if (response.status === 202) {
+      const job = await response.json();
+      analysis = await poll(job.result_url, started);
+    } else if (response.ok) {
+      analysis = await response.json();
+    } else {
+      throw new Error(await errorText(response));
+    }
+    if (!analysis) return;
+    show(analysis);
+    setStatus("call-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s · result ${analysis.id}`);
+  } catch (err) {
+    setStatus("call-status", err.message, true);
+  } finally {
+    $("analyse-button").disabled = false;
+  }
+}
+
+async function poll(url, started) {
+  for (;;) {
+    await sleep(1000);
+    setStatus("call-status", `Analysing… ${((performance.now() - started) / 1000).toFixed(0)} s`);
+    const response = await fetch(url, { headers: headers() });
+    if (response.status === 202) continue;
+    if (!response.ok) throw new Error(await errorText(response));
+    const row = await response.json();
+    const payload = row.payload || {};
+    if (payload.status === "done") return { ...payload, id: row.id };
+    throw new Error(payload.error ? payload.error.message : `the job ended as ${payload.status}`);
+  }
+}
+
+function show(a) {
+  $("call-result").hidden = false;
+  const esc = $("escalation");
+  esc.className = "banner " + (a.escalation.escalate ? "escalate" : "calm");
+  esc.textContent = a.escalation.escalate
+    ? "Escalate: " + a.escalation.reasons.join("; ")
+    : "No escalation";
+
+  $("intent").textContent = a.intent ? `${a.intent.label.replaceAll("_", " ")} · ${pct(a.intent.confidence)}` : "—";
+  const top = $("intent-top");
+  top.replaceChildren(...(a.intent ? a.intent.top.slice(1, 4) : [])
+    .map((c) => el("li", `${c.label.replaceAll("_", " ")} ${pct(c.confidence)}`)));
+
+  $("call-emotion").textContent = a.emotion ? a.emotion.label : "—";
+  const bars = $("emotion-bars");
+  bars.replaceChildren();
+  if (a.emotion) {
+    for (const [label, p] of Object.entries(a.emotion.probabilities).sort((x, y) => y[1] - x[1])) {
+      const row = el("div", null, "bar");
+      const fill = el("span", null, `fill e-${EMOTIONS.includes(label) ? label : "none"}`);
+      fill.style.width = `${Math.max(2, 120 * p)}px`;
+      row.append(el("span", label), fill, el("span", pct(p)));
+      bars.append(row);
+    }
+  }
+
+  $("reply-text").textContent = a.reply.text;
+  const audio = $("reply-audio");
+  audio.hidden = !a.reply.audio_wav_base64;
+  if (a.reply.audio_wav_base64) {
+    const bytes = Uint8Array.from(atob(a.reply.audio_wav_base64), (c) => c.charCodeAt(0));
+    audio.src = URL.createObjectURL(new Blob([bytes], { type: "audio/wav" }));
+  }
+  $("reply-note").textContent = a.reply.voice_unavailable ? `voice unavailable: ${a.reply.voice_unavailable}` : "";
+
+  timeline(a.segments, a.transcript.duration_s);
+  const body = $("segments").tBodies[0];
+  body.replaceChildren(...a.segments.map((s) => {
+    const tr = document.createElement("tr");
+    const weights = s.modality_weights || {};
+    tr.append(
+      el("td", s.start === null ? "" : `${clock(s.start)}–${clock(s.end)}`),
+      el("td", s.speaker),
+      redactedCell(s.text),
+      el("td", s.emotion || "—"),
+      el("td", s.asr_confidence.toFixed(2)),
+      el("td", `${(weights.voice ?? 0).toFixed(2)} / ${(weights.text ?? 0).toFixed(2)}`),
+    );
+    return tr;
+  }));
+  $("meta").textContent = JSON.stringify({ model_versions: a.model_versions, timings_ms: a.timings_ms }, null, 1);
+}
+
+function redactedCell(text) {
+  // placeholders such as [CARD] or [IBAN] are highlighted; the rest stays plain text
+  const td = document.createElement("td");
+  for (const part of text.split(/(\[[A-Z_]+\])/)) {
+    if (part) td.append(/^\[[A-Z_]+\]$/.test(part) ? el("span", part, "pii") : document.createTextNode(part));
+  }
+  return td;
+}
+
+function timeline(segments, duration) {
+  const strip = $("timeline");
+  strip.replaceChildren();
+  const timed = segments.filter((s) => s.start !== null && s.end !== null);
+  const total = duration || timed.reduce((m, s) => Math.max(m, s.end), 0) || 1;
+  let t = 0;
+  for (const s of timed) {
+    if (s.start > t) strip.append(block(s.start - t, total, "e-none", "silence"));
+    strip.append(block(s.end - s.start, total, `e-${EMOTIONS.includes(s.emotion) ? s.emotion : "none"}`,
+      `${clock(s.start)} ${s.speaker}: ${s.emotion || "no emotion"} — ${s.text}`));
+    t = Math.max(t, s.end);
+  }
+  if (!timed.length) strip.append(block(1, 1, "e-none", "typed text: no timing"));
+  $("legend").replaceChildren(...EMOTIONS.map((e) => {
+    const item = el("span", e);
+    item.prepend(el("i", null, `e-${e}`));
+    return item;
+  }));
+}
+
+function block(seconds, total, cls, title) {
+  const div = el("div", null, cls);
+  div.style.flexGrow = String(Math.max(seconds, 0.01) / total);
+  div.title = title;
+  return div;
+}
+
+// ---- live transcription ------------------------------------------------------------------------
+
+let live = null;
+
+async function startLive() {
+  $("start").disabled = true;
+  $("finals").replaceChildren();
+  $("partial").textContent = "";
+  const mode = $("stream-mode").value;
+  const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${BASE}v1/stream?mode=${encodeURIComponent(mode)}`;
+  const state = { ws: new WebSocket(url), latencies: [], ctx: null, mic: null };
+  live = state;
+  state.ws.binaryType = "arraybuffer";
+  state.ws.onopen = () => {
+    const key = apiKey();
+    if (key) state.ws.send(JSON.stringify({ type: "auth", key }));  // browsers cannot set WebSocket headers
+    setStatus("stream-status", "Connecting…");
+  };
+  state.ws.onmessage = (m) => onStreamMessage(state, JSON.parse(m.data));
+  state.ws.onerror = () => setStatus("stream-status", "The stream failed (is the service up?).", true);
+  state.ws.onclose = () => { releaseMic(state); $("start").disabled = false; $("stop").disabled = true; };
+}
+
+async function onStreamMessage(state, msg) {
+  if (msg.type === "ready") {
+    try {
+      await openMic(state);
+      $("stop").disabled = false;
+      setStatus("stream-status", "Listening…");
+    } catch (err) {
+      setStatus("stream-status", `Microphone: ${err.message}`, true);
+      state.ws.close();
+    }
+  } else if (msg.type === "partial") {
+    $("partial").textContent = msg.text;
+    state.latencies.push(msg.latency_ms);
+  } else if (msg.type === "final") {
+    $("partial").textContent = "";
+    const p = el("p");
+    p.append(el("span", `${clock(msg.start)} `, "muted"));
+    for (const node of redactedCell(msg.text).childNodes) p.append(node.cloneNode(true));
+    $("finals").append(p);
+  } else if (msg.type === "end") {
+    const sorted = [...state.latencies].sort((a, b) => a - b);
+    const p95 = sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(0.95 * sorted.length))] : 0;
+    setStatus("stream-status", `Ended · ${msg.audio_s.toFixed(1)} s of audio · partial latency p95 ${p95.toFixed(0)} ms`);
+  } else if (msg.type === "error") {
+    setStatus("stream-status", msg.message, true);
+  }
+}
+
+async function openMic(state) {
+  state.mic = await navigator.mediaDevices.getUserMedia(
+    { audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true } });
+  state.ctx = new AudioContext();
+  await state.ctx.audioWorklet.addModule("pcm-worklet.js");
+  const node = new AudioWorkletNode(state.ctx, "pcm-16k", { processorOptions: { chunkSamples: 2560 } });
+  node.port.onmessage = (e) => { if (state.ws.readyState === WebSocket.OPEN) state.ws.send(e.data); };
+  state.ctx.createMediaStreamSource(state.mic).connect(node);
+  node.connect(state.ctx.destination);  // pulled by the graph; it outputs silence
+}
+
+function releaseMic(state) {
+  if (state.mic) state.mic.getTracks().forEach((t) => t.stop());
+  if (state.ctx) state.ctx.close();
+  state.mic = null;
+  state.ctx = null;
+}
+
+function stopLive() {
+  $("stop").disabled = true;
+  if (!live) return;
+  releaseMic(live);
+  if (live.ws.readyState === WebSocket.OPEN) live.ws.send(JSON.stringify({ type: "end" }));
+  setStatus("stream-status", "Finishing…");
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("api-key").value = sessionStorage.getItem("triptych-api-key") || "";
+  $("call-form").addEventListener("submit", analyse);
+  $("start").addEventListener("click", startLive);
+  $("stop").addEventListener("click", stopLive);
+});

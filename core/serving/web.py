@@ -1,0 +1,63 @@
+"""A small static web page served by an app (e.g. the contact centre's page for staff).
+
+The page's files are read once when the router is built: no part of a request's path reaches the
+file system. Every response carries a strict Content-Security-Policy (scripts, styles and
+connections from the same origin only; no inline code), so the page works offline and data shown
+in it cannot run as code.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+from fastapi.responses import RedirectResponse, Response
+
+from core.serving.errors import ApiError
+
+CONTENT_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+SECURITY_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+        "media-src 'self' blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-cache",
+}
+
+
+def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") -> APIRouter:
+    """GET ``{prefix}/`` answers ``folder/index``, GET ``{prefix}/{name}`` the other files of ``folder``
+    (one level, known suffixes only) and ``{prefix}`` redirects to ``{prefix}/`` so that the page's
+    relative links resolve under any mount point."""
+    files = {p.name: (p.read_bytes(), CONTENT_TYPES[p.suffix]) for p in sorted(Path(folder).iterdir())
+             if p.is_file() and p.suffix in CONTENT_TYPES}
+    if index not in files:
+        raise FileNotFoundError(f"{folder} has no {index}")
+    router = APIRouter(include_in_schema=False)
+
+    def serve(name: str) -> Response:
+        body, media_type = files[name]
+        return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
+
+    @router.get(prefix)
+    async def to_page() -> RedirectResponse:
+        return RedirectResponse(prefix.rsplit("/", 1)[-1] + "/", status_code=308)  # relative: works under a mount
+
+    @router.get(prefix + "/")
+    async def page() -> Response:
+        return serve(index)
+
+    @router.get(prefix + "/{name}")
+    async def asset(name: str) -> Response:
+        if name not in files:
+            raise ApiError(404, "not_found", f"no file {name!r} on this page")
+        return serve(name)
+
+    return router
