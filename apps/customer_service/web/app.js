@@ -197,7 +197,8 @@ async function startLive() {
   $("partial").textContent = "";
   const mode = $("stream-mode").value;
   const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${BASE}v1/stream?mode=${encodeURIComponent(mode)}`;
-  const state = { ws: new WebSocket(url), latencies: [], ctx: null, mic: null };
+  // made inside the click: browsers keep an AudioContext created outside a user gesture suspended
+  const state = { ws: new WebSocket(url), latencies: [], ctx: new AudioContext(), mic: null };
   live = state;
   state.ws.binaryType = "arraybuffer";
   state.ws.onopen = () => {
@@ -241,7 +242,7 @@ async function onStreamMessage(state, msg) {
 async function openMic(state) {
   state.mic = await navigator.mediaDevices.getUserMedia(
     { audio: { channelCount: 1, echoCancellation: true, noiseSuppression: false, autoGainControl: true } });
-  state.ctx = new AudioContext();
+  await state.ctx.resume();
   await state.ctx.audioWorklet.addModule("pcm-worklet.js");
   const node = new AudioWorkletNode(state.ctx, "pcm-16k", { processorOptions: { chunkSamples: 2560 } });
   node.port.onmessage = (e) => { if (state.ws.readyState === WebSocket.OPEN) state.ws.send(e.data); };

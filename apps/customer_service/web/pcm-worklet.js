@@ -7,7 +7,8 @@ class Pcm16k extends AudioWorkletProcessor {
   constructor(options) {
     super();
     this.ratio = sampleRate / 16000;
-    this.chunk = new Int16Array((options.processorOptions && options.processorOptions.chunkSamples) || 2560);
+    this.size = (options.processorOptions && options.processorOptions.chunkSamples) || 2560;
+    this.chunk = new Int16Array(this.size);
     this.filled = 0;
     this.sum = 0;
     this.count = 0;
@@ -29,9 +30,10 @@ class Pcm16k extends AudioWorkletProcessor {
         this.sum = 0;
         this.count = 0;
         this.closeAt += this.ratio;
-        if (this.filled === this.chunk.length) {
+        if (this.filled === this.size) {
+          // transferred, not copied: the sent buffer is detached here (its length reads 0 afterwards)
           this.port.postMessage(this.chunk.buffer, [this.chunk.buffer]);
-          this.chunk = new Int16Array(this.chunk.length);
+          this.chunk = new Int16Array(this.size);
           this.filled = 0;
         }
       }
