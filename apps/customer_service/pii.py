@@ -12,7 +12,7 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1
   account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
-           "account" / "acc" / "a/c"
+           "account" / "acc" / "a/c"; any other run of 8+ digits read out one by one
   phone    10-13 digits starting 0 or +, or 10 digits after a phone word, or a NANP-shaped
            ddd-ddd-dddd; never a card (checked first)
   email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"
@@ -199,9 +199,17 @@ def _numbers(pieces: list[Piece], words: list[str], text: str) -> list[Redaction
         for sub_idx, sub_groups in rest:
             if sub_idx:
                 kind = _classify(pieces, words, sub_idx, sub_groups)
+                if kind is None and run["spoken"] and len("".join(sub_groups)) >= _LONG_SPOKEN_RUN:
+                    kind = "account"  # an unannounced identifier read out digit by digit: keep it out
                 if kind:
                     out.append(Redaction(kind, pieces[sub_idx[0]].start, _end(pieces[sub_idx[-1]])))
     return out
+
+
+# Digits read out one by one, this many or more, are an identifier even when no "card" or "account"
+# was heard before them (a misrecognised word can hide the announcement): amounts, times and
+# dates are never said this way.
+_LONG_SPOKEN_RUN = 8
 
 
 def _card_fragments(runs: list[dict], words: list[str]) -> None:

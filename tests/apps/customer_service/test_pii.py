@@ -81,6 +81,19 @@ def test_card_split_by_a_recognition_error_is_still_hidden(text, redacted):
     assert redact(text).text == redacted
 
 
+@pytest.mark.parametrize("text,redacted", [
+    # the live stream's recognition of a card read out by espeak-ng: "card" heard, then garbled words
+    ("that card i'm where is for what will you what one one will you what one one one one one one one one please",
+     "that card i'm where is for what will you what one one will you what [ACCOUNT] please"),
+    ("it is two four six eight one three five seven thanks", "it is [ACCOUNT] thanks"),
+    # shorter spoken runs and numbers said as numbers stay
+    ("my reference is one two three four five six seven", "my reference is one two three four five six seven"),
+    ("i paid one thousand two hundred pounds in twenty twenty four", "i paid one thousand two hundred pounds in twenty twenty four"),
+])
+def test_long_runs_of_spoken_digits_are_identifiers(text, redacted):
+    assert redact(text).text == redacted
+
+
 def test_words_and_audio_redaction():
     words = [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate(
         ["my", "card", "is", "four", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "one", "thanks"])]
