@@ -93,13 +93,15 @@ def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozens
 
 
 def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
-                 exclude_speakers: set[str] | frozenset[str] = frozenset()) -> dict:
+                 exclude_speakers: set[str] | frozenset[str] = frozenset(), telephone: bool = False) -> dict:
     """WER (and digit accuracy for FSDD) of ``recognizer`` (default: pocketsphinx, generic LM)
     on the dataset at ``root``. Returns a flat dict of numbers: ``wer``, ``utterances``,
-    ``ref_words``, ``rtf``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``."""
+    ``ref_words``, ``rtf``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``.
+    ``telephone``: every recording is first band-limited as a narrow-band (8 kHz) phone line
+    delivers it."""
     import jiwer
 
-    from apps.customer_service.speech.audio import load_audio
+    from apps.customer_service.speech.audio import load_audio, telephone_band
 
     root = Path(root)
     layout = find_layout(root)
@@ -120,7 +122,8 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     digits_right = 0
     for path, ref in items:
         audio = load_audio(path)
-        tr = recognizer.transcribe(audio.mono(), audio.sample_rate, mode=mode)
+        samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
+        tr = recognizer.transcribe(samples, audio.sample_rate, mode=mode)
         ref_s, hyp_s = scoring_text(ref), scoring_text(tr.text)
         if layout == "fsdd":  # "oh" and "zero" both say 0
             hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
@@ -142,6 +145,7 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
         "insertions": float(out.insertions),
         "rtf": elapsed / audio_s if audio_s else 0.0,
         "mean_confidence": float(sum(conf) / len(conf)),
+        "telephone_band": float(telephone),
     }
     if layout == "fsdd":
         result["digit_accuracy"] = digits_right / len(items)
