@@ -260,8 +260,10 @@ def create_service_app(
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
+    app.state.page = None
     for router in routers:
         app.include_router(router)
+        app.state.page = getattr(router, "page_path", None) or app.state.page  # core.serving.web.page_router
     return app
 
 

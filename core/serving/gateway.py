@@ -115,10 +115,17 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
     def _all() -> dict[str, dict[str, Any]]:
         return {p.name: _app_status(p.name) for p in selected}
 
+    def _links(name: str, mount: str) -> dict[str, str]:
+        links = {"docs": mount + "/docs"}
+        page = getattr(mounted[name][1].state, "page", None) if name in mounted else None
+        if page:
+            links["page"] = mount + page  # the app's web page (core.serving.page_router)
+        return links
+
     @root.get("/", tags=["ops"], summary="What is mounted where")
     async def index() -> dict[str, Any]:
         apps = _all()
-        return {"apps": {n: {"mount": a["mount"], "status": a["status"], "docs": a["mount"] + "/docs"} for n, a in apps.items()}}
+        return {"apps": {n: {"mount": a["mount"], "status": a["status"], **_links(n, a["mount"])} for n, a in apps.items()}}
 
     @root.get("/health", tags=["ops"], summary="Gateway process is up; per-app mount status")
     async def health() -> dict[str, Any]:

@@ -41,6 +41,7 @@ def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") ->
     if index not in files:
         raise FileNotFoundError(f"{folder} has no {index}")
     router = APIRouter(include_in_schema=False)
+    router.page_path = prefix + "/"  # create_service_app records it; the gateway's index links to it
 
     def serve(name: str) -> Response:
         body, media_type = files[name]

@@ -45,7 +45,9 @@ def test_mounts_apps_and_loads_their_models():
         assert 'triptych_requests_total{app="test",method="POST",route="/double",status="200"}' in client.get("/beta/metrics").text
         assert client.get("/ghost/anything").status_code == 404
         assert client.get("/nowhere").json()["error"]["code"] == "not_found"
-        assert client.get("/").json()["apps"]["beta"]["docs"] == "/beta/docs"
+        index = client.get("/").json()["apps"]
+        assert index["beta"]["docs"] == "/beta/docs" and "page" not in index["beta"]
+        assert index["alpha"]["page"] == "/alpha/ui/" and client.get(index["alpha"]["page"]).text.endswith("alpha</title>")
         assert client.get("/alpha/openapi.json").status_code == 200
         docs = client.get("/alpha/docs")
         assert docs.status_code == 200 and "/alpha/openapi.json" in docs.text  # docs work under the mount
