@@ -32,14 +32,27 @@ SECURITY_HEADERS = {
 }
 
 
+# What every page may use (common.js: API key, headers, errors, DOM from text; common.css), served
+# beside the page's own files.
+KIT = Path(__file__).resolve().parent / "page"
+
+
+def _files(folder: Path) -> dict[str, tuple[bytes, str]]:
+    return {p.name: (p.read_bytes(), CONTENT_TYPES[p.suffix]) for p in sorted(Path(folder).iterdir())
+            if p.is_file() and p.suffix in CONTENT_TYPES}
+
+
 def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") -> APIRouter:
     """GET ``{prefix}/`` answers ``folder/index``, GET ``{prefix}/{name}`` the other files of ``folder``
-    (one level, known suffixes only) and ``{prefix}`` redirects to ``{prefix}/`` so that the page's
-    relative links resolve under any mount point."""
-    files = {p.name: (p.read_bytes(), CONTENT_TYPES[p.suffix]) for p in sorted(Path(folder).iterdir())
-             if p.is_file() and p.suffix in CONTENT_TYPES}
+    and of the shared ``KIT`` (one level, known suffixes only), and ``{prefix}`` redirects to
+    ``{prefix}/`` so that the page's relative links resolve under any mount point."""
+    files, kit = _files(folder), _files(KIT)
     if index not in files:
         raise FileNotFoundError(f"{folder} has no {index}")
+    clash = set(files) & set(kit)
+    if clash:
+        raise ValueError(f"{folder}: {sorted(clash)} would hide the shared page kit's files of that name")
+    files.update(kit)
     router = APIRouter(include_in_schema=False)
     router.page_path = prefix + "/"  # create_service_app records it; the gateway's index links to it
 

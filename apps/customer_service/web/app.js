@@ -3,44 +3,9 @@
 // textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const BASE = location.pathname.replace(/ui\/(index\.html)?$/, "");  // ".../customer-service/"
+const { $, apiKey, headers, el, setStatus, errorText, sleep, pct } = triptych;  // common.js
+const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
-const $ = (id) => document.getElementById(id);
-
-function apiKey() {
-  const key = $("api-key").value.trim();
-  sessionStorage.setItem("triptych-api-key", key);  // this tab only, gone when it closes
-  return key;
-}
-
-function headers(extra = {}) {
-  const key = apiKey();
-  return key ? { ...extra, "X-API-Key": key } : extra;
-}
-
-function el(tag, text, cls) {
-  const node = document.createElement(tag);
-  if (text !== undefined && text !== null) node.textContent = String(text);
-  if (cls) node.className = cls;
-  return node;
-}
-
-function setStatus(id, text, isError = false) {
-  $(id).textContent = text;
-  $(id).classList.toggle("error", isError);
-}
-
-async function errorText(response) {
-  try {
-    const body = await response.json();
-    if (body.error) return `${body.error.message} (${response.status} ${body.error.code})`;
-    if (body.payload && body.payload.error) return body.payload.error.message;
-  } catch (_) { /* not JSON */ }
-  return `HTTP ${response.status}`;
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-const pct = (p) => `${Math.round(100 * p)} %`;
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
 
 // ---- analyse a recording -----------------------------------------------------------------------
@@ -266,7 +231,6 @@ function stopLive() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  $("api-key").value = sessionStorage.getItem("triptych-api-key") || "";
   $("call-form").addEventListener("submit", analyse);
   $("start").addEventListener("click", startLive);
   $("stop").addEventListener("click", stopLive);

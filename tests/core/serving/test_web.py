@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from core.serving.errors import install_error_handlers
-from core.serving.web import page_router
+from core.serving.web import KIT, page_router
 
 
 @pytest.fixture()
@@ -49,3 +52,22 @@ def test_only_the_pages_files_are_served(client, path):
 def test_a_folder_without_the_index_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError):
         page_router(tmp_path)
+
+
+def test_the_shared_kit_is_served_beside_every_page(client):
+    js = client.get("/app/ui/common.js")
+    assert js.status_code == 200 and "const triptych" in js.text and "innerHTML" not in js.text
+    assert client.get("/app/ui/common.css").headers["content-type"].startswith("text/css")
+
+
+def test_a_page_file_may_not_shadow_the_kit(tmp_path):
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    (tmp_path / "common.js").write_text("// mine")
+    with pytest.raises(ValueError, match="common.js"):
+        page_router(tmp_path)
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_kit_script_parses():
+    out = subprocess.run(["node", "--check", str(KIT / "common.js")], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr

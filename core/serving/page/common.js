@@ -1,0 +1,60 @@
+// Shared by the apps' web pages (core.serving.page_router serves it beside each page's own files):
+// the API key, requests' headers, the services' JSON errors, DOM built from text only (data shown
+// on a page is never parsed as HTML).
+"use strict";
+
+const triptych = (() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY = "triptych-api-key";
+
+  // ".../customer-service/" for a page at ".../customer-service/ui/": the app's routes are relative to it
+  const base = () => location.pathname.replace(/ui\/(index\.html)?$/, "");
+
+  function apiKey() {
+    const key = $("api-key").value.trim();
+    sessionStorage.setItem(KEY, key);  // this tab only, gone when it closes
+    return key;
+  }
+
+  function headers(extra = {}) {
+    const key = apiKey();
+    return key ? { ...extra, "X-API-Key": key } : extra;
+  }
+
+  function el(tag, text, cls) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+
+  function setStatus(id, text, isError = false) {
+    $(id).textContent = text;
+    $(id).classList.toggle("error", isError);
+  }
+
+  async function errorText(response) {
+    try {
+      const body = await response.json();
+      if (body.error) return `${body.error.message} (${response.status} ${body.error.code})`;
+      if (body.payload && body.payload.error) return body.payload.error.message;
+    } catch (_) { /* not JSON */ }
+    return `HTTP ${response.status}`;
+  }
+
+  // a protected file (heat map, archive) as an object URL: img and a elements cannot send the key
+  async function fetchBlobUrl(url) {
+    const response = await fetch(url, { headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    return URL.createObjectURL(await response.blob());
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  const pct = (p) => `${Math.round(100 * p)} %`;
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("api-key").value = sessionStorage.getItem(KEY) || "";
+  });
+
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, sleep, pct };
+})();
