@@ -137,6 +137,7 @@ function timeline(segments, duration) {
       `${clock(s.start)} ${s.speaker}: ${s.emotion || "no emotion"} — ${s.text}`));
     t = Math.max(t, s.end);
   }
+  if (timed.length && total > t) strip.append(block(total - t, total, "e-none", "silence"));
   if (!timed.length) strip.append(block(1, 1, "e-none", "typed text: no timing"));
   $("legend").replaceChildren(...EMOTIONS.map((e) => {
     const item = el("span", e);

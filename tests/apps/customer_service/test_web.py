@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.core.serving.pages import assert_page_served, assert_script_matches, assert_scripts_parse
+
 WEB = Path(__file__).resolve().parents[3] / "apps" / "customer_service" / "web"
-KIT = Path(__file__).resolve().parents[3] / "core" / "serving" / "page"
 
 
 @pytest.fixture(scope="module")
@@ -29,32 +28,19 @@ def app(cs_tiny_bundles, tmp_path_factory):
 
 def test_page_and_every_file_it_links_are_served(app):
     with TestClient(app) as client:
-        page = client.get("/ui/")
-        assert page.status_code == 200 and "Analyse a call" in page.text
-        for name in [n for n in re.findall(r'(?:src|href)="([^"]+)"', page.text) if ":" not in n] + ["pcm-worklet.js"]:
-            r = client.get(f"/ui/{name}")
-            source = WEB / name if (WEB / name).exists() else KIT / name  # the page's own, or the shared kit's
-            assert r.status_code == 200 and r.text == source.read_text(), name
+        assert "Analyse a call" in assert_page_served(client, WEB)
+        assert client.get("/ui/pcm-worklet.js").text == (WEB / "pcm-worklet.js").read_text()  # loaded by the script
 
 
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
-    script, page = (WEB / "app.js").read_text(), (WEB / "index.html").read_text()
-    paths = set(app.openapi()["paths"])
-    used = set(re.findall(r'BASE \+ "(v1/[^"?]+)"', script)) | set(re.findall(r"\$\{BASE\}(v1/[a-z/]+)", script))
-    assert used == {"v1/calls:analyze", "v1/stream"}
-    assert "/v1/calls:analyze" in paths  # the WebSocket is exercised below
-    ids = set(re.findall(r'\$\("([a-z0-9-]+)"\)', script + (KIT / "common.js").read_text()))
-    missing = {i for i in ids if f'id="{i}"' not in page}
-    assert ids and not missing, missing
-    assert "innerHTML" not in script  # transcripts are shown as text, never parsed as HTML
+    assert_script_matches(app, WEB, {"v1/calls:analyze", "v1/stream"})  # the WebSocket is exercised below
+    script = (WEB / "app.js").read_text()
     assert 'registerProcessor("pcm-16k"' in (WEB / "pcm-worklet.js").read_text() and '"pcm-16k"' in script
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
-@pytest.mark.parametrize("name", ["app.js", "pcm-worklet.js"])
-def test_scripts_parse(name):
-    out = subprocess.run(["node", "--check", str(WEB / name)], capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+def test_scripts_parse():
+    assert_scripts_parse(WEB / "app.js", WEB / "pcm-worklet.js")
 
 
 def test_live_stream_needs_the_agents_key(app):

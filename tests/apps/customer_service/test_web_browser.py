@@ -12,20 +12,11 @@ import time
 
 import pytest
 
+from tests.core.serving.pages import wait_status
+
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = os.environ.get("TRIPTYCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")]
-
-
-def _wait(page, selector: str, done, timeout_s: float) -> str:
-    # polled from Python: page.wait_for_function evaluates strings, which the page's CSP forbids
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        text, cls = page.locator(selector).evaluate("e => [e.textContent, e.className]")  # one read: no race
-        if done(text, cls):
-            return text
-        time.sleep(0.2)
-    raise TimeoutError(f"{selector}: {page.text_content(selector)!r}")
 
 
 @pytest.mark.timeout(240)
@@ -50,7 +41,7 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
 
         page.set_input_files("#audio", str(wav))
         page.click("#analyse-button")
-        status = _wait(page, "#call-status", lambda t, c: t.startswith("Done") or "error" in c, 120)
+        status = wait_status(page, "#call-status", lambda t, c: t.startswith("Done") or "error" in c, 120)
         assert status.startswith("Done"), status
         assert page.is_visible("#call-result") and page.locator("#segments tbody tr").count() >= 1
         assert page.text_content("#escalation") and page.locator("#timeline div").count() >= 1
@@ -58,13 +49,13 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
 
         page.set_input_files("#audio", {"name": "notes.wav", "mimeType": "audio/wav", "buffer": b"not audio at all"})
         page.click("#analyse-button")
-        assert "accepted kinds" in _wait(page, "#call-status", lambda t, c: "error" in c, 30)
+        assert "accepted kinds" in wait_status(page, "#call-status", lambda t, c: "error" in c, 30)
 
         page.click("#start")
-        _wait(page, "#stream-status", lambda t, c: t.startswith("Listening") or "error" in c, 30)
+        wait_status(page, "#stream-status", lambda t, c: t.startswith("Listening") or "error" in c, 30)
         time.sleep(6)
         page.click("#stop")
-        ended = _wait(page, "#stream-status", lambda t, c: t.startswith("Ended") or "error" in c, 60)
+        ended = wait_status(page, "#stream-status", lambda t, c: t.startswith("Ended") or "error" in c, 60)
         seconds = float(re.search(r"([0-9.]+) s of audio", ended).group(1))
         assert seconds >= 4.0, ended  # chunks kept flowing from the worklet for the whole session
         browser.close()

@@ -1,0 +1,110 @@
+// The radiology page: a CT study and/or report -> POST v1/studies:analyze; the answer's heat-map
+// slices and Secondary Capture are fetched with the API key (img and a elements cannot send it).
+"use strict";
+
+const { $, headers, el, setStatus, errorText, fetchBlobUrl, pct } = triptych;  // common.js
+const BASE = triptych.base();  // ".../medical/"
+let objectUrls = [];
+
+async function analyse(event) {
+  event.preventDefault();
+  const file = $("ct").files[0];
+  const report = $("report").value;
+  if (!file && !report.trim()) {
+    setStatus("study-status", "Choose a CT file or type the report.", true);
+    return;
+  }
+  const form = new FormData();
+  if (file) form.append("ct", file);
+  if (report.trim()) form.append("report", report);
+  $("analyse-button").disabled = true;
+  $("study-result").hidden = true;
+  const started = performance.now();
+  setStatus("study-status", file ? "Uploading and analysing…" : "Analysing…");
+  try {
+    const response = await fetch(BASE + "v1/studies:analyze", { method: "POST", body: form, headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const result = await response.json();
+    await show(result);
+    setStatus("study-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  } catch (err) {
+    setStatus("study-status", err.message, true);
+  } finally {
+    $("analyse-button").disabled = false;
+  }
+}
+
+async function show(r) {
+  objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  objectUrls = [];
+  $("study-result").hidden = false;
+  $("probability").textContent = pct(r.probability);
+  $("band").textContent = `${r.risk.band} risk · ${r.risk.meaning}`;
+  $("band").className = `band ${r.risk.band}`;
+  $("band-note").textContent = r.risk.note;
+  $("location").textContent = r.location ? r.location.description : "no CT: no location";
+
+  const weights = $("weights");
+  weights.replaceChildren();
+  for (const [modality, w] of Object.entries(r.modality_weights)) {
+    const row = el("div", null, "bar");
+    const fill = el("span", null, "fill");
+    fill.style.width = `${Math.max(2, 120 * w)}px`;
+    const evidence = r.modality_evidence && modality in r.modality_evidence
+      ? ` · evidence ${r.modality_evidence[modality] >= 0 ? "+" : ""}${r.modality_evidence[modality].toFixed(2)}` : "";
+    row.append(el("span", modality === "ct" ? "CT" : modality), fill, el("span", pct(w) + evidence));
+    weights.append(row);
+  }
+  $("record").textContent = `result ${r.id} · model ${r.model_version}`;
+  $("disclaimer").textContent = r.disclaimer;
+
+  $("findings").tBodies[0].replaceChildren(...r.findings.map((f) => {
+    const tr = document.createElement("tr");
+    tr.append(el("td", f.voxel_zyx.join(", ")), el("td", `${f.diameter_mm.toFixed(1)} mm`), el("td", pct(f.influence)),
+      el("td", f.nodule_probability === null ? "—" : pct(f.nodule_probability)),
+      el("td", f.malignancy_score === null ? "—" : f.malignancy_score.toFixed(2)));
+    return tr;
+  }));
+  if (!r.findings.length) {
+    const tr = document.createElement("tr");
+    const td = el("td", r.location ? "no candidate moved the decision" : "no CT sent", "muted");
+    td.colSpan = 5;
+    tr.append(td);
+    $("findings").tBodies[0].append(tr);
+  }
+
+  const strip = $("heatmaps");
+  strip.replaceChildren();
+  for (const url of r.heatmaps) {
+    const src = await fetchBlobUrl(url);
+    objectUrls.push(src);
+    const figure = el("figure");
+    const img = el("img");
+    img.src = src;
+    img.alt = "axial slice with the explanation overlay";
+    const slice = (url.match(/slice_(\d+)\.png$/) || [])[1];
+    figure.append(img, el("figcaption", slice === undefined ? "" : `axial slice ${slice}`));
+    strip.append(figure);
+  }
+  if (!r.heatmaps.length) strip.append(el("p", "no heat map (no CT)", "muted"));
+
+  const capture = $("capture");
+  capture.hidden = !r.secondary_capture;
+  capture.onclick = async (event) => {
+    event.preventDefault();
+    try {
+      const url = await fetchBlobUrl(r.secondary_capture);
+      objectUrls.push(url);
+      const a = el("a");
+      a.href = url;
+      a.download = "secondary-capture.zip";
+      a.click();
+    } catch (err) {
+      setStatus("study-status", err.message, true);
+    }
+  };
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("study-form").addEventListener("submit", analyse);
+});

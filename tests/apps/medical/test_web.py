@@ -1,0 +1,38 @@
+"""The radiology page: served by the app, its script calls routes that exist, and it parses."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from apps.medical.api import create_app
+from apps.medical.settings import MedicalSettings
+from tests.core.serving.pages import assert_page_served, assert_script_matches, assert_scripts_parse
+
+WEB = Path(__file__).resolve().parents[3] / "apps" / "medical" / "web"
+
+
+@pytest.fixture()
+def app(tiny_bundle, tiny_bert_dir, tmp_path):
+    return create_app(MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir),
+                                      database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art"))
+
+
+def test_page_is_served_with_the_disclaimer(app):
+    with TestClient(app) as client:
+        page = assert_page_served(client, WEB)
+        assert "Not a medical device" in page
+
+
+def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
+    assert_script_matches(app, WEB, {"v1/studies:analyze"})
+    script = (WEB / "app.js").read_text()
+    assert "fetchBlobUrl(url)" in script and "fetchBlobUrl(r.secondary_capture)" in script  # the key goes along
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
+def test_script_parses():
+    assert_scripts_parse(WEB / "app.js")

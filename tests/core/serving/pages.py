@@ -1,0 +1,57 @@
+"""Checks every app's web page gets (used by the apps' test_web modules)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from core.serving.web import KIT
+
+
+def assert_page_served(client, web: Path) -> str:
+    """GET /ui/ and every file it links (the page's own or the shared kit's) come back as stored."""
+    page = client.get("/ui/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    for name in [n for n in re.findall(r'(?:src|href)="([^"]+)"', page.text) if ":" not in n and not n.startswith("#")]:
+        source = web / name if (web / name).exists() else KIT / name
+        r = client.get(f"/ui/{name}")
+        assert r.status_code == 200 and r.text == source.read_text(), name
+    return page.text
+
+
+def assert_script_matches(app, web: Path, routes: set[str]) -> None:
+    """The page's script calls exactly ``routes`` (``BASE + "v1/..."``), the HTTP ones exist in the app,
+    every element id the scripts look up exists in the page, and nothing is parsed as HTML."""
+    script, page = (web / "app.js").read_text(), (web / "index.html").read_text()
+    used = set(re.findall(r'BASE \+ "(v1/[^"?]+)"', script)) | set(re.findall(r"\$\{BASE\}(v1/[a-z/]+)", script))
+    assert used == routes
+    paths = set(app.openapi()["paths"])
+    assert {"/" + r for r in routes if "/" + r in paths} == {"/" + r for r in routes if r != "v1/stream"}
+    ids = set(re.findall(r'\$\("([a-z0-9-]+)"\)', script + (KIT / "common.js").read_text()))
+    missing = {i for i in ids if f'id="{i}"' not in page}
+    assert ids and not missing, missing
+    assert "innerHTML" not in script
+
+
+def assert_scripts_parse(*paths: Path) -> None:
+    if shutil.which("node") is None:
+        return
+    for path in paths:
+        out = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, (path, out.stderr)
+
+
+def wait_status(page, selector: str, done, timeout_s: float) -> str:
+    """Poll a status element of a page open in playwright until ``done(text, class)``; its text.
+    Polled from Python: ``page.wait_for_function`` evaluates strings, which the pages' CSP forbids."""
+    import time
+
+    end = time.monotonic() + timeout_s
+    while time.monotonic() < end:
+        text, cls = page.locator(selector).evaluate("e => [e.textContent, e.className]")  # one read: no race
+        if done(text, cls):
+            return text
+        time.sleep(0.2)
+    raise TimeoutError(f"{selector}: {page.text_content(selector)!r}")
