@@ -1,0 +1,109 @@
+// The board-inspection page: image (+ template, + vibration) -> POST v1/inspect; the defects are
+// drawn over the uploaded image in a canvas (the image never comes back from the service).
+"use strict";
+
+const { $, headers, el, setStatus, errorText, pct } = triptych;  // common.js
+const BASE = triptych.base();  // ".../industrial/"
+const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
+
+async function inspect(event) {
+  event.preventDefault();
+  const image = $("image").files[0];
+  const vibration = $("vibration").files[0];
+  if (!image && !vibration) {
+    setStatus("inspect-status", "Choose a board image and/or a vibration window.", true);
+    return;
+  }
+  const form = new FormData();
+  if (image) form.append("image", image);
+  if ($("template").files[0]) form.append("template", $("template").files[0]);
+  if (vibration) form.append("vibration", vibration);
+  if ($("sample-rate").value) form.append("sample_rate", $("sample-rate").value);
+  $("inspect-button").disabled = true;
+  $("inspect-result").hidden = true;
+  const started = performance.now();
+  setStatus("inspect-status", "Inspecting…");
+  try {
+    const response = await fetch(BASE + "v1/inspect", { method: "POST", body: form, headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const result = await response.json();
+    await show(result, image);
+    setStatus("inspect-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+  } catch (err) {
+    setStatus("inspect-status", err.message, true);
+  } finally {
+    $("inspect-button").disabled = false;
+  }
+}
+
+async function show(r, imageFile) {
+  $("inspect-result").hidden = false;
+  const decision = $("decision");
+  decision.className = `banner ${r.decision}`;
+  decision.textContent = `${r.decision.toUpperCase()} · ${r.defects.length} defect${r.defects.length === 1 ? "" : "s"}`
+    + (r.detector_input ? ` · detector input: ${r.detector_input}` : "");
+
+  $("machine").textContent = r.machine_state ? r.machine_state.label.replaceAll("_", " ") : "no vibration sent";
+  bars($("machine-bars"), r.machine_state ? r.machine_state.probabilities : {});
+  bars($("weights"), r.modality_weights);
+  $("fused").textContent = r.defect_probability === null ? "" : `P(board defective) = ${pct(r.defect_probability)}`;
+  $("record").textContent = `result ${r.id} · ${r.model_version} · ` +
+    Object.entries(r.timings_ms).map(([k, v]) => `${k} ${v.toFixed(0)} ms`).join(", ");
+
+  $("defects").tBodies[0].replaceChildren(...r.defects.map((d, i) => {
+    const tr = document.createElement("tr");
+    const name = el("td", d.class);
+    name.style.borderLeft = `4px solid ${COLOURS[d.class] || "#fff"}`;
+    tr.append(el("td", i + 1), name, el("td", pct(d.confidence)), el("td", `${d.size_mm.toFixed(2)} mm`),
+      el("td", d.box_px.map((v) => v.toFixed(0)).join(", ")));
+    return tr;
+  }));
+  await draw(imageFile, r.defects);
+}
+
+function bars(container, probabilities) {
+  container.replaceChildren(...Object.entries(probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) => {
+    const row = el("div", null, "bar");
+    const fill = el("span", null, "fill");
+    fill.style.width = `${Math.max(2, 120 * p)}px`;
+    row.append(el("span", label.replaceAll("_", " ")), fill, el("span", pct(p)));
+    return row;
+  }));
+}
+
+async function draw(imageFile, defects) {
+  const canvas = $("board");
+  const ctx = canvas.getContext("2d");
+  if (!imageFile) {
+    canvas.hidden = true;
+    return;
+  }
+  canvas.hidden = false;
+  let bitmap;
+  try {
+    bitmap = await createImageBitmap(imageFile);
+  } catch (_) {  // e.g. TIFF, which browsers do not decode: the table still lists the defects
+    canvas.width = 640;
+    canvas.height = 80;
+    ctx.fillStyle = "#fff";
+    ctx.font = "16px system-ui";
+    ctx.fillText("This browser cannot show this image format.", 16, 45);
+    return;
+  }
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  ctx.drawImage(bitmap, 0, 0);
+  const line = Math.max(2, bitmap.width / 320);
+  ctx.lineWidth = line;
+  ctx.font = `bold ${Math.round(9 * line)}px system-ui`;
+  defects.forEach((d, i) => {
+    const [x1, y1, x2, y2] = d.box_px;
+    ctx.strokeStyle = ctx.fillStyle = COLOURS[d.class] || "#fff";
+    ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    ctx.fillText(String(i + 1), x1, Math.max(12, y1 - 2 * line));
+  });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  $("inspect-form").addEventListener("submit", inspect);
+});
