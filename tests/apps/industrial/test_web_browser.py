@@ -1,20 +1,15 @@
 """The board-inspection page in a real headless Chromium against the app on a loopback port (opt-in
-like the other pages' browser tests: needs ``playwright`` and a Chromium; skipped otherwise)."""
+like the other pages' browser tests: needs ``playwright`` and a Chromium)."""
 
 from __future__ import annotations
-
-import os
-import shutil
 
 import pytest
 
 from tests.apps.industrial.conftest import board_png, vibration_signal
 from tests.apps.industrial.test_web import tiny_settings
-from tests.core.serving.pages import wait_status
+from tests.core.serving.pages import BROWSER, open_page, wait_status
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("TRIPTYCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")]
+pytestmark = BROWSER
 
 
 @pytest.mark.timeout(240)
@@ -29,14 +24,8 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
     width = Image.open(png).width
     csv = tmp_path / "vibration.csv"
     csv.write_text("accel_g\n" + "\n".join(f"{v:.6f}" for v in vibration_signal(seconds=0.4)))
-    with LoopbackServer(create_app(tiny_settings(tiny_bundles, tmp_path))) as server, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page()
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(server.url + "/ui/")
-
+    with LoopbackServer(create_app(tiny_settings(tiny_bundles, tmp_path))) as server, \
+            open_page(server.url + "/ui/") as (page, problems):
         page.set_input_files("#image", str(png))
         page.set_input_files("#vibration", str(csv))
         page.click("#inspect-button")
@@ -52,4 +41,3 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
         assert page.locator("#board").evaluate("c => c.width") == width  # the board drawn at its own size
         assert page.locator("#defects tbody tr").count() == int(decision.split(" · ")[1].split()[0])
         assert not problems, problems
-        browser.close()

@@ -1,18 +1,13 @@
 """The radiology page in a real headless Chromium against the app on a loopback port, with API keys
-on (opt-in like the contact centre's: needs ``playwright`` and a Chromium; skipped otherwise)."""
+on (opt-in like the other pages' browser tests: needs ``playwright`` and a Chromium)."""
 
 from __future__ import annotations
 
-import os
-import shutil
-
 import pytest
 
-from tests.core.serving.pages import wait_status
+from tests.core.serving.pages import BROWSER, open_page, wait_status
 
-playwright_api = pytest.importorskip("playwright.sync_api")
-CHROMIUM = os.environ.get("TRIPTYCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = [pytest.mark.browser, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed")]
+pytestmark = BROWSER
 
 
 @pytest.mark.timeout(240)
@@ -24,14 +19,8 @@ def test_page_shows_probability_heat_maps_and_capture(tiny_bundle, tiny_bert_dir
     settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
                                artefact_dir=tmp_path / "art", api_keys={"rad-key": "radiologist"})
     ct = toy_studies / "volumes" / "LIDC-IDRI-0002-s0.nii.gz"
-    with LoopbackServer(create_app(settings)) as server, playwright_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        page = browser.new_page(accept_downloads=True)
-        problems: list[str] = []
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(server.url + "/ui/")
-
+    with LoopbackServer(create_app(settings)) as server, \
+            open_page(server.url + "/ui/", accept_downloads=True) as (page, problems):
         page.set_input_files("#ct", str(ct))
         page.fill("#report", "67-year-old former smoker, 40 pack-years. Nodule in the right upper lobe.")
         page.click("#analyse-button")
@@ -51,4 +40,3 @@ def test_page_shows_probability_heat_maps_and_capture(tiny_bundle, tiny_bert_dir
         assert download.value.suggested_filename == "secondary-capture.zip"
         assert open(download.value.path(), "rb").read(2) == b"PK"
         assert not problems, problems  # no script errors, no CSP violations
-        browser.close()

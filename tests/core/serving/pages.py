@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 import re
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from core.serving.web import KIT
 
@@ -55,3 +62,29 @@ def wait_status(page, selector: str, done, timeout_s: float) -> str:
             return text
         time.sleep(0.2)
     raise TimeoutError(f"{selector}: {page.text_content(selector)!r}")
+
+
+CHROMIUM = os.environ.get("TRIPTYCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# pytestmark of the opt-in browser tests: they need the playwright package and a Chromium
+BROWSER = [pytest.mark.browser,
+           pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed"),
+           pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (or set TRIPTYCH_CHROMIUM)")]
+
+
+@contextlib.contextmanager
+def open_page(url: str, args: tuple[str, ...] = (), **page_options) -> Iterator[tuple[Any, list[str]]]:
+    """A page of a headless Chromium at ``url`` and the list its script errors, CSP violations and
+    failed requests are appended to."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", *args])
+        try:
+            page = browser.new_page(**page_options)
+            problems: list[str] = []
+            page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(url)
+            yield page, problems
+        finally:
+            browser.close()
