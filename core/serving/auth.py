@@ -122,6 +122,7 @@ async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: floa
     try:
         return _authorize(resolve_principal(websocket, keys, presented), roles)
     except ApiError as exc:
-        await websocket.send_json({"type": "error", "code": exc.code, "message": exc.message})
+        hint = ' (from a browser: make the first message {"type": "auth", "key": "<key>"})' if exc.status_code == 401 else ""
+        await websocket.send_json({"type": "error", "code": exc.code, "message": exc.message + hint})
         await websocket.close(code=1008)
         return None

@@ -107,6 +107,7 @@ def test_websocket_needs_a_key_of_an_allowed_role(headers, first, expect):
         msg = ws.receive_json()
         if expect in ("unauthorized", "forbidden"):
             assert msg["type"] == "error" and msg["code"] == expect and msg["message"]
+            assert ('"type": "auth"' in msg["message"]) == (expect == "unauthorized")  # says how a browser sends it
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
             assert closed.value.code == 1008
