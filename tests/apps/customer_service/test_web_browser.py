@@ -1,4 +1,4 @@
-"""The staff page in a real headless Chromium against the app on a loopback port (opt-in: needs the
+"""The staff page in a real headless Chromium against the app on a loopback port (needs the
 ``playwright`` package and a Chromium; skipped otherwise). Run the browser tests with
 ``.venv/bin/pip install playwright && .venv/bin/python -m pytest -m browser`` (Debian: ``apt-get install
 chromium``; or point ``TRIPTYCH_CHROMIUM`` at another Chromium binary)."""

@@ -1,4 +1,4 @@
-"""The board-inspection page in a real headless Chromium against the app on a loopback port (opt-in
+"""The board-inspection page in a real headless Chromium against the app on a loopback port (
 like the other pages' browser tests: needs ``playwright`` and a Chromium)."""
 
 from __future__ import annotations
