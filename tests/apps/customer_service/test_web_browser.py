@@ -1,7 +1,6 @@
 """The staff page in a real headless Chromium against the app on a loopback port (needs the
-``playwright`` package and a Chromium; skipped otherwise). Run the browser tests with
-``.venv/bin/pip install playwright && .venv/bin/python -m pytest -m browser`` (Debian: ``apt-get install
-chromium``; or point ``TRIPTYCH_CHROMIUM`` at another Chromium binary)."""
+``playwright`` package, a dev extra, and a Chromium: ``apt-get install chromium`` or ``TRIPTYCH_CHROMIUM``;
+skipped otherwise). The browser tests alone: ``.venv/bin/python -m pytest -m browser``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The board-inspection page in a real headless Chromium against the app on a loopback port (
-like the other pages' browser tests: needs ``playwright`` and a Chromium)."""
+"""The board-inspection page in a real headless Chromium against the app on a loopback port (like
+the other pages' browser tests: needs ``playwright`` and a Chromium, skipped otherwise)."""
 
 from __future__ import annotations
 

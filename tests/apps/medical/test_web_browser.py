@@ -1,5 +1,5 @@
 """The radiology page in a real headless Chromium against the app on a loopback port, with API keys
-on (opt-in like the other pages' browser tests: needs ``playwright`` and a Chromium)."""
+on (like the other pages' browser tests: needs ``playwright`` and a Chromium, skipped otherwise)."""
 
 from __future__ import annotations
 
