@@ -65,7 +65,7 @@ def wait_status(page, selector: str, done, timeout_s: float) -> str:
 
 
 CHROMIUM = os.environ.get("TRIPTYCH_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-# pytestmark of the opt-in browser tests: they need the playwright package and a Chromium
+# pytestmark of the browser tests: they need the playwright package (dev extra) and a Chromium
 BROWSER = [pytest.mark.browser,
            pytest.mark.skipif(importlib.util.find_spec("playwright") is None, reason="playwright not installed"),
            pytest.mark.skipif(CHROMIUM is None, reason="no Chromium installed (or set TRIPTYCH_CHROMIUM)")]
