@@ -25,8 +25,10 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
                                "one one one one, one one one one. Please block it.", voice="en-us", speed_wpm=150))
     microphone = ("--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
                   f"--use-file-for-fake-audio-capture={wav}%noloop")
-    with LoopbackServer(create_app(cs_settings)) as server, open_page(server.url + "/ui", microphone) as (page, problems):
+    settings = cs_settings.model_copy(update={"api_keys": {"agent-key": "agent"}})  # the page sends the key
+    with LoopbackServer(create_app(settings)) as server, open_page(server.url + "/ui", microphone) as (page, problems):
         assert page.url.endswith("/ui/") and page.title().startswith("triptych")
+        page.fill("#api-key", "agent-key")  # REST: X-API-Key; the WebSocket: its first message
 
         page.set_input_files("#audio", str(wav))
         page.click("#analyse-button")
