@@ -3,7 +3,7 @@
 - ``POST /v1/calls:analyze``: multipart form with ``audio`` (WAV/FLAC/OGG/MP3) and/or ``text``,
   optional ``output_mode`` (text|voice; else the User-Agent decides) -> the analysis, persisted
   before it is returned.
-- ``GET /v1/results/{id}``: a stored analysis.
+- ``GET /v1/results/{id}``: a stored analysis; ``GET /v1/results``: the newest calls, summarised.
 - WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
 - ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
   analysis; live transcription from the microphone).
@@ -15,7 +15,7 @@ import hashlib
 import logging
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Header, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -202,6 +202,52 @@ async def analyze_call(
     result = await analyse()
     result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
     return CallAnalysis(id=result_id, **result)
+
+
+class CallSummary(BaseModel):
+    """One stored call in the list a contact-centre lead works from (the transcript is the redacted one)."""
+
+    id: str
+    created_at: str | None
+    status: Literal["done", "running", "failed", "interrupted"]
+    escalate: bool | None
+    reasons: list[str]
+    intent: str | None
+    emotion: str | None
+    duration_s: float | None
+    preview: str = Field(description="the start of the redacted transcript (a failed job: why it failed)")
+
+
+def call_summary(row: dict) -> CallSummary:
+    from core.serving.jobs import job_status
+
+    payload = row["payload"] or {}
+    status = job_status(payload) or "done"  # a synchronous call is stored once it is done
+    done = status == "done"
+    text = (payload.get("transcript") or {}).get("text", "") if done else ""
+    if status == "failed":
+        text = (payload.get("error") or {}).get("message", "")
+    return CallSummary(
+        id=row["id"], created_at=row["created_at"], status=status,
+        escalate=payload["escalation"]["escalate"] if done else None,
+        reasons=payload["escalation"]["reasons"] if done else [],
+        intent=(payload.get("intent") or {}).get("label") if done else None,
+        emotion=(payload.get("emotion") or {}).get("label") if done else None,
+        duration_s=(payload.get("transcript") or {}).get("duration_s") if done else None,
+        preview=text[:160] + ("…" if len(text) > 160 else ""),
+    )
+
+
+@router.get("/results", summary="Recent calls, newest first, summarised (escalated=true: the flagged ones among them)")
+async def list_calls(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("agent"))],
+    limit: Annotated[int, Query(ge=1, le=500, description="how many of the newest calls")] = 50,
+    escalated: Annotated[bool, Query(description="only the calls flagged for escalation")] = False,
+) -> dict[str, list[CallSummary]]:
+    rows = await store.alist_results(APP, kind="call", limit=limit)
+    calls = [call_summary(row) for row in rows]
+    return {"results": [c for c in calls if c.escalate] if escalated else calls}
 
 
 @router.get("/results/{result_id}", summary="A stored call analysis")

@@ -159,6 +159,11 @@ class ResultStore:
 
         return await run_in_threadpool(self.get_result, result_id)
 
+    async def alist_results(self, app: str, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.list_results, app, kind, limit)
+
     async def aaudit(self, *args: Any, **kwargs: Any) -> int:
         from starlette.concurrency import run_in_threadpool
 

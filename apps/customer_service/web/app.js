@@ -42,6 +42,7 @@ async function analyse(event) {
     if (!analysis) return;
     show(analysis);
     setStatus("call-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s · result ${analysis.id}`);
+    recent();  // the new call at the top of the list
   } catch (err) {
     setStatus("call-status", err.message, true);
   } finally {
@@ -153,6 +154,44 @@ function block(seconds, total, cls, title) {
   return div;
 }
 
+// ---- recent calls ------------------------------------------------------------------------------
+
+async function recent() {
+  setStatus("recent-status", "Loading…");
+  try {
+    const query = $("escalated-only").checked ? "?limit=200&escalated=true" : "?limit=50";
+    const response = await fetch(BASE + "v1/results" + query, { headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const { results } = await response.json();
+    $("calls").tBodies[0].replaceChildren(...results.map((c) => {
+      const tr = document.createElement("tr");
+      tr.className = c.escalate ? "flagged" : "";
+      tr.title = c.reasons.join("; ");
+      tr.append(el("td", c.created_at ? new Date(c.created_at).toLocaleString() : ""), el("td", c.status),
+        el("td", c.escalate === null ? "" : (c.escalate ? "yes" : "no")), el("td", (c.intent || "").replaceAll("_", " ")),
+        el("td", c.emotion || ""), el("td", c.duration_s ? `${c.duration_s.toFixed(0)} s` : ""), redactedCell(c.preview));
+      if (c.status === "done") tr.addEventListener("click", () => openCall(c.id));
+      return tr;
+    }));
+    setStatus("recent-status", `${results.length} call${results.length === 1 ? "" : "s"}`);
+  } catch (err) {
+    setStatus("recent-status", err.message, true);
+  }
+}
+
+async function openCall(id) {
+  try {
+    const response = await fetch(`${BASE}v1/results/${encodeURIComponent(id)}`, { headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const row = await response.json();
+    show({ ...row.payload, id: row.id });
+    setStatus("call-status", `Result ${row.id} (stored ${new Date(row.created_at).toLocaleString()})`);
+    $("analyse").scrollIntoView();
+  } catch (err) {
+    setStatus("recent-status", err.message, true);
+  }
+}
+
 // ---- live transcription ------------------------------------------------------------------------
 
 let live = null;
@@ -233,6 +272,8 @@ function stopLive() {
 
 document.addEventListener("DOMContentLoaded", () => {
   $("call-form").addEventListener("submit", analyse);
+  $("refresh").addEventListener("click", recent);
+  $("escalated-only").addEventListener("change", recent);
   $("start").addEventListener("click", startLive);
   $("stop").addEventListener("click", stopLive);
 });

@@ -143,6 +143,26 @@ def test_a_job_another_process_was_running_reads_interrupted(client):
     assert "send it again" in r.json()["payload"]["error"]["message"]
 
 
+def test_recent_calls_are_listed_newest_first_and_summarised(client):
+    store = client.app.state.store
+    stale = store.save_result("customer-service", "call", None, {"status": "running", "heartbeat": "2026-01-01T00:00:00+00:00"})
+    failed = store.save_result("customer-service", "call", None, {"status": "failed", "error": {
+        "status": 422, "code": "bad_sample_rate", "message": "sample rate 1 Hz is outside 4000-384000 Hz"}})
+    r = client.post("/v1/calls:analyze", data={"text": f"I lost my card {CARD}, this is outrageous, I want a manager!"})
+    assert r.status_code == 200
+    calls = client.get("/v1/results", params={"limit": 3}).json()["results"]
+    assert [c["id"] for c in calls] == [r.json()["id"], failed, stale]
+    newest = calls[0]
+    assert newest["status"] == "done" and newest["escalate"] == r.json()["escalation"]["escalate"]
+    assert "[CARD]" in newest["preview"] and CARD not in str(calls) and newest["intent"] == r.json()["intent"]["label"]
+    assert calls[1]["status"] == "failed" and "1 Hz" in calls[1]["preview"] and calls[1]["escalate"] is None
+    assert calls[2]["status"] == "interrupted"
+    flagged = client.get("/v1/results", params={"escalated": True, "limit": 500}).json()["results"]
+    assert all(c["escalate"] for c in flagged)
+    assert (newest["id"] in {c["id"] for c in flagged}) == newest["escalate"]
+    assert client.get("/v1/results", params={"limit": 0}).status_code == 422
+
+
 def test_unknown_result_is_404(client):
     assert client.get("/v1/results/doesnotexist").status_code == 404
 

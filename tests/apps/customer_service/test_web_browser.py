@@ -38,6 +38,12 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
         assert page.text_content("#escalation") and page.locator("#timeline div").count() >= 1
         assert not problems, problems  # no script errors, no CSP violations, no failed requests
 
+        # the analysed call heads the recent calls; clicking it shows the stored analysis again
+        assert wait_status(page, "#recent-status", lambda t, c: t.endswith("call") or "error" in c, 30) == "1 call"
+        page.click("#calls tbody tr")
+        assert wait_status(page, "#call-status", lambda t, c: t.startswith("Result") or "error" in c, 30).startswith("Result")
+        assert page.locator("#segments tbody tr").count() >= 1
+
         page.set_input_files("#audio", {"name": "notes.wav", "mimeType": "audio/wav", "buffer": b"not audio at all"})
         page.click("#analyse-button")
         assert "accepted kinds" in wait_status(page, "#call-status", lambda t, c: "error" in c, 30)
