@@ -37,22 +37,47 @@ SECURITY_HEADERS = {
 KIT = Path(__file__).resolve().parent / "page"
 
 
+# Markers a page's index.html places where the kit's parts go, so that every page loads the kit the
+# same way: the head (kit, then the page's own style.css and app.js) and the API-key field common.js reads.
+KIT_PARTS = {
+    "<!-- kit:head -->": """<meta charset="utf-8">
+  <meta name="viewport" content="width=device-width, initial-scale=1">
+  <link rel="icon" href="data:,">
+  <link rel="stylesheet" href="common.css">
+  <link rel="stylesheet" href="style.css">
+  <script src="common.js" defer></script>
+  <script src="app.js" defer></script>""",
+    "<!-- kit:api-key -->": """<label class="key">API key
+    <input id="api-key" type="password" autocomplete="off" placeholder="only if the service asks for one">
+  </label>""",
+}
+
+
 def _files(folder: Path) -> dict[str, tuple[bytes, str]]:
     return {p.name: (p.read_bytes(), CONTENT_TYPES[p.suffix]) for p in sorted(Path(folder).iterdir())
             if p.is_file() and p.suffix in CONTENT_TYPES}
 
 
-def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") -> APIRouter:
-    """GET ``{prefix}/`` answers ``folder/index``, GET ``{prefix}/{name}`` the other files of ``folder``
-    and of the shared ``KIT`` (one level, known suffixes only), and ``{prefix}`` redirects to
-    ``{prefix}/`` so that the page's relative links resolve under any mount point."""
+def page_files(folder: Path, index: str = "index.html") -> dict[str, tuple[bytes, str]]:
+    """What a page serves: ``folder``'s files (the index with the ``KIT_PARTS`` markers filled in) and
+    the shared ``KIT``'s, by name."""
     files, kit = _files(folder), _files(KIT)
     if index not in files:
         raise FileNotFoundError(f"{folder} has no {index}")
     clash = set(files) & set(kit)
     if clash:
         raise ValueError(f"{folder}: {sorted(clash)} would hide the shared page kit's files of that name")
-    files.update(kit)
+    html = files[index][0].decode()
+    for marker, part in KIT_PARTS.items():
+        html = html.replace(marker, part)
+    return {**files, index: (html.encode(), files[index][1]), **kit}
+
+
+def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") -> APIRouter:
+    """GET ``{prefix}/`` answers ``folder/index``, GET ``{prefix}/{name}`` the other files of ``folder``
+    and of the shared ``KIT`` (one level, known suffixes only), and ``{prefix}`` redirects to
+    ``{prefix}/`` so that the page's relative links resolve under any mount point."""
+    files = page_files(folder, index)
     router = APIRouter(include_in_schema=False)
     router.page_path = prefix + "/"  # create_service_app records it; the gateway's index links to it
 

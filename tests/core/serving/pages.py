@@ -14,25 +14,27 @@ from typing import Any
 
 import pytest
 
-from core.serving.web import KIT
+from core.serving.web import KIT, page_files
 
 
 def assert_page_served(client, web: Path) -> str:
-    """GET /ui/ and every file it links (the page's own or the shared kit's) come back as stored."""
+    """GET /ui/ and every file it links come back as ``page_files`` builds them (the page's own, its
+    index with the kit's parts filled in, the shared kit's); every kit marker was filled in."""
+    files = page_files(web)
     page = client.get("/ui/")
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.content == files["index.html"][0] and "<!-- kit:" not in page.text
     for name in [n for n in re.findall(r'(?:src|href)="([^"]+)"', page.text) if ":" not in n and not n.startswith("#")]:
-        source = web / name if (web / name).exists() else KIT / name
         r = client.get(f"/ui/{name}")
-        assert r.status_code == 200 and r.text == source.read_text(), name
+        assert r.status_code == 200 and r.content == files[name][0], name
     return page.text
 
 
 def assert_script_matches(app, web: Path, routes: set[str]) -> None:
     """The page's script calls exactly ``routes`` (``BASE + "v1/..."``, or ``${BASE}v1/...`` with ``{}`` for
-    each substitution), the HTTP ones exist in the app,
-    every element id the scripts look up exists in the page, and nothing is parsed as HTML."""
-    script, page = (web / "app.js").read_text(), (web / "index.html").read_text()
+    each substitution), the HTTP ones exist in the app, every element id the scripts look up exists in
+    the page as served, and nothing is parsed as HTML."""
+    script, page = (web / "app.js").read_text(), page_files(web)["index.html"][0].decode()
     literal = set(re.findall(r'BASE \+ "(v1/[^"?]+)"', script))
     templated = {re.sub(r"\$\{[^}]+\}", "{}", m) for m in re.findall(r"\$\{BASE\}(v1/[^`?]+)", script)}
     assert literal | templated == routes

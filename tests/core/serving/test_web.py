@@ -71,3 +71,12 @@ def test_a_page_file_may_not_shadow_the_kit(tmp_path):
 def test_kit_script_parses():
     out = subprocess.run(["node", "--check", str(KIT / "common.js")], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
+
+
+def test_kit_markers_are_filled_in(tmp_path):
+    from core.serving.web import KIT_PARTS, page_files
+
+    (tmp_path / "index.html").write_text("<head>\n  <!-- kit:head -->\n</head><body><!-- kit:api-key --></body>")
+    html = page_files(tmp_path)["index.html"][0].decode()
+    assert "<!-- kit:" not in html and all(part in html for part in KIT_PARTS.values())
+    assert 'src="common.js"' in html and 'id="api-key"' in html
