@@ -1481,9 +1481,9 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                      ("Per-speaker normalisation uses all of a speaker's clips (no labels): it fits corpus "
                       "evaluation, not a single short call." if cfg.speaker_norm else
                       "No per-speaker normalisation (a single call gives no speaker baseline).")]
-                    + (["Narrow-band calls are simulated by band-limiting studio clips to 4 kHz (telephone_* "
-                        "metrics, `--telephone` in the eval command): real lines add codecs (G.711, AMR), noise "
-                        "and packet loss, which no corpus here has."] if cfg.telephone_copies else []),
+                    + ([("Narrow-band calls are simulated by band-limiting studio clips to 4 kHz (telephone_* "
+                         "metrics, `--telephone` in the eval command): real lines add codecs (G.711, AMR), noise "
+                         "and packet loss, which no corpus here has.")] if cfg.telephone_copies else []),
         notes=("Variants compared out-of-fold in the same folds, per clip without speaker normalisation "
                "(RAVDESS / Emo-DB macro-F1; C by inner CV): "
                + "; ".join(f"{k}: {r:.3f} / {e:.3f}" for k, (r, e) in VARIANT_RESULTS.items())

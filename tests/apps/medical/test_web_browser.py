@@ -3,6 +3,8 @@ on (like the other pages' browser tests: needs ``playwright`` and a Chromium, sk
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from tests.core.serving.pages import BROWSER, open_page, wait_status
@@ -38,5 +40,5 @@ def test_page_shows_probability_heat_maps_and_capture(tiny_bundle, tiny_bert_dir
         with page.expect_download() as download:
             page.click("#capture")
         assert download.value.suggested_filename == "secondary-capture.zip"
-        assert open(download.value.path(), "rb").read(2) == b"PK"
+        assert Path(download.value.path()).read_bytes()[:2] == b"PK"
         assert not problems, problems  # no script errors, no CSP violations
