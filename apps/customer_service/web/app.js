@@ -1,6 +1,6 @@
 // The contact centre's page: analyse a recording (POST v1/calls:analyze as a background job, then
-// GET v1/results/{id}) and live transcription (WebSocket v1/stream). Everything shown is set with
-// textContent: transcripts are never parsed as HTML.
+// GET v1/results/{id}), the recent calls (GET v1/results) and live transcription (WebSocket
+// v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
 const { $, apiKey, headers, el, setStatus, errorText, sleep, pct } = triptych;  // common.js
