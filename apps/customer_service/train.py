@@ -418,14 +418,15 @@ def speed_perturb(audio: np.ndarray, rate: float, sr: int = 16000) -> np.ndarray
 
 
 def extract_feature_block(clips, block: str, cache: Path | None = None,
-                          log: Callable[[str], None] = print, rate: float = 1.0, telephone: bool = False) -> np.ndarray:
+                          log: Callable[[str], None] = print, rate: float = 1.0, telephone: bool = False,
+                          g711: bool = False) -> np.ndarray:
     """(N, F) one feature block of ``smile.voice_features`` (openSMILE functionals or the GE2E
     statistics) of ``clips`` (speed-perturbed by ``rate`` when it is not 1; band-limited as an 8 kHz
-    phone line delivers it when ``telephone``), cached like the statistics; single-threaded. Logs
-    seconds per clip (the cost the service pays per segment)."""
+    phone line delivers it when ``telephone``; through a G.711 mu-law line when ``g711``), cached like
+    the statistics; single-threaded. Logs seconds per clip (the cost the service pays per segment)."""
     from apps.customer_service.data import read_audio
     from apps.customer_service.smile import voice_features
-    from apps.customer_service.speech.audio import telephone_band
+    from apps.customer_service.speech.audio import g711_line, telephone_band
 
     key = [str(c.path) for c in clips]
     if cache is not None and cache.is_file():
@@ -439,6 +440,8 @@ def extract_feature_block(clips, block: str, cache: Path | None = None,
             audio = speed_perturb(audio, rate)
         if telephone:
             audio = telephone_band(audio)
+        if g711:
+            audio = g711_line(audio)
         t0 = time.perf_counter()
         feats.append(voice_features(audio, (block,)))
         spent += time.perf_counter() - t0
@@ -1249,11 +1252,17 @@ def voice_blocks(data_root: Path, blocks: tuple[str, ...], cache_dir: Path, log=
     return clips, np.concatenate(parts, axis=1), y, np.array([c.speaker for c in clips]), np.array([c.corpus for c in clips])
 
 
-def telephone_features(data_root: Path, blocks: tuple[str, ...], cache_dir: Path, log=print) -> np.ndarray:
-    """(N, F): ``blocks`` of the clips of ``voice_blocks`` band-limited as a phone line delivers them, same order."""
+def telephone_features(data_root: Path, blocks: tuple[str, ...], cache_dir: Path, log=print,
+                       codec: str | None = None) -> np.ndarray:
+    """(N, F): ``blocks`` of the clips of ``voice_blocks`` band-limited as a phone line delivers them, same
+    order; with ``codec="g711"`` through a G.711 mu-law line (band limit and 8-bit companding)."""
+    if codec not in (None, "g711"):
+        raise ValueError(f"unknown codec {codec!r}")
     corpora = _emotion_corpora(data_root)
+    suffix = "g711" if codec else "telephone"
     return np.concatenate([np.concatenate([
-        extract_feature_block(clips, block, cache_dir / f"{block}_{name}_telephone.npz", log=log, telephone=True)
+        extract_feature_block(clips, block, cache_dir / f"{block}_{name}_{suffix}.npz", log=log,
+                              telephone=codec is None, g711=codec == "g711")
         for name, clips in corpora.items()]) for block in blocks], axis=1)
 
 
@@ -1460,7 +1469,9 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
               + ("; every training part also adds a telephone-band copy of its own clips (resampled to "
                  "8 kHz and back: nothing above 4 kHz)" if cfg.telephone_copies else "")
               + ("; telephone_* metrics: the same out-of-fold models scoring the held-out clips band-limited "
-                 "the same way (a narrow-band call)" if any(k.startswith("telephone_") for k in metrics) else "")
+                 "the same way (a narrow-band call); g711_* metrics: the held-out clips through a G.711 mu-law "
+                 "line (band limit + 8-bit companding, the clip's peak at full scale)"
+                 if any(k.startswith("telephone_") for k in metrics) else "")
               + ("; the MLPs have fixed hyper-parameters and the average has fixed equal weights (no tuning)"
                  if averaged_with_mlp else "")
               + (f"; member (b) is chosen the same way on its own features"
@@ -1481,9 +1492,10 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                      ("Per-speaker normalisation uses all of a speaker's clips (no labels): it fits corpus "
                       "evaluation, not a single short call." if cfg.speaker_norm else
                       "No per-speaker normalisation (a single call gives no speaker baseline).")]
-                    + ([("Narrow-band calls are simulated by band-limiting studio clips to 4 kHz (telephone_* "
-                         "metrics, `--telephone` in the eval command): real lines add codecs (G.711, AMR), noise "
-                         "and packet loss, which no corpus here has.")] if cfg.telephone_copies else []),
+                    + ([("Narrow-band calls are simulated from studio clips: band-limited to 4 kHz (telephone_* "
+                         "metrics, `--telephone` in the eval command) and through a G.711 mu-law line (g711_*); "
+                         "other codecs (AMR, Opus), line noise and packet loss are not, and no corpus here has "
+                         "them.")] if cfg.telephone_copies else []),
         notes=("Variants compared out-of-fold in the same folds, per clip without speaker normalisation "
                "(RAVDESS / Emo-DB macro-F1; C by inner CV): "
                + "; ".join(f"{k}: {r:.3f} / {e:.3f}" for k, (r, e) in VARIANT_RESULTS.items())
@@ -1507,7 +1519,8 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     with ``mlp_weight`` > 0, averaged with the MLP ensemble on the 434 statistics. Every member is
     cross-validated in the same folds; the average's out-of-fold metrics are the card's. ``telephone``
     (linear models only): the held-out clips are also scored band-limited as a narrow-band phone line
-    delivers them (``telephone_*`` metrics: what a contact centre's calls look like). ``workers``:
+    delivers them (``telephone_*`` metrics: what a contact centre's calls look like) and through a
+    G.711 mu-law line (``g711_*``). ``workers``:
     processes for the cross-validation (same results)."""
     from apps.customer_service.model import averaged_voice_state, linear_voice_state, voice_ensemble_state
     from core.bundle import save_bundle
@@ -1518,7 +1531,8 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     def linear_member(member: LinearVoiceConfig):
         _, x, y, spk, corp = voice_blocks(data_root, member.blocks, cache_dir, log=log)
         copies = training_copies(data_root, member, cache_dir, log=log)
-        views = ({"telephone": telephone_features(data_root, member.blocks, cache_dir, log=log)}
+        views = ({"telephone": telephone_features(data_root, member.blocks, cache_dir, log=log),
+                  "g711": telephone_features(data_root, member.blocks, cache_dir, log=log, codec="g711")}
                  if telephone and mlp_weight == 0 else None)
         part = _linear_part(x, y, spk, corp, member, log=log, copies=copies, views=views, workers=workers)
         return part, x.shape[1], y, spk, corp

@@ -148,6 +148,23 @@ def telephone_band(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_0
     return resample_poly(down, rate // g, phone_rate // g)[: len(x)].astype(np.float32)
 
 
+def g711_line(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000, mu: float = 255.0) -> np.ndarray:
+    """``x`` through a G.711 mu-law phone line: down to ``phone_rate``, 8-bit mu-law companding with
+    the clip's peak at full scale (a line with automatic gain), and back to ``rate``."""
+    from math import gcd
+
+    from scipy.signal import resample_poly
+
+    g = gcd(rate, phone_rate)
+    y = resample_poly(np.asarray(x, np.float32), phone_rate // g, rate // g)
+    peak = max(float(np.abs(y).max()), 1e-9)
+    y = np.clip(y / peak, -1.0, 1.0)
+    code = np.round((np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu) + 1.0) * 127.5)  # 256 levels
+    z = code / 127.5 - 1.0
+    y = np.sign(z) * np.expm1(np.abs(z) * np.log1p(mu)) / mu * peak
+    return resample_poly(y, rate // g, phone_rate // g)[: len(x)].astype(np.float32)
+
+
 def resample(samples: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:
     """(C, N) or (N,) float32 from ``rate`` to ``target_rate`` (soxr, high quality)."""
     samples = np.asarray(samples, dtype=np.float32)

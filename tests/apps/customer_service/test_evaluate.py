@@ -87,3 +87,17 @@ def test_telephone_band_keeps_speech_band_and_removes_the_rest():
     assert telephone_band(low).shape == low.shape
     assert np.abs(telephone_band(low)[200:-200] - low[200:-200]).max() < 0.05  # 1 kHz passes
     assert np.abs(telephone_band(high)[200:-200]).max() < 0.01  # 6 kHz is gone
+
+
+def test_g711_line_band_limits_and_quantises_like_mu_law():
+    from apps.customer_service.speech.audio import g711_line, telephone_band
+
+    t = np.arange(16000) / 16000
+    speech_like = 0.5 * np.sin(2 * np.pi * 700 * t) + 0.05 * np.sin(2 * np.pi * 2300 * t)
+    out = g711_line(speech_like)
+    assert out.shape == speech_like.shape and out.dtype == np.float32
+    assert np.abs(g711_line(np.sin(2 * np.pi * 6000 * t))[200:-200]).max() < 0.01  # nothing above 4 kHz
+    ref = telephone_band(speech_like)[200:-200]
+    err = out[200:-200] - ref
+    snr_db = 10 * np.log10(np.mean(ref ** 2) / np.mean(err ** 2))
+    assert 25 < snr_db < 50  # 8-bit mu-law: ~38 dB, not lossless, not garbage
