@@ -418,15 +418,17 @@ def speed_perturb(audio: np.ndarray, rate: float, sr: int = 16000) -> np.ndarray
 
 
 def extract_feature_block(clips, block: str, cache: Path | None = None,
-                          log: Callable[[str], None] = print, rate: float = 1.0, telephone: bool = False,
-                          g711: bool = False) -> np.ndarray:
+                          log: Callable[[str], None] = print, rate: float = 1.0, line: str | None = None) -> np.ndarray:
     """(N, F) one feature block of ``smile.voice_features`` (openSMILE functionals or the GE2E
-    statistics) of ``clips`` (speed-perturbed by ``rate`` when it is not 1; band-limited as an 8 kHz
-    phone line delivers it when ``telephone``; through a G.711 mu-law line when ``g711``), cached like
-    the statistics; single-threaded. Logs seconds per clip (the cost the service pays per segment)."""
+    statistics) of ``clips`` (speed-perturbed by ``rate`` when it is not 1; through a phone ``line`` of
+    ``speech.audio.PHONE_LINES`` when given: "telephone", band-limited as an 8 kHz line delivers it, or
+    "g711", also mu-law companded), cached like the statistics; single-threaded. Logs seconds per clip
+    (the cost the service pays per segment)."""
     from apps.customer_service.data import read_audio
     from apps.customer_service.smile import voice_features
-    from apps.customer_service.speech.audio import g711_line, telephone_band
+    from apps.customer_service.speech.audio import PHONE_LINES
+
+    through = PHONE_LINES[line] if line is not None else None
 
     key = [str(c.path) for c in clips]
     if cache is not None and cache.is_file():
@@ -438,10 +440,8 @@ def extract_feature_block(clips, block: str, cache: Path | None = None,
         audio = read_audio(clip.path)
         if rate != 1.0:
             audio = speed_perturb(audio, rate)
-        if telephone:
-            audio = telephone_band(audio)
-        if g711:
-            audio = g711_line(audio)
+        if through is not None:
+            audio = through(audio)
         t0 = time.perf_counter()
         feats.append(voice_features(audio, (block,)))
         spent += time.perf_counter() - t0
@@ -1259,10 +1259,9 @@ def telephone_features(data_root: Path, blocks: tuple[str, ...], cache_dir: Path
     if codec not in (None, "g711"):
         raise ValueError(f"unknown codec {codec!r}")
     corpora = _emotion_corpora(data_root)
-    suffix = "g711" if codec else "telephone"
+    line = codec or "telephone"
     return np.concatenate([np.concatenate([
-        extract_feature_block(clips, block, cache_dir / f"{block}_{name}_{suffix}.npz", log=log,
-                              telephone=codec is None, g711=codec == "g711")
+        extract_feature_block(clips, block, cache_dir / f"{block}_{name}_{line}.npz", log=log, line=line)
         for name, clips in corpora.items()]) for block in blocks], axis=1)
 
 
@@ -1520,8 +1519,7 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     cross-validated in the same folds; the average's out-of-fold metrics are the card's. ``telephone``
     (linear models only): the held-out clips are also scored band-limited as a narrow-band phone line
     delivers them (``telephone_*`` metrics: what a contact centre's calls look like) and through a
-    G.711 mu-law line (``g711_*``). ``workers``:
-    processes for the cross-validation (same results)."""
+    G.711 mu-law line (``g711_*``). ``workers``: processes for the cross-validation (same results)."""
     from apps.customer_service.model import averaged_voice_state, linear_voice_state, voice_ensemble_state
     from core.bundle import save_bundle
 

@@ -136,33 +136,42 @@ def channel_seconds(data: bytes) -> float | None:
     return info.frames / info.samplerate * info.channels
 
 
-def telephone_band(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000) -> np.ndarray:
-    """``x`` as a narrow-band telephone line delivers it: down to ``phone_rate`` and back (nothing
-    above 4 kHz), polyphase filtering like the corpus loaders."""
+def _phone_line(x: np.ndarray, rate: int, phone_rate: int, codec=None) -> np.ndarray:
+    """``x`` down to ``phone_rate`` (polyphase filtering like the corpus loaders: nothing above
+    phone_rate / 2), through ``codec`` at that rate when given, and back to ``rate``."""
     from math import gcd
 
     from scipy.signal import resample_poly
 
     g = gcd(rate, phone_rate)
     down = resample_poly(np.asarray(x, np.float32), phone_rate // g, rate // g)
+    if codec is not None:
+        down = codec(down)
     return resample_poly(down, rate // g, phone_rate // g)[: len(x)].astype(np.float32)
 
 
-def g711_line(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000, mu: float = 255.0) -> np.ndarray:
-    """``x`` through a G.711 mu-law phone line: down to ``phone_rate``, 8-bit mu-law companding with
-    the clip's peak at full scale (a line with automatic gain), and back to ``rate``."""
-    from math import gcd
+def telephone_band(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000) -> np.ndarray:
+    """``x`` as a narrow-band telephone line delivers it: down to ``phone_rate`` and back (nothing
+    above 4 kHz)."""
+    return _phone_line(x, rate, phone_rate)
 
-    from scipy.signal import resample_poly
 
-    g = gcd(rate, phone_rate)
-    y = resample_poly(np.asarray(x, np.float32), phone_rate // g, rate // g)
+def _mu_law_8bit(y: np.ndarray, mu: float = 255.0) -> np.ndarray:
+    """8-bit mu-law companding and back, the clip's peak at full scale (a line with automatic gain)."""
     peak = max(float(np.abs(y).max()), 1e-9)
     y = np.clip(y / peak, -1.0, 1.0)
     code = np.round((np.sign(y) * np.log1p(mu * np.abs(y)) / np.log1p(mu) + 1.0) * 127.5)  # 256 levels
     z = code / 127.5 - 1.0
-    y = np.sign(z) * np.expm1(np.abs(z) * np.log1p(mu)) / mu * peak
-    return resample_poly(y, rate // g, phone_rate // g)[: len(x)].astype(np.float32)
+    return np.sign(z) * np.expm1(np.abs(z) * np.log1p(mu)) / mu * peak
+
+
+def g711_line(x: np.ndarray, rate: int = TARGET_RATE, phone_rate: int = 8_000) -> np.ndarray:
+    """``x`` through a G.711 mu-law phone line: the telephone band plus 8-bit mu-law companding."""
+    return _phone_line(x, rate, phone_rate, _mu_law_8bit)
+
+
+# What the voice-emotion training and its card can put clips through (``extract_feature_block(line=...)``).
+PHONE_LINES = {"telephone": telephone_band, "g711": g711_line}
 
 
 def resample(samples: np.ndarray, rate: int, target_rate: int = TARGET_RATE) -> np.ndarray:

@@ -150,7 +150,7 @@ def test_telephone_features_lose_the_upper_band(tmp_path):
     sf.write(tmp_path / "a.wav", wide, 16000)
     clip = type("Clip", (), {"path": tmp_path / "a.wav"})()
     plain = extract_feature_block([clip], "egemaps", log=lambda s: None)
-    phone = extract_feature_block([clip], "egemaps", log=lambda s: None, telephone=True)
+    phone = extract_feature_block([clip], "egemaps", log=lambda s: None, line="telephone")
     assert plain.shape == phone.shape and not np.allclose(plain, phone)
 
 
