@@ -268,10 +268,8 @@ async def get_result(
 def create_app(settings: CustomerServiceSettings | None = None):
     from pathlib import Path
 
-    from core.serving.web import page_router
-
     settings = settings or get_settings()
-    routers = [router, page_router(Path(__file__).parent / "web")]  # GET /ui/: the page for contact-centre staff
+    routers = [router]
     try:
         from apps.customer_service.speech import create_stream_router
 
@@ -287,4 +285,5 @@ def create_app(settings: CustomerServiceSettings | None = None):
     return create_service_app(
         name=APP, settings=settings, routers=routers, load_runners=load_runners,
         description="Bank contact centre: redacted transcript, emotion over time, intent, escalation, reply.",
+        page=Path(__file__).parent / "web",  # GET /ui/: the page for contact-centre staff
     )

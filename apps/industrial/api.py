@@ -171,8 +171,6 @@ async def inspect_batch(
 def create_app(settings: IndustrialSettings | None = None):
     from pathlib import Path
 
-    from core.serving.web import page_router
-
     settings = settings or get_settings()
 
     def load_runners():
@@ -183,7 +181,8 @@ def create_app(settings: IndustrialSettings | None = None):
     return create_service_app(
         name="industrial",
         settings=settings,
-        routers=[router, page_router(Path(__file__).parent / "web")],  # GET /ui/: a page to review one board
+        routers=[router],
+        page=Path(__file__).parent / "web",  # GET /ui/: a page to review one board
         load_runners=load_runners,
         description="PCB defect detection + machine vibration state -> pass / fail / review per board.",
     )

@@ -172,8 +172,6 @@ async def heatmap(
 def create_app(settings: MedicalSettings | None = None):
     from pathlib import Path
 
-    from core.serving.web import page_router
-
     settings = settings or get_settings()
 
     def load_runners():
@@ -185,7 +183,8 @@ def create_app(settings: MedicalSettings | None = None):
     return create_service_app(
         name="medical",
         settings=settings,
-        routers=[router, page_router(Path(__file__).parent / "web")],  # GET /ui/: the page for radiologists
+        routers=[router],
+        page=Path(__file__).parent / "web",  # GET /ui/: the page for radiologists
         load_runners=load_runners,
         description="Chest CT + report -> calibrated malignancy probability, heat maps, modality weights. "
         "Research prototype, not a medical device.",

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -204,9 +205,11 @@ def create_service_app(
     load_runners: LoadRunners | None = None,
     description: str = "",
     version: str = "0.1.0",
+    page: Path | None = None,
 ) -> FastAPI:
     """Build one app's FastAPI. ``load_runners()`` (sync, may be slow) returns ``{name: ModelRunner}``
-    and runs in a thread when the app starts; ``/ready`` says when it has finished."""
+    and runs in a thread when the app starts; ``/ready`` says when it has finished. ``page``: a folder
+    served as the app's web page at ``/ui/`` (``core.serving.web.page_router``)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -260,10 +263,14 @@ def create_service_app(
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    app.state.page = None
     for router in routers:
         app.include_router(router)
-        app.state.page = getattr(router, "page_path", None) or app.state.page  # core.serving.web.page_router
+    app.state.page = None
+    if page is not None:  # the app's web page; the gateway's index links to it
+        from core.serving.web import page_router
+
+        app.include_router(page_router(page, prefix="/ui"))
+        app.state.page = "/ui/"
     return app
 
 

@@ -119,7 +119,7 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
         links = {"docs": mount + "/docs"}
         page = getattr(mounted[name][1].state, "page", None) if name in mounted else None
         if page:
-            links["page"] = mount + page  # the app's web page (core.serving.page_router)
+            links["page"] = mount + page  # the app's web page (create_service_app's page)
         return links
 
     @root.get("/", tags=["ops"], summary="What is mounted where")

@@ -79,7 +79,6 @@ def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") ->
     ``{prefix}/`` so that the page's relative links resolve under any mount point."""
     files = page_files(folder, index)
     router = APIRouter(include_in_schema=False)
-    router.page_path = prefix + "/"  # create_service_app records it; the gateway's index links to it
 
     def serve(name: str) -> Response:
         body, media_type = files[name]

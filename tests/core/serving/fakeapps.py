@@ -13,12 +13,10 @@ def _tmp() -> Path:
 
 
 def create_alpha():
-    from core.serving.web import page_router
-
     page = _tmp() / "alpha_page"
     page.mkdir(parents=True, exist_ok=True)
     (page / "index.html").write_text("<!doctype html><title>alpha</title>")
-    return make_app(_tmp() / "alpha", DoubleRunner(), extra_routers=[page_router(page)])
+    return make_app(_tmp() / "alpha", DoubleRunner(), page=page)
 
 
 def create_beta():

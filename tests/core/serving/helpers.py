@@ -117,11 +117,12 @@ def make_settings(tmp_path: Path, **overrides: Any) -> AppSettings:
     return AppSettings(database_url=f"sqlite:///{tmp_path / 'serving.db'}", artefact_dir=tmp_path / "art", **overrides)
 
 
-def make_app(tmp_path: Path, runner: DoubleRunner | None = None, load_runners=None, extra_routers=(), **overrides: Any):
+def make_app(tmp_path: Path, runner: DoubleRunner | None = None, load_runners=None, page: Path | None = None,
+             **overrides: Any):
     runner = runner or DoubleRunner()
     loader = load_runners if load_runners is not None else (lambda: {"double": runner})
-    return create_service_app(name="test", settings=make_settings(tmp_path, **overrides), routers=[router, *extra_routers],
-                              load_runners=loader)
+    return create_service_app(name="test", settings=make_settings(tmp_path, **overrides), routers=[router],
+                              load_runners=loader, page=page)
 
 
 def wait_ready(client: TestClient, path: str = "/ready", timeout: float = 10.0) -> dict[str, Any]:
