@@ -3,7 +3,7 @@
 // v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const { $, apiKey, headers, el, setStatus, errorText, sleep, pct } = triptych;  // common.js
+const { $, apiKey, headers, el, setStatus, errorText, bar, sleep, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
@@ -82,11 +82,7 @@ function show(a) {
   bars.replaceChildren();
   if (a.emotion) {
     for (const [label, p] of Object.entries(a.emotion.probabilities).sort((x, y) => y[1] - x[1])) {
-      const row = el("div", null, "bar");
-      const fill = el("span", null, `fill e-${EMOTIONS.includes(label) ? label : "none"}`);
-      fill.style.width = `${Math.max(2, 120 * p)}px`;
-      row.append(el("span", label), fill, el("span", pct(p)));
-      bars.append(row);
+      bars.append(bar(label, p, { cls: `e-${EMOTIONS.includes(label) ? label : "none"}` }));
     }
   }
 

@@ -2,7 +2,7 @@
 // drawn over the uploaded image in a canvas (the image never comes back from the service).
 "use strict";
 
-const { $, headers, el, setStatus, errorText, pct } = triptych;  // common.js
+const { $, headers, el, setStatus, errorText, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../industrial/"
 const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
 
@@ -62,13 +62,8 @@ async function show(r, imageFile) {
 }
 
 function bars(container, probabilities) {
-  container.replaceChildren(...Object.entries(probabilities).sort((a, b) => b[1] - a[1]).map(([label, p]) => {
-    const row = el("div", null, "bar");
-    const fill = el("span", null, "fill");
-    fill.style.width = `${Math.max(2, 120 * p)}px`;
-    row.append(el("span", label.replaceAll("_", " ")), fill, el("span", pct(p)));
-    return row;
-  }));
+  container.replaceChildren(...Object.entries(probabilities).sort((a, b) => b[1] - a[1])
+    .map(([label, p]) => bar(label.replaceAll("_", " "), p)));
 }
 
 async function draw(imageFile, defects) {

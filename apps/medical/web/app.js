@@ -2,7 +2,7 @@
 // slices and Secondary Capture are fetched with the API key (img and a elements cannot send it).
 "use strict";
 
-const { $, headers, el, setStatus, errorText, fetchBlobUrl, pct } = triptych;  // common.js
+const { $, headers, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../medical/"
 let objectUrls = [];
 
@@ -47,13 +47,9 @@ async function show(r) {
   const weights = $("weights");
   weights.replaceChildren();
   for (const [modality, w] of Object.entries(r.modality_weights)) {
-    const row = el("div", null, "bar");
-    const fill = el("span", null, "fill");
-    fill.style.width = `${Math.max(2, 120 * w)}px`;
     const evidence = r.modality_evidence && modality in r.modality_evidence
       ? ` · evidence ${r.modality_evidence[modality] >= 0 ? "+" : ""}${r.modality_evidence[modality].toFixed(2)}` : "";
-    row.append(el("span", modality === "ct" ? "CT" : modality), fill, el("span", pct(w) + evidence));
-    weights.append(row);
+    weights.append(bar(modality === "ct" ? "CT" : modality, w, { note: evidence }));
   }
   $("record").textContent = `result ${r.id} · model ${r.model_version}`;
   $("disclaimer").textContent = r.disclaimer;

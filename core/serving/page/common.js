@@ -52,9 +52,18 @@ const triptych = (() => {
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const pct = (p) => `${Math.round(100 * p)} %`;
 
+  // one row of a bar chart (common.css .bar): label, a bar as long as p (0-1), the percentage and a note
+  function bar(label, p, { cls = "", note = "" } = {}) {
+    const row = el("div", null, "bar");
+    const fill = el("span", null, `fill ${cls}`.trim());
+    fill.style.width = `${Math.max(2, 120 * p)}px`;
+    row.append(el("span", label), fill, el("span", pct(p) + note));
+    return row;
+  }
+
   document.addEventListener("DOMContentLoaded", () => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, sleep, pct };
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, bar, sleep, pct };
 })();
