@@ -174,3 +174,36 @@ def test_shipped_digit_model_reads_an_unseen_synthetic_voice(bank_recognizer):
     heard = [bank_recognizer.transcribe(speak(w), mode="digit") for w in words]
     assert all(t.extra["search"] == "digit-cnn" for t in heard)
     assert sum(t.text == w for t, w in zip(heard, words)) >= 4
+
+
+def test_speech_embedding_head_joins_the_bundle_in_the_log_domain(tiny_bundle, tmp_path):
+    import json
+
+    from apps.customer_service.speech import digit_embedding as DE
+    from core.bundle import BundleError
+
+    bundle, _ = tiny_bundle
+    tmp = bundle.parent
+    cfg = DE.EmbeddingHeadConfig(speed_rates=(1.1,))
+    report = DE.run_embedding_head(tmp / "pack.npz", tmp / "emb", cfg=cfg, cache_dir=tmp / "cache", log=lambda m: None)
+    assert set(report) == {"ann", "bob"} and (tmp / "emb" / "head_all.npz").is_file()
+    metrics = D.finalize([tmp / "run"], tmp_path / "bundle", grammar=tmp / "grammar.npz", grammar_weight=1.0,
+                         embedding=tmp / "emb", embedding_weight=2.0)
+    assert {"loso_accuracy_ann", "embedding_ann", "without_embedding_ann", "cnn_ann"} <= set(metrics)
+    assert metrics["without_embedding_ann"] == D.loso_report([tmp / "run"], tmp / "grammar.npz")["fused_w1_ann"]
+    assert "speech embedding" in (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+
+    rec, plain = D.DigitRecognizer(tmp_path / "bundle"), D.DigitRecognizer(bundle)
+    assert rec.embedding_weight == 2.0 and plain.embedding_weight == 0.0
+    piece = D.to_8k(np.repeat(_tone(600, 0.4), 2))
+    head = DE.head_log_proba(rec.head, DE.clip_features([piece], rec.embedder, rec.clip_s))
+    logp = np.log(plain._classify([piece])) + 2.0 * head
+    expected = np.exp(logp - logp.max()) / np.exp(logp - logp.max()).sum()
+    np.testing.assert_allclose(rec._classify([piece]), expected, rtol=1e-4, atol=1e-7)
+
+    # a head fitted on another speech embedding is refused, not silently mis-scored
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    config["embedding"]["encoder_sha256"] = "0" * 64
+    (tmp_path / "bundle" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="speech embedding"):
+        D.DigitRecognizer(tmp_path / "bundle")
