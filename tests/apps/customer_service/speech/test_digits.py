@@ -207,3 +207,44 @@ def test_speech_embedding_head_joins_the_bundle_in_the_log_domain(tiny_bundle, t
     (tmp_path / "bundle" / "config.json").write_text(json.dumps(config))
     with pytest.raises(BundleError, match="speech embedding"):
         D.DigitRecognizer(tmp_path / "bundle")
+
+
+def test_finetuned_speech_embedding_joins_the_bundle(tiny_bundle, tmp_path):
+    from apps.customer_service.speech import digit_embedding as DE
+
+    bundle, _ = tiny_bundle
+    tmp = bundle.parent
+    cfg = DE.FinetuneConfig(epochs=1, batch_size=8)
+    held = DE.run_finetune(tmp / "pack.npz", tmp_path / "tuned", fold="ann", cfg=cfg, device="cpu")
+    DE.run_finetune(tmp / "pack.npz", tmp_path / "tuned", fold="bob", cfg=cfg, device="cpu")
+    DE.run_finetune(tmp / "pack.npz", tmp_path / "tuned", fold="all", cfg=cfg, device="cpu")
+    assert 0.0 <= held["accuracy"] <= 1.0 and (tmp_path / "tuned" / "finetuned_all.safetensors").is_file()
+    metrics = D.finalize([tmp / "run"], tmp_path / "bundle", grammar=tmp / "grammar.npz", grammar_weight=0.0,
+                         embedding=tmp_path / "tuned", embedding_weight=1.0)
+    assert {"loso_accuracy_ann", "embedding_ann"} <= set(metrics)
+    assert "embed-tune" in (tmp_path / "bundle" / "MODEL_CARD.md").read_text()
+
+    rec, plain = D.DigitRecognizer(tmp_path / "bundle"), D.DigitRecognizer(bundle)
+    assert rec.tuned is not None and rec.embedding_weight == 1.0
+    piece = D.to_8k(np.repeat(_tone(600, 0.4), 2))
+    logp = np.log(plain._classify([piece])) + rec.tuned.log_proba([piece], rec.clip_s)
+    expected = np.exp(logp - logp.max()) / np.exp(logp - logp.max()).sum()
+    np.testing.assert_allclose(rec._classify([piece]), expected, rtol=1e-4, atol=1e-7)
+    # scoring is deterministic: the same clip gets the same answer
+    np.testing.assert_array_equal(rec.tuned.log_proba([piece]), rec.tuned.log_proba([piece]))
+
+
+def test_upsampling_and_placement_keep_the_word():
+    from apps.customer_service.speech import digit_embedding as DE
+
+    tone = _tone(500, 0.3)
+    up = DE.upsample_2x(tone)
+    assert len(up) == 2 * len(tone)
+    spectrum = np.abs(np.fft.rfft(up))
+    assert abs(np.argmax(spectrum) * 16000 / len(up) - 500) < 5  # same pitch, twice the rate
+    clip = DE.centred_clip(up)
+    assert clip.shape == (int(DE.CLIP_S * 16000),) and np.isclose(np.abs(clip).max(), DE.PEAK, atol=1e-3)
+    loud = np.flatnonzero(np.abs(clip) > 0.05)
+    assert abs((loud[0] + loud[-1]) / 2 - len(clip) / 2) < 400  # centred
+    shifted = DE.centred_clip(up, shift=1600)
+    assert np.flatnonzero(np.abs(shifted) > 0.05)[0] - loud[0] == 1600
