@@ -315,7 +315,7 @@ def run_finetune(pack_path: Path, out: Path, fold: str = "all", extra_pack: Path
     out.mkdir(parents=True, exist_ok=True)
     result = {"fold": fold, "config": asdict(cfg), "train_clips": len(tw), "train_s": round(time.time() - t0, 1),
               "pretrained_sha256": load_encoder(step=STEP).sha256,
-              "extra": None if extra_pack is None else {"pack": str(extra_pack), "clips": int(len(ew))}}
+              "extra": None if extra_pack is None else {"pack": str(extra_pack), "clips": len(ew)}}
     if fold != "all":
         logp = model.log_proba([w for w, t in zip(waves, train) if not t], cfg.clip_s)
         np.savez(out / f"head_oof_{fold}.npz", logp=logp, y=y[~train], names=names[~train])
