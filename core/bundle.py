@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,3 +129,25 @@ def load_bundle(directory: str | Path, map_location: str = "cpu") -> Bundle:
         raise BundleError(f"bundle {directory}: unreadable weights: {exc}") from exc
     config = json.loads((directory / CONFIG).read_text())
     return Bundle(directory, config, state, card)
+
+
+def import_weights_cli(argv: list[str] | None, prog: str, what: str,
+                       importer: Callable[[Path, Path], Path], default_out: Path) -> None:
+    """``python -m <module> import --source PATH [--out DIR]``: the one-time import of third-party
+    pretrained weights (``importer(source, out)``) into a bundle shipped in the package."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog=prog)
+    sub = parser.add_subparsers(dest="command", required=True)
+    imp = sub.add_parser("import", help=what)
+    imp.add_argument("--source", type=Path, required=True)
+    imp.add_argument("--out", type=Path, default=default_out)
+    args = parser.parse_args(argv)
+    print(f"wrote {importer(args.source, args.out)}")
+
+
+def copy_licences(pattern_root: Path, pattern: str, out: Path) -> None:
+    """Licence files of the distribution the weights came from (``pattern_root.glob(pattern)``) as
+    ``out/LICENSE.txt``: Apache-2.0 and similar licences ask for their text beside redistributed work."""
+    for path in pattern_root.glob(pattern):
+        (out / "LICENSE.txt").write_text(path.read_text())

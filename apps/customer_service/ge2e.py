@@ -12,7 +12,6 @@ fetched at run time, and the service never imports ``resemblyzer``.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -22,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.bundle import ModelCard, load_bundle, save_bundle
+from core.bundle import ModelCard, copy_licences, import_weights_cli, load_bundle, save_bundle
 from core.config import ConfigBase
 from core.encoders import Encoder, EncoderOutput, register_encoder
 
@@ -146,20 +145,13 @@ def import_resemblyzer(source: Path, out: Path, config: GE2EConfig | None = None
         extra={"source_sha256": digest, "licence": "Apache-2.0"},
     )
     save_bundle(out, state, {"encoder": asdict(config)}, card)
-    licence = source.parent.parent.glob("*.dist-info/LICENSE")  # Apache-2.0 asks for its text alongside
-    for path in licence:
-        (out / "LICENSE.txt").write_text(path.read_text())
+    copy_licences(source.parent.parent, "*.dist-info/LICENSE", out)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m apps.customer_service.ge2e")
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="Resemblyzer's pretrained.pt -> a speaker-encoder bundle.")
-    imp.add_argument("--source", type=Path, required=True)
-    imp.add_argument("--out", type=Path, default=BUNDLE_DIR)
-    args = parser.parse_args(argv)
-    print(f"wrote {import_resemblyzer(args.source, args.out)}")
+    import_weights_cli(argv, "python -m apps.customer_service.ge2e",
+                       "Resemblyzer's pretrained.pt -> a speaker-encoder bundle.", import_resemblyzer, BUNDLE_DIR)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ openWakeWord's own wake-word models (those carry a non-commercial licence).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 from dataclasses import asdict, dataclass
 from functools import cache
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from core.bundle import ModelCard, load_bundle, save_bundle
+from core.bundle import ModelCard, copy_licences, import_weights_cli, load_bundle, save_bundle
 from core.config import ConfigBase
 from core.encoders import Encoder, EncoderOutput, register_encoder
 
@@ -193,19 +192,13 @@ def import_openwakeword(source: Path, out: Path) -> Path:
         extra={"source_sha256": digests, "licence": "Apache-2.0"},
     )
     save_bundle(out, state, {"encoder": asdict(config)}, card)
-    for path in source.parents[2].glob("openwakeword-*.dist-info/LICENSE"):  # Apache-2.0 asks for its text
-        (out / "LICENSE.txt").write_text(path.read_text())
+    copy_licences(source.parents[2], "openwakeword-*.dist-info/LICENSE", out)
     return out
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m apps.customer_service.speech_embedding")
-    sub = parser.add_subparsers(dest="command", required=True)
-    imp = sub.add_parser("import", help="openWakeWord's resources/models -> a speech-embedding bundle.")
-    imp.add_argument("--source", type=Path, required=True)
-    imp.add_argument("--out", type=Path, default=BUNDLE_DIR)
-    args = parser.parse_args(argv)
-    print(f"wrote {import_openwakeword(args.source, args.out)}")
+    import_weights_cli(argv, "python -m apps.customer_service.speech_embedding",
+                       "openWakeWord's resources/models -> a speech-embedding bundle.", import_openwakeword, BUNDLE_DIR)
 
 
 if __name__ == "__main__":
