@@ -297,7 +297,8 @@ class DigitRecognizer:
         # log-probability bonus for the digit the JSGF grammar decoded (0 = networks alone): the
         # two err on different clips (see the card's leave-one-speaker-out grid)
         self.grammar_weight = float(b.config.get("grammar_weight", 0.0))
-        # the pretrained speech embedding's linear head (digit_embedding), added in the log domain
+        # Google's speech embedding (digit_embedding), frozen with a linear head or fine-tuned: its
+        # log-probabilities are added to the networks' (the card's grid)
         emb = b.config.get("embedding")
         self.embedding_weight = float(emb["weight"]) if emb else 0.0
         self.clip_s = float(emb["clip_s"]) if emb else 0.0
@@ -787,7 +788,7 @@ def finalize(runs: list[Path], weights: Path = WEIGHTS, seed: int = 0, grammar: 
               "run starts from the same fold's earlier model, which never heard the held-out speaker either); "
               "the shipped model is refitted on all 4 with the same recipe. george and lucas (the hidden "
               f"evaluation speakers) were never seen. loso_accuracy_* is the shipped recipe ({_recipe(runs[0], seed)}); "
-              + ", ".join(f"{k}_* the same grammar fusion with the networks of {', '.join(map(str, v))} "
+              + ", ".join(f"{k}_* the same fusion with the networks of {', '.join(map(str, v))} "
                           f"({_recipe(v[0], seed)})" for k, v in (compare or {}).items())
               + "; cnn_* the shipped recipe's networks alone, "
               "grammar_* the grammar alone"
