@@ -382,9 +382,11 @@ def shared_digit_recognizer(bundle: str | Path | None = None) -> DigitRecognizer
 
 def learned_digit_words(audio16k: np.ndarray, mode: str, bundle: str | Path | None = None,
                         hint: Callable[[], int | None] | None = None,
-                        segment_hint: Callable[[np.ndarray], int | None] | None = None) -> tuple[list, str] | None:
+                        segment_hint: Callable[[np.ndarray], int | None] | None = None,
+                        strings_bundle: str | Path | None = None) -> tuple[list, str] | None:
     """The digit modes' words from the learned recogniser: ``(words, model version)``, or None when
-    the grammar should decide (no bundle shipped, or a digit string without clear pauses).
+    the grammar should decide (no bundle shipped, or a digit string without clear pauses and no
+    string model: ``digit_strings``, ``strings_bundle`` or the shipped one).
 
     ``hint`` gives the grammar's digit for the whole clip (mode "digit"); ``segment_hint`` the
     grammar's digit for one segment's 16 kHz audio (mode "digits"). Both are asked only when the
@@ -395,8 +397,10 @@ def learned_digit_words(audio16k: np.ndarray, mode: str, bundle: str | Path | No
     if mode == "digit":
         return rec.transcribe_digit(audio16k, hint() if hint is not None and rec.grammar_weight else None), rec.version
     segs = rec.segment_digits(audio16k)
-    if segs is None:
-        return None
+    if segs is None:  # digits run together: the CTC string model when one is shipped, else the grammar
+        from apps.customer_service.speech.digit_strings import read_digit_string
+
+        return read_digit_string(audio16k, strings_bundle)
     hints = ([segment_hint(audio16k[2 * s:2 * e]) for s, e in segs]  # 8 -> 16 kHz sample ranges
              if segment_hint is not None and rec.grammar_weight else None)
     return rec.transcribe_segments(audio16k, segs, hints), rec.version

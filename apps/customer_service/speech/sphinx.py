@@ -177,7 +177,8 @@ class SphinxRecognizer:
                 words, version = learned
                 return Transcript(words=words, confidence=confidence_of(words), backend=self.name, mode=mode,
                                   duration_s=len(x) / 16_000, decode_s=time.perf_counter() - t0,
-                                  extra={"search": "digit-cnn", "digit_model": version})
+                                  extra={"search": "digit-strings" if "digit-strings" in version else "digit-cnn",
+                                         "digit_model": version})
         pcm = (np.clip(condition(x, self.config), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
         searches = self._search_for(mode)
         with self._lock:
