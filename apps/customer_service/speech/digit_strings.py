@@ -29,7 +29,7 @@ BLANK = 10
 
 @dataclass
 class StringTrainConfig:
-    steps: int = 700
+    steps: int = 1000
     batch_size: int = 24
     lr_backbone: float = 3e-5
     lr_head: float = 1e-3
