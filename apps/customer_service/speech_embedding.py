@@ -37,7 +37,7 @@ from core.encoders import Encoder, EncoderOutput, register_encoder
 
 BUNDLE_DIR = Path(__file__).parent / "weights" / "speech_embedding"
 SAMPLE_RATE = 16000
-# (out channels, kernel) of the 20 convolutions; a max-pool follows the ones listed in POOLS
+# kernels of the 20 convolutions (channels: SpeechEmbeddingConfig.widths); a max-pool follows those in POOLS
 _KERNELS = ((3, 3),) + ((1, 3), (3, 1)) * 9 + ((3, 1),)
 POOLS = {2: (2, 2), 6: (1, 2), 10: (2, 2), 14: (1, 2), 18: (2, 2)}
 
