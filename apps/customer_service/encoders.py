@@ -5,6 +5,8 @@
 - ("voice", "acoustic_stats"): an MLP over the standardised utterance statistics of
   ``features.acoustic_features`` (pitch, energy, spectral, cepstral), one token per utterance.
 - ("voice", "ge2e_lstm"): the pretrained GE2E speaker encoder (``ge2e``), frame tokens of its LSTM layers.
+- ("voice", "whisper"): OpenAI Whisper base's encoder (``whisper_encoder``), read from the installed
+  CTranslate2 wheels; its layers' statistics are the "whisper" voice-emotion feature block.
 """
 
 from __future__ import annotations
@@ -166,3 +168,5 @@ register_encoder("voice", "acoustic_stats", example=_voice_example)(VoiceStatsEn
 
 # ("voice", "ge2e_lstm"): the pretrained speaker encoder behind the "ge2e" voice-emotion feature block.
 from apps.customer_service import ge2e as _ge2e  # noqa: E402,F401  (registers it)
+# ("voice", "whisper"): Whisper base's encoder behind the "whisper" feature block.
+from apps.customer_service import whisper_encoder as _whisper  # noqa: E402,F401  (registers it)

@@ -64,8 +64,8 @@ def feature_names(feature_set: str = "compare") -> list[str]:
 
 
 def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: int = SAMPLE_RATE) -> np.ndarray:
-    """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``, ``"ge2e"``) for one utterance."""
-    from apps.customer_service import ge2e
+    """The concatenation of ``blocks`` (``"stats"``, ``"compare"``, ``"egemaps"``, ``"ge2e"``, ``"whisper"``) for one utterance."""
+    from apps.customer_service import ge2e, whisper_encoder
     from apps.customer_service.features import acoustic_features, prepare_utterance
 
     prepared = prepare_utterance(audio, sr)
@@ -75,6 +75,8 @@ def voice_features(audio: np.ndarray, blocks: list[str] | tuple[str, ...], sr: i
             parts.append(acoustic_features(prepared, prepared=True))
         elif block == ge2e.BLOCK:
             parts.append(ge2e.statistics(prepared))
+        elif block == whisper_encoder.BLOCK:
+            parts.append(whisper_encoder.statistics(prepared))
         else:
             parts.append(smile_features(prepared, feature_set=block, prepared=True))
     return np.concatenate(parts).astype(np.float32)
