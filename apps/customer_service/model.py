@@ -430,11 +430,12 @@ def linear_voice_state(params: dict[str, np.ndarray]) -> dict[str, torch.Tensor]
 
 
 def block_dims(blocks) -> list[int]:
-    from apps.customer_service import ge2e
+    from apps.customer_service import ge2e, whisper_encoder
     from apps.customer_service.features import FEATURE_DIM
     from apps.customer_service.smile import FEATURE_SETS, STATS
 
-    return [FEATURE_DIM if b == STATS else ge2e.feature_dim() if b == ge2e.BLOCK else FEATURE_SETS[b][1]
+    pretrained = {ge2e.BLOCK: ge2e.feature_dim, whisper_encoder.BLOCK: whisper_encoder.feature_dim}
+    return [FEATURE_DIM if b == STATS else pretrained[b]() if b in pretrained else FEATURE_SETS[b][1]
             for b in blocks]
 
 
@@ -484,9 +485,10 @@ def averaged_voice_state(member_states: list[dict[str, torch.Tensor]]) -> dict[s
     return {f"{i}.{k}": v for i, state in enumerate(member_states) for k, v in state.items()}
 
 
-def _recorded_encoders(config: dict) -> set[str]:
-    """The GE2E sha256 values a voice config (and its members, for an average) was fitted on."""
-    found = {config["ge2e_sha256"]} if config.get("ge2e_sha256") else set()
+def _recorded_encoders(config: dict) -> set[tuple[str, str]]:
+    """(encoder, sha256) of the pretrained encoders a voice config (and its members, for an average) was
+    fitted on: "ge2e" (the bundled speaker encoder) and "whisper" (the installed Whisper model)."""
+    found = {(name, config[f"{name}_sha256"]) for name in ("ge2e", "whisper") if config.get(f"{name}_sha256")}
     for member in config.get("members", []):
         found |= _recorded_encoders(member)
     return found
@@ -497,15 +499,20 @@ def load_voice_model(directory):
     ``average`` (AveragedVoiceModel of members stored under "<i>." prefixes) or the MLP
     ``VoiceEnsemble`` on the 434 statistics (no type). All have ``blocks``, ``features(audio)`` and
     ``predict_proba(x)``."""
-    from apps.customer_service import ge2e
+    from apps.customer_service import ge2e, whisper_encoder
     from core.bundle import BundleError, load_bundle
 
     bundle = load_bundle(directory)
-    for expected in _recorded_encoders(bundle.config):  # a head is only valid on the encoder it was fitted on
-        actual = ge2e.load_encoder().sha256
-        if actual != expected:
-            raise BundleError(f"voice bundle {directory} was fitted on speaker encoder {expected[:12]}… but "
-                              f"{ge2e.BUNDLE_DIR} holds {actual[:12]}…; retrain the voice model "
+    for name, expected in _recorded_encoders(bundle.config):  # a head is only valid on the encoder it was fitted on
+        try:
+            encoder = ge2e.load_encoder() if name == "ge2e" else whisper_encoder.load_encoder()
+        except FileNotFoundError as err:
+            raise BundleError(f"voice bundle {directory} needs the {name} encoder: {err}") from err
+        where = ge2e.BUNDLE_DIR if name == "ge2e" else "the Whisper model in use"
+        if encoder.sha256 != expected:
+            kind = "speaker encoder" if name == "ge2e" else "Whisper encoder"
+            raise BundleError(f"voice bundle {directory} was fitted on {kind} {expected[:12]}… but "
+                              f"{where} holds {encoder.sha256[:12]}…; retrain the voice model "
                               "(triptych train customer-service --parts voice-emotion)")
     model = _voice_model_from(bundle.config, bundle.state_dict)
     model.version, model.sha256 = bundle.card.version, bundle.card.sha256

