@@ -30,7 +30,7 @@ def train(
     cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
     data_yaml: Annotated[str | None, typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
-    arch: Annotated[str, typer.Option(help="Detector architecture: yolo11n or yolov7-tiny.")] = "yolo11n",
+    arch: Annotated[str, typer.Option(help="Detector architecture: yolo11n, yolo11s or yolov7-tiny.")] = "yolo11n",
     epochs: Annotated[int, typer.Option(help="Detector epochs (an upper bound when --hours is given).")] = 100,
     hours: Annotated[float | None, typer.Option(help="Detector wall-clock budget in hours (ultralytics `time`).")] = None,
     batch: Annotated[int, typer.Option(help="Detector batch size.")] = 32,
@@ -330,7 +330,7 @@ def splits(
 @data.command("bundle-detector")
 def bundle_detector(
     weights: Annotated[str, typer.Option(help="Folder with model.safetensors (+ metrics.json) from training.")],
-    arch: Annotated[str, typer.Option(help="yolo11n or yolov7-tiny.")],
+    arch: Annotated[str, typer.Option(help="yolo11n, yolo11s or yolov7-tiny.")],
     out: Annotated[str, typer.Option(help="Bundle folder to write.")],
     conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
     input_mode: Annotated[str, typer.Option("--input", help="Input the weights were trained on: gray or template-diff.")] = "gray",

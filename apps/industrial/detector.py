@@ -17,7 +17,7 @@ import numpy as np
 from apps.industrial.data import DEFECT_CLASSES, encode_input
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ARCHITECTURES = ("yolo11n", "yolov7-tiny")
+ARCHITECTURES = ("yolo11n", "yolo11s", "yolov7-tiny")
 
 
 @dataclass
@@ -59,14 +59,14 @@ def model_yaml(arch: str, nc: int = len(DEFECT_CLASSES)) -> dict:
 
     if arch == "yolov7-tiny":
         cfg = yaml.safe_load((CONFIG_DIR / "yolov7-tiny.yaml").read_text())
-    elif arch == "yolo11n":
+    elif arch in ("yolo11n", "yolo11s"):
         from core.offline import enforce_offline
 
         enforce_offline()
         from ultralytics.nn.tasks import yaml_model_load
 
-        cfg = dict(yaml_model_load("yolo11n.yaml"))
-        cfg["scale"] = "n"
+        cfg = dict(yaml_model_load(f"{arch}.yaml"))
+        cfg["scale"] = arch[-1]
         cfg.pop("yaml_file", None)
     else:
         raise KeyError(f"unknown detector architecture {arch!r}; choose from {ARCHITECTURES}")

@@ -121,3 +121,19 @@ def test_fusion_card_benchmark_table_names_the_threshold():
     lines = benchmark_table(bench, (0.0, 0.5), 0.7035).splitlines()
     assert "(>=0.7035)" in lines[0] and len(lines) == 4
     assert lines[3].startswith("| 0.5 | 0.250 | 0.015 / 0.000")
+
+
+def test_every_detector_architecture_builds_and_detects_six_classes():
+    import torch
+
+    from apps.industrial.detector import ARCHITECTURES, build_model, model_yaml
+
+    sizes = {}
+    for arch in ARCHITECTURES:
+        model = build_model(model_yaml(arch)).eval()
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, 64, 64))
+        pred = out[0] if isinstance(out, (list, tuple)) else out
+        assert pred.shape[1] == 4 + 6, arch
+        sizes[arch] = sum(p.numel() for p in model.parameters())
+    assert sizes["yolo11s"] > 3 * sizes["yolo11n"]  # the "s" scale, not the nano one
