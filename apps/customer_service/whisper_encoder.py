@@ -158,10 +158,12 @@ class WhisperEncoder(Encoder):
         """(2 * width * len(feature_layers),) float32: per-unit mean and standard deviation over the
         utterance's frames, for each layer in ``config.feature_layers``."""
         self.eval()
-        states = self.hidden_states(log_mel(audio, self.config.n_mels)[None])
+        mel = log_mel(audio, self.config.n_mels)[None]
+        window = 2 * self.config.n_audio_ctx  # longer utterances are read in Whisper-sized windows
+        chunks = [self.hidden_states(mel[..., i : i + window]) for i in range(0, mel.shape[-1], window)]
         parts = []
         for k in self.config.feature_layers:
-            h = states[k][0]
+            h = torch.cat([states[k][0] for states in chunks])
             parts += [h.mean(0), h.std(0, correction=0)]
         return torch.cat(parts).numpy().astype(np.float32)
 
