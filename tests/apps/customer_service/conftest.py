@@ -79,3 +79,27 @@ def cs_settings(cs_tiny_bundles, tmp_path):
         database_url=f"sqlite:///{tmp_path}/cs.db", artefact_dir=tmp_path / "artefacts",
         max_audio_seconds=20.0, asr_lm="generic",
     )
+
+
+def assert_voice_bundle_refuses_another_encoder(tmp_path, key: str, current_sha256: str, match: str) -> None:
+    """The shipped voice bundle records ``key`` (e.g. "ge2e_sha256") of the encoder it was fitted on; a copy
+    whose record names another encoder must not load."""
+    import json
+    import shutil
+
+    import pytest
+
+    from apps.customer_service.model import load_voice_model
+    from apps.customer_service.settings import WEIGHTS_DIR
+    from core.bundle import BundleError
+
+    copy = tmp_path / "voice_emotion"
+    shutil.copytree(WEIGHTS_DIR / "voice_emotion", copy)
+    load_voice_model(copy)
+    config = json.loads((copy / "config.json").read_text())
+    fitted = next(c for c in [config, *config.get("members", [])] if key in c)
+    assert fitted[key] == current_sha256
+    fitted[key] = "0" * 64
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match=match):
+        load_voice_model(copy)

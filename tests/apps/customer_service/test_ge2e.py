@@ -8,7 +8,7 @@ import torch
 
 from apps.customer_service import ge2e
 from apps.customer_service.ge2e import GE2EConfig, GE2EEncoder, import_resemblyzer, load_encoder
-from tests.apps.customer_service.conftest import tone
+from tests.apps.customer_service.conftest import assert_voice_bundle_refuses_another_encoder, tone
 
 
 def _resemblyzer_checkpoint(path, config: GE2EConfig) -> torch.nn.LSTM:
@@ -66,21 +66,4 @@ def test_shipped_encoder_is_the_resemblyzer_network_and_feeds_the_ge2e_block():
 
 
 def test_a_voice_bundle_fitted_on_another_encoder_is_refused(tmp_path):
-    import json
-    import shutil
-
-    from apps.customer_service.model import load_voice_model
-    from apps.customer_service.settings import WEIGHTS_DIR
-    from core.bundle import BundleError
-
-    shipped = load_voice_model(WEIGHTS_DIR / "voice_emotion")
-    assert ge2e.BLOCK in shipped.blocks
-    copy = tmp_path / "voice_emotion"
-    shutil.copytree(WEIGHTS_DIR / "voice_emotion", copy)
-    config = json.loads((copy / "config.json").read_text())
-    fitted = next(c for c in [config, *config.get("members", [])] if "ge2e_sha256" in c)
-    assert fitted["ge2e_sha256"] == load_encoder().sha256
-    fitted["ge2e_sha256"] = "0" * 64
-    (copy / "config.json").write_text(json.dumps(config))
-    with pytest.raises(BundleError, match="speaker encoder"):
-        load_voice_model(copy)
+    assert_voice_bundle_refuses_another_encoder(tmp_path, "ge2e_sha256", load_encoder().sha256, "speaker encoder")

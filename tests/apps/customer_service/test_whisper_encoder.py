@@ -11,7 +11,7 @@ import torch
 
 from apps.customer_service import whisper_encoder as W
 from apps.customer_service.whisper_encoder import WhisperConfig, WhisperDecoder, WhisperEncoder
-from tests.apps.customer_service.conftest import tone
+from tests.apps.customer_service.conftest import assert_voice_bundle_refuses_another_encoder, tone
 
 
 def _ct2_variables(encoder: WhisperEncoder, decoder: WhisperDecoder) -> dict[str, np.ndarray]:
@@ -149,3 +149,16 @@ def test_installed_whisper_feeds_the_voice_feature_block():
     assert x.shape == (W.feature_dim(),) == (7 * 2 * 512,) and np.all(np.isfinite(x))
     low, high = voice_features(tone(1.2, f0=110), (W.BLOCK,)), voice_features(tone(1.2, f0=260), (W.BLOCK,))
     assert np.abs(low - high).max() > 1e-2
+
+
+def test_a_voice_bundle_fitted_on_another_whisper_model_is_refused(tmp_path):
+    assert_voice_bundle_refuses_another_encoder(tmp_path, "whisper_sha256", W.load_encoder().sha256, "Whisper encoder")
+
+
+def test_utterances_longer_than_whisper_window_are_read_in_windows():
+    torch.manual_seed(0)
+    encoder = WhisperEncoder(WhisperConfig.from_name("tiny")).eval()  # a 64-token (1.28 s) window
+    short = encoder.utterance_statistics(tone(1.0))
+    long = encoder.utterance_statistics(tone(3.3))
+    c = encoder.config
+    assert short.shape == long.shape == (2 * c.width * len(c.feature_layers),) and np.all(np.isfinite(long))
