@@ -20,10 +20,11 @@ class CustomerServiceSettings(AppSettings):
     intent_bundle: Path = WEIGHTS_DIR / "intent"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
-    # What `train --parts voice-emotion` fits: "linear-trio" (the shipped default: the equal-weight
-    # average of three logistic regressions, on Whisper encoder statistics, train.WHISPER_LINEAR, on the
-    # GE2E speaker-encoder statistics, train.LinearVoiceConfig, and on openSMILE ComParE + the 434
-    # statistics, train.SECOND_LINEAR), "linear-pair" (the last two), "linear" (the GE2E one alone),
+    # What `train --parts voice-emotion` fits: "linear-trio" (the shipped default: the weighted average
+    # of three logistic regressions, on Whisper encoder statistics, train.WHISPER_LINEAR, weight 1/2, on
+    # the GE2E speaker-encoder statistics, train.LinearVoiceConfig, and on openSMILE ComParE + the 434
+    # statistics, train.SECOND_LINEAR, 1/4 each), "linear-pair" (the last two, equal weights), "linear"
+    # (the GE2E one alone),
     # "average" (it averaged with the MLP ensemble) or "mlp" (the 434 statistics -> MLP ensemble, an
     # earlier default). Serving reads the model type from the bundle, so any of them can be served
     # through voice_emotion_bundle.
