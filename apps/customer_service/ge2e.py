@@ -98,9 +98,14 @@ def feature_dim(bundle_dir: str | Path = BUNDLE_DIR) -> int:
     return 2 * load_encoder(bundle_dir).dim
 
 
-@cache
 def load_encoder(bundle_dir: str | Path = BUNDLE_DIR) -> GE2EEncoder:
-    """The bundled encoder (sha256-checked), fp32, eval mode; one instance per folder."""
+    """The bundled encoder (sha256-checked), fp32, eval mode; one instance per folder, however it is
+    named (``load_encoder()`` and ``load_encoder(BUNDLE_DIR)`` share it)."""
+    return _load_encoder(str(Path(bundle_dir).resolve()))
+
+
+@cache
+def _load_encoder(bundle_dir: str) -> GE2EEncoder:
     bundle = load_bundle(bundle_dir)
     encoder = GE2EEncoder(GE2EConfig.from_dict(bundle.config["encoder"]))
     encoder.load_state_dict({k: v.float() for k, v in bundle.state_dict.items()})

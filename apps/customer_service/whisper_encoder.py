@@ -366,9 +366,24 @@ def _read(model_dir: str | None, preset: str) -> tuple[dict, WhisperConfig, str,
     return variables, config_for(variables, preset), files_sha256(bins), bins[0].parent
 
 
-@cache
-def load_model(model_dir: str | None = None, preset: str = "base") -> WhisperModel:
+def _cache_key(model_dir: str | Path | None) -> str | None:
+    """One cache entry per folder however it is named: ``load_encoder()``, ``load_encoder(None)`` and a
+    path given as str or Path must not each read the 145 MB file again."""
+    return None if model_dir is None else str(Path(model_dir).resolve())
+
+
+def load_model(model_dir: str | Path | None = None, preset: str = "base") -> WhisperModel:
     """Encoder and decoder (fp32, eval mode) from a CTranslate2 folder; one instance per folder."""
+    return _load_model(_cache_key(model_dir), preset)
+
+
+def load_encoder(model_dir: str | Path | None = None, preset: str = "base") -> WhisperEncoder:
+    """The encoder alone (what the feature block needs: 20 M of the model's 74 M parameters)."""
+    return _load_encoder(_cache_key(model_dir), preset)
+
+
+@cache
+def _load_model(model_dir: str | None, preset: str) -> WhisperModel:
     variables, config, sha256, folder = _read(model_dir, preset)
     encoder, decoder = WhisperEncoder(config), WhisperDecoder(config)
     encoder.load_state_dict(encoder_state(variables, config), strict=True)
@@ -377,8 +392,7 @@ def load_model(model_dir: str | None = None, preset: str = "base") -> WhisperMod
 
 
 @cache
-def load_encoder(model_dir: str | None = None, preset: str = "base") -> WhisperEncoder:
-    """The encoder alone (what the feature block needs: 20 M of the model's 74 M parameters)."""
+def _load_encoder(model_dir: str | None, preset: str) -> WhisperEncoder:
     variables, config, sha256, _ = _read(model_dir, preset)
     encoder = WhisperEncoder(config)
     encoder.load_state_dict(encoder_state(variables, config), strict=True)

@@ -162,3 +162,10 @@ def test_utterances_longer_than_whisper_window_are_read_in_windows():
     long = encoder.utterance_statistics(tone(3.3))
     c = encoder.config
     assert short.shape == long.shape == (2 * c.width * len(c.feature_layers),) and np.all(np.isfinite(long))
+
+
+def test_the_encoders_are_loaded_once_however_they_are_asked_for():
+    from apps.customer_service import ge2e
+
+    assert W.load_encoder() is W.load_encoder(None)
+    assert ge2e.load_encoder() is ge2e.load_encoder(ge2e.BUNDLE_DIR) is ge2e.load_encoder(str(ge2e.BUNDLE_DIR))
