@@ -1321,6 +1321,11 @@ VARIANT_RESULTS = {
     "equal-weight mean of the Whisper (+ telephone copies), GE2E and ComParE members": (0.7236, 0.8495),
     "mean of probabilities: the Whisper member (1/2) and the GE2E + ComParE pair (1/4 each)": (0.7635, 0.8843),
     "the same with the Whisper member's speed copies (shipped, session 11)": (0.7792, 0.8723),
+    # Session 12, tried and not kept (same folds; scratch scripts, not in the package):
+    "Whisper statistics with the utterance zero-padded to 10 s, speed + telephone copies": (0.7684, 0.8583),
+    "the shipped trio with that padded member in place of the unpadded one": (0.7711, 0.8775),
+    "the shipped trio, each scored clip also read at speed 0.9 and 1.1, probabilities averaged": (0.7694, 0.8796),
+    "both (padded member and test-time speed averaging)": (0.7736, 0.8785),
 }
 # Also measured (session 7, .pack/cs7/ft.py on an H200, same folds, a recipe fixed in advance).
 FINETUNE_NOTE = ("The GE2E LSTM fine-tuned end to end on an H200 (mean/std pooling + linear layer, 40 epochs, same "
