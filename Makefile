@@ -5,9 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 APT_PACKAGES := espeak-ng sox libsndfile1
+# For `make test` only: the browser tests drive the web UIs in Chromium (they skip without it).
+DEV_APT_PACKAGES := chromium
 PYTEST_ARGS ?=
 
-.PHONY: serve test install install-dev sysdeps lint clean
+.PHONY: serve test install install-dev sysdeps sysdeps-dev lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,19 +24,20 @@ $(DEV_STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP) $@
 
 install: sysdeps $(STAMP)
-install-dev: sysdeps $(DEV_STAMP)
+install-dev: sysdeps sysdeps-dev $(DEV_STAMP)
 
-# System packages (text-to-speech, audio tools). Installed when missing and we are root; otherwise
-# the features that need them report that they are unavailable instead of crashing.
-sysdeps:
-	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# System packages (text-to-speech, audio tools; Chromium for the tests). Installed when missing and we
+# are root; otherwise the features that need them report that they are unavailable instead of crashing,
+# and the browser tests skip.
+sysdeps sysdeps-dev:
+	@missing=""; for p in $(if $(filter sysdeps-dev,$@),$(DEV_APT_PACKAGES),$(APT_PACKAGES)); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 			echo "installing system packages:$$missing"; \
 			(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-				|| echo "warning: could not install$$missing; voice output will be unavailable"; \
+				|| echo "warning: could not install$$missing; what needs it will be unavailable or skipped"; \
 		else \
-			echo "warning: missing system packages:$$missing (install them as root for voice output)"; \
+			echo "warning: missing system packages:$$missing (install them as root: voice output, browser tests)"; \
 		fi; \
 	fi
 
