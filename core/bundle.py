@@ -54,8 +54,12 @@ class ModelCard:
             lines += ["", "## Limitations", *[f"- {item}" for item in self.limitations]]
         if self.notes:
             lines += ["", "## Notes", self.notes]
-        lines += ["", "## Integrity", f"- date: {self.date}", f"- sha256 of {WEIGHTS}: `{self.sha256}`", ""]
-        return "\n".join(lines)
+        lines += ["", "## Integrity", f"- date: {self.date}", f"- sha256 of {WEIGHTS}: `{self.sha256}`"]
+        # Other files shipped in the bundle (e.g. an INT8 export) record {"file", "sha256"} in ``extra``;
+        # listing them here keeps them whenever any command rewrites the card.
+        lines += [f"- sha256 of {v['file']}: `{v['sha256']}`" for v in self.extra.values()
+                  if isinstance(v, dict) and {"file", "sha256"} <= v.keys()]
+        return "\n".join(lines + [""])
 
 
 @dataclass

@@ -426,10 +426,7 @@ def update_detector_card(bundle_dir: Path, int8: dict | None = None, metrics: di
         data["notes"] = notes
     card = ModelCard(**data)
     (bundle_dir / CARD_JSON).write_text(json.dumps(card.__dict__, indent=2) + "\n")
-    markdown = card.to_markdown()
-    if card.extra.get("int8"):
-        markdown += f"- sha256 of {INT8_FILE}: `{card.extra['int8']['sha256']}`\n"
-    (bundle_dir / CARD_MD).write_text(markdown)
+    (bundle_dir / CARD_MD).write_text(card.to_markdown())  # lists extra["int8"]'s file and sha256
 
 
 def _calibration_name(item) -> str:

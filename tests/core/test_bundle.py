@@ -62,3 +62,12 @@ def test_the_same_tensors_always_get_the_same_sha256(tmp_path):
     hashes = {save_bundle(tmp_path / str(i), state, {}, ModelCard(name="x", version=f"1.{i}", task="t")).sha256
               for i in range(8)}
     assert len(hashes) == 1
+
+
+def test_card_lists_every_shipped_file_with_its_sha256():
+    card = ModelCard(name="m", version="1", task="t", sha256="a" * 64,
+                     extra={"int8": {"file": "model-int8.onnx", "sha256": "b" * 64}, "train_config": {"lr": 0.1}})
+    markdown = card.to_markdown()
+    assert f"- sha256 of model.safetensors: `{'a' * 64}`" in markdown
+    assert markdown.endswith(f"- sha256 of model-int8.onnx: `{'b' * 64}`\n")
+    assert "lr" not in markdown.split("## Integrity")[1]
