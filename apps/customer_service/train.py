@@ -1657,7 +1657,7 @@ def run_linear_voice_training(data_root: Path, run_dir: Path, weights_dir: Path,
          "config": cfg.__dict__, "others": [m.__dict__ for m in others], "mlp_weight": mlp_weight},
         indent=1, default=list))
     card = _voice_card(cfg, metrics, part, len(y), n_feat, mlp_weight, extra, others=more,
-                       member_weights=config.get("weights") if more else None)
+                       member_weights=member_weights)
     save_bundle(weights_dir / ("voice_emotion_speaker_norm" if cfg.speaker_norm else "voice_emotion"),
                 state, config, card)
     return {**metrics, **extra}
