@@ -34,11 +34,15 @@ def export_onnx(
 
 
 def onnx_session(path: str | Path, threads: int = 1):
+    """A CPU onnxruntime session on ``threads`` intra-op threads. The threads sleep between runs instead
+    of spinning: a service holds several sessions (and other work) on a few cores, and spinning
+    threads of an idle session steal those cores from the busy one."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
