@@ -44,7 +44,7 @@ sysdeps sysdeps-dev:
 serve: install
 	$(BIN)/triptych serve
 
-test: install-dev
+test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install-dev

@@ -168,5 +168,6 @@ register_encoder("voice", "acoustic_stats", example=_voice_example)(VoiceStatsEn
 
 # ("voice", "ge2e_lstm"): the pretrained speaker encoder behind the "ge2e" voice-emotion feature block.
 from apps.customer_service import ge2e as _ge2e  # noqa: E402,F401  (registers it)
+
 # ("voice", "whisper"): Whisper base's encoder behind the "whisper" feature block.
 from apps.customer_service import whisper_encoder as _whisper  # noqa: E402,F401  (registers it)

@@ -131,7 +131,8 @@ def warp_bands(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     lo = index.floor().long().clamp(0, x.shape[1] - 1)
     hi = (lo + 1).clamp(max=x.shape[1] - 1)
     w = (index - lo.float())[:, :, None]
-    take = lambda i: x.gather(1, i[:, :, None].expand(-1, -1, x.shape[2]))
+    def take(i):
+        return x.gather(1, i[:, :, None].expand(-1, -1, x.shape[2]))
     return take(lo) * (1 - w) + take(hi) * w
 
 

@@ -70,7 +70,8 @@ def choose_threshold(defective: np.ndarray, clean: np.ndarray, slack: float = 0.
     lo = float(np.quantile(clean, 1 - slack)) if len(clean) else 0.0
     hi = float(np.quantile(defective, slack)) if len(defective) else 1.0
     if lo < hi:
-        logit = lambda p: np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps)))
+        def logit(p):
+            return np.log(np.clip(p, eps, 1 - eps) / (1 - np.clip(p, eps, 1 - eps)))
         z = (logit(lo) + logit(hi)) / 2
         return float(round(1 / (1 + np.exp(-z)), 4))
     grid = np.unique(np.concatenate([clean, defective, [0.5]]))
@@ -116,7 +117,8 @@ def evaluate_deeppcb(
     threshold = config.decision_threshold(template_mode)
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
     test_max, clean_max = top["test"], top[primary or "template"]
-    rate = lambda x, t: float((x >= t).mean()) if len(x) else float("nan")
+    def rate(x, t):
+        return float((x >= t).mean()) if len(x) else float("nan")
     result = {
         "map50": scores.map50,
         "map50_95": scores.map50_95,

@@ -19,7 +19,16 @@ import torch
 from torch.utils.data import Dataset
 
 from apps.industrial.data import FAULT_CLASSES, VibrationRecording, load_cwru
-from apps.industrial.signals import MODEL_RATE, NOMINAL_RPM, WINDOW, augment_window, change_speed, frame, resample, time_blocks
+from apps.industrial.signals import (
+    MODEL_RATE,
+    NOMINAL_RPM,
+    WINDOW,
+    augment_window,
+    change_speed,
+    frame,
+    resample,
+    time_blocks,
+)
 
 SIMULATED_RPMS = (1_772, 1_750, 1_730)  # CWRU 1 / 2 / 3 HP shaft speeds
 

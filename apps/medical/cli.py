@@ -63,8 +63,13 @@ def train(
         import torch
 
         from apps.medical.data import parse_patient_range
-        from apps.medical.detector_train import (DetectorTrainConfig, load_detector_bundle, load_detector_studies,
-                                                 save_detector_bundle, train_detector as fit_detector)
+        from apps.medical.detector_train import (
+            DetectorTrainConfig,
+            load_detector_bundle,
+            load_detector_studies,
+            save_detector_bundle,
+        )
+        from apps.medical.detector_train import train_detector as fit_detector
 
         resolved = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
         config = DetectorTrainConfig.from_name(detector_preset, seed=seed, device=resolved, seconds=seconds,

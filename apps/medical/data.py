@@ -64,7 +64,8 @@ def patient_number(patient_id: str) -> int:
 def parse_patient_range(spec: str) -> tuple[int, int]:
     """``"LIDC-IDRI-0001:LIDC-IDRI-0800"`` or ``"1:800"`` -> (1, 800)."""
     lo, _, hi = spec.partition(":")
-    to_int = lambda s: patient_number(s) if "LIDC" in s else int(s)
+    def to_int(s):
+        return patient_number(s) if "LIDC" in s else int(s)
     return to_int(lo), to_int(hi or lo)
 
 

@@ -28,7 +28,7 @@ TERMINATORS = (
 _TOKEN = re.compile(r"[a-z_]+|\d+(?:\.\d+)?")
 # Sentences end at punctuation or at enumerations ("1. ... 2. ...") common in impressions.
 _SENTENCE = re.compile(r"(?<=[.;:!?])\s+|\s\d\.\s|^\d\.\s")
-_PSEUDO = re.compile(r"\b(?:%s)\b" % "|".join(map(re.escape, PSEUDO_TRIGGERS)))
+_PSEUDO = re.compile(r"\b(?:" + "|".join(map(re.escape, PSEUDO_TRIGGERS)) + r")\b")
 _TRIGGER_SET = set(TRIGGERS)
 _TERMINATOR_SET = set(TERMINATORS)
 

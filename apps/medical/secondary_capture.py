@@ -12,7 +12,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
@@ -36,7 +36,7 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
     if not valid_uid(study_uid) or not valid_uid(series_uid):
         raise ValueError("study and series UIDs must be valid DICOM UIDs")
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     sop_uid = generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS

@@ -47,7 +47,7 @@ def toy_report(rng: np.random.Generator, label: int) -> str:
     age = int(rng.normal(66 if label else 58, 8))
     smoke = rng.random() < (0.8 if label else 0.4)
     pack = int(rng.uniform(20, 60)) if smoke else 0
-    history = "Former smoker, %d pack-years." % pack if smoke else "Never smoker."
+    history = f"Former smoker, {pack} pack-years." if smoke else "Never smoker."
     family = " Family history of lung cancer." if rng.random() < (0.3 if label else 0.1) else ""
     return f"{age}-year-old patient. {history}{family} A pulmonary nodule is noted. No pleural effusion."
 

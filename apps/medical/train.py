@@ -74,7 +74,7 @@ coders' MeSH field names a nodule, mass or neoplasm (any case).
 
 **Model.** NegEx-style negation scopes split each report into affirmed and negated text; TF-IDF
 (affirmed 1-2-grams, negated unigrams at half weight) plus log-counts of affirmed lesion words feed an
-L2 logistic regression (class-balanced). The F1 threshold ({'%.3f' % metrics.get('threshold', float('nan')) if 'threshold' in metrics else 'see report_classifier.json'})
+L2 logistic regression (class-balanced). The F1 threshold ({f"{metrics['threshold']:.3f}" if 'threshold' in metrics else 'see report_classifier.json'})
 comes from 5-fold out-of-fold predictions on the training reports. Parameters are plain JSON.
 
 ## Data

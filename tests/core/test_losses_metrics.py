@@ -6,7 +6,13 @@ import torch
 from torch.nn import functional as F
 
 from core.losses import ContrastiveLoss, class_weights, focal_loss, info_nce
-from core.metrics import classification_metrics, expected_calibration_error, median_rank, recall_at_k, retrieval_metrics
+from core.metrics import (
+    classification_metrics,
+    expected_calibration_error,
+    median_rank,
+    recall_at_k,
+    retrieval_metrics,
+)
 
 
 def test_info_nce_low_for_aligned_high_for_shuffled():

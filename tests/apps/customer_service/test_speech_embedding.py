@@ -52,7 +52,7 @@ def _write_onnx_layout(folder: Path, state: dict[str, np.ndarray]) -> None:
 def test_import_maps_every_onnx_initializer(tmp_path):
     torch.manual_seed(0)
     reference = SpeechEmbeddingEncoder()
-    for name, buf in reference.named_buffers():
+    for _name, buf in reference.named_buffers():
         buf.normal_()
     state = {k: v.numpy().copy() for k, v in reference.state_dict().items()}
     _write_onnx_layout(tmp_path / "models", state)

@@ -79,7 +79,8 @@ def test_prepared_training_data_decodes_to_the_same_encoding(tmp_path):
     assert counts == {"train": 2, "train_background": 2, "val": 2}
     assert "input: template-diff" in (tmp_path / "out" / "data.yaml").read_text()
     s = next(x for x in load_deeppcb(root) if x.group == "group00041")
-    read = lambda name: cv2.imread(str(tmp_path / "out" / "images" / "train" / name), cv2.IMREAD_COLOR)[..., ::-1]
+    def read(name):
+        return cv2.imread(str(tmp_path / "out" / "images" / "train" / name), cv2.IMREAD_COLOR)[..., ::-1]
     assert np.array_equal(read(f"{s.stem}.png"), encode_input(load_gray(s.image), load_gray(s.template)))
     background = read(f"{s.stem}_temp.png")
     assert np.array_equal(background, encode_input(repaired_scan(s), load_gray(s.template)))

@@ -18,7 +18,7 @@ def _chest(seed: int = 0, shape=(40, 64, 64)) -> np.ndarray:
     for cx in (0.3 * w, 0.7 * w):
         lung = (((yy - h / 2) / (0.32 * h)) ** 2 + ((xx - cx) / (0.14 * w)) ** 2 <= 1) & (zz > 2) & (zz < d - 3)
         hu[lung] = -850.0
-        for k in range(3):  # thin vessels along z: radius 1 voxel (2 mm)
+        for _k in range(3):  # thin vessels along z: radius 1 voxel (2 mm)
             vy, vx = h / 2 + rng.uniform(-8, 8), cx + rng.uniform(-3, 3)
             hu[lung & ((yy - vy) ** 2 + (xx - vx) ** 2 <= 1.0)] = 30.0
     return hu + rng.normal(0, 15, shape).astype(np.float32)
@@ -158,11 +158,10 @@ def test_proposal_cache_tells_renders_of_one_study_apart(tmp_path, toy_studies):
     """Another render of the same study (same study id, another volume file) gets its own cached proposals."""
     import shutil
 
+    from apps.medical.candidates import CandidateConfig
     from apps.medical.data import load_rendered
     from apps.medical.model import MedicalModelConfig
     from apps.medical.train import prepare_proposals
-
-    from apps.medical.candidates import CandidateConfig
 
     stage = CandidateConfig(**MedicalModelConfig.from_name("tiny_candidates").candidate_stage)
     study = load_rendered(toy_studies)[0]

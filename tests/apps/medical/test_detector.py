@@ -226,8 +226,19 @@ def test_extra_packs_add_training_studies_and_must_come_from_the_same_model(tmp_
     """--extra-pack: other renders' packs add their training-side studies only; a pack written by another
     detector is refused."""
     from apps.medical.data import patient_split
-    from apps.medical.detector_train import DetectorTrainConfig, load_detector_studies, save_detector_bundle, train_detector
-    from apps.medical.train import FusionTrainConfig, build_training_model, load_arrays, train_from_pack, write_pack
+    from apps.medical.detector_train import (
+        DetectorTrainConfig,
+        load_detector_studies,
+        save_detector_bundle,
+        train_detector,
+    )
+    from apps.medical.train import (
+        FusionTrainConfig,
+        build_training_model,
+        load_arrays,
+        train_from_pack,
+        write_pack,
+    )
 
     config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
     studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)

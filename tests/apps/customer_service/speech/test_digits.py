@@ -46,7 +46,8 @@ def test_vtln_warp_moves_the_filterbank_and_keeps_the_band_edge():
     base = mel_filterbank(8000, 256, 40, 60, 3800)
     up = mel_filterbank(8000, 256, 40, 60, 3800, warp=1.1)
     freqs = np.linspace(0, 4000, 129)
-    centre = lambda fb: (fb * freqs).sum(1) / fb.sum(1)
+    def centre(fb):
+        return (fb * freqs).sum(1) / fb.sum(1)
     assert np.all(centre(up)[5:30] < centre(base)[5:30])  # reading f*1.1: filters sit lower in f
     idx = mel_warp_index(FrontEndConfig.from_name("emotion"), 1.0)
     assert np.allclose(idx, np.arange(64), atol=1e-3)

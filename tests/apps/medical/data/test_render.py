@@ -136,7 +136,7 @@ def test_cli_render(tiny_lidc_db, tmp_path):
     result = CliRunner().invoke(root, ["data", "render", "--patients", "LIDC-IDRI-0001:LIDC-IDRI-0002", "--out",
                                        str(tmp_path), "--preset", "tiny", "--lidc-db", str(tiny_lidc_db)])
     assert result.exit_code == 0, result.output
-    assert json.loads([l for l in result.stdout.splitlines() if l.startswith("{")][-1])["studies"] == 2
+    assert json.loads([line for line in result.stdout.splitlines() if line.startswith("{")][-1])["studies"] == 2
     bad = CliRunner().invoke(root, ["data", "render", "--patients", "1:2", "--out", str(tmp_path),
                                     "--lidc-db", str(tmp_path / "nope.sqlite")])
     assert bad.exit_code == 2 and "not found" in bad.output
