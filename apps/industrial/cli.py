@@ -26,7 +26,7 @@ def _write_json(path: str | None, metrics: dict) -> None:
 
 
 def train(
-    part: Annotated[str, typer.Option(help="detector, vibration or fusion.")] = "vibration",
+    part: Annotated[str, typer.Option(help="detector, vibration, fusion or defect-classifier.")] = "vibration",
     cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
     data_yaml: Annotated[str | None, typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
@@ -43,6 +43,9 @@ def train(
     keep: Annotated[str, typer.Option(help="Detector weights to keep: last (final EMA) or best (ultralytics' pick on the validation groups).")] = "last",
     init: Annotated[str | None, typer.Option(help="Detector: warm-start from this detector bundle (e.g. apps/industrial/weights/detector_template).")] = None,
     exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Detector: leave these training board groups out (e.g. group44000,group77000) to calibrate the board threshold on them.")] = None,
+    crops: Annotated[str | None, typer.Option("--crops", help="Defect classifier: crops file from `triptych data industrial crops`.")] = None,
+    crop_epochs: Annotated[int, typer.Option(help="Defect classifier epochs.")] = 30,
+    widths: Annotated[str, typer.Option(help="Defect classifier: channels per stage, comma-separated.")] = "16,32,64,128",
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
     from core.offline import enforce_offline
@@ -79,8 +82,16 @@ def train(
 
         metrics = train_fusion_bundle(Path(deeppcb), Path(cwru), target, coupling=coupling, seed=seed, log=typer.echo)
         _table("fusion model", metrics)
+    elif part == "defect-classifier":
+        if not crops:
+            raise typer.BadParameter("--part defect-classifier needs --crops FILE (see `triptych data industrial crops`)")
+        from apps.industrial.reclassify import CropTrainConfig, train_reclassifier_bundle
+
+        metrics = train_reclassifier_bundle(Path(crops), target, CropTrainConfig(epochs=crop_epochs, seed=seed),
+                                            widths=tuple(int(w) for w in widths.split(",")), device=device, log=typer.echo)
+        _table("defect crop classifier", metrics)
     else:
-        raise typer.BadParameter("--part must be detector, vibration or fusion")
+        raise typer.BadParameter("--part must be detector, vibration, fusion or defect-classifier")
 
 
 def evaluate(
@@ -95,6 +106,8 @@ def evaluate(
     no_template: Annotated[bool, typer.Option("--no-template", help="Do not give a template-aware detector the boards' templates (the endpoint's path without one).")] = False,
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
     precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
+    classifier: Annotated[str | None, typer.Option(help="Defect crop classifier bundle that relabels boxes of boards read with their template (default: the settings').")] = None,
+    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Keep the detector's own classes.")] = False,
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
     from core.offline import enforce_offline
@@ -115,8 +128,14 @@ def evaluate(
             tdir = settings.template_detector_dir
             use_tdir = not no_template and tdir is not None and (Path(tdir) / "model.safetensors").exists()
             detector = str(tdir if use_tdir else settings.detector_dir)
+        reclassifier = None
+        classifier_dir = Path(classifier) if classifier else settings.defect_classifier_dir
+        if not no_classifier and classifier_dir is not None and (classifier_dir / "model.safetensors").exists():
+            from apps.industrial.reclassify import load_reclassifier
+
+            reclassifier = load_reclassifier(classifier_dir, threads=threads, backend="onnx" if backend == "onnx" else "torch")
         m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
-                             backend=backend, precision=precision, use_template=not no_template)
+                             backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier)
         mode = "with template" if m["template_used"] else "without template"
         _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
         metrics.update(m)
@@ -193,6 +212,35 @@ def prepare(
     counts = prepare_ultralytics(Path(deeppcb), Path(out), split, bilevel=not grayscale, templates_as_background=templates,
                                  input_mode=input_mode)
     typer.echo(f"{out}: {counts}")
+
+
+@data.command("crops")
+def crops_command(
+    deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    out: Annotated[str, typer.Option(help="Output .npz.")] = "datasets/prepared/defect_crops.npz",
+    split: Annotated[str, typer.Option(help="Board list (DeepPCB layout) to draw from.")] = str(SPLITS / "deeppcb_train.txt"),
+    bundle: Annotated[str, typer.Option(help="Template detector bundle: its held-out calibration groups are left out.")] = str(WEIGHTS / "detector_template"),
+    size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 48,
+    jitters: Annotated[int, typer.Option(help="Jittered copies of each annotated box.")] = 3,
+    seed: Annotated[int, typer.Option(help="Jitter seed.")] = 0,
+) -> None:
+    """Crops around every annotated defect of the training boards, for the defect classifier."""
+    import json
+
+    import numpy as np
+
+    from apps.industrial.data import load_deeppcb
+    from apps.industrial.reclassify import CropClassifierConfig, defect_crops
+    from core.bundle import load_bundle
+
+    held_out = set(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
+    samples = [s for s in load_deeppcb(Path(deeppcb), split) if s.group not in held_out]
+    groups = sorted({s.group for s in samples})
+    config = CropClassifierConfig(size=size)
+    x, y = defect_crops(samples, config, jitters=jitters, seed=seed)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(out, x=x, y=y, config=json.dumps(config.to_dict()), groups=np.array(groups))
+    typer.echo(f"{out}: {len(y)} crops of {len(samples)} boards ({', '.join(groups)}; left out: {', '.join(sorted(held_out)) or 'none'})")
 
 
 @data.command("quantize")

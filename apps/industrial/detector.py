@@ -136,6 +136,7 @@ class PreparedImage:
     scale: float
     pad: tuple[int, int]
     shape: tuple[int, int]  # original (H, W)
+    encoded: np.ndarray | None = None  # (H, W, 3) uint8 channels before letterboxing (crops for reclassify)
 
 
 def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray | None = None,
@@ -146,7 +147,7 @@ def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray
 
     if config.input == "gray":
         template = None  # a gray-input model never saw a template; it is still used for refutation by the service
-    encoded = encode_input(gray, template, config.input, bilevel=config.binarize, registered=registered)
+    encoded = original = encode_input(gray, template, config.input, bilevel=config.binarize, registered=registered)
     h, w = encoded.shape[:2]
     s = config.imgsz
     scale = min(s / h, s / w)
@@ -157,7 +158,7 @@ def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray
     top, left = (s - nh) // 2, (s - nw) // 2
     canvas[top : top + nh, left : left + nw] = encoded
     tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
-    return PreparedImage(tensor, scale, (left, top), (h, w))
+    return PreparedImage(tensor, scale, (left, top), (h, w), original)
 
 
 def _forward(model, x: np.ndarray):

@@ -36,8 +36,13 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
     return out
 
 
-def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False):
-    """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards."""
+def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False,
+                 reclassifier=None):
+    """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards.
+
+    ``reclassifier`` (``reclassify.DefectReclassifier``): relabels the tested image's boxes when the board is read
+    with its template, as the service does; its time counts in ``seconds``. Confidences, hence the board
+    scores, are the detector's either way."""
     from apps.industrial.detector import detect
 
     dets_test, top, seconds, n = [], {"test": [], "template": [], "repaired": []}, 0.0, 0
@@ -48,6 +53,8 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
         for kind, prepared in inputs.items():
             start = time.perf_counter()
             dets = detect(model, [prepared], config, conf=config.nms_conf if nms_conf is None else nms_conf)[0]
+            if kind == "test" and reclassifier is not None and primary == "repaired":
+                dets = reclassifier.relabel(dets, prepared.encoded)
             seconds += time.perf_counter() - start
             n += 1
             top[kind].append(max((d.confidence for d in dets), default=0.0))
@@ -90,6 +97,7 @@ def evaluate_deeppcb(
     backend: str = "onnx",
     precision: str = "fp32",
     use_template: bool = True,
+    reclassifier=None,
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested and defect-free boards.
 
@@ -97,8 +105,9 @@ def evaluate_deeppcb(
     has one); False measures the no-template path the endpoint takes without one. A gray-input model
     ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
     detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
-    boards with one. ``images_per_second``: single-image forward + NMS on `threads` CPU threads,
-    image decoding and encoding excluded.
+    boards with one. ``images_per_second``: single-image forward + NMS (+ the ``reclassifier``'s crops, which
+    relabel boxes of boards read with their template) on `threads` CPU threads, image decoding and encoding
+    excluded.
     """
     import torch
 
@@ -112,7 +121,8 @@ def evaluate_deeppcb(
     if binarize is not None:
         config.binarize = binarize
     samples = load_deeppcb(root, split)[:limit]
-    dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress)
+    dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
+                                                        reclassifier=reclassifier)
     template_mode = primary == "repaired"
     threshold = config.decision_threshold(template_mode)
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
@@ -133,6 +143,7 @@ def evaluate_deeppcb(
         "template_used": float(template_mode),
         "board_fa_templates": rate(top["template"], threshold),
         "board_fa_repaired": rate(top["repaired"], threshold),
+        "reclassified": float(reclassifier is not None and template_mode),
     }
     result.update({f"ap50_{k}": v for k, v in scores.per_class_ap50.items()})
     # Where a lower or higher threshold would put the two board-level error rates (for the card).

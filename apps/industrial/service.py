@@ -154,9 +154,11 @@ def detector_combiner(det_bundle, fitted):
 class InspectionRunner:
     """ModelRunner over boards: detector + vibration classifier + fusion (learned, else Bayesian)."""
 
+    reclassifier = None  # optional reclassify.DefectReclassifier for the template detector's boxes
+
     def __init__(self, detector, det_config, det_bundle, vibration, vib_bundle, fusion=None, fusion_bundle=None,
                  policy: DecisionPolicy | None = None, threads: int = 2, decision_rule: str = "bayes",
-                 template_detector=None, template_config=None, template_bundle=None):
+                 template_detector=None, template_config=None, template_bundle=None, reclassifier=None):
         import torch
 
         torch.set_num_threads(threads)
@@ -165,11 +167,16 @@ class InspectionRunner:
         # template go to it, boards without one to `detector` (one model could not do both as well).
         self.template_detector, self.template_config = template_detector, template_config
         self.vibration, self.fusion = vibration, fusion
+        # Re-reads the class of the template detector's boxes from crops (reclassify.py); classes only.
+        self.reclassifier = reclassifier
         self.policy = policy or DecisionPolicy(det_config.conf, px_per_mm=det_config.px_per_mm)
         self.name = "inspect"
         bundles = [b for b in (det_bundle, template_bundle, vib_bundle, fusion_bundle) if b is not None]
         self.version = "+".join(f"{b.card.name}@{b.card.version}" for b in bundles)
         self.sha256 = ",".join(b.sha256[:16] for b in bundles)
+        if reclassifier is not None:
+            self.version += f"+industrial-defect-classifier@{reclassifier.version}"
+            self.sha256 += f",{reclassifier.sha256[:16]}"
         self.bayes = self.bayes_template = None
         if fusion_bundle is not None and fusion_bundle.config.get("bayes"):
             from apps.industrial.benchmark import BayesianCombiner
@@ -200,6 +207,8 @@ class InspectionRunner:
             # board's template when the request brought one, the "no template" encoding otherwise.
             prepared = [prepare_image(items[i].image, config, items[i].template, registered=True) for i in group]
             dets, toks = detect_with_tokens(detector, prepared, config, conf=0.05)
+            if self.reclassifier is not None and detector is self.template_detector:
+                dets = [self.reclassifier.relabel(d, p.encoded) for d, p in zip(dets, prepared)]
             for k, i in enumerate(group):
                 det_out[i], tokens[i] = dets[k], toks[k]
         t_det = (time.perf_counter() - t0) * 1000
@@ -398,8 +407,16 @@ def load_runner(settings) -> InspectionRunner:
         threshold_template = template_config.conf
     policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
                             defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template)
+    reclassifier = None
+    if (template_detector is not None and settings.defect_classifier_dir is not None
+            and (Path(settings.defect_classifier_dir) / "model.safetensors").exists()):
+        from apps.industrial.reclassify import load_reclassifier
+
+        backend = "onnx" if settings.detector_backend == "onnx" else "torch"
+        reclassifier = load_reclassifier(settings.defect_classifier_dir, threads=settings.torch_threads, backend=backend)
     runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
-                              settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle)
+                              settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle,
+                              reclassifier)
     if settings.detector_backend == "onnx" and precision == "int8":
         # What runs is detector-int8.onnx: X-Model-Version / X-Model-Sha256 say so.
         for bundle in (det_bundle, template_bundle):

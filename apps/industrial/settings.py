@@ -20,6 +20,9 @@ class IndustrialSettings(AppSettings):
     # None or a folder without weights = templates only refute boxes, as before (detector card).
     template_detector_dir: Path | None = WEIGHTS_DIR / "detector_template"
     template_defect_threshold: float | None = None  # None = the template bundle's (chosen on held-out board groups)
+    # Crop classifier that re-reads the class of each box the template detector finds (apps/industrial/
+    # reclassify.py; sibling classes such as copper / spur / short); None or a folder without weights = off.
+    defect_classifier_dir: Path | None = WEIGHTS_DIR / "defect_classifier"
     vibration_dir: Path = WEIGHTS_DIR / "vibration"  # shipped vibration classifier bundle
     fusion_dir: Path = WEIGHTS_DIR / "fusion"  # shipped fusion model bundle (optional: Bayesian fallback)
     px_per_mm: float = 48.0  # camera pixel pitch; DeepPCB scans are ~48 px/mm

@@ -38,6 +38,21 @@ def tiny_bundles(tmp_path_factory):
     fusion = FusionModel(fcfg)
     save_bundle(root / "fusion", fusion, {"fusion": fcfg.to_dict(), "coupling": 0.5,
                  "bayes": {"platt_a": 1.0, "platt_b": 0.0, "train_prior": 0.2, "defect_rate_by_state": [0.2, 0.6, 0.9, 0.75]}}, ModelCard("fus", "t", "test"))
+    # Defect classifier that calls every box of a board read with its template a pin-hole (zero weights,
+    # biases favouring class 5), relabelling from confidence 0: the service's wiring shows in every class.
+    from apps.industrial.reclassify import (
+        CropClassifierConfig,
+        DefectCropClassifier,
+        RelabelConfig,
+        reclassifier_config,
+    )
+
+    classifier = DefectCropClassifier(CropClassifierConfig.from_name("tiny"))
+    with torch.no_grad():
+        classifier.head[1].weight.zero_()
+        classifier.head[1].bias.copy_(torch.tensor([0.0, 0, 0, 0, 0, 10.0]))
+    save_bundle(root / "defect_classifier", classifier, reclassifier_config(classifier, RelabelConfig(min_confidence=0.0)),
+                ModelCard("defect-classifier", "t", "test"))
     return root
 
 

@@ -18,7 +18,8 @@ from tests.apps.industrial.conftest import board_png, vibration_signal
 def client(tiny_bundles, tmp_path, request):
     settings = IndustrialSettings(
         detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
-        template_detector_dir=tiny_bundles / "detector_template", database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
+        template_detector_dir=tiny_bundles / "detector_template", defect_classifier_dir=tiny_bundles / "defect_classifier",
+        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
         torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule=request.param,
     )
     with TestClient(create_app(settings)) as c:
@@ -76,7 +77,7 @@ def test_template_is_accepted(client):
     assert r.status_code == 200, r.text
     assert r.json()["template_refuted"] == sum(bool(d.get("refuted_by_template")) for d in r.json()["defects"])
     assert r.json()["detector_input"] == "image+template"  # routed to the template-aware detector
-    assert "det-template@t" in r.headers["x-model-version"]
+    assert "det-template@t" in r.headers["x-model-version"] and "defect-classifier@" in r.headers["x-model-version"]
     r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png")}, headers=KEY)
     assert r.json()["detector_input"] == "image"
 
