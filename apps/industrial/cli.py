@@ -46,6 +46,7 @@ def train(
     crops: Annotated[str | None, typer.Option("--crops", help="Defect classifier: crops file from `triptych data industrial crops`.")] = None,
     crop_epochs: Annotated[int, typer.Option(help="Defect classifier epochs.")] = 30,
     widths: Annotated[str, typer.Option(help="Defect classifier: channels per stage, comma-separated.")] = "16,32,64,128",
+    crop_template_dropout: Annotated[float, typer.Option(help="Defect classifier: share of training crops shown without their template.")] = 0.0,
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
     from core.offline import enforce_offline
@@ -87,7 +88,7 @@ def train(
             raise typer.BadParameter("--part defect-classifier needs --crops FILE (see `triptych data industrial crops`)")
         from apps.industrial.reclassify import CropTrainConfig, train_reclassifier_bundle
 
-        metrics = train_reclassifier_bundle(Path(crops), target, CropTrainConfig(epochs=crop_epochs, seed=seed),
+        metrics = train_reclassifier_bundle(Path(crops), target, CropTrainConfig(epochs=crop_epochs, seed=seed, template_dropout=crop_template_dropout),
                                             widths=tuple(int(w) for w in widths.split(",")), device=device, log=typer.echo)
         _table("defect crop classifier", metrics)
     else:

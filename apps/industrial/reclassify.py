@@ -96,6 +96,14 @@ def to_tensor(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
 
 
+def no_template_view(x):
+    """What a board without a template looks like in the three channels: (test, test, 0). ``x``: crops
+    (N, 3, S, S) tensor, or one encoded (H, W, 3) uint8 image (whatever its channels 1-2 held)."""
+    if isinstance(x, np.ndarray):
+        return np.stack([x[..., 0], x[..., 0], np.zeros_like(x[..., 0])], axis=-1)
+    return torch.stack([x[:, 0], x[:, 0], torch.zeros_like(x[:, 0])], dim=1)
+
+
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """One of the 8 rotations / mirrors of square crops: a defect's class does not depend on orientation."""
     x = torch.rot90(x, k % 4, dims=(2, 3))
@@ -109,6 +117,9 @@ class CropTrainConfig(ConfigBase):
     lr: float = 2e-3
     weight_decay: float = 5e-4
     label_smoothing: float = 0.05
+    # Share of training crops shown as a board without a template reads (template := test, difference := 0),
+    # so one classifier also serves the image-only path.
+    template_dropout: float = 0.0
     seed: int = 0
 
 
@@ -131,6 +142,9 @@ def train_crop_classifier(crops: np.ndarray, labels: np.ndarray, config: CropCla
         for start in range(0, len(y), train.batch_size):
             idx = order[start : start + train.batch_size]
             batch = dihedral(x[idx], int(rng.integers(8)))
+            if train.template_dropout > 0:
+                drop = torch.from_numpy(rng.random(len(idx)) < train.template_dropout).to(device)
+                batch = torch.where(drop[:, None, None, None], no_template_view(batch), batch)
             loss = F.cross_entropy(model(batch), y[idx], weight=weight, label_smoothing=train.label_smoothing)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

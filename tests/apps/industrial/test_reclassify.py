@@ -19,6 +19,7 @@ from apps.industrial.reclassify import (
     dihedral,
     jittered_box,
     load_reclassifier,
+    no_template_view,
     train_crop_classifier,
     train_reclassifier_bundle,
 )
@@ -45,6 +46,17 @@ def test_jitter_and_dihedral_views():
     views = {tuple(dihedral(x, k).flatten().tolist()) for k in range(8)}
     assert len(views) == 8  # eight distinct orientations, each a permutation of the same pixels
     assert all(sorted(v) == sorted(x.flatten().tolist()) for v in views)
+
+
+def test_no_template_view_matches_the_encoding_without_a_template():
+    from apps.industrial.data import encode_input
+
+    rng = np.random.default_rng(0)
+    test, template = (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255, (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255
+    with_template = encode_input(test, template, registered=True)
+    assert np.array_equal(no_template_view(with_template), encode_input(test, None))
+    crops = torch.from_numpy(with_template).permute(2, 0, 1)[None].float()
+    assert torch.equal(no_template_view(crops)[0].permute(1, 2, 0), torch.from_numpy(encode_input(test, None)).float())
 
 
 def _separable_crops(n: int, size: int = 16, seed: int = 0):
