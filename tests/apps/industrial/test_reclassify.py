@@ -152,28 +152,24 @@ def test_service_relabels_boxes_of_boards_sent_with_a_template(tiny_bundles, tmp
         template_detector_dir=hot, defect_classifier_dir=tiny_bundles / "defect_classifier",
         database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line"},
         torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule="image")
-    png = board_png(seed=3, defect=True)
-    with TestClient(create_app(settings)) as client:
-        for _ in range(400):
-            if client.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png"), "template": ("t.png", board_png(seed=3), "image/png")},
-                        headers={"X-API-Key": "k"})
+    files = {"image": ("b.png", board_png(seed=3, defect=True), "image/png"), "template": ("t.png", board_png(seed=3), "image/png")}
+
+    def inspect():
+        with TestClient(create_app(settings)) as client:
+            for _ in range(400):
+                if client.get("/ready").status_code == 200:
+                    break
+                time.sleep(0.05)
+            r = client.post("/v1/inspect", files=files, headers={"X-API-Key": "k"})
         assert r.status_code == 200, r.text
-        classes = {d["class"] for d in r.json()["defects"]}
-        assert classes == {"pin-hole"}  # the detector said 'open' everywhere; the tiny classifier says pin-hole
-        assert "defect-classifier@t" in r.headers["x-model-version"]
+        return {d["class"] for d in r.json()["defects"]}, r.headers["x-model-version"]
+
+    classes, version = inspect()
+    assert classes == {"pin-hole"}  # the detector said 'open' everywhere; the tiny classifier says pin-hole
+    assert "defect-classifier@t" in version
     settings.defect_classifier_dir = None
-    with TestClient(create_app(settings)) as client:
-        for _ in range(400):
-            if client.get("/ready").status_code == 200:
-                break
-            time.sleep(0.05)
-        r = client.post("/v1/inspect", files={"image": ("b.png", png, "image/png"), "template": ("t.png", board_png(seed=3), "image/png")},
-                        headers={"X-API-Key": "k"})
-        assert {d["class"] for d in r.json()["defects"]} == {"open"}
-        assert "defect-classifier" not in r.headers["x-model-version"]
+    classes, version = inspect()
+    assert classes == {"open"} and "defect-classifier" not in version
 
 
 def test_evaluation_relabels_the_tested_boards(tiny_bundles, tmp_path):
