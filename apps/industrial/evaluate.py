@@ -54,7 +54,7 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
             start = time.perf_counter()
             dets = detect(model, [prepared], config, conf=config.nms_conf if nms_conf is None else nms_conf)[0]
             if kind == "test" and reclassifier is not None and primary == "repaired":
-                dets = reclassifier.relabel(dets, prepared.encoded)
+                dets = reclassifier.relabel(dets, prepared.encoded, nms_iou=config.iou)
             seconds += time.perf_counter() - start
             n += 1
             top[kind].append(max((d.confidence for d in dets), default=0.0))

@@ -213,9 +213,13 @@ class DefectReclassifier:
         e = np.exp(logits)
         return (e / e.sum(1, keepdims=True)).astype(np.float32)
 
-    def relabel(self, detections: list, encoded: np.ndarray) -> list:
-        """The detections of one board (``detector.Detection``) with the classes the crops support;
-        boxes, confidences and order unchanged. ``encoded``: the detector input before letterboxing."""
+    def relabel(self, detections: list, encoded: np.ndarray, nms_iou: float | None = None) -> list:
+        """The detections of one board (``detector.Detection``) with the classes the crops support; boxes,
+        confidences and order unchanged. ``encoded``: the detector input before letterboxing.
+
+        The detector's NMS is per class, so two boxes on one defect can survive with two classes; once
+        both carry the same class, the lower-confidence one is dropped when their IoU exceeds ``nms_iou``
+        (pass the detector's own NMS IoU: the suppression it would have applied had it named them alike)."""
         from dataclasses import replace
 
         rule = self.relabel_config
@@ -228,7 +232,22 @@ class DefectReclassifier:
             score = np.log(p + 1e-6)
             score[detections[i].cls] += rule.detector_class_bonus
             out[i] = replace(detections[i], cls=int(score.argmax()))
-        return out
+        if nms_iou is None:
+            return out
+        kept: list = []
+        for i in sorted(range(len(out)), key=lambda i: -out[i].confidence):
+            if all(out[k].cls != out[i].cls or box_iou(out[k].box_px, out[i].box_px) <= nms_iou for k in kept):
+                kept.append(i)
+        return [out[i] for i in sorted(kept)]
+
+
+def box_iou(a, b) -> float:
+    """IoU of two (x1, y1, x2, y2) boxes."""
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
 
 
 def reclassifier_config(model: DefectCropClassifier, relabel: RelabelConfig) -> dict:

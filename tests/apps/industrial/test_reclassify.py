@@ -102,6 +102,11 @@ def test_relabel_changes_classes_only_above_the_floor():
     assert close.relabel(dets[:1], encoded)[0].cls == 0
     assert DefectReclassifier(close.model, RelabelConfig(detector_class_bonus=0.0)).relabel(dets[:1], encoded)[0].cls == 1
     assert sure.relabel([], encoded) == []
+    # Two boxes on one defect that NMS kept because their classes differed: once both are class 3, the
+    # weaker goes when they overlap at least as much as the detector's NMS IoU.
+    twins = [Detection(3, 0.8, (5, 5, 15, 15)), Detection(4, 0.6, (5, 5, 15, 16)), Detection(4, 0.5, (40, 40, 50, 50))]
+    assert [(d.cls, d.confidence) for d in sure.relabel(twins, encoded, nms_iou=0.6)] == [(3, 0.8), (3, 0.5)]
+    assert len(sure.relabel(twins, encoded)) == 3  # without an IoU nothing is dropped
 
 
 def test_bundle_round_trip_torch_and_onnx(tmp_path):
@@ -187,5 +192,8 @@ def test_evaluation_relabels_the_tested_boards(tiny_bundles, tmp_path):
     plain, top, *_ = board_scores(model, config, [sample], True, nms_conf=0.5)
     relabelled, top2, *_ = board_scores(model, config, [sample], True, nms_conf=0.5, reclassifier=reclassifier)
     assert {d.cls for d in plain[0]} == {0} and {d.cls for d in relabelled[0]} == {5}
-    assert [d.confidence for d in plain[0]] == [d.confidence for d in relabelled[0]]
+    # Boxes and confidences are the detector's (same-class twins that clipping at the border made overlap
+    # more than the NMS IoU are dropped, the stronger kept).
+    assert {(d.confidence, d.box_px) for d in relabelled[0]} <= {(d.confidence, d.box_px) for d in plain[0]}
+    assert max(d.confidence for d in relabelled[0]) == max(d.confidence for d in plain[0])
     assert all(np.array_equal(top[k], top2[k]) for k in top)  # board scores are the detector's either way
