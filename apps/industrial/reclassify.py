@@ -275,6 +275,8 @@ def train_reclassifier_bundle(crops_npz, out, train: CropTrainConfig | None = No
     model = model.cpu().eval()
     with torch.no_grad():  # fit on its own training crops: a sanity figure, not a validation
         train_acc = float((crop_probabilities(model, crops[::4]).argmax(1) == labels[::4]).mean())
+        blind = no_template_view(crops[::4]) if train.template_dropout > 0 else None
+        blind_acc = float((crop_probabilities(model, blind).argmax(1) == labels[::4]).mean()) if blind is not None else None
     card = ModelCard(
         name="industrial-defect-classifier",
         version=date.today().strftime("%Y%m%d"),
@@ -284,7 +286,8 @@ def train_reclassifier_bundle(crops_npz, out, train: CropTrainConfig | None = No
               + f" ({len(labels)} crops: each defect as annotated + jittered copies)"],
         split="board groups: trained on the template detector's training groups only; its held-out calibration "
               "groups chose the variant and the rule; the validation groups scored it once (metrics)",
-        metrics={"train_crops": float(len(labels)), "train_accuracy_annotated_boxes": train_acc},
+        metrics={"train_crops": float(len(labels)), "train_accuracy_annotated_boxes": train_acc,
+                 **({"train_accuracy_annotated_boxes_no_template": blind_acc} if blind_acc is not None else {})},
         reproduce=(f"triptych data industrial crops --deeppcb ../shared/data/deeppcb --out crops.npz --size {config.size}\n"
                    f"triptych train industrial --part defect-classifier --crops crops.npz --device cuda --seed {train.seed} "
                    f"--crop-epochs {train.epochs} --widths {','.join(map(str, config.widths))} --out {out}"),
@@ -292,7 +295,7 @@ def train_reclassifier_bundle(crops_npz, out, train: CropTrainConfig | None = No
                      "retraining.", "Applied only to boards sent with a template (the encoding it was trained on)."],
     )
     save_bundle(Path(out), model, reclassifier_config(model, relabel), card)
-    return {"train_crops": float(len(labels)), "train_accuracy_annotated_boxes": train_acc}
+    return dict(card.metrics)
 
 
 def load_reclassifier(bundle_dir, threads: int = 1, backend: str = "onnx", cache_dir=None) -> DefectReclassifier:
