@@ -8,7 +8,8 @@ features of the whole board. The crop has the detector's own three channels (tes
 template, |difference|), so it also works without a template (template := test, difference := 0).
 
 Only the class changes: the box and its confidence stay the detector's, so board decisions and
-thresholds are untouched. It reads the template-aware encoding, so the service applies it to boards sent
+thresholds are untouched (a box that ends up repeating a stronger box of its new class is dropped, as the
+detector's NMS would have done). It reads the template-aware encoding, so the service applies it to boards sent
 with a template (the template detector's path); boards without one keep the image-only detector's classes.
 
 Training (``triptych data industrial crops`` then ``triptych train industrial --part defect-classifier``):

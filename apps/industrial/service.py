@@ -167,7 +167,8 @@ class InspectionRunner:
         # template go to it, boards without one to `detector` (one model could not do both as well).
         self.template_detector, self.template_config = template_detector, template_config
         self.vibration, self.fusion = vibration, fusion
-        # Re-reads the class of the template detector's boxes from crops (reclassify.py); classes only.
+        # Re-reads the class of the template detector's boxes from crops (reclassify.py): classes change, and a
+        # box that now repeats a stronger one of its class is dropped; confidences, hence board decisions, do not.
         self.reclassifier = reclassifier
         self.policy = policy or DecisionPolicy(det_config.conf, px_per_mm=det_config.px_per_mm)
         self.name = "inspect"
