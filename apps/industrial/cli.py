@@ -221,7 +221,7 @@ def crops_command(
     out: Annotated[str, typer.Option(help="Output .npz.")] = "datasets/prepared/defect_crops.npz",
     split: Annotated[str, typer.Option(help="Board list (DeepPCB layout) to draw from.")] = str(SPLITS / "deeppcb_train.txt"),
     bundle: Annotated[str, typer.Option(help="Template detector bundle: its held-out calibration groups are left out.")] = str(WEIGHTS / "detector_template"),
-    size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 48,
+    size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 56,
     jitters: Annotated[int, typer.Option(help="Jittered copies of each annotated box.")] = 3,
     seed: Annotated[int, typer.Option(help="Jitter seed.")] = 0,
 ) -> None:

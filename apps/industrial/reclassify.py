@@ -35,7 +35,7 @@ BUNDLE_NAME = "defect_classifier"
 
 @dataclass
 class CropClassifierConfig(ConfigBase):
-    size: int = 48  # crop side in pixels after resizing
+    size: int = 56  # crop side in pixels after resizing (the shipped classifier; chosen on the calibration groups)
     context: float = 0.5  # extra box side added on each side, as a share of the box's longer side
     min_side: int = 32  # crops never cover less of the board than this (small pin-holes need context)
     widths: tuple[int, ...] = (16, 32, 64, 128)
