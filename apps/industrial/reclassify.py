@@ -1,16 +1,19 @@
-"""Second look at each detected defect: a small CNN reads a crop of the board around the box and names its class.
+"""Second look at each detected defect: a small CNN reads a crop of the board around the box and names
+its class.
 
 Why: the detector finds most DeepPCB defects at the right place but confuses siblings: copper / spur /
 short (copper that should not be there) and open / mousebite / pin-hole (copper missing). Whether a
 blob of extra copper bridges two tracks (short), sticks out of one (spur) or stands alone (copper) is a
 question of local topology, which a crop at full resolution shows better than the detector's stride-8
 features of the whole board. The crop has the detector's own three channels (tested image, registered
-template, |difference|), so it also works without a template (template := test, difference := 0).
+template, |difference|).
 
 Only the class changes: the box and its confidence stay the detector's, so board decisions and
 thresholds are untouched (a box that ends up repeating a stronger box of its new class is dropped, as the
-detector's NMS would have done). It reads the template-aware encoding, so the service applies it to boards sent
-with a template (the template detector's path); boards without one keep the image-only detector's classes.
+detector's NMS would have done). It needs the template (without one, template := test and difference := 0,
+its classes are far worse than the detector's own: card), so the service applies it to boards sent with a
+template, the template
+detector's path; boards without one keep the image-only detector's classes.
 
 Training (``triptych data industrial crops`` then ``triptych train industrial --part defect-classifier``):
 every annotated defect of the template detector's training groups, once as annotated and three times with
@@ -35,7 +38,9 @@ BUNDLE_NAME = "defect_classifier"
 
 @dataclass
 class CropClassifierConfig(ConfigBase):
-    size: int = 56  # crop side in pixels after resizing (the shipped classifier; chosen on the calibration groups)
+    size: int = (
+        56  # crop side in pixels after resizing (the shipped classifier's, chosen on calibration groups)
+    )
     context: float = 0.5  # extra box side added on each side, as a share of the box's longer side
     min_side: int = 32  # crops never cover less of the board than this (small pin-holes need context)
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -63,7 +68,7 @@ def crop_box(encoded: np.ndarray, box, config: CropClassifierConfig) -> np.ndarr
 
 
 def jittered_box(box, scale: float, rng: np.random.Generator) -> np.ndarray:
-    """``box`` moved and resized by Gaussian noise of ``scale`` times its sides: what a detector's boxes do."""
+    """``box`` moved and resized by Gaussian noise of ``scale`` times its sides, as a detector's boxes are."""
     x1, y1, x2, y2 = (float(v) for v in box)
     w, h = x2 - x1, y2 - y1
     cx, cy = (x1 + x2) / 2 + rng.normal(0, scale * w), (y1 + y2) / 2 + rng.normal(0, scale * h)
@@ -83,7 +88,11 @@ class DefectCropClassifier(nn.Module):
             if i:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(2):
-                layers += [nn.Conv2d(cin, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [
+                    nn.Conv2d(cin, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(inplace=True),
+                ]
                 cin = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Dropout(c.dropout), nn.Linear(cin, c.classes))
@@ -124,8 +133,14 @@ class CropTrainConfig(ConfigBase):
     seed: int = 0
 
 
-def train_crop_classifier(crops: np.ndarray, labels: np.ndarray, config: CropClassifierConfig,
-                          train: CropTrainConfig, device: str = "cpu", log=print) -> DefectCropClassifier:
+def train_crop_classifier(
+    crops: np.ndarray,
+    labels: np.ndarray,
+    config: CropClassifierConfig,
+    train: CropTrainConfig,
+    device: str = "cpu",
+    log=print,
+) -> DefectCropClassifier:
     """Plain loop: AdamW + one-cycle cosine, a random dihedral transform per batch, class-balanced CE."""
     torch.manual_seed(train.seed)
     rng = np.random.default_rng(train.seed)
@@ -135,7 +150,9 @@ def train_crop_classifier(crops: np.ndarray, labels: np.ndarray, config: CropCla
     weight = counts.sum() / (counts.clamp(min=1) * config.classes)
     optimizer = torch.optim.AdamW(model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     steps = train.epochs * math.ceil(len(y) / train.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=train.lr, total_steps=steps, pct_start=0.15)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=train.lr, total_steps=steps, pct_start=0.15
+    )
     for epoch in range(train.epochs):
         model.train()
         order = torch.from_numpy(rng.permutation(len(y))).to(device)
@@ -169,8 +186,9 @@ def crop_probabilities(model: DefectCropClassifier, crops: np.ndarray, tta: bool
 
 
 # ------------------------------------------------------------------------------------- training data
-def defect_crops(samples, config: CropClassifierConfig, jitters: int = 3, scale: float = 0.12,
-                 seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def defect_crops(
+    samples, config: CropClassifierConfig, jitters: int = 3, scale: float = 0.12, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """(N, size, size, 3) uint8 crops and (N,) classes of every annotated defect of DeepPCB ``samples``:
     the annotated box, then ``jitters`` copies with the box moved / resized by ``scale``. Each board is
     encoded with its registered template, as the detector reads it (``data.encode_input``)."""
@@ -192,7 +210,9 @@ def defect_crops(samples, config: CropClassifierConfig, jitters: int = 3, scale:
 # ------------------------------------------------------------------------------------- relabelling
 @dataclass
 class RelabelConfig(ConfigBase):
-    min_confidence: float = 0.1  # boxes below keep the detector's class (they hardly move mAP; each crop costs)
+    min_confidence: float = (
+        0.1  # boxes below keep the detector's class (they hardly move mAP; each crop costs)
+    )
     detector_class_bonus: float = 0.5  # added to the log-probability of the class the detector gave
 
 
@@ -227,7 +247,9 @@ class DefectReclassifier:
         chosen = [i for i, d in enumerate(detections) if d.confidence >= rule.min_confidence]
         if not chosen:
             return list(detections)
-        probs = self.probabilities(np.stack([crop_box(encoded, detections[i].box_px, self.config) for i in chosen]))
+        probs = self.probabilities(
+            np.stack([crop_box(encoded, detections[i].box_px, self.config) for i in chosen])
+        )
         out = list(detections)
         for i, p in zip(chosen, probs):
             score = np.log(p + 1e-6)
@@ -237,7 +259,9 @@ class DefectReclassifier:
             return out
         kept: list = []
         for i in sorted(range(len(out)), key=lambda i: -out[i].confidence):
-            if all(out[k].cls != out[i].cls or box_iou(out[k].box_px, out[i].box_px) <= nms_iou for k in kept):
+            if all(
+                out[k].cls != out[i].cls or box_iou(out[k].box_px, out[i].box_px) <= nms_iou for k in kept
+            ):
                 kept.append(i)
         return [out[i] for i in sorted(kept)]
 
@@ -255,8 +279,15 @@ def reclassifier_config(model: DefectCropClassifier, relabel: RelabelConfig) -> 
     return {"classifier": model.config.to_dict(), "relabel": relabel.to_dict()}
 
 
-def train_reclassifier_bundle(crops_npz, out, train: CropTrainConfig | None = None, widths: tuple[int, ...] | None = None,
-                              relabel: RelabelConfig | None = None, device: str = "cpu", log=print) -> dict:
+def train_reclassifier_bundle(
+    crops_npz,
+    out,
+    train: CropTrainConfig | None = None,
+    widths: tuple[int, ...] | None = None,
+    relabel: RelabelConfig | None = None,
+    device: str = "cpu",
+    log=print,
+) -> dict:
     """Train on a crops file (``triptych data industrial crops``) and write the bundle to ``out``."""
     import json
     from datetime import date
@@ -277,29 +308,48 @@ def train_reclassifier_bundle(crops_npz, out, train: CropTrainConfig | None = No
     with torch.no_grad():  # fit on its own training crops: a sanity figure, not a validation
         train_acc = float((crop_probabilities(model, crops[::4]).argmax(1) == labels[::4]).mean())
         blind = no_template_view(crops[::4]) if train.template_dropout > 0 else None
-        blind_acc = float((crop_probabilities(model, blind).argmax(1) == labels[::4]).mean()) if blind is not None else None
+        blind_acc = (
+            float((crop_probabilities(model, blind).argmax(1) == labels[::4]).mean())
+            if blind is not None
+            else None
+        )
     card = ModelCard(
         name="industrial-defect-classifier",
         version=date.today().strftime("%Y%m%d"),
-        task="class of each defect the template-aware PCB detector finds, from a crop of (tested image, registered "
-             "template, |difference|) around its box; relabels the detector's boxes (apps/industrial/reclassify.py)",
-        data=["DeepPCB (Tang et al. 2019, research use): every annotated defect of board groups " + ", ".join(groups)
-              + f" ({len(labels)} crops: each defect as annotated + jittered copies)"],
-        split="board groups: trained on the template detector's training groups only; its held-out calibration "
-              "groups chose the variant and the rule; the validation groups scored it once (metrics)",
-        metrics={"train_crops": float(len(labels)), "train_accuracy_annotated_boxes": train_acc,
-                 **({"train_accuracy_annotated_boxes_no_template": blind_acc} if blind_acc is not None else {})},
-        reproduce=(f"triptych data industrial crops --deeppcb ../shared/data/deeppcb --out crops.npz --size {config.size}\n"
-                   f"triptych train industrial --part defect-classifier --crops crops.npz --device cuda --seed {train.seed} "
-                   f"--crop-epochs {train.epochs} --widths {','.join(map(str, config.widths))} --out {out}"),
-        limitations=["Trained on binarised DeepPCB scans with templates; other boards, imaging or defect types need "
-                     "retraining.", "Applied only to boards sent with a template (the encoding it was trained on)."],
+        task="class of each defect the template-aware PCB detector finds, from a crop of (tested image, "
+        "registered template, |difference|) around its box; relabels the detector's boxes "
+        "(apps/industrial/reclassify.py)",
+        data=[
+            "DeepPCB (Tang et al. 2019, research use): every annotated defect of board groups "
+            + ", ".join(groups)
+            + f" ({len(labels)} crops: each defect as annotated + jittered copies)"
+        ],
+        split="board groups: trained on the template detector's training groups only; its held-out "
+        "calibration "
+        "groups chose the variant and the rule; the validation groups scored it once (metrics)",
+        metrics={
+            "train_crops": float(len(labels)),
+            "train_accuracy_annotated_boxes": train_acc,
+            **({"train_accuracy_annotated_boxes_no_template": blind_acc} if blind_acc is not None else {}),
+        },
+        reproduce=(
+            f"triptych data industrial crops --deeppcb ../shared/data/deeppcb --out crops.npz --size {config.size}\n"
+            f"triptych train industrial --part defect-classifier --crops crops.npz --device cuda --seed {train.seed} "
+            f"--crop-epochs {train.epochs} --widths {','.join(map(str, config.widths))} --out {out}"
+        ),
+        limitations=[
+            "Trained on binarised DeepPCB scans with templates; other boards, imaging or defect types need "
+            "retraining.",
+            "Applied only to boards sent with a template (the encoding it was trained on).",
+        ],
     )
     save_bundle(Path(out), model, reclassifier_config(model, relabel), card)
     return dict(card.metrics)
 
 
-def load_reclassifier(bundle_dir, threads: int = 1, backend: str = "onnx", cache_dir=None) -> DefectReclassifier:
+def load_reclassifier(
+    bundle_dir, threads: int = 1, backend: str = "onnx", cache_dir=None
+) -> DefectReclassifier:
     """The bundle's classifier; ``onnx`` runs it through onnxruntime (~5x faster than eager torch on a
     few crops), exported once per weights' sha256 into the state directory."""
     from pathlib import Path
@@ -321,7 +371,13 @@ def load_reclassifier(bundle_dir, threads: int = 1, backend: str = "onnx", cache
         if not path.exists():
             size = model.config.size
             tmp = path.with_suffix(f".{id(path)}.tmp.onnx")
-            export_onnx(model.eval(), (torch.zeros(2, 3, size, size),), tmp, input_names=("crops",), output_names=("logits",))
+            export_onnx(
+                model.eval(),
+                (torch.zeros(2, 3, size, size),),
+                tmp,
+                input_names=("crops",),
+                output_names=("logits",),
+            )
             tmp.replace(path)
         session = onnx_session(path, threads=threads)
     elif backend != "torch":

@@ -1,4 +1,5 @@
-"""The defect crop classifier: crops, training, the relabelling rule, bundles (torch and onnxruntime), evaluation."""
+"""The defect crop classifier: crops, training, the relabelling rule, bundles (torch and onnxruntime),
+evaluation and the service."""
 
 from __future__ import annotations
 
@@ -52,11 +53,16 @@ def test_no_template_view_matches_the_encoding_without_a_template():
     from apps.industrial.data import encode_input
 
     rng = np.random.default_rng(0)
-    test, template = (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255, (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255
+    test, template = (
+        (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255,
+        (rng.random((32, 32)) > 0.5).astype(np.uint8) * 255,
+    )
     with_template = encode_input(test, template, registered=True)
     assert np.array_equal(no_template_view(with_template), encode_input(test, None))
     crops = torch.from_numpy(with_template).permute(2, 0, 1)[None].float()
-    assert torch.equal(no_template_view(crops)[0].permute(1, 2, 0), torch.from_numpy(encode_input(test, None)).float())
+    assert torch.equal(
+        no_template_view(crops)[0].permute(1, 2, 0), torch.from_numpy(encode_input(test, None)).float()
+    )
 
 
 def _separable_crops(n: int, size: int = 16, seed: int = 0):
@@ -77,7 +83,9 @@ def test_training_learns_a_separable_task():
     model = train_crop_classifier(x, y, cfg, CropTrainConfig(epochs=12, batch_size=32, lr=1e-2), log=None)
     xt, yt = _separable_crops(200, seed=1)
     with torch.no_grad():
-        acc = float((model(torch.from_numpy(xt).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy() == yt).mean())
+        acc = float(
+            (model(torch.from_numpy(xt).permute(0, 3, 1, 2).float() / 255).argmax(1).numpy() == yt).mean()
+        )
     assert acc > 0.9
 
 
@@ -92,19 +100,36 @@ def _constant_model(probs: list[float]) -> DefectCropClassifier:
 
 def test_relabel_changes_classes_only_above_the_floor():
     encoded = np.zeros((64, 64, 3), np.uint8)
-    dets = [Detection(0, 0.9, (5, 5, 15, 15)), Detection(2, 0.05, (30, 30, 40, 40)), Detection(4, 0.5, (40, 5, 50, 15))]
-    sure = DefectReclassifier(_constant_model([0.01, 0.01, 0.01, 0.95, 0.01, 0.01]), RelabelConfig(min_confidence=0.1))
+    dets = [
+        Detection(0, 0.9, (5, 5, 15, 15)),
+        Detection(2, 0.05, (30, 30, 40, 40)),
+        Detection(4, 0.5, (40, 5, 50, 15)),
+    ]
+    sure = DefectReclassifier(
+        _constant_model([0.01, 0.01, 0.01, 0.95, 0.01, 0.01]), RelabelConfig(min_confidence=0.1)
+    )
     out = sure.relabel(dets, encoded)
     assert [d.cls for d in out] == [3, 2, 3]  # the low-confidence box keeps the detector's class
     assert [(d.confidence, d.box_px) for d in out] == [(d.confidence, d.box_px) for d in dets]
     # A close call goes to the detector's class: log(0.45) + 0.5 > log(0.55).
-    close = DefectReclassifier(_constant_model([0.45, 0.55 - 4e-4, 1e-4, 1e-4, 1e-4, 1e-4]), RelabelConfig(detector_class_bonus=0.5))
+    close = DefectReclassifier(
+        _constant_model([0.45, 0.55 - 4e-4, 1e-4, 1e-4, 1e-4, 1e-4]), RelabelConfig(detector_class_bonus=0.5)
+    )
     assert close.relabel(dets[:1], encoded)[0].cls == 0
-    assert DefectReclassifier(close.model, RelabelConfig(detector_class_bonus=0.0)).relabel(dets[:1], encoded)[0].cls == 1
+    assert (
+        DefectReclassifier(close.model, RelabelConfig(detector_class_bonus=0.0))
+        .relabel(dets[:1], encoded)[0]
+        .cls
+        == 1
+    )
     assert sure.relabel([], encoded) == []
     # Two boxes on one defect that NMS kept because their classes differed: once both are class 3, the
     # weaker goes when they overlap at least as much as the detector's NMS IoU.
-    twins = [Detection(3, 0.8, (5, 5, 15, 15)), Detection(4, 0.6, (5, 5, 15, 16)), Detection(4, 0.5, (40, 40, 50, 50))]
+    twins = [
+        Detection(3, 0.8, (5, 5, 15, 15)),
+        Detection(4, 0.6, (5, 5, 15, 16)),
+        Detection(4, 0.5, (40, 40, 50, 50)),
+    ]
     assert [(d.cls, d.confidence) for d in sure.relabel(twins, encoded, nms_iou=0.6)] == [(3, 0.8), (3, 0.5)]
     assert len(sure.relabel(twins, encoded)) == 3  # without an IoU nothing is dropped
 
@@ -112,9 +137,16 @@ def test_relabel_changes_classes_only_above_the_floor():
 def test_bundle_round_trip_torch_and_onnx(tmp_path):
     x, y = _separable_crops(240)
     config = CropClassifierConfig.from_name("tiny")
-    np.savez(tmp_path / "crops.npz", x=x, y=y, config=json.dumps(config.to_dict()), groups=np.array(["group00041"]))
-    metrics = train_reclassifier_bundle(tmp_path / "crops.npz", tmp_path / "bundle", CropTrainConfig(epochs=2, batch_size=32),
-                                        relabel=RelabelConfig(min_confidence=0.2), log=None)
+    np.savez(
+        tmp_path / "crops.npz", x=x, y=y, config=json.dumps(config.to_dict()), groups=np.array(["group00041"])
+    )
+    metrics = train_reclassifier_bundle(
+        tmp_path / "crops.npz",
+        tmp_path / "bundle",
+        CropTrainConfig(epochs=2, batch_size=32),
+        relabel=RelabelConfig(min_confidence=0.2),
+        log=None,
+    )
     assert metrics["train_crops"] == 240
     card = json.loads((tmp_path / "bundle" / "card.json").read_text())
     assert "group00041" in card["data"][0] and "--part defect-classifier" in card["reproduce"]
@@ -153,11 +185,23 @@ def test_service_relabels_boxes_of_boards_sent_with_a_template(tiny_bundles, tmp
 
     hot = _eager_template_detector_that_sees_opens(tiny_bundles, tmp_path / "hot")
     settings = IndustrialSettings(
-        detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
-        template_detector_dir=hot, defect_classifier_dir=tiny_bundles / "defect_classifier",
-        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line"},
-        torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule="image")
-    files = {"image": ("b.png", board_png(seed=3, defect=True), "image/png"), "template": ("t.png", board_png(seed=3), "image/png")}
+        detector_dir=tiny_bundles / "detector",
+        vibration_dir=tiny_bundles / "vibration",
+        fusion_dir=tiny_bundles / "fusion",
+        template_detector_dir=hot,
+        defect_classifier_dir=tiny_bundles / "defect_classifier",
+        database_url=f"sqlite:///{tmp_path}/t.db",
+        artefact_dir=tmp_path / "art",
+        api_keys={"k": "line"},
+        torch_threads=1,
+        detector_backend="torch",
+        detector_precision="fp32",
+        decision_rule="image",
+    )
+    files = {
+        "image": ("b.png", board_png(seed=3, defect=True), "image/png"),
+        "template": ("t.png", board_png(seed=3), "image/png"),
+    }
 
     def inspect():
         with TestClient(create_app(settings)) as client:
@@ -187,10 +231,14 @@ def test_evaluation_relabels_the_tested_boards(tiny_bundles, tmp_path):
     model, config, _ = load_detector(hot)
     (tmp_path / "t.png").write_bytes(board_png(seed=3, defect=True))
     (tmp_path / "r.png").write_bytes(board_png(seed=3))
-    sample = PcbSample(tmp_path / "t.png", tmp_path / "r.png", np.array([[60, 10, 66, 15]], np.float32), np.array([0]))
+    sample = PcbSample(
+        tmp_path / "t.png", tmp_path / "r.png", np.array([[60, 10, 66, 15]], np.float32), np.array([0])
+    )
     reclassifier = load_reclassifier(tiny_bundles / "defect_classifier", backend="torch")
     plain, top, *_ = board_scores(model, config, [sample], True, nms_conf=0.5)
-    relabelled, top2, *_ = board_scores(model, config, [sample], True, nms_conf=0.5, reclassifier=reclassifier)
+    relabelled, top2, *_ = board_scores(
+        model, config, [sample], True, nms_conf=0.5, reclassifier=reclassifier
+    )
     assert {d.cls for d in plain[0]} == {0} and {d.cls for d in relabelled[0]} == {5}
     # Boxes and confidences are the detector's (same-class twins that clipping at the border made overlap
     # more than the NMS IoU are dropped, the stronger kept).
