@@ -12,8 +12,7 @@ Only the class changes: the box and its confidence stay the detector's, so board
 thresholds are untouched (a box that ends up repeating a stronger box of its new class is dropped, as the
 detector's NMS would have done). It needs the template (without one, template := test and difference := 0,
 its classes are far worse than the detector's own: card), so the service applies it to boards sent with a
-template, the template
-detector's path; boards without one keep the image-only detector's classes.
+template, the template detector's path; boards without one keep the image-only detector's classes.
 
 Training (``triptych data industrial crops`` then ``triptych train industrial --part defect-classifier``):
 every annotated defect of the template detector's training groups, once as annotated and three times with
