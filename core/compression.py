@@ -33,6 +33,19 @@ def export_onnx(
     return path
 
 
+def export_once(path: str | Path, write) -> Path:
+    """``path`` after ``write(tmp)`` exported it, unless it already exists: an export cached by name (put the
+    weights' sha256 in it), written to a temporary file first so a crash or a concurrent worker never
+    leaves a half-written model under the final name."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{id(path)}.tmp.onnx")
+        write(tmp)
+        tmp.replace(path)
+    return path
+
+
 def onnx_session(path: str | Path, threads: int = 1):
     """A CPU onnxruntime session on ``threads`` intra-op threads. The threads sleep between runs instead
     of spinning: a service holds several sessions (and other work) on a few cores, and spinning

@@ -232,9 +232,8 @@ def crops_command(
 
     from apps.industrial.data import load_deeppcb
     from apps.industrial.reclassify import CropClassifierConfig, defect_crops
-    from core.bundle import load_bundle
 
-    held_out = set(load_bundle(Path(bundle)).config.get("held_out_groups", ()))
+    held_out = set(_calibration_groups(bundle, None)[0])
     samples = [s for s in load_deeppcb(Path(deeppcb), split) if s.group not in held_out]
     groups = sorted({s.group for s in samples})
     config = CropClassifierConfig(size=size)

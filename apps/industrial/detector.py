@@ -283,16 +283,11 @@ INT8_FILE = "detector-int8.onnx"  # shipped inside the detector bundle, its sha2
 
 
 def _fp32_onnx(model, config: DetectorConfig, bundle, cache_dir: Path | None) -> Path:
+    from core.compression import export_once
     from core.offline import state_dir
 
-    cache_dir = Path(cache_dir or state_dir() / "industrial")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"detector-{bundle.sha256[:16]}-{config.imgsz}.onnx"
-    if not path.exists():
-        tmp = path.with_suffix(f".{id(path)}.tmp.onnx")
-        export_detector_onnx(model, config, tmp)
-        tmp.replace(path)
-    return path
+    path = Path(cache_dir or state_dir() / "industrial") / f"detector-{bundle.sha256[:16]}-{config.imgsz}.onnx"
+    return export_once(path, lambda tmp: export_detector_onnx(model, config, tmp))
 
 
 def verify_int8(bundle) -> Path:

@@ -32,14 +32,10 @@ from torch.nn import functional as F
 
 from core.config import ConfigBase
 
-BUNDLE_NAME = "defect_classifier"
-
 
 @dataclass
 class CropClassifierConfig(ConfigBase):
-    size: int = (
-        56  # crop side in pixels after resizing (the shipped classifier's, chosen on calibration groups)
-    )
+    size: int = 56  # crop side in pixels after resizing (the shipped one's, chosen on calibration groups)
     context: float = 0.5  # extra box side added on each side, as a share of the box's longer side
     min_side: int = 32  # crops never cover less of the board than this (small pin-holes need context)
     widths: tuple[int, ...] = (16, 32, 64, 128)
@@ -174,14 +170,11 @@ def train_crop_classifier(
 
 
 @torch.no_grad()
-def crop_probabilities(model: DefectCropClassifier, crops: np.ndarray, tta: bool = False) -> np.ndarray:
-    """(N, classes) softmax over the crops (averaged over the 8 dihedral views when ``tta``)."""
+def crop_probabilities(model: DefectCropClassifier, crops: np.ndarray) -> np.ndarray:
+    """(N, classes) softmax over the crops."""
     if len(crops) == 0:
         return np.zeros((0, model.config.classes), np.float32)
-    x = to_tensor(crops)
-    views = range(8) if tta else (0,)
-    p = sum(F.softmax(model(dihedral(x, k)), 1) for k in views) / len(views)
-    return p.numpy().astype(np.float32)
+    return F.softmax(model(to_tensor(crops)), 1).numpy().astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------- training data
@@ -209,9 +202,7 @@ def defect_crops(
 # ------------------------------------------------------------------------------------- relabelling
 @dataclass
 class RelabelConfig(ConfigBase):
-    min_confidence: float = (
-        0.1  # boxes below keep the detector's class (they hardly move mAP; each crop costs)
-    )
+    min_confidence: float = 0.1  # boxes below keep the detector's class (they hardly move mAP; crops cost)
     detector_class_bonus: float = 0.5  # added to the log-probability of the class the detector gave
 
 
@@ -256,22 +247,12 @@ class DefectReclassifier:
             out[i] = replace(detections[i], cls=int(score.argmax()))
         if nms_iou is None:
             return out
-        kept: list = []
-        for i in sorted(range(len(out)), key=lambda i: -out[i].confidence):
-            if all(
-                out[k].cls != out[i].cls or box_iou(out[k].box_px, out[i].box_px) <= nms_iou for k in kept
-            ):
-                kept.append(i)
-        return [out[i] for i in sorted(kept)]
+        from torchvision.ops import batched_nms  # the per-class NMS the detector's own uses
 
-
-def box_iou(a, b) -> float:
-    """IoU of two (x1, y1, x2, y2) boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(0.0, w) * max(0.0, h)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
+        boxes = torch.tensor([d.box_px for d in out], dtype=torch.float32)
+        scores = torch.tensor([d.confidence for d in out], dtype=torch.float32)
+        kept = batched_nms(boxes, scores, torch.tensor([d.cls for d in out]), nms_iou)
+        return [out[i] for i in sorted(kept.tolist())]
 
 
 def reclassifier_config(model: DefectCropClassifier, relabel: RelabelConfig) -> dict:
@@ -324,8 +305,7 @@ def train_reclassifier_bundle(
             + f" ({len(labels)} crops: each defect as annotated + jittered copies)"
         ],
         split="board groups: trained on the template detector's training groups only; its held-out "
-        "calibration "
-        "groups chose the variant and the rule; the validation groups scored it once (metrics)",
+        "calibration groups chose the variant and the rule; the validation groups scored it once (metrics)",
         metrics={
             "train_crops": float(len(labels)),
             "train_accuracy_annotated_boxes": train_acc,
@@ -361,23 +341,16 @@ def load_reclassifier(
     relabel = RelabelConfig.from_dict(bundle.config.get("relabel", {}))
     session = None
     if backend == "onnx":
-        from core.compression import export_onnx, onnx_session
+        from core.compression import export_once, export_onnx, onnx_session
         from core.offline import state_dir
 
-        folder = Path(cache_dir or state_dir() / "industrial")
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"defect-classifier-{bundle.sha256[:16]}.onnx"
-        if not path.exists():
-            size = model.config.size
-            tmp = path.with_suffix(f".{id(path)}.tmp.onnx")
-            export_onnx(
-                model.eval(),
-                (torch.zeros(2, 3, size, size),),
-                tmp,
-                input_names=("crops",),
-                output_names=("logits",),
-            )
-            tmp.replace(path)
+        size = model.config.size
+        path = export_once(
+            Path(cache_dir or state_dir() / "industrial") / f"defect-classifier-{bundle.sha256[:16]}.onnx",
+            lambda tmp: export_onnx(
+                model.eval(), (torch.zeros(2, 3, size, size),), tmp, ("crops",), ("logits",)
+            ),
+        )
         session = onnx_session(path, threads=threads)
     elif backend != "torch":
         raise ValueError(f"backend must be onnx or torch, not {backend!r}")
