@@ -19,12 +19,14 @@ are frozen; only the fusion model and the calibration of the Bayesian combinatio
 
 Decisions (board flagged defective) compared per coupling:
 - image-only: any detection >= the detector's threshold (the production rule);
-- vibration-only: P(defective | vibration) >= 0.5, with P(defective | predicted state) counted on
+- vibration-only: P(defective | vibration), with P(defective | predicted state) counted on
   fusion-train events;
 - Bayesian: logit P(d | vibration) + calibrated image log-likelihood ratio (Platt scaling of the
   detector's max-confidence logit: the detector bundle's own ``platt``, fitted on board groups it
   never trained on, when it has one, as the service uses it; else fitted on fusion-train events),
-  assuming image and vibration independent given d;
+  assuming image and vibration independent given d; both posteriors are cut at the image rule's operating
+  point (``BayesianCombiner.decision_logit``), not at 0.5, so that all three trade false alarms for misses
+  alike and a machine state that says nothing leaves the image decision as it is;
 - learned: the FusionModel (SpatioTemporalAttention over detector tokens x vibration time tokens,
   ModalityGate), trained on fusion-train events.
 """
@@ -231,10 +233,23 @@ class BayesianCombiner:
     def image_llr(self, max_conf: np.ndarray) -> np.ndarray:
         return self.platt_a * _logit(max_conf) + self.platt_b - _logit(np.array(self.train_prior))
 
-    def combine(self, max_conf: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
+    def decision_logit(self, image_threshold: float) -> float:
+        """The image rule's operating point as a cut on the posterior log-odds: where a board scoring exactly
+        the image threshold lands when the machine tells nothing (the train prior).
+
+        The image threshold encodes the plant's price of a miss against a false alarm (it is chosen for
+        recall >= 99 % at <= 1 % false alarms), so the fused posterior is cut at the same place instead of at
+        the minimum-error 0.5: with a machine state that carries no information the fused decision is the
+        image decision, and vibration only moves boards whose odds it actually changes."""
+        return float(self.platt_a * _logit(np.array(image_threshold)) + self.platt_b)
+
+    def log_odds(self, max_conf: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
+        """logit P(d | image, vibration); what ``decision_logit`` cuts (no round trip through a clipped probability)."""
         prior = self.p_vibration(probs) if probs is not None else np.full(len(max_conf), self.train_prior)
-        z = _logit(prior) + (self.image_llr(max_conf) if max_conf is not None else 0.0)
-        return 1 / (1 + np.exp(-z))
+        return _logit(prior) + (self.image_llr(max_conf) if max_conf is not None else 0.0)
+
+    def combine(self, max_conf: np.ndarray | None, probs: np.ndarray | None) -> np.ndarray:
+        return 1 / (1 + np.exp(-self.log_odds(max_conf, probs)))
 
 
 def _rates(flag: np.ndarray, label: np.ndarray) -> dict:
@@ -347,11 +362,12 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         image_flag = images["max_conf"][test_ev["image"]] >= threshold
         bayes = BayesianCombiner.fit(images, vib, train_ev, platt)
         vib_probs = vib["probs"][test_ev["window"]]
-        vib_flag = bayes.p_vibration(vib_probs) >= 0.5
-        bayes_flag = bayes.combine(images["max_conf"][test_ev["image"]], vib_probs) >= 0.5
-        # The same calibration without the vibration: separates "recalibrated image threshold" from "fusion".
-        image_calibrated_flag = bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5
-        flags = {"image_only": image_flag, "image_calibrated": image_calibrated_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
+        # Every posterior is cut at the image rule's operating point (``decision_logit``), so the columns
+        # differ by the evidence they use, not by the trade-off between false alarms and misses.
+        cut = bayes.decision_logit(threshold)
+        vib_flag = _logit(bayes.p_vibration(vib_probs)) >= cut
+        bayes_flag = bayes.log_odds(images["max_conf"][test_ev["image"]], vib_probs) >= cut
+        flags = {"image_only": image_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
         if learned:
             model, fcfg = train_fusion(images, vib, train_ev, config, log=lambda *_: None)
             learned_p, weights = fusion_predict(model, images, vib, test_ev)

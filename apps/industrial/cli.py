@@ -224,6 +224,7 @@ def crops_command(
     size: Annotated[int, typer.Option(help="Crop side in pixels.")] = 56,
     jitters: Annotated[int, typer.Option(help="Jittered copies of each annotated box.")] = 3,
     seed: Annotated[int, typer.Option(help="Jitter seed.")] = 0,
+    all_groups: Annotated[bool, typer.Option("--all-groups", help="Keep the bundle's held-out groups too (for a classifier that goes with a detector trained on every group).")] = False,
 ) -> None:
     """Crops around every annotated defect of the training boards, for the defect classifier."""
     import json
@@ -233,7 +234,7 @@ def crops_command(
     from apps.industrial.data import load_deeppcb
     from apps.industrial.reclassify import CropClassifierConfig, defect_crops
 
-    held_out = set(_calibration_groups(bundle, None)[0])
+    held_out = set() if all_groups else set(_calibration_groups(bundle, None)[0])
     samples = [s for s in load_deeppcb(Path(deeppcb), split) if s.group not in held_out]
     groups = sorted({s.group for s in samples})
     config = CropClassifierConfig(size=size)

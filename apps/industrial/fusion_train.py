@@ -140,12 +140,15 @@ def _split_text(td: bool, held_out_groups=()) -> str:
 
 FUSION_NOTES = (
     "How to read the table: the image rule is the detector bundle's fixed board threshold (named above, with where it "
-    "was chosen); 'image calibrated' is the same detector score through the Platt scaling the Bayesian rule uses (named "
-    "above), at the fusion-train prior, without vibration; Bayes adds logit P(defective | vibration) (P(defective | "
-    "predicted machine state) counted on fusion-train events), assuming image and vibration independent given the "
-    "board. At zero coupling the vibration carries no information, so Bayes equals the calibrated image there up to "
-    "the counting noise of those rates; fusion must not hurt there. The decisions here cut at 0.5; the service puts "
-    "probabilities within its review band (0.5 +- 0.15 by default) on 'review' instead. The learned attention fusion "
+    "was chosen); Bayes is the same detector score through the Platt scaling named above plus logit P(defective | "
+    "vibration) (P(defective | predicted machine state) counted on fusion-train events), assuming image and vibration "
+    "independent given the board. Since session 14 the Bayes and vibration-only posteriors are cut at the image rule's "
+    "operating point (the posterior of a board scoring exactly the image threshold, at the fusion-train prior: "
+    "BayesianCombiner.decision_logit), not at 0.5: the image threshold is chosen for recall >= 99 % at <= 1 % false "
+    "alarms, and a cut at 0.5 traded misses for false alarms at another rate, so Bayes differed from the image rule even "
+    "where the vibration says nothing. At zero coupling Bayes now equals the image rule up to the counting noise of "
+    "P(defective | state); fusion must not hurt there. The service carries its review band (0.5 +- 0.15 by default) "
+    "to the same cut in log-odds. The learned fusion still cuts at 0.5. The learned attention fusion "
     "(SpatioTemporalAttention over 16 detector region-score tokens x 4x16 vibration time tokens, ModalityGate, linear "
     "evidence skip) is trained on one board group (group13000, epoch chosen on a quarter of its boards) and has so far "
     "transferred badly to the fusion-test group (the learned column): it learns that group's score distribution. The "
@@ -159,10 +162,10 @@ FUSION_NOTES = (
 
 def benchmark_table(bench: dict, couplings, image_threshold: float) -> str:
     """The paired benchmark (``benchmark.run_benchmark`` output) as the card's markdown table."""
-    cols = ["image_only", "image_calibrated", "vibration_only", "bayes", "learned"]
-    head = (f"| coupling | defect share | image rule (>={image_threshold:.4f}) FA / miss | image calibrated FA / miss | "
+    cols = ["image_only", "vibration_only", "bayes", "learned"]
+    head = (f"| coupling | defect share | image rule (>={image_threshold:.4f}) FA / miss | "
             "vibration only FA / miss | Bayes FA / miss | learned FA / miss | learned vib. weight |")
-    rows = [head, "|" + "---|" * 8]
+    rows = [head, "|" + "---|" * 7]
     for c in couplings:
         k = f"c{c:g}"
         cells = [f"{bench[f'{k}/{m}/false_alarm_rate']:.3f} / {bench[f'{k}/{m}/miss_rate']:.3f}" for m in cols]
@@ -213,24 +216,22 @@ def train_fusion_bundle(deeppcb: Path, cwru: Path, out: Path, coupling: float = 
     bayes = BayesianCombiner.fit(images, vib, train_ev, platt)
     p, w = fusion_predict(model, images, vib, test_ev)
     metrics = {f"learned_{k}": v for k, v in _rates(p >= 0.5, test_ev["label"]).items()}
-    metrics.update({f"bayes_{k}": v for k, v in _rates(
-        bayes.combine(images["max_conf"][test_ev["image"]], vib["probs"][test_ev["window"]]) >= 0.5, test_ev["label"]).items()})
-    metrics.update({f"image_only_{k}": v for k, v in _rates(images["max_conf"][test_ev["image"]] >= float(images["threshold"]), test_ev["label"]).items()})
-    metrics.update({f"image_calibrated_{k}": v for k, v in _rates(
-        bayes.combine(images["max_conf"][test_ev["image"]], None) >= 0.5, test_ev["label"]).items()})
+    threshold = float(detector_bundle.config["detector"]["conf"])  # the bundle's current one, as the service and bench
+    log_odds = bayes.log_odds(images["max_conf"][test_ev["image"]], vib["probs"][test_ev["window"]])
+    metrics.update({f"bayes_{k}": v for k, v in _rates(log_odds >= bayes.decision_logit(threshold), test_ev["label"]).items()})
+    metrics.update({f"image_only_{k}": v for k, v in _rates(images["max_conf"][test_ev["image"]] >= threshold, test_ev["label"]).items()})
     metrics["mean_vibration_weight"] = float(w[:, 1].mean())
-    threshold = float(images["threshold"])
     held = detector_bundle.config.get("held_out_groups") or []
     table = ""
     if benchmark:
-        bench, _ = run_benchmark(img_npz, vib_npz, config, log=log, platt=platt)
+        bench, _ = run_benchmark(img_npz, vib_npz, config, log=log, image_threshold=threshold, platt=platt)
         table = ("Paired benchmark (computed by the train command under Reproduce, on the same cached features; "
                  f"{config.test_events:,} fusion-test events per coupling, images from board group "
                  f"{', '.join(config.fusion_test_groups)} only, vibration from the second half of CWRU validation blocks; "
                  "board false-alarm rate = flagged clean boards / clean boards, miss rate = passed defective boards / "
                  f"defective boards; detector scores {precision}, as the service runs it; image rule = the image-only "
                  f"detector's shipped threshold {threshold:.4f}, " + (f"chosen on board groups it never trained on ({', '.join(held)})"
-                 if held else "chosen on its training boards") + "; Bayes and image calibrated = " + (
+                 if held else "chosen on its training boards") + "; Bayes = " + (
                      f"the detector bundle's own Platt scaling (a = {platt['a']:.3f}, b = {platt['b']:.3f}, fitted on "
                      f"{platt.get('fitted_on', 'its held-out groups')}), intercept shifted by the fusion-train prior's logit"
                      if platt else "Platt scaling fitted on fusion-train events") + "):\n\n"

@@ -288,7 +288,7 @@ class InspectionRunner:
         has_image, has_vib = dets is not None, probs is not None
         # Image rule (or no evidence moved the odds): the image decides when present.
         weights = {"image": float(has_image), "vibration": 0.0 if has_image else float(has_vib)}
-        p_defect = float("nan")
+        p_defect, log_odds, cut = float("nan"), float("nan"), 0.0
         if self.decision_rule == "learned":
             from apps.industrial.benchmark import _logit
 
@@ -299,6 +299,7 @@ class InspectionRunner:
             with torch.inference_mode():
                 logit, w = self.fusion(img_tok.float(), vib_tok.float(), torch.from_numpy(evidence[None].astype(np.float32)),
                                        torch.tensor([[has_image, has_vib]]))
+            log_odds = float(logit[0])
             p_defect = float(torch.sigmoid(logit)[0])
             weights = {"image": round(float(w[0, 0]), 4), "vibration": round(float(w[0, 1]), 4)}
         elif self.decision_rule == "bayes" and (self.bayes_template is not None or not has_template or self.template_detector is None):
@@ -309,7 +310,10 @@ class InspectionRunner:
             conf = np.array([max(max_conf, 1e-4)]) if has_image else None
             vib = probs[None] if has_vib else None
             if conf is not None or vib is not None:
+                log_odds = float(bayes.log_odds(conf, vib)[0])
                 p_defect = float(bayes.combine(conf, vib)[0])
+            # The posterior is cut where the image rule cuts (``BayesianCombiner.decision_logit``).
+            cut = bayes.decision_logit(policy.threshold(has_template))
             # Weight of evidence: each modality's share of the absolute log-odds it moved.
             image_llr = abs(float(bayes.image_llr(conf)[0])) if has_image else 0.0
             vib_llr = abs(float(_logit(bayes.p_vibration(vib))[0] - _logit(np.array(bayes.train_prior)))) if has_vib else 0.0
@@ -317,9 +321,9 @@ class InspectionRunner:
             if total > 0:
                 weights = {"image": round(image_llr / total, 4), "vibration": round(vib_llr / total, 4)}
         elif has_image:
-            p_defect = 1.0 if image_fail else 0.0
+            p_defect, log_odds = (1.0, float("inf")) if image_fail else (0.0, float("-inf"))
         rule = self.decision_rule if not np.isnan(p_defect) or not has_image else "image"
-        decision = self._decision(p_defect, has_image, image_fail, rule)
+        decision = self._decision(log_odds, has_image, image_fail, rule, cut)
         state = None
         if has_vib:
             k = int(np.argmax(probs))
@@ -337,16 +341,20 @@ class InspectionRunner:
             "timings_ms": timings,
         }
 
-    def _decision(self, p: float, has_image: bool, image_fail: bool, rule: str | None = None) -> str:
-        band = self.policy.review_band
+    def _decision(self, z: float, has_image: bool, image_fail: bool, rule: str | None = None, cut: float = 0.0) -> str:
+        """pass / fail / review from the defect log-odds ``z``, cut at ``cut`` (0: probability 0.5) with the review
+        band ``0.5 +- review_band`` carried to that cut in log-odds."""
+        from apps.industrial.benchmark import _logit
+
+        band = float(_logit(np.array(0.5 + self.policy.review_band)))
         if not has_image:
             # Never pass a board nobody looked at; a machine fault alone can still fail it.
-            return "fail" if p >= 0.5 + band else "review"
+            return "fail" if z >= cut + band else "review"
         if (rule or self.decision_rule) == "image":
             return "fail" if image_fail else "pass"
-        if p >= 0.5 + band:
+        if z >= cut + band:
             return "fail"
-        if p <= 0.5 - band:
+        if z <= cut - band:
             return "pass"
         return "review"
 

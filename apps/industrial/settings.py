@@ -27,7 +27,9 @@ class IndustrialSettings(AppSettings):
     fusion_dir: Path = WEIGHTS_DIR / "fusion"  # shipped fusion model bundle (optional: Bayesian fallback)
     px_per_mm: float = 48.0  # camera pixel pitch; DeepPCB scans are ~48 px/mm
     defect_threshold: float | None = None  # detection confidence that counts as a defect; None = the bundle's
-    review_band: float = 0.15  # fused defect probability within +-band of 0.5 -> "review"
+    # "review" when the fused log-odds lie within logit(0.5 + band) of the decision cut (for the Bayesian rule the
+    # image threshold's posterior; 0.5 for the learned fusion)
+    review_band: float = 0.15
     min_defect_mm: float = 0.0  # defects smaller than this (longest side) are reported but do not fail a board
     max_image_side: int = 4096  # refuse larger images (memory)
     min_image_side: int = 32

@@ -118,3 +118,33 @@ def test_vibration_classifier_mismatch_decides_with_the_image_rule(tiny_bundles,
     assert runner(vib_sha).decision_rule == "bayes"
     other = runner("e" * 64)
     assert other.decision_rule == "image" and other.bayes is None and other.fusion is None
+
+
+def test_bayes_decision_cuts_where_the_image_threshold_cuts():
+    """With a machine state that tells nothing, the Bayesian rule fails, passes and reviews boards around the image
+    threshold (not around probability 0.5); a fault state can fail a board the image alone would only review."""
+    from apps.industrial.benchmark import BayesianCombiner
+    from apps.industrial.detector import Detection, DetectorConfig
+    from apps.industrial.service import DecisionPolicy, InspectionItem, InspectionRunner
+
+    runner = InspectionRunner.__new__(InspectionRunner)
+    runner.det_config, runner.fusion, runner.decision_rule = DetectorConfig(), None, "bayes"
+    runner.template_detector = runner.template_config = runner.bayes_template = None
+    runner.policy = DecisionPolicy(0.6, report_threshold=0.25, review_band=0.15)
+    image = np.zeros((64, 64), np.uint8)
+    normal, inner_race = np.array([1.0, 0, 0, 0]), np.array([0, 0, 1.0, 0])
+
+    def decide(conf, state, rates):
+        runner.bayes = BayesianCombiner(4.8, -4.2, train_prior=0.2, defect_rate_by_state=rates)
+        box = Detection(0, conf, (10.0, 10.0, 20.0, 20.0))
+        return runner._decide(InspectionItem(image), [box], None, state, None, 1.0, 1.0)
+
+    flat = [0.2] * 4
+    # P(defective | 0.6) is only ~0.1 at this calibration: a cut at 0.5 would pass the image rule's own threshold
+    assert decide(0.6, normal, flat)["defect_probability"] < 0.2
+    assert [decide(c, s, flat)["decision"] for c in (0.3, 0.6, 0.7, 0.9) for s in (normal, inner_race)] == \
+        ["pass", "pass", "review", "review", "fail", "fail", "fail", "fail"]
+    coupled = [0.2, 0.6, 0.9, 0.75]
+    assert decide(0.6, normal, coupled)["decision"] == "review" and decide(0.6, inner_race, coupled)["decision"] == "fail"
+    assert decide(0.5, normal, coupled)["decision"] == "pass" and decide(0.5, inner_race, coupled)["decision"] == "fail"
+    assert decide(0.3, inner_race, coupled)["decision"] == "pass"  # a clean-looking board outweighs the fault

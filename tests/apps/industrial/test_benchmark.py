@@ -66,6 +66,8 @@ def test_run_benchmark_reports_every_method(tmp_path):
     # at full coupling the machine state predicts the board; the Bayesian combination must beat the image alone
     assert metrics["c1/bayes/error_rate"] < metrics["c1/image_only/error_rate"] - 0.02
     assert metrics["c1/vibration_only/error_rate"] < 0.35
+    # no coupling: the machine state tells nothing and the fused decision stays the image's (up to counting noise)
+    assert abs(metrics["c0/bayes/error_rate"] - metrics["c0/image_only/error_rate"]) < 0.03
     assert set(models) == {0.0, 1.0}
 
 
@@ -81,12 +83,32 @@ def test_bayes_takes_the_detectors_own_platt(tmp_path):
     assert own.defect_rate_by_state == fitted.defect_rate_by_state and own.train_prior == fitted.train_prior
     conf = np.array([0.2, 0.7])
     assert own.image_llr(conf) == pytest.approx(3.0 * np.log(conf / (1 - conf)) - 2.5)
-    # run_benchmark: an explicit Platt, or the one cached with the image features, decides the Bayes columns
-    cfg = PairingConfig(couplings=(0.0,), train_events=500, test_events=500)
-    harsh = {"a": 1.0, "b": -20.0}  # never flags a board from the image
-    explicit, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False, platt=harsh)
-    assert explicit["c0/image_calibrated/miss_rate"] == 1.0
-    np.savez(tmp_path / "img_platt.npz", **images, platt_a=1.0, platt_b=-20.0)
+    # run_benchmark: an explicit Platt, or the one cached with the image features, decides the Bayes columns.
+    # Its slope weighs the image against the machine state; a flat one leaves the decision to the vibration.
+    cfg = PairingConfig(couplings=(1.0,), train_events=500, test_events=500)
+    flat = {"a": 1e-3, "b": 0.0}
+    explicit, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False, platt=flat)
+    np.savez(tmp_path / "img_platt.npz", **images, platt_a=1e-3, platt_b=0.0)
     cached, _ = run_benchmark(tmp_path / "img_platt.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False)
     plain, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False)
-    assert cached["c0/image_calibrated/miss_rate"] == 1.0 and plain["c0/image_calibrated/miss_rate"] < 0.5
+    for run in (explicit, cached):
+        assert run["c1/bayes/error_rate"] == run["c1/vibration_only/error_rate"]
+    assert plain["c1/bayes/error_rate"] < plain["c1/vibration_only/error_rate"]
+
+
+def test_bayes_decides_at_the_image_rules_operating_point():
+    """The posterior is cut where the image threshold cuts: with a machine state that tells nothing the fused
+    decision IS the image decision (at any Platt scaling); a fault state moves only boards near that cut."""
+    conf = np.linspace(0.01, 0.99, 99)
+    states = np.eye(4)[np.arange(99) % 4]
+    for a, b in ((4.8, -4.2), (1.0, 0.0), (2.5, 3.0)):
+        flat = BayesianCombiner(a, b, train_prior=0.2, defect_rate_by_state=[0.2] * 4)
+        for threshold in (0.255, 0.5050, 0.7375):
+            fused = flat.log_odds(conf, states) >= flat.decision_logit(threshold)
+            np.testing.assert_array_equal(fused, conf >= threshold)
+    coupled = BayesianCombiner(4.8, -4.2, train_prior=0.2, defect_rate_by_state=[0.2, 0.6, 0.9, 0.75])
+    cut = coupled.decision_logit(0.7375)
+    normal, inner_race = np.tile([1.0, 0, 0, 0], (99, 1)), np.tile([0, 0, 1.0, 0], (99, 1))
+    np.testing.assert_array_equal(coupled.log_odds(conf, normal) >= cut, conf >= 0.7375)  # P(d | normal) = prior
+    flagged = coupled.log_odds(conf, inner_race) >= cut
+    assert flagged[conf >= 0.7375].all() and flagged[(conf > 0.5) & (conf < 0.7375)].any() and not flagged[conf < 0.2].any()

@@ -54,3 +54,23 @@ def test_eval_deeppcb_keys(tmp_path, tiny_bundles):
     metrics = json.loads(out.read_text())
     assert {"map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "images_per_second"} <= set(metrics)
     assert metrics["n_boards"] == 4 and metrics["n_templates"] == 4
+
+
+def test_data_crops_leaves_out_the_bundles_held_out_groups_unless_all_groups(tmp_path, tiny_bundles):
+    import shutil
+
+    root = make_deeppcb(tmp_path / "deeppcb")
+    bundle = tmp_path / "detector"
+    shutil.copytree(tiny_bundles / "detector", bundle)
+    config = json.loads((bundle / "config.json").read_text())
+    (bundle / "config.json").write_text(json.dumps({**config, "held_out_groups": ["group13000"]}))
+    counts = {}
+    for flag in ([], ["--all-groups"]):
+        out = tmp_path / f"crops{len(flag)}.npz"
+        r = CliRunner().invoke(_app(), ["data", "crops", "--deeppcb", str(root), "--split", "trainval.txt", "--bundle", str(bundle),
+                                        "--out", str(out), "--size", "24", "--jitters", "0", *flag])
+        assert r.exit_code == 0, r.output
+        with np.load(out) as z:
+            counts[bool(flag)] = (len(z["y"]), sorted(str(g) for g in z["groups"]))
+    assert counts[False] == (4, ["group00041"])  # 2 boards x 2 boxes
+    assert counts[True] == (8, ["group00041", "group13000"])

@@ -116,7 +116,7 @@ def test_fusion_card_benchmark_table_names_the_threshold():
     for c in (0.0, 0.5):
         bench[f"c{c:g}/defect_share"] = 0.2 + c / 10
         bench[f"c{c:g}/learned/mean_vibration_weight"] = 0.3
-        for m in ("image_only", "image_calibrated", "vibration_only", "bayes", "learned"):
+        for m in ("image_only", "vibration_only", "bayes", "learned"):
             bench[f"c{c:g}/{m}/false_alarm_rate"], bench[f"c{c:g}/{m}/miss_rate"] = 0.01 * (1 + c), 0.0
     lines = benchmark_table(bench, (0.0, 0.5), 0.7035).splitlines()
     assert "(>=0.7035)" in lines[0] and len(lines) == 4
