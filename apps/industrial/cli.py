@@ -108,6 +108,7 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
     precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
     classifier: Annotated[str | None, typer.Option(help="Defect crop classifier bundle that relabels boxes of boards read with their template (default: the settings').")] = None,
+    workers: Annotated[int | None, typer.Option(help="onnxruntime detector sessions sharing --threads, each board's inputs split across them (default: the settings' detector_workers).")] = None,
     no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Keep the detector's own classes.")] = False,
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
@@ -136,7 +137,8 @@ def evaluate(
 
             reclassifier = load_reclassifier(classifier_dir, threads=threads, backend="onnx" if backend == "onnx" else "torch")
         m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
-                             backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier)
+                             backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier,
+                             workers=settings.detector_workers if workers is None else workers)
         mode = "with template" if m["template_used"] else "without template"
         _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
         metrics.update(m)
@@ -176,6 +178,9 @@ def bench(
             metrics[f"torch_{threads}thread_images_per_second"] = m["images_per_second"]
             # onnxruntime fp32 vs int8, interleaved round by round to cancel the shared machine's load
             metrics.update({f"onnx_{k}": v for k, v in precision_speed(WEIGHTS / "detector", images, threads).items()})
+        # the service's runtime: two 1-thread INT8 sessions, boards sent two at a time (settings.detector_workers)
+        m = detector_speed(WEIGHTS / "detector", images, 2, repeats=3, batch=2, precision="int8", workers=2)
+        metrics["onnx_int8_2workers_batch2_images_per_second"] = m["images_per_second"]
         _table("detector CPU speed (640 px, forward + NMS)", metrics)
         _write_json(json_out, metrics)
         return

@@ -234,15 +234,17 @@ class OnnxDetector:
     agree to ~1e-3 (tested). The export is cached next to the weights' sha256, so it happens once.
     """
 
-    def __init__(self, path: Path, threads: int = 1):
-        from core.compression import onnx_session
+    def __init__(self, path: Path, threads: int = 1, workers: int = 1):
+        from core.compression import SessionPool
 
         self.path = Path(path)
-        self.session = onnx_session(path, threads=threads)
-        self.last_tokens = None
+        # ``threads`` CPU threads in all: one session per worker, each on its share (a batch of boards is
+        # split across them; see SessionPool for why two 1-thread workers beat one 2-thread session)
+        workers = max(1, min(workers, threads))
+        self.pool = SessionPool(path, workers=workers, threads=max(1, threads // workers))
 
     def __call__(self, x: np.ndarray):
-        pred, tokens = self.session.run(None, {"images": x.astype(np.float32)})
+        pred, tokens = self.pool.run({"images": x.astype(np.float32)})
         return pred, tokens
 
 
@@ -316,9 +318,11 @@ def verify_int8(bundle) -> Path:
     return path
 
 
-def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | None = None, precision: str = "fp32"):
+def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | None = None, precision: str = "fp32",
+                       workers: int = 1):
     """(OnnxDetector, DetectorConfig, Bundle). fp32 exports the bundle's model on first use (cached);
-    int8 runs the bundle's verified, statically quantised model (see ``quantize_detector``)."""
+    int8 runs the bundle's verified, statically quantised model (see ``quantize_detector``). ``workers``
+    sessions share the ``threads`` (batches are split across them)."""
     if precision not in PRECISIONS:
         raise ValueError(f"detector precision must be one of {PRECISIONS}, not {precision!r}")
     if precision == "int8":
@@ -326,9 +330,9 @@ def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | Non
 
         bundle = load_bundle(bundle_dir)  # verifies the fp32 weights the INT8 model was made from
         config = DetectorConfig(**bundle.config["detector"])
-        return OnnxDetector(verify_int8(bundle), threads), config, bundle
+        return OnnxDetector(verify_int8(bundle), threads, workers), config, bundle
     model, config, bundle = load_detector(bundle_dir)
-    return OnnxDetector(_fp32_onnx(model, config, bundle, cache_dir), threads), config, bundle
+    return OnnxDetector(_fp32_onnx(model, config, bundle, cache_dir), threads, workers), config, bundle
 
 
 def float_head_nodes(graph_nodes, detect_index: int) -> list[str]:

@@ -37,31 +37,37 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
 
 
 def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False,
-                 reclassifier=None):
+                 reclassifier=None, boards_per_call: int = 1):
     """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards.
 
-    ``reclassifier`` (``reclassify.DefectReclassifier``): relabels the tested image's boxes when the board is read
-    with its template, as the service does; its time counts in ``seconds``. Confidences, hence the board
-    scores, are the detector's either way."""
+    The inputs of ``boards_per_call`` boards go to the detector in one call, as the batch endpoint sends
+    boards (a detector with several workers splits the call across them). ``reclassifier``
+    (``reclassify.DefectReclassifier``): relabels the tested image's boxes when the board is read with its
+    template, as the service does; its time counts in ``seconds``. Confidences, hence the board scores, are
+    the detector's either way."""
     from apps.industrial.detector import detect
 
     dets_test, top, seconds, n = [], {"test": [], "template": [], "repaired": []}, 0.0, 0
     primary = None
-    for i, s in enumerate(samples):
-        inputs = board_inputs(s, config, use_template)
-        primary = inputs.pop("primary_clean")
-        for kind, prepared in inputs.items():
-            start = time.perf_counter()
-            dets = detect(model, [prepared], config, conf=config.nms_conf if nms_conf is None else nms_conf)[0]
-            if kind == "test" and reclassifier is not None and primary == "repaired":
-                dets = reclassifier.relabel(dets, prepared.encoded, nms_iou=config.iou)
-            seconds += time.perf_counter() - start
-            n += 1
+    for first in range(0, len(samples), boards_per_call):
+        boards = [board_inputs(s, config, use_template) for s in samples[first : first + boards_per_call]]
+        primary = boards[0].pop("primary_clean")
+        for b in boards[1:]:
+            b.pop("primary_clean")
+        calls = [(b, kind) for b in boards for kind in b]
+        start = time.perf_counter()
+        found = detect(model, [b[kind] for b, kind in calls], config, conf=config.nms_conf if nms_conf is None else nms_conf)
+        if reclassifier is not None and primary == "repaired":
+            found = [reclassifier.relabel(dets, b[kind].encoded, nms_iou=config.iou) if kind == "test" else dets
+                     for (b, kind), dets in zip(calls, found)]
+        seconds += time.perf_counter() - start
+        n += len(calls)
+        for (_, kind), dets in zip(calls, found):
             top[kind].append(max((d.confidence for d in dets), default=0.0))
             if kind == "test":
                 dets_test.append(dets)
-        if progress and (i + 1) % 50 == 0:
-            print(f"  {i + 1}/{len(samples)} boards", flush=True)
+        if progress and (first // boards_per_call + 1) % 25 == 0:
+            print(f"  {first + len(boards)}/{len(samples)} boards", flush=True)
     return dets_test, {k: np.array(v) for k, v in top.items()}, primary, seconds, n
 
 
@@ -98,6 +104,7 @@ def evaluate_deeppcb(
     precision: str = "fp32",
     use_template: bool = True,
     reclassifier=None,
+    workers: int = 1,
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested and defect-free boards.
 
@@ -105,9 +112,9 @@ def evaluate_deeppcb(
     has one); False measures the no-template path the endpoint takes without one. A gray-input model
     ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
     detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
-    boards with one. ``images_per_second``: single-image forward + NMS (+ the ``reclassifier``'s crops, which
-    relabel boxes of boards read with their template) on `threads` CPU threads, image decoding and encoding
-    excluded.
+    boards with one. ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
+    of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions, the
+    inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
     """
     import torch
 
@@ -117,12 +124,13 @@ def evaluate_deeppcb(
     torch.set_num_threads(threads)
     if backend != "onnx" and precision != "fp32":
         raise ValueError("INT8 runs through onnxruntime: use backend='onnx'")
-    model, config, _ = load_onnx_detector(bundle_dir, threads, precision=precision) if backend == "onnx" else load_detector(bundle_dir)
+    model, config, _ = (load_onnx_detector(bundle_dir, threads, precision=precision, workers=workers) if backend == "onnx"
+                        else load_detector(bundle_dir))
     if binarize is not None:
         config.binarize = binarize
     samples = load_deeppcb(root, split)[:limit]
     dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
-                                                        reclassifier=reclassifier)
+                                                        reclassifier=reclassifier, boards_per_call=max(1, workers))
     template_mode = primary == "repaired"
     threshold = config.decision_threshold(template_mode)
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
@@ -235,15 +243,17 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, f
 
 
 def detector_speed(bundle_dir: Path, images: list[Path], threads: int, repeats: int = 1, batch: int = 1,
-                   backend: str = "onnx") -> dict[str, float]:
-    """Images/s of forward + NMS at the bundle's size on `threads` CPU threads (decoding excluded)."""
+                   backend: str = "onnx", precision: str = "fp32", workers: int = 1) -> dict[str, float]:
+    """Images/s of forward + NMS at the bundle's size on `threads` CPU threads shared by `workers` onnxruntime
+    sessions, `batch` images per call (decoding excluded)."""
     import torch
 
     from apps.industrial.data import load_gray
     from apps.industrial.detector import detect, load_detector, load_onnx_detector, prepare_image
 
     torch.set_num_threads(threads)
-    model, config, _ = load_onnx_detector(bundle_dir, threads) if backend == "onnx" else load_detector(bundle_dir)
+    model, config, _ = (load_onnx_detector(bundle_dir, threads, precision=precision, workers=workers) if backend == "onnx"
+                        else load_detector(bundle_dir))
     prepared = [prepare_image(load_gray(p), config) for p in images]
     detect(model, prepared[:batch], config)  # warm-up
     start, count = time.perf_counter(), 0

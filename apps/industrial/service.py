@@ -368,7 +368,8 @@ def load_runner(settings) -> InspectionRunner:
 
     def load(bundle_dir):
         if settings.detector_backend == "onnx":
-            return load_onnx_detector(bundle_dir, threads=settings.torch_threads, precision=precision)
+            return load_onnx_detector(bundle_dir, threads=settings.torch_threads, precision=precision,
+                                      workers=settings.detector_workers)
         if settings.detector_backend == "torch":
             if precision != "fp32":
                 raise ValueError(f"detector_precision={precision!r} needs detector_backend='onnx' (the torch backend runs fp32)")

@@ -5,7 +5,14 @@ import pytest
 import torch
 from torch import nn
 
-from core.compression import channel_sparsity, export_onnx, onnx_session, prune_channels, quantize_int8
+from core.compression import (
+    SessionPool,
+    channel_sparsity,
+    export_onnx,
+    onnx_session,
+    prune_channels,
+    quantize_int8,
+)
 
 
 def _model():
@@ -22,6 +29,33 @@ def test_onnx_export_matches_torch(tmp_path):
     assert out.shape == (5, 4)
     ort_out = session.run(None, {"signal": x.numpy()})[0]
     np.testing.assert_allclose(ort_out, model(x).detach().numpy(), atol=1e-4)
+
+
+class _TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = _model()
+
+    def forward(self, x):
+        logits = self.body(x)
+        return logits, x.mean(-1)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_session_pool_splits_a_batch_and_keeps_its_order(tmp_path, batch):
+    model = _TwoHeads().eval()
+    path = export_onnx(model, (torch.randn(2, 1, 32),), tmp_path / "m.onnx", ["signal"], ["logits", "mean"])
+    x = torch.randn(batch, 1, 32).numpy()
+    one = onnx_session(path).run(None, {"signal": x})
+    pool = SessionPool(path, workers=3, threads=1)
+    out = pool.run({"signal": x})
+    assert len(out) == 2 and [o.shape for o in out] == [o.shape for o in one]
+    for a, b in zip(out, one):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # a lone item runs on one session, without starting the worker threads
+    assert (pool._executor is None) == (batch == 1)
+    with pytest.raises(ValueError, match="workers >= 1"):
+        SessionPool(path, workers=0)
 
 
 def test_int8_quantisation_stays_close():

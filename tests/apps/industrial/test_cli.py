@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -74,3 +75,20 @@ def test_data_crops_leaves_out_the_bundles_held_out_groups_unless_all_groups(tmp
             counts[bool(flag)] = (len(z["y"]), sorted(str(g) for g in z["groups"]))
     assert counts[False] == (4, ["group00041"])  # 2 boards x 2 boxes
     assert counts[True] == (8, ["group00041", "group13000"])
+
+
+def test_eval_deeppcb_with_two_workers_scores_the_same(tmp_path, tiny_bundles):
+    """Boards sent two per call and split across two onnxruntime sessions: the same detections and board scores."""
+    root = make_deeppcb(tmp_path / "deeppcb", per_group=3)  # 6 boards: pairs, and an odd one out per group
+    results = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"w{workers}.json"
+        r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--json", str(out),
+                                        "--detector", str(tiny_bundles / "detector"), "--threads", "2", "--workers", workers,
+                                        "--precision", "fp32"])
+        assert r.exit_code == 0, r.output
+        results.append(json.loads(out.read_text()))
+    one, two = results
+    assert one["n_boards"] == two["n_boards"] == 6
+    for key in ("map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "board_fa@0.1", "board_recall@0.1"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key

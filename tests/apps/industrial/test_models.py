@@ -107,6 +107,13 @@ def test_onnx_detector_matches_torch(tiny_bundles, tmp_path):
     for a, b in zip(d1[0][:20], d2[0][:20]):
         assert a.cls == b.cls and abs(a.confidence - b.confidence) < 1e-3
     assert len(list(tmp_path.glob("detector-*.onnx"))) == 1
+    # two workers sharing two threads split the batch and agree with one session
+    pooled, _, _ = load_onnx_detector(tiny_bundles / "detector", threads=2, cache_dir=tmp_path, workers=2)
+    assert len(pooled.pool.sessions) == 2
+    d3, t3 = detect_with_tokens(pooled, images, config, conf=0.0001)
+    np.testing.assert_allclose(t3, t2, atol=1e-5)
+    assert [[d.cls for d in ds] for ds in d3] == [[d.cls for d in ds] for ds in d2]
+    np.testing.assert_allclose([d.confidence for ds in d3 for d in ds], [d.confidence for ds in d2 for d in ds], atol=1e-5)
 
 
 def test_fusion_card_benchmark_table_names_the_threshold():
