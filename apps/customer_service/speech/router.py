@@ -81,15 +81,18 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                         await websocket.send_json({"type": "end", "audio_s": round(audio_bytes / 32_000, 3)})
                         await websocket.close()
                         break
+                    await _release(rec)
                     await _fail(websocket, 1003, "bad_message",
                                 'Send binary 16-bit PCM chunks, then the text message {"type": "end"}.')
                     break
                 if len(data) > max_chunk_bytes or len(data) % 2:
+                    await _release(rec)
                     await _fail(websocket, 1003, "bad_chunk",
                                 f"Chunks must be 16-bit PCM (even byte count), at most {max_chunk_bytes} bytes.")
                     break
                 audio_bytes += len(data)
                 if audio_bytes / 32_000 > max_session_s:
+                    await _release(rec)
                     await _fail(websocket, 1008, "too_long", f"Sessions are limited to {max_session_s:.0f} s of audio.")
                     break
                 t0 = time.perf_counter()
@@ -102,12 +105,19 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         except WebSocketDisconnect:
             pass
         finally:
-            # A plain awaited to_thread would be cancelled with the session (the server cancels a
-            # handler whose client left): a close still queued for a worker thread would then be
-            # dropped and the decoder never returned to the pool. Shielded, it always runs.
-            await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(rec.close)))
+            await _release(rec)
 
     return router
+
+
+async def _release(rec: StreamingRecognizer) -> None:
+    """Return the session's decoder to the pool (idempotent). Called before an error reaches the client, so
+    a client that reconnects at once finds it free, and again when the session ends however it ends.
+
+    A plain awaited to_thread would be cancelled with the session (the server cancels a handler whose
+    client left): a close still queued for a worker thread would then be dropped and the decoder never
+    returned to the pool. Shielded, it always runs."""
+    await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(rec.close)))
 
 
 def _close_abandoned(making: asyncio.Future) -> None:
