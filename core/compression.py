@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import tempfile
+import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -76,6 +77,7 @@ class SessionPool:
         self.path = Path(path)
         self.sessions = [onnx_session(path, threads=threads) for _ in range(workers)]
         self._executor = None  # started on the first split batch, not at construction
+        self._starting = threading.Lock()
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Every output of the model for ``feeds`` (arrays sharing their first, batch, axis)."""
@@ -83,10 +85,11 @@ class SessionPool:
         parts = min(len(self.sessions), n)
         if parts <= 1:
             return self.sessions[0].run(None, feeds)
-        if self._executor is None:
-            from concurrent.futures import ThreadPoolExecutor
+        with self._starting:  # concurrent requests must not each start a pool
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
 
-            self._executor = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="onnx-pool")
+                self._executor = ThreadPoolExecutor(len(self.sessions), thread_name_prefix="onnx-pool")
         bounds = np.linspace(0, n, parts + 1).round().astype(int)
         futures = [
             self._executor.submit(session.run, None, {name: value[a:b] for name, value in feeds.items()})
