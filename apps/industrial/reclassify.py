@@ -304,8 +304,9 @@ def train_reclassifier_bundle(
             + ", ".join(groups)
             + f" ({len(labels)} crops: each defect as annotated + jittered copies)"
         ],
-        split="board groups: trained on the template detector's training groups only; its held-out "
-        "calibration groups chose the variant and the rule; the validation groups scored it once (metrics)",
+        split=f"board groups: trained on {', '.join(groups)} (the crops file's groups; `triptych data industrial "
+        "crops` reads datasets/industrial/deeppcb_train.txt by default, which holds no validation group); "
+        "scored on boards of other groups (metrics)",
         metrics={
             "train_crops": float(len(labels)),
             "train_accuracy_annotated_boxes": train_acc,
