@@ -365,7 +365,7 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         # Every posterior is cut at the image rule's operating point (``decision_logit``), so the columns
         # differ by the evidence they use, not by the trade-off between false alarms and misses.
         cut = bayes.decision_logit(threshold)
-        vib_flag = _logit(bayes.p_vibration(vib_probs)) >= cut
+        vib_flag = bayes.log_odds(None, vib_probs) >= cut
         bayes_flag = bayes.log_odds(images["max_conf"][test_ev["image"]], vib_probs) >= cut
         flags = {"image_only": image_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
         if learned:

@@ -51,9 +51,7 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
     primary = None
     for first in range(0, len(samples), boards_per_call):
         boards = [board_inputs(s, config, use_template) for s in samples[first : first + boards_per_call]]
-        primary = boards[0].pop("primary_clean")
-        for b in boards[1:]:
-            b.pop("primary_clean")
+        primary = [b.pop("primary_clean") for b in boards][0]
         calls = [(b, kind) for b in boards for kind in b]
         start = time.perf_counter()
         found = detect(model, [b[kind] for b, kind in calls], config, conf=config.nms_conf if nms_conf is None else nms_conf)
