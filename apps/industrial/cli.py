@@ -389,14 +389,30 @@ def bundle_detector(
     conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
     input_mode: Annotated[str, typer.Option("--input", help="Input the weights were trained on: gray or template-diff.")] = "gray",
     exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Board groups the weights were trained without (train --exclude-groups): recorded as the bundle's calibration groups.")] = None,
+    border: Annotated[int, typer.Option(help="Gray margin (px) around the image the network runs with; 16 = ultralytics' validation margin.")] = 16,
 ) -> None:
     """Package trained detector weights as a core bundle (config with the YAML, safetensors, card)."""
     from apps.industrial.data import parse_groups
     from apps.industrial.fusion_train import make_detector_bundle
 
     make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode,
-                         held_out_groups=parse_groups(exclude_groups))
+                         held_out_groups=parse_groups(exclude_groups), border=border)
     typer.echo(f"wrote {out}")
+
+
+@data.command("border")
+def border(
+    bundle: Annotated[str, typer.Option(help="Detector bundle whose config.json receives the margin.")],
+    px: Annotated[int, typer.Option(help="Gray margin in pixels on every side (a multiple of 16; 0 = none).")] = 16,
+) -> None:
+    """Set the gray margin a detector bundle's network runs with; then rebuild its INT8 model, thresholds and Platt scaling."""
+    from apps.industrial.fusion_train import set_detector_border
+
+    try:
+        set_detector_border(Path(bundle), px)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from e
+    typer.echo(f"{bundle}: border {px} px; now run `data industrial quantize`, `threshold` and `platt` for it")
 
 
 @data.command("card")

@@ -35,6 +35,14 @@ class DetectorConfig:
     # |test - template|; without a template: test, test, 0). See apps.industrial.data.encode_input.
     input: str = "gray"
     conf_no_template: float | None = None  # board decision threshold when no template is given (None = conf)
+    # Gray (114) margin in pixels around the letterboxed image: the network runs on an (imgsz + 2 * border)
+    # square. ultralytics validates a 640 tile on a 672 canvas (rect batches pad half a stride), and the
+    # detector, trained on mosaics, places its boxes better with that margin than flush with the edge.
+    border: int = 0
+
+    @property
+    def canvas(self) -> int:
+        return self.imgsz + 2 * self.border
 
     def decision_threshold(self, has_template: bool) -> float:
         if has_template or self.input == "gray" or self.conf_no_template is None:
@@ -154,8 +162,8 @@ def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray
     nh, nw = round(h * scale), round(w * scale)
     if (nh, nw) != (h, w):
         encoded = np.asarray(Image.fromarray(encoded).resize((nw, nh), Image.BILINEAR))
-    canvas = np.full((s, s, 3), 114, np.uint8)
-    top, left = (s - nh) // 2, (s - nw) // 2
+    canvas = np.full((config.canvas, config.canvas, 3), 114, np.uint8)
+    top, left = (s - nh) // 2 + config.border, (s - nw) // 2 + config.border
     canvas[top : top + nh, left : left + nw] = encoded
     tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
     return PreparedImage(tensor, scale, (left, top), (h, w), original)
@@ -166,8 +174,7 @@ def _forward(model, x: np.ndarray):
     import torch
 
     if isinstance(model, OnnxDetector):
-        pred, _ = model(x)
-        return torch.from_numpy(pred)
+        return torch.from_numpy(model(x))
     with torch.inference_mode():
         raw = model(torch.from_numpy(x))
     return raw[0] if isinstance(raw, (list, tuple)) else raw
@@ -201,7 +208,7 @@ def detect(model, images: list[PreparedImage], config: DetectorConfig, conf: flo
     return _nms(_forward(model, np.stack([im.tensor for im in images])), images, config, conf)
 
 
-def region_score_tokens(pred, imgsz: int, grid: int = 4) -> np.ndarray:
+def region_score_tokens(pred, imgsz: int, grid: int = 4, border: int = 0) -> np.ndarray:
     """(B, grid*grid, nc) tokens: per image region, the detector's highest score for each defect class.
 
     Each anchor's box centre picks its region. These are the detector's own evidence laid out in
@@ -210,7 +217,7 @@ def region_score_tokens(pred, imgsz: int, grid: int = 4) -> np.ndarray:
     """
     import torch
 
-    centres = pred[:, :2, :].clamp(0, imgsz - 1)  # (B, 2, A) box centres in input pixels
+    centres = (pred[:, :2, :] - border).clamp(0, imgsz - 1)  # (B, 2, A) box centres in letterboxed-image pixels
     cell = (centres / (imgsz / grid)).long()
     index = (cell[:, 1] * grid + cell[:, 0])[..., None].expand(-1, -1, pred.shape[1] - 4)  # (B, A, nc)
     scores = pred[:, 4:, :].transpose(1, 2).float()  # (B, A, nc)
@@ -224,11 +231,11 @@ def detect_with_tokens(model, images: list[PreparedImage], config: DetectorConfi
     if not images:
         return [], np.zeros((0, grid * grid, len(DEFECT_CLASSES)), np.float32)
     pred = _forward(model, np.stack([im.tensor for im in images]))
-    return _nms(pred, images, config, conf), region_score_tokens(pred, config.imgsz, grid)
+    return _nms(pred, images, config, conf), region_score_tokens(pred, config.imgsz, grid, config.border)
 
 
 class OnnxDetector:
-    """The fused detector exported to ONNX (boxes + pooled P5 tokens in one graph), run by onnxruntime.
+    """The fused detector exported to ONNX (its decoded head output), run by onnxruntime.
 
     On the small CPUs of a line PC onnxruntime runs this ~1.5x faster than eager PyTorch; outputs
     agree to ~1e-3 (tested). The export is cached next to the weights' sha256, so it happens once.
@@ -243,38 +250,20 @@ class OnnxDetector:
         workers = max(1, min(workers, threads))
         self.pool = SessionPool(path, workers=workers, threads=max(1, threads // workers))
 
-    def __call__(self, x: np.ndarray):
-        pred, tokens = self.pool.run({"images": x.astype(np.float32)})
-        return pred, tokens
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        # the first output: exports before session 15 also returned pooled P5 tokens, which nothing reads
+        return self.pool.run({"images": x.astype(np.float32)})[0]
 
 
-def export_detector_onnx(model, config: DetectorConfig, path: Path, grid: int = 4) -> Path:
+def export_detector_onnx(model, config: DetectorConfig, path: Path) -> Path:
     import torch
-    import torch.nn.functional as F
 
     from core.compression import export_onnx
 
     detect_layer = model.model[-1]
-    source = detect_layer.f[-1]
-
-    class WithTokens(torch.nn.Module):
-        def __init__(self, inner):
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, x):
-            y = []
-            for layer in self.inner.model:
-                if layer.f != -1:
-                    x = y[layer.f] if isinstance(layer.f, int) else [x if j == -1 else y[j] for j in layer.f]
-                x = layer(x)
-                y.append(x)
-            tokens = F.adaptive_avg_pool2d(y[source], grid).flatten(2).transpose(1, 2)  # (B, g*g, C)
-            return x, tokens
-
     detect_layer.export, detect_layer.format = True, "onnx"  # Detect returns the decoded (B, 4+nc, A) tensor
     try:
-        export_onnx(WithTokens(model).eval(), (torch.zeros(1, 3, config.imgsz, config.imgsz),), path, ["images"], ["pred", "tokens"])
+        export_onnx(model.eval(), (torch.zeros(1, 3, config.canvas, config.canvas),), path, ["images"], ["pred"])
     finally:
         detect_layer.export = False
     return Path(path)
@@ -288,7 +277,7 @@ def _fp32_onnx(model, config: DetectorConfig, bundle, cache_dir: Path | None) ->
     from core.compression import export_once
     from core.offline import state_dir
 
-    path = Path(cache_dir or state_dir() / "industrial") / f"detector-{bundle.sha256[:16]}-{config.imgsz}.onnx"
+    path = Path(cache_dir or state_dir() / "industrial") / f"detector-{bundle.sha256[:16]}-{config.canvas}.onnx"
     return export_once(path, lambda tmp: export_detector_onnx(model, config, tmp))
 
 
@@ -315,7 +304,21 @@ def verify_int8(bundle) -> Path:
     if meta.get("source_sha256") != bundle.sha256:
         raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} was quantised from other weights "
                           f"({str(meta.get('source_sha256'))[:12]}…, bundle has {bundle.sha256[:12]}…); {rebuild}")
+    config = DetectorConfig(**bundle.config["detector"])
+    side = _onnx_input_side(path)
+    if side is not None and side != config.canvas:
+        raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} takes {side} px inputs but the config asks for "
+                          f"{config.canvas} (imgsz {config.imgsz} + 2 x border {config.border}); {rebuild}")
     return path
+
+
+def _onnx_input_side(path: Path) -> int | None:
+    """The fixed spatial size of an ONNX model's first input (None when it is dynamic)."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    side = dims[-1].dim_value if len(dims) == 4 else 0
+    return side or None
 
 
 def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | None = None, precision: str = "fp32",
@@ -340,8 +343,8 @@ def float_head_nodes(graph_nodes, detect_index: int) -> list[str]:
 
     The Detect layer's decoding (DFL softmax, anchor offsets, strides) writes boxes in input pixels:
     8 bits over 640 px would be a 2.5 px step. Its final 1x1 convs produce the box-distribution and
-    class logits the decision thresholds act on. Everything outside the network (the pooled tokens
-    for fusion) stays float too. The rest (backbone, neck, head conv stacks) is quantised.
+    class logits the decision thresholds act on. Anything outside the network's layers stays float too.
+    The rest (backbone, neck, head conv stacks) is quantised.
     """
     import re
 

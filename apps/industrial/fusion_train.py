@@ -22,6 +22,18 @@ def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: flo
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
+def set_detector_border(bundle_dir: Path, border: int) -> None:
+    """Write the network's gray margin (``DetectorConfig.border``) into a detector bundle's config.json.
+
+    The INT8 model, thresholds and Platt scaling were made for the old input: rebuild them after."""
+    if border < 0 or border % 16:
+        raise ValueError(f"border must be a non-negative multiple of 16 px (half the detector's largest stride), not {border}")
+    path = Path(bundle_dir) / "config.json"
+    config = json.loads(path.read_text())
+    config["detector"]["border"] = int(border)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
 def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None = None, groups=("group13000",),
                        precision: str = "int8", threads: int = 1) -> dict:
     """Platt scaling of a detector's board score (template-aware or image-only), for the service's Bayesian rule.
@@ -62,11 +74,12 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
 
 
 def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = "",
-                         input_mode: str = "gray", held_out_groups: tuple[str, ...] = ()):
+                         input_mode: str = "gray", held_out_groups: tuple[str, ...] = (), border: int = 16):
     """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict).
 
     ``held_out_groups``: training board groups the weights were trained without (``--exclude-groups``);
-    recorded in config.json so that threshold, Platt and INT8 calibration use / avoid them."""
+    recorded in config.json so that threshold, Platt and INT8 calibration use / avoid them. ``border``: the
+    gray margin the network runs with (``DetectorConfig.border``; 16 px = ultralytics' own validation margin)."""
     from safetensors.torch import load_file
 
     from apps.industrial.detector import DetectorConfig, detector_bundle_config, model_yaml
@@ -99,7 +112,7 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
         ],
         notes=notes,
     )
-    config = DetectorConfig(arch=arch, conf=conf, input=input_mode)
+    config = DetectorConfig(arch=arch, conf=conf, input=input_mode, border=border)
     bundle_config = detector_bundle_config(config, model_yaml(arch))
     if held_out_groups:
         bundle_config["held_out_groups"] = list(held_out_groups)

@@ -144,3 +144,59 @@ def test_every_detector_architecture_builds_and_detects_six_classes():
         assert pred.shape[1] == 4 + 6, arch
         sizes[arch] = sum(p.numel() for p in model.parameters())
     assert sizes["yolo11s"] > 3 * sizes["yolo11n"]  # the "s" scale, not the nano one
+
+
+def test_border_frames_the_image_and_boxes_map_back():
+    import torch
+
+    from apps.industrial.data import load_gray
+    from apps.industrial.detector import DEFECT_CLASSES, DetectorConfig, _nms, prepare_image, region_score_tokens
+    from tests.apps.industrial.conftest import board_png
+
+    gray = load_gray(board_png(size=128, seed=3))
+    flush = prepare_image(gray, DetectorConfig(imgsz=128))
+    framed = prepare_image(gray, DetectorConfig(imgsz=128, border=16))
+    assert framed.tensor.shape == (3, 160, 160) and framed.pad == (16, 16)
+    np.testing.assert_array_equal(framed.tensor[:, 16:144, 16:144], flush.tensor)
+    assert np.all(framed.tensor[:, :16] == np.float32(114 / 255)) and np.all(framed.tensor[:, :, 144:] == np.float32(114 / 255))
+
+    # one anchor: a 10 x 20 px box centred at (40, 50) of the image, i.e. (56, 66) on the canvas, class 2
+    pred = torch.zeros(1, 4 + len(DEFECT_CLASSES), 1)
+    pred[0, :4, 0] = torch.tensor([56.0, 66.0, 10.0, 20.0])
+    pred[0, 4 + 2, 0] = 0.9
+    det = _nms(pred, [framed], DetectorConfig(imgsz=128, border=16), conf=0.5)[0]
+    assert len(det) == 1 and det[0].cls == 2
+    np.testing.assert_allclose(det[0].box_px, (35.0, 40.0, 45.0, 60.0), atol=1e-4)
+    tokens = region_score_tokens(pred, 128, grid=4, border=16)  # image cell (40 // 32, 50 // 32) = (1, 1)
+    assert tokens[0, 1 * 4 + 1, 2] == np.float32(0.9) and tokens[0].sum() == np.float32(0.9)
+
+
+def test_onnx_detector_with_a_border_matches_torch(tiny_bundles, tmp_path):
+    import json
+    import shutil
+
+    from apps.industrial.data import load_gray
+    from apps.industrial.detector import detect, load_detector, load_onnx_detector, prepare_image
+    from tests.apps.industrial.conftest import board_png
+
+    bundle = shutil.copytree(tiny_bundles / "detector", tmp_path / "framed")
+    config_file = bundle / "config.json"
+    config_json = json.loads(config_file.read_text())
+    config_json["detector"]["border"] = 16
+    config_file.write_text(json.dumps(config_json))
+    torch_model, config, _ = load_detector(bundle)
+    onnx_model, _, _ = load_onnx_detector(bundle, threads=1, cache_dir=tmp_path)
+    assert config.canvas == config.imgsz + 32
+    images = [prepare_image(load_gray(board_png(seed=s)), config) for s in range(2)]
+    d1, d2 = detect(torch_model, images, config, conf=0.0001), detect(onnx_model, images, config, conf=0.0001)
+    assert [len(d) for d in d1] == [len(d) for d in d2] and sum(len(d) for d in d1) > 0
+    for a, b in zip(d1[0][:20], d2[0][:20]):
+        assert a.cls == b.cls and abs(a.confidence - b.confidence) < 1e-3
+        np.testing.assert_allclose(a.box_px, b.box_px, atol=0.05)
+    assert [p.name for p in tmp_path.glob("detector-*.onnx")] == [f"detector-{_sha(bundle)}-{config.canvas}.onnx"]
+
+
+def _sha(bundle) -> str:
+    from core.bundle import load_bundle
+
+    return load_bundle(bundle).sha256[:16]
