@@ -74,12 +74,12 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
 
 
 def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25, metrics: dict | None = None, notes: str = "",
-                         input_mode: str = "gray", held_out_groups: tuple[str, ...] = (), border: int = 16):
+                         input_mode: str = "gray", held_out_groups: tuple[str, ...] = (), border: int = 0):
     """A core bundle from ``model.safetensors`` written by ``train_detector`` (fp16 state_dict).
 
     ``held_out_groups``: training board groups the weights were trained without (``--exclude-groups``);
     recorded in config.json so that threshold, Platt and INT8 calibration use / avoid them. ``border``: the
-    gray margin the network runs with (``DetectorConfig.border``; 16 px = ultralytics' own validation margin)."""
+    gray margin the network runs with (``DetectorConfig.border``; 16 px is ultralytics' own validation margin)."""
     from safetensors.torch import load_file
 
     from apps.industrial.detector import DetectorConfig, detector_bundle_config, model_yaml
