@@ -150,7 +150,13 @@ def test_border_frames_the_image_and_boxes_map_back():
     import torch
 
     from apps.industrial.data import load_gray
-    from apps.industrial.detector import DEFECT_CLASSES, DetectorConfig, _nms, prepare_image, region_score_tokens
+    from apps.industrial.detector import (
+        DEFECT_CLASSES,
+        DetectorConfig,
+        _nms,
+        prepare_image,
+        region_score_tokens,
+    )
     from tests.apps.industrial.conftest import board_png
 
     gray = load_gray(board_png(size=128, seed=3))
