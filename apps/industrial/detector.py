@@ -36,8 +36,9 @@ class DetectorConfig:
     input: str = "gray"
     conf_no_template: float | None = None  # board decision threshold when no template is given (None = conf)
     # Gray (114) margin in pixels around the letterboxed image: the network runs on an (imgsz + 2 * border)
-    # square. ultralytics validates a 640 tile on a 672 canvas (rect batches pad half a stride), and the
-    # detector, trained on mosaics, places its boxes better with that margin than flush with the edge.
+    # square. ultralytics validates a 640 tile on a 672 canvas (rect batches pad half a stride); the shipped
+    # template-aware detector boxes defects better with that margin, the image-only one worse (their cards),
+    # so each bundle states its own, chosen on its held-out groups.
     border: int = 0
 
     @property
