@@ -33,12 +33,17 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
         out["template"] = prepare_image(template, config, reference)
         out["repaired"] = prepare_image(repaired_scan(sample), config, reference)
     out["primary_clean"] = "repaired" if template_mode else "template"
+    out["reference"] = template if template_mode else None  # what the service compares each box with
     return out
 
 
 def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False,
-                 reclassifier=None, boards_per_call: int = 1):
+                 reclassifier=None, boards_per_call: int = 1, refute_min_diff: float | None = None):
     """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards.
+
+    A board read with its template is scored as the service decides it: boxes the template refutes (fewer than
+    ``refute_min_diff`` of their pixels differ from it; default the service's ``TEMPLATE_MIN_DIFF``) do not
+    count toward its max confidence. The returned detections (for mAP) keep every box, as the service lists them.
 
     The inputs of ``boards_per_call`` boards go to the detector in one call, as the batch endpoint sends
     boards (a detector with several workers splits the call across them). ``reclassifier``
@@ -46,13 +51,17 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
     template, as the service does; its time counts in ``seconds``. Confidences, hence the board scores, are
     the detector's either way."""
     from apps.industrial.detector import detect
+    from apps.industrial.service import TEMPLATE_MIN_DIFF, template_support
 
+    min_diff = TEMPLATE_MIN_DIFF if refute_min_diff is None else refute_min_diff
     dets_test, top, seconds, n = [], {"test": [], "template": [], "repaired": []}, 0.0, 0
     primary = None
     for first in range(0, len(samples), boards_per_call):
         boards = [board_inputs(s, config, use_template) for s in samples[first : first + boards_per_call]]
         primary = [b.pop("primary_clean") for b in boards][0]
+        references = [b.pop("reference") for b in boards]
         calls = [(b, kind) for b in boards for kind in b]
+        reference_of = [ref for b, ref in zip(boards, references) for _ in b]
         start = time.perf_counter()
         found = detect(model, [b[kind] for b, kind in calls], config, conf=config.nms_conf if nms_conf is None else nms_conf)
         if reclassifier is not None and primary == "repaired":
@@ -60,8 +69,10 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
                      for (b, kind), dets in zip(calls, found)]
         seconds += time.perf_counter() - start
         n += len(calls)
-        for (_, kind), dets in zip(calls, found):
-            top[kind].append(max((d.confidence for d in dets), default=0.0))
+        for (b, kind), ref, dets in zip(calls, reference_of, found):
+            # encoded channel 0 is the (binarised) input image itself, which template_support binarises anyway
+            decisive = dets if ref is None else [d for d in dets if template_support(b[kind].encoded[..., 0], ref, d.box_px) >= min_diff]
+            top[kind].append(max((d.confidence for d in decisive), default=0.0))
             if kind == "test":
                 dets_test.append(dets)
         if progress and (first // boards_per_call + 1) % 25 == 0:
@@ -110,7 +121,8 @@ def evaluate_deeppcb(
     has one); False measures the no-template path the endpoint takes without one. A gray-input model
     ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
     detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
-    boards with one. ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
+    boards with one. Boards read with their template are decided as the service decides them: boxes the
+    template refutes do not count (``board_scores``). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
     of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions, the
     inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
     """

@@ -113,6 +113,11 @@ class InspectionItem:
     timings: dict = field(default_factory=dict)
 
 
+# Share of differing pixels in a box below which the board's template refutes the detection: the box
+# then neither fails the board nor counts toward its evidence (it is still listed, marked refuted).
+TEMPLATE_MIN_DIFF = 0.01
+
+
 @dataclass
 class DecisionPolicy:
     defect_threshold: float  # detection confidence that fails a board (image-only rule)
@@ -120,7 +125,7 @@ class DecisionPolicy:
     review_band: float = 0.15
     min_defect_mm: float = 0.0
     px_per_mm: float = 48.0
-    template_min_diff: float = 0.01  # share of differing pixels in a box below which a template refutes it
+    template_min_diff: float = TEMPLATE_MIN_DIFF
     # Boards whose request brought a template are scored by the template-aware detector (or by a
     # template-aware default detector with its template channels), on another scale: their own
     # threshold (each bundle's `conf`, chosen on board groups it never trained on). None = defect_threshold.

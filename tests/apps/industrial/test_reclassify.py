@@ -245,3 +245,27 @@ def test_evaluation_relabels_the_tested_boards(tiny_bundles, tmp_path):
     assert {(d.confidence, d.box_px) for d in relabelled[0]} <= {(d.confidence, d.box_px) for d in plain[0]}
     assert max(d.confidence for d in relabelled[0]) == max(d.confidence for d in plain[0])
     assert all(np.array_equal(top[k], top2[k]) for k in top)  # board scores are the detector's either way
+
+
+def test_board_scores_drop_boxes_the_template_refutes_as_the_service_does(tiny_bundles, tmp_path):
+    from apps.industrial.data import PcbSample
+    from apps.industrial.detector import load_detector
+    from apps.industrial.evaluate import board_scores
+    from apps.industrial.service import TEMPLATE_MIN_DIFF
+    from tests.apps.industrial.conftest import board_png
+
+    hot = _eager_template_detector_that_sees_opens(tiny_bundles, tmp_path / "hot")  # boxes everywhere at ~0.99
+    model, config, _ = load_detector(hot)
+    (tmp_path / "t.png").write_bytes(board_png(seed=3, defect=True))
+    (tmp_path / "r.png").write_bytes(board_png(seed=3))
+    sample = PcbSample(tmp_path / "t.png", tmp_path / "r.png", np.array([[60, 10, 66, 15]], np.float32), np.array([0]))
+    dets, top, primary, *_ = board_scores(model, config, [sample], True, nms_conf=0.5)
+    assert primary == "repaired" and TEMPLATE_MIN_DIFF > 0
+    # the template read against itself differs nowhere: every box is refuted and the board passes, as in the service
+    assert top["template"][0] == 0.0
+    assert len(dets[0]) > 1  # the listed detections (for mAP) keep the refuted boxes
+    # this random detector's boxes are large: at a lower share, those over the broken trace still count
+    _, loose, *_ = board_scores(model, config, [sample], True, nms_conf=0.5, refute_min_diff=1e-6)
+    assert loose["template"][0] == 0.0 and loose["test"][0] > 0.9
+    _, every, *_ = board_scores(model, config, [sample], True, nms_conf=0.5, refute_min_diff=0.0)
+    assert every["template"][0] > 0.9 and every["test"][0] == loose["test"][0]
