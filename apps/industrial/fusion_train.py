@@ -12,14 +12,18 @@ WEIGHTS = Path(__file__).parent / "weights"
 SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
 
 
-def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: float | None = None) -> None:
-    """Write the board decision thresholds into a detector bundle's config.json (weights untouched)."""
+def _set_detector_fields(bundle_dir: Path, **fields) -> None:
+    """Write ``DetectorConfig`` fields into a detector bundle's config.json (weights untouched)."""
     path = Path(bundle_dir) / "config.json"
     config = json.loads(path.read_text())
-    config["detector"]["conf"] = float(conf)
-    if conf_no_template is not None:
-        config["detector"]["conf_no_template"] = float(conf_no_template)
+    config["detector"].update(fields)
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def set_detector_thresholds(bundle_dir: Path, conf: float, conf_no_template: float | None = None) -> None:
+    """Write the board decision thresholds into a detector bundle's config.json (weights untouched)."""
+    _set_detector_fields(bundle_dir, conf=float(conf),
+                         **({} if conf_no_template is None else {"conf_no_template": float(conf_no_template)}))
 
 
 def set_detector_border(bundle_dir: Path, border: int) -> None:
@@ -28,10 +32,7 @@ def set_detector_border(bundle_dir: Path, border: int) -> None:
     The INT8 model, thresholds and Platt scaling were made for the old input: rebuild them after."""
     if border < 0 or border % 16:
         raise ValueError(f"border must be a non-negative multiple of 16 px (half the detector's largest stride), not {border}")
-    path = Path(bundle_dir) / "config.json"
-    config = json.loads(path.read_text())
-    config["detector"]["border"] = int(border)
-    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    _set_detector_fields(bundle_dir, border=int(border))
 
 
 def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None = None, groups=("group13000",),

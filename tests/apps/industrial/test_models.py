@@ -178,18 +178,15 @@ def test_border_frames_the_image_and_boxes_map_back():
 
 
 def test_onnx_detector_with_a_border_matches_torch(tiny_bundles, tmp_path):
-    import json
     import shutil
 
     from apps.industrial.data import load_gray
     from apps.industrial.detector import detect, load_detector, load_onnx_detector, prepare_image
+    from apps.industrial.fusion_train import set_detector_border
     from tests.apps.industrial.conftest import board_png
 
     bundle = shutil.copytree(tiny_bundles / "detector", tmp_path / "framed")
-    config_file = bundle / "config.json"
-    config_json = json.loads(config_file.read_text())
-    config_json["detector"]["border"] = 16
-    config_file.write_text(json.dumps(config_json))
+    set_detector_border(bundle, 16)
     torch_model, config, _ = load_detector(bundle)
     onnx_model, _, _ = load_onnx_detector(bundle, threads=1, cache_dir=tmp_path)
     assert config.canvas == config.imgsz + 32
