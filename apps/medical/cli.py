@@ -141,8 +141,10 @@ def evaluate(
     bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
     cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = None,
     record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
+    side: Annotated[str | None, typer.Option("--side", help="val | train: only the patients on that side of the fusion model's patient split (a training render).")] = None,
 ) -> None:
-    """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece) or --reports FILE (auc, f1)."""
+    """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece; AUCs by contrast and slice spacing) or
+    --reports FILE (auc, f1)."""
     from core.offline import enforce_offline
 
     enforce_offline()
@@ -159,7 +161,9 @@ def evaluate(
         from apps.medical.evaluate import evaluate_ct
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        metrics = evaluate_ct(ct, bundle or WEIGHTS / "fusion", bert_path, Path(cache) if cache else None)
+        if side not in (None, "val", "train"):
+            raise typer.BadParameter("--side is val or train")
+        metrics = evaluate_ct(ct, bundle or WEIGHTS / "fusion", bert_path, Path(cache) if cache else None, side=side)
         _table("rendered CT + report", metrics)
         if record:
             from apps.medical.evaluate import record_in_card

@@ -24,17 +24,32 @@ def evaluate_reports(reports_file: str | Path, classifier_path: str | Path) -> d
 
 
 def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "", cache: Path | None = None,
-                patients: tuple[int, int] | None = None) -> dict[str, float]:
-    """Fused, CT-only and text-only AUC, accuracy and ECE (calibrated) on a rendered set."""
+                patients: tuple[int, int] | None = None, side: str | None = None) -> dict[str, float]:
+    """Fused, CT-only and text-only AUC, accuracy and ECE (calibrated) on a rendered set, and the AUCs of
+    its case-mix subgroups (``subgroup_metrics``). ``side``: "val" or "train" keeps only the patients on
+    that side of the fusion model's training split (``patient_split``), for a training render."""
     import torch
 
-    from apps.medical.data import load_rendered
+    from apps.medical.data import load_rendered, patient_split
     from apps.medical.model import load_model
-    from apps.medical.train import StudyDataset, _auc, ct_arrays, embed_reports, predict_logits, report_risk
+    from apps.medical.train import (
+        FusionTrainConfig,
+        StudyDataset,
+        _auc,
+        ct_arrays,
+        embed_reports,
+        predict_logits,
+        report_risk,
+    )
     from core.metrics import expected_calibration_error
 
     model, _ = load_model(bundle_dir, bert_path)
     studies = load_rendered(ct_dir, patients)
+    if side is not None:
+        if side not in ("val", "train"):
+            raise ValueError(f"side must be 'val' or 'train', not {side!r}")
+        split = FusionTrainConfig.val_fraction, FusionTrainConfig.seed
+        studies = [s for s in studies if patient_split(s.patient_id, *split) == side]
     if not studies:
         raise ValueError(f"no labelled studies in {ct_dir}")
     y = np.array([s.label for s in studies])
@@ -54,7 +69,44 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         "ece": expected_calibration_error(y, prob),
         "studies": float(len(y)),
         "malignant": float(y.sum()),
+        **subgroup_metrics(ct_dir, [s.study_id for s in studies], y, scores["fused"], scores["ct"]),
     }
+
+
+# Case-mix subgroups read from the renderer's labels.csv: name -> (column, test on its value). Contrast
+# enhancement changes how hard a set is (plain-CT vessels sit near the nodules' soft-tissue HU; the
+# fusion card's session-16 note), and slice spacing is resampled to the detector's 2.5 mm grid.
+SUBGROUPS = {
+    "contrast": ("contrast", lambda v: v.strip() == "1"),
+    "plain": ("contrast", lambda v: v.strip() == "0"),
+    "slices_2p5mm_or_less": ("slice_spacing_mm", lambda v: float(v) <= 2.5),
+    "slices_over_2p5mm": ("slice_spacing_mm", lambda v: float(v) > 2.5),
+}
+
+
+def subgroup_metrics(ct_dir: str | Path, study_ids: list[str], y: np.ndarray, fused: np.ndarray,
+                     ct_only: np.ndarray) -> dict[str, float]:
+    """``auc_<group>``, ``auc_ct_only_<group>`` and ``studies_<group>`` for each SUBGROUPS entry whose
+    column labels.csv has and whose studies hold both labels; nothing for sets without the columns."""
+    import csv
+
+    from apps.medical.data import LABELS_FILE
+    from apps.medical.train import _auc
+
+    with (Path(ct_dir) / LABELS_FILE).open(newline="", encoding="utf-8") as handle:
+        rows = {row["study_id"]: row for row in csv.DictReader(handle)}
+    out: dict[str, float] = {}
+    for name, (column, test) in SUBGROUPS.items():
+        values = [rows.get(sid, {}).get(column) for sid in study_ids]
+        if any(v in (None, "") for v in values):
+            continue
+        member = np.array([test(v) for v in values])
+        if len(set(y[member].tolist())) < 2:
+            continue
+        out[f"auc_{name}"] = _auc(y[member], fused[member])
+        out[f"auc_ct_only_{name}"] = _auc(y[member], ct_only[member])
+        out[f"studies_{name}"] = float(member.sum())
+    return out
 
 
 def record_in_card(bundle_dir: str | Path, metrics: dict[str, float], prefix: str, reproduce: str = "") -> None:

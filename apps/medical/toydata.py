@@ -76,7 +76,8 @@ def write_toy_dataset(out: str | Path, n: int = 16, shape: tuple[int, int, int] 
         nib.save(nib.Nifti1Image(data, np.diag([2.0, 2.0, 2.0, 1.0])), str(out / "volumes" / f"{study}.nii.gz"))
         (out / "reports" / f"{study}.txt").write_text(toy_report(rng, label))
         rows.append({"study_id": study, "patient_id": patient, "label": "malignant" if label else "benign",
-                     "path": f"volumes/{study}.nii.gz", "format": "nifti", "report_path": f"reports/{study}.txt"})
+                     "path": f"volumes/{study}.nii.gz", "format": "nifti", "report_path": f"reports/{study}.txt",
+                     "contrast": int(i % 4 < 2), "slice_spacing_mm": 2.0})
     with (out / "labels.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()

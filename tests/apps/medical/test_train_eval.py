@@ -32,6 +32,22 @@ def test_eval_ct_reports_the_documented_keys(tiny_bundle, toy_studies, tiny_bert
     assert 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["ece"] <= 1
 
 
+def test_eval_ct_splits_by_case_mix_and_patient_side(tiny_bundle, toy_studies, tiny_bert_dir):
+    from apps.medical.data import load_rendered, patient_split
+    from apps.medical.evaluate import evaluate_ct
+
+    metrics = evaluate_ct(toy_studies, tiny_bundle[0], str(tiny_bert_dir))
+    # toy labels.csv: contrast on studies 0-1, 4-5, 8-9 (both labels in each group), every slice 2 mm
+    assert metrics["studies_contrast"] == 6 and metrics["studies_plain"] == 6
+    assert metrics["studies_slices_2p5mm_or_less"] == 12 and "auc_slices_over_2p5mm" not in metrics
+    assert all(0 <= metrics[f"auc_{g}"] <= 1 for g in ("contrast", "plain", "ct_only_contrast", "ct_only_plain"))
+    val = [s for s in load_rendered(toy_studies) if patient_split(s.patient_id) == "val"]
+    assert len(val) == 2 and {s.label for s in val} == {0, 1}  # patients 0008 and 0009
+    assert evaluate_ct(toy_studies, tiny_bundle[0], str(tiny_bert_dir), side="val")["studies"] == 2
+    with pytest.raises(ValueError, match="side"):
+        evaluate_ct(toy_studies, tiny_bundle[0], str(tiny_bert_dir), side="test")
+
+
 def test_rendered_loader_and_patient_ranges(toy_studies):
     studies = load_rendered(toy_studies)
     assert len(studies) == 12 and {s.label for s in studies} == {0, 1}
