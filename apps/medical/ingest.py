@@ -11,6 +11,7 @@ tag), one series only, consistent rows/columns/pixel spacing/orientation, evenly
 
 from __future__ import annotations
 
+import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,7 @@ class IngestLimits:
     pixel_spacing_mm: tuple[float, float] = (0.1, 5.0)
     slice_spacing_mm: tuple[float, float] = (0.2, 12.0)
     spacing_tolerance: float = 0.1  # relative deviation of a slice gap from the median still accepted
+    max_compression_ratio: float = 200.0  # gzip NIfTI: CT compresses about 2:1; a 600 KB file of 1.2 G voxels is a bomb
 
 
 @dataclass
@@ -182,12 +184,27 @@ def _safe_unzip(data: bytes, dest: Path, limits: IngestLimits) -> list[Path]:
 # -------------------------------------------------------------------------------------------- DICOM
 
 def _dcmread(path: Path, header_only: bool):
+    """The dataset, or None when it is not readable DICOM. pydicom converts element values lazily, so
+    every element is converted here: an unknown VR or a value of the wrong length in a hostile file is
+    found now, not as a stray exception at the first attribute read."""
     import pydicom
-    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
 
     try:
-        return pydicom.dcmread(str(path), stop_before_pixels=header_only)
-    except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, AttributeError, TypeError):
+        meta = pydicom.filereader.read_file_meta_info(str(path))  # the meta group alone: cheap
+    except Exception:  # noqa: BLE001 - not DICOM (no preamble, broken meta): dcmread would fail too
+        return None
+    if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
+        # pydicom inflates a deflated dataset whole, in memory, before reading a tag: 1 MB can become 1 GB
+        raise IngestError("deflated DICOM (transfer syntax Deflated Explicit VR Little Endian) is not accepted; "
+                          "send uncompressed or RLE DICOM (JPEG / JPEG 2000 with the pylibjpeg plugins).", code="unsupported_transfer_syntax",
+                          status_code=415)
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=header_only)
+        ds.walk(lambda dataset, element: None)
+        ds.file_meta.walk(lambda dataset, element: None)
+        return ds
+    except Exception:  # noqa: BLE001 - InvalidDicomError, NotImplementedError (unknown VR), BytesLengthException, ...
         return None
 
 
@@ -207,6 +224,28 @@ def _floats(value, n: int, name: str, where: str) -> np.ndarray:
     if out.size != n or not np.isfinite(out).all():
         raise IngestError(f"{where}: {name} is missing or malformed.", code="bad_geometry")
     return out
+
+
+def _number(ds, name: str, default: float, where: str, cast=float):
+    """One numeric header value (``default`` when absent, empty or zero); a value that is not one finite
+    number (text, several values, NaN) is refused naming the tag, never its content (headers may hold PHI)."""
+    try:
+        value = getattr(ds, name, None)
+        out = cast(value) if value is not None and value != "" else default
+        finite = math.isfinite(out)
+    except Exception:  # noqa: BLE001 - pydicom raises many kinds for malformed values (MultiValue, bad VR, text)
+        finite = False
+    if not finite:
+        raise IngestError(f"{where}: {name} is malformed; one number is required.", code="bad_header")
+    return out or default
+
+
+def _first_item(sequence):
+    """The first item of a DICOM sequence, or None when it is absent or empty."""
+    try:
+        return sequence[0] if sequence is not None and len(sequence) else None
+    except (TypeError, IndexError, KeyError):
+        return None
 
 
 def _check_matrix(rows: int, cols: int, limits: IngestLimits) -> None:
@@ -278,11 +317,11 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
         return read_dicom_file(headers[0][0], limits)
     first = headers[0][1]
     iop = _floats(getattr(first, "ImageOrientationPatient", None), 6, "ImageOrientationPatient", "DICOM series")
-    rows, cols = int(getattr(first, "Rows", 0) or 0), int(getattr(first, "Columns", 0) or 0)
+    rows, cols = _number(first, "Rows", 0, "DICOM series", int), _number(first, "Columns", 0, "DICOM series", int)
     _check_matrix(rows, cols, limits)
     pixel = _floats(getattr(first, "PixelSpacing", None), 2, "PixelSpacing", "DICOM series")
     for _, ds in headers[1:]:
-        if int(getattr(ds, "Rows", 0) or 0) != rows or int(getattr(ds, "Columns", 0) or 0) != cols:
+        if _number(ds, "Rows", 0, "DICOM series", int) != rows or _number(ds, "Columns", 0, "DICOM series", int) != cols:
             raise IngestError("slices differ in size (rows x columns); one consistent series is required.",
                               code="inconsistent_geometry")
         other = _floats(getattr(ds, "ImageOrientationPatient", None), 6, "ImageOrientationPatient", "DICOM series")
@@ -319,7 +358,7 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
     return CTVolume(data=data, affine_ras=LPS_TO_RAS @ affine, source_format="dicom-series",
                     study_uid=str(getattr(first, "StudyInstanceUID", "") or "") or None,
                     series_uid=str(getattr(first, "SeriesInstanceUID", "") or "") or None,
-                    meta={"slices": len(headers), "slice_thickness": float(getattr(first, "SliceThickness", gap) or gap)})
+                    meta={"slices": len(headers), "slice_thickness": _number(first, "SliceThickness", gap, "DICOM series")})
 
 
 def _pixels_hu(ds, where: str) -> np.ndarray:
@@ -331,8 +370,8 @@ def _pixels_hu(ds, where: str) -> np.ndarray:
         raise IngestError(f"{where}: pixel data cannot be decoded ({type(exc).__name__}; transfer syntax {name}). "
                           "Uncompressed or RLE DICOM is always readable; JPEG 2000 / JPEG-LS need pylibjpeg plugins.",
                           code="corrupt_dicom") from None
-    slope = float(getattr(ds, "RescaleSlope", 1) or 1)
-    intercept = float(getattr(ds, "RescaleIntercept", 0) or 0)
+    slope = _number(ds, "RescaleSlope", 1.0, where)
+    intercept = _number(ds, "RescaleIntercept", 0.0, where)
     return arr.astype(np.float32) * slope + intercept
 
 
@@ -354,23 +393,23 @@ def read_dicom_file(path: Path, limits: IngestLimits | None = None) -> CTVolume:
         raise IngestError(f"the file is not readable DICOM. Accepted: {ACCEPTED}.", code="unsupported_type",
                           status_code=415)
     _check_modality(ds, "DICOM file")
-    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    frames = _number(ds, "NumberOfFrames", 1, "DICOM file", int)
     if frames < 2:
         raise IngestError("a single CT slice is not a volume; send the whole series (zip or folder) or a multi-frame file.",
                           code="too_few_slices")
     if frames < limits.min_slices:
         raise IngestError(f"{frames} frames; a CT volume needs at least {limits.min_slices}.", code="too_few_slices")
-    rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
+    rows, cols = _number(ds, "Rows", 0, "DICOM file", int), _number(ds, "Columns", 0, "DICOM file", int)
     _check_matrix(rows, cols, limits)
     _check_voxels((cols, rows, frames), limits)
-    shared = ds.get("SharedFunctionalGroupsSequence", [None])[0]
+    shared = _first_item(ds.get("SharedFunctionalGroupsSequence"))
     per_frame = ds.get("PerFrameFunctionalGroupsSequence", None)
 
     def group(item, seq, attr):
         if item is None or seq not in item:
             return None
-        inner = item[seq].value
-        return getattr(inner[0], attr, None) if inner else None
+        inner = _first_item(item[seq].value)
+        return getattr(inner, attr, None) if inner is not None else None
 
     iop = group(shared, "PlaneOrientationSequence", "ImageOrientationPatient") or getattr(ds, "ImageOrientationPatient", None)
     pixel = group(shared, "PixelMeasuresSequence", "PixelSpacing") or getattr(ds, "PixelSpacing", None)
@@ -385,7 +424,7 @@ def read_dicom_file(path: Path, limits: IngestLimits | None = None) -> CTVolume:
     else:
         # legacy multi-frame: first position plus an even step along the normal
         origin = _floats(getattr(ds, "ImagePositionPatient", None), 3, "ImagePositionPatient", "DICOM file")
-        step = float(getattr(ds, "SpacingBetweenSlices", 0) or getattr(ds, "SliceThickness", 0) or 0)
+        step = _number(ds, "SpacingBetweenSlices", 0.0, "DICOM file") or _number(ds, "SliceThickness", 0.0, "DICOM file")
         if step <= 0:
             raise IngestError("DICOM file: no per-frame positions and no slice spacing.", code="bad_geometry")
         positions3 = origin[None] + np.arange(frames)[:, None] * step * normal[None]
@@ -410,12 +449,13 @@ def read_dicom_file(path: Path, limits: IngestLimits | None = None) -> CTVolume:
 
 def _frame_rescale(ds, shared, per_frame, frames: int) -> tuple[np.ndarray, np.ndarray]:
     def from_item(item):
-        if item is not None and "PixelValueTransformationSequence" in item:
-            inner = item["PixelValueTransformationSequence"].value[0]
-            return float(getattr(inner, "RescaleSlope", 1) or 1), float(getattr(inner, "RescaleIntercept", 0) or 0)
+        inner = _first_item(item["PixelValueTransformationSequence"].value) \
+            if item is not None and "PixelValueTransformationSequence" in item else None
+        if inner is not None:
+            return _number(inner, "RescaleSlope", 1.0, "DICOM file"), _number(inner, "RescaleIntercept", 0.0, "DICOM file")
         return None
 
-    default = from_item(shared) or (float(getattr(ds, "RescaleSlope", 1) or 1), float(getattr(ds, "RescaleIntercept", 0) or 0))
+    default = from_item(shared) or (_number(ds, "RescaleSlope", 1.0, "DICOM file"), _number(ds, "RescaleIntercept", 0.0, "DICOM file"))
     pairs = [(from_item(f) or default) for f in per_frame] if per_frame is not None and len(per_frame) == frames \
         else [default] * frames
     return np.array([p[0] for p in pairs], np.float32), np.array([p[1] for p in pairs], np.float32)
@@ -440,6 +480,7 @@ def read_nifti(path: Path, limits: IngestLimits | None = None) -> CTVolume:
         raise IngestError(f"{shape[2]} slices; a CT volume needs at least {limits.min_slices}.", code="too_few_slices")
     _check_matrix(shape[1], shape[0], limits)
     _check_voxels(shape, limits)
+    _check_nifti_ratio(path, int(np.prod(shape)) * image.get_data_dtype().itemsize, limits)
     affine = np.asarray(image.affine, dtype=float)
     zooms = np.linalg.norm(affine[:3, :3], axis=0)
     if not np.isfinite(affine).all() or (zooms <= 0).any():
@@ -451,6 +492,19 @@ def read_nifti(path: Path, limits: IngestLimits | None = None) -> CTVolume:
         raise IngestError(f"the NIfTI voxel data cannot be read ({type(exc).__name__}).", code="corrupt_nifti") from None
     _check_hu(data, "NIfTI")
     return CTVolume(data=data, affine_ras=affine, source_format="nifti", meta={"slices": shape[2]})
+
+
+def _check_nifti_ratio(path: Path, expanded: int, limits: IngestLimits) -> None:
+    """A gzip NIfTI must not inflate beyond ``max_compression_ratio``: reading a tiny file that declares
+    a huge volume of one value would otherwise cost minutes and gigabytes before any check could refuse it."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":
+            return
+    stored = max(path.stat().st_size, 1)
+    if expanded / stored > limits.max_compression_ratio:
+        raise IngestError(f"the NIfTI file expands {expanded / stored:.0f}:1 ({stored} bytes to {expanded}); at most "
+                          f"{limits.max_compression_ratio:.0f}:1 is accepted (decompression-bomb guard).",
+                          code="decompression_bomb", status_code=413)
 
 
 def _check_hu(data: np.ndarray, where: str) -> None:

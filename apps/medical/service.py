@@ -103,6 +103,9 @@ def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
                 path, study_uid = ingest.ingest_upload(data, kind, tmp_path)
             except ingest.IngestError as exc:  # checked: modality, spacing, missing slices, sizes, zip safety
                 raise CTInputError(exc.message, exc.status_code, exc.code) from None
+            except Exception as exc:  # noqa: BLE001 - a reader tripping on a hostile header is still the upload's fault
+                raise CTInputError(f"the CT upload could not be read ({type(exc).__name__}); accepted: {ingest.ACCEPTED}",
+                                   code="corrupt_ct") from None
         elif kind == "nifti":
             suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
             path = tmp_path / f"upload{suffix}"

@@ -116,3 +116,34 @@ def test_dicom_uploads_go_through_ingestion_checks(client):
         r = client.post("/v1/studies:analyze", files={"ct": (name, Path(path).read_bytes(), "application/dicom")}, headers=h)
         assert 400 <= r.status_code < 500, r.text
         assert r.json()["error"]["message"]
+
+
+def test_malformed_dicom_headers_are_4xx_not_500(client, tmp_path, monkeypatch):
+    """A series whose Rows holds two values used to reach int() and answer 500; a reader failing in a way
+    ingestion does not foresee (here: an unknown VR) is still the upload's fault, a 4xx naming what is accepted."""
+    from apps.medical import ingest
+    from apps.medical.render.writers import write_dicom_series
+    from tests.apps.medical.data.conftest import phantom_volume
+
+    series = write_dicom_series(tmp_path / "ct", phantom_volume(), (2.5, 1.5, 1.5), (-30.0, -30.0, -100.0),
+                                patient_id="P1", study_key="s1")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for f in sorted(series.glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            ds.Rows = [40, 40]
+            out = io.BytesIO()
+            ds.save_as(out)
+            archive.writestr(f.name, out.getvalue())
+    h = {"X-API-Key": "rad"}
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", buf.getvalue(), "application/zip")}, headers=h)
+    assert r.status_code == 422, r.text
+    assert "Rows" in r.json()["error"]["message"]
+
+    def unforeseen(*args, **kwargs):
+        raise NotImplementedError("Unknown Value Representation in tag (0028,0010)")
+
+    monkeypatch.setattr(ingest, "ingest_upload", unforeseen)
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", buf.getvalue(), "application/zip")}, headers=h)
+    assert r.status_code == 422, r.text
+    assert "NIfTI" in r.json()["error"]["message"]

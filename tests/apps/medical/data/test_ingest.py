@@ -192,3 +192,100 @@ def test_localizer_is_ignored_and_tilt_refused(series, tmp_path):
         ds.save_as(tilted / f.name)
     with pytest.raises(IngestError, match="gantry tilt"):
         ingest_path(tilted)
+
+
+def _legacy_multiframe(series, volume):
+    """The series as one legacy multi-frame file: first slice's header, every frame's pixels, even spacing."""
+    import pydicom
+
+    files = sorted(series.glob("*.dcm"))
+    ds = pydicom.dcmread(files[0])
+    ds.NumberOfFrames = len(files)
+    ds.SpacingBetweenSlices = 2.5
+    ds.PixelData = np.stack([pydicom.dcmread(f).pixel_array for f in files]).astype("<i2").tobytes()
+    return ds
+
+
+def _dump(ds) -> bytes:
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+def test_malformed_header_values_are_refused_not_crashed(series, volume, tmp_path):
+    """Hostile headers (several values where one number belongs, text, empty sequences, an unknown VR)
+    are an IngestError naming the tag, never a TypeError/IndexError/NotImplementedError (HTTP 500)."""
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    from apps.medical.ingest import ingest_upload
+
+    base = _legacy_multiframe(series, volume)
+    assert ingest_bytes(_dump(base), "mf.dcm").source_format == "dicom-multiframe"
+    cases = {}
+    for name, value in (("NumberOfFrames", [24, 24]), ("Rows", [40, 40]), ("RescaleSlope", [1, 2]),
+                        ("SpacingBetweenSlices", [2.5, 2.5])):
+        ds = base.copy()
+        setattr(ds, name, value)
+        cases[f"multi-valued {name}"] = _dump(ds)
+    ds = base.copy()
+    ds.NumberOfFrames = 987654
+    cases["text NumberOfFrames"] = _dump(ds).replace(b"987654", b"abc   ")
+    ds = base.copy()
+    ds.SharedFunctionalGroupsSequence = Sequence([])
+    cases["empty shared groups"] = _dump(ds)
+    ds, shared = base.copy(), Dataset()
+    shared.PixelValueTransformationSequence = Sequence([])
+    ds.SharedFunctionalGroupsSequence = Sequence([shared])
+    cases["empty rescale sequence"] = _dump(ds)
+    # Rows (0028,0010) with an unknown VR: pydicom raises only when the value is first read
+    cases["unknown VR"] = _dump(base).replace(b"\x28\x00\x10\x00US", b"\x28\x00\x10\x00\x55\x00", 1)
+    for label, data in cases.items():
+        with pytest.raises(IngestError) as err:
+            ingest_upload(data, "dicom", tmp_path)
+        assert 400 <= err.value.status_code < 500, label
+        assert "abc" not in err.value.message, label  # the header's content is not echoed
+    for name, value in (("Rows", [40, 40]), ("RescaleSlope", [1, 1]), ("SliceThickness", [2.5, 2.5])):
+        files = {}
+        for f in sorted(series.glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            setattr(ds, name, value)
+            files[f.name] = _dump(ds)
+        with pytest.raises(IngestError, match=name) as err:
+            ingest_upload(_zip(files), "zip", tmp_path)
+        assert err.value.status_code == 422
+
+
+def test_gzip_nifti_bomb_is_refused_before_reading(tmp_path):
+    """A 30 KB .nii.gz declaring 256^3 voxels of one value (1000:1) used to be inflated and analysed in full
+    (at 512x512x1200: a 600 KB upload, 107 s and gigabytes); now it is a 413 from the header alone."""
+    import gzip
+
+    import nibabel as nib
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((256, 256, 256))
+    header.set_data_dtype(np.int16)
+    header.set_zooms((1.0, 1.0, 1.0))
+    buf = io.BytesIO()
+    header.write_to(buf)
+    data = gzip.compress(buf.getvalue() + b"\0" * 4 + b"\0" * (256 ** 3 * 2), compresslevel=1)
+    assert len(data) < 256 ** 3 * 2 / 200
+    with pytest.raises(IngestError, match="decompression-bomb guard") as err:
+        ingest_bytes(data, "bomb.nii.gz")
+    assert err.value.status_code == 413
+
+
+def test_deflated_dicom_is_refused_before_inflating(series, volume, tmp_path):
+    """pydicom inflates a deflated dataset whole before reading a tag: a 0.5 MB upload became 1 GB of
+    memory (a 200 MB one, the upload limit, would take the process down). Refused from the meta group."""
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    from apps.medical.ingest import ingest_upload
+
+    ds = _legacy_multiframe(series, volume)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    with pytest.raises(IngestError, match="deflated") as err:
+        ingest_upload(_dump(ds), "dicom", tmp_path)
+    assert err.value.status_code == 415 and err.value.code == "unsupported_transfer_syntax"
