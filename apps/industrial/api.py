@@ -84,23 +84,25 @@ async def _decode_board(
     gray = tmpl = windows = None
     if image is None and vibration is None:
         raise _refuse("missing_input", f"{label}send an image (PNG/JPEG/BMP/TIFF), a vibration file (CSV/NPY/WAV), or both")
+    # decoding runs in a worker thread: a 50 MB CSV takes seconds to parse, and on the event loop it
+    # would stall every request of every app behind the gateway meanwhile
     try:
         if image is not None:
             data = await read_upload(image, accept=IMAGE_KINDS, max_bytes=settings.max_upload_bytes)
-            gray = decode_image(data, settings.min_image_side, settings.max_image_side)
+            gray = await asyncio.to_thread(decode_image, data, settings.min_image_side, settings.max_image_side)
         if template is not None:
             if gray is None:
                 raise ValueError("a template needs the tested image too")
             data = await read_upload(template, accept=IMAGE_KINDS, max_bytes=settings.max_upload_bytes)
-            tmpl = decode_image(data, settings.min_image_side, settings.max_image_side)
+            tmpl = await asyncio.to_thread(decode_image, data, settings.min_image_side, settings.max_image_side)
             if tmpl.shape != gray.shape:
                 raise ValueError(f"template is {tmpl.shape[1]}x{tmpl.shape[0]} px but the image is {gray.shape[1]}x{gray.shape[0]}; they must be aligned and equal in size")
         if vibration is not None:
             data = await read_upload(vibration, accept=VIBRATION_KINDS, max_bytes=settings.max_upload_bytes)
             from core.serving import sniff_kind
 
-            signal, rate = decode_vibration(data, sniff_kind(data), sample_rate)
-            windows = vibration_windows(signal, rate)
+            signal, rate = await asyncio.to_thread(decode_vibration, data, sniff_kind(data), sample_rate)
+            windows = await asyncio.to_thread(vibration_windows, signal, rate)
         elif sample_rate is not None and not (0 < sample_rate < float("inf")):
             raise ValueError("sample_rate must be a positive number")
     except ValueError as exc:

@@ -15,6 +15,7 @@ import numpy as np
 MODEL_RATE = 12_000
 WINDOW = 2_048
 MIN_RATE, MAX_RATE = 4_000, 200_000  # refuse absurd sample rates
+MAX_ABS = 1e30  # the models compute in float32 (max ~3.4e38): larger values overflow into NaN
 NOMINAL_RPM = 1_797  # CWRU 0 HP shaft speed, the only load in the training data
 MAX_STRETCH = 0.15  # speed-augmentation bound: beyond it the augmented speeds are not a bearing rig's loads
 
@@ -58,6 +59,9 @@ def validate_signal(signal: np.ndarray, rate: float) -> None:
         raise ValueError("the vibration signal is empty")
     if not np.all(np.isfinite(signal)):
         raise ValueError("the vibration signal contains NaN or infinite values")
+    peak = float(np.max(np.abs(signal)))
+    if peak > MAX_ABS:
+        raise ValueError(f"the vibration signal reaches {peak:.3g}; values must lie within ±{MAX_ABS:g} (any unit)")
     needed = int(np.ceil(WINDOW * rate / MODEL_RATE))
     if signal.size < needed:
         raise ValueError(f"the vibration signal has {signal.size} samples; at {rate:g} Hz at least {needed} are needed ({WINDOW} at {MODEL_RATE} Hz)")

@@ -90,6 +90,8 @@ def test_template_is_accepted(client):
         ({"vibration": ("v.csv", _csv(np.full(5000, np.nan)), "text/csv")}, {"sample_rate": "12000"}, "NaN"),
         ({"vibration": ("v.csv", _csv(np.random.randn(5000)), "text/csv")}, {}, "sample_rate"),
         ({"vibration": ("v.csv", _csv(np.random.randn(5000)), "text/csv")}, {"sample_rate": "5"}, "outside"),
+        # finite but beyond float32: the models' NaN used to surface as "Out of range float values are not JSON compliant"
+        ({"vibration": ("v.csv", _csv(np.random.randn(5000) * 1e37), "text/csv")}, {"sample_rate": "12000"}, "must lie within"),
         ({"vibration": ("v.csv", b"", "text/csv")}, {"sample_rate": "12000"}, ""),
         ({}, {}, "send an image"),
     ],
@@ -98,6 +100,33 @@ def test_bad_input_is_a_clear_4xx(client, files, data, fragment):
     r = client.post("/v1/inspect", files=files or {"unused": ("u.txt", b"x", "text/plain")}, data=data, headers=KEY)
     assert 400 <= r.status_code < 500, r.text
     assert fragment in r.json()["error"]["message"]
+
+
+def test_uploads_are_decoded_off_the_event_loop(client, monkeypatch):
+    """Parsing a 50 MB CSV takes seconds; on the event loop it stalled every app behind the gateway
+    (even /health) for that long. Decoding must run in a worker thread."""
+    import asyncio
+
+    from apps.industrial import service
+
+    seen = []
+
+    def spy(decode):
+        def wrapped(*args, **kwargs):
+            try:
+                asyncio.get_running_loop()
+                seen.append("event loop")
+            except RuntimeError:
+                seen.append("worker thread")
+            return decode(*args, **kwargs)
+        return wrapped
+
+    for name in ("decode_image", "decode_vibration", "vibration_windows"):
+        monkeypatch.setattr(service, name, spy(getattr(service, name)))
+    files = {"image": ("b.png", board_png(), "image/png"), "vibration": ("v.csv", _csv(vibration_signal(seconds=0.3)), "text/csv")}
+    r = client.post("/v1/inspect", files=files, data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert seen == ["worker thread"] * 3
 
 
 def test_wrong_template_size_and_auth(client):
