@@ -78,6 +78,20 @@ def check_audio(audio: np.ndarray, sample_rate: int) -> np.ndarray:
     return resample(x, sample_rate, 16_000)
 
 
+# Below this peak (-60 dBFS: 33 steps of 16-bit audio) there is no speech to decode: a muted line, a
+# hold, VoIP silence suppression. Decoders hallucinate a word with full confidence in digital
+# silence (pocketsphinx heard "nor" at confidence 1.0 in two seconds of zeros), so no backend is asked.
+SILENCE_PEAK = 10 ** (-60 / 20)
+
+
+def silent_transcript(x: np.ndarray, backend: str, mode: str) -> Transcript | None:
+    """The empty transcript of ``x`` (16 kHz, from :func:`check_audio`) when it holds no signal, else None."""
+    if float(np.abs(x).max()) >= SILENCE_PEAK:
+        return None
+    return Transcript(words=[], confidence=0.0, backend=backend, mode=mode, duration_s=len(x) / 16_000,
+                      extra={"silent": True})
+
+
 def confidence_of(words: list[Word]) -> float:
     return float(np.mean([w.confidence for w in words])) if words else 0.0
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of
+from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of, silent_transcript
 
 
 class CTCRecognizer:
@@ -38,6 +38,8 @@ class CTCRecognizer:
         import torch
 
         x = check_audio(audio, sample_rate)
+        if (silent := silent_transcript(x, self.name, mode)) is not None:
+            return silent
         t0 = time.perf_counter()
         inputs = self.processor(x, sampling_rate=16_000, return_tensors="pt")
         with torch.inference_mode():

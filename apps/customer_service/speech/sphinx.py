@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of
+from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of, silent_transcript
 from apps.customer_service.speech.grammars import GRAMMARS, NARROW_BAND_PRONUNCIATIONS, NARROW_BAND_WORDS
 
 RESOURCES = Path(__file__).resolve().parent / "resources"
@@ -170,6 +170,9 @@ class SphinxRecognizer:
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = 16_000, *, mode: str = "default") -> Transcript:
         x = check_audio(audio, sample_rate)
+        searches = self._search_for(mode)  # refuses an unknown mode, silent or not
+        if (silent := silent_transcript(x, self.name, mode)) is not None:
+            return silent
         t0 = time.perf_counter()
         if mode in ("digit", "digits") and self.config.digit_model:
             learned = self._learned_digits(x, mode)
@@ -180,7 +183,6 @@ class SphinxRecognizer:
                                   extra={"search": "digit-strings" if "digit-strings" in version else "digit-cnn",
                                          "digit_model": version})
         pcm = (np.clip(condition(x, self.config), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
-        searches = self._search_for(mode)
         with self._lock:
             passes = [self._decode(pcm, s) for s in searches]
             chosen = passes[0] if len(passes) == 1 else max(passes, key=self._interpolated_score)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of
+from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of, silent_transcript
 
 
 class WhisperRecognizer:
@@ -49,6 +49,8 @@ class WhisperRecognizer:
         import whisper
 
         x = check_audio(audio, sample_rate)
+        if (silent := silent_transcript(x, self.name, mode)) is not None:
+            return silent
         t0 = time.perf_counter()
         prompt = {"digit": "Seven.", "digits": "4 5 3 9 1 4 8 8", "amount": "£12.50"}.get(mode)
         with torch.inference_mode():

@@ -98,6 +98,12 @@ def test_ctc_loads_local_folder_and_decodes_words_with_times(tiny_ctc):
         prev_end = w.end
 
 
+def test_ctc_backend_is_not_asked_to_decode_silence(tiny_ctc):
+    out = create_recognizer("ctc", model_path=tiny_ctc).transcribe(np.zeros(8_000, np.float32), 8_000)
+    assert out.words == [] and out.confidence == 0.0 and out.extra == {"silent": True} and out.backend == "ctc"
+    assert out.duration_s == pytest.approx(1.0)
+
+
 def test_ctc_greedy_decoding_collapses_repeats_and_splits_words(tiny_ctc):
     rec = create_recognizer("ctc", model_path=tiny_ctc)
     tok = rec.tokenizer

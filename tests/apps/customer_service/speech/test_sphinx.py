@@ -87,9 +87,16 @@ def test_bad_input_is_refused(bank_recognizer):
 
 
 def test_silence_gives_an_empty_transcript(bank_recognizer):
-    out = bank_recognizer.transcribe(np.zeros(16_000, dtype=np.float32))
-    assert out.words == [] or all(w.confidence <= 1.0 for w in out.words)
-    assert out.to_dict()["duration_s"] == pytest.approx(1.0)
+    # two seconds of digital zeros decoded as "nor" at confidence 1.0 before the silence gate
+    rng = np.random.default_rng(0)
+    for silence in (np.zeros(32_000, dtype=np.float32), 1e-4 * rng.standard_normal(32_000).astype(np.float32)):
+        out = bank_recognizer.transcribe(silence)
+        assert out.words == [] and out.confidence == 0.0 and out.extra == {"silent": True}
+        assert out.to_dict()["duration_s"] == pytest.approx(2.0)
+    # speech far below full scale (-50 dBFS peak) is still decoded, not gated
+    quiet = speak("I want to check my balance")
+    quiet = quiet / np.abs(quiet).max() * 10 ** (-50 / 20)
+    assert "silent" not in bank_recognizer.transcribe(quiet).extra
 
 
 def test_presets():
