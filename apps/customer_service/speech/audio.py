@@ -112,6 +112,9 @@ def load_audio(
         raise AudioError("corrupt", f"The {fmt.upper()} file holds non-finite samples.")
     if samples.shape[0] / rate > max_seconds:
         raise AudioError("too_long", f"The audio lasts {samples.shape[0] / rate:.0f} s; the limit is {max_seconds:.0f} s.")
+    peak = float(np.abs(samples).max())
+    if peak > 1.0:  # float files may exceed full scale (1e30 was seen): scaled back, channels kept in proportion
+        samples = samples / np.float32(peak)
     out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
     return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate))
 

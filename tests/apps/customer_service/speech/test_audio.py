@@ -53,6 +53,17 @@ def test_stereo_keeps_agent_and_caller_apart():
     assert audio.mono().shape == (audio.samples.shape[1],)
 
 
+@pytest.mark.parametrize("peak", [4.0, 1e30])
+def test_float_audio_beyond_full_scale_is_scaled_back(peak):
+    left, right = _sine(16_000), 0.5 * _sine(16_000)
+    data = _encode(np.stack([left, right], axis=1) * np.float32(peak / 0.5), 16_000, "WAV", "FLOAT")
+    with np.errstate(all="raise"):
+        audio = load_audio(data)
+        energy = (audio.samples.astype(np.float64) ** 2).mean(axis=1)
+    assert np.abs(audio.samples).max() == pytest.approx(1.0, abs=0.02)
+    assert energy[0] / energy[1] == pytest.approx(4.0, rel=0.01)  # the channels keep their levels
+
+
 def test_paths_work(tmp_path):
     path = tmp_path / "a.flac"
     path.write_bytes(_encode(_sine(16_000), 16_000, "FLAC", "PCM_16"))
