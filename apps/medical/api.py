@@ -15,6 +15,7 @@ from core.serving import (
     DynamicBatcher,
     Principal,
     ResultStore,
+    WorkGate,
     create_service_app,
     get_batcher,
     get_request_id,
@@ -75,6 +76,14 @@ class AnalyzeResponse(BaseModel):
 router = APIRouter(tags=["medical"])
 
 
+def _ct_gate(request: Request) -> WorkGate:
+    state = request.app.state
+    if getattr(state, "ct_gate", None) is None:
+        settings: MedicalSettings = state.settings
+        state.ct_gate = WorkGate("CT uploads being decoded", settings.ct_decode_slots, settings.ct_decode_queue)
+    return state.ct_gate
+
+
 def _runner(request: Request):
     runner = request.app.state.runners.get("fusion")
     if runner is None:
@@ -108,7 +117,8 @@ async def analyze(
     if ct is not None:
         data = await read_upload(ct, accept=CT_KINDS, max_bytes=settings.max_upload_bytes)
         try:
-            volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.load_ct)
+            async with _ct_gate(request).slot():
+                volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.load_ct)
         except CTInputError as exc:
             raise ApiError(exc.status_code, exc.code, str(exc), {"accepted": sorted(CT_KINDS)}) from None
     try:

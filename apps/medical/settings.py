@@ -27,6 +27,10 @@ class MedicalSettings(AppSettings):
     heatmap_slices: int = 3
     # CPU threads for one study's inference (the service box is small and shared)
     torch_threads: int = 2
+    # CT uploads decoded at once (a large series holds a few GB while it is read and resampled) and
+    # how many more may wait for a slot; beyond that an upload gets 503 with Retry-After
+    ct_decode_slots: int = 2
+    ct_decode_queue: int = 8
 
 
 @lru_cache

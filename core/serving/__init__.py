@@ -38,6 +38,7 @@ _EXPORTS = {
     "page_router": "core.serving.web",
     "Principal": "core.serving.auth",
     "subject_hash": "core.serving.auth",
+    "WorkGate": "core.serving.gate",
 }
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "Principal",
     "ROLES",
     "ResultStore",
+    "WorkGate",
     "authorize_websocket",
     "create_service_app",
     "error_body",

@@ -147,3 +147,23 @@ def test_malformed_dicom_headers_are_4xx_not_500(client, tmp_path, monkeypatch):
     r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", buf.getvalue(), "application/zip")}, headers=h)
     assert r.status_code == 422, r.text
     assert "NIfTI" in r.json()["error"]["message"]
+
+
+def test_ct_uploads_beyond_the_decode_slots_get_a_503(client, toy_studies):
+    from core.serving import WorkGate
+
+    upload = {"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")}
+    assert client.post("/v1/studies:analyze", files=upload, headers={"X-API-Key": "rad"}).status_code == 200
+    gate = client.app.state.ct_gate
+    assert (gate.slots, gate.queue) == (2, 8)  # MedicalSettings' ct_decode_slots / ct_decode_queue
+    client.app.state.ct_gate = gate = WorkGate("CT uploads being decoded", slots=1, queue=0)
+    held = gate.slot()
+    client.portal.call(held.__aenter__)  # another upload is being decoded
+    try:
+        r = client.post("/v1/studies:analyze", files=upload, headers={"X-API-Key": "rad"})
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5" and r.json()["error"]["code"] == "busy"
+        # a report alone decodes no CT and is still served
+        assert client.post("/v1/studies:analyze", data={"report": REPORT}, headers={"X-API-Key": "rad"}).status_code == 200
+    finally:
+        client.portal.call(held.__aexit__, None, None, None)
+    assert client.post("/v1/studies:analyze", files=upload, headers={"X-API-Key": "rad"}).status_code == 200
