@@ -51,6 +51,8 @@ def train(
                                                          "studies only; repeatable.")] = None,
     extra_ct: Annotated[list[str] | None, typer.Option("--extra-ct", help="--train-detector: other renders (render seeds) of the "
                                                        "training patients, training patches only; repeatable.")] = None,
+    modalities: Annotated[str, typer.Option(help="both (the fusion model), or ct / report: a dedicated single-modality "
+                                                 "model, the other input absent in training and validation.")] = "both",
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -88,7 +90,7 @@ def train(
 
         from apps.medical.train import FusionTrainConfig, train_from_pack
 
-        config = FusionTrainConfig.from_name(preset)
+        config = FusionTrainConfig.from_name(preset, modalities=modalities)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -113,7 +115,7 @@ def train(
         from apps.medical.train import FusionTrainConfig, train_fusion
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        config = FusionTrainConfig.from_name(preset, seed=seed)
+        config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs

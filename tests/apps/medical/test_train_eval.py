@@ -16,6 +16,34 @@ def test_training_writes_a_verified_bundle_with_card(tiny_bundle):
     assert "LIDC-IDRI-0801" not in (bundle_dir / "MODEL_CARD.md").read_text().split("never used")[0][-40:]
 
 
+@pytest.mark.parametrize("modalities,seen", [("ct", "val_auc_ct_only"), ("report", "val_auc_text_only")])
+def test_a_dedicated_single_modality_model_is_validated_on_its_modality(toy_studies, tiny_bert_dir, tmp_path, monkeypatch,
+                                                                         modalities, seen):
+    import apps.medical.train as medical_train
+    from apps.medical.train import FusionTrainConfig, train_fusion
+
+    built = []
+
+    class Recorded(medical_train.StudyDataset):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            built.append((self.train, self.modality_dropout, self.present_ct, self.present_report))
+
+    monkeypatch.setattr(medical_train, "StudyDataset", Recorded)
+    out = tmp_path / modalities
+    _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny", modalities=modalities),
+                              patients=(1, 800), bert_path=str(tiny_bert_dir), log=lambda m: None)
+    # the training and validation sets never show the other input (no dropout needed to hide it)
+    assert built[0] == (True, 0.0, modalities == "ct", modalities == "report")
+    assert built[1] == (False, 0.0, modalities == "ct", modalities == "report")
+    assert metrics["val_auc"] == pytest.approx(metrics[seen])
+    assert json.loads((out / "config.json").read_text())["modalities"] == modalities
+    assert "-only model" in (out / "MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="modalities"):
+        train_fusion(toy_studies, tmp_path / "x", FusionTrainConfig.from_name("tiny", modalities="ecg"), patients=(1, 800),
+                     bert_path=str(tiny_bert_dir), log=lambda m: None)
+
+
 def test_evaluation_patients_are_never_trained_on(toy_studies, tmp_path):
     from apps.medical.train import FusionTrainConfig, train_fusion
 
