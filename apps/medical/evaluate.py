@@ -73,9 +73,9 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     }
 
 
-# Case-mix subgroups read from the renderer's labels.csv: name -> (column, test on its value). Contrast
-# enhancement changes how hard a set is (plain-CT vessels sit near the nodules' soft-tissue HU; the
-# fusion card's session-16 note), and slice spacing is resampled to the detector's 2.5 mm grid.
+# Case-mix subgroups read from the renderer's labels.csv: name -> (column, test on its value). Contrast-
+# enhanced studies are much easier than plain ones (the fusion card's session-16 notes), so a set's share
+# of them moves its AUC; slice spacing is resampled to the detector's 2.5 mm grid.
 SUBGROUPS = {
     "contrast": ("contrast", lambda v: v.strip() == "1"),
     "plain": ("contrast", lambda v: v.strip() == "0"),
