@@ -1330,6 +1330,9 @@ VARIANT_RESULTS = {
     "Whisper base + LoRA + layer-weighted mean/std head, fine-tuned (seed 0 / seed 1: 0.704 / 0.847)": (0.7273, 0.8518),
     "the shipped trio (2/3) + that fine-tuned member (1/3), seed 0 (seed 1: 0.765 / 0.884)": (0.7782, 0.8903),
     "the shipped trio (3/5) + that fine-tuned member (2/5), seed 0 (seed 1: 0.761 / 0.885)": (0.7824, 0.8943),
+    # Session 16, tried and not kept (~1.4 s of CPU per clip against 0.06 s; scratch scripts):
+    "Whisper statistics with the utterance zero-padded to Whisper's 30 s window, speed + telephone copies": (0.7648, 0.8605),
+    "the shipped trio with that 30 s member in place of the unpadded one": (0.7743, 0.8705),
 }
 # Also measured (session 7, .pack/cs7/ft.py on an H200, same folds, a recipe fixed in advance).
 FINETUNE_NOTE = ("The GE2E LSTM fine-tuned end to end on an H200 (mean/std pooling + linear layer, 40 epochs, same "
