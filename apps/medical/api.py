@@ -76,14 +76,6 @@ class AnalyzeResponse(BaseModel):
 router = APIRouter(tags=["medical"])
 
 
-def _ct_gate(request: Request) -> WorkGate:
-    state = request.app.state
-    if getattr(state, "ct_gate", None) is None:
-        settings: MedicalSettings = state.settings
-        state.ct_gate = WorkGate("CT uploads being decoded", settings.ct_decode_slots, settings.ct_decode_queue)
-    return state.ct_gate
-
-
 def _runner(request: Request):
     runner = request.app.state.runners.get("fusion")
     if runner is None:
@@ -117,7 +109,7 @@ async def analyze(
     if ct is not None:
         data = await read_upload(ct, accept=CT_KINDS, max_bytes=settings.max_upload_bytes)
         try:
-            async with _ct_gate(request).slot():
+            async with request.app.state.ct_gate.slot():
                 volume, study_key = await asyncio.to_thread(volume_from_upload, data, sniff_kind(data) or "", runner.load_ct)
         except CTInputError as exc:
             raise ApiError(exc.status_code, exc.code, str(exc), {"accepted": sorted(CT_KINDS)}) from None
@@ -190,7 +182,7 @@ def create_app(settings: MedicalSettings | None = None):
         return {"fusion": MedicalRunner(settings.bundle_dir, settings.artefact_dir, settings.bert_path,
                                         settings.heatmap_slices, settings.torch_threads)}
 
-    return create_service_app(
+    app = create_service_app(
         name="medical",
         settings=settings,
         routers=[router],
@@ -199,3 +191,5 @@ def create_app(settings: MedicalSettings | None = None):
         description="Chest CT + report -> calibrated malignancy probability, heat maps, modality weights. "
         "Research prototype, not a medical device.",
     )
+    app.state.ct_gate = WorkGate("CT uploads being decoded", settings.ct_decode_slots, settings.ct_decode_queue)
+    return app
