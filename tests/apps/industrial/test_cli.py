@@ -46,6 +46,34 @@ def test_eval_cwru_writes_one_flat_json(tmp_path, tiny_bundles):
     assert metrics["n_windows"] == 5 + 5 and all(isinstance(v, float) for v in metrics.values())
 
 
+def test_eval_cwru_macro_f1_averages_the_states_present(tmp_path, tiny_bundles, monkeypatch):
+    # The other loads' set holds fault recordings only: a perfect model must score 1.0, not 0.25
+    # for "normal", "ball" and "outer_race" F1s of zero; a window wrongly called normal costs recall.
+    from apps.industrial import train
+    from apps.industrial.data import FAULT_CLASSES
+    from apps.industrial.evaluate import evaluate_cwru
+
+    folder = tmp_path / "cwru" / "Data" / "1750 RPM"
+    folder.mkdir(parents=True)
+    np.savez(folder / "1750_IR_7_DE12.npz", DE=vibration_signal(seconds=1.0, impact_hz=160.0)[:, None])
+    inner = FAULT_CLASSES.index("inner_race")
+
+    def calls(miss_first: bool):
+        def predict(model, windows):
+            probs = np.zeros((len(windows), len(FAULT_CLASSES)), dtype=np.float32)
+            probs[:, inner] = 1.0
+            if miss_first:
+                probs[0] = [1.0, 0, 0, 0]
+            return probs
+        return predict
+
+    monkeypatch.setattr(train, "predict_windows", calls(False))
+    assert evaluate_cwru(tiny_bundles / "vibration", tmp_path / "cwru")["macro_f1"] == 1.0
+    monkeypatch.setattr(train, "predict_windows", calls(True))
+    m = evaluate_cwru(tiny_bundles / "vibration", tmp_path / "cwru")
+    assert m["macro_f1"] == pytest.approx(2 * 0.8 / 1.8) and m["accuracy"] == pytest.approx(0.8)
+
+
 def test_eval_deeppcb_keys(tmp_path, tiny_bundles):
     root = make_deeppcb(tmp_path / "deeppcb")
     out = tmp_path / "d.json"
