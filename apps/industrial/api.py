@@ -2,11 +2,15 @@
 
 Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
 content, sample rate, finite samples) before queuing; results are stored before they are returned.
+A batch call checks every board's input before any is queued (one bad file refuses the call, naming the
+board); a board the model then fails on (a full queue, a timeout) is reported in ``errors`` beside the
+stored results of the others, so a line resends only that board.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Annotated
 
@@ -26,6 +30,8 @@ from core.serving import (
     read_upload,
     require_role,
 )
+
+log = logging.getLogger("triptych.industrial")
 
 IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
 VIBRATION_KINDS = {"csv", "npy", "wav"}
@@ -60,10 +66,19 @@ class Inspection(BaseModel):
     detector_input: str | None = Field(None, description="image+template (template-aware detector) or image; null without image")
     model_version: str
     timings_ms: dict[str, float]
+    board: int | None = Field(None, description="batch calls: the board's index in the call (images[i])")
+
+
+class BoardError(BaseModel):
+    board: int = Field(description="the board's index in the call (images[i])")
+    code: str
+    message: str
 
 
 class BatchInspection(BaseModel):
-    results: list[Inspection]
+    results: list[Inspection] = Field(description="the boards inspected (and stored), in the order sent")
+    errors: list[BoardError] = Field(default_factory=list, description=(
+        "boards the model could not inspect (e.g. its queue was full): nothing was stored for them; send them again"))
 
 
 def _refuse(code: str, message: str) -> ApiError:
@@ -166,8 +181,21 @@ async def inspect_batch(
         for i, img in enumerate(images)
     ]
     results = await asyncio.gather(*(batcher.submit(item) for item in items), return_exceptions=True)
-    out = [await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch") for i, r in enumerate(results)]
-    return BatchInspection(results=out)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if len(failed) == len(results):
+        raise failed[0]  # nothing to report beside it: the call fails as a single board would
+    out, errors = [], []
+    for i, r in enumerate(results):
+        if isinstance(r, ApiError):
+            errors.append(BoardError(board=i, code=r.code, message=r.message))
+        elif isinstance(r, BaseException):
+            log.error("batch board failed in the model", extra={"request_id": request_id, "board": i,
+                                                                 "error": type(r).__name__})
+            errors.append(BoardError(board=i, code="internal_error", message="the model failed on this board; nothing was stored"))
+        else:
+            inspection = await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch")
+            out.append(inspection.model_copy(update={"board": i}))
+    return BatchInspection(results=out, errors=errors)
 
 
 def create_app(settings: IndustrialSettings | None = None):

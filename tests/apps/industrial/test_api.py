@@ -154,3 +154,35 @@ def test_batch(client):
     assert [x["detector_input"] for x in r.json()["results"]] == ["image+template"] * 2
     r = client.post("/v1/inspect/batch", files=files[:3], headers=KEY)
     assert r.status_code == 422 and "templates" in r.json()["error"]["message"]
+
+
+def test_batch_reports_a_board_the_model_fails_on_beside_the_stored_others(client):
+    from core.serving import ApiError
+
+    batcher = client.app.state.batchers["inspect"]
+    real_submit, calls = batcher.submit, []
+
+    async def submit(item):
+        calls.append(item)
+        if len(calls) == 2:
+            raise ApiError(503, "queue_full", "the model queue is full; retry shortly")
+        if len(calls) == 3:
+            raise RuntimeError("a bug")
+        return await real_submit(item)
+
+    batcher.submit = submit
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(4)]
+    r = client.post("/v1/inspect/batch", files=files, headers=KEY)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [x["board"] for x in body["results"]] == [0, 3]
+    assert [(e["board"], e["code"]) for e in body["errors"]] == [(1, "queue_full"), (2, "internal_error")]
+    stored = client.app.state.store.list_results("industrial", "inspect_batch")
+    assert sorted(x["id"] for x in stored) == sorted(x["id"] for x in body["results"])
+
+    async def full(item):
+        raise ApiError(503, "queue_full", "full", headers={"Retry-After": "1"})
+
+    batcher.submit = full
+    r = client.post("/v1/inspect/batch", files=files[:2], headers=KEY)
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"  # every board failed: the call fails as one
