@@ -1,9 +1,9 @@
 """NegEx-style negation scopes for radiology text, so "no nodules or masses" never reads as a finding.
 
 Chapman et al. (2001) NegEx, simplified: a trigger ("no", "without", "negative for", ...) opens a
-negated scope that runs to the end of the sentence or to a termination term ("but", "however",
-"which", "consistent with", ...). Pseudo-triggers ("no change", "not well seen", "unchanged") look
-like negations but do not negate what follows: "no change in the small calcified nodule" still
+negated scope that runs to the end of the sentence, to a termination term ("but", "however",
+"which", "consistent with", ...) or to a comma after the phrase's own verb ("no effusion seen, ...").
+Pseudo-triggers ("no change", "not well seen", "unchanged") look like negations but do not negate what follows: "no change in the small calcified nodule" still
 reports a nodule. Pure Python, no dependencies.
 """
 
@@ -20,17 +20,21 @@ PSEUDO_TRIGGERS = (
     "no increase", "not only", "without change", "without significant change", "no definite change",
     "not changed",
 )
+# A negated phrase closed by its own verb ends at the comma after it: in "no effusion is seen, dense nodule
+# in the left lung" the nodule is reported. A plain list ("no effusion, pneumothorax or nodules") runs on.
+CLOSERS = ("seen", "identified", "noted", "present", "demonstrated", "evident", "visualized", "appreciated")
 TERMINATORS = (
     "but", "however", "although", "which", "except", "though", "other than", "aside from", "apart from",
     "otherwise", "yet", "suggesting", "consistent with", "compatible with", "likely", "probably", "may",
 )
 
-_TOKEN = re.compile(r"[a-z_]+|\d+(?:\.\d+)?")
+_TOKEN = re.compile(r"[a-z_]+|\d+(?:\.\d+)?|,")
 # Sentences end at punctuation or at enumerations ("1. ... 2. ...") common in impressions.
 _SENTENCE = re.compile(r"(?<=[.;:!?])\s+|\s\d\.\s|^\d\.\s")
 _PSEUDO = re.compile(r"\b(?:" + "|".join(map(re.escape, PSEUDO_TRIGGERS)) + r")\b")
 _TRIGGER_SET = set(TRIGGERS)
 _TERMINATOR_SET = set(TERMINATORS)
+_CLOSER_SET = set(CLOSERS)
 
 
 def normalise(text: str) -> str:
@@ -62,6 +66,11 @@ def split_affirmed_negated(text: str) -> tuple[list[str], list[str]]:
         i = 0
         while i < len(tokens):
             token = tokens[i]
+            if token == ",":  # commas only ever end a scope closed by its verb; they are never emitted
+                if in_scope and i > 0 and tokens[i - 1] in _CLOSER_SET:
+                    in_scope = False
+                i += 1
+                continue
             if "_" in token:
                 affirmed.extend(token.split("_"))
                 in_scope = False

@@ -27,3 +27,12 @@ def test_scope_ends_at_the_sentence_and_placeholders_vanish():
     affirmed, negated = split_affirmed_negated("No pneumothorax. XXXX mass in the right apex.")
     assert "pneumothorax" in negated and "mass" in affirmed
     assert all("xxxx" not in s for s in sentences("XXXX seen. 1. Normal XXXX."))
+
+
+def test_a_comma_after_the_negated_phrases_verb_ends_the_scope():
+    text = "No focal consolidation, no definite pleural effusion seen, left hilar calcifications and dense nodule."
+    affirmed, negated = split_affirmed_negated(text)
+    assert "nodule" in affirmed and "effusion" in negated and "consolidation" in negated
+    affirmed, negated = split_affirmed_negated("No focal consolidation, pleural effusion, or suspicious nodules.")
+    assert "nodules" in negated and not affirmed  # a plain list stays negated
+    assert "," not in affirmed + negated
