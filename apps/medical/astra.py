@@ -12,8 +12,10 @@ stage's stride on every axis, max-pool 3 x 3 x 3 / 2), 2,048 channels at 1/32 in
 through the slices. Merlin feeds the grey volume three times as RGB; summing the stem's weights over
 those channels gives the same network on one channel.
 
-Input convention (Merlin's): orientation RAS, 1.5 x 1.5 x 3 mm voxels, HU -1000..1000 scaled to 0..1,
-padded or centre-cropped to 224 x 224 x 160 (x, y, z); the network reads (B, 1, z, x, y).
+Input convention: Merlin's published preprocessing (orientation RAS, 1.5 x 1.5 x 3 mm voxels, HU
+-1000..1000 scaled to 0..1, padded or centre-cropped to 224 x 224 x 160 (x, y, z)); the network reads
+(B, 1, z, x, y). Astra's file carries Merlin's encoder naming but not its own preprocessing, so this grid
+is an assumption that the strict load cannot check.
 ``scan_input`` prepares an ingested volume that way with MONAI; ``crop_input`` cuts the same grid
 around one point (a nodule candidate).
 
