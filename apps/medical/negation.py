@@ -3,8 +3,9 @@
 Chapman et al. (2001) NegEx, simplified: a trigger ("no", "without", "negative for", ...) opens a
 negated scope that runs to the end of the sentence, to a termination term ("but", "however",
 "which", "consistent with", ...) or to a comma after the phrase's own verb ("no effusion seen, ...").
-Pseudo-triggers ("no change", "not well seen", "unchanged") look like negations but do not negate what follows: "no change in the small calcified nodule" still
-reports a nodule. Pure Python, no dependencies.
+Pseudo-triggers ("no change", "not well seen", "unchanged") look like negations but do not negate
+what follows: "no change in the small calcified nodule" still reports a nodule. Pure Python, no
+dependencies.
 """
 
 from __future__ import annotations
