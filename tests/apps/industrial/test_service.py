@@ -12,11 +12,39 @@ from apps.industrial.service import (
     DecisionPolicy,
     InspectionItem,
     InspectionRunner,
+    _csv_first_column,
+    _csv_first_column_fast,
     decode_image,
     decode_vibration,
     vibration_windows,
 )
 from tests.apps.industrial.conftest import board_png, vibration_signal
+
+_X = np.random.default_rng(0).standard_normal(40)
+CSV_LAYOUTS = {
+    "plain": "\n".join(f"{v:.6f}" for v in _X),
+    "header": "accel_g\n" + "\n".join(f"{v:.6f}" for v in _X),
+    "two columns": "t,a\n" + "\n".join(f"{v},{i}" for i, v in enumerate(_X)),
+    "tabs": "t\ta\n" + "\n".join(f"{v}\t0" for v in _X),
+    "spaces": "\n".join(f"  {v}   0" for v in _X),
+    "blank lines": "a\n\n" + "\n\n".join(f"{v}" for v in _X) + "\n\n",
+    "crlf": "a\r\n" + "\r\n".join(f"{v}" for v in _X),
+    "comma and space": "a, b\n" + "\n".join(f"{v}, 1" for v in _X),
+    "two header lines": "title\nunits\n" + "\n".join(f"{v}" for v in _X),
+    "decimal commas": "t;a\n" + "\n".join(f"{str(v).replace('.', ',')};0" for v in _X),
+    "ragged rows": "a,b\n" + "\n".join(f"{v},1" if i % 2 else f"{v}" for i, v in enumerate(_X)),
+}
+
+
+@pytest.mark.parametrize("layout", sorted(CSV_LAYOUTS))
+def test_the_fast_csv_reader_agrees_with_the_line_loop_or_leaves_it_the_file(layout):
+    text = CSV_LAYOUTS[layout]
+    fast, loop = _csv_first_column_fast(text), _csv_first_column(text)
+    np.testing.assert_allclose(loop, _X, atol=1e-6)
+    if layout in ("two header lines", "decimal commas", "ragged rows"):
+        assert fast is None  # the line loop reads these
+    else:
+        np.testing.assert_array_equal(fast, loop)
 
 
 def test_decode_vibration_formats():
