@@ -50,7 +50,7 @@ def sentences(text: str) -> list[str]:
 def _match(tokens: list[str], i: int, phrases: set[str]) -> int:
     """Length in tokens of the longest phrase in ``phrases`` starting at ``tokens[i]`` (0 if none)."""
     for n in (3, 2, 1):
-        if " ".join(tokens[i : i + n]) in phrases:
+        if i + n <= len(tokens) and " ".join(tokens[i : i + n]) in phrases:
             return n
     return 0
 

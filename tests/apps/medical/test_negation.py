@@ -36,3 +36,10 @@ def test_a_comma_after_the_negated_phrases_verb_ends_the_scope():
     affirmed, negated = split_affirmed_negated("No focal consolidation, pleural effusion, or suspicious nodules.")
     assert "nodules" in negated and not affirmed  # a plain list stays negated
     assert "," not in affirmed + negated
+
+
+def test_a_trigger_at_the_end_of_a_sentence_counts_its_own_length():
+    from apps.medical.negation import _TRIGGER_SET, _match
+
+    assert _match(["effusion", "no"], 1, _TRIGGER_SET) == 1  # not 3: the slice past the end is shorter
+    assert _match(["negative", "for", "x"], 0, _TRIGGER_SET) == 2
