@@ -216,6 +216,13 @@ class DefectReclassifier:
         self.session = session
         self.version, self.sha256 = "untrained", ""
 
+    def warm_up(self) -> None:
+        """One blank crop through the classifier, and the import of the NMS that ``relabel`` runs (torchvision
+        pulls in torch._dynamo: ~3 s on two cores): one-off costs of the first board, paid at load time."""
+        from torchvision.ops import batched_nms  # noqa: F401
+
+        self.probabilities(np.zeros((1, self.config.size, self.config.size, 3), np.uint8))
+
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         if self.session is None or len(crops) == 0:
             return crop_probabilities(self.model, crops)

@@ -33,10 +33,32 @@ def decode_image(data: bytes, min_side: int = 32, max_side: int = 4096) -> np.nd
         width, height = image.size
         if max(width, height) > max_side or min(width, height) < min_side:
             raise ValueError(f"image is {width}x{height} px; accepted sides are {min_side}..{max_side} px")
-        gray = np.asarray(image.convert("L"))
+        gray = _gray8(image)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"could not decode the image ({type(exc).__name__}); send a PNG, JPEG, BMP or TIFF") from None
     return gray
+
+
+# Full scales of the sensors' common bit depths (10, 12, 14, 16 bit): a frame is scaled from the smallest
+# that holds its brightest pixel.
+SENSOR_FULL_SCALES = (1023, 4095, 16383, 65535)
+
+
+def _gray8(image) -> np.ndarray:
+    """(H, W) uint8 grayscale of a PIL image. PIL's own conversion clips 16-bit and float frames at 255,
+    so a line camera's 12- or 16-bit frame would reach the detector almost white; those are scaled
+    instead: integers from the smallest sensor full scale that holds them, floats in 0..1 from 1."""
+    if image.mode not in ("I", "F") and not image.mode.startswith("I;16"):
+        return np.asarray(image.convert("L"))
+    values = np.asarray(image, dtype=np.float64)
+    top = float(values.max(initial=0.0))
+    if image.mode == "F" and top <= 1.0:
+        full = 1.0
+    elif top <= 255:
+        full = 255.0
+    else:
+        full = float(next((s for s in SENSOR_FULL_SCALES if top <= s), top))
+    return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
 def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -> tuple[np.ndarray, float]:
@@ -140,6 +162,7 @@ def vibration_windows(signal: np.ndarray, sample_rate: float) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ the runner
+WARM_UP_SIDE = 640  # DeepPCB's board size: the detectors' usual input shape
 @dataclass
 class InspectionItem:
     image: np.ndarray | None  # (H, W) uint8
@@ -232,6 +255,21 @@ class InspectionRunner:
         if decision_rule == "bayes" and self.bayes is None or decision_rule == "learned" and fusion is None:
             decision_rule = "image"  # the fusion bundle is optional; without it the detector decides
         self.decision_rule = decision_rule
+
+    def warm_up(self) -> None:
+        """Run one synthetic board through every path at load time (image alone, image + template, a
+        vibration file at another rate), so that /ready means ready: the first board otherwise pays
+        one-off costs inside its request (onnxruntime's first run of each detector, ~2 s; importing
+        scipy's resampler, ~1.5 s on two cores)."""
+        rng = np.random.default_rng(0)
+        board = np.full((WARM_UP_SIDE, WARM_UP_SIDE), 255, np.uint8)
+        board[rng.integers(0, WARM_UP_SIDE, 400), rng.integers(0, WARM_UP_SIDE, 400)] = 0
+        windows = vibration_windows(np.sin(np.arange(3 * WINDOW) * 0.3), 2 * MODEL_RATE)
+        for result in self.predict_batch([InspectionItem(board), InspectionItem(board, board.copy(), windows)]):
+            if isinstance(result, Exception):
+                raise RuntimeError("the industrial models failed on a synthetic board at load time") from result
+        if self.reclassifier is not None:
+            self.reclassifier.warm_up()  # a blank board has no box for it to re-read
 
     def predict_batch(self, items: list[InspectionItem]) -> list:
         import torch
@@ -467,6 +505,7 @@ def load_runner(settings) -> InspectionRunner:
     runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
                               settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle,
                               reclassifier)
+    runner.warm_up()
     if settings.detector_backend == "onnx" and precision == "int8":
         # What runs is detector-int8.onnx: X-Model-Version / X-Model-Sha256 say so.
         for bundle in (det_bundle, template_bundle):

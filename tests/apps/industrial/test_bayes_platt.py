@@ -148,3 +148,22 @@ def test_bayes_decision_cuts_where_the_image_threshold_cuts():
     assert decide(0.6, normal, coupled)["decision"] == "review" and decide(0.6, inner_race, coupled)["decision"] == "fail"
     assert decide(0.5, normal, coupled)["decision"] == "pass" and decide(0.5, inner_race, coupled)["decision"] == "fail"
     assert decide(0.3, inner_race, coupled)["decision"] == "pass"  # a clean-looking board outweighs the fault
+
+
+def test_loading_runs_every_path_once_so_the_first_board_pays_no_one_off_costs(tiny_bundles, tmp_path, monkeypatch):
+    from apps.industrial.reclassify import DefectReclassifier
+    from apps.industrial.service import InspectionRunner, load_runner
+    from apps.industrial.settings import IndustrialSettings
+
+    seen, warmed = [], []
+    predict = InspectionRunner.predict_batch
+    monkeypatch.setattr(InspectionRunner, "predict_batch", lambda self, items: seen.extend(items) or predict(self, items))
+    monkeypatch.setattr(DefectReclassifier, "warm_up", lambda self: warmed.append(self))
+    load_runner(IndustrialSettings(
+        detector_dir=tiny_bundles / "detector", template_detector_dir=tiny_bundles / "detector_template",
+        defect_classifier_dir=tiny_bundles / "defect_classifier", vibration_dir=tiny_bundles / "vibration",
+        fusion_dir=tiny_bundles / "fusion", database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art",
+        torch_threads=1, detector_backend="torch", detector_precision="fp32"))
+    assert any(item.image is not None and item.template is None for item in seen)  # the image-only detector
+    assert any(item.template is not None and item.windows is not None for item in seen)  # template detector, vibration
+    assert len(warmed) == 1  # the crop classifier, which a blank board gives no box to

@@ -93,6 +93,25 @@ def test_decode_image_limits():
         decode_image(b"\x89PNG\r\n\x1a\n garbage")
 
 
+def test_decode_image_scales_high_bit_depth_frames_instead_of_clipping_them():
+    """A line camera's 12- or 16-bit frame (or a float one) decodes to the 8-bit board it shows; PIL's
+    own conversion clips such frames at 255, i.e. almost white."""
+    from PIL import Image
+
+    gray = decode_image(board_png(size=64, defect=True))
+    frames = {
+        "12-bit TIFF": (Image.fromarray(gray.astype(np.uint16) * 16), "TIFF"),
+        "16-bit PNG": (Image.fromarray(gray.astype(np.uint16) * 257), "PNG"),
+        "float TIFF in 0..1": (Image.fromarray(gray.astype(np.float32) / 255), "TIFF"),
+    }
+    for name, (frame, fmt) in frames.items():
+        buffer = io.BytesIO()
+        frame.save(buffer, fmt)
+        decoded = decode_image(buffer.getvalue())
+        assert decoded.dtype == np.uint8 and decoded.shape == gray.shape, name
+        assert np.abs(decoded.astype(int) - gray).max() <= 1, name
+
+
 def _runner(policy):
     """An image-only runner without models: enough to exercise the decision logic."""
     runner = InspectionRunner.__new__(InspectionRunner)
