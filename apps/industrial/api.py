@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from apps.industrial.settings import IndustrialSettings, get_settings
@@ -32,6 +33,7 @@ from core.serving import (
 )
 
 log = logging.getLogger("triptych.industrial")
+APP = "industrial"
 
 IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
 VIBRATION_KINDS = {"csv", "npy", "wav"}
@@ -67,6 +69,8 @@ class Inspection(BaseModel):
     model_version: str
     timings_ms: dict[str, float]
     board: int | None = Field(None, description="batch calls: the board's index in the call (images[i])")
+    board_id: str | None = Field(None, description="the board's serial or traceability code, as sent")
+    created_at: str | None = Field(None, description="when the result was stored (UTC, ISO 8601); set when read back")
 
 
 class BoardError(BaseModel):
@@ -81,8 +85,26 @@ class BatchInspection(BaseModel):
         "boards the model could not inspect (e.g. its queue was full): nothing was stored for them; send them again"))
 
 
+class InspectionList(BaseModel):
+    results: list[Inspection] = Field(description="stored inspections, newest first")
+
+
+# A board's serial as lines print them (letters, digits, - _ . / : # and spaces): stored and shown,
+# so nothing that could be markup, a control character or a whole document.
+BOARD_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.:/#-]{0,63}")
+
+
 def _refuse(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
+
+
+def _board_id(value: str | None, label: str = "") -> str | None:
+    if value is None or value == "":
+        return None
+    if not BOARD_ID_PATTERN.fullmatch(value):
+        raise _refuse("invalid_board_id", f"{label}board_id must be 1-64 characters: letters, digits, spaces and - _ . / : #, "
+                                          "starting with a letter or digit")
+    return value
 
 
 async def _decode_board(
@@ -125,11 +147,14 @@ async def _decode_board(
     return InspectionItem(gray, tmpl, windows, timings={"decode_ms": round((time.perf_counter() - start) * 1000, 2)})
 
 
-async def _finish(result, request_id: str, store: ResultStore, who: Principal, version: str, kind: str) -> Inspection:
+async def _finish(result, request_id: str, store: ResultStore, who: Principal, version: str, kind: str,
+                  board_id: str | None = None, board: int | None = None) -> Inspection:
     if isinstance(result, Exception):
         raise result
-    result_id = await store.asave_result("industrial", kind, request_id, result, role=who.role)
-    return Inspection(id=result_id, model_version=version, **result)
+    # stored as answered (less the id the store gives it): which models decided, and on which board
+    payload = {**result, "model_version": version, "board_id": board_id, "board": board}
+    result_id = await store.asave_result(APP, kind, request_id, payload, role=who.role)
+    return Inspection(id=result_id, **payload)
 
 
 @router.post("/inspect", response_model=Inspection, response_model_by_alias=True)
@@ -147,12 +172,16 @@ async def inspect(
         "with its own decision threshold), and every reported defect is checked against it"))] = None,
     vibration: Annotated[UploadFile | None, File(description="optional vibration: CSV (first column), NPY (1-D) or WAV")] = None,
     sample_rate: Annotated[float | None, Form(description="vibration sample rate in Hz (WAV: read from the file)")] = None,
+    board_id: Annotated[str | None, Form(description=(
+        "optional: the board's serial or traceability code (1-64 letters, digits, spaces, - _ . / : #), stored "
+        "with the result"))] = None,
 ) -> Inspection:
     """Inspect one board: defects (class, confidence, box, size in mm), machine state, one decision."""
     settings: IndustrialSettings = request.app.state.settings
+    board_id = _board_id(board_id)
     item = await _decode_board(settings, image, template, vibration, sample_rate)
     result = await batcher.submit(item)
-    return await _finish(result, request_id, store, who, batcher.runner.version, "inspect")
+    return await _finish(result, request_id, store, who, batcher.runner.version, "inspect", board_id)
 
 
 @router.post("/inspect/batch", response_model=BatchInspection, response_model_by_alias=True)
@@ -166,11 +195,15 @@ async def inspect_batch(
     templates: Annotated[list[UploadFile] | None, File(description="optional: one template per board (same size, aligned within 4 px), same order")] = None,
     vibrations: Annotated[list[UploadFile] | None, File(description="optional: one vibration file per board, same order")] = None,
     sample_rate: Annotated[float | None, Form(description="sample rate of every CSV/NPY vibration file, Hz")] = None,
+    board_ids: Annotated[list[str] | None, Form(description="optional: one serial per board, same order (as board_id)")] = None,
 ) -> BatchInspection:
     """Inspect many boards in one call; board i pairs images[i] with templates[i] and vibrations[i] when given."""
     settings: IndustrialSettings = request.app.state.settings
     if len(images) > settings.max_batch_boards:
         raise _refuse("too_many_boards", f"{len(images)} boards sent; at most {settings.max_batch_boards} per batch call")
+    if board_ids and len(board_ids) != len(images):
+        raise _refuse("mismatched_batch", f"{len(images)} images but {len(board_ids)} board_ids; send one per board or none")
+    ids = [_board_id(b, label=f"board {i}: ") for i, b in enumerate(board_ids)] if board_ids else [None] * len(images)
     if vibrations and len(vibrations) != len(images):
         raise _refuse("mismatched_batch", f"{len(images)} images but {len(vibrations)} vibration files; send one per board or none")
     if templates and len(templates) != len(images):
@@ -193,9 +226,41 @@ async def inspect_batch(
                                                                  "error": type(r).__name__})
             errors.append(BoardError(board=i, code="internal_error", message="the model failed on this board; nothing was stored"))
         else:
-            inspection = await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch")
-            out.append(inspection.model_copy(update={"board": i}))
+            out.append(await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch", ids[i], i))
     return BatchInspection(results=out, errors=errors)
+
+
+def _stored(row: dict) -> Inspection:
+    # rows stored before the model version and board id were kept with them
+    payload = {"model_version": "not recorded", **row["payload"]}
+    return Inspection(id=row["id"], created_at=row["created_at"], **payload)
+
+
+@router.get("/inspections", response_model=InspectionList, response_model_by_alias=True,
+            summary="Stored inspections, newest first (decision=fail / review / pass: those among them)")
+async def list_inspections(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+    limit: Annotated[int, Query(ge=1, le=500, description="how many of the newest inspections")] = 50,
+    decision: Annotated[str | None, Query(pattern="^(pass|fail|review)$", description="only this decision")] = None,
+) -> InspectionList:
+    rows = [row for kind in ("inspect", "inspect_batch") for row in await store.alist_results(APP, kind=kind, limit=limit)]
+    rows.sort(key=lambda row: row["created_at"] or "", reverse=True)
+    results = [_stored(row) for row in rows[:limit]]
+    return InspectionList(results=[r for r in results if decision is None or r.decision == decision])
+
+
+@router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,
+            summary="One stored inspection")
+async def get_inspection(
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+) -> Inspection:
+    row = await store.aget_result(result_id)
+    if row is None or row["app"] != APP:
+        raise ApiError(404, "not_found", f"no inspection {result_id!r}")
+    return _stored(row)
 
 
 def create_app(settings: IndustrialSettings | None = None):

@@ -186,3 +186,39 @@ def test_batch_reports_a_board_the_model_fails_on_beside_the_stored_others(clien
     batcher.submit = full
     r = client.post("/v1/inspect/batch", files=files[:2], headers=KEY)
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"  # every board failed: the call fails as one
+
+
+def test_a_stored_inspection_reads_back_as_answered_with_its_board_serial(client):
+    r = client.post("/v1/inspect", files={"image": ("b.png", board_png(defect=True), "image/png")},
+                    data={"board_id": "SN-0042/L3"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    answered = r.json()
+    assert answered["board_id"] == "SN-0042/L3"
+    stored = client.get(f"/v1/inspections/{answered['id']}", headers=KEY)
+    assert stored.status_code == 200, stored.text
+    stored = stored.json()
+    assert stored.pop("created_at") and answered.pop("created_at") is None
+    assert stored == answered  # model version and serial included: which models decided, on which board
+
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(2)]
+    r = client.post("/v1/inspect/batch", files=files, data={"board_ids": ["A-1", "A-2"]}, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert [(x["board"], x["board_id"]) for x in r.json()["results"]] == [(0, "A-1"), (1, "A-2")]
+    listed = client.get("/v1/inspections", params={"limit": 3}, headers=KEY).json()["results"]
+    assert [x["board_id"] for x in listed] == ["A-2", "A-1", "SN-0042/L3"]  # newest first, both endpoints
+    decision = answered["decision"]
+    assert all(x["decision"] == decision for x in client.get("/v1/inspections", params={"decision": decision}, headers=KEY).json()["results"])
+
+    assert client.get("/v1/inspections/nope", headers=KEY).status_code == 404
+    assert client.get(f"/v1/inspections/{answered['id']}", headers={"X-API-Key": "a"}).status_code == 403  # an agent, not the line
+    assert client.get("/v1/inspections", params={"decision": "maybe"}, headers=KEY).status_code == 422
+
+
+@pytest.mark.parametrize("board_id", ["<script>", "a" * 65, "SN\n42", " leading-space"])
+def test_a_board_serial_that_is_not_one_is_refused_before_anything_runs(client, board_id):
+    r = client.post("/v1/inspect", files={"image": ("b.png", board_png(), "image/png")}, data={"board_id": board_id}, headers=KEY)
+    assert r.status_code == 422 and "board_id must be" in r.json()["error"]["message"]
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(2)]
+    r = client.post("/v1/inspect/batch", files=files, data={"board_ids": ["ok-1"]}, headers=KEY)
+    assert r.status_code == 422 and "board_ids" in r.json()["error"]["message"]
+    assert client.app.state.store.list_results("industrial") == []
