@@ -19,6 +19,7 @@ async function inspect(event) {
   if ($("template").files[0]) form.append("template", $("template").files[0]);
   if (vibration) form.append("vibration", vibration);
   if ($("sample-rate").value) form.append("sample_rate", $("sample-rate").value);
+  if ($("board-id").value.trim()) form.append("board_id", $("board-id").value.trim());
   $("inspect-button").disabled = true;
   $("inspect-result").hidden = true;
   const started = performance.now();
@@ -47,7 +48,7 @@ async function show(r, imageFile) {
   bars($("machine-bars"), r.machine_state ? r.machine_state.probabilities : {});
   bars($("weights"), r.modality_weights);
   $("fused").textContent = r.defect_probability === null ? "" : `P(board defective) = ${pct(r.defect_probability)}`;
-  $("record").textContent = `result ${r.id} · ${r.model_version} · ` +
+  $("record").textContent = (r.board_id ? `board ${r.board_id} · ` : "") + `result ${r.id} · ${r.model_version} · ` +
     Object.entries(r.timings_ms).map(([k, v]) => `${k} ${v.toFixed(0)} ms`).join(", ");
 
   $("defects").tBodies[0].replaceChildren(...r.defects.map((d, i) => {

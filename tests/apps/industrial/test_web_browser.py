@@ -33,6 +33,7 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
         problems.clear()  # the refused request (no sample rate for a CSV) is logged by the browser: expected
 
         page.fill("#sample-rate", "12000")
+        page.fill("#board-id", "SN-0042")
         page.click("#inspect-button")
         status = wait_status(page, "#inspect-status", lambda t, c: "error" in c or t.startswith("Done"), 120)
         assert status.startswith("Done"), status
@@ -40,4 +41,5 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
         assert decision.split(" ")[0] in ("PASS", "FAIL", "REVIEW") and page.text_content("#machine")
         assert page.locator("#board").evaluate("c => c.width") == width  # the board drawn at its own size
         assert page.locator("#defects tbody tr").count() == int(decision.split(" · ")[1].split()[0])
+        assert page.text_content("#record").startswith("board SN-0042 · result ")
         assert not problems, problems
