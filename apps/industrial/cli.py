@@ -99,6 +99,7 @@ def evaluate(
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
     split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
     cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
+    cwru_sensor: Annotated[str, typer.Option("--cwru-sensor", help="Accelerometer read from the CWRU files: DE (drive end, what the model is trained on), FE (fan end) or BA (base); files without it are skipped.")] = "DE",
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
     detector: Annotated[str | None, typer.Option(help="Detector bundle (default: the shipped template-aware one, or with --no-template the image-only one, as the service picks).")] = None,
     vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
@@ -145,8 +146,8 @@ def evaluate(
     if cwru:
         from apps.industrial.evaluate import evaluate_cwru
 
-        m = evaluate_cwru(Path(vibration or WEIGHTS / "vibration"), Path(cwru), threads=threads)
-        _table("CWRU vibration", m)
+        m = evaluate_cwru(Path(vibration or WEIGHTS / "vibration"), Path(cwru), threads=threads, sensor=cwru_sensor)
+        _table(f"CWRU vibration ({cwru_sensor} accelerometer)", m)
         # Both evaluations in one call: prefix the vibration keys only when detection keys are present.
         metrics.update({(f"vibration_{k}" if deeppcb else k): v for k, v in m.items()})
     _write_json(json_out, metrics)

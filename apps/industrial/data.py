@@ -368,7 +368,14 @@ def parse_cwru_name(name: str) -> dict:
     return {"label": code, "rpm": int(match["rpm"] or 0), "rate": rate, "mil": int(match["mil"] or 0)}
 
 
-def load_cwru(root: Path) -> list[VibrationRecording]:
+CWRU_SENSORS = ("DE", "FE", "BA")  # drive-end, fan-end and base accelerometers
+
+
+def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
+    """Every *.npz under ``root`` read from one accelerometer: ``DE`` (the default; a file without it gives
+    its first array), or ``FE`` / ``BA``, which skip the files that lack that channel."""
+    if sensor not in CWRU_SENSORS:
+        raise ValueError(f"sensor must be one of {', '.join(CWRU_SENSORS)}, not {sensor!r}")
     files = sorted(Path(root).rglob("*.npz"))
     if not files:
         raise FileNotFoundError(f"no *.npz files under {root}")
@@ -376,9 +383,13 @@ def load_cwru(root: Path) -> list[VibrationRecording]:
     for f in files:
         meta = parse_cwru_name(f.name)
         with np.load(f) as z:
-            key = "DE" if "DE" in z.files else z.files[0]
+            if sensor not in z.files and sensor != "DE":
+                continue
+            key = sensor if sensor in z.files else z.files[0]
             signal = np.asarray(z[key], np.float64).reshape(-1)
         recordings.append(
             VibrationRecording(f, signal.astype(np.float32), meta["rate"], meta["label"], meta["rpm"], meta["mil"])
         )
+    if not recordings:
+        raise FileNotFoundError(f"no *.npz file under {root} has the {sensor} channel")
     return recordings

@@ -207,14 +207,15 @@ def select_thresholds(bundle_dir: Path, root: Path, split: str | Path, every: in
     return out
 
 
-def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, float]:
+def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1, sensor: str = "DE") -> dict[str, float]:
     """Every *.npz under root; label and rate from the file name; non-overlapping 2,048-sample windows.
 
     ``accuracy`` / ``macro_f1`` are over windows (4 machine states); ``macro_f1`` averages the states
     present in the set: a set of fault recordings alone (the other loads' files) must not score a
     zero F1 for "normal" whatever the model does; windows wrongly called normal still cost their own
     state's recall. ``recording_accuracy`` takes the majority vote of each recording's windows;
-    ``fault_accuracy`` counts fault recordings' windows only.
+    ``fault_accuracy`` counts fault recordings' windows only. ``sensor``: the accelerometer read
+    (``data.load_cwru``); the model is trained on the drive end's.
     """
     import torch
 
@@ -227,7 +228,7 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1) -> dict[str, f
     torch.set_num_threads(threads)
     model, _ = load_vibration_classifier(bundle_dir)
     ys, ps, votes, by_rpm = [], [], [], {}
-    for rec in load_cwru(root):
+    for rec in load_cwru(root, sensor):
         windows = frame(resample(rec.signal, rec.sample_rate, MODEL_RATE))
         if not len(windows):
             continue

@@ -78,6 +78,19 @@ def test_load_cwru_any_depth(tmp_path):
     assert rec.label == 1 and rec.rpm == 1772 and rec.sample_rate == 12000 and rec.signal.shape == (3000,)
 
 
+def test_load_cwru_reads_the_accelerometer_asked_for_and_skips_files_without_it(tmp_path):
+    np.savez(tmp_path / "1797_B_7_DE12.npz", DE=np.ones((3000, 1)), FE=np.full((3000, 1), 2.0), BA=np.full((3000, 1), 3.0))
+    np.savez(tmp_path / "1797_B_28_DE12.npz", DE=np.ones((3000, 1)))  # CWRU's 28-mil files hold DE alone
+    assert [r.signal[0] for r in load_cwru(tmp_path)] == [1.0, 1.0]
+    assert [(r.path.name, r.signal[0]) for r in load_cwru(tmp_path, "FE")] == [("1797_B_7_DE12.npz", 2.0)]
+    assert [r.signal[0] for r in load_cwru(tmp_path, "BA")] == [3.0]
+    (tmp_path / "1797_B_7_DE12.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="FE channel"):
+        load_cwru(tmp_path, "FE")
+    with pytest.raises(ValueError, match="DE, FE, BA"):
+        load_cwru(tmp_path, "XX")
+
+
 def test_time_blocks_never_share_samples():
     train, val = time_blocks(100_000, 0.25)
     assert train.stop + WINDOW <= val.start
