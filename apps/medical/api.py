@@ -36,14 +36,22 @@ class RiskBand(BaseModel):
     note: str = Field(description="How the band is defined; it is not a Lung-RADS category")
 
 
+# The voxel frame every position and heat-map slice refers to: the study re-oriented to RAS, not the
+# uploaded file's own index order (a DICOM column index runs the other way along x).
+VOXEL_FRAME = ("(z, y, x) voxels of the study re-oriented to RAS (candidate models: at the scan's own spacing; the "
+               "whole-volume model: its resized input): z axial slices feet -> head (the heat-map slice number), "
+               "y front -> back, x patient's left -> right (heat-map images are mirrored to radiological view: "
+               "the patient's right on the image's left)")
+
+
 class Location(BaseModel):
-    voxel_zyx: list[int]
+    voxel_zyx: list[int] = Field(description=VOXEL_FRAME)
     relative_zyx: list[float]
     description: str
 
 
 class Finding(BaseModel):
-    voxel_zyx: list[int] = Field(description="Candidate centre in the uploaded volume's voxels (z, y, x)")
+    voxel_zyx: list[int] = Field(description="Candidate centre, " + VOXEL_FRAME)
     diameter_mm: float = Field(description="Estimated diameter (mm)")
     influence: float = Field(description="Its share of the decision relative to the most influential candidate (0-1): "
                                          "the drop of the malignancy logit when it is masked out")
@@ -63,7 +71,7 @@ class AnalyzeResponse(BaseModel):
     heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
     secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
                                           "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "
-                                          "with the study in a PACS")
+                                          "with the study in a PACS. Downloading again gives the same instance UIDs")
     modality_weights: dict[str, float] = Field(description="The fusion gate's weights of the joint representation (sum to 1)")
     modality_evidence: dict[str, float] | None = Field(
         None, description="Log-odds each modality added on its own to the calibrated logit (0 when absent; models "
@@ -153,7 +161,7 @@ async def heatmap_secondary_capture(
     if study_uid is not None and not valid_uid(study_uid):
         raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
                                                  "(no leading zeros), at most 64 characters")
-    data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version)
+    data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version, artefact_id)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="heatmaps-{artefact_id}.zip"'})
 

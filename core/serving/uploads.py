@@ -96,6 +96,10 @@ def _text_kind(data: bytes) -> str | None:
 
 def sniff_kind(data: bytes) -> str | None:
     """The file kind from its first bytes (magic numbers), or None when unrecognised."""
+    # First: a DICOM file's 128-byte preamble is free for other formats' headers (PS3.10 7.1; a TIFF one
+    # makes the file readable as both, as pydicom's CT_small.dcm is), and its marker after it decides.
+    if data[128:132] == b"DICM":
+        return "dicom"
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
         return "png"
     if data.startswith(b"\xff\xd8\xff"):
@@ -114,8 +118,6 @@ def sniff_kind(data: bytes) -> str | None:
         return "mp3"
     if data.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "zip"
-    if data[128:132] == b"DICM":
-        return "dicom"
     if data.startswith(b"\x93NUMPY"):
         return "npy"
     if _nifti_header(data[:544]):
@@ -132,6 +134,19 @@ def _accepted(kind: str | None, accept: set[str]) -> bool:
         return True
     # a CSV is text, and a one-column CSV sniffs as text
     return (kind == "csv" and "text" in accept) or (kind == "text" and "csv" in accept)
+
+
+DEFLATED_DICOM = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian
+
+
+def _dicom_transfer_syntax(data: bytes) -> str | None:
+    """The Transfer Syntax UID of a DICOM file's meta group (always explicit VR little endian), read from
+    the bytes: pydicom's own meta reader takes file paths only."""
+    at = data.find(b"\x02\x00\x10\x00UI", 132, 132 + 8192)
+    if at < 0:
+        return None
+    length = int.from_bytes(data[at + 6 : at + 8], "little")
+    return data[at + 8 : at + 8 + length].rstrip(b"\x00 ").decode("ascii", "replace")
 
 
 def _check_content(kind: str, data: bytes) -> None:
@@ -165,6 +180,8 @@ def _check_content(kind: str, data: bytes) -> None:
     elif kind == "dicom":
         import pydicom
 
+        if _dicom_transfer_syntax(data) == DEFLATED_DICOM:
+            return  # reading on would inflate the whole dataset in memory (100 kB -> 200 MB): the app decides
         pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     elif kind in ("csv", "text"):
         data.decode("utf-8")

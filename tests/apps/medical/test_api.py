@@ -118,6 +118,79 @@ def test_dicom_uploads_go_through_ingestion_checks(client):
         assert r.json()["error"]["message"]
 
 
+def test_dicom_with_a_tiff_preamble_is_read_as_dicom(client):
+    """pydicom's CT_small.dcm / MR_small.dcm carry a TIFF header in their 128-byte preamble (PS3.10
+    allows it). They must reach the DICOM checks (named refusals) and a multi-frame CT must be read,
+    not be refused as 'looks like tiff'."""
+    from pydicom.data import get_testdata_file
+
+    h = {"X-API-Key": "rad"}
+    paths = {name: get_testdata_file(name, download=False) for name in ("CT_small.dcm", "MR_small.dcm")}
+    if None in paths.values():
+        pytest.skip("pydicom test files not installed")
+    codes = {}
+    for name, path in paths.items():
+        r = client.post("/v1/studies:analyze", files={"ct": (name, Path(path).read_bytes(), "application/dicom")}, headers=h)
+        codes[name] = r.json()["error"]["code"]
+    assert codes == {"CT_small.dcm": "too_few_slices", "MR_small.dcm": "not_ct"}
+    ds = pydicom.dcmread(paths["CT_small.dcm"])  # keeps its TIFF preamble when saved
+    ds.NumberOfFrames, ds.SpacingBetweenSlices = 10, 2.5
+    ds.PixelData = ds.PixelData * 10
+    out = io.BytesIO()
+    ds.save_as(out)
+    assert out.getvalue()[:4] == b"II*\x00"
+    r = client.post("/v1/studies:analyze", files={"ct": ("mf.dcm", out.getvalue(), "application/dicom")}, headers=h)
+    assert r.status_code == 200, r.text
+    tiff = b"II*\x00" + bytes(200)
+    r = client.post("/v1/studies:analyze", files={"ct": ("a.tif", tiff, "application/octet-stream")}, headers=h)
+    assert r.status_code == 415 and "dicom, nifti, zip" in r.json()["error"]["message"]
+    r = client.post("/v1/studies:analyze", files={"ct": ("a.nii", b"", "application/octet-stream")}, headers=h)
+    assert r.status_code == 422 and r.json()["error"]["detail"]["accepted"] == ["dicom", "nifti", "zip"]
+
+
+def test_deflated_dicom_upload_is_refused_without_inflating_it(client):
+    """Ingestion refuses deflated DICOM from its meta group, but the upload must not be inflated
+    before that either: pydicom inflates the whole dataset in memory (here 100 kB -> 96 MB)."""
+    import tracemalloc
+    import zlib
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import CTImageStorage, DeflatedExplicitVRLittleEndian
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, "1.2.3"
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    head = io.BytesIO()
+    write_file_meta_info(head, meta)
+    size = 96 * 1024 * 1024  # one private OB element of zeros
+    deflate = zlib.compressobj(9, zlib.DEFLATED, -15)
+    body = deflate.compress(b"\x09\x00\x10\x10OB\x00\x00" + size.to_bytes(4, "little")) + deflate.compress(bytes(size))
+    upload = bytes(128) + b"DICM" + head.getvalue() + body + deflate.flush()
+    tracemalloc.start()
+    try:
+        r = client.post("/v1/studies:analyze", files={"ct": ("d.dcm", upload, "application/dicom")},
+                        headers={"X-API-Key": "rad"})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_transfer_syntax"
+    assert peak < 32 * 1024 * 1024, f"{peak / 2**20:.0f} MB allocated for a {len(upload)} byte upload"
+
+
+def test_secondary_capture_download_is_repeatable(client, toy_studies):
+    """The integrator's retry sends the same instances again; new UIDs would file a second series."""
+    h = {"X-API-Key": "rad"}
+    body = client.post("/v1/studies:analyze", files={"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")},
+                       headers=h).json()
+    uids = []
+    for _ in range(2):
+        sc = client.get(body["secondary_capture"], params={"study_uid": "1.2.826.0.1.3680043.2.1125.1"}, headers=h)
+        with zipfile.ZipFile(io.BytesIO(sc.content)) as archive:
+            uids.append([pydicom.dcmread(io.BytesIO(archive.read(n))).SOPInstanceUID for n in sorted(archive.namelist())])
+    assert uids[0] == uids[1] and len(set(uids[0])) == len(body["heatmaps"])
+
+
 def test_malformed_dicom_headers_are_4xx_not_500(client, tmp_path, monkeypatch):
     """A series whose Rows holds two values used to reach int() and answer 500; a reader failing in a way
     ingestion does not foresee (here: an unknown VR) is still the upload's fault, a 4xx naming what is accepted."""

@@ -268,3 +268,26 @@ def test_corrupt_image_reason_survives_ultralytics_patch():
         asyncio.run(read_upload(b"\x89PNG\r\n\x1a\nxxxx", accept={"png"}, max_bytes=1_000))
     assert corrupt.value.status_code == 422
     assert "truncated or corrupt" in corrupt.value.message and "ModuleNotFound" not in corrupt.value.message
+
+
+def test_a_dicom_preamble_holding_another_formats_header_is_still_dicom(tmp_path):
+    data = _dicom(tmp_path)
+    tiff_preamble = b"II*\x00" + data[4:]  # PS3.10 leaves the preamble free; pydicom's CT_small.dcm has a TIFF one
+    assert sniff_kind(tiff_preamble) == "dicom"
+    assert _read(tiff_preamble, {"dicom"}) == tiff_preamble
+
+
+def test_a_deflated_dicom_is_not_inflated_by_the_content_check(tmp_path, monkeypatch):
+    import pydicom
+    from pydicom.uid import DeflatedExplicitVRLittleEndian
+
+    ds = pydicom.dcmread(io.BytesIO(_dicom(tmp_path)))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    deflated = buffer.getvalue()
+    reads = []
+    monkeypatch.setattr(pydicom, "dcmread", lambda *a, **k: reads.append(a))
+    assert _read(deflated, {"dicom"}) == deflated  # the meta group checked; the dataset left to the app
+    assert reads == []
+    assert _read(_dicom(tmp_path), {"dicom"}) and len(reads) == 1  # any other transfer syntax is read
