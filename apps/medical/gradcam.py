@@ -87,15 +87,16 @@ def overlay_png(volume: np.ndarray, heatmap: np.ndarray, z: int, alpha: float = 
 def describe_location(peak: tuple[int, int, int], shape: tuple[int, int, int]) -> dict:
     """Coarse, patient-frame description of the heat-map peak.
 
-    The shared transforms give (D, H, W) with D from feet to head, H front to back and W along RAS x
-    (patient's right -> left). The description is only as good as the scan's orientation header,
-    so the result also carries the voxel position and says it is an estimate.
+    The shared transforms give (D, H, W) with D from feet to head, H front to back and W along RAS x,
+    which increases towards the patient's right: W runs from the patient's left to right (the
+    opposite of a DICOM image's columns). The description is only as good as the scan's orientation
+    header, so the result also carries the voxel position and says it is an estimate.
     """
     z, y, x = peak
     d, h, w = shape
     rel = (z / max(1, d - 1), y / max(1, h - 1), x / max(1, w - 1))
     third = ("lower", "middle", "upper")[min(2, int(rel[0] * 3))]
-    side = "right" if rel[2] < 0.5 else "left"
+    side = "left" if rel[2] < 0.5 else "right"  # RAS: small x is the patient's left
     return {
         "voxel_zyx": [int(z), int(y), int(x)],
         "relative_zyx": [round(v, 3) for v in rel],

@@ -50,6 +50,15 @@ def risk_band(probability: float) -> dict[str, str]:
     raise AssertionError("unreachable")
 
 
+def slice_png(volume: np.ndarray, heat: np.ndarray, z: int, scale: int) -> bytes:
+    """Axial slice ``z`` of a (D, H, W) layout volume with its heat map, as a PNG in radiological
+    convention: the layout's x runs from the patient's left to right, while the source DICOM images and
+    PACS viewers show the patient's right on the image's left, so the columns are mirrored."""
+    from apps.medical.gradcam import overlay_png
+
+    return overlay_png(volume[:, :, ::-1], heat[:, :, ::-1], z, scale=scale)
+
+
 @dataclass
 class CandidateInput:
     """CT input of a candidate-stage model: the candidates plus the lung-windowed native volume the
@@ -168,7 +177,7 @@ class MedicalRunner:
     def analyze(self, item: StudyInput) -> dict[str, Any]:
         import torch
 
-        from apps.medical.gradcam import describe_location, grad_cam, overlay_png, top_slices
+        from apps.medical.gradcam import describe_location, grad_cam, top_slices
 
         if item.volume is None and not (item.report and item.report.strip()):
             raise CTInputError("send a CT volume, a report, or both")
@@ -195,7 +204,7 @@ class MedicalRunner:
         names = []
         for z in top_slices(cam.heatmap, self.heatmap_slices):
             name = f"slice_{z}.png"
-            (folder / name).write_bytes(overlay_png(item.volume, cam.heatmap, z))
+            (folder / name).write_bytes(slice_png(item.volume, cam.heatmap, z, scale=4))
             names.append(name)
         location = describe_location(cam.peak, tuple(cam.heatmap.shape))
         return self._result(cam.probability, cam.weights, location, names, artefact_id)
@@ -206,7 +215,7 @@ class MedicalRunner:
         each candidate, the location is the candidate that mattered most."""
         import torch
 
-        from apps.medical.gradcam import describe_location, overlay_png
+        from apps.medical.gradcam import describe_location
 
         c = ct_input.candidates
         crops = torch.from_numpy(c.crops)[None, :, None]
@@ -260,7 +269,7 @@ class MedicalRunner:
         names = []
         for z in slices:
             name = f"slice_{z}.png"
-            (folder / name).write_bytes(overlay_png(display, heat, z, scale=2))
+            (folder / name).write_bytes(slice_png(display, heat, z, scale=2))
             names.append(name)
         return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
 
