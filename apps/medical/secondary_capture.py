@@ -5,6 +5,13 @@ slice, all in one new series, in a zip. The only link to the patient is the Stud
 caller passes: it is never stored by the service (the stored artefacts are the PNGs alone), so the
 instances are built at download time. Patient and study attributes of type 2 are present and empty,
 as the Secondary Capture IOD allows; no name, ID, date of birth or accession number is written.
+
+The instances follow the PS3.15 Basic Application Level Confidentiality Profile and say so
+(PatientIdentityRemoved, DeidentificationMethodCodeSequence): dates are empty, the descriptions kept
+are this module's fixed text (Clean Descriptors Option), and the study UID the caller passes is kept
+(Retain UIDs Option), which is what files the instances with the study. Series and instance UIDs
+are derived from the result's key and that study UID, so downloading the same result again gives
+the same instances: a PACS replaces them instead of filing a second copy.
 """
 
 from __future__ import annotations
@@ -12,13 +19,19 @@ from __future__ import annotations
 import io
 import re
 import zipfile
-from datetime import UTC, datetime
 
 import numpy as np
 
 SECONDARY_CAPTURE_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.7"
 _UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 SERIES_DESCRIPTION = "triptych heat map (not for diagnosis)"
+# PS3.16 CID 7050 codes for DeidentificationMethodCodeSequence
+BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
+CLEAN_DESCRIPTORS = ("113105", "Clean Descriptors Option")
+RETAIN_UIDS = ("113110", "Retain UIDs Option")
+# the heat-map PNGs are axial slices in radiological view (service.slice_png): along a row towards the
+# patient's left, down a column towards the back
+AXIAL_RADIOLOGICAL = ("L", "P")
 
 
 def valid_uid(uid: str) -> bool:
@@ -27,17 +40,19 @@ def valid_uid(uid: str) -> bool:
 
 
 def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, instance_number: int,
-                      model_version: str, slice_label: str, when: datetime | None = None) -> bytes:
-    """One (H, W, 3) uint8 image -> the bytes of a Secondary Capture instance (explicit VR little endian)."""
+                      model_version: str, slice_label: str, sop_uid: str | None = None,
+                      study_uid_retained: bool = True, patient_orientation: tuple[str, str] = AXIAL_RADIOLOGICAL) -> bytes:
+    """One (H, W, 3) uint8 image -> the bytes of a Secondary Capture instance (explicit VR little endian).
+    ``sop_uid``: None for a new random one; ``study_uid_retained``: the study UID is the source study's."""
     from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
     from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-    if not valid_uid(study_uid) or not valid_uid(series_uid):
-        raise ValueError("study and series UIDs must be valid DICOM UIDs")
-    when = when or datetime.now(UTC)
-    sop_uid = generate_uid()
+    if not valid_uid(study_uid) or not valid_uid(series_uid) or (sop_uid is not None and not valid_uid(sop_uid)):
+        raise ValueError("study, series and instance UIDs must be valid DICOM UIDs")
+    sop_uid = sop_uid or generate_uid()
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
     meta.MediaStorageSOPInstanceUID = sop_uid
@@ -57,11 +72,17 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
     ds.SecondaryCaptureDeviceManufacturer = "triptych"
     ds.SecondaryCaptureDeviceSoftwareVersions = model_version[:64]
     ds.InstanceNumber = instance_number
-    ds.ContentDate, ds.ContentTime = when.strftime("%Y%m%d"), when.strftime("%H%M%S")
+    ds.PatientOrientation = list(patient_orientation)  # type 2C: an SC image has no Image Orientation (Patient)
+    ds.ContentDate, ds.ContentTime = "", ""  # profile action Z: the analysis date dates the examination
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.DerivationDescription = f"explanation overlay on CT {slice_label}"[:1024]
     ds.BurnedInAnnotation = "NO"
     ds.ImageComments = "Model explanation, not a diagnosis. " + slice_label
+    # Confidentiality profile record (PS3.15 E.1.1)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (triptych)"
+    codes = [BASIC_PROFILE, CLEAN_DESCRIPTORS] + ([RETAIN_UIDS] if study_uid_retained else [])
+    ds.DeidentificationMethodCodeSequence = Sequence([_code(value, meaning) for value, meaning in codes])
     # Image Pixel module
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])
@@ -72,24 +93,44 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
     return out.getvalue()
 
 
-def heatmaps_to_secondary_capture_zip(pngs: list, study_uid: str | None, model_version: str) -> tuple[bytes, str]:
+def _code(value: str, meaning: str):
+    from pydicom.dataset import Dataset
+
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, "DCM", meaning
+    return item
+
+
+def heatmaps_to_secondary_capture_zip(pngs: list, study_uid: str | None, model_version: str,
+                                      key: str | None = None) -> tuple[bytes, str]:
     """Heat-map PNG paths -> (zip of Secondary Capture instances, the Study Instance UID they carry).
 
     Without ``study_uid`` the instances get a new study of their own (a PACS then shows them apart).
+    ``key`` names the result (its artefact id): the same key and study UID give the same UIDs, so a
+    repeated download replaces rather than duplicates; None gives new random UIDs.
     """
     from PIL import Image
     from pydicom.uid import generate_uid
 
+    from apps.medical.deid import new_uid
+
     if study_uid is not None and not valid_uid(study_uid):
         raise ValueError("study_uid must be a DICOM UID: numbers separated by dots, at most 64 characters")
-    study_uid = study_uid or generate_uid()
-    series_uid = generate_uid()
+
+    source = study_uid  # None: the instances form a study of their own
+
+    def uid(part: str) -> str:
+        return new_uid(f"{source}|{part}", key) if key else generate_uid()
+
+    study_uid = source or uid("study")
+    series_uid = uid("series")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
         for number, path in enumerate(pngs, start=1):
             rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
             label = path.stem.replace("_", " ")
             data = secondary_capture(rgb, study_uid=study_uid, series_uid=series_uid, instance_number=number,
-                                     model_version=model_version, slice_label=label)
+                                     model_version=model_version, slice_label=label, sop_uid=uid(f"instance|{path.name}"),
+                                     study_uid_retained=source is not None)
             archive.writestr(f"SC{number:04d}.dcm", data)
     return buffer.getvalue(), study_uid
