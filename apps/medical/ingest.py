@@ -226,6 +226,18 @@ def _floats(value, n: int, name: str, where: str) -> np.ndarray:
     return out
 
 
+def _orientation(value, where: str) -> np.ndarray:
+    """ImageOrientationPatient as 6 floats, refused unless it is two orthogonal unit vectors: zeros or
+    parallel vectors have no slice normal, and every slice would then seem to sit at one position."""
+    iop = _floats(value, 6, "ImageOrientationPatient", where)
+    row, col = iop[:3], iop[3:]
+    tol = 1e-2  # headers round direction cosines to a few decimals
+    if abs(np.linalg.norm(row) - 1) > tol or abs(np.linalg.norm(col) - 1) > tol or abs(row @ col) > tol:
+        raise IngestError(f"{where}: ImageOrientationPatient is not two orthogonal unit vectors (row and column "
+                          "directions).", code="bad_geometry")
+    return iop
+
+
 def _number(ds, name: str, default: float, where: str, cast=float):
     """One numeric header value (``default`` when absent, empty or zero); a value that is not one finite
     number (text, several values, NaN) is refused naming the tag, never its content (headers may hold PHI)."""
@@ -316,7 +328,7 @@ def read_dicom_series(files: list[Path], limits: IngestLimits | None = None) -> 
     if len(headers) == 1:
         return read_dicom_file(headers[0][0], limits)
     first = headers[0][1]
-    iop = _floats(getattr(first, "ImageOrientationPatient", None), 6, "ImageOrientationPatient", "DICOM series")
+    iop = _orientation(getattr(first, "ImageOrientationPatient", None), "DICOM series")
     rows, cols = _number(first, "Rows", 0, "DICOM series", int), _number(first, "Columns", 0, "DICOM series", int)
     _check_matrix(rows, cols, limits)
     pixel = _floats(getattr(first, "PixelSpacing", None), 2, "PixelSpacing", "DICOM series")
@@ -413,7 +425,7 @@ def read_dicom_file(path: Path, limits: IngestLimits | None = None) -> CTVolume:
 
     iop = group(shared, "PlaneOrientationSequence", "ImageOrientationPatient") or getattr(ds, "ImageOrientationPatient", None)
     pixel = group(shared, "PixelMeasuresSequence", "PixelSpacing") or getattr(ds, "PixelSpacing", None)
-    iop = _floats(iop, 6, "ImageOrientationPatient", "DICOM file")
+    iop = _orientation(iop, "DICOM file")
     pixel = _floats(pixel, 2, "PixelSpacing", "DICOM file")
     normal = np.cross(iop[:3], iop[3:])
     if per_frame is not None and len(per_frame) == frames:
@@ -476,6 +488,7 @@ def read_nifti(path: Path, limits: IngestLimits | None = None) -> CTVolume:
         shape = shape[:3]
     if len(shape) != 3:
         raise IngestError(f"NIfTI has shape {shape}; a 3-D CT volume is required.", code="bad_geometry")
+    _check_nifti_voxel_size(path, image)
     if shape[2] < limits.min_slices:
         raise IngestError(f"{shape[2]} slices; a CT volume needs at least {limits.min_slices}.", code="too_few_slices")
     _check_matrix(shape[1], shape[0], limits)
@@ -492,6 +505,22 @@ def read_nifti(path: Path, limits: IngestLimits | None = None) -> CTVolume:
         raise IngestError(f"the NIfTI voxel data cannot be read ({type(exc).__name__}).", code="corrupt_nifti") from None
     _check_hu(data, "NIfTI")
     return CTVolume(data=data, affine_ras=affine, source_format="nifti", meta={"slices": shape[2]})
+
+
+def _check_nifti_voxel_size(path: Path, image) -> None:
+    """Without an sform the affine is built from pixdim, and nibabel silently turns a zero pixdim into
+    1 mm: a scan of unknown voxel size would be read at a made-up scale. Its header is re-read here
+    unfixed to see what the file itself says."""
+    from nibabel.openers import ImageOpener
+
+    if int(image.header.get("sform_code", 0)) > 0:
+        return
+    with ImageOpener(str(path)) as f:
+        raw = type(image.header).from_fileobj(f, check=False)
+    pixdim = np.asarray(raw["pixdim"][1:4], dtype=float)
+    if not (np.isfinite(pixdim) & (pixdim != 0)).all():
+        raise IngestError(f"NIfTI voxel size (pixdim) is {pixdim.tolist()} and there is no sform; the voxel size "
+                          "in mm is required.", code="bad_geometry")
 
 
 def _check_nifti_ratio(path: Path, expanded: int, limits: IngestLimits) -> None:
@@ -517,3 +546,6 @@ def _check_hu(data: np.ndarray, where: str) -> None:
         raise IngestError(
             f"{where}: values from {lo:.0f} to {hi:.0f} do not look like CT in Hounsfield units "
             "(air about -1000, soft tissue 0-100, bone up to ~3000); only CT is accepted.", code="not_ct")
+    if hi < -500:  # a chest's wall, vessels and mediastinum are far more than 0.1 % of any chest CT
+        raise IngestError(f"{where}: no body in the volume (99.9 % of voxels read as air, below {hi:.0f} HU); "
+                          "send a chest CT.", code="not_ct")

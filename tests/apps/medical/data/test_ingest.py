@@ -289,3 +289,44 @@ def test_deflated_dicom_is_refused_before_inflating(series, volume, tmp_path):
     with pytest.raises(IngestError, match="deflated") as err:
         ingest_upload(_dump(ds), "dicom", tmp_path)
     assert err.value.status_code == 415 and err.value.code == "unsupported_transfer_syntax"
+
+
+def test_nifti_without_a_voxel_size_is_refused(volume):
+    """No sform and a zero pixdim: nibabel silently assumes 1 mm voxels, and every size the model
+    reads (nodule diameters, the resampling) would be wrong; the upload must be refused."""
+    import nibabel as nib
+
+    data = nib.Nifti1Image(np.transpose(volume, (2, 1, 0)), np.diag([1.5, 1.5, 2.5, 1.0])).to_bytes()
+    header = nib.Nifti1Header.from_fileobj(io.BytesIO(data), check=False)  # nibabel fixes pixdim on save
+    header["sform_code"], header["qform_code"] = 0, 0
+    header["pixdim"][1:4] = [0.0, 1.5, 2.5]
+    with pytest.raises(IngestError, match="voxel size") as err:
+        ingest_bytes(header.binaryblock + data[348:], "v.nii")
+    assert err.value.code == "bad_geometry"
+
+
+def test_degenerate_orientation_is_named(series, tmp_path):
+    """ImageOrientationPatient of zeros (or two parallel vectors) has no slice normal; the refusal must
+    say so, not report 'duplicate slices'."""
+    import pydicom
+
+    folder = tmp_path / "flat"
+    folder.mkdir()
+    for f in sorted(series.glob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        ds.ImageOrientationPatient = [1, 0, 0, 1, 0, 0]
+        ds.save_as(folder / f.name)
+    with pytest.raises(IngestError, match="ImageOrientationPatient") as err:
+        ingest_path(folder)
+    assert err.value.code == "bad_geometry"
+
+
+def test_volume_of_air_alone_is_refused(tmp_path):
+    """An empty scan (no body in the field of view: every voxel air) passed the HU check and came back
+    with a probability and 'nodule candidates'; it is not a chest CT."""
+    air = np.random.default_rng(0).normal(-1000, 15, (24, 40, 40))
+    air[3, 4, 5] = 1200  # a speck is still not a body
+    path = write_nifti(tmp_path / "air.nii", air.astype(np.int16), SPACING, ORIGIN)
+    with pytest.raises(IngestError, match="no body") as err:
+        ingest_path(path)
+    assert err.value.code == "not_ct"
