@@ -16,6 +16,7 @@ from core.serving import (
     Principal,
     ResultStore,
     WorkGate,
+    audit_key,
     create_service_app,
     get_batcher,
     get_request_id,
@@ -132,7 +133,7 @@ async def analyze(
     result_id = await store.asave_result("medical", "study", request_id, payload, role=who.role)
     await store.aaudit(
         "medical", "studies:analyze", who.role,
-        subject_hash(study_key or f"report-only:{request_id}"), result["model_version"],
+        subject_hash(study_key or f"report-only:{request_id}", audit_key(settings)), result["model_version"],
         {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"],
          "ct": volume is not None, "report": report is not None},
     )

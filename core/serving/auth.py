@@ -4,10 +4,14 @@ route guarded by ``require_role`` needs ``X-API-Key: <key>`` or ``Authorization:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import os
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi import Request, WebSocket
 from starlette.requests import HTTPConnection
@@ -88,9 +92,39 @@ def require_role(*roles: str) -> Callable[[Request], Awaitable[Principal]]:
     return dependency
 
 
-def subject_hash(value: str, salt: str = "triptych") -> str:
-    """A stable, non-reversible reference to a person or study for audit records (never the raw ID)."""
-    return hashlib.sha256(f"{salt}:{value}".encode()).hexdigest()[:32]
+def subject_hash(value: str, key: bytes) -> str:
+    """A stable reference to a person or study for audit records (never the raw ID): HMAC-SHA256 under
+    the installation's secret ``key`` (``audit_key``). A public salt would not do: study UIDs and
+    caller numbers are known to many, and hashing each of them would find its records."""
+    if not key:
+        raise ValueError("subject_hash needs a secret key (audit_key(settings))")
+    return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:32]
+
+
+def audit_key(settings) -> bytes:
+    """The secret behind ``subject_hash``: the ``audit_key`` setting when set (replicas sharing one
+    database must share it), else 32 random bytes created once in ``settings.audit_key_file`` (mode
+    0600) and read from there afterwards, so that one study keeps one reference across restarts."""
+    if settings.audit_key is not None:
+        return settings.audit_key.get_secret_value().encode()
+    return _key_file(Path(settings.audit_key_file).expanduser().resolve())
+
+
+@functools.lru_cache(maxsize=8)
+def _key_file(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made earlier, or by another worker just now
+        key = path.read_bytes()
+        if len(key) < 32:
+            raise RuntimeError(f"the audit key file {path} holds {len(key)} bytes; 32 are needed") from None
+        return key
+    with os.fdopen(descriptor, "wb") as f:
+        f.write(secrets.token_bytes(32))
+        f.flush()
+        os.fsync(f.fileno())
+    return path.read_bytes()
 
 
 async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: float = 10.0) -> Principal | None:

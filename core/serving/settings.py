@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from core.offline import state_dir
@@ -49,6 +49,10 @@ class AppSettings(BaseSettings):
     request_timeout_s: float = 30.0
     # where generated artefacts (heat maps, synthesised audio) are written
     artefact_dir: Path = Field(default_factory=lambda: state_dir() / "artefacts")
+    # secret of the keyed hashes that stand for patients and studies in audit records (auth.subject_hash);
+    # unset: a random key made once in audit_key_file. Replicas sharing one database must share it.
+    audit_key: SecretStr | None = None
+    audit_key_file: Path = Field(default_factory=lambda: state_dir() / "audit.key")
 
     @field_validator("api_keys")
     @classmethod

@@ -18,7 +18,8 @@ REPORT = "Jane Roe, 67-year-old former smoker, 40 pack-years. A 14 mm nodule in 
 @pytest.fixture()
 def client(tiny_bundle, tiny_bert_dir, tmp_path):
     settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
-                               artefact_dir=tmp_path / "art", api_keys={"rad": "radiologist", "ag": "agent"})
+                               artefact_dir=tmp_path / "art", api_keys={"rad": "radiologist", "ag": "agent"},
+                               audit_key_file=tmp_path / "audit.key")
     with TestClient(create_app(settings)) as c:
         for _ in range(200):
             if c.get("/ready").status_code == 200:
@@ -62,6 +63,13 @@ def test_analyze_returns_everything_and_audits(client, toy_studies, caplog):
     audit = store.list_audit("medical")[0]
     assert audit["role"] == "radiologist" and audit["model_version"] == body["model_version"]
     assert audit["subject_hash"] and audit["outcome"]["result_id"] == body["id"]
+    import hashlib
+
+    from core.serving import subject_hash
+
+    study_key = hashlib.sha256(_ct(toy_studies)).hexdigest()  # a NIfTI has no study UID: its bytes name it
+    key = (client.app.state.settings.audit_key_file).read_bytes()
+    assert audit["subject_hash"] == subject_hash(study_key, key)  # keyed by the installation's secret
     logged = " ".join(rec.getMessage() + str(rec.__dict__) for rec in caplog.records)
     assert "Jane Roe" not in logged and "pack-years" not in logged  # PHI never logged
     assert "Jane Roe" not in str(store.get_result(body["id"]))

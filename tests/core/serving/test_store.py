@@ -30,8 +30,8 @@ def test_results_round_trip_and_wal(tmp_path):
 
 def test_audit_records(tmp_path):
     store = ResultStore(f"sqlite:///{tmp_path / 'a.db'}")
-    subject = subject_hash("patient-123")
-    assert "patient-123" not in subject and subject == subject_hash("patient-123")
+    subject = subject_hash("patient-123", b"k" * 32)
+    assert "patient-123" not in subject and subject == subject_hash("patient-123", b"k" * 32)
     first = store.audit("medical", "predict", "radiologist", subject, "1.0.0", {"probability": 0.7})
     second = store.audit("medical", "view", None, None, None, {})
     assert second > first
@@ -66,3 +66,21 @@ def test_schema_compiles_for_postgresql():
     for table in (ResultRow.__table__, AuditRow.__table__):
         ddl = str(CreateTable(table).compile(dialect=postgresql.dialect()))
         assert "JSON" in ddl and "TIMESTAMP WITH TIME ZONE" in ddl
+
+
+def test_subject_hashes_are_keyed_by_a_secret_made_once_per_installation(tmp_path):
+    import os
+
+    from core.serving import audit_key
+    from core.serving.settings import AppSettings
+
+    settings = AppSettings(audit_key_file=tmp_path / "state" / "audit.key")
+    key = audit_key(settings)
+    assert len(key) == 32 and (tmp_path / "state" / "audit.key").read_bytes() == key
+    assert os.stat(tmp_path / "state" / "audit.key").st_mode & 0o077 == 0  # the owner's alone
+    assert audit_key(AppSettings(audit_key_file=tmp_path / "state" / "audit.key")) == key  # kept across restarts
+    other = audit_key(AppSettings(audit_key_file=tmp_path / "elsewhere.key"))
+    assert other != key and subject_hash("1.2.840.1", key) != subject_hash("1.2.840.1", other)
+    assert audit_key(AppSettings(audit_key="shared by the replicas")) == b"shared by the replicas"
+    with pytest.raises(ValueError, match="secret key"):
+        subject_hash("1.2.840.1", b"")
