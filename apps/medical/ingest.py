@@ -197,7 +197,7 @@ def _dcmread(path: Path, header_only: bool):
     if meta.get("TransferSyntaxUID") == DeflatedExplicitVRLittleEndian:
         # pydicom inflates a deflated dataset whole, in memory, before reading a tag: 1 MB can become 1 GB
         raise IngestError("deflated DICOM (transfer syntax Deflated Explicit VR Little Endian) is not accepted; "
-                          "send uncompressed or RLE DICOM (JPEG / JPEG 2000 with the pylibjpeg plugins).", code="unsupported_transfer_syntax",
+                          "send uncompressed, RLE, JPEG, JPEG-LS or JPEG 2000 DICOM.", code="unsupported_transfer_syntax",
                           status_code=415)
     try:
         ds = pydicom.dcmread(str(path), stop_before_pixels=header_only)
@@ -380,7 +380,7 @@ def _pixels_hu(ds, where: str) -> np.ndarray:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "") or str(syntax or "unknown")
         raise IngestError(f"{where}: pixel data cannot be decoded ({type(exc).__name__}; transfer syntax {name}). "
-                          "Uncompressed or RLE DICOM is always readable; JPEG 2000 / JPEG-LS need pylibjpeg plugins.",
+                          "Uncompressed, RLE, JPEG, JPEG-LS and JPEG 2000 DICOM are read.",
                           code="corrupt_dicom") from None
     slope = _number(ds, "RescaleSlope", 1.0, where)
     intercept = _number(ds, "RescaleIntercept", 0.0, where)
