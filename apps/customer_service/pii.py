@@ -10,13 +10,14 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
   card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
            in one digit must not leak the other fifteen); after "card", also runs of 4+ digits
            (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
-  iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1
+  iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
+           where it is known (then any case), else capitals
   account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
            "account" / "acc" / "a/c"; any other run of 8+ digits read out one by one
-  phone    10-13 digits starting 0 or +, or 10 digits after a phone word, or a NANP-shaped
+  phone    10-13 digits starting 0 or +, 12-17 starting 00, or 10 digits after a phone word, or a NANP-shaped
            ddd-ddd-dddd; never a card (checked first)
   email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"
-  dob      a date (spoken, "3 March 1985", 03/04/1985, 1985-04-03) with a birth word before it
+  dob      a date (spoken, "3 March 1985", "12th Dec 1990", 03/04/1985, 1985-04-03) with a birth word before it
 
 The redaction map holds type and offsets only, never the value: it is safe to log and store.
 """
@@ -30,7 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.customer_service.speech.textnorm import DIGIT_WORDS, MONTHS, Piece, normalise_aligned
+from apps.customer_service.speech.textnorm import (
+    DIGIT_WORDS,
+    MONTH_ABBREVIATIONS,
+    MONTHS,
+    Piece,
+    normalise_aligned,
+)
 
 TYPES = ("card", "iban", "account", "phone", "email", "dob")
 CORPUS = Path(__file__).resolve().parents[2] / "datasets" / "customer_service" / "asr" / "pii_corpus.jsonl"
@@ -40,6 +47,8 @@ _CONTEXT = {
     "account": {"account", "acc", "a/c", "acct"},
     "sort": {"sort"},
     "phone": {"phone", "mobile", "telephone", "tel", "number", "call", "ring", "landline", "contact", "reach", "text"},
+    # words that announce a phone number and never a card ("number" does both: "card number is ...")
+    "dial": {"phone", "mobile", "telephone", "tel", "call", "ring", "landline"},
     "dob": {"born", "birth", "dob", "birthday", "d.o.b", "d.o.b."},
 }
 _FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
@@ -47,11 +56,27 @@ _DIGITISH = re.compile(r"^\+?\(?\d[\d\-().]*\)?[.,;:?!]?$")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
 _TLDS = "com|org|net|co|uk|io|de|fr|ie|edu|gov|info|biz|me|eu|es|it|nl"
 _SPOKEN_EMAIL = re.compile(
-    rf"\b([a-z0-9]+(?:\s+(?:dot|underscore|dash|hyphen)\s+[a-z0-9]+)*)\s+at\s+([a-z0-9]+(?:\s+dot\s+[a-z0-9]+)*\s+dot\s+(?:{_TLDS}))\b",
+    # the dots may be said or written ("john.smith at gmail.com", typed to dodge spam filters)
+    rf"\b([a-z0-9]+(?:(?:\s+(?:dot|underscore|dash|hyphen)\s+|[._\-])[a-z0-9]+)*)\s+at\s+"
+    rf"([a-z0-9]+(?:(?:\s+dot\s+|\.)[a-z0-9]+)*(?:\s+dot\s+|\.)(?:{_TLDS}))\b",
     re.IGNORECASE,
 )
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?:[ ]?[A-Z0-9]){11,30}\b")
-_NUMERIC_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2}|\d{4})$|^(\d{4})-(\d{2})-(\d{2})$")
+# words before "at <domain>" that are no mailbox ("look at it dot com", "I shopped at amazon.com")
+_NOT_A_MAILBOX = {"me", "us", "it", "them", "him", "her", "you", "look", "looked", "arrive", "arrived", "shop", "shopped",
+                  "shopping", "bought", "ordered", "paid", "pay", "spent", "online", "registered", "logged"}
+_IBAN_START = re.compile(r"\b[A-Za-z]{2}\d{2}")
+# IBAN length by country (ISO 13616 registry): where the IBAN ends when a word follows it
+# ("GB82 WEST 1234 5698 7654 32 OK") and what lets a lower-case one be trusted.
+_IBAN_LENGTHS = {
+    "AD": 24, "AE": 23, "AL": 28, "AT": 20, "AZ": 28, "BA": 20, "BE": 16, "BG": 22, "BH": 22, "BR": 29, "BY": 28,
+    "CH": 21, "CR": 22, "CY": 28, "CZ": 24, "DE": 22, "DK": 18, "DO": 28, "EE": 20, "EG": 29, "ES": 24, "FI": 18,
+    "FO": 18, "FR": 27, "GB": 22, "GE": 22, "GI": 23, "GL": 18, "GR": 27, "GT": 28, "HR": 21, "HU": 28, "IE": 22,
+    "IL": 23, "IQ": 23, "IS": 26, "IT": 27, "JO": 30, "KW": 30, "KZ": 20, "LB": 28, "LC": 32, "LI": 21, "LT": 20,
+    "LU": 20, "LV": 21, "MC": 27, "MD": 24, "ME": 22, "MK": 19, "MR": 27, "MT": 31, "MU": 30, "NL": 18, "NO": 15,
+    "PK": 24, "PL": 28, "PS": 29, "PT": 25, "QA": 29, "RO": 24, "RS": 22, "SA": 24, "SC": 31, "SE": 24, "SI": 19,
+    "SK": 24, "SM": 27, "ST": 25, "SV": 28, "TL": 23, "TN": 24, "TR": 26, "UA": 29, "VA": 22, "VG": 24, "XK": 20,
+}
+_NUMERIC_DATE = re.compile(r"^(\d{1,2})[/.\-](\d{1,2})[/.\-](\d{2}|\d{4})$|^(\d{4})([/.\-])(\d{2})\5(\d{2})$")
 _SORT_CODE = re.compile(r"^\d{2}-\d{2}-\d{2}$")
 
 
@@ -98,11 +123,11 @@ def find_pii(text: str) -> list[Redaction]:
     """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
     found: list[Redaction] = []
     found += _emails(text)
-    found += [Redaction("iban", m.start(), m.end()) for m in _IBAN.finditer(text) if iban_ok(m.group())]
+    found += _ibans(text)
     pieces = normalise_aligned(text)
     words = [_plain(p.text) for p in pieces]
     found += _numbers(pieces, words, text)
-    found += _dates_of_birth(pieces, words)
+    found += _dates_of_birth(pieces, words, text)
     return _resolve(found)
 
 
@@ -114,8 +139,48 @@ def _plain(s: str) -> str:
 def _emails(text: str) -> list[Redaction]:
     spans = [Redaction("email", m.start(), m.end()) for m in _EMAIL.finditer(text)]
     spans += [Redaction("email", m.start(), m.end()) for m in _SPOKEN_EMAIL.finditer(text)
-              if m.group(1).lower() not in ("me", "us", "it", "them", "him", "her", "you", "look", "arrive", "arrived")]
+              if m.group(1).lower() not in _NOT_A_MAILBOX]
     return spans
+
+
+def _ibans(text: str) -> list[Redaction]:
+    out: list[Redaction] = []
+    for m in _IBAN_START.finditer(text):
+        if out and m.start() < out[-1].end:
+            continue
+        end = _iban_end(text, m.start())
+        if end is not None:
+            out.append(Redaction("iban", m.start(), end))
+    return out
+
+
+def _iban_end(text: str, start: int) -> int | None:
+    """Where the IBAN starting at ``text[start]`` ends (groups split by single spaces), or None.
+
+    Ends are tried at group boundaries, longest first, so a word after the IBAN is not taken as
+    part of it (which failed the checksum and left the whole IBAN in the clear). A known country
+    fixes the length, and then case does not matter (typed chat is often lower case); any other
+    country must be written in capitals, as before."""
+    def alnum(i: int) -> bool:
+        return i < len(text) and text[i].isascii() and text[i].isalnum()
+
+    chars: list[str] = []
+    ends: list[tuple[int, int]] = []  # (characters so far, text offset) at each group boundary
+    i = start
+    while alnum(i) and len(chars) < 34:
+        chars.append(text[i])
+        i += 1
+        if not alnum(i):
+            ends.append((len(chars), i))
+            if i < len(text) and text[i] == " " and alnum(i + 1):
+                i += 1
+    want = _IBAN_LENGTHS.get(text[start:start + 2].upper())
+    for n, end in reversed(ends):
+        candidate = "".join(chars[:n])
+        fits = n == want if want else 15 <= n <= 34 and candidate.isupper()
+        if fits and iban_ok(candidate):
+            return end
+    return None
 
 
 def _context(words: list[str], start: int, kind: str, window: int = 6) -> bool:
@@ -151,9 +216,15 @@ def _number_piece(pieces: list[Piece], words: list[str], k: int) -> bool:
     text = pieces[k].text
     if not _DIGITISH.match(text):
         return False
-    if _SORT_CODE.match(text.rstrip(".,;:")) and _context(words, k, "sort", window=4):
-        return True  # 20-00-00 is also a valid dd-mm-yy date; "sort code" decides
+    if _SORT_CODE.match(text.rstrip(".,;:")) and (_context(words, k, "sort", window=4) or _account_follows(pieces, words, k)):
+        return True  # 20-00-00 is also a valid dd-mm-yy date; "sort code" decides, or an account number after it
     return not _is_amount_or_date(text)
+
+
+def _account_follows(pieces: list[Piece], words: list[str], k: int) -> bool:
+    """"Account: 12-34-56 78901234": an account number right after dd-dd-dd makes it the sort code."""
+    return (k + 1 < len(pieces) and re.fullmatch(r"\d{6,12}[.,;:]?", pieces[k + 1].text) is not None
+            and _context(words, k, "account", window=4))
 
 
 def _is_amount_or_date(s: str) -> bool:
@@ -221,24 +292,30 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
 
     def candidate(run: dict) -> bool:
         # only digit-by-digit speech splits like this (ASR output); "1500" or "19.99" never does,
-        # and a run announced as an account or sort code is one
+        # and a run announced as an account, sort code or phone number ("call me on ...") is one
         first = run["idx"][0]
         return (run["card"] is None and run["spoken"] and not _context(words, first, "account", window=3)
-                and not _context(words, first, "sort", window=3))
+                and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3))
 
     for run in runs:
         n, first = len("".join(run["groups"])), run["idx"][0]
         last_four = any(w in ("ending", "ends", "last", "final") for w in words[max(0, first - 3):first])
         if candidate(run) and n >= 4 and not last_four and _context(words, first, "card", window=10):
             run["card"] = (0, len(run["groups"]) - 1)
+    # Sweeps both ways until nothing changes: a chain of fragments before a card run was marked one
+    # fragment per pass over all pairs, cubic in the runs (20,000 typed characters took minutes).
+    # Runs are in text order and each spans a piece or more, so the runs within 5 pieces of one are
+    # among its 5 neighbours either side.
     changed = True
     while changed:
         changed = False
-        for run in runs:
-            if candidate(run) and len("".join(run["groups"])) >= 3 and any(
-                    o["card"] is not None and near(run, o) for o in runs if o is not run):
-                run["card"] = (0, len(run["groups"]) - 1)
-                changed = True
+        for order in (range(len(runs)), range(len(runs) - 1, -1, -1)):
+            for j in order:
+                run = runs[j]
+                if candidate(run) and len("".join(run["groups"])) >= 3 and any(
+                        o["card"] is not None and near(run, o) for o in runs[max(0, j - 5):j + 6] if o is not run):
+                    run["card"] = (0, len(run["groups"]) - 1)
+                    changed = True
 
 
 def _best_card(idx: list[int], groups: list[str], *, card_context: bool) -> tuple[int, int] | None:
@@ -263,12 +340,16 @@ def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: lis
     start = idx[0]
     if len(idx) == 1 and _SORT_CODE.match(raw.rstrip(".,;:")):
         return "account"
+    if _SORT_CODE.match(pieces[start].text) and 6 <= len(digits) - 6 <= 12:
+        return "account"  # the sort code, then the account number
     if _context(words, start, "sort", window=4) and len(digits) == 6:
         return "account"
     if _context(words, start, "account") and 6 <= len(digits) <= 12:
         return "account"
     plus = raw.lstrip("(").startswith("+")
     if (plus and 10 <= len(digits) <= 15) or (digits.startswith("0") and 10 <= len(digits) <= 13):
+        return "phone"
+    if digits.startswith("00") and 12 <= len(digits) <= 17:  # "0044 7700 900123": 00 dialled for the +
         return "phone"
     if re.fullmatch(r"\(?\d{3}\)?[ \-.]\d{3}[ \-.]\d{4}", raw.rstrip(".,;:")):
         return "phone"
@@ -277,25 +358,47 @@ def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: lis
     return None
 
 
-def _dates_of_birth(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+def _dates_of_birth(pieces: list[Piece], words: list[str], text: str) -> list[Redaction]:
     out = []
     month_names = {m.capitalize() for m in MONTHS}
     for k, piece in enumerate(pieces):
-        text = piece.text.rstrip(".,;:")
-        year = None
-        parts = text.split()
-        if len(parts) == 3 and parts[1] in month_names and parts[2].isdigit():
-            year = int(parts[2])  # a spoken date normalised to "3 March 1985"
+        written = piece.text.rstrip(".,;:")
+        last = piece  # the piece the date ends in
+        parts = written.split()
+        if len(parts) in (2, 3) and parts[1] in month_names:  # "3 March [1985]", as textnorm writes dates
+            if len(parts) == 3:
+                year = int(parts[2]) if parts[2].isdigit() else None
+            else:  # no year, or a short one after it ("3rd of March 85"): the birthday is still PII
+                year = 2000
+                if k + 1 < len(pieces) and _SHORT_YEAR.match(pieces[k + 1].text.rstrip(".,;:")):
+                    last = pieces[k + 1]
         else:
-            m = _NUMERIC_DATE.match(text)
-            if m:
-                y = m.group(3) or m.group(4)
-                year = int(y) if len(y) == 4 else 1900 + int(y) if int(y) > 30 else 2000 + int(y)
+            year = _numeric_date_year(written)
         if year is None or not 1900 <= year <= 2030:
             continue
         if _context(words, k, "dob", window=8):
-            out.append(Redaction("dob", piece.start, piece.end))
+            end = last.start + len(text[last.start:last.end].rstrip(".,;:!?"))  # "1985," keeps its comma
+            out.append(Redaction("dob", piece.start, end))
     return out
+
+
+_SHORT_YEAR = re.compile(r"^'?\d{2}$")
+# "03-Mar-1985", "3 Mar 85" as one token: a day, a month's name or abbreviation, a year
+_DAY_MONTH_YEAR = re.compile(r"^(\d{1,2})[-/.]([A-Za-z]{3,9})[-/.](\d{2}|\d{4})$")
+
+
+def _numeric_date_year(written: str) -> int | None:
+    """The year of a one-token date (03/04/1985, 1985-04-03, 03-Mar-1985), else None."""
+    m = _NUMERIC_DATE.match(written)
+    if m:
+        y = m.group(3) or m.group(4)
+    else:
+        m = _DAY_MONTH_YEAR.match(written)
+        month = m.group(2).lower() if m else ""
+        if not m or not (month in MONTHS or month in MONTH_ABBREVIATIONS):
+            return None
+        y = m.group(3)
+    return int(y) if len(y) == 4 else 1900 + int(y) if int(y) > 30 else 2000 + int(y)
 
 
 def _resolve(found: list[Redaction]) -> list[Redaction]:
@@ -314,26 +417,38 @@ def redact(text: str, *, placeholder: str = "[{TYPE}]") -> RedactionResult:
     """``text`` with every PII span replaced by ``placeholder`` (``{TYPE}``/``{type}`` filled in).
     Offsets in the map refer to the input text."""
     spans = find_pii(text)
+    return RedactionResult(_replace(text, spans, placeholder), spans)
+
+
+def _replace(text: str, spans: list[Redaction], placeholder: str = "[{TYPE}]") -> str:
     out, last = [], 0
     for r in spans:
         out.append(text[last:r.start])
         out.append(placeholder.format(TYPE=r.type.upper(), type=r.type))
         last = r.end
     out.append(text[last:])
-    return RedactionResult("".join(out), spans)
+    return "".join(out)
 
 
-def redact_words(words: list) -> tuple[RedactionResult, list[int]]:
+def redact_words(words: list, *, context: list[str] | tuple[str, ...] = ()) -> tuple[RedactionResult, list[int]]:
     """Redact a recognised word sequence (objects with ``.text``): the result over the words
-    joined by spaces, and the indices of the words that fall inside a redaction."""
+    joined by spaces, and the indices of the words that fall inside a redaction.
+
+    ``context``: words said just before these (the earlier pieces of a live transcript), read with
+    them but left out of the result: "my card number is" / "four five three nine" / "one four eight
+    eight", each a piece of its own, hold no number a detector can see one by one."""
     text, offsets, pos = [], [], 0
     for w in words:
         offsets.append((pos, pos + len(w.text)))
         text.append(w.text)
         pos += len(w.text) + 1
-    result = redact(" ".join(text))
-    hit = [i for i, (a, b) in enumerate(offsets) if any(a < r.end and b > r.start for r in result.redactions)]
-    return result, hit
+    current, before = " ".join(text), " ".join(context)
+    shift = len(before) + 1 if before else 0
+    spans = find_pii(f"{before} {current}" if before else current)
+    # what reaches into these words, clipped to them (a number begun in the context goes on here)
+    spans = [Redaction(r.type, max(0, r.start - shift), r.end - shift) for r in spans if r.end > shift]
+    hit = [i for i, (a, b) in enumerate(offsets) if any(a < r.end and b > r.start for r in spans)]
+    return RedactionResult(_replace(current, spans), spans), hit
 
 
 def redact_audio(samples: np.ndarray, sample_rate: int, words: list, indices: list[int], *, pad_s: float = 0.05) -> np.ndarray:

@@ -10,11 +10,13 @@ Protocol
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
      hypothesis changes and ``{"type": "final", "text", "words": [...], "confidence", "redactions"}``
-     at each end of speech. Card, account, phone numbers etc. are redacted in both (``redact``).
+     at each end of speech. Card, account, phone numbers etc. are redacted in both (``redact``), read
+     with the session's earlier finals (a card read out in fours makes one final per group); a
+     partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
   4. send the text message ``{"type": "end"}`` (or just ``end``): the last final follows, then
      ``{"type": "end"}`` and the server closes.
   Errors come as ``{"type": "error", "code", "message"}`` followed by a close (1003 bad data,
-  1008 policy: too long, 1013 busy).
+  1008 policy: too long, or no message for ``idle_timeout_s``; 1013 busy).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from types import SimpleNamespace
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
@@ -30,13 +33,18 @@ from apps.customer_service.speech.streaming import DecoderPool, StreamEvent, Str
 from core.serving.auth import authorize_websocket
 
 _MODES = ("default", "digit", "digits", "amount")
+# Words of earlier finals that redaction reads with each new hypothesis: a caller reading a card out
+# in fours, with pauses, makes one final per group ("card number is" + 16 digits fit in 20 words).
+_CONTEXT_WORDS = 20
 
 
 def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfig | None = None, pool_size: int = 2,
                          redact: bool = True, max_session_s: float = 600.0, max_chunk_bytes: int = 64_000,
-                         path: str = "/v1/stream") -> APIRouter:
+                         idle_timeout_s: float = 60.0, path: str = "/v1/stream") -> APIRouter:
     """An APIRouter with the streaming WebSocket. Decoders are built on first use (about 2 s
-    each) and shared between sessions through ``pool``."""
+    each) and shared between sessions through ``pool``. A session that sends nothing for
+    ``idle_timeout_s`` is closed: it holds one of the pool's few decoders, and a live call sends
+    a chunk (silence included) every 100-200 ms."""
     router = APIRouter(tags=["streaming"])
     state = {"pool": pool}
 
@@ -68,19 +76,31 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         await websocket.send_json({"type": "ready", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
                                    "mode": mode, "redact": do_redact})
         audio_bytes = 0
+        heard: list[str] = []  # the last _CONTEXT_WORDS words of the session's finals, unredacted
         try:
             while True:
-                message = await websocket.receive()
+                try:
+                    message = await asyncio.wait_for(websocket.receive(), timeout=idle_timeout_s)
+                except TimeoutError:
+                    await _release(rec)
+                    await _fail(websocket, 1008, "idle",
+                                f"No audio for {idle_timeout_s:g} s; send 16-bit PCM chunks every 100-200 ms "
+                                '(silence included) and {"type": "end"} to finish.')
+                    break
                 if message["type"] == "websocket.disconnect":
                     break
                 data = message.get("bytes")
                 if data is None:
                     if _is_end(message.get("text")):
                         for event in await asyncio.to_thread(rec.finish):
-                            await websocket.send_json(_render(event, do_redact))
+                            await websocket.send_json(_render(event, do_redact, heard))
                         await websocket.send_json({"type": "end", "audio_s": round(audio_bytes / 32_000, 3)})
                         await websocket.close()
                         break
+                    if _message_type(message.get("text")) == "auth":
+                        # a browser page sends its key first whether or not the service has keys; a
+                        # keyless service sent "ready" without waiting for it, so it arrives here
+                        continue
                     await _release(rec)
                     await _fail(websocket, 1003, "bad_message",
                                 'Send binary 16-bit PCM chunks, then the text message {"type": "end"}.')
@@ -99,7 +119,7 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                 events = await asyncio.to_thread(rec.accept, data)
                 latency = (time.perf_counter() - t0) * 1000.0
                 for event in events:
-                    body = _render(event, do_redact)
+                    body = _render(event, do_redact, heard)
                     body["latency_ms"] = round(latency, 2)
                     await websocket.send_json(body)
         except WebSocketDisconnect:
@@ -128,29 +148,68 @@ def _close_abandoned(making: asyncio.Future) -> None:
 def _is_end(text: str | None) -> bool:
     if text is None:
         return False
-    if text.strip().lower() in ("end", "eos"):
-        return True
+    return text.strip().lower() in ("end", "eos") or _message_type(text) == "end"
+
+
+def _message_type(text: str | None) -> str | None:
+    """The "type" of a JSON object text message, else None."""
     try:
-        return json.loads(text).get("type") == "end"
-    except (ValueError, AttributeError):
-        return False
+        body = json.loads(text or "")
+    except (ValueError, RecursionError):  # "[[[[..." nests past the decoder's recursion limit
+        return None
+    return body.get("type") if isinstance(body, dict) else None
 
 
-def _render(event: StreamEvent, do_redact: bool) -> dict:
+def _render(event: StreamEvent, do_redact: bool, heard: list[str]) -> dict:
+    """The event as sent, redacted when asked with the words ``heard`` before it as context; a final's
+    words are then appended to ``heard`` (in place)."""
     body = event.to_dict()
+    if event.type == "final":
+        context = list(heard)
+        heard[:] = (heard + [w.text for w in event.words])[-_CONTEXT_WORDS:]
+    else:
+        context = heard
     if not do_redact:
         return body
-    from apps.customer_service.pii import redact, redact_words
+    from apps.customer_service.pii import redact_words
 
     if event.type == "final":
-        result, hit = redact_words(event.words)
+        result, hit = redact_words(event.words, context=context)
         body["text"] = result.text
         body["redactions"] = [{"type": r.type, "start": r.start, "end": r.end} for r in result.redactions]
         for i in hit:
             body["words"][i]["text"] = "[REDACTED]"
     else:
-        body["text"] = redact(event.text).text
+        words = event.text.split()
+        result, hit = redact_words([SimpleNamespace(text=w) for w in words], context=context)
+        body["text"] = _hide_numbers_being_read(words, result.redactions, hit)
     return body
+
+
+def _hide_numbers_being_read(words: list[str], redactions: list, hit: list[int]) -> str:
+    """A partial's words with its redactions, and every other run of two or more spoken digits shown
+    as [NUMBER]: a number still being read out ("four five three", or "four five three and" as the
+    recogniser may have it for a moment) is no card number yet, though the next partial may make it
+    one; the final, a moment later, shows what it was."""
+    from apps.customer_service.speech.textnorm import DIGIT_WORDS, REPEAT
+
+    current = " ".join(words)
+    spans = [(r.start, r.end, r.type.upper()) for r in redactions]
+    pos, run = 0, []  # run: (start, end) of the digit words in a row so far
+    for i, w in enumerate(words + [""]):  # "" closes a run at the end
+        if i < len(words) and i not in hit and (w in DIGIT_WORDS or w in REPEAT):
+            run.append((pos, pos + len(w)))
+        else:
+            if len(run) >= 2:
+                spans.append((run[0][0], run[-1][1], "NUMBER"))
+            run = []
+        pos += len(w) + 1
+    out, last = [], 0
+    for a, b, kind in sorted(spans):
+        out += [current[last:a], f"[{kind}]"]
+        last = b
+    out.append(current[last:])
+    return "".join(out)
 
 
 async def _fail(websocket: WebSocket, code: int, error: str, message: str) -> None:

@@ -199,7 +199,9 @@ class StreamingRecognizer:
 
     def _partial(self) -> StreamEvent | None:
         hyp = self._decoder.hyp()
-        text = hyp.hypstr if hyp is not None else ""
+        # the lexicon's variants ("sixnarrow", "was(2)") read as the word they stand for, as in finals:
+        # a raw "sixnarrow" also broke a spoken card number apart, so the redactor missed its end
+        text = " ".join(_base_word(w) for w in hyp.hypstr.split()) if hyp is not None else ""
         if text == self._last_partial:
             return None
         self._last_partial = text

@@ -37,6 +37,9 @@ ORDINAL_UNITS = {
 }
 MONTHS = ["january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
           "november", "december"]
+# Written abbreviations (typed chat: "dob 12 Dec 1990"), read as the month they stand for.
+MONTH_ABBREVIATIONS = {"jan": 0, "feb": 1, "mar": 2, "apr": 3, "jun": 5, "jul": 6, "aug": 7, "sep": 8, "sept": 8,
+                       "oct": 9, "nov": 10, "dec": 11}
 CURRENCY = {"pound": "£", "pounds": "£", "quid": "£", "dollar": "$", "dollars": "$", "euro": "€", "euros": "€"}
 SUBUNIT = {"pence": 100, "penny": 100, "p": 100, "cent": 100, "cents": 100}
 
@@ -251,19 +254,34 @@ def parse_year(words: list[str], i: int) -> tuple[int, int] | None:
     return hi[0] * 100 + lo[0], lo[1]
 
 
+def _month(word: str) -> int | None:
+    """0-based month of a month name or its written abbreviation ("dec", "sept"), else None."""
+    if word in MONTHS:
+        return MONTHS.index(word)
+    return MONTH_ABBREVIATIONS.get(word)
+
+
 def _date(toks: list[_Tok], i: int) -> tuple[str, int] | None:
     words = [t.word for t in toks]
     k = i + 1 if words[i] == "the" else i
     ordinal = _parse_ordinal(words, k)
+    # a written day without a suffix ("3 March 1985", the usual typed form) is a day only before a month;
+    # before "may" only with a year after it ("the 3 may be late" is no date)
+    numeral = ordinal is None and k < len(words) and re.fullmatch(r"\d{1,2}", words[k]) is not None
+    if numeral:
+        ordinal = (int(words[k]), k + 1)
     if ordinal is not None:
         day, j = ordinal
         if j < len(words) and words[j] == "of":
             j += 1
-        if j < len(words) and words[j] in MONTHS and 1 <= day <= 31:
-            month = MONTHS.index(words[j])
-            return _format_date(day, month, words, j + 1)
-        return None
-    if words[i] in MONTHS and words[i] != "may":  # "may" is mostly the verb; "the third of may" still works
+        month = _month(words[j]) if j < len(words) else None
+        if month is None or not 1 <= day <= 31:
+            return None
+        if numeral and words[j] == "may" and parse_year(words, j + 1) is None:
+            return None
+        return _format_date(day, month, words, j + 1)
+    month = _month(words[i])
+    if month is not None and words[i] != "may":  # "may" is mostly the verb; "the third of may" still works
         j = i + 1
         if j < len(words) and words[j] == "the":
             j += 1
@@ -271,7 +289,7 @@ def _date(toks: list[_Tok], i: int) -> tuple[str, int] | None:
         if ordinal is None and j < len(words) and re.fullmatch(r"\d{1,2}", words[j]):
             ordinal = (int(words[j]), j + 1)
         if ordinal is not None and 1 <= ordinal[0] <= 31:
-            return _format_date(ordinal[0], MONTHS.index(words[i]), words, ordinal[1])
+            return _format_date(ordinal[0], month, words, ordinal[1])
     return None
 
 

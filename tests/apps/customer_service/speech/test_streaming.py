@@ -107,6 +107,7 @@ def test_websocket_streams_redacted_hypotheses(client, call_audio):
     ("/customer-service/v1/stream?mode=poetry", None, "bad_mode"),
     ("/customer-service/v1/stream", ("bytes", b"\x00\x01\x02"), "bad_chunk"),
     ("/customer-service/v1/stream", ("text", "hello"), "bad_message"),
+    ("/customer-service/v1/stream", ("text", "[" * 100_000), "bad_message"),  # JSON nested too deep to parse
 ])
 def test_websocket_refuses_bad_input(client, url, send, code):
     with client.websocket_connect(url) as ws:
@@ -194,3 +195,89 @@ def test_sessions_whose_client_leaves_return_their_decoder(stream_pool, call_aud
         # still decoding the chunks it was sent: a server stop, not a client leaving)
         decoder = stream_pool.acquire(timeout_s=10.0)
         stream_pool.release(decoder)
+
+
+def test_partials_name_words_not_lexicon_variants():
+    """The digit grammar's "sixnarrow" (a six for 8 kHz audio) reads "six" in partials as in finals; raw,
+    it also split a spoken card number so that the redactor left its end in the clear."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech.router import _render
+    from apps.customer_service.speech.streaming import DecoderPool
+
+    class Decoder:  # what pocketsphinx answers mid-utterance
+        def activate_search(self, name: str) -> None:
+            pass
+
+        def hyp(self):
+            return SimpleNamespace(hypstr="four five three nine one four eight eight zero three four three "
+                                          "sixnarrow four sixnarrow seven")
+
+    class Pool(DecoderPool):
+        def acquire(self, timeout_s: float = 10.0):
+            return Decoder()
+
+    rec = StreamingRecognizer(pool=Pool(size=1), mode="digits")
+    partial = rec._partial()
+    assert partial.text == "four five three nine one four eight eight zero three four three six four six seven"
+    assert _render(partial, True, [])["text"] == "[CARD]"
+
+
+@pytest.mark.timeout(60)
+def test_an_idle_session_gives_its_decoder_back(stream_pool):
+    """A client that connects and then sends nothing must not hold one of the pool's few decoders for ever."""
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, idle_timeout_s=0.3))
+    with TestClient(app) as c, c.websocket_connect("/v1/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        error = ws.receive_json()
+        assert error["type"] == "error" and error["code"] == "idle" and "PCM" in error["message"]
+        stream_pool.release(stream_pool.acquire(timeout_s=5.0))
+
+
+def test_a_key_sent_to_a_service_without_keys_is_ignored(client, call_audio):
+    """The web page sends {"type": "auth"} first whenever its key field is filled in; a service without
+    keys has already said "ready" and must not refuse the session for it."""
+    pcm = _pcm(call_audio[:16_000])
+    with client.websocket_connect("/customer-service/v1/stream") as ws:
+        assert ws.receive_json()["type"] == "ready"
+        ws.send_text(json.dumps({"type": "auth", "key": "a-key"}))
+        ws.send_bytes(pcm)
+        ws.send_text(json.dumps({"type": "end"}))
+        messages = []
+        while not messages or messages[-1]["type"] not in ("end", "error"):
+            messages.append(ws.receive_json())
+    assert messages[-1]["type"] == "end", messages
+
+
+def test_a_card_read_out_in_fours_is_redacted_across_finals():
+    """With a pause after each group of four digits the endpointer makes one final per group: each
+    group alone is no card number, but the session's earlier words say it is one."""
+    from apps.customer_service.speech.asr import Word
+    from apps.customer_service.speech.router import _render
+    from apps.customer_service.speech.streaming import StreamEvent
+
+    heard: list[str] = []
+    texts = []
+    for i, said in enumerate(["my card number is", "four five three nine", "one four eight eight",
+                              "zero three four three", "six four six seven", "thank you"]):
+        words = [Word(w, 2.0 * i + 0.3 * k, 2.0 * i + 0.3 * k + 0.25, 0.9) for k, w in enumerate(said.split())]
+        partial = _render(StreamEvent("partial", said, 2.0 * i, 2.0 * i + 1), True, heard)
+        final = _render(StreamEvent("final", said, 2.0 * i, 2.0 * i + 1, words, 0.9), True, heard)
+        texts += [partial["text"], final["text"], *(w["text"] for w in final["words"])]
+    assert not any(re.search(r"\b(four|five|three|nine|one|eight|zero|six|seven)\b", t) for t in texts), texts
+    assert "thank you" in texts and "my card number is" in texts
+
+
+@pytest.mark.parametrize(("heard", "partial", "shown"), [
+    (["my", "card", "number", "is"], "four five three", "[NUMBER]"),  # the first digits of a card being read
+    ([], "it is zero three", "it is [NUMBER]"),
+    (["my", "card", "number", "is"], "four five three and", "[NUMBER] and"),  # a word the recogniser will drop
+    ([], "i have two", "i have two"),  # one digit word is no number being read out
+    (["my", "card", "number", "is"], "four five three nine", "[CARD]"),
+])
+def test_partials_hide_numbers_still_being_read_out(heard, partial, shown):
+    from apps.customer_service.speech.router import _render
+    from apps.customer_service.speech.streaming import StreamEvent
+
+    assert _render(StreamEvent("partial", partial, 0.0, 1.0), True, heard)["text"] == shown

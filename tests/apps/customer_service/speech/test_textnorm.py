@@ -19,6 +19,7 @@ from apps.customer_service.speech.textnorm import normalise, normalise_aligned, 
     ("born on the third of march nineteen eighty five", "born on 3 March 1985"),
     ("march the twenty first twenty twenty four", "21 March 2024"),
     ("first of may two thousand and three", "1 May 2003"),
+    ("dob 12th Dec 1990", "dob 12 December 1990"),
     ("oh seven seven double oh nine", "077009"),
     ("forty five thirty two", "45 32"),
     # left alone: small numbers, ordinals outside dates, the verb "may"
@@ -37,6 +38,12 @@ def test_pieces_point_at_their_source():
     amount = next(p for p in pieces if p.text == "£12.50")
     assert text[amount.start:amount.end] == "twelve pounds fifty"
     assert [p.text for p in pieces] == ["send", "£12.50", "today"]
+
+
+def test_a_typed_date_is_one_piece():
+    """"3 March 1985" as typed is a date (one piece, as the spoken form is), so PII rules can see it."""
+    assert [p.text for p in normalise_aligned("born 3 March 1985 in Leeds")] == ["born", "3 March 1985", "in", "Leeds"]
+    assert [p.text for p in normalise_aligned("the 3 may be late")] == ["the", "3", "may", "be", "late"]
 
 
 def test_parsers():
