@@ -39,6 +39,7 @@ from core.serving import (
 log = logging.getLogger("triptych.customer_service")
 APP = "customer-service"
 AUDIO_KINDS = {"wav", "flac", "ogg", "mp3"}
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class CallRunner:
@@ -66,7 +67,9 @@ class CallRunner:
 
 class Redaction(BaseModel):
     type: str
-    start: int = Field(description="character offset into transcript.text of the UNREDACTED form")
+    start: int = Field(description=(
+        "character offset into the UNREDACTED transcript (never returned): each channel's words, then the "
+        "typed text (trimmed), joined by single spaces, those without words left out"))
     end: int
     start_s: float | None = None
     end_s: float | None = None
@@ -168,9 +171,15 @@ async def analyze_call(
         "'respond-async' (RFC 7240): answer 202 at once and analyse in the background; poll "
         "GET /v1/results/{id} (for long recordings: a ten-minute call takes minutes)"))] = None,
 ) -> CallAnalysis | JSONResponse:
-    from apps.customer_service.service import CallRequest, InputError
+    from apps.customer_service.service import CallRequest, InputError, check_request
 
     settings: CustomerServiceSettings = request.app.state.settings
+    body_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if body_type and body_type not in FORM_TYPES:
+        # a JSON body (or raw audio) is read as no fields at all: "send a text field" alone would mislead
+        raise ApiError(415, "unsupported_media_type",
+                       f"The body is {body_type}; send multipart/form-data with an 'audio' file (WAV, FLAC, OGG "
+                       "or MP3) and/or a 'text' field (application/x-www-form-urlencoded works for text alone).")
     data, timeout_s = None, None
     if audio is not None:
         from apps.customer_service.speech.audio import channel_seconds
@@ -182,6 +191,10 @@ async def analyze_call(
     if data is None and not (text or "").strip():
         raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
     call = CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent)
+    try:  # what needs no model is refused now, not after a background job was acknowledged
+        check_request(call, settings)
+    except InputError as exc:
+        raise ApiError(exc.status, exc.code, exc.message) from None
 
     async def analyse() -> dict:
         try:

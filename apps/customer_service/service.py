@@ -56,6 +56,33 @@ _AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 
+def check_request(req: CallRequest, settings: CustomerServiceSettings) -> str:
+    """The request's text, cleaned, once the checks that need no model have passed (no input, text
+    too long, audio whose header says it is too long). The API runs them before it acknowledges a
+    background job, so such a call is refused at once instead of accepted and then failed."""
+    # control characters (NUL, BEL, ...) carry no words and some databases refuse NUL in JSON
+    text = _CONTROL.sub(" ", req.text or "").strip()
+    if req.audio is None and not text:
+        raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
+    if len(text) > settings.max_text_chars:
+        raise InputError(413, "text_too_long", f"Text is {len(text)} characters; the limit is {settings.max_text_chars}.")
+    if req.audio is not None:
+        from apps.customer_service.speech.audio import AudioError, check_duration
+
+        try:
+            check_duration(req.audio, settings.max_audio_seconds)
+        except AudioError as exc:
+            raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
+    return text
+
+
+def _dual_mono(samples: np.ndarray) -> bool:
+    """True when the two channels of (2, N) ``samples`` carry the same signal (their difference 40 dB
+    down): a mono call saved as stereo, not agent and caller; read as two, every word came twice."""
+    a, b = samples[0].astype(np.float64), samples[1].astype(np.float64)
+    return float(np.sum((a - b) ** 2)) <= 1e-4 * float(np.sum(a ** 2 + b ** 2))
+
+
 def _sentences(text: str) -> list[str]:
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
     return parts or ([text.strip()] if text.strip() else [])
@@ -140,21 +167,16 @@ class CustomerServiceEngine:
     def analyze(self, req: CallRequest) -> dict[str, Any]:
         timings: dict[str, float] = {}
         t_all = time.perf_counter()
-        # control characters (NUL, BEL, ...) carry no words and some databases refuse NUL in JSON
-        text = _CONTROL.sub(" ", req.text or "").strip()
-        if req.audio is None and not text:
-            raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
-        if len(text) > self.settings.max_text_chars:
-            raise InputError(413, "text_too_long", f"Text is {len(text)} characters; the limit is {self.settings.max_text_chars}.")
+        text = check_request(req, self.settings)
         segments: list[dict] = []
         redactions: list[dict] = []
         transcript_parts: list[str] = []
         duration = 0.0
+        offset = 0  # where the typed text starts in the unredacted transcript
         if req.audio is not None:
-            segments, redactions, transcript_parts, duration = self._audio_segments(req.audio, timings)
+            segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings)
         if text:
             segments_t, redactions_t = self._text_segments(text, timings)
-            offset = sum(len(p) + 1 for p in transcript_parts)
             for r in redactions_t:
                 r["start"] += offset
                 r["end"] += offset
@@ -192,7 +214,9 @@ class CustomerServiceEngine:
         }
 
     # ---- audio ----
-    def _audio_segments(self, data: bytes, timings: dict) -> tuple[list[dict], list[dict], list[str], float]:
+    def _audio_segments(self, data: bytes, timings: dict) -> tuple[list[dict], list[dict], list[str], float, int]:
+        """Segments, redactions, the redacted text per channel, the duration, and the length of the
+        unredacted transcript so far (with its trailing space: where a following part starts)."""
         from apps.customer_service.pii import redact_words
         from apps.customer_service.speech import AudioError, load_audio
 
@@ -202,7 +226,7 @@ class CustomerServiceEngine:
         except AudioError as exc:
             raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
         timings["decode_ms"] = (time.perf_counter() - t0) * 1000
-        roles = ["caller"] if audio.channels == 1 else ["agent", "caller"]
+        roles = ["caller"] if audio.channels == 1 or _dual_mono(audio.samples) else ["agent", "caller"]
         segments, redactions, parts = [], [], []
         asr_ms = 0.0
         char_offset = 0
@@ -215,16 +239,20 @@ class CustomerServiceEngine:
                 asr_ms += (time.perf_counter() - t0) * 1000
                 words = [w for w in tr.words if w.text and not w.text.startswith(("<", "["))]
                 confidence = float(tr.confidence)
-            result, hits = redact_words(words) if words else (None, [])
+            result = redact_words(words)[0] if words else None
             word_types = self._word_types(words, result)
+            offsets = self._word_offsets(words)
             for r in (result.redactions if result else []):
-                idx = [i for i in hits if word_types.get(i) == r.type]
-                span = [words[i] for i in idx] or words
+                # this redaction's own words: two phone numbers in a call are two stretches of audio
+                span = [w for w, (a, b) in zip(words, offsets) if a < r.end and b > r.start] or words
                 redactions.append({"type": r.type, "start": r.start + char_offset, "end": r.end + char_offset,
                                    "start_s": round(span[0].start, 3), "end_s": round(span[-1].end, 3), "speaker": role})
             red_text = result.text if result else ""
             parts.append(red_text)
-            char_offset += len(red_text) + 1
+            # redaction offsets refer to the unredacted words (as redact_words joined them), and the
+            # transcript joins only the channels that said something
+            plain_len = offsets[-1][1] if words else 0
+            char_offset += plain_len + 1 if plain_len else 0
             for seg_words in self._split_words(words, samples.size / SAMPLE_RATE):
                 start, end = seg_words["start"], seg_words["end"]
                 text = self._redacted_words(words, seg_words["idx"], word_types)
@@ -234,20 +262,27 @@ class CustomerServiceEngine:
                                  "asr_confidence": round(conf if seg_words["idx"] else confidence, 4),
                                  "_samples": samples[a:b]})
         timings["asr_ms"] = asr_ms
-        return segments, redactions, parts, audio.duration_s
+        return segments, redactions, parts, audio.duration_s, char_offset
 
     @staticmethod
-    def _word_types(words, result) -> dict[int, str]:
-        """Word index -> PII type for words inside a redaction (offsets as redact_words joins them)."""
-        types, pos = {}, 0
+    def _word_offsets(words) -> list[tuple[int, int]]:
+        """Each word's [start, end) in the words joined by spaces (the text redact_words redacts)."""
+        offsets, pos = [], 0
+        for w in words:
+            offsets.append((pos, pos + len(w.text)))
+            pos += len(w.text) + 1
+        return offsets
+
+    @classmethod
+    def _word_types(cls, words, result) -> dict[int, str]:
+        """Word index -> PII type for words inside a redaction."""
+        types: dict[int, str] = {}
         if result is None:
             return types
-        for i, w in enumerate(words):
-            a, b = pos, pos + len(w.text)
+        for i, (a, b) in enumerate(cls._word_offsets(words)):
             for r in result.redactions:
                 if a < r.end and b > r.start:
                     types[i] = r.type
-            pos = b + 1
         return types
 
     @staticmethod

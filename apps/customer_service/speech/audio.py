@@ -99,9 +99,7 @@ def load_audio(
             "too_many_channels", f"{info.channels} channels; at most {max_channels} (mono, or stereo agent/caller)."
         )
     check_rate(info.samplerate)
-    # mp3 frame counts are estimates until decoded; check them again after decoding
-    if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds * 1.05:
-        raise AudioError("too_long", f"The audio lasts {info.frames / info.samplerate:.0f} s; the limit is {max_seconds:.0f} s.")
+    _check_header_duration(info, max_seconds)
     try:
         samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)  # (N, C)
     except Exception as exc:
@@ -117,6 +115,25 @@ def load_audio(
         samples = samples / np.float32(peak)
     out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
     return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate))
+
+
+def _check_header_duration(info, max_seconds: float) -> None:
+    # mp3 frame counts are estimates until decoded; load_audio checks them again after decoding
+    if info.frames > 0 and info.samplerate > 0 and info.frames / info.samplerate > max_seconds * 1.05:
+        raise AudioError("too_long", f"The audio lasts {info.frames / info.samplerate:.0f} s; the limit is {max_seconds:.0f} s.")
+
+
+def check_duration(data: bytes, max_seconds: float) -> None:
+    """Raise AudioError("too_long") when the header alone says the audio is longer than ``max_seconds``
+    (an unreadable header, or an absurd rate, passes: decoding will say what is wrong with it)."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - an unreadable header is load_audio's to explain
+        return
+    if MIN_RATE <= info.samplerate <= MAX_RATE:
+        _check_header_duration(info, max_seconds)
 
 
 def check_rate(rate: float) -> None:

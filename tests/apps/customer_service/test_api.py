@@ -65,6 +65,17 @@ def test_bad_input_is_4xx_with_a_message(client, files, data, status):
     assert r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize(("kwargs", "declared"), [
+    ({"json": {"text": "my card was stolen"}}, "application/json"),
+    ({"content": wav_bytes(tone(0.2)), "headers": {"Content-Type": "audio/wav"}}, "audio/wav"),
+])
+def test_a_body_that_is_not_a_form_is_told_how_to_send_one(client, kwargs, declared):
+    r = client.post("/v1/calls:analyze", **kwargs)
+    assert r.status_code == 415, r.text
+    message = r.json()["error"]["message"]
+    assert declared in message and "multipart/form-data" in message
+
+
 def test_too_long_audio(client):
     r = client.post("/v1/calls:analyze", files={"audio": ("long.wav", wav_bytes(np.zeros(16000 * 25, np.float32)), "audio/wav")})
     assert r.status_code == 413 and "limit" in r.json()["error"]["message"]
@@ -125,6 +136,17 @@ def test_a_failed_background_job_stores_the_error_a_synchronous_call_would_get(c
     payload = _poll(client, r.json()["result_url"]).json()["payload"]
     assert payload["status"] == "failed"
     assert payload["error"]["status"] == 422 and payload["error"]["code"] == "bad_sample_rate"
+
+
+@pytest.mark.parametrize(("files", "data", "code"), [
+    ({"audio": ("long.wav", wav_bytes(np.zeros(16000 * 25, np.float32)), "audio/wav")}, {}, "too_long"),
+    (None, {"text": "a" * 20001}, "text_too_long"),
+])
+def test_a_background_job_bound_to_fail_is_refused_at_once(client, files, data, code):
+    """What the header or the text length already says is refused with the 4xx, not acknowledged with a 202."""
+    r = client.post("/v1/calls:analyze", files=files, data=data, headers={"Prefer": "respond-async"})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == code and "limit" in r.json()["error"]["message"]
 
 
 def test_a_full_queue_refuses_a_background_job_instead_of_acknowledging_it(client, monkeypatch):

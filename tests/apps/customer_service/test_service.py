@@ -120,3 +120,77 @@ def test_word_level_redaction_and_segmentation(engine):
     assert texts[-1] == "thanks" and len(segs) >= 2
     joined = " ".join(texts)
     assert "[CARD]" in joined and "four one" not in joined
+
+
+def test_each_redaction_carries_the_times_of_its_own_words(cs_settings):
+    """Two numbers in one channel are two stretches of audio (for audio redaction and review), and a
+    number announced as a phone number next to a card number is a phone number."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech import Word
+
+    spoken = ("call me on oh seven seven oh oh nine oh oh one two three or my card is four one one one "
+              "one one one one one one one one one one one one thanks and my landline is oh two oh seven nine four six "
+              "oh nine five eight").split()
+    words = [Word(w, 0.3 * i, 0.3 * i + 0.25, 0.9) for i, w in enumerate(spoken)]
+
+    class Recognizer:
+        name = "stub"
+
+        def transcribe(self, samples, sample_rate):
+            return SimpleNamespace(words=words, confidence=0.9)
+
+    engine = CustomerServiceEngine(cs_settings, recognizer=Recognizer())
+    out = engine.analyze(CallRequest(audio=wav_bytes(np.zeros(16000 * 16, np.float32))))
+    assert out["transcript"]["text"] == "call me on [PHONE] or my card is [CARD] thanks and my landline is [PHONE]"
+    phone, card, landline = out["transcript"]["redactions"]
+    assert (phone["type"], phone["start_s"], phone["end_s"]) == ("phone", round(words[3].start, 3), round(words[13].end, 3))
+    assert (card["type"], card["start_s"], card["end_s"]) == ("card", round(words[18].start, 3), round(words[33].end, 3))
+    assert (landline["start_s"], landline["end_s"]) == (round(words[39].start, 3), round(words[-1].end, 3))
+
+
+@pytest.mark.parametrize("heard", [
+    "yes it is four one one one one one one one one one one one one one one one",  # a redacted channel first
+    "",  # a silent channel first: no words, no part in the transcript
+])
+def test_redaction_offsets_point_into_the_unredacted_transcript(cs_settings, heard):
+    """Offsets of every part (channels, then typed text) count the unredacted text before it, and
+    only the parts that hold words."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech import Word
+
+    class Recognizer:
+        name = "stub"
+
+        def transcribe(self, samples, sample_rate):
+            words = [Word(w, 0.3 * i, 0.3 * i + 0.25, 0.9) for i, w in enumerate(heard.split())]
+            return SimpleNamespace(words=words, confidence=0.9)
+
+    typed = f"my card {CARD} is lost"
+    engine = CustomerServiceEngine(cs_settings, recognizer=Recognizer())
+    out = engine.analyze(CallRequest(audio=wav_bytes(np.zeros(16000 * 6, np.float32)), text=typed))
+    unredacted = " ".join(p for p in (heard, typed) if p)
+    spans = [unredacted[r["start"]:r["end"]] for r in out["transcript"]["redactions"]]
+    assert spans[-1] == CARD and len(spans) == (2 if heard else 1)
+
+
+def test_a_mono_call_saved_as_stereo_is_one_caller(cs_settings):
+    """Recorders often write one signal to both channels: that is the caller once, not an agent repeating
+    every word of the caller."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech import Word
+
+    class Recognizer:
+        name = "stub"
+
+        def transcribe(self, samples, sample_rate):
+            return SimpleNamespace(words=[Word("hello", 0.1, 0.5, 0.9)], confidence=0.9)
+
+    engine = CustomerServiceEngine(cs_settings, recognizer=Recognizer())
+    x = tone(1.0)
+    out = engine.analyze(CallRequest(audio=wav_bytes(np.stack([x, x], axis=1))))
+    assert out["transcript"]["text"] == "hello" and {s["speaker"] for s in out["segments"]} == {"caller"}
+    two = engine.analyze(CallRequest(audio=wav_bytes(np.stack([x, np.zeros_like(x)], axis=1))))
+    assert {s["speaker"] for s in two["segments"]} == {"agent", "caller"}  # one side silent: still two
