@@ -16,7 +16,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field
 
 from apps.customer_service.settings import CustomerServiceSettings, get_settings
@@ -122,6 +122,16 @@ class Reply(BaseModel):
     voice_unavailable: str | None = None
 
 
+class RedactedAudio(BaseModel):
+    """The call's audio with every redacted word silenced (``redact_audio``): the recording a bank may keep."""
+
+    url: str = Field(description="GET it (role agent): a 16-bit PCM WAV, one channel per speaker")
+    sample_rate: int
+    channels: int
+    seconds: float
+    silenced_s: float = Field(description="seconds of speech silenced (the most in one channel)")
+
+
 class CallAnalysis(BaseModel):
     id: str
     transcript: Transcript
@@ -132,6 +142,7 @@ class CallAnalysis(BaseModel):
     reply: Reply
     model_versions: dict[str, str]
     timings_ms: dict[str, float]
+    redacted_audio: RedactedAudio | None = None
 
 
 class CallAccepted(BaseModel):
@@ -155,6 +166,17 @@ def _stored(result: dict) -> dict:
     return stored
 
 
+def _with_audio_link(result: dict, root: str) -> dict:
+    """The engine's redacted-audio artefact (its id) as the URL a client fetches it from."""
+    audio = result.get("redacted_audio")
+    if not audio:
+        return result
+    from apps.customer_service.service import REDACTED_AUDIO_NAME
+
+    audio = {k: v for k, v in audio.items() if k != "artefact_id"}
+    return {**result, "redacted_audio": {**audio, "url": f"{root}/v1/audio/{result['redacted_audio']['artefact_id']}/{REDACTED_AUDIO_NAME}"}}
+
+
 @router.post("/calls:analyze", response_model=CallAnalysis, summary="Analyse a call (audio and/or text)",
              responses={202: {"model": CallAccepted, "description": "taken as a background job (Prefer: respond-async)"}})
 async def analyze_call(
@@ -166,6 +188,9 @@ async def analyze_call(
     audio: Annotated[UploadFile | None, File(description="WAV, FLAC, OGG or MP3; mono, or stereo agent/caller")] = None,
     text: Annotated[str | None, Form(description="typed text (chat) instead of or besides audio")] = None,
     output_mode: Annotated[Literal["text", "voice"] | None, Form(description="reply as text or voice; default from the User-Agent")] = None,
+    redact_audio: Annotated[bool, Form(description=(
+        "also return the audio with every redacted word silenced (card numbers, IBANs, phones, e-mails, dates of "
+        "birth), pauses between them included: redacted_audio.url"))] = False,
     user_agent: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(description=(
         "'respond-async' (RFC 7240): answer 202 at once and analyse in the background; poll "
@@ -190,7 +215,8 @@ async def analyze_call(
             timeout_s = settings.request_timeout_s + settings.seconds_per_audio_second * seconds
     if data is None and not (text or "").strip():
         raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
-    call = CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent)
+    call = CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent, redact_audio=redact_audio)
+    root = request.scope.get("root_path", "")
     try:  # what needs no model is refused now, not after a background job was acknowledged
         check_request(call, settings)
     except InputError as exc:
@@ -198,9 +224,10 @@ async def analyze_call(
 
     async def analyse() -> dict:
         try:
-            return await batcher.submit(call, timeout_s=timeout_s)
+            result = await batcher.submit(call, timeout_s=timeout_s)
         except InputError as exc:
             raise ApiError(exc.status, exc.code, exc.message) from None
+        return _with_audio_link(result, root)
 
     if wants_async(prefer):
         if batcher.queue_depth >= batcher.max_queue:  # refuse now rather than acknowledge a job bound to fail
@@ -209,7 +236,7 @@ async def analyze_call(
                            headers={"Retry-After": str(retry)})
         # the job's record is committed before the 202; a voice reply is kept whole (no other way to fetch it)
         job_id = await start_job(store, APP, "call", request_id, who.role, analyse)
-        url = f"{request.scope.get('root_path', '')}/v1/results/{job_id}"
+        url = f"{root}/v1/results/{job_id}"
         return JSONResponse(CallAccepted(id=job_id, status="running", result_url=url).model_dump(), status_code=202,
                             headers={"Location": url, "Preference-Applied": "respond-async"})
     result = await analyse()
@@ -261,6 +288,24 @@ async def list_calls(
     rows = await store.alist_results(APP, kind="call", limit=limit)
     calls = [call_summary(row) for row in rows]
     return {"results": [c for c in calls if c.escalate] if escalated else calls}
+
+
+@router.get("/audio/{artefact_id}/redacted.wav", summary="A call's audio with its redacted words silenced",
+            response_class=FileResponse)
+async def get_redacted_audio(
+    artefact_id: str,
+    request: Request,
+    who: Annotated[Principal, Depends(require_role("agent"))],
+) -> FileResponse:
+    from apps.customer_service.service import REDACTED_AUDIO_NAME, redacted_audio_path
+
+    try:
+        path = redacted_audio_path(request.app.state.settings, artefact_id)
+    except KeyError:
+        path = None
+    if path is None or not path.is_file():
+        raise ApiError(404, "not_found", f"no redacted audio {artefact_id!r}")
+    return FileResponse(path, media_type="audio/wav", filename=REDACTED_AUDIO_NAME)
 
 
 @router.get("/results/{result_id}", summary="A stored call analysis")

@@ -16,6 +16,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from apps.customer_service.escalation import (
 from apps.customer_service.settings import CustomerServiceSettings
 
 SAMPLE_RATE = 16000
+REDACTED_AUDIO_NAME = "redacted.wav"
 PAUSE_S = 0.6  # a silence this long between words ends a segment
 
 
@@ -39,6 +41,7 @@ class CallRequest:
     text: str | None = None
     output_mode: str | None = None  # "text" | "voice" | None (decide from the User-Agent)
     user_agent: str | None = None
+    redact_audio: bool = False  # also return the audio with every redacted word silenced
 
 
 class InputError(ValueError):
@@ -64,6 +67,8 @@ def check_request(req: CallRequest, settings: CustomerServiceSettings) -> str:
     text = _CONTROL.sub(" ", req.text or "").strip()
     if req.audio is None and not text:
         raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
+    if req.redact_audio and req.audio is None:
+        raise InputError(422, "no_audio_to_redact", "redact_audio needs an audio file (WAV, FLAC, OGG or MP3).")
     if len(text) > settings.max_text_chars:
         raise InputError(413, "text_too_long", f"Text is {len(text)} characters; the limit is {settings.max_text_chars}.")
     if req.audio is not None:
@@ -74,6 +79,13 @@ def check_request(req: CallRequest, settings: CustomerServiceSettings) -> str:
         except AudioError as exc:
             raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
     return text
+
+
+def redacted_audio_path(settings: CustomerServiceSettings, artefact_id: str) -> Path:
+    """Where a call's silenced audio lives; KeyError for an id that is not one of ours (32 hex)."""
+    if not re.fullmatch(r"[0-9a-f]{32}", artefact_id):
+        raise KeyError(artefact_id)
+    return Path(settings.artefact_dir) / "customer-service" / artefact_id / REDACTED_AUDIO_NAME
 
 
 def _dual_mono(samples: np.ndarray) -> bool:
@@ -173,8 +185,14 @@ class CustomerServiceEngine:
         transcript_parts: list[str] = []
         duration = 0.0
         offset = 0  # where the typed text starts in the unredacted transcript
+        redacted_audio = None
         if req.audio is not None:
-            segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings)
+            silenced: list | None = [] if req.redact_audio else None
+            segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings, silenced)
+            if silenced is not None:
+                t0 = time.perf_counter()
+                redacted_audio = self._save_redacted_audio(silenced)
+                timings["audio_redaction_ms"] = (time.perf_counter() - t0) * 1000
         if text:
             segments_t, redactions_t = self._text_segments(text, timings)
             for r in redactions_t:
@@ -211,13 +229,37 @@ class CustomerServiceEngine:
             "reply": reply,
             "model_versions": self.versions(),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
+            "redacted_audio": redacted_audio,
         }
 
+    def _save_redacted_audio(self, silenced: list[tuple[np.ndarray, float]]) -> dict:
+        """The silenced channels as a 16-bit PCM WAV in the artefact folder, written and synced before
+        the result that links to it is stored; (C, N) samples at SAMPLE_RATE with the seconds silenced."""
+        import os
+        import uuid
+
+        import soundfile as sf
+
+        samples = np.stack([x for x, _ in silenced], axis=1)  # (N, C)
+        artefact_id = uuid.uuid4().hex
+        path = redacted_audio_path(self.settings, artefact_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            sf.write(f, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+            f.flush()
+            os.fsync(f.fileno())
+        return {"artefact_id": artefact_id, "sample_rate": SAMPLE_RATE, "channels": samples.shape[1],
+                "seconds": round(samples.shape[0] / SAMPLE_RATE, 3),
+                "silenced_s": round(max(seconds for _, seconds in silenced), 3)}
+
     # ---- audio ----
-    def _audio_segments(self, data: bytes, timings: dict) -> tuple[list[dict], list[dict], list[str], float, int]:
+    def _audio_segments(self, data: bytes, timings: dict, silenced: list | None = None
+                        ) -> tuple[list[dict], list[dict], list[str], float, int]:
         """Segments, redactions, the redacted text per channel, the duration, and the length of the
-        unredacted transcript so far (with its trailing space: where a following part starts)."""
-        from apps.customer_service.pii import redact_words
+        unredacted transcript so far (with its trailing space: where a following part starts).
+        ``silenced``: a list to receive each channel of the audio (16 kHz) with its redacted words
+        silenced, with the seconds silenced (``pii.redact_audio``)."""
+        from apps.customer_service.pii import redact_audio, redact_words
         from apps.customer_service.speech import AudioError, load_audio
 
         t0 = time.perf_counter()
@@ -247,6 +289,9 @@ class CustomerServiceEngine:
                 span = [w for w, (a, b) in zip(words, offsets) if a < r.end and b > r.start] or words
                 redactions.append({"type": r.type, "start": r.start + char_offset, "end": r.end + char_offset,
                                    "start_s": round(span[0].start, 3), "end_s": round(span[-1].end, 3), "speaker": role})
+            if silenced is not None:
+                quiet = redact_audio(samples, SAMPLE_RATE, words, sorted(word_types))
+                silenced.append((quiet, float(np.sum((quiet == 0) & (samples != 0))) / SAMPLE_RATE))
             red_text = result.text if result else ""
             parts.append(red_text)
             # redaction offsets refer to the unredacted words (as redact_words joined them), and the

@@ -22,6 +22,7 @@ async function analyse(event) {
   if (file) form.append("audio", file);
   if (text.trim()) form.append("text", text);
   if ($("output-mode").value) form.append("output_mode", $("output-mode").value);
+  if (file && $("redact-audio").checked) form.append("redact_audio", "true");
   $("analyse-button").disabled = true;
   $("call-result").hidden = true;
   const started = performance.now();
@@ -48,6 +49,21 @@ async function analyse(event) {
   } finally {
     $("analyse-button").disabled = false;
   }
+}
+
+async function redactedRecording(r) {
+  // fetched with the page's key (an <audio src> could not send it), then played from memory
+  $("redacted-card").hidden = !r;
+  if (!r) return;
+  const response = await fetch(r.url, { headers: headers() });
+  if (!response.ok) {
+    $("redacted-note").textContent = await errorText(response);
+    return;
+  }
+  const url = URL.createObjectURL(await response.blob());
+  $("redacted-audio").src = url;
+  $("redacted-download").href = url;
+  $("redacted-note").textContent = `${r.silenced_s.toFixed(1)} s silenced of ${r.seconds.toFixed(1)} s`;
 }
 
 async function poll(url, started) {
@@ -94,6 +110,7 @@ function show(a) {
     audio.src = URL.createObjectURL(new Blob([bytes], { type: "audio/wav" }));
   }
   $("reply-note").textContent = a.reply.voice_unavailable ? `voice unavailable: ${a.reply.voice_unavailable}` : "";
+  redactedRecording(a.redacted_audio);
 
   timeline(a.segments, a.transcript.duration_s);
   const body = $("segments").tBodies[0];

@@ -195,3 +195,24 @@ def test_streaming_router_is_mounted(client):
         assert ws.receive_json()["type"] == "ready"
         ws.send_text('{"type": "end"}')
         assert ws.receive_json()["type"] == "end"
+
+
+def test_redacted_audio_is_a_link_to_a_wav_kept_with_the_result(client):
+    import io
+
+    import soundfile as sf
+
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.5)), "audio/wav")},
+                    data={"redact_audio": "true", "output_mode": "text"})
+    assert r.status_code == 200, r.text
+    link = r.json()["redacted_audio"]
+    assert link["url"].startswith("/v1/audio/") and link["channels"] == 1 and link["seconds"] == pytest.approx(1.5, abs=0.01)
+    wav = client.get(link["url"])
+    assert wav.status_code == 200 and wav.headers["content-type"] == "audio/wav"
+    samples, rate = sf.read(io.BytesIO(wav.content))
+    assert rate == 16000 and len(samples) == 24000
+    assert client.get(f"/v1/results/{r.json()['id']}").json()["payload"]["redacted_audio"]["url"] == link["url"]
+    assert client.get("/v1/audio/" + "0" * 32 + "/redacted.wav").status_code == 404
+    assert client.get("/v1/audio/..%2f..%2fcs.db/redacted.wav").status_code == 404
+    r = client.post("/v1/calls:analyze", data={"text": "hello", "redact_audio": "true"})
+    assert r.status_code == 422 and "audio file" in r.json()["error"]["message"]

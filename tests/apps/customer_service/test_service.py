@@ -194,3 +194,40 @@ def test_a_mono_call_saved_as_stereo_is_one_caller(cs_settings):
     assert out["transcript"]["text"] == "hello" and {s["speaker"] for s in out["segments"]} == {"caller"}
     two = engine.analyze(CallRequest(audio=wav_bytes(np.stack([x, np.zeros_like(x)], axis=1))))
     assert {s["speaker"] for s in two["segments"]} == {"agent", "caller"}  # one side silent: still two
+
+
+def test_redacted_audio_silences_the_card_and_nothing_else(cs_settings):
+    """redact_audio: the WAV (written before the result is returned) is the call with the card's words
+    silent, pauses between them included, and every other word as it was."""
+    from types import SimpleNamespace
+
+    import soundfile as sf
+
+    from apps.customer_service.service import redacted_audio_path
+    from apps.customer_service.speech import Word
+
+    spoken = "my card is four one one one one one one one one one one one one one one one thanks".split()
+    words = [Word(w, 0.5 + 0.4 * i, 0.5 + 0.4 * i + 0.3, 0.9) for i, w in enumerate(spoken)]
+
+    class Recognizer:
+        name = "stub"
+
+        def transcribe(self, samples, sample_rate):
+            return SimpleNamespace(words=words, confidence=0.9)
+
+    call = (0.4 * np.sin(np.arange(16000 * 9) * 0.05) + 0.5).astype(np.float32)  # never zero
+    engine = CustomerServiceEngine(cs_settings, recognizer=Recognizer())
+    out = engine.analyze(CallRequest(audio=wav_bytes(call), redact_audio=True))
+    audio = out["redacted_audio"]
+    samples, rate = sf.read(redacted_audio_path(cs_settings, audio["artefact_id"]), dtype="float32")
+    assert rate == 16000 and samples.shape == (len(call),) and audio["channels"] == 1
+    first, last = words[3], words[18]  # "four" ... the last "one"
+    t = np.arange(len(samples)) / 16000
+    card = (t > first.start) & (t < last.end)
+    assert np.all(samples[card] == 0)  # the digits and the pauses between them
+    spoken_outside = (t < first.start - 0.06) | (t > last.end + 0.06)
+    assert np.all(samples[spoken_outside] != 0)
+    assert audio["silenced_s"] == pytest.approx(last.end - first.start + 0.1, abs=0.01)  # + 50 ms either side
+    assert engine.analyze(CallRequest(audio=wav_bytes(call)))["redacted_audio"] is None  # only when asked
+    with pytest.raises(InputError, match="redact_audio needs an audio file"):
+        engine.analyze(CallRequest(text="hello", redact_audio=True))

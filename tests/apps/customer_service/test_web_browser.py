@@ -31,9 +31,13 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
         page.fill("#api-key", "agent-key")  # REST: X-API-Key; the WebSocket: its first message
 
         page.set_input_files("#audio", str(wav))
+        page.check("#redact-audio")
         page.click("#analyse-button")
         status = wait_status(page, "#call-status", lambda t, c: t.startswith("Done") or "error" in c, 120)
         assert status.startswith("Done"), status
+        note = wait_status(page, "#redacted-note", lambda t, c: "silenced" in t or "error" in t.lower(), 30)
+        assert re.fullmatch(r"[0-9.]+ s silenced of [0-9.]+ s", note), note  # fetched with the key, playable
+        assert page.locator("#redacted-audio").evaluate("a => a.src.startsWith('blob:')")
         assert page.is_visible("#call-result") and page.locator("#segments tbody tr").count() >= 1
         assert page.text_content("#escalation") and page.locator("#timeline div").count() >= 1
         assert not problems, problems  # no script errors, no CSP violations, no failed requests
