@@ -39,7 +39,7 @@ from apps.customer_service.speech.textnorm import (
     normalise_aligned,
 )
 
-TYPES = ("card", "iban", "account", "phone", "email", "dob")
+TYPES = ("card", "cvv", "expiry", "iban", "account", "phone", "email", "dob")
 CORPUS = Path(__file__).resolve().parents[2] / "datasets" / "customer_service" / "asr" / "pii_corpus.jsonl"
 
 _CONTEXT = {
@@ -50,7 +50,16 @@ _CONTEXT = {
     # words that announce a phone number and never a card ("number" does both: "card number is ...")
     "dial": {"phone", "mobile", "telephone", "tel", "call", "ring", "landline"},
     "dob": {"born", "birth", "dob", "birthday", "d.o.b", "d.o.b."},
+    # a card's expiry date, said or typed right after one of these
+    "expiry": {"expiry", "expires", "expire", "expired", "expiring", "exp", "expiration", "valid", "thru"},
 }
+# The card security code (PCI DSS: never stored once the payment is authorised) is announced by its
+# own name, or by "security" / "verification" before "code", "number", ... ("security deposit" is not).
+_CVV_NAMES = {"cvv", "cvc", "cv2", "cvv2", "cvc2", "cvn", "csc", "cid"}
+_CVV_LEADS = {"security", "verification"}
+_CVV_NOUNS = {"code", "number", "digits", "digit", "value"}
+# a typed expiry: month / year (09/28, 9/2028, 09-28)
+_TYPED_EXPIRY = re.compile(r"^(0?[1-9]|1[0-2])[/\-.](\d{2}|\d{4})$")
 _FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
 _DIGITISH = re.compile(r"^\+?\(?\d[\d\-().]*\)?[.,;:?!]?$")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
@@ -128,6 +137,7 @@ def find_pii(text: str) -> list[Redaction]:
     words = [_plain(p.text) for p in pieces]
     found += _numbers(pieces, words, text)
     found += _dates_of_birth(pieces, words, text)
+    found += _typed_expiries(pieces, words)
     return _resolve(found)
 
 
@@ -186,6 +196,22 @@ def _iban_end(text: str, start: int) -> int | None:
 def _context(words: list[str], start: int, kind: str, window: int = 6) -> bool:
     keys = _CONTEXT[kind]
     return any(w in keys for w in words[max(0, start - window):start])
+
+
+def _cvv_context(words: list[str], start: int, window: int = 6) -> bool:
+    before = words[max(0, start - window):start]
+    return any(w in _CVV_NAMES or (w in _CVV_LEADS and i + 1 < len(before) and before[i + 1] in _CVV_NOUNS)
+               for i, w in enumerate(before))
+
+
+def _month_year(digits: str) -> bool:
+    """MMYY or MMYYYY with a real month: how an expiry date reads as one run of digits."""
+    return len(digits) in (4, 6) and 1 <= int(digits[:2]) <= 12 and (len(digits) == 4 or digits[2:4] == "20")
+
+
+def _typed_expiries(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+    return [Redaction("expiry", p.start, _end(p)) for k, p in enumerate(pieces)
+            if _TYPED_EXPIRY.match(p.text.rstrip(".,;:!?")) and _context(words, k, "expiry", window=5)]
 
 
 def _digit_runs(pieces: list[Piece], words: list[str]) -> list[tuple[int, int]]:
@@ -292,10 +318,12 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
 
     def candidate(run: dict) -> bool:
         # only digit-by-digit speech splits like this (ASR output); "1500" or "19.99" never does,
-        # and a run announced as an account, sort code or phone number ("call me on ...") is one
+        # and a run announced as an account, sort code, phone number ("call me on ..."), expiry or
+        # security code is one
         first = run["idx"][0]
         return (run["card"] is None and run["spoken"] and not _context(words, first, "account", window=3)
-                and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3))
+                and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3)
+                and not _context(words, first, "expiry", window=3) and not _cvv_context(words, first, window=3))
 
     for run in runs:
         n, first = len("".join(run["groups"])), run["idx"][0]
@@ -338,6 +366,10 @@ def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: lis
     raw = " ".join(pieces[k].text for k in idx)
     digits = "".join(groups)
     start = idx[0]
+    if 3 <= len(digits) <= 4 and _cvv_context(words, start):
+        return "cvv"
+    if _month_year(digits) and _context(words, start, "expiry", window=5):
+        return "expiry"
     if len(idx) == 1 and _SORT_CODE.match(raw.rstrip(".,;:")):
         return "account"
     if _SORT_CODE.match(pieces[start].text) and 6 <= len(digits) - 6 <= 12:
@@ -402,7 +434,7 @@ def _numeric_date_year(written: str) -> int | None:
 
 
 def _resolve(found: list[Redaction]) -> list[Redaction]:
-    order = {t: i for i, t in enumerate(("email", "iban", "card", "dob", "account", "phone"))}
+    order = {t: i for i, t in enumerate(("email", "iban", "card", "cvv", "expiry", "dob", "account", "phone"))}
     kept: list[Redaction] = []
     for r in sorted(found, key=lambda r: (order[r.type], r.start)):
         if all(r.end <= k.start or r.start >= k.end for k in kept):
