@@ -189,6 +189,7 @@ class CustomerServiceEngine:
         if req.audio is not None:
             silenced: list | None = [] if req.redact_audio else None
             segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings, silenced)
+            segments.sort(key=lambda seg: seg["start"])  # a stereo call reads as the conversation went
             if silenced is not None:
                 t0 = time.perf_counter()
                 redacted_audio = self._save_redacted_audio(silenced)

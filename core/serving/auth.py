@@ -151,7 +151,7 @@ async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: floa
             body = json.loads(message)
             if body.get("type") == "auth" and isinstance(body.get("key"), str) and body["key"].strip():
                 presented = body["key"].strip()
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):  # "[[[[...": nested past the decoder's limit
             pass  # no usable key: refused below, like a request without one
     try:
         return _authorize(resolve_principal(websocket, keys, presented), roles)

@@ -56,10 +56,15 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
     @router.websocket(path)
     async def stream(websocket: WebSocket) -> None:
         await websocket.accept()
-        if await authorize_websocket(websocket, "agent") is None:  # call audio is PII: same keys as the REST routes
+        principal = await authorize_websocket(websocket, "agent")  # call audio is PII: same keys as the REST routes
+        if principal is None:
             return
         mode = websocket.query_params.get("mode", "default")
         do_redact = websocket.query_params.get("redact", str(redact)).lower() not in ("0", "false", "no")
+        if not do_redact and principal.authenticated and principal.role != "admin":
+            # card numbers in the clear on an agent's screen is what redaction is for: not the agent's call
+            await _fail(websocket, 1008, "redaction_required", "Only the admin role may stream without redaction (redact=false).")
+            return
         if mode not in _MODES:
             await _fail(websocket, 1003, "bad_mode", f"mode must be one of {', '.join(_MODES)}")
             return

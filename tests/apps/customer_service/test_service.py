@@ -231,3 +231,28 @@ def test_redacted_audio_silences_the_card_and_nothing_else(cs_settings):
     assert engine.analyze(CallRequest(audio=wav_bytes(call)))["redacted_audio"] is None  # only when asked
     with pytest.raises(InputError, match="redact_audio needs an audio file"):
         engine.analyze(CallRequest(text="hello", redact_audio=True))
+
+
+def test_a_stereo_calls_segments_follow_the_conversation(cs_settings):
+    """Agent and caller take turns: the segments come in time order, not one channel after the other."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech import Word
+
+    turns = {0: [(0.5, "hello how can i help"), (4.0, "of course")], 1: [(2.0, "my card is lost"), (5.5, "thank you")]}
+
+    class Recognizer:
+        name = "stub"
+
+        def __init__(self):
+            self.channel = 0
+
+        def transcribe(self, samples, sample_rate):
+            words = [Word(w, t + 0.3 * i, t + 0.3 * i + 0.25, 0.9) for t, text in turns[self.channel] for i, w in enumerate(text.split())]
+            self.channel += 1
+            return SimpleNamespace(words=words, confidence=0.9)
+
+    stereo = np.stack([tone(7.0, 120), tone(7.0, 230)], axis=1)
+    out = CustomerServiceEngine(cs_settings, recognizer=Recognizer()).analyze(CallRequest(audio=wav_bytes(stereo)))
+    assert [(s["speaker"], s["text"]) for s in out["segments"]] == [
+        ("agent", "hello how can i help"), ("caller", "my card is lost"), ("agent", "of course"), ("caller", "thank you")]

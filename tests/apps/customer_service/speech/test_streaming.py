@@ -281,3 +281,23 @@ def test_partials_hide_numbers_still_being_read_out(heard, partial, shown):
     from apps.customer_service.speech.streaming import StreamEvent
 
     assert _render(StreamEvent("partial", partial, 0.0, 1.0), True, heard)["text"] == shown
+
+
+@pytest.mark.timeout(60)
+def test_only_an_admin_streams_without_redaction(stream_pool):
+    from types import SimpleNamespace
+
+    app = FastAPI()
+    app.state.settings = SimpleNamespace(api_keys={"ag": "agent", "ad": "admin"})
+    app.include_router(create_stream_router(pool=stream_pool), prefix="/customer-service")
+    with TestClient(app) as c:
+        with c.websocket_connect("/customer-service/v1/stream?redact=false", headers={"X-API-Key": "ag"}) as ws:
+            refused = ws.receive_json()
+        assert refused["type"] == "error" and refused["code"] == "redaction_required"
+        with c.websocket_connect("/customer-service/v1/stream?redact=false", headers={"X-API-Key": "ad"}) as ws:
+            ready = ws.receive_json()
+            ws.send_text('{"type": "end"}')
+        assert ready["type"] == "ready" and ready["redact"] is False
+        with c.websocket_connect("/customer-service/v1/stream", headers={"X-API-Key": "ag"}) as ws:
+            assert ws.receive_json()["redact"] is True
+            ws.send_text('{"type": "end"}')
