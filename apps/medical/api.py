@@ -45,14 +45,20 @@ VOXEL_FRAME = ("(z, y, x) voxels of the study re-oriented to RAS (candidate mode
                "the patient's right on the image's left)")
 
 
+POSITION = ("DICOM patient coordinates (x, y, z) in mm, LPS: x towards the patient's left, y towards the back, z "
+            "towards the head; what a viewer shows under the cursor, z its Slice Location (null when unknown)")
+
+
 class Location(BaseModel):
     voxel_zyx: list[int] = Field(description=VOXEL_FRAME)
     relative_zyx: list[float]
     description: str
+    position_mm: list[float] | None = Field(None, description=POSITION)
 
 
 class Finding(BaseModel):
     voxel_zyx: list[int] = Field(description="Candidate centre, " + VOXEL_FRAME)
+    position_mm: list[float] | None = Field(None, description="Candidate centre, " + POSITION)
     diameter_mm: float = Field(description="Estimated diameter (mm)")
     influence: float = Field(description="Its share of the decision relative to the most influential candidate (0-1): "
                                          "the drop of the malignancy logit when it is masked out")
@@ -70,6 +76,8 @@ class AnalyzeResponse(BaseModel):
     findings: list[Finding] = Field(default_factory=list, description="The nodule candidates that moved the decision, "
                                                                       "most influential first (at most 3; candidate models)")
     heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
+    heatmap_z_mm: list[float] | None = Field(None, description=(
+        "each heat-map slice's z in DICOM patient coordinates (mm; a viewer's Slice Location), in the order of heatmaps"))
     secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
                                           "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "
                                           "with the study in a PACS. Downloading again gives the same instance UIDs")

@@ -71,17 +71,25 @@ def load_hu(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float]]:
 
     Orientation to RAS then the model layout of ``apps.medical.transforms`` (same axes as the model
     volumes), at the scan's own spacing."""
+    hu, spacing, _ = load_hu_placed(path)
+    return hu, spacing
+
+
+def load_hu_placed(path: str | Path) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
+    """``load_hu`` and the (4, 4) affine from a layout voxel (z, y, x, 1) to DICOM patient
+    coordinates (LPS mm): where a viewer shows that voxel."""
     from apps.medical.transforms import _quiet_monai
 
     _quiet_monai()
     if str(path).lower().endswith(".mhd"):
         from apps.medical.luna import read_mhd
 
-        return hu_from_ctvolume(read_mhd(path))
-    from monai.transforms import EnsureChannelFirst, LoadImage
+        img = read_mhd(path).to_metatensor()
+    else:
+        from monai.transforms import EnsureChannelFirst, LoadImage
 
-    img = EnsureChannelFirst()(LoadImage(image_only=True, ensure_channel_first=False)(str(path)))
-    return _to_layout(img)
+        img = EnsureChannelFirst()(LoadImage(image_only=True, ensure_channel_first=False)(str(path)))
+    return _to_layout_placed(img)
 
 
 def hu_from_ctvolume(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
@@ -90,14 +98,27 @@ def hu_from_ctvolume(volume) -> tuple[np.ndarray, tuple[float, float, float]]:
 
 
 def _to_layout(img) -> tuple[np.ndarray, tuple[float, float, float]]:
+    hu, spacing, _ = _to_layout_placed(img)
+    return hu, spacing
+
+
+def _to_layout_placed(img) -> tuple[np.ndarray, tuple[float, float, float], np.ndarray]:
     from monai.transforms import Orientation
 
     img = Orientation(axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S")))(img)
-    affine = np.asarray(img.affine, dtype=float)[:3, :3]
-    sx, sy, sz = (float(np.linalg.norm(affine[:, i])) for i in range(3))
+    ras = np.asarray(img.affine, dtype=float)  # RAS voxel (x, y, z, 1) -> RAS mm
+    sx, sy, sz = (float(np.linalg.norm(ras[:3, i])) for i in range(3))
     arr = np.asarray(img[0], dtype=np.float32)
     hu = np.ascontiguousarray(np.transpose(arr, (2, 1, 0))[:, ::-1, :])
-    return hu, (sz, sy, sx)
+    # layout (z, y, x) holds RAS voxel (x, H - 1 - y, z): the rows were flipped to put anterior on top
+    to_ras_voxel = np.array([[0, 0, 1, 0], [0, -1, 0, hu.shape[1] - 1], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    to_lps = np.diag([-1.0, -1.0, 1.0, 1.0]) @ ras @ to_ras_voxel
+    return hu, (sz, sy, sx), to_lps
+
+
+def patient_position(to_lps: np.ndarray, voxel_zyx) -> list[float]:
+    """A layout voxel (z, y, x) -> DICOM patient coordinates (x, y, z) in mm (LPS), rounded to 0.1 mm."""
+    return [round(float(v), 1) + 0.0 for v in (to_lps @ np.array([*voxel_zyx, 1.0], dtype=float))[:3]]
 
 
 def lung_region(hu: np.ndarray, spacing: tuple[float, float, float], config: CandidateConfig) -> np.ndarray:

@@ -66,6 +66,7 @@ class CandidateInput:
 
     candidates: Any  # apps.medical.candidates.Candidates
     display: np.ndarray  # (D, H, W) float 0..1 at the scan's own resolution
+    to_lps: np.ndarray | None = None  # (4, 4) layout voxel (z, y, x, 1) -> DICOM patient coordinates, mm
 
 
 @dataclass
@@ -90,11 +91,11 @@ def load_ct_input(path: str | Path, shape: list[int] | None = None, candidates=N
         from apps.medical.volumes import load_volume
 
         return load_volume(path, shape)
-    from apps.medical.candidates import load_hu
+    from apps.medical.candidates import load_hu_placed
     from apps.medical.volumes import window
 
-    hu, spacing = load_hu(path)
-    return CandidateInput(candidates(hu, spacing), window(hu))
+    hu, spacing, to_lps = load_hu_placed(path)
+    return CandidateInput(candidates(hu, spacing), window(hu), to_lps)
 
 
 def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
@@ -257,10 +258,13 @@ class MedicalRunner:
             location = describe_location(peak, tuple(display.shape))
             location["description"] = location["description"].replace("heat-map peak", "most influential nodule candidate")
             location["candidate_diameter_mm"] = round(float(c.geometry[best, 1]), 1)
+            location["position_mm"] = self._position(ct_input, peak)
             slices = [peak[0]] + [int(c.centres_vox[i, 0]) for i in np.argsort(-share) if c.mask[i] and share[i] > 0
                                   and int(c.centres_vox[i, 0]) != peak[0]]
             slices = list(dict.fromkeys(slices))[: self.heatmap_slices]
             findings = self._findings(c, share)
+            for finding in findings:
+                finding["position_mm"] = self._position(ct_input, finding["voxel_zyx"])
         else:
             location, slices, findings = None, [], []
         artefact_id = uuid.uuid4().hex
@@ -271,7 +275,17 @@ class MedicalRunner:
             name = f"slice_{z}.png"
             (folder / name).write_bytes(slice_png(display, heat, z, scale=2))
             names.append(name)
-        return self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
+        result = self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
+        if ct_input.to_lps is not None:  # each slice's table position, as a viewer's Slice Location reads it
+            centre = (np.asarray(display.shape[1:]) - 1) / 2
+            result["heatmap_z_mm"] = [self._position(ct_input, (z, *centre))[2] for z in slices]
+        return result
+
+    @staticmethod
+    def _position(ct_input: CandidateInput, voxel_zyx) -> list[float] | None:
+        from apps.medical.candidates import patient_position
+
+        return None if ct_input.to_lps is None else patient_position(ct_input.to_lps, voxel_zyx)
 
     def _evidence(self) -> dict[str, float] | None:
         """The last forward's per-modality log-odds of its first row (the study as sent: every candidate

@@ -56,7 +56,8 @@ async function show(r) {
 
   $("findings").tBodies[0].replaceChildren(...r.findings.map((f) => {
     const tr = document.createElement("tr");
-    tr.append(el("td", f.voxel_zyx.join(", ")), el("td", `${f.diameter_mm.toFixed(1)} mm`), el("td", pct(f.influence)),
+    const where = f.position_mm ? f.position_mm.map((v) => v.toFixed(1)).join(", ") : `voxel ${f.voxel_zyx.join(", ")}`;
+    tr.append(el("td", where), el("td", `${f.diameter_mm.toFixed(1)} mm`), el("td", pct(f.influence)),
       el("td", f.nodule_probability === null ? "—" : pct(f.nodule_probability)),
       el("td", f.malignancy_score === null ? "—" : f.malignancy_score.toFixed(2)));
     return tr;
@@ -71,7 +72,7 @@ async function show(r) {
 
   const strip = $("heatmaps");
   strip.replaceChildren();
-  for (const url of r.heatmaps) {
+  for (const [i, url] of r.heatmaps.entries()) {
     const src = await fetchBlobUrl(url);
     objectUrls.push(src);
     const figure = el("figure");
@@ -79,7 +80,8 @@ async function show(r) {
     img.src = src;
     img.alt = "axial slice with the explanation overlay";
     const slice = (url.match(/slice_(\d+)\.png$/) || [])[1];
-    figure.append(img, el("figcaption", slice === undefined ? "" : `axial slice ${slice}`));
+    const z = r.heatmap_z_mm ? ` · z ${r.heatmap_z_mm[i].toFixed(1)} mm` : "";
+    figure.append(img, el("figcaption", slice === undefined ? "" : `axial slice ${slice}${z} · patient's right on the left`));
     strip.append(figure);
   }
   if (!r.heatmaps.length) strip.append(el("p", "no heat map (no CT)", "muted"));

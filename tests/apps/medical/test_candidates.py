@@ -170,3 +170,22 @@ def test_proposal_cache_tells_renders_of_one_study_apart(tmp_path, toy_studies):
     shutil.copy(study.volume_path, other)
     prepare_proposals([study.volume_path, other], [study.study_id] * 2, stage, tmp_path / "cache", log=lambda m: None)
     assert len(list((tmp_path / "cache").glob(f"proposals_*/{study.study_id}_*.npz"))) == 2
+
+
+@pytest.mark.parametrize("layout", ["dicom", "nifti"])
+def test_positions_are_the_patient_coordinates_a_viewer_shows(tmp_path, layout):
+    """A voxel found in the model's layout maps back to its DICOM patient coordinates (LPS mm), from a
+    DICOM series and from a NIfTI of the same scan: what a radiologist types into a PACS viewer."""
+    from apps.medical.candidates import load_hu_placed, patient_position
+    from apps.medical.render.writers import write_dicom_series, write_nifti
+
+    volume = np.full((12, 32, 32), 40, np.int16)  # (slice, row, column)
+    volume[6, 10, 5] = 900
+    spacing, origin = (2.5, 1.5, 1.25), (-24.0, -30.0, -100.0)  # (dz, dy, dx); LPS origin (x, y, z)
+    if layout == "dicom":
+        path = write_dicom_series(tmp_path / "ct", volume, spacing, origin, patient_id="P1", study_key="k")
+    else:
+        path = write_nifti(tmp_path / "ct.nii.gz", volume, spacing, origin)
+    hu, _, to_lps = load_hu_placed(path)
+    peak = np.unravel_index(int(hu.argmax()), hu.shape)
+    assert patient_position(to_lps, peak) == pytest.approx([-24.0 + 5 * 1.25, -30.0 + 10 * 1.5, -100.0 + 6 * 2.5], abs=0.051)  # rounded to 0.1 mm

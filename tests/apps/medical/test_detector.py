@@ -185,6 +185,13 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     assert 1 <= len(findings) <= 3 and findings[0]["influence"] == 1.0
     assert all(0.0 <= f["nodule_probability"] <= 1.0 and 0.0 <= f["malignancy_score"] <= 1.0 for f in findings)
     assert [f["influence"] for f in findings] == sorted((f["influence"] for f in findings), reverse=True)
+    from apps.medical.candidates import patient_position
+
+    for f in findings:  # each candidate where a viewer finds it
+        assert f["position_mm"] == patient_position(ct.to_lps, f["voxel_zyx"])
+    assert answer[0]["location"]["position_mm"] == findings[0]["position_mm"]
+    assert answer[0]["heatmap_z_mm"][0] == findings[0]["position_mm"][2]  # the first slice is the peak's
+    assert len(answer[0]["heatmap_z_mm"]) == len(answer[0]["heatmaps"])
     assert set(answer[0]["modality_evidence"]) == {"ct", "report"}
     assert answer[1]["modality_evidence"]["report"] == 0.0  # no report, no evidence from it
     from apps.medical.api import AnalyzeResponse
