@@ -197,7 +197,7 @@ def create_app(settings: MedicalSettings | None = None):
         from apps.medical.service import MedicalRunner
 
         return {"fusion": MedicalRunner(settings.bundle_dir, settings.artefact_dir, settings.bert_path,
-                                        settings.heatmap_slices, settings.torch_threads)}
+                                        settings.heatmap_slices, settings.torch_threads, settings.min_lung_ml)}
 
     app = create_service_app(
         name="medical",

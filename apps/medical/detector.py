@@ -126,6 +126,21 @@ class Detections:
     heat_logit: np.ndarray  # (n,)
     diameter_mm: np.ndarray  # (n,)
     malignancy_logit: np.ndarray  # (n,)
+    lung_ml: float = 0.0  # air inside the body (lung_volume_ml); set by detect()
+
+
+LUNG_THRESHOLD_HU = -400.0  # air-like voxels inside the body count as lung (transforms.CTTransformConfig's)
+
+
+def lung_volume_ml(x: np.ndarray, config: NoduleDetectorConfig) -> float:
+    """Millilitres of air inside the body in ``x`` (prepare_volume's windowed volume on the detector's
+    grid), by ``transforms.lung_mask``: a chest CT holds litres, a scan without the chest almost none.
+    Every second voxel along each axis is enough for that and costs an eighth (~0.03 s, not 0.2 s)."""
+    from apps.medical.transforms import lung_mask
+
+    threshold = (LUNG_THRESHOLD_HU - config.hu_min) / (config.hu_max - config.hu_min)
+    mask = lung_mask(np.transpose(x[::2, ::2, ::2], (2, 1, 0)), threshold)
+    return float(mask.sum() * np.prod(config.spacing_mm) * 8 / 1000.0)
 
 
 def decode(out: dict[str, torch.Tensor], k: int, config: NoduleDetectorConfig) -> list[Detections]:
@@ -174,6 +189,7 @@ def detect(hu: np.ndarray, spacing, detector: NoduleDetector, k: int = 8) -> Det
         out = detector(torch.from_numpy(x)[None, None])
     det = decode(out, k, detector.config)[0]
     det.centres_vox = np.clip(det.centres_vox * factor, 0, np.asarray(hu.shape) - 1)
+    det.lung_ml = lung_volume_ml(x, detector.config)
     return det
 
 
@@ -189,6 +205,7 @@ def detection_candidates(hu: np.ndarray, spacing, detector: NoduleDetector, conf
     if hu.ndim != 3 or min(hu.shape) < 8:
         raise ValueError(f"expected a 3-D CT volume, got shape {hu.shape}")
     det = detect(hu, spacing, detector, k)
+    out.lung_ml = det.lung_ml
     for slot in range(len(det.heat_logit)):
         centre = det.centres_vox[slot]
         radius = float(np.clip(det.diameter_mm[slot] / 2.0, 2.0, 20.0))

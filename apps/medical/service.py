@@ -125,6 +125,8 @@ def volume_from_upload(data: bytes, kind: str, shape) -> tuple[Any, str]:
             raise CTInputError(f"a {kind} upload cannot be read by this installation; send a NIfTI volume (.nii, .nii.gz)")
         try:
             volume = shape(path) if callable(shape) else load_ct_input(path, shape)
+        except CTInputError:
+            raise
         except Exception as exc:  # readers raise many types (MONAI wraps them in RuntimeError); input's fault here
             raise CTInputError(f"could not read the CT volume ({type(exc).__name__}); "
                                "send a complete NIfTI volume, DICOM file or zipped DICOM series") from None
@@ -146,7 +148,7 @@ class MedicalRunner:
     name = "fusion"
 
     def __init__(self, bundle_dir: str | Path, artefact_dir: str | Path, bert_path: str = "",
-                 heatmap_slices: int = 3, threads: int = 2):
+                 heatmap_slices: int = 3, threads: int = 2, min_lung_ml: float = 0.0):
         import torch
 
         from apps.medical.model import load_model
@@ -159,12 +161,19 @@ class MedicalRunner:
         self.candidate_config = self.model.candidate_config() if self.model.uses_candidates else None
         self.artefact_dir = Path(artefact_dir) / "medical"
         self.heatmap_slices = heatmap_slices
+        self.min_lung_ml = min_lung_ml
         self._lock = threading.Lock()  # the CT encoder keeps its last feature map: one study at a time
 
     def load_ct(self, path: str | Path):
-        """A CT file -> this model's CT input (what ``StudyInput.volume`` holds)."""
+        """A CT file -> this model's CT input (what ``StudyInput.volume`` holds). A candidate model's
+        input is refused when the scan shows less than ``min_lung_ml`` of lung: a probability of lung
+        cancer read off an abdomen would look like an answer."""
         extract = self.model.extract_candidates if self.candidate_config is not None else None
-        return load_ct_input(path, self.volume_shape, extract)
+        ct = load_ct_input(path, self.volume_shape, extract)
+        if isinstance(ct, CandidateInput) and ct.candidates.lung_ml < self.min_lung_ml:
+            raise CTInputError(f"no lungs in view: {ct.candidates.lung_ml:.0f} ml of air inside the body, where a chest CT "
+                               f"shows at least {self.min_lung_ml:.0f} ml; send a chest CT", code="no_lungs")
+        return ct
 
     def predict_batch(self, items: list[StudyInput]) -> list[Any]:
         out: list[Any] = []

@@ -31,6 +31,9 @@ class MedicalSettings(AppSettings):
     # how many more may wait for a slot; beyond that an upload gets 503 with Retry-After
     ct_decode_slots: int = 2
     ct_decode_queue: int = 8
+    # a CT with less air inside the body than this (ml) is refused as not showing the chest: lungs hold
+    # litres, a limited scan of the lung bases several hundred ml, an abdomen almost none
+    min_lung_ml: float = 200.0
 
 
 @lru_cache

@@ -267,3 +267,44 @@ def test_extra_packs_add_training_studies_and_must_come_from_the_same_model(tmp_
     assert more["train_studies"] == alone["train_studies"] + n_train and more["val_studies"] == alone["val_studies"]
     with pytest.raises(ValueError, match="another model"):
         train_from_pack(tmp_path / "pack", tmp_path / "b2", fusion, log=lambda m: None, extra_packs=(tmp_path / "pack_other",))
+
+
+def test_lung_volume_counts_air_inside_the_body_only():
+    """A chest holds litres of air inside the body; the air around the patient is not lung, and an
+    abdomen (body without air) holds none."""
+    from apps.medical.detector import NoduleDetectorConfig, lung_volume_ml, prepare_volume
+
+    config = NoduleDetectorConfig()
+    spacing = tuple(config.spacing_mm)
+    hu = np.full((40, 80, 80), -1000.0, np.float32)  # (z, y, x) outside air
+    hu[:, 10:70, 10:70] = 40.0  # the body
+    abdomen = hu.copy()
+    hu[5:35, 20:60, 15:38] = -850.0  # two lungs
+    hu[5:35, 20:60, 42:65] = -850.0
+    expected = 2 * 30 * 40 * 23 * np.prod(spacing) / 1000.0
+    x, _ = prepare_volume(hu, spacing, config)
+    assert lung_volume_ml(x, config) == pytest.approx(expected, rel=0.1)  # read on every second voxel
+    assert lung_volume_ml(prepare_volume(abdomen, spacing, config)[0], config) == 0.0
+
+
+def test_a_scan_without_lungs_is_refused_as_such(tmp_path, monkeypatch):
+    """A candidate model's CT input with less lung than min_lung_ml is a 422 naming the reason, not a
+    probability (nor "could not read the CT")."""
+    from apps.medical import service
+    from apps.medical.candidates import Candidates
+    from apps.medical.service import CandidateInput, CTInputError, MedicalRunner, volume_from_upload
+
+    runner = MedicalRunner.__new__(MedicalRunner)
+    runner.candidate_config, runner.volume_shape, runner.min_lung_ml = object(), [8, 8, 8], 200.0
+    runner.model = type("M", (), {"extract_candidates": None})()
+    empty = Candidates(np.zeros((1, 4, 4, 4), np.float32), np.zeros((1, 7), np.float32), np.zeros(1, bool),
+                       -np.ones((1, 3), np.int64), 12.0)
+    monkeypatch.setattr(service, "load_ct_input", lambda *a: CandidateInput(empty, np.zeros((8, 8, 8), np.float32)))
+    with pytest.raises(CTInputError, match="no lungs in view: 12 ml") as refused:
+        runner.load_ct(tmp_path / "ct.nii.gz")
+    assert refused.value.code == "no_lungs" and refused.value.status_code == 422
+    monkeypatch.setattr(service, "_ingest_module", lambda: None)  # the bytes go straight to the reader
+    with pytest.raises(CTInputError, match="no lungs in view"):
+        volume_from_upload(b"\x1f\x8b not read here", "nifti", runner.load_ct)
+    empty.lung_ml = 3000.0
+    assert isinstance(runner.load_ct(tmp_path / "ct.nii.gz"), CandidateInput)
