@@ -93,6 +93,21 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
     return out.getvalue()
 
 
+POSITIONS_FILE = "positions.json"
+
+
+def slice_positions(folder) -> dict[str, float]:
+    """Heat-map PNG name -> its slice's z in DICOM patient coordinates (mm), as the analysis wrote them
+    beside the PNGs ({} when it could not place them)."""
+    import json
+
+    try:
+        positions = json.loads((folder / POSITIONS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): float(v) for k, v in positions.items()} if isinstance(positions, dict) else {}
+
+
 def _code(value: str, meaning: str):
     from pydicom.dataset import Dataset
 
@@ -129,6 +144,9 @@ def heatmaps_to_secondary_capture_zip(pngs: list, study_uid: str | None, model_v
         for number, path in enumerate(pngs, start=1):
             rgb = np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
             label = path.stem.replace("_", " ")
+            z_mm = slice_positions(path.parent).get(path.name)
+            if z_mm is not None:  # where the radiologist finds the source image: its Slice Location
+                label += f" (z {z_mm:.1f} mm)"
             data = secondary_capture(rgb, study_uid=study_uid, series_uid=series_uid, instance_number=number,
                                      model_version=model_version, slice_label=label, sop_uid=uid(f"instance|{path.name}"),
                                      study_uid_retained=source is not None)

@@ -286,8 +286,14 @@ class MedicalRunner:
             names.append(name)
         result = self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
         if ct_input.to_lps is not None:  # each slice's table position, as a viewer's Slice Location reads it
+            import json
+
+            from apps.medical.secondary_capture import POSITIONS_FILE
+
             centre = (np.asarray(display.shape[1:]) - 1) / 2
             result["heatmap_z_mm"] = [self._position(ct_input, (z, *centre))[2] for z in slices]
+            # beside the PNGs: the Secondary Capture, built at download time, names each slice's z too
+            (folder / POSITIONS_FILE).write_text(json.dumps(dict(zip(names, result["heatmap_z_mm"]))))
         return result
 
     @staticmethod

@@ -192,6 +192,10 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     assert answer[0]["location"]["position_mm"] == findings[0]["position_mm"]
     assert answer[0]["heatmap_z_mm"][0] == findings[0]["position_mm"][2]  # the first slice is the peak's
     assert len(answer[0]["heatmap_z_mm"]) == len(answer[0]["heatmaps"])
+    from apps.medical.secondary_capture import slice_positions
+
+    placed = slice_positions(runner.artefact_dir / answer[0]["artefact_id"])
+    assert [placed[name] for name in answer[0]["heatmaps"]] == answer[0]["heatmap_z_mm"]  # for the Secondary Capture
     assert set(answer[0]["modality_evidence"]) == {"ct", "report"}
     assert answer[1]["modality_evidence"]["report"] == 0.0  # no report, no evidence from it
     from apps.medical.api import AnalyzeResponse

@@ -106,3 +106,19 @@ def test_downloading_twice_gives_the_same_instances(tmp_path):
     assert other[0].SeriesInstanceUID != first[0].SeriesInstanceUID  # filed with another study: other UIDs
     own = heatmaps_to_secondary_capture_zip(paths, None, "v1", key="a" * 32)[1]
     assert own == heatmaps_to_secondary_capture_zip(paths, None, "v1", key="a" * 32)[1]
+
+
+def test_instances_name_the_z_of_their_slice_when_the_analysis_placed_it(tmp_path):
+    """The analysis writes each heat-map slice's z (DICOM patient coordinates) beside the PNGs: the
+    instance then says where its source image is, as a viewer's Slice Location would."""
+    import json
+
+    paths = []
+    for z in (12, 3):
+        path = tmp_path / f"slice_{z}.png"
+        Image.fromarray(np.full((8, 8, 3), z, np.uint8)).save(path)
+        paths.append(path)
+    (tmp_path / "positions.json").write_text(json.dumps({"slice_12.png": -152.5}))
+    first, second = _instances(heatmaps_to_secondary_capture_zip(paths, None, "v1")[0])
+    assert "slice 12 (z -152.5 mm)" in first.ImageComments and "z -152.5 mm" in first.DerivationDescription
+    assert second.ImageComments.endswith("slice 3")  # not placed: named by its index alone
