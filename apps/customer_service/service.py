@@ -236,19 +236,18 @@ class CustomerServiceEngine:
     def _save_redacted_audio(self, silenced: list[tuple[np.ndarray, float]]) -> dict:
         """The silenced channels as a 16-bit PCM WAV in the artefact folder, written and synced before
         the result that links to it is stored; (C, N) samples at SAMPLE_RATE with the seconds silenced."""
-        import os
+        import io
         import uuid
 
         import soundfile as sf
 
+        from core.serving import write_durably
+
         samples = np.stack([x for x, _ in silenced], axis=1)  # (N, C)
         artefact_id = uuid.uuid4().hex
-        path = redacted_audio_path(self.settings, artefact_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "wb") as f:
-            sf.write(f, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
-            f.flush()
-            os.fsync(f.fileno())
+        wav = io.BytesIO()
+        sf.write(wav, samples, SAMPLE_RATE, format="WAV", subtype="PCM_16")
+        write_durably(redacted_audio_path(self.settings, artefact_id), wav.getvalue())
         return {"artefact_id": artefact_id, "sample_rate": SAMPLE_RATE, "channels": samples.shape[1],
                 "seconds": round(samples.shape[0] / SAMPLE_RATE, 3),
                 "silenced_s": round(max(seconds for _, seconds in silenced), 3)}

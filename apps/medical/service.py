@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from core.serving.artefacts import write_durably
+
 DISCLAIMER = (
     "Research prototype trained on rendered (synthetic) CT volumes built from LIDC-IDRI annotations. "
     "Not a medical device and not for diagnostic use; a radiologist must review every study."
@@ -214,7 +216,7 @@ class MedicalRunner:
         names = []
         for z in top_slices(cam.heatmap, self.heatmap_slices):
             name = f"slice_{z}.png"
-            (folder / name).write_bytes(slice_png(item.volume, cam.heatmap, z, scale=4))
+            write_durably(folder / name, slice_png(item.volume, cam.heatmap, z, scale=4))
             names.append(name)
         location = describe_location(cam.peak, tuple(cam.heatmap.shape))
         return self._result(cam.probability, cam.weights, location, names, artefact_id)
@@ -282,7 +284,7 @@ class MedicalRunner:
         names = []
         for z in slices:
             name = f"slice_{z}.png"
-            (folder / name).write_bytes(slice_png(display, heat, z, scale=2))
+            write_durably(folder / name, slice_png(display, heat, z, scale=2))
             names.append(name)
         result = self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
         if ct_input.to_lps is not None:  # each slice's table position, as a viewer's Slice Location reads it
@@ -293,7 +295,7 @@ class MedicalRunner:
             centre = (np.asarray(display.shape[1:]) - 1) / 2
             result["heatmap_z_mm"] = [self._position(ct_input, (z, *centre))[2] for z in slices]
             # beside the PNGs: the Secondary Capture, built at download time, names each slice's z too
-            (folder / POSITIONS_FILE).write_text(json.dumps(dict(zip(names, result["heatmap_z_mm"]))))
+            write_durably(folder / POSITIONS_FILE, json.dumps(dict(zip(names, result["heatmap_z_mm"]))).encode())
         return result
 
     @staticmethod

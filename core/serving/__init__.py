@@ -38,6 +38,7 @@ _EXPORTS = {
     "page_router": "core.serving.web",
     "Principal": "core.serving.auth",
     "subject_hash": "core.serving.auth",
+    "write_durably": "core.serving.artefacts",
     "audit_key": "core.serving.auth",
     "WorkGate": "core.serving.gate",
 }
@@ -69,6 +70,7 @@ __all__ = [
     "sniff_kind",
     "start_job",
     "subject_hash",
+    "write_durably",
     "audit_key",
     "temporary_directory",
     "wants_async",
