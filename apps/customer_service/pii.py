@@ -10,6 +10,10 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
   card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
            in one digit must not leak the other fifteen); after "card", also runs of 4+ digits
            (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
+  cvv      3-4 digits after the code's name (CVV, CVC, CV2, ...) or "security" / "verification" + "code",
+           "number", "digits", ... (never stored once a payment is authorised: PCI DSS)
+  expiry   MM/YY, MM/YYYY (typed) or 4 / 6 digits with a real month (said) after "expiry", "expires",
+           "exp", "valid", ...
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
            where it is known (then any case), else capitals
   account  sort codes (dd-dd-dd, or 6 digits after "sort code") and 6-12 digit runs after
