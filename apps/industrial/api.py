@@ -237,17 +237,17 @@ def _stored(row: dict) -> Inspection:
 
 
 @router.get("/inspections", response_model=InspectionList, response_model_by_alias=True,
-            summary="Stored inspections, newest first (decision=fail / review / pass: those among them)")
+            summary="Stored inspections, newest first: all, one board's (board_id), or one decision's")
 async def list_inspections(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("line"))],
-    limit: Annotated[int, Query(ge=1, le=500, description="how many of the newest inspections")] = 50,
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many, the newest")] = 50,
     decision: Annotated[str | None, Query(pattern="^(pass|fail|review)$", description="only this decision")] = None,
+    board_id: Annotated[str | None, Query(description="only this board's inspections (its serial, as sent)")] = None,
 ) -> InspectionList:
-    rows = [row for kind in ("inspect", "inspect_batch") for row in await store.alist_results(APP, kind=kind, limit=limit)]
-    rows.sort(key=lambda row: row["created_at"] or "", reverse=True)
-    results = [_stored(row) for row in rows[:limit]]
-    return InspectionList(results=[r for r in results if decision is None or r.decision == decision])
+    where = {key: value for key, value in (("decision", decision), ("board_id", _board_id(board_id))) if value}
+    rows = await store.alist_results(APP, kind=("inspect", "inspect_batch"), limit=limit, payload_equals=where)
+    return InspectionList(results=[_stored(row) for row in rows])
 
 
 @router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,

@@ -107,10 +107,17 @@ class ResultStore:
             row = session.get(ResultRow, result_id)
             return None if row is None else _result_dict(row)
 
-    def list_results(self, app: str, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    def list_results(self, app: str, kind: str | tuple[str, ...] | None = None, limit: int = 50,
+                     payload_equals: dict[str, str] | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` results of ``app`` (of a kind, or of any of several kinds), optionally only
+        those whose payload has each ``payload_equals`` key at that string value (filtered by the database)."""
         query = select(ResultRow).where(ResultRow.app == app)
-        if kind is not None:
+        if isinstance(kind, tuple):
+            query = query.where(ResultRow.kind.in_(kind))
+        elif kind is not None:
             query = query.where(ResultRow.kind == kind)
+        for key, value in (payload_equals or {}).items():
+            query = query.where(ResultRow.payload[key].as_string() == value)
         with self._sessions() as session:
             rows = session.scalars(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
             return [_result_dict(row) for row in rows]
@@ -159,10 +166,11 @@ class ResultStore:
 
         return await run_in_threadpool(self.get_result, result_id)
 
-    async def alist_results(self, app: str, kind: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+    async def alist_results(self, app: str, kind: str | tuple[str, ...] | None = None, limit: int = 50,
+                            payload_equals: dict[str, str] | None = None) -> list[dict[str, Any]]:
         from starlette.concurrency import run_in_threadpool
 
-        return await run_in_threadpool(self.list_results, app, kind, limit)
+        return await run_in_threadpool(self.list_results, app, kind, limit, payload_equals)
 
     async def aaudit(self, *args: Any, **kwargs: Any) -> int:
         from starlette.concurrency import run_in_threadpool

@@ -207,7 +207,13 @@ def test_a_stored_inspection_reads_back_as_answered_with_its_board_serial(client
     listed = client.get("/v1/inspections", params={"limit": 3}, headers=KEY).json()["results"]
     assert [x["board_id"] for x in listed] == ["A-2", "A-1", "SN-0042/L3"]  # newest first, both endpoints
     decision = answered["decision"]
-    assert all(x["decision"] == decision for x in client.get("/v1/inspections", params={"decision": decision}, headers=KEY).json()["results"])
+    same = client.get("/v1/inspections", params={"decision": decision}, headers=KEY).json()["results"]
+    assert answered["id"] in [x["id"] for x in same] and all(x["decision"] == decision for x in same)
+    other = {"pass": "fail", "fail": "pass", "review": "pass"}[decision]
+    assert answered["id"] not in [x["id"] for x in client.get("/v1/inspections", params={"decision": other}, headers=KEY).json()["results"]]
+    board = client.get("/v1/inspections", params={"board_id": "SN-0042/L3"}, headers=KEY).json()["results"]
+    assert [x["id"] for x in board] == [answered["id"]]  # one board's history, found by the database
+    assert client.get("/v1/inspections", params={"board_id": "<x>"}, headers=KEY).status_code == 422
 
     assert client.get("/v1/inspections/nope", headers=KEY).status_code == 404
     assert client.get(f"/v1/inspections/{answered['id']}", headers={"X-API-Key": "a"}).status_code == 403  # an agent, not the line

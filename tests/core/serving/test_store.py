@@ -84,3 +84,16 @@ def test_subject_hashes_are_keyed_by_a_secret_made_once_per_installation(tmp_pat
     assert audit_key(AppSettings(audit_key="shared by the replicas")) == b"shared by the replicas"
     with pytest.raises(ValueError, match="secret key"):
         subject_hash("1.2.840.1", b"")
+
+
+def test_list_results_filters_by_kinds_and_payload_values_in_the_database(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'f.db'}")
+    a = store.save_result("industrial", "inspect", "r1", {"board_id": "SN-1", "decision": "fail"})
+    b = store.save_result("industrial", "inspect_batch", "r2", {"board_id": "SN-2", "decision": "pass"})
+    c = store.save_result("industrial", "inspect_batch", "r3", {"board_id": "SN-1", "decision": "pass"})
+    store.save_result("industrial", "other", "r4", {"board_id": "SN-1"})
+    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
+    assert ids(store.list_results("industrial", ("inspect", "inspect_batch"))) == [c, b, a]
+    assert ids(store.list_results("industrial", ("inspect", "inspect_batch"), payload_equals={"board_id": "SN-1"})) == [c, a]
+    assert ids(store.list_results("industrial", None, payload_equals={"board_id": "SN-1", "decision": "pass"})) == [c]
+    assert ids(store.list_results("industrial", ("inspect", "inspect_batch"), limit=1)) == [c]
