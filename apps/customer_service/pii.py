@@ -132,8 +132,15 @@ def iban_ok(candidate: str) -> bool:
 # -- detection ---------------------------------------------------------------------------------
 
 
+# Typographic dashes and spaces (word processors, phones' keyboards) read as their ASCII selves: one code
+# point for one, so every offset found in the translated text holds in the original.
+_TYPOGRAPHIC = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-",
+                              "\u00a0": " ", "\u2007": " ", "\u2009": " ", "\u202f": " "})
+
+
 def find_pii(text: str) -> list[Redaction]:
     """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
+    text = text.translate(_TYPOGRAPHIC)
     found: list[Redaction] = []
     found += _emails(text)
     found += _ibans(text)

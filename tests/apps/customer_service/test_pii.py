@@ -132,6 +132,9 @@ def test_words_and_audio_redaction():
     # an address with written dots but a spoken "at"; a year-first date with slashes
     ("my email is john.smith at gmail.com", "email", "john.smith at gmail.com"),
     ("dob 1985/03/03", "dob", "1985/03/03"),
+    ("card 4539\u20131488\u20130343\u20136467 please", "card", "4539\u20131488\u20130343\u20136467"),  # en dashes
+    ("my card is 4539\u00a01488\u00a00343\u00a06467.", "card", "4539\u00a01488\u00a00343\u00a06467"),  # no-break spaces
+    ("call 07700\u2013900123", "phone", "07700\u2013900123"),
 ])
 def test_realistic_phrasings_are_found(text, kind, value):
     assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [(kind, value)]
@@ -143,6 +146,7 @@ def test_realistic_phrasings_are_found(text, kind, value):
     "ab12 cdef ghij klmn opqr stuv",  # IBAN-shaped words without a valid checksum
     "I shopped at amazon.com",  # "at <domain>" after a verb is no address
     "I opened my account on 12-03-85",  # dd-dd-dd near "account" but no account number after it: a date
+    "from 10\u201312 March I was away",  # an en-dash range of days
 ])
 def test_realistic_negatives_stay(text):
     assert find_pii(text) == []
