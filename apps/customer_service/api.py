@@ -143,6 +143,7 @@ class CallAnalysis(BaseModel):
     model_versions: dict[str, str]
     timings_ms: dict[str, float]
     redacted_audio: RedactedAudio | None = None
+    warnings: list[str] = Field(default_factory=list, description="what to know about the input (a recording cut short)")
 
 
 class CallAccepted(BaseModel):

@@ -186,9 +186,10 @@ class CustomerServiceEngine:
         duration = 0.0
         offset = 0  # where the typed text starts in the unredacted transcript
         redacted_audio = None
+        warnings: list[str] = []
         if req.audio is not None:
             silenced: list | None = [] if req.redact_audio else None
-            segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings, silenced)
+            segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings, silenced, warnings)
             segments.sort(key=lambda seg: seg["start"])  # a stereo call reads as the conversation went
             if silenced is not None:
                 t0 = time.perf_counter()
@@ -231,6 +232,7 @@ class CustomerServiceEngine:
             "model_versions": self.versions(),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
             "redacted_audio": redacted_audio,
+            "warnings": warnings,
         }
 
     def _save_redacted_audio(self, silenced: list[tuple[np.ndarray, float]]) -> dict:
@@ -253,12 +255,13 @@ class CustomerServiceEngine:
                 "silenced_s": round(max(seconds for _, seconds in silenced), 3)}
 
     # ---- audio ----
-    def _audio_segments(self, data: bytes, timings: dict, silenced: list | None = None
+    def _audio_segments(self, data: bytes, timings: dict, silenced: list | None = None, warnings: list | None = None
                         ) -> tuple[list[dict], list[dict], list[str], float, int]:
         """Segments, redactions, the redacted text per channel, the duration, and the length of the
         unredacted transcript so far (with its trailing space: where a following part starts).
         ``silenced``: a list to receive each channel of the audio (16 kHz) with its redacted words
-        silenced, with the seconds silenced (``pii.redact_audio``)."""
+        silenced, with the seconds silenced (``pii.redact_audio``); ``warnings``: a list to receive what
+        the caller should know about the recording (it was cut short)."""
         from apps.customer_service.pii import redact_audio, redact_words
         from apps.customer_service.speech import AudioError, load_audio
 
@@ -268,6 +271,9 @@ class CustomerServiceEngine:
         except AudioError as exc:
             raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
         timings["decode_ms"] = (time.perf_counter() - t0) * 1000
+        if audio.truncated_from_s is not None and warnings is not None:
+            warnings.append(f"the recording is cut short: its header declares {audio.truncated_from_s:.1f} s, "
+                            f"{audio.duration_s:.1f} s were there and were analysed")
         roles = ["caller"] if audio.channels == 1 or _dual_mono(audio.samples) else ["agent", "caller"]
         segments, redactions, parts = [], [], []
         asr_ms = 0.0

@@ -39,6 +39,7 @@ class Audio:
     sample_rate: int
     source_format: str
     source_rate: int
+    truncated_from_s: float | None = None  # the length the file's header declares, when less was there
 
     @property
     def channels(self) -> int:
@@ -114,7 +115,28 @@ def load_audio(
     if peak > 1.0:  # float files may exceed full scale (1e30 was seen): scaled back, channels kept in proportion
         samples = samples / np.float32(peak)
     out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
-    return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate))
+    declared = _declared_seconds(data, fmt, info)
+    truncated = declared if declared is not None and declared - samples.shape[0] / rate > 0.05 else None
+    return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate), truncated_from_s=truncated)
+
+
+def _declared_seconds(data: bytes, fmt: str, info) -> float | None:
+    """How long the file says it is: a WAV's data chunk size (libsndfile reports what is there, not what
+    was declared), a FLAC's stream info (libsndfile reports that one). None when the file does not say
+    (a WAV written while recording may declare 0 or 0xFFFFFFFF bytes)."""
+    if fmt == "flac":
+        return info.frames / info.samplerate if info.frames > 0 else None
+    if fmt != "wav":
+        return None
+    at = data.find(b"data", 12)
+    block = info.channels * {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
+                             "ULAW": 1, "ALAW": 1}.get(info.subtype, 0)
+    if at < 0 or block == 0:
+        return None
+    size = int.from_bytes(data[at + 4:at + 8], "little")
+    if size in (0, 0xFFFFFFFF):
+        return None
+    return size / block / info.samplerate
 
 
 def _check_header_duration(info, max_seconds: float) -> None:

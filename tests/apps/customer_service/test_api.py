@@ -216,3 +216,16 @@ def test_redacted_audio_is_a_link_to_a_wav_kept_with_the_result(client):
     assert client.get("/v1/audio/..%2f..%2fcs.db/redacted.wav").status_code == 404
     r = client.post("/v1/calls:analyze", data={"text": "hello", "redact_audio": "true"})
     assert r.status_code == 422 and "audio file" in r.json()["error"]["message"]
+
+
+def test_a_recording_cut_short_is_analysed_with_a_warning(client):
+    """An upload interrupted half-way still holds a readable start: it is analysed, and the answer says
+    that it is not the whole call."""
+    whole = wav_bytes(tone(4.0))
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", whole[: len(whole) // 2], "audio/wav")},
+                    data={"output_mode": "text"})
+    assert r.status_code == 200, r.text
+    (warning,) = r.json()["warnings"]
+    assert "cut short" in warning and "4.0 s" in warning and "2.0 s" in warning
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", whole, "audio/wav")}, data={"output_mode": "text"})
+    assert r.json()["warnings"] == []

@@ -127,3 +127,17 @@ def test_sniff_and_pcm_round_trip():
         from_pcm16(b"\x00\x01\x02")
     wav = to_wav_bytes(np.stack([x, x]), 16_000)
     assert load_audio(wav).channels == 2
+
+
+def test_a_wav_cut_short_says_how_long_it_was_meant_to_be():
+    from apps.customer_service.speech.audio import load_audio
+
+    buffer = io.BytesIO()
+    sf.write(buffer, np.full(16000 * 4, 0.1, np.float32), 16000, format="WAV", subtype="PCM_16")
+    whole = buffer.getvalue()
+    assert load_audio(whole).truncated_from_s is None
+    cut = load_audio(whole[: len(whole) // 4])
+    assert cut.truncated_from_s == pytest.approx(4.0) and cut.duration_s == pytest.approx(1.0, abs=0.01)
+    at = whole.find(b"data")
+    streamed = whole[: at + 4] + b"\xff\xff\xff\xff" + whole[at + 8 :]  # written while recording: size unknown
+    assert load_audio(streamed[: len(whole) // 2]).truncated_from_s is None
