@@ -111,6 +111,9 @@ function show(a) {
   }
   $("reply-note").textContent = a.reply.voice_unavailable ? `voice unavailable: ${a.reply.voice_unavailable}` : "";
   redactedRecording(a.redacted_audio);
+  const warnings = a.warnings || [];
+  $("call-warnings").hidden = !warnings.length;
+  $("call-warnings").textContent = warnings.map((w) => `Note: ${w}.`).join(" ");
 
   timeline(a.segments, a.transcript.duration_s);
   const body = $("segments").tBodies[0];
