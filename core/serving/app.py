@@ -241,11 +241,12 @@ def create_service_app(
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=app)
 
-    @app.get("/health", tags=["ops"], summary="Process is up")
+    # HEAD too: some load balancers probe with it
+    @app.api_route("/health", methods=["GET", "HEAD"], tags=["ops"], summary="Process is up")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "app": name}
 
-    @app.get("/ready", tags=["ops"], summary="Models are loaded")
+    @app.api_route("/ready", methods=["GET", "HEAD"], tags=["ops"], summary="Models are loaded")
     async def ready() -> JSONResponse:
         state = app.state
         runners = {

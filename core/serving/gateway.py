@@ -127,12 +127,12 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
         apps = _all()
         return {"apps": {n: {"mount": a["mount"], "status": a["status"], **_links(n, a["mount"])} for n, a in apps.items()}}
 
-    @root.get("/health", tags=["ops"], summary="Gateway process is up; per-app mount status")
+    @root.api_route("/health", methods=["GET", "HEAD"], tags=["ops"], summary="Gateway process is up; per-app mount status")
     async def health() -> dict[str, Any]:
         apps = _all()
         return {"status": "ok", "apps": {n: {k: a[k] for k in ("mount", "status") if k in a} | ({"reason": a["reason"]} if "reason" in a else {}) for n, a in apps.items()}}
 
-    @root.get("/ready", tags=["ops"], summary="Every mounted app has loaded its models")
+    @root.api_route("/ready", methods=["GET", "HEAD"], tags=["ops"], summary="Every mounted app has loaded its models")
     async def ready() -> JSONResponse:
         apps = _all()
         live = [a for a in apps.values() if a["status"] == "mounted"]

@@ -38,6 +38,7 @@ def test_health_ready_and_model_headers(tmp_path):
         hostile = client.get("/health", headers={"X-Request-ID": "a b\x7f" * 40})
         assert hostile.headers["x-request-id"] != "a b\x7f" * 40
         assert "/health" in client.get("/openapi.json").json()["paths"]
+        assert client.head("/health").status_code == 200 and client.head("/ready").status_code == 200  # load balancers' probes
 
 
 def test_not_ready_until_models_load_then_ready(tmp_path):

@@ -37,6 +37,7 @@ def test_mounts_apps_and_loads_their_models():
         assert response.status_code == 200 and response.json()["y"] == 10
         assert response.headers.get_list("x-request-id") == ["trace-9"]  # one id through both layers
         assert len(client.get("/health").headers["x-request-id"]) == 32
+        assert client.head("/health").status_code == 200  # load balancers probe with HEAD too
         generated = client.post("/beta/double", json={"x": 1})
         assert len(generated.headers.get_list("x-request-id")) == 1
         assert response.headers["x-model-version"] == "1.2.3"
