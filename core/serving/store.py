@@ -15,6 +15,9 @@ from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, se
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
+# a payload key for list_results: a top-level name, or a path of names into nested objects
+PayloadKey = str | tuple[str, ...]
+
 
 class _Base(DeclarativeBase):
     pass
@@ -108,15 +111,19 @@ class ResultStore:
             return None if row is None else _result_dict(row)
 
     def list_results(self, app: str, kind: str | tuple[str, ...] | None = None, limit: int = 50,
-                     payload_equals: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                     payload_equals: dict[PayloadKey, str] | None = None) -> list[dict[str, Any]]:
         """The newest ``limit`` results of ``app`` (of a kind, or of any of several kinds), optionally only
-        those whose payload has each ``payload_equals`` key at that string value (filtered by the database)."""
+        those whose payload has each ``payload_equals`` key at that string value (filtered by the database).
+        A key is a top-level name or a path into nested objects: ``("risk", "band")`` is ``payload["risk"]["band"]``."""
         query = select(ResultRow).where(ResultRow.app == app)
         if isinstance(kind, tuple):
             query = query.where(ResultRow.kind.in_(kind))
         elif kind is not None:
             query = query.where(ResultRow.kind == kind)
         for key, value in (payload_equals or {}).items():
+            if isinstance(key, tuple) and not (key and all(isinstance(part, str) for part in key)):
+                raise ValueError(f"a payload path is a non-empty tuple of names, not {key!r}")
+            # a tuple is a JSON path (SQLite JSON_EXTRACT '$."risk"."band"', PostgreSQL #>>), not a key named "(...)"
             query = query.where(ResultRow.payload[key].as_string() == value)
         with self._sessions() as session:
             rows = session.scalars(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
@@ -140,9 +147,13 @@ class ResultStore:
             session.flush()
             return row.id
 
-    def list_audit(self, app: str, limit: int = 100) -> list[dict[str, Any]]:
+    def list_audit(self, app: str, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        """The newest ``limit`` audit records of ``app``, optionally of one ``action`` only (filtered by the database)."""
+        query = select(AuditRow).where(AuditRow.app == app)
+        if action is not None:
+            query = query.where(AuditRow.action == action)
         with self._sessions() as session:
-            rows = session.scalars(select(AuditRow).where(AuditRow.app == app).order_by(AuditRow.id.desc()).limit(limit)).all()
+            rows = session.scalars(query.order_by(AuditRow.id.desc()).limit(limit)).all()
             return [
                 {
                     "id": r.id, "created_at": r.created_at.isoformat(), "app": r.app, "action": r.action, "role": r.role,
@@ -167,10 +178,15 @@ class ResultStore:
         return await run_in_threadpool(self.get_result, result_id)
 
     async def alist_results(self, app: str, kind: str | tuple[str, ...] | None = None, limit: int = 50,
-                            payload_equals: dict[str, str] | None = None) -> list[dict[str, Any]]:
+                            payload_equals: dict[PayloadKey, str] | None = None) -> list[dict[str, Any]]:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.list_results, app, kind, limit, payload_equals)
+
+    async def alist_audit(self, app: str, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.list_audit, app, limit, action)
 
     async def aaudit(self, *args: Any, **kwargs: Any) -> int:
         from starlette.concurrency import run_in_threadpool

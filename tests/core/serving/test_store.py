@@ -97,3 +97,35 @@ def test_list_results_filters_by_kinds_and_payload_values_in_the_database(tmp_pa
     assert ids(store.list_results("industrial", ("inspect", "inspect_batch"), payload_equals={"board_id": "SN-1"})) == [c, a]
     assert ids(store.list_results("industrial", None, payload_equals={"board_id": "SN-1", "decision": "pass"})) == [c]
     assert ids(store.list_results("industrial", ("inspect", "inspect_batch"), limit=1)) == [c]
+
+
+def test_list_results_filters_by_nested_payload_paths_in_the_database(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'p.db'}")
+    low = store.save_result("medical", "study", "r1", {"risk": {"band": "low"}, "band": "high"})
+    store.save_result("medical", "study", "r2", {"risk": {"band": "high"}})
+    newer_low = store.save_result("medical", "study", "r3", {"risk": {"band": "low", "meaning": "below 10 %"}})
+    store.save_result("medical", "study", "r4", {"risk": "low"})
+    ids = lambda rows: [r["id"] for r in rows]  # noqa: E731
+    assert ids(store.list_results("medical", "study", payload_equals={("risk", "band"): "low"})) == [newer_low, low]
+    assert ids(store.list_results("medical", "study", payload_equals={("risk", "band"): "low"}, limit=1)) == [newer_low]
+    assert ids(store.list_results("medical", "study", payload_equals={("band",): "high"})) == [low]  # a one-name path
+    assert store.list_results("medical", "study", payload_equals={("risk", "band", "x"): "low"}) == []
+    with pytest.raises(ValueError, match="non-empty tuple"):
+        store.list_results("medical", "study", payload_equals={(): "low"})
+    from sqlalchemy.dialects import postgresql
+
+    from core.serving.store import ResultRow
+
+    where = str((ResultRow.payload[("risk", "band")].as_string() == "low").compile(dialect=postgresql.dialect()))
+    assert "#>>" in where  # the same filter on PostgreSQL is its JSON path operator
+
+
+def test_audit_records_filtered_by_action_in_the_database(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'aa.db'}")
+    first = store.audit("medical", "studies:analyze", "radiologist", "h1", "1.0", {})
+    store.audit("medical", "studies:read", "radiologist", "h1", "1.0", {})
+    second = store.audit("medical", "studies:analyze", "radiologist", "h2", "1.0", {})
+    store.audit("industrial", "studies:analyze", "line", None, None, {})
+    assert [r["id"] for r in store.list_audit("medical", action="studies:analyze")] == [second, first]
+    assert [r["id"] for r in store.list_audit("medical", limit=1, action="studies:analyze")] == [second]
+    assert len(store.list_audit("medical")) == 3 and store.list_audit("medical", action="nothing") == []
