@@ -1,9 +1,17 @@
-"""HTTP API of the radiology app (mounted under ``/medical``): routers and schemas only."""
+"""HTTP API of the radiology app (mounted under ``/medical``): routers and schemas only.
+
+- ``POST /v1/studies:analyze``: a CT and/or report -> the analysis, stored before it is returned.
+- ``GET /v1/studies/{id}``: a stored analysis (the read is audited); ``GET /v1/studies``: the worklist,
+  newest first, summarised (``band=``: one risk band's).
+- ``GET /v1/heatmaps/{artefact_id}/...``: the heat-map PNGs and their DICOM Secondary Capture.
+- ``GET /v1/audit``: the audit trail (admin only).
+- ``GET /ui/``: the radiologist's page.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
@@ -27,8 +35,11 @@ from core.serving import (
     subject_hash,
 )
 
+APP = "medical"
 CT_KINDS = {"nifti", "dicom", "zip"}
 MAX_REPORT_CHARS = 20_000
+Band = Literal["low", "intermediate", "high"]  # service.RISK_BANDS' names (a test keeps them equal)
+AuditAction = Literal["studies:analyze", "studies:read", "heatmaps:secondary-capture"]
 
 
 class RiskBand(BaseModel):
@@ -90,7 +101,52 @@ class AnalyzeResponse(BaseModel):
     disclaimer: str
 
 
+class StudySummary(BaseModel):
+    """One stored analysis in the radiologist's worklist: nothing in it names the patient or the study."""
+
+    id: str
+    created_at: str | None = Field(description="when the result was stored (UTC, ISO 8601)")
+    probability: float
+    band: Band
+    ct: bool = Field(description="a CT was analysed")
+    report: bool = Field(description="a report was analysed")
+    findings: int = Field(description="how many nodule candidates moved the decision")
+    model_version: str
+
+
+class StudyList(BaseModel):
+    results: list[StudySummary] = Field(description="stored analyses, newest first")
+
+
+class AuditRecord(BaseModel):
+    id: int
+    created_at: str
+    action: str
+    role: str | None = Field(description="the caller's role (null with API keys off)")
+    subject_hash: str | None = Field(description="the study's keyed hash (the same study: the same hash), never its UID")
+    model_version: str | None
+    outcome: dict[str, Any]
+
+
+class AuditList(BaseModel):
+    records: list[AuditRecord] = Field(description="audit records, newest first")
+
+
 router = APIRouter(tags=["medical"])
+
+
+def _response(result_id: str, payload: dict[str, Any]) -> AnalyzeResponse:
+    """The analyze response of a stored payload: the same answer whether just analysed or read back."""
+    return AnalyzeResponse(id=result_id, **{k: v for k, v in payload.items() if k in AnalyzeResponse.model_fields and k != "id"})
+
+
+def _summary(row: dict[str, Any]) -> StudySummary:
+    payload = row["payload"]
+    # results stored before the inputs were kept with them: an absent modality has no fusion weight
+    inputs = payload.get("inputs") or {m: payload["modality_weights"].get(m, 0) > 0 for m in ("ct", "report")}
+    return StudySummary(id=row["id"], created_at=row["created_at"], probability=payload["probability"],
+                        band=payload["risk"]["band"], ct=inputs["ct"], report=inputs["report"],
+                        findings=len(payload.get("findings") or []), model_version=payload["model_version"])
 
 
 def _runner(request: Request):
@@ -137,17 +193,57 @@ async def analyze(
     prefix = request.scope.get("root_path", "")
     links = [f"{prefix}/v1/heatmaps/{result['artefact_id']}/{name}" for name in result["heatmaps"]]
     capture = f"{prefix}/v1/heatmaps/{result['artefact_id']}/secondary-capture.zip" if links else None
-    payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {"heatmaps": links, "secondary_capture": capture}
-    result_id = await store.asave_result("medical", "study", request_id, payload, role=who.role)
+    subject = subject_hash(study_key or f"report-only:{request_id}", audit_key(settings))
+    inputs = {"ct": volume is not None, "report": report is not None}
+    # the subject's keyed hash is kept so that reading the result back is audited under the same subject
+    payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {
+        "heatmaps": links, "secondary_capture": capture, "inputs": inputs, "subject_hash": subject}
+    result_id = await store.asave_result(APP, "study", request_id, payload, role=who.role)
     await store.aaudit(
-        "medical", "studies:analyze", who.role,
-        subject_hash(study_key or f"report-only:{request_id}", audit_key(settings)), result["model_version"],
-        {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"],
-         "ct": volume is not None, "report": report is not None},
+        APP, "studies:analyze", who.role, subject, result["model_version"],
+        {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"], **inputs},
     )
-    return AnalyzeResponse(id=result_id, heatmaps=links, secondary_capture=capture,
-                           **{k: v for k, v in result.items()
-                              if k in AnalyzeResponse.model_fields and k not in ("id", "heatmaps", "secondary_capture")})
+    return _response(result_id, payload)
+
+
+@router.get("/v1/studies", response_model=StudyList, summary="Stored analyses, newest first, summarised "
+            "(band: one risk band's)")
+async def list_studies(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many, the newest")] = 50,
+    band: Annotated[Band | None, Query(description="only this risk band's analyses")] = None,
+) -> StudyList:
+    where = {("risk", "band"): band} if band else None
+    rows = await store.alist_results(APP, kind="study", limit=limit, payload_equals=where)
+    return StudyList(results=[_summary(row) for row in rows])
+
+
+@router.get("/v1/studies/{result_id}", response_model=AnalyzeResponse, summary="A stored analysis (the read is audited)")
+async def get_study(
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+) -> AnalyzeResponse:
+    row = await store.aget_result(result_id)
+    if row is None or row["app"] != APP or row["kind"] != "study":
+        raise ApiError(404, "not_found", f"no stored study analysis {result_id!r}; GET /v1/studies lists them")
+    payload = row["payload"]
+    # who opened a patient's result belongs in the audit trail as much as who produced it
+    await store.aaudit(APP, "studies:read", who.role, payload.get("subject_hash"), payload.get("model_version"),
+                       {"result_id": row["id"]})
+    return _response(row["id"], payload)
+
+
+@router.get("/v1/audit", response_model=AuditList, summary="The audit trail, newest first (admin only)")
+async def list_audit(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("admin"))],
+    limit: Annotated[int, Query(ge=1, le=500, description="at most this many, the newest")] = 100,
+    action: Annotated[AuditAction | None, Query(description="only this action's records")] = None,
+) -> AuditList:
+    records = await store.alist_audit(APP, limit=limit, action=action)
+    return AuditList(records=[AuditRecord(**{k: v for k, v in r.items() if k != "app"}) for r in records])
 
 
 @router.get("/v1/heatmaps/{artefact_id}/secondary-capture.zip",
@@ -156,6 +252,7 @@ async def analyze(
 async def heatmap_secondary_capture(
     request: Request,
     artefact_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
     study_uid: Annotated[str | None, Query(max_length=64, description="Study Instance UID of the analysed CT, so a "
                                            "PACS files the instances with it; the service does not keep it. "
@@ -171,6 +268,12 @@ async def heatmap_secondary_capture(
         raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
                                                  "(no leading zeros), at most 64 characters")
     data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version, artefact_id)
+    # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
+    rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})
+    payload = rows[0]["payload"] if rows else {}
+    await store.aaudit(APP, "heatmaps:secondary-capture", who.role, payload.get("subject_hash"), runner.version,
+                       {"result_id": rows[0]["id"] if rows else None, "instances": len(slices),
+                        "filed_with_study": study_uid is not None})
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="heatmaps-{artefact_id}.zip"'})
 

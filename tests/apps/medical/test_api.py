@@ -18,7 +18,7 @@ REPORT = "Jane Roe, 67-year-old former smoker, 40 pack-years. A 14 mm nodule in 
 @pytest.fixture()
 def client(tiny_bundle, tiny_bert_dir, tmp_path):
     settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
-                               artefact_dir=tmp_path / "art", api_keys={"rad": "radiologist", "ag": "agent"},
+                               artefact_dir=tmp_path / "art", api_keys={"rad": "radiologist", "ag": "agent", "adm": "admin"},
                                audit_key_file=tmp_path / "audit.key")
     with TestClient(create_app(settings)) as c:
         for _ in range(200):
@@ -248,3 +248,157 @@ def test_ct_uploads_beyond_the_decode_slots_get_a_503(client, toy_studies):
     finally:
         client.portal.call(held.__aexit__, None, None, None)
     assert client.post("/v1/studies:analyze", files=upload, headers={"X-API-Key": "rad"}).status_code == 200
+
+
+# ---- reading stored studies back, the worklist, the audit trail -------------------------------------
+
+RAD, ADMIN = {"X-API-Key": "rad"}, {"X-API-Key": "adm"}
+
+
+def _analysed(client, toy_studies=None, report=REPORT) -> dict:
+    files = {"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")} if toy_studies else None
+    r = client.post("/v1/studies:analyze", files=files, data={"report": report} if report else None, headers=RAD)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_a_stored_study_reads_back_as_analysed_and_the_read_is_audited(client, toy_studies):
+    store = client.app.state.store
+    for studies in (toy_studies, None):  # with a CT; a report alone
+        body = _analysed(client, studies)
+        r = client.get(f"/v1/studies/{body['id']}", headers=RAD)
+        assert r.status_code == 200, r.text
+        assert r.json() == body
+        analysed = store.list_audit("medical", action="studies:analyze")[0]
+        read = store.list_audit("medical", action="studies:read")[0]
+        assert analysed["outcome"]["result_id"] == read["outcome"]["result_id"] == body["id"]
+        assert read["role"] == "radiologist" and read["model_version"] == body["model_version"]
+        assert read["subject_hash"] and read["subject_hash"] == analysed["subject_hash"]  # the same study
+    assert len(store.list_audit("medical", action="studies:read")) == 2
+    assert client.get(f"/v1/studies/{body['id']}", headers={"X-API-Key": "ag"}).status_code == 403
+
+
+def test_unknown_ids_and_other_apps_results_are_404(client):
+    store = client.app.state.store
+    inspection = store.save_result("industrial", "inspect", "r1", {"decision": "pass"})
+    other_kind = store.save_result("medical", "something-else", "r2", {"probability": 0.5})
+    for result_id in ("0" * 32, inspection, other_kind, "not-an-id"):
+        r = client.get(f"/v1/studies/{result_id}", headers=RAD)
+        assert r.status_code == 404, (result_id, r.text)
+        assert r.json()["error"]["code"] == "not_found" and result_id in r.json()["error"]["message"]
+    assert store.list_audit("medical", action="studies:read") == []  # nothing was read
+    assert client.get("/v1/studies/" + "0" * 32).status_code == 401
+
+
+def test_worklist_is_newest_first_limited_and_filtered_by_band_before_the_limit(client, toy_studies):
+    from apps.medical.api import Band
+    from apps.medical.service import RISK_BANDS
+
+    assert set(Band.__args__) == {name for _, name, _ in RISK_BANDS}  # the query's choices are the bands made
+    store = client.app.state.store
+    with_ct, report_only = _analysed(client, toy_studies), _analysed(client)
+    # the tiny model puts every study in one band: store one of each band so that the filter has work to do
+    made = {with_ct["id"]: with_ct["risk"]["band"], report_only["id"]: report_only["risk"]["band"]}
+    for band in ("low", "intermediate", "high"):
+        payload = store.get_result(report_only["id"])["payload"]
+        made[store.save_result("medical", "study", None, {**payload, "risk": {**payload["risk"], "band": band}})] = band
+    store.save_result("industrial", "inspect", None, {"risk": {"band": "low"}})  # not a study
+    newest_first = list(made)[::-1]
+
+    rows = client.get("/v1/studies", headers=RAD).json()["results"]
+    assert [row["id"] for row in rows] == newest_first
+    assert [row["id"] for row in client.get("/v1/studies", params={"limit": 2}, headers=RAD).json()["results"]] == newest_first[:2]
+    summary = {row["id"]: row for row in rows}
+    assert summary[with_ct["id"]] | {"created_at": None} == {
+        "id": with_ct["id"], "created_at": None, "probability": with_ct["probability"], "band": with_ct["risk"]["band"],
+        "ct": True, "report": True, "findings": len(with_ct["findings"]), "model_version": with_ct["model_version"]}
+    assert summary[report_only["id"]]["ct"] is False and summary[report_only["id"]]["report"] is True
+    assert summary[with_ct["id"]]["created_at"] == store.get_result(with_ct["id"])["created_at"]
+    for band in ("low", "intermediate", "high"):
+        expected = [i for i in newest_first if made[i] == band]
+        got = client.get("/v1/studies", params={"band": band}, headers=RAD).json()["results"]
+        assert [row["id"] for row in got] == expected and {row["band"] for row in got} == {band}
+        # the newest of the band even when newer studies of other bands exist: filtered before the limit
+        got = client.get("/v1/studies", params={"band": band, "limit": 1}, headers=RAD).json()["results"]
+        assert [row["id"] for row in got] == expected[:1]
+    assert "studies:read" not in {a["action"] for a in store.list_audit("medical")}  # a summary names no study
+
+
+def test_worklist_refuses_unknown_bands_and_limits_with_what_is_accepted(client):
+    r = client.get("/v1/studies", params={"band": "medium"}, headers=RAD)
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "band" in message and all(f"'{b}'" in message for b in ("low", "intermediate", "high"))
+    for limit in (0, 501):
+        assert client.get("/v1/studies", params={"limit": limit}, headers=RAD).status_code == 422
+    assert client.get("/v1/studies", headers={"X-API-Key": "ag"}).status_code == 403
+    assert client.get("/v1/studies").status_code == 401
+
+
+def test_audit_trail_is_for_admins_newest_first_and_filtered_by_action(client, toy_studies):
+    body = _analysed(client, toy_studies)
+    client.get(f"/v1/studies/{body['id']}", headers=RAD)
+    for url in body["heatmaps"]:  # heat-map PNGs are not audited one by one
+        assert client.get(url, headers=RAD).status_code == 200
+    assert client.get(body["secondary_capture"], params={"study_uid": "1.2.826.0.1.3680043.2.1125.1"},
+                      headers=RAD).status_code == 200
+    assert client.get("/v1/audit", headers=RAD).status_code == 403  # admin passes every check; not the other way
+    assert client.get("/v1/audit", headers={"X-API-Key": "ag"}).status_code == 403
+    assert client.get("/v1/audit").status_code == 401
+    r = client.get("/v1/audit", headers=ADMIN)
+    assert r.status_code == 200, r.text
+    records = r.json()["records"]
+    assert [a["action"] for a in records] == ["heatmaps:secondary-capture", "studies:read", "studies:analyze"]
+    assert [a["id"] for a in records] == sorted((a["id"] for a in records), reverse=True)
+    capture, _, analysed = records
+    assert capture["role"] == "radiologist" and capture["subject_hash"] == analysed["subject_hash"]
+    assert capture["outcome"] == {"result_id": body["id"], "instances": len(body["heatmaps"]), "filed_with_study": True}
+    assert "1.2.826.0.1.3680043.2.1125.1" not in r.text  # the UID the archive was filed under is not kept
+    only = client.get("/v1/audit", params={"action": "studies:read", "limit": 5}, headers=ADMIN).json()["records"]
+    assert [a["action"] for a in only] == ["studies:read"]
+    assert client.get("/v1/audit", params={"limit": 1}, headers=ADMIN).json()["records"] == records[:1]
+    r = client.get("/v1/audit", params={"action": "delete"}, headers=ADMIN)
+    assert r.status_code == 422 and "'studies:read'" in r.json()["error"]["message"]
+
+
+def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog):
+    """A DICOM series whose headers name the patient, with a report that names them too: neither the
+    name, the patient ID nor the study UID is stored, audited, logged or listed; the subject is its keyed hash."""
+    from apps.medical.render.writers import write_dicom_series
+    from core.serving import audit_key, subject_hash
+    from tests.apps.medical.data.conftest import phantom_volume
+
+    caplog.set_level(logging.DEBUG)
+    series = write_dicom_series(tmp_path / "ct", phantom_volume(), (2.5, 1.5, 1.5), (-30.0, -30.0, -100.0),
+                                patient_id="MRN-4471902", study_key="phi-study")
+    buf, study_uid = io.BytesIO(), None
+    with zipfile.ZipFile(buf, "w") as archive:
+        for f in sorted(series.glob("*.dcm")):
+            ds = pydicom.dcmread(f)
+            ds.PatientName, study_uid = "ROE^JANE", ds.StudyInstanceUID
+            out = io.BytesIO()
+            ds.save_as(out)
+            archive.writestr(f.name, out.getvalue())
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", buf.getvalue(), "application/zip")},
+                    data={"report": REPORT}, headers=RAD)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert client.get(f"/v1/studies/{body['id']}", headers=RAD).status_code == 200
+    assert client.get(body["secondary_capture"], params={"study_uid": study_uid}, headers=RAD).status_code == 200
+    listed = client.get("/v1/studies", headers=RAD).text + client.get(f"/v1/studies/{body['id']}", headers=RAD).text
+    audit = client.get("/v1/audit", headers=ADMIN).json()["records"]
+    store = client.app.state.store
+    with store.engine.connect() as connection:  # every column of every row, not only what the API shows
+        from sqlalchemy import text
+
+        everything = str(connection.execute(text("SELECT * FROM results")).all()) + str(
+            connection.execute(text("SELECT * FROM audit")).all())
+    # the service's logs, not the test client's (httpx logs each URL it requests, query string included)
+    logged = " ".join(rec.getMessage() + str(rec.__dict__) for rec in caplog.records if not rec.name.startswith("httpx"))
+    assert "triptych.serving" in {rec.name for rec in caplog.records}
+    for phi in ("Jane Roe", "ROE^JANE", "MRN-4471902", study_uid, "pack-years"):
+        for where, haystack in (("database", everything), ("logs", logged), ("responses", listed)):
+            assert phi not in haystack, (phi, where)
+    expected = subject_hash(study_uid, audit_key(client.app.state.settings))
+    assert {a["subject_hash"] for a in audit} == {expected}  # analyse, read twice, archive: one study
+    assert len(audit) == 4
