@@ -1,5 +1,6 @@
 // The radiology page: a CT study and/or report -> POST v1/studies:analyze; the answer's heat-map
 // slices and Secondary Capture are fetched with the API key (img and a elements cannot send it).
+// Recent studies (GET v1/studies) open a stored result (GET v1/studies/{id}) in the same view.
 "use strict";
 
 const { $, headers, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
@@ -27,6 +28,7 @@ async function analyse(event) {
     const result = await response.json();
     await show(result);
     setStatus("study-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    recent();  // the new study at the top of the list
   } catch (err) {
     setStatus("study-status", err.message, true);
   } finally {
@@ -103,6 +105,56 @@ async function show(r) {
   };
 }
 
+// ---- recent studies ----------------------------------------------------------------------------
+
+async function recent() {
+  setStatus("recent-status", "Loading…");
+  try {
+    const band = $("band-filter").value;
+    const response = await fetch(BASE + "v1/studies" + (band ? `?band=${band}` : ""), { headers: headers() });
+    if (response.status === 401) {  // the page has just opened and no key was typed yet: not an error
+      $("studies").tBodies[0].replaceChildren();
+      setStatus("recent-status", "Enter the API key to see the recent studies.");
+      return;
+    }
+    if (!response.ok) throw new Error(await errorText(response));
+    const { results } = await response.json();
+    $("studies").tBodies[0].replaceChildren(...results.map((s) => {
+      const tr = document.createElement("tr");
+      const sent = [s.ct && "CT", s.report && "report"].filter(Boolean).join(" + ");
+      const band = el("td");
+      band.append(el("span", s.band, `band ${s.band}`));
+      tr.append(el("td", s.created_at ? new Date(s.created_at).toLocaleString() : ""), el("td", pct(s.probability)),
+        band, el("td", sent), el("td", s.ct ? s.findings : "—"), el("td", s.model_version, "muted small"));
+      tr.tabIndex = 0;  // rows open with the keyboard too
+      tr.title = `open result ${s.id}`;
+      tr.addEventListener("click", () => openStudy(s.id));
+      tr.addEventListener("keydown", (event) => { if (event.key === "Enter") openStudy(s.id); });
+      return tr;
+    }));
+    setStatus("recent-status", `${results.length} stud${results.length === 1 ? "y" : "ies"}`);
+  } catch (err) {
+    setStatus("recent-status", err.message, true);
+  }
+}
+
+async function openStudy(id) {
+  try {
+    setStatus("study-status", "Opening the stored result…");
+    const response = await fetch(`${BASE}v1/studies/${encodeURIComponent(id)}`, { headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    await show(await response.json());
+    setStatus("study-status", `Stored result ${id}`);
+    $("study-result").scrollIntoView();
+  } catch (err) {
+    setStatus("study-status", err.message, true);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("study-form").addEventListener("submit", analyse);
+  $("refresh").addEventListener("click", recent);
+  $("band-filter").addEventListener("change", recent);
+  $("api-key").addEventListener("change", recent);
+  recent();
 });

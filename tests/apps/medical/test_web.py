@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -28,9 +29,23 @@ def test_page_is_served_with_the_disclaimer(app):
 
 
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
-    assert_script_matches(app, WEB, {"v1/studies:analyze"})
+    assert_script_matches(app, WEB, {"v1/studies:analyze", "v1/studies", "v1/studies/{}"})
     script = (WEB / "app.js").read_text()
     assert "fetchBlobUrl(url)" in script and "fetchBlobUrl(r.secondary_capture)" in script  # the key goes along
+    assert script.count("{ headers: headers() }") >= 2  # the worklist and a stored result: the key goes along
+
+
+def test_recent_studies_offer_the_bands_the_api_accepts(app):
+    from typing import get_args
+
+    from apps.medical.api import Band
+
+    with TestClient(app) as client:
+        page = assert_page_served(client, WEB)
+    for element in ('id="recent"', 'id="studies"', 'id="band-filter"', 'id="refresh"', 'id="recent-status"'):
+        assert element in page
+    options = re.findall(r'<option value="([^"]*)"', page.split('id="band-filter"', 1)[1].split("</select>", 1)[0])
+    assert sorted(options) == sorted(["", *get_args(Band)])  # "": all bands
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")

@@ -41,4 +41,16 @@ def test_page_shows_probability_heat_maps_and_capture(tiny_bundle, tiny_bert_dir
             page.click("#capture")
         assert download.value.suggested_filename == "secondary-capture.zip"
         assert Path(download.value.path()).read_bytes()[:2] == b"PK"
+        assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "1 study", 30) == "1 study"
+        probability = page.text_content("#probability")
+
+        page.reload()  # the browser closed: the stored result is opened from the recent studies
+        assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "1 study", 30) == "1 study"
+        assert page.is_hidden("#study-result")
+        page.click("#studies tbody tr")
+        status = wait_status(page, "#study-status", lambda t, c: "error" in c or t.startswith("Stored result"), 30)
+        assert status.startswith("Stored result"), status
+        assert page.text_content("#probability") == probability and page.locator("#heatmaps img").count() == 3
+        page.select_option("#band-filter", "high" if page.text_content("#band").startswith("low") else "low")
+        assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "0 studies", 30) == "0 studies"
         assert not problems, problems  # no script errors, no CSP violations
