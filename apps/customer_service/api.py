@@ -190,8 +190,9 @@ async def analyze_call(
     text: Annotated[str | None, Form(description="typed text (chat) instead of or besides audio")] = None,
     output_mode: Annotated[Literal["text", "voice"] | None, Form(description="reply as text or voice; default from the User-Agent")] = None,
     redact_audio: Annotated[bool, Form(description=(
-        "also return the audio with every redacted word silenced (card numbers, IBANs, phones, e-mails, dates of "
-        "birth), pauses between them included: redacted_audio.url"))] = False,
+        "also return the audio with every redacted word silenced (card numbers, security codes and expiry dates, "
+        "IBANs, accounts, phones, e-mails, dates of birth, PINs, passcodes and passwords), pauses between them "
+        "included: redacted_audio.url"))] = False,
     user_agent: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(description=(
         "'respond-async' (RFC 7240): answer 202 at once and analyse in the background; poll "

@@ -1,6 +1,7 @@
 """PII redaction for call transcripts: card numbers, IBAN / account numbers, phone numbers,
-e-mail addresses and dates of birth, written ("4111 1111 1111 1111") or spoken ("four one one
-one ...", "forty one eleven ...", "john dot smith at gmail dot com").
+e-mail addresses, dates of birth and the caller's credentials (PINs, one-time codes, passwords),
+written ("4111 1111 1111 1111") or spoken ("four one one one ...", "forty one eleven ...",
+"john dot smith at gmail dot com").
 
 Detection runs on the written form from :func:`speech.textnorm.normalise_aligned`, whose pieces
 keep their source offsets, so every redaction points at the original characters (and, through
@@ -11,7 +12,15 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            in one digit must not leak the other fifteen); after "card", also runs of 4+ digits
            (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
   cvv      3-4 digits after the code's name (CVV, CVC, CV2, ...) or "security" / "verification" + "code",
-           "number", "digits", ... (never stored once a payment is authorised: PCI DSS)
+           "number", "digits", ... (never stored once a payment is authorised: PCI DSS); within 6 words, or
+           further with only where it is printed between ("... on the back of the card is 412")
+  credential what authorises a payment or a login: 4-12 digits (ISO 9564's PIN lengths) right after a PIN,
+           passcode or OTP, or after a code announced as sent ("the code you texted me is ...", "one time
+           code", "verification code" with 5+ digits or a text / app said near it); a password, memorable
+           word or typed passcode after "is" / "it's" / ":" (one token, or letters spelled out one by one;
+           not "my password is not working", "... is 8 characters"). Precedence with cvv: the code's name
+           (CVV, CVC, ...) is always cvv; "security" / "verification code" with 3-4 digits is cvv unless a
+           text, message, app or phone is said near it (a code sent to the caller, not printed on the card)
   expiry   MM/YY, MM/YYYY (typed) or 4 / 6 digits with a real month (said) after "expiry", "expires",
            "exp", "valid", ...
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
@@ -43,7 +52,7 @@ from apps.customer_service.speech.textnorm import (
     normalise_aligned,
 )
 
-TYPES = ("card", "cvv", "expiry", "iban", "account", "phone", "email", "dob")
+TYPES = ("card", "cvv", "expiry", "iban", "account", "phone", "email", "dob", "credential")
 CORPUS = Path(__file__).resolve().parents[2] / "datasets" / "customer_service" / "asr" / "pii_corpus.jsonl"
 
 _CONTEXT = {
@@ -62,6 +71,29 @@ _CONTEXT = {
 _CVV_NAMES = {"cvv", "cvc", "cv2", "cvv2", "cvc2", "cvn", "csc", "cid"}
 _CVV_LEADS = {"security", "verification"}
 _CVV_NOUNS = {"code", "number", "digits", "digit", "value"}
+# Credentials: what the caller proves who they are with, or authorises a payment with. A name announces
+# one by itself; "code" does when it is qualified ("one time code", "login code") or said to have been
+# sent ("the code you texted me"): a promo, voucher or door code is none.
+_CREDENTIAL_NAMES = {"pin", "pins", "pincode", "passcode", "passcodes", "password", "passwords", "passphrase",
+                     "passwd", "otp", "otac", "memorable"}
+_CODE_QUALIFIERS = {"one-time", "onetime", "authentication", "auth", "authorisation", "authorization", "login",
+                    "log-in", "sign-in", "signin", "2fa", "sms", "text", "security", "verification"}
+_SENT = {"text", "texted", "texts", "txt", "sms", "message", "messaged", "messages", "sent", "app", "phone", "mobile",
+         "authenticator"}
+# codes named as something else: never a credential, whoever sent them
+_OTHER_CODES = {"error", "promo", "promotional", "voucher", "discount", "coupon", "reference", "ref", "booking",
+                "tracking", "order", "post", "zip", "area", "sort", "branch", "dialling", "dialing", "country", "product",
+                "qr", "bar", "door", "gate", "alarm", "referral", "gift", "tax", "swift", "bic"}
+_LINKS = {"is", "was", "it's", "that's", "its", "are", "were", "says", "said", "be", "=", ":", "-"}
+# words that may sit between a credential's name and its value ("the code you sent to my phone is ..."):
+# anything else ("my pin is blocked so I paid 1500", "my pin and my account is ...") ends the search
+_CREDENTIAL_GAP = _LINKS | _SENT | {
+    "my", "the", "a", "your", "you", "they", "we", "i", "me", "to", "on", "in", "by", "via", "from", "with", "for",
+    "of", "just", "that", "which", "new", "number", "code", "codes", "digits", "it", "got", "get", "received", "gave",
+    "telephone", "online", "internet", "banking", "card", "debit", "credit", "one", "time", "word"}
+# a password / memorable word is said after its name ("my memorable word is giraffe")
+_SECRET_NAMES = {"password", "passwords", "passphrase", "passwd", "memorable", "passcode"}
+_SECRET_NOUNS = {"word", "words", "information", "info", "answer", "phrase", "name", "place", "date"}
 # a typed expiry: month / year (09/28, 9/2028, 09-28)
 _TYPED_EXPIRY = re.compile(r"^(0?[1-9]|1[0-2])[/\-.](\d{2}|\d{4})$")
 _FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
@@ -149,12 +181,17 @@ def find_pii(text: str) -> list[Redaction]:
     found += _numbers(pieces, words, text)
     found += _dates_of_birth(pieces, words, text)
     found += _typed_expiries(pieces, words)
+    found += _secrets(pieces, words)
     return _resolve(found)
 
 
+# "it's" is "it is", no possessive: it links a name to its value ("my memorable word, it's ...")
+_IS_CONTRACTIONS = {"it's", "that's", "what's", "there's", "here's"}
+
+
 def _plain(s: str) -> str:
-    w = s.lower().strip(".,;:!?\"'")
-    return w.removesuffix("'s")  # "account's" still announces an account
+    w = s.lower().replace("\u2019", "'").strip(".,;:!?\"'")
+    return w if w in _IS_CONTRACTIONS else w.removesuffix("'s")  # "account's" still announces an account
 
 
 def _emails(text: str) -> list[Redaction]:
@@ -212,7 +249,112 @@ def _context(words: list[str], start: int, kind: str, window: int = 6) -> bool:
 def _cvv_context(words: list[str], start: int, window: int = 6) -> bool:
     before = words[max(0, start - window):start]
     return any(w in _CVV_NAMES or (w in _CVV_LEADS and i + 1 < len(before) and before[i + 1] in _CVV_NOUNS)
-               for i, w in enumerate(before))
+               for i, w in enumerate(before)) or _cvv_far(words, start)
+
+
+# where a card's code is printed: these may stand between its name and its digits, however many
+_CARD_PLACE = {"on", "the", "back", "front", "reverse", "of", "my", "your", "this", "card", "cards", "debit", "credit",
+               "visa", "mastercard", "amex", "signature", "strip", "panel", "printed", "at", "in", "is", "it's", "that's",
+               "are", "says", "three", "four", "3", "4", "digit", "digits", "number", "little", "small", "which", "that"}
+
+
+def _cvv_far(words: list[str], start: int, reach: int = 12) -> bool:
+    """"the security code on the back of the card is 412": the code's name more than 6 words back, with
+    nothing but where it is printed between ("... didn't work so I paid 150" is no code)."""
+    for c in range(start - 1, max(-1, start - 1 - reach), -1):
+        w = words[c]
+        if w in _CVV_NAMES or (w in _CVV_NOUNS and c >= 1 and words[c - 1] in _CVV_LEADS):
+            return True
+        if w not in _CARD_PLACE and w not in _FILLERS:
+            return False
+    return False
+
+
+def _credential_context(words: list[str], first: int, last: int, n_digits: int) -> bool:
+    """Digits at words[first..last] are a PIN, passcode or one-time code: 4-12 of them, right after a link
+    ("is", "was", ":"), "me" ("you texted me 4829") or the credential's name, with that name found
+    through nothing but linking words before them (``_CREDENTIAL_GAP``, at most 8)."""
+    if not 4 <= n_digits <= 12:
+        return False
+    k = first - 1
+    while k >= 0 and words[k] in _FILLERS:
+        k -= 1
+    if k < 0 or words[k] not in _LINKS | _CREDENTIAL_NAMES | {"code", "codes", "number", "me"}:
+        return False
+    for c in range(k, max(-1, k - 8), -1):
+        if _credential_cue(words, c, last, n_digits):
+            return True
+        if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
+            return False
+    return False
+
+
+def _credential_cue(words: list[str], c: int, last: int, n_digits: int) -> bool:
+    """words[c] names a credential: a PIN, passcode, password, OTP; or a code qualified as one ("one time",
+    "login") or sent to the caller (a text, message, app or phone said from 6 words before the code to 4
+    after its value). "security" / "verification code" with 3-4 digits is the card's cvv unless it was sent."""
+    w = words[c]
+    if w in _CREDENTIAL_NAMES:
+        return True
+    if w not in ("code", "codes"):
+        return False
+    before = words[c - 1] if c >= 1 else ""
+    if before in _CVV_NAMES or before in _OTHER_CODES:
+        return False
+    sent = any(x in _SENT for x in words[max(0, c - 6):last + 5])
+    if before in ("security", "verification"):
+        return sent or n_digits >= 5  # a card's code has 3 or 4 digits
+    return before in _CODE_QUALIFIERS or words[max(0, c - 2):c] == ["one", "time"] or sent
+
+
+# Words after "my password is" that are no password ("... is not working", "... is the same as before").
+_NOT_A_SECRET = {
+    "not", "no", "wrong", "right", "correct", "incorrect", "invalid", "locked", "blocked", "expired", "expiring",
+    "changed", "reset", "forgotten", "lost", "stolen", "compromised", "working", "broken", "gone", "fine", "ok",
+    "okay", "too", "very", "really", "still", "now", "also", "just", "the", "a", "an", "my", "your", "his", "her",
+    "their", "our", "same", "different", "new", "old", "case", "something", "what", "that", "this", "it", "there",
+    "in", "on", "at", "for", "of", "to", "from", "with", "as", "and", "or", "but", "so", "if", "because", "being",
+    "getting", "going", "supposed", "meant", "needed", "required", "saved", "stored", "written", "long", "short",
+    "easy", "hard", "strong", "weak", "secure", "safe", "set", "sent", "please", "yes", "yeah", "um", "uh", "er",
+    "erm", "ah", "hmm", "like", "probably", "definitely", "actually", "always", "never", "usually",
+}
+# "my password is 8 characters": a count, not the password
+_COUNTED = {"characters", "character", "letters", "letter", "digits", "digit", "numbers", "long", "times", "days",
+            "weeks", "months", "years", "minutes", "hours", "attempts", "tries"}
+
+
+def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+    """Passwords, memorable words and typed passcodes: the token after "<name> [word] is / it's / :", with
+    the letters or digits spelled out after it ("g i r a f f e", "k and p"). A passcode must hold a digit
+    (its words are the numeric rule's); a PIN is digits only (``_credential_context``)."""
+    out: list[Redaction] = []
+    n = len(pieces)
+    for k, w in enumerate(words):
+        if w not in _SECRET_NAMES:
+            continue
+        j = k + 1
+        while j < n and words[j] in _SECRET_NOUNS:
+            j += 1
+        linked = pieces[j - 1].text.rstrip().endswith((":", "="))
+        while j < n and (words[j] in _LINKS or words[j] in _FILLERS or words[j] == "it"):
+            linked = linked or words[j] in _LINKS
+            j += 1
+        if not linked or j >= n or not words[j] or words[j] in _NOT_A_SECRET:
+            continue
+        if j + 1 < n and words[j + 1] in _COUNTED or w == "passcode" and not re.search(r"\d", pieces[j].text):
+            continue
+        last = j
+        spelled = len(words[j]) == 1
+        while last + 1 < n:
+            nxt = words[last + 1]
+            if _DIGITISH.match(pieces[last + 1].text) or spelled and len(nxt) == 1 and nxt.isalnum():
+                last += 1
+            elif spelled and nxt == "and" and last + 2 < n and len(words[last + 2]) == 1:
+                last += 2  # "k and p": the letters asked for
+            else:
+                break
+        out.append(Redaction("credential", pieces[j].start, _end(pieces[last])))
+    return out
 
 
 def _month_year(digits: str) -> bool:
@@ -334,7 +476,8 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
         first = run["idx"][0]
         return (run["card"] is None and run["spoken"] and not _context(words, first, "account", window=3)
                 and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3)
-                and not _context(words, first, "expiry", window=3) and not _cvv_context(words, first, window=3))
+                and not _context(words, first, "expiry", window=3) and not _cvv_context(words, first, window=3)
+                and not _credential_context(words, first, run["idx"][-1], len("".join(run["groups"]))))
 
     for run in runs:
         n, first = len("".join(run["groups"])), run["idx"][0]
@@ -377,6 +520,8 @@ def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: lis
     raw = " ".join(pieces[k].text for k in idx)
     digits = "".join(groups)
     start = idx[0]
+    if _credential_context(words, start, idx[-1], len(digits)):
+        return "credential"
     if 3 <= len(digits) <= 4 and _cvv_context(words, start):
         return "cvv"
     if _month_year(digits) and _context(words, start, "expiry", window=5):
@@ -445,7 +590,7 @@ def _numeric_date_year(written: str) -> int | None:
 
 
 def _resolve(found: list[Redaction]) -> list[Redaction]:
-    order = {t: i for i, t in enumerate(("email", "iban", "card", "cvv", "expiry", "dob", "account", "phone"))}
+    order = {t: i for i, t in enumerate(("email", "iban", "card", "cvv", "credential", "expiry", "dob", "account", "phone"))}
     kept: list[Redaction] = []
     for r in sorted(found, key=lambda r: (order[r.type], r.start)):
         if all(r.end <= k.start or r.start >= k.end for k in kept):

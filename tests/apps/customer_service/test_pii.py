@@ -163,6 +163,11 @@ def test_corpus_scores_per_type():
     assert held["sentences"] >= 25 and held["micro_precision"] >= 0.9
     security = evaluate_pii(HELDOUT.with_name("pii_heldout_security.jsonl"))  # written before its rules
     assert security["cvv_recall"] == security["expiry_recall"] == 1.0 and security["micro_precision"] == 1.0
+    # written before the credential rules; first score credential 7/8 (", it's pineapple"), cvv 0/1 (the code's
+    # name 9 words back), precision 1.0; both fixed with development examples of their own, then measured 1.0
+    credentials = evaluate_pii(HELDOUT.with_name("pii_heldout_credentials.jsonl"))
+    assert credentials["sentences"] >= 12 and credentials["credential_support"] >= 6
+    assert credentials["credential_recall"] == credentials["micro_recall"] == credentials["micro_precision"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
@@ -189,3 +194,49 @@ def test_many_digit_runs_before_a_card_take_linear_time():
     spans = find_pii(text)
     assert time.perf_counter() - t0 < 3.0
     assert len(spans) == 601 and {s.type for s in spans} == {"card"}
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    # PINs, passcodes and codes sent to the caller, typed and as the recogniser writes them
+    ("my pin is one two three four", [("credential", "one two three four")]),
+    ("PIN: 5831", [("credential", "5831")]),
+    ("my telephone banking passcode is double oh seven one", [("credential", "double oh seven one")]),
+    ("the code you texted me is 4 8 2 9 1 7", [("credential", "4 8 2 9 1 7")]),
+    ("one time code nine oh four four one two", [("credential", "nine oh four four one two")]),
+    ("my pin, it's 3 3 0 8", [("credential", "3 3 0 8")]),
+    # passwords and memorable words: the word, or the letters spelled out
+    ("my memorable word is giraffe", [("credential", "giraffe")]),
+    ("password: Tr0ub4dor&3 thanks", [("credential", "Tr0ub4dor&3")]),
+    ("my memorable word is g i r a f f e", [("credential", "g i r a f f e")]),
+    # with cvv: the card's code stays cvv; a code sent by text or an app is a credential, 3 digits or 6
+    ("the security code on the back is four five six", [("cvv", "four five six")]),
+    ("the security code on the back of the card is 4 1 2", [("cvv", "4 1 2")]),
+    ("the verification code you sent by text is four four two one", [("credential", "four four two one")]),
+    ("verification code 482913 was sent by text", [("credential", "482913")]),
+    # a card read out, then its PIN: both, each its own type (the PIN is no fragment of the card)
+    ("card 4111 1111 1111 1111 and my pin is four four oh nine",
+     [("card", "4111 1111 1111 1111"), ("credential", "four four oh nine")]),
+    # look-alikes: no value, a count, an amount, a year, another kind of code, a word that is no password
+    ("what is the pin number for the branch", []),
+    ("I forgot my PIN and need a password reset", []),
+    ("the code didn't arrive", []),
+    ("it asked for a 4 digit code", []),
+    ("I paid 1500 pounds with my pin", []),
+    ("I changed my pin in 2019", []),
+    ("the voucher code is 7 7 3 1", []),
+    ("the error code in the app is 5004", []),
+    ("the word is fine", []),
+    ("my password is not working", []),
+    ("my password is 8 characters long", []),
+    ("I forgot my pin and my account number is 12345678", [("account", "12345678")]),
+    ("the code was sent to 07700 900123", [("phone", "07700 900123")]),
+])
+def test_credentials_are_found_and_their_look_alikes_are_not(text, found):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
+def test_a_pin_read_out_is_silenced_in_the_audio():
+    words = [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate("my pin is four four oh nine thanks".split())]
+    result, hit = redact_words(words)
+    assert result.text == "my pin is [CREDENTIAL] thanks" and hit == [3, 4, 5, 6]
+    assert result.to_dict()["redactions"] == [{"type": "credential", "start": 10, "end": 27}]  # no value in the map
