@@ -29,7 +29,8 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            "account" / "acc" / "a/c"; any other run of 8+ digits read out one by one
   phone    10-13 digits starting 0 or +, 12-17 starting 00, or 10 digits after a phone word, or a NANP-shaped
            ddd-ddd-dddd; never a card (checked first)
-  email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"
+  email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"; after "email [address] is", a name of
+           up to 3 words before the "at" is all the mailbox ("john smith at gmail dot com")
   dob      a date (spoken, "3 March 1985", "12th Dec 1990", 03/04/1985, 1985-04-03) with a birth word before it
 
 The redaction map holds type and offsets only, never the value: it is safe to log and store.
@@ -195,10 +196,35 @@ def _plain(s: str) -> str:
 
 
 def _emails(text: str) -> list[Redaction]:
-    spans = [Redaction("email", m.start(), m.end()) for m in _EMAIL.finditer(text)]
-    spans += [Redaction("email", m.start(), m.end()) for m in _SPOKEN_EMAIL.finditer(text)
+    spans = [Redaction("email", _mailbox_start(text, m.start()), m.end()) for m in _EMAIL.finditer(text)]
+    spans += [Redaction("email", _mailbox_start(text, m.start()), m.end()) for m in _SPOKEN_EMAIL.finditer(text)
               if m.group(1).lower() not in _NOT_A_MAILBOX]
     return spans
+
+
+# "my email [address] is / email's / e-mail: <up to 3 words> right before an address's mailbox"
+_EMAIL_LEAD = re.compile(r"\be-?mail(?:\s+address)?(?:'s|\s*:|\s+(?:is|was)|,?\s+it(?:'s|\s+is))\s+((?:[a-z0-9]+\s+){1,3})$",
+                         re.IGNORECASE)
+# words between the cue and the name that are no part of it ("my email is still john smith at ...")
+_NOT_A_NAME = _FILLERS | {"the", "a", "an", "my", "his", "her", "our", "their", "still", "now", "just", "actually",
+                          "same", "new", "old", "also", "probably", "so", "well", "like", "and", "or", "but", "not",
+                          "that", "this", "it", "from", "to", "for", "by", "at", "on", "in", "of", "sent", "send"}
+
+
+def _mailbox_start(text: str, start: int) -> int:
+    """Where the mailbox of an address found at ``text[start]`` begins. Said aloud, a name with a space
+    ("john smith at gmail dot com") matches from its last word only; after an e-mail cue the words
+    between the cue and the match (at most 3, those after the last filler or function word) are the
+    mailbox too. Without a cue the match stands."""
+    m = _EMAIL_LEAD.search(text, max(0, start - 120), start)
+    if not m:
+        return start
+    words = list(re.finditer(r"[a-z0-9]+", m.group(1), re.IGNORECASE))
+    first = 0
+    for i, w in enumerate(words):
+        if w.group().lower() in _NOT_A_NAME:
+            first = i + 1
+    return m.start(1) + words[first].start() if first < len(words) else start
 
 
 def _ibans(text: str) -> list[Redaction]:

@@ -146,6 +146,13 @@ HAND = [
     ("my memorable word is the same as before", []),
     ("the code was sent to 07700 900123", [("phone", "07700 900123")]),
     ("I forgot my pin and my account number is 12345678", [("account", "12345678")]),
+    # e-mail addresses said with a space in the name: after "email is" the whole name is the
+    # mailbox; without the cue, and for words that are no name, nothing changes
+    ("my email is john smith at gmail dot com", [("email", "john smith at gmail dot com")]),
+    ("my email address is mary jane cole at outlook dot com", [("email", "mary jane cole at outlook dot com")]),
+    ("email's um sam lee at example dot org", [("email", "sam lee at example dot org")]),
+    ("I sent it to my wife at home", []),
+    ("my email is working but I sent it to john at gmail dot com", [("email", "john at gmail dot com")]),
 ]
 
 

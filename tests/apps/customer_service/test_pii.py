@@ -240,3 +240,23 @@ def test_a_pin_read_out_is_silenced_in_the_audio():
     result, hit = redact_words(words)
     assert result.text == "my pin is [CREDENTIAL] thanks" and hit == [3, 4, 5, 6]
     assert result.to_dict()["redactions"] == [{"type": "credential", "start": 10, "end": 27}]  # no value in the map
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    # after an e-mail cue the whole name is the mailbox, not only its last word
+    ("my email is john smith at gmail dot com", "john smith at gmail dot com"),
+    ("my email address is mary jane cole at outlook dot com", "mary jane cole at outlook dot com"),
+    ("email's um sam lee at example dot org", "sam lee at example dot org"),
+    ("my email is still john smith at gmail dot com", "john smith at gmail dot com"),
+    ("e-mail: john smith@example.com", "john smith@example.com"),
+    # without the cue (or too far from it) the match stands as it was
+    ("you can write to john smith at gmail dot com", "smith at gmail dot com"),
+    ("my email is working but I sent it to john at gmail dot com", "john at gmail dot com"),
+    ("the email was from john at gmail dot com", "john at gmail dot com"),
+])
+def test_a_spoken_email_with_a_space_in_the_name_is_redacted_whole(text, value):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("email", value)]
+
+
+def test_a_wife_at_home_is_no_email():
+    assert find_pii("I sent it to my wife at home") == []
