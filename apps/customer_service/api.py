@@ -346,4 +346,6 @@ def create_app(settings: CustomerServiceSettings | None = None):
         name=APP, settings=settings, routers=routers, load_runners=load_runners,
         description="Bank contact centre: redacted transcript, emotion over time, intent, escalation, reply.",
         page=Path(__file__).parent / "web",  # GET /ui/: the page for contact-centre staff
+        # a text field over the form parser's 1 MB is refused by the engine: say the app's own limit there too
+        text_limit_hint=f"'text' takes at most {settings.max_text_chars} characters (analyse a longer chat in parts)",
     )

@@ -206,10 +206,13 @@ def create_service_app(
     description: str = "",
     version: str = "0.1.0",
     page: Path | None = None,
+    text_limit_hint: str | None = None,
 ) -> FastAPI:
     """Build one app's FastAPI. ``load_runners()`` (sync, may be slow) returns ``{name: ModelRunner}``
     and runs in a thread when the app starts; ``/ready`` says when it has finished. ``page``: a folder
-    served as the app's web page at ``/ui/`` (``core.serving.web.page_router``)."""
+    served as the app's web page at ``/ui/`` (``core.serving.web.page_router``). ``text_limit_hint``:
+    what the app's text fields accept ("'text' takes at most 20000 characters"), said in the 413 to a
+    form field over the form parser's 1 MB limit (else: send the content as a file)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -238,6 +241,7 @@ def create_service_app(
     app.state.ready = False
     app.state.load_error = None
     app.state.model_headers = ("loading", "loading")
+    app.state.text_limit_hint = text_limit_hint
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=app)
 

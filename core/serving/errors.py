@@ -3,17 +3,23 @@
 Raise :class:`ApiError` anywhere in a request (route, dependency, batcher, upload check);
 ``install_error_handlers`` turns it, FastAPI's validation errors and Starlette's HTTP errors into
 that shape. Validation details never echo the submitted values (they may hold PII/PHI).
+
+A form whose text field is over Starlette's part limit (1 MB: a multipart part without a filename,
+or an urlencoded field) is a 413 that names the limit and what to do instead: the app's own text
+limit where it gave one (``app.state.text_limit_hint``), else sending the content as a file.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException
 
 log = logging.getLogger("triptych.serving")
 
@@ -84,7 +90,32 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
     )
 
 
+# Starlette's words when a form field outgrows the parser's max_part_size (raised from request.form()
+# as HTTPException(400) with the MultiPartException as its context)
+_FORM_PART_TOO_LARGE = re.compile(r"^(?:Part|Field) exceeded maximum size of (\d+)KB\.$")
+
+
+def _form_error(request: Request, exc: StarletteHTTPException) -> ApiError | None:
+    """The error for a form Starlette could not parse, or None when ``exc`` is not one: a text field over
+    the part limit is 413 (it was a bare 400 "Part exceeded maximum size of 1024KB."), saying the limit
+    and how to send long input; any other malformed form stays 400, its reason named."""
+    if exc.status_code != 400 or not isinstance(exc.__context__, MultiPartException):
+        return None
+    reason = str(exc.detail)
+    too_large = _FORM_PART_TOO_LARGE.match(reason)
+    if too_large is None:
+        return ApiError(400, "bad_request", f"The form could not be read: {reason}")
+    limit_kb = int(too_large.group(1))
+    hint = getattr(request.app.state, "text_limit_hint", None) or (
+        "send larger content as a file (a multipart part with a filename)")
+    return ApiError(413, "too_large", f"A form field is over {limit_kb} KB, the most a text field may hold; {hint}.",
+                    {"max_field_bytes": limit_kb * 1024})
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    form_error = _form_error(request, exc)
+    if form_error is not None:
+        return form_error.response()
     message = exc.detail if isinstance(exc.detail, str) else code_for_status(exc.status_code).replace("_", " ")
     return JSONResponse(
         error_body(code_for_status(exc.status_code), message),

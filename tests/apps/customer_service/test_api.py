@@ -149,6 +149,18 @@ def test_a_background_job_bound_to_fail_is_refused_at_once(client, files, data, 
     assert r.json()["error"]["code"] == code and "limit" in r.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("files", [None, {"audio": ("a.wav", wav_bytes(tone(0.5)), "audio/wav")}])
+def test_typed_text_over_the_form_limit_is_413_with_the_text_limit(client, files):
+    """Over 1 MB a text field never reached the service's own check (20000 characters, 413 text_too_long):
+    Starlette's form parser answered 400 "Part exceeded maximum size of 1024KB."."""
+    r = client.post("/v1/calls:analyze", files=files, data={"text": "my card is 4111 " * 70_000})
+    assert r.status_code == 413, r.text
+    error = r.json()["error"]
+    assert error["code"] == "too_large" and "1024 KB" in error["message"]
+    assert "'text' takes at most 20000 characters" in error["message"]
+    assert "4111" not in r.text
+
+
 def test_a_full_queue_refuses_a_background_job_instead_of_acknowledging_it(client, monkeypatch):
     batcher = client.app.state.batchers["calls"]
     monkeypatch.setattr(batcher, "max_queue", 0)

@@ -206,6 +206,55 @@ def test_oversized_bodies_are_413_even_when_streamed(tmp_path):
         assert client.post("/double", json={"x": 1}).status_code == 200  # the app is fine afterwards
 
 
+_OVER_A_PART = "x" * (1024 * 1024 + 1)  # Starlette's form parser ends a text field at 1 MB
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"files": {"file": ("a.png", b"\x89PNG", "image/png")}, "data": {"note": _OVER_A_PART}},  # a multipart part
+    {"data": {"note": _OVER_A_PART}},  # an urlencoded field
+])
+def test_a_text_field_over_the_form_limit_is_413_saying_the_limit_and_what_to_do(tmp_path, kwargs):
+    """It was Starlette's 400 "Part exceeded maximum size of 1024KB.": the wrong status, and no word of
+    what is accepted instead."""
+    with TestClient(make_app(tmp_path), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        response = client.post("/image", **kwargs)
+        assert response.status_code == 413, response.text
+        error = _shape(response)
+        assert error["code"] == "too_large" and error["detail"] == {"max_field_bytes": 1024 * 1024}
+        assert "1024 KB" in error["message"] and "as a file" in error["message"]
+        assert "xxxx" not in response.text  # the field's content is not echoed
+
+
+def test_an_app_names_its_own_text_limit_in_the_413(tmp_path):
+    from core.serving import create_service_app
+    from tests.core.serving.helpers import make_settings, router
+
+    app = create_service_app(name="test", settings=make_settings(tmp_path), routers=[router], load_runners=dict,
+                             text_limit_hint="'text' takes at most 20000 characters")
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.post("/image", data={"text": _OVER_A_PART})
+        assert response.status_code == 413
+        assert _shape(response)["message"] == ("A form field is over 1024 KB, the most a text field may hold; "
+                                               "'text' takes at most 20000 characters.")
+
+
+@pytest.mark.parametrize(("body", "content_type", "reason"), [
+    (b"abc", "multipart/form-data", "Missing boundary"),
+    (b'--x\r\nContent-Disposition: form-data\r\n\r\nhi\r\n--x--\r\n', "multipart/form-data; boundary=x", '"name"'),
+    (b'--x\r\nContent-Disposition form-data\r\n\r\nhi\r\n--x--\r\n', "multipart/form-data; boundary=x", "Invalid multipart"),
+    (b"&".join(b"f%d=1" % i for i in range(1001)), "application/x-www-form-urlencoded", "Too many fields"),
+])
+def test_other_malformed_forms_stay_400_naming_the_reason(tmp_path, body, content_type, reason):
+    with TestClient(make_app(tmp_path), raise_server_exceptions=False) as client:
+        wait_ready(client)
+        response = client.post("/image", content=body, headers={"content-type": content_type})
+        assert response.status_code == 400, response.text
+        error = _shape(response)
+        assert error["code"] == "bad_request" and error["message"].startswith("The form could not be read: ")
+        assert reason in error["message"]
+
+
 def test_failed_load_marks_model_headers_unavailable(tmp_path):
     def broken():
         raise FileNotFoundError("no weights")
