@@ -19,6 +19,13 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 PayloadKey = str | tuple[str, ...]
 
 
+def _utc(moment: dt.datetime) -> dt.datetime:
+    # rows are stored in UTC; SQLite keeps no offset, so a bound value must be UTC as well to compare right
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment.astimezone(dt.UTC)
+
+
 class _Base(DeclarativeBase):
     pass
 
@@ -129,6 +136,26 @@ class ResultStore:
             rows = session.scalars(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
             return [_result_dict(row) for row in rows]
 
+    def payload_fields(self, app: str, kind: str | tuple[str, ...] | None, fields: dict[str, PayloadKey],
+                       since: dt.datetime | None = None, until: dt.datetime | None = None,
+                       limit: int = 100_000) -> list[dict[str, Any]]:
+        """Only the named payload values (``{name: key or path}``, each read as JSON) of ``app``'s results
+        stored in ``[since, until)``, newest first, at most ``limit``: what a summary over a shift reads
+        without loading every payload whole. Naive datetimes are taken as UTC."""
+        columns = [ResultRow.payload[key].label(name) for name, key in fields.items()]
+        query = select(*columns).where(ResultRow.app == app)
+        if isinstance(kind, tuple):
+            query = query.where(ResultRow.kind.in_(kind))
+        elif kind is not None:
+            query = query.where(ResultRow.kind == kind)
+        if since is not None:
+            query = query.where(ResultRow.created_at >= _utc(since))
+        if until is not None:
+            query = query.where(ResultRow.created_at < _utc(until))
+        with self._sessions() as session:
+            rows = session.execute(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
+            return [dict(row._mapping) for row in rows]
+
     def audit(
         self,
         app: str,
@@ -182,6 +209,11 @@ class ResultStore:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.list_results, app, kind, limit, payload_equals)
+
+    async def apayload_fields(self, *args: Any, **kwargs: Any) -> list[dict[str, Any]]:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.payload_fields, *args, **kwargs)
 
     async def alist_audit(self, app: str, limit: int = 100, action: str | None = None) -> list[dict[str, Any]]:
         from starlette.concurrency import run_in_threadpool

@@ -129,3 +129,30 @@ def test_audit_records_filtered_by_action_in_the_database(tmp_path):
     assert [r["id"] for r in store.list_audit("medical", action="studies:analyze")] == [second, first]
     assert [r["id"] for r in store.list_audit("medical", limit=1, action="studies:analyze")] == [second]
     assert len(store.list_audit("medical")) == 3 and store.list_audit("medical", action="nothing") == []
+
+
+def test_payload_fields_reads_only_named_values_in_a_period(tmp_path):
+    import datetime as dt
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    old = store.save_result("industrial", "inspect", None, {"decision": "pass", "machine_state": {"label": "normal"}})
+    with store.engine.begin() as connection:  # stored two days ago
+        connection.execute(text("UPDATE results SET created_at = :t WHERE id = :i"),
+                           {"t": dt.datetime.now(dt.UTC).replace(tzinfo=None) - dt.timedelta(days=2), "i": old})
+    store.save_result("industrial", "inspect", None, {"decision": "fail", "machine_state": None, "defects": [{"class": "open"}]})
+    store.save_result("industrial", "other", None, {"decision": "review"})
+    fields = {"decision": "decision", "machine": ("machine_state", "label"), "defects": "defects"}
+    assert store.payload_fields("industrial", "inspect", fields) == [
+        {"decision": "fail", "machine": None, "defects": [{"class": "open"}]},  # newest first, JSON values as stored
+        {"decision": "pass", "machine": "normal", "defects": None},
+    ]
+    now = dt.datetime.now(dt.UTC)
+    day_ago = now - dt.timedelta(days=1)
+    assert [r["decision"] for r in store.payload_fields("industrial", "inspect", fields, since=day_ago)] == ["fail"]
+    # the same moment at another offset, and naive UTC, select the same rows
+    east = (now - dt.timedelta(minutes=1)).astimezone(dt.timezone(dt.timedelta(hours=9)))  # its wall clock is 9 h ahead
+    assert [r["decision"] for r in store.payload_fields("industrial", "inspect", fields, until=east)] == ["pass"]
+    naive = (now - dt.timedelta(minutes=1)).replace(tzinfo=None)
+    assert [r["decision"] for r in store.payload_fields("industrial", "inspect", fields, until=naive)] == ["pass"]
+    assert len(store.payload_fields("industrial", ("inspect", "other"), fields, limit=2)) == 2
+    store.close()
