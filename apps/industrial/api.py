@@ -1,4 +1,6 @@
-"""Factory QC API: ``POST /v1/inspect`` (one board) and ``POST /v1/inspect/batch`` (many boards).
+"""Factory QC API: ``POST /v1/inspect`` (one board) and ``POST /v1/inspect/batch`` (many boards); the stored
+results through ``GET /v1/inspections`` (newest first; one board's, one decision's), ``GET /v1/inspections/{id}``
+and ``GET /v1/inspections:summary`` (a period in numbers: decisions, pass rate, defect Pareto, machine states).
 
 Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
 content, sample rate, finite samples) before queuing; results are stored before they are returned.
@@ -10,6 +12,7 @@ stored results of the others, so a line resends only that board.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import re
 import time
@@ -36,6 +39,7 @@ log = logging.getLogger("triptych.industrial")
 APP = "industrial"
 
 IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
+SUMMARY_MAX_ROWS = 200_000  # a line at one board a second fills 8 h with 28,800
 VIBRATION_KINDS = {"csv", "npy", "wav"}
 
 router = APIRouter(prefix="/v1", tags=["inspection"])
@@ -87,6 +91,29 @@ class BatchInspection(BaseModel):
 
 class InspectionList(BaseModel):
     results: list[Inspection] = Field(description="stored inspections, newest first")
+
+
+class DefectClassCount(BaseModel):
+    class_: str = Field(alias="class")
+    defects: int = Field(description="defects of this class (those the board's template refuted left out)")
+    boards: int = Field(description="boards with at least one")
+    cumulative_share: float = Field(description="share of all defects in this class and the more frequent ones (the Pareto line)")
+
+    model_config = {"populate_by_name": True}
+
+
+class InspectionSummary(BaseModel):
+    since: str = Field(description="start of the period (UTC, ISO 8601), included")
+    until: str = Field(description="end of the period (UTC, ISO 8601), excluded")
+    inspections: int = Field(description="stored inspections in the period (single and batch calls)")
+    boards_imaged: int = Field(description="those with a board image (the rest: vibration only)")
+    decisions: dict[str, int] = Field(description="inspections per decision: pass / fail / review")
+    pass_rate: float | None = Field(description="share of inspections decided pass (a board inspected twice counts twice); null without any")
+    defect_classes: list[DefectClassCount] = Field(description="defect classes, most frequent first (a Pareto chart's bars)")
+    refuted_by_template: int = Field(description="detections the board's template refuted (listed on each board, counted nowhere else)")
+    machine_states: dict[str, int] = Field(description="inspections per machine state (those with vibration), most frequent first")
+    complete: bool = Field(description=f"false when the period holds more than {SUMMARY_MAX_ROWS:,} inspections: "
+                                       "the summary then covers the newest of them only")
 
 
 # A board's serial as lines print them (letters, digits, - _ . / : # and spaces): stored and shown,
@@ -248,6 +275,30 @@ async def list_inspections(
     where = {key: value for key, value in (("decision", decision), ("board_id", _board_id(board_id))) if value}
     rows = await store.alist_results(APP, kind=("inspect", "inspect_batch"), limit=limit, payload_equals=where)
     return InspectionList(results=[_stored(row) for row in rows])
+
+
+@router.get("/inspections:summary", response_model=InspectionSummary, response_model_by_alias=True,
+            summary="A period's inspections in numbers: decisions, pass rate, defect Pareto, machine states")
+async def summarise_inspections(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+    since: Annotated[dt.datetime | None, Query(description="start, ISO 8601 (no offset: UTC); default: 24 h before until")] = None,
+    until: Annotated[dt.datetime | None, Query(description="end, ISO 8601 (no offset: UTC); default: now")] = None,
+) -> InspectionSummary:
+    from apps.industrial.summary import FIELDS, summarise
+
+    until = _as_utc(until) if until else dt.datetime.now(dt.UTC)
+    since = _as_utc(since) if since else until - dt.timedelta(hours=24)
+    if since >= until:
+        raise _refuse("invalid_period", f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+    rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), FIELDS, since=since, until=until,
+                                       limit=SUMMARY_MAX_ROWS + 1)
+    return InspectionSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
+                             **summarise(rows[:SUMMARY_MAX_ROWS]))
+
+
+def _as_utc(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 @router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,

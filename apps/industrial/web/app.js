@@ -1,5 +1,6 @@
 // The board-inspection page: image (+ template, + vibration) -> POST v1/inspect; the defects are
-// drawn over the uploaded image in a canvas (the image never comes back from the service).
+// drawn over the uploaded image in a canvas (the image never comes back from the service). Below, the
+// line in numbers over a period (GET v1/inspections:summary): pass rate, decisions, defect Pareto.
 "use strict";
 
 const { $, headers, el, setStatus, errorText, bar, pct } = triptych;  // common.js
@@ -30,6 +31,7 @@ async function inspect(event) {
     const result = await response.json();
     await show(result, image);
     setStatus("inspect-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    summary();
   } catch (err) {
     setStatus("inspect-status", err.message, true);
   } finally {
@@ -100,6 +102,51 @@ async function draw(imageFile, defects) {
   });
 }
 
+// ---- the line in numbers ----------------------------------------------------------------------
+async function summary() {
+  const until = new Date();
+  const since = new Date(until.getTime() - Number($("period").value) * 3600e3);
+  setStatus("summary-status", "Loading…");
+  try {
+    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
+    const response = await fetch(`${BASE}v1/inspections:summary?${query}`, { headers: headers() });
+    if (response.status === 401) {
+      $("summary-body").hidden = true;
+      setStatus("summary-status", "Enter the API key to see the line's numbers.");
+      return;
+    }
+    if (!response.ok) throw new Error(await errorText(response));
+    showSummary(await response.json());
+  } catch (err) {
+    setStatus("summary-status", err.message, true);
+  }
+}
+
+function showSummary(s) {
+  $("summary-body").hidden = s.inspections === 0;
+  setStatus("summary-status", s.inspections === 0 ? "No inspections in this period."
+    : `${s.inspections} inspection${s.inspections === 1 ? "" : "s"}` + (s.complete ? "" : " (the newest only: too many to count)"));
+  if (s.inspections === 0) return;
+  $("pass-rate").textContent = pct(s.pass_rate);
+  $("summary-counts").textContent = `${s.boards_imaged} board image${s.boards_imaged === 1 ? "" : "s"}`
+    + (s.refuted_by_template ? ` · ${s.refuted_by_template} detection${s.refuted_by_template === 1 ? "" : "s"} refuted by templates` : "");
+  bars($("summary-decisions"), Object.fromEntries(Object.entries(s.decisions).map(([k, n]) => [k, n / s.inspections])));
+  const states = Object.values(s.machine_states).reduce((a, b) => a + b, 0);
+  $("summary-machine").replaceChildren(...(states ? [] : [el("p", "no vibration sent", "muted")]));
+  if (states) bars($("summary-machine"), Object.fromEntries(Object.entries(s.machine_states).map(([k, n]) => [k, n / states])));
+  $("pareto").tBodies[0].replaceChildren(...(s.defect_classes.length ? s.defect_classes.map((c) => {
+    const tr = document.createElement("tr");
+    const name = el("td", c.class);
+    name.style.borderLeft = `4px solid ${COLOURS[c.class] || "#fff"}`;
+    tr.append(name, el("td", c.defects), el("td", c.boards), el("td", pct(c.cumulative_share)));
+    return tr;
+  }) : [(() => { const tr = document.createElement("tr"); tr.append(el("td", "no defects")); return tr; })()]));
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("inspect-form").addEventListener("submit", inspect);
+  $("summary-refresh").addEventListener("click", summary);
+  $("period").addEventListener("change", summary);
+  $("api-key").addEventListener("change", summary);
+  summary();
 });

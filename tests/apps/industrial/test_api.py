@@ -228,3 +228,37 @@ def test_a_board_serial_that_is_not_one_is_refused_before_anything_runs(client, 
     r = client.post("/v1/inspect/batch", files=files, data={"board_ids": ["ok-1"]}, headers=KEY)
     assert r.status_code == 422 and "board_ids" in r.json()["error"]["message"]
     assert client.app.state.store.list_results("industrial") == []
+
+
+def test_the_period_summary_counts_what_was_answered(client):
+    import datetime as dt
+
+    answered = []
+    for i in range(3):
+        r = client.post("/v1/inspect", files={"image": ("b.png", board_png(defect=i != 1, seed=i), "image/png")}, headers=KEY)
+        assert r.status_code == 200, r.text
+        answered.append(r.json())
+    r = client.post("/v1/inspect", files={"vibration": ("v.csv", _csv(vibration_signal(seconds=0.4)), "text/csv")},
+                    data={"sample_rate": "12000"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    answered.append(r.json())
+
+    r = client.get("/v1/inspections:summary", headers=KEY)
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["complete"] and s["inspections"] == 4 and s["boards_imaged"] == 3
+    for decision in ("pass", "fail", "review"):
+        assert s["decisions"][decision] == sum(a["decision"] == decision for a in answered)
+    kept = [d["class"] for a in answered for d in a["defects"] if not d.get("refuted_by_template")]
+    assert {c["class"]: c["defects"] for c in s["defect_classes"]} == {c: kept.count(c) for c in set(kept)}
+    assert s["machine_states"] == {answered[-1]["machine_state"]["label"]: 1}
+
+    now = dt.datetime.now(dt.UTC)
+    before = client.get("/v1/inspections:summary", params={"until": (now - dt.timedelta(hours=1)).isoformat()}, headers=KEY)
+    assert before.status_code == 200 and before.json()["inspections"] == 0  # the period is honoured
+    local = now.astimezone(dt.timezone(dt.timedelta(hours=-5))) - dt.timedelta(minutes=10)  # another offset, same moment
+    assert client.get("/v1/inspections:summary", params={"since": local.isoformat()}, headers=KEY).json()["inspections"] == 4
+    bad = client.get("/v1/inspections:summary", params={"since": now.isoformat(), "until": now.isoformat()}, headers=KEY)
+    assert bad.status_code == 422 and "must be before" in bad.json()["error"]["message"]
+    assert client.get("/v1/inspections:summary", params={"since": "yesterday"}, headers=KEY).status_code == 422
+    assert client.get("/v1/inspections:summary", headers={"X-API-Key": "a"}).status_code == 403

@@ -42,4 +42,14 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
         assert page.locator("#board").evaluate("c => c.width") == width  # the board drawn at its own size
         assert page.locator("#defects tbody tr").count() == int(decision.split(" · ")[1].split()[0])
         assert page.text_content("#record").startswith("board SN-0042 · result ")
+        # the line's numbers, refreshed after the inspection: one stored board, its defects in the Pareto
+        wait_status(page, "#summary-status", lambda t, c: t.startswith("1 inspection"), 30)
+        decided = decision.split(" ")[0].lower()
+        assert page.text_content("#pass-rate") == ("100 %" if decided == "pass" else "0 %")
+        defects = int(decision.split(" · ")[1].split()[0])
+        if defects:
+            counted = page.locator("#pareto tbody tr td:nth-child(2)").all_text_contents()
+            assert sum(int(n) for n in counted) <= defects  # template-refuted detections are left out
+        page.select_option("#period", "8")
+        wait_status(page, "#summary-status", lambda t, c: t.startswith("1 inspection"), 30)
         assert not problems, problems
