@@ -20,7 +20,8 @@ PayloadKey = str | tuple[str, ...]
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
-    # rows are stored in UTC; SQLite keeps no offset, so a bound value must be UTC as well to compare right
+    # rows are stored in UTC; SQLite keeps no offset, so a bound value must be UTC as well to compare right,
+    # and a time read back gets its offset again (a browser reads an ISO time without one as local time)
     if moment.tzinfo is None:
         return moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC)
@@ -183,7 +184,7 @@ class ResultStore:
             rows = session.scalars(query.order_by(AuditRow.id.desc()).limit(limit)).all()
             return [
                 {
-                    "id": r.id, "created_at": r.created_at.isoformat(), "app": r.app, "action": r.action, "role": r.role,
+                    "id": r.id, "created_at": _utc(r.created_at).isoformat(), "app": r.app, "action": r.action, "role": r.role,
                     "subject_hash": r.subject_hash, "model_version": r.model_version, "outcome": r.outcome,
                 }
                 for r in rows
@@ -232,5 +233,5 @@ class ResultStore:
 def _result_dict(row: ResultRow) -> dict[str, Any]:
     return {
         "id": row.id, "app": row.app, "kind": row.kind, "request_id": row.request_id, "role": row.role,
-        "created_at": row.created_at.isoformat() if row.created_at else None, "payload": row.payload,
+        "created_at": _utc(row.created_at).isoformat() if row.created_at else None, "payload": row.payload,
     }

@@ -156,3 +156,17 @@ def test_payload_fields_reads_only_named_values_in_a_period(tmp_path):
     assert [r["decision"] for r in store.payload_fields("industrial", "inspect", fields, until=naive)] == ["pass"]
     assert len(store.payload_fields("industrial", ("inspect", "other"), fields, limit=2)) == 2
     store.close()
+
+
+def test_times_read_back_carry_their_utc_offset(tmp_path):
+    import datetime as dt
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")  # SQLite keeps no offset: the store gives it back
+    result_id = store.save_result("industrial", "inspect", None, {"decision": "pass"})
+    store.audit("medical", "studies:analyze", "radiologist", "h", "v1", {})
+    for when in (store.get_result(result_id)["created_at"], store.list_results("industrial")[0]["created_at"],
+                 store.list_audit("medical")[0]["created_at"]):
+        moment = dt.datetime.fromisoformat(when)
+        assert moment.utcoffset() == dt.timedelta(0)  # what a browser's Date() reads as UTC, not local time
+        assert abs(moment - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+    store.close()
