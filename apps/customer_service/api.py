@@ -3,7 +3,8 @@
 - ``POST /v1/calls:analyze``: multipart form with ``audio`` (WAV/FLAC/OGG/MP3) and/or ``text``,
   optional ``output_mode`` (text|voice; else the User-Agent decides) -> the analysis, persisted
   before it is returned.
-- ``GET /v1/results/{id}``: a stored analysis; ``GET /v1/results``: the newest calls, summarised.
+- ``GET /v1/results/{id}``: a stored analysis; ``GET /v1/results``: the newest calls, summarised;
+  ``GET /v1/results:summary``: a period's calls in numbers (escalations and why, intents, emotions, redactions).
 - WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
 - ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
   analysis; live transcription from the microphone).
@@ -11,6 +12,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import logging
 from typing import Annotated, Any, Literal
@@ -33,6 +35,7 @@ from core.serving import (
     read_upload,
     require_role,
     start_job,
+    summary_period,
     wants_async,
 )
 
@@ -40,6 +43,7 @@ log = logging.getLogger("triptych.customer_service")
 APP = "customer-service"
 AUDIO_KINDS = {"wav", "flac", "ogg", "mp3"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+SUMMARY_MAX_ROWS = 200_000  # a summary reads a few fields of each call; past this it covers the newest only
 
 
 class CallRunner:
@@ -290,6 +294,48 @@ async def list_calls(
     rows = await store.alist_results(APP, kind="call", limit=limit)
     calls = [call_summary(row) for row in rows]
     return {"results": [c for c in calls if c.escalate] if escalated else calls}
+
+
+class IntentCount(BaseModel):
+    intent: str
+    calls: int
+    share: float = Field(description="of the finished calls")
+
+
+class CallsSummary(BaseModel):
+    """A period's calls in numbers: what a contact-centre lead reads at the end of a day."""
+
+    since: str = Field(description="start of the period (UTC, ISO 8601), included")
+    until: str = Field(description="end of the period (UTC, ISO 8601), excluded")
+    calls: int = Field(description="calls stored in the period (synchronous calls and background jobs)")
+    statuses: dict[str, int] = Field(description="done / running / failed / interrupted (background jobs)")
+    escalated: int = Field(description="finished calls flagged for escalation")
+    escalation_rate: float | None = Field(description="escalated / finished calls; null without any")
+    escalation_reasons: dict[str, int] = Field(description="flagged calls per rule that fired (a call may count under several)")
+    top_intents: list[IntentCount] = Field(description="the most frequent intents, most first (at most 10)")
+    caller_emotions: dict[str, int] = Field(description="finished calls per caller emotion over the call (contact-centre view)")
+    audio_calls: int = Field(description="finished calls with audio")
+    audio_minutes: float
+    mean_call_seconds: float | None
+    redactions: dict[str, int] = Field(description="PII redacted per type (card, cvv, credential, ...): counts, never values")
+    complete: bool = Field(description=f"false when the period holds more than {SUMMARY_MAX_ROWS:,} calls: the "
+                                       "summary then covers the newest of them only")
+
+
+@router.get("/results:summary", response_model=CallsSummary,
+            summary="A period's calls in numbers: escalations and why, top intents, caller emotions, redactions")
+async def summarise_calls(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("agent"))],
+    since: Annotated[dt.datetime | None, Query(description="start, ISO 8601 (no offset: UTC); default: 24 h before until")] = None,
+    until: Annotated[dt.datetime | None, Query(description="end, ISO 8601 (no offset: UTC); default: now")] = None,
+) -> CallsSummary:
+    from apps.customer_service.summary import FIELDS, summarise
+
+    since, until = summary_period(since, until)
+    rows = await store.apayload_fields(APP, "call", FIELDS, since=since, until=until, limit=SUMMARY_MAX_ROWS + 1)
+    return CallsSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
+                        **summarise(rows[:SUMMARY_MAX_ROWS]))
 
 
 @router.get("/audio/{artefact_id}/redacted.wav", summary="A call's audio with its redacted words silenced",

@@ -31,6 +31,16 @@ class EscalationRules(ConfigBase):
                "off": {"enabled": False}}
 
 
+# A reason in words -> the rule that fired, for counting reasons over many calls: its measured values
+# (in brackets) and the run length that leads "3 consecutive negative segments" dropped.
+_REASON_VALUES = re.compile(r"\s*\(.*\)$")
+
+
+def reason_kind(reason: str) -> str:
+    """"caller angry (P=0.81 >= 0.6)" -> "caller angry"; "urgent intent compromised_card" stays whole."""
+    return re.sub(r"^\d+\s+", "", _REASON_VALUES.sub("", reason))
+
+
 def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict | None) -> dict:
     """``segments``: dicts with ``contact_centre`` probabilities; ``intent``: {label, confidence}.
 

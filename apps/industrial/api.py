@@ -33,6 +33,7 @@ from core.serving import (
     get_store,
     read_upload,
     require_role,
+    summary_period,
 )
 
 log = logging.getLogger("triptych.industrial")
@@ -287,18 +288,11 @@ async def summarise_inspections(
 ) -> InspectionSummary:
     from apps.industrial.summary import FIELDS, summarise
 
-    until = _as_utc(until) if until else dt.datetime.now(dt.UTC)
-    since = _as_utc(since) if since else until - dt.timedelta(hours=24)
-    if since >= until:
-        raise _refuse("invalid_period", f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+    since, until = summary_period(since, until)
     rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), FIELDS, since=since, until=until,
                                        limit=SUMMARY_MAX_ROWS + 1)
     return InspectionSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
                              **summarise(rows[:SUMMARY_MAX_ROWS]))
-
-
-def _as_utc(moment: dt.datetime) -> dt.datetime:
-    return moment.replace(tzinfo=dt.UTC) if moment.tzinfo is None else moment.astimezone(dt.UTC)
 
 
 @router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,

@@ -27,6 +27,17 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     return moment.astimezone(dt.UTC)
 
 
+def summary_period(since: dt.datetime | None, until: dt.datetime | None,
+                   default: dt.timedelta = dt.timedelta(hours=24)) -> tuple[dt.datetime, dt.datetime]:
+    """A summary route's ``[since, until)`` in UTC: times without an offset are UTC, ``until`` defaults to
+    now and ``since`` to ``default`` before it. ValueError (a 422 from the apps) when it is empty."""
+    until = _utc(until) if until else dt.datetime.now(dt.UTC)
+    since = _utc(since) if since else until - default
+    if since >= until:
+        raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
+    return since, until
+
+
 class _Base(DeclarativeBase):
     pass
 

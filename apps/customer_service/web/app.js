@@ -1,6 +1,6 @@
 // The contact centre's page: analyse a recording (POST v1/calls:analyze as a background job, then
-// GET v1/results/{id}), the recent calls (GET v1/results) and live transcription (WebSocket
-// v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
+// GET v1/results/{id}), the recent calls (GET v1/results), the calls in numbers (GET v1/results:summary)
+// and live transcription (WebSocket v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
 const { $, apiKey, headers, el, setStatus, errorText, bar, sleep, pct } = triptych;  // common.js
@@ -44,6 +44,7 @@ async function analyse(event) {
     show(analysis);
     setStatus("call-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s · result ${analysis.id}`);
     recent();  // the new call at the top of the list
+    summary();
   } catch (err) {
     setStatus("call-status", err.message, true);
   } finally {
@@ -286,8 +287,57 @@ function stopLive() {
   setStatus("stream-status", "Finishing…");
 }
 
+// ---- the calls in numbers (GET v1/results:summary) -----------------------------------------------
+
+async function summary() {
+  const until = new Date();
+  const since = new Date(until.getTime() - Number($("period").value) * 3600e3);
+  setStatus("summary-status", "Loading…");
+  try {
+    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
+    const response = await fetch(`${BASE}v1/results:summary?${query}`, { headers: headers() });
+    if (response.status === 401) {
+      $("summary-body").hidden = true;
+      setStatus("summary-status", "Enter the API key to see the calls' numbers.");
+      return;
+    }
+    if (!response.ok) throw new Error(await errorText(response));
+    showSummary(await response.json());
+  } catch (err) {
+    setStatus("summary-status", err.message, true);
+  }
+}
+
+function shares(container, counts, total) {
+  container.replaceChildren(...(total ? Object.entries(counts).map(([label, n]) => bar(label.replaceAll("_", " "), n / total, { note: ` · ${n}` }))
+    : [el("p", "none", "muted")]));
+}
+
+function showSummary(s) {
+  const done = s.statuses.done;
+  $("summary-body").hidden = done === 0;
+  const unfinished = s.calls - done;
+  setStatus("summary-status", s.calls === 0 ? "No calls in this period."
+    : `${s.calls} call${s.calls === 1 ? "" : "s"}` + (unfinished ? ` (${unfinished} not finished: running, failed or interrupted)` : "")
+      + (s.complete ? "" : " · the newest only: too many to count"));
+  if (done === 0) return;
+  $("escalation-rate").textContent = `${pct(s.escalation_rate)} · ${s.escalated} of ${done}`;
+  shares($("escalation-reasons"), s.escalation_reasons, s.escalated);
+  shares($("summary-emotions"), s.caller_emotions, Object.values(s.caller_emotions).reduce((a, b) => a + b, 0));
+  shares($("summary-intents"), Object.fromEntries(s.top_intents.map((i) => [i.intent, i.calls])), done);
+  const redacted = Object.entries(s.redactions);
+  $("summary-redactions").textContent = redacted.length ? redacted.map(([t, n]) => `${t} ${n}`).join(" · ") : "nothing";
+  $("summary-audio").textContent = s.audio_calls
+    ? `${s.audio_calls} recorded call${s.audio_calls === 1 ? "" : "s"}, ${s.audio_minutes.toFixed(1)} min, ${s.mean_call_seconds.toFixed(0)} s on average`
+    : "typed chats only";
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("call-form").addEventListener("submit", analyse);
+  $("summary-refresh").addEventListener("click", summary);
+  $("period").addEventListener("change", summary);
+  $("api-key").addEventListener("change", summary);
+  summary();
   $("refresh").addEventListener("click", recent);
   $("escalated-only").addEventListener("change", recent);
   $("start").addEventListener("click", startLive);

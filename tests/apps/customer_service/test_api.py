@@ -241,3 +241,37 @@ def test_a_recording_cut_short_is_analysed_with_a_warning(client):
     assert "cut short" in warning and "4.0 s" in warning and "2.0 s" in warning
     r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", whole, "audio/wav")}, data={"output_mode": "text"})
     assert r.json()["warnings"] == []
+
+
+def test_the_period_summary_counts_what_was_answered(client):
+    import datetime as dt
+
+    from apps.customer_service.escalation import reason_kind
+
+    since = dt.datetime.now(dt.UTC)
+    texts = [f"I lost my card {CARD}, the security code is 123. This is outrageous!",
+             "my pin is 4 8 2 9 and I want to know when my new card arrives",
+             "thank you, that was helpful"]
+    answered = []
+    for text in texts:
+        r = client.post("/v1/calls:analyze", data={"text": text})
+        assert r.status_code == 200, r.text
+        answered.append(r.json())
+    r = client.get("/v1/results:summary", params={"since": since.isoformat()})
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["complete"] and s["calls"] == 3 and s["statuses"]["done"] == 3
+    flagged = [a for a in answered if a["escalation"]["escalate"]]
+    assert s["escalated"] == len(flagged) and s["escalation_rate"] == round(len(flagged) / 3, 4)
+    kinds = [k for a in flagged for k in {reason_kind(x) for x in a["escalation"]["reasons"]}]
+    assert s["escalation_reasons"] == {k: kinds.count(k) for k in set(kinds)}
+    intents = [a["intent"]["label"] for a in answered]
+    assert {i["intent"]: i["calls"] for i in s["top_intents"]} == {i: intents.count(i) for i in set(intents)}
+    assert sum(s["caller_emotions"].values()) == sum(a["emotion"] is not None for a in answered)
+    types = [x["type"] for a in answered for x in a["transcript"]["redactions"]]
+    assert s["redactions"] == {t: types.count(t) for t in set(types)} and {"card", "cvv", "credential"} <= set(types)
+    assert s["audio_calls"] == 0 and s["mean_call_seconds"] is None  # typed chats
+    earlier = client.get("/v1/results:summary", params={"until": since.isoformat()}).json()["calls"]
+    whole_day = client.get("/v1/results:summary").json()["calls"]
+    assert whole_day - earlier == 3  # the period is honoured: the module's earlier calls fall before it
+    assert client.get("/v1/results:summary", params={"since": since.isoformat(), "until": since.isoformat()}).status_code == 422

@@ -63,3 +63,14 @@ def test_reply_follows_intent_emotion_and_escalation():
     assert r.startswith("I am sorry") and "frozen your card" in r and "senior colleague" in r
     assert "worrying" in reply_text("card_payment_not_recognised", "anxious", False)
     assert "few more details" in reply_text(None, None, False)
+
+
+def test_every_reason_counts_under_its_rule_without_its_measured_values():
+    from apps.customer_service.escalation import reason_kind
+
+    rules = EscalationRules(angry_threshold=0.1, negative_threshold=0.1, sustained_segments=2, min_intent_confidence=0.9)
+    angry = {"contact_centre": {"angry": 0.8, "frustrated": 0.1, "neutral": 0.05, "satisfied": 0.05}}
+    out = decide_escalation(rules, [angry, angry, angry], {"label": "compromised_card", "confidence": 0.5})
+    assert {reason_kind(r) for r in out["reasons"]} == {
+        "caller angry", "negative over the call", "consecutive negative segments", "urgent intent compromised_card",
+        "intent unclear"}

@@ -28,6 +28,10 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
     settings = cs_settings.model_copy(update={"api_keys": {"agent-key": "agent"}})  # the page sends the key
     with LoopbackServer(create_app(settings)) as server, open_page(server.url + "/ui", microphone) as (page, problems):
         assert page.url.endswith("/ui/") and page.title().startswith("triptych")
+        # opened without a key, the calls' numbers say what they need (the browser logs the refused request)
+        assert wait_status(page, "#summary-status", lambda t, c: "API key" in t, 30).startswith("Enter the API key")
+        assert problems and all("401" in p for p in problems), problems
+        problems.clear()
         page.fill("#api-key", "agent-key")  # REST: X-API-Key; the WebSocket: its first message
 
         page.set_input_files("#audio", str(wav))
@@ -44,6 +48,10 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
 
         # the analysed call heads the recent calls; clicking it shows the stored analysis again
         assert wait_status(page, "#recent-status", lambda t, c: t.endswith("call") or "error" in c, 30) == "1 call"
+        # and is counted in the calls' numbers, refreshed after it
+        assert wait_status(page, "#summary-status", lambda t, c: t.startswith("1 call") or "error" in c, 30) == "1 call"
+        assert page.text_content("#escalation-rate").endswith("of 1") and page.locator("#summary-intents .bar").count() == 1
+        assert page.text_content("#summary-redactions") != "nothing"  # the spoken card number, redacted
         page.click("#calls tbody tr")
         assert wait_status(page, "#call-status", lambda t, c: t.startswith("Result") or "error" in c, 30).startswith("Result")
         assert page.locator("#segments tbody tr").count() >= 1

@@ -1,0 +1,56 @@
+"""A period's stored calls in numbers, as a contact-centre lead reads a day: how many calls, how many
+went to a supervisor and why, what callers wanted, how they felt, how much PII was redacted. Pure
+functions over the few payload fields the store hands back (``FIELDS``)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from apps.customer_service.escalation import reason_kind
+from core.serving.jobs import job_status
+
+# what a summary reads of each stored call (name -> payload key or path), not the whole payload
+FIELDS = {"status": "status", "heartbeat": "heartbeat", "escalate": ("escalation", "escalate"),
+          "reasons": ("escalation", "reasons"), "intent": ("intent", "label"), "emotion": ("emotion", "label"),
+          "seconds": ("transcript", "duration_s"), "redactions": ("transcript", "redactions")}
+STATUSES = ("done", "running", "failed", "interrupted")
+TOP_INTENTS = 10
+
+
+def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """``rows``: ``FIELDS`` of each call. Escalations, intents, emotions and redactions are counted over
+    the finished calls only (a running or failed job has none yet)."""
+    statuses = Counter({s: 0 for s in STATUSES})
+    reasons, intents, emotions, redactions = Counter(), Counter(), Counter(), Counter()
+    escalated, seconds = 0, []
+    for row in rows:
+        # a call analysed synchronously is stored once done; a background job keeps its status
+        status = job_status({k: row[k] for k in ("status", "heartbeat") if row.get(k) is not None}) or "done"
+        statuses[status] += 1
+        if status != "done":
+            continue
+        if row.get("escalate"):
+            escalated += 1
+            reasons.update({reason_kind(r) for r in row.get("reasons") or []})
+        if row.get("intent"):
+            intents[row["intent"]] += 1
+        if row.get("emotion"):
+            emotions[row["emotion"]] += 1
+        if row.get("seconds"):
+            seconds.append(float(row["seconds"]))
+        redactions.update(r["type"] for r in row.get("redactions") or [])
+    done = statuses["done"]
+    return {
+        "calls": sum(statuses.values()),
+        "statuses": dict(statuses),
+        "escalated": escalated,
+        "escalation_rate": round(escalated / done, 4) if done else None,
+        "escalation_reasons": dict(reasons.most_common()),
+        "top_intents": [{"intent": name, "calls": n, "share": round(n / done, 4)} for name, n in intents.most_common(TOP_INTENTS)],
+        "caller_emotions": dict(emotions.most_common()),
+        "audio_calls": len(seconds),
+        "audio_minutes": round(sum(seconds) / 60, 2),
+        "mean_call_seconds": round(sum(seconds) / len(seconds), 1) if seconds else None,
+        "redactions": dict(redactions.most_common()),
+    }

@@ -1,0 +1,47 @@
+"""The period summary's arithmetic on hand-made stored fields."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from apps.customer_service.summary import summarise
+
+
+def _done(intent="card_arrival", emotion="neutral", escalate=False, reasons=(), seconds=None, redactions=()):
+    return {"status": None, "heartbeat": None, "escalate": escalate, "reasons": list(reasons), "intent": intent,
+            "emotion": emotion, "seconds": seconds, "redactions": [{"type": t} for t in redactions]}
+
+
+def test_counts_statuses_escalations_intents_emotions_and_redactions():
+    fresh = dt.datetime.now(dt.UTC).isoformat()
+    stale = (dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)).isoformat()
+    rows = [
+        _done(escalate=True, reasons=["caller angry (P=0.81 >= 0.6)", "3 consecutive negative segments (>= 3)"],
+              intent="compromised_card", emotion="angry", seconds=90.0, redactions=["card", "cvv", "card"]),
+        _done(escalate=True, reasons=["caller angry (P=0.70 >= 0.6)", "urgent intent compromised_card"],
+              intent="compromised_card", emotion="frustrated", seconds=30.0, redactions=["credential"]),
+        _done(),  # typed: no audio
+        {"status": "done", "heartbeat": None, "escalate": False, "reasons": [], "intent": "card_arrival",
+         "emotion": "satisfied", "seconds": 60.0, "redactions": []},  # a finished background job
+        {"status": "running", "heartbeat": fresh},
+        {"status": "running", "heartbeat": stale},  # its worker died: interrupted
+        {"status": "failed", "heartbeat": None},
+    ]
+    s = summarise(rows)
+    assert s["calls"] == 7 and s["statuses"] == {"done": 4, "running": 1, "failed": 1, "interrupted": 1}
+    assert s["escalated"] == 2 and s["escalation_rate"] == 0.5
+    assert s["escalation_reasons"] == {"caller angry": 2, "consecutive negative segments": 1,
+                                       "urgent intent compromised_card": 1}
+    assert s["top_intents"] == [{"intent": "compromised_card", "calls": 2, "share": 0.5},  # ties: first seen first
+                                {"intent": "card_arrival", "calls": 2, "share": 0.5}]
+    assert s["caller_emotions"] == {"angry": 1, "frustrated": 1, "neutral": 1, "satisfied": 1}
+    assert s["audio_calls"] == 3 and s["audio_minutes"] == 3.0 and s["mean_call_seconds"] == 60.0
+    assert s["redactions"] == {"card": 2, "cvv": 1, "credential": 1}
+
+
+def test_an_empty_period_and_at_most_ten_intents():
+    s = summarise([])
+    assert s["calls"] == 0 and s["escalation_rate"] is None and s["mean_call_seconds"] is None
+    assert s["statuses"] == {"done": 0, "running": 0, "failed": 0, "interrupted": 0}
+    many = summarise([_done(intent=f"intent_{i % 12}") for i in range(24)])
+    assert len(many["top_intents"]) == 10 and all(i["calls"] == 2 for i in many["top_intents"])
