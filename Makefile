@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 APT_PACKAGES := espeak-ng sox libsndfile1
-# For `make test` only: the browser tests drive the web UIs in Chromium (they skip without it).
-DEV_APT_PACKAGES := chromium
+# For `make test` only: the browser tests drive the web UIs in Chromium, and dicom3tools' dciodvfy
+# validates the DICOM the radiology app writes (both kinds of test skip without them).
+DEV_APT_PACKAGES := chromium dicom3tools
 PYTEST_ARGS ?=
 
 .PHONY: serve test install install-dev sysdeps sysdeps-dev lint clean

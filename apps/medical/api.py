@@ -3,6 +3,7 @@
 - ``POST /v1/studies:analyze``: a CT and/or report -> the analysis, stored before it is returned.
 - ``GET /v1/studies/{id}``: a stored analysis (the read is audited); ``GET /v1/studies``: the worklist,
   newest first, summarised (``band=``: one risk band's).
+- ``GET /v1/studies/{id}/structured-report.dcm``: the analysis as a DICOM Structured Report (audited).
 - ``GET /v1/heatmaps/{artefact_id}/...``: the heat-map PNGs and their DICOM Secondary Capture.
 - ``GET /v1/audit``: the audit trail (admin only).
 - ``GET /ui/``: the radiologist's page.
@@ -39,7 +40,7 @@ APP = "medical"
 CT_KINDS = {"nifti", "dicom", "zip"}
 MAX_REPORT_CHARS = 20_000
 Band = Literal["low", "intermediate", "high"]  # service.RISK_BANDS' names (a test keeps them equal)
-AuditAction = Literal["studies:analyze", "studies:read", "heatmaps:secondary-capture"]
+AuditAction = Literal["studies:analyze", "studies:read", "studies:structured-report", "heatmaps:secondary-capture"]
 
 
 class RiskBand(BaseModel):
@@ -92,6 +93,10 @@ class AnalyzeResponse(BaseModel):
     secondary_capture: str | None = Field(None, description="URL of the same slices as DICOM Secondary Capture "
                                           "instances (zip); add ?study_uid=<the CT's Study Instance UID> to file them "
                                           "with the study in a PACS. Downloading again gives the same instance UIDs")
+    structured_report: str | None = Field(None, description=(
+        "URL of this result as a DICOM Structured Report (Enhanced SR, .dcm): probability, risk band, location, "
+        "candidates with their diameters, modality weights, the disclaimer; add ?study_uid=<the CT's Study "
+        "Instance UID> to file it with the study. Downloading again gives the same instance UID"))
     modality_weights: dict[str, float] = Field(description="The fusion gate's weights of the joint representation (sum to 1)")
     modality_evidence: dict[str, float] | None = Field(
         None, description="Log-odds each modality added on its own to the calibrated logit (0 when absent; models "
@@ -135,9 +140,10 @@ class AuditList(BaseModel):
 router = APIRouter(tags=["medical"])
 
 
-def _response(result_id: str, payload: dict[str, Any]) -> AnalyzeResponse:
+def _response(result_id: str, payload: dict[str, Any], prefix: str) -> AnalyzeResponse:
     """The analyze response of a stored payload: the same answer whether just analysed or read back."""
-    return AnalyzeResponse(id=result_id, **{k: v for k, v in payload.items() if k in AnalyzeResponse.model_fields and k != "id"})
+    fields = {k: v for k, v in payload.items() if k in AnalyzeResponse.model_fields and k not in ("id", "structured_report")}
+    return AnalyzeResponse(id=result_id, structured_report=f"{prefix}/v1/studies/{result_id}/structured-report.dcm", **fields)
 
 
 def _summary(row: dict[str, Any]) -> StudySummary:
@@ -203,7 +209,7 @@ async def analyze(
         APP, "studies:analyze", who.role, subject, result["model_version"],
         {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"], **inputs},
     )
-    return _response(result_id, payload)
+    return _response(result_id, payload, prefix)
 
 
 @router.get("/v1/studies", response_model=StudyList, summary="Stored analyses, newest first, summarised "
@@ -221,18 +227,53 @@ async def list_studies(
 
 @router.get("/v1/studies/{result_id}", response_model=AnalyzeResponse, summary="A stored analysis (the read is audited)")
 async def get_study(
+    request: Request,
     result_id: str,
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
 ) -> AnalyzeResponse:
-    row = await store.aget_result(result_id)
-    if row is None or row["app"] != APP or row["kind"] != "study":
-        raise ApiError(404, "not_found", f"no stored study analysis {result_id!r}; GET /v1/studies lists them")
+    row = await _stored_study(store, result_id)
     payload = row["payload"]
     # who opened a patient's result belongs in the audit trail as much as who produced it
     await store.aaudit(APP, "studies:read", who.role, payload.get("subject_hash"), payload.get("model_version"),
                        {"result_id": row["id"]})
-    return _response(row["id"], payload)
+    return _response(row["id"], payload, request.scope.get("root_path", ""))
+
+
+async def _stored_study(store: ResultStore, result_id: str) -> dict[str, Any]:
+    row = await store.aget_result(result_id)
+    if row is None or row["app"] != APP or row["kind"] != "study":
+        raise ApiError(404, "not_found", f"no stored study analysis {result_id!r}; GET /v1/studies lists them")
+    return row
+
+
+@router.get("/v1/studies/{result_id}/structured-report.dcm",
+            summary="A stored analysis as a DICOM Structured Report (Enhanced SR), filed under the given study",
+            response_class=Response, responses={200: {"content": {"application/dicom": {}}}})
+async def study_structured_report(
+    request: Request,
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("radiologist"))],
+    study_uid: Annotated[str | None, Query(max_length=64, description="Study Instance UID of the analysed CT, so a "
+                                           "PACS files the report with it; the service does not keep it. "
+                                           "Without it the report forms a study of its own.")] = None,
+) -> Response:
+    from apps.medical.secondary_capture import valid_uid
+    from apps.medical.structured_report import structured_report_for
+
+    row = await _stored_study(store, result_id)
+    if study_uid is not None and not valid_uid(study_uid):
+        raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
+                                                 "(no leading zeros), at most 64 characters")
+    payload = row["payload"]
+    result = _response(row["id"], payload, request.scope.get("root_path", "")).model_dump()
+    data, _ = await asyncio.to_thread(structured_report_for, result, study_uid, row["id"])
+    # the report leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
+    await store.aaudit(APP, "studies:structured-report", who.role, payload.get("subject_hash"), payload.get("model_version"),
+                       {"result_id": row["id"], "filed_with_study": study_uid is not None})
+    return Response(data, media_type="application/dicom",
+                    headers={"Content-Disposition": f'attachment; filename="report-{row["id"]}.dcm"'})
 
 
 @router.get("/v1/audit", response_model=AuditList, summary="The audit trail, newest first (admin only)")

@@ -68,6 +68,8 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
     # General Series / SC Equipment / General Image
     ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = series_uid, "OT", 9001
     ds.SeriesDescription = SERIES_DESCRIPTION
+    # the chest is no paired body part: with it named, Laterality (type 2C) is rightly absent
+    ds.BodyPartExamined = "CHEST"
     ds.ConversionType = "WSD"  # workstation
     ds.SecondaryCaptureDeviceManufacturer = "triptych"
     ds.SecondaryCaptureDeviceSoftwareVersions = model_version[:64]

@@ -1,5 +1,6 @@
 // The radiology page: a CT study and/or report -> POST v1/studies:analyze; the answer's heat-map
-// slices and Secondary Capture are fetched with the API key (img and a elements cannot send it).
+// slices, Secondary Capture and Structured Report are fetched with the API key (img and a elements
+// cannot send it).
 // Recent studies (GET v1/studies) open a stored result (GET v1/studies/{id}) in the same view.
 "use strict";
 
@@ -88,16 +89,21 @@ async function show(r) {
   }
   if (!r.heatmaps.length) strip.append(el("p", "no heat map (no CT)", "muted"));
 
-  const capture = $("capture");
-  capture.hidden = !r.secondary_capture;
-  capture.onclick = async (event) => {
+  offerDownload($("capture"), r.secondary_capture, "secondary-capture.zip");
+  offerDownload($("structured-report"), r.structured_report, `report-${r.id}.dcm`);
+}
+
+// a protected file behind a link: fetched with the API key when clicked, saved under ``filename``
+function offerDownload(link, url, filename) {
+  link.hidden = !url;
+  link.onclick = async (event) => {
     event.preventDefault();
     try {
-      const url = await fetchBlobUrl(r.secondary_capture);
-      objectUrls.push(url);
+      const blob = await fetchBlobUrl(url);
+      objectUrls.push(blob);
       const a = el("a");
-      a.href = url;
-      a.download = "secondary-capture.zip";
+      a.href = blob;
+      a.download = filename;
       a.click();
     } catch (err) {
       setStatus("study-status", err.message, true);

@@ -52,3 +52,24 @@ def tiny_bundle(tmp_path_factory, toy_studies, tiny_bert_dir) -> tuple[Path, dic
     _, metrics = train_fusion(toy_studies, out, FusionTrainConfig.from_name("tiny"), patients=(1, 800),
                               bert_path=str(tiny_bert_dir), log=lambda m: None)
     return out, metrics
+
+
+@pytest.fixture(scope="session")
+def dicom_errors():
+    """dciodvfy (dicom3tools, installed by `make test`) on DICOM bytes -> its Error lines (the IOD's
+    required attributes, their values, the SR tree); skips where it is not installed."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy (Debian package dicom3tools) is not installed")
+
+    def check(data: bytes) -> list[str]:
+        with tempfile.NamedTemporaryFile(suffix=".dcm") as f:
+            f.write(data)
+            f.flush()
+            out = subprocess.run(["dciodvfy", f.name], capture_output=True, text=True, timeout=60, check=False)
+        return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+    return check

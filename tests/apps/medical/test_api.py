@@ -402,3 +402,30 @@ def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog
     expected = subject_hash(study_uid, audit_key(client.app.state.settings))
     assert {a["subject_hash"] for a in audit} == {expected}  # analyse, read twice, archive: one study
     assert len(audit) == 4
+
+
+def test_a_stored_study_downloads_as_a_structured_report_filed_with_its_study(client, toy_studies, dicom_errors):
+    body = _analysed(client, toy_studies)
+    assert body["structured_report"] == f"/v1/studies/{body['id']}/structured-report.dcm"
+    assert client.get(f"/v1/studies/{body['id']}", headers=RAD).json()["structured_report"] == body["structured_report"]
+    study_uid = "1.2.826.0.1.3680043.2.1125.7"
+    r = client.get(body["structured_report"], params={"study_uid": study_uid}, headers=RAD)
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/dicom" and f"report-{body['id']}.dcm" in r.headers["content-disposition"]
+    ds = pydicom.dcmread(io.BytesIO(r.content))
+    assert ds.StudyInstanceUID == study_uid and ds.Modality == "SR" and ds.PatientName == ""
+    probability = next(i for i in ds.ContentSequence if i.ValueType == "CONTAINER").ContentSequence[0]
+    assert float(probability.MeasuredValueSequence[0].NumericValue) == pytest.approx(100 * body["probability"], abs=0.05)
+    assert "Jane Roe" not in r.content.decode("latin-1")  # the report's patient is not in it
+    assert dicom_errors(r.content) == []
+    again = pydicom.dcmread(io.BytesIO(client.get(body["structured_report"], params={"study_uid": study_uid},
+                                                  headers=RAD).content))
+    assert again.SOPInstanceUID == ds.SOPInstanceUID  # a PACS replaces it rather than filing it twice
+    store = client.app.state.store
+    audited = store.list_audit("medical", action="studies:structured-report")
+    assert len(audited) == 2 and audited[0]["outcome"] == {"result_id": body["id"], "filed_with_study": True}
+    assert audited[0]["subject_hash"] == store.list_audit("medical", action="studies:analyze")[0]["subject_hash"]
+    assert study_uid not in str(store.list_audit("medical"))  # the UID it was filed under is not kept
+    assert client.get(body["structured_report"], params={"study_uid": "1.02"}, headers=RAD).status_code == 422
+    assert client.get(body["structured_report"], headers={"X-API-Key": "ag"}).status_code == 403
+    assert client.get("/v1/studies/" + "0" * 32 + "/structured-report.dcm", headers=RAD).status_code == 404

@@ -122,3 +122,10 @@ def test_instances_name_the_z_of_their_slice_when_the_analysis_placed_it(tmp_pat
     first, second = _instances(heatmaps_to_secondary_capture_zip(paths, None, "v1")[0])
     assert "slice 12 (z -152.5 mm)" in first.ImageComments and "z -152.5 mm" in first.DerivationDescription
     assert second.ImageComments.endswith("slice 3")  # not placed: named by its index alone
+
+
+def test_an_instance_passes_the_dicom_validator(dicom_errors):
+    rgb = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    data = secondary_capture(rgb, study_uid="1.2.3.4", series_uid="1.2.3.5", instance_number=1,
+                             model_version="medical-fusion-x", slice_label="slice 17 (z -120.0 mm)")
+    assert dicom_errors(data) == []  # it once lacked the body part, so Laterality (type 2C) was due

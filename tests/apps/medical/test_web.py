@@ -31,7 +31,8 @@ def test_page_is_served_with_the_disclaimer(app):
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
     assert_script_matches(app, WEB, {"v1/studies:analyze", "v1/studies", "v1/studies/{}"})
     script = (WEB / "app.js").read_text()
-    assert "fetchBlobUrl(url)" in script and "fetchBlobUrl(r.secondary_capture)" in script  # the key goes along
+    assert "fetchBlobUrl(url)" in script  # heat maps and downloads: the key goes along
+    assert 'offerDownload($("capture"), r.secondary_capture' in script and 'offerDownload($("structured-report"), r.structured_report' in script
     assert script.count("{ headers: headers() }") >= 2  # the worklist and a stored result: the key goes along
 
 

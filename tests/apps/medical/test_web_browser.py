@@ -41,6 +41,10 @@ def test_page_shows_probability_heat_maps_and_capture(tiny_bundle, tiny_bert_dir
             page.click("#capture")
         assert download.value.suggested_filename == "secondary-capture.zip"
         assert Path(download.value.path()).read_bytes()[:2] == b"PK"
+        with page.expect_download() as download:
+            page.click("#structured-report")
+        assert download.value.suggested_filename.startswith("report-") and download.value.suggested_filename.endswith(".dcm")
+        assert Path(download.value.path()).read_bytes()[128:132] == b"DICM"
         assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "1 study", 30) == "1 study"
         probability = page.text_content("#probability")
 
