@@ -62,8 +62,15 @@ def write_dicom_series(folder: Path, volume_zyx: np.ndarray, spacing_zyx, origin
         ds.PatientName = "RENDERED^LIDC"
         if age is not None:
             ds.PatientAge = f"{int(age):03d}Y"
-        if sex:
-            ds.PatientSex = sex
+        ds.PatientSex = sex or ""  # type 2: present, empty when unknown
+        # what the CT Image IOD requires (dciodvfy-clean): type 2 attributes present, empty where a
+        # rendered study has no such thing (dates, physicians, accession)
+        ds.PatientBirthDate, ds.StudyDate, ds.StudyTime = "", "", ""
+        ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", ""
+        ds.BodyPartExamined, ds.PatientPosition = "CHEST", "HFS"  # no paired body part: no Laterality
+        ds.PositionReferenceIndicator, ds.Manufacturer = "", "triptych renderer"
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]  # simulated, not acquired
+        ds.KVP, ds.AcquisitionNumber = "", 1
         ds.SeriesDescription = description
         ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
         ds.ImagePositionPatient = [float(x0), float(y0), float(z0 + k * dz)]

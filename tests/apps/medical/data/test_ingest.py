@@ -357,3 +357,9 @@ def test_jpeg_plugin_decodes_a_jpeg_dicom():
 
     ds = pydicom.dcmread(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm"))
     assert ds.file_meta.TransferSyntaxUID.is_compressed and ds.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+
+
+def test_the_series_the_renderer_writes_passes_the_dicom_validator(series, dicom_errors):
+    # viewers and PACS refuse CT images without their type 1 attributes (ImageType was missing)
+    for name in ("IM0001.dcm", sorted(p.name for p in series.iterdir())[-1]):
+        assert dicom_errors((series / name).read_bytes()) == [], name
