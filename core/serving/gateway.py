@@ -10,13 +10,15 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
+from html import escape
 from typing import Any
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from core.plugins import AppPlugin, discover_plugins
 from core.serving.errors import install_error_handlers
+from core.serving.web import SECURITY_HEADERS
 
 log = logging.getLogger("triptych.serving.gateway")
 
@@ -122,10 +124,13 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
             links["page"] = mount + page  # the app's web page (create_service_app's page)
         return links
 
-    @root.get("/", tags=["ops"], summary="What is mounted where")
-    async def index() -> dict[str, Any]:
+    @root.get("/", tags=["ops"], summary="What is mounted where (a browser gets a page with the links)")
+    async def index(request: Request) -> Any:
         apps = _all()
-        return {"apps": {n: {"mount": a["mount"], "status": a["status"], **_links(n, a["mount"])} for n, a in apps.items()}}
+        body = {"apps": {n: {"mount": a["mount"], "status": a["status"], **_links(n, a["mount"])} for n, a in apps.items()}}
+        if "text/html" in request.headers.get("accept", ""):  # someone opened the address in a browser
+            return HTMLResponse(_landing_page(body["apps"], {p.name: p.summary for p in selected}), headers=SECURITY_HEADERS)
+        return body
 
     @root.api_route("/health", methods=["GET", "HEAD"], tags=["ops"], summary="Gateway process is up; per-app mount status")
     async def health() -> dict[str, Any]:
@@ -144,6 +149,19 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
     for name, (plugin, sub) in mounted.items():
         root.mount(plugin.mount, sub, name=name)
     return root
+
+
+def _landing_page(apps: dict[str, dict[str, Any]], summaries: dict[str, str]) -> str:
+    """Every mounted app with its page, API docs and state, for whoever opens the gateway's address."""
+    rows = []
+    for name, app in apps.items():
+        links = [f'<a href="{escape(app[k])}">{label}</a>' for k, label in (("page", "open the page"), ("docs", "API docs"))
+                 if k in app]
+        rows.append(f"<li><strong>{escape(name)}</strong> ({escape(app['status'])}): {escape(summaries.get(name, ''))}"
+                    f"{' · ' if links else ''}{' · '.join(links)}</li>")
+    return ("<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>triptych</title></head><body>"
+            "<h1>triptych</h1><ul>" + "".join(rows) + "</ul>"
+            '<p><a href="/ready">readiness</a> · <a href="/health">health</a></p></body></html>')
 
 
 def run_gateway(app_name: str | None = None, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info") -> None:

@@ -49,6 +49,10 @@ def test_mounts_apps_and_loads_their_models():
         index = client.get("/").json()["apps"]
         assert index["beta"]["docs"] == "/beta/docs" and "page" not in index["beta"]
         assert index["alpha"]["page"] == "/alpha/ui/" and client.get(index["alpha"]["page"]).text.endswith("alpha</title>")
+        page = client.get("/", headers={"Accept": "text/html,application/xhtml+xml"})  # a browser at the address
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert '<a href="/alpha/ui/">open the page</a>' in page.text and '<a href="/beta/docs">API docs</a>' in page.text
+        assert "ghost</strong> (skipped)" in page.text and page.headers["content-security-policy"]
         assert client.get("/alpha/openapi.json").status_code == 200
         docs = client.get("/alpha/docs")
         assert docs.status_code == 200 and "/alpha/openapi.json" in docs.text  # docs work under the mount
