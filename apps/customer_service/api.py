@@ -4,7 +4,8 @@
   optional ``output_mode`` (text|voice; else the User-Agent decides) -> the analysis, persisted
   before it is returned.
 - ``GET /v1/results/{id}``: a stored analysis; ``GET /v1/results``: the newest calls, summarised;
-  ``GET /v1/results:summary``: a period's calls in numbers (escalations and why, intents, emotions, redactions).
+  ``GET /v1/results:summary``: a period's calls in numbers (escalations and why, intents, emotions, redactions);
+  ``DELETE /v1/results/{id}`` (admin): erase a call and its redacted audio (``retention_days`` does it by age).
 - WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
 - ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
   analysis; live transcription from the microphone).
@@ -12,13 +13,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from apps.customer_service.settings import CustomerServiceSettings, get_settings
@@ -28,6 +30,7 @@ from core.serving import (
     Principal,
     ResultStore,
     create_service_app,
+    erase_result,
     get_batcher,
     get_request_id,
     get_store,
@@ -338,6 +341,26 @@ async def summarise_calls(
                         **summarise(rows[:SUMMARY_MAX_ROWS]))
 
 
+@router.delete("/results/{result_id}", status_code=204, summary="Erase a stored call and its redacted audio (admin)")
+async def erase_call(
+    result_id: str,
+    request: Request,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("admin"))],
+) -> Response:
+    """The right to erasure: the call's analysis and recording go; an audit record says when and by whom.
+    A call still being analysed (a background job) is refused: erase it once it has finished."""
+    from core.serving.jobs import job_status
+
+    row = await store.aget_result(result_id)
+    if row is None or row.get("app") != APP:
+        raise ApiError(404, "not_found", f"no result {result_id!r}")
+    if job_status(row["payload"] or {}) == "running":
+        raise ApiError(409, "still_running", "the call is still being analysed; erase it once it has finished")
+    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role)
+    return Response(status_code=204)
+
+
 @router.get("/audio/{artefact_id}/redacted.wav", summary="A call's audio with its redacted words silenced",
             response_class=FileResponse)
 async def get_redacted_audio(
@@ -383,6 +406,11 @@ def create_app(settings: CustomerServiceSettings | None = None):
     except (ImportError, AttributeError) as exc:  # the speech side's router not installed: serve the rest
         log.warning("streaming router unavailable: %s", type(exc).__name__)
 
+    def artefacts(payload: dict) -> list:  # what a stored call owns on disk, erased with it
+        from apps.customer_service.service import call_artefacts
+
+        return call_artefacts(settings, payload)
+
     def load_runners():
         from apps.customer_service.service import CustomerServiceEngine
 
@@ -394,4 +422,5 @@ def create_app(settings: CustomerServiceSettings | None = None):
         page=Path(__file__).parent / "web",  # GET /ui/: the page for contact-centre staff
         # a text field over the form parser's 1 MB is refused by the engine: say the app's own limit there too
         text_limit_hint=f"'text' takes at most {settings.max_text_chars} characters (analyse a longer chat in parts)",
+        artefacts=artefacts,
     )

@@ -88,6 +88,16 @@ def redacted_audio_path(settings: CustomerServiceSettings, artefact_id: str) -> 
     return Path(settings.artefact_dir) / "customer-service" / artefact_id / REDACTED_AUDIO_NAME
 
 
+# a stored call's redacted audio, named by the link its analysis answered with (api._with_audio_link)
+_AUDIO_LINK = re.compile(r"/v1/audio/([0-9a-f]{32})/")
+
+
+def call_artefacts(settings: CustomerServiceSettings, payload: dict) -> list[Path]:
+    """The files a stored call owns (its redacted recording's folder), erased with it."""
+    match = _AUDIO_LINK.search(str((payload.get("redacted_audio") or {}).get("url") or ""))
+    return [redacted_audio_path(settings, match.group(1)).parent] if match else []
+
+
 def _dual_mono(samples: np.ndarray) -> bool:
     """True when the two channels of (2, N) ``samples`` carry the same signal (their difference 40 dB
     down): a mono call saved as stereo, not agent and caller; read as two, every word came twice."""

@@ -1,6 +1,7 @@
 """Factory QC API: ``POST /v1/inspect`` (one board) and ``POST /v1/inspect/batch`` (many boards); the stored
 results through ``GET /v1/inspections`` (newest first; one board's, one decision's), ``GET /v1/inspections/{id}``
-and ``GET /v1/inspections:summary`` (a period in numbers: decisions, pass rate, defect Pareto, machine states).
+and ``GET /v1/inspections:summary`` (a period in numbers: decisions, pass rate, defect Pareto, machine states);
+``DELETE /v1/inspections/{id}`` (admin) erases one (``retention_days`` does it by age).
 
 Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
 content, sample rate, finite samples) before queuing; results are stored before they are returned.
@@ -19,6 +20,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from apps.industrial.settings import IndustrialSettings, get_settings
@@ -28,6 +30,7 @@ from core.serving import (
     Principal,
     ResultStore,
     create_service_app,
+    erase_result,
     get_batcher,
     get_request_id,
     get_store,
@@ -306,6 +309,19 @@ async def get_inspection(
     if row is None or row["app"] != APP:
         raise ApiError(404, "not_found", f"no inspection {result_id!r}")
     return _stored(row)
+
+
+@router.delete("/inspections/{result_id}", status_code=204, summary="Erase one stored inspection (admin; audited)")
+async def erase_inspection(
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("admin"))],
+) -> Response:
+    row = await store.aget_result(result_id)
+    if row is None or row["app"] != APP:
+        raise ApiError(404, "not_found", f"no inspection {result_id!r}")
+    await asyncio.to_thread(erase_result, store, APP, row, None, reason="request", role=who.role)  # no files
+    return Response(status_code=204)
 
 
 def create_app(settings: IndustrialSettings | None = None):

@@ -5,6 +5,7 @@
   newest first, summarised (``band=``: one risk band's).
 - ``GET /v1/studies/{id}/structured-report.dcm``: the analysis as a DICOM Structured Report (audited).
 - ``GET /v1/heatmaps/{artefact_id}/...``: the heat-map PNGs and their DICOM Secondary Capture.
+- ``DELETE /v1/studies/{id}`` (admin): erase an analysis and its heat maps (``retention_days`` does it by age).
 - ``GET /v1/audit``: the audit trail (admin only).
 - ``GET /ui/``: the radiologist's page.
 """
@@ -27,6 +28,7 @@ from core.serving import (
     WorkGate,
     audit_key,
     create_service_app,
+    erase_result,
     get_batcher,
     get_request_id,
     get_store,
@@ -40,7 +42,8 @@ APP = "medical"
 CT_KINDS = {"nifti", "dicom", "zip"}
 MAX_REPORT_CHARS = 20_000
 Band = Literal["low", "intermediate", "high"]  # service.RISK_BANDS' names (a test keeps them equal)
-AuditAction = Literal["studies:analyze", "studies:read", "studies:structured-report", "heatmaps:secondary-capture"]
+AuditAction = Literal["studies:analyze", "studies:read", "studies:structured-report", "heatmaps:secondary-capture",
+                      "results:erase"]
 
 
 class RiskBand(BaseModel):
@@ -276,6 +279,19 @@ async def study_structured_report(
                     headers={"Content-Disposition": f'attachment; filename="report-{row["id"]}.dcm"'})
 
 
+@router.delete("/v1/studies/{result_id}", status_code=204,
+               summary="Erase a stored analysis and its heat maps (admin; the erasure is audited)")
+async def erase_study(
+    request: Request,
+    result_id: str,
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("admin"))],
+) -> Response:
+    row = await _stored_study(store, result_id)
+    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role)
+    return Response(status_code=204)
+
+
 @router.get("/v1/audit", response_model=AuditList, summary="The audit trail, newest first (admin only)")
 async def list_audit(
     store: Annotated[ResultStore, Depends(get_store)],
@@ -337,6 +353,11 @@ def create_app(settings: MedicalSettings | None = None):
 
     settings = settings or get_settings()
 
+    def artefacts(payload: dict) -> list:  # what a stored analysis owns on disk, erased with it
+        from apps.medical.service import study_artefacts
+
+        return study_artefacts(settings.artefact_dir, payload)
+
     def load_runners():
         from apps.medical.service import MedicalRunner
 
@@ -349,6 +370,7 @@ def create_app(settings: MedicalSettings | None = None):
         routers=[router],
         page=Path(__file__).parent / "web",  # GET /ui/: the page for radiologists
         load_runners=load_runners,
+        artefacts=artefacts,
         description="Chest CT + report -> calibrated malignancy probability, heat maps, modality weights. "
         "Research prototype, not a medical device.",
     )

@@ -40,6 +40,13 @@ RISK_BAND_NOTE = ("Model risk band from BTS 2015 probability cut-offs (10 %, 70 
                   "calibrated output; not a clinical Lung-RADS category.")
 
 _ARTEFACT_ID = re.compile(r"^[0-9a-f]{32}$")
+ARTEFACT_FOLDER = "medical"  # under the settings' artefact_dir: one folder of heat maps per analysis
+
+
+def study_artefacts(artefact_dir: str | Path, payload: dict) -> list[Path]:
+    """The files a stored analysis owns (its heat-map folder), erased with it."""
+    artefact_id = str(payload.get("artefact_id") or "")
+    return [Path(artefact_dir) / ARTEFACT_FOLDER / artefact_id] if _ARTEFACT_ID.match(artefact_id) else []
 _ARTEFACT_NAME = re.compile(r"^slice_\d{1,4}\.png$")
 
 
@@ -161,7 +168,7 @@ class MedicalRunner:
         self.sha256 = bundle.sha256
         self.volume_shape = list(self.model.config.volume_shape)
         self.candidate_config = self.model.candidate_config() if self.model.uses_candidates else None
-        self.artefact_dir = Path(artefact_dir) / "medical"
+        self.artefact_dir = Path(artefact_dir) / ARTEFACT_FOLDER
         self.heatmap_slices = heatmap_slices
         self.min_lung_ml = min_lung_ml
         self._lock = threading.Lock()  # the CT encoder keeps its last feature map: one study at a time

@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -28,6 +28,9 @@ from core.serving.errors import ApiError, error_body, install_error_handlers
 from core.serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from core.serving.settings import AppSettings
 from core.serving.store import ResultStore
+
+if TYPE_CHECKING:
+    from core.serving.retention import ArtefactPaths
 
 log = logging.getLogger("triptych.serving")
 
@@ -207,19 +210,32 @@ def create_service_app(
     version: str = "0.1.0",
     page: Path | None = None,
     text_limit_hint: str | None = None,
+    artefacts: ArtefactPaths | None = None,
 ) -> FastAPI:
     """Build one app's FastAPI. ``load_runners()`` (sync, may be slow) returns ``{name: ModelRunner}``
     and runs in a thread when the app starts; ``/ready`` says when it has finished. ``page``: a folder
     served as the app's web page at ``/ui/`` (``core.serving.web.page_router``). ``text_limit_hint``:
     what the app's text fields accept ("'text' takes at most 20000 characters"), said in the 413 to a
-    form field over the form parser's 1 MB limit (else: send the content as a file)."""
+    form field over the form parser's 1 MB limit (else: send the content as a file). ``artefacts``: the
+    files of a stored payload, erased with it (``core.serving.retention``: ``settings.retention_days``
+    and the apps' erase routes)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.loader = asyncio.create_task(_load(app, load_runners), name=f"load-{name}")
+        retention = None
+        if settings.retention_days is not None:
+            from core.serving.retention import retention_loop
+
+            retention = asyncio.create_task(retention_loop(app.state.store, name, settings.retention_days, artefacts,
+                                                           settings.retention_check_s), name=f"retention-{name}")
         try:
             yield
         finally:
+            if retention is not None:
+                retention.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await retention
             app.state.loader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await app.state.loader
@@ -242,6 +258,7 @@ def create_service_app(
     app.state.load_error = None
     app.state.model_headers = ("loading", "loading")
     app.state.text_limit_hint = text_limit_hint
+    app.state.artefacts = artefacts
     install_error_handlers(app)
     app.add_middleware(ServiceMiddleware, service=app)
 

@@ -53,6 +53,10 @@ class AppSettings(BaseSettings):
     # unset: a random key made once in audit_key_file. Replicas sharing one database must share it.
     audit_key: SecretStr | None = None
     audit_key_file: Path = Field(default_factory=lambda: state_dir() / "audit.key")
+    # results (and their files) older than this many days are erased, checked every retention_check_s;
+    # unset: kept until an admin erases them (core.serving.retention). Audit records are always kept.
+    retention_days: float | None = None
+    retention_check_s: float = 3600.0
 
     @field_validator("api_keys")
     @classmethod
@@ -60,6 +64,13 @@ class AppSettings(BaseSettings):
         for role in value.values():
             if role not in ROLES:
                 raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
+        return value
+
+    @field_validator("retention_days", "retention_check_s")
+    @classmethod
+    def _positive_period(cls, value: float | None) -> float | None:
+        if value is not None and not value > 0:
+            raise ValueError("must be > 0 (leave retention_days unset to keep results)")
         return value
 
     @field_validator("max_batch", "max_queue")

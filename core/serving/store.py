@@ -168,6 +168,22 @@ class ResultStore:
             rows = session.execute(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
             return [dict(row._mapping) for row in rows]
 
+    def results_before(self, app: str, before: dt.datetime, limit: int = 500) -> list[dict[str, Any]]:
+        """``app``'s results stored before ``before`` (naive: UTC), oldest first, at most ``limit``."""
+        query = (select(ResultRow).where(ResultRow.app == app, ResultRow.created_at < _utc(before))
+                 .order_by(ResultRow.created_at).limit(limit))
+        with self._sessions() as session:
+            return [_result_dict(row) for row in session.scalars(query).all()]
+
+    def delete_result(self, result_id: str) -> bool:
+        """Erase one result (committed before returning); whether it existed."""
+        with self._sessions.begin() as session:
+            row = session.get(ResultRow, result_id)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
     def audit(
         self,
         app: str,

@@ -275,3 +275,24 @@ def test_the_period_summary_counts_what_was_answered(client):
     whole_day = client.get("/v1/results:summary").json()["calls"]
     assert whole_day - earlier == 3  # the period is honoured: the module's earlier calls fall before it
     assert client.get("/v1/results:summary", params={"since": since.isoformat(), "until": since.isoformat()}).status_code == 422
+
+
+def test_an_erased_call_goes_with_its_redacted_audio_and_the_erasure_is_audited(client):
+    import datetime as dt
+
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.0)), "audio/wav")},
+                    data={"redact_audio": "true", "output_mode": "text"})
+    assert r.status_code == 200, r.text
+    call, url = r.json()["id"], r.json()["redacted_audio"]["url"]
+    folder = client.app.state.settings.artefact_dir / "customer-service" / url.split("/")[3]
+    assert folder.is_dir()
+    assert client.delete(f"/v1/results/{call}").status_code == 204
+    assert client.get(f"/v1/results/{call}").status_code == 404 and client.get(url).status_code == 404
+    assert not folder.exists()  # the recording went with the analysis
+    erased = client.app.state.store.list_audit("customer-service", action="results:erase")[0]
+    assert erased["outcome"] == {"result_id": call, "kind": "call", "reason": "request", "files": 1}
+    assert client.delete(f"/v1/results/{call}").status_code == 404
+    now = dt.datetime.now(dt.UTC).isoformat()
+    job = client.app.state.store.save_result("customer-service", "call", None, {"status": "running", "heartbeat": now})
+    r = client.delete(f"/v1/results/{job}")
+    assert r.status_code == 409 and "still being analysed" in r.json()["error"]["message"]

@@ -19,7 +19,7 @@ def client(tiny_bundles, tmp_path, request):
     settings = IndustrialSettings(
         detector_dir=tiny_bundles / "detector", vibration_dir=tiny_bundles / "vibration", fusion_dir=tiny_bundles / "fusion",
         template_detector_dir=tiny_bundles / "detector_template", defect_classifier_dir=tiny_bundles / "defect_classifier",
-        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent"},
+        database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art", api_keys={"k": "line", "a": "agent", "adm": "admin"},
         torch_threads=1, detector_backend="torch", detector_precision="fp32", decision_rule=request.param,
     )
     with TestClient(create_app(settings)) as c:
@@ -262,3 +262,16 @@ def test_the_period_summary_counts_what_was_answered(client):
     assert bad.status_code == 422 and "must be before" in bad.json()["error"]["message"]
     assert client.get("/v1/inspections:summary", params={"since": "yesterday"}, headers=KEY).status_code == 422
     assert client.get("/v1/inspections:summary", headers={"X-API-Key": "a"}).status_code == 403
+
+
+def test_an_admin_erases_a_stored_inspection_and_the_erasure_is_audited(client):
+    r = client.post("/v1/inspect", files={"image": ("b.png", board_png(), "image/png")}, data={"board_id": "SN-9"}, headers=KEY)
+    assert r.status_code == 200, r.text
+    inspection = r.json()["id"]
+    assert client.delete(f"/v1/inspections/{inspection}", headers=KEY).status_code == 403  # the line may not
+    assert client.delete(f"/v1/inspections/{inspection}", headers={"X-API-Key": "adm"}).status_code == 204
+    assert client.get(f"/v1/inspections/{inspection}", headers=KEY).status_code == 404
+    assert client.get("/v1/inspections", params={"board_id": "SN-9"}, headers=KEY).json()["results"] == []
+    erased = client.app.state.store.list_audit("industrial", action="results:erase")
+    assert [a["outcome"]["result_id"] for a in erased] == [inspection] and erased[0]["role"] == "admin"
+    assert client.delete(f"/v1/inspections/{inspection}", headers={"X-API-Key": "adm"}).status_code == 404

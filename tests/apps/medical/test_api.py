@@ -429,3 +429,19 @@ def test_a_stored_study_downloads_as_a_structured_report_filed_with_its_study(cl
     assert client.get(body["structured_report"], params={"study_uid": "1.02"}, headers=RAD).status_code == 422
     assert client.get(body["structured_report"], headers={"X-API-Key": "ag"}).status_code == 403
     assert client.get("/v1/studies/" + "0" * 32 + "/structured-report.dcm", headers=RAD).status_code == 404
+
+
+def test_an_admin_erases_a_stored_study_with_its_heat_maps_and_the_erasure_is_audited(client, toy_studies):
+    body = _analysed(client, toy_studies)
+    folder = client.app.state.settings.artefact_dir / "medical" / body["heatmaps"][0].split("/")[3]
+    assert folder.is_dir()
+    assert client.delete(f"/v1/studies/{body['id']}", headers=RAD).status_code == 403  # admins only
+    assert client.delete(f"/v1/studies/{body['id']}", headers=ADMIN).status_code == 204
+    assert client.get(f"/v1/studies/{body['id']}", headers=RAD).status_code == 404
+    assert client.get(body["heatmaps"][0], headers=RAD).status_code == 404 and not folder.exists()
+    assert body["id"] not in {s["id"] for s in client.get("/v1/studies", headers=RAD).json()["results"]}
+    records = client.get("/v1/audit", params={"action": "results:erase"}, headers=ADMIN).json()["records"]
+    analysed = client.get("/v1/audit", params={"action": "studies:analyze"}, headers=ADMIN).json()["records"][0]
+    assert records[0]["role"] == "admin" and records[0]["subject_hash"] == analysed["subject_hash"]
+    assert records[0]["outcome"] == {"result_id": body["id"], "kind": "study", "reason": "request", "files": 1}
+    assert client.delete(f"/v1/studies/{body['id']}", headers=ADMIN).status_code == 404
