@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from apps.customer_service.settings import CustomerServiceSettings, get_settings
 from core.serving import (
+    SUMMARY_MAX_ROWS,
     ApiError,
     DynamicBatcher,
     Principal,
@@ -32,13 +33,13 @@ from core.serving import (
     create_service_app,
     erase_result,
     get_batcher,
+    get_period,
     get_request_id,
     get_store,
     job_response,
     read_upload,
     require_role,
     start_job,
-    summary_period,
     wants_async,
 )
 
@@ -46,7 +47,6 @@ log = logging.getLogger("triptych.customer_service")
 APP = "customer-service"
 AUDIO_KINDS = {"wav", "flac", "ogg", "mp3"}
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-SUMMARY_MAX_ROWS = 200_000  # a summary reads a few fields of each call; past this it covers the newest only
 
 
 class CallRunner:
@@ -330,12 +330,11 @@ class CallsSummary(BaseModel):
 async def summarise_calls(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("agent"))],
-    since: Annotated[dt.datetime | None, Query(description="start, ISO 8601 (no offset: UTC); default: 24 h before until")] = None,
-    until: Annotated[dt.datetime | None, Query(description="end, ISO 8601 (no offset: UTC); default: now")] = None,
+    period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
 ) -> CallsSummary:
     from apps.customer_service.summary import FIELDS, summarise
 
-    since, until = summary_period(since, until)
+    since, until = period
     rows = await store.apayload_fields(APP, "call", FIELDS, since=since, until=until, limit=SUMMARY_MAX_ROWS + 1)
     return CallsSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
                         **summarise(rows[:SUMMARY_MAX_ROWS]))

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 
 from apps.industrial.settings import IndustrialSettings, get_settings
 from core.serving import (
+    SUMMARY_MAX_ROWS,
     ApiError,
     DynamicBatcher,
     Principal,
@@ -32,18 +33,17 @@ from core.serving import (
     create_service_app,
     erase_result,
     get_batcher,
+    get_period,
     get_request_id,
     get_store,
     read_upload,
     require_role,
-    summary_period,
 )
 
 log = logging.getLogger("triptych.industrial")
 APP = "industrial"
 
 IMAGE_KINDS = {"png", "jpeg", "bmp", "tiff"}
-SUMMARY_MAX_ROWS = 200_000  # a line at one board a second fills 8 h with 28,800
 VIBRATION_KINDS = {"csv", "npy", "wav"}
 
 router = APIRouter(prefix="/v1", tags=["inspection"])
@@ -286,12 +286,11 @@ async def list_inspections(
 async def summarise_inspections(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("line"))],
-    since: Annotated[dt.datetime | None, Query(description="start, ISO 8601 (no offset: UTC); default: 24 h before until")] = None,
-    until: Annotated[dt.datetime | None, Query(description="end, ISO 8601 (no offset: UTC); default: now")] = None,
+    period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
 ) -> InspectionSummary:
     from apps.industrial.summary import FIELDS, summarise
 
-    since, until = summary_period(since, until)
+    since, until = period
     rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), FIELDS, since=since, until=until,
                                        limit=SUMMARY_MAX_ROWS + 1)
     return InspectionSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,

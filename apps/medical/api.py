@@ -142,6 +142,19 @@ class AuditList(BaseModel):
 
 router = APIRouter(tags=["medical"])
 
+# A download filed with the analysed study in a PACS: the study's UID, which the service never keeps
+StudyUid = Annotated[str | None, Query(max_length=64, description=(
+    "Study Instance UID of the analysed CT, so a PACS files the download with it; the service does not keep it. "
+    "Without it the download forms a study of its own."))]
+
+
+def _check_study_uid(study_uid: str | None) -> None:
+    from apps.medical.secondary_capture import valid_uid
+
+    if study_uid is not None and not valid_uid(study_uid):
+        raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
+                                                 "(no leading zeros), at most 64 characters")
+
 
 def _response(result_id: str, payload: dict[str, Any], prefix: str) -> AnalyzeResponse:
     """The analyze response of a stored payload: the same answer whether just analysed or read back."""
@@ -258,17 +271,12 @@ async def study_structured_report(
     result_id: str,
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
-    study_uid: Annotated[str | None, Query(max_length=64, description="Study Instance UID of the analysed CT, so a "
-                                           "PACS files the report with it; the service does not keep it. "
-                                           "Without it the report forms a study of its own.")] = None,
+    study_uid: StudyUid = None,
 ) -> Response:
-    from apps.medical.secondary_capture import valid_uid
     from apps.medical.structured_report import structured_report_for
 
     row = await _stored_study(store, result_id)
-    if study_uid is not None and not valid_uid(study_uid):
-        raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
-                                                 "(no leading zeros), at most 64 characters")
+    _check_study_uid(study_uid)
     payload = row["payload"]
     result = _response(row["id"], payload, request.scope.get("root_path", "")).model_dump()
     data, _ = await asyncio.to_thread(structured_report_for, result, study_uid, row["id"])
@@ -311,19 +319,15 @@ async def heatmap_secondary_capture(
     artefact_id: str,
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
-    study_uid: Annotated[str | None, Query(max_length=64, description="Study Instance UID of the analysed CT, so a "
-                                           "PACS files the instances with it; the service does not keep it. "
-                                           "Without it the instances form a study of their own.")] = None,
+    study_uid: StudyUid = None,
 ) -> Response:
-    from apps.medical.secondary_capture import heatmaps_to_secondary_capture_zip, valid_uid
+    from apps.medical.secondary_capture import heatmaps_to_secondary_capture_zip
 
     runner = _runner(request)
     slices = runner.artefact_slices(artefact_id)
     if not slices:
         raise ApiError(404, "not_found", "no heat-map images for this id")
-    if study_uid is not None and not valid_uid(study_uid):
-        raise ApiError(422, "invalid_study_uid", "study_uid must be a DICOM UID: numbers separated by dots "
-                                                 "(no leading zeros), at most 64 characters")
+    _check_study_uid(study_uid)
     data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version, artefact_id)
     # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
     rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import inspect
 import logging
 import re
@@ -18,16 +19,16 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from core.serving.batching import DynamicBatcher, ModelRunner
 from core.serving.errors import ApiError, error_body, install_error_handlers
 from core.serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from core.serving.settings import AppSettings
-from core.serving.store import ResultStore
+from core.serving.store import ResultStore, summary_period
 
 if TYPE_CHECKING:
     from core.serving.retention import ArtefactPaths
@@ -326,5 +327,18 @@ async def get_app_settings(request: Request) -> AppSettings:
 
 async def get_request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+
+
+# A summary reads a few payload fields of each stored result in its period; past this many results it
+# covers the newest only and says so (a line at one board a second stores 28,800 in 8 h).
+SUMMARY_MAX_ROWS = 200_000
+
+
+async def get_period(
+    since: Annotated[dt.datetime | None, Query(description="start, ISO 8601 (no offset: UTC); default: 24 h before until")] = None,
+    until: Annotated[dt.datetime | None, Query(description="end, ISO 8601 (no offset: UTC); default: now")] = None,
+) -> tuple[dt.datetime, dt.datetime]:
+    """A summary route's ``[since, until)`` in UTC from its query (``store.summary_period``; 422 when empty)."""
+    return summary_period(since, until)
 
 

@@ -3,7 +3,7 @@
 // and live transcription (WebSocket v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const { $, apiKey, headers, el, setStatus, errorText, bar, sleep, pct } = triptych;  // common.js
+const { $, apiKey, headers, el, setStatus, errorText, fetchPeriod, bar, sleep, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
@@ -290,19 +290,15 @@ function stopLive() {
 // ---- the calls in numbers (GET v1/results:summary) -----------------------------------------------
 
 async function summary() {
-  const until = new Date();
-  const since = new Date(until.getTime() - Number($("period").value) * 3600e3);
   setStatus("summary-status", "Loading…");
   try {
-    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
-    const response = await fetch(`${BASE}v1/results:summary?${query}`, { headers: headers() });
-    if (response.status === 401) {
+    const numbers = await fetchPeriod(`${BASE}v1/results:summary`, Number($("period").value));
+    if (numbers === null) {
       $("summary-body").hidden = true;
       setStatus("summary-status", "Enter the API key to see the calls' numbers.");
       return;
     }
-    if (!response.ok) throw new Error(await errorText(response));
-    showSummary(await response.json());
+    showSummary(numbers);
   } catch (err) {
     setStatus("summary-status", err.message, true);
   }

@@ -3,7 +3,7 @@
 // line in numbers over a period (GET v1/inspections:summary): pass rate, decisions, defect Pareto.
 "use strict";
 
-const { $, headers, el, setStatus, errorText, bar, pct } = triptych;  // common.js
+const { $, headers, el, setStatus, errorText, fetchPeriod, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../industrial/"
 const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
 
@@ -104,19 +104,15 @@ async function draw(imageFile, defects) {
 
 // ---- the line in numbers ----------------------------------------------------------------------
 async function summary() {
-  const until = new Date();
-  const since = new Date(until.getTime() - Number($("period").value) * 3600e3);
   setStatus("summary-status", "Loading…");
   try {
-    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
-    const response = await fetch(`${BASE}v1/inspections:summary?${query}`, { headers: headers() });
-    if (response.status === 401) {
+    const numbers = await fetchPeriod(`${BASE}v1/inspections:summary`, Number($("period").value));
+    if (numbers === null) {
       $("summary-body").hidden = true;
       setStatus("summary-status", "Enter the API key to see the line's numbers.");
       return;
     }
-    if (!response.ok) throw new Error(await errorText(response));
-    showSummary(await response.json());
+    showSummary(numbers);
   } catch (err) {
     setStatus("summary-status", err.message, true);
   }

@@ -49,6 +49,18 @@ const triptych = (() => {
     return URL.createObjectURL(await response.blob());
   }
 
+  // a summary route (GET url?since&until) over the last ``hours``: its JSON, or null when the service
+  // wants an API key (the page then says so instead of showing an error)
+  async function fetchPeriod(url, hours) {
+    const until = new Date();
+    const since = new Date(until.getTime() - hours * 3600e3);
+    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
+    const response = await fetch(`${url}?${query}`, { headers: headers() });
+    if (response.status === 401) return null;
+    if (!response.ok) throw new Error(await errorText(response));
+    return response.json();
+  }
+
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const pct = (p) => `${Math.round(100 * p)} %`;
 
@@ -65,5 +77,5 @@ const triptych = (() => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, bar, sleep, pct };
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, bar, sleep, pct };
 })();
