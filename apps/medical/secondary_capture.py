@@ -39,34 +39,52 @@ def valid_uid(uid: str) -> bool:
     return len(uid) <= 64 and bool(_UID.match(uid))
 
 
+def derived_instance(sop_class: str, sop_uid: str, study_uid: str, series_uid: str, study_uid_retained: bool,
+                     charset: str):
+    """The part every instance the service derives from a study shares (this Secondary Capture, the
+    Structured Report): file meta, SOP, the Patient and General Study modules with their type 2
+    attributes present and empty (no PHI is written), the series UID, and the record of the PS3.15
+    profile it follows. ``study_uid_retained``: the study UID is the source study's (Retain UIDs)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.sequence import Sequence
+    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
+
+    if not all(valid_uid(u) for u in (study_uid, series_uid, sop_uid)):
+        raise ValueError("study, series and instance UIDs must be valid DICOM UIDs")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop_class, sop_uid
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = sop_class, sop_uid
+    ds.SpecificCharacterSet = charset
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
+    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "", ""
+    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", ""
+    ds.SeriesInstanceUID = series_uid
+    # Confidentiality profile record (PS3.15 E.1.1)
+    ds.PatientIdentityRemoved = "YES"
+    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (triptych)"
+    codes = [BASIC_PROFILE, CLEAN_DESCRIPTORS] + ([RETAIN_UIDS] if study_uid_retained else [])
+    ds.DeidentificationMethodCodeSequence = Sequence([_code(value, meaning) for value, meaning in codes])
+    return ds
+
+
 def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, instance_number: int,
                       model_version: str, slice_label: str, sop_uid: str | None = None,
                       study_uid_retained: bool = True, patient_orientation: tuple[str, str] = AXIAL_RADIOLOGICAL) -> bytes:
     """One (H, W, 3) uint8 image -> the bytes of a Secondary Capture instance (explicit VR little endian).
     ``sop_uid``: None for a new random one; ``study_uid_retained``: the study UID is the source study's."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.sequence import Sequence
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import generate_uid
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 image, got {rgb.shape} {rgb.dtype}")
-    if not valid_uid(study_uid) or not valid_uid(series_uid) or (sop_uid is not None and not valid_uid(sop_uid)):
+    if sop_uid is not None and not valid_uid(sop_uid):
         raise ValueError("study, series and instance UIDs must be valid DICOM UIDs")
-    sop_uid = sop_uid or generate_uid()
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SECONDARY_CAPTURE_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE_SOP_CLASS, sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    # Patient and General Study modules: type 2 attributes present and empty (no PHI is written)
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
-    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "", ""
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", ""
+    ds = derived_instance(SECONDARY_CAPTURE_SOP_CLASS, sop_uid or generate_uid(), study_uid, series_uid,
+                          study_uid_retained, charset="ISO_IR 100")
     # General Series / SC Equipment / General Image
-    ds.SeriesInstanceUID, ds.Modality, ds.SeriesNumber = series_uid, "OT", 9001
+    ds.Modality, ds.SeriesNumber = "OT", 9001
     ds.SeriesDescription = SERIES_DESCRIPTION
     # the chest is no paired body part: with it named, Laterality (type 2C) is rightly absent
     ds.BodyPartExamined = "CHEST"
@@ -80,11 +98,6 @@ def secondary_capture(rgb: np.ndarray, *, study_uid: str, series_uid: str, insta
     ds.DerivationDescription = f"explanation overlay on CT {slice_label}"[:1024]
     ds.BurnedInAnnotation = "NO"
     ds.ImageComments = "Model explanation, not a diagnosis. " + slice_label
-    # Confidentiality profile record (PS3.15 E.1.1)
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (triptych)"
-    codes = [BASIC_PROFILE, CLEAN_DESCRIPTORS] + ([RETAIN_UIDS] if study_uid_retained else [])
-    ds.DeidentificationMethodCodeSequence = Sequence([_code(value, meaning) for value, meaning in codes])
     # Image Pixel module
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
     ds.Rows, ds.Columns = int(rgb.shape[0]), int(rgb.shape[1])

@@ -24,7 +24,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-from apps.medical.secondary_capture import BASIC_PROFILE, CLEAN_DESCRIPTORS, RETAIN_UIDS, valid_uid
+from apps.medical.secondary_capture import derived_instance, valid_uid
 
 ENHANCED_SR_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.88.22"
 SERIES_DESCRIPTION = "triptych malignancy estimate (not for diagnosis)"
@@ -141,26 +141,12 @@ def structured_report(result: dict[str, Any], *, study_uid: str, series_uid: str
                       study_uid_retained: bool = True) -> bytes:
     """A stored analysis (the analyze response's fields, ``model_version`` and ``disclaimer``
     included) -> the bytes of an Enhanced SR instance (explicit VR little endian)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.sequence import Sequence
-    from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian
 
-    if not all(valid_uid(u) for u in (study_uid, series_uid, sop_uid)):
-        raise ValueError("study, series and instance UIDs must be valid DICOM UIDs")
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = ENHANCED_SR_SOP_CLASS
-    meta.MediaStorageSOPInstanceUID = sop_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = ENHANCED_SR_SOP_CLASS, sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 192"  # UTF-8: whatever characters the texts carry
-    # Patient and General Study modules: type 2 attributes present and empty (no PHI is written)
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "", "", "", ""
-    ds.StudyInstanceUID, ds.StudyDate, ds.StudyTime = study_uid, "", ""
-    ds.ReferringPhysicianName, ds.StudyID, ds.AccessionNumber = "", "", ""
+    # UTF-8: whatever characters the texts carry
+    ds = derived_instance(ENHANCED_SR_SOP_CLASS, sop_uid, study_uid, series_uid, study_uid_retained, charset="ISO_IR 192")
     # SR Document Series, General Equipment
-    ds.Modality, ds.SeriesInstanceUID, ds.SeriesNumber = "SR", series_uid, SR_SERIES_NUMBER
+    ds.Modality, ds.SeriesNumber = "SR", SR_SERIES_NUMBER
     ds.SeriesDescription = SERIES_DESCRIPTION
     ds.ReferencedPerformedProcedureStepSequence = Sequence([])
     ds.Manufacturer = "triptych"
@@ -170,11 +156,6 @@ def structured_report(result: dict[str, Any], *, study_uid: str, series_uid: str
     ds.CompletionFlag, ds.VerificationFlag = "COMPLETE", "UNVERIFIED"
     ds.ContentDate, ds.ContentTime = DUMMY_DATE, DUMMY_TIME  # type 1 here; the profile's dummy values
     ds.PerformedProcedureCodeSequence = Sequence([])
-    # Confidentiality profile record (PS3.15 E.1.1)
-    ds.PatientIdentityRemoved = "YES"
-    ds.DeidentificationMethod = "DICOM PS3.15 E.1 Basic Profile (triptych)"
-    codes = [BASIC_PROFILE, CLEAN_DESCRIPTORS] + ([RETAIN_UIDS] if study_uid_retained else [])
-    ds.DeidentificationMethodCodeSequence = Sequence([_coded(value, "DCM", meaning) for value, meaning in codes])
     # SR Document Content: the root container and its tree
     findings = _container(FINDINGS, findings_items(result))
     impressions = _container(IMPRESSIONS, [_text(IMPRESSION, impression_text(result))])

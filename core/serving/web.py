@@ -50,6 +50,15 @@ KIT_PARTS = {
     "<!-- kit:api-key -->": """<label class="key">API key
     <input id="api-key" type="password" autocomplete="off" placeholder="only if the service asks for one">
   </label>""",
+    # a summary's period and its refresh button (common.js fetchPeriod reads the hours)
+    "<!-- kit:period -->": """<label class="inline">Period
+      <select id="period">
+        <option value="8">last 8 hours</option>
+        <option value="24" selected>last 24 hours</option>
+        <option value="168">last 7 days</option>
+      </select>
+    </label>
+    <button id="summary-refresh" type="button">Refresh</button>""",
 }
 
 

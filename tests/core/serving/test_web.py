@@ -76,7 +76,8 @@ def test_kit_script_parses():
 def test_kit_markers_are_filled_in(tmp_path):
     from core.serving.web import KIT_PARTS, page_files
 
-    (tmp_path / "index.html").write_text("<head>\n  <!-- kit:head -->\n</head><body><!-- kit:api-key --></body>")
+    (tmp_path / "index.html").write_text("<head>\n  <!-- kit:head -->\n</head><body><!-- kit:api-key -->"
+                                         "<!-- kit:period --></body>")
     html = page_files(tmp_path)["index.html"][0].decode()
     assert "<!-- kit:" not in html and all(part in html for part in KIT_PARTS.values())
     assert 'src="common.js"' in html and 'id="api-key"' in html
