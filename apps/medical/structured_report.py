@@ -131,7 +131,8 @@ def findings_items(result: dict[str, Any]) -> list:
 
 def impression_text(result: dict[str, Any]) -> str:
     risk = result["risk"]
-    sent = [m for m, w in (result.get("modality_weights") or {}).items() if w > 0]
+    names = {"ct": "the CT", "report": "the report"}
+    sent = [names.get(m, m) for m, w in (result.get("modality_weights") or {}).items() if w > 0]
     return (f"Estimated probability that the nodule is malignant: {100 * float(result['probability']):.0f} % "
             f"({risk['band']} band, not a Lung-RADS category), from {' and '.join(sent) or 'the inputs'}. "
             "Model output for research; not a diagnosis.")

@@ -78,7 +78,7 @@ def test_a_report_only_result_without_location_or_candidates(dicom_errors):
     data, _ = structured_report_for(result, STUDY, KEY)
     tree = _tree(pydicom.dcmread(io.BytesIO(data)))
     assert not any(str(t[4]).startswith(("Candidate", "Estimated nodule")) for t in tree)
-    assert any(t[3] == "Impression" and "from report." in t[4] for t in tree)
+    assert any(t[3] == "Impression" and "from the report." in t[4] for t in tree)
     assert dicom_errors(data) == []
 
 
