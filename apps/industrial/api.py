@@ -1,6 +1,7 @@
 """Factory QC API: ``POST /v1/inspect`` (one board) and ``POST /v1/inspect/batch`` (many boards); the stored
 results through ``GET /v1/inspections`` (newest first; one board's, one decision's), ``GET /v1/inspections/{id}``
 and ``GET /v1/inspections:summary`` (a period in numbers: decisions, pass rate, defect Pareto, machine states);
+``GET /v1/inspections.csv`` gives the same period one row per board;
 ``DELETE /v1/inspections/{id}`` (admin) erases one (``retention_days`` does it by age).
 
 Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
@@ -20,7 +21,7 @@ import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
-from fastapi.responses import Response
+from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from apps.industrial.settings import IndustrialSettings, get_settings
@@ -295,6 +296,27 @@ async def summarise_inspections(
                                        limit=SUMMARY_MAX_ROWS + 1)
     return InspectionSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
                              **summarise(rows[:SUMMARY_MAX_ROWS]))
+
+
+@router.get("/inspections.csv", response_class=StreamingResponse,
+            summary="A period's inspections as CSV, one row per board, oldest first (for spreadsheets and SPC tools)",
+            responses={200: {"content": {"text/csv": {}}}})
+async def export_inspections(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("line"))],
+    period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
+) -> StreamingResponse:
+    from apps.industrial.summary import EXPORT_FIELDS, export_rows
+
+    since, until = period
+    rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), EXPORT_FIELDS, since=since, until=until,
+                                       limit=SUMMARY_MAX_ROWS + 1, with_ids=True)
+    if len(rows) > SUMMARY_MAX_ROWS:
+        raise ApiError(413, "too_many_rows", f"the period holds more than {SUMMARY_MAX_ROWS:,} inspections; "
+                                             "export a shorter one (since / until)")
+    stamp = f"{since:%Y%m%dT%H%M}-{until:%Y%m%dT%H%M}"
+    return StreamingResponse(export_rows(rows[::-1]), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="inspections-{stamp}.csv"'})
 
 
 @router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,

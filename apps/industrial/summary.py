@@ -1,11 +1,17 @@
 """A period's stored inspections in numbers, as a quality engineer reads a shift: how many boards passed,
 failed or went to review, which defect classes account for the failures (a Pareto), and what state the
-machine was in. Pure functions over the few payload fields the store hands back (``FIELDS``)."""
+machine was in; and the same period as CSV rows, one per inspection, for the engineer's own SPC tools.
+Pure functions over the few payload fields the store hands back (``FIELDS``, ``EXPORT_FIELDS``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
+
+from apps.industrial.data import DEFECT_CLASSES
 
 DECISIONS = ("pass", "fail", "review")
 # what a summary reads of each stored inspection (name -> payload key or path), not the whole payload
@@ -46,3 +52,38 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "refuted_by_template": refuted,
         "machine_states": dict(machine.most_common()),
     }
+
+
+# one CSV row per inspection: what a spreadsheet or an SPC tool pivots on (no image, no box)
+EXPORT_FIELDS = {"board_id": "board_id", "board": "board",  # + the result's id and time (with_ids)
+                 "decision": "decision", "defect_probability": "defect_probability", "defects": "defects",
+                 "machine": ("machine_state", "label"), "detector_input": "detector_input",
+                 "model_version": "model_version"}
+EXPORT_COLUMNS = ("created_at", "id", "board_id", "batch_index", "decision", "defect_probability", "defects",
+                  *(f"defects_{name}" for name in DEFECT_CLASSES), "refuted_by_template", "machine_state",
+                  "detector_input", "model_version")
+
+
+def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """CSV text, a header line then one line per inspection (``EXPORT_FIELDS`` of each, oldest first).
+    Defects the board's template refuted are counted in their own column, not in the classes'."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(EXPORT_COLUMNS)
+    yield flush()
+    for row in rows:
+        found = row.get("defects") or []
+        kept = Counter(d["class"] for d in found if not d.get("refuted_by_template"))
+        probability = row.get("defect_probability")
+        writer.writerow([row["created_at"], row["id"], row.get("board_id") or "", "" if row.get("board") is None else row["board"],
+                         row["decision"], "" if probability is None else f"{probability:.4f}", sum(kept.values()),
+                         *(kept.get(name, 0) for name in DEFECT_CLASSES), len(found) - sum(kept.values()),
+                         row.get("machine") or "", row.get("detector_input") or "", row.get("model_version") or ""])
+        yield flush()

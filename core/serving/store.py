@@ -150,11 +150,14 @@ class ResultStore:
 
     def payload_fields(self, app: str, kind: str | tuple[str, ...] | None, fields: dict[str, PayloadKey],
                        since: dt.datetime | None = None, until: dt.datetime | None = None,
-                       limit: int = 100_000) -> list[dict[str, Any]]:
+                       limit: int = 100_000, with_ids: bool = False) -> list[dict[str, Any]]:
         """Only the named payload values (``{name: key or path}``, each read as JSON) of ``app``'s results
         stored in ``[since, until)``, newest first, at most ``limit``: what a summary over a shift reads
-        without loading every payload whole. Naive datetimes are taken as UTC."""
+        without loading every payload whole. Naive datetimes are taken as UTC. ``with_ids``: each row
+        also has its result's ``id`` and ``created_at`` (ISO 8601, UTC)."""
         columns = [ResultRow.payload[key].label(name) for name, key in fields.items()]
+        if with_ids:
+            columns += [ResultRow.id.label("id"), ResultRow.created_at.label("created_at")]
         query = select(*columns).where(ResultRow.app == app)
         if isinstance(kind, tuple):
             query = query.where(ResultRow.kind.in_(kind))
@@ -165,8 +168,11 @@ class ResultStore:
         if until is not None:
             query = query.where(ResultRow.created_at < _utc(until))
         with self._sessions() as session:
-            rows = session.execute(query.order_by(ResultRow.created_at.desc()).limit(limit)).all()
-            return [dict(row._mapping) for row in rows]
+            rows = [dict(row._mapping) for row in session.execute(query.order_by(ResultRow.created_at.desc()).limit(limit))]
+        if with_ids:
+            for row in rows:
+                row["created_at"] = _utc(row["created_at"]).isoformat()
+        return rows
 
     def results_before(self, app: str, before: dt.datetime, limit: int = 500) -> list[dict[str, Any]]:
         """``app``'s results stored before ``before`` (naive: UTC), oldest first, at most ``limit``."""

@@ -49,13 +49,17 @@ const triptych = (() => {
     return URL.createObjectURL(await response.blob());
   }
 
+  // the query of the last ``hours`` for a period route (?since=...&until=..., UTC)
+  function periodQuery(hours) {
+    const until = new Date();
+    const since = new Date(until.getTime() - hours * 3600e3);
+    return new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
+  }
+
   // a summary route (GET url?since&until) over the last ``hours``: its JSON, or null when the service
   // wants an API key (the page then says so instead of showing an error)
   async function fetchPeriod(url, hours) {
-    const until = new Date();
-    const since = new Date(until.getTime() - hours * 3600e3);
-    const query = new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
-    const response = await fetch(`${url}?${query}`, { headers: headers() });
+    const response = await fetch(`${url}?${periodQuery(hours)}`, { headers: headers() });
     if (response.status === 401) return null;
     if (!response.ok) throw new Error(await errorText(response));
     return response.json();
@@ -77,5 +81,5 @@ const triptych = (() => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, bar, sleep, pct };
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, periodQuery, bar, sleep, pct };
 })();

@@ -275,3 +275,26 @@ def test_an_admin_erases_a_stored_inspection_and_the_erasure_is_audited(client):
     erased = client.app.state.store.list_audit("industrial", action="results:erase")
     assert [a["outcome"]["result_id"] for a in erased] == [inspection] and erased[0]["role"] == "admin"
     assert client.delete(f"/v1/inspections/{inspection}", headers={"X-API-Key": "adm"}).status_code == 404
+
+
+def test_a_period_exports_as_csv_one_row_per_board_oldest_first(client):
+    import csv
+    import datetime as dt
+
+    since = dt.datetime.now(dt.UTC)
+    files = [("images", (f"b{i}.png", board_png(defect=i == 0, seed=i), "image/png")) for i in range(2)]
+    r = client.post("/v1/inspect/batch", files=files, data={"board_ids": ["SN-1", "SN-2"]}, headers=KEY)
+    assert r.status_code == 200, r.text
+    answered = r.json()["results"]
+    r = client.get("/v1/inspections.csv", params={"since": since.isoformat()}, headers=KEY)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.headers["content-disposition"].startswith('attachment; filename="inspections-')
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["board_id"] for row in table] == ["SN-1", "SN-2"]  # oldest first
+    for row, board in zip(table, answered):
+        kept = [d for d in board["defects"] if not d.get("refuted_by_template")]
+        assert row["id"] == board["id"] and row["decision"] == board["decision"] and int(row["defects"]) == len(kept)
+        assert dt.datetime.fromisoformat(row["created_at"]) >= since - dt.timedelta(seconds=1)
+    assert client.get("/v1/inspections.csv", params={"until": since.isoformat(), "since": since.isoformat()},
+                      headers=KEY).status_code == 422
+    assert client.get("/v1/inspections.csv", headers={"X-API-Key": "a"}).status_code == 403

@@ -33,7 +33,7 @@ def test_page_is_served(app):
 
 
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
-    assert_script_matches(app, WEB, {"v1/inspect", "v1/inspections:summary"})
+    assert_script_matches(app, WEB, {"v1/inspect", "v1/inspections:summary", "v1/inspections.csv"})
 
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")

@@ -50,6 +50,11 @@ def test_page_inspects_a_board_with_vibration(tiny_bundles, tmp_path):
         if defects:
             counted = page.locator("#pareto tbody tr td:nth-child(2)").all_text_contents()
             assert sum(int(n) for n in counted) <= defects  # template-refuted detections are left out
+        with page.expect_download() as download:
+            page.click("#export")
+        assert download.value.suggested_filename == "inspections-last-24h.csv"
+        lines = open(download.value.path()).read().splitlines()
+        assert lines[0].startswith("created_at,id,board_id") and len(lines) == 2 and ",SN-0042," in lines[1]
         page.select_option("#period", "8")
         wait_status(page, "#summary-status", lambda t, c: t.startswith("1 inspection"), 30)
         assert not problems, problems

@@ -155,6 +155,8 @@ def test_payload_fields_reads_only_named_values_in_a_period(tmp_path):
     naive = (now - dt.timedelta(minutes=1)).replace(tzinfo=None)
     assert [r["decision"] for r in store.payload_fields("industrial", "inspect", fields, until=naive)] == ["pass"]
     assert len(store.payload_fields("industrial", ("inspect", "other"), fields, limit=2)) == 2
+    with_ids = store.payload_fields("industrial", "inspect", {"decision": "decision"}, with_ids=True)
+    assert [r["id"] for r in with_ids][1] == old and dt.datetime.fromisoformat(with_ids[1]["created_at"]).utcoffset() == dt.timedelta(0)
     store.close()
 
 
