@@ -5,6 +5,7 @@
   before it is returned.
 - ``GET /v1/results/{id}``: a stored analysis; ``GET /v1/results``: the newest calls, summarised;
   ``GET /v1/results:summary``: a period's calls in numbers (escalations and why, intents, emotions, redactions);
+  ``GET /v1/results.csv``: the same period one row per call (labels and counts, no transcript);
   ``DELETE /v1/results/{id}`` (admin): erase a call and its redacted audio (``retention_days`` does it by age).
 - WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
 - ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
@@ -20,7 +21,7 @@ import logging
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
 from apps.customer_service.settings import CustomerServiceSettings, get_settings
@@ -338,6 +339,27 @@ async def summarise_calls(
     rows = await store.apayload_fields(APP, "call", FIELDS, since=since, until=until, limit=SUMMARY_MAX_ROWS + 1)
     return CallsSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
                         **summarise(rows[:SUMMARY_MAX_ROWS]))
+
+
+@router.get("/results.csv", response_class=StreamingResponse,
+            summary="A period's calls as CSV, one row per call, oldest first: labels and counts, no transcript",
+            responses={200: {"content": {"text/csv": {}}}})
+async def export_calls(
+    store: Annotated[ResultStore, Depends(get_store)],
+    who: Annotated[Principal, Depends(require_role("agent"))],
+    period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
+) -> StreamingResponse:
+    from apps.customer_service.summary import EXPORT_FIELDS, export_rows
+
+    since, until = period
+    rows = await store.apayload_fields(APP, "call", EXPORT_FIELDS, since=since, until=until,
+                                       limit=SUMMARY_MAX_ROWS + 1, with_ids=True)
+    if len(rows) > SUMMARY_MAX_ROWS:
+        raise ApiError(413, "too_many_rows", f"the period holds more than {SUMMARY_MAX_ROWS:,} calls; "
+                                             "export a shorter one (since / until)")
+    stamp = f"{since:%Y%m%dT%H%M}-{until:%Y%m%dT%H%M}"
+    return StreamingResponse(export_rows(rows[::-1]), media_type="text/csv; charset=utf-8",
+                             headers={"Content-Disposition": f'attachment; filename="calls-{stamp}.csv"'})
 
 
 @router.delete("/results/{result_id}", status_code=204, summary="Erase a stored call and its redacted audio (admin)")

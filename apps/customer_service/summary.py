@@ -1,13 +1,19 @@
 """A period's stored calls in numbers, as a contact-centre lead reads a day: how many calls, how many
-went to a supervisor and why, what callers wanted, how they felt, how much PII was redacted. Pure
-functions over the few payload fields the store hands back (``FIELDS``)."""
+went to a supervisor and why, what callers wanted, how they felt, how much PII was redacted; and the
+same period as CSV rows, one per call, for the quality team's spreadsheets (no transcript: the export
+carries labels and counts only). Pure functions over the few payload fields the store hands back
+(``FIELDS``, ``EXPORT_FIELDS``)."""
 
 from __future__ import annotations
 
+import csv
+import io
 from collections import Counter
+from collections.abc import Iterator
 from typing import Any
 
 from apps.customer_service.escalation import reason_kind
+from apps.customer_service.pii import TYPES as PII_TYPES
 from core.serving.jobs import job_status
 
 # what a summary reads of each stored call (name -> payload key or path), not the whole payload
@@ -54,3 +60,40 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_call_seconds": round(sum(seconds) / len(seconds), 1) if seconds else None,
         "redactions": dict(redactions.most_common()),
     }
+
+
+# one CSV row per call (+ the result's id and time, with_ids): labels and counts, never the transcript
+EXPORT_FIELDS = {**FIELDS, "intent_confidence": ("intent", "confidence")}
+EXPORT_COLUMNS = ("created_at", "id", "status", "escalate", "escalation_rules", "intent", "intent_confidence",
+                  "caller_emotion", "seconds", *(f"redacted_{t}" for t in PII_TYPES))
+
+
+def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
+    """CSV text, a header line then one line per call (``EXPORT_FIELDS`` of each, oldest first); a call
+    not finished has its status and nothing else."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+
+    def flush() -> str:
+        text = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return text
+
+    writer.writerow(EXPORT_COLUMNS)
+    yield flush()
+    for row in rows:
+        status = job_status({k: row[k] for k in ("status", "heartbeat") if row.get(k) is not None}) or "done"
+        if status != "done":
+            writer.writerow([row["created_at"], row["id"], status] + [""] * (len(EXPORT_COLUMNS) - 3))
+            yield flush()
+            continue
+        redacted = Counter(r["type"] for r in row.get("redactions") or [])
+        confidence = row.get("intent_confidence")
+        writer.writerow([
+            row["created_at"], row["id"], status, "yes" if row.get("escalate") else "no",
+            "; ".join(dict.fromkeys(reason_kind(r) for r in row.get("reasons") or [])), row.get("intent") or "",
+            "" if confidence is None else f"{confidence:.3f}", row.get("emotion") or "",
+            "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}",
+            *(redacted.get(t, 0) for t in PII_TYPES)])
+        yield flush()

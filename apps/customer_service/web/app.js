@@ -3,7 +3,7 @@
 // and live transcription (WebSocket v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const { $, apiKey, headers, el, setStatus, errorText, fetchPeriod, bar, sleep, pct } = triptych;  // common.js
+const { $, apiKey, headers, el, setStatus, errorText, fetchPeriod, savePeriod, bar, sleep, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
@@ -328,8 +328,18 @@ function showSummary(s) {
     : "typed chats only";
 }
 
+async function exportCsv(event) {
+  event.preventDefault();
+  try {
+    await savePeriod(`${BASE}v1/results.csv`, Number($("period").value), `calls-last-${$("period").value}h.csv`);
+  } catch (err) {
+    setStatus("summary-status", err.message, true);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("call-form").addEventListener("submit", analyse);
+  $("export").addEventListener("click", exportCsv);
   $("summary-refresh").addEventListener("click", summary);
   $("period").addEventListener("change", summary);
   $("api-key").addEventListener("change", summary);

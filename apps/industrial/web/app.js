@@ -3,7 +3,7 @@
 // line in numbers over a period (GET v1/inspections:summary): pass rate, decisions, defect Pareto.
 "use strict";
 
-const { $, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, periodQuery, bar, pct } = triptych;  // common.js
+const { $, headers, el, setStatus, errorText, fetchPeriod, savePeriod, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../industrial/"
 const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
 
@@ -143,12 +143,7 @@ function showSummary(s) {
 async function exportCsv(event) {
   event.preventDefault();
   try {
-    const url = await fetchBlobUrl(`${BASE}v1/inspections.csv?${periodQuery(Number($("period").value))}`);
-    const a = el("a");
-    a.href = url;
-    a.download = `inspections-last-${$("period").value}h.csv`;
-    a.click();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+    await savePeriod(`${BASE}v1/inspections.csv`, Number($("period").value), `inspections-last-${$("period").value}h.csv`);
   } catch (err) {
     setStatus("summary-status", err.message, true);
   }

@@ -65,6 +65,16 @@ const triptych = (() => {
     return response.json();
   }
 
+  // a period route's file (a CSV export) over the last ``hours``, fetched with the key and saved
+  async function savePeriod(url, hours, filename) {
+    const blob = await fetchBlobUrl(`${url}?${periodQuery(hours)}`);
+    const a = el("a");
+    a.href = blob;
+    a.download = filename;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(blob), 60_000);
+  }
+
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
   const pct = (p) => `${Math.round(100 * p)} %`;
 
@@ -81,5 +91,5 @@ const triptych = (() => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, periodQuery, bar, sleep, pct };
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, savePeriod, bar, sleep, pct };
 })();

@@ -296,3 +296,22 @@ def test_an_erased_call_goes_with_its_redacted_audio_and_the_erasure_is_audited(
     job = client.app.state.store.save_result("customer-service", "call", None, {"status": "running", "heartbeat": now})
     r = client.delete(f"/v1/results/{job}")
     assert r.status_code == 409 and "still being analysed" in r.json()["error"]["message"]
+
+
+def test_a_period_exports_as_csv_without_transcripts(client):
+    import csv
+    import datetime as dt
+    import io
+
+    since = dt.datetime.now(dt.UTC)
+    r = client.post("/v1/calls:analyze", data={"text": f"my card {CARD} was stolen and my pin is 4 8 2 9"})
+    assert r.status_code == 200, r.text
+    call = r.json()
+    r = client.get("/v1/results.csv", params={"since": since.isoformat()})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    table = list(csv.DictReader(io.StringIO(r.text)))
+    assert [row["id"] for row in table] == [call["id"]]
+    row = table[0]
+    assert row["intent"] == call["intent"]["label"] and row["escalate"] == ("yes" if call["escalation"]["escalate"] else "no")
+    assert row["redacted_card"] == "1" and row["redacted_credential"] == "1"
+    assert "stolen" not in r.text and "4111" not in r.text  # labels and counts, never the words

@@ -45,3 +45,24 @@ def test_an_empty_period_and_at_most_ten_intents():
     assert s["statuses"] == {"done": 0, "running": 0, "failed": 0, "interrupted": 0}
     many = summarise([_done(intent=f"intent_{i % 12}") for i in range(24)])
     assert len(many["top_intents"]) == 10 and all(i["calls"] == 2 for i in many["top_intents"])
+
+
+def test_export_rows_are_one_csv_line_per_call_with_labels_and_counts_only():
+    import csv
+    import io
+
+    from apps.customer_service.summary import EXPORT_COLUMNS, export_rows
+
+    done = {**_done(escalate=True, reasons=["caller angry (P=0.81 >= 0.6)", "caller angry (P=0.9 >= 0.6)",
+                                            "urgent intent compromised_card"], intent="compromised_card",
+                    emotion="angry", seconds=61.27, redactions=["card", "card", "credential"]),
+            "intent_confidence": 0.91234, "created_at": "2026-11-30T06:00:00+00:00", "id": "a" * 32}
+    failed = {"status": "failed", "heartbeat": None, "created_at": "2026-11-30T06:01:00+00:00", "id": "b" * 32}
+    table = list(csv.DictReader(io.StringIO("".join(export_rows([done, failed])))))
+    assert list(table[0]) == list(EXPORT_COLUMNS) and len(table) == 2
+    first = table[0]
+    assert first["escalate"] == "yes" and first["escalation_rules"] == "caller angry; urgent intent compromised_card"
+    assert (first["intent"], first["intent_confidence"], first["caller_emotion"], first["seconds"]) == (
+        "compromised_card", "0.912", "angry", "61.3")
+    assert (first["redacted_card"], first["redacted_credential"], first["redacted_iban"]) == ("2", "1", "0")
+    assert table[1]["status"] == "failed" and table[1]["intent"] == "" and table[1]["redacted_card"] == ""

@@ -34,7 +34,7 @@ def test_page_and_every_file_it_links_are_served(app):
 
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
     # the WebSocket is exercised below
-    assert_script_matches(app, WEB, {"v1/calls:analyze", "v1/stream", "v1/results", "v1/results/{}", "v1/results:summary"})
+    assert_script_matches(app, WEB, {"v1/calls:analyze", "v1/stream", "v1/results", "v1/results/{}", "v1/results:summary", "v1/results.csv"})
     script = (WEB / "app.js").read_text()
     assert 'registerProcessor("pcm-16k"' in (WEB / "pcm-worklet.js").read_text() and '"pcm-16k"' in script
 

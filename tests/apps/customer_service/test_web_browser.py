@@ -52,6 +52,11 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
         assert wait_status(page, "#summary-status", lambda t, c: t.startswith("1 call") or "error" in c, 30) == "1 call"
         assert page.text_content("#escalation-rate").endswith("of 1") and page.locator("#summary-intents .bar").count() == 1
         assert page.text_content("#summary-redactions") != "nothing"  # the spoken card number, redacted
+        with page.expect_download() as download:
+            page.click("#export")
+        lines = open(download.value.path()).read().splitlines()
+        assert download.value.suggested_filename == "calls-last-24h.csv" and len(lines) == 2
+        assert lines[0].startswith("created_at,id,status,escalate") and "block" not in lines[1]  # no transcript words
         page.click("#calls tbody tr")
         assert wait_status(page, "#call-status", lambda t, c: t.startswith("Result") or "error" in c, 30).startswith("Result")
         assert page.locator("#segments tbody tr").count() >= 1
