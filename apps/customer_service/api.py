@@ -199,8 +199,8 @@ async def analyze_call(
     output_mode: Annotated[Literal["text", "voice"] | None, Form(description="reply as text or voice; default from the User-Agent")] = None,
     redact_audio: Annotated[bool, Form(description=(
         "also return the audio with every redacted word silenced (card numbers, security codes and expiry dates, "
-        "IBANs, accounts, phones, e-mails, dates of birth, PINs, passcodes and passwords), pauses between them "
-        "included: redacted_audio.url"))] = False,
+        "IBANs, accounts, phones, e-mails, dates of birth, PINs, passcodes and passwords, National Insurance and "
+        "Social Security numbers), pauses between them included: redacted_audio.url"))] = False,
     user_agent: Annotated[str | None, Header()] = None,
     prefer: Annotated[str | None, Header(description=(
         "'respond-async' (RFC 7240): answer 202 at once and analyse in the background; poll "

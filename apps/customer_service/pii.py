@@ -1,7 +1,7 @@
 """PII redaction for call transcripts: card numbers, IBAN / account numbers, phone numbers,
-e-mail addresses, dates of birth and the caller's credentials (PINs, one-time codes, passwords),
-written ("4111 1111 1111 1111") or spoken ("four one one one ...", "forty one eleven ...",
-"john dot smith at gmail dot com").
+e-mail addresses, dates of birth, the caller's credentials (PINs, one-time codes, passwords) and
+national identity numbers (UK National Insurance, US Social Security), written ("4111 1111 1111 1111")
+or spoken ("four one one one ...", "forty one eleven ...", "john dot smith at gmail dot com").
 
 Detection runs on the written form from :func:`speech.textnorm.normalise_aligned`, whose pieces
 keep their source offsets, so every redaction points at the original characters (and, through
@@ -32,6 +32,18 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
   email    RFC-ish written addresses; spoken "x [dot y] at z dot tld"; after "email [address] is", a name of
            up to 3 words before the "at" is all the mailbox ("john smith at gmail dot com")
   dob      a date (spoken, "3 March 1985", "12th Dec 1990", 03/04/1985, 1985-04-03) with a birth word before it
+  national_id a UK National Insurance number (2 letters, 6 digits, a suffix A-D: "QQ123456C", "QQ 12 34 56 C",
+           letters spelled one by one, by name or in the NATO alphabet: "q q one two three four five six c",
+           "kay el ...") or a US Social Security number (ddd-dd-dddd; "123 45 6789", 9 digits read out). Right after
+           its name ("national insurance", "NI", "nino", "SSN", "social security", "my social"; through "number",
+           "is", ":", ...) or right before it ("... is my ssn"): any such shape, letters or suffix missing, a prefix
+           HMRC never issues (a misheard letter must not leak the digits); "the last four of my social" with 4
+           digits. Without a name: an NI number only with a prefix HMRC issues (first letter not D F I Q U V, second
+           not D F I O Q U V, never BG GB KN NK NT TN ZZ) and its suffix, typed (capitals, or joined to the digits)
+           or spelled one letter a word; an SSN only typed ddd-dd-dddd outside the SSA's never-issued ranges (area
+           000, 666, 900-999; group 00; serial 0000). Precedence: after credential (a passcode is what the caller
+           said it is), before account (a 9-digit run after "social security" is no account number), and a run
+           that is a national id is no card fragment; "social security number" never announces a cvv
 
 The redaction map holds type and offsets only, never the value: it is safe to log and store.
 """
@@ -53,7 +65,7 @@ from apps.customer_service.speech.textnorm import (
     normalise_aligned,
 )
 
-TYPES = ("card", "cvv", "expiry", "iban", "account", "phone", "email", "dob", "credential")
+TYPES = ("card", "cvv", "expiry", "iban", "account", "phone", "email", "dob", "credential", "national_id")
 CORPUS = Path(__file__).resolve().parents[2] / "datasets" / "customer_service" / "asr" / "pii_corpus.jsonl"
 
 _CONTEXT = {
@@ -179,7 +191,9 @@ def find_pii(text: str) -> list[Redaction]:
     found += _ibans(text)
     pieces = normalise_aligned(text)
     words = [_plain(p.text) for p in pieces]
-    found += _numbers(pieces, words, text)
+    ids = _national_ids(pieces, words, text)
+    found += ids
+    found += _numbers(pieces, words, text, ids)
     found += _dates_of_birth(pieces, words, text)
     found += _typed_expiries(pieces, words)
     found += _secrets(pieces, words)
@@ -273,9 +287,16 @@ def _context(words: list[str], start: int, kind: str, window: int = 6) -> bool:
 
 
 def _cvv_context(words: list[str], start: int, window: int = 6) -> bool:
-    before = words[max(0, start - window):start]
-    return any(w in _CVV_NAMES or (w in _CVV_LEADS and i + 1 < len(before) and before[i + 1] in _CVV_NOUNS)
+    lo = max(0, start - window)
+    before = words[lo:start]
+    return any(w in _CVV_NAMES or (w in _CVV_LEADS and i + 1 < len(before) and before[i + 1] in _CVV_NOUNS
+                                   and not _social(words, lo + i))
                for i, w in enumerate(before)) or _cvv_far(words, start)
+
+
+def _social(words: list[str], c: int) -> bool:
+    """words[c] is the "security" of "social security": a national id's name, never a card's code."""
+    return c >= 1 and words[c] == "security" and words[c - 1] == "social"
 
 
 # where a card's code is printed: these may stand between its name and its digits, however many
@@ -289,7 +310,7 @@ def _cvv_far(words: list[str], start: int, reach: int = 12) -> bool:
     nothing but where it is printed between ("... didn't work so I paid 150" is no code)."""
     for c in range(start - 1, max(-1, start - 1 - reach), -1):
         w = words[c]
-        if w in _CVV_NAMES or (w in _CVV_NOUNS and c >= 1 and words[c - 1] in _CVV_LEADS):
+        if w in _CVV_NAMES or (w in _CVV_NOUNS and c >= 1 and words[c - 1] in _CVV_LEADS and not _social(words, c - 1)):
             return True
         if w not in _CARD_PLACE and w not in _FILLERS:
             return False
@@ -453,14 +474,17 @@ def _digits(s: str) -> str:
     return re.sub(r"\D", "", s)
 
 
-def _numbers(pieces: list[Piece], words: list[str], text: str) -> list[Redaction]:
+def _numbers(pieces: list[Piece], words: list[str], text: str, ids: list[Redaction]) -> list[Redaction]:
+    """Cards, accounts, phones, cvvs, expiries and PINs among the runs of digits. ``ids`` (national ids, found
+    first) are no card fragments: "my card is blocked, my social security number is one two three ..." """
     runs = []
     for first, last in _digit_runs(pieces, words):
         idx = [k for k in range(first, last + 1) if words[k] not in _FILLERS]
         groups = [DIGIT_WORDS[words[k]] if words[k] in DIGIT_WORDS else _digits(pieces[k].text) for k in idx]
         card = _best_card(idx, groups, card_context=_context(words, first, "card"))
         spoken = all(_is_spoken_digits(text[pieces[k].start:pieces[k].end]) for k in idx)
-        runs.append({"idx": idx, "groups": groups, "card": card, "spoken": spoken})
+        an_id = any(r.start < pieces[idx[-1]].end and r.end > pieces[idx[0]].start for r in ids)
+        runs.append({"idx": idx, "groups": groups, "card": card, "spoken": spoken, "id": an_id})
     _card_fragments(runs, words)
     out: list[Redaction] = []
     for run in runs:
@@ -500,7 +524,7 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
         # and a run announced as an account, sort code, phone number ("call me on ..."), expiry or
         # security code is one
         first = run["idx"][0]
-        return (run["card"] is None and run["spoken"] and not _context(words, first, "account", window=3)
+        return (run["card"] is None and run["spoken"] and not run["id"] and not _context(words, first, "account", window=3)
                 and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3)
                 and not _context(words, first, "expiry", window=3) and not _cvv_context(words, first, window=3)
                 and not _credential_context(words, first, run["idx"][-1], len("".join(run["groups"]))))
@@ -615,8 +639,216 @@ def _numeric_date_year(written: str) -> int | None:
     return int(y) if len(y) == 4 else 1900 + int(y) if int(y) > 30 else 2000 + int(y)
 
 
+# -- national identity numbers -------------------------------------------------------------------
+
+# UK National Insurance numbers: HMRC never issues these first or second letters, nor these pairs
+_NI_BAD_FIRST = set("DFIQUV")
+_NI_BAD_SECOND = set("DFIOQUV")
+_NI_BAD_PAIRS = {"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"}
+# letters said by name, as a recogniser writes them ("kay el", "tee why"), or in the NATO alphabet; "o" / "oh" are
+# the digit 0 to the normaliser
+_LETTER_NAMES = {
+    "ay": "A", "eh": "A", "bee": "B", "be": "B", "see": "C", "sea": "C", "cee": "C", "dee": "D", "ee": "E", "ef": "F",
+    "eff": "F", "gee": "G", "aitch": "H", "haitch": "H", "eye": "I", "jay": "J", "kay": "K", "el": "L", "ell": "L",
+    "em": "M", "en": "N", "pee": "P", "queue": "Q", "cue": "Q", "ar": "R", "are": "R", "ess": "S", "es": "S",
+    "tee": "T", "tea": "T", "you": "U", "vee": "V", "ex": "X", "why": "Y", "zed": "Z", "zee": "Z",
+    "alpha": "A", "alfa": "A", "bravo": "B", "charlie": "C", "delta": "D", "echo": "E", "foxtrot": "F", "golf": "G",
+    "hotel": "H", "india": "I", "juliet": "J", "juliett": "J", "kilo": "K", "lima": "L", "mike": "M", "oscar": "O",
+    "papa": "P", "quebec": "Q", "romeo": "R", "sierra": "S", "tango": "T", "uniform": "U", "victor": "V",
+    "whiskey": "W", "whisky": "W", "x-ray": "X", "xray": "X", "yankee": "Y", "zulu": "Z",
+}
+# two-letter words: before six digits they are no NI prefix unless typed in capitals ("it is 12 34 56 ...")
+_TWO_LETTER_WORDS = {
+    "ad", "ah", "am", "an", "as", "at", "aw", "be", "by", "do", "eh", "er", "go", "ha", "he", "hi", "hm", "id",
+    "if", "in", "is", "it", "ma", "me", "mr", "ms", "my", "no", "of", "oh", "ok", "on", "or", "ox", "pa", "so", "to",
+    "uh", "um", "up", "us", "we", "ya", "ye", "yo",
+}
+# words that may sit between a national id's name and its value ("my social security number on file is ...")
+_ID_GAP = _LINKS | _FILLERS | {"number", "numbers", "no", "num", "nr", "#", "my", "the", "your", "his", "her", "our",
+                               "their", "it", "on", "file", "record", "full", "please", "so", "ok", "okay", "yes", "yeah"}
+# ... and between a value and its name said after it ("... that's my ssn")
+# (no "and": "sort code 12-34-56 and ni number ..." names two numbers)
+_ID_AFTER = {"is", "was", "that's", "that", "it's", "its", "being", "as", "my", "the", "his", "her", "their", "your",
+             "our"} | _FILLERS
+# said between the digits: "five two four dash six one dash ..."
+_SPOKEN_SEPARATORS = {"dash", "hyphen", "space"}
+# a token of a national id: optional 2 letters, digits (dashes, dots between), an optional letter ("QQ123456C", "56C")
+_ID_TOKEN = re.compile(r"([A-Za-z]{2})?(\d(?:[\d\-.]*\d)?)([A-Za-z])?")
+_TYPED_SSN = re.compile(r"\d{3}-\d{2}-\d{4}")
+
+
+def ni_prefix_ok(prefix: str) -> bool:
+    """An NI number's two letters as HMRC issues them."""
+    p = prefix.upper()
+    return (len(p) == 2 and p.isalpha() and p[0] not in _NI_BAD_FIRST and p[1] not in _NI_BAD_SECOND
+            and p not in _NI_BAD_PAIRS)
+
+
+def ssn_ok(digits: str) -> bool:
+    """Nine digits the SSA may have issued: no area 000, 666 or 900-999, no group 00, no serial 0000."""
+    return (len(digits) == 9 and digits.isdigit() and digits[:3] not in ("000", "666") and digits[0] != "9"
+            and digits[3:5] != "00" and digits[5:] != "0000")
+
+
+def _id_cue_at(words: list[str], c: int) -> bool:
+    """words[c] ends a national id's name: "national insurance", "ni", "nino", "n i", "ssn", "s s n",
+    "social security", "[my] social"."""
+    w = words[c]
+    prev = words[c - 1] if c >= 1 else ""
+    return (w in ("ni", "n.i", "nino", "ssn", "s.s.n", "social") or (w == "insurance" and prev == "national")
+            or (w == "security" and prev == "social") or (w == "i" and prev == "n")
+            or (w == "n" and prev == "s" and c >= 2 and words[c - 2] == "s"))
+
+
+def _id_cue_before(words: list[str], first: int, reach: int = 6) -> int:
+    """Where a national id's name ends before words[first], through nothing but ``_ID_GAP`` words; -1 if none."""
+    for c in range(first - 1, max(-1, first - 1 - reach), -1):
+        if _id_cue_at(words, c):
+            return c
+        if words[c] not in _ID_GAP:
+            return -1
+    return -1
+
+
+def _id_cue_after(words: list[str], last: int, reach: int = 4) -> bool:
+    """A national id's name said right after its value ("... that's my ssn", "... is my national insurance number")."""
+    for c in range(last + 1, min(len(words), last + 1 + reach)):
+        w = words[c]
+        if w in ("ni", "n.i", "nino", "ssn", "s.s.n", "social") or (w == "national" and words[c + 1:c + 2] == ["insurance"]):
+            return True
+        if w not in _ID_AFTER:
+            return False
+    return False
+
+
+def _letter(word: str) -> tuple[str, bool] | None:
+    """The letter a word spells and whether it was said by name: "q" -> ("Q", False), "kay" -> ("K", True)."""
+    word = _bare(word)
+    if len(word) == 1 and word.isalpha() and word.isascii():
+        return word.upper(), False
+    if word in _LETTER_NAMES:
+        return _LETTER_NAMES[word], True
+    return None
+
+
+def _bare(text: str) -> str:
+    return text.strip(".,;:!?\"'()")
+
+
+def _id_digits(pieces: list[Piece], words: list[str], k: int, want: int) -> tuple[int, str, str] | None:
+    """From piece k (a digit token, perhaps with 2 letters before: "QQ123456"), exactly ``want`` digits over one or
+    more pieces (fillers and a said "dash" between), and not more after them: (last piece, letters before, letter
+    after) where the letters are the ones typed onto the digits ("56C")."""
+    n = len(pieces)
+    m = _ID_TOKEN.fullmatch(_bare(pieces[k].text))
+    if not m:
+        return None
+    lead, digits, trail, last = m.group(1) or "", _digits(m.group(2)), m.group(3) or "", k
+    j = k + 1
+    while len(digits) < want and not trail:
+        while j < n and (words[j] in _FILLERS or words[j] in _SPOKEN_SEPARATORS):
+            j += 1
+        m = _ID_TOKEN.fullmatch(_bare(pieces[j].text)) if j < n else None
+        if m is None or m.group(1):
+            break
+        digits, trail, last, j = digits + _digits(m.group(2)), m.group(3) or "", j, j + 1
+    if len(digits) != want:
+        return None
+    if not trail:  # a longer number goes on after these digits: no national id
+        while j < n and words[j] in _FILLERS | _SPOKEN_SEPARATORS:
+            j += 1
+        if j < n and (_ID_TOKEN.fullmatch(_bare(pieces[j].text)) or words[j] in DIGIT_WORDS):
+            return None
+    return last, lead, trail
+
+
+def _digits_before(pieces: list[Piece], words: list[str], k: int) -> bool:
+    """A digit token right before piece k (fillers and a said "dash" skipped): k is inside a longer number."""
+    j = k - 1
+    while j >= 0 and words[j] in _FILLERS | _SPOKEN_SEPARATORS:
+        j -= 1
+    return j >= 0 and (bool(re.search(r"\d$", _bare(pieces[j].text))) or words[j] in DIGIT_WORDS)
+
+
+def _national_ids(pieces: list[Piece], words: list[str], text: str) -> list[Redaction]:
+    """UK National Insurance and US Social Security numbers (see the module docstring for the rules). A span ends
+    inside the source's punctuation: "nine oh three, that's my ssn" keeps its comma, '"AB123456C".' its quotes."""
+    out: list[Redaction] = []
+    for k in range(len(pieces)):
+        if out and pieces[k].start < out[-1].end:
+            continue
+        found = _ni_number(pieces, words, k) or _ssn(pieces, words, k)
+        if found:
+            first, last = pieces[found[0]], pieces[found[1]]
+            source = text[first.start:first.end]
+            out.append(Redaction("national_id", first.start + len(source) - len(source.lstrip("\"'(")),
+                                 last.start + len(text[last.start:last.end].rstrip(".,;:!?\"')"))))
+    return out
+
+
+def _ni_number(pieces: list[Piece], words: list[str], k: int) -> tuple[int, int] | None:
+    """(first piece, last piece) of an NI number whose digits start at piece k, or None."""
+    got = _id_digits(pieces, words, k, 6)
+    if got is None:
+        return None
+    last, lead, suffix = got
+    if not lead and _digits_before(pieces, words, k):
+        return None
+    suffix_said_by_name = False
+    if not suffix and last + 1 < len(pieces):
+        said = _letter(words[last + 1])
+        if said and said[0] in "ABCD":
+            suffix, suffix_said_by_name = said
+            last += 1
+    # the prefix: typed onto the digits, one two-letter token, two letters one a word, or (after a name) one or none
+    options: list[tuple[int, str, str]] = []  # (first piece, letters, how they were given)
+    if lead:
+        options.append((k, lead, "typed"))
+    else:
+        before = _bare(pieces[k - 1].text) if k >= 1 else ""
+        if len(before) == 2 and before.isalpha() and before.isascii():
+            options.append((k - 1, before, "typed" if before.isupper() else
+                            "word" if before.lower() in _TWO_LETTER_WORDS else "lower"))
+        one = _letter(words[k - 1]) if k >= 1 else None
+        two = _letter(words[k - 2]) if k >= 2 else None
+        if one and two:
+            options.append((k - 2, two[0] + one[0], "named" if one[1] or two[1] else "spelled"))
+        if one:
+            options.append((k - 1, one[0], "named"))
+        options.append((k, "", "none"))
+    for first, _letters, how in options:
+        if how != "word" and (_id_cue_before(words, first) >= 0 or _id_cue_after(words, last)):
+            return first, last
+    # no name said: a prefix HMRC issues, typed or spelled one letter a word, and the suffix typed or spelled
+    for first, letters, how in options:
+        if how in ("typed", "spelled", "lower") and ni_prefix_ok(letters) and suffix and not suffix_said_by_name:
+            return first, last
+    return None
+
+
+def _ssn(pieces: list[Piece], words: list[str], k: int) -> tuple[int, int] | None:
+    """(first piece, last piece) of a Social Security number (or its last four digits) starting at piece k."""
+    if _digits_before(pieces, words, k):
+        return None
+    got = _id_digits(pieces, words, k, 9)
+    if got and not got[1] and not got[2]:
+        last = got[0]
+        typed = last == k and _TYPED_SSN.fullmatch(_bare(pieces[k].text)) is not None
+        if typed and ssn_ok(_digits(pieces[k].text)) or _id_cue_before(words, k) >= 0 or _id_cue_after(words, last):
+            return k, last
+    got = _id_digits(pieces, words, k, 4)
+    if got and not got[1] and not got[2]:
+        cue = _id_cue_before(words, k)
+        if cue >= 0 and "last" in words[max(0, cue - 6):cue]:  # "the last four of my social are ..."
+            return k, got[0]
+    return None
+
+
 def _resolve(found: list[Redaction]) -> list[Redaction]:
-    order = {t: i for i, t in enumerate(("email", "iban", "card", "cvv", "credential", "expiry", "dob", "account", "phone"))}
+    # a national id after credential (a passcode is what the caller called it), before account and phone (a 9-digit
+    # run after "social security" is no account number, read out digit by digit or not)
+    order = {t: i for i, t in enumerate(("email", "iban", "card", "cvv", "credential", "national_id", "expiry", "dob",
+                                         "account", "phone"))}
     kept: list[Redaction] = []
     for r in sorted(found, key=lambda r: (order[r.type], r.start)):
         if all(r.end <= k.start or r.start >= k.end for k in kept):

@@ -5,7 +5,9 @@ but are not) plus templated ones filled with random values: Luhn-valid card numb
 groups, with dashes, digit by digit in words, with "double", or in pairs ("forty one eleven");
 valid IBANs; UK phone numbers; spoken and written e-mails; dates of birth. Hard negatives:
 Luhn-invalid 16-digit references, amounts, transaction dates, years, quantities, "at" phrases,
-IBAN-shaped strings with a wrong checksum. Run from the repo root:
+IBAN-shaped strings with a wrong checksum. National identity numbers (UK National Insurance, US Social
+Security) typed and spoken, with prefixes HMRC never issues, never-issued SSN ranges and 9-digit references as
+look-alikes. Run from the repo root:
 
     .venv/bin/python datasets/customer_service/asr/make_pii_corpus.py
 """
@@ -153,6 +155,61 @@ HAND = [
     ("email's um sam lee at example dot org", [("email", "sam lee at example dot org")]),
     ("I sent it to my wife at home", []),
     ("my email is working but I sent it to john at gmail dot com", [("email", "john at gmail dot com")]),
+    # national identity numbers: UK National Insurance (two letters, six digits, a suffix A-D) and US Social Security
+    # (ddd-dd-dddd), typed and as the recogniser writes them; after their name any such shape, without it only
+    # prefixes HMRC issues and SSNs typed with dashes outside the SSA's never-issued ranges
+    ("my national insurance number is q q 12 34 56 c", [("national_id", "q q 12 34 56 c")]),
+    ("national insurance q q one two three four five six c", [("national_id", "q q one two three four five six c")]),
+    ("NI no. AB 12 34 56 C", [("national_id", "AB 12 34 56 C")]),
+    ("ni: jm401993d", [("national_id", "jm401993d")]),
+    ("it's JM401993D on the tax form", [("national_id", "JM401993D")]),
+    ("my nino is h w one nine two two four seven a", [("national_id", "h w one nine two two four seven a")]),
+    ("national insurance number, tee why forty four ten eighty two bee",
+     [("national_id", "tee why forty four ten eighty two bee")]),
+    ("my n i number is sierra kilo one two three four five six charlie",
+     [("national_id", "sierra kilo one two three four five six charlie")]),
+    ("my national insurance number is um six one two two oh nine b", [("national_id", "six one two two oh nine b")]),
+    ("the one on my payslip is c e 55 66 77 a", [("national_id", "c e 55 66 77 a")]),
+    ("ssn 123-45-6789", [("national_id", "123-45-6789")]),
+    ("social security number is one two three four five six seven eight nine",
+     [("national_id", "one two three four five six seven eight nine")]),
+    ("my social security number is 231 40 7788", [("national_id", "231 40 7788")]),
+    ("SSN: 602118445", [("national_id", "602118445")]),
+    ("my social's six oh two one one eight four four five", [("national_id", "six oh two one one eight four four five")]),
+    ("my ssn is five two four dash six one dash nine nine three oh",
+     [("national_id", "five two four dash six one dash nine nine three oh")]),
+    ("five four one two two eight nine oh three, that's my ssn", [("national_id", "five four one two two eight nine oh three")]),
+    ("the W-9 shows 402-81-3367", [("national_id", "402-81-3367")]),
+    ("the last four of my social security number are 6789", [("national_id", "6789")]),
+    ("my card was blocked and my social security number is one two three four five six seven eight nine",
+     [("national_id", "one two three four five six seven eight nine")]),
+    ("the social security number on file is 7 7 1 2 0 4 5 5 3", [("national_id", "7 7 1 2 0 4 5 5 3")]),
+    ("I was born on 12/05/1985 and my ssn is 231-40-7788", [("dob", "12/05/1985"), ("national_id", "231-40-7788")]),
+    ("sort code 20-00-00 and ni number ab 12 34 56 c", [("account", "20-00-00"), ("national_id", "ab 12 34 56 c")]),
+    ("q q one two three four five six c", []),  # HMRC's specimen prefix (Q is never first), no name said
+    ("QQ 12 34 56 C is the example on the website", []),
+    ("reference DF123456A", []),
+    ("the booking is GB 12 34 56 A", []),
+    ("ticket TN 40 12 77 B", []),
+    ("it is 12 34 56 on my statement", []),
+    ("my ref is 12 34 56 a", []),
+    ("so at 10 11 12 a man rang", []),
+    ("my car insurance policy number is 123456", []),
+    ("order AB123456 has shipped", []),  # no suffix letter, no name: a reference
+    ("my account number is 123456789", [("account", "123456789")]),
+    ("account number is one two three four five six seven eight nine",
+     [("account", "one two three four five six seven eight nine")]),
+    ("reference 123456789 on the letter", []),
+    ("666-12-3456 is the claim reference", []),
+    ("123-00-4567 on the parcel", []),
+    ("the case is 912-45-6789", []),
+    ("call 555-123-4567", [("phone", "555-123-4567")]),
+    ("social security paid 1,250.00 on 03/05/2024", []),
+    ("my social security payment is 900 dollars", []),
+    ("my social security number is missing from the form", []),
+    ("national insurance contributions of 3,200 in 2023", []),
+    ("my ni number is on my payslip", []),
+    ("the security number on the back is 412", [("cvv", "412")]),
 ]
 
 
@@ -294,7 +351,82 @@ def generated(rng: random.Random) -> list[tuple[str, list[tuple[str, str]]]]:
     for _ in range(20):
         amount = rng.randrange(100, 100000)
         rows.append((rng.choice(["I sent £{:,} last week", "a transfer of {:,} euros", "I was charged {} pounds"]).format(amount), []))
+    # national identity numbers (drawn after everything above, so the rows before them stay as they were)
+    for _ in range(40):
+        prefix = ni_prefix(rng)
+        digits, suffix = "".join(str(rng.randrange(10)) for _ in range(6)), rng.choice("ABCD")
+        surface = ni_surface(prefix, digits, suffix, rng)
+        typed = surface[:2].isupper() or surface[:2].isalpha() and surface[2].isdigit()
+        frames = ["my national insurance number is {}", "ni number {}", "national insurance no {}", "my nino is {}"]
+        frames += ["it's {} for the isa", "{} on the P60"] if typed else []
+        rows.append((rng.choice(frames).format(surface), [("national_id", surface)]))
+    for _ in range(30):
+        digits = ssn_digits(rng)
+        style = rng.choice(["dashes", "dashes", "spaces", "plain", "words"])
+        surface = {"dashes": f"{digits[:3]}-{digits[3:5]}-{digits[5:]}", "spaces": f"{digits[:3]} {digits[3:5]} {digits[5:]}",
+                   "plain": digits, "words": spoken_digits(digits, rng)}[style]
+        frames = ["my social security number is {}", "ssn {}", "social security no. {} please", "{} is my ssn"]
+        frames += ["the form says {}", "{} on the W-2"] if style == "dashes" else []
+        rows.append((rng.choice(frames).format(surface), [("national_id", surface)]))
+    # their look-alikes: prefixes HMRC never issues, SSNs in never-issued ranges, 9-digit references, with no name said
+    for _ in range(15):
+        bad = rng.choice(["D", "F", "I", "Q", "U", "V"]) + rng.choice("ABCEHJKLMNPRSTWXYZ")
+        bad = rng.choice([bad, rng.choice(["BG", "GB", "KN", "NK", "NT", "TN", "ZZ"])])
+        digits, suffix = "".join(str(rng.randrange(10)) for _ in range(6)), rng.choice("ABCD")
+        surface = rng.choice([f"{bad}{digits}{suffix}", f"{bad} {digits[:2]} {digits[2:4]} {digits[4:]} {suffix}"])
+        rows.append((rng.choice(["reference {} on the letter", "the part number is {}", "ticket {}"]).format(surface), []))
+    for _ in range(15):
+        area, group, serial = rng.randrange(100, 900), rng.randrange(1, 100), rng.randrange(1, 10000)
+        area, group, serial = rng.choice([(0, group, serial), (666, group, serial), (rng.randrange(900, 1000), group, serial),
+                                          (area, 0, serial), (area, group, 0)])
+        surface = f"{area:03d}-{group:02d}-{serial:04d}"
+        rows.append((rng.choice(["claim {} on the letter", "the case number is {}", "parcel {}"]).format(surface), []))
+    for _ in range(10):
+        ref = "".join(str(rng.randrange(10)) for _ in range(9))
+        rows.append((rng.choice(["reference {}", "invoice {} is overdue", "my policy number is {}"]).format(ref), []))
     return rows
+
+
+# NI prefixes HMRC issues: the first letter not D F I Q U V, the second not D F I O Q U V, none of these pairs;
+# O is left out of the first too (said aloud, "oh" is the digit 0)
+NI_FIRST = [c for c in "ABCEGHJKLMNPRSTWXYZ"]
+NI_SECOND = [c for c in "ABCEGHJKLMNPRSTWXYZ"]
+NI_NEVER = {"BG", "GB", "KN", "NK", "NT", "TN", "ZZ"}
+LETTER_NAMES = {"A": "ay", "B": "bee", "C": "see", "D": "dee", "E": "ee", "G": "gee", "H": "aitch", "J": "jay", "K": "kay",
+                "L": "el", "M": "em", "N": "en", "P": "pee", "R": "ar", "S": "ess", "T": "tee", "W": "w", "X": "ex",
+                "Y": "why", "Z": "zed"}
+
+
+def ni_prefix(rng: random.Random) -> str:
+    while True:
+        prefix = rng.choice(NI_FIRST) + rng.choice(NI_SECOND)
+        if prefix not in NI_NEVER:
+            return prefix
+
+
+def ni_surface(prefix: str, digits: str, suffix: str, rng: random.Random) -> str:
+    style = rng.choice(["compact", "spaced", "lower", "spelled", "pairs", "named"])
+    if style == "compact":
+        return f"{prefix}{digits}{suffix}"
+    if style == "spaced":
+        return f"{prefix} {digits[:2]} {digits[2:4]} {digits[4:]} {suffix}"
+    if style == "lower":
+        return f"{prefix}{digits}{suffix}".lower()
+    letters = " ".join(c.lower() for c in prefix)
+    if style == "spelled":
+        return f"{letters} {spoken_digits(digits, rng)} {suffix.lower()}"
+    pairs = " ".join(two_digit_words(int(digits[i:i + 2])) for i in (0, 2, 4))
+    if style == "pairs":
+        return f"{letters} {pairs} {suffix.lower()}"
+    return f"{LETTER_NAMES[prefix[0]]} {LETTER_NAMES[prefix[1]]} {pairs} {LETTER_NAMES[suffix]}"
+
+
+def ssn_digits(rng: random.Random) -> str:
+    """Nine digits the SSA may issue: area 001-899 but 666, group 01-99, serial 0001-9999."""
+    while True:
+        area = rng.randrange(1, 900)
+        if area != 666:
+            return f"{area:03d}{rng.randrange(1, 100):02d}{rng.randrange(1, 10000):04d}"
 
 
 def main() -> None:

@@ -14,9 +14,11 @@ from apps.customer_service.pii import (
     find_pii,
     iban_ok,
     luhn_ok,
+    ni_prefix_ok,
     redact,
     redact_audio,
     redact_words,
+    ssn_ok,
 )
 from apps.customer_service.speech.asr import Word
 
@@ -168,6 +170,11 @@ def test_corpus_scores_per_type():
     credentials = evaluate_pii(HELDOUT.with_name("pii_heldout_credentials.jsonl"))
     assert credentials["sentences"] >= 12 and credentials["credential_support"] >= 6
     assert credentials["credential_recall"] == credentials["micro_recall"] == credentials["micro_precision"] == 1.0
+    # written and committed before the national_id rules; first score 1.0 / 1.0 (9 NI and SSN numbers, 7 look-alikes)
+    national = evaluate_pii(HELDOUT.with_name("pii_heldout_national_id.jsonl"))
+    assert national["sentences"] >= 14 and national["national_id_support"] >= 8
+    assert national["national_id_recall"] == national["national_id_precision"] == national["micro_precision"] == 1.0
+    assert national["micro_recall"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
@@ -260,3 +267,95 @@ def test_a_spoken_email_with_a_space_in_the_name_is_redacted_whole(text, value):
 
 def test_a_wife_at_home_is_no_email():
     assert find_pii("I sent it to my wife at home") == []
+
+
+def test_national_id_format_checks():
+    assert ni_prefix_ok("AB") and ni_prefix_ok("jt") and ni_prefix_ok("OA")  # O may come first, not second
+    assert not any(ni_prefix_ok(p) for p in ("QQ", "DA", "FA", "IA", "UA", "VA", "AO", "AD", "BG", "GB", "NK", "TN", "ZZ"))
+    assert ssn_ok("123456789") and ssn_ok("899010001")
+    assert not any(ssn_ok(d) for d in ("000123456", "666123456", "900123456", "999123456", "123006789", "123450000", "12345678"))
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    # UK National Insurance numbers: typed (capitals, or joined to the digits), spelled, by name, NATO
+    ("NI no. AB 12 34 56 C", "AB 12 34 56 C"),
+    ("it's JM401993D on the tax form", "JM401993D"),  # no name said: a prefix HMRC issues and its suffix
+    ("ni: jm401993d", "jm401993d"),
+    ("the one on my payslip is c e 55 66 77 a", "c e 55 66 77 a"),  # spelled one letter a word, no name said
+    ("national insurance number, tee why forty four ten eighty two bee", "tee why forty four ten eighty two bee"),
+    ("my n i number is sierra kilo one two three four five six charlie", "sierra kilo one two three four five six charlie"),
+    # after its name: a prefix HMRC never issues (a misheard letter), letters the recogniser lost
+    ("my national insurance number is q q 12 34 56 c", "q q 12 34 56 c"),
+    ("my national insurance number is um six one two two oh nine b", "six one two two oh nine b"),
+    ("my ni number is (ab 12 34 56 c)", "ab 12 34 56 c"),
+    ('NI: "AB123456C".', "AB123456C"),  # the quotes and the full stop stay outside
+    # US Social Security numbers: typed with dashes (no name needed), after or before their name in any grouping
+    ("the W-9 shows 402-81-3367", "402-81-3367"),
+    ("my social security number is 231 40 7788", "231 40 7788"),
+    ("SSN: 602118445", "602118445"),
+    ("my ssn is five two four dash six one dash nine nine three oh", "five two four dash six one dash nine nine three oh"),
+    ("five four one two two eight nine oh three, that's my ssn", "five four one two two eight nine oh three"),
+    ("ssn 666-12-3456", "666-12-3456"),  # a never-issued area, but the caller said it is their SSN
+])
+def test_national_ids_are_found(text, value):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("national_id", value)]
+
+
+@pytest.mark.parametrize(("found", "not_found"), [
+    # HMRC never issues these prefixes: with no name said, an NI-shaped string with one is a reference
+    ("JT 40 12 77 B", "QQ 40 12 77 B"),
+    ("a b one two three four five six c", "q q one two three four five six c"),
+    ("reference AB123456A", "reference DF123456A"),
+    ("booking CB 12 34 56 A", "booking GB 12 34 56 A"),
+    ("ticket TA 40 12 77 B", "ticket TN 40 12 77 B"),
+    # a two-letter word is no prefix unless typed in capitals; no suffix, no name: a reference
+    ("AT 12 34 56 A", "at 12 34 56 a"),
+    ("my national insurance number is 123456", "my car insurance policy number is 123456"),
+    ("order AB123456C has shipped", "order AB123456 has shipped"),
+    # the SSA never issues area 000, 666, 900-999, group 00, serial 0000: with no name, no SSN
+    ("667-12-3456 is the claim reference", "666-12-3456 is the claim reference"),
+    ("the case is 812-45-6789", "the case is 912-45-6789"),
+    ("123-01-4567 on the parcel", "123-00-4567 on the parcel"),
+    ("claim 123-45-0001", "claim 123-45-0000"),
+    ("ssn 123456789", "reference 123456789 on the letter"),  # 9 digits typed together need the name
+    # after "social security", amounts, dates and a missing number stay
+    ("my social security number is 231 40 7788", "my social security check of 1,250 dollars came on 03/05/2024"),
+    ("my ni number is ab 12 34 56 c", "my ni number is on my payslip"),
+])
+def test_national_id_look_alikes_stay(found, not_found):
+    assert [s.type for s in find_pii(found)] == ["national_id"]
+    assert find_pii(not_found) == []
+
+
+@pytest.mark.parametrize(("national", "other"), [
+    # a 9-digit run after "social security" is a national id, after "account" an account number
+    (("social security number is one two three four five six seven eight nine",
+      [("national_id", "one two three four five six seven eight nine")]),
+     ("account number is one two three four five six seven eight nine",
+      [("account", "one two three four five six seven eight nine")])),
+    # "card" said before it: the SSN is no card fragment; with no name, 8+ digits read out are an account
+    (("my card was blocked and my social security number is one two three four five six seven eight nine",
+      [("national_id", "one two three four five six seven eight nine")]),
+     ("the number they gave me was nine eight one two three four five six seven",
+      [("account", "nine eight one two three four five six seven")])),
+    # "social security number" announces no card security code: the last four of an SSN are the SSN's
+    (("the last four of my social security number are 6789", [("national_id", "6789")]),
+     ("the security number on the back is 412", [("cvv", "412")])),
+    # a name said after the value names it, but not across "and": a sort code then an NI number
+    (("12 34 56 c, that's my ni number", [("national_id", "12 34 56 c")]),
+     ("sort code 20-00-00 and ni number ab 12 34 56 c", [("account", "20-00-00"), ("national_id", "ab 12 34 56 c")])),
+    # ddd-dd-dddd is an SSN, ddd-ddd-dddd a (NANP) phone number
+    (("I was born on 12/05/1985 and my number is 231-40-7788", [("dob", "12/05/1985"), ("national_id", "231-40-7788")]),
+     ("I was born on 12/05/1985 and my number is 231-407-7880", [("dob", "12/05/1985"), ("phone", "231-407-7880")])),
+])
+def test_national_id_precedence(national, other):
+    for text, found in (national, other):
+        assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
+def test_a_national_insurance_number_read_out_is_silenced_in_the_audio():
+    said = "my national insurance number is q q one two three four five six c thanks"
+    words = [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate(said.split())]
+    result, hit = redact_words(words)
+    assert result.text == "my national insurance number is [NATIONAL_ID] thanks" and hit == list(range(5, 14))
+    assert "national_id" in TYPES
