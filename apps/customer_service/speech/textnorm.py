@@ -76,11 +76,12 @@ def normalise(text: str) -> str:
 def normalise_aligned(text: str) -> list[Piece]:
     """:func:`normalise` as pieces that keep their source character offsets."""
     toks = tokenize(text)
+    words = [t.word for t in toks]  # once: rebuilt per token it made a long call's transcript quadratic
     out: list[Piece] = []
     i = 0
     while i < len(toks):
         for rule in (_date, _digit_run, _number_phrase):
-            hit = rule(toks, i)
+            hit = rule(toks, i, words)
             if hit is not None:
                 written, j = hit
                 out.append(Piece(written, toks[i].start, toks[j - 1].end))
@@ -135,7 +136,7 @@ def parse_cardinal(words: list[str], i: int) -> tuple[int, int] | None:
     return total + current, j
 
 
-def _digit_run(toks: list[_Tok], i: int) -> tuple[str, int] | None:
+def _digit_run(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
     """Two or more spoken digits ("four five", "double five", "oh seven") -> "45", "55", "07"."""
     digits, j, n_spoken = "", i, 0
     while j < len(toks):
@@ -166,8 +167,7 @@ def _next_is_digit(toks: list[_Tok], j: int) -> bool:
     return j + 1 < len(toks) and (toks[j + 1].word in DIGIT_WORDS or toks[j + 1].word in REPEAT)
 
 
-def _number_phrase(toks: list[_Tok], i: int) -> tuple[str, int] | None:
-    words = [t.word for t in toks]
+def _number_phrase(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
     if words[i] in ("a", "an") and i + 1 < len(words) and words[i + 1] in ("pound", "dollar", "euro", "quid"):
         value, j = 1, i + 1  # "a pound" -> £1
     else:
@@ -261,8 +261,7 @@ def _month(word: str) -> int | None:
     return MONTH_ABBREVIATIONS.get(word)
 
 
-def _date(toks: list[_Tok], i: int) -> tuple[str, int] | None:
-    words = [t.word for t in toks]
+def _date(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
     k = i + 1 if words[i] == "the" else i
     ordinal = _parse_ordinal(words, k)
     # a written day without a suffix ("3 March 1985", the usual typed form) is a day only before a month;

@@ -53,3 +53,20 @@ def test_parsers():
     assert parse_year(["nineteen", "oh", "five"], 0) == (1905, 3)
     assert parse_year(["twenty", "twenty"], 0) == (2020, 2)
     assert parse_year(["seventeen"], 0) is None
+
+
+def test_a_long_call_is_normalised_in_linear_time():
+    """An hour's transcript (~20,000 words) in well under a second or two: the rules once rebuilt the
+    word list at every token, so time grew with the square of the length (~25 s here)."""
+    import time
+
+    from apps.customer_service.speech.textnorm import normalise_aligned
+
+    sentence = "on the third of march I paid twenty five pounds to four five six seven and called back "
+    text = sentence * 1200
+    started = time.perf_counter()
+    pieces = normalise_aligned(text)
+    assert time.perf_counter() - started < 3.0
+    assert len(pieces) == 12_000 and [p.text for p in pieces[:10]] == [
+        "on", "3 March", "I", "paid", "£25", "to", "4567", "and", "called", "back"]
+    assert sum(p.text == "£25" for p in pieces) == 1200
