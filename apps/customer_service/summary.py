@@ -6,8 +6,6 @@ carries labels and counts only). Pure functions over the few payload fields the 
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -71,29 +69,18 @@ EXPORT_COLUMNS = ("created_at", "id", "status", "escalate", "escalation_rules", 
 def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
     """CSV text, a header line then one line per call (``EXPORT_FIELDS`` of each, oldest first); a call
     not finished has its status and nothing else."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    from core.serving import csv_lines
 
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(EXPORT_COLUMNS)
-    yield flush()
-    for row in rows:
+    def values(row: dict[str, Any]) -> list:
         status = job_status({k: row[k] for k in ("status", "heartbeat") if row.get(k) is not None}) or "done"
         if status != "done":
-            writer.writerow([row["created_at"], row["id"], status] + [""] * (len(EXPORT_COLUMNS) - 3))
-            yield flush()
-            continue
+            return [row["created_at"], row["id"], status] + [""] * (len(EXPORT_COLUMNS) - 3)
         redacted = Counter(r["type"] for r in row.get("redactions") or [])
         confidence = row.get("intent_confidence")
-        writer.writerow([
-            row["created_at"], row["id"], status, "yes" if row.get("escalate") else "no",
-            "; ".join(dict.fromkeys(reason_kind(r) for r in row.get("reasons") or [])), row.get("intent") or "",
-            "" if confidence is None else f"{confidence:.3f}", row.get("emotion") or "",
-            "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}",
-            *(redacted.get(t, 0) for t in PII_TYPES)])
-        yield flush()
+        return [row["created_at"], row["id"], status, "yes" if row.get("escalate") else "no",
+                "; ".join(dict.fromkeys(reason_kind(r) for r in row.get("reasons") or [])), row.get("intent") or "",
+                "" if confidence is None else f"{confidence:.3f}", row.get("emotion") or "",
+                "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}",
+                *(redacted.get(t, 0) for t in PII_TYPES)]
+
+    return csv_lines(EXPORT_COLUMNS, map(values, rows))

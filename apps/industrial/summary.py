@@ -5,8 +5,6 @@ Pure functions over the few payload fields the store hands back (``FIELDS``, ``E
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -67,23 +65,15 @@ EXPORT_COLUMNS = ("created_at", "id", "board_id", "batch_index", "decision", "de
 def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
     """CSV text, a header line then one line per inspection (``EXPORT_FIELDS`` of each, oldest first).
     Defects the board's template refuted are counted in their own column, not in the classes'."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\r\n")
+    from core.serving import csv_lines
 
-    def flush() -> str:
-        text = buffer.getvalue()
-        buffer.seek(0)
-        buffer.truncate()
-        return text
-
-    writer.writerow(EXPORT_COLUMNS)
-    yield flush()
-    for row in rows:
+    def values(row: dict[str, Any]) -> list:
         found = row.get("defects") or []
         kept = Counter(d["class"] for d in found if not d.get("refuted_by_template"))
         probability = row.get("defect_probability")
-        writer.writerow([row["created_at"], row["id"], row.get("board_id") or "", "" if row.get("board") is None else row["board"],
-                         row["decision"], "" if probability is None else f"{probability:.4f}", sum(kept.values()),
-                         *(kept.get(name, 0) for name in DEFECT_CLASSES), len(found) - sum(kept.values()),
-                         row.get("machine") or "", row.get("detector_input") or "", row.get("model_version") or ""])
-        yield flush()
+        return [row["created_at"], row["id"], row.get("board_id") or "", "" if row.get("board") is None else row["board"],
+                row["decision"], "" if probability is None else f"{probability:.4f}", sum(kept.values()),
+                *(kept.get(name, 0) for name in DEFECT_CLASSES), len(found) - sum(kept.values()),
+                row.get("machine") or "", row.get("detector_input") or "", row.get("model_version") or ""]
+
+    return csv_lines(EXPORT_COLUMNS, map(values, rows))

@@ -5,9 +5,13 @@ acknowledges a result that is not on disk.
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+import itertools
 import json
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +29,17 @@ def _utc(moment: dt.datetime) -> dt.datetime:
     if moment.tzinfo is None:
         return moment.replace(tzinfo=dt.UTC)
     return moment.astimezone(dt.UTC)
+
+
+def csv_lines(columns: tuple[str, ...], rows: Iterable[list[Any]]) -> Iterator[str]:
+    """CSV text line by line (a header, then one line per row) for a streamed export of stored results."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\r\n")
+    for values in itertools.chain([list(columns)], rows):
+        writer.writerow(values)
+        yield buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
 
 
 def summary_period(since: dt.datetime | None, until: dt.datetime | None,
