@@ -32,12 +32,14 @@ from core.serving import (
     Principal,
     ResultStore,
     create_service_app,
+    csv_export,
     erase_result,
     get_batcher,
     get_period,
     get_request_id,
     get_store,
     job_response,
+    period_rows,
     read_upload,
     require_role,
     start_job,
@@ -335,10 +337,8 @@ async def summarise_calls(
 ) -> CallsSummary:
     from apps.customer_service.summary import FIELDS, summarise
 
-    since, until = period
-    rows = await store.apayload_fields(APP, "call", FIELDS, since=since, until=until, limit=SUMMARY_MAX_ROWS + 1)
-    return CallsSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
-                        **summarise(rows[:SUMMARY_MAX_ROWS]))
+    rows, complete = await period_rows(store, APP, "call", FIELDS, period)
+    return CallsSummary(since=period[0].isoformat(), until=period[1].isoformat(), complete=complete, **summarise(rows))
 
 
 @router.get("/results.csv", response_class=StreamingResponse,
@@ -348,18 +348,10 @@ async def export_calls(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("agent"))],
     period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
-) -> StreamingResponse:
+) -> Response:
     from apps.customer_service.summary import EXPORT_FIELDS, export_rows
 
-    since, until = period
-    rows = await store.apayload_fields(APP, "call", EXPORT_FIELDS, since=since, until=until,
-                                       limit=SUMMARY_MAX_ROWS + 1, with_ids=True)
-    if len(rows) > SUMMARY_MAX_ROWS:
-        raise ApiError(413, "too_many_rows", f"the period holds more than {SUMMARY_MAX_ROWS:,} calls; "
-                                             "export a shorter one (since / until)")
-    stamp = f"{since:%Y%m%dT%H%M}-{until:%Y%m%dT%H%M}"
-    return StreamingResponse(export_rows(rows[::-1]), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="calls-{stamp}.csv"'})
+    return await csv_export(store, APP, "call", EXPORT_FIELDS, period, export_rows, "calls")
 
 
 @router.delete("/results/{result_id}", status_code=204, summary="Erase a stored call and its redacted audio (admin)")

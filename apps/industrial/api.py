@@ -32,11 +32,13 @@ from core.serving import (
     Principal,
     ResultStore,
     create_service_app,
+    csv_export,
     erase_result,
     get_batcher,
     get_period,
     get_request_id,
     get_store,
+    period_rows,
     read_upload,
     require_role,
 )
@@ -291,11 +293,8 @@ async def summarise_inspections(
 ) -> InspectionSummary:
     from apps.industrial.summary import FIELDS, summarise
 
-    since, until = period
-    rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), FIELDS, since=since, until=until,
-                                       limit=SUMMARY_MAX_ROWS + 1)
-    return InspectionSummary(since=since.isoformat(), until=until.isoformat(), complete=len(rows) <= SUMMARY_MAX_ROWS,
-                             **summarise(rows[:SUMMARY_MAX_ROWS]))
+    rows, complete = await period_rows(store, APP, ("inspect", "inspect_batch"), FIELDS, period)
+    return InspectionSummary(since=period[0].isoformat(), until=period[1].isoformat(), complete=complete, **summarise(rows))
 
 
 @router.get("/inspections.csv", response_class=StreamingResponse,
@@ -305,18 +304,10 @@ async def export_inspections(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("line"))],
     period: Annotated[tuple[dt.datetime, dt.datetime], Depends(get_period)],
-) -> StreamingResponse:
+) -> Response:
     from apps.industrial.summary import EXPORT_FIELDS, export_rows
 
-    since, until = period
-    rows = await store.apayload_fields(APP, ("inspect", "inspect_batch"), EXPORT_FIELDS, since=since, until=until,
-                                       limit=SUMMARY_MAX_ROWS + 1, with_ids=True)
-    if len(rows) > SUMMARY_MAX_ROWS:
-        raise ApiError(413, "too_many_rows", f"the period holds more than {SUMMARY_MAX_ROWS:,} inspections; "
-                                             "export a shorter one (since / until)")
-    stamp = f"{since:%Y%m%dT%H%M}-{until:%Y%m%dT%H%M}"
-    return StreamingResponse(export_rows(rows[::-1]), media_type="text/csv; charset=utf-8",
-                             headers={"Content-Disposition": f'attachment; filename="inspections-{stamp}.csv"'})
+    return await csv_export(store, APP, ("inspect", "inspect_batch"), EXPORT_FIELDS, period, export_rows, "inspections")
 
 
 @router.get("/inspections/{result_id}", response_model=Inspection, response_model_by_alias=True,

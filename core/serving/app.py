@@ -342,3 +342,29 @@ async def get_period(
     return summary_period(since, until)
 
 
+async def period_rows(store: ResultStore, app: str, kind: str | tuple[str, ...], fields: dict,
+                      period: tuple[dt.datetime, dt.datetime]) -> tuple[list[dict[str, Any]], bool]:
+    """A summary's rows (``fields`` of each result in ``period``, newest first) and whether they are all
+    of them (at most ``SUMMARY_MAX_ROWS``, the newest)."""
+    rows = await store.apayload_fields(app, kind, fields, since=period[0], until=period[1], limit=SUMMARY_MAX_ROWS + 1)
+    return rows[:SUMMARY_MAX_ROWS], len(rows) <= SUMMARY_MAX_ROWS
+
+
+async def csv_export(store: ResultStore, app: str, kind: str | tuple[str, ...], fields: dict,
+                     period: tuple[dt.datetime, dt.datetime], lines: Callable[[list[dict[str, Any]]], Iterable[str]],
+                     name: str) -> Response:
+    """A period's results as a streamed CSV download, oldest first: ``lines`` turns the rows (``fields`` of
+    each, with its id and time) into CSV text; ``name`` ("calls") names the file and the 413 when the
+    period holds more than ``SUMMARY_MAX_ROWS``."""
+    from fastapi.responses import StreamingResponse
+
+    since, until = period
+    rows = await store.apayload_fields(app, kind, fields, since=since, until=until, limit=SUMMARY_MAX_ROWS + 1,
+                                       with_ids=True)
+    if len(rows) > SUMMARY_MAX_ROWS:
+        raise ApiError(413, "too_many_rows", f"the period holds more than {SUMMARY_MAX_ROWS:,} {name}; export a "
+                                             "shorter one (since / until)")
+    return StreamingResponse(lines(rows[::-1]), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{name}-{since:%Y%m%dT%H%M}-{until:%Y%m%dT%H%M}.csv"'})
+
+
