@@ -59,6 +59,9 @@ class Defect(BaseModel):
     size_mm: float
     template_difference: float | None = None
     refuted_by_template: bool | None = None
+    below_min_size: bool | None = Field(None, description=(
+        "smaller than the line's acceptable size for its class (settings min_defect_mm / min_defect_mm_by_class): "
+        "listed, but it does not fail the board"))
 
     model_config = {"populate_by_name": True}
 

@@ -184,12 +184,18 @@ class DecisionPolicy:
     min_defect_mm: float = 0.0
     px_per_mm: float = 48.0
     template_min_diff: float = TEMPLATE_MIN_DIFF
+    # per defect class, the size (mm, longest side) below which it is acceptable, as a line's workmanship
+    # standard sets it (an IPC-A-600 class allows a small spur, never an open); a class not named: min_defect_mm
+    min_defect_mm_by_class: dict[str, float] = field(default_factory=dict)
     # Boards whose request brought a template are scored by the template-aware detector (or by a
     # template-aware default detector with its template channels), on another scale: their own
     # threshold (each bundle's `conf`, chosen on board groups it never trained on). None = defect_threshold.
     defect_threshold_template: float | None = None
     # A template-aware detector used WITHOUT a template (no difference channel) has its own threshold too.
     defect_threshold_no_template: float | None = None
+
+    def min_size_mm(self, defect_class: str) -> float:
+        return self.min_defect_mm_by_class.get(defect_class, self.min_defect_mm)
 
     def threshold(self, has_template: bool) -> float:
         if has_template:
@@ -352,10 +358,12 @@ class InspectionRunner:
                 record["template_difference"] = round(support, 4)
                 if support < policy.template_min_diff:
                     record["refuted_by_template"] = True
+            if record["size_mm"] < policy.min_size_mm(record["class"]):
+                record["below_min_size"] = True  # listed, acceptable by size: it does not fail the board
             if d.confidence >= policy.report_threshold:
                 defects.append(record)
                 refuted += bool(record.get("refuted_by_template"))
-            if not record.get("refuted_by_template") and record["size_mm"] >= policy.min_defect_mm:
+            if not record.get("refuted_by_template") and not record.get("below_min_size"):
                 decisive.append(d)
         # Evidence as in the fusion's training events: max confidence over all boxes the NMS kept
         # (>= 0.05), defect count over the listed ones.
@@ -494,7 +502,8 @@ def load_runner(settings) -> InspectionRunner:
     if threshold_template is None and template_config is not None:
         threshold_template = template_config.conf
     policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
-                            defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template)
+                            defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template,
+                            min_defect_mm_by_class=dict(settings.min_defect_mm_by_class))
     reclassifier = None
     if (template_detector is not None and settings.defect_classifier_dir is not None
             and (Path(settings.defect_classifier_dir) / "model.safetensors").exists()):

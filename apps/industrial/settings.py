@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.serving.settings import AppSettings
@@ -31,6 +32,9 @@ class IndustrialSettings(AppSettings):
     # image threshold's posterior; 0.5 for the learned fusion)
     review_band: float = 0.15
     min_defect_mm: float = 0.0  # defects smaller than this (longest side) are reported but do not fail a board
+    # the same per defect class, e.g. TRIPTYCH_INDUSTRIAL_MIN_DEFECT_MM_BY_CLASS='{"spur": 0.1, "copper": 0.15}'
+    # (a class not named: min_defect_mm); classes: open, short, mousebite, spur, copper, pin-hole
+    min_defect_mm_by_class: dict[str, float] = Field(default_factory=dict)
     max_image_side: int = 4096  # refuse larger images (memory)
     min_image_side: int = 32
     max_batch_boards: int = 16  # boards per batch request
@@ -49,6 +53,19 @@ class IndustrialSettings(AppSettings):
     # held-out board groups, see the fusion card), "learned" (the attention fusion model) or "image"
     # (detector rule only, vibration reported but not used).
     decision_rule: str = "bayes"
+
+
+    @field_validator("min_defect_mm_by_class")
+    @classmethod
+    def _known_classes(cls, value: dict[str, float]) -> dict[str, float]:
+        from apps.industrial.data import DEFECT_CLASSES
+
+        unknown = sorted(set(value) - set(DEFECT_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown defect classes {unknown}; classes are {', '.join(DEFECT_CLASSES)}")
+        if any(not v >= 0 for v in value.values()):
+            raise ValueError("sizes are millimetres >= 0")
+        return value
 
 
 @lru_cache

@@ -57,7 +57,9 @@ async function show(r, imageFile) {
     const tr = document.createElement("tr");
     const name = el("td", d.class);
     name.style.borderLeft = `4px solid ${COLOURS[d.class] || "#fff"}`;
-    tr.append(el("td", i + 1), name, el("td", pct(d.confidence)), el("td", `${d.size_mm.toFixed(2)} mm`),
+    // why a listed defect did not fail the board, when it did not
+    const note = d.refuted_by_template ? " · refuted by the template" : (d.below_min_size ? " · acceptable size" : "");
+    tr.append(el("td", i + 1), name, el("td", pct(d.confidence)), el("td", `${d.size_mm.toFixed(2)} mm${note}`),
       el("td", d.box_px.map((v) => v.toFixed(0)).join(", ")));
     return tr;
   }));

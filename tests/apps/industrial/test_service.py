@@ -171,3 +171,24 @@ def test_detection_scores():
     shifted = [Detection(0, 0.9, (12, 12, 32, 32)), Detection(3, 0.8, (50, 50, 60, 70))]  # IoU 0.68 and 1
     s = detection_scores([shifted], [gt])
     assert s.map50 == pytest.approx(1.0, abs=0.01) and s.map50_95 < 0.95
+
+
+def test_a_defect_below_its_class_acceptable_size_is_listed_but_does_not_fail_the_board():
+    from apps.industrial.data import load_gray
+    from apps.industrial.settings import IndustrialSettings
+
+    image = load_gray(board_png(defect=True))
+    spur = Detection(3, 0.9, (100.0, 100.0, 104.0, 104.0))  # 4 px: 0.083 mm at 48 px/mm
+    opened = Detection(0, 0.9, (100.0, 100.0, 104.0, 104.0))  # the same size, an open
+    policy = DecisionPolicy(defect_threshold=0.75, report_threshold=0.25, min_defect_mm_by_class={"spur": 0.1})
+    runner = _runner(policy)
+    out = runner._decide(InspectionItem(image), [spur], None, None, None, 1.0, 0.0)
+    assert out["decision"] == "pass" and out["defects"][0]["below_min_size"] and out["defects"][0]["class"] == "spur"
+    out = runner._decide(InspectionItem(image), [opened], None, None, None, 1.0, 0.0)
+    assert out["decision"] == "fail" and "below_min_size" not in out["defects"][0]  # the class not named: 0 mm
+    policy.min_defect_mm = 0.05  # the global floor applies to the classes not named
+    assert runner._decide(InspectionItem(image), [opened], None, None, None, 1.0, 0.0)["decision"] == "fail"
+    policy.min_defect_mm = 0.09
+    assert runner._decide(InspectionItem(image), [opened], None, None, None, 1.0, 0.0)["decision"] == "pass"
+    with pytest.raises(ValueError, match="unknown defect classes"):
+        IndustrialSettings(min_defect_mm_by_class={"scratch": 0.1})
