@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any, Literal
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
@@ -100,6 +101,10 @@ class AnalyzeResponse(BaseModel):
         "URL of this result as a DICOM Structured Report (Enhanced SR, .dcm): probability, risk band, location, "
         "candidates with their diameters, modality weights, the disclaimer; add ?study_uid=<the CT's Study "
         "Instance UID> to file it with the study. Downloading again gives the same instance UID"))
+    source_study_uid: str | None = Field(None, description=(
+        "The uploaded DICOM's Study Instance UID, in this answer only (never stored, logged or given back by "
+        "GET /v1/studies/{id}): this answer's secondary_capture and structured_report links already carry it, so "
+        "their downloads file with the study in a PACS. Null for NIfTI and report-only analyses"))
     modality_weights: dict[str, float] = Field(description="The fusion gate's weights of the joint representation (sum to 1)")
     modality_evidence: dict[str, float] | None = Field(
         None, description="Log-odds each modality added on its own to the calibrated logit (0 when absent; models "
@@ -225,7 +230,18 @@ async def analyze(
         APP, "studies:analyze", who.role, subject, result["model_version"],
         {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"], **inputs},
     )
-    return _response(result_id, payload, prefix)
+    answer = _response(result_id, payload, prefix)
+    # The study UID goes back to whoever sent it, in this answer only: the download links file with the
+    # study (a NIfTI's key is the sha256 of its bytes, no UID)
+    from apps.medical.secondary_capture import valid_uid
+
+    if study_key and valid_uid(study_key):
+        query = "?" + urlencode({"study_uid": study_key})
+        answer.source_study_uid = study_key
+        answer.structured_report += query
+        if answer.secondary_capture:
+            answer.secondary_capture += query
+    return answer
 
 
 @router.get("/v1/studies", response_model=StudyList, summary="Stored analyses, newest first, summarised "

@@ -54,7 +54,8 @@ async function show(r) {
       ? ` · evidence ${r.modality_evidence[modality] >= 0 ? "+" : ""}${r.modality_evidence[modality].toFixed(2)}` : "";
     weights.append(bar(modality === "ct" ? "CT" : modality, w, { note: evidence }));
   }
-  $("record").textContent = `result ${r.id} · model ${r.model_version}`;
+  $("record").textContent = `result ${r.id} · model ${r.model_version}`
+    + (r.source_study_uid ? " · the DICOM downloads file with the uploaded study" : "");
   $("disclaimer").textContent = r.disclaimer;
 
   $("findings").tBodies[0].replaceChildren(...r.findings.map((f) => {

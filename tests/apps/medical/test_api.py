@@ -383,9 +383,14 @@ def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog
                     data={"report": REPORT}, headers=RAD)
     assert r.status_code == 200, r.text
     body = r.json()
-    assert client.get(f"/v1/studies/{body['id']}", headers=RAD).status_code == 200
-    assert client.get(body["secondary_capture"], params={"study_uid": study_uid}, headers=RAD).status_code == 200
-    listed = client.get("/v1/studies", headers=RAD).text + client.get(f"/v1/studies/{body['id']}", headers=RAD).text
+    # the UID comes back to its sender, in this answer only, already in the download links
+    assert body["source_study_uid"] == study_uid and body["structured_report"].endswith(f"?study_uid={study_uid}")
+    sc = client.get(body["secondary_capture"], headers=RAD)
+    with zipfile.ZipFile(io.BytesIO(sc.content)) as archive:  # filed with its study with no UID typed in
+        assert pydicom.dcmread(io.BytesIO(archive.read(archive.namelist()[0]))).StudyInstanceUID == study_uid
+    read_back = client.get(f"/v1/studies/{body['id']}", headers=RAD)
+    assert read_back.status_code == 200 and read_back.json()["source_study_uid"] is None
+    listed = client.get("/v1/studies", headers=RAD).text + read_back.text
     audit = client.get("/v1/audit", headers=ADMIN).json()["records"]
     store = client.app.state.store
     with store.engine.connect() as connection:  # every column of every row, not only what the API shows
@@ -400,13 +405,14 @@ def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog
         for where, haystack in (("database", everything), ("logs", logged), ("responses", listed)):
             assert phi not in haystack, (phi, where)
     expected = subject_hash(study_uid, audit_key(client.app.state.settings))
-    assert {a["subject_hash"] for a in audit} == {expected}  # analyse, read twice, archive: one study
-    assert len(audit) == 4
+    assert {a["subject_hash"] for a in audit} == {expected}  # analyse, archive, read: one study
+    assert len(audit) == 3
 
 
 def test_a_stored_study_downloads_as_a_structured_report_filed_with_its_study(client, toy_studies, dicom_errors):
     body = _analysed(client, toy_studies)
-    assert body["structured_report"] == f"/v1/studies/{body['id']}/structured-report.dcm"
+    assert body["structured_report"] == f"/v1/studies/{body['id']}/structured-report.dcm"  # a NIfTI: no UID to file under
+    assert body["source_study_uid"] is None
     assert client.get(f"/v1/studies/{body['id']}", headers=RAD).json()["structured_report"] == body["structured_report"]
     study_uid = "1.2.826.0.1.3680043.2.1125.7"
     r = client.get(body["structured_report"], params={"study_uid": study_uid}, headers=RAD)
