@@ -46,8 +46,11 @@ def summary_period(since: dt.datetime | None, until: dt.datetime | None,
                    default: dt.timedelta = dt.timedelta(hours=24)) -> tuple[dt.datetime, dt.datetime]:
     """A summary route's ``[since, until)`` in UTC: times without an offset are UTC, ``until`` defaults to
     now and ``since`` to ``default`` before it. ValueError (a 422 from the apps) when it is empty."""
-    until = _utc(until) if until else dt.datetime.now(dt.UTC)
-    since = _utc(since) if since else until - default
+    try:
+        until = _utc(until) if until else dt.datetime.now(dt.UTC)
+        since = _utc(since) if since else until - default
+    except OverflowError:  # e.g. until=0001-01-01: the default start would fall before year 1
+        raise ValueError("since and until must be dates between the years 1 and 9999, since before until") from None
     if since >= until:
         raise ValueError(f"since ({since.isoformat()}) must be before until ({until.isoformat()})")
     return since, until

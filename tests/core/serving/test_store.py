@@ -172,3 +172,13 @@ def test_times_read_back_carry_their_utc_offset(tmp_path):
         assert moment.utcoffset() == dt.timedelta(0)  # what a browser's Date() reads as UTC, not local time
         assert abs(moment - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
     store.close()
+
+
+def test_a_summary_period_out_of_the_calendar_is_a_value_error_not_a_crash():
+    import datetime as dt
+
+    from core.serving.store import summary_period
+
+    for since, until in ((None, dt.datetime(1, 1, 1)), (dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5))), None)):
+        with pytest.raises(ValueError, match="between the years 1 and 9999"):
+            summary_period(since, until)
