@@ -50,7 +50,7 @@ KIT_PARTS = {
     "<!-- kit:api-key -->": """<label class="key">API key
     <input id="api-key" type="password" autocomplete="off" placeholder="only if the service asks for one">
   </label>""",
-    # a summary's period and its refresh button (common.js fetchPeriod reads the hours)
+    # a summary's period and its refresh button (common.js showPeriod and savePeriod read the hours)
     "<!-- kit:period -->": """<label class="inline">Period
       <select id="period">
         <option value="8">last 8 hours</option>

@@ -3,7 +3,7 @@
 // and live transcription (WebSocket v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const { $, apiKey, headers, el, setStatus, errorText, fetchPeriod, savePeriod, bar, sleep, pct } = triptych;  // common.js
+const { $, apiKey, headers, el, setStatus, errorText, showPeriod, savePeriod, bar, sleep, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
@@ -289,19 +289,8 @@ function stopLive() {
 
 // ---- the calls in numbers (GET v1/results:summary) -----------------------------------------------
 
-async function summary() {
-  setStatus("summary-status", "Loading…");
-  try {
-    const numbers = await fetchPeriod(`${BASE}v1/results:summary`, Number($("period").value));
-    if (numbers === null) {
-      $("summary-body").hidden = true;
-      setStatus("summary-status", "Enter the API key to see the calls' numbers.");
-      return;
-    }
-    showSummary(numbers);
-  } catch (err) {
-    setStatus("summary-status", err.message, true);
-  }
+function summary() {
+  return showPeriod(`${BASE}v1/results:summary`, "the calls' numbers", showSummary);
 }
 
 function shares(container, counts, total) {

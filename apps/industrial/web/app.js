@@ -3,7 +3,7 @@
 // line in numbers over a period (GET v1/inspections:summary): pass rate, decisions, defect Pareto.
 "use strict";
 
-const { $, headers, el, setStatus, errorText, fetchPeriod, savePeriod, bar, pct } = triptych;  // common.js
+const { $, headers, el, setStatus, errorText, showPeriod, savePeriod, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../industrial/"
 const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
 
@@ -105,19 +105,8 @@ async function draw(imageFile, defects) {
 }
 
 // ---- the line in numbers ----------------------------------------------------------------------
-async function summary() {
-  setStatus("summary-status", "Loading…");
-  try {
-    const numbers = await fetchPeriod(`${BASE}v1/inspections:summary`, Number($("period").value));
-    if (numbers === null) {
-      $("summary-body").hidden = true;
-      setStatus("summary-status", "Enter the API key to see the line's numbers.");
-      return;
-    }
-    showSummary(numbers);
-  } catch (err) {
-    setStatus("summary-status", err.message, true);
-  }
+function summary() {
+  return showPeriod(`${BASE}v1/inspections:summary`, "the line's numbers", showSummary);
 }
 
 function showSummary(s) {

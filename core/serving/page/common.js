@@ -56,13 +56,25 @@ const triptych = (() => {
     return new URLSearchParams({ since: since.toISOString(), until: until.toISOString() });
   }
 
-  // a summary route (GET url?since&until) over the last ``hours``: its JSON, or null when the service
-  // wants an API key (the page then says so instead of showing an error)
-  async function fetchPeriod(url, hours) {
-    const response = await fetch(`${url}?${periodQuery(hours)}`, { headers: headers() });
-    if (response.status === 401) return null;
-    if (!response.ok) throw new Error(await errorText(response));
-    return response.json();
+  // The kit's period section (<!-- kit:period -->, with the page's "summary-status" and "summary-body"):
+  // GET a summary route over the chosen hours and hand its JSON to ``show``; without the API key the
+  // section says what it needs instead of showing an error.
+  const PERIOD = { select: "period", status: "summary-status", body: "summary-body" };
+
+  async function showPeriod(url, what, show) {
+    setStatus(PERIOD.status, "Loading…");
+    try {
+      const response = await fetch(`${url}?${periodQuery(Number($(PERIOD.select).value))}`, { headers: headers() });
+      if (response.status === 401) {
+        $(PERIOD.body).hidden = true;
+        setStatus(PERIOD.status, `Enter the API key to see ${what}.`);
+        return;
+      }
+      if (!response.ok) throw new Error(await errorText(response));
+      show(await response.json());
+    } catch (err) {
+      setStatus(PERIOD.status, err.message, true);
+    }
   }
 
   // a period route's file (a CSV export) over the last ``hours``, fetched with the key and saved
@@ -91,5 +103,5 @@ const triptych = (() => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, fetchPeriod, savePeriod, bar, sleep, pct };
+  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, showPeriod, savePeriod, bar, sleep, pct };
 })();
