@@ -43,6 +43,7 @@ from core.serving import (
     read_upload,
     require_role,
     start_job,
+    stored_result,
     wants_async,
 )
 
@@ -365,9 +366,7 @@ async def erase_call(
     A call still being analysed (a background job) is refused: erase it once it has finished."""
     from core.serving.jobs import job_status
 
-    row = await store.aget_result(result_id)
-    if row is None or row.get("app") != APP:
-        raise ApiError(404, "not_found", f"no result {result_id!r}")
+    row = await stored_result(store, APP, result_id, f"no result {result_id!r}")
     if job_status(row["payload"] or {}) == "running":
         raise ApiError(409, "still_running", "the call is still being analysed; erase it once it has finished")
     await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role)
@@ -401,9 +400,7 @@ async def get_result(
     """A stored analysis. A background job (``Prefer: respond-async``) answers 202 while it runs; then its
     payload's ``status`` is ``done`` (the analysis), ``failed`` (``error``: what the synchronous call would
     have answered) or ``interrupted`` (the service stopped before it finished: send the call again)."""
-    row = await store.aget_result(result_id)
-    if row is None or row.get("app", APP) != APP:
-        raise ApiError(404, "not_found", f"no result {result_id!r}")
+    row = await stored_result(store, APP, result_id, f"no result {result_id!r}")
     return job_response(row, what="call")
 
 

@@ -41,6 +41,7 @@ from core.serving import (
     period_rows,
     read_upload,
     require_role,
+    stored_result,
 )
 
 log = logging.getLogger("triptych.industrial")
@@ -320,9 +321,7 @@ async def get_inspection(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("line"))],
 ) -> Inspection:
-    row = await store.aget_result(result_id)
-    if row is None or row["app"] != APP:
-        raise ApiError(404, "not_found", f"no inspection {result_id!r}")
+    row = await stored_result(store, APP, result_id, f"no inspection {result_id!r}")
     return _stored(row)
 
 
@@ -332,9 +331,7 @@ async def erase_inspection(
     store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("admin"))],
 ) -> Response:
-    row = await store.aget_result(result_id)
-    if row is None or row["app"] != APP:
-        raise ApiError(404, "not_found", f"no inspection {result_id!r}")
+    row = await stored_result(store, APP, result_id, f"no inspection {result_id!r}")
     await asyncio.to_thread(erase_result, store, APP, row, None, reason="request", role=who.role)  # no files
     return Response(status_code=204)
 

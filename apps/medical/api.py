@@ -36,6 +36,7 @@ from core.serving import (
     read_upload,
     require_role,
     sniff_kind,
+    stored_result,
     subject_hash,
 )
 
@@ -273,10 +274,8 @@ async def get_study(
 
 
 async def _stored_study(store: ResultStore, result_id: str) -> dict[str, Any]:
-    row = await store.aget_result(result_id)
-    if row is None or row["app"] != APP or row["kind"] != "study":
-        raise ApiError(404, "not_found", f"no stored study analysis {result_id!r}; GET /v1/studies lists them")
-    return row
+    return await stored_result(store, APP, result_id, f"no stored study analysis {result_id!r}; GET /v1/studies lists them",
+                               kind="study")
 
 
 @router.get("/v1/studies/{result_id}/structured-report.dcm",

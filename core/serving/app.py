@@ -329,6 +329,15 @@ async def get_request_id(request: Request) -> str:
     return request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
 
 
+async def stored_result(store: ResultStore, app: str, result_id: str, missing: str,
+                        kind: str | None = None) -> dict[str, Any]:
+    """The stored result ``result_id`` of ``app`` (and of ``kind`` when given), else a 404 saying ``missing``."""
+    row = await store.aget_result(result_id)
+    if row is None or row.get("app") != app or (kind is not None and row.get("kind") != kind):
+        raise ApiError(404, "not_found", missing)
+    return row
+
+
 # A summary reads a few payload fields of each stored result in its period; past this many results it
 # covers the newest only and says so (a line at one board a second stores 28,800 in 8 h).
 SUMMARY_MAX_ROWS = 200_000
