@@ -13,14 +13,27 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
   cvv      3-4 digits after the code's name (CVV, CVC, CV2, ...) or "security" / "verification" + "code",
            "number", "digits", ... (never stored once a payment is authorised: PCI DSS); within 6 words, or
-           further with only where it is printed between ("... on the back of the card is 412")
-  credential what authorises a payment or a login: 4-12 digits (ISO 9564's PIN lengths) right after a PIN,
-           passcode or OTP, or after a code announced as sent ("the code you texted me is ...", "one time
-           code", "verification code" with 5+ digits or a text / app said near it); a password, memorable
-           word or typed passcode after "is" / "it's" / ":" (one token, or letters spelled out one by one;
-           not "my password is not working", "... is 8 characters"). Precedence with cvv: the code's name
-           (CVV, CVC, ...) is always cvv; "security" / "verification code" with 3-4 digits is cvv unless a
-           text, message, app or phone is said near it (a code sent to the caller, not printed on the card)
+           further with only where it is printed between ("... on the back of the card is 412"); or after "three"
+           / "four digits" (or "numbers") with the back, reverse or signature strip said ("the three digits on
+           the back are 412")
+  credential what authorises a payment or a login: 4-12 digits (ISO 9564's PIN lengths) right after a PIN, passcode
+           or password; 3-12 after an OTP or a code announced as sent ("the code you texted me is ...", "one time
+           code", "verification code" with 5+ digits or a text / app said near it); 3-8 said to have come in a text
+           or message with no "code" said ("you texted me 4829", "the text said four oh two", "your text was ...",
+           "... a text saying ..."), not followed by a unit or count ("... 100 times", "... 150 pounds") nor, one
+           number said as a number, by a verb ("the text said 1500 was paid"); after "sent" alone ("you just sent me
+           ...") only digits read out one by one (or typed in groups, or 6+) or called a number ("the number you
+           sent me is 482913"): "you sent me 1500" is money. A password, passphrase ("pass phrase"), memorable word
+           or typed passcode after "is" / "it's" / ":" / "'s" ("my password's ..."): letters spelled out one by one;
+           a passcode one token with a digit; else up to 8 words (digits not counted: "correct horse battery
+           staple", "purple monkey dishwasher 7"), ending before a word that starts a new clause ("but", "so",
+           "please", "thanks", "can", "I", "you", "and my", ...) or names something else ("pin", "card", "sort",
+           ...), or after typed , . ; ! ? -- a word or two of the next clause redacted costs less than a secret's
+           last word left. Not "my password is not working", "... is 8 characters"; a first word like "the", "a",
+           "my", "correct", "new" only starts a secret with 2+ more words and no description among them ("the cat
+           sat on the mat", not "the same as before", "correct but ..."). Precedence with cvv: the code's name (CVV,
+           CVC, ...) is always cvv; "security" / "verification code" with 3-4 digits is cvv unless a text, message,
+           app or phone is said near it (a code sent to the caller, not printed on the card)
   expiry   MM/YY, MM/YYYY (typed) or 4 / 6 digits with a real month (said) after "expiry", "expires",
            "exp", "valid", ...
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
@@ -93,6 +106,21 @@ _CODE_QUALIFIERS = {"one-time", "onetime", "authentication", "auth", "authorisat
                     "log-in", "sign-in", "signin", "2fa", "sms", "text", "security", "verification"}
 _SENT = {"text", "texted", "texts", "txt", "sms", "message", "messaged", "messages", "sent", "app", "phone", "mobile",
          "authenticator"}
+# a text or message that brought the digits, no "code" said ("you texted me 4829", "the text said 4 0 2")
+_TEXTED = {"text", "texted", "texts", "txt", "txted", "sms", "message", "messaged", "messages", "texting"}
+# what a text says: "you sent me a text saying 4 8 2 9"
+_SAYING = {"saying", "reads", "reading"}
+# names of a code used once: 3 digits are enough ("OTP 046"); a PIN or passcode has 4-12 (ISO 9564)
+_ONE_TIME_NAMES = {"otp", "otac"}
+# after digits that came in a text, a count or a unit says they are no code ("you texted me 100 times")
+_NOT_A_CODE_AFTER = {"pounds", "pound", "quid", "p", "pence", "euros", "euro", "dollars", "dollar", "bucks", "grand",
+                     "k", "percent", "times", "time", "days", "day", "weeks", "week", "months", "month", "years", "year",
+                     "hours", "hour", "minutes", "minute", "mins", "seconds", "payments", "payment", "letters", "texts",
+                     "messages", "emails", "transactions", "items", "people", "pm", "am", "o'clock"}
+# ... and, after one number said as a number (not read out), words that make it an amount: "the text said 1500 was paid"
+_AMOUNT_VERBS = {"was", "is", "were", "are", "has", "had", "have", "went", "gone", "left", "came", "come", "taken",
+                 "paid", "debited", "credited", "charged", "spent", "transferred", "withdrawn", "refunded", "out", "from",
+                 "off", "into", "for", "in", "of"}
 # codes named as something else: never a credential, whoever sent them
 _OTHER_CODES = {"error", "promo", "promotional", "voucher", "discount", "coupon", "reference", "ref", "booking",
                 "tracking", "order", "post", "zip", "area", "sort", "branch", "dialling", "dialing", "country", "product",
@@ -100,7 +128,7 @@ _OTHER_CODES = {"error", "promo", "promotional", "voucher", "discount", "coupon"
 _LINKS = {"is", "was", "it's", "that's", "its", "are", "were", "says", "said", "be", "=", ":", "-"}
 # words that may sit between a credential's name and its value ("the code you sent to my phone is ..."):
 # anything else ("my pin is blocked so I paid 1500", "my pin and my account is ...") ends the search
-_CREDENTIAL_GAP = _LINKS | _SENT | {
+_CREDENTIAL_GAP = _LINKS | _SAYING | _SENT | _TEXTED | {
     "my", "the", "a", "your", "you", "they", "we", "i", "me", "to", "on", "in", "by", "via", "from", "with", "for",
     "of", "just", "that", "which", "new", "number", "code", "codes", "digits", "it", "got", "get", "received", "gave",
     "telephone", "online", "internet", "banking", "card", "debit", "credit", "one", "time", "word"}
@@ -302,34 +330,43 @@ def _social(words: list[str], c: int) -> bool:
 # where a card's code is printed: these may stand between its name and its digits, however many
 _CARD_PLACE = {"on", "the", "back", "front", "reverse", "of", "my", "your", "this", "card", "cards", "debit", "credit",
                "visa", "mastercard", "amex", "signature", "strip", "panel", "printed", "at", "in", "is", "it's", "that's",
-               "are", "says", "three", "four", "3", "4", "digit", "digits", "number", "little", "small", "which", "that"}
+               "are", "says", "three", "four", "3", "4", "digit", "digits", "number", "numbers", "little", "small", "which",
+               "that"}
 
 
 def _cvv_far(words: list[str], start: int, reach: int = 12) -> bool:
     """"the security code on the back of the card is 412": the code's name more than 6 words back, with
-    nothing but where it is printed between ("... didn't work so I paid 150" is no code)."""
+    nothing but where it is printed between ("... didn't work so I paid 150" is no code). Or the code named by
+    its length and the back of the card: "the three digits on the back are 412"."""
     for c in range(start - 1, max(-1, start - 1 - reach), -1):
         w = words[c]
         if w in _CVV_NAMES or (w in _CVV_NOUNS and c >= 1 and words[c - 1] in _CVV_LEADS and not _social(words, c - 1)):
+            return True
+        if (w in ("digits", "digit", "numbers") and c >= 1 and words[c - 1] in ("three", "3", "four", "4")
+                and any(x in ("back", "reverse", "signature") for x in words[c + 1:start])):
             return True
         if w not in _CARD_PLACE and w not in _FILLERS:
             return False
     return False
 
 
-def _credential_context(words: list[str], first: int, last: int, n_digits: int) -> bool:
-    """Digits at words[first..last] are a PIN, passcode or one-time code: 4-12 of them, right after a link
-    ("is", "was", ":"), "me" ("you texted me 4829") or the credential's name, with that name found
-    through nothing but linking words before them (``_CREDENTIAL_GAP``, at most 8)."""
-    if not 4 <= n_digits <= 12:
+def _credential_context(words: list[str], first: int, last: int, n_digits: int, *, read_out: bool = False) -> bool:
+    """Digits at words[first..last] are a PIN, passcode or one-time code: right after a link ("is", "was", ":"),
+    "me" ("you texted me 4829") or the credential's name, with that name, or a text / message that brought the code
+    (``_sent_cue``), found through nothing but linking words before them (``_CREDENTIAL_GAP``, at most 8). A PIN or
+    passcode has 4-12 digits (ISO 9564), a code sent to the caller 3-12 (one-time codes of 3 digits exist; a card's
+    3-digit code is the cvv's unless it was sent). ``read_out``: the digits were said one by one or typed in groups."""
+    if not 3 <= n_digits <= 12:
         return False
     k = first - 1
     while k >= 0 and words[k] in _FILLERS:
         k -= 1
-    if k < 0 or words[k] not in _LINKS | _CREDENTIAL_NAMES | {"code", "codes", "number", "me"}:
+    if k < 0 or words[k] not in _LINKS | _SAYING | _CREDENTIAL_NAMES | {"code", "codes", "number", "me"}:
         return False
     for c in range(k, max(-1, k - 8), -1):
         if _credential_cue(words, c, last, n_digits):
+            return True
+        if words[k] in _LINKS | _SAYING | {"me"} and _sent_cue(words, c, last, n_digits, read_out):
             return True
         if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
             return False
@@ -337,12 +374,12 @@ def _credential_context(words: list[str], first: int, last: int, n_digits: int) 
 
 
 def _credential_cue(words: list[str], c: int, last: int, n_digits: int) -> bool:
-    """words[c] names a credential: a PIN, passcode, password, OTP; or a code qualified as one ("one time",
-    "login") or sent to the caller (a text, message, app or phone said from 6 words before the code to 4
+    """words[c] names a credential: a PIN, passcode, password (4+ digits), an OTP; or a code qualified as one ("one
+    time", "login") or sent to the caller (a text, message, app or phone said from 6 words before the code to 4
     after its value). "security" / "verification code" with 3-4 digits is the card's cvv unless it was sent."""
     w = words[c]
     if w in _CREDENTIAL_NAMES:
-        return True
+        return n_digits >= 4 or w in _ONE_TIME_NAMES
     if w not in ("code", "codes"):
         return False
     before = words[c - 1] if c >= 1 else ""
@@ -352,6 +389,23 @@ def _credential_cue(words: list[str], c: int, last: int, n_digits: int) -> bool:
     if before in ("security", "verification"):
         return sent or n_digits >= 5  # a card's code has 3 or 4 digits
     return before in _CODE_QUALIFIERS or words[max(0, c - 2):c] == ["one", "time"] or sent
+
+
+def _sent_cue(words: list[str], c: int, last: int, n_digits: int, read_out: bool) -> bool:
+    """words[c] says the digits came in a text or message, no "code" said: "you texted me 4829", "the text said four
+    oh two", "I've got your text, it's 2 9 4 7 1 5". "sent" alone ("you sent me ...") is said of money too: then the
+    digits must be read out one by one (or typed in groups, or 6+ of them) or called a number ("the number you sent
+    me is 482913"). At most 8 digits (a phone number is no code), and none with a count or a unit after them ("you
+    texted me 100 times", "the message said 150 pounds")."""
+    w = words[c]
+    if w not in _TEXTED and w not in ("sent", "send"):
+        return False
+    after = words[last + 1] if last + 1 < len(words) else ""
+    if n_digits > 8 or after in _NOT_A_CODE_AFTER or not read_out and after in _AMOUNT_VERBS:
+        return False
+    if w in _TEXTED:
+        return True
+    return read_out or any(x in ("number", "digits") for x in words[max(0, c - 3):last])
 
 
 # Words after "my password is" that are no password ("... is not working", "... is the same as before").
@@ -364,6 +418,11 @@ _NOT_A_SECRET = {
     "getting", "going", "supposed", "meant", "needed", "required", "saved", "stored", "written", "long", "short",
     "easy", "hard", "strong", "weak", "secure", "safe", "set", "sent", "please", "yes", "yeah", "um", "uh", "er",
     "erm", "ah", "hmm", "like", "probably", "definitely", "actually", "always", "never", "usually",
+    # "my password's been changed", "... is a bit long", "... is one I've used before"
+    "been", "got", "had", "length", "strength", "format", "requirements", "rules", "field", "box", "screen", "page",
+    "link", "status", "stopped", "failed", "suddenly", "apparently", "either", "all", "only", "simply", "basically",
+    "kind", "bit", "little", "lot", "quite", "pretty", "way", "somewhere", "similar", "based", "made", "one", "where",
+    "why", "how", "when", "who", "which", "showing", "coming", "saying", "asking", "letting",
 }
 # "my password is 8 characters": a count, not the password
 _COUNTED = {"characters", "character", "letters", "letter", "digits", "digit", "numbers", "long", "times", "days",
@@ -371,37 +430,113 @@ _COUNTED = {"characters", "character", "letters", "letter", "digits", "digit", "
 
 
 def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
-    """Passwords, memorable words and typed passcodes: the token after "<name> [word] is / it's / :", with
-    the letters or digits spelled out after it ("g i r a f f e", "k and p"). A passcode must hold a digit
-    (its words are the numeric rule's); a PIN is digits only (``_credential_context``)."""
+    """Passwords, passphrases, memorable words and typed passcodes: what follows "<name> [word] is / it's / :"
+    ("my password's ..." too). Letters or digits spelled out one by one are taken as such ("g i r a f f e", "k and
+    p"); a typed passcode is one token and must hold a digit (its words are the numeric rule's; a PIN is digits only,
+    ``_credential_context``). Any other password, passphrase or memorable word runs over several words
+    (``_secret_extent``)."""
     out: list[Redaction] = []
     n = len(pieces)
     for k, w in enumerate(words):
-        if w not in _SECRET_NAMES:
+        if not (w in _SECRET_NAMES or w == "pass" and k + 1 < n and words[k + 1] in ("phrase", "word")):
             continue
         j = k + 1
         while j < n and words[j] in _SECRET_NOUNS:
             j += 1
-        linked = pieces[j - 1].text.rstrip().endswith((":", "="))
+        name = pieces[j - 1].text.rstrip().lower().replace("\u2019", "'")
+        linked = name.endswith((":", "=")) or name.endswith("'s") and words[j - 1] != "it's"
         while j < n and (words[j] in _LINKS or words[j] in _FILLERS or words[j] == "it"):
             linked = linked or words[j] in _LINKS
             j += 1
-        if not linked or j >= n or not words[j] or words[j] in _NOT_A_SECRET:
+        if not linked or j >= n or not words[j] or words[j] in _NOT_A_SECRET and words[j] not in _SOFT_START:
             continue
-        if j + 1 < n and words[j + 1] in _COUNTED or w == "passcode" and not re.search(r"\d", pieces[j].text):
+        counted = j + 1 < n and words[j + 1] in _COUNTED and _DIGITISH.match(pieces[j].text)  # "is 8 characters"
+        if counted or w == "passcode" and not re.search(r"\d", pieces[j].text):
             continue
-        last = j
-        spelled = len(words[j]) == 1
-        while last + 1 < n:
-            nxt = words[last + 1]
-            if _DIGITISH.match(pieces[last + 1].text) or spelled and len(nxt) == 1 and nxt.isalnum():
-                last += 1
-            elif spelled and nxt == "and" and last + 2 < n and len(words[last + 2]) == 1:
-                last += 2  # "k and p": the letters asked for
-            else:
-                break
-        out.append(Redaction("credential", pieces[j].start, _end(pieces[last])))
+        nxt = words[j + 1] if j + 1 < n else ""
+        if w == "passcode" or len(words[j]) == 1 and (len(nxt) == 1 and nxt.isalnum() or nxt == "and"):
+            last = _spelled_extent(pieces, words, j, spelled=len(words[j]) == 1)
+        else:
+            last = _secret_extent(pieces, words, j)
+        if last is not None:
+            out.append(Redaction("credential", pieces[j].start, _end(pieces[last])))
     return out
+
+
+def _spelled_extent(pieces: list[Piece], words: list[str], j: int, *, spelled: bool) -> int:
+    """The last piece of a value given one token, or one letter or digit a word, from piece j."""
+    last, n = j, len(pieces)
+    while last + 1 < n:
+        nxt = words[last + 1]
+        if _DIGITISH.match(pieces[last + 1].text) or spelled and len(nxt) == 1 and nxt.isalnum():
+            last += 1
+        elif spelled and nxt == "and" and last + 2 < n and len(words[last + 2]) == 1:
+            last += 2  # "k and p": the letters asked for
+        else:
+            break
+    return last
+
+
+# A password, passphrase or memorable word may be several words ("correct horse battery staple"; the NCSC's advice
+# is three random words): it runs for up to this many words (digits and fillers not counted) ...
+_SECRET_WORDS = 8
+# ... and stops before a word that starts a new clause (said without punctuation, a transcript has no other sign
+# of one) or names something else, or after a piece that ends in , . ; ! ? (typed). Leaving a word or two of the
+# caller's next clause inside a redaction costs little; a secret's last word left in the clear is a leak.
+_CLAUSE_STARTS = {
+    "but", "so", "because", "cos", "coz", "cause", "although", "though", "however", "anyway", "anyways", "since",
+    "until", "unless", "while", "whereas", "if", "when", "then", "or", "please", "pls", "plz", "thanks", "thank",
+    "thx", "cheers", "ta", "sorry", "ok", "okay", "alright", "yes", "yeah", "yep", "no", "nope", "right", "hello",
+    "can", "could", "would", "will", "shall", "should", "might", "must", "do", "does", "did", "don't", "didn't",
+    "doesn't", "can't", "cannot", "won't", "wouldn't", "couldn't", "isn't", "wasn't", "i", "i'm", "im", "i've",
+    "i'll", "i'd", "we", "we're", "we've", "you", "you're", "you've", "they", "they're", "he", "she", "he's",
+    "she's", "it's", "that's", "there's", "here's", "what's", "which", "who", "where", "why", "how", "what",
+}
+# "and" starts a new clause before these ("giraffe and my pin is ..."), not inside a phrase ("fish and chips")
+_AND_CLAUSE = _CLAUSE_STARTS | {"my", "the", "a", "an", "your", "his", "her", "their", "our", "it", "its", "this",
+                                "that", "then", "also", "now", "and"}
+# what else a caller gives in the same breath: a new item, not the secret's next word
+_OTHER_ITEMS = {"pin", "pins", "passcode", "password", "passwords", "passphrase", "memorable", "card", "account",
+                "sort", "email", "e-mail", "phone", "mobile", "postcode", "address", "dob", "date", "born", "cvv",
+                "iban", "otp", "username", "user", "login", "customer"}
+# a secret's first word may be one of these when more of the phrase follows ("the old mill", "correct horse battery
+# staple"); then "my password is the same" / "... is correct" / "... is the one I set" describe it and are kept
+_SOFT_START = {"the", "a", "an", "my", "your", "his", "her", "their", "our", "this", "correct", "right", "new", "old",
+               "strong", "secure", "safe"}
+# ... and none of these may follow in it ("the same as before", "a bit long", "new this year")
+_DESCRIBES = ((_NOT_A_SECRET | _COUNTED) - _SOFT_START
+              - {"in", "on", "at", "for", "of", "to", "from", "with", "as", "and", "or", "like"})
+_TRAILING = _FILLERS | {"and", "or", "the", "a", "an", "my", "your", "his", "her", "their", "our"}
+
+
+def _secret_extent(pieces: list[Piece], words: list[str], j: int) -> int | None:
+    """The last piece of a password, passphrase or memorable word that starts at piece j (see ``_SECRET_WORDS``,
+    ``_CLAUSE_STARTS``); None when it only describes the secret ("the same as before")."""
+    n, last, said = len(pieces), j, 1
+    i = j
+    while not pieces[i].text.rstrip().endswith((",", ".", ";", "!", "?")) and i + 1 < n:
+        nxt, w = pieces[i + 1], words[i + 1]
+        if _DIGITISH.match(nxt.text):
+            last = i = i + 1  # digits in a password ("purple monkey dishwasher 7") are never too many
+            continue
+        if w in _FILLERS:
+            i += 1
+            continue
+        if w in _CLAUSE_STARTS or w in _OTHER_ITEMS or not w:
+            break
+        if w == "and" and (i + 2 >= n or words[i + 2] in _AND_CLAUSE or words[i + 2] in _OTHER_ITEMS):
+            break
+        if said == _SECRET_WORDS:
+            break
+        said += 1
+        last = i = i + 1
+    while last > j and words[last] in _TRAILING:
+        last -= 1
+    if words[j] in _SOFT_START:
+        rest = [w for w in words[j + 1:last + 1] if w not in _FILLERS and not _DIGITISH.match(w)]
+        if len(rest) < 2 or any(w in _DESCRIBES for w in rest):
+            return None
+    return last
 
 
 def _month_year(digits: str) -> bool:
@@ -498,7 +633,7 @@ def _numbers(pieces: list[Piece], words: list[str], text: str, ids: list[Redacti
             rest = [(idx, groups)]
         for sub_idx, sub_groups in rest:
             if sub_idx:
-                kind = _classify(pieces, words, sub_idx, sub_groups)
+                kind = _classify(pieces, words, sub_idx, sub_groups, spoken=run["spoken"])
                 if kind is None and run["spoken"] and len("".join(sub_groups)) >= _LONG_SPOKEN_RUN:
                     kind = "account"  # an unannounced identifier read out digit by digit: keep it out
                 if kind:
@@ -527,7 +662,8 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
         return (run["card"] is None and run["spoken"] and not run["id"] and not _context(words, first, "account", window=3)
                 and not _context(words, first, "sort", window=3) and not _context(words, first, "dial", window=3)
                 and not _context(words, first, "expiry", window=3) and not _cvv_context(words, first, window=3)
-                and not _credential_context(words, first, run["idx"][-1], len("".join(run["groups"]))))
+                and not _credential_context(words, first, run["idx"][-1], len("".join(run["groups"])),
+                                            read_out=_read_out(run["groups"], run["spoken"])))
 
     for run in runs:
         n, first = len("".join(run["groups"])), run["idx"][0]
@@ -566,11 +702,18 @@ def _best_card(idx: list[int], groups: list[str], *, card_context: bool) -> tupl
     return None if best is None else (best[0], best[1])
 
 
-def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: list[str]) -> str | None:
+def _read_out(groups: list[str], spoken: bool) -> bool:
+    """Digits said one by one ("four eight two nine"), typed in groups ("4 8 2 9", "482 913") or 6+ in one string: how a
+    code is read out, not an amount ("1500", "one hundred and fifty")."""
+    return spoken or len(groups) >= 2 or len("".join(groups)) >= 6
+
+
+def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: list[str], *,
+              spoken: bool = False) -> str | None:
     raw = " ".join(pieces[k].text for k in idx)
     digits = "".join(groups)
     start = idx[0]
-    if _credential_context(words, start, idx[-1], len(digits)):
+    if _credential_context(words, start, idx[-1], len(digits), read_out=_read_out(groups, spoken)):
         return "credential"
     if 3 <= len(digits) <= 4 and _cvv_context(words, start):
         return "cvv"
