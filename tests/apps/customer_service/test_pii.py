@@ -175,6 +175,12 @@ def test_corpus_scores_per_type():
     assert national["sentences"] >= 14 and national["national_id_support"] >= 8
     assert national["national_id_recall"] == national["national_id_precision"] == national["micro_precision"] == 1.0
     assert national["micro_recall"] == 1.0
+    # written and committed before the rules for passphrases of several words, codes said to have come in a text with
+    # no "code" said, and 3-digit one-time codes; first score credential 0/15 (4 passphrases redacted only their first
+    # word), cvv 0/1 ("the three digits on the back"), precision 1.0, none of its 12 look-alikes redacted
+    secrets = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets.jsonl"))
+    assert secrets["sentences"] >= 24 and secrets["credential_support"] >= 12
+    assert secrets["credential_recall"] == secrets["cvv_recall"] == secrets["micro_precision"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
@@ -359,3 +365,59 @@ def test_a_national_insurance_number_read_out_is_silenced_in_the_audio():
     result, hit = redact_words(words)
     assert result.text == "my national insurance number is [NATIONAL_ID] thanks" and hit == list(range(5, 14))
     assert "national_id" in TYPES
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    # a password, passphrase or memorable word of several words is redacted whole, up to where the next clause starts
+    ("my passphrase is correct horse battery staple", [("credential", "correct horse battery staple")]),
+    ("my memorable word is blue elephant", [("credential", "blue elephant")]),
+    ("my password is purple monkey dishwasher 7 and can you unlock it", [("credential", "purple monkey dishwasher 7")]),
+    ("my password is orange giraffe but it says it's wrong", [("credential", "orange giraffe")]),
+    ("my memorable phrase is the cat sat on the mat", [("credential", "the cat sat on the mat")]),
+    ("passphrase: salt and pepper forever, is that right", [("credential", "salt and pepper forever")]),
+    ("my password's tiger lily nine", [("credential", "tiger lily nine")]),
+    ("my memorable word is giraffe and my pin is 4 4 0 9", [("credential", "giraffe"), ("credential", "4 4 0 9")]),
+    ("my password is hunter2 the sort code is 20-00-00", [("credential", "hunter2"), ("account", "20-00-00")]),
+    # bounded: at most 8 words, and a clause start ends it even without punctuation
+    ("my password is hunter2 for online banking since last tuesday", [("credential", "hunter2 for online banking")]),
+    ("my passphrase is one two three four five six seven eight nine ten eleven", [
+        ("credential", "one two three four five six seven eight nine ten eleven")]),  # digits never count
+    # a description of the password is no password
+    ("my password is not working and I can't log in", []),
+    ("my passphrase is the same as my old one", []),
+    ("my password is correct but it still won't let me in", []),
+    ("my password's been changed by someone", []),
+    ("my password is twelve characters", []),
+    ("my memorable word is a bit long", []),
+    # a code said to have come in a text, without the word "code"
+    ("you texted me 4829", [("credential", "4829")]),
+    ("the number you sent me is 482913", [("credential", "482913")]),
+    ("you just sent me four eight two nine", [("credential", "four eight two nine")]),
+    ("you sent me a text saying 4 8 2 9", [("credential", "4 8 2 9")]),
+    # ...but money sent, counts and amounts in a text are no code
+    ("you sent me 1500 by mistake", []),
+    ("you sent me 250 pounds", []),
+    ("I sent you 40 pounds", []),
+    ("you texted me 100 times today", []),
+    ("the text said 1500 was paid to a shop", []),
+    ("the text said my payment of 250 failed", []),
+    ("you texted me 07700 900123", [("phone", "07700 900123")]),
+    # one-time codes of 3 digits; a card's 3-digit code stays the cvv, and a PIN keeps ISO 9564's 4-12 digits
+    ("the code you texted me is 482", [("credential", "482")]),
+    ("the text said 3 1 7", [("credential", "3 1 7")]),
+    ("otp is nine one two", [("credential", "nine one two")]),
+    ("the security code is 412", [("cvv", "412")]),
+    ("the three digits on the back are 412", [("cvv", "412")]),
+    ("the cvv is 318 and the code you texted me is 902", [("cvv", "318"), ("credential", "902")]),
+    ("the three digits on the front are 412", []),
+    ("my pin is 123", []),
+])
+def test_secrets_of_several_words_and_codes_sent_by_text(text, found):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
+def test_a_passphrase_read_out_is_silenced_whole_in_the_audio():
+    words = [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate(
+        "my passphrase is correct horse battery staple thanks".split())]
+    result, hit = redact_words(words)
+    assert result.text == "my passphrase is [CREDENTIAL] thanks" and hit == [3, 4, 5, 6]
