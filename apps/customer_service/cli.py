@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -86,6 +87,7 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
     telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="--asr: decoders in parallel processes (default: one per CPU core).")] = None,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -99,7 +101,7 @@ def evaluate(
     from apps.customer_service import evaluate as E
 
     if asr is not None:
-        metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone)
+        metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone, workers=workers or os.cpu_count() or 1)
     elif emotion is not None:
         metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:

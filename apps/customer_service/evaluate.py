@@ -129,8 +129,8 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     return out
 
 
-def evaluate_asr(root: str | Path, limit: int | None = None, telephone: bool = False) -> dict:
+def evaluate_asr(root: str | Path, limit: int | None = None, telephone: bool = False, workers: int = 1) -> dict:
     """Delegates to the speech side (LibriSpeech / FSDD / Sphinx layouts)."""
     from apps.customer_service.speech import evaluate_asr as _evaluate_asr
 
-    return _evaluate_asr(root, limit=limit, telephone=telephone)
+    return _evaluate_asr(root, limit=limit, telephone=telephone, workers=workers)

@@ -93,15 +93,17 @@ def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozens
 
 
 def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
-                 exclude_speakers: set[str] | frozenset[str] = frozenset(), telephone: bool = False) -> dict:
+                 exclude_speakers: set[str] | frozenset[str] = frozenset(), telephone: bool = False,
+                 workers: int = 1) -> dict:
     """WER (and digit accuracy for FSDD) of ``recognizer`` (default: pocketsphinx, generic LM)
     on the dataset at ``root``. Returns a flat dict of numbers: ``wer``, ``utterances``,
-    ``ref_words``, ``rtf``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``.
+    ``ref_words``, ``rtf`` (decoding seconds per second of audio, one decoder), ``wall_s``,
+    ``workers``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``.
     ``telephone``: every recording is first band-limited as a narrow-band (8 kHz) phone line
-    delivers it."""
+    delivers it. ``workers``: the default recogniser in that many processes, each with its own
+    decoder (a LibriSpeech test set is hours of audio); the same numbers for any count. A given
+    ``recognizer`` always runs in this process."""
     import jiwer
-
-    from apps.customer_service.speech.audio import load_audio, telephone_band
 
     root = Path(root)
     layout = find_layout(root)
@@ -113,28 +115,22 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
         items = [items[int(i * step)] for i in range(limit)]
     if not items:
         raise ValueError(f"{root}: no utterances found ({layout} layout)")
-    if recognizer is None:
-        from apps.customer_service.speech.asr import create_recognizer
-
-        recognizer = create_recognizer("pocketsphinx")
     mode = "digit" if layout == "fsdd" else "default"
-    refs, hyps, conf, audio_s, t0 = [], [], [], 0.0, time.perf_counter()
-    digits_right = 0
-    for path, ref in items:
-        audio = load_audio(path)
-        samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
-        tr = recognizer.transcribe(samples, audio.sample_rate, mode=mode)
-        ref_s, hyp_s = scoring_text(ref), scoring_text(tr.text)
-        if layout == "fsdd":  # "oh" and "zero" both say 0
-            hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
-        refs.append(ref_s)
-        hyps.append(hyp_s)
-        conf.append(tr.confidence)
-        audio_s += audio.duration_s
-        if layout == "fsdd":
-            words = tr.text.split()
-            digits_right += len(words) == 1 and DIGIT_VALUES.get(words[0]) == DIGIT_VALUES[ref]
-    elapsed = time.perf_counter() - t0
+    tasks = [(path, ref, mode, telephone) for path, ref in items]
+    t0 = time.perf_counter()
+    if recognizer is not None or workers <= 1 or len(tasks) == 1:
+        rows = [_decode_one(task, recognizer) for task in tasks]
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn: a forked child would inherit the parent's torch threads and locks
+        with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=_one_torch_thread) as pool:
+            rows = list(pool.map(_decode_one, tasks, chunksize=max(1, len(tasks) // (8 * workers))))
+    wall = time.perf_counter() - t0
+    refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
+    audio_s = sum(r["audio_s"] for r in rows)
     out = jiwer.process_words(refs, hyps)
     result = {
         "wer": float(out.wer),
@@ -143,13 +139,52 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
         "substitutions": float(out.substitutions),
         "deletions": float(out.deletions),
         "insertions": float(out.insertions),
-        "rtf": elapsed / audio_s if audio_s else 0.0,
-        "mean_confidence": float(sum(conf) / len(conf)),
+        "rtf": sum(r["seconds"] for r in rows) / audio_s if audio_s else 0.0,
+        "wall_s": wall,
+        "workers": float(1 if recognizer is not None else max(1, min(workers, len(tasks)))),
+        "mean_confidence": float(sum(r["confidence"] for r in rows) / len(rows)),
         "telephone_band": float(telephone),
     }
     if layout == "fsdd":
-        result["digit_accuracy"] = digits_right / len(items)
+        result["digit_accuracy"] = sum(r["digit_right"] for r in rows) / len(items)
     return result
+
+
+def _one_torch_thread() -> None:
+    """Workers split the cores between them: the digit models' torch ops must not each take them all."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_WORKER_RECOGNIZER = None  # one default recogniser per worker process, made on its first utterance
+
+
+def _decode_one(task: tuple, recognizer=None) -> dict:
+    """One utterance of ``evaluate_asr``: its scoring texts, confidence, audio and decoding seconds."""
+    from apps.customer_service.speech.audio import load_audio, telephone_band
+
+    path, ref, mode, telephone = task
+    if recognizer is None:
+        global _WORKER_RECOGNIZER
+        if _WORKER_RECOGNIZER is None:
+            from apps.customer_service.speech.asr import create_recognizer
+
+            _WORKER_RECOGNIZER = create_recognizer("pocketsphinx")
+        recognizer = _WORKER_RECOGNIZER
+    audio = load_audio(path)
+    samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
+    t0 = time.perf_counter()
+    tr = recognizer.transcribe(samples, audio.sample_rate, mode=mode)
+    seconds = time.perf_counter() - t0
+    ref_s, hyp_s = scoring_text(ref), scoring_text(tr.text)
+    digit_right = False
+    if mode == "digit":  # FSDD: "oh" and "zero" both say 0
+        hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
+        words = tr.text.split()
+        digit_right = len(words) == 1 and DIGIT_VALUES.get(words[0]) == DIGIT_VALUES[ref]
+    return {"ref": ref_s, "hyp": hyp_s, "confidence": tr.confidence, "audio_s": audio.duration_s,
+            "seconds": seconds, "digit_right": digit_right}
 
 
 def evaluate_spoken_card_redaction(n: int = 40, *, seed: int = 0, recognizer=None, voice: str = "en-us+klatt") -> dict:

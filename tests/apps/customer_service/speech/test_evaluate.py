@@ -60,6 +60,22 @@ def test_sphinx_layout(tmp_path, bank_recognizer):
     assert out["utterances"] == 2 and out["wer"] <= 0.5
 
 
+def test_workers_give_the_numbers_of_one_process(tmp_path):
+    """The default recogniser in two spawned processes gives the words of this one, in the items' order."""
+    chapter = tmp_path / "test-clean" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    texts = SENTENCES + ["i would like to check my balance"]
+    for i, text in enumerate(texts):
+        sf.write(chapter / f"84-121123-{i:04d}.flac", speak(text), 16_000)
+    (chapter / "84-121123.trans.txt").write_text("".join(f"84-121123-{i:04d} {t.upper()}\n" for i, t in enumerate(texts)))
+    one, two = evaluate_asr(tmp_path), evaluate_asr(tmp_path, workers=2)
+    assert one["workers"] == 1 and two["workers"] == 2
+    for key in ("wer", "utterances", "ref_words", "substitutions", "deletions", "insertions"):
+        assert two[key] == one[key], key
+    assert two["mean_confidence"] == pytest.approx(one["mean_confidence"], rel=1e-4)  # float sums, thread counts
+    assert two["wall_s"] > 0 and two["rtf"] > 0
+
+
 def test_unknown_layout_is_explained(tmp_path):
     with pytest.raises(ValueError, match="trans.txt"):
         evaluate_asr(tmp_path)
