@@ -17,14 +17,27 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            / "four digits" (or "numbers") with the back, reverse or signature strip said ("the three digits on
            the back are 412")
   credential what authorises a payment or a login: 4-12 digits (ISO 9564's PIN lengths) right after a PIN, passcode
-           or password; 3-12 after an OTP or a code announced as sent ("the code you texted me is ...", "one time
-           code", "verification code" with 5+ digits or a text / app said near it); 3-8 said to have come in a text
-           or message with no "code" said ("you texted me 4829", "the text said four oh two", "your text was ...",
-           "... a text saying ..."), not followed by a unit or count ("... 100 times", "... 150 pounds") nor, one
-           number said as a number, by a verb ("the text said 1500 was paid"); after "sent" alone ("you just sent me
-           ...") only digits read out one by one (or typed in groups, or 6+) or called a number ("the number you
-           sent me is 482913"): "you sent me 1500" is money. A password, passphrase ("pass phrase"), memorable word
-           or typed passcode after "is" / "it's" / ":" / "'s" ("my password's ..."): letters spelled out one by one;
+           or password; 3 right after a PIN's name and link ("my pin is 1 2 3": the recogniser dropped a digit; not
+           before a unit, count or, one number said as a number, an amount's verb; not after "with my pin", "the limit
+           on my pin"; "cvv 412" stays cvv); 3-12 after an OTP or a code announced as sent ("the code you texted me is
+           ...", "one time code", "verification code" with 5+ digits or a text / app said near it); 3-8 said to have
+           come in a text or message with no "code" said ("you texted me 4829", "the text said four oh two", "your text
+           was ...", "... a text saying ...", "a text with 4829 in it", "the message had ... in it": then nothing after
+           but "in it" / "on it" or a new clause), not followed by a unit or count ("... 100 times", "... 150 pounds")
+           nor, one number said as a number, by a verb ("the text said 1500 was paid"); after "sent" alone ("you just
+           sent me ...") only digits read out one by one (or typed in groups, or 6+) or called a number ("the number
+           you sent me is 482913"): "you sent me 1500" is money. Between a credential's name (PIN, passcode, password,
+           memorable word, ...) and its link a qualifier phrase of up to 6 words may stand ("my password for online
+           banking is ...", "the pin number I chose is ...", "the passcode you gave me over the phone was ...", "my
+           memorable word I think is ..."): it starts with a preposition, a pronoun, "that" / "which", a modal,
+           "number" / "word", "got" / "has" / "had" / "been" or an adverb ("just", "yesterday", ...), and holds only
+           such words, determiners, verbs of choosing, sending, setting (set, chose, use, gave, sent, ...) and what the
+           secret is for (online, banking, app, card, ...), "it" after a preposition, or after a preposition (and a
+           determiner) any word of letters that starts no clause ("for netflix"): "the pin machine said 250" and "my
+           password is not working and my balance is 400" stay. A hedge may follow the link ("my pin is actually ...", "... is still ..."), and "to" after a change
+           is a link ("I changed my pin to ...", "the password was reset to ..."; not "... to log in"). A password,
+           passphrase ("pass phrase"), memorable word or typed passcode after "is" / "it's" / ":" / "'s" ("my
+           password's ..."), or after such a qualifier phrase and link: letters spelled out one by one;
            a passcode one token with a digit; else up to 8 words (digits not counted: "correct horse battery
            staple", "purple monkey dishwasher 7"), ending before a word that starts a new clause ("but", "so",
            "please", "thanks", "can", "I", "you", "and my", ...) or names something else ("pin", "card", "sort",
@@ -355,31 +368,163 @@ def _credential_context(words: list[str], first: int, last: int, n_digits: int, 
     "me" ("you texted me 4829") or the credential's name, with that name, or a text / message that brought the code
     (``_sent_cue``), found through nothing but linking words before them (``_CREDENTIAL_GAP``, at most 8). A PIN or
     passcode has 4-12 digits (ISO 9564), a code sent to the caller 3-12 (one-time codes of 3 digits exist; a card's
-    3-digit code is the cvv's unless it was sent). ``read_out``: the digits were said one by one or typed in groups."""
+    3-digit code is the cvv's unless it was sent), a PIN 3 right after its name and link ("my pin is 1 2 3": the
+    recogniser dropped a digit; not with a unit or an amount's verb after them, nor after "with my pin", "on my pin").
+    ``read_out``: the digits were said one by one or typed in groups. Also: a hedge between the link and the digits
+    ("my pin is actually 4 4 0 9"), "to" after a change ("I changed my pin to ..."), a qualifier phrase between a
+    name and its link (``_qualified_name``: "the pin number I chose is ..."), digits a text held ("a text with 4829
+    in it", ``_held_in_text``)."""
     if not 3 <= n_digits <= 12:
         return False
     k = first - 1
     while k >= 0 and words[k] in _FILLERS:
         k -= 1
-    if k < 0 or words[k] not in _LINKS | _SAYING | _CREDENTIAL_NAMES | {"code", "codes", "number", "me"}:
+    h = k
+    while h >= 0 and (words[h] in _HEDGES or words[h] in _FILLERS):
+        h -= 1
+    if h < k and h >= 0 and words[h] in _LINKS:
+        k = h  # "my pin is actually 4 4 0 9"
+    if k < 0:
         return False
+    if words[k] in _TEXT_HOLDS:
+        return _held_in_text(words, k, last, n_digits, read_out)
+    changed = words[k] == "to" and _changed_to(words, k)
+    if not changed and words[k] not in _LINKS | _SAYING | _CREDENTIAL_NAMES | {"code", "codes", "number", "me"}:
+        return False
+    pin3 = n_digits == 3 and (changed or words[k] in _LINKS | _PIN_NAMES | {"number"}) and _no_amount_after(
+        words, last, read_out)
     for c in range(k, max(-1, k - 8), -1):
-        if _credential_cue(words, c, last, n_digits):
+        if _credential_cue(words, c, last, n_digits, pin3=pin3):
             return True
         if words[k] in _LINKS | _SAYING | {"me"} and _sent_cue(words, c, last, n_digits, read_out):
+            return True
+        if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
+            break
+    name = _qualified_name(words, k) if changed or words[k] in _LINKS else -1
+    return name >= 0 and _credential_cue(words, name, last, n_digits, pin3=pin3)
+
+
+# A secret's name and its link may have a qualifier phrase between them: what the secret is for, who chose or sent it,
+# a hedge ("my password for online banking is ...", "the pin number that I set up is ...", "the passcode you gave me
+# over the phone was ...", "my password I think is ..."). At most this many words (fillers not counted), each one of
+# ``_QUALIFIERS`` or, right after a preposition or a determiner, any word of letters that starts no clause ("my password
+# for netflix is ..."); "it" only after a preposition ("the password for it is ..."): "my pin yesterday it was 2500"
+# names no pin. The phrase starts with one of ``_QUALIFIER_LEADS``: "the pin machine said 250" names a machine.
+_QUALIFIER_WORDS = 6
+_QUALIFIER_LEADS = {
+    "for", "on", "of", "in", "at", "to", "with", "into", "from", "via", "through", "over", "by",
+    "that", "which", "i", "i've", "i'd", "you", "you've", "we", "we've", "they", "they've", "he", "she",
+    "should", "would", "will", "must", "might", "could", "may", "number", "word", "just", "always", "usually",
+    "normally", "currently", "now", "originally", "before", "yesterday", "today", "earlier", "got", "has", "had",
+    "have", "been",
+}
+_DETERMINERS = {"the", "a", "an", "my", "your", "our", "his", "her", "their", "this", "that"}
+_QUALIFIERS = _QUALIFIER_LEADS | _DETERMINERS | {
+    "which", "me", "us", "them",
+    "set", "chose", "chosen", "choose", "picked", "pick", "selected", "use", "used", "gave", "given", "give", "sent",
+    "emailed", "texted", "messaged", "posted", "told", "created", "made", "registered", "put", "entered", "typed",
+    "changed", "reset", "got", "received", "issued", "assigned", "lost", "ordered", "opened", "activated", "requested",
+    "up", "have", "had", "has", "first", "last", "time", "year", "week", "month", "ago", "think", "guess", "believe",
+    "reckon", "remember", "online", "internet", "telephone", "phone", "mobile", "banking", "bank", "app", "website",
+    "site", "web", "account", "card", "debit", "credit", "new", "old", "current", "temporary", "login", "log", "sign",
+    "one", "letter", "post", "cash", "machine", "atm", "everything",
+}
+_PREPOSITIONS = {"for", "on", "of", "in", "at", "to", "with", "into", "from", "via", "through", "over", "by", "using",
+                 "without", "about"}
+# between a link and the value: "my pin is actually 4 4 0 9", "my password is still hunter2"
+_HEDGES = {"actually", "still", "just", "probably", "definitely", "like", "maybe", "basically", "now", "currently",
+           "always", "literally", "simply", "obviously", "honestly", "normally", "usually"}
+# "I changed my pin to 4 4 0 9", "the password was reset to ..."
+_CHANGE_VERBS = {"changed", "change", "changing", "set", "setting", "reset", "resetting", "updated", "update",
+                 "switched", "switch"}
+# ... but "I reset my password to log in" changed it for a purpose
+_INFINITIVES = {"log", "sign", "get", "make", "access", "use", "stop", "try", "be", "keep", "see", "check", "pay",
+                "protect", "secure", "avoid", "prevent", "unlock", "login", "go", "do", "have", "let", "help", "move",
+                "buy", "send", "transfer", "set", "change", "reset", "open", "view", "read"}
+# a text that held the digits: "I got a text with 4829 in it", "the message you sent me had 5 5 2 1 in it"
+_TEXT_HOLDS = {"with", "had", "has", "contained", "contains", "containing"}
+# a PIN said with 3 digits (the recogniser dropped one): a fragment of the PIN after its name and link
+_PIN_NAMES = {"pin", "pins", "pincode"}
+
+
+def _qualifier(words: list[str], c: int, lead: int) -> bool:
+    """words[c] may stand in a qualifier phrase that starts at words[lead] (see ``_QUALIFIERS``)."""
+    w = words[c]
+    if c == lead:  # "the pin was changed to ...": the change after its link leads too
+        return w in _QUALIFIER_LEADS or w in _CHANGE_VERBS and c >= 1 and words[c - 1] in _LINKS
+    prev = words[c - 1]
+    if w in _QUALIFIERS or w == "it" and prev in _PREPOSITIONS:
+        return True
+    after_prep = prev in _PREPOSITIONS or prev in _DETERMINERS and c >= 2 and words[c - 2] in _PREPOSITIONS
+    return (after_prep and w.isalpha() and w not in _CLAUSE_STARTS and w not in _NOT_A_SECRET and w not in _LINKS
+            and w not in _CREDENTIAL_NAMES)
+
+
+def _qualified_name(words: list[str], k: int) -> int:
+    """Where a credential's name is, before a qualifier phrase (``_QUALIFIERS``) that ends at the link words[k]; -1 if
+    none. A link before a change verb ("the pin was changed to ...") is part of the phrase."""
+    phrase: list[int] = []
+    for c in range(k - 1, max(-1, k - 1 - 2 * _QUALIFIER_WORDS), -1):
+        w = words[c]
+        if w in _CREDENTIAL_NAMES:
+            return c if phrase and all(_qualifier(words, i, min(phrase)) for i in phrase) else -1
+        if w in _FILLERS or w in _LINKS and c + 1 < len(words) and words[c + 1] in _CHANGE_VERBS:
+            continue
+        phrase.append(c)
+        if len(phrase) > _QUALIFIER_WORDS:
+            return -1
+    return -1
+
+
+def _changed_to(words: list[str], k: int) -> bool:
+    """words[k] is the "to" of a change: "I changed my pin to ...", "the password was reset to ..." (a change verb
+    among the 6 words before it)."""
+    return any(w in _CHANGE_VERBS for w in words[max(0, k - 6):k])
+
+
+def _no_amount_after(words: list[str], last: int, read_out: bool) -> bool:
+    """No unit or count after the digits ("... is 300 pounds"), nor, one number said as a number, a verb of an
+    amount ("... was 250 taken")."""
+    after = words[last + 1] if last + 1 < len(words) else ""
+    return after not in _NOT_A_CODE_AFTER and (read_out or after not in _AMOUNT_VERBS)
+
+
+def _object_of_preposition(words: list[str], c: int) -> bool:
+    """The name at words[c] follows a preposition ("the payment with my pin was 250", "the limit on my pin is 300"):
+    the sentence is about something else, the digits after it need not be the PIN."""
+    b = c - 1
+    while b >= 0 and (words[b] in _FILLERS or words[b] in {"my", "the", "a", "your", "new", "old", "card", "debit",
+                                                             "credit"}):
+        b -= 1
+    return b >= 0 and words[b] in _PREPOSITIONS - {"of"}  # "the first three digits of my pin are ..." is the PIN
+
+
+def _held_in_text(words: list[str], k: int, last: int, n_digits: int, read_out: bool) -> bool:
+    """"I got a text with 4829 in it", "the text you sent me had 5 5 2 1 in it": 3-8 digits a text or message held
+    (words[k] one of ``_TEXT_HOLDS``), with nothing after them but "in it" / "on it" or a new clause: "a text with
+    100 offers", "... with 250 pounds" are no code."""
+    if not 3 <= n_digits <= 8:
+        return False
+    rest = words[last + 1:last + 3]
+    if rest and rest not in (["in", "it"], ["on", "it"]) and rest[0] not in _CLAUSE_STARTS | {"and"}:
+        return False
+    for c in range(k - 1, max(-1, k - 7), -1):
+        if words[c] in _TEXTED:
             return True
         if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
             return False
     return False
 
 
-def _credential_cue(words: list[str], c: int, last: int, n_digits: int) -> bool:
-    """words[c] names a credential: a PIN, passcode, password (4+ digits), an OTP; or a code qualified as one ("one
-    time", "login") or sent to the caller (a text, message, app or phone said from 6 words before the code to 4
-    after its value). "security" / "verification code" with 3-4 digits is the card's cvv unless it was sent."""
+def _credential_cue(words: list[str], c: int, last: int, n_digits: int, *, pin3: bool = False) -> bool:
+    """words[c] names a credential: a PIN, passcode, password (4+ digits; a PIN 3 with ``pin3`` when it is no
+    preposition's object), an OTP; or a code qualified as one ("one time", "login") or sent to the caller (a text,
+    message, app or phone said from 6 words before the code to 4 after its value). "security" / "verification code"
+    with 3-4 digits is the card's cvv unless it was sent."""
     w = words[c]
     if w in _CREDENTIAL_NAMES:
-        return n_digits >= 4 or w in _ONE_TIME_NAMES
+        return (n_digits >= 4 or w in _ONE_TIME_NAMES
+                or pin3 and w in _PIN_NAMES and not _object_of_preposition(words, c))
     if w not in ("code", "codes"):
         return False
     before = words[c - 1] if c >= 1 else ""
@@ -443,11 +588,7 @@ def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
         j = k + 1
         while j < n and words[j] in _SECRET_NOUNS:
             j += 1
-        name = pieces[j - 1].text.rstrip().lower().replace("\u2019", "'")
-        linked = name.endswith((":", "=")) or name.endswith("'s") and words[j - 1] != "it's"
-        while j < n and (words[j] in _LINKS or words[j] in _FILLERS or words[j] == "it"):
-            linked = linked or words[j] in _LINKS
-            j += 1
+        j, linked = _secret_link(pieces, words, k, j)
         if not linked or j >= n or not words[j] or words[j] in _NOT_A_SECRET and words[j] not in _SOFT_START:
             continue
         counted = j + 1 < n and words[j + 1] in _COUNTED and _DIGITISH.match(pieces[j].text)  # "is 8 characters"
@@ -461,6 +602,53 @@ def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
         if last is not None:
             out.append(Redaction("credential", pieces[j].start, _end(pieces[last])))
     return out
+
+
+def _typed_link(piece: Piece, word: str, *, possessive: bool = True) -> bool:
+    """A piece typed with its link on it: "password:", "pin=", "password's" (not "it's")."""
+    text = piece.text.rstrip().lower().replace("\u2019", "'")
+    return text.endswith((":", "=")) or possessive and text.endswith("'s") and word != "it's"
+
+
+def _secret_link(pieces: list[Piece], words: list[str], k: int, j: int) -> tuple[int, bool]:
+    """Where a secret's value starts after its name (words[k], its nouns before piece j) and whether a link was said:
+    "is", "it's", ":", "'s"; after a qualifier phrase ("my password for online banking is ...", "the password I set
+    was ...", ``_QUALIFIERS``); "to" after a change ("I changed my password to ...", "... was reset to ..."); then
+    hedges ("... is actually ...") and fillers are skipped."""
+    n = len(pieces)
+    linked = _typed_link(pieces[j - 1], words[j - 1])
+    if not linked and j < n and words[j] == "to" and any(w in _CHANGE_VERBS for w in words[max(0, k - 4):k]):
+        after = _after_link(words, j + 1)
+        return after, after < n and words[after] not in _INFINITIVES  # not "I reset my password to log in"
+    if not linked and j < n and words[j] not in _LINKS and words[j] not in _FILLERS and words[j] != "it":
+        i, said, lead = j, 0, -1
+        while i < n and said < _QUALIFIER_WORDS and (words[i] in _FILLERS or _qualifier(words, i, i if lead < 0 else lead)):
+            if words[i] == "to" and words[i - 1] in _CHANGE_VERBS:  # "the password has been reset to ..."
+                after = _after_link(words, i + 1)
+                return after, after < n and words[after] not in _INFINITIVES
+            if words[i] not in _FILLERS:
+                said, lead = said + 1, i if lead < 0 else lead
+            i += 1
+            if _typed_link(pieces[i - 1], words[i - 1], possessive=False):  # "my password for online banking: ..."
+                return _after_link(words, i), True
+        if not said or i >= n or words[i] not in _LINKS:
+            return j, False
+        j = i
+    while j < n and (words[j] in _LINKS or words[j] in _FILLERS or words[j] == "it"):
+        linked = linked or words[j] in _LINKS
+        j += 1
+    if linked and j + 2 < n and words[j] in _CHANGE_VERBS and words[j + 1] == "to":
+        if words[_after_link(words, j + 2)] in _INFINITIVES:
+            return j, False
+        j += 2  # "the password was changed to ..."
+    return _after_link(words, j) if linked else j, linked
+
+
+def _after_link(words: list[str], j: int) -> int:
+    """The value's first piece from j: hedges ("actually", "still", "like") and fillers skipped."""
+    while j < len(words) and (words[j] in _HEDGES or words[j] in _FILLERS):
+        j += 1
+    return j
 
 
 def _spelled_extent(pieces: list[Piece], words: list[str], j: int, *, spelled: bool) -> int:

@@ -402,7 +402,8 @@ def test_a_national_insurance_number_read_out_is_silenced_in_the_audio():
     ("the text said 1500 was paid to a shop", []),
     ("the text said my payment of 250 failed", []),
     ("you texted me 07700 900123", [("phone", "07700 900123")]),
-    # one-time codes of 3 digits; a card's 3-digit code stays the cvv, and a PIN keeps ISO 9564's 4-12 digits
+    # one-time codes of 3 digits; a card's 3-digit code stays the cvv; a PIN said with 3 digits after its name and link
+    # is a PIN missing a digit (session 21; it was left in the clear before)
     ("the code you texted me is 482", [("credential", "482")]),
     ("the text said 3 1 7", [("credential", "3 1 7")]),
     ("otp is nine one two", [("credential", "nine one two")]),
@@ -410,7 +411,7 @@ def test_a_national_insurance_number_read_out_is_silenced_in_the_audio():
     ("the three digits on the back are 412", [("cvv", "412")]),
     ("the cvv is 318 and the code you texted me is 902", [("cvv", "318"), ("credential", "902")]),
     ("the three digits on the front are 412", []),
-    ("my pin is 123", []),
+    ("my pin is 123", [("credential", "123")]),
 ])
 def test_secrets_of_several_words_and_codes_sent_by_text(text, found):
     assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
