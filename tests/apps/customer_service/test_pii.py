@@ -181,6 +181,12 @@ def test_corpus_scores_per_type():
     secrets = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets.jsonl"))
     assert secrets["sentences"] >= 24 and secrets["credential_support"] >= 12
     assert secrets["credential_recall"] == secrets["cvv_recall"] == secrets["micro_precision"] == 1.0
+    # written and committed before the rules for a qualifier between a secret's name and its link ("my password for the
+    # mobile app is ..."), 3-digit PINs and digits a text held ("a text with 7 1 4 6 in it"); first score credential
+    # 0/16 (none predicted), cvv 1/1, precision 1.0, none of its 13 look-alikes redacted
+    secrets2 = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets2.jsonl"))
+    assert secrets2["sentences"] >= 26 and secrets2["credential_support"] >= 14
+    assert secrets2["credential_recall"] == secrets2["cvv_recall"] == secrets2["micro_precision"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
@@ -422,3 +428,75 @@ def test_a_passphrase_read_out_is_silenced_whole_in_the_audio():
         "my passphrase is correct horse battery staple thanks".split())]
     result, hit = redact_words(words)
     assert result.text == "my passphrase is [CREDENTIAL] thanks" and hit == [3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    # a qualifier phrase between a secret's name and its link: what it is for, who chose or sent it, a hedge
+    ("my password for online banking is hunter2", [("credential", "hunter2")]),
+    ("the password I set was rover99", [("credential", "rover99")]),
+    ("the password you sent me is Xk92pq", [("credential", "Xk92pq")]),
+    ("my memorable word for the app is giraffe", [("credential", "giraffe")]),
+    ("my pin for the new card is 4 4 0 9", [("credential", "4 4 0 9")]),
+    ("the pin number I chose is 1 9 8 4", [("credential", "1 9 8 4")]),
+    ("my telephone banking passcode that I use is 7 7 3 1", [("credential", "7 7 3 1")]),
+    ("my password I think is orange giraffe thanks", [("credential", "orange giraffe")]),
+    ("my password for netflix is hunter2", [("credential", "hunter2")]),
+    ("the password for it is hunter2", [("credential", "hunter2")]),
+    ("My password for online banking: Kettle-42", [("credential", "Kettle-42")]),
+    ("the passphrase they sent me in the post was green apple tree", [("credential", "green apple tree")]),
+    ("my pin you sent me by post is 5 5 1 8", [("credential", "5 5 1 8")]),
+    # a hedge after the link, "to" after a change
+    ("my pin is actually 4 4 0 9", [("credential", "4 4 0 9")]),
+    ("my password is still hunter2", [("credential", "hunter2")]),
+    ("I changed my pin to 4 4 0 9", [("credential", "4 4 0 9")]),
+    ("the pin was changed to four four oh nine", [("credential", "four four oh nine")]),
+    ("I changed my password to hunter2", [("credential", "hunter2")]),
+    ("the password has been reset to Hunter22", [("credential", "Hunter22")]),
+    # ... and their look-alikes: a description after the qualifier, a new clause, money, counts, dates, a purpose
+    ("my password is not working and my balance is 400 pounds", []),
+    ("my pin was blocked so I paid 1500", []),
+    ("my password for the app is not working", []),
+    ("the pin I chose is the one on the letter", []),
+    ("my pin for the new card is blocked", []),
+    ("the password I set was changed on 12/03/2024", []),
+    ("the password I set up is 12 characters long", []),
+    ("my memorable word for the app is the same as my old one", []),
+    ("my pin for the card I opened in 2015 is blocked", []),
+    ("my pin yesterday it was 2500", []),
+    ("the pin machine said 250", []),
+    ("the password field is empty", []),
+    ("I changed my password to log in", []),
+    ("I changed my password to something easier", []),
+    ("I changed my pin 3 times this year", []),
+    # a PIN said with 3 digits after its name and link; a card's code stays cvv; amounts after a PIN stay
+    ("my pin is 1 2 3", [("credential", "1 2 3")]),
+    ("my pin number is nine four one", [("credential", "nine four one")]),
+    ("PIN: 417", [("credential", "417")]),
+    ("the pin on my new card is eight two one", [("credential", "eight two one")]),
+    ("my pin is 6 6 1 and cvv 412", [("credential", "6 6 1"), ("cvv", "412")]),
+    ("cvv 412", [("cvv", "412")]),
+    ("the first three digits of my pin are 4 4 0", [("credential", "4 4 0")]),
+    ("my pin was 250 pounds short", []),
+    ("the payment with my pin was 250", []),
+    ("the daily limit on my pin is 300", []),
+    ("my cash limit with the pin is 300 pounds", []),
+    ("the pin on my new card is 4 digits", []),
+    ("my passcode is 123", [("credential", "123")]),  # a password or typed passcode of 3 digits, as before
+    # digits a text held
+    ("I got a text with 4829 in it", [("credential", "4829")]),
+    ("you sent me a text with 7 1 4 6 in it", [("credential", "7 1 4 6")]),
+    ("the message you sent me had 3 1 9 9 in it", [("credential", "3 1 9 9")]),
+    ("I got a text with 2 links in it", []),
+    ("I got a text with 250 pounds in it", []),
+    ("you sent me a text with 100 offers", []),
+])
+def test_secrets_after_a_qualifier_3_digit_pins_and_digits_in_a_text(text, found):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
+def test_a_password_named_with_a_qualifier_is_silenced_in_the_audio():
+    words = [Word(w, 0.5 * i, 0.5 * i + 0.4, 0.9) for i, w in enumerate(
+        "my password for online banking is hunter two and my pin is one two three".split())]
+    result, hit = redact_words(words)
+    assert result.text == "my password for online banking is [CREDENTIAL] and my pin is [CREDENTIAL]"
+    assert hit == [6, 7, 12, 13, 14]
