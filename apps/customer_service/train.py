@@ -1067,6 +1067,8 @@ def _finalize_text_emotion(run_dir: Path, weights_dir: Path, ekman_dir: Path, lo
     from core.bundle import ModelCard, save_bundle
 
     meta = json.loads((run_dir / "emotion_meta.json").read_text())
+    # How the run was made and what it costs, when the run folder says (as intent_notes.md does for intent).
+    notes = (run_dir / "emotion_notes.md").read_text().strip() if (run_dir / "emotion_notes.md").is_file() else ""
     recipe = meta["recipe"]
     seeds = list(recipe["seeds"])
     infos = {s: json.loads((run_dir / f"emotion_s{s}.json").read_text()) for s in seeds}
@@ -1120,6 +1122,7 @@ def _finalize_text_emotion(run_dir: Path, weights_dir: Path, ekman_dir: Path, lo
                      f"{len(seeds)} members: {len(seeds)} MiniLM forward passes per text on CPU",
                      f"dev has {len(lab)} single-label rows: the standard error of a macro-F1 near 0.65 there is "
                      "about 0.01, so differences of that size between recipes are noise"],
+        notes=notes,
         extra={"recipe": recipe, "by_ensemble_size": by_size, "class_weights": meta["class_weights"],
                "members": {f"s{s}": {"history": i["history"], "epochs_run": i["epochs_run"]} for s, i in infos.items()}},
     )
