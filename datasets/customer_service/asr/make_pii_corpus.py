@@ -258,7 +258,7 @@ HAND = [
     ("I got a text saying 2000 had gone out", []),
     ("the text said 1500 was paid to a shop", []),
     ("the three digits on the front are 412", []),
-    # credentials, session 21 (after pii_heldout_secrets2.jsonl was written and scored): a qualifier phrase between a
+    # credentials, session 20, second round (after pii_heldout_secrets2.jsonl was written and scored): a qualifier phrase between a
     # secret's name and its link ("my password for online banking is ...", "the pin number I chose is ..."), a hedge
     # after the link, "to" after a change; a PIN said with 3 digits after its name and link; digits a text held
     ("my password for online banking is hunter2", [("credential", "hunter2")]),

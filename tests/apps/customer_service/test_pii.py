@@ -409,7 +409,7 @@ def test_a_national_insurance_number_read_out_is_silenced_in_the_audio():
     ("the text said my payment of 250 failed", []),
     ("you texted me 07700 900123", [("phone", "07700 900123")]),
     # one-time codes of 3 digits; a card's 3-digit code stays the cvv; a PIN said with 3 digits after its name and link
-    # is a PIN missing a digit (session 21; it was left in the clear before)
+    # is a PIN missing a digit (session 20, second round; it was left in the clear before)
     ("the code you texted me is 482", [("credential", "482")]),
     ("the text said 3 1 7", [("credential", "3 1 7")]),
     ("otp is nine one two", [("credential", "nine one two")]),
