@@ -88,6 +88,9 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
     telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="--asr: decoders in parallel processes (default: one per CPU core).")] = None,
+    backend: Annotated[str, typer.Option(help="--asr: pocketsphinx (the embedded default), whisper or ctc.")] = "pocketsphinx",
+    model_path: Annotated[Path | None, typer.Option(help="--asr: the whisper / ctc weights (whisper without one: "
+                                                         "the installed Whisper base).")] = None,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -101,7 +104,8 @@ def evaluate(
     from apps.customer_service import evaluate as E
 
     if asr is not None:
-        metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone, workers=workers or os.cpu_count() or 1)
+        metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone, workers=workers or os.cpu_count() or 1,
+                                 backend=backend, model_path=model_path)
     elif emotion is not None:
         metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:

@@ -129,8 +129,10 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     return out
 
 
-def evaluate_asr(root: str | Path, limit: int | None = None, telephone: bool = False, workers: int = 1) -> dict:
+def evaluate_asr(root: str | Path, limit: int | None = None, telephone: bool = False, workers: int = 1,
+                 backend: str = "pocketsphinx", model_path: str | Path | None = None) -> dict:
     """Delegates to the speech side (LibriSpeech / FSDD / Sphinx layouts)."""
     from apps.customer_service.speech import evaluate_asr as _evaluate_asr
 
-    return _evaluate_asr(root, limit=limit, telephone=telephone, workers=workers)
+    return _evaluate_asr(root, limit=limit, telephone=telephone, workers=workers, backend=backend,
+                         model_path=model_path)

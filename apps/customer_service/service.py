@@ -114,6 +114,16 @@ def _probs_dict(labels, row) -> dict[str, float]:
     return {name: round(float(p), 4) for name, p in zip(labels, row)}
 
 
+def recognizer_for(settings: CustomerServiceSettings):
+    """The recogniser ``settings`` name: the embedded pocketsphinx with its bank-adapted LM, or a Whisper /
+    CTC model from a local path (Whisper without one: the installed Whisper base)."""
+    from apps.customer_service.speech import create_recognizer
+
+    if settings.asr_backend == "pocketsphinx":
+        return create_recognizer("pocketsphinx", lm=settings.asr_lm)
+    return create_recognizer(settings.asr_backend, model_path=settings.asr_model_path)
+
+
 class CustomerServiceEngine:
     """Holds the models; ``analyze`` is thread-safe for concurrent reads (torch inference only)."""
 
@@ -147,15 +157,13 @@ class CustomerServiceEngine:
         enforce_offline()
         torch.set_num_threads(max(1, settings.torch_threads))
         from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
-        from apps.customer_service.speech import create_recognizer
-
         engine = cls(
             settings,
             intent=load_text_classifier(settings.intent_bundle),
             text_emotion=load_text_classifier(settings.text_emotion_bundle),
             voice=load_voice_model(settings.voice_emotion_bundle),
             fusion=load_fusion(settings.fusion_bundle),
-            recognizer=create_recognizer("pocketsphinx", lm=settings.asr_lm),
+            recognizer=recognizer_for(settings),
         )
         engine.warm_up_voice()
         return engine

