@@ -267,18 +267,58 @@ def _intent_data(banking_dir: Path, smoke: bool):
     return texts, y, labels, tr, va
 
 
+def _fit_member(model, train_texts: list[str], targets: np.ndarray, check_texts: list[str], check_labels: np.ndarray,
+                cfg: TextTrainConfig, keep_epochs: int, deadline: float, out: Path, name: str, *, metric: str,
+                class_weights: np.ndarray | None = None, log=print) -> tuple[list[dict], list[np.ndarray], list[int]]:
+    """Train one ensemble member (``train_text_classifier``), keeping the last ``keep_epochs`` epochs'
+    adapter states (fp16) in ``out/<name>.safetensors`` under "e<epoch>." prefixes, so members cut at
+    different points by the deadline can still be taken at one common epoch. Stops after the epoch that
+    would end past ``deadline`` (unix time). Returns the history, every epoch's check logits (fp16) and
+    the kept epochs."""
+    import torch
+    from safetensors.torch import save_file
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = True
+    logits_per_epoch: list[np.ndarray] = []
+    states: dict[int, dict] = {}
+    t0 = time.time()
+
+    def on_epoch(epoch: int, logits: np.ndarray) -> bool:
+        logits_per_epoch.append(logits.astype(np.float16))
+        states[epoch] = _half(model.trainable_state())
+        states.pop(epoch - keep_epochs, None)
+        return time.time() + 1.2 * (time.time() - t0) / epoch > deadline
+
+    _, hist, _ = train_text_classifier(model, train_texts, targets, check_texts, check_labels, cfg, metric=metric,
+                                       class_weights=class_weights, device=device, log=log, on_epoch=on_epoch)
+    save_file({f"e{e}.{k}": v.contiguous() for e, st in states.items() for k, v in st.items()},
+              str(out / f"{name}.safetensors"))
+    return hist, logits_per_epoch, sorted(states)
+
+
+def _member_states(run_dir: Path, names: list[str], epoch: int) -> dict:
+    """The adapter states of members ``names`` (``_fit_member`` files) at ``epoch``, as one bundle state:
+    under "members.<i>." prefixes, or bare for a single member."""
+    from safetensors.torch import load_file
+
+    state = {}
+    for i, name in enumerate(names):
+        member = load_file(str(run_dir / f"{name}.safetensors"))
+        sub = {k[len(f"e{epoch}."):]: v for k, v in member.items() if k.startswith(f"e{epoch}.")}
+        state.update(sub if len(names) == 1 else {f"members.{i}.{k}": v for k, v in sub.items()})
+    return state
+
+
 def train_intent_member(banking_dir: Path, base: str | None, out: Path, seed: int, phase: str,
                         recipe: IntentRecipe, deadline: float, smoke: bool = False, log=print) -> None:
     """One ensemble member. ``phase`` "val": trained on the split's training rows, validation logits
     of every epoch saved; "full": trained on all rows (the shipped member). ``deadline`` (unix time):
     stop after the epoch that would otherwise end past it."""
     import torch
-    from safetensors.torch import save_file
 
     from apps.customer_service.model import TextClassifier, TextClassifierConfig
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
     texts, y, labels, tr, va = _intent_data(banking_dir, smoke)
     rows = tr if phase == "val" else np.concatenate([tr, va])
     # The full phase has no held-out rows: a few training rows keep the loop's per-epoch check cheap.
@@ -288,27 +328,14 @@ def train_intent_member(banking_dir: Path, base: str | None, out: Path, seed: in
     cfg = TextTrainConfig(epochs=1 if smoke else recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
                           head_lr=recipe.head_lr, label_smoothing=recipe.label_smoothing, seed=seed)
     onehot = np.eye(len(labels), dtype=np.float32)
-    val_logits: list[np.ndarray] = []
-    states: dict[int, dict] = {}
-    t0 = time.time()
-
-    def on_epoch(epoch: int, logits: np.ndarray) -> bool:
-        val_logits.append(logits.astype(np.float16))
-        states[epoch] = _half(model.trainable_state())
-        states.pop(epoch - recipe.keep_epochs, None)
-        per_epoch = (time.time() - t0) / epoch
-        return time.time() + 1.2 * per_epoch > deadline
-
-    _, hist, _ = train_text_classifier(
-        model, [texts[i] for i in rows], onehot[y[rows]], [texts[i] for i in check], y[check], cfg,
-        metric="accuracy", device=device, log=log, on_epoch=on_epoch)
     name = f"intent_{phase}_s{seed}"
-    save_file({f"e{e}.{k}": v.contiguous() for e, st in states.items() for k, v in st.items()},
-              str(out / f"{name}.safetensors"))
+    hist, val_logits, kept = _fit_member(model, [texts[i] for i in rows], onehot[y[rows]], [texts[i] for i in check],
+                                         y[check], cfg, recipe.keep_epochs, deadline, out, name, metric="accuracy",
+                                         log=log)
     if phase == "val":
         np.savez(out / f"{name}.npz", logits=np.stack(val_logits), labels=y[va], val_index=va)
     (out / f"{name}.json").write_text(json.dumps({"seed": seed, "phase": phase, "epochs_run": len(hist),
-                                                  "kept_epochs": sorted(states), "history": hist,
+                                                  "kept_epochs": kept, "history": hist,
                                                   "n_rows": len(rows)}, indent=1))
 
 
@@ -401,34 +428,19 @@ def train_emotion_member(ekman_dir: Path, base: str | None, out: Path, seed: int
     """One text-emotion ensemble member: trained on train.tsv, dev logits of every epoch saved, the last
     ``keep_epochs`` states kept. ``deadline`` (unix time): stop after the epoch that would end past it."""
     import torch
-    from safetensors.torch import save_file
 
     from apps.customer_service.model import TextClassifier, TextClassifierConfig
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = True
     tr_texts, targets, dv_texts, dv_single, cw = _emotion_data(ekman_dir, smoke)
     torch.manual_seed(seed)
     model = TextClassifier(TextClassifierConfig(labels=list(EKMAN_LABELS), encoder=recipe.encoder()), base_path=base)
     cfg = TextTrainConfig(epochs=1 if smoke else recipe.epochs, batch_size=recipe.batch_size, lr=recipe.lr,
                           head_lr=recipe.head_lr, seed=seed)
-    dev_logits: list[np.ndarray] = []
-    states: dict[int, dict] = {}
-    t0 = time.time()
-
-    def on_epoch(epoch: int, logits: np.ndarray) -> bool:
-        dev_logits.append(logits.astype(np.float16))
-        states[epoch] = _half(model.trainable_state())
-        states.pop(epoch - recipe.keep_epochs, None)
-        return time.time() + 1.2 * (time.time() - t0) / epoch > deadline
-
-    _, hist, _ = train_text_classifier(model, tr_texts, targets, dv_texts, dv_single, cfg, metric="macro_f1",
-                                       class_weights=cw, device=device, log=log, on_epoch=on_epoch)
     name = f"emotion_s{seed}"
-    save_file({f"e{e}.{k}": v.contiguous() for e, st in states.items() for k, v in st.items()},
-              str(out / f"{name}.safetensors"))
+    hist, dev_logits, kept = _fit_member(model, tr_texts, targets, dv_texts, dv_single, cfg, recipe.keep_epochs,
+                                         deadline, out, name, metric="macro_f1", class_weights=cw, log=log)
     np.savez(out / f"{name}.npz", logits=np.stack(dev_logits), labels=dv_single)
-    (out / f"{name}.json").write_text(json.dumps({"seed": seed, "epochs_run": len(hist), "kept_epochs": sorted(states),
+    (out / f"{name}.json").write_text(json.dumps({"seed": seed, "epochs_run": len(hist), "kept_epochs": kept,
                                                   "history": hist, "n_train": len(tr_texts)}, indent=1))
 
 
@@ -884,18 +896,6 @@ def finalize_text_bundles(run_dir: Path, banking_dir: Path, weights_dir: Path, e
     return results
 
 
-def _intent_member_states(run_dir: Path, phase: str, seeds, epoch: int) -> dict:
-    from safetensors.torch import load_file
-
-    state = {}
-    for i, seed in enumerate(seeds):
-        member = load_file(str(run_dir / f"intent_{phase}_s{seed}.safetensors"))
-        prefix = f"e{epoch}."
-        sub = {k[len(prefix):]: v for k, v in member.items() if k.startswith(prefix)}
-        state.update(sub if len(seeds) == 1 else {f"members.{i}.{k}": v for k, v in sub.items()})
-    return state
-
-
 def _intent_bundle(weights_dir: Path, state: dict, lex: dict, n_members: int, model_cfg: dict, weight: float, card):
     import torch
 
@@ -1007,10 +1007,10 @@ def _finalize_intent(run_dir: Path, banking_dir: Path, weights_dir: Path, log) -
                                for (s, ph), i in infos.items()}},
         )
 
-    _intent_bundle(run_dir / "intent_split_bundle", _intent_member_states(run_dir, "val", seeds, epoch), lex_split,
+    _intent_bundle(run_dir / "intent_split_bundle", _member_states(run_dir, [f"intent_val_s{s}" for s in seeds], epoch), lex_split,
                    len(seeds), model_cfg, weight, card(True))
     lex_full = fit_lexical(texts, y, len(labels))
-    _intent_bundle(weights_dir / "intent", _intent_member_states(run_dir, "full", seeds, epoch), lex_full,
+    _intent_bundle(weights_dir / "intent", _member_states(run_dir, [f"intent_full_s{s}" for s in seeds], epoch), lex_full,
                    len(seeds), model_cfg, weight, card(False))
     return val_metrics
 
@@ -1043,17 +1043,6 @@ def _calibrate_emotion(logits: np.ndarray, lab: np.ndarray, lex_dev: np.ndarray)
             "dev_accuracy": float(((mix + bias).argmax(1) == lab).mean()),
             "dev_macro_f1_adapters_only": macro_f1(lab, neural.argmax(1), n),
             "dev_macro_f1_crossfit": cross[weight]}
-
-
-def _emotion_member_states(run_dir: Path, seeds, epoch: int) -> dict:
-    from safetensors.torch import load_file
-
-    state = {}
-    for i, seed in enumerate(seeds):
-        member = load_file(str(run_dir / f"emotion_s{seed}.safetensors"))
-        sub = {k[len(f"e{epoch}."):]: v for k, v in member.items() if k.startswith(f"e{epoch}.")}
-        state.update(sub if len(seeds) == 1 else {f"members.{i}.{k}": v for k, v in sub.items()})
-    return state
 
 
 def _finalize_text_emotion(run_dir: Path, weights_dir: Path, ekman_dir: Path, log) -> dict:
@@ -1126,7 +1115,7 @@ def _finalize_text_emotion(run_dir: Path, weights_dir: Path, ekman_dir: Path, lo
         extra={"recipe": recipe, "by_ensemble_size": by_size, "class_weights": meta["class_weights"],
                "members": {f"s{s}": {"history": i["history"], "epochs_run": i["epochs_run"]} for s, i in infos.items()}},
     )
-    state = _emotion_member_states(run_dir, seeds, epoch)
+    state = _member_states(run_dir, [f"emotion_s{s}" for s in seeds], epoch)
     model_cfg = {"labels": list(EKMAN_LABELS), "encoder": meta["encoder"], "head_dropout": 0.1,
                  "temperature": cal["temperature"], "logit_bias": [float(b) for b in cal["bias"]]}
     config: dict = {"model": model_cfg}
