@@ -46,7 +46,17 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            "my", "correct", "new" only starts a secret with 2+ more words and no description among them ("the cat
            sat on the mat", not "the same as before", "correct but ..."). Precedence with cvv: the code's name (CVV,
            CVC, ...) is always cvv; "security" / "verification code" with 3-4 digits is cvv unless a text, message,
-           app or phone is said near it (a code sent to the caller, not printed on the card)
+           app, phone or e-mail is said near it (a code sent to the caller, not printed on the card). Session 20,
+           third round: a secret whose first word says how much ("super", "really", "extra", "fairly", ...) must
+           hold a digit ("super secret 99"; "my password is still super secure" describes it); a password with no
+           link word is one typed token of letters and digits right after the name ("my password hunter2", not
+           "2fa", "3pm", "1st"); part of a PIN or passcode is a credential of 1-12 digits ("my pin ends in 0 9",
+           "... starts / begins with ...", "the last two digits of my pin are 4 9"; not before a unit or an amount's
+           verb: "my pin ends in 2 days"); a qualifier phrase may hold a number before a time unit or a year after
+           "since" / "in" ("my pin for the last 10 years has been ...", "since 2019 has been ...": "been" links);
+           digits an e-mail brought are a code like a text's, but as after "sent" ("the code in the email was
+           551290"; "the email you sent me has 4829 in it" only with "in it" after or read out; "you emailed me
+           7 7 0 3" read out or called a number: "you emailed me 1500" is money)
   expiry   MM/YY, MM/YYYY (typed) or 4 / 6 digits with a real month (said) after "expiry", "expires",
            "exp", "valid", ...
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
@@ -118,7 +128,10 @@ _CREDENTIAL_NAMES = {"pin", "pins", "pincode", "passcode", "passcodes", "passwor
 _CODE_QUALIFIERS = {"one-time", "onetime", "authentication", "auth", "authorisation", "authorization", "login",
                     "log-in", "sign-in", "signin", "2fa", "sms", "text", "security", "verification"}
 _SENT = {"text", "texted", "texts", "txt", "sms", "message", "messaged", "messages", "sent", "app", "phone", "mobile",
-         "authenticator"}
+         "authenticator", "email", "e-mail", "emailed", "emails", "mail"}
+# an e-mail that brought the digits (session 20, third round): like "sent", it brings money and statements too, so
+# digits said as one number need "in it" after them or "number" / "digits" said ("you emailed me 1500" stays)
+_EMAILED = {"email", "e-mail", "emailed", "emails", "mail", "emailing"}
 # a text or message that brought the digits, no "code" said ("you texted me 4829", "the text said 4 0 2")
 _TEXTED = {"text", "texted", "texts", "txt", "txted", "sms", "message", "messaged", "messages", "texting"}
 # what a text says: "you sent me a text saying 4 8 2 9"
@@ -138,7 +151,7 @@ _AMOUNT_VERBS = {"was", "is", "were", "are", "has", "had", "have", "went", "gone
 _OTHER_CODES = {"error", "promo", "promotional", "voucher", "discount", "coupon", "reference", "ref", "booking",
                 "tracking", "order", "post", "zip", "area", "sort", "branch", "dialling", "dialing", "country", "product",
                 "qr", "bar", "door", "gate", "alarm", "referral", "gift", "tax", "swift", "bic"}
-_LINKS = {"is", "was", "it's", "that's", "its", "are", "were", "says", "said", "be", "=", ":", "-"}
+_LINKS = {"is", "was", "it's", "that's", "its", "are", "were", "says", "said", "be", "been", "=", ":", "-"}
 # words that may sit between a credential's name and its value ("the code you sent to my phone is ..."):
 # anything else ("my pin is blocked so I paid 1500", "my pin and my account is ...") ends the search
 _CREDENTIAL_GAP = _LINKS | _SAYING | _SENT | _TEXTED | {
@@ -374,6 +387,8 @@ def _credential_context(words: list[str], first: int, last: int, n_digits: int, 
     ("my pin is actually 4 4 0 9"), "to" after a change ("I changed my pin to ..."), a qualifier phrase between a
     name and its link (``_qualified_name``: "the pin number I chose is ..."), digits a text held ("a text with 4829
     in it", ``_held_in_text``)."""
+    if _partial_pin(words, first, last, n_digits, read_out):
+        return True
     if not 3 <= n_digits <= 12:
         return False
     k = first - 1
@@ -410,13 +425,16 @@ def _credential_context(words: list[str], first: int, last: int, n_digits: int, 
 # ``_QUALIFIERS`` or, right after a preposition or a determiner, any word of letters that starts no clause ("my password
 # for netflix is ..."); "it" only after a preposition ("the password for it is ..."): "my pin yesterday it was 2500"
 # names no pin. The phrase starts with one of ``_QUALIFIER_LEADS``: "the pin machine said 250" names a machine.
+# a time in a qualifier phrase (session 20, third round): "my pin for the last 10 years has been ...", "my password
+# since 2019 has been ..."
+_TIME_UNITS = {"years", "year", "months", "month", "weeks", "week", "days", "day", "yrs"}
 _QUALIFIER_WORDS = 6
 _QUALIFIER_LEADS = {
     "for", "on", "of", "in", "at", "to", "with", "into", "from", "via", "through", "over", "by",
     "that", "which", "i", "i've", "i'd", "you", "you've", "we", "we've", "they", "they've", "he", "she",
     "should", "would", "will", "must", "might", "could", "may", "number", "word", "just", "always", "usually",
     "normally", "currently", "now", "originally", "before", "yesterday", "today", "earlier", "got", "has", "had",
-    "have", "been",
+    "have", "been", "since",
 }
 _DETERMINERS = {"the", "a", "an", "my", "your", "our", "his", "her", "their", "this", "that"}
 _QUALIFIERS = _QUALIFIER_LEADS | _DETERMINERS | {
@@ -427,10 +445,10 @@ _QUALIFIERS = _QUALIFIER_LEADS | _DETERMINERS | {
     "up", "have", "had", "has", "first", "last", "time", "year", "week", "month", "ago", "think", "guess", "believe",
     "reckon", "remember", "online", "internet", "telephone", "phone", "mobile", "banking", "bank", "app", "website",
     "site", "web", "account", "card", "debit", "credit", "new", "old", "current", "temporary", "login", "log", "sign",
-    "one", "letter", "post", "cash", "machine", "atm", "everything",
-}
+    "one", "letter", "post", "cash", "machine", "atm", "everything", "past", "few", "couple", "many", "several",
+} | _TIME_UNITS
 _PREPOSITIONS = {"for", "on", "of", "in", "at", "to", "with", "into", "from", "via", "through", "over", "by", "using",
-                 "without", "about"}
+                 "without", "about", "since"}
 # between a link and the value: "my pin is actually 4 4 0 9", "my password is still hunter2"
 _HEDGES = {"actually", "still", "just", "probably", "definitely", "like", "maybe", "basically", "now", "currently",
            "always", "literally", "simply", "obviously", "honestly", "normally", "usually"}
@@ -447,14 +465,56 @@ _TEXT_HOLDS = {"with", "had", "has", "contained", "contains", "containing"}
 _PIN_NAMES = {"pin", "pins", "pincode"}
 
 
+# the ends of a PIN said alone (session 20, third round): "my pin ends in 0 9", "... starts with 4 4", "the last two
+# digits of my pin are 4 9"; part of a PIN is still a secret (it narrows the guesses tenfold a digit)
+_PIN_ENDS = {"ends", "ending", "ended", "end", "starts", "starting", "started", "start", "begins", "beginning",
+             "began", "begin", "finishes", "finishing", "finished"}
+_PARTS = {"digit", "digits", "number", "numbers"}
+
+
+def _partial_pin(words: list[str], first: int, last: int, n_digits: int, read_out: bool) -> bool:
+    """1-12 digits said to be how a PIN or passcode ends or starts ("my pin ends in 0 9", "the pin starts with 4 4",
+    "ends with" / "begins with"), or to be some digits of it ("the last two digits of my pin are 4 9", "the first digit
+    of my PIN is 3"): right after "in" / "with" after such a verb after the name, or after the name, its link and
+    "<digits> of" before it. Not with a unit or an amount's verb after them ("my pin ends in 2 days")."""
+    if not 1 <= n_digits <= 12 or not _no_amount_after(words, last, read_out):
+        return False
+    k = first - 1
+    while k >= 0 and words[k] in _FILLERS:
+        k -= 1
+    if k >= 2 and words[k] in ("in", "with") and words[k - 1] in _PIN_ENDS:
+        c = k - 2
+        if c >= 1 and words[c] in ("number", "code"):
+            c -= 1
+        return words[c] in _PIN_NAMES | {"passcode"}
+    h = k
+    while h >= 0 and (words[h] in _HEDGES or words[h] in _FILLERS):
+        h -= 1
+    if h < 2 or words[h] not in _LINKS:
+        return False
+    c = h - 1
+    if words[c] in ("number", "code"):
+        c -= 1
+    if c < 2 or words[c] not in _PIN_NAMES | {"passcode"}:
+        return False
+    b = c - 1
+    while b >= 0 and words[b] in {"my", "the", "your", "new", "card", "debit", "credit"}:
+        b -= 1
+    return b >= 1 and words[b] == "of" and words[b - 1] in _PARTS
+
+
 def _qualifier(words: list[str], c: int, lead: int) -> bool:
-    """words[c] may stand in a qualifier phrase that starts at words[lead] (see ``_QUALIFIERS``)."""
+    """words[c] may stand in a qualifier phrase that starts at words[lead] (see ``_QUALIFIERS``); a number of years,
+    months, ... ("for the last 10 years") or a year after "since" / "in" ("since 2019") too."""
     w = words[c]
     if c == lead:  # "the pin was changed to ...": the change after its link leads too
         return w in _QUALIFIER_LEADS or w in _CHANGE_VERBS and c >= 1 and words[c - 1] in _LINKS
     prev = words[c - 1]
     if w in _QUALIFIERS or w == "it" and prev in _PREPOSITIONS:
         return True
+    if w.isdigit():
+        nxt = words[c + 1] if c + 1 < len(words) else ""
+        return nxt in _TIME_UNITS or prev in ("since", "in") and len(w) == 4
     after_prep = prev in _PREPOSITIONS or prev in _DETERMINERS and c >= 2 and words[c - 2] in _PREPOSITIONS
     return (after_prep and w.isalpha() and w not in _CLAUSE_STARTS and w not in _NOT_A_SECRET and w not in _LINKS
             and w not in _CREDENTIAL_NAMES)
@@ -506,11 +566,14 @@ def _held_in_text(words: list[str], k: int, last: int, n_digits: int, read_out: 
     if not 3 <= n_digits <= 8:
         return False
     rest = words[last + 1:last + 3]
-    if rest and rest not in (["in", "it"], ["on", "it"]) and rest[0] not in _CLAUSE_STARTS | {"and"}:
+    in_it = rest in (["in", "it"], ["on", "it"])
+    if rest and not in_it and rest[0] not in _CLAUSE_STARTS | {"and"}:
         return False
     for c in range(k - 1, max(-1, k - 7), -1):
         if words[c] in _TEXTED:
             return True
+        if words[c] in _EMAILED:
+            return in_it or read_out
         if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
             return False
     return False
@@ -543,7 +606,7 @@ def _sent_cue(words: list[str], c: int, last: int, n_digits: int, read_out: bool
     me is 482913"). At most 8 digits (a phone number is no code), and none with a count or a unit after them ("you
     texted me 100 times", "the message said 150 pounds")."""
     w = words[c]
-    if w not in _TEXTED and w not in ("sent", "send"):
+    if w not in _TEXTED and w not in _EMAILED and w not in ("sent", "send"):
         return False
     after = words[last + 1] if last + 1 < len(words) else ""
     if n_digits > 8 or after in _NOT_A_CODE_AFTER or not read_out and after in _AMOUNT_VERBS:
@@ -588,8 +651,16 @@ def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
         j = k + 1
         while j < n and words[j] in _SECRET_NOUNS:
             j += 1
+        named = j
         j, linked = _secret_link(pieces, words, k, j)
-        if not linked or j >= n or not words[j] or words[j] in _NOT_A_SECRET and words[j] not in _SOFT_START:
+        if not linked:
+            if _unlinked_secret(pieces, words, k, named):  # "my password hunter2"
+                out.append(Redaction("credential", pieces[named].start, _end(pieces[named])))
+            continue
+        if j >= n or not words[j]:
+            continue
+        intensified = words[j] in _INTENSIFIERS  # "super secret 99" is a password, "super secure" describes one
+        if words[j] in _NOT_A_SECRET and words[j] not in _SOFT_START and not intensified:
             continue
         counted = j + 1 < n and words[j + 1] in _COUNTED and _DIGITISH.match(pieces[j].text)  # "is 8 characters"
         if counted or w == "passcode" and not re.search(r"\d", pieces[j].text):
@@ -599,9 +670,34 @@ def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
             last = _spelled_extent(pieces, words, j, spelled=len(words[j]) == 1)
         else:
             last = _secret_extent(pieces, words, j)
+        if last is not None and intensified and not any(re.search(r"\d", pieces[i].text) for i in range(j, last + 1)):
+            last = None  # "my password is still super secure", "... is fairly simple": a description
         if last is not None:
             out.append(Redaction("credential", pieces[j].start, _end(pieces[last])))
     return out
+
+
+# A secret's first word that only says how much (session 20, third round): what follows is a description ("my
+# password is super secure", "... extra complicated") unless the words hold a digit ("super secret 99")
+_INTENSIFIERS = {"super", "really", "very", "extra", "fairly", "totally", "quite", "pretty", "so", "too", "ultra",
+                 "extremely", "incredibly", "ridiculously", "properly", "rather", "reasonably", "relatively", "insanely",
+                 "crazy", "mega", "well", "proper", "dead", "seriously", "massively", "hugely", "overly"}
+# one token with letters and digits that is no password: ordinals, times, sizes ("my password 2fa is on")
+_NOT_A_TOKEN = re.compile(r"^\d+(?:st|nd|rd|th|am|pm|k|p|g|gb|mb|fa|x|s|h|m|min|mins|hrs|yrs)$", re.IGNORECASE)
+
+
+def _unlinked_secret(pieces: list[Piece], words: list[str], k: int, j: int) -> bool:
+    """A password or passphrase said with no link word: "my password hunter2", "My password Kestrel77 isn't
+    accepted." (session 20, third round). Only one typed token of letters and digits right after the name (and a
+    determiner before the name, or nothing): a word with no digit after a bare name is the sentence going on ("my
+    password stopped working"); a PIN with no link is the numeric rule's ("my pin 4 4 0 9")."""
+    if words[k] not in ("password", "passphrase", "passwd") or j != k + 1 or j >= len(pieces):
+        return False
+    if k >= 1 and words[k - 1] not in _DETERMINERS | {"new", "old", "temporary", "current", "online", "banking", "app"}:
+        return False
+    token = pieces[j].text.rstrip(".,;:!?")
+    return (re.search(r"[A-Za-z]", token) is not None and re.search(r"\d", token) is not None
+            and _NOT_A_TOKEN.match(token) is None and not _DIGITISH.match(token))
 
 
 def _typed_link(piece: Piece, word: str, *, possessive: bool = True) -> bool:
@@ -622,7 +718,8 @@ def _secret_link(pieces: list[Piece], words: list[str], k: int, j: int) -> tuple
         return after, after < n and words[after] not in _INFINITIVES  # not "I reset my password to log in"
     if not linked and j < n and words[j] not in _LINKS and words[j] not in _FILLERS and words[j] != "it":
         i, said, lead = j, 0, -1
-        while i < n and said < _QUALIFIER_WORDS and (words[i] in _FILLERS or _qualifier(words, i, i if lead < 0 else lead)):
+        while i < n and said < _QUALIFIER_WORDS and words[i] not in _LINKS and (
+                words[i] in _FILLERS or _qualifier(words, i, i if lead < 0 else lead)):
             if words[i] == "to" and words[i - 1] in _CHANGE_VERBS:  # "the password has been reset to ..."
                 after = _after_link(words, i + 1)
                 return after, after < n and words[after] not in _INFINITIVES

@@ -187,6 +187,12 @@ def test_corpus_scores_per_type():
     secrets2 = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets2.jsonl"))
     assert secrets2["sentences"] >= 26 and secrets2["credential_support"] >= 14
     assert secrets2["credential_recall"] == secrets2["cvv_recall"] == secrets2["micro_precision"] == 1.0
+    # session 20, third round: written and committed (b97fa21) before the rules for a description after the link, a
+    # secret with no link word, a partial PIN, a qualifier holding digits and codes in an e-mail; first score credential
+    # 4/14 (0.286), precision 1.0, none of its 11 look-alikes redacted
+    secrets3 = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets3.jsonl"))
+    assert secrets3["sentences"] >= 25 and secrets3["credential_support"] >= 14
+    assert secrets3["credential_recall"] == secrets3["micro_precision"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
@@ -500,3 +506,42 @@ def test_a_password_named_with_a_qualifier_is_silenced_in_the_audio():
     result, hit = redact_words(words)
     assert result.text == "my password for online banking is [CREDENTIAL] and my pin is [CREDENTIAL]"
     assert hit == [6, 7, 12, 13, 14]
+
+
+@pytest.mark.parametrize(("text", "found"), [
+    # session 20, third round: an adjective after the link describes the password unless the words hold a digit
+    ("my password is still super secure", []),
+    ("my password is really long and complicated", []),
+    ("my memorable word is something my mum chose", []),
+    ("my password is super secret 99", [("credential", "super secret 99")]),
+    ("my password is purple monkey dishwasher 7", [("credential", "purple monkey dishwasher 7")]),
+    # no link word
+    ("my password hunter2", [("credential", "hunter2")]),
+    ("My password Kestrel77 isn't accepted.", [("credential", "Kestrel77")]),
+    ("my password stopped working", []),
+    ("my password 2fa is on", []),
+    ("pin 4 4 0 9", [("credential", "4 4 0 9")]),
+    ("PIN: 4409", [("credential", "4409")]),
+    # a partial PIN
+    ("my pin ends in 0 9", [("credential", "0 9")]),
+    ("my pin starts with 4 4", [("credential", "4 4")]),
+    ("the last two digits of my pin are 4 9", [("credential", "4 9")]),
+    ("The first digit of my PIN is 3.", [("credential", "3")]),
+    ("my pin ends up being blocked", []),
+    ("my pin ends in 2 days", []),
+    ("the last two digits of my account balance are 50", []),
+    # a qualifier holding digits
+    ("my pin for the last 10 years has been 1 9 8 4", [("credential", "1 9 8 4")]),
+    ("My password since 2019 has been tulip8.", [("credential", "tulip8")]),
+    ("my password for 2 years was 8 characters", []),
+    # codes in an e-mail
+    ("the email you sent me has 4829 in it", [("credential", "4829")]),
+    ("the code in the email was 551290", [("credential", "551290")]),
+    ("you emailed me 7 7 0 3", [("credential", "7 7 0 3")]),
+    ("you emailed me 1500", []),
+    ("email me at 3pm", []),
+    ("the email said 2000 was paid", []),
+    ("I sent you an email with 3 photos in it", []),
+])
+def test_descriptions_unlinked_secrets_partial_pins_and_codes_in_an_email(text, found):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
