@@ -188,9 +188,9 @@ def _decode_one(task: tuple, recognizer=None) -> dict:
     seconds = time.perf_counter() - t0
     ref_s, hyp_s = scoring_text(ref), scoring_text(tr.text)
     digit_right = False
-    if mode == "digit":  # FSDD: "oh" and "zero" both say 0
-        hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in hyp_s.split())
-        words = tr.text.split()
+    if mode == "digit":  # FSDD: "oh" and "zero" both say 0; a recogniser may write "7." (Whisper) or "seven"
+        words = [_DIGIT_NAMES[int(w)] if len(w) == 1 and w.isdigit() else w for w in hyp_s.split()]
+        hyp_s = " ".join(_DIGIT_NAMES[DIGIT_VALUES[w]] if w in DIGIT_VALUES else w for w in words)
         digit_right = len(words) == 1 and DIGIT_VALUES.get(words[0]) == DIGIT_VALUES[ref]
     return {"ref": ref_s, "hyp": hyp_s, "ref_raw": ref, "hyp_raw": tr.text, "confidence": tr.confidence, "audio_s": audio.duration_s,
             "seconds": seconds, "digit_right": digit_right}

@@ -46,6 +46,29 @@ def test_fsdd_layout_uses_the_digit_grammar(tmp_path, grammar_recognizer):
     assert out["digit_accuracy"] >= 0.8 and out["wer"] == pytest.approx(1 - out["digit_accuracy"])
 
 
+def test_fsdd_digits_written_as_a_recogniser_writes_them(tmp_path):
+    """Whisper writes "7." or "Seven." where pocketsphinx says "seven": each is the digit seven."""
+    from apps.customer_service.speech.asr import Transcript, Word
+
+    class Writer:
+        name = "fake"
+
+        def __init__(self, answers):
+            self.answers = iter(answers)
+
+        def transcribe(self, audio, sample_rate, *, mode="default"):
+            assert mode == "digit"
+            return Transcript([Word(w, 0.0, 0.3, 0.9) for w in next(self.answers).split()], 0.9, self.name, mode)
+
+    rec = tmp_path / "recordings"
+    rec.mkdir()
+    for d in (0, 3, 7, 8):
+        sf.write(rec / f"{d}_tts_0.wav", np.zeros(4000, np.float32), 8_000)
+    out = evaluate_asr(tmp_path, recognizer=Writer(["Oh.", "3", "Seven.", "eight eight"]))  # files sort 0, 3, 7, 8
+    assert out["digit_accuracy"] == 0.75  # two words for one digit is wrong
+    assert out["wer"] == pytest.approx(1 / 4)
+
+
 def test_sphinx_layout(tmp_path, bank_recognizer):
     d = tmp_path / "calls"
     d.mkdir()
