@@ -157,6 +157,7 @@ class CustomerServiceEngine:
         enforce_offline()
         torch.set_num_threads(max(1, settings.torch_threads))
         from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
+
         engine = cls(
             settings,
             intent=load_text_classifier(settings.intent_bundle),

