@@ -304,6 +304,18 @@ def _fit_member(model, train_texts: list[str], targets: np.ndarray, check_texts:
     return hist, logits_per_epoch, sorted(states)
 
 
+def _common_epoch(kind: str, infos: dict, planned: int, log) -> int:
+    """The last epoch every member kept (``_fit_member``'s "kept_epochs"); a deadline may have cut them
+    before the ``planned`` one. Members with no epoch in common cannot be averaged: RuntimeError."""
+    common = set.intersection(*(set(i["kept_epochs"]) for i in infos.values()))
+    if not common:
+        raise RuntimeError(f"{kind} members stopped at different epochs: { {k: v['kept_epochs'] for k, v in infos.items()} }")
+    epoch = max(common)
+    if epoch != planned:
+        log(f"{kind}: the deadline cut training; every member is taken at epoch {epoch} of {planned}")
+    return epoch
+
+
 def _member_states(run_dir: Path, names: list[str], epoch: int) -> dict:
     """The adapter states of members ``names`` (``_fit_member`` files) at ``epoch``, as one bundle state:
     under "members.<i>." prefixes, or bare for a single member."""
@@ -926,12 +938,7 @@ def _finalize_intent(run_dir: Path, banking_dir: Path, weights_dir: Path, log) -
     seeds = list(recipe["seeds"])
     infos = {(s, ph): json.loads((run_dir / f"intent_{ph}_s{s}.json").read_text())
              for s in seeds for ph in ("val", "full")}
-    common = set.intersection(*(set(i["kept_epochs"]) for i in infos.values()))
-    if not common:
-        raise RuntimeError(f"intent members stopped at different epochs: { {k: v['kept_epochs'] for k, v in infos.items()} }")
-    epoch = max(common)
-    if epoch != recipe["epochs"]:
-        log(f"intent: the deadline cut training; every member is taken at epoch {epoch} of {recipe['epochs']}")
+    epoch = _common_epoch("intent", infos, recipe["epochs"], log)
     val = [np.load(run_dir / f"intent_val_s{s}.npz") for s in seeds]
     val_y, val_idx = val[0]["labels"], val[0]["val_index"]
     member_logits = [v["logits"][epoch - 1].astype(np.float32) for v in val]
@@ -1057,12 +1064,7 @@ def _finalize_text_emotion(run_dir: Path, weights_dir: Path, ekman_dir: Path, lo
     recipe = meta["recipe"]
     seeds = list(recipe["seeds"])
     infos = {s: json.loads((run_dir / f"emotion_s{s}.json").read_text()) for s in seeds}
-    common = set.intersection(*(set(i["kept_epochs"]) for i in infos.values()))
-    if not common:
-        raise RuntimeError(f"text-emotion members stopped at different epochs: { {s: i['kept_epochs'] for s, i in infos.items()} }")
-    epoch = max(common)
-    if epoch != recipe["epochs"]:
-        log(f"text emotion: the deadline cut training; every member is taken at epoch {epoch} of {recipe['epochs']}")
+    epoch = _common_epoch("text-emotion", infos, recipe["epochs"], log)
     dev = [np.load(run_dir / f"emotion_s{s}.npz") for s in seeds]
     keep = dev[0]["labels"] >= 0
     lab = dev[0]["labels"][keep]
