@@ -28,6 +28,7 @@ from apps.customer_service.escalation import (
     decide_escalation,
     reply_text,
 )
+from apps.customer_service.pii import without_placeholders
 from apps.customer_service.settings import CustomerServiceSettings
 
 SAMPLE_RATE = 16000
@@ -226,7 +227,7 @@ class CustomerServiceEngine:
         self._emotions(segments)
         timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
         caller = [s for s in segments if s["speaker"] == "caller"]
-        caller_text = " ".join(s["text"] for s in caller if s["text"]).strip()
+        caller_text = " ".join(t for t in (without_placeholders(s["text"]) for s in caller) if t)
         intent = None
         if caller_text and self.intent is not None:
             t0 = time.perf_counter()
@@ -434,9 +435,11 @@ class CustomerServiceEngine:
                     voice_raw[i] = raw[j]
         for s in segments:
             s.pop("_samples", None)
-        text_rows = [i for i, s in enumerate(segments) if s["text"]]
+        # a segment that is only a redaction ("[CARD]") says nothing about emotion: voice alone reads it
+        model_text = [without_placeholders(s["text"]) for s in segments]
+        text_rows = [i for i, t in enumerate(model_text) if t]
         if text_rows and self.text_emotion is not None:
-            probs = self.text_emotion.predict_proba([segments[i]["text"] for i in text_rows]).numpy()
+            probs = self.text_emotion.predict_proba([model_text[i] for i in text_rows]).numpy()
             for j, i in enumerate(text_rows):
                 text_p[i], present[i, 1] = probs[j], True
         conf = np.array([s["asr_confidence"] for s in segments], dtype=np.float32)

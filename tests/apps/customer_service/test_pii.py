@@ -545,3 +545,12 @@ def test_a_password_named_with_a_qualifier_is_silenced_in_the_audio():
 ])
 def test_descriptions_unlinked_secrets_partial_pins_and_codes_in_an_email(text, found):
     assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
+def test_text_models_get_the_redacted_text_without_its_placeholders():
+    from apps.customer_service.pii import without_placeholders
+
+    assert without_placeholders(redact("My card number is 4111 1111 1111 1111, please block it").text) == \
+        "My card number is, please block it"
+    assert without_placeholders("my pin is [CREDENTIAL] and [sic] [NOT_A_TYPE]") == "my pin is and [sic] [NOT_A_TYPE]"
+    assert without_placeholders("[CARD].") == "" and without_placeholders("") == ""

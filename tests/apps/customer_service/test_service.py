@@ -48,6 +48,22 @@ def test_text_call_is_redacted_and_complete(engine):
     assert out["timings_ms"]["total_ms"] > 0
 
 
+def test_text_models_read_the_redacted_text_without_placeholders(engine):
+    """Placeholders are tokens the text models never saw in training; a segment that is only a redaction
+    gives the text branch nothing (and with no audio, no emotion)."""
+    seen: dict[str, list[str]] = {"intent": [], "text_emotion": []}
+    for name in seen:
+        model = getattr(engine, name)
+        real = model.predict_proba
+        model.predict_proba = lambda texts, _real=real, _name=name, **kw: (seen[_name].extend(texts), _real(texts, **kw))[1]
+    out = engine.analyze(CallRequest(text=f"My card {CARD} was stolen. {CARD}. I am furious!"))
+    assert out["transcript"]["text"].count("[CARD]") == 2
+    assert seen["intent"] == ["My card was stolen. I am furious!"]
+    assert seen["text_emotion"] == ["My card was stolen.", "I am furious!"]
+    only_card = [s for s in out["segments"] if s["text"] == "[CARD]."]
+    assert len(only_card) == 1 and only_card[0]["emotion"] is None
+
+
 def test_control_characters_are_not_words(engine):
     out = engine.analyze(CallRequest(text="my card\x00is blocked\x07\tplease help"))
     assert "\x00" not in str(out) and "\x07" not in str(out)
