@@ -186,7 +186,9 @@ class CustomerServiceEngine:
         for name in ("intent", "text_emotion", "voice", "fusion"):
             model = getattr(self, name)
             out[name] = str(getattr(model, "version", "unknown")) if model is not None else "absent"
-        out["asr"] = str(getattr(self.recognizer, "name", "absent")) if self.recognizer is not None else "absent"
+        # which weights transcribed the call ("whisper-base", "ctc-<folder>"); pocketsphinx is its name
+        rec = self.recognizer
+        out["asr"] = "absent" if rec is None else str(getattr(rec, "version", None) or getattr(rec, "name", "unknown"))
         return out
 
     def sha256(self) -> str:

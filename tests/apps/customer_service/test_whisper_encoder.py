@@ -241,5 +241,11 @@ def test_the_service_builds_the_recogniser_its_settings_name(tiny_ct2_full_vocab
     assert isinstance(recognizer_for(CustomerServiceSettings()), SphinxRecognizer)
     rec = recognizer_for(CustomerServiceSettings(asr_backend="whisper", asr_model_path=folder))
     assert isinstance(rec, WhisperRecognizer) and rec.version == "whisper-ct2"
+    from apps.customer_service.service import CustomerServiceEngine
+
+    engine = CustomerServiceEngine(CustomerServiceSettings(), recognizer=rec)
+    assert engine.versions()["asr"] == "whisper-ct2"  # the answer names the weights that transcribed the call
+    sphinx = CustomerServiceEngine(CustomerServiceSettings(), recognizer=recognizer_for(CustomerServiceSettings()))
+    assert sphinx.versions()["asr"].startswith("pocketsphinx-") and sphinx.versions()["asr"].endswith("+interpolated")
     with pytest.raises(ValueError):
         CustomerServiceSettings(asr_backend="kaldi")
