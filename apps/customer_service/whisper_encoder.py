@@ -395,7 +395,8 @@ def openai_whisper_checkpoint(model_dir: str | Path | None = None) -> dict:
     """The CTranslate2 Whisper in use (``model_files``), as the checkpoint dict openai-whisper saves
     (``dims`` + ``model_state_dict``), so ``whisper.transcribe`` (long-form windows, timestamps, word
     alignment by cross-attention) runs on the installed weights: the same tensors, openai-whisper's names."""
-    variables, config, _, _ = _read(None if model_dir is None else str(model_dir), "base")
+    variables = read_ctranslate2(model_files(model_dir)[0])  # no sha256 of 145 MB: nothing records it here
+    config = config_for(variables, "base")
     renames = {"positions": "positional_embedding", "embed.weight": "token_embedding.weight"}
     state = {}
     for side, part in (("encoder", encoder_state(variables, config)), ("decoder", decoder_state(variables, config))):

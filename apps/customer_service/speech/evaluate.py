@@ -121,7 +121,12 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     tasks = [(path, ref, mode, telephone, backend, None if model_path is None else str(model_path))
              for path, ref in items]
     t0 = time.perf_counter()
-    if recognizer is not None or workers <= 1 or len(tasks) == 1:
+    parallel = recognizer is None and workers > 1 and len(tasks) > 1
+    if not parallel:
+        if recognizer is None:  # a fresh one per run: a decoder carries state (its cepstral mean) across utterances
+            from apps.customer_service.speech.asr import create_recognizer
+
+            recognizer = create_recognizer(backend, model_path=model_path)
         rows = [_decode_one(task, recognizer) for task in tasks]
     else:
         import multiprocessing
@@ -150,7 +155,7 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
         "insertions": float(out.insertions),
         "rtf": sum(r["seconds"] for r in rows) / audio_s if audio_s else 0.0,
         "wall_s": wall,
-        "workers": float(1 if recognizer is not None else max(1, min(workers, len(tasks)))),
+        "workers": float(min(workers, len(tasks)) if parallel else 1),
         "mean_confidence": float(sum(r["confidence"] for r in rows) / len(rows)),
         "telephone_band": float(telephone),
     }
@@ -166,7 +171,7 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-_WORKER_RECOGNIZER = None  # one default recogniser per worker process, made on its first utterance
+_WORKER_RECOGNIZERS: dict[tuple, object] = {}  # per worker process, one per (backend, model path), made on first use
 
 
 def _decode_one(task: tuple, recognizer=None) -> dict:
@@ -175,12 +180,11 @@ def _decode_one(task: tuple, recognizer=None) -> dict:
 
     path, ref, mode, telephone, backend, model_path = task
     if recognizer is None:
-        global _WORKER_RECOGNIZER
-        if _WORKER_RECOGNIZER is None:
+        if (backend, model_path) not in _WORKER_RECOGNIZERS:
             from apps.customer_service.speech.asr import create_recognizer
 
-            _WORKER_RECOGNIZER = create_recognizer(backend, model_path=model_path)
-        recognizer = _WORKER_RECOGNIZER
+            _WORKER_RECOGNIZERS[backend, model_path] = create_recognizer(backend, model_path=model_path)
+        recognizer = _WORKER_RECOGNIZERS[backend, model_path]
     audio = load_audio(path)
     samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
     t0 = time.perf_counter()

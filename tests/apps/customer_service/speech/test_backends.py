@@ -125,3 +125,23 @@ def test_unknown_backend_and_missing_path():
         create_recognizer("kaldi")
     with pytest.raises(ValueError, match="model_path"):
         create_recognizer("ctc")  # whisper without a path is the installed Whisper base (test_whisper_encoder)
+
+
+def test_eval_makes_the_recogniser_of_each_backend_it_is_asked_for(tmp_path, tiny_whisper, monkeypatch):
+    """One process evaluating pocketsphinx then Whisper must score each with its own, fresh recogniser."""
+    import soundfile as sf
+
+    from apps.customer_service.speech import asr
+    from apps.customer_service.speech import evaluate as E
+
+    made = []
+    real = asr.create_recognizer
+    monkeypatch.setattr(asr, "create_recognizer", lambda backend, **kw: (made.append(backend), real(backend, **kw))[1])
+    chapter = tmp_path / "test-clean" / "1" / "2"
+    chapter.mkdir(parents=True)
+    sf.write(chapter / "1-2-0000.flac", _tone(1.0), 16_000)
+    (chapter / "1-2.trans.txt").write_text("1-2-0000 HELLO\n")
+    E.evaluate_asr(tmp_path)
+    E.evaluate_asr(tmp_path, backend="whisper", model_path=tiny_whisper)
+    E.evaluate_asr(tmp_path)
+    assert made == ["pocketsphinx", "whisper", "pocketsphinx"]
