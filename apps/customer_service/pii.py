@@ -56,7 +56,15 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            "since" / "in" ("my pin for the last 10 years has been ...", "since 2019 has been ...": "been" links);
            digits an e-mail brought are a code like a text's, but as after "sent" ("the code in the email was
            551290"; "the email you sent me has 4829 in it" only with "in it" after or read out; "you emailed me
-           7 7 0 3" read out or called a number: "you emailed me 1500" is money)
+           7 7 0 3" read out or called a number: "you emailed me 1500" is money). Round 4: a password said in words
+           with no link word, one or two words and then digits ("my password hunter two", "... tulip 8 8"; not a verb
+           said of it, "my password needs one capital", "... expired two days ago"); a second part of a PIN after
+           "and" ("my pin starts with 0 and ends with 9", "the first digit of my pin is 4 and the last is 7"; not "...
+           and the balance ends in 50"); a part of a PIN said as one digit word ("my pin begins with nine"; not "...
+           with one of ..."); a secret of up to 12 words, not 8; 4-8 digits after "the code I got / received / was
+           given is" (a one-time passcode the bank sent; not a reference, sort, promo code); a secret ends before how
+           long it has been one ("... has been hunter2 for years"), and a version ("my password v2 login page") or a
+           token before "page", "form", ... is no password
   expiry   MM/YY, MM/YYYY (typed) or 4 / 6 digits with a real month (said) after "expiry", "expires",
            "exp", "valid", ...
   iban     2 letters + 2 check digits + 11-30 alphanumerics, ISO 7064 mod-97 == 1; the country's length
@@ -248,6 +256,7 @@ def find_pii(text: str) -> list[Redaction]:
     ids = _national_ids(pieces, words, text)
     found += ids
     found += _numbers(pieces, words, text, ids)
+    found += _lone_pin_digits(pieces, words)
     found += _dates_of_birth(pieces, words, text)
     found += _typed_expiries(pieces, words)
     found += _secrets(pieces, words)
@@ -415,8 +424,48 @@ def _credential_context(words: list[str], first: int, last: int, n_digits: int, 
             return True
         if words[c] not in _CREDENTIAL_GAP and words[c] not in _FILLERS:
             break
+    if words[k] in _LINKS and _received_code(words, k, last, n_digits, read_out):
+        return True
     name = _qualified_name(words, k) if changed or words[k] in _LINKS else -1
     return name >= 0 and _credential_cue(words, name, last, n_digits, pin3=pin3)
+
+
+# A code the caller says they got (round 4): to a bank's caller "the code I got was 5 5 1 2 9 0" is the one-time
+# passcode the bank sent, as "the code they sent" was already. The caller is the one who got it ("the code I got",
+# "the code we received", "the code I was given"); a named code ("the reference code I got", "the sort code I was
+# given", a promo code) is none, and a "security" / "verification" code stays the card's code or a sent one as before.
+_RECEIVED = {"got", "received", "recieved", "gotten", "get", "receive"}
+_RECEIVERS = {"i", "i've", "ive", "we", "we've"}
+_RECEIVED_ADVERBS = {"just", "have", "had", "only", "finally", "then", "now", "already", "eventually", "actually"}
+_RECEIVED_WHEN = {"morning", "afternoon", "evening", "night", "tonight", "earlier", "today", "yesterday", "text", "sms",
+                  "email", "message"}
+
+
+def _received_code(words: list[str], k: int, last: int, n_digits: int, read_out: bool) -> bool:
+    """4-8 digits (a one-time passcode's lengths) after the link words[k] of "the code I got" / "... I received" /
+    "... we were sent": "code", then "that" / "which", a first person, an adverb ("just"), the verb, then at most 4
+    words of when or how it came ("this morning", "by text"). Not before a unit or an amount's verb."""
+    if not 4 <= n_digits <= 8 or not _no_amount_after(words, last, read_out):
+        return False
+    c = next((c for c in range(k - 1, max(-1, k - 11), -1) if words[c] in ("code", "codes")), -1)
+    if c < 0 or c >= 1 and words[c - 1] in _CVV_NAMES | _OTHER_CODES | _CVV_LEADS:
+        return False
+    i = c + 1
+    if words[i] in ("that", "which"):
+        i += 1
+    if words[i] not in _RECEIVERS:
+        return False
+    i += 1
+    while i < k and words[i] in _RECEIVED_ADVERBS | _FILLERS:
+        i += 1
+    if i < k and words[i] in _RECEIVED:
+        i += 1
+    elif i + 1 < k and words[i] in ("was", "were", "been") and words[i + 1] in ("given", "sent", "texted", "emailed"):
+        i += 2
+    else:
+        return False
+    rest = [w for w in words[i:k] if w not in _FILLERS]
+    return len(rest) <= 4 and all(w in _QUALIFIERS or w in _RECEIVED_WHEN for w in rest)
 
 
 # A secret's name and its link may have a qualifier phrase between them: what the secret is for, who chose or sent it,
@@ -475,8 +524,10 @@ _PARTS = {"digit", "digits", "number", "numbers"}
 def _partial_pin(words: list[str], first: int, last: int, n_digits: int, read_out: bool) -> bool:
     """1-12 digits said to be how a PIN or passcode ends or starts ("my pin ends in 0 9", "the pin starts with 4 4",
     "ends with" / "begins with"), or to be some digits of it ("the last two digits of my pin are 4 9", "the first digit
-    of my PIN is 3"): right after "in" / "with" after such a verb after the name, or after the name, its link and
-    "<digits> of" before it. Not with a unit or an amount's verb after them ("my pin ends in 2 days")."""
+    of my PIN is 3", "my pin's first digit is 4"): right after "in" / "with" after such a verb after the name, or after
+    the name, its link and "<digits> of" before it. Round 4: a second part after "and", its PIN named by the first
+    ("my pin starts with 0 and ends with 9", "the first digit of my pin is 4 and the last is 7"; ``_after_a_part``).
+    Not with a unit or an amount's verb after them ("my pin ends in 2 days")."""
     if not 1 <= n_digits <= 12 or not _no_amount_after(words, last, read_out):
         return False
     k = first - 1
@@ -486,7 +537,9 @@ def _partial_pin(words: list[str], first: int, last: int, n_digits: int, read_ou
         c = k - 2
         if c >= 1 and words[c] in ("number", "code"):
             c -= 1
-        return words[c] in _PIN_NAMES | {"passcode"}
+        if words[c] == "it" and c >= 1 and words[c - 1] == "and":  # "... and it ends in 6"
+            c -= 1
+        return words[c] in _PIN_NAMES | {"passcode"} or words[c] == "and" and _after_a_part(words, c)
     h = k
     while h >= 0 and (words[h] in _HEDGES or words[h] in _FILLERS):
         h -= 1
@@ -495,12 +548,71 @@ def _partial_pin(words: list[str], first: int, last: int, n_digits: int, read_ou
     c = h - 1
     if words[c] in ("number", "code"):
         c -= 1
-    if c < 2 or words[c] not in _PIN_NAMES | {"passcode"}:
+    if c >= 2 and words[c] in _PIN_NAMES | {"passcode"}:
+        b = c - 1
+        while b >= 0 and words[b] in {"my", "the", "your", "new", "card", "debit", "credit"}:
+            b -= 1
+        return b >= 1 and words[b] == "of" and words[b - 1] in _PARTS
+    # "<name>['s] [the] first digit is 4" and, after a part, "... and the last [one] is 7"
+    p = c
+    if words[p] in _PARTS or words[p] == "one":  # "the last one is 7", "the first digit is 4"
+        p -= 1
+    if p >= 0 and (words[p] in _COUNT_WORDS or words[p].isdigit() and len(words[p]) == 1):  # "the last two digits"
+        p -= 1
+    if p < 1 or words[p] not in _POSITIONS:
         return False
-    b = c - 1
-    while b >= 0 and words[b] in {"my", "the", "your", "new", "card", "debit", "credit"}:
+    b = p - 1
+    if words[b] == "the":
         b -= 1
-    return b >= 1 and words[b] == "of" and words[b - 1] in _PARTS
+    if b >= 0 and words[b] in _PIN_NAMES | {"passcode"}:  # "my pin's first digit is 4" ("'s" dropped)
+        return p < c  # "my pin first is ..." names no digit
+    return b >= 1 and words[b] == "and" and _after_a_part(words, b)
+
+
+# after a lone digit word, words that make it no digit of a PIN: "my pin starts with one of my kids' birthdays"
+_NOT_A_LONE_DIGIT = {"of", "or", "another", "more", "less", "than", "other", "else", "thing", "things", "way", "ways",
+                     "hand", "too", "also", "characters", "character", "letter", "long", "attempts", "tries"} | _PARTS
+
+
+def _lone_pin_digits(pieces: list[Piece], words: list[str]) -> list[Redaction]:
+    """A part of a PIN said as one digit word (round 4): "my pin begins with nine", "the first digit of my pin is
+    four". The normaliser writes a lone "nine" as a word (it is "one" in "the last one" too), so no digit run holds
+    it; here it is a PIN's part on ``_partial_pin``'s terms only, and not before "of", "or", a count or a unit."""
+    out: list[Redaction] = []
+    for k, w in enumerate(words):
+        if w not in DIGIT_WORDS or w in _FILLERS:
+            continue
+        if (k >= 1 and re.search(r"\d$", words[k - 1])) or (k + 1 < len(words) and re.match(r"\d", words[k + 1])):
+            continue  # a run of digits holds it: the numeric rule's
+        if k + 1 < len(words) and words[k + 1] in _NOT_A_LONE_DIGIT:
+            continue
+        if w in ("oh", "o") and k + 1 < len(words) and words[k + 1] != "and":
+            continue  # "my pin starts with, oh, I forget": a lone "oh" is a zero only at the end
+        if _partial_pin(words, k, k, 1, read_out=True):
+            out.append(Redaction("credential", pieces[k].start, _end(pieces[k])))
+    return out
+
+
+# where a part of a PIN sits in it: "the first digit", "the last two", "the second one"
+_POSITIONS = {"first", "last", "final", "second", "third", "fourth", "middle", "next", "other"}
+_COUNT_WORDS = {"two", "three", "four", "couple"}
+
+
+def _after_a_part(words: list[str], c: int) -> bool:
+    """words[c] is an "and" right after digits that are themselves part of a PIN (``_partial_pin``): "my pin starts
+    with 0 and ends with 9" names the PIN once for both parts (round 4). "my pin starts with 4 and the balance ends in
+    50" is no second part: its verb has a subject of its own."""
+    b = c - 1
+    while b >= 0 and words[b] in _FILLERS:
+        b -= 1
+    last = b
+    while b >= 0 and (words[b].isdigit() or words[b] in DIGIT_WORDS or words[b] in _FILLERS):
+        b -= 1
+    first = b + 1
+    if first > last:
+        return False
+    n_digits = sum(len(w) if w.isdigit() else 1 for w in words[first:last + 1] if w not in _FILLERS)
+    return _partial_pin(words, first, last, n_digits, read_out=True)
 
 
 def _qualifier(words: list[str], c: int, lead: int) -> bool:
@@ -654,8 +766,9 @@ def _secrets(pieces: list[Piece], words: list[str]) -> list[Redaction]:
         named = j
         j, linked = _secret_link(pieces, words, k, j)
         if not linked:
-            if _unlinked_secret(pieces, words, k, named):  # "my password hunter2"
-                out.append(Redaction("credential", pieces[named].start, _end(pieces[named])))
+            last = _unlinked_secret(pieces, words, k, named)  # "my password hunter2", "... hunter two"
+            if last >= 0:
+                out.append(Redaction("credential", pieces[named].start, _end(pieces[last])))
             continue
         if j >= n or not words[j]:
             continue
@@ -683,21 +796,79 @@ _INTENSIFIERS = {"super", "really", "very", "extra", "fairly", "totally", "quite
                  "extremely", "incredibly", "ridiculously", "properly", "rather", "reasonably", "relatively", "insanely",
                  "crazy", "mega", "well", "proper", "dead", "seriously", "massively", "hugely", "overly"}
 # one token with letters and digits that is no password: ordinals, times, sizes ("my password 2fa is on")
-_NOT_A_TOKEN = re.compile(r"^\d+(?:st|nd|rd|th|am|pm|k|p|g|gb|mb|fa|x|s|h|m|min|mins|hrs|yrs)$", re.IGNORECASE)
+_NOT_A_TOKEN = re.compile(r"^\d+(?:st|nd|rd|th|am|pm|k|p|g|gb|mb|fa|x|s|h|m|min|mins|hrs|yrs)$"
+                          r"|^v\d+(?:\.\d+)*$", re.IGNORECASE)  # round 4: a version ("v2") is no password either
 
 
-def _unlinked_secret(pieces: list[Piece], words: list[str], k: int, j: int) -> bool:
-    """A password or passphrase said with no link word: "my password hunter2", "My password Kestrel77 isn't
-    accepted." (session 20, third round). Only one typed token of letters and digits right after the name (and a
-    determiner before the name, or nothing): a word with no digit after a bare name is the sentence going on ("my
-    password stopped working"); a PIN with no link is the numeric rule's ("my pin 4 4 0 9")."""
+def _unlinked_secret(pieces: list[Piece], words: list[str], k: int, j: int) -> int:
+    """The last piece of a password or passphrase said with no link word, or -1: "my password hunter2", "My password
+    Kestrel77 isn't accepted." (session 20, third round): one typed token of letters and digits right after the name
+    (and a determiner before the name, or nothing); round 4: said in words, one or two words of letters and then
+    digits ("my password hunter two", "my password tulip 8 8", ``_spoken_unlinked``). A word with no digit after a
+    bare name is the sentence going on ("my password stopped working"); a PIN with no link is the numeric rule's ("my
+    pin 4 4 0 9"); a version or what the name and the token name together is no secret ("the password v2 login
+    page")."""
     if words[k] not in ("password", "passphrase", "passwd") or j != k + 1 or j >= len(pieces):
-        return False
+        return -1
     if k >= 1 and words[k - 1] not in _DETERMINERS | {"new", "old", "temporary", "current", "online", "banking", "app"}:
-        return False
+        return -1
+    if j + 1 < len(words) and words[j + 1] in _PASSWORD_THINGS:
+        return -1  # "the password v2 login page", "the password reset2 form"
     token = pieces[j].text.rstrip(".,;:!?")
-    return (re.search(r"[A-Za-z]", token) is not None and re.search(r"\d", token) is not None
-            and _NOT_A_TOKEN.match(token) is None and not _DIGITISH.match(token))
+    if (re.search(r"[A-Za-z]", token) is not None and re.search(r"\d", token) is not None
+            and _NOT_A_TOKEN.match(token) is None and not _DIGITISH.match(token)):
+        return j
+    return _spoken_unlinked(pieces, words, j)
+
+
+# a token right before one of these names a page, form or setting with the password, no password ("the password v2
+# login page", "my password reset2 form")
+_PASSWORD_THINGS = {"page", "pages", "screen", "login", "log", "link", "field", "box", "form", "reset", "manager", "app",
+                    "website", "site", "portal", "option", "setting", "settings", "button", "menu", "tab", "window",
+                    "prompt", "email", "policy", "rules", "requirements", "version", "factor", "step"}
+# what a caller says of a password after its name with no link ("my password needs one capital", "... expired two
+# days ago", "... attempt number three"): a word of these before digits is the sentence going on, no password
+_SAID_OF_A_PASSWORD = {
+    "needs", "need", "needed", "requires", "require", "has", "had", "have", "contains", "contain", "includes",
+    "include", "must", "should", "lasts", "lasted", "takes", "took", "expires", "expire", "changes", "change", "works",
+    "fails", "keeps", "kept", "gets", "stops", "uses", "use", "went", "goes", "came", "comes", "asks", "wants", "allows",
+    "accepts", "rejects", "resets", "says", "shows", "matches", "ends", "starts", "begins", "then", "again", "only",
+    "version", "attempt", "attempts", "try", "tries", "step", "steps", "option", "level", "part", "question", "hint",
+    "update", "updates", "number", "numbers", "times", "twice", "once", "since", "ago", "was", "were", "will", "is",
+    "are", "am", "did", "does", "do", "won't", "wont", "didnt", "doesnt", "isnt", "wasnt", "cant", "aint", "after",
+    "before", "about", "around", "every", "each", "last", "first", "next", "least", "most", "over", "under", "up",
+    "down", "out", "off", "back", "here", "there", "problem", "problems", "issue", "issues", "error", "errors",
+    "trouble", "request", "requests",
+} | _PASSWORD_THINGS
+
+
+def _word_of_a_secret(w: str) -> bool:
+    """w may be a word of a password said with no link: letters, and no word the sentence goes on with (a verb said of
+    the password, a function word, a description, a count); "-ed" / "-ing" words of 5+ letters are verbs ("expired",
+    "working")."""
+    return (w.isalpha() and len(w) > 1 and w not in _SAID_OF_A_PASSWORD and w not in _NOT_A_SECRET
+            and w not in _CLAUSE_STARTS and w not in _LINKS and w not in _PREPOSITIONS and w not in _DETERMINERS
+            and w not in _INTENSIFIERS and w not in _HEDGES and w not in _OTHER_ITEMS and w not in _SECRET_NOUNS
+            and w not in _CREDENTIAL_NAMES and w not in DIGIT_WORDS and w not in _FILLERS
+            and not (len(w) >= 5 and w.endswith(("ed", "ing"))))
+
+
+def _spoken_unlinked(pieces: list[Piece], words: list[str], j: int) -> int:
+    """"my password hunter two", "the password rocket 5", "my password purple monkey three" (round 4): one or two words
+    of a secret (``_word_of_a_secret``), then digits, said ("two", "nine nine", which the normaliser writes "99") or
+    typed; not before a count, a unit or "factor" ("my password thing two factor"). The last digits' piece, or -1."""
+    n, i = len(pieces), j
+    while i < n and i < j + 2 and _word_of_a_secret(words[i]):
+        i += 1
+    if i == j or i >= n or not (_DIGITISH.match(pieces[i].text) or words[i] in DIGIT_WORDS):
+        return -1
+    last = i
+    while last + 1 < n and (_DIGITISH.match(pieces[last + 1].text) or words[last + 1] in DIGIT_WORDS):
+        last += 1
+    after = words[last + 1] if last + 1 < n else ""
+    if after in _NOT_A_CODE_AFTER or after in _COUNTED or after in _PARTS or after in _PASSWORD_THINGS:
+        return -1
+    return last
 
 
 def _typed_link(piece: Piece, word: str, *, possessive: bool = True) -> bool:
@@ -763,8 +934,10 @@ def _spelled_extent(pieces: list[Piece], words: list[str], j: int, *, spelled: b
 
 
 # A password, passphrase or memorable word may be several words ("correct horse battery staple"; the NCSC's advice
-# is three random words): it runs for up to this many words (digits and fillers not counted) ...
-_SECRET_WORDS = 8
+# is three random words): it runs for up to this many words (digits and fillers not counted) ... Round 4: 12, not 8:
+# a passphrase may be a line of a song or a saying ("the quick brown fox jumps over the lazy dog" has 9), and its
+# words past the limit were left in the clear; a clause after it still ends it at its first word (``_CLAUSE_STARTS``)
+_SECRET_WORDS = 12
 # ... and stops before a word that starts a new clause (said without punctuation, a transcript has no other sign
 # of one) or names something else, or after a piece that ends in , . ; ! ? (typed). Leaving a word or two of the
 # caller's next clause inside a redaction costs little; a secret's last word left in the clear is a leak.
@@ -794,6 +967,28 @@ _DESCRIBES = ((_NOT_A_SECRET | _COUNTED) - _SOFT_START
 _TRAILING = _FILLERS | {"and", "or", "the", "a", "an", "my", "your", "his", "her", "their", "our"}
 
 
+# how long a secret has been what it is, said after it (round 4): "my password has been hunter2 for years", "... was
+# fluffy for ages", "... for the last two years", "... for now"; "since" already starts a clause
+_DURATIONS = _TIME_UNITS | {"ages", "while", "ever", "decades", "decade", "yonks", "now", "time", "hours", "hour"}
+_DURATION_FILLERS = {"the", "a", "last", "past", "few", "couple", "of", "several", "many", "long", "some", "quite",
+                     "good", "at", "least", "about", "around", "over", "nearly", "almost"}
+
+
+def _time_phrase(words: list[str], i: int) -> bool:
+    """words[i:] says for how long: "for years", "for the last 2 years", "for a long time", "two years ago"."""
+    w = words[i]
+    if w.isdigit() or w in DIGIT_WORDS:  # "hunter2 two years ago"
+        return i + 1 < len(words) and words[i + 1] in _TIME_UNITS
+    if w not in ("for", "over", "during"):
+        return False
+    for c in range(i + 1, min(len(words), i + 6)):
+        if words[c] in _DURATIONS:
+            return True
+        if not (words[c] in _DURATION_FILLERS or words[c].isdigit() or words[c] in DIGIT_WORDS):
+            return False
+    return False
+
+
 def _secret_extent(pieces: list[Piece], words: list[str], j: int) -> int | None:
     """The last piece of a password, passphrase or memorable word that starts at piece j (see ``_SECRET_WORDS``,
     ``_CLAUSE_STARTS``); None when it only describes the secret ("the same as before")."""
@@ -807,7 +1002,7 @@ def _secret_extent(pieces: list[Piece], words: list[str], j: int) -> int | None:
         if w in _FILLERS:
             i += 1
             continue
-        if w in _CLAUSE_STARTS or w in _OTHER_ITEMS or not w:
+        if w in _CLAUSE_STARTS or w in _OTHER_ITEMS or not w or _time_phrase(words, i + 1):
             break
         if w == "and" and (i + 2 >= n or words[i + 2] in _AND_CLAUSE or words[i + 2] in _OTHER_ITEMS):
             break

@@ -547,6 +547,57 @@ def test_descriptions_unlinked_secrets_partial_pins_and_codes_in_an_email(text, 
     assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
 
 
+@pytest.mark.parametrize(("text", "found"), [
+    # round 4: a password said in words with no link word
+    ("my password hunter two", [("credential", "hunter two")]),
+    ("my password tulip eight eight doesn't work", [("credential", "tulip eight eight")]),
+    ("my password Banjo 7 was rejected", [("credential", "Banjo 7")]),
+    ("my password purple monkey three", [("credential", "purple monkey three")]),
+    ("my password needs one capital letter", []),
+    ("my password expired three weeks ago", []),
+    ("I entered my password three times", []),
+    ("my password has two numbers in it", []),
+    # a second part of a PIN after "and", its PIN named by the first
+    ("my pin starts with 0 and ends with 9", [("credential", "0"), ("credential", "9")]),
+    ("the pin begins with four and it ends in six", [("credential", "four"), ("credential", "six")]),
+    ("the first digit of my pin is 4 and the last is 7", [("credential", "4"), ("credential", "7")]),
+    ("my pin's first digit is four and the last one is seven", [("credential", "four"), ("credential", "seven")]),
+    ("my pin starts with 7 and my balance ends in 20", [("credential", "7")]),
+    # a part of a PIN said as one digit word
+    ("my pin begins with nine", [("credential", "nine")]),
+    ("the first digit of my pin is five", [("credential", "five")]),
+    ("my pin starts with one of my birthdays", []),
+    ("my pin ends in five days", []),
+    ("my pin starts with, oh, I forget", []),
+    ("the last one is eight", []),
+    # passphrases of more than 8 words
+    ("my passphrase is purple elephants dance under the silver moon every friday night",
+     [("credential", "purple elephants dance under the silver moon every friday night")]),
+    ("my passphrase is purple rain falling softly thanks for checking", [("credential", "purple rain falling softly")]),
+    # a code the caller got or received
+    ("the code I got was 5 5 1 2 9 0", [("credential", "5 5 1 2 9 0")]),
+    ("the code i received was nine nine one two", [("credential", "nine nine one two")]),
+    ("the code that i got this morning is 304 118", [("credential", "304 118")]),
+    ("the code didn't work", []),
+    ("I got 5 emails", []),
+    ("the discount code i got was 2024", []),
+    ("the reference code on my letter is 4 4 7 1 2 2", []),
+    ("the code i got at 10 30 never worked", []),
+    ("the sort code is 20 00 00", [("account", "20 00 00")]),
+    # no over-redaction: a version after "password", how long after a secret
+    ("my password v2 login page", []),
+    ("my password has been hunter2 for years", [("credential", "hunter2")]),
+    ("my password was fluffy for ages", [("credential", "fluffy")]),
+    ("my password is tea for two", [("credential", "tea for two")]),
+    # other look-alikes
+    ("my password is not working", []),
+    ("it says my pin is wrong", []),
+    ("pin number please", []),
+])
+def test_unlinked_spoken_passwords_second_pin_parts_received_codes_and_long_passphrases(text, found):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == found
+
+
 def test_text_models_get_the_redacted_text_without_its_placeholders():
     from apps.customer_service.pii import without_placeholders
 
