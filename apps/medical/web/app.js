@@ -2,11 +2,15 @@
 // slices, Secondary Capture and Structured Report are fetched with the API key (img and a elements
 // cannot send it).
 // Recent studies (GET v1/studies) open a stored result (GET v1/studies/{id}) in the same view.
+// Admins also see the audit trail (GET v1/audit) and may erase the result shown (DELETE v1/studies/{id}).
 "use strict";
 
 const { $, headers, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../medical/"
 let objectUrls = [];
+let shownId = null;  // the stored result in the view (every analysis is stored)
+let mayErase = false;  // the caller's role may erase (learnt from the audit trail's answer)
+let auditRequest = 0;  // the latest audit load: an older answer arriving late is dropped
 
 async function analyse(event) {
   event.preventDefault();
@@ -40,6 +44,9 @@ async function analyse(event) {
 async function show(r) {
   objectUrls.forEach((u) => URL.revokeObjectURL(u));
   objectUrls = [];
+  shownId = r.id;
+  cancelErase();
+  offerErase();
   $("study-result").hidden = false;
   $("probability").textContent = pct(r.probability);
   $("band").textContent = `${r.risk.band} risk · ${r.risk.meaning}`;
@@ -158,10 +165,122 @@ async function openStudy(id) {
   }
 }
 
+// ---- erasure (admin) ----------------------------------------------------------------------------
+// DELETE v1/studies/{id} removes the stored analysis and its heat maps (their links answer 404 after).
+
+function offerErase() {
+  $("erase-box").hidden = !(mayErase && shownId);
+  if ($("erase-box").hidden) cancelErase();
+}
+
+function askErase() {
+  $("erase-id").textContent = shownId;
+  $("erase-confirm").hidden = false;
+  $("erase").disabled = true;
+  $("erase-no").focus();  // the safe choice first
+}
+
+function cancelErase() {
+  $("erase-confirm").hidden = true;
+  $("erase").disabled = false;
+}
+
+function clearStudy() {
+  objectUrls.forEach((u) => URL.revokeObjectURL(u));
+  objectUrls = [];
+  shownId = null;
+  offerErase();
+  $("study-result").hidden = true;
+  $("heatmaps").replaceChildren();
+  $("findings").tBodies[0].replaceChildren();
+}
+
+async function erase() {
+  const id = shownId;
+  if (!id) return;
+  $("erase-yes").disabled = true;
+  setStatus("study-status", `Erasing result ${id}…`);
+  try {
+    const response = await fetch(`${BASE}v1/studies/${encodeURIComponent(id)}`, { method: "DELETE", headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    if (shownId === id) clearStudy();
+    setStatus("study-status", `Erased result ${id} and its heat maps`);
+    recent();
+    audit();  // the erasure is in the trail
+  } catch (err) {
+    setStatus("study-status", `Not erased: ${err.message}`, true);
+  } finally {
+    $("erase-yes").disabled = false;
+  }
+}
+
+// ---- audit trail (admin) ------------------------------------------------------------------------
+// GET v1/audit and DELETE v1/studies/{id} need the same role (admin; anyone with API keys off), so the
+// trail's answer also decides whether erasure is offered. The records name studies by keyed hash only.
+
+function outcomeText(outcome) {
+  return Object.entries(outcome || {}).map(([key, value]) => {
+    const name = key.replace(/_/g, " ");
+    if (key === "probability" && typeof value === "number") return `probability ${pct(value)}`;
+    if (typeof value === "boolean") return `${name}: ${value ? "yes" : "no"}`;
+    if (value === null) return `${name}: —`;
+    return `${name} ${typeof value === "object" ? JSON.stringify(value) : value}`;
+  }).join(" · ");
+}
+
+async function audit() {
+  const request = ++auditRequest;
+  const table = $("audit-records");
+  setStatus("audit-status", "Loading…");
+  try {
+    const query = new URLSearchParams({ limit: $("audit-limit").value });
+    if ($("audit-action").value) query.set("action", $("audit-action").value);
+    const response = await fetch(`${BASE}v1/audit?${query}`, { headers: headers() });
+    if (request !== auditRequest) return;
+    mayErase = response.ok;
+    offerErase();
+    if (response.status === 401 || response.status === 403) {
+      table.hidden = true;
+      table.tBodies[0].replaceChildren();
+      setStatus("audit-status", response.status === 401 ? "Enter the API key to see the audit trail."
+        : "Not allowed: only the admin role may read the audit trail and erase studies; this API key is not an admin's.");
+      return;
+    }
+    if (!response.ok) throw new Error(await errorText(response));
+    const { records } = await response.json();
+    if (request !== auditRequest) return;
+    table.tBodies[0].replaceChildren(...records.map((r) => {
+      const tr = document.createElement("tr");
+      const subject = el("td");
+      if (r.subject_hash) subject.append(el("code", r.subject_hash));
+      else subject.append(el("span", "—", "muted"));
+      tr.append(el("td", new Date(r.created_at).toLocaleString()), el("td", r.role === null ? "— (keys off)" : r.role),
+        el("td", r.action), subject, el("td", r.model_version === null ? "—" : r.model_version, "muted small"),
+        el("td", outcomeText(r.outcome), "small"));
+      return tr;
+    }));
+    table.hidden = false;
+    setStatus("audit-status", `${records.length} record${records.length === 1 ? "" : "s"}`);
+  } catch (err) {
+    if (request !== auditRequest) return;
+    mayErase = false;
+    offerErase();
+    table.hidden = true;
+    setStatus("audit-status", err.message, true);
+  }
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   $("study-form").addEventListener("submit", analyse);
   $("refresh").addEventListener("click", recent);
   $("band-filter").addEventListener("change", recent);
-  $("api-key").addEventListener("change", recent);
+  $("api-key").addEventListener("change", () => { recent(); audit(); });
+  $("erase").addEventListener("click", askErase);
+  $("erase-no").addEventListener("click", cancelErase);
+  $("erase-yes").addEventListener("click", erase);
+  $("audit-refresh").addEventListener("click", audit);
+  $("audit-action").addEventListener("change", audit);
+  $("audit-limit").addEventListener("change", audit);
   recent();
+  audit();
 });
