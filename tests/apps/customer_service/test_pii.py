@@ -193,6 +193,12 @@ def test_corpus_scores_per_type():
     secrets3 = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets3.jsonl"))
     assert secrets3["sentences"] >= 25 and secrets3["credential_support"] >= 14
     assert secrets3["credential_recall"] == secrets3["micro_precision"] == 1.0
+    # round 4: written and committed (755c4b9) before the rules for a password said in words with no link word, a second
+    # part of a PIN after "and", a lone digit word, passphrases of more than 8 words, a code the caller got or received
+    # and words after a "has been" secret; first score credential 7/25 (0.28), precision 10/11 ("the password v3 page")
+    secrets4 = evaluate_pii(HELDOUT.with_name("pii_heldout_secrets4.jsonl"))
+    assert secrets4["sentences"] >= 30 and secrets4["credential_support"] >= 20
+    assert secrets4["credential_recall"] == secrets4["account_recall"] == secrets4["micro_precision"] == 1.0
 
 
 @pytest.mark.parametrize(("words", "types"), [
