@@ -65,9 +65,8 @@ def _check_roles(roles: tuple[str, ...]) -> None:
 
 def _authorize(principal: Principal, roles: tuple[str, ...]) -> Principal:
     if principal.authenticated and roles and principal.role != "admin" and principal.role not in roles:
-        raise ApiError(
-            403, "forbidden", f"role {principal.role!r} may not do this; allowed roles: {', '.join(roles)} (or admin)"
-        )
+        allowed = ", ".join(roles) + ("" if "admin" in roles else " (or admin)")
+        raise ApiError(403, "forbidden", f"role {principal.role!r} may not do this; allowed roles: {allowed}")
     return principal
 
 

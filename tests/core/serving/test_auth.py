@@ -30,7 +30,8 @@ def test_roles_enforced_when_keys_configured(tmp_path):
         assert unknown.status_code == 401
 
         wrong_role = client.post("/line-only", headers={"X-API-Key": "rad-key"})
-        assert wrong_role.status_code == 403 and "line" in wrong_role.json()["error"]["message"]
+        assert wrong_role.status_code == 403
+        assert wrong_role.json()["error"]["message"].endswith("allowed roles: line (or admin)")
 
         ok = client.post("/line-only", headers={"X-API-Key": "line-key"})
         assert ok.status_code == 200 and ok.json() == {"role": "line", "authenticated": True}
@@ -119,3 +120,12 @@ def test_websocket_needs_a_key_of_an_allowed_role(headers, first, expect):
 def test_websocket_open_without_keys():
     with TestClient(_ws_app({})) as client, client.websocket_connect("/ws") as ws:
         assert ws.receive_json() == {"type": "ready", "role": None}
+
+
+def test_admin_only_refusal_names_admin_once():
+    from core.serving.auth import Principal, _authorize
+    from core.serving.errors import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        _authorize(Principal(role="radiologist", key_id=None, authenticated=True), ("admin",))
+    assert refused.value.message.endswith("allowed roles: admin")
