@@ -12,7 +12,7 @@ import typer
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_RUNS = Path("runs/customer_service")
 WEIGHTS = Path(__file__).parent / "weights"
-PARTS = ("intent", "text-emotion", "voice-emotion", "fusion")
+PARTS = ("intent", "text-emotion", "voice-emotion", "fusion", "dialogue-acts")
 
 data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help=True)
 
@@ -76,6 +76,12 @@ def train(
             data_root, run_dir, weights_dir, T.VoiceTrainConfig(ensemble=3), speaker_norm=True, workers=workers)
     if "fusion" in chosen:
         results["fusion"] = T.run_fusion_training(data_root, run_dir, weights_dir)
+    if "dialogue-acts" in chosen:
+        from apps.customer_service.dialogue import train_dialogue_acts
+
+        results["dialogue_acts"] = train_dialogue_acts(data_root / "banking77" / "nlupp_banking",
+                                                       data_root / "banking77" / "train.csv", weights_dir, run_dir,
+                                                       base_path=str(base) if base else None)
     typer.echo(json.dumps(results, indent=2, default=float))
 
 
