@@ -93,6 +93,11 @@ class Transcript(BaseModel):
     duration_s: float
 
 
+class IntentChoice(BaseModel):
+    label: str
+    confidence: float
+
+
 class Segment(BaseModel):
     speaker: Literal["caller", "agent"]
     start: float | None
@@ -105,6 +110,10 @@ class Segment(BaseModel):
     modality_weights: dict[str, float]
     voice: dict[str, float] | None = None
     text_emotion: dict[str, float] | None = None
+    acts: list[str] | None = Field(default=None, description=(
+        "the caller turn's dialogue acts: request, greet, thank, end_call, affirm, deny, acknowledge, dont_know, "
+        "handoff (asks for a person); none for an answer such as a name or a date"))
+    intent: IntentChoice | None = Field(default=None, description="a request turn's own intent")
 
 
 class CallEmotion(BaseModel):
@@ -112,13 +121,15 @@ class CallEmotion(BaseModel):
     probabilities: dict[str, float]
 
 
-class IntentChoice(BaseModel):
-    label: str
-    confidence: float
-
-
 class Intent(IntentChoice):
     top: list[IntentChoice]
+
+
+class RequestedIntent(IntentChoice):
+    """One thing the caller asked for: a request turn's intent (confidence at least the escalation rules'
+    min_intent_confidence), its best confidence over the turns that asked it."""
+
+    segments: list[int] = Field(description="indices into segments of the turns that asked it")
 
 
 class Escalation(BaseModel):
@@ -148,7 +159,8 @@ class CallAnalysis(BaseModel):
     transcript: Transcript
     segments: list[Segment]
     emotion: CallEmotion | None
-    intent: Intent | None
+    intent: Intent | None = Field(description="the call's intent: the mean over its request turns")
+    requests: list[RequestedIntent] = Field(default_factory=list, description="the caller's distinct requests, in call order")
     escalation: Escalation
     reply: Reply
     model_versions: dict[str, str]

@@ -25,6 +25,8 @@ class EscalationRules(ConfigBase):
     sustained_segments: int = 3  # this many consecutive segments whose top emotion is angry/frustrated
     min_intent_confidence: float = 0.35  # below: the intent is unclear -> a human should listen
     urgent_intents: list[str] = field(default_factory=lambda: list(URGENT_INTENTS))
+    # A caller turn the dialogue-act model reads as asking for a person ("let me speak to a human").
+    handoff: bool = True
     enabled: bool = True
 
     PRESETS = {"default": {}, "strict": {"angry_threshold": 0.45, "negative_threshold": 0.4, "sustained_segments": 2},
@@ -41,8 +43,11 @@ def reason_kind(reason: str) -> str:
     return re.sub(r"^\d+\s+", "", _REASON_VALUES.sub("", reason))
 
 
-def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict | None) -> dict:
-    """``segments``: dicts with ``contact_centre`` probabilities; ``intent``: {label, confidence}.
+def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict | None,
+                      requests: list[dict] | None = None) -> dict:
+    """``segments``: the caller's, dicts with ``contact_centre`` probabilities and (when the dialogue-act
+    model ran) ``acts``; ``intent``: the call's {label, confidence}; ``requests``: every distinct request
+    of the call ({label, ...}), so that a stolen card mentioned second still escalates.
 
     Returns {"escalate": bool, "reasons": [str]}: every rule that fired, in words.
     """
@@ -63,9 +68,14 @@ def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict
             best = max(best, run)
         if best >= rules.sustained_segments:
             reasons.append(f"{best} consecutive negative segments (>= {rules.sustained_segments})")
+    if rules.handoff and any("handoff" in (s.get("acts") or ()) for s in segments):
+        reasons.append("caller asked for a person")
+    urgent = [intent["label"]] if intent else []
+    urgent += [r["label"] for r in requests or () if r["label"] not in urgent]
+    for label in urgent:
+        if label in rules.urgent_intents:
+            reasons.append(f"urgent intent {label}")
     if intent:
-        if intent["label"] in rules.urgent_intents:
-            reasons.append(f"urgent intent {intent['label']}")
         if intent["confidence"] < rules.min_intent_confidence:
             reasons.append(f"intent unclear (confidence {intent['confidence']:.2f} < {rules.min_intent_confidence})")
     return {"escalate": bool(reasons), "reasons": reasons}

@@ -133,6 +133,7 @@ class CustomerServiceEngine:
         settings: CustomerServiceSettings,
         *,
         intent=None,
+        dialogue_acts=None,
         text_emotion=None,
         voice=None,
         fusion=None,
@@ -141,6 +142,7 @@ class CustomerServiceEngine:
     ):
         self.settings = settings
         self.intent = intent
+        self.dialogue_acts = dialogue_acts
         self.text_emotion = text_emotion
         self.voice = voice
         self.fusion = fusion
@@ -157,11 +159,13 @@ class CustomerServiceEngine:
 
         enforce_offline()
         torch.set_num_threads(max(1, settings.torch_threads))
+        from apps.customer_service.dialogue import load_dialogue_acts
         from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
 
         engine = cls(
             settings,
             intent=load_text_classifier(settings.intent_bundle),
+            dialogue_acts=load_dialogue_acts(settings.dialogue_acts_bundle) if settings.dialogue_acts_bundle else None,
             text_emotion=load_text_classifier(settings.text_emotion_bundle),
             voice=load_voice_model(settings.voice_emotion_bundle),
             fusion=load_fusion(settings.fusion_bundle),
@@ -183,7 +187,7 @@ class CustomerServiceEngine:
     # ---- identity for X-Model-Version / X-Model-Sha256 ----
     def versions(self) -> dict[str, str]:
         out = {}
-        for name in ("intent", "text_emotion", "voice", "fusion"):
+        for name in ("intent", "dialogue_acts", "text_emotion", "voice", "fusion"):
             model = getattr(self, name)
             out[name] = str(getattr(model, "version", "unknown")) if model is not None else "absent"
         # which weights transcribed the call ("whisper-base", "ctc-<folder>"); pocketsphinx is its name
@@ -193,7 +197,7 @@ class CustomerServiceEngine:
 
     def sha256(self) -> str:
         digest = hashlib.sha256()
-        for name in ("intent", "text_emotion", "voice", "fusion"):
+        for name in ("intent", "dialogue_acts", "text_emotion", "voice", "fusion"):
             digest.update(str(getattr(getattr(self, name), "sha256", "")).encode())
         return digest.hexdigest()
 
@@ -229,18 +233,11 @@ class CustomerServiceEngine:
         self._emotions(segments)
         timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
         caller = [s for s in segments if s["speaker"] == "caller"]
-        caller_text = " ".join(t for t in (without_placeholders(s["text"]) for s in caller) if t)
-        intent = None
-        if caller_text and self.intent is not None:
-            t0 = time.perf_counter()
-            proba = self.intent.predict_proba([caller_text])[0].numpy()
-            top = np.argsort(proba)[::-1][:3]
-            labels = self.intent.config.labels
-            intent = {"label": labels[top[0]], "confidence": round(float(proba[top[0]]), 4),
-                      "top": [{"label": labels[i], "confidence": round(float(proba[i]), 4)} for i in top]}
-            timings["intent_ms"] = (time.perf_counter() - t0) * 1000
+        t0 = time.perf_counter()
+        intent, requests = self._intents(segments)
+        timings["intent_ms"] = (time.perf_counter() - t0) * 1000
         call_emotion = self._call_emotion(caller)
-        escalation = decide_escalation(self.rules, caller, intent)
+        escalation = decide_escalation(self.rules, caller, intent, requests)
         reply = self._reply(req, intent, call_emotion, escalation, timings)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1000
         return {
@@ -249,6 +246,7 @@ class CustomerServiceEngine:
             "segments": segments,
             "emotion": call_emotion,
             "intent": intent,
+            "requests": requests,
             "escalation": escalation,
             "reply": reply,
             "model_versions": self.versions(),
@@ -400,6 +398,38 @@ class CustomerServiceEngine:
                      "_samples": None} for s in _sentences(result.text)]
         timings["redaction_ms"] = (time.perf_counter() - t0) * 1000
         return segments, redactions
+
+    # ---- intent ----
+    def _intents(self, segments: list[dict]) -> tuple[dict | None, list[dict]]:
+        """Each caller turn's dialogue acts and, for a request turn, its intent; the call's intent (the
+        mean of its request turns' probabilities: every request votes once, "yes" and "thanks, bye" do
+        not vote, and no turn is cut to the model's 64 tokens) and the distinct requests in call order.
+        Without the dialogue-act model, or when it finds no request, every caller turn counts as one."""
+        turns = [(i, t) for i, s in enumerate(segments) if s["speaker"] == "caller" and (t := without_placeholders(s["text"]))]
+        if not turns or self.intent is None:
+            return None, []
+        requests = list(range(len(turns)))
+        if self.dialogue_acts is not None:
+            proba = self.dialogue_acts.predict_proba([t for _, t in turns])
+            names, threshold = self.dialogue_acts.config.acts, self.dialogue_acts.config.threshold
+            for (i, _), row in zip(turns, proba):
+                segments[i]["acts"] = [name for name, p in zip(names, row) if p >= threshold]
+            requests = [k for k, (i, _) in enumerate(turns) if "request" in segments[i]["acts"]] or requests
+        proba = self.intent.predict_proba([turns[k][1] for k in requests]).numpy()
+        labels = self.intent.config.labels
+        listed: dict[str, dict] = {}
+        for k, row in zip(requests, proba):
+            i, best = turns[k][0], int(row.argmax())
+            segments[i]["intent"] = {"label": labels[best], "confidence": round(float(row[best]), 4)}
+            if row[best] >= self.rules.min_intent_confidence:
+                item = listed.setdefault(labels[best], {"label": labels[best], "confidence": 0.0, "segments": []})
+                item["confidence"] = max(item["confidence"], round(float(row[best]), 4))
+                item["segments"].append(i)
+        call = proba.mean(0)
+        top = np.argsort(call)[::-1][:3]
+        intent = {"label": labels[top[0]], "confidence": round(float(call[top[0]]), 4),
+                  "top": [{"label": labels[i], "confidence": round(float(call[i]), 4)} for i in top]}
+        return intent, list(listed.values())
 
     # ---- emotion ----
     def _emotions(self, segments: list[dict]) -> None:

@@ -19,6 +19,9 @@ class CustomerServiceSettings(AppSettings):
 
     # Shipped bundles (config.json + model.safetensors + MODEL_CARD.md each).
     intent_bundle: Path = WEIGHTS_DIR / "intent"
+    # Which caller turns are requests (they get intents), greetings, thanks, yes / no, or a request for
+    # a person (escalated). None: every caller turn is read as a request, as before session 21.
+    dialogue_acts_bundle: Path | None = WEIGHTS_DIR / "dialogue_acts"
     text_emotion_bundle: Path = WEIGHTS_DIR / "text_emotion"
     voice_emotion_bundle: Path = WEIGHTS_DIR / "voice_emotion"
     # What `train --parts voice-emotion` fits: "linear-trio" (the shipped default: the weighted average

@@ -93,6 +93,10 @@ function show(a) {
   const top = $("intent-top");
   top.replaceChildren(...(a.intent ? a.intent.top.slice(1, 4) : [])
     .map((c) => el("li", `${c.label.replaceAll("_", " ")} ${pct(c.confidence)}`)));
+  // a call that asked for more than one thing lists each, in the order the caller asked
+  const requests = a.requests || [];
+  $("requests-box").hidden = requests.length < 2;
+  $("requests").replaceChildren(...requests.map((r) => el("li", `${r.label.replaceAll("_", " ")} ${pct(r.confidence)}`)));
 
   $("call-emotion").textContent = a.emotion ? a.emotion.label : "—";
   const bars = $("emotion-bars");
@@ -126,12 +130,19 @@ function show(a) {
       el("td", s.speaker),
       redactedCell(s.text),
       el("td", s.emotion || "—"),
+      el("td", turnLabel(s)),
       el("td", s.asr_confidence.toFixed(2)),
       el("td", `${(weights.voice ?? 0).toFixed(2)} / ${(weights.text ?? 0).toFixed(2)}`),
     );
     return tr;
   }));
   $("meta").textContent = JSON.stringify({ model_versions: a.model_versions, timings_ms: a.timings_ms }, null, 1);
+}
+
+function turnLabel(s) {
+  // what the caller's turn did: its intent when it asked for something, else its dialogue acts
+  if (s.intent) return `${s.intent.label.replaceAll("_", " ")} ${pct(s.intent.confidence)}`;
+  return (s.acts || []).map((a) => a.replaceAll("_", " ")).join(", ");
 }
 
 function redactedCell(text) {

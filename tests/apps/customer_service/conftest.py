@@ -66,6 +66,12 @@ def cs_tiny_bundles(tmp_path_factory) -> dict[str, Path]:
     save_bundle(root / "fusion", fusion, {"model": fusion.config.to_dict()},
                 ModelCard(name="tiny-fusion", version="0.0.1", task="test"))
     out["fusion"] = root / "fusion"
+    from apps.customer_service.dialogue import DialogueActConfig, DialogueActModel
+
+    acts = DialogueActModel(DialogueActConfig.from_name("tiny"))
+    save_bundle(root / "dialogue_acts", acts.head_state(), {"model": acts.config.to_dict()},
+                ModelCard(name="tiny-dialogue-acts", version="0.0.1", task="test"))
+    out["dialogue_acts"] = root / "dialogue_acts"
     return out
 
 
@@ -76,6 +82,7 @@ def cs_settings(cs_tiny_bundles, tmp_path):
     return CustomerServiceSettings(
         intent_bundle=cs_tiny_bundles["intent"], text_emotion_bundle=cs_tiny_bundles["text_emotion"],
         voice_emotion_bundle=cs_tiny_bundles["voice"], fusion_bundle=cs_tiny_bundles["fusion"],
+        dialogue_acts_bundle=cs_tiny_bundles["dialogue_acts"],
         database_url=f"sqlite:///{tmp_path}/cs.db", artefact_dir=tmp_path / "artefacts",
         max_audio_seconds=20.0, asr_lm="generic",
     )

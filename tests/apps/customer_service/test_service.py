@@ -44,7 +44,7 @@ def test_text_call_is_redacted_and_complete(engine):
     assert out["intent"]["label"] in INTENTS and 0 <= out["intent"]["confidence"] <= 1
     assert set(out["escalation"]) == {"escalate", "reasons"}
     assert out["reply"]["mode"] == "text" and out["reply"]["text"]
-    assert set(out["model_versions"]) == {"intent", "text_emotion", "voice", "fusion", "asr"}
+    assert set(out["model_versions"]) == {"intent", "dialogue_acts", "text_emotion", "voice", "fusion", "asr"}
     assert out["timings_ms"]["total_ms"] > 0
 
 
@@ -58,7 +58,7 @@ def test_text_models_read_the_redacted_text_without_placeholders(engine):
         model.predict_proba = lambda texts, _real=real, _name=name, **kw: (seen[_name].extend(texts), _real(texts, **kw))[1]
     out = engine.analyze(CallRequest(text=f"My card {CARD} was stolen. {CARD}. I am furious!"))
     assert out["transcript"]["text"].count("[CARD]") == 2
-    assert seen["intent"] == ["My card was stolen. I am furious!"]
+    assert seen["intent"] == ["My card was stolen.", "I am furious!"]  # one turn each (no dialogue-act model here)
     assert seen["text_emotion"] == ["My card was stolen.", "I am furious!"]
     only_card = [s for s in out["segments"] if s["text"] == "[CARD]."]
     assert len(only_card) == 1 and only_card[0]["emotion"] is None
@@ -272,3 +272,87 @@ def test_a_stereo_calls_segments_follow_the_conversation(cs_settings):
     out = CustomerServiceEngine(cs_settings, recognizer=Recognizer()).analyze(CallRequest(audio=wav_bytes(stereo)))
     assert [(s["speaker"], s["text"]) for s in out["segments"]] == [
         ("agent", "hello how can i help"), ("caller", "my card is lost"), ("agent", "of course"), ("caller", "thank you")]
+
+
+class KeywordActs:
+    """A stand-in dialogue-act model for the routing tests: acts by keyword, the real model's interface."""
+
+    class config:  # noqa: N801 - mirrors DialogueActModel.config
+        acts = ["request", "greet", "thank", "affirm", "handoff"]
+        threshold = 0.5
+
+    version = "keywords"
+    sha256 = ""
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def predict_proba(self, texts):
+        self.seen.extend(texts)
+        rows = []
+        for t in texts:
+            low = t.lower()
+            rows.append([float(any(w in low for w in ("card", "transfer", "fee", "rate"))), float("hello" in low),
+                         float("thank" in low), float(low.startswith("yes")), float("person" in low)])
+        return np.array(rows, dtype=np.float32)
+
+
+def test_intents_come_from_request_turns_only(engine):
+    engine.dialogue_acts = KeywordActs()
+    seen: list[str] = []
+    real = engine.intent.predict_proba
+    engine.intent.predict_proba = lambda texts, **kw: (seen.extend(texts), real(texts, **kw))[1]
+    out = engine.analyze(CallRequest(text="Hello there. My card has not arrived. Yes. What is the transfer fee? "
+                                          "Thank you."))
+    assert engine.dialogue_acts.seen == ["Hello there.", "My card has not arrived.", "Yes.",
+                                         "What is the transfer fee?", "Thank you."]
+    assert seen == ["My card has not arrived.", "What is the transfer fee?"]  # one batch, requests only
+    acts = [s["acts"] for s in out["segments"]]
+    assert acts == [["greet"], ["request"], ["affirm"], ["request"], ["thank"]]
+    with_intent = [i for i, s in enumerate(out["segments"]) if s.get("intent")]
+    assert with_intent == [1, 3]
+    proba = real(seen).numpy()
+    labels = engine.intent.config.labels
+    assert out["intent"]["label"] == labels[int(proba.mean(0).argmax())]  # the mean of the request turns
+    assert out["intent"]["confidence"] == pytest.approx(float(proba.mean(0).max()), abs=1e-4)
+    for item in out["requests"]:
+        assert item["label"] in INTENTS and set(item["segments"]) <= {1, 3}
+        assert item["confidence"] >= engine.rules.min_intent_confidence
+
+
+def test_requests_list_each_confident_intent_once_in_call_order(engine):
+    engine.dialogue_acts = KeywordActs()
+    engine.rules.min_intent_confidence = 0.0
+    labels = engine.intent.config.labels
+    first, second = labels.index("lost_or_stolen_card"), labels.index("exchange_rate")
+
+    def fixed(texts, **kw):
+        import torch
+
+        rows = torch.full((len(texts), len(labels)), 0.1 / (len(labels) - 1))
+        for k, t in enumerate(texts):
+            rows[k, first if "card" in t else second] = 0.9
+        return rows
+
+    engine.intent.predict_proba = fixed
+    out = engine.analyze(CallRequest(text="My card is gone. What rate do you use? My card was taken. Thanks."))
+    assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [0, 2]),
+                                                                     ("exchange_rate", [1])]
+    # the stolen card escalates as an urgent intent through the requests as well
+    assert "urgent intent lost_or_stolen_card" in out["escalation"]["reasons"]
+
+
+def test_no_request_turn_falls_back_to_every_turn(engine):
+    engine.dialogue_acts = KeywordActs()
+    out = engine.analyze(CallRequest(text="Hello. Yes."))
+    assert out["intent"] is not None  # read from every turn, as without the model
+    assert [s["acts"] for s in out["segments"]] == [["greet"], ["affirm"]]
+
+
+def test_asking_for_a_person_escalates(engine):
+    engine.dialogue_acts = KeywordActs()
+    out = engine.analyze(CallRequest(text="My card has not arrived. Can I talk to a person please?"))
+    assert "caller asked for a person" in out["escalation"]["reasons"]
+    engine.rules.handoff = False
+    out = engine.analyze(CallRequest(text="My card has not arrived. Can I talk to a person please?"))
+    assert "caller asked for a person" not in out["escalation"]["reasons"]
