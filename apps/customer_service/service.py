@@ -404,7 +404,9 @@ class CustomerServiceEngine:
         """Each caller turn's dialogue acts and, for a request turn, its intent; the call's intent (the
         mean of its request turns' probabilities: every request votes once, "yes" and "thanks, bye" do
         not vote, and no turn is cut to the model's 64 tokens) and the distinct requests in call order.
-        Without the dialogue-act model, or when it finds no request, every caller turn counts as one."""
+        Without the dialogue-act model every caller turn counts as a request. When it finds none (a
+        greeting and a request for a person), the call's intent is still read from every turn, as the
+        best guess an "intent unclear" rule can weigh, but no turn gets an intent and nothing is listed."""
         turns = [(i, t) for i, s in enumerate(segments) if s["speaker"] == "caller" and (t := without_placeholders(s["text"]))]
         if not turns or self.intent is None:
             return None, []
@@ -414,8 +416,8 @@ class CustomerServiceEngine:
             names, threshold = self.dialogue_acts.config.acts, self.dialogue_acts.config.threshold
             for (i, _), row in zip(turns, proba):
                 segments[i]["acts"] = [name for name, p in zip(names, row) if p >= threshold]
-            requests = [k for k, (i, _) in enumerate(turns) if "request" in segments[i]["acts"]] or requests
-        proba = self.intent.predict_proba([turns[k][1] for k in requests]).numpy()
+            requests = [k for k, (i, _) in enumerate(turns) if "request" in segments[i]["acts"]]
+        proba = self.intent.predict_proba([turns[k][1] for k in requests or range(len(turns))]).numpy()
         labels = self.intent.config.labels
         listed: dict[str, dict] = {}
         for k, row in zip(requests, proba):

@@ -69,7 +69,7 @@ def cs_tiny_bundles(tmp_path_factory) -> dict[str, Path]:
     from apps.customer_service.dialogue import DialogueActConfig, DialogueActModel
 
     acts = DialogueActModel(DialogueActConfig.from_name("tiny"))
-    save_bundle(root / "dialogue_acts", acts.head_state(), {"model": acts.config.to_dict()},
+    save_bundle(root / "dialogue_acts", acts.trainable_state(), {"model": acts.config.to_dict()},
                 ModelCard(name="tiny-dialogue-acts", version="0.0.1", task="test"))
     out["dialogue_acts"] = root / "dialogue_acts"
     return out

@@ -10,6 +10,7 @@ from apps.customer_service.dialogue import (
     ACTS,
     ActTrainConfig,
     DialogueActConfig,
+    DialogueActModel,
     act_examples,
     act_head,
     act_metrics,
@@ -117,7 +118,7 @@ def test_cross_validation_holds_out_whole_folds(tmp_path):
 
     D.fit_head = spy
     try:
-        metrics, oof = cross_validate_acts(x, data, DialogueActConfig(hidden=0), ActTrainConfig(steps=5, folds=5))
+        metrics, oof = cross_validate_acts(data, DialogueActConfig(hidden=0), ActTrainConfig(steps=5, folds=5), x=x)
     finally:
         D.fit_head = real
     nlu = data.group >= 0
@@ -144,12 +145,34 @@ def test_train_writes_a_bundle_that_loads_and_predicts_the_same(tmp_path):
     np.testing.assert_allclose(p, again, atol=1e-6)
 
 
-def test_encoder_must_be_frozen():
-    from apps.customer_service.dialogue import DialogueActModel
-    from apps.customer_service.encoders import TextEncoderConfig
+def test_lora_recipe_fine_tunes_adapters_and_ships_them(tmp_path):
+    nlupp = write_nlupp(tmp_path / "nlupp", folds=5, copies=1)
+    cfg = DialogueActConfig.from_name("tiny-lora")
+    assert cfg.encoder.lora_r > 0
+    metrics = train_dialogue_acts(nlupp, write_banking(tmp_path / "b.csv"), tmp_path / "w", tmp_path / "run",
+                                  model_cfg=cfg, cfg=ActTrainConfig(epochs=1, batch_size=8), log=lambda *_: None)
+    assert 0 <= metrics["cv_non_request_called_request"] <= 1
+    from core.bundle import load_bundle
 
-    with pytest.raises(ValueError, match="lora_r"):
-        DialogueActModel(DialogueActConfig(encoder=TextEncoderConfig.from_name("tiny")))
+    state = load_bundle(tmp_path / "w" / "dialogue_acts").state_dict
+    assert any("lora_" in k for k in state) and any(k.startswith("head.") for k in state)
+    texts = ["hello", "where is my card"]
+    merged = load_dialogue_acts(tmp_path / "w" / "dialogue_acts")
+    unmerged = DialogueActModel(cfg)
+    unmerged.load_state_dict(dict(state), strict=False)
+    np.testing.assert_allclose(merged.predict_proba(texts), unmerged.predict_proba(texts), atol=1e-5)
+
+
+def test_a_bundle_whose_tensors_do_not_match_its_config_is_refused(tmp_path, cs_tiny_bundles):
+    import shutil
+
+    copy = tmp_path / "acts"
+    shutil.copytree(cs_tiny_bundles["dialogue_acts"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["model"]["encoder"]["lora_r"] = 4  # the tensors are a frozen model's: no adapters
+    (copy / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="do not match"):
+        load_dialogue_acts(copy)
 
 
 def test_composed_call_benchmark_runs_the_service_path(tmp_path, cs_tiny_bundles):

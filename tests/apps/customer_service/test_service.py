@@ -342,11 +342,12 @@ def test_requests_list_each_confident_intent_once_in_call_order(engine):
     assert "urgent intent lost_or_stolen_card" in out["escalation"]["reasons"]
 
 
-def test_no_request_turn_falls_back_to_every_turn(engine):
+def test_no_request_turn_still_gives_the_call_a_best_guess(engine):
     engine.dialogue_acts = KeywordActs()
     out = engine.analyze(CallRequest(text="Hello. Yes."))
-    assert out["intent"] is not None  # read from every turn, as without the model
+    assert out["intent"] is not None  # the call's best guess, read from every turn
     assert [s["acts"] for s in out["segments"]] == [["greet"], ["affirm"]]
+    assert not any(s.get("intent") for s in out["segments"]) and out["requests"] == []  # nothing was asked
 
 
 def test_asking_for_a_person_escalates(engine):
