@@ -17,7 +17,8 @@ from core.serving.jobs import job_status
 # what a summary reads of each stored call (name -> payload key or path), not the whole payload
 FIELDS = {"status": "status", "heartbeat": "heartbeat", "escalate": ("escalation", "escalate"),
           "reasons": ("escalation", "reasons"), "intent": ("intent", "label"), "emotion": ("emotion", "label"),
-          "seconds": ("transcript", "duration_s"), "redactions": ("transcript", "redactions")}
+          "seconds": ("transcript", "duration_s"), "redactions": ("transcript", "redactions"),
+          "requests": "requests"}
 STATUSES = ("done", "running", "failed", "interrupted")
 TOP_INTENTS = 10
 
@@ -37,8 +38,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         if row.get("escalate"):
             escalated += 1
             reasons.update({reason_kind(r) for r in row.get("reasons") or []})
-        if row.get("intent"):
-            intents[row["intent"]] += 1
+        intents.update(_asked(row))
         if row.get("emotion"):
             emotions[row["emotion"]] += 1
         if row.get("seconds"):
@@ -51,6 +51,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "escalated": escalated,
         "escalation_rate": round(escalated / done, 4) if done else None,
         "escalation_reasons": dict(reasons.most_common()),
+        # calls that asked for each intent (a call asking two things counts for both: shares may sum above 1)
         "top_intents": [{"intent": name, "calls": n, "share": round(n / done, 4)} for name, n in intents.most_common(TOP_INTENTS)],
         "caller_emotions": dict(emotions.most_common()),
         "audio_calls": len(seconds),
@@ -60,10 +61,17 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def _asked(row: dict[str, Any]) -> list[str]:
+    """What a call asked for: its distinct requests (since session 21; a call may ask two things), else its
+    intent (older results, or a call whose turns held no request)."""
+    asked = list(dict.fromkeys(r["label"] for r in row.get("requests") or []))
+    return asked or ([row["intent"]] if row.get("intent") else [])
+
+
 # one CSV row per call (+ the result's id and time, with_ids): labels and counts, never the transcript
 EXPORT_FIELDS = {**FIELDS, "intent_confidence": ("intent", "confidence")}
 EXPORT_COLUMNS = ("created_at", "id", "status", "escalate", "escalation_rules", "intent", "intent_confidence",
-                  "caller_emotion", "seconds", *(f"redacted_{t}" for t in PII_TYPES))
+                  "requests", "caller_emotion", "seconds", *(f"redacted_{t}" for t in PII_TYPES))
 
 
 def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
@@ -79,7 +87,8 @@ def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
         confidence = row.get("intent_confidence")
         return [row["created_at"], row["id"], status, "yes" if row.get("escalate") else "no",
                 "; ".join(dict.fromkeys(reason_kind(r) for r in row.get("reasons") or [])), row.get("intent") or "",
-                "" if confidence is None else f"{confidence:.3f}", row.get("emotion") or "",
+                "" if confidence is None else f"{confidence:.3f}",
+                "; ".join(dict.fromkeys(r["label"] for r in row.get("requests") or [])), row.get("emotion") or "",
                 "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}",
                 *(redacted.get(t, 0) for t in PII_TYPES)]
 

@@ -65,4 +65,20 @@ def test_export_rows_are_one_csv_line_per_call_with_labels_and_counts_only():
     assert (first["intent"], first["intent_confidence"], first["caller_emotion"], first["seconds"]) == (
         "compromised_card", "0.912", "angry", "61.3")
     assert (first["redacted_card"], first["redacted_credential"], first["redacted_iban"]) == ("2", "1", "0")
+    assert first["requests"] == ""  # a call stored before requests were listed
     assert table[1]["status"] == "failed" and table[1]["intent"] == "" and table[1]["redacted_card"] == ""
+
+
+def test_a_call_asking_two_things_counts_for_both():
+    from apps.customer_service.summary import EXPORT_COLUMNS, export_rows
+
+    two = {**_done(intent="card_arrival"), "requests": [{"label": "card_arrival", "confidence": 0.9, "segments": [1]},
+                                                       {"label": "lost_or_stolen_card", "confidence": 0.8, "segments": [3]},
+                                                       ]}
+    nothing_asked = {**_done(intent="exchange_rate"), "requests": []}  # its best guess counts, as before
+    s = summarise([two, nothing_asked])
+    assert {i["intent"]: i["calls"] for i in s["top_intents"]} == {"card_arrival": 1, "lost_or_stolen_card": 1,
+                                                                   "exchange_rate": 1}
+    row = {**two, "intent_confidence": 0.5, "created_at": "2026-11-30T06:00:00+00:00", "id": "c" * 32}
+    line = "".join(export_rows([row])).splitlines()[1].split(",")
+    assert line[EXPORT_COLUMNS.index("requests")] == "card_arrival; lost_or_stolen_card"
