@@ -396,25 +396,32 @@ def dialogue_act_card(model_cfg: DialogueActConfig, cfg: ActTrainConfig, metrics
 # ---- composed calls --------------------------------------------------------------------------------
 
 class _HeldOutActs:
-    """The dialogue-act model's out-of-fold probabilities looked up by text (the benchmark's acts)."""
+    """The dialogue-act model's out-of-fold probabilities looked up by text (the benchmark's acts); a text
+    not in the table (a clause of a turn) goes to ``fallback``, the shipped model."""
 
-    def __init__(self, texts: list[str], proba: np.ndarray, config: DialogueActConfig):
+    def __init__(self, texts: list[str], proba: np.ndarray, config: DialogueActConfig, fallback=None):
         self._rows = dict(zip(texts, proba))
         self.config = config
+        self.fallback = fallback
 
     def predict_proba(self, texts: list[str]) -> np.ndarray:
+        missing = [t for t in texts if t not in self._rows]
+        if missing:
+            self._rows |= dict(zip(missing, self.fallback.predict_proba(missing)))
         return np.stack([self._rows[t] for t in texts])
 
 
 def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, intent_bundle: Path,
-                            calls: int = 300, seed: int = 0) -> dict:
+                            acts_bundle: Path, calls: int = 300, seed: int = 0) -> dict:
     """Call-level intent on calls composed of real turns: one (first half) or two (second half) BANKING77
     queries of different intents, each among NLU++ turns that are not requests (1-3 before, 1-2 after
-    each query). Before: the caller's whole text -> one intent (the service until session 21). Now: the
-    service's own ``_intents`` with the dialogue acts' OUT-OF-FOLD probabilities (``cross_validate_acts``:
-    no conversational turn was trained on); the queries count as requests (the act model trained on them
-    too). Both models saw the BANKING77 queries in training, so this measures what composing a call
-    does, not how well unseen queries are read."""
+    each query); then ``calls // 2`` more whose two queries are one turn ("... and ..."). Before: the
+    caller's whole text -> one intent (the service until session 21). Now: the service's own ``_intents``
+    with the dialogue acts' OUT-OF-FOLD probabilities (``cross_validate_acts``: no conversational turn
+    was trained on); the queries count as requests (the act model trained on them too), and clauses of a
+    turn, which no model saw whole, go to the shipped act model (``acts_bundle``). ``*_whole_turns``: the
+    same without splitting turns into clauses. Both models saw the BANKING77 queries in training, so this
+    measures what composing a call does, not how well unseen queries are read."""
     import random
 
     from apps.customer_service.data import load_banking77
@@ -443,30 +450,43 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
         for text, _ in asked:
             turns += [text] + [nlu_texts[rng.choice(other)] for _ in range(rng.randint(1, 2))]
         composed.append((turns, [c for _, c in asked]))
+    for _ in range(calls // 2):  # two requests in one turn
+        a, b = rng.choice(queries), rng.choice(queries)
+        while b[1] == a[1]:
+            b = rng.choice(queries)
+        joined = a[0].rstrip(" ?.!") + " and " + b[0][:1].lower() + b[0][1:]
+        turns = [nlu_texts[rng.choice(other)] for _ in range(rng.randint(1, 3))] + [joined]
+        composed.append((turns + [nlu_texts[rng.choice(other)] for _ in range(rng.randint(1, 2))], [a[1], b[1]]))
     texts = sorted({t for turns, _ in composed for t in turns})
     held_out = dict(zip(nlu_texts, saved["proba"][:len(rows)]))
-    acts = _HeldOutActs(texts, np.stack([held_out.get(t, sure_request) for t in texts]), config)
+    acts = _HeldOutActs(texts, np.stack([held_out.get(t, sure_request) for t in texts]), config,
+                        fallback=load_dialogue_acts(acts_bundle))
     intent = load_text_classifier(intent_bundle)
     engine = CustomerServiceEngine(CustomerServiceSettings(dialogue_acts_bundle=None), intent=intent, dialogue_acts=acts)
     whole = intent.predict_proba([" ".join(turns) for turns, _ in composed]).numpy()
     labels = intent.config.labels
     out: dict[str, float] = {}
-    for name, part in (("one_request", slice(0, calls // 2)), ("two_requests", slice(calls // 2, calls))):
-        before_top1, now_top1, before_top3, now_listed, now_extra = [], [], [], [], []
+    parts = (("one_request", slice(0, calls // 2)), ("two_requests", slice(calls // 2, calls)),
+             ("two_requests_one_turn", slice(calls, None)))
+    for name, part in parts:
+        scores: dict[str, list] = {k: [] for k in ("call_intent_in_asked_before", "call_intent_in_asked_now",
+                                                   "all_asked_in_top3_before", "all_asked_in_requests_now",
+                                                   "requests_not_asked_per_call_now", "all_asked_in_requests_whole_turns",
+                                                   "requests_not_asked_per_call_whole_turns")}
         for (turns, asked), p in zip(composed[part], whole[part]):
-            call, requests = engine._intents([{"speaker": "caller", "text": t} for t in turns])
-            listed = {r["label"] for r in requests}
-            before_top1.append(labels[int(p.argmax())] in asked)
-            before_top3.append(set(asked) <= {labels[i] for i in np.argsort(-p)[:3]})
-            now_top1.append(call["label"] in asked)
-            now_listed.append(set(asked) <= listed)
-            now_extra.append(len(listed - set(asked)))
-        out |= {f"{name}_call_intent_in_asked_before": float(np.mean(before_top1)),
-                f"{name}_call_intent_in_asked_now": float(np.mean(now_top1)),
-                f"{name}_all_asked_in_top3_before": float(np.mean(before_top3)),
-                f"{name}_all_asked_in_requests_now": float(np.mean(now_listed)),
-                f"{name}_requests_not_asked_per_call_now": float(np.mean(now_extra))}
-    return {k: round(v, 4) for k, v in out.items()} | {"calls": calls}
+            scores["call_intent_in_asked_before"].append(labels[int(p.argmax())] in asked)
+            scores["all_asked_in_top3_before"].append(set(asked) <= {labels[i] for i in np.argsort(-p)[:3]})
+            for how, splitting in (("now", engine._clause_intents), ("whole_turns", lambda texts: {})):
+                engine._clause_intents = splitting
+                call, requests = engine._intents([{"speaker": "caller", "text": t} for t in turns])
+                listed = {r["label"] for r in requests}
+                if how == "now":
+                    scores["call_intent_in_asked_now"].append(call["label"] in asked)
+                scores[f"all_asked_in_requests_{how}"].append(set(asked) <= listed)
+                scores[f"requests_not_asked_per_call_{how}"].append(len(listed - set(asked)))
+            del engine._clause_intents  # back to the method
+        out |= {f"{name}_{k}": float(np.mean(v)) for k, v in scores.items()}
+    return {k: round(v, 4) for k, v in out.items()} | {"calls": calls + calls // 2}
 
 
 if __name__ == "__main__":
@@ -477,8 +497,9 @@ if __name__ == "__main__":
 
     if len(sys.argv) == 5 and sys.argv[1] == "composed-calls":
         torch.set_num_threads(1)
+        weights = Path(__file__).parent / "weights"
         print(json.dumps(composed_call_benchmark(Path(sys.argv[2]), Path(sys.argv[3]), Path(sys.argv[4]),
-                                                 Path(__file__).parent / "weights" / "intent"), indent=1))
+                                                 weights / "intent", weights / "dialogue_acts"), indent=1))
     elif len(sys.argv) == 5 and sys.argv[1] == "train":
         pack, out = Path(sys.argv[2]), Path(sys.argv[3])
         print(json.dumps(train_dialogue_acts(pack / "nlupp_banking", pack / "banking77" / "train.csv", out, out,

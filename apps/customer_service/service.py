@@ -111,6 +111,21 @@ def _sentences(text: str) -> list[str]:
     return parts or ([text.strip()] if text.strip() else [])
 
 
+# A request turn whose intent confidence is below this is read clause by clause as well (set by reasoning, not
+# tuned: a turn asking two things splits the model's probability between them).
+SPLIT_BELOW_CONFIDENCE = 0.6
+# Where one turn may hold two requests: sentence ends, and "and" / "also" / "plus" between clauses.
+_CLAUSE_BREAK = re.compile(r"(?<=[.!?;])\s+|,?\s+\b(?:and also|and then|and|also|plus)\b\s+", re.IGNORECASE)
+
+
+def clauses(text: str, min_words: int = 3) -> list[str]:
+    """The clauses of a turn that could each be a request (at least ``min_words`` words), or the turn
+    whole when fewer than two are."""
+    pieces = [p.strip(" ,;") for p in _CLAUSE_BREAK.split(text)]
+    pieces = [p for p in pieces if len(p.split()) >= min_words]
+    return pieces if len(pieces) > 1 else [text]
+
+
 def _probs_dict(labels, row) -> dict[str, float]:
     return {name: round(float(p), 4) for name, p in zip(labels, row)}
 
@@ -419,19 +434,51 @@ class CustomerServiceEngine:
             requests = [k for k, (i, _) in enumerate(turns) if "request" in segments[i]["acts"]]
         proba = self.intent.predict_proba([turns[k][1] for k in requests or range(len(turns))]).numpy()
         labels = self.intent.config.labels
+        # A turn the intent model is torn about may be two requests: only those are read clause by clause
+        # (a confident turn, one request, is never split, whatever "and"s it holds).
+        torn = [n for n, row in enumerate(proba[:len(requests)]) if row.max() < SPLIT_BELOW_CONFIDENCE]
+        split = {}
+        if self.dialogue_acts is not None and torn:
+            found = self._clause_intents([turns[requests[n]][1] for n in torn])
+            split = {torn[m]: intents for m, intents in found.items()}
         listed: dict[str, dict] = {}
-        for k, row in zip(requests, proba):
+        for n, (k, row) in enumerate(zip(requests, proba)):
             i, best = turns[k][0], int(row.argmax())
             segments[i]["intent"] = {"label": labels[best], "confidence": round(float(row[best]), 4)}
-            if row[best] >= self.rules.min_intent_confidence:
-                item = listed.setdefault(labels[best], {"label": labels[best], "confidence": 0.0, "segments": []})
-                item["confidence"] = max(item["confidence"], round(float(row[best]), 4))
-                item["segments"].append(i)
+            for label, confidence in split.get(n) or [(labels[best], float(row[best]))]:
+                if confidence >= self.rules.min_intent_confidence:
+                    item = listed.setdefault(label, {"label": label, "confidence": 0.0, "segments": []})
+                    item["confidence"] = max(item["confidence"], round(confidence, 4))
+                    if i not in item["segments"]:
+                        item["segments"].append(i)
         call = proba.mean(0)
         top = np.argsort(call)[::-1][:3]
         intent = {"label": labels[top[0]], "confidence": round(float(call[top[0]]), 4),
                   "top": [{"label": labels[i], "confidence": round(float(call[i]), 4)} for i in top]}
         return intent, list(listed.values())
+
+    def _clause_intents(self, texts: list[str]) -> dict[int, list[tuple[str, float]]]:
+        """Request turns that ask two things in one breath ("my card was stolen and I need a new pin"):
+        {turn: [(intent, confidence) of each clause]} for a turn whose clauses (split at sentence ends and
+        "and" / "also" / "plus") include two or more requests with different, confident intents. A turn
+        not split that way keeps its one intent; "I topped up and it failed" stays one request."""
+        parts = {n: pieces for n, text in enumerate(texts) if len(pieces := clauses(text)) > 1}
+        if not parts:
+            return {}
+        flat = [(n, piece) for n, pieces in parts.items() for piece in pieces]
+        acts = self.dialogue_acts.predict_proba([piece for _, piece in flat])
+        asked = [(n, piece) for (n, piece), row in zip(flat, acts)
+                 if row[list(self.dialogue_acts.config.acts).index("request")] >= self.dialogue_acts.config.threshold]
+        if not asked:
+            return {}
+        proba = self.intent.predict_proba([piece for _, piece in asked]).numpy()
+        labels = self.intent.config.labels
+        found: dict[int, list[tuple[str, float]]] = {}
+        for (n, _), row in zip(asked, proba):
+            best = int(row.argmax())
+            if row[best] >= self.rules.min_intent_confidence and labels[best] not in (x for x, _ in found.get(n, [])):
+                found.setdefault(n, []).append((labels[best], float(row[best])))
+        return {n: intents for n, intents in found.items() if len(intents) > 1}
 
     # ---- emotion ----
     def _emotions(self, segments: list[dict]) -> None:

@@ -185,12 +185,13 @@ def test_composed_call_benchmark_runs_the_service_path(tmp_path, cs_tiny_bundles
     data = act_examples(nlupp, banking)
     oof = tmp_path / "oof.npz"
     np.savez(oof, proba=data.targets, targets=data.targets, group=data.group)  # perfect acts
-    m = composed_call_benchmark(nlupp, banking, oof, cs_tiny_bundles["intent"], calls=8)
-    assert m["calls"] == 8
-    for part in ("one_request", "two_requests"):
-        for key in ("call_intent_in_asked_before", "call_intent_in_asked_now", "all_asked_in_requests_now"):
+    m = composed_call_benchmark(nlupp, banking, oof, cs_tiny_bundles["intent"], cs_tiny_bundles["dialogue_acts"], calls=8)
+    assert m["calls"] == 12
+    for part in ("one_request", "two_requests", "two_requests_one_turn"):
+        for key in ("call_intent_in_asked_before", "call_intent_in_asked_now", "all_asked_in_requests_now",
+                    "all_asked_in_requests_whole_turns"):
             assert 0 <= m[f"{part}_{key}"] <= 1
     bad = tmp_path / "bad.npz"
     np.savez(bad, proba=data.targets[:3], targets=data.targets[:3], group=data.group[:3])
     with pytest.raises(ValueError, match="out-of-fold"):
-        composed_call_benchmark(nlupp, banking, bad, cs_tiny_bundles["intent"], calls=2)
+        composed_call_benchmark(nlupp, banking, bad, cs_tiny_bundles["intent"], cs_tiny_bundles["dialogue_acts"], calls=2)

@@ -357,3 +357,52 @@ def test_asking_for_a_person_escalates(engine):
     engine.rules.handoff = False
     out = engine.analyze(CallRequest(text="My card has not arrived. Can I talk to a person please?"))
     assert "caller asked for a person" not in out["escalation"]["reasons"]
+
+
+def test_one_turn_asking_two_things_lists_both(engine):
+    from apps.customer_service.service import clauses
+
+    engine.dialogue_acts = KeywordActs()
+    engine.rules.min_intent_confidence = 0.5
+    labels = engine.intent.config.labels
+    first, second = labels.index("lost_or_stolen_card"), labels.index("exchange_rate")
+
+    def fixed(texts, **kw):
+        import torch
+
+        rows = torch.full((len(texts), len(labels)), 0.1 / (len(labels) - 1))
+        for k, t in enumerate(texts):
+            both = "card" in t and "rate" in t
+            rows[k, first if "card" in t else second] = 0.45 if both else 0.9  # a whole two-request turn: unsure
+            if both:
+                rows[k, second] = 0.45
+        return rows
+
+    engine.intent.predict_proba = fixed
+    out = engine.analyze(CallRequest(text="Hello. My card is gone and what rate do you use for euros?"))
+    assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [1]), ("exchange_rate", [1])]
+    assert out["segments"][1]["intent"]["label"] in ("lost_or_stolen_card", "exchange_rate")  # the turn keeps one
+    # an "and" inside one request is not a second request
+    assert clauses("I topped up and it failed") == ["I topped up and it failed"]
+    assert clauses("I need a new card, and also the fee for it please") == ["I need a new card", "the fee for it please"]
+    out = engine.analyze(CallRequest(text="My card is gone and my card is lost."))
+    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]  # the same intent twice: one request
+
+
+def test_a_confident_turn_is_never_split(engine):
+    engine.dialogue_acts = KeywordActs()
+    labels = engine.intent.config.labels
+    card = labels.index("lost_or_stolen_card")
+
+    def confident(texts, **kw):
+        import torch
+
+        rows = torch.full((len(texts), len(labels)), 0.05 / (len(labels) - 1))
+        rows[:, card] = 0.95  # every text, clauses included, would read as the card
+        if any("rate" in t and "card" not in t for t in texts):
+            raise AssertionError("a clause of a confident turn was read")
+        return rows
+
+    engine.intent.predict_proba = confident
+    out = engine.analyze(CallRequest(text="My card is gone and what rate do you use for euros?"))
+    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
