@@ -75,7 +75,9 @@ def decide_escalation(rules: EscalationRules, segments: list[dict], intent: dict
     for label in urgent:
         if label in rules.urgent_intents:
             reasons.append(f"urgent intent {label}")
-    if intent:
+    # unclear only when no request of the call was named with confidence: a call asking two different
+    # things has a split call-level distribution, not an unclear one
+    if intent and not requests:
         if intent["confidence"] < rules.min_intent_confidence:
             reasons.append(f"intent unclear (confidence {intent['confidence']:.2f} < {rules.min_intent_confidence})")
     return {"escalate": bool(reasons), "reasons": reasons}

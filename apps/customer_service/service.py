@@ -126,6 +126,39 @@ def clauses(text: str, min_words: int = 3) -> list[str]:
     return pieces if len(pieces) > 1 else [text]
 
 
+def caller_utterances(segments: list[dict]) -> list[tuple[list[int], str]]:
+    """The caller's utterances as (segment indices, text without placeholders), in order. Segments are
+    windows for the voice (cut at pauses and at ``segment_seconds``); an utterance joins the caller's
+    consecutive segments that the length cap cut (less than ``PAUSE_S`` apart) or that a punctuating
+    recogniser shows to be one sentence (the first does not end one, the next starts in lower case), with
+    no agent segment between. Typed text has no times: each sentence is one utterance."""
+    out: list[tuple[list[int], list[str]]] = []
+    last = None  # index of the previous segment when it was the caller's
+    for i, seg in enumerate(segments):
+        if seg["speaker"] != "caller":
+            last = None
+            continue
+        text = without_placeholders(seg["text"])
+        if not text:
+            continue
+        if last is not None and out and _same_utterance(segments[last], seg):
+            out[-1][0].append(i)
+            out[-1][1].append(text)
+        else:
+            out.append(([i], [text]))
+        last = i
+    return [(members, " ".join(parts)) for members, parts in out]
+
+
+def _same_utterance(prev: dict, seg: dict) -> bool:
+    if prev.get("end") is None or seg.get("start") is None:
+        return False
+    if seg["start"] - prev["end"] < PAUSE_S:
+        return True
+    text = prev["text"].rstrip()
+    return bool(text) and text[-1] not in ".!?" and seg["text"][:1].islower() and any(c in ".!?" for c in text + seg["text"])
+
+
 def _probs_dict(labels, row) -> dict[str, float]:
     return {name: round(float(p), 4) for name, p in zip(labels, row)}
 
@@ -416,26 +449,28 @@ class CustomerServiceEngine:
 
     # ---- intent ----
     def _intents(self, segments: list[dict]) -> tuple[dict | None, list[dict]]:
-        """Each caller turn's dialogue acts and, for a request turn, its intent; the call's intent (the
-        mean of its request turns' probabilities: every request votes once, "yes" and "thanks, bye" do
-        not vote, and no turn is cut to the model's 64 tokens) and the distinct requests in call order.
-        Without the dialogue-act model every caller turn counts as a request. When it finds none (a
-        greeting and a request for a person), the call's intent is still read from every turn, as the
-        best guess an "intent unclear" rule can weigh, but no turn gets an intent and nothing is listed."""
-        turns = [(i, t) for i, s in enumerate(segments) if s["speaker"] == "caller" and (t := without_placeholders(s["text"]))]
+        """Each caller utterance's dialogue acts and, for a request, its intent (set on each of its segments);
+        the call's intent (the mean of its requests' probabilities: every request votes once, "yes" and
+        "thanks, bye" do not vote, and nothing is cut to the model's 64 tokens) and the distinct requests
+        in call order. Without the dialogue-act model every caller utterance counts as a request. When it
+        finds none (a greeting and a request for a person), the call's intent is still read from every
+        utterance, as the best guess an "intent unclear" rule can weigh, but nothing gets an intent or is
+        listed."""
+        turns = caller_utterances(segments)
         if not turns or self.intent is None:
             return None, []
         requests = list(range(len(turns)))
         if self.dialogue_acts is not None:
             proba = self.dialogue_acts.predict_proba([t for _, t in turns])
             names, threshold = self.dialogue_acts.config.acts, self.dialogue_acts.config.threshold
-            for (i, _), row in zip(turns, proba):
-                segments[i]["acts"] = [name for name, p in zip(names, row) if p >= threshold]
-            requests = [k for k, (i, _) in enumerate(turns) if "request" in segments[i]["acts"]]
+            for (members, _), row in zip(turns, proba):
+                for i in members:
+                    segments[i]["acts"] = [name for name, p in zip(names, row) if p >= threshold]
+            requests = [k for k, (members, _) in enumerate(turns) if "request" in segments[members[0]]["acts"]]
         proba = self.intent.predict_proba([turns[k][1] for k in requests or range(len(turns))]).numpy()
         labels = self.intent.config.labels
-        # A turn the intent model is torn about may be two requests: only those are read clause by clause
-        # (a confident turn, one request, is never split, whatever "and"s it holds).
+        # An utterance the intent model is torn about may be two requests: only those are read clause by
+        # clause (a confident one, one request, is never split, whatever "and"s it holds).
         torn = [n for n, row in enumerate(proba[:len(requests)]) if row.max() < SPLIT_BELOW_CONFIDENCE]
         split = {}
         if self.dialogue_acts is not None and torn:
@@ -443,14 +478,14 @@ class CustomerServiceEngine:
             split = {torn[m]: intents for m, intents in found.items()}
         listed: dict[str, dict] = {}
         for n, (k, row) in enumerate(zip(requests, proba)):
-            i, best = turns[k][0], int(row.argmax())
-            segments[i]["intent"] = {"label": labels[best], "confidence": round(float(row[best]), 4)}
+            members, best = turns[k][0], int(row.argmax())
+            for i in members:
+                segments[i]["intent"] = {"label": labels[best], "confidence": round(float(row[best]), 4)}
             for label, confidence in split.get(n) or [(labels[best], float(row[best]))]:
                 if confidence >= self.rules.min_intent_confidence:
                     item = listed.setdefault(label, {"label": label, "confidence": 0.0, "segments": []})
                     item["confidence"] = max(item["confidence"], round(confidence, 4))
-                    if i not in item["segments"]:
-                        item["segments"].append(i)
+                    item["segments"] += [i for i in members if i not in item["segments"]]
         call = proba.mean(0)
         top = np.argsort(call)[::-1][:3]
         intent = {"label": labels[top[0]], "confidence": round(float(call[top[0]]), 4),

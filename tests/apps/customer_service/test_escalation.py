@@ -34,6 +34,17 @@ def test_each_rule_fires_with_its_reason():
     assert "intent unclear" in decide_escalation(rules, [], {"label": "card_arrival", "confidence": 0.1})["reasons"][0]
 
 
+def test_requests_count_and_a_call_asking_two_things_is_not_unclear():
+    rules = EscalationRules()
+    call = {"label": "card_arrival", "confidence": 0.3}  # the mean over two different requests
+    asked = [{"label": "card_arrival", "confidence": 0.9}, {"label": "compromised_card", "confidence": 0.8}]
+    assert decide_escalation(rules, [], call, asked)["reasons"] == ["urgent intent compromised_card"]
+    assert decide_escalation(rules, [], call, [])["reasons"] == ["intent unclear (confidence 0.30 < 0.35)"]
+    handoff = [{"contact_centre": None, "acts": ["handoff"]}]
+    assert decide_escalation(rules, handoff, None)["reasons"] == ["caller asked for a person"]
+    assert decide_escalation(EscalationRules(handoff=False), handoff, None)["escalate"] is False
+
+
 def test_rules_are_configurable():
     assert decide_escalation(EscalationRules.from_name("off"), [seg(ANGRY)] * 5, None)["escalate"] is False
     lenient = EscalationRules(angry_threshold=0.95, negative_threshold=0.99, sustained_segments=10)

@@ -406,3 +406,35 @@ def test_a_confident_turn_is_never_split(engine):
     engine.intent.predict_proba = confident
     out = engine.analyze(CallRequest(text="My card is gone and what rate do you use for euros?"))
     assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
+
+
+def test_caller_utterances_rejoin_what_the_segment_windows_cut():
+    from apps.customer_service.service import PAUSE_S, caller_utterances
+
+    def seg(speaker, start, end, text):
+        return {"speaker": speaker, "start": start, "end": end, "text": text}
+
+    segments = [
+        seg("caller", 0.0, 1.0, "Hello, good morning."),
+        seg("caller", 2.0, 6.0, "Someone has taken 200 pounds from my account and I"),  # cut by the 4 s cap...
+        seg("caller", 6.1, 7.0, "do not recognize the payment."),  # ...with no pause: one utterance
+        seg("agent", 7.5, 9.0, "Can I have your name?"),
+        seg("caller", 9.5, 10.0, "[CARD]"),  # nothing but a redaction: no utterance
+        seg("caller", 10.2, 10.8, "Yes, that is it."),
+        seg("caller", 12.0, 14.0, "I would also like to know how long a new card takes to"),
+        seg("caller", 15.0, 15.5, "arrive."),  # a pause, but the sentence goes on in lower case
+        seg("caller", 16.5, 17.0, "Thank you."),
+        seg("caller", 18.0, 19.0, "i lost my card"),  # no punctuation (pocketsphinx): a pause ends it
+        seg("caller", 18.0 + 1.0 + PAUSE_S, 21.0, "it was yesterday"),
+    ]
+    assert caller_utterances(segments) == [
+        ([0], "Hello, good morning."),
+        ([1, 2], "Someone has taken 200 pounds from my account and I do not recognize the payment."),
+        ([5], "Yes, that is it."),
+        ([6, 7], "I would also like to know how long a new card takes to arrive."),
+        ([8], "Thank you."),
+        ([9], "i lost my card"),
+        ([10], "it was yesterday"),
+    ]
+    typed = [seg("caller", None, None, "my card"), seg("caller", None, None, "is lost.")]
+    assert caller_utterances(typed) == [([0], "my card"), ([1], "is lost.")]  # typed sentences stay apart
