@@ -297,6 +297,23 @@ class KeywordActs:
         return np.array(rows, dtype=np.float32)
 
 
+def scripted_intents(engine, read) -> None:
+    """The intent model's place taken by ``read(text) -> {label: probability}``, the rest spread evenly."""
+    import torch
+
+    labels = engine.intent.config.labels
+
+    def predict(texts, **kw):
+        rows = []
+        for text in texts:
+            chosen = read(text)
+            rest = (1 - sum(chosen.values())) / (len(labels) - len(chosen))
+            rows.append([chosen.get(label, rest) for label in labels])
+        return torch.tensor(rows)
+
+    engine.intent.predict_proba = predict
+
+
 def test_intents_come_from_request_turns_only(engine):
     engine.dialogue_acts = KeywordActs()
     seen: list[str] = []
@@ -323,18 +340,7 @@ def test_intents_come_from_request_turns_only(engine):
 def test_requests_list_each_confident_intent_once_in_call_order(engine):
     engine.dialogue_acts = KeywordActs()
     engine.rules.min_intent_confidence = 0.0
-    labels = engine.intent.config.labels
-    first, second = labels.index("lost_or_stolen_card"), labels.index("exchange_rate")
-
-    def fixed(texts, **kw):
-        import torch
-
-        rows = torch.full((len(texts), len(labels)), 0.1 / (len(labels) - 1))
-        for k, t in enumerate(texts):
-            rows[k, first if "card" in t else second] = 0.9
-        return rows
-
-    engine.intent.predict_proba = fixed
+    scripted_intents(engine, lambda t: {"lost_or_stolen_card" if "card" in t else "exchange_rate": 0.9})
     out = engine.analyze(CallRequest(text="My card is gone. What rate do you use? My card was taken. Thanks."))
     assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [0, 2]),
                                                                      ("exchange_rate", [1])]
@@ -364,21 +370,13 @@ def test_one_turn_asking_two_things_lists_both(engine):
 
     engine.dialogue_acts = KeywordActs()
     engine.rules.min_intent_confidence = 0.5
-    labels = engine.intent.config.labels
-    first, second = labels.index("lost_or_stolen_card"), labels.index("exchange_rate")
 
-    def fixed(texts, **kw):
-        import torch
+    def read(text):
+        if "card" in text and "rate" in text:  # a whole two-request turn: torn between them
+            return {"lost_or_stolen_card": 0.45, "exchange_rate": 0.45}
+        return {"lost_or_stolen_card" if "card" in text else "exchange_rate": 0.9}
 
-        rows = torch.full((len(texts), len(labels)), 0.1 / (len(labels) - 1))
-        for k, t in enumerate(texts):
-            both = "card" in t and "rate" in t
-            rows[k, first if "card" in t else second] = 0.45 if both else 0.9  # a whole two-request turn: unsure
-            if both:
-                rows[k, second] = 0.45
-        return rows
-
-    engine.intent.predict_proba = fixed
+    scripted_intents(engine, read)
     out = engine.analyze(CallRequest(text="Hello. My card is gone and what rate do you use for euros?"))
     assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [1]), ("exchange_rate", [1])]
     assert out["segments"][1]["intent"]["label"] in ("lost_or_stolen_card", "exchange_rate")  # the turn keeps one
@@ -391,19 +389,12 @@ def test_one_turn_asking_two_things_lists_both(engine):
 
 def test_a_confident_turn_is_never_split(engine):
     engine.dialogue_acts = KeywordActs()
-    labels = engine.intent.config.labels
-    card = labels.index("lost_or_stolen_card")
 
-    def confident(texts, **kw):
-        import torch
+    def read(text):
+        assert not ("rate" in text and "card" not in text), "a clause of a confident turn was read"
+        return {"lost_or_stolen_card": 0.95}
 
-        rows = torch.full((len(texts), len(labels)), 0.05 / (len(labels) - 1))
-        rows[:, card] = 0.95  # every text, clauses included, would read as the card
-        if any("rate" in t and "card" not in t for t in texts):
-            raise AssertionError("a clause of a confident turn was read")
-        return rows
-
-    engine.intent.predict_proba = confident
+    scripted_intents(engine, read)
     out = engine.analyze(CallRequest(text="My card is gone and what rate do you use for euros?"))
     assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
 
