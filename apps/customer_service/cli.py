@@ -94,6 +94,8 @@ def evaluate(
     emotion: Annotated[Path | None, typer.Option(help="RAVDESS or Emo-DB folder (labels.csv + audio).")] = None,
     text_emotion: Annotated[Path | None, typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv.")] = None,
     intent: Annotated[Path | None, typer.Option(help="BANKING77 CSV (text,category).")] = None,
+    dialogue: Annotated[Path | None, typer.Option(help="Folder with heldout_turns.jsonl / heldout_calls.jsonl "
+                                                       "(caller turns with their acts; calls with the intents asked).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
     telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
@@ -102,12 +104,12 @@ def evaluate(
     model_path: Annotated[Path | None, typer.Option(help="--asr: the whisper / ctc weights (whisper without one: "
                                                          "the installed Whisper base).")] = None,
 ) -> None:
-    """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent."""
+    """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent, --dialogue."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
-                                      ("intent", intent)) if value is not None]
+                                      ("intent", intent), ("dialogue", dialogue)) if value is not None]
     if len(given) != 1:
-        raise typer.BadParameter("give exactly one of --asr, --emotion, --text-emotion, --intent")
-    target = asr or emotion or text_emotion or intent
+        raise typer.BadParameter("give exactly one of --asr, --emotion, --text-emotion, --intent, --dialogue")
+    target = asr or emotion or text_emotion or intent or dialogue
     if not target.exists():
         raise typer.BadParameter(f"{target} does not exist")
     _setup()
@@ -120,6 +122,8 @@ def evaluate(
         metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:
         metrics = E.evaluate_text_emotion(text_emotion)
+    elif dialogue is not None:
+        metrics = E.evaluate_dialogue(dialogue)
     else:
         metrics = E.evaluate_intent(intent)
     _write_json(metrics, json_out, f"customer-service {given[0]}: {target}")

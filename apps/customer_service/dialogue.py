@@ -416,7 +416,7 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
     """Call-level intent on calls composed of real turns: one (first half) or two (second half) BANKING77
     queries of different intents, each among NLU++ turns that are not requests (1-3 before, 1-2 after
     each query); then ``calls // 2`` more whose two queries are one turn ("... and ..."). Before: the
-    caller's whole text -> one intent (the service until session 21). Now: the service's own ``_intents``
+    caller's whole text -> one intent (the service until session 21). Now: the service's own ``read_intents``
     with the dialogue acts' OUT-OF-FOLD probabilities (``cross_validate_acts``: no conversational turn
     was trained on); the queries count as requests (the act model trained on them too), and clauses of a
     turn, which no model saw whole, go to the shipped act model (``acts_bundle``). ``*_whole_turns``: the
@@ -478,7 +478,7 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
             scores["all_asked_in_top3_before"].append(set(asked) <= {labels[i] for i in np.argsort(-p)[:3]})
             for how, splitting in (("now", engine._clause_intents), ("whole_turns", lambda texts: {})):
                 engine._clause_intents = splitting
-                call, requests = engine._intents([{"speaker": "caller", "text": t} for t in turns])
+                call, requests = engine.read_intents([{"speaker": "caller", "text": t} for t in turns])
                 listed = {r["label"] for r in requests}
                 if how == "now":
                     scores["call_intent_in_asked_now"].append(call["label"] in asked)

@@ -52,6 +52,65 @@ def evaluate_intent(csv_path: str | Path, bundle: str | Path | None = None, batc
     return out
 
 
+def evaluate_dialogue(folder: str | Path, intent_bundle: str | Path | None = None,
+                      acts_bundle: str | Path | None = None) -> dict:
+    """A folder with ``heldout_turns.jsonl`` ({"text", "acts", "style"} per line: one caller turn and its dialogue
+    acts) and/or ``heldout_calls.jsonl`` ({"turns", "asked", "style"}: a call's caller turns and the BANKING77
+    intents asked, in order) -> per-act F1, request-or-not accuracy (also per style), and per call: whether the
+    call's intent is one asked, whether every asked intent is listed in its requests, how many unasked ones are
+    listed; the ``*_whole_text`` keys score the caller's whole text read as one query (the service until
+    session 21). Turns are read one utterance each, as the service reads a caller's utterances."""
+    import json
+
+    from apps.customer_service.dialogue import act_metrics, load_dialogue_acts
+    from apps.customer_service.model import load_text_classifier
+    from apps.customer_service.service import CustomerServiceEngine
+
+    folder = Path(folder)
+    turns_file, calls_file = folder / "heldout_turns.jsonl", folder / "heldout_calls.jsonl"
+    if not turns_file.is_file() and not calls_file.is_file():
+        raise FileNotFoundError(f"{folder} has neither heldout_turns.jsonl nor heldout_calls.jsonl")
+    settings = get_settings()
+    acts = load_dialogue_acts(acts_bundle or settings.dialogue_acts_bundle)
+    names = list(acts.config.acts)
+    out: dict[str, float] = {}
+    if turns_file.is_file():
+        rows = [json.loads(line) for line in turns_file.read_text().splitlines() if line.strip()]
+        unknown = sorted({a for r in rows for a in r["acts"]} - set(names))
+        if unknown:
+            raise ValueError(f"{turns_file}: acts not among {names}: {unknown}")
+        targets = np.array([[float(a in r["acts"]) for a in names] for r in rows], dtype=np.float32)
+        proba = acts.predict_proba([r["text"] for r in rows])
+        out |= act_metrics(proba, targets, names, acts.config.threshold) | {"turns": len(rows)}
+        j = names.index("request")
+        for style in sorted({r.get("style", "") for r in rows} - {""}):
+            m = np.array([r.get("style") == style for r in rows])
+            out[f"request_accuracy_{style}"] = round(float(((proba[m, j] >= acts.config.threshold) == (targets[m, j] == 1)).mean()), 4)
+            out[f"turns_{style}"] = int(m.sum())
+    if calls_file.is_file():
+        calls = [json.loads(line) for line in calls_file.read_text().splitlines() if line.strip()]
+        intent = load_text_classifier(intent_bundle or settings.intent_bundle)
+        unknown = sorted({a for c in calls for a in c["asked"]} - set(intent.config.labels))
+        if unknown:
+            raise ValueError(f"{calls_file}: intents not among the 77: {unknown}")
+        engine = CustomerServiceEngine(settings, intent=intent, dialogue_acts=acts)
+        whole = intent.predict_proba([" ".join(c["turns"]) for c in calls]).numpy()
+        labels = intent.config.labels
+        scores: dict[str, list] = {k: [] for k in ("call_intent_in_asked", "all_asked_listed", "unasked_listed_per_call",
+                                                   "call_intent_in_asked_whole_text", "all_asked_in_top3_whole_text")}
+        for call, p in zip(calls, whole):
+            asked = set(call["asked"])
+            best, requests = engine.read_intents([{"speaker": "caller", "text": t} for t in call["turns"]])
+            listed = {r["label"] for r in requests}
+            scores["call_intent_in_asked"].append(best is not None and best["label"] in asked)
+            scores["all_asked_listed"].append(asked <= listed)
+            scores["unasked_listed_per_call"].append(len(listed - asked))
+            scores["call_intent_in_asked_whole_text"].append(labels[int(p.argmax())] in asked)
+            scores["all_asked_in_top3_whole_text"].append(asked <= {labels[i] for i in np.argsort(-p)[:3]})
+        out |= {k: round(float(np.mean(v)), 4) for k, v in scores.items()} | {"calls": len(calls)}
+    return out
+
+
 def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None) -> dict:
     """GoEmotions Ekman TSV, scored on rows with exactly one label (argmax over the 7 classes)."""
     from apps.customer_service.model import load_text_classifier

@@ -282,7 +282,7 @@ class CustomerServiceEngine:
         timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
         caller = [s for s in segments if s["speaker"] == "caller"]
         t0 = time.perf_counter()
-        intent, requests = self._intents(segments)
+        intent, requests = self.read_intents(segments)
         timings["intent_ms"] = (time.perf_counter() - t0) * 1000
         call_emotion = self._call_emotion(caller)
         escalation = decide_escalation(self.rules, caller, intent, requests)
@@ -448,7 +448,7 @@ class CustomerServiceEngine:
         return segments, redactions
 
     # ---- intent ----
-    def _intents(self, segments: list[dict]) -> tuple[dict | None, list[dict]]:
+    def read_intents(self, segments: list[dict]) -> tuple[dict | None, list[dict]]:
         """Each caller utterance's dialogue acts and, for a request, its intent (set on each of its segments);
         the call's intent (the mean of its requests' probabilities: every request votes once, "yes" and
         "thanks, bye" do not vote, and nothing is cut to the model's 64 tokens) and the distinct requests

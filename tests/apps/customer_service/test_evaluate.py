@@ -17,7 +17,7 @@ def tiny_env(cs_tiny_bundles, monkeypatch):
     from apps.customer_service.settings import get_settings
 
     for key, name in (("INTENT_BUNDLE", "intent"), ("TEXT_EMOTION_BUNDLE", "text_emotion"),
-                      ("VOICE_EMOTION_BUNDLE", "voice")):
+                      ("VOICE_EMOTION_BUNDLE", "voice"), ("DIALOGUE_ACTS_BUNDLE", "dialogue_acts")):
         monkeypatch.setenv(f"TRIPTYCH_CUSTOMER_SERVICE_{key}", str(cs_tiny_bundles[name]))
     monkeypatch.setenv("TRIPTYCH_CUSTOMER_SERVICE_VOICE_EMOTION_SPEAKER_NORM_BUNDLE", str(cs_tiny_bundles["voice"]))
     get_settings.cache_clear()
@@ -54,6 +54,36 @@ def test_cli_intent_eval_writes_flat_json(tiny_env, tmp_path):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n"] == 12
     bad = CliRunner().invoke(app, ["--intent", str(csv_path), "--text-emotion", str(csv_path)])
     assert bad.exit_code != 0 and "exactly one" in bad.output
+
+
+def test_dialogue_eval_scores_turns_and_calls(tiny_env, tmp_path):
+    from apps.customer_service.evaluate import evaluate_dialogue
+
+    folder = tmp_path / "dialogue"
+    folder.mkdir()
+    with pytest.raises(FileNotFoundError):
+        evaluate_dialogue(folder)
+    turns = [{"text": "hello there", "acts": ["greet"], "style": "typed"},
+             {"text": "my card has not arrived", "acts": ["request"], "style": "spoken"},
+             {"text": "my name is jo", "acts": [], "style": "spoken"}]
+    (folder / "heldout_turns.jsonl").write_text("".join(json.dumps(t) + "\n" for t in turns))
+    calls = [{"turns": ["hi", "where is my card", "thanks bye"], "asked": ["card_arrival"], "style": "spoken"},
+             {"turns": ["my card was stolen and what is the rate"], "asked": ["lost_or_stolen_card", "exchange_rate"],
+              "style": "spoken"}]
+    (folder / "heldout_calls.jsonl").write_text("".join(json.dumps(c) + "\n" for c in calls))
+    m = evaluate_dialogue(folder)
+    assert m["turns"] == 3 and m["turns_spoken"] == 2 and m["calls"] == 2
+    assert m["request_support"] == 1 and m["greet_support"] == 1
+    for key in ("request_accuracy", "request_accuracy_spoken", "call_intent_in_asked", "all_asked_listed",
+                "call_intent_in_asked_whole_text", "all_asked_in_top3_whole_text"):
+        assert 0 <= m[key] <= 1
+    (folder / "heldout_turns.jsonl").write_text(json.dumps({"text": "x", "acts": ["complain"]}) + "\n")
+    with pytest.raises(ValueError, match="complain"):
+        evaluate_dialogue(folder)
+    (folder / "heldout_turns.jsonl").unlink()
+    (folder / "heldout_calls.jsonl").write_text(json.dumps({"turns": ["x"], "asked": ["no_such_intent"]}) + "\n")
+    with pytest.raises(ValueError, match="no_such_intent"):
+        evaluate_dialogue(folder)
 
 
 def test_text_emotion_eval_scores_single_label_rows(tiny_env, tmp_path):
