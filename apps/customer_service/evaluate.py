@@ -96,17 +96,24 @@ def evaluate_dialogue(folder: str | Path, intent_bundle: str | Path | None = Non
         engine = CustomerServiceEngine(settings, intent=intent, dialogue_acts=acts)
         whole = intent.predict_proba([" ".join(c["turns"]) for c in calls]).numpy()
         labels = intent.config.labels
-        scores: dict[str, list] = {k: [] for k in ("call_intent_in_asked", "all_asked_listed", "unasked_listed_per_call",
-                                                   "call_intent_in_asked_whole_text", "all_asked_in_top3_whole_text")}
+        scores: dict[str, list] = {}
         for call, p in zip(calls, whole):
             asked = set(call["asked"])
             best, requests = engine.read_intents([{"speaker": "caller", "text": t} for t in call["turns"]])
             listed = {r["label"] for r in requests}
-            scores["call_intent_in_asked"].append(best is not None and best["label"] in asked)
-            scores["all_asked_listed"].append(asked <= listed)
-            scores["unasked_listed_per_call"].append(len(listed - asked))
-            scores["call_intent_in_asked_whole_text"].append(labels[int(p.argmax())] in asked)
-            scores["all_asked_in_top3_whole_text"].append(asked <= {labels[i] for i in np.argsort(-p)[:3]})
+            ranked = [labels[i] for i in np.argsort(-p)]
+            row = {"call_intent_in_asked": best is not None and best["label"] in asked,
+                   "all_asked_listed": asked <= listed,
+                   "asked_listed_share": len(asked & listed) / len(asked),
+                   "unasked_listed_per_call": len(listed - asked),
+                   "call_intent_in_asked_whole_text": ranked[0] in asked,
+                   # as many of the whole text's best intents as the call asked for: all of them among those?
+                   "all_asked_in_top_k_whole_text": asked <= set(ranked[:len(asked)]),
+                   "all_asked_in_top3_whole_text": asked <= set(ranked[:3])}
+            group = "one_request" if len(asked) == 1 else "two_requests"
+            for key, value in row.items():
+                scores.setdefault(key, []).append(value)
+                scores.setdefault(f"{key}_{group}", []).append(value)
         out |= {k: round(float(np.mean(v)), 4) for k, v in scores.items()} | {"calls": len(calls)}
     return out
 

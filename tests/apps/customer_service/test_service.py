@@ -387,18 +387,6 @@ def test_one_turn_asking_two_things_lists_both(engine):
     assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]  # the same intent twice: one request
 
 
-def test_a_confident_turn_is_never_split(engine):
-    engine.dialogue_acts = KeywordActs()
-
-    def read(text):
-        assert not ("rate" in text and "card" not in text), "a clause of a confident turn was read"
-        return {"lost_or_stolen_card": 0.95}
-
-    scripted_intents(engine, read)
-    out = engine.analyze(CallRequest(text="My card is gone and what rate do you use for euros?"))
-    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
-
-
 def test_caller_utterances_rejoin_what_the_segment_windows_cut():
     from apps.customer_service.service import PAUSE_S, caller_utterances
 
