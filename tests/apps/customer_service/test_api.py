@@ -20,6 +20,7 @@ def client(cs_tiny_bundles, tmp_path_factory):
     settings = CustomerServiceSettings(
         intent_bundle=cs_tiny_bundles["intent"], text_emotion_bundle=cs_tiny_bundles["text_emotion"],
         voice_emotion_bundle=cs_tiny_bundles["voice"], fusion_bundle=cs_tiny_bundles["fusion"],
+        dialogue_acts_bundle=cs_tiny_bundles["dialogue_acts"],
         database_url=f"sqlite:///{tmp}/cs.db", artefact_dir=tmp / "artefacts", max_audio_seconds=20.0,
         asr_lm="generic",
     )
@@ -39,9 +40,11 @@ def test_text_analysis_is_persisted_and_redacted(client):
     body = r.json()
     assert CARD not in r.text and "[CARD]" in body["transcript"]["text"]
     assert body["intent"]["label"] and body["segments"][0]["modality_weights"]["text"] == 1.0
-    assert r.headers["X-Model-Version"]
+    assert r.headers["X-Model-Version"] and "dialogue_acts=" in r.headers["X-Model-Version"]
+    assert isinstance(body["requests"], list)  # the tiny act model decides which sentences are requests
+    assert all(isinstance(s["acts"], list) for s in body["segments"])
     stored = client.get(f"/v1/results/{body['id']}")
-    assert stored.status_code == 200 and CARD not in stored.text
+    assert stored.status_code == 200 and CARD not in stored.text and stored.json()["payload"]["requests"] == body["requests"]
 
 
 def test_audio_upload(client):

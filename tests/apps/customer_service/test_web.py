@@ -22,6 +22,7 @@ def app(cs_tiny_bundles, tmp_path_factory):
     return create_app(CustomerServiceSettings(
         intent_bundle=cs_tiny_bundles["intent"], text_emotion_bundle=cs_tiny_bundles["text_emotion"],
         voice_emotion_bundle=cs_tiny_bundles["voice"], fusion_bundle=cs_tiny_bundles["fusion"],
+        dialogue_acts_bundle=cs_tiny_bundles["dialogue_acts"],
         database_url=f"sqlite:///{tmp}/cs.db", artefact_dir=tmp / "artefacts", asr_lm="generic",
         api_keys={"agent-key": "agent", "line-key": "line"}))
 
