@@ -126,8 +126,8 @@ class Intent(IntentChoice):
 
 
 class RequestedIntent(IntentChoice):
-    """One thing the caller asked for: a request turn's intent (confidence at least the escalation rules'
-    min_intent_confidence), its best confidence over the turns that asked it."""
+    """One thing the caller asked for: a request utterance's intent (confidence at least the escalation rules'
+    request_min_confidence), its best confidence over the utterances that asked it."""
 
     segments: list[int] = Field(description="indices into segments of the turns that asked it")
 

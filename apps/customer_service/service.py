@@ -474,7 +474,7 @@ class CustomerServiceEngine:
             for i in members:
                 segments[i]["intent"] = {"label": labels[best], "confidence": round(float(row[best]), 4)}
             for label, confidence in split.get(n) or [(labels[best], float(row[best]))]:
-                if confidence >= self.rules.min_intent_confidence:
+                if confidence >= self.rules.request_min_confidence:
                     item = listed.setdefault(label, {"label": label, "confidence": 0.0, "segments": []})
                     item["confidence"] = max(item["confidence"], round(confidence, 4))
                     item["segments"] += [i for i in members if i not in item["segments"]]
@@ -505,7 +505,7 @@ class CustomerServiceEngine:
         found: dict[int, list[tuple[str, float]]] = {}
         for (n, _), row in zip(asked, proba):
             best = int(row.argmax())
-            if row[best] >= self.rules.min_intent_confidence and labels[best] not in (x for x, _ in found.get(n, [])):
+            if row[best] >= self.rules.request_min_confidence and labels[best] not in (x for x, _ in found.get(n, [])):
                 found.setdefault(n, []).append((labels[best], float(row[best])))
         return {n: intents for n, intents in found.items() if len(intents) > 1}
 

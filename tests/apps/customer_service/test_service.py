@@ -334,16 +334,18 @@ def test_intents_come_from_request_turns_only(engine):
     assert out["intent"]["confidence"] == pytest.approx(float(proba.mean(0).max()), abs=1e-4)
     for item in out["requests"]:
         assert item["label"] in INTENTS and set(item["segments"]) <= {1, 3}
-        assert item["confidence"] >= engine.rules.min_intent_confidence
+        assert item["confidence"] >= engine.rules.request_min_confidence
 
 
 def test_requests_list_each_confident_intent_once_in_call_order(engine):
     engine.dialogue_acts = KeywordActs()
-    engine.rules.min_intent_confidence = 0.0
+    engine.rules.request_min_confidence = 0.0
     scripted_intents(engine, lambda t: {"lost_or_stolen_card" if "card" in t else "exchange_rate": 0.9})
     out = engine.analyze(CallRequest(text="My card is gone. What rate do you use? My card was taken. Thanks."))
     assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [0, 2]),
                                                                      ("exchange_rate", [1])]
+    engine.rules.request_min_confidence = 0.95  # above every intent's confidence: nothing is listed
+    assert engine.analyze(CallRequest(text="My card is gone. What rate do you use?"))["requests"] == []
     # the stolen card escalates as an urgent intent through the requests as well
     assert "urgent intent lost_or_stolen_card" in out["escalation"]["reasons"]
 
@@ -369,7 +371,7 @@ def test_one_turn_asking_two_things_lists_both(engine):
     from apps.customer_service.service import clauses
 
     engine.dialogue_acts = KeywordActs()
-    engine.rules.min_intent_confidence = 0.5
+    engine.rules.request_min_confidence = 0.5
 
     def read(text):
         if "card" in text and "rate" in text:  # a whole two-request turn: torn between them
