@@ -358,10 +358,19 @@ def test_no_request_turn_still_gives_the_call_a_best_guess(engine):
     assert not any(s.get("intent") for s in out["segments"]) and out["requests"] == []  # nothing was asked
 
 
-def test_asking_for_a_person_escalates(engine):
+def test_asking_for_a_person_escalates_and_names_no_banking_intent(engine):
     engine.dialogue_acts = KeywordActs()
+    engine.rules.request_min_confidence = 0.5
+    scripted_intents(engine, lambda t: {"lost_or_stolen_card" if "card" in t else "exchange_rate": 0.9})
     out = engine.analyze(CallRequest(text="My card has not arrived. Can I talk to a person please?"))
     assert "caller asked for a person" in out["escalation"]["reasons"]
+    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
+    # a request turn that also asks for a person: only its clauses asking something else are read
+    out = engine.analyze(CallRequest(text="The exchange rate is wrong on my card and I want to talk to a person now."))
+    assert out["segments"][0]["acts"] == ["request", "handoff"] and out["segments"][0].get("intent") is None
+    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]
+    out = engine.analyze(CallRequest(text="Put me through to a person who handles rate questions."))
+    assert out["requests"] == []  # one clause, all of it the handoff
     engine.rules.handoff = False
     out = engine.analyze(CallRequest(text="My card has not arrived. Can I talk to a person please?"))
     assert "caller asked for a person" not in out["escalation"]["reasons"]
