@@ -282,6 +282,15 @@ def create_service_app(
         headers = {} if is_ready else {"Retry-After": "2"}
         return JSONResponse(body, status_code=200 if is_ready else 503, headers=headers)
 
+    @app.get("/v1/me", tags=["auth"], summary="The caller's role, as the API key presented gives it")
+    async def me(request: Request) -> dict[str, Any]:
+        """What a page asks before offering what only some roles may do (the audit trail, erasure): the
+        role of the key presented, None with keys off (every route open). 401 without a valid key."""
+        from core.serving.auth import require_role
+
+        who = await require_role()(request)
+        return {"role": who.role, "authenticated": who.authenticated}
+
     @app.get("/metrics", tags=["ops"], summary="Prometheus metrics", include_in_schema=False)
     async def metrics() -> Response:
         return Response(app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

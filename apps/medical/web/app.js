@@ -2,7 +2,8 @@
 // slices, Secondary Capture and Structured Report are fetched with the API key (img and a elements
 // cannot send it).
 // Recent studies (GET v1/studies) open a stored result (GET v1/studies/{id}) in the same view.
-// Admins also see the audit trail (GET v1/audit) and may erase the result shown (DELETE v1/studies/{id}).
+// Admins also see the audit trail (GET v1/audit) and may erase the result shown (DELETE v1/studies/{id});
+// GET v1/me says whether the key is an admin's.
 "use strict";
 
 const { $, headers, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
@@ -215,8 +216,9 @@ async function erase() {
 }
 
 // ---- audit trail (admin) ------------------------------------------------------------------------
-// GET v1/audit and DELETE v1/studies/{id} need the same role (admin; anyone with API keys off), so the
-// trail's answer also decides whether erasure is offered. The records name studies by keyed hash only.
+// GET v1/audit and DELETE v1/studies/{id} need the same role (admin; anyone with API keys off): GET v1/me
+// says whether the key has it, and so whether the trail is loaded and erasure offered. The records name
+// studies by keyed hash only.
 
 function outcomeText(outcome) {
   return Object.entries(outcome || {}).map(([key, value]) => {
@@ -233,19 +235,26 @@ async function audit() {
   const table = $("audit-records");
   setStatus("audit-status", "Loading…");
   try {
+    // the key's role first (GET v1/me): a page that is not an admin's does not ask for the trail at all
+    const me = await fetch(`${BASE}v1/me`, { headers: headers() });
+    if (request !== auditRequest) return;
+    const who = me.ok ? await me.json() : null;
+    mayErase = who !== null && (who.role === "admin" || !who.authenticated);  // keys off: every route open
+    offerErase();
+    if (!mayErase) {
+      table.hidden = true;
+      table.tBodies[0].replaceChildren();
+      if (me.ok || me.status === 401 || me.status === 403) {
+        setStatus("audit-status", me.status === 401 ? "Enter the API key to see the audit trail."
+          : "Not allowed: only the admin role may read the audit trail and erase studies; this API key is not an admin's.");
+        return;
+      }
+      throw new Error(await errorText(me));
+    }
     const query = new URLSearchParams({ limit: $("audit-limit").value });
     if ($("audit-action").value) query.set("action", $("audit-action").value);
     const response = await fetch(`${BASE}v1/audit?${query}`, { headers: headers() });
     if (request !== auditRequest) return;
-    mayErase = response.ok;
-    offerErase();
-    if (response.status === 401 || response.status === 403) {
-      table.hidden = true;
-      table.tBodies[0].replaceChildren();
-      setStatus("audit-status", response.status === 401 ? "Enter the API key to see the audit trail."
-        : "Not allowed: only the admin role may read the audit trail and erase studies; this API key is not an admin's.");
-      return;
-    }
     if (!response.ok) throw new Error(await errorText(response));
     const { records } = await response.json();
     if (request !== auditRequest) return;

@@ -29,7 +29,7 @@ def test_page_is_served_with_the_disclaimer(app):
 
 
 def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
-    assert_script_matches(app, WEB, {"v1/studies:analyze", "v1/studies", "v1/studies/{}", "v1/audit"})
+    assert_script_matches(app, WEB, {"v1/studies:analyze", "v1/studies", "v1/studies/{}", "v1/audit", "v1/me"})
     script = (WEB / "app.js").read_text()
     assert "fetchBlobUrl(url)" in script  # heat maps and downloads: the key goes along
     assert 'offerDownload($("capture"), r.secondary_capture' in script and 'offerDownload($("structured-report"), r.structured_report' in script
@@ -47,11 +47,13 @@ def _roles(method: str, path: str) -> set[str]:
 
 
 def test_erasure_is_offered_to_whoever_may_read_the_audit_trail():
-    """The page offers "Erase" when GET v1/audit answers: both routes must want the same role."""
+    """The page loads the trail and offers "Erase" when GET v1/me says admin (or keys are off): both routes
+    must want exactly that role."""
     assert _roles("GET", "/v1/audit") == _roles("DELETE", "/v1/studies/{result_id}") \
         == {"require_role_admin"}
     script = (WEB / "app.js").read_text()
-    assert "mayErase = response.ok;" in script
+    assert '`${BASE}v1/me`, { headers: headers() }' in script
+    assert 'mayErase = who !== null && (who.role === "admin" || !who.authenticated);' in script
 
 
 def test_audit_trail_offers_the_actions_and_limits_the_api_accepts(app):

@@ -129,3 +129,14 @@ def test_admin_only_refusal_names_admin_once():
     with pytest.raises(ApiError) as refused:
         _authorize(Principal(role="radiologist", key_id=None, authenticated=True), ("admin",))
     assert refused.value.message.endswith("allowed roles: admin")
+
+
+def test_me_says_the_callers_role(tmp_path):
+    with TestClient(make_app(tmp_path)) as client:  # keys off: every route open, no role
+        assert client.get("/v1/me").json() == {"role": None, "authenticated": False}
+    with TestClient(make_app(tmp_path, api_keys=KEYS)) as client:
+        assert client.get("/v1/me").status_code == 401
+        assert client.get("/v1/me", headers={"X-API-Key": "guess"}).status_code == 401
+        assert client.get("/v1/me", headers={"X-API-Key": "rad-key"}).json() == {"role": "radiologist",
+                                                                                  "authenticated": True}
+        assert client.get("/v1/me", headers={"Authorization": "Bearer root-key"}).json()["role"] == "admin"
