@@ -180,6 +180,17 @@ class CallAccepted(BaseModel):
 router = APIRouter(prefix="/v1", tags=["customer-service"])
 
 
+def call_timeout_s(settings: CustomerServiceSettings, audio_channel_seconds: float | None, text: str | None) -> float | None:
+    """How long a call may take: the short-request timeout plus the work its audio (per second of each channel)
+    and its typed text (per 1,000 characters) bring. None (the batcher's default) for neither."""
+    extra = 0.0
+    if audio_channel_seconds is not None:
+        extra += settings.seconds_per_audio_second * audio_channel_seconds
+    if text and text.strip():
+        extra += settings.seconds_per_thousand_text_chars * len(text) / 1000
+    return settings.request_timeout_s + extra if extra else None
+
+
 def _stored(result: dict) -> dict:
     """What is persisted of a result: the synthesised WAV is large and re-creatable, so only its hash."""
     stored = dict(result)
@@ -230,14 +241,13 @@ async def analyze_call(
         raise ApiError(415, "unsupported_media_type",
                        f"The body is {body_type}; send multipart/form-data with an 'audio' file (WAV, FLAC, OGG "
                        "or MP3) and/or a 'text' field (application/x-www-form-urlencoded works for text alone).")
-    data, timeout_s = None, None
+    data, seconds = None, None
     if audio is not None:
         from apps.customer_service.speech.audio import channel_seconds
 
         data = await read_upload(audio, accept=AUDIO_KINDS, max_bytes=settings.max_upload_bytes)
         seconds = channel_seconds(data)
-        if seconds is not None:
-            timeout_s = settings.request_timeout_s + settings.seconds_per_audio_second * seconds
+    timeout_s = call_timeout_s(settings, seconds, text)
     if data is None and not (text or "").strip():
         raise ApiError(422, "no_input", "Send an 'audio' file (WAV, FLAC, OGG or MP3) and/or a non-empty 'text' field.")
     call = CallRequest(audio=data, text=text, output_mode=output_mode, user_agent=user_agent, redact_audio=redact_audio)

@@ -58,6 +58,10 @@ class CustomerServiceSettings(AppSettings):
     # 0.26 s per second of read speech on one thread here (60 s took 17.5 s end to end), so a
     # ten-minute call must not meet the 30 s meant for short requests.
     seconds_per_audio_second: float = 0.6
+    # ... and this much per 1,000 characters of typed text: each sentence is read by the text-emotion ensemble,
+    # and each request sentence (and its clauses) by the intent ensemble; 19,900 characters (372 sentences) took
+    # 45 s on one thread here (emotion 18 s, intents 27 s), past the 30 s a short request gets.
+    seconds_per_thousand_text_chars: float = 3.0
     max_text_chars: int = 20000
     # Voice segments for emotion over time: analysis window when ASR gives no utterance boundaries.
     segment_seconds: float = 4.0

@@ -104,8 +104,21 @@ def test_a_long_recording_waits_in_proportion_to_its_length(client, monkeypatch)
     r = client.post("/v1/calls:analyze", files={"audio": ("c.wav", wav_bytes(np.zeros((16000 * 5, 2), np.float32)), "audio/wav")})
     assert r.status_code == 200, r.text
     assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_audio_second * 10.0)
-    client.post("/v1/calls:analyze", data={"text": "hello"})
-    assert seen["timeout_s"] is None  # text only: the service's default
+    # typed text: every sentence is read by the emotion ensemble, every request by the intent ensemble
+    text = "My card has not arrived. " * 200  # 5,000 characters
+    assert client.post("/v1/calls:analyze", data={"text": text}).status_code == 200
+    assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_thousand_text_chars * 5.0)
+
+
+def test_call_timeout_adds_audio_and_text_work():
+    from apps.customer_service.api import call_timeout_s
+    from apps.customer_service.settings import CustomerServiceSettings
+
+    s = CustomerServiceSettings(request_timeout_s=30.0, seconds_per_audio_second=0.5, seconds_per_thousand_text_chars=2.0)
+    assert call_timeout_s(s, None, None) is None and call_timeout_s(s, None, "  ") is None  # the batcher's default
+    assert call_timeout_s(s, 60.0, None) == pytest.approx(60.0)
+    assert call_timeout_s(s, None, "x" * 20000) == pytest.approx(70.0)
+    assert call_timeout_s(s, 60.0, "x" * 20000) == pytest.approx(100.0)
 
 
 def _poll(client, url, seconds=60.0):
