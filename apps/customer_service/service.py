@@ -115,6 +115,10 @@ def _sentences(text: str) -> list[str]:
 _CLAUSE_BREAK = re.compile(r"(?<=[.!?;])\s+|,?\s+\b(?:and also|and then|and|also|plus)\b\s+", re.IGNORECASE)
 
 
+# Where a request for a person may sit inside a request sentence: after a comma or a sentence end.
+_PIECES = re.compile(r"(?<=[.!?;,])\s+")
+
+
 def clauses(text: str, min_words: int = 3) -> list[str]:
     """The clauses of a turn that could each be a request (at least ``min_words`` words), or the turn
     whole when fewer than two are."""
@@ -493,11 +497,30 @@ class CustomerServiceEngine:
             else:  # a request for a person: what else it asks, if anything
                 for label, confidence in beside_handoff.get(handoffs.index(k), []):
                     add(label, confidence, members)
+        if self.dialogue_acts is not None and requests:
+            self._handoff_in_pieces(segments, [turns[k] for k in requests])
         call = proba.mean(0)
         top = np.argsort(call)[::-1][:3]
         intent = {"label": labels[top[0]], "confidence": round(float(call[top[0]]), 4),
                   "top": [{"label": labels[i], "confidence": round(float(call[i]), 4)} for i in top]}
         return intent, list(listed.values())
+
+    def _handoff_in_pieces(self, segments: list[dict], turns: list[tuple[list[int], str]]) -> None:
+        """A request for a person inside a request sentence, after a comma ("my card was stolen yesterday, put
+        me through to someone now"): the act model reads the whole as a request only. Its pieces (split at
+        commas and sentence ends, 3 words or more) are read too, for the handoff escalation; the request keeps
+        its intent, which was read before."""
+        pieces = [(members, piece) for members, text in turns if len(parts := _PIECES.split(text)) > 1
+                  for piece in parts if len(piece.split()) >= 3]
+        if not pieces:
+            return
+        names, threshold = list(self.dialogue_acts.config.acts), self.dialogue_acts.config.threshold
+        proba = self.dialogue_acts.predict_proba([piece for _, piece in pieces])
+        for (members, _), row in zip(pieces, proba):
+            if row[names.index("handoff")] >= threshold:
+                for i in members:
+                    if "handoff" not in segments[i]["acts"]:
+                        segments[i]["acts"].append("handoff")
 
     def _clause_intents(self, texts: list[str], at_least: int = 2) -> dict[int, list[tuple[str, float]]]:
         """Request turns that ask two things in one breath ("my card was stolen and I need a new pin"):

@@ -376,6 +376,26 @@ def test_asking_for_a_person_escalates_and_names_no_banking_intent(engine):
     assert "caller asked for a person" not in out["escalation"]["reasons"]
 
 
+def test_a_request_for_a_person_after_a_comma_escalates(engine):
+    class LateHandoff(KeywordActs):
+        """Reads "put me through ..." as a handoff only when it starts the text, as the real model reads
+        "my card was stolen yesterday, put me through to someone now" as a request alone."""
+
+        def predict_proba(self, texts):
+            rows = super().predict_proba(texts)
+            rows[:, 4] = [float(t.lower().startswith("put me through")) for t in texts]
+            return rows
+
+    engine.dialogue_acts = LateHandoff()
+    scripted_intents(engine, lambda t: {"lost_or_stolen_card": 0.9})
+    out = engine.analyze(CallRequest(text="My card is gone, put me through to someone now."))
+    assert out["segments"][0]["acts"] == ["request", "handoff"]
+    assert "caller asked for a person" in out["escalation"]["reasons"]
+    assert [r["label"] for r in out["requests"]] == ["lost_or_stolen_card"]  # the request keeps its intent
+    out = engine.analyze(CallRequest(text="My card is gone, I think, since Monday."))
+    assert "caller asked for a person" not in out["escalation"]["reasons"]
+
+
 def test_one_turn_asking_two_things_lists_both(engine):
     from apps.customer_service.service import clauses
 
