@@ -477,7 +477,7 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
         for (turns, asked), p in zip(composed[part], whole[part]):
             scores["call_intent_in_asked_before"].append(labels[int(p.argmax())] in asked)
             scores["all_asked_in_top3_before"].append(set(asked) <= {labels[i] for i in np.argsort(-p)[:3]})
-            for how, splitting in (("now", engine._clause_intents), ("whole_turns", lambda texts: {})):
+            for how, splitting in (("now", engine._clause_intents), ("whole_turns", lambda texts, at_least: {})):
                 engine._clause_intents = splitting
                 call, requests = engine.read_intents([{"speaker": "caller", "text": t} for t in turns])
                 listed = {r["label"] for r in requests}
