@@ -7,7 +7,8 @@
   ``GET /v1/results:summary``: a period's calls in numbers (escalations and why, intents, emotions, redactions);
   ``GET /v1/results.csv``: the same period one row per call (labels and counts, no transcript);
   ``DELETE /v1/results/{id}`` (admin): erase a call and its redacted audio (``retention_days`` does it by age).
-- WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses).
+- WebSocket ``/v1/stream``: the speech side's streaming recogniser (partial/final hypotheses), each final read
+  as the call goes on (emotion, acts, intent, the call so far and its escalation: ``live.LiveCall``).
 - ``GET /ui/``: a web page for contact-centre staff over the two (upload or type a call and see the
   analysis; live transcription from the microphone).
 """
@@ -426,6 +427,16 @@ async def get_result(
     return job_response(row, what="call")
 
 
+def live_call(app):
+    """A new live-call reader over the loaded engine (``/v1/stream?analyze=true``), or None while it loads."""
+    runner = app.state.runners.get("calls")
+    if runner is None:
+        return None
+    from apps.customer_service.live import LiveCall
+
+    return LiveCall(runner.engine)
+
+
 def create_app(settings: CustomerServiceSettings | None = None):
     from pathlib import Path
 
@@ -434,7 +445,7 @@ def create_app(settings: CustomerServiceSettings | None = None):
     try:
         from apps.customer_service.speech import create_stream_router
 
-        routers.append(create_stream_router())
+        routers.append(create_stream_router(live_call=live_call))
     except (ImportError, AttributeError) as exc:  # the speech side's router not installed: serve the rest
         log.warning("streaming router unavailable: %s", type(exc).__name__)
 

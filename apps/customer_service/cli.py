@@ -134,9 +134,24 @@ def bench(
     chunk_ms: Annotated[int, typer.Option(help="PCM chunk length sent to the streaming recogniser.")] = 160,
     repeats: Annotated[int, typer.Option(help="Passes over the benchmark audio.")] = 1,
     audio: Annotated[list[Path] | None, typer.Option(help="Audio files to stream (default: built-in clips).")] = None,
+    live: Annotated[bool, typer.Option(help="Stream in real time with each final read by the shipped models "
+                                            "beside the recogniser, as the WebSocket does (analysis per final, "
+                                            "chunk latency while it runs).")] = False,
 ) -> None:
-    """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency."""
+    """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency; with --live, the
+    live call's analysis time per final and the chunk latency while it runs."""
     _setup()
+    if live:
+        from apps.customer_service.live import bench_live
+        from apps.customer_service.service import CustomerServiceEngine
+        from apps.customer_service.settings import get_settings
+        from apps.customer_service.speech.audio import load_audio
+
+        clips = [load_audio(str(a)).mono() for a in audio] if audio else None
+        metrics = bench_live(CustomerServiceEngine.from_settings(get_settings()), clips, chunk_ms=chunk_ms,
+                             repeats=repeats)
+        _write_json(metrics, json_out, "customer-service live-call bench")
+        return
     from apps.customer_service.speech import bench_streaming
 
     metrics = bench_streaming([str(a) for a in audio] if audio else None, chunk_ms=chunk_ms, repeats=repeats)

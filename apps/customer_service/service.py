@@ -132,7 +132,8 @@ def caller_utterances(segments: list[dict]) -> list[tuple[list[int], str]]:
     windows for the voice (cut at pauses and at ``segment_seconds``); an utterance joins the caller's
     consecutive segments that the length cap cut (less than ``PAUSE_S`` apart) or that a punctuating
     recogniser shows to be one sentence (the first does not end one, the next starts in lower case), with
-    no agent segment between. Typed text has no times: each sentence is one utterance."""
+    no agent segment between. Typed text has no times: each sentence is one utterance; nor does a segment
+    marked ``endpointed`` (a streamed final: the recogniser's endpointer heard the caller stop) continue."""
     out: list[tuple[list[int], list[str]]] = []
     last = None  # index of the previous segment when it was the caller's
     for i, seg in enumerate(segments):
@@ -152,7 +153,7 @@ def caller_utterances(segments: list[dict]) -> list[tuple[list[int], str]]:
 
 
 def _same_utterance(prev: dict, seg: dict) -> bool:
-    if prev.get("end") is None or seg.get("start") is None:
+    if prev.get("end") is None or seg.get("start") is None or prev.get("endpointed"):
         return False
     if seg["start"] - prev["end"] < PAUSE_S:
         return True
@@ -279,13 +280,13 @@ class CustomerServiceEngine:
             redactions += redactions_t
             transcript_parts.append(" ".join(s["text"] for s in segments_t))
         t0 = time.perf_counter()
-        self._emotions(segments)
+        self.read_emotions(segments)
         timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
         caller = [s for s in segments if s["speaker"] == "caller"]
         t0 = time.perf_counter()
         intent, requests = self.read_intents(segments)
         timings["intent_ms"] = (time.perf_counter() - t0) * 1000
-        call_emotion = self._call_emotion(caller)
+        call_emotion = self.call_emotion(caller)
         escalation = decide_escalation(self.rules, caller, intent, requests)
         reply = self._reply(req, intent, call_emotion, escalation, timings)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1000
@@ -555,7 +556,9 @@ class CustomerServiceEngine:
         return {n: intents for n, intents in found.items() if len(intents) >= at_least[n]}
 
     # ---- emotion ----
-    def _emotions(self, segments: list[dict]) -> None:
+    def read_emotions(self, segments: list[dict]) -> None:
+        """Each segment's emotion (set in place): the voice read from its ``_samples`` (removed), the text from
+        its words without placeholders, fused by the gate that sees its ASR confidence."""
         import torch
 
         from apps.customer_service.model import (
@@ -621,7 +624,7 @@ class CustomerServiceEngine:
             s["text_emotion"] = _probs_dict(EKMAN_LABELS, text_p[i]) if present[i, 1] else None
 
     @staticmethod
-    def _call_emotion(caller: list[dict]) -> dict | None:
+    def call_emotion(caller: list[dict]) -> dict | None:
         views = [s["contact_centre"] for s in caller if s.get("contact_centre")]
         if not views:
             return None

@@ -13,8 +13,14 @@ Protocol
      at each end of speech. Card, account, phone numbers etc. are redacted in both (``redact``), read
      with the session's earlier finals (a card read out in fours makes one final per group); a
      partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
-  4. send the text message ``{"type": "end"}`` (or just ``end``): the last final follows, then
-     ``{"type": "end"}`` and the server closes.
+     With ``analyze=true`` (the default, when the service's models are loaded: ``ready`` says
+     ``"analysis": true``), each final is then read as a caller segment of ``/v1/calls:analyze`` is:
+     ``{"type": "analysis", "segment_index", "segment": {emotion, modality_weights, acts, intent, ...},
+     "intent", "requests", "emotion", "escalation", "latency_ms"}`` with the call so far (its text is the
+     redacted one). It comes after its final, while the audio goes on being decoded.
+  4. send the text message ``{"type": "end"}`` (or just ``end``): the last final follows, then (with
+     analysis) ``{"type": "summary", "intent", "requests", "emotion", "escalation", "segments"}`` with the
+     rules only a whole call can decide ("intent unclear"), then ``{"type": "end"}`` and the server closes.
   Errors come as ``{"type": "error", "code", "message"}`` followed by a close (1003 bad data,
   1008 policy: too long, or no message for ``idle_timeout_s``; 1013 busy).
 """
@@ -23,14 +29,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
+from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from apps.customer_service.speech.sphinx import SphinxConfig
 from apps.customer_service.speech.streaming import DecoderPool, StreamEvent, StreamingRecognizer
 from core.serving.auth import authorize_websocket
+
+log = logging.getLogger(__name__)
 
 _MODES = ("default", "digit", "digits", "amount")
 # Words of earlier finals that redaction reads with each new hypothesis: a caller reading a card out
@@ -40,11 +51,14 @@ _CONTEXT_WORDS = 20
 
 def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfig | None = None, pool_size: int = 2,
                          redact: bool = True, max_session_s: float = 600.0, max_chunk_bytes: int = 64_000,
-                         idle_timeout_s: float = 60.0, path: str = "/v1/stream") -> APIRouter:
+                         idle_timeout_s: float = 60.0, path: str = "/v1/stream",
+                         live_call: Callable[[Any], Any] | None = None) -> APIRouter:
     """An APIRouter with the streaming WebSocket. Decoders are built on first use (about 2 s
     each) and shared between sessions through ``pool``. A session that sends nothing for
     ``idle_timeout_s`` is closed: it holds one of the pool's few decoders, and a live call sends
-    a chunk (silence included) every 100-200 ms."""
+    a chunk (silence included) every 100-200 ms. ``live_call(app)`` gives a new
+    :class:`~apps.customer_service.live.LiveCall` for a session, or None while the models load
+    (no ``live_call``: transcription only)."""
     router = APIRouter(tags=["streaming"])
     state = {"pool": pool}
 
@@ -68,7 +82,11 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         if mode not in _MODES:
             await _fail(websocket, 1003, "bad_mode", f"mode must be one of {', '.join(_MODES)}")
             return
-        making = asyncio.ensure_future(asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool()))
+        live = None
+        if live_call is not None and websocket.query_params.get("analyze", "true").lower() not in ("0", "false", "no"):
+            live = live_call(websocket.app)
+        making = asyncio.ensure_future(asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool(),
+                                                         keep_audio=live is not None))
         try:
             # shielded: a client that leaves while a decoder is being acquired must not strand it
             rec = await asyncio.shield(making)
@@ -79,18 +97,19 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
             await _fail(websocket, 1013, "busy", "All streaming decoders are busy; retry shortly.")
             return
         await websocket.send_json({"type": "ready", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
-                                   "mode": mode, "redact": do_redact})
+                                   "mode": mode, "redact": do_redact, "analysis": live is not None})
         audio_bytes = 0
         heard: list[str] = []  # the last _CONTEXT_WORDS words of the session's finals, unredacted
+        reader = _Reader(websocket, live)
         try:
             while True:
                 try:
                     message = await asyncio.wait_for(websocket.receive(), timeout=idle_timeout_s)
                 except TimeoutError:
                     await _release(rec)
-                    await _fail(websocket, 1008, "idle",
-                                f"No audio for {idle_timeout_s:g} s; send 16-bit PCM chunks every 100-200 ms "
-                                '(silence included) and {"type": "end"} to finish.')
+                    await reader.fail(1008, "idle",
+                                      f"No audio for {idle_timeout_s:g} s; send 16-bit PCM chunks every 100-200 ms "
+                                      '(silence included) and {"type": "end"} to finish.')
                     break
                 if message["type"] == "websocket.disconnect":
                     break
@@ -98,7 +117,8 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                 if data is None:
                     if _is_end(message.get("text")):
                         for event in await asyncio.to_thread(rec.finish):
-                            await websocket.send_json(_render(event, do_redact, heard))
+                            await reader.send_event(event, _render(event, do_redact, heard))
+                        await reader.finish()
                         await websocket.send_json({"type": "end", "audio_s": round(audio_bytes / 32_000, 3)})
                         await websocket.close()
                         break
@@ -107,18 +127,18 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                         # keyless service sent "ready" without waiting for it, so it arrives here
                         continue
                     await _release(rec)
-                    await _fail(websocket, 1003, "bad_message",
-                                'Send binary 16-bit PCM chunks, then the text message {"type": "end"}.')
+                    await reader.fail(1003, "bad_message",
+                                      'Send binary 16-bit PCM chunks, then the text message {"type": "end"}.')
                     break
                 if len(data) > max_chunk_bytes or len(data) % 2:
                     await _release(rec)
-                    await _fail(websocket, 1003, "bad_chunk",
-                                f"Chunks must be 16-bit PCM (even byte count), at most {max_chunk_bytes} bytes.")
+                    await reader.fail(1003, "bad_chunk",
+                                      f"Chunks must be 16-bit PCM (even byte count), at most {max_chunk_bytes} bytes.")
                     break
                 audio_bytes += len(data)
                 if audio_bytes / 32_000 > max_session_s:
                     await _release(rec)
-                    await _fail(websocket, 1008, "too_long", f"Sessions are limited to {max_session_s:.0f} s of audio.")
+                    await reader.fail(1008, "too_long", f"Sessions are limited to {max_session_s:.0f} s of audio.")
                     break
                 t0 = time.perf_counter()
                 events = await asyncio.to_thread(rec.accept, data)
@@ -126,13 +146,67 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                 for event in events:
                     body = _render(event, do_redact, heard)
                     body["latency_ms"] = round(latency, 2)
-                    await websocket.send_json(body)
+                    await reader.send_event(event, body)
         except WebSocketDisconnect:
             pass
         finally:
+            reader.cancel()
             await _release(rec)
 
     return router
+
+
+class _Reader:
+    """Sends a session's messages, and reads each final of a live call in a worker thread after it is sent,
+    one at a time and in order, while the audio goes on being decoded. Messages leave through one lock: the
+    analyses and the hypotheses are sent by two tasks."""
+
+    def __init__(self, websocket: WebSocket, live) -> None:
+        self.websocket = websocket
+        self.live = live
+        self.lock = asyncio.Lock()
+        self.queue: asyncio.Queue = asyncio.Queue()
+        self.task = asyncio.ensure_future(self._read()) if live is not None else None
+
+    async def send(self, body: dict) -> None:
+        async with self.lock:
+            await self.websocket.send_json(body)
+
+    async def send_event(self, event: StreamEvent, body: dict) -> None:
+        await self.send(body)
+        if self.task is not None and event.type == "final" and body["text"]:
+            self.queue.put_nowait((body["text"], event))
+
+    async def _read(self) -> None:
+        while (item := await self.queue.get()) is not None:
+            text, event = item
+            t0 = time.perf_counter()
+            try:
+                analysis = await asyncio.to_thread(self.live.add, text, event.start, event.end, event.confidence,
+                                                   event.samples)
+            except Exception as exc:  # the transcript goes on; this final is not read (its text is not logged)
+                log.warning("live analysis failed: %s", type(exc).__name__)
+                analysis = {"type": "analysis", "segment_index": None,
+                            "error": f"this final could not be read ({type(exc).__name__})"}
+            analysis["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
+            await self.send(analysis)
+
+    async def finish(self) -> None:
+        """Wait for the finals still being read, then send the call's summary."""
+        if self.task is None:
+            return
+        self.queue.put_nowait(None)
+        await self.task
+        await self.send(await asyncio.to_thread(self.live.close))
+
+    def cancel(self) -> None:
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+
+    async def fail(self, code: int, error: str, message: str) -> None:
+        self.cancel()
+        async with self.lock:
+            await _fail(self.websocket, code, error, message)
 
 
 async def _release(rec: StreamingRecognizer) -> None:

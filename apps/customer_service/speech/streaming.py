@@ -32,6 +32,7 @@ class StreamEvent:
     end: float
     words: list[Word] = field(default_factory=list)  # finals only
     confidence: float = 0.0  # finals only
+    samples: np.ndarray | None = field(default=None, repr=False)  # a final's 16 kHz audio, with keep_audio
 
     def to_dict(self) -> dict:
         return {"type": self.type, "text": self.text, "start": round(self.start, 3), "end": round(self.end, 3),
@@ -75,11 +76,12 @@ class StreamingRecognizer:
     In the digit modes, with ``config.digit_model``, each final is re-decided by the learned digit
     recogniser on the utterance's audio (the grammar's answer is its hint), as ``transcribe`` does;
     partials stay the grammar's. ``chunk`` sizes are free; 100-200 ms is what the WebSocket clients send.
+    ``keep_audio``: each final carries its utterance's samples (for the voice reading of a live call).
     """
 
     def __init__(self, config: SphinxConfig | None = None, *, mode: str = "default", pool: DecoderPool | None = None,
                  vad_mode: int = 1, endpoint_window_s: float = 0.5, max_utterance_s: float = 30.0,
-                 partial_every_s: float = 0.0) -> None:
+                 partial_every_s: float = 0.0, keep_audio: bool = False) -> None:
         from pocketsphinx import Endpointer
 
         self.config = config or (pool.config if pool else SphinxConfig.from_name("streaming"))
@@ -88,6 +90,7 @@ class StreamingRecognizer:
         search = {"generic": "_default", "bank": "bank", "interpolated": "bank"}[self.config.lm] if mode == "default" else mode
         self._decoder.activate_search(search)
         self.mode = mode
+        self.keep_audio = keep_audio
         self._ep = Endpointer(window=endpoint_window_s, ratio=0.9, vad_mode=vad_mode)
         self._frame_bytes = self._ep.frame_bytes
         self._buf = b""
@@ -95,7 +98,7 @@ class StreamingRecognizer:
         self._utt_start = 0.0
         self._last_partial = ""
         self._utt_samples = 0
-        self._utt_pcm = bytearray()  # kept only in the digit modes, for the learned digit recogniser
+        self._utt_pcm = bytearray()  # kept in the digit modes (the learned digit recogniser) and with keep_audio
         self._max_utt_samples = int(max_utterance_s * 16_000)
         self.chunk_latencies_ms: list[float] = []
         self.closed = False
@@ -194,7 +197,7 @@ class StreamingRecognizer:
         if pcm:
             self._decoder.process_raw(pcm, full_utt=False)
             self._utt_samples += len(pcm) // 2
-            if self.mode in ("digit", "digits"):
+            if self.mode in ("digit", "digits") or self.keep_audio:
                 self._utt_pcm += pcm
 
     def _partial(self) -> StreamEvent | None:
@@ -220,11 +223,13 @@ class StreamingRecognizer:
                 words.append(Word(_base_word(seg.word), self._utt_start + seg.start_frame / 100,
                                   self._utt_start + (seg.end_frame + 1) / 100, float(min(1.0, max(0.0, prob)))))
         end = self._utt_start + self._utt_samples / 16_000
+        samples = np.frombuffer(bytes(self._utt_pcm), dtype="<i2").astype(np.float32) / 32768.0 if self.keep_audio else None
         learned = self._learned_digits(words)
         if learned is not None:
-            return StreamEvent("final", " ".join(w.text for w in learned), self._utt_start, end, learned, confidence_of(learned))
+            return StreamEvent("final", " ".join(w.text for w in learned), self._utt_start, end, learned,
+                               confidence_of(learned), samples)
         return StreamEvent("final", " ".join(w.text for w in words), self._utt_start, end, words,
-                           confidence_of(words) if self.config.bestpath else 0.0)
+                           confidence_of(words) if self.config.bestpath else 0.0, samples)
 
     def _learned_digits(self, grammar_words: list[Word]) -> list[Word] | None:
         """The digit CNN's words for the finished utterance (times in the stream), or None to keep
@@ -244,7 +249,8 @@ class StreamingRecognizer:
         return [Word(w.text, self._utt_start + w.start, self._utt_start + w.end, w.confidence) for w in words]
 
 
-def _percentile(values: list[float], q: float) -> float:
+def percentile(values: list[float], q: float) -> float:
+    """The q-quantile of ``values``, linearly interpolated (nan when empty)."""
     s = sorted(values)
     if not s:
         return math.nan
@@ -309,8 +315,8 @@ def bench_streaming(audio: list[str | Path | np.ndarray] | None = None, *, chunk
     return {
         "chunk_ms": float(chunk_ms),
         "chunks": float(len(latencies)),
-        "chunk_p50_ms": _percentile(latencies, 0.50),
-        "chunk_p95_ms": _percentile(latencies, 0.95),
+        "chunk_p50_ms": percentile(latencies, 0.50),
+        "chunk_p95_ms": percentile(latencies, 0.95),
         "chunk_max_ms": max(latencies) if latencies else math.nan,
         "chunk_mean_ms": statistics.fmean(latencies) if latencies else math.nan,
         "audio_s": total_audio,

@@ -228,10 +228,12 @@ async function startLive() {
   $("start").disabled = true;
   $("finals").replaceChildren();
   $("partial").textContent = "";
+  $("live-escalation").hidden = true;
+  $("live-call").hidden = true;
   const mode = $("stream-mode").value;
   const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${BASE}v1/stream?mode=${encodeURIComponent(mode)}`;
   // made inside the click: browsers keep an AudioContext created outside a user gesture suspended
-  const state = { ws: new WebSocket(url), latencies: [], ctx: new AudioContext(), mic: null };
+  const state = { ws: new WebSocket(url), latencies: [], ctx: new AudioContext(), mic: null, read: [] };
   live = state;
   state.ws.binaryType = "arraybuffer";
   state.ws.onopen = () => {
@@ -263,6 +265,9 @@ async function onStreamMessage(state, msg) {
     p.append(el("span", `${clock(msg.start)} `, "muted"));
     for (const node of redactedCell(msg.text).childNodes) p.append(node.cloneNode(true));
     $("finals").append(p);
+    if (msg.text) state.read.push(p);  // the analysis of the n-th final with words names it n
+  } else if (msg.type === "analysis" || msg.type === "summary") {
+    showLiveCall(state, msg);
   } else if (msg.type === "end") {
     const sorted = [...state.latencies].sort((a, b) => a - b);
     const p95 = sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(0.95 * sorted.length))] : 0;
@@ -270,6 +275,26 @@ async function onStreamMessage(state, msg) {
   } else if (msg.type === "error") {
     setStatus("stream-status", msg.message, true);
   }
+}
+
+function showLiveCall(state, msg) {
+  // a final's reading after its text, then the call so far: escalation, emotion, what was asked
+  const p = msg.segment_index === null || msg.segment_index === undefined ? null : state.read[msg.segment_index];
+  if (p && msg.segment) {
+    const s = msg.segment;
+    p.append(el("span", ` · ${s.emotion || "no emotion"}${turnLabel(s) ? " · " + turnLabel(s) : ""}`, "muted"));
+  } else if (msg.error) {
+    setStatus("stream-status", msg.error, true);
+  }
+  if (!msg.escalation) return;
+  const esc = $("live-escalation");
+  esc.hidden = false;
+  esc.className = "banner " + (msg.escalation.escalate ? "escalate" : "calm");
+  esc.textContent = msg.escalation.escalate ? "Escalate: " + msg.escalation.reasons.join("; ") : "No escalation so far";
+  $("live-call").hidden = false;
+  $("live-emotion").textContent = msg.emotion ? msg.emotion.label : "—";
+  const asked = (msg.requests || []).map((r) => r.label.replaceAll("_", " "));
+  $("live-requests").textContent = asked.length ? asked.join(", ") : "nothing yet";
 }
 
 async function openMic(state) {

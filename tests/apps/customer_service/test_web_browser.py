@@ -72,3 +72,7 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
         ended = wait_status(page, "#stream-status", lambda t, c: t.startswith("Ended") or "error" in c, 60)
         seconds = float(re.search(r"([0-9.]+) s of audio", ended).group(1))
         assert seconds >= 4.0, ended  # chunks kept flowing from the worklet for the whole session
+        # each sentence was read as the call went on (its emotion after its text), and the call so far
+        assert page.is_visible("#live-escalation") and page.text_content("#live-escalation")
+        assert any(" · " in line for line in page.locator("#finals p").all_text_contents())
+        assert page.is_visible("#live-call") and page.text_content("#live-emotion") != "—"

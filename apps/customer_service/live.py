@@ -1,0 +1,159 @@
+"""A call read while it happens: each final hypothesis of the streaming recogniser gets the same reading
+as a segment of ``/v1/calls:analyze`` (emotion from voice and text, dialogue acts, intent), and the call so
+far its intent, requests, emotion and escalation, so an agent sees "caller asked for a person" or "urgent
+intent lost_or_stolen_card" during the call instead of after it.
+
+Each final is one utterance (the endpointer heard the caller stop). The call is re-read whole at each final
+(its intent is the mean of all its requests, its escalation weighs every segment), but each text is read by
+each model once per session: ``MemoizedTexts``.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Any
+
+import numpy as np
+
+from apps.customer_service.escalation import decide_escalation
+
+# What a streamed segment shows of the engine's segment (the samples and private keys stay behind).
+_SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr_confidence", "emotion", "contact_centre", "ekman",
+                 "modality_weights", "voice", "text_emotion", "acts", "intent")
+
+
+class MemoizedTexts:
+    """A text model whose ``predict_proba(texts)`` reads each distinct text once (rows kept by text);
+    everything else (``config``, ``version`` ...) is the model's. Returns what the model returns: an
+    array, or a tensor for the text classifiers."""
+
+    def __init__(self, model, rows: dict[str, np.ndarray] | None = None) -> None:
+        self.model = model
+        self._rows: dict[str, np.ndarray] = dict(rows or {})
+        self._tensor = None  # whether the model answers with torch tensors (known after its first call)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def predict_proba(self, texts: list[str]):
+        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
+        if missing:
+            out = self.model.predict_proba(missing)
+            self._tensor = not isinstance(out, np.ndarray)
+            self._rows |= dict(zip(missing, np.asarray(out.numpy() if self._tensor else out)))
+        rows = np.stack([self._rows[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+        if self._tensor:
+            import torch
+
+            return torch.from_numpy(rows)
+        return rows
+
+
+class LiveCall:
+    """The caller's side of one streamed call. ``add`` takes a final (its text already redacted, its audio)
+    and returns the ``analysis`` message; ``close`` returns the ``summary`` at the end of the call. Calls to
+    one LiveCall are serialised (a lock); the engine is shared between sessions (thread-safe reads)."""
+
+    def __init__(self, engine) -> None:
+        self.engine = copy.copy(engine)  # the same models, with this call's memoised text readers
+        for name in ("intent", "dialogue_acts"):
+            if getattr(engine, name) is not None:
+                setattr(self.engine, name, MemoizedTexts(getattr(engine, name)))
+        self.segments: list[dict] = []
+        self._lock = threading.Lock()
+
+    def add(self, text: str, start: float, end: float, confidence: float, samples: np.ndarray | None) -> dict:
+        """One final: ``text`` as shown to the agent (redacted), times in seconds from the start of the stream,
+        the recogniser's confidence and the utterance's 16 kHz samples (None: the voice branch abstains)."""
+        with self._lock:
+            # endpointed: the endpointer heard the caller stop, so the next final starts another utterance
+            # however short the pause (two finals 0.5 s apart were read as one, and a stolen card followed by
+            # "put me through to someone" became one request for a person with no intent)
+            segment = {"speaker": "caller", "start": round(start, 3), "end": round(end, 3), "text": text,
+                       "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples}
+            self.engine.read_emotions([segment])
+            self.segments.append(segment)
+            return {"type": "analysis", "segment_index": len(self.segments) - 1} | self._call(final=False)
+
+    def close(self) -> dict:
+        """The whole call's reading, with the rule that only the end of a call can judge (no request named
+        with confidence: "intent unclear")."""
+        with self._lock:
+            return {"type": "summary", "segments": len(self.segments)} | self._call(final=True)
+
+    def _call(self, final: bool) -> dict:
+        intent, requests = self.engine.read_intents(self.segments) if self.segments else (None, [])
+        emotion = self.engine.call_emotion(self.segments)
+        # during the call, no request yet is no sign of an unclear one: the caller may not have said it
+        escalation = decide_escalation(self.engine.rules, self.segments, intent if final or requests else None,
+                                       requests)
+        out = {"intent": intent, "requests": requests, "emotion": emotion, "escalation": escalation}
+        if not final and self.segments:
+            out["segment"] = {k: self.segments[-1].get(k) for k in _SEGMENT_KEYS}
+        return out
+
+
+def bench_live(engine, audio: list[np.ndarray] | None = None, *, chunk_ms: int = 160, repeats: int = 1) -> dict:
+    """A live call as the WebSocket runs it, without HTTP: chunks fed in real time to the streaming recogniser
+    in one thread while each redacted final is read by a :class:`LiveCall` in another. Returns a flat dict:
+    the recogniser's per-chunk latency while the analysis runs beside it (``chunk_p50_ms``, ``chunk_p95_ms``,
+    ``chunk_max_ms``), each final's analysis time (``analysis_p50_ms``, ``analysis_p95_ms``,
+    ``analysis_max_ms``), ``finals``, ``audio_s``. ``audio``: 16 kHz float arrays (default: the streaming
+    bench's three bank sentences)."""
+    import queue
+    import time
+
+    from apps.customer_service.pii import redact_words
+    from apps.customer_service.speech.streaming import (
+        DecoderPool,
+        StreamingRecognizer,
+        default_bench_audio,
+        percentile,
+    )
+
+    clips = audio if audio is not None else default_bench_audio()
+    pool = DecoderPool(size=1)
+    pool.release(pool.acquire())  # built before the clock starts, as a server does at start-up
+    step = 16_000 * chunk_ms // 1000
+    chunk_ms_seen: list[float] = []
+    analysis_ms: list[float] = []
+    finals = 0
+    for _ in range(max(1, repeats)):
+        for clip in clips:
+            live, todo = LiveCall(engine), queue.Queue()
+
+            def read(live=live, todo=todo) -> None:
+                while (item := todo.get()) is not None:
+                    t0 = time.perf_counter()
+                    live.add(*item)
+                    analysis_ms.append((time.perf_counter() - t0) * 1000.0)
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            rec = StreamingRecognizer(pool=pool, keep_audio=True)
+            pcm = (np.clip(clip, -1, 1) * 32767).astype("<i2").tobytes()
+            chunks = -(-len(pcm) // (step * 2))
+            started = time.perf_counter()
+            for k in range(chunks):
+                events = rec.accept(pcm[k * step * 2:(k + 1) * step * 2])
+                for event in events + (rec.finish() if k == chunks - 1 else []):
+                    if event.type == "final" and event.words:
+                        finals += 1
+                        text = redact_words(event.words)[0].text
+                        todo.put((text, event.start, event.end, event.confidence, event.samples))
+                time.sleep(max(0.0, started + (k + 1) * chunk_ms / 1000 - time.perf_counter()))
+            todo.put(None)
+            reader.join()
+            chunk_ms_seen += rec.chunk_latencies_ms
+    return {
+        "chunk_ms": float(chunk_ms),
+        "chunk_p50_ms": percentile(chunk_ms_seen, 0.50),
+        "chunk_p95_ms": percentile(chunk_ms_seen, 0.95),
+        "chunk_max_ms": max(chunk_ms_seen) if chunk_ms_seen else float("nan"),
+        "analysis_p50_ms": percentile(analysis_ms, 0.50),
+        "analysis_p95_ms": percentile(analysis_ms, 0.95),
+        "analysis_max_ms": max(analysis_ms) if analysis_ms else float("nan"),
+        "finals": float(finals),
+        "audio_s": sum(len(c) for c in clips) * max(1, repeats) / 16_000,
+    }

@@ -1,0 +1,218 @@
+"""A call read while it is streamed: each final's reading, the call so far, the summary; the WebSocket's
+analysis messages."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from apps.customer_service.live import LiveCall, MemoizedTexts, bench_live
+from apps.customer_service.service import CustomerServiceEngine
+from tests.apps.customer_service.conftest import tone
+from tests.apps.customer_service.test_service import KeywordActs, scripted_intents
+
+CHUNK = 16_000 * 160 // 1000 * 2  # bytes in 160 ms
+
+
+class CountingModel:
+    def __init__(self, as_tensor: bool):
+        self.as_tensor = as_tensor
+        self.read: list[str] = []
+        self.config = "its config"
+
+    def predict_proba(self, texts):
+        self.read.extend(texts)
+        rows = np.array([[len(t), 1.0] for t in texts], dtype=np.float32)
+        return torch.from_numpy(rows) if self.as_tensor else rows
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_memoized_texts_reads_each_text_once_and_answers_as_the_model_does(as_tensor):
+    model = CountingModel(as_tensor)
+    memo = MemoizedTexts(model)
+    first = memo.predict_proba(["a", "bb", "a"])
+    second = memo.predict_proba(["bb", "ccc"])
+    assert model.read == ["a", "bb", "ccc"]
+    assert isinstance(first, torch.Tensor) == as_tensor and isinstance(second, torch.Tensor) == as_tensor
+    assert np.asarray(first)[:, 0].tolist() == [1, 2, 1] and np.asarray(second)[:, 0].tolist() == [2, 3]
+    assert memo.config == "its config"
+
+
+@pytest.fixture()
+def engine(cs_settings):
+    from apps.customer_service.model import load_fusion, load_text_classifier, load_voice_model
+
+    engine = CustomerServiceEngine(
+        cs_settings,
+        intent=load_text_classifier(cs_settings.intent_bundle),
+        text_emotion=load_text_classifier(cs_settings.text_emotion_bundle),
+        voice=load_voice_model(cs_settings.voice_emotion_bundle),
+        fusion=load_fusion(cs_settings.fusion_bundle),
+    )
+    engine.dialogue_acts = KeywordActs()
+    asked: list[str] = []
+
+    def read(text: str) -> dict[str, float]:
+        asked.append(text)
+        low = text.lower()
+        if "stolen" in low:
+            return {"lost_or_stolen_card": 0.9}
+        if "fee" in low:
+            return {"transfer_fee_charged": 0.8}
+        return {}
+
+    scripted_intents(engine, read)
+    engine.asked = asked
+    return engine
+
+
+def test_each_final_is_read_with_the_call_so_far(engine):
+    live = LiveCall(engine)
+    hello = live.add("hello there", 0.5, 1.2, 0.9, None)
+    assert hello["type"] == "analysis" and hello["segment_index"] == 0
+    assert hello["segment"]["acts"] == ["greet"] and hello["segment"]["intent"] is None
+    assert hello["segment"]["emotion"] and hello["segment"]["modality_weights"]["voice"] == 0.0
+    assert hello["requests"] == []
+    # no request yet is not an unclear one while the caller is still talking
+    assert not any(r.startswith("intent unclear") for r in hello["escalation"]["reasons"])
+
+    stolen = live.add("my card was stolen", 2.0, 3.5, 0.8, tone(1.5))
+    assert stolen["segment_index"] == 1 and stolen["segment"]["intent"]["label"] == "lost_or_stolen_card"
+    assert stolen["segment"]["modality_weights"]["voice"] > 0  # the final's audio was heard
+    assert [r["label"] for r in stolen["requests"]] == ["lost_or_stolen_card"]
+    assert "urgent intent lost_or_stolen_card" in stolen["escalation"]["reasons"]
+
+    # 0.5 s after the last final, yet its own utterance: the endpointer heard the caller stop
+    person = live.add("put me through to a person", 4.0, 5.0, 0.8, None)
+    assert [r["label"] for r in person["requests"]] == ["lost_or_stolen_card"]
+    assert "caller asked for a person" in person["escalation"]["reasons"]
+    fee = live.add("and what is the fee", 6.0, 7.0, 0.8, None)
+    assert [r["label"] for r in fee["requests"]] == ["lost_or_stolen_card", "transfer_fee_charged"]
+    assert fee["intent"]["label"] in ("lost_or_stolen_card", "transfer_fee_charged")
+
+    summary = live.close()
+    assert summary["type"] == "summary" and summary["segments"] == 4 and "segment" not in summary
+    assert summary["requests"] == fee["requests"] and summary["escalation"] == fee["escalation"]
+    # the call was read whole at every final, but each text by each model once
+    assert sorted(engine.asked) == sorted(set(engine.asked))
+    assert sorted(engine.dialogue_acts.seen) == sorted(set(engine.dialogue_acts.seen))
+
+
+def test_an_unclear_call_is_judged_at_its_end(engine):
+    live = LiveCall(engine)
+    live.engine.dialogue_acts.predict_proba = lambda texts: np.ones((len(texts), 5), dtype=np.float32) * [1, 0, 0, 0, 0]
+    during = live.add("hmm well about the thing", 0.0, 1.0, 0.9, None)
+    assert during["requests"] == [] and not any("unclear" in r for r in during["escalation"]["reasons"])
+    assert any(r.startswith("intent unclear") for r in live.close()["escalation"]["reasons"])
+
+
+def test_an_empty_call_has_an_empty_summary(engine):
+    summary = LiveCall(engine).close()
+    assert summary == {"type": "summary", "segments": 0, "intent": None, "requests": [], "emotion": None,
+                       "escalation": {"escalate": False, "reasons": []}}
+
+
+# ---- over the WebSocket ---------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def stream_pool():
+    from apps.customer_service.speech.streaming import DecoderPool
+
+    pool = DecoderPool(size=1)
+    pool.release(pool.acquire())
+    return pool
+
+
+@pytest.fixture(scope="module")
+def call_pcm() -> bytes:
+    from tests.apps.customer_service.speech.conftest import speak
+
+    gap = np.zeros(8_000, dtype=np.float32)
+    audio = np.concatenate([gap, speak("Hello, my card has not arrived yet."), gap,
+                            speak("My card number is four five three nine one four eight eight zero three four three six "
+                                  "four six seven."), gap])
+    return (np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes()
+
+
+def _stream(app: FastAPI, pcm: bytes, query: str = "") -> list[dict]:
+    with TestClient(app) as client, client.websocket_connect(f"/customer-service/v1/stream{query}") as ws:
+        messages = [ws.receive_json()]
+        for off in range(0, len(pcm), CHUNK):
+            ws.send_bytes(pcm[off:off + CHUNK])
+        ws.send_text(json.dumps({"type": "end"}))
+        while messages[-1]["type"] != "end":
+            messages.append(ws.receive_json())
+    return messages
+
+
+def _app(stream_pool, live_call) -> FastAPI:
+    from apps.customer_service.speech.router import create_stream_router
+
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, max_session_s=30, live_call=live_call),
+                       prefix="/customer-service")
+    return app
+
+
+@pytest.mark.timeout(180)
+def test_the_stream_reads_each_final_after_sending_it(stream_pool, call_pcm, engine):
+    messages = _stream(_app(stream_pool, lambda app: LiveCall(engine)), call_pcm)
+    assert messages[0]["type"] == "ready" and messages[0]["analysis"] is True
+    finals = [m for m in messages if m["type"] == "final" and m["text"]]
+    analyses = [m for m in messages if m["type"] == "analysis"]
+    assert len(finals) >= 2 and len(analyses) == len(finals)
+    assert [a["segment_index"] for a in analyses] == list(range(len(finals)))
+    assert [a["segment"]["text"] for a in analyses] == [f["text"] for f in finals]  # the redacted text
+    assert "[CARD]" in analyses[-1]["segment"]["text"]
+    for a in analyses:
+        assert messages.index(a) > messages.index(finals[a["segment_index"]])
+        assert a["segment"]["modality_weights"]["voice"] > 0 and a["latency_ms"] > 0
+    assert [m["type"] for m in messages[-2:]] == ["summary", "end"]
+    assert messages[-2]["segments"] == len(finals)
+
+
+@pytest.mark.timeout(180)
+def test_analysis_can_be_turned_off_and_a_failed_reading_does_not_end_the_stream(stream_pool, call_pcm, engine):
+    made = []
+    quiet = _stream(_app(stream_pool, lambda app: made.append(1) or LiveCall(engine)), call_pcm, "?analyze=false")
+    assert quiet[0]["analysis"] is False and not made
+    assert not any(m["type"] in ("analysis", "summary") for m in quiet)
+
+    class Broken(LiveCall):
+        def add(self, *args):
+            raise RuntimeError("model exploded")
+
+    messages = _stream(_app(stream_pool, lambda app: Broken(engine)), call_pcm)
+    analyses = [m for m in messages if m["type"] == "analysis"]
+    assert analyses and all(a["error"] == "this final could not be read (RuntimeError)" for a in analyses)
+    assert [m["type"] for m in messages[-2:]] == ["summary", "end"]
+
+
+@pytest.mark.timeout(120)
+def test_the_live_bench_reads_every_final_beside_the_recogniser(engine):
+    from tests.apps.customer_service.speech.conftest import speak
+
+    gap = np.zeros(8_000, dtype=np.float32)
+    audio = np.concatenate([gap, speak("My card was stolen yesterday."), gap, speak("Thank you."), gap])
+    out = bench_live(engine, [audio])
+    assert out["finals"] >= 2 and len(engine.dialogue_acts.seen) >= out["finals"]  # every final was read
+    assert 0 < out["analysis_p50_ms"] <= out["analysis_p95_ms"] <= out["analysis_max_ms"]
+    assert out["chunk_p50_ms"] <= out["chunk_p95_ms"] <= out["chunk_max_ms"]
+    assert out["audio_s"] == pytest.approx(len(audio) / 16_000)
+
+
+def test_the_service_reads_live_calls_once_its_models_are_loaded(cs_settings):
+    from apps.customer_service.api import CallRunner, live_call
+
+    app = FastAPI()
+    app.state.runners = {}
+    assert live_call(app) is None  # still loading: transcription only
+    engine = CustomerServiceEngine(cs_settings)
+    app.state.runners = {"calls": CallRunner(engine)}
+    live = live_call(app)
+    assert isinstance(live, LiveCall) and live.engine.settings is engine.settings
