@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import hashlib
 import logging
 from typing import Annotated, Any, Literal
@@ -427,14 +428,16 @@ async def get_result(
     return job_response(row, what="call")
 
 
-def live_call(app):
-    """A new live-call reader over the loaded engine (``/v1/stream?analyze=true``), or None while it loads."""
+def live_call(app, *, role: str | None = None, store: bool = True):
+    """A new live-call reader over the loaded engine (``/v1/stream?analyze=true``), or None while it loads.
+    With ``store`` the finished call is saved as an analysed call is (kind "call", the streaming role)."""
     runner = app.state.runners.get("calls")
     if runner is None:
         return None
     from apps.customer_service.live import LiveCall
 
-    return LiveCall(runner.engine)
+    save = functools.partial(app.state.store.save_result, APP, "call", None, role=role) if store else None
+    return LiveCall(runner.engine, save=save)
 
 
 def create_app(settings: CustomerServiceSettings | None = None):

@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import copy
 import threading
+import time
+from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
 from apps.customer_service.escalation import decide_escalation
+from apps.customer_service.service import redaction_records
 
 # What a streamed segment shows of the engine's segment (the samples and private keys stay behind).
 _SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr_confidence", "emotion", "contact_centre", "ekman",
@@ -52,21 +56,31 @@ class MemoizedTexts:
 
 class LiveCall:
     """The caller's side of one streamed call. ``add`` takes a final (its text already redacted, its audio)
-    and returns the ``analysis`` message; ``close`` returns the ``summary`` at the end of the call. Calls to
-    one LiveCall are serialised (a lock); the engine is shared between sessions (thread-safe reads)."""
+    and returns the ``analysis`` message; ``close`` returns the ``summary`` at the end of the call, after
+    storing the call with ``save`` (the analysis a ``/v1/calls:analyze`` call stores, so it counts in the
+    day's numbers). Calls to one LiveCall are serialised (a lock); the engine is shared between sessions
+    (thread-safe reads)."""
 
-    def __init__(self, engine) -> None:
+    def __init__(self, engine, save: Callable[[dict], str] | None = None) -> None:
         self.engine = copy.copy(engine)  # the same models, with this call's memoised text readers
         for name in ("intent", "dialogue_acts"):
             if getattr(engine, name) is not None:
                 setattr(self.engine, name, MemoizedTexts(getattr(engine, name)))
+        self.save = save
         self.segments: list[dict] = []
+        self.redactions: list[dict] = []
+        self._plain_chars = 0  # length of the unredacted transcript so far (redaction offsets point into it)
+        self._analysis_ms = 0.0
         self._lock = threading.Lock()
 
-    def add(self, text: str, start: float, end: float, confidence: float, samples: np.ndarray | None) -> dict:
+    def add(self, text: str, start: float, end: float, confidence: float, samples: np.ndarray | None,
+            words: list | tuple = (), redactions: list[dict] | tuple = ()) -> dict:
         """One final: ``text`` as shown to the agent (redacted), times in seconds from the start of the stream,
-        the recogniser's confidence and the utterance's 16 kHz samples (None: the voice branch abstains)."""
+        the recogniser's confidence and the utterance's 16 kHz samples (None: the voice branch abstains); its
+        recognised ``words`` and ``redactions`` ({type, start, end} into the words joined by spaces), which
+        the stored call keeps as ``/v1/calls:analyze`` does (types, offsets, times; never the values)."""
         with self._lock:
+            t0 = time.perf_counter()
             # endpointed: the endpointer heard the caller stop, so the next final starts another utterance
             # however short the pause (two finals 0.5 s apart were read as one, and a stolen card followed by
             # "put me through to someone" became one request for a person with no intent)
@@ -74,13 +88,24 @@ class LiveCall:
                        "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples}
             self.engine.read_emotions([segment])
             self.segments.append(segment)
-            return {"type": "analysis", "segment_index": len(self.segments) - 1} | self._call(final=False)
+            if words:
+                found = [SimpleNamespace(**r) for r in redactions]
+                self.redactions += redaction_records(list(words), found, self._plain_chars)
+                self._plain_chars += len(" ".join(w.text for w in words)) + 1
+            out = {"type": "analysis", "segment_index": len(self.segments) - 1} | self._call(final=False)
+            self._analysis_ms += (time.perf_counter() - t0) * 1000.0
+            return out
 
-    def close(self) -> dict:
+    def close(self, audio_s: float | None = None) -> dict:
         """The whole call's reading, with the rule that only the end of a call can judge (no request named
-        with confidence: "intent unclear")."""
+        with confidence: "intent unclear"); with ``save`` and at least one final, the call is stored first
+        and the summary names it (``id``)."""
         with self._lock:
-            return {"type": "summary", "segments": len(self.segments)} | self._call(final=True)
+            call = self._call(final=True)
+            stored = None
+            if self.save is not None and self.segments:
+                stored = self.save(self._payload(call, audio_s))
+            return {"type": "summary", "segments": len(self.segments), "id": stored} | call
 
     def _call(self, final: bool) -> dict:
         intent, requests = self.engine.read_intents(self.segments) if self.segments else (None, [])
@@ -90,8 +115,27 @@ class LiveCall:
                                        requests)
         out = {"intent": intent, "requests": requests, "emotion": emotion, "escalation": escalation}
         if not final and self.segments:
-            out["segment"] = {k: self.segments[-1].get(k) for k in _SEGMENT_KEYS}
+            out["segment"] = self._public(self.segments[-1])
         return out
+
+    @staticmethod
+    def _public(segment: dict) -> dict:
+        return {k: segment.get(k) for k in _SEGMENT_KEYS}
+
+    def _payload(self, call: dict, audio_s: float | None) -> dict:
+        """The call as ``/v1/calls:analyze`` stores one (``source``: "stream"), with the reply it would give."""
+        from apps.customer_service.service import CallRequest
+
+        timings = {"analysis_ms": self._analysis_ms}
+        reply = self.engine.reply(CallRequest(output_mode="text"), call["intent"], call["emotion"],
+                                  call["escalation"], timings)
+        duration = audio_s if audio_s is not None else max(s["end"] for s in self.segments)
+        return {"source": "stream",
+                "transcript": {"text": " ".join(s["text"] for s in self.segments), "redactions": self.redactions,
+                               "duration_s": round(duration, 3)},
+                "segments": [self._public(s) for s in self.segments], **call, "reply": reply,
+                "model_versions": self.engine.versions(),
+                "timings_ms": {k: round(v, 2) for k, v in timings.items()}, "redacted_audio": None, "warnings": []}
 
 
 def bench_live(engine, audio: list[np.ndarray] | None = None, *, chunk_ms: int = 160, repeats: int = 1) -> dict:
@@ -102,7 +146,6 @@ def bench_live(engine, audio: list[np.ndarray] | None = None, *, chunk_ms: int =
     ``analysis_max_ms``), ``finals``, ``audio_s``. ``audio``: 16 kHz float arrays (default: the streaming
     bench's three bank sentences)."""
     import queue
-    import time
 
     from apps.customer_service.pii import redact_words
     from apps.customer_service.speech.streaming import (

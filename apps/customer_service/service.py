@@ -161,6 +161,20 @@ def _same_utterance(prev: dict, seg: dict) -> bool:
     return bool(text) and text[-1] not in ".!?" and seg["text"][:1].islower() and any(c in ".!?" for c in text + seg["text"])
 
 
+def redaction_records(words, redactions, char_offset: int = 0, speaker: str = "caller") -> list[dict]:
+    """``redactions`` (``.type``, ``.start``, ``.end`` into ``words`` joined by spaces) as a call stores them:
+    offsets moved by ``char_offset`` (where these words start in the call's unredacted transcript) and the
+    times of each redaction's own words (two phone numbers in a call are two stretches of audio)."""
+    offsets = CustomerServiceEngine._word_offsets(words)
+    out = []
+    for r in redactions:
+        span = [w for w, (a, b) in zip(words, offsets) if a < r.end and b > r.start] or words
+        out.append({"type": r.type, "start": r.start + char_offset, "end": r.end + char_offset,
+                    "start_s": round(span[0].start, 3) if span else None,
+                    "end_s": round(span[-1].end, 3) if span else None, "speaker": speaker})
+    return out
+
+
 def _probs_dict(labels, row) -> dict[str, float]:
     return {name: round(float(p), 4) for name, p in zip(labels, row)}
 
@@ -288,7 +302,7 @@ class CustomerServiceEngine:
         timings["intent_ms"] = (time.perf_counter() - t0) * 1000
         call_emotion = self.call_emotion(caller)
         escalation = decide_escalation(self.rules, caller, intent, requests)
-        reply = self._reply(req, intent, call_emotion, escalation, timings)
+        reply = self.reply(req, intent, call_emotion, escalation, timings)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1000
         return {
             "transcript": {"text": " ".join(p for p in transcript_parts if p), "redactions": redactions,
@@ -360,11 +374,7 @@ class CustomerServiceEngine:
             result = redact_words(words)[0] if words else None
             word_types = self._word_types(words, result)
             offsets = self._word_offsets(words)
-            for r in (result.redactions if result else []):
-                # this redaction's own words: two phone numbers in a call are two stretches of audio
-                span = [w for w, (a, b) in zip(words, offsets) if a < r.end and b > r.start] or words
-                redactions.append({"type": r.type, "start": r.start + char_offset, "end": r.end + char_offset,
-                                   "start_s": round(span[0].start, 3), "end_s": round(span[-1].end, 3), "speaker": role})
+            redactions += redaction_records(words, result.redactions if result else [], char_offset, role)
             if silenced is not None:
                 quiet = redact_audio(samples, SAMPLE_RATE, words, sorted(word_types))
                 silenced.append((quiet, float(np.sum((quiet == 0) & (samples != 0))) / SAMPLE_RATE))
@@ -632,7 +642,7 @@ class CustomerServiceEngine:
         return {"label": max(mean, key=mean.get), "probabilities": mean}
 
     # ---- reply ----
-    def _reply(self, req: CallRequest, intent, call_emotion, escalation, timings: dict) -> dict:
+    def reply(self, req: CallRequest, intent, call_emotion, escalation, timings: dict) -> dict:
         mode = choose_output_mode(req.output_mode or (None if self.settings.default_output_mode == "auto"
                                                       else self.settings.default_output_mode), req.user_agent)
         text = reply_text(intent["label"] if intent else None, call_emotion["label"] if call_emotion else None,

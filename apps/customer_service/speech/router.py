@@ -14,7 +14,7 @@ Protocol
      with the session's earlier finals (a card read out in fours makes one final per group); a
      partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
      With ``analyze=true`` (the default, when the service's models are loaded: ``ready`` says
-     ``"analysis": true``), each final is then read as a caller segment of ``/v1/calls:analyze`` is:
+     ``"analysis": true``, and ``"store"`` whether the call will be stored), each final is then read as a caller segment of ``/v1/calls:analyze`` is:
      ``{"type": "analysis", "segment_index", "segment": {emotion, modality_weights, acts, intent, ...},
      "intent", "requests", "emotion", "escalation", "latency_ms"}`` with the call so far (its text is the
      redacted one). It comes after its final, while the audio goes on being decoded.
@@ -56,9 +56,9 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
     """An APIRouter with the streaming WebSocket. Decoders are built on first use (about 2 s
     each) and shared between sessions through ``pool``. A session that sends nothing for
     ``idle_timeout_s`` is closed: it holds one of the pool's few decoders, and a live call sends
-    a chunk (silence included) every 100-200 ms. ``live_call(app)`` gives a new
-    :class:`~apps.customer_service.live.LiveCall` for a session, or None while the models load
-    (no ``live_call``: transcription only)."""
+    a chunk (silence included) every 100-200 ms. ``live_call(app, role=, store=)`` gives a new
+    :class:`~apps.customer_service.live.LiveCall` for a session (storing the call at its end when
+    ``store``), or None while the models load (no ``live_call``: transcription only)."""
     router = APIRouter(tags=["streaming"])
     state = {"pool": pool}
 
@@ -74,7 +74,7 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         if principal is None:
             return
         mode = websocket.query_params.get("mode", "default")
-        do_redact = websocket.query_params.get("redact", str(redact)).lower() not in ("0", "false", "no")
+        do_redact = _flag(websocket, "redact", redact)
         if not do_redact and principal.authenticated and principal.role != "admin":
             # card numbers in the clear on an agent's screen is what redaction is for: not the agent's call
             await _fail(websocket, 1008, "redaction_required", "Only the admin role may stream without redaction (redact=false).")
@@ -83,8 +83,9 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
             await _fail(websocket, 1003, "bad_mode", f"mode must be one of {', '.join(_MODES)}")
             return
         live = None
-        if live_call is not None and websocket.query_params.get("analyze", "true").lower() not in ("0", "false", "no"):
-            live = live_call(websocket.app)
+        if live_call is not None and _flag(websocket, "analyze", True):
+            # stored like an analysed call, unless asked not to or unredacted (PII is never stored)
+            live = live_call(websocket.app, role=principal.role, store=do_redact and _flag(websocket, "store", True))
         making = asyncio.ensure_future(asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool(),
                                                          keep_audio=live is not None))
         try:
@@ -97,7 +98,8 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
             await _fail(websocket, 1013, "busy", "All streaming decoders are busy; retry shortly.")
             return
         await websocket.send_json({"type": "ready", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
-                                   "mode": mode, "redact": do_redact, "analysis": live is not None})
+                                   "mode": mode, "redact": do_redact, "analysis": live is not None,
+                                   "store": getattr(live, "save", None) is not None})
         audio_bytes = 0
         heard: list[str] = []  # the last _CONTEXT_WORDS words of the session's finals, unredacted
         reader = _Reader(websocket, live)
@@ -118,7 +120,7 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                     if _is_end(message.get("text")):
                         for event in await asyncio.to_thread(rec.finish):
                             await reader.send_event(event, _render(event, do_redact, heard))
-                        await reader.finish()
+                        await reader.finish(audio_bytes / 32_000)
                         await websocket.send_json({"type": "end", "audio_s": round(audio_bytes / 32_000, 3)})
                         await websocket.close()
                         break
@@ -175,15 +177,16 @@ class _Reader:
     async def send_event(self, event: StreamEvent, body: dict) -> None:
         await self.send(body)
         if self.task is not None and event.type == "final" and body["text"]:
-            self.queue.put_nowait((body["text"], event))
+            self.queue.put_nowait((body, event))
 
     async def _read(self) -> None:
         while (item := await self.queue.get()) is not None:
-            text, event = item
+            body, event = item
             t0 = time.perf_counter()
             try:
-                analysis = await asyncio.to_thread(self.live.add, text, event.start, event.end, event.confidence,
-                                                   event.samples)
+                analysis = await asyncio.to_thread(self.live.add, body["text"], event.start, event.end,
+                                                   event.confidence, event.samples, event.words,
+                                                   body.get("redactions", []))
             except Exception as exc:  # the transcript goes on; this final is not read (its text is not logged)
                 log.warning("live analysis failed: %s", type(exc).__name__)
                 analysis = {"type": "analysis", "segment_index": None,
@@ -191,13 +194,13 @@ class _Reader:
             analysis["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
             await self.send(analysis)
 
-    async def finish(self) -> None:
-        """Wait for the finals still being read, then send the call's summary."""
+    async def finish(self, audio_s: float) -> None:
+        """Wait for the finals still being read, then send the call's summary (stored first, when it is)."""
         if self.task is None:
             return
         self.queue.put_nowait(None)
         await self.task
-        await self.send(await asyncio.to_thread(self.live.close))
+        await self.send(await asyncio.to_thread(self.live.close, audio_s))
 
     def cancel(self) -> None:
         if self.task is not None and not self.task.done():
@@ -222,6 +225,10 @@ async def _release(rec: StreamingRecognizer) -> None:
 def _close_abandoned(making: asyncio.Future) -> None:
     if not making.cancelled() and making.exception() is None:
         making.result().close()
+
+
+def _flag(websocket: WebSocket, name: str, default: bool) -> bool:
+    return websocket.query_params.get(name, str(default)).lower() not in ("0", "false", "no")
 
 
 def _is_end(text: str | None) -> bool:

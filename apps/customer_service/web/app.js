@@ -268,6 +268,10 @@ async function onStreamMessage(state, msg) {
     if (msg.text) state.read.push(p);  // the analysis of the n-th final with words names it n
   } else if (msg.type === "analysis" || msg.type === "summary") {
     showLiveCall(state, msg);
+    if (msg.type === "summary" && msg.id) {  // stored like an analysed call: it joins the lists below
+      recent();
+      summary();
+    }
   } else if (msg.type === "end") {
     const sorted = [...state.latencies].sort((a, b) => a - b);
     const p95 = sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(0.95 * sorted.length))] : 0;

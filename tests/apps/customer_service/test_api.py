@@ -222,6 +222,8 @@ def test_streaming_router_is_mounted(client):
     with client.websocket_connect("/v1/stream") as ws:
         assert ws.receive_json()["type"] == "ready"
         ws.send_text('{"type": "end"}')
+        summary = ws.receive_json()  # the models are loaded: the call is read (nothing said, nothing stored)
+        assert summary["type"] == "summary" and summary["segments"] == 0 and summary["id"] is None
         assert ws.receive_json()["type"] == "end"
 
 

@@ -4,6 +4,8 @@ analysis messages."""
 from __future__ import annotations
 
 import json
+import re
+import time
 
 import numpy as np
 import pytest
@@ -97,6 +99,7 @@ def test_each_final_is_read_with_the_call_so_far(engine):
 
     summary = live.close()
     assert summary["type"] == "summary" and summary["segments"] == 4 and "segment" not in summary
+    assert summary["id"] is None  # nowhere to store it
     assert summary["requests"] == fee["requests"] and summary["escalation"] == fee["escalation"]
     # the call was read whole at every final, but each text by each model once
     assert sorted(engine.asked) == sorted(set(engine.asked))
@@ -113,7 +116,7 @@ def test_an_unclear_call_is_judged_at_its_end(engine):
 
 def test_an_empty_call_has_an_empty_summary(engine):
     summary = LiveCall(engine).close()
-    assert summary == {"type": "summary", "segments": 0, "intent": None, "requests": [], "emotion": None,
+    assert summary == {"type": "summary", "segments": 0, "id": None, "intent": None, "requests": [], "emotion": None,
                        "escalation": {"escalate": False, "reasons": []}}
 
 
@@ -140,7 +143,12 @@ def call_pcm() -> bytes:
 
 
 def _stream(app: FastAPI, pcm: bytes, query: str = "") -> list[dict]:
-    with TestClient(app) as client, client.websocket_connect(f"/customer-service/v1/stream{query}") as ws:
+    with TestClient(app) as client:
+        return _stream_with(client, pcm, query, "/customer-service")
+
+
+def _stream_with(client: TestClient, pcm: bytes, query: str = "", prefix: str = "") -> list[dict]:
+    with client.websocket_connect(f"{prefix}/v1/stream{query}") as ws:
         messages = [ws.receive_json()]
         for off in range(0, len(pcm), CHUNK):
             ws.send_bytes(pcm[off:off + CHUNK])
@@ -161,7 +169,7 @@ def _app(stream_pool, live_call) -> FastAPI:
 
 @pytest.mark.timeout(180)
 def test_the_stream_reads_each_final_after_sending_it(stream_pool, call_pcm, engine):
-    messages = _stream(_app(stream_pool, lambda app: LiveCall(engine)), call_pcm)
+    messages = _stream(_app(stream_pool, lambda app, **kw: LiveCall(engine)), call_pcm)
     assert messages[0]["type"] == "ready" and messages[0]["analysis"] is True
     finals = [m for m in messages if m["type"] == "final" and m["text"]]
     analyses = [m for m in messages if m["type"] == "analysis"]
@@ -179,7 +187,7 @@ def test_the_stream_reads_each_final_after_sending_it(stream_pool, call_pcm, eng
 @pytest.mark.timeout(180)
 def test_analysis_can_be_turned_off_and_a_failed_reading_does_not_end_the_stream(stream_pool, call_pcm, engine):
     made = []
-    quiet = _stream(_app(stream_pool, lambda app: made.append(1) or LiveCall(engine)), call_pcm, "?analyze=false")
+    quiet = _stream(_app(stream_pool, lambda app, **kw: made.append(1) or LiveCall(engine)), call_pcm, "?analyze=false")
     assert quiet[0]["analysis"] is False and not made
     assert not any(m["type"] in ("analysis", "summary") for m in quiet)
 
@@ -187,7 +195,7 @@ def test_analysis_can_be_turned_off_and_a_failed_reading_does_not_end_the_stream
         def add(self, *args):
             raise RuntimeError("model exploded")
 
-    messages = _stream(_app(stream_pool, lambda app: Broken(engine)), call_pcm)
+    messages = _stream(_app(stream_pool, lambda app, **kw: Broken(engine)), call_pcm)
     analyses = [m for m in messages if m["type"] == "analysis"]
     assert analyses and all(a["error"] == "this final could not be read (RuntimeError)" for a in analyses)
     assert [m["type"] for m in messages[-2:]] == ["summary", "end"]
@@ -206,13 +214,58 @@ def test_the_live_bench_reads_every_final_beside_the_recogniser(engine):
     assert out["audio_s"] == pytest.approx(len(audio) / 16_000)
 
 
-def test_the_service_reads_live_calls_once_its_models_are_loaded(cs_settings):
-    from apps.customer_service.api import CallRunner, live_call
+def test_a_stored_live_call_is_the_call_an_analysis_would_store(engine):
+    from apps.customer_service.speech.asr import Word
 
-    app = FastAPI()
-    app.state.runners = {}
-    assert live_call(app) is None  # still loading: transcription only
-    engine = CustomerServiceEngine(cs_settings)
-    app.state.runners = {"calls": CallRunner(engine)}
-    live = live_call(app)
-    assert isinstance(live, LiveCall) and live.engine.settings is engine.settings
+    saved: list[dict] = []
+    live = LiveCall(engine, save=lambda payload: saved.append(payload) or "id-1")
+    words = [Word(w, 1.0 + 0.3 * i, 1.2 + 0.3 * i, 0.9) for i, w in enumerate("my phone is 07700 900123".split())]
+    live.add("my phone is [PHONE]", 1.0, 2.5, 0.9, None, words, [{"type": "phone", "start": 12, "end": 24}])
+    words = [Word(w, 3.0 + 0.3 * i, 3.2 + 0.3 * i, 0.9) for i, w in enumerate("and my card was stolen".split())]
+    live.add("and my card was stolen", 3.0, 4.5, 0.9, None, words, [])
+    summary = live.close(audio_s=6.0)
+    assert summary["id"] == "id-1" and len(saved) == 1
+    payload = saved[0]
+    assert payload["source"] == "stream" and payload["transcript"]["duration_s"] == 6.0
+    assert payload["transcript"]["text"] == "my phone is [PHONE] and my card was stolen"
+    # offsets point into the unredacted transcript, times are those of the number's own words
+    assert payload["transcript"]["redactions"] == [{"type": "phone", "start": 12, "end": 24, "start_s": 1.9,
+                                                    "end_s": 2.4, "speaker": "caller"}]
+    assert [s["text"] for s in payload["segments"]] == ["my phone is [PHONE]", "and my card was stolen"]
+    assert not any("_samples" in s or "endpointed" in s for s in payload["segments"])
+    assert payload["escalation"] == summary["escalation"] and payload["reply"]["mode"] == "text"
+    assert payload["reply"]["text"] and payload["model_versions"]["intent"]
+    from apps.customer_service.api import CallAnalysis
+
+    CallAnalysis(id="id-1", **payload)  # the schema of an analysed call
+    assert LiveCall(engine, save=saved.append).close()["id"] is None and len(saved) == 1  # no final: nothing stored
+
+
+@pytest.mark.timeout(240)
+def test_the_service_stores_a_streamed_call_with_its_analysis(cs_settings, call_pcm):
+    from apps.customer_service.api import create_app
+
+    app = create_app(cs_settings)
+    with TestClient(app) as client:
+        for _ in range(600):
+            if client.get("/ready").json().get("ready"):
+                break
+            time.sleep(0.1)
+        messages = _stream_with(client, call_pcm)
+        assert messages[0]["analysis"] is True and messages[0]["store"] is True
+        summary = messages[-2]
+        assert summary["type"] == "summary" and summary["id"]
+        row = client.get(f"/v1/results/{summary['id']}").json()
+        payload = row["payload"]
+        assert payload["source"] == "stream" and payload["escalation"] == summary["escalation"]
+        assert "[CARD]" in payload["transcript"]["text"] and payload["transcript"]["redactions"][0]["type"] == "card"
+        spoken_digits = r"\b(four|five|three|nine|one|eight|zero|six|seven)( (four|five|three|nine|one|eight|zero|six|seven)){5,}"
+        assert not re.search(spoken_digits, json.dumps(payload))  # the spoken card number is stored nowhere
+        listed = client.get("/v1/results").json()["results"]
+        assert [c["id"] for c in listed] == [summary["id"]]
+        assert client.get("/v1/results:summary").json()["calls"] == 1  # counted in the day's numbers
+        # not stored when asked not to, nor without redaction
+        for query in ("?store=false", "?redact=false"):
+            messages = _stream_with(client, call_pcm, query)
+            assert messages[0]["store"] is False and messages[-2]["id"] is None
+        assert len(client.get("/v1/results").json()["results"]) == 1

@@ -76,3 +76,5 @@ def test_page_analyses_an_upload_and_streams_the_microphone(cs_settings, tmp_pat
         assert page.is_visible("#live-escalation") and page.text_content("#live-escalation")
         assert any(" · " in line for line in page.locator("#finals p").all_text_contents())
         assert page.is_visible("#live-call") and page.text_content("#live-emotion") != "—"
+        # stored at its end like an analysed call: the recent calls now hold both
+        assert wait_status(page, "#recent-status", lambda t, c: t == "2 calls" or "error" in c, 30) == "2 calls"
