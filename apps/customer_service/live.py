@@ -96,15 +96,15 @@ class LiveCall:
             self._analysis_ms += (time.perf_counter() - t0) * 1000.0
             return out
 
-    def close(self, audio_s: float | None = None) -> dict:
+    def close(self, audio_s: float | None = None, warning: str | None = None) -> dict:
         """The whole call's reading, with the rule that only the end of a call can judge (no request named
         with confidence: "intent unclear"); with ``save`` and at least one final, the call is stored first
-        and the summary names it (``id``)."""
+        (with ``warning`` among its warnings) and the summary names it (``id``)."""
         with self._lock:
             call = self._call(final=True)
             stored = None
             if self.save is not None and self.segments:
-                stored = self.save(self._payload(call, audio_s))
+                stored = self.save(self._payload(call, audio_s, [warning] if warning else []))
             return {"type": "summary", "segments": len(self.segments), "id": stored} | call
 
     def _call(self, final: bool) -> dict:
@@ -122,7 +122,7 @@ class LiveCall:
     def _public(segment: dict) -> dict:
         return {k: segment.get(k) for k in _SEGMENT_KEYS}
 
-    def _payload(self, call: dict, audio_s: float | None) -> dict:
+    def _payload(self, call: dict, audio_s: float | None, warnings: list[str]) -> dict:
         """The call as ``/v1/calls:analyze`` stores one (``source``: "stream"), with the reply it would give."""
         from apps.customer_service.service import CallRequest
 
@@ -135,7 +135,7 @@ class LiveCall:
                                "duration_s": round(duration, 3)},
                 "segments": [self._public(s) for s in self.segments], **call, "reply": reply,
                 "model_versions": self.engine.versions(),
-                "timings_ms": {k: round(v, 2) for k, v in timings.items()}, "redacted_audio": None, "warnings": []}
+                "timings_ms": {k: round(v, 2) for k, v in timings.items()}, "redacted_audio": None, "warnings": warnings}
 
 
 def bench_live(engine, audio: list[np.ndarray] | None = None, *, chunk_ms: int = 160, repeats: int = 1) -> dict:

@@ -153,7 +153,11 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
             pass
         finally:
             reader.cancel()
+            # started before anything here is awaited: a handler whose client left is cancelled at its next await
+            keeping = reader.keep_unfinished(audio_bytes / 32_000)
             await _release(rec)
+            if keeping is not None:
+                await asyncio.shield(keeping)
 
     return router
 
@@ -169,6 +173,7 @@ class _Reader:
         self.lock = asyncio.Lock()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task = asyncio.ensure_future(self._read()) if live is not None else None
+        self.closed = False
 
     async def send(self, body: dict) -> None:
         async with self.lock:
@@ -200,7 +205,19 @@ class _Reader:
             return
         self.queue.put_nowait(None)
         await self.task
+        self.closed = True
         await self.send(await asyncio.to_thread(self.live.close, audio_s))
+
+    def keep_unfinished(self, audio_s: float) -> asyncio.Future | None:
+        """A session that ended without its end message (the client left, an error, idle): the call as far as
+        it was read is still stored, by a future that runs on whether or not anyone waits for it."""
+        if self.task is None or self.closed:
+            return None
+        self.closed = True
+        note = "the stream ended without its end message: the call is stored as far as it was read"
+        keeping = asyncio.ensure_future(asyncio.to_thread(self.live.close, audio_s, note))
+        keeping.add_done_callback(_log_failure)
+        return keeping
 
     def cancel(self) -> None:
         if self.task is not None and not self.task.done():
@@ -210,6 +227,11 @@ class _Reader:
         self.cancel()
         async with self.lock:
             await _fail(self.websocket, code, error, message)
+
+
+def _log_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:  # nothing to answer: the client is gone
+        log.warning("an unfinished live call could not be stored: %s", type(future.exception()).__name__)
 
 
 async def _release(rec: StreamingRecognizer) -> None:

@@ -269,3 +269,18 @@ def test_the_service_stores_a_streamed_call_with_its_analysis(cs_settings, call_
             messages = _stream_with(client, call_pcm, query)
             assert messages[0]["store"] is False and messages[-2]["id"] is None
         assert len(client.get("/v1/results").json()["results"]) == 1
+
+        # a client that leaves without the end message: the call is kept as far as it was read
+        with client.websocket_connect("/v1/stream") as ws:
+            assert ws.receive_json()["store"] is True
+            for off in range(0, len(call_pcm), CHUNK):
+                ws.send_bytes(call_pcm[off:off + CHUNK])
+            while ws.receive_json()["type"] != "analysis":
+                pass
+        for _ in range(300):
+            calls = client.get("/v1/results").json()["results"]
+            if len(calls) == 2:
+                break
+            time.sleep(0.1)
+        kept = client.get(f"/v1/results/{calls[0]['id']}").json()["payload"]
+        assert kept["source"] == "stream" and kept["segments"] and "without its end message" in kept["warnings"][0]
