@@ -13,14 +13,18 @@ Protocol
      at each end of speech. Card, account, phone numbers etc. are redacted in both (``redact``), read
      with the session's earlier finals (a card read out in fours makes one final per group); a
      partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
-     With ``analyze=true`` (the default, when the service's models are loaded: ``ready`` says
-     ``"analysis": true``, and ``"store"`` whether the call will be stored), each final is then read as a caller segment of ``/v1/calls:analyze`` is:
-     ``{"type": "analysis", "segment_index", "segment": {emotion, modality_weights, acts, intent, ...},
-     "intent", "requests", "emotion", "escalation", "latency_ms"}`` with the call so far (its text is the
-     redacted one). It comes after its final, while the audio goes on being decoded.
+     With ``analyze=true`` (the default once the service's models are loaded: ``ready`` says
+     ``"analysis": true``, and ``"store"`` whether the call will be stored), each final is then read as a
+     caller segment of ``/v1/calls:analyze`` is: ``{"type": "analysis", "segment_index", "segment":
+     {emotion, modality_weights, acts, intent, ...}, "intent", "requests", "emotion", "escalation",
+     "latency_ms"}`` with the call so far (its text is the redacted one). It comes after its final, while
+     the audio goes on being decoded.
   4. send the text message ``{"type": "end"}`` (or just ``end``): the last final follows, then (with
-     analysis) ``{"type": "summary", "intent", "requests", "emotion", "escalation", "segments"}`` with the
-     rules only a whole call can decide ("intent unclear"), then ``{"type": "end"}`` and the server closes.
+     analysis) ``{"type": "summary", "segments", "id", "intent", "requests", "emotion", "escalation"}`` with
+     the rules only a whole call can decide ("intent unclear") and the ``id`` the call was stored under
+     (``GET /v1/results/{id}``; null with ``store=false`` or ``redact=false``: unredacted text is never
+     stored), then ``{"type": "end"}`` and the server closes. A session that ends otherwise (the client
+     left, an error, idle) is still stored as far as it was read, with a warning saying so.
   Errors come as ``{"type": "error", "code", "message"}`` followed by a close (1003 bad data,
   1008 policy: too long, or no message for ``idle_timeout_s``; 1013 busy).
 """
