@@ -21,9 +21,10 @@ import numpy as np
 
 from apps.customer_service.escalation import decide_escalation
 from apps.customer_service.service import redaction_records
+from apps.customer_service.speech.router import CONTEXT_WORDS
 
 # What a streamed segment shows of the engine's segment (the samples and private keys stay behind).
-_SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr_confidence", "emotion", "contact_centre", "ekman",
+_SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr", "asr_confidence", "emotion", "contact_centre", "ekman",
                  "modality_weights", "voice", "text_emotion", "acts", "intent")
 
 
@@ -67,6 +68,11 @@ class LiveCall:
             if getattr(engine, name) is not None:
                 setattr(self.engine, name, MemoizedTexts(getattr(engine, name)))
         self.save = save
+        # a recogniser other than the streaming one (Whisper, CTC: settings.asr_backend) writes each final
+        # again from its audio; the partials cannot wait for it, the reading and the stored call can
+        rec = engine.recognizer
+        self.redecoder = rec if rec is not None and getattr(rec, "name", "pocketsphinx") != "pocketsphinx" else None
+        self._heard: list[str] = []  # the last words re-decoded, unredacted: context for redaction across finals
         self.segments: list[dict] = []
         self.redactions: list[dict] = []
         self._plain_chars = 0  # length of the unredacted transcript so far (redaction offsets point into it)
@@ -78,14 +84,20 @@ class LiveCall:
         """One final: ``text`` as shown to the agent (redacted), times in seconds from the start of the stream,
         the recogniser's confidence and the utterance's 16 kHz samples (None: the voice branch abstains); its
         recognised ``words`` and ``redactions`` ({type, start, end} into the words joined by spaces), which
-        the stored call keeps as ``/v1/calls:analyze`` does (types, offsets, times; never the values)."""
+        the stored call keeps as ``/v1/calls:analyze`` does (types, offsets, times; never the values). With
+        another recogniser configured (``redecoder``), the final is first written again by it from its
+        samples and read in those words (the segment's ``asr`` names it; "stream" otherwise)."""
         with self._lock:
             t0 = time.perf_counter()
+            written_again = self._redecode(samples, start)
+            if written_again is not None:
+                text, confidence, words, redactions = written_again
             # endpointed: the endpointer heard the caller stop, so the next final starts another utterance
             # however short the pause (two finals 0.5 s apart were read as one, and a stolen card followed by
             # "put me through to someone" became one request for a person with no intent)
             segment = {"speaker": "caller", "start": round(start, 3), "end": round(end, 3), "text": text,
-                       "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples}
+                       "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples,
+                       "asr": self.redecoder.name if written_again is not None else "stream"}
             self.engine.read_emotions([segment])
             self.segments.append(segment)
             if words:
@@ -95,6 +107,25 @@ class LiveCall:
             out = {"type": "analysis", "segment_index": len(self.segments) - 1} | self._call(final=False)
             self._analysis_ms += (time.perf_counter() - t0) * 1000.0
             return out
+
+    def _redecode(self, samples: np.ndarray | None, start: float):
+        """(redacted text, confidence, words in stream time, redactions) of the final as the configured
+        recogniser writes it, or None to keep the streaming recogniser's (none configured, no audio, or it
+        heard no words)."""
+        if self.redecoder is None or samples is None or samples.size < 16_000 // 4:
+            return None
+        from apps.customer_service.pii import redact_words
+        from apps.customer_service.speech.asr import Word
+
+        transcript = self.redecoder.transcribe(samples, 16_000)
+        words = [Word(w.text, start + w.start, start + w.end, w.confidence) for w in transcript.words
+                 if w.text and not w.text.startswith(("<", "["))]
+        if not words:
+            return None
+        result, _ = redact_words(words, context=self._heard)
+        self._heard = (self._heard + [w.text for w in words])[-CONTEXT_WORDS:]
+        found = [{"type": r.type, "start": r.start, "end": r.end} for r in result.redactions]
+        return result.text, float(transcript.confidence), words, found
 
     def close(self, audio_s: float | None = None, warning: str | None = None) -> dict:
         """The whole call's reading, with the rule that only the end of a call can judge (no request named

@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 _MODES = ("default", "digit", "digits", "amount")
 # Words of earlier finals that redaction reads with each new hypothesis: a caller reading a card out
 # in fours, with pauses, makes one final per group ("card number is" + 16 digits fit in 20 words).
-_CONTEXT_WORDS = 20
+CONTEXT_WORDS = 20
 
 
 def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfig | None = None, pool_size: int = 2,
@@ -105,7 +105,7 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                                    "mode": mode, "redact": do_redact, "analysis": live is not None,
                                    "store": getattr(live, "save", None) is not None})
         audio_bytes = 0
-        heard: list[str] = []  # the last _CONTEXT_WORDS words of the session's finals, unredacted
+        heard: list[str] = []  # the last CONTEXT_WORDS words of the session's finals, unredacted
         reader = _Reader(websocket, live)
         try:
             while True:
@@ -278,7 +278,7 @@ def _render(event: StreamEvent, do_redact: bool, heard: list[str]) -> dict:
     body = event.to_dict()
     if event.type == "final":
         context = list(heard)
-        heard[:] = (heard + [w.text for w in event.words])[-_CONTEXT_WORDS:]
+        heard[:] = (heard + [w.text for w in event.words])[-CONTEXT_WORDS:]
     else:
         context = heard
     if not do_redact:

@@ -286,6 +286,10 @@ function showLiveCall(state, msg) {
   const p = msg.segment_index === null || msg.segment_index === undefined ? null : state.read[msg.segment_index];
   if (p && msg.segment) {
     const s = msg.segment;
+    if (s.asr !== "stream") {  // written again by the service's own recogniser: its words replace the stream's
+      p.replaceChildren(el("span", `${clock(s.start)} `, "muted"), ...redactedCell(s.text).childNodes);
+      p.title = `written again by ${s.asr}`;
+    }
     p.append(el("span", ` · ${s.emotion || "no emotion"}${turnLabel(s) ? " · " + turnLabel(s) : ""}`, "muted"));
   } else if (msg.error) {
     setStatus("stream-status", msg.error, true);

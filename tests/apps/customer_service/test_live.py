@@ -106,6 +106,43 @@ def test_each_final_is_read_with_the_call_so_far(engine):
     assert sorted(engine.dialogue_acts.seen) == sorted(set(engine.dialogue_acts.seen))
 
 
+class Rewriter:
+    """The configured recogniser's place (Whisper, CTC): fixed words for each clip it is given."""
+
+    name = "whisper"
+
+    def __init__(self, *texts: str):
+        self.texts = list(texts)
+        self.clips: list[int] = []
+
+    def transcribe(self, samples, sample_rate):
+        from apps.customer_service.speech.asr import Transcript, Word
+
+        self.clips.append(len(samples))
+        words = [Word(w, 0.1 + 0.3 * i, 0.35 + 0.3 * i, 0.9) for i, w in enumerate(self.texts.pop(0).split())]
+        return Transcript(words, 0.9 if words else 0.0, "whisper")
+
+
+def test_a_configured_recogniser_writes_each_final_again_from_its_audio(engine):
+    engine.recognizer = Rewriter("my card was stolen", "the card number is four five three nine",
+                                 "one four eight eight zero three four three six four six seven", "")
+    live = LiveCall(engine, save=lambda payload: "id")
+    first = live.add("my cart was stone", 2.0, 3.5, 0.4, tone(1.5))
+    assert first["segment"]["text"] == "my card was stolen" and first["segment"]["asr"] == "whisper"
+    assert first["segment"]["asr_confidence"] == 0.9 and first["segment"]["intent"]["label"] == "lost_or_stolen_card"
+    assert engine.recognizer.clips == [len(tone(1.5))]
+    # a card read out over two finals is redacted in the words written again, read with the final before
+    live.add("the cart number is for five three nine", 4.0, 6.0, 0.5, tone(2.0))
+    third = live.add("one for eight eight zero three for three six for six seven", 6.5, 9.0, 0.5, tone(2.5))
+    assert "[CARD]" in third["segment"]["text"] and "eight" not in third["segment"]["text"]
+    assert live.redactions and live.redactions[-1]["type"] == "card"
+    assert live.redactions[-1]["start_s"] >= 6.5  # the words' times are the stream's
+    # nothing heard again (or no audio): the stream's own words stay
+    kept = live.add("thank you", 10.0, 10.5, 0.7, tone(0.5))
+    assert kept["segment"]["text"] == "thank you" and kept["segment"]["asr"] == "stream"
+    assert live.add("bye", 11.0, 11.3, 0.7, None)["segment"]["asr"] == "stream"
+
+
 def test_an_unclear_call_is_judged_at_its_end(engine):
     live = LiveCall(engine)
     live.engine.dialogue_acts.predict_proba = lambda texts: np.ones((len(texts), 5), dtype=np.float32) * [1, 0, 0, 0, 0]
