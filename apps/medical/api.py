@@ -71,6 +71,8 @@ class Location(BaseModel):
     relative_zyx: list[float]
     description: str
     position_mm: list[float] | None = Field(None, description=POSITION)
+    candidate_diameter_mm: float | None = Field(None, description="Estimated diameter of that candidate (mm); "
+                                                                  "candidate models only")
 
 
 class Finding(BaseModel):

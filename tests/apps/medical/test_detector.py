@@ -190,6 +190,10 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     for f in findings:  # each candidate where a viewer finds it
         assert f["position_mm"] == patient_position(ct.to_lps, f["voxel_zyx"])
     assert answer[0]["location"]["position_mm"] == findings[0]["position_mm"]
+    from apps.medical.api import Location
+
+    # the API's schema keeps the candidate's diameter (it dropped it silently before)
+    assert Location(**answer[0]["location"]).candidate_diameter_mm == answer[0]["location"]["candidate_diameter_mm"] > 0
     assert answer[0]["heatmap_z_mm"][0] == findings[0]["position_mm"][2]  # the first slice is the peak's
     assert len(answer[0]["heatmap_z_mm"]) == len(answer[0]["heatmaps"])
     from apps.medical.secondary_capture import slice_positions

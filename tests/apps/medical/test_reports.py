@@ -84,3 +84,38 @@ def test_loader_reads_the_iu_layout(tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(ValueError):
         load_iu_reports(tmp_path / "bad.csv")
+
+
+def test_eval_reports_reads_the_classifier_the_settings_name(tmp_path, monkeypatch):
+    """``triptych eval medical --reports FILE`` with no --classifier scores the one ``report_classifier_path`` names."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.medical.cli import evaluate
+    from apps.medical.settings import get_settings
+
+    texts, labels = _corpus(60)
+    clf = tmp_path / "clf.json"
+    ReportClassifier().fit(texts, labels).save(clf)
+    iu = tmp_path / "indiana_reports.csv"
+    with iu.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"])
+        for i, (text, label) in enumerate(zip(texts, labels)):
+            w.writerow([i, "Nodule/lung" if label else "normal", "", "", "", "", text, ""])
+    monkeypatch.setenv("TRIPTYCH_MEDICAL_REPORT_CLASSIFIER_PATH", str(clf))
+    get_settings.cache_clear()
+    try:
+        app = typer.Typer()
+        app.command()(evaluate)
+        out = tmp_path / "m.json"
+        r = CliRunner().invoke(app, ["--reports", str(iu), "--json", str(out)])
+        assert r.exit_code == 0, r.output
+        assert json.loads(out.read_text())["auc"] == 1.0
+        monkeypatch.setenv("TRIPTYCH_MEDICAL_REPORT_CLASSIFIER_PATH", str(tmp_path / "missing.json"))
+        get_settings.cache_clear()
+        assert CliRunner().invoke(app, ["--reports", str(iu)]).exit_code != 0  # it was read: it is missing
+    finally:
+        get_settings.cache_clear()
