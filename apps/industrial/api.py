@@ -77,7 +77,10 @@ class Inspection(BaseModel):
     defects: list[Defect]
     machine_state: MachineState | None
     decision: str = Field(description="pass / fail / review")
-    defect_probability: float | None = Field(description="fused P(board defective); null without fusion or image")
+    defect_probability: float | None = Field(description=(
+        "P(board defective) under the decision rule: the Bayesian or learned fusion's posterior; under the image "
+        "rule (or without a fusion bundle) 1.0 or 0.0 from the image's threshold; null for a board with vibration "
+        "only under the image rule"))
     modality_weights: dict[str, float]
     template_refuted: int
     detector_input: str | None = Field(None, description="image+template (template-aware detector) or image; null without image")

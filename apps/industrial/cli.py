@@ -321,8 +321,8 @@ def platt(
     split: Annotated[str | None, typer.Option(help="List holding the boards (default: the validation list, for its fusion-train group).")] = None,
     groups: Annotated[str | None, typer.Option("--groups", help="Board groups to fit on (default: the bundle's held-out calibration groups from the training list, else group13000).")] = None,
 ) -> None:
-    """Calibrate a template-aware detector's board score for the Bayesian decision rule (fusion-train group, or
-    the bundle's held-out calibration groups)."""
+    """Calibrate a detector's board score (template-aware or image-only) for the Bayesian decision rule
+    (fusion-train group, or the bundle's held-out calibration groups)."""
     from core.offline import enforce_offline
 
     enforce_offline()

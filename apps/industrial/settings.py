@@ -44,9 +44,9 @@ class IndustrialSettings(AppSettings):
     # 2-thread session, at ~10 ms more latency for a lone board
     detector_workers: int = 2
     detector_backend: str = "onnx"  # "onnx" (onnxruntime, faster on CPU) or "torch"
-    # "int8": each detector bundle's statically quantised ONNX model (onnx backend only); on the
-    # validation groups it matched fp32 mAP@0.5 (image-only 0.938 vs 0.935, with template 0.968 vs
-    # 0.969) at ~1.6x the CPU speed (detector cards). "fp32" for the float models.
+    # "int8": each detector bundle's statically quantised ONNX model (onnx backend only): what the detector
+    # cards' validation numbers, thresholds and Platt scaling were measured and fitted with, and faster on
+    # CPU (README). "fp32" runs the float models, at thresholds fitted for INT8.
     detector_precision: str = "int8"
     # How image and vibration evidence become one decision: "bayes" (each detector bundle's own Platt
     # scaling + P(defective | machine state) from the fusion bundle; better than the learned fusion on
@@ -65,6 +65,15 @@ class IndustrialSettings(AppSettings):
             raise ValueError(f"unknown defect classes {unknown}; classes are {', '.join(DEFECT_CLASSES)}")
         if any(not v >= 0 for v in value.values()):
             raise ValueError("sizes are millimetres >= 0")
+        return value
+
+    @field_validator("review_band")
+    @classmethod
+    def _band_inside_a_probability(cls, value: float) -> float:
+        # the band is read as logit(0.5 + band): 0.5 or more has no logit, and a negative band would make
+        # "review" a gap that no board falls in
+        if not 0.0 <= value < 0.5:
+            raise ValueError("review_band is a probability distance from 0.5: 0 (no review) <= band < 0.5")
         return value
 
 

@@ -192,3 +192,12 @@ def test_a_defect_below_its_class_acceptable_size_is_listed_but_does_not_fail_th
     assert runner._decide(InspectionItem(image), [opened], None, None, None, 1.0, 0.0)["decision"] == "pass"
     with pytest.raises(ValueError, match="unknown defect classes"):
         IndustrialSettings(min_defect_mm_by_class={"scratch": 0.1})
+
+
+@pytest.mark.parametrize("band", [0.5, 0.7, -0.1])
+def test_a_review_band_outside_a_probability_is_refused(band):
+    from apps.industrial.settings import IndustrialSettings
+
+    with pytest.raises(ValueError, match="review_band"):
+        IndustrialSettings(review_band=band)
+    assert IndustrialSettings(review_band=0.0).review_band == 0.0
