@@ -195,3 +195,24 @@ def test_composed_call_benchmark_runs_the_service_path(tmp_path, cs_tiny_bundles
     np.savez(bad, proba=data.targets[:3], targets=data.targets[:3], group=data.group[:3])
     with pytest.raises(ValueError, match="out-of-fold"):
         composed_call_benchmark(nlupp, banking, bad, cs_tiny_bundles["intent"], cs_tiny_bundles["dialogue_acts"], calls=2)
+
+
+def test_slot_values_become_unscored_answer_turns_in_their_turns_fold(tmp_path):
+    from apps.customer_service.dialogue import slot_fragments
+
+    folder = write_nlupp(tmp_path / "nlupp", folds=2, copies=1)
+    rows = json.loads((folder / "fold1.json").read_text())
+    rows.append({"text": "send 35 pounds to sam on friday", "intents": ["transfer_payment_deposit"],
+                 "slots": {"amount_of_money": {"text": "35 pounds", "span": [5, 14]},
+                           "person_name": {"text": "sam", "span": [18, 21]},
+                           "date": {"text": "on friday.", "span": [22, 31]}}})
+    rows.append({"text": "sam", "intents": []})  # a whole turn already: it keeps its own labels
+    (folder / "fold1.json").write_text(json.dumps(rows))
+    assert slot_fragments(folder) == [("35 pounds", 1), ("on friday", 1)]
+    data = act_examples(folder, write_banking(tmp_path / "b.csv"), fragments=True)
+    extra = [i for i, t in enumerate(data.texts) if t in ("35 pounds", "on friday")]
+    assert len(extra) == 2 and not data.scored[extra].any() and (data.group[extra] == 1).all()
+    assert (data.targets[extra] == 0).all() and (data.known[extra] == 1).all()  # no act, every act known
+    assert data.scored.sum() == len(read_nlupp(folder))  # only the corpus's own turns are scored
+    plain = act_examples(folder, write_banking(tmp_path / "b.csv"))
+    assert len(plain.texts) == len(data.texts) - 2 and plain.scored.sum() == data.scored.sum()
