@@ -292,10 +292,13 @@ class CallSummary(BaseModel):
     intent: str | None
     emotion: str | None
     duration_s: float | None
+    source: Literal["upload", "stream"] = Field(description="upload: sent to /v1/calls:analyze; stream: read live "
+                                                            "over the WebSocket and stored at its end")
     preview: str = Field(description="the start of the redacted transcript (a failed job: why it failed)")
 
 
 def call_summary(row: dict) -> CallSummary:
+    from apps.customer_service.summary import source_of
     from core.serving.jobs import job_status
 
     payload = row["payload"] or {}
@@ -311,6 +314,7 @@ def call_summary(row: dict) -> CallSummary:
         intent=(payload.get("intent") or {}).get("label") if done else None,
         emotion=(payload.get("emotion") or {}).get("label") if done else None,
         duration_s=(payload.get("transcript") or {}).get("duration_s") if done else None,
+        source=source_of(payload),
         preview=text[:160] + ("…" if len(text) > 160 else ""),
     )
 
@@ -346,6 +350,7 @@ class CallsSummary(BaseModel):
     top_intents: list[IntentCount] = Field(description="the most frequent intents, most first (at most 10)")
     caller_emotions: dict[str, int] = Field(description="finished calls per caller emotion over the call (contact-centre view)")
     audio_calls: int = Field(description="finished calls with audio")
+    live_calls: int = Field(description="finished calls read live over the WebSocket (the rest were uploaded or typed)")
     audio_minutes: float
     mean_call_seconds: float | None
     redactions: dict[str, int] = Field(description="PII redacted per type (card, cvv, credential, ...): counts, never values")

@@ -18,7 +18,7 @@ from core.serving.jobs import job_status
 FIELDS = {"status": "status", "heartbeat": "heartbeat", "escalate": ("escalation", "escalate"),
           "reasons": ("escalation", "reasons"), "intent": ("intent", "label"), "emotion": ("emotion", "label"),
           "seconds": ("transcript", "duration_s"), "redactions": ("transcript", "redactions"),
-          "requests": "requests"}
+          "requests": "requests", "source": "source"}
 STATUSES = ("done", "running", "failed", "interrupted")
 TOP_INTENTS = 10
 
@@ -28,7 +28,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
     the finished calls only (a running or failed job has none yet)."""
     statuses = Counter({s: 0 for s in STATUSES})
     reasons, intents, emotions, redactions = Counter(), Counter(), Counter(), Counter()
-    escalated, seconds = 0, []
+    escalated, seconds, live = 0, [], 0
     for row in rows:
         # a call analysed synchronously is stored once done; a background job keeps its status
         status = job_status({k: row[k] for k in ("status", "heartbeat") if row.get(k) is not None}) or "done"
@@ -43,6 +43,7 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             emotions[row["emotion"]] += 1
         if row.get("seconds"):
             seconds.append(float(row["seconds"]))
+        live += row.get("source") == "stream"
         redactions.update(r["type"] for r in row.get("redactions") or [])
     done = statuses["done"]
     return {
@@ -55,10 +56,16 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "top_intents": [{"intent": name, "calls": n, "share": round(n / done, 4)} for name, n in intents.most_common(TOP_INTENTS)],
         "caller_emotions": dict(emotions.most_common()),
         "audio_calls": len(seconds),
+        "live_calls": live,
         "audio_minutes": round(sum(seconds) / 60, 2),
         "mean_call_seconds": round(sum(seconds) / len(seconds), 1) if seconds else None,
         "redactions": dict(redactions.most_common()),
     }
+
+
+def source_of(payload: dict[str, Any]) -> str:
+    """"stream": a call read live over the WebSocket (stored at its end); "upload": sent to /v1/calls:analyze."""
+    return "stream" if payload.get("source") == "stream" else "upload"
 
 
 def _asked(row: dict[str, Any]) -> list[str]:
@@ -71,7 +78,7 @@ def _asked(row: dict[str, Any]) -> list[str]:
 # one CSV row per call (+ the result's id and time, with_ids): labels and counts, never the transcript
 EXPORT_FIELDS = {**FIELDS, "intent_confidence": ("intent", "confidence")}
 EXPORT_COLUMNS = ("created_at", "id", "status", "escalate", "escalation_rules", "intent", "intent_confidence",
-                  "requests", "caller_emotion", "seconds", *(f"redacted_{t}" for t in PII_TYPES))
+                  "requests", "caller_emotion", "seconds", "source", *(f"redacted_{t}" for t in PII_TYPES))
 
 
 def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
@@ -89,7 +96,7 @@ def export_rows(rows: list[dict[str, Any]]) -> Iterator[str]:
                 "; ".join(dict.fromkeys(reason_kind(r) for r in row.get("reasons") or [])), row.get("intent") or "",
                 "" if confidence is None else f"{confidence:.3f}",
                 "; ".join(dict.fromkeys(r["label"] for r in row.get("requests") or [])), row.get("emotion") or "",
-                "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}",
+                "" if row.get("seconds") is None else f"{float(row['seconds']):.1f}", source_of(row),
                 *(redacted.get(t, 0) for t in PII_TYPES)]
 
     return csv_lines(EXPORT_COLUMNS, map(values, rows))

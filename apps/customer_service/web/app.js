@@ -197,7 +197,9 @@ async function recent() {
       tr.title = c.reasons.join("; ");
       tr.append(el("td", c.created_at ? new Date(c.created_at).toLocaleString() : ""), el("td", c.status),
         el("td", c.escalate === null ? "" : (c.escalate ? "yes" : "no")), el("td", (c.intent || "").replaceAll("_", " ")),
-        el("td", c.emotion || ""), el("td", c.duration_s ? `${c.duration_s.toFixed(0)} s` : ""), redactedCell(c.preview));
+        el("td", c.emotion || ""),
+        el("td", (c.duration_s ? `${c.duration_s.toFixed(0)} s` : "") + (c.source === "stream" ? " · live" : "")),
+        redactedCell(c.preview));
       if (c.status === "done") tr.addEventListener("click", () => openCall(c.id));
       return tr;
     }));
@@ -357,7 +359,7 @@ function showSummary(s) {
   const redacted = Object.entries(s.redactions);
   $("summary-redactions").textContent = redacted.length ? redacted.map(([t, n]) => `${t} ${n}`).join(" · ") : "nothing";
   $("summary-audio").textContent = s.audio_calls
-    ? `${s.audio_calls} recorded call${s.audio_calls === 1 ? "" : "s"}, ${s.audio_minutes.toFixed(1)} min, ${s.mean_call_seconds.toFixed(0)} s on average`
+    ? `${s.audio_calls} recorded call${s.audio_calls === 1 ? "" : "s"} (${s.live_calls} live), ${s.audio_minutes.toFixed(1)} min, ${s.mean_call_seconds.toFixed(0)} s on average`
     : "typed chats only";
 }
 

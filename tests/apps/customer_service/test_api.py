@@ -204,6 +204,7 @@ def test_recent_calls_are_listed_newest_first_and_summarised(client):
     assert [c["id"] for c in calls] == [r.json()["id"], failed, stale]
     newest = calls[0]
     assert newest["status"] == "done" and newest["escalate"] == r.json()["escalation"]["escalate"]
+    assert newest["source"] == "upload"
     assert "[CARD]" in newest["preview"] and CARD not in str(calls) and newest["intent"] == r.json()["intent"]["label"]
     assert calls[1]["status"] == "failed" and "1 Hz" in calls[1]["preview"] and calls[1]["escalate"] is None
     assert calls[2]["status"] == "interrupted"

@@ -299,8 +299,10 @@ def test_the_service_stores_a_streamed_call_with_its_analysis(cs_settings, call_
         spoken_digits = r"\b(four|five|three|nine|one|eight|zero|six|seven)( (four|five|three|nine|one|eight|zero|six|seven)){5,}"
         assert not re.search(spoken_digits, json.dumps(payload))  # the spoken card number is stored nowhere
         listed = client.get("/v1/results").json()["results"]
-        assert [c["id"] for c in listed] == [summary["id"]]
-        assert client.get("/v1/results:summary").json()["calls"] == 1  # counted in the day's numbers
+        assert [c["id"] for c in listed] == [summary["id"]] and listed[0]["source"] == "stream"
+        day = client.get("/v1/results:summary").json()
+        assert day["calls"] == 1 and day["live_calls"] == 1  # counted in the day's numbers
+        assert ",stream," in client.get("/v1/results.csv").text
         # not stored when asked not to, nor without redaction
         for query in ("?store=false", "?redact=false"):
             messages = _stream_with(client, call_pcm, query)

@@ -23,19 +23,21 @@ def test_counts_statuses_escalations_intents_emotions_and_redactions():
         _done(),  # typed: no audio
         {"status": "done", "heartbeat": None, "escalate": False, "reasons": [], "intent": "card_arrival",
          "emotion": "satisfied", "seconds": 60.0, "redactions": []},  # a finished background job
+        {**_done(intent="card_arrival", seconds=60.0), "source": "stream"},  # read live over the WebSocket
         {"status": "running", "heartbeat": fresh},
         {"status": "running", "heartbeat": stale},  # its worker died: interrupted
         {"status": "failed", "heartbeat": None},
     ]
     s = summarise(rows)
-    assert s["calls"] == 7 and s["statuses"] == {"done": 4, "running": 1, "failed": 1, "interrupted": 1}
-    assert s["escalated"] == 2 and s["escalation_rate"] == 0.5
+    assert s["calls"] == 8 and s["statuses"] == {"done": 5, "running": 1, "failed": 1, "interrupted": 1}
+    assert s["escalated"] == 2 and s["escalation_rate"] == 0.4
     assert s["escalation_reasons"] == {"caller angry": 2, "consecutive negative segments": 1,
                                        "urgent intent compromised_card": 1}
-    assert s["top_intents"] == [{"intent": "compromised_card", "calls": 2, "share": 0.5},  # ties: first seen first
-                                {"intent": "card_arrival", "calls": 2, "share": 0.5}]
-    assert s["caller_emotions"] == {"angry": 1, "frustrated": 1, "neutral": 1, "satisfied": 1}
-    assert s["audio_calls"] == 3 and s["audio_minutes"] == 3.0 and s["mean_call_seconds"] == 60.0
+    assert s["top_intents"] == [{"intent": "card_arrival", "calls": 3, "share": 0.6},
+                                {"intent": "compromised_card", "calls": 2, "share": 0.4}]
+    assert s["caller_emotions"] == {"neutral": 2, "angry": 1, "frustrated": 1, "satisfied": 1}
+    assert s["audio_calls"] == 4 and s["audio_minutes"] == 4.0 and s["mean_call_seconds"] == 60.0
+    assert s["live_calls"] == 1
     assert s["redactions"] == {"card": 2, "cvv": 1, "credential": 1}
 
 
@@ -66,6 +68,9 @@ def test_export_rows_are_one_csv_line_per_call_with_labels_and_counts_only():
         "compromised_card", "0.912", "angry", "61.3")
     assert (first["redacted_card"], first["redacted_credential"], first["redacted_iban"]) == ("2", "1", "0")
     assert first["requests"] == ""  # a call stored before requests were listed
+    assert first["source"] == "upload"
+    streamed = {**done, "source": "stream"}
+    assert list(csv.DictReader(io.StringIO("".join(export_rows([streamed])))))[0]["source"] == "stream"
     assert table[1]["status"] == "failed" and table[1]["intent"] == "" and table[1]["redacted_card"] == ""
 
 
