@@ -12,6 +12,7 @@ base's shape), confidences from the per-word token probabilities.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from apps.customer_service.speech.asr import Transcript, Word, check_audio, conf
 
 
 class WhisperRecognizer:
+    """openai-whisper's decoding on local weights; thread-safe (one lock: decodes take turns)."""
+
     name = "whisper"
 
     def __init__(self, checkpoint: str | Path | None = None, *, device: str = "cpu", language: str | None = "en",
@@ -60,6 +63,9 @@ class WhisperRecognizer:
         self.beam_size = beam_size
         self.max_tokens = max_tokens  # per 30 s window; None = Whisper's own limit (224)
         self.version = f"whisper-{name}"
+        # openai-whisper's decoding installs hooks on the model for its key-value cache and word alignment:
+        # two decodes at once (an analysed call and live finals) would read each other's caches
+        self._lock = threading.Lock()
 
     def transcribe(self, audio: np.ndarray, sample_rate: int = 16_000, *, mode: str = "default") -> Transcript:
         import torch
@@ -70,7 +76,7 @@ class WhisperRecognizer:
             return silent
         t0 = time.perf_counter()
         prompt = {"digit": "Seven.", "digits": "4 5 3 9 1 4 8 8", "amount": "£12.50"}.get(mode)
-        with torch.inference_mode():
+        with self._lock, torch.inference_mode():
             result = whisper.transcribe(
                 self.model, x, language=self.language, task="transcribe", temperature=0.0, word_timestamps=True,
                 condition_on_previous_text=False, fp16=False, verbose=None, initial_prompt=prompt,

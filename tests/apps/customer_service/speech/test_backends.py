@@ -40,6 +40,18 @@ def test_whisper_loads_local_checkpoint_and_decodes(tiny_whisper):
     assert 0.0 <= out.confidence <= 1.0
 
 
+def test_whisper_decodes_from_several_threads_as_from_one(tiny_whisper):
+    """An analysed call and live finals may decode at once; openai-whisper's decoding hooks its model."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rec = create_recognizer("whisper", model_path=tiny_whisper, max_tokens=6)
+    clips = [_tone(1.0 + 0.25 * k) for k in range(4)]
+    alone = [[(w.text, w.start, w.end) for w in rec.transcribe(c, 16_000).words] for c in clips]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(lambda c: [(w.text, w.start, w.end) for w in rec.transcribe(c, 16_000).words], clips))
+    assert together == alone
+
+
 def test_whisper_refuses_names_and_non_checkpoints(tmp_path):
     with pytest.raises(FileNotFoundError, match="never downloaded"):
         create_recognizer("whisper", model_path="tiny.en")
