@@ -442,22 +442,6 @@ def dialogue_act_card(model_cfg: DialogueActConfig, cfg: ActTrainConfig, metrics
 
 # ---- composed calls --------------------------------------------------------------------------------
 
-class _HeldOutActs:
-    """The dialogue-act model's out-of-fold probabilities looked up by text (the benchmark's acts); a text
-    not in the table (a clause of a turn) goes to ``fallback``, the shipped model."""
-
-    def __init__(self, texts: list[str], proba: np.ndarray, config: DialogueActConfig, fallback=None):
-        self._rows = dict(zip(texts, proba))
-        self.config = config
-        self.fallback = fallback
-
-    def predict_proba(self, texts: list[str]) -> np.ndarray:
-        missing = [t for t in texts if t not in self._rows]
-        if missing:
-            self._rows |= dict(zip(missing, self.fallback.predict_proba(missing)))
-        return np.stack([self._rows[t] for t in texts])
-
-
 def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, intent_bundle: Path,
                             acts_bundle: Path, calls: int = 300, seed: int = 0) -> dict:
     """Call-level intent on calls composed of real turns: one (first half) or two (second half) BANKING77
@@ -472,11 +456,11 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
     import random
 
     from apps.customer_service.data import load_banking77
+    from apps.customer_service.live import MemoizedTexts
     from apps.customer_service.model import load_text_classifier
     from apps.customer_service.service import CustomerServiceEngine
     from apps.customer_service.settings import CustomerServiceSettings
 
-    config = DialogueActConfig()
     rows = read_nlupp(nlupp_dir)
     saved = np.load(oof_path)
     if len(saved["proba"]) < len(rows) or not (saved["group"][:len(rows)] >= 0).all():
@@ -506,8 +490,9 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
         composed.append((turns + [nlu_texts[rng.choice(other)] for _ in range(rng.randint(1, 2))], [a[1], b[1]]))
     texts = sorted({t for turns, _ in composed for t in turns})
     held_out = dict(zip(nlu_texts, saved["proba"][:len(rows)]))
-    acts = _HeldOutActs(texts, np.stack([held_out.get(t, sure_request) for t in texts]), config,
-                        fallback=load_dialogue_acts(acts_bundle))
+    # the out-of-fold probabilities looked up by text; a text not among them (a clause of a turn) goes to the
+    # shipped act model
+    acts = MemoizedTexts(load_dialogue_acts(acts_bundle), rows={t: held_out.get(t, sure_request) for t in texts})
     intent = load_text_classifier(intent_bundle)
     engine = CustomerServiceEngine(CustomerServiceSettings(dialogue_acts_bundle=None), intent=intent, dialogue_acts=acts)
     whole = intent.predict_proba([" ".join(turns) for turns, _ in composed]).numpy()

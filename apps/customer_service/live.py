@@ -29,9 +29,9 @@ _SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr", "asr_confidence", "em
 
 
 class MemoizedTexts:
-    """A text model whose ``predict_proba(texts)`` reads each distinct text once (rows kept by text);
-    everything else (``config``, ``version`` ...) is the model's. Returns what the model returns: an
-    array, or a tensor for the text classifiers."""
+    """A text model whose ``predict_proba(texts)`` reads each distinct text once (rows kept by text, ``rows``
+    given in advance when known); everything else (``config``, ``version`` ...) is the model's. Returns what
+    the model returns: an array, or a tensor for the text classifiers."""
 
     def __init__(self, model, rows: dict[str, np.ndarray] | None = None) -> None:
         self.model = model
@@ -42,12 +42,14 @@ class MemoizedTexts:
         return getattr(self.model, name)
 
     def predict_proba(self, texts: list[str]):
+        if not texts:
+            return self.model.predict_proba([])
         missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
         if missing:
             out = self.model.predict_proba(missing)
             self._tensor = not isinstance(out, np.ndarray)
             self._rows |= dict(zip(missing, np.asarray(out.numpy() if self._tensor else out)))
-        rows = np.stack([self._rows[t] for t in texts]) if texts else np.zeros((0, 0), dtype=np.float32)
+        rows = np.stack([self._rows[t] for t in texts])
         if self._tensor:
             import torch
 
