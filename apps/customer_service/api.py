@@ -129,7 +129,8 @@ class Intent(IntentChoice):
 
 class RequestedIntent(IntentChoice):
     """One thing the caller asked for: a request utterance's intent (confidence at least the escalation rules'
-    request_min_confidence), its best confidence over the utterances that asked it."""
+    request_min_confidence, or later_request_min_confidence for a request turn after the call's first), its best
+    confidence over the utterances that asked it."""
 
     segments: list[int] = Field(description="indices into segments of the turns that asked it")
 

@@ -486,8 +486,13 @@ class CustomerServiceEngine:
         labels = self.intent.config.labels
         listed: dict[str, dict] = {}
 
-        def add(label: str, confidence: float, members: list[int]) -> None:
-            if confidence >= self.rules.request_min_confidence:
+        first = min(requests) if requests else None
+        later_min = self.rules.later_request_min_confidence
+        if later_min is None:
+            later_min = self.rules.request_min_confidence
+
+        def add(label: str, confidence: float, members: list[int], later: bool) -> None:
+            if confidence >= (later_min if later else self.rules.request_min_confidence):
                 item = listed.setdefault(label, {"label": label, "confidence": 0.0, "segments": []})
                 item["confidence"] = max(item["confidence"], round(confidence, 4))
                 item["segments"] += [i for i in members if i not in item["segments"]]
@@ -508,10 +513,10 @@ class CustomerServiceEngine:
                 for i in members:
                     segments[i]["intent"] = {"label": labels[best], "confidence": round(float(proba[n, best]), 4)}
                 for label, confidence in clause_intents[k] or [(labels[best], float(proba[n, best]))]:
-                    add(label, confidence, members)
+                    add(label, confidence, members, later=first is not None and k > first)
             else:  # a request for a person: what else it asks, if anything
                 for label, confidence in clause_intents[k] or []:
-                    add(label, confidence, members)
+                    add(label, confidence, members, later=first is not None and k > first)
         if self.dialogue_acts is not None and requests:
             self._handoff_in_pieces(segments, [turns[k] for k in requests])
         call = proba.mean(0)

@@ -345,9 +345,25 @@ def test_requests_list_each_confident_intent_once_in_call_order(engine):
     assert [(r["label"], r["segments"]) for r in out["requests"]] == [("lost_or_stolen_card", [0, 2]),
                                                                      ("exchange_rate", [1])]
     engine.rules.request_min_confidence = 0.95  # above every intent's confidence: nothing is listed
+    engine.rules.later_request_min_confidence = None  # later turns: the same threshold
     assert engine.analyze(CallRequest(text="My card is gone. What rate do you use?"))["requests"] == []
     # the stolen card escalates as an urgent intent through the requests as well
     assert "urgent intent lost_or_stolen_card" in out["escalation"]["reasons"]
+
+
+def test_a_request_after_the_first_needs_more_confidence_to_be_listed(engine):
+    """Most turns after the first request answer the agent; an answer with content reads as a request."""
+    engine.dialogue_acts = KeywordActs()
+    read = {"My card is gone.": {"lost_or_stolen_card": 0.6}, "The visa debit card.": {"card_arrival": 0.7},
+            "And what is the transfer fee?": {"transfer_fee_charged": 0.85}}
+    scripted_intents(engine, lambda t: read[t])
+    text = "My card is gone. The visa debit card. And what is the transfer fee?"
+    engine.rules.later_request_min_confidence = 0.8
+    listed = [r["label"] for r in engine.analyze(CallRequest(text=text))["requests"]]
+    assert listed == ["lost_or_stolen_card", "transfer_fee_charged"]  # the first at 0.6; the answer at 0.7 is not
+    engine.rules.later_request_min_confidence = None
+    listed = [r["label"] for r in engine.analyze(CallRequest(text=text))["requests"]]
+    assert listed == ["lost_or_stolen_card", "card_arrival", "transfer_fee_charged"]
 
 
 def test_no_request_turn_still_gives_the_call_a_best_guess(engine):
