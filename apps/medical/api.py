@@ -112,7 +112,11 @@ class AnalyzeResponse(BaseModel):
     modality_evidence: dict[str, float] | None = Field(
         None, description="Log-odds each modality added on its own to the calibrated logit (0 when absent; models "
                           "with per-modality evidence, e.g. the shipped one): positive = towards malignant")
-    model_version: str
+    answered_by: Literal["fusion", "ct_only", "report_only"] = Field(
+        "fusion", description="The model that answered: fusion (CT and report), or the dedicated CT-only / report-only "
+                              "model a study sent with one input gets when the service has one (else fusion, the "
+                              "other input absent)")
+    model_version: str = Field(description="that model's version")
     model_sha256: str
     disclaimer: str
 
@@ -345,11 +349,12 @@ async def heatmap_secondary_capture(
     if not slices:
         raise ApiError(404, "not_found", "no heat-map images for this id")
     _check_study_uid(study_uid)
-    data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, runner.version, artefact_id)
-    # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
     rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})
     payload = rows[0]["payload"] if rows else {}
-    await store.aaudit(APP, "heatmaps:secondary-capture", who.role, payload.get("subject_hash"), runner.version,
+    version = payload.get("model_version") or runner.version  # the model that drew these heat maps
+    data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, version, artefact_id)
+    # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
+    await store.aaudit(APP, "heatmaps:secondary-capture", who.role, payload.get("subject_hash"), version,
                        {"result_id": rows[0]["id"] if rows else None, "instances": len(slices),
                         "filed_with_study": study_uid is not None})
     return Response(data, media_type="application/zip",
@@ -383,7 +388,8 @@ def create_app(settings: MedicalSettings | None = None):
         from apps.medical.service import MedicalRunner
 
         return {"fusion": MedicalRunner(settings.bundle_dir, settings.artefact_dir, settings.bert_path,
-                                        settings.heatmap_slices, settings.torch_threads, settings.min_lung_ml)}
+                                        settings.heatmap_slices, settings.torch_threads, settings.min_lung_ml,
+                                        settings.ct_only_bundle_dir, settings.report_only_bundle_dir)}
 
     app = create_service_app(
         name="medical",

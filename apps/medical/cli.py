@@ -56,6 +56,9 @@ def train(
                                                        "training patients, training patches only; repeatable.")] = None,
     modalities: Annotated[str, typer.Option(help="both (the fusion model), or ct / report: a dedicated single-modality "
                                                  "model, the other input absent in training and validation.")] = "both",
+    share_detector: Annotated[bool, typer.Option("--share-detector", help="Detector presets: save the model without "
+                                                 "its nodule detector (the service loads it with the fusion model "
+                                                 "that holds that detector: the shipped single-input models).")] = False,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -93,7 +96,7 @@ def train(
 
         from apps.medical.train import FusionTrainConfig, train_from_pack
 
-        config = FusionTrainConfig.from_name(preset, modalities=modalities)
+        config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -118,7 +121,7 @@ def train(
         from apps.medical.train import FusionTrainConfig, train_fusion
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities)
+        config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities, share_detector=share_detector)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -148,6 +151,11 @@ def evaluate(
     cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = None,
     record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
     side: Annotated[str | None, typer.Option("--side", help="val | train: only the patients on that side of the fusion model's patient split (a training render).")] = None,
+    ct_only_bundle: Annotated[str | None, typer.Option(help="--ct: the dedicated CT-only model that answers a study without a "
+                                                           "report (default: the ct_only_bundle_dir setting, the shipped "
+                                                           "one, unless --bundle is given; 'none': the fusion model's own).")] = None,
+    report_only_bundle: Annotated[str | None, typer.Option(help="--ct: the same for a study without a CT "
+                                                               "(report_only_bundle_dir).")] = None,
 ) -> None:
     """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece; AUCs by contrast and slice spacing) or
     --reports FILE (auc, f1)."""
@@ -170,12 +178,23 @@ def evaluate(
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         if side not in (None, "val", "train"):
             raise typer.BadParameter("--side is val or train")
-        metrics = evaluate_ct(ct, bundle or WEIGHTS / "fusion", bert_path, Path(cache) if cache else None, side=side)
+        from apps.medical.settings import get_settings
+
+        settings = get_settings()
+
+        def single_input(given: str | None, setting: Path | None) -> str | Path | None:
+            if given is not None:
+                return None if given.strip().lower() in ("", "none") else given
+            return None if bundle else setting
+
+        metrics = evaluate_ct(ct, bundle or settings.bundle_dir, bert_path, Path(cache) if cache else None, side=side,
+                              ct_only_dir=single_input(ct_only_bundle, settings.ct_only_bundle_dir),
+                              report_only_dir=single_input(report_only_bundle, settings.report_only_bundle_dir))
         _table("rendered CT + report", metrics)
         if record:
             from apps.medical.evaluate import record_in_card
 
-            record_in_card(bundle or WEIGHTS / "fusion", metrics, record,
+            record_in_card(bundle or settings.bundle_dir, metrics, record,
                            reproduce=f"triptych eval medical --ct {ct} --json out.json")
     _write_json(json_out, metrics)
 
@@ -202,7 +221,12 @@ def bench(
     from apps.medical.data import load_rendered
     from apps.medical.service import MedicalRunner, StudyInput
     with tempfile.TemporaryDirectory() as tmp:
-        runner = MedicalRunner(bundle or WEIGHTS / "fusion", tmp, threads=threads)
+        from apps.medical.settings import get_settings
+
+        settings = get_settings()
+        runner = MedicalRunner(bundle or settings.bundle_dir, tmp, threads=threads,
+                               **({} if bundle else {"ct_only_dir": settings.ct_only_bundle_dir,
+                                                     "report_only_dir": settings.report_only_bundle_dir}))
         times = []
         for study in load_rendered(ct)[:studies]:
             started = time.perf_counter()

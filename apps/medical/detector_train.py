@@ -320,9 +320,18 @@ def save_detector_bundle(detector: NoduleDetector, out: str | Path, config: Dete
 
 
 def load_detector_bundle(directory: str | Path) -> NoduleDetector:
+    """A detector bundle (``--train-detector``), or the detector inside a fusion bundle (the shipped
+    ``weights/fusion``), so a fusion model can be retrained on its own detector's candidates."""
     from core.bundle import load_bundle
 
     bundle = load_bundle(directory)
-    detector = NoduleDetector(NoduleDetectorConfig.from_dict(bundle.config["detector"]))
-    detector.load_state_dict(bundle.state_dict)
+    if "detector" in bundle.config:
+        config, state = bundle.config["detector"], bundle.state_dict
+    elif bundle.config.get("model", {}).get("ct_kind") == "detector":
+        config = bundle.config["model"]["detector"]
+        state = {k.removeprefix("detector."): v for k, v in bundle.state_dict.items() if k.startswith("detector.")}
+    else:
+        raise ValueError(f"{directory} holds neither a nodule detector nor a fusion model that reads one")
+    detector = NoduleDetector(NoduleDetectorConfig.from_dict(config))
+    detector.load_state_dict(state)
     return detector.eval()

@@ -24,14 +24,19 @@ def evaluate_reports(reports_file: str | Path, classifier_path: str | Path) -> d
 
 
 def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "", cache: Path | None = None,
-                patients: tuple[int, int] | None = None, side: str | None = None) -> dict[str, float]:
+                patients: tuple[int, int] | None = None, side: str | None = None,
+                ct_only_dir: str | Path | None = None, report_only_dir: str | Path | None = None) -> dict[str, float]:
     """Fused, CT-only and text-only AUC, accuracy and ECE (calibrated) on a rendered set, and the AUCs of
     its case-mix subgroups (``subgroup_metrics``). ``side``: "val" or "train" keeps only the patients on
-    that side of the fusion model's training split (``patient_split``), for a training render."""
+    that side of the fusion model's training split (``patient_split``), for a training render.
+
+    With a dedicated single-input model (``ct_only_dir`` / ``report_only_dir``, as the service answers a
+    study with one input), ``auc_ct_only`` / ``auc_text_only`` are that model's, and ``auc_ct_only_fusion``
+    / ``auc_text_only_fusion`` the fusion model's own with the other input absent."""
     import torch
 
     from apps.medical.data import load_rendered, patient_split
-    from apps.medical.model import load_model
+    from apps.medical.model import load_model, reads_same_ct
     from apps.medical.train import (
         FusionTrainConfig,
         StudyDataset,
@@ -60,11 +65,23 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     for name, ct_on, rep_on in (("fused", True, True), ("ct", True, False), ("text", False, True)):
         ds = StudyDataset(volumes, hidden, mask, y, present_ct=ct_on, present_report=rep_on, risk=risk)
         scores[name] = predict_logits(model, ds)
+    dedicated = {}
+    for name, directory, ct_on in (("ct", ct_only_dir, True), ("text", report_only_dir, False)):
+        if directory:
+            single, _ = load_model(directory, bert_path, detector_from=model)
+            own = volumes if reads_same_ct(single, model) else ct_arrays(single, studies, cache, log=lambda m: None)
+            same_text = (single.config.clause_tokens, single.config.max_clauses) == (model.config.clause_tokens,
+                                                                                     model.config.max_clauses)
+            own_hidden, own_mask = (hidden, mask) if same_text else embed_reports(single, [s.report for s in studies])
+            ds = StudyDataset(own, own_hidden, own_mask, y, present_ct=ct_on, present_report=not ct_on, risk=risk)
+            dedicated[f"auc_{name}_only_fusion"] = _auc(y, scores[name])
+            scores[name] = predict_logits(single, ds)
     prob = model.calibrated(torch.from_numpy(scores["fused"])).numpy()
     return {
         "auc": _auc(y, scores["fused"]),
         "auc_ct_only": _auc(y, scores["ct"]),
         "auc_text_only": _auc(y, scores["text"]),
+        **dedicated,
         "accuracy": float(((prob >= 0.5) == y).mean()),
         "ece": expected_calibration_error(y, prob),
         "studies": float(len(y)),

@@ -304,13 +304,65 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
     return min(max(t, 0.05), 20.0), min(max(b, -10.0), 10.0)
 
 
-def load_model(bundle_dir, bert_path: str = "") -> tuple[MedicalModel, Any]:
-    """Model + bundle from a saved bundle; the frozen BERT comes from ``bert_path`` (or MiniLM)."""
+DETECTOR_PREFIX = "detector."
+
+
+def detector_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a nodule detector's weights (its state dict, keys without the ``detector.`` prefix)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        tensor = state[key].detach().cpu().contiguous()
+        digest.update(key.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def without_detector(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
+    """A detector model's state less its detector, and the detector's digest: a single-input model trained
+    on the candidates of the fusion model's detector ships without a copy of it (``load_model``'s
+    ``detector_from``)."""
+    detector = {k.removeprefix(DETECTOR_PREFIX): v for k, v in state.items() if k.startswith(DETECTOR_PREFIX)}
+    if not detector:
+        raise ValueError("the model holds no nodule detector")
+    return {k: v for k, v in state.items() if not k.startswith(DETECTOR_PREFIX)}, detector_digest(detector)
+
+
+def reads_same_ct(a: MedicalModel, b: MedicalModel) -> bool:
+    """Whether two models turn a CT into the same input: one's ``load_ct`` output can be fed to the other."""
+    ca, cb = a.config, b.config
+    if (ca.ct_kind, list(ca.volume_shape), ca.candidate_stage) != (cb.ct_kind, list(cb.volume_shape), cb.candidate_stage):
+        return False
+    for part in ("detector", "ranker"):
+        pa, pb = getattr(a, part, None), getattr(b, part, None)
+        if (pa is None) != (pb is None):
+            return False
+        if pa is not None and detector_digest(pa.state_dict()) != detector_digest(pb.state_dict()):
+            return False
+    return True
+
+
+def load_model(bundle_dir, bert_path: str = "", detector_from: MedicalModel | None = None) -> tuple[MedicalModel, Any]:
+    """Model + bundle from a saved bundle; the frozen BERT comes from ``bert_path`` (or MiniLM). A bundle
+    saved without its detector (config ``detector_sha256``) takes it from ``detector_from``, which must
+    hold that very detector: its candidates are what the bundle was trained on."""
     from core.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     config = MedicalModelConfig.from_dict(bundle.config["model"])
     model = build_model(config, bert_path=bert_path)
+    wanted = bundle.config.get("detector_sha256")
+    if wanted:
+        if getattr(detector_from, "detector", None) is None:
+            raise ValueError(f"bundle {bundle_dir} ships without its nodule detector: load it with the fusion model "
+                             "whose detector it was trained on")
+        shared = detector_from.detector.state_dict()
+        if detector_digest(shared) != wanted:
+            raise ValueError(f"bundle {bundle_dir} was trained on another nodule detector's candidates than the "
+                             "fusion model given: train it again from that model's pack")
+        bundle.state_dict.update({DETECTOR_PREFIX + k: v for k, v in shared.items()})
     expected = bundle.config.get("bert", {})
     actual = model.report_encoder.bert.config
     for key in ("hidden_size", "num_hidden_layers", "vocab_size"):

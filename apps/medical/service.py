@@ -151,13 +151,31 @@ def _ingest_module():
     return ingest
 
 
+@dataclass
+class AnsweringModel:
+    """A loaded bundle and the name the answer gives it (``answered_by``)."""
+
+    name: str
+    model: Any
+    version: str
+    sha256: str
+
+
+ANSWERED_BY = {(True, True): "fusion", (True, False): "ct_only", (False, True): "report_only"}
+
+
 class MedicalRunner:
-    """ModelRunner for the fused model (one study per item; Grad-CAM needs a backward per study)."""
+    """ModelRunner for the fused model (one study per item; Grad-CAM needs a backward per study).
+
+    A study sent with one input only is answered by that input's dedicated model when one is given
+    (``ct_only_dir`` / ``report_only_dir``: bundles trained with ``--modalities ct|report``), else by
+    the fusion model with the other input absent."""
 
     name = "fusion"
 
     def __init__(self, bundle_dir: str | Path, artefact_dir: str | Path, bert_path: str = "",
-                 heatmap_slices: int = 3, threads: int = 2, min_lung_ml: float = 0.0):
+                 heatmap_slices: int = 3, threads: int = 2, min_lung_ml: float = 0.0,
+                 ct_only_dir: str | Path | None = None, report_only_dir: str | Path | None = None):
         import torch
 
         from apps.medical.model import load_model
@@ -166,12 +184,42 @@ class MedicalRunner:
         self.model, bundle = load_model(bundle_dir, bert_path)
         self.version = bundle.version
         self.sha256 = bundle.sha256
+        self.models = {"fusion": AnsweringModel("fusion", self.model, bundle.version, bundle.sha256)}
+        for name, modality, directory in (("ct_only", "ct", ct_only_dir), ("report_only", "report", report_only_dir)):
+            if directory:
+                self.models[name] = self._single_input_model(name, modality, directory, bert_path)
+        if len(self.models) > 1:  # what /ready and the model headers show: every model that may answer
+            self.version = ",".join(f"{m.name}={m.version}" for m in self.models.values())
+            self.sha256 = ",".join(f"{m.name}={m.sha256}" for m in self.models.values())
         self.volume_shape = list(self.model.config.volume_shape)
         self.candidate_config = self.model.candidate_config() if self.model.uses_candidates else None
         self.artefact_dir = Path(artefact_dir) / ARTEFACT_FOLDER
         self.heatmap_slices = heatmap_slices
         self.min_lung_ml = min_lung_ml
         self._lock = threading.Lock()  # the CT encoder keeps its last feature map: one study at a time
+
+    def _single_input_model(self, name: str, modality: str, directory: str | Path, bert_path: str) -> AnsweringModel:
+        """A dedicated model must read what the fusion model reads: its CT input is the fusion model's
+        (``load_ct``), its frozen BERT is shared."""
+        from apps.medical.model import load_model, reads_same_ct
+
+        model, bundle = load_model(directory, bert_path, detector_from=self.model)
+        if bundle.config.get("modalities") != modality:
+            raise ValueError(f"{directory} is not a {modality}-only model (its modalities: "
+                             f"{bundle.config.get('modalities', 'both')})")
+        if modality == "ct" and not reads_same_ct(model, self.model):
+            raise ValueError(f"{directory} reads another CT input than the fusion model (its candidates or volume "
+                             "differ); train it from the fusion model's pack with --share-detector")
+        if model.report_encoder.freeze and self.model.report_encoder.freeze:
+            if model.report_encoder.source != self.model.report_encoder.source:
+                raise ValueError(f"{directory} was loaded with another report BERT than the fusion model")
+            model.report_encoder.bert = self.model.report_encoder.bert  # one copy of the frozen weights
+        return AnsweringModel(name, model, bundle.version, bundle.sha256)
+
+    def answering(self, has_ct: bool, has_report: bool) -> AnsweringModel:
+        """The model that answers a study with these inputs."""
+        name = ANSWERED_BY[(has_ct, has_report)]
+        return self.models.get(name, self.models["fusion"])
 
     def load_ct(self, path: str | Path):
         """A CT file -> this model's CT input (what ``StudyInput.volume`` holds). A candidate model's
@@ -200,23 +248,25 @@ class MedicalRunner:
 
         if item.volume is None and not (item.report and item.report.strip()):
             raise CTInputError("send a CT volume, a report, or both")
-        report = None
-        if item.report and item.report.strip():
-            report = self.model.report_encoder.tokenize([item.report])
+        has_report = bool(item.report and item.report.strip())
+        answering = self.answering(item.volume is not None, has_report)
+        model = answering.model
+        report = model.report_encoder.tokenize([item.report]) if has_report else None
         with self._lock:
             if item.volume is None:
                 with torch.no_grad():
-                    logits, weights = self.model(None, report)
-                probability = float(self.model.calibrated(logits)[0])
-                return self._result(probability, [float(w) for w in weights[0]], None, [], evidence=self._evidence())
+                    logits, weights = model(None, report)
+                probability = float(model.calibrated(logits)[0])
+                return self._result(answering, probability, [float(w) for w in weights[0]], None, [],
+                                    evidence=self._evidence(model))
             if self.candidate_config is not None:
                 if not isinstance(item.volume, CandidateInput):
                     raise CTInputError("this model reads nodule candidates; load the CT with MedicalRunner.load_ct")
-                return self._analyze_candidates(item.volume, report)
+                return self._analyze_candidates(answering, item.volume, report)
             if tuple(item.volume.shape) != tuple(self.volume_shape):
                 raise CTInputError(f"volume shape {item.volume.shape} != model input {self.volume_shape}")
             ct = torch.from_numpy(np.ascontiguousarray(item.volume, dtype=np.float32))[None, None]
-            cam = grad_cam(self.model, ct, report)
+            cam = grad_cam(model, ct, report)
         artefact_id = uuid.uuid4().hex
         folder = self.artefact_dir / artefact_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -226,9 +276,9 @@ class MedicalRunner:
             write_durably(folder / name, slice_png(item.volume, cam.heatmap, z, scale=4))
             names.append(name)
         location = describe_location(cam.peak, tuple(cam.heatmap.shape))
-        return self._result(cam.probability, cam.weights, location, names, artefact_id)
+        return self._result(answering, cam.probability, cam.weights, location, names, artefact_id)
 
-    def _analyze_candidates(self, ct_input: CandidateInput, report) -> dict[str, Any]:
+    def _analyze_candidates(self, answering: AnsweringModel, ct_input: CandidateInput, report) -> dict[str, Any]:
         """Probability plus an occlusion explanation: each candidate's share is the drop of the
         malignancy logit when it alone is masked out; the heat map puts a blob of that weight at
         each candidate, the location is the candidate that mattered most."""
@@ -246,15 +296,16 @@ class MedicalRunner:
         masks[1:] &= ~torch.eye(k, dtype=torch.bool)
         batch = {"crops": crops.expand(k + 1, -1, -1, -1, -1, -1), "geometry": geometry.expand(k + 1, -1, -1), "mask": masks}
         rep = None
+        model = answering.model
         with torch.no_grad():
             if report is not None:  # the report's clause vectors once, shared by the k + 1 rows
-                hidden, segment_mask = self.model.report_encoder.embed(report)
+                hidden, segment_mask = model.report_encoder.embed(report)
                 rep = {"hidden": hidden.expand(k + 1, -1, -1), "segment_mask": segment_mask.expand(k + 1, -1)}
                 if "risk" in report:
                     rep["risk"] = report["risk"].expand(k + 1, -1)
-            logits, weights = self.model(batch, rep)
-        evidence = self._evidence()
-        probability = float(self.model.calibrated(logits[:1])[0])
+            logits, weights = model(batch, rep)
+        evidence = self._evidence(model)
+        probability = float(model.calibrated(logits[:1])[0])
         share = np.clip((logits[0] - logits[1:]).numpy(), 0.0, None) * c.mask
         display = ct_input.display
         heat = np.zeros(display.shape, np.float32)
@@ -293,7 +344,8 @@ class MedicalRunner:
             name = f"slice_{z}.png"
             write_durably(folder / name, slice_png(display, heat, z, scale=2))
             names.append(name)
-        result = self._result(probability, [float(w) for w in weights[0]], location, names, artefact_id, findings, evidence)
+        result = self._result(answering, probability, [float(w) for w in weights[0]], location, names, artefact_id,
+                              findings, evidence)
         if ct_input.to_lps is not None:  # each slice's table position, as a viewer's Slice Location reads it
             import json
 
@@ -311,12 +363,13 @@ class MedicalRunner:
 
         return None if ct_input.to_lps is None else patient_position(ct_input.to_lps, voxel_zyx)
 
-    def _evidence(self) -> dict[str, float] | None:
+    @staticmethod
+    def _evidence(model) -> dict[str, float] | None:
         """The last forward's per-modality log-odds of its first row (the study as sent: every candidate
         present), by modality name; None unless an evidence-sum model."""
         from apps.medical.model import MODALITIES
 
-        evidence = self.model.modality_evidence()
+        evidence = model.modality_evidence()
         return None if evidence is None else {m: round(float(evidence[0, i]), 4) + 0.0 for i, m in enumerate(MODALITIES)}  # no -0.0
 
     def _findings(self, c, share: np.ndarray, top: int = 3) -> list[dict[str, Any]]:
@@ -338,8 +391,9 @@ class MedicalRunner:
             out.append(item)
         return out
 
-    def _result(self, probability: float, weights: list[float], location: dict | None, heatmaps: list[str],
-                artefact_id: str | None = None, findings: list[dict] | None = None,
+    @staticmethod
+    def _result(answering: AnsweringModel, probability: float, weights: list[float], location: dict | None,
+                heatmaps: list[str], artefact_id: str | None = None, findings: list[dict] | None = None,
                 evidence: dict[str, float] | None = None) -> dict[str, Any]:
         return {
             "probability": round(probability, 4),
@@ -350,8 +404,9 @@ class MedicalRunner:
             "findings": findings or [],
             "artefact_id": artefact_id,
             "heatmaps": heatmaps,
-            "model_version": self.version,
-            "model_sha256": self.sha256,
+            "answered_by": answering.name,
+            "model_version": answering.version,
+            "model_sha256": answering.sha256,
             "disclaimer": DISCLAIMER,
         }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import field_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.serving.settings import AppSettings
@@ -17,6 +18,11 @@ class MedicalSettings(AppSettings):
 
     # the fused CT + report model bundle (config.json + model.safetensors + MODEL_CARD.md)
     bundle_dir: Path = WEIGHTS_DIR / "fusion"
+    # dedicated single-input models (fusion bundles trained with --modalities ct / report --share-detector on the
+    # fusion model's pack) that answer a study sent with only that input; unset (or empty): the fusion model
+    # answers it with the other input absent
+    ct_only_bundle_dir: Path | None = None
+    report_only_bundle_dir: Path | None = None
     # IU-report nodule/mass classifier (JSON parameters, no pickle): what `triptych eval medical --reports` scores
     # by default; the service does not run it (its report branch is the fusion model's own)
     report_classifier_path: Path = WEIGHTS_DIR / "iu_reports" / "report_classifier.json"
@@ -35,6 +41,12 @@ class MedicalSettings(AppSettings):
     # a CT with less air inside the body than this (ml) is refused as not showing the chest: lungs hold
     # litres, a limited scan of the lung bases several hundred ml, an abdomen almost none
     min_lung_ml: float = 200.0
+
+
+    @field_validator("ct_only_bundle_dir", "report_only_bundle_dir", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value):
+        return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null") else value
 
 
 @lru_cache

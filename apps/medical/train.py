@@ -126,8 +126,11 @@ class FusionTrainConfig(ConfigBase):
     modality_dropout: float = 0.2  # chance a training sample loses its CT (or, equally, its report)
     seed: int = 0
     # "both" (the fusion model), or "ct" / "report": a dedicated single-modality model, trained and
-    # validated with the other input always absent - the yardstick for the fusion model with one missing
+    # validated with the other input always absent - the yardstick for the fusion model with one missing,
+    # and what the service answers with when a study has only that input (settings ct_only_bundle_dir, ...)
     modalities: str = "both"
+    # save a detector model without its detector (it is the fusion model's, which the service loads it with)
+    share_detector: bool = False
 
     PRESETS = {
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
@@ -476,7 +479,7 @@ def train_fusion(train_dir: str | Path, out: str | Path | None, config: FusionTr
     metrics.update(arrays.get("ranker_metrics", {}))
     if out is not None:
         save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), bert_path, preset=config.model,
-                           modalities=config.modalities)
+                           modalities=config.modalities, share_detector=config.share_detector)
     return model, metrics
 
 
@@ -746,7 +749,9 @@ def bert_fingerprint(model: MedicalModel) -> dict:
 
 
 def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
-                       bert_path: str = "", version: str = "", preset: str = "small_blob", modalities: str = "both") -> None:
+                       bert_path: str = "", version: str = "", preset: str = "small_blob", modalities: str = "both",
+                       share_detector: bool = False) -> None:
+    from apps.medical.model import without_detector
     from core.bundle import ModelCard, save_bundle
 
     version = version or time.strftime("medical-fusion-%Y%m%d-%H%M")
@@ -770,7 +775,13 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
                      "Not a medical device; the risk band is not a Lung-RADS category."],
         extra={"patients": train_patients},
     )
-    save_bundle(out, model.trainable_state(), config, card)
+    state = model.trainable_state()
+    if share_detector:
+        state, config["detector_sha256"] = without_detector(state)
+        card.limitations.append("Ships without its nodule detector: it reads the candidates of the detector whose "
+                                f"sha256 (of its weights) is {config['detector_sha256'][:16]}..., which the fusion "
+                                "model beside it holds; load it with that model (load_model's detector_from).")
+    save_bundle(out, state, config, card)
 
 
 def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
@@ -821,5 +832,5 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
     model, metrics, seed = best
     metrics = {**metrics, "seed": seed}
     save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), preset=config.model,
-                       modalities=config.modalities)
+                       modalities=config.modalities, share_detector=config.share_detector)
     return runs

@@ -63,6 +63,7 @@ async function show(r) {
     weights.append(bar(modality === "ct" ? "CT" : modality, w, { note: evidence }));
   }
   $("record").textContent = `result ${r.id} · model ${r.model_version}`
+    + (ANSWERED_BY[r.answered_by] ? ` · ${ANSWERED_BY[r.answered_by]}` : "")
     + (r.source_study_uid ? " · the DICOM downloads file with the uploaded study" : "");
   $("disclaimer").textContent = r.disclaimer;
 
@@ -101,6 +102,12 @@ async function show(r) {
   offerDownload($("capture"), r.secondary_capture, "secondary-capture.zip");
   offerDownload($("structured-report"), r.structured_report, `report-${r.id}.dcm`);
 }
+
+// a study sent with one input is answered by that input's dedicated model when the service has one
+const ANSWERED_BY = {
+  ct_only: "the CT-only model answered (no report was sent)",
+  report_only: "the report-only model answered (no CT was sent)",
+};
 
 // a protected file behind a link: fetched with the API key when clicked, saved under ``filename``
 function offerDownload(link, url, filename) {

@@ -140,6 +140,14 @@ def test_detector_fusion_model_trains_from_a_pack_and_keeps_its_detector(tmp_pat
     train_from_pack(tmp_path / "pack", tmp_path / "bundle", FusionTrainConfig.from_name("tiny_detector"), log=lambda m: None)
     loaded, _ = load_model(tmp_path / "bundle", str(tiny_bert_dir))
     assert torch.equal(loaded.detector.stem[0].weight, det.stem[0].weight)
+    # the fusion bundle's own detector can be given as --detector (to retrain on the shipped candidates)
+    assert torch.equal(load_detector_bundle(tmp_path / "bundle").stem[0].weight, det.stem[0].weight)
+    from core.bundle import ModelCard, save_bundle
+
+    save_bundle(tmp_path / "volume_model", {"w": torch.zeros(1)}, {"model": {"ct_kind": "resnet3d"}},
+                ModelCard(name="m", version="v", task="t"))
+    with pytest.raises(ValueError, match="neither a nodule detector"):
+        load_detector_bundle(tmp_path / "volume_model")
     from apps.medical.candidates import load_hu
 
     hu, spacing = load_hu(next((toy_studies / "volumes").glob("*.nii.gz")))
@@ -316,3 +324,86 @@ def test_a_scan_without_lungs_is_refused_as_such(tmp_path, monkeypatch):
         volume_from_upload(b"\x1f\x8b not read here", "nifti", runner.load_ct)
     empty.lung_ml = 3000.0
     assert isinstance(runner.load_ct(tmp_path / "ct.nii.gz"), CandidateInput)
+
+
+def test_single_input_models_answer_studies_with_one_input_and_share_the_detector(tmp_path, toy_studies, tiny_bert_dir):
+    """--modalities ct / report --share-detector: bundles without a detector copy, loaded beside the fusion model;
+    the runner answers a study with one input by that input's model and says so."""
+    import json
+
+    from apps.medical.data import load_rendered
+    from apps.medical.detector_train import (
+        DetectorTrainConfig,
+        load_detector_studies,
+        save_detector_bundle,
+        train_detector,
+    )
+    from apps.medical.evaluate import evaluate_ct
+    from apps.medical.model import load_model
+    from apps.medical.service import MedicalRunner, StudyInput
+    from apps.medical.train import (
+        FusionTrainConfig,
+        build_training_model,
+        load_arrays,
+        train_from_pack,
+        write_pack,
+    )
+
+    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
+    det, info = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None), config,
+                               log=lambda m: None)
+    save_detector_bundle(det, tmp_path / "det", config, info["metrics"], ["LIDC-IDRI-0001"])
+    model = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det")
+    write_pack(load_arrays(toy_studies, model, (1, 800), log=lambda m: None), model, tmp_path / "pack")
+    for name, modalities in (("fusion", "both"), ("ct_only", "ct"), ("report_only", "report")):
+        train_from_pack(tmp_path / "pack", tmp_path / name, FusionTrainConfig.from_name(
+            "tiny_detector", modalities=modalities, share_detector=modalities != "both"), log=lambda m: None)
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("detector.") for k in load_file(tmp_path / "ct_only" / "model.safetensors"))
+    assert any(k.startswith("detector.") for k in load_file(tmp_path / "fusion" / "model.safetensors"))
+    with pytest.raises(ValueError, match="without its nodule detector"):
+        load_model(tmp_path / "ct_only", str(tiny_bert_dir))
+
+    runner = MedicalRunner(tmp_path / "fusion", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1,
+                           ct_only_dir=tmp_path / "ct_only", report_only_dir=tmp_path / "report_only")
+    versions = {n: json.loads((tmp_path / n / "card.json").read_text())["version"] for n in ("fusion", "ct_only", "report_only")}
+    study = load_rendered(toy_studies)[0]
+    ct = runner.load_ct(study.volume_path)
+    both, ct_alone, report_alone = runner.predict_batch([StudyInput(ct, study.report), StudyInput(ct, None),
+                                                          StudyInput(None, study.report)])
+    assert [r["answered_by"] for r in (both, ct_alone, report_alone)] == ["fusion", "ct_only", "report_only"]
+    assert ct_alone["model_version"] == versions["ct_only"] and ct_alone["heatmaps"] and ct_alone["findings"]
+    # the dedicated model's own answer, not the fusion model's with the report absent
+    dedicated, _ = load_model(tmp_path / "ct_only", str(tiny_bert_dir), detector_from=runner.model)
+    batch = {"crops": torch.from_numpy(ct.candidates.crops)[None, :, None],
+             "geometry": torch.from_numpy(ct.candidates.geometry)[None], "mask": torch.from_numpy(ct.candidates.mask)[None]}
+    with torch.no_grad():
+        expected = float(dedicated.calibrated(dedicated(batch, None)[0])[0])
+    assert ct_alone["probability"] == pytest.approx(expected, abs=1e-4)
+    assert runner.models["report_only"].model.report_encoder.bert is runner.model.report_encoder.bert  # one copy
+    assert "ct_only=" in runner.version and "report_only=" in runner.sha256
+
+    plain = MedicalRunner(tmp_path / "fusion", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1)
+    assert plain.predict_batch([StudyInput(ct, None)])[0]["answered_by"] == "fusion"
+    assert plain.version == versions["fusion"]
+    with pytest.raises(ValueError, match="not a ct-only model"):
+        MedicalRunner(tmp_path / "fusion", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1,
+                      ct_only_dir=tmp_path / "report_only")
+    # a detector trained again: the single-input model was trained on the other one's candidates
+    det2, _ = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None),
+                             config.replace(seed=1), log=lambda m: None)
+    save_detector_bundle(det2, tmp_path / "det2", config, info["metrics"], ["LIDC-IDRI-0001"])
+    other = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det2")
+    write_pack(load_arrays(toy_studies, other, (1, 800), log=lambda m: None), other, tmp_path / "pack2")
+    train_from_pack(tmp_path / "pack2", tmp_path / "fusion2", FusionTrainConfig.from_name("tiny_detector"), log=lambda m: None)
+    with pytest.raises(ValueError, match="another nodule detector"):
+        MedicalRunner(tmp_path / "fusion2", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1,
+                      ct_only_dir=tmp_path / "ct_only")
+
+    routed = evaluate_ct(toy_studies, tmp_path / "fusion", str(tiny_bert_dir), ct_only_dir=tmp_path / "ct_only",
+                         report_only_dir=tmp_path / "report_only")
+    alone = evaluate_ct(toy_studies, tmp_path / "fusion", str(tiny_bert_dir))
+    assert routed["auc"] == alone["auc"]
+    assert routed["auc_ct_only_fusion"] == alone["auc_ct_only"] and routed["auc_text_only_fusion"] == alone["auc_text_only"]
+    assert "auc_ct_only_fusion" not in alone
