@@ -307,8 +307,8 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
 DETECTOR_PREFIX = "detector."
 
 
-def detector_digest(state: dict[str, torch.Tensor]) -> str:
-    """sha256 of a nodule detector's weights (its state dict, keys without the ``detector.`` prefix)."""
+def weights_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 of a module's weights (its state dict): which detector (or ranker) a model reads candidates with."""
     import hashlib
 
     digest = hashlib.sha256()
@@ -327,7 +327,7 @@ def without_detector(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Te
     detector = {k.removeprefix(DETECTOR_PREFIX): v for k, v in state.items() if k.startswith(DETECTOR_PREFIX)}
     if not detector:
         raise ValueError("the model holds no nodule detector")
-    return {k: v for k, v in state.items() if not k.startswith(DETECTOR_PREFIX)}, detector_digest(detector)
+    return {k: v for k, v in state.items() if not k.startswith(DETECTOR_PREFIX)}, weights_digest(detector)
 
 
 def reads_same_ct(a: MedicalModel, b: MedicalModel) -> bool:
@@ -339,7 +339,7 @@ def reads_same_ct(a: MedicalModel, b: MedicalModel) -> bool:
         pa, pb = getattr(a, part, None), getattr(b, part, None)
         if (pa is None) != (pb is None):
             return False
-        if pa is not None and detector_digest(pa.state_dict()) != detector_digest(pb.state_dict()):
+        if pa is not None and weights_digest(pa.state_dict()) != weights_digest(pb.state_dict()):
             return False
     return True
 
@@ -359,7 +359,7 @@ def load_model(bundle_dir, bert_path: str = "", detector_from: MedicalModel | No
             raise ValueError(f"bundle {bundle_dir} ships without its nodule detector: load it with the fusion model "
                              "whose detector it was trained on")
         shared = detector_from.detector.state_dict()
-        if detector_digest(shared) != wanted:
+        if weights_digest(shared) != wanted:
             raise ValueError(f"bundle {bundle_dir} was trained on another nodule detector's candidates than the "
                              "fusion model given: train it again from that model's pack")
         bundle.state_dict.update({DETECTOR_PREFIX + k: v for k, v in shared.items()})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -245,44 +247,47 @@ def test_extra_renders_add_only_training_patients_and_training_continues_from_a_
         train_detector(studies, config, log=lambda m: None, init=other)
 
 
-def test_extra_packs_add_training_studies_and_must_come_from_the_same_model(tmp_path, toy_studies, tiny_bert_dir):
-    """--extra-pack: other renders' packs add their training-side studies only; a pack written by another
-    detector is refused."""
-    from apps.medical.data import patient_split
+def tiny_detector_pack(folder: Path, toy_studies, tiny_bert_dir, seed: int = 0) -> dict:
+    """A tiny detector trained with ``seed`` (bundle ``folder/det{seed}``) and the pack of its candidates
+    (``folder/pack{seed}``); returns the pack's arrays."""
     from apps.medical.detector_train import (
         DetectorTrainConfig,
         load_detector_studies,
         save_detector_bundle,
         train_detector,
     )
-    from apps.medical.train import (
-        FusionTrainConfig,
-        build_training_model,
-        load_arrays,
-        train_from_pack,
-        write_pack,
-    )
+    from apps.medical.train import build_training_model, load_arrays, write_pack
 
-    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
-    studies = load_detector_studies(toy_studies, config.detector, log=lambda m: None)
-    for seed in (0, 1):
-        det, info = train_detector(studies, config.replace(seed=seed), log=lambda m: None)
-        save_detector_bundle(det, tmp_path / f"det{seed}", config, info["metrics"], ["LIDC-IDRI-0001"])
-    model = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det0")
+    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2, seed=seed)
+    det, info = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None), config,
+                               log=lambda m: None)
+    save_detector_bundle(det, folder / f"det{seed}", config, info["metrics"], ["LIDC-IDRI-0001"])
+    model = build_training_model("tiny_detector", str(tiny_bert_dir), folder / f"det{seed}")
     arrays = load_arrays(toy_studies, model, (1, 800), log=lambda m: None)
-    write_pack(arrays, model, tmp_path / "pack")
-    write_pack(arrays, model, tmp_path / "pack_render1")  # stands in for another render of the same patients
-    other = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det1")
-    write_pack(load_arrays(toy_studies, other, (1, 800), log=lambda m: None), other, tmp_path / "pack_other")
+    write_pack(arrays, model, folder / f"pack{seed}")
+    return arrays
+
+
+def test_extra_packs_add_training_studies_and_must_come_from_the_same_model(tmp_path, toy_studies, tiny_bert_dir):
+    """--extra-pack: other renders' packs add their training-side studies only; a pack written by another
+    detector is refused."""
+    import shutil
+
+    from apps.medical.data import patient_split
+    from apps.medical.train import FusionTrainConfig, train_from_pack
+
+    arrays = tiny_detector_pack(tmp_path, toy_studies, tiny_bert_dir, seed=0)
+    shutil.copytree(tmp_path / "pack0", tmp_path / "pack_render1")  # stands in for another render of the same patients
+    tiny_detector_pack(tmp_path, toy_studies, tiny_bert_dir, seed=1)
     fusion = FusionTrainConfig.from_name("tiny_detector")
-    alone = train_from_pack(tmp_path / "pack", tmp_path / "b0", fusion, log=lambda m: None)["seed0"]
-    more = train_from_pack(tmp_path / "pack", tmp_path / "b1", fusion, log=lambda m: None,
+    alone = train_from_pack(tmp_path / "pack0", tmp_path / "b0", fusion, log=lambda m: None)["seed0"]
+    more = train_from_pack(tmp_path / "pack0", tmp_path / "b1", fusion, log=lambda m: None,
                            extra_packs=(tmp_path / "pack_render1",))["seed0"]
     n_train = sum(patient_split(p, fusion.val_fraction, fusion.seed) == "train" for p in arrays["patient_ids"])
     assert 0 < n_train < len(arrays["patient_ids"])
     assert more["train_studies"] == alone["train_studies"] + n_train and more["val_studies"] == alone["val_studies"]
     with pytest.raises(ValueError, match="another model"):
-        train_from_pack(tmp_path / "pack", tmp_path / "b2", fusion, log=lambda m: None, extra_packs=(tmp_path / "pack_other",))
+        train_from_pack(tmp_path / "pack0", tmp_path / "b2", fusion, log=lambda m: None, extra_packs=(tmp_path / "pack1",))
 
 
 def test_lung_volume_counts_air_inside_the_body_only():
@@ -332,31 +337,14 @@ def test_single_input_models_answer_studies_with_one_input_and_share_the_detecto
     import json
 
     from apps.medical.data import load_rendered
-    from apps.medical.detector_train import (
-        DetectorTrainConfig,
-        load_detector_studies,
-        save_detector_bundle,
-        train_detector,
-    )
     from apps.medical.evaluate import evaluate_ct
     from apps.medical.model import load_model
     from apps.medical.service import MedicalRunner, StudyInput
-    from apps.medical.train import (
-        FusionTrainConfig,
-        build_training_model,
-        load_arrays,
-        train_from_pack,
-        write_pack,
-    )
+    from apps.medical.train import FusionTrainConfig, train_from_pack
 
-    config = DetectorTrainConfig.from_name("tiny", steps=2, val_every=2)
-    det, info = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None), config,
-                               log=lambda m: None)
-    save_detector_bundle(det, tmp_path / "det", config, info["metrics"], ["LIDC-IDRI-0001"])
-    model = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det")
-    write_pack(load_arrays(toy_studies, model, (1, 800), log=lambda m: None), model, tmp_path / "pack")
+    tiny_detector_pack(tmp_path, toy_studies, tiny_bert_dir, seed=0)
     for name, modalities in (("fusion", "both"), ("ct_only", "ct"), ("report_only", "report")):
-        train_from_pack(tmp_path / "pack", tmp_path / name, FusionTrainConfig.from_name(
+        train_from_pack(tmp_path / "pack0", tmp_path / name, FusionTrainConfig.from_name(
             "tiny_detector", modalities=modalities, share_detector=modalities != "both"), log=lambda m: None)
     from safetensors.torch import load_file
 
@@ -391,12 +379,8 @@ def test_single_input_models_answer_studies_with_one_input_and_share_the_detecto
         MedicalRunner(tmp_path / "fusion", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1,
                       ct_only_dir=tmp_path / "report_only")
     # a detector trained again: the single-input model was trained on the other one's candidates
-    det2, _ = train_detector(load_detector_studies(toy_studies, config.detector, log=lambda m: None),
-                             config.replace(seed=1), log=lambda m: None)
-    save_detector_bundle(det2, tmp_path / "det2", config, info["metrics"], ["LIDC-IDRI-0001"])
-    other = build_training_model("tiny_detector", str(tiny_bert_dir), tmp_path / "det2")
-    write_pack(load_arrays(toy_studies, other, (1, 800), log=lambda m: None), other, tmp_path / "pack2")
-    train_from_pack(tmp_path / "pack2", tmp_path / "fusion2", FusionTrainConfig.from_name("tiny_detector"), log=lambda m: None)
+    tiny_detector_pack(tmp_path, toy_studies, tiny_bert_dir, seed=1)
+    train_from_pack(tmp_path / "pack1", tmp_path / "fusion2", FusionTrainConfig.from_name("tiny_detector"), log=lambda m: None)
     with pytest.raises(ValueError, match="another nodule detector"):
         MedicalRunner(tmp_path / "fusion2", tmp_path / "artefacts", bert_path=str(tiny_bert_dir), threads=1,
                       ct_only_dir=tmp_path / "ct_only")
