@@ -31,8 +31,9 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     that side of the fusion model's training split (``patient_split``), for a training render.
 
     With a dedicated single-input model (``ct_only_dir`` / ``report_only_dir``, as the service answers a
-    study with one input), ``auc_ct_only`` / ``auc_text_only`` are that model's, and ``auc_ct_only_fusion``
-    / ``auc_text_only_fusion`` the fusion model's own with the other input absent."""
+    study with one input), ``auc_ct_only`` / ``auc_text_only`` (and ``ece_*``) are that model's, and
+    ``auc_ct_only_fusion`` / ``auc_text_only_fusion`` (``ece_*_fusion``) the fusion model's own with the
+    other input absent."""
     import torch
 
     from apps.medical.data import load_rendered, patient_split
@@ -66,6 +67,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         ds = StudyDataset(volumes, hidden, mask, y, present_ct=ct_on, present_report=rep_on, risk=risk)
         scores[name] = predict_logits(model, ds)
     dedicated = {}
+    answering = {"ct": model, "text": model}
     for name, directory, ct_on in (("ct", ct_only_dir, True), ("text", report_only_dir, False)):
         if directory:
             single, _ = load_model(directory, bert_path, detector_from=model)
@@ -75,8 +77,14 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
             own_hidden, own_mask = (hidden, mask) if same_text else embed_reports(single, [s.report for s in studies])
             ds = StudyDataset(own, own_hidden, own_mask, y, present_ct=ct_on, present_report=not ct_on, risk=risk)
             dedicated[f"auc_{name}_only_fusion"] = _auc(y, scores[name])
+            dedicated[f"ece_{name}_only_fusion"] = expected_calibration_error(
+                y, model.calibrated(torch.from_numpy(scores[name])).numpy())
             scores[name] = predict_logits(single, ds)
+            answering[name] = single
     prob = model.calibrated(torch.from_numpy(scores["fused"])).numpy()
+    # a study with one input gets the answering model's calibrated probability: how well it is calibrated too
+    single_ece = {f"ece_{name}_only": expected_calibration_error(y, m.calibrated(torch.from_numpy(scores[name])).numpy())
+                  for name, m in answering.items()}
     return {
         "auc": _auc(y, scores["fused"]),
         "auc_ct_only": _auc(y, scores["ct"]),
@@ -84,6 +92,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         **dedicated,
         "accuracy": float(((prob >= 0.5) == y).mean()),
         "ece": expected_calibration_error(y, prob),
+        **single_ece,
         "studies": float(len(y)),
         "malignant": float(y.sum()),
         **subgroup_metrics(ct_dir, [s.study_id for s in studies], y, scores["fused"], scores["ct"]),

@@ -391,3 +391,4 @@ def test_single_input_models_answer_studies_with_one_input_and_share_the_detecto
     assert routed["auc"] == alone["auc"]
     assert routed["auc_ct_only_fusion"] == alone["auc_ct_only"] and routed["auc_text_only_fusion"] == alone["auc_text_only"]
     assert "auc_ct_only_fusion" not in alone
+    assert routed["ece_text_only_fusion"] == alone["ece_text_only"] and 0 <= routed["ece_text_only"] <= 1
