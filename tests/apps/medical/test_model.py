@@ -121,34 +121,18 @@ def test_shipped_bundle_loads_verified_and_predicts():
     assert 0 <= float(p) <= 1 and torch.allclose(weights.sum(1), torch.ones(1))
 
 
-def test_the_shipped_single_input_models_are_the_default_only_beside_the_shipped_fusion_model(monkeypatch, tmp_path):
-    from apps.medical.settings import SHIPPED_FUSION, SHIPPED_SINGLE_INPUT, MedicalSettings
+def test_shipped_single_input_models_are_the_default_only_beside_the_shipped_fusion_model(monkeypatch, tmp_path):
+    from apps.medical import settings as settings_module
+    from apps.medical.settings import SHIPPED_FUSION, MedicalSettings
 
     for name in ("BUNDLE_DIR", "CT_ONLY_BUNDLE_DIR", "REPORT_ONLY_BUNDLE_DIR"):
         monkeypatch.delenv(f"TRIPTYCH_MEDICAL_{name}", raising=False)
-    settings = MedicalSettings()
-    assert settings.bundle_dir == SHIPPED_FUSION
-    assert settings.report_only_bundle_dir == SHIPPED_SINGLE_INPUT["report_only_bundle_dir"]
-    assert settings.ct_only_bundle_dir is None  # none shipped: the fusion model reads a CT alone
+    assert MedicalSettings().bundle_dir == SHIPPED_FUSION
+    assert MedicalSettings().report_only_bundle_dir is None and MedicalSettings().ct_only_bundle_dir is None
+    monkeypatch.setattr(settings_module, "SHIPPED_SINGLE_INPUT", {"report_only_bundle_dir": tmp_path / "shipped"})
+    assert MedicalSettings().report_only_bundle_dir == tmp_path / "shipped"  # beside the shipped fusion model
     assert MedicalSettings(bundle_dir=tmp_path).report_only_bundle_dir is None  # another fusion model: none of ours
     monkeypatch.setenv("TRIPTYCH_MEDICAL_REPORT_ONLY_BUNDLE_DIR", "")
     assert MedicalSettings().report_only_bundle_dir is None  # empty turns it off
     monkeypatch.setenv("TRIPTYCH_MEDICAL_REPORT_ONLY_BUNDLE_DIR", str(tmp_path))
     assert MedicalSettings(bundle_dir=tmp_path / "x").report_only_bundle_dir == tmp_path
-
-
-@pytest.mark.slow
-def test_shipped_report_only_model_answers_a_study_without_ct(tmp_path):
-    """`make serve`: a report alone is read by the shipped report-only model, a CT + report by the fusion model."""
-    from apps.medical.service import MedicalRunner, StudyInput
-    from apps.medical.settings import MedicalSettings
-
-    settings = MedicalSettings()
-    if not (settings.bundle_dir / "model.safetensors").is_file() or settings.report_only_bundle_dir is None:
-        pytest.skip("no shipped bundles in this checkout")
-    runner = MedicalRunner(settings.bundle_dir, tmp_path, threads=1, report_only_dir=settings.report_only_bundle_dir)
-    report = "72-year-old man, current smoker, 50 pack-years. A 24 mm spiculated nodule in the right upper lobe."
-    answer = runner.predict_batch([StudyInput(None, report)])[0]
-    assert answer["answered_by"] == "report_only" and answer["model_version"].startswith("medical-report-only-")
-    assert 0.0 <= answer["probability"] <= 1.0
-    assert answer["modality_weights"]["ct"] == 0.0
