@@ -59,6 +59,8 @@ def train(
     share_detector: Annotated[bool, typer.Option("--share-detector", help="Detector presets: save the model without "
                                                  "its nodule detector (the service loads it with the fusion model "
                                                  "that holds that detector: the shipped single-input models).")] = False,
+    history_dropout: Annotated[float, typer.Option(help="Chance a training report loses its risk factors and half its "
+                                                        "clauses (0 = the presets' default).")] = 0.0,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -96,7 +98,8 @@ def train(
 
         from apps.medical.train import FusionTrainConfig, train_from_pack
 
-        config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector)
+        config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector,
+                                             **({"history_dropout": history_dropout} if history_dropout else {}))
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -121,7 +124,8 @@ def train(
         from apps.medical.train import FusionTrainConfig, train_fusion
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities, share_detector=share_detector)
+        config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities, share_detector=share_detector,
+                                             **({"history_dropout": history_dropout} if history_dropout else {}))
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs

@@ -131,6 +131,10 @@ class FusionTrainConfig(ConfigBase):
     modalities: str = "both"
     # save a detector model without its detector (it is the fusion model's, which the service loads it with)
     share_detector: bool = False
+    # chance a training report loses its clinical risk factors (back to the population centre) and each of its
+    # clauses with chance 1/2 (one kept): a model that only ever saw full histories calls a report without one
+    # near-certain benign
+    history_dropout: float = 0.0
 
     PRESETS = {
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
@@ -218,7 +222,7 @@ class StudyDataset(Dataset):
 
     def __init__(self, volumes: np.ndarray, hidden: torch.Tensor, mask: torch.Tensor, labels: np.ndarray,
                  train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True,
-                 risk: torch.Tensor | None = None):
+                 risk: torch.Tensor | None = None, history_dropout: float = 0.0):
         if isinstance(volumes, dict):  # candidate stage output: crops uint8 (N, K, S, S, S), geometry, cmask
             self.volumes = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in volumes.items()}
         else:
@@ -226,7 +230,7 @@ class StudyDataset(Dataset):
         self.hidden, self.mask = hidden, mask
         self.risk = risk  # (N, len(RISK_FACTORS)) clinical risk factors read from each report, or None
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
-        self.train, self.modality_dropout = train, modality_dropout
+        self.train, self.modality_dropout, self.history_dropout = train, modality_dropout, history_dropout
         self.present_ct, self.present_report = present_ct, present_report
 
     def __len__(self) -> int:
@@ -240,6 +244,14 @@ class StudyDataset(Dataset):
                 present_ct = False
             elif r < 2 * self.modality_dropout:
                 present_report = False
+        segment_mask = self.mask[i]
+        risk = None if self.risk is None else self.risk[i]
+        if self.train and self.history_dropout and float(torch.rand(())) < self.history_dropout:
+            risk = None if risk is None else torch.zeros_like(risk)
+            kept = segment_mask & (torch.rand(segment_mask.shape) < 0.5)
+            if segment_mask.any() and not kept.any():
+                kept[int(segment_mask.nonzero()[torch.randint(int(segment_mask.sum()), ()), 0])] = True
+            segment_mask = kept
         if isinstance(self.volumes, dict):
             ct = {"crops": self.volumes["crops"][i].unsqueeze(1),  # uint8 (K, 1, S, S, S)
                   "geometry": self.volumes["geometry"][i], "cmask": self.volumes["cmask"][i]}
@@ -248,8 +260,8 @@ class StudyDataset(Dataset):
         return {
             **ct,
             "hidden": self.hidden[i].float(),
-            "segment_mask": self.mask[i],
-            **({"risk": self.risk[i]} if self.risk is not None else {}),
+            "segment_mask": segment_mask,
+            **({"risk": risk} if risk is not None else {}),
             "label": self.labels[i],
             "present_ct": torch.tensor(present_ct),
             "present_report": torch.tensor(present_report),
@@ -592,7 +604,8 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     dropout = config.modality_dropout if config.modalities == "both" else 0.0
     train_set = StudyDataset(_concat([_take(a["volumes"], i) for a, i in parts]), _concat([a["hidden"][i] for a, i in parts]),
                              _concat([a["segment_mask"][i] for a, i in parts]), _concat([a["labels"][i] for a, i in parts]),
-                             train=True, modality_dropout=dropout, risk=train_risk, **present)
+                             train=True, modality_dropout=dropout, risk=train_risk,
+                             history_dropout=config.history_dropout, **present)
     val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va), **present)
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device
