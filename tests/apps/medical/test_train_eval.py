@@ -44,6 +44,32 @@ def test_a_dedicated_single_modality_model_is_validated_on_its_modality(toy_stud
                      bert_path=str(tiny_bert_dir), log=lambda m: None)
 
 
+def test_history_dropout_hides_the_history_of_training_reports_only():
+    """A dropped history: risk factors back to the population centre (0), about half the clauses, never none."""
+    import torch
+
+    from apps.medical.train import StudyDataset
+
+    volumes = {"crops": np.zeros((2, 2, 3, 3, 3), np.uint8), "geometry": np.zeros((2, 2, 7), np.float32),
+               "cmask": np.ones((2, 2), bool)}
+    mask = torch.tensor([[True] * 6 + [False] * 2, [True] + [False] * 7])
+    risk = torch.ones(2, 16)
+    torch.manual_seed(0)
+    train = StudyDataset(volumes, torch.zeros(2, 8, 4), mask, np.array([0, 1]), train=True, risk=risk, history_dropout=1.0)
+    kept = []
+    for _ in range(50):
+        full, single = train[0], train[1]
+        assert float(full["risk"].abs().sum()) == 0 and float(single["risk"].abs().sum()) == 0
+        assert not (full["segment_mask"] & ~mask[0]).any() and full["segment_mask"].any()
+        assert single["segment_mask"].tolist() == mask[1].tolist()  # its one clause is kept
+        kept.append(int(full["segment_mask"].sum()))
+    assert 1 <= min(kept) and max(kept) <= 6 and 2 <= float(np.mean(kept)) <= 4
+    held_out = StudyDataset(volumes, torch.zeros(2, 8, 4), mask, np.array([0, 1]), risk=risk, history_dropout=1.0)
+    assert held_out[0]["segment_mask"].tolist() == mask[0].tolist() and float(held_out[0]["risk"].sum()) == 16
+    untouched = StudyDataset(volumes, torch.zeros(2, 8, 4), mask, np.array([0, 1]), train=True, risk=risk)
+    assert untouched[0]["segment_mask"].tolist() == mask[0].tolist()
+
+
 def test_evaluation_patients_are_never_trained_on(toy_studies, tmp_path):
     from apps.medical.train import FusionTrainConfig, train_fusion
 
