@@ -12,8 +12,8 @@ from core.serving.settings import AppSettings
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 SHIPPED_FUSION = WEIGHTS_DIR / "fusion"
-# the dedicated models shipped with it, setting name -> folder (none: the fusion model's card, item 11)
-SHIPPED_SINGLE_INPUT: dict[str, Path] = {}
+# the dedicated models shipped with it, setting name -> folder (the fusion model's card, item 11, says why these)
+SHIPPED_SINGLE_INPUT: dict[str, Path] = {"report_only_bundle_dir": WEIGHTS_DIR / "report_only"}
 
 
 class MedicalSettings(AppSettings):
@@ -24,7 +24,7 @@ class MedicalSettings(AppSettings):
     # dedicated single-input models (bundles trained with --modalities ct / report --share-detector on the
     # fusion model's pack) that answer a study sent with only that input; empty: the fusion model answers it
     # with the other input absent. Unset: the one shipped beside the shipped fusion model when bundle_dir is
-    # that model (none ship now: the fusion model's card, item 11, says why), else none.
+    # that model (a report-only model since session 23; no CT-only model ships), else none.
     ct_only_bundle_dir: Path | None = None
     report_only_bundle_dir: Path | None = None
     # IU-report nodule/mass classifier (JSON parameters, no pickle): what `triptych eval medical --reports` scores

@@ -123,12 +123,13 @@ def test_shipped_bundle_loads_verified_and_predicts():
 
 def test_shipped_single_input_models_are_the_default_only_beside_the_shipped_fusion_model(monkeypatch, tmp_path):
     from apps.medical import settings as settings_module
-    from apps.medical.settings import SHIPPED_FUSION, MedicalSettings
+    from apps.medical.settings import SHIPPED_FUSION, SHIPPED_SINGLE_INPUT, MedicalSettings
 
     for name in ("BUNDLE_DIR", "CT_ONLY_BUNDLE_DIR", "REPORT_ONLY_BUNDLE_DIR"):
         monkeypatch.delenv(f"TRIPTYCH_MEDICAL_{name}", raising=False)
     assert MedicalSettings().bundle_dir == SHIPPED_FUSION
-    assert MedicalSettings().report_only_bundle_dir is None and MedicalSettings().ct_only_bundle_dir is None
+    assert MedicalSettings().report_only_bundle_dir == SHIPPED_SINGLE_INPUT["report_only_bundle_dir"]
+    assert MedicalSettings().ct_only_bundle_dir is None  # none ships: the fusion model reads a CT alone
     monkeypatch.setattr(settings_module, "SHIPPED_SINGLE_INPUT", {"report_only_bundle_dir": tmp_path / "shipped"})
     assert MedicalSettings().report_only_bundle_dir == tmp_path / "shipped"  # beside the shipped fusion model
     assert MedicalSettings(bundle_dir=tmp_path).report_only_bundle_dir is None  # another fusion model: none of ours
@@ -136,3 +137,22 @@ def test_shipped_single_input_models_are_the_default_only_beside_the_shipped_fus
     assert MedicalSettings().report_only_bundle_dir is None  # empty turns it off
     monkeypatch.setenv("TRIPTYCH_MEDICAL_REPORT_ONLY_BUNDLE_DIR", str(tmp_path))
     assert MedicalSettings(bundle_dir=tmp_path / "x").report_only_bundle_dir == tmp_path
+
+
+@pytest.mark.slow
+def test_shipped_report_only_model_answers_reports_alone_and_minimal_ones_near_the_base_rate(tmp_path):
+    """`make serve`: a report without a CT is read by the shipped report-only model. A report that says almost
+    nothing must not read as near-certain benign (the first report-only model answered these 0.0003-0.12)."""
+    from apps.medical.service import MedicalRunner, StudyInput
+    from apps.medical.settings import MedicalSettings
+
+    settings = MedicalSettings()
+    if not (settings.bundle_dir / "model.safetensors").is_file() or settings.report_only_bundle_dir is None:
+        pytest.skip("no shipped bundles in this checkout")
+    runner = MedicalRunner(settings.bundle_dir, tmp_path, threads=1, report_only_dir=settings.report_only_bundle_dir)
+    minimal = ["x", "Follow-up of a pulmonary nodule.",
+               "CLINICAL HISTORY: 66-year-old woman. FINDINGS: A nodule in the left lower lobe."]
+    answers = runner.predict_batch([StudyInput(None, text) for text in minimal])
+    assert all(a["answered_by"] == "report_only" and a["model_version"].startswith("medical-report-only-") for a in answers)
+    assert all(0.2 <= a["probability"] <= 0.8 for a in answers), [a["probability"] for a in answers]
+    assert answers[0]["modality_weights"]["ct"] == 0.0
