@@ -156,10 +156,11 @@ def evaluate(
     record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
     side: Annotated[str | None, typer.Option("--side", help="val | train: only the patients on that side of the fusion model's patient split (a training render).")] = None,
     ct_only_bundle: Annotated[str | None, typer.Option(help="--ct: the dedicated CT-only model that answers a study without a "
-                                                           "report (default: the ct_only_bundle_dir setting, the shipped "
-                                                           "one, unless --bundle is given; 'none': the fusion model's own).")] = None,
+                                                           "report (default: the ct_only_bundle_dir setting unless --bundle "
+                                                           "is given; 'none': the fusion model's own reading).")] = None,
     report_only_bundle: Annotated[str | None, typer.Option(help="--ct: the same for a study without a CT "
-                                                               "(report_only_bundle_dir).")] = None,
+                                                               "(report_only_bundle_dir: the shipped report-only "
+                                                               "model).")] = None,
 ) -> None:
     """Evaluate: --ct DIR (auc, auc_ct_only, auc_text_only, accuracy, ece; AUCs by contrast and slice spacing) or
     --reports FILE (auc, f1)."""

