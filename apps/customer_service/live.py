@@ -164,11 +164,9 @@ class LiveCall:
                                   call["escalation"], timings)
         duration = audio_s if audio_s is not None else max(s["end"] for s in self.segments)
         return {"source": "stream",
-                "transcript": {"text": " ".join(s["text"] for s in self.segments), "redactions": self.redactions,
-                               "duration_s": round(duration, 3)},
-                "segments": [self._public(s) for s in self.segments], **call, "reply": reply,
-                "model_versions": self.engine.versions(),
-                "timings_ms": {k: round(v, 2) for k, v in timings.items()}, "redacted_audio": None, "warnings": warnings}
+                **self.engine.call_result(" ".join(s["text"] for s in self.segments), self.redactions, duration,
+                                          [self._public(s) for s in self.segments], call, reply, timings, None,
+                                          warnings)}
 
 
 def bench_live(engine, audio: list[np.ndarray] | None = None, *, chunk_ms: int = 160, repeats: int = 1) -> dict:

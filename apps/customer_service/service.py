@@ -304,14 +304,18 @@ class CustomerServiceEngine:
         escalation = decide_escalation(self.rules, caller, intent, requests)
         reply = self.reply(req, intent, call_emotion, escalation, timings)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1000
+        return self.call_result(" ".join(p for p in transcript_parts if p), redactions, duration, segments,
+                                {"emotion": call_emotion, "intent": intent, "requests": requests,
+                                 "escalation": escalation}, reply, timings, redacted_audio, warnings)
+
+    def call_result(self, text: str, redactions: list[dict], duration_s: float, segments: list[dict], call: dict,
+                    reply: dict, timings: dict, redacted_audio: dict | None, warnings: list[str]) -> dict:
+        """An analysed call as ``/v1/calls:analyze`` answers and stores it; ``call``: its ``emotion``,
+        ``intent``, ``requests`` and ``escalation``."""
         return {
-            "transcript": {"text": " ".join(p for p in transcript_parts if p), "redactions": redactions,
-                           "duration_s": round(duration, 3)},
+            "transcript": {"text": text, "redactions": redactions, "duration_s": round(duration_s, 3)},
             "segments": segments,
-            "emotion": call_emotion,
-            "intent": intent,
-            "requests": requests,
-            "escalation": escalation,
+            **{k: call[k] for k in ("emotion", "intent", "requests", "escalation")},
             "reply": reply,
             "model_versions": self.versions(),
             "timings_ms": {k: round(v, 2) for k, v in timings.items()},
@@ -486,13 +490,13 @@ class CustomerServiceEngine:
         labels = self.intent.config.labels
         listed: dict[str, dict] = {}
 
-        first = min(requests) if requests else None
+        first = min(requests, default=len(turns))
         later_min = self.rules.later_request_min_confidence
         if later_min is None:
             later_min = self.rules.request_min_confidence
 
-        def add(label: str, confidence: float, members: list[int], later: bool) -> None:
-            if confidence >= (later_min if later else self.rules.request_min_confidence):
+        def add(label: str, confidence: float, members: list[int], k: int) -> None:
+            if confidence >= (later_min if k > first else self.rules.request_min_confidence):
                 item = listed.setdefault(label, {"label": label, "confidence": 0.0, "segments": []})
                 item["confidence"] = max(item["confidence"], round(confidence, 4))
                 item["segments"] += [i for i in members if i not in item["segments"]]
@@ -513,10 +517,10 @@ class CustomerServiceEngine:
                 for i in members:
                     segments[i]["intent"] = {"label": labels[best], "confidence": round(float(proba[n, best]), 4)}
                 for label, confidence in clause_intents[k] or [(labels[best], float(proba[n, best]))]:
-                    add(label, confidence, members, later=first is not None and k > first)
+                    add(label, confidence, members, k)
             else:  # a request for a person: what else it asks, if anything
                 for label, confidence in clause_intents[k] or []:
-                    add(label, confidence, members, later=first is not None and k > first)
+                    add(label, confidence, members, k)
         if self.dialogue_acts is not None and requests:
             self._handoff_in_pieces(segments, [turns[k] for k in requests])
         call = proba.mean(0)
