@@ -305,7 +305,8 @@ class BertReportEncoder(Encoder):
     modality = "text"
 
     def __init__(self, path: str = "", bert_config: dict[str, Any] | None = None, max_length: int = 48,
-                 max_segments: int = 24, freeze: bool = True, risk_factors: bool = False):
+                 max_segments: int = 24, freeze: bool = True, risk_factors: bool = False,
+                 shared: BertReportEncoder | None = None):
         super().__init__()
         from core.offline import enforce_offline
 
@@ -315,7 +316,11 @@ class BertReportEncoder(Encoder):
         self.max_length = max_length
         self.max_segments = max_segments
         self.freeze = freeze
-        if bert_config is not None:
+        if shared is not None:  # another model's frozen BERT, not read from disk again
+            if not (freeze and shared.freeze):
+                raise ValueError("only a frozen BERT can be shared between models")
+            self.bert, self.tokenizer, self.source = shared.bert, shared.tokenizer, shared.source
+        elif bert_config is not None:
             self.bert = BertModel(BertConfig(**bert_config), add_pooling_layer=False)
             self.tokenizer = None
             self.source = "random-init (bare config)"

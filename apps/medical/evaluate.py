@@ -70,7 +70,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     answering = {"ct": model, "text": model}
     for name, directory, ct_on in (("ct", ct_only_dir, True), ("text", report_only_dir, False)):
         if directory:
-            single, _ = load_model(directory, bert_path, detector_from=model)
+            single, _ = load_model(directory, bert_path, detector_from=model, bert_from=model)
             own = volumes if reads_same_ct(single, model) else ct_arrays(single, studies, cache, log=lambda m: None)
             same_text = (single.config.clause_tokens, single.config.max_clauses) == (model.config.clause_tokens,
                                                                                      model.config.max_clauses)

@@ -273,9 +273,12 @@ class CandidateRanker(nn.Module):
 
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
-                freeze_bert: bool = True) -> MedicalModel:
+                freeze_bert: bool = True, bert_from: MedicalModel | None = None) -> MedicalModel:
+    """``bert_from``: a model whose BERT this one shares when both are frozen (one copy, not read again)."""
+    shared = bert_from.report_encoder if bert_from is not None and bert_from.report_encoder.freeze and freeze_bert else None
     report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.clause_tokens,
-                               max_segments=config.max_clauses, freeze=freeze_bert, risk_factors=config.risk_factors)
+                               max_segments=config.max_clauses, freeze=freeze_bert, risk_factors=config.risk_factors,
+                               shared=shared)
     return MedicalModel(config, report)
 
 
@@ -344,15 +347,16 @@ def reads_same_ct(a: MedicalModel, b: MedicalModel) -> bool:
     return True
 
 
-def load_model(bundle_dir, bert_path: str = "", detector_from: MedicalModel | None = None) -> tuple[MedicalModel, Any]:
-    """Model + bundle from a saved bundle; the frozen BERT comes from ``bert_path`` (or MiniLM). A bundle
-    saved without its detector (config ``detector_sha256``) takes it from ``detector_from``, which must
-    hold that very detector: its candidates are what the bundle was trained on."""
+def load_model(bundle_dir, bert_path: str = "", detector_from: MedicalModel | None = None,
+               bert_from: MedicalModel | None = None) -> tuple[MedicalModel, Any]:
+    """Model + bundle from a saved bundle; the frozen BERT comes from ``bert_path`` (or MiniLM), or is
+    ``bert_from``'s (shared). A bundle saved without its detector (config ``detector_sha256``) takes it from
+    ``detector_from``, which must hold that very detector: its candidates are what the bundle was trained on."""
     from core.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
     config = MedicalModelConfig.from_dict(bundle.config["model"])
-    model = build_model(config, bert_path=bert_path)
+    model = build_model(config, bert_path=bert_path, bert_from=bert_from)
     wanted = bundle.config.get("detector_sha256")
     if wanted:
         if getattr(detector_from, "detector", None) is None:

@@ -200,20 +200,16 @@ class MedicalRunner:
 
     def _single_input_model(self, name: str, modality: str, directory: str | Path, bert_path: str) -> AnsweringModel:
         """A dedicated model must read what the fusion model reads: its CT input is the fusion model's
-        (``load_ct``), its frozen BERT is shared."""
+        (``load_ct``), its frozen BERT is the fusion model's (shared, not loaded again)."""
         from apps.medical.model import load_model, reads_same_ct
 
-        model, bundle = load_model(directory, bert_path, detector_from=self.model)
+        model, bundle = load_model(directory, bert_path, detector_from=self.model, bert_from=self.model)
         if bundle.config.get("modalities") != modality:
             raise ValueError(f"{directory} is not a {modality}-only model (its modalities: "
                              f"{bundle.config.get('modalities', 'both')})")
         if modality == "ct" and not reads_same_ct(model, self.model):
             raise ValueError(f"{directory} reads another CT input than the fusion model (its candidates or volume "
                              "differ); train it from the fusion model's pack with --share-detector")
-        if model.report_encoder.freeze and self.model.report_encoder.freeze:
-            if model.report_encoder.source != self.model.report_encoder.source:
-                raise ValueError(f"{directory} was loaded with another report BERT than the fusion model")
-            model.report_encoder.bert = self.model.report_encoder.bert  # one copy of the frozen weights
         return AnsweringModel(name, model, bundle.version, bundle.sha256)
 
     def answering(self, has_ct: bool, has_report: bool) -> AnsweringModel:
