@@ -26,6 +26,30 @@ _CPD = re.compile(r"(\d+)\s+cigarettes?\s+per\s+day", re.IGNORECASE)
 _BMI = re.compile(r"\bBMI\s*(?:of\s*)?(\d+(?:\.\d+)?)", re.IGNORECASE)
 _NEGATED = re.compile(r"\b(no|denies|without|negative for)\b[^.;:]*$", re.IGNORECASE)
 
+# (plausible, trained) ranges in the text's own units. A number outside the plausible range is a typo or
+# a misread ("900 pack-years") and counts as not stated; a plausible number beyond what the training
+# histories held is clipped to their range, because the models are linear in it and nothing was learnt
+# about ages under 40 or 300 pack-years.
+_RANGES = {
+    "age": ((18, 110), (40, 88)),
+    "log_pack_years": ((0, 250), (0.1, 200)),
+    "smoking_years": ((0, 90), (2, 77)),
+    "years_since_quit": ((0, 90), (1, 60)),
+    "cigarettes_per_day": ((1, 150), (3, 80)),
+    "bmi": ((10, 80), (16, 48)),
+}
+
+
+def _number(name: str, match: re.Match | None) -> float | None:
+    """The match's first group within ``name``'s plausible range, clipped to its trained range; else None."""
+    if match is None:
+        return None
+    value = float(match.group(1))
+    (low, high), (trained_low, trained_high) = _RANGES[name]
+    if not low <= value <= high:
+        return None
+    return min(max(value, trained_low), trained_high)
+
 
 def _mentioned(text: str, pattern: str) -> float:
     """1 when ``pattern`` occurs in a sentence that does not negate it before the mention."""
@@ -42,23 +66,24 @@ def extract_risk_factors(text: str | None) -> np.ndarray:
     if not text:
         return out
     values: dict[str, float] = {}
-    if m := _AGE.search(text):
-        values["age"] = (float(m.group(1)) - 62.0) / 10.0
-        values["female"] = 1.0 if (m.group(2) or "").lower() in ("woman", "female") else 0.0
+    age_match = _AGE.search(text)
+    if (age := _number("age", age_match)) is not None:
+        values["age"] = (age - 62.0) / 10.0
+        values["female"] = 1.0 if (age_match.group(2) or "").lower() in ("woman", "female") else 0.0
     if re.search(r"\bcurrent(?:ly)?\s+smok", text, re.IGNORECASE):
         values["current_smoker"] = 1.0
     elif re.search(r"\b(former|ex-?)\s*smoker\b", text, re.IGNORECASE):
         values["former_smoker"] = 1.0
-    if m := _PACK_YEARS.search(text):
-        values["log_pack_years"] = float(np.log1p(float(m.group(1)))) - float(np.log1p(27.0))
-    if m := _YEARS.search(text):
-        values["smoking_years"] = (float(m.group(1)) - 27.0) / 10.0
-    if m := _QUIT.search(text):
-        values["years_since_quit"] = (float(m.group(1)) - 10.0) / 10.0
-    if m := _CPD.search(text):
-        values["cigarettes_per_day"] = (float(m.group(1)) - 20.0) / 10.0
-    if m := _BMI.search(text):
-        values["bmi"] = (float(m.group(1)) - 27.0) / 5.0
+    if (pack_years := _number("log_pack_years", _PACK_YEARS.search(text))) is not None:
+        values["log_pack_years"] = float(np.log1p(pack_years)) - float(np.log1p(27.0))
+    if (years := _number("smoking_years", _YEARS.search(text))) is not None:
+        values["smoking_years"] = (years - 27.0) / 10.0
+    if (quit := _number("years_since_quit", _QUIT.search(text))) is not None:
+        values["years_since_quit"] = (quit - 10.0) / 10.0
+    if (per_day := _number("cigarettes_per_day", _CPD.search(text))) is not None:
+        values["cigarettes_per_day"] = (per_day - 20.0) / 10.0
+    if (bmi := _number("bmi", _BMI.search(text))) is not None:
+        values["bmi"] = (bmi - 27.0) / 5.0
     values["family_history"] = _mentioned(text, r"family history of (?:lung )?cancer")
     values["emphysema"] = _mentioned(text, r"emphysema")
     values["copd"] = _mentioned(text, r"\bCOPD\b|chronic obstructive")

@@ -52,3 +52,16 @@ def test_report_encoder_adds_one_risk_token(tiny_bert_dir):
     else:
         raise AssertionError("a risk-factor encoder must refuse a batch without risk factors")
     assert torch.isfinite(b.tokens).all()
+
+
+def test_absurd_numbers_count_as_not_stated_and_plausible_extremes_are_clipped_to_the_trained_range():
+    absurd = _named("CLINICAL HISTORY: 250-year-old man, current smoker, 900 cigarettes per day for 120 years "
+                    "(900 pack-years). BMI 400.")
+    assert absurd["current_smoker"] == 1.0
+    for name in ("age", "log_pack_years", "smoking_years", "cigarettes_per_day", "bmi"):
+        assert absurd[name] == 0.0, name
+    extreme = _named("CLINICAL HISTORY: 25-year-old man, current smoker, 120 cigarettes per day for 85 years "
+                     "(240 pack-years). BMI 62.")
+    assert round(extreme["age"] * 10 + 62) == 40 and np.isclose(extreme["bmi"] * 5 + 27, 48.0, atol=1e-4)
+    assert round(extreme["cigarettes_per_day"] * 10 + 20) == 80 and round(extreme["smoking_years"] * 10 + 27) == 77
+    assert np.isclose(extreme["log_pack_years"], np.log1p(200.0) - np.log1p(27.0), atol=1e-5)
