@@ -34,6 +34,7 @@ from core.serving import (
     get_request_id,
     get_store,
     read_upload,
+    require_form_body,
     require_role,
     sniff_kind,
     stored_result,
@@ -203,6 +204,8 @@ async def analyze(
     from apps.medical.service import CTInputError, StudyInput, volume_from_upload
 
     settings: MedicalSettings = request.app.state.settings
+    require_form_body(request.headers.get("content-type"), "a 'ct' file (NIfTI, a DICOM file or a zipped DICOM "
+                      "series) and/or a 'report' text field")
     runner = _runner(request)
     if report is not None:
         if len(report) > MAX_REPORT_CHARS:
@@ -377,7 +380,10 @@ async def heatmap(
 def create_app(settings: MedicalSettings | None = None):
     from pathlib import Path
 
+    from apps.medical.ingest import withhold_header_values_from_logs
+
     settings = settings or get_settings()
+    withhold_header_values_from_logs()
 
     def artefacts(payload: dict) -> list:  # what a stored analysis owns on disk, erased with it
         from apps.medical.service import study_artefacts

@@ -183,6 +183,16 @@ def _safe_unzip(data: bytes, dest: Path, limits: IngestLimits) -> list[Path]:
 
 # -------------------------------------------------------------------------------------------- DICOM
 
+def withhold_header_values_from_logs() -> None:
+    """Stop pydicom validating header values as it reads them: it reports an invalid one by quoting it in a
+    log line and a warning ("Invalid value for VR UI: '1.2.826.ROE.JANE...'"), and header text may be PHI.
+    Nothing is lost: ingestion checks every value it uses itself. Process-wide (pydicom has one setting), so
+    the service calls it when it starts, never at import."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+
+
 def _dcmread(path: Path, header_only: bool):
     """The dataset, or None when it is not readable DICOM. pydicom converts element values lazily, so
     every element is converted here: an unknown VR or a value of the wrong length in a hostile file is
@@ -208,10 +218,18 @@ def _dcmread(path: Path, header_only: bool):
         return None
 
 
+# DICOM's defined terms for Modality (PS3.3 C.7.3.1.1.1): only these are repeated in an answer; any other
+# value is header text a misfiled study may have put anything into
+_MODALITY_TERMS = frozenset(
+    "AR ASMT AU BDUS BI BMD CR CT CTPROTOCOL DG DOC DX ECG EPS ES FID GM HC HD IO IOL IVOCT IVUS KER KO LEN LS MG MR "
+    "M3D NM OAM OCT OP OPM OPT OPTBSV OPTENF OPV OSS OT PLAN PR PT PX REG RESP RF RG RTDOSE RTIMAGE RTINTENT RTPLAN "
+    "RTRAD RTRECORD RTSEGANN RTSTRUCT RWV SEG SM SMR SR SRF STAIN TEXTUREMAP TG US VA XA XC".split())
+
+
 def _check_modality(ds, where: str) -> None:
-    modality = str(getattr(ds, "Modality", "") or "").upper()
+    modality = str(getattr(ds, "Modality", "") or "").strip().upper()
     if modality != "CT":
-        shown = modality or "missing"
+        shown = modality if modality in _MODALITY_TERMS else ("missing" if not modality else "not a DICOM modality term")
         raise IngestError(f"{where}: modality is {shown}; only CT is accepted.", code="not_ct",
                           detail={"modality": shown})
 

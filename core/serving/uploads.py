@@ -187,6 +187,17 @@ def _check_content(kind: str, data: bytes) -> None:
         data.decode("utf-8")
 
 
+FORM_BODY_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+
+
+def require_form_body(content_type: str | None, fields: str) -> None:
+    """Refuse (415) a body that is not a form: FastAPI reads a JSON body or raw file bytes as a form with
+    no fields, and "missing field" would then mislead. ``fields`` says what the form should hold."""
+    body_type = (content_type or "").split(";")[0].strip().lower()
+    if body_type and body_type not in FORM_BODY_TYPES:
+        raise ApiError(415, "unsupported_media_type", f"The body is {body_type}; send multipart/form-data with {fields}.")
+
+
 async def read_upload(
     file: Any,
     *,

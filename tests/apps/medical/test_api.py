@@ -409,6 +409,59 @@ def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog
     assert len(audit) == 3
 
 
+def _series_zip(tmp_path, **headers) -> bytes:
+    """A small CT series (zipped) with the given header values written into every slice, valid or not."""
+    from pydicom import config
+
+    from apps.medical.render.writers import write_dicom_series
+    from tests.apps.medical.data.conftest import phantom_volume
+
+    series = write_dicom_series(tmp_path / "ct", phantom_volume(), (2.5, 1.5, 1.5), (-30.0, -30.0, -100.0),
+                                patient_id="MRN-4471902", study_key="phi-study")
+    buf = io.BytesIO()
+    validation = config.settings.writing_validation_mode
+    config.settings.writing_validation_mode = config.IGNORE
+    try:
+        with zipfile.ZipFile(buf, "w") as archive:
+            for f in sorted(series.glob("*.dcm")):
+                ds = pydicom.dcmread(f)
+                for name, value in headers.items():
+                    setattr(ds, name, value)
+                out = io.BytesIO()
+                ds.save_as(out)
+                archive.writestr(f.name, out.getvalue())
+    finally:
+        config.settings.writing_validation_mode = validation
+    return buf.getvalue()
+
+
+def test_a_malformed_header_value_is_not_quoted_in_logs_or_warnings(client, tmp_path, caplog, recwarn):
+    """pydicom quotes an invalid value ("Invalid value for VR UI: '...'") in a log line and a warning."""
+    caplog.set_level(logging.DEBUG)
+    uid = "1.2.826.ROE.JANE.19450101"
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", _series_zip(tmp_path, StudyInstanceUID=uid),
+                                                         "application/zip")}, headers=RAD)
+    assert r.status_code == 200, r.text
+    logged = " ".join(rec.getMessage() for rec in caplog.records if not rec.name.startswith("httpx"))
+    assert uid not in logged and not any(uid in str(w.message) for w in recwarn)
+
+
+def test_a_modality_that_is_not_a_dicom_term_is_not_repeated_in_the_answer(client, tmp_path):
+    for modality, shown in (("ROE^JANE", "not a DICOM modality term"), ("MR", "MR")):
+        r = client.post("/v1/studies:analyze", files={"ct": ("s.zip", _series_zip(tmp_path / modality[:2], Modality=modality),
+                                                             "application/zip")}, headers=RAD)
+        assert r.status_code == 422 and r.json()["error"]["code"] == "not_ct"
+        assert "ROE" not in r.text and f"modality is {shown}" in r.json()["error"]["message"]
+
+
+def test_a_body_that_is_not_a_form_is_415_saying_what_to_send(client, toy_studies):
+    for kwargs in ({"json": {"report": "x"}}, {"content": _ct(toy_studies), "headers": {"content-type": "application/gzip"}}):
+        headers = {**RAD, **kwargs.pop("headers", {})}
+        r = client.post("/v1/studies:analyze", headers=headers, **kwargs)
+        assert r.status_code == 415, r.text
+        assert "multipart/form-data" in r.json()["error"]["message"] and "'ct'" in r.json()["error"]["message"]
+
+
 def test_a_stored_study_downloads_as_a_structured_report_filed_with_its_study(client, toy_studies, dicom_errors):
     body = _analysed(client, toy_studies)
     assert body["structured_report"] == f"/v1/studies/{body['id']}/structured-report.dcm"  # a NIfTI: no UID to file under
