@@ -61,6 +61,8 @@ def train(
                                                  "that holds that detector: the shipped single-input models).")] = False,
     history_dropout: Annotated[float, typer.Option(help="Chance a training report loses its risk factors and half its "
                                                         "clauses (0 = the presets' default).")] = 0.0,
+    history_dropout_factors: Annotated[bool, typer.Option("--history-dropout-factors", help="With --history-dropout: "
+                                                          "each risk factor is lost with chance 1/2, not all.")] = False,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -99,7 +101,8 @@ def train(
         from apps.medical.train import FusionTrainConfig, train_from_pack
 
         config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector,
-                                             **({"history_dropout": history_dropout} if history_dropout else {}))
+                                             **({"history_dropout": history_dropout} if history_dropout else {}),
+                                             **({"history_dropout_factors": True} if history_dropout_factors else {}))
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -125,7 +128,8 @@ def train(
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities, share_detector=share_detector,
-                                             **({"history_dropout": history_dropout} if history_dropout else {}))
+                                             **({"history_dropout": history_dropout} if history_dropout else {}),
+                                             **({"history_dropout_factors": True} if history_dropout_factors else {}))
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs

@@ -135,6 +135,10 @@ class FusionTrainConfig(ConfigBase):
     # clauses with chance 1/2 (one kept): a model that only ever saw full histories calls a report without one
     # near-certain benign
     history_dropout: float = 0.0
+    # under history dropout, each risk factor is lost with chance 1/2 instead of all of them: a short history
+    # ("66-year-old woman.") parses into a partial vector, which a model that saw only full or empty ones
+    # extrapolates from
+    history_dropout_factors: bool = False
 
     PRESETS = {
         "tiny": {"model": "tiny", "loop": {"epochs": 2, "batch_size": 4, "patience": 0, "progress": False,
@@ -216,13 +220,22 @@ def embed_reports(model: MedicalModel, texts: list[str], batch_size: int = 32) -
     return hidden[:, :used].contiguous(), mask[:, :used].contiguous()
 
 
+def _factor_keep_mask() -> torch.Tensor:
+    """1 for each risk factor kept (chance 1/2), 0 for each lost; sex goes with the age it is parsed with."""
+    from apps.medical.risk import RISK_FACTORS
+
+    keep = (torch.rand(len(RISK_FACTORS)) < 0.5).float()
+    keep[RISK_FACTORS.index("female")] = keep[RISK_FACTORS.index("age")]
+    return keep
+
+
 class StudyDataset(Dataset):
     """Cached studies; in training mode each sample may lose its CT or its report (modality dropout).
     CT augmentation runs batch-wise on the training device (``augment_ct``), not here."""
 
     def __init__(self, volumes: np.ndarray, hidden: torch.Tensor, mask: torch.Tensor, labels: np.ndarray,
                  train: bool = False, modality_dropout: float = 0.0, present_ct: bool = True, present_report: bool = True,
-                 risk: torch.Tensor | None = None, history_dropout: float = 0.0):
+                 risk: torch.Tensor | None = None, history_dropout: float = 0.0, history_dropout_factors: bool = False):
         if isinstance(volumes, dict):  # candidate stage output: crops uint8 (N, K, S, S, S), geometry, cmask
             self.volumes = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in volumes.items()}
         else:
@@ -231,6 +244,7 @@ class StudyDataset(Dataset):
         self.risk = risk  # (N, len(RISK_FACTORS)) clinical risk factors read from each report, or None
         self.labels = torch.as_tensor(labels, dtype=torch.float32)
         self.train, self.modality_dropout, self.history_dropout = train, modality_dropout, history_dropout
+        self.history_dropout_factors = history_dropout_factors
         self.present_ct, self.present_report = present_ct, present_report
 
     def __len__(self) -> int:
@@ -247,7 +261,8 @@ class StudyDataset(Dataset):
         segment_mask = self.mask[i]
         risk = None if self.risk is None else self.risk[i]
         if self.train and self.history_dropout and float(torch.rand(())) < self.history_dropout:
-            risk = None if risk is None else torch.zeros_like(risk)
+            if risk is not None:
+                risk = risk * _factor_keep_mask() if self.history_dropout_factors else torch.zeros_like(risk)
             kept = segment_mask & (torch.rand(segment_mask.shape) < 0.5)
             if segment_mask.any() and not kept.any():
                 kept[int(segment_mask.nonzero()[torch.randint(int(segment_mask.sum()), ()), 0])] = True
@@ -605,7 +620,8 @@ def train_arrays(model: MedicalModel, arrays: dict, config: FusionTrainConfig, l
     train_set = StudyDataset(_concat([_take(a["volumes"], i) for a, i in parts]), _concat([a["hidden"][i] for a, i in parts]),
                              _concat([a["segment_mask"][i] for a, i in parts]), _concat([a["labels"][i] for a, i in parts]),
                              train=True, modality_dropout=dropout, risk=train_risk,
-                             history_dropout=config.history_dropout, **present)
+                             history_dropout=config.history_dropout,
+                             history_dropout_factors=config.history_dropout_factors, **present)
     val_set = StudyDataset(_take(volumes, va), hidden[va], mask[va], labels[va], risk=_rows(risk, va), **present)
     model, metrics = fit_model(model, train_set, val_set, config.loop, log)
     device = next(model.parameters()).device

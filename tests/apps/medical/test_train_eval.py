@@ -70,6 +70,27 @@ def test_history_dropout_hides_the_history_of_training_reports_only():
     assert untouched[0]["segment_mask"].tolist() == mask[0].tolist()
 
 
+def test_history_dropout_by_factor_keeps_about_half_of_them_and_sex_with_age():
+    import torch
+
+    from apps.medical.risk import RISK_FACTORS
+    from apps.medical.train import StudyDataset
+
+    volumes = {"crops": np.zeros((1, 2, 3, 3, 3), np.uint8), "geometry": np.zeros((1, 2, 7), np.float32),
+               "cmask": np.ones((1, 2), bool)}
+    risk = torch.arange(1, 17, dtype=torch.float32).unsqueeze(0)
+    torch.manual_seed(0)
+    train = StudyDataset(volumes, torch.zeros(1, 8, 4), torch.ones(1, 8, dtype=torch.bool), np.array([1]), train=True,
+                         risk=risk, history_dropout=1.0, history_dropout_factors=True)
+    age, female = RISK_FACTORS.index("age"), RISK_FACTORS.index("female")
+    kept = []
+    for _ in range(200):
+        row = train[0]["risk"]
+        assert ((row == risk[0]) | (row == 0)).all() and bool(row[age] == 0) == bool(row[female] == 0)
+        kept.append(int((row != 0).sum()))
+    assert 0.35 <= np.mean(kept) / 16 <= 0.65 and min(kept) < 8 < max(kept)
+
+
 def test_evaluation_patients_are_never_trained_on(toy_studies, tmp_path):
     from apps.medical.train import FusionTrainConfig, train_fusion
 
