@@ -43,6 +43,7 @@ from core.serving import (
     job_response,
     period_rows,
     read_upload,
+    require_form_body,
     require_role,
     start_job,
     stored_result,
@@ -52,7 +53,6 @@ from core.serving import (
 log = logging.getLogger("triptych.customer_service")
 APP = "customer-service"
 AUDIO_KINDS = {"wav", "flac", "ogg", "mp3"}
-FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
 class CallRunner:
@@ -185,12 +185,16 @@ router = APIRouter(prefix="/v1", tags=["customer-service"])
 
 def call_timeout_s(settings: CustomerServiceSettings, audio_channel_seconds: float | None, text: str | None) -> float | None:
     """How long a call may take: the short-request timeout plus the work its audio (per second of each channel)
-    and its typed text (per 1,000 characters) bring. None (the batcher's default) for neither."""
+    and its typed text (per 1,000 characters and per sentence or line) bring. None (the batcher's default) for
+    neither."""
+    from apps.customer_service.service import text_segments
+
     extra = 0.0
     if audio_channel_seconds is not None:
         extra += settings.seconds_per_audio_second * audio_channel_seconds
     if text and text.strip():
         extra += settings.seconds_per_thousand_text_chars * len(text) / 1000
+        extra += settings.seconds_per_text_segment * len(text_segments(text))
     return settings.request_timeout_s + extra if extra else None
 
 
@@ -238,12 +242,8 @@ async def analyze_call(
     from apps.customer_service.service import CallRequest, InputError, check_request
 
     settings: CustomerServiceSettings = request.app.state.settings
-    body_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if body_type and body_type not in FORM_TYPES:
-        # a JSON body (or raw audio) is read as no fields at all: "send a text field" alone would mislead
-        raise ApiError(415, "unsupported_media_type",
-                       f"The body is {body_type}; send multipart/form-data with an 'audio' file (WAV, FLAC, OGG "
-                       "or MP3) and/or a 'text' field (application/x-www-form-urlencoded works for text alone).")
+    require_form_body(request.headers.get("content-type"), "an 'audio' file (WAV, FLAC, OGG or MP3) and/or a "
+                      "'text' field (application/x-www-form-urlencoded works for text alone)")
     data, seconds = None, None
     if audio is not None:
         from apps.customer_service.speech.audio import channel_seconds

@@ -456,9 +456,8 @@ def composed_call_benchmark(nlupp_dir: Path, banking_csv: Path, oof_path: Path, 
     import random
 
     from apps.customer_service.data import load_banking77
-    from apps.customer_service.live import MemoizedTexts
     from apps.customer_service.model import load_text_classifier
-    from apps.customer_service.service import CustomerServiceEngine
+    from apps.customer_service.service import CustomerServiceEngine, MemoizedTexts
     from apps.customer_service.settings import CustomerServiceSettings
 
     rows = read_nlupp(nlupp_dir)

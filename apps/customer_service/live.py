@@ -5,17 +5,15 @@ intent lost_or_stolen_card" during the call instead of after it.
 
 Each final is one utterance (the endpointer heard the caller stop). The call is re-read whole at each final
 (its intent is the mean of all its requests, its escalation weighs every segment), but each text is read by
-each model once per session: ``MemoizedTexts``.
+each model once per session: ``service.MemoizedTexts``.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 
@@ -28,35 +26,6 @@ _SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr", "asr_confidence", "em
                  "modality_weights", "voice", "text_emotion", "acts", "intent")
 
 
-class MemoizedTexts:
-    """A text model whose ``predict_proba(texts)`` reads each distinct text once (rows kept by text, ``rows``
-    given in advance when known); everything else (``config``, ``version`` ...) is the model's. Returns what
-    the model returns: an array, or a tensor for the text classifiers."""
-
-    def __init__(self, model, rows: dict[str, np.ndarray] | None = None) -> None:
-        self.model = model
-        self._rows: dict[str, np.ndarray] = dict(rows or {})
-        self._tensor = None  # whether the model answers with torch tensors (known after its first call)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.model, name)
-
-    def predict_proba(self, texts: list[str]):
-        if not texts:
-            return self.model.predict_proba([])
-        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
-        if missing:
-            out = self.model.predict_proba(missing)
-            self._tensor = not isinstance(out, np.ndarray)
-            self._rows |= dict(zip(missing, np.asarray(out.numpy() if self._tensor else out)))
-        rows = np.stack([self._rows[t] for t in texts])
-        if self._tensor:
-            import torch
-
-            return torch.from_numpy(rows)
-        return rows
-
-
 class LiveCall:
     """The caller's side of one streamed call. ``add`` takes a final (its text already redacted, its audio)
     and returns the ``analysis`` message; ``close`` returns the ``summary`` at the end of the call, after
@@ -65,10 +34,7 @@ class LiveCall:
     (thread-safe reads)."""
 
     def __init__(self, engine, save: Callable[[dict], str] | None = None) -> None:
-        self.engine = copy.copy(engine)  # the same models, with this call's memoised text readers
-        for name in ("intent", "dialogue_acts"):
-            if getattr(engine, name) is not None:
-                setattr(self.engine, name, MemoizedTexts(getattr(engine, name)))
+        self.engine = engine.memoized(("intent", "dialogue_acts"))  # this call's memoised text readers
         self.save = save
         # a recogniser other than the streaming one (Whisper, CTC: settings.asr_backend) writes each final
         # again from its audio; the partials cannot wait for it, the reading and the stored call can

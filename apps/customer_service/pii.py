@@ -96,6 +96,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -239,15 +240,55 @@ def iban_ok(candidate: str) -> bool:
 # -- detection ---------------------------------------------------------------------------------
 
 
-# Typographic dashes and spaces (word processors, phones' keyboards) read as their ASCII selves: one code
-# point for one, so every offset found in the translated text holds in the original.
+# Typographic dashes and spaces (word processors, phones' keyboards) read as their ASCII selves.
 _TYPOGRAPHIC = str.maketrans({"\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2212": "-",
                               "\u00a0": " ", "\u2007": " ", "\u2009": " ", "\u202f": " "})
 
 
+def _folded(text: str) -> tuple[str, list[int]]:
+    """``text`` as the rules read it, and for each of its characters the index in ``text`` it comes from.
+
+    Invisible format characters (Unicode category Cf: zero-width space and joiners, word joiner, byte-order
+    mark, soft hyphen, direction marks) are dropped: "4111<U+200B>1111<U+200B>..." shows one number, and read
+    with them a card number, IBAN or e-mail went through unredacted. Compatibility forms whose NFKC form is
+    ASCII ("＠", full-width letters and digits, ligatures) read as that form. The text itself is left as it
+    was: the offsets map every span back onto it."""
+    out: list[str] = []
+    origin: list[int] = []
+    for i, ch in enumerate(text):
+        if not ch.isascii():
+            ch = ch.translate(_TYPOGRAPHIC)
+            if unicodedata.category(ch) == "Cf":
+                continue
+            compatible = unicodedata.normalize("NFKC", ch)
+            ch = compatible if compatible.isascii() else ch
+        out.append(ch)
+        origin += [i] * len(ch)
+    return "".join(out), origin
+
+
+# Digit groups joined by one of "/", "_" or "," ("4111/1111/1111/1111"): read as spaced groups when their digits
+# are a card number's length and pass Luhn. Amounts ("1,250,000"), dates ("03/04/1985") and lists of numbers
+# fail that, as they do spaced.
+_JOINED_GROUPS = re.compile(r"(?<![\w/,.])\d{2,6}([/_,])\d{2,6}(?:\1\d{1,6}){1,4}(?!\w|/|[.,]\w)")
+
+
+def _card_groups_spaced(text: str) -> str:
+    def spaced(m: re.Match) -> str:
+        digits = _digits(m.group())
+        return m.group().replace(m.group(1), " ") if 13 <= len(digits) <= 19 and luhn_ok(digits) else m.group()
+
+    return _JOINED_GROUPS.sub(spaced, text)  # one character for one: offsets hold
+
+
 def find_pii(text: str) -> list[Redaction]:
     """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
-    text = text.translate(_TYPOGRAPHIC)
+    folded, origin = _folded(text)
+    return [Redaction(r.type, origin[r.start], origin[r.end - 1] + 1)
+            for r in _find_in_folded(_card_groups_spaced(folded)) if r.end > r.start]
+
+
+def _find_in_folded(text: str) -> list[Redaction]:
     found: list[Redaction] = []
     found += _emails(text)
     found += _ibans(text)
@@ -315,8 +356,12 @@ def _ibans(text: str) -> list[Redaction]:
     return out
 
 
+# between an IBAN's groups (the mod-97 checksum and the country's length guard against taking a list for one)
+_IBAN_SEPARATORS = " -/_,"
+
+
 def _iban_end(text: str, start: int) -> int | None:
-    """Where the IBAN starting at ``text[start]`` ends (groups split by single spaces), or None.
+    """Where the IBAN starting at ``text[start]`` ends (groups split by one space, "-", "/", "_" or ","), or None.
 
     Ends are tried at group boundaries, longest first, so a word after the IBAN is not taken as
     part of it (which failed the checksum and left the whole IBAN in the clear). A known country
@@ -333,7 +378,7 @@ def _iban_end(text: str, start: int) -> int | None:
         i += 1
         if not alnum(i):
             ends.append((len(chars), i))
-            if i < len(text) and text[i] == " " and alnum(i + 1):
+            if i < len(text) and text[i] in _IBAN_SEPARATORS and alnum(i + 1):
                 i += 1
     want = _IBAN_LENGTHS.get(text[start:start + 2].upper())
     for n, end in reversed(ends):

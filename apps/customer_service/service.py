@@ -12,6 +12,7 @@ Typed text: the same minus audio (sentences are the segments, voice absent, ASR 
 from __future__ import annotations
 
 import base64
+import copy
 import hashlib
 import re
 import time
@@ -34,6 +35,7 @@ from apps.customer_service.settings import CustomerServiceSettings
 SAMPLE_RATE = 16000
 REDACTED_AUDIO_NAME = "redacted.wav"
 PAUSE_S = 0.6  # a silence this long between words ends a segment
+TEXT_MODELS = ("intent", "dialogue_acts", "text_emotion")  # the engine's models that read text
 
 
 @dataclass
@@ -53,8 +55,8 @@ class InputError(ValueError):
         self.status, self.code, self.message = status, code, message
 
 
-_AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "empty": 422, "corrupt": 422, "too_many_channels": 422,
-                 "bad_sample_rate": 422}
+_AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "too_short": 422, "empty": 422, "corrupt": 422,
+                 "too_many_channels": 422, "bad_sample_rate": 422}
 
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
@@ -72,11 +74,16 @@ def check_request(req: CallRequest, settings: CustomerServiceSettings) -> str:
         raise InputError(422, "no_audio_to_redact", "redact_audio needs an audio file (WAV, FLAC, OGG or MP3).")
     if len(text) > settings.max_text_chars:
         raise InputError(413, "text_too_long", f"Text is {len(text)} characters; the limit is {settings.max_text_chars}.")
+    # every sentence or line is read by the text models: 20,000 characters of "a\n" are 10,000 reads
+    if (count := len(text_segments(text))) > settings.max_text_segments:
+        raise InputError(413, "too_many_segments",
+                         f"Text has {count} sentences or lines; the limit is {settings.max_text_segments} "
+                         "(analyse a longer chat in parts).")
     if req.audio is not None:
         from apps.customer_service.speech.audio import AudioError, check_duration
 
         try:
-            check_duration(req.audio, settings.max_audio_seconds)
+            check_duration(req.audio, settings.max_audio_seconds, settings.min_audio_seconds)
         except AudioError as exc:
             raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
     return text
@@ -106,7 +113,8 @@ def _dual_mono(samples: np.ndarray) -> bool:
     return float(np.sum((a - b) ** 2)) <= 1e-4 * float(np.sum(a ** 2 + b ** 2))
 
 
-def _sentences(text: str) -> list[str]:
+def text_segments(text: str) -> list[str]:
+    """The segments of typed text: its sentences and lines."""
     parts = [p.strip() for p in re.split(r"(?<=[.!?])\s+|\n+", text) if p.strip()]
     return parts or ([text.strip()] if text.strip() else [])
 
@@ -189,6 +197,35 @@ def recognizer_for(settings: CustomerServiceSettings):
     return create_recognizer(settings.asr_backend, model_path=settings.asr_model_path)
 
 
+class MemoizedTexts:
+    """A text model whose ``predict_proba(texts)`` reads each distinct text once (rows kept by text, ``rows``
+    given in advance when known); everything else (``config``, ``version`` ...) is the model's. Returns what
+    the model returns: an array, or a tensor for the text classifiers."""
+
+    def __init__(self, model, rows: dict[str, np.ndarray] | None = None) -> None:
+        self.model = model
+        self._rows: dict[str, np.ndarray] = dict(rows or {})
+        self._tensor = None  # whether the model answers with torch tensors (known after its first call)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
+
+    def predict_proba(self, texts: list[str]):
+        if not texts:
+            return self.model.predict_proba([])
+        missing = list(dict.fromkeys(t for t in texts if t not in self._rows))
+        if missing:
+            out = self.model.predict_proba(missing)
+            self._tensor = not isinstance(out, np.ndarray)
+            self._rows |= dict(zip(missing, np.asarray(out.numpy() if self._tensor else out)))
+        rows = np.stack([self._rows[t] for t in texts])
+        if self._tensor:
+            import torch
+
+            return torch.from_numpy(rows)
+        return rows
+
+
 class CustomerServiceEngine:
     """Holds the models; ``analyze`` is thread-safe for concurrent reads (torch inference only)."""
 
@@ -265,6 +302,15 @@ class CustomerServiceEngine:
             digest.update(str(getattr(getattr(self, name), "sha256", "")).encode())
         return digest.hexdigest()
 
+    def memoized(self, names: tuple[str, ...] = TEXT_MODELS) -> CustomerServiceEngine:
+        """This engine (the same models) with the text models ``names`` reading each distinct text once
+        (``MemoizedTexts``) for as long as the copy lives: one call, or one live session."""
+        reader = copy.copy(self)
+        for name in names:
+            if getattr(self, name) is not None:
+                setattr(reader, name, MemoizedTexts(getattr(self, name)))
+        return reader
+
     # ---- the pipeline ----
     def analyze(self, req: CallRequest) -> dict[str, Any]:
         timings: dict[str, float] = {}
@@ -293,12 +339,15 @@ class CustomerServiceEngine:
             segments += segments_t
             redactions += redactions_t
             transcript_parts.append(" ".join(s["text"] for s in segments_t))
+        # the cost of a text grows with its distinct sentences, not its repeated ones ("Cancel. " 2,500 times
+        # took 49 s on one thread here), and a clause that is also a whole turn is read once
+        reader = self.memoized()
         t0 = time.perf_counter()
-        self.read_emotions(segments)
+        reader.read_emotions(segments)
         timings["emotion_ms"] = (time.perf_counter() - t0) * 1000
         caller = [s for s in segments if s["speaker"] == "caller"]
         t0 = time.perf_counter()
-        intent, requests = self.read_intents(segments)
+        intent, requests = reader.read_intents(segments)
         timings["intent_ms"] = (time.perf_counter() - t0) * 1000
         call_emotion = self.call_emotion(caller)
         escalation = decide_escalation(self.rules, caller, intent, requests)
@@ -349,19 +398,23 @@ class CustomerServiceEngine:
         unredacted transcript so far (with its trailing space: where a following part starts).
         ``silenced``: a list to receive each channel of the audio (16 kHz) with its redacted words
         silenced, with the seconds silenced (``pii.redact_audio``); ``warnings``: a list to receive what
-        the caller should know about the recording (it was cut short)."""
+        the caller should know about the recording (it was cut short, or its header understated it)."""
         from apps.customer_service.pii import redact_audio, redact_words
         from apps.customer_service.speech import AudioError, load_audio
 
         t0 = time.perf_counter()
         try:
-            audio = load_audio(data, max_seconds=self.settings.max_audio_seconds, max_channels=2)
+            audio = load_audio(data, max_seconds=self.settings.max_audio_seconds, max_channels=2,
+                               min_seconds=self.settings.min_audio_seconds)
         except AudioError as exc:
             raise InputError(_AUDIO_STATUS.get(exc.code, 422), exc.code, str(exc)) from None
         timings["decode_ms"] = (time.perf_counter() - t0) * 1000
         if audio.truncated_from_s is not None and warnings is not None:
             warnings.append(f"the recording is cut short: its header declares {audio.truncated_from_s:.1f} s, "
                             f"{audio.duration_s:.1f} s were there and were analysed")
+        if audio.understated_from_s is not None and warnings is not None:
+            warnings.append(f"the recording's header is wrong: it declares {audio.understated_from_s:.1f} s of audio, "
+                            f"{audio.duration_s:.1f} s follow it and were all analysed")
         roles = ["caller"] if audio.channels == 1 or _dual_mono(audio.samples) else ["agent", "caller"]
         segments, redactions, parts = [], [], []
         asr_ms = 0.0
@@ -459,7 +512,7 @@ class CustomerServiceEngine:
         redactions = [{"type": r.type, "start": r.start, "end": r.end, "start_s": None, "end_s": None,
                        "speaker": "caller"} for r in result.redactions]
         segments = [{"speaker": "caller", "start": None, "end": None, "text": s, "asr_confidence": 1.0,
-                     "_samples": None} for s in _sentences(result.text)]
+                     "_samples": None} for s in text_segments(result.text)]
         timings["redaction_ms"] = (time.perf_counter() - t0) * 1000
         return segments, redactions
 

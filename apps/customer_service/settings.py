@@ -54,6 +54,9 @@ class CustomerServiceSettings(AppSettings):
     asr_lm: str = "interpolated"
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
     max_audio_seconds: float = 600.0
+    # Shortest audio accepted as a call: the voice branch reads nothing under a quarter second, and no
+    # word the recogniser can hear is shorter (a 1-sample WAV was analysed as a call).
+    min_audio_seconds: float = 0.25
     # A call waits request_timeout_s plus this much per second of audio per channel: the ASR runs at
     # 0.26 s per second of read speech on one thread here (60 s took 17.5 s end to end), so a
     # ten-minute call must not meet the 30 s meant for short requests.
@@ -62,7 +65,14 @@ class CustomerServiceSettings(AppSettings):
     # and each request sentence (and its clauses) by the intent ensemble; 19,900 characters (372 sentences) took
     # 45 s on one thread here (emotion 18 s, intents 27 s), past the 30 s a short request gets.
     seconds_per_thousand_text_chars: float = 3.0
+    # ... plus this much per sentence or line: each one is a read of its own whatever its length (1,000 distinct
+    # sentences of 19 characters took 51 s on one thread here, where 372 long ones took 45 s).
+    seconds_per_text_segment: float = 0.05
     max_text_chars: int = 20000
+    # Most sentences and lines typed text may hold (a text with more is refused with 413 before any model
+    # reads it): 20,000 characters of "a\n" were 10,000 segments, over 90 s of model reads. A chat transcript
+    # of 20,000 characters has a few hundred turns; 1,000 is a turn every 20 characters.
+    max_text_segments: int = 1000
     # Voice segments for emotion over time: analysis window when ASR gives no utterance boundaries.
     segment_seconds: float = 4.0
     # Escalation rules (see escalation.EscalationRules); JSON in the environment, e.g.

@@ -22,7 +22,7 @@ ACCEPTED_TEXT = ("WAV, FLAC, OGG (Vorbis/Opus) or MP3 audio, mono or stereo, at 
 
 
 class AudioError(ValueError):
-    """Audio that cannot be used. ``code``: not_audio | empty | corrupt | too_long | too_many_channels |
+    """Audio that cannot be used. ``code``: not_audio | empty | corrupt | too_long | too_short | too_many_channels |
     bad_sample_rate."""
 
     def __init__(self, code: str, message: str) -> None:
@@ -40,6 +40,7 @@ class Audio:
     source_format: str
     source_rate: int
     truncated_from_s: float | None = None  # the length the file's header declares, when less was there
+    understated_from_s: float | None = None  # the length a WAV's header declares, when more followed (all decoded)
 
     @property
     def channels(self) -> int:
@@ -77,11 +78,12 @@ def load_audio(
     target_rate: int = TARGET_RATE,
     max_seconds: float = 600.0,
     max_channels: int = 2,
+    min_seconds: float = 0.0,
 ) -> Audio:
     """Decode ``source`` (bytes or a path) and resample every channel to ``target_rate``.
 
     Raises :class:`AudioError` for data that is not audio, empty, corrupt, longer than
-    ``max_seconds`` or with more than ``max_channels`` channels.
+    ``max_seconds``, shorter than ``min_seconds`` or with more than ``max_channels`` channels.
     """
     import soundfile as sf
 
@@ -95,6 +97,10 @@ def load_audio(
         info = sf.info(io.BytesIO(data))
     except Exception as exc:  # libsndfile says only "Error opening": the header is unreadable
         raise AudioError("corrupt", f"The {fmt.upper()} file is corrupt or truncated ({exc}).") from exc
+    understated = None
+    if fmt == "wav" and (whole := _with_true_data_size(data, info)) is not None:
+        understated = _declared_seconds(data, fmt, info)
+        data, info = whole, sf.info(io.BytesIO(whole))
     if info.channels > max_channels:
         raise AudioError(
             "too_many_channels", f"{info.channels} channels; at most {max_channels} (mono, or stereo agent/caller)."
@@ -111,13 +117,83 @@ def load_audio(
         raise AudioError("corrupt", f"The {fmt.upper()} file holds non-finite samples.")
     if samples.shape[0] / rate > max_seconds:
         raise AudioError("too_long", f"The audio lasts {samples.shape[0] / rate:.0f} s; the limit is {max_seconds:.0f} s.")
+    _check_not_too_short(samples.shape[0] / rate, min_seconds)
     peak = float(np.abs(samples).max())
     if peak > 1.0:  # float files may exceed full scale (1e30 was seen): scaled back, channels kept in proportion
         samples = samples / np.float32(peak)
     out = resample(np.ascontiguousarray(samples.T), rate, target_rate)
     declared = _declared_seconds(data, fmt, info)
     truncated = declared if declared is not None and declared - samples.shape[0] / rate > 0.05 else None
-    return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate), truncated_from_s=truncated)
+    return Audio(samples=out, sample_rate=target_rate, source_format=fmt, source_rate=int(rate), truncated_from_s=truncated,
+                 understated_from_s=understated)
+
+
+def _check_not_too_short(seconds: float, min_seconds: float) -> None:
+    if seconds < min_seconds:
+        raise AudioError("too_short", f"The audio lasts {seconds:.3f} s; a call needs at least {min_seconds:g} s. "
+                                      f"Accepted: {ACCEPTED_TEXT}.")
+
+
+_SAMPLE_BYTES = {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8, "ULAW": 1, "ALAW": 1}
+
+
+def _wav_data_chunk(data: bytes) -> tuple[int, int] | None:
+    """(offset of the first audio byte, declared size) of a WAV's data chunk, walking the chunks in order
+    (the four letters "data" may also stand inside another chunk); None when there is none."""
+    at = 12
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at + 4:at + 8], "little")
+        if data[at:at + 4] == b"data":
+            return at + 8, size
+        at += 8 + size + (size & 1)  # chunks are padded to an even length
+    return None
+
+
+def _only_chunks_from(data: bytes, at: int) -> bool:
+    """Whether ``data[at:]`` reads as whole RIFF chunks (an id of four printable characters and a size that
+    fits), as the metadata a recorder writes after the audio does; samples do not."""
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at + 4:at + 8], "little")
+        if not all(32 <= b < 127 for b in data[at:at + 4]) or at + 8 + size > len(data):
+            return False
+        at += 8 + size + (size & 1)
+    return True
+
+
+def _with_true_data_size(data: bytes, info) -> bytes | None:
+    """A copy of a WAV whose data chunk declares fewer bytes than follow it (more than 50 ms of audio more,
+    and no chunk after the declared end), with the size of what follows written in; None for any other.
+    libsndfile trusts the declared size: a 2 s recording declaring 10 bytes was read as 5 samples, an
+    empty analysis with no warning. Decoding what is there, with a warning, serves a contact centre better
+    than a refusal: the call is analysed whole, and nobody has to repair a file from a recorder they do not
+    control to learn what was said."""
+    found = _wav_data_chunk(data)
+    block = info.channels * _SAMPLE_BYTES.get(info.subtype, 0)
+    if found is None or block == 0 or info.samplerate <= 0:
+        return None
+    start, declared = found
+    if declared in (0, 0xFFFFFFFF) or _only_chunks_from(data, start + declared + (declared & 1)):
+        return None  # size unknown (libsndfile reads to the end), or what follows is metadata
+    present = (len(data) - start) // block * block
+    if (present - declared) / block / info.samplerate <= 0.05:
+        return None
+    whole = bytearray(data)
+    whole[start - 4:start] = present.to_bytes(4, "little")
+    whole[4:8] = (len(data) - 8).to_bytes(4, "little")
+    return bytes(whole)
+
+
+def _as_recorded(data: bytes) -> bytes:
+    """``data`` with a WAV's understated data size corrected (see :func:`_with_true_data_size`), for the checks
+    that read the header alone."""
+    import soundfile as sf
+
+    if sniff_audio_format(data) != "wav":
+        return data
+    try:
+        return _with_true_data_size(data, sf.info(io.BytesIO(data))) or data
+    except Exception:  # noqa: BLE001 - an unreadable header is load_audio's to explain
+        return data
 
 
 def _declared_seconds(data: bytes, fmt: str, info) -> float | None:
@@ -128,12 +204,11 @@ def _declared_seconds(data: bytes, fmt: str, info) -> float | None:
         return info.frames / info.samplerate if info.frames > 0 else None
     if fmt != "wav":
         return None
-    at = data.find(b"data", 12)
-    block = info.channels * {"PCM_U8": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4, "FLOAT": 4, "DOUBLE": 8,
-                             "ULAW": 1, "ALAW": 1}.get(info.subtype, 0)
-    if at < 0 or block == 0:
+    found = _wav_data_chunk(data)
+    block = info.channels * _SAMPLE_BYTES.get(info.subtype, 0)
+    if found is None or block == 0:
         return None
-    size = int.from_bytes(data[at + 4:at + 8], "little")
+    size = found[1]
     if size in (0, 0xFFFFFFFF):
         return None
     return size / block / info.samplerate
@@ -145,17 +220,20 @@ def _check_header_duration(info, max_seconds: float) -> None:
         raise AudioError("too_long", f"The audio lasts {info.frames / info.samplerate:.0f} s; the limit is {max_seconds:.0f} s.")
 
 
-def check_duration(data: bytes, max_seconds: float) -> None:
-    """Raise AudioError("too_long") when the header alone says the audio is longer than ``max_seconds``
-    (an unreadable header, or an absurd rate, passes: decoding will say what is wrong with it)."""
+def check_duration(data: bytes, max_seconds: float, min_seconds: float = 0.0) -> None:
+    """Raise AudioError("too_long" / "too_short") when the header alone says the audio is longer than
+    ``max_seconds`` or shorter than ``min_seconds`` (an unreadable header, an absurd rate, or an MP3, whose
+    length is an estimate until decoded, pass: decoding will say what is wrong with it)."""
     import soundfile as sf
 
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(io.BytesIO(_as_recorded(data)))
     except Exception:  # noqa: BLE001 - an unreadable header is load_audio's to explain
         return
     if MIN_RATE <= info.samplerate <= MAX_RATE:
         _check_header_duration(info, max_seconds)
+        if info.frames > 0 and sniff_audio_format(data) != "mp3":
+            _check_not_too_short(info.frames / info.samplerate, min_seconds)
 
 
 def check_rate(rate: float) -> None:
@@ -170,7 +248,7 @@ def channel_seconds(data: bytes) -> float | None:
     import soundfile as sf
 
     try:
-        info = sf.info(io.BytesIO(data))
+        info = sf.info(io.BytesIO(_as_recorded(data)))
     except Exception:  # noqa: BLE001 - an unreadable header is load_audio's to explain
         return None
     if info.frames <= 0 or not MIN_RATE <= info.samplerate <= MAX_RATE:

@@ -105,20 +105,24 @@ def test_a_long_recording_waits_in_proportion_to_its_length(client, monkeypatch)
     assert r.status_code == 200, r.text
     assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_audio_second * 10.0)
     # typed text: every sentence is read by the emotion ensemble, every request by the intent ensemble
-    text = "My card has not arrived. " * 200  # 5,000 characters
+    text = "My card has not arrived. " * 200  # 5,000 characters, 200 sentences
     assert client.post("/v1/calls:analyze", data={"text": text}).status_code == 200
-    assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_thousand_text_chars * 5.0)
+    assert seen["timeout_s"] == pytest.approx(settings.request_timeout_s + settings.seconds_per_thousand_text_chars * 5.0
+                                              + settings.seconds_per_text_segment * 200)
 
 
 def test_call_timeout_adds_audio_and_text_work():
     from apps.customer_service.api import call_timeout_s
     from apps.customer_service.settings import CustomerServiceSettings
 
-    s = CustomerServiceSettings(request_timeout_s=30.0, seconds_per_audio_second=0.5, seconds_per_thousand_text_chars=2.0)
+    s = CustomerServiceSettings(request_timeout_s=30.0, seconds_per_audio_second=0.5, seconds_per_thousand_text_chars=2.0,
+                                seconds_per_text_segment=0.1)
     assert call_timeout_s(s, None, None) is None and call_timeout_s(s, None, "  ") is None  # the batcher's default
     assert call_timeout_s(s, 60.0, None) == pytest.approx(60.0)
-    assert call_timeout_s(s, None, "x" * 20000) == pytest.approx(70.0)
-    assert call_timeout_s(s, 60.0, "x" * 20000) == pytest.approx(100.0)
+    assert call_timeout_s(s, None, "x" * 20000) == pytest.approx(70.1)
+    assert call_timeout_s(s, 60.0, "x" * 20000) == pytest.approx(100.1)
+    # the same characters as 1,000 lines are 1,000 reads of each text model
+    assert call_timeout_s(s, None, "x" * 19 + "\n" + ("x" * 19 + "\n") * 999) == pytest.approx(30.0 + 40.0 + 100.0)
 
 
 def _poll(client, url, seconds=60.0):
@@ -260,6 +264,37 @@ def test_a_recording_cut_short_is_analysed_with_a_warning(client):
     assert "cut short" in warning and "4.0 s" in warning and "2.0 s" in warning
     r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", whole, "audio/wav")}, data={"output_mode": "text"})
     assert r.json()["warnings"] == []
+
+
+def test_a_text_of_too_many_lines_is_refused_at_once_with_the_limit(client):
+    """20,000 characters of "a\\n" (within max_text_chars) were 10,000 reads of each text model: a 504 after 90 s,
+    and the worker stalled for every other caller."""
+    started = time.perf_counter()
+    r = client.post("/v1/calls:analyze", data={"text": "a\n" * 10000})
+    assert r.status_code == 413, r.text
+    assert r.json()["error"]["code"] == "too_many_segments"
+    assert "10000 sentences or lines; the limit is 1000" in r.json()["error"]["message"]
+    assert time.perf_counter() - started < 5.0
+    r = client.post("/v1/calls:analyze", data={"text": "a\n" * 10000}, headers={"Prefer": "respond-async"})
+    assert r.status_code == 413, r.text  # refused before a background job is acknowledged
+
+
+def test_a_wav_whose_header_understates_its_audio_is_analysed_whole_with_a_warning(client):
+    wav = wav_bytes(tone(2.0))
+    at = wav.find(b"data")
+    lying = wav[:at + 4] + (10).to_bytes(4, "little") + wav[at + 8:]
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", lying, "audio/wav")}, data={"output_mode": "text"})
+    assert r.status_code == 200, r.text
+    assert r.json()["transcript"]["duration_s"] == pytest.approx(2.0, abs=0.01)
+    (warning,) = r.json()["warnings"]
+    assert "header" in warning and "2.0 s follow" in warning
+
+
+def test_a_one_sample_wav_is_no_call(client):
+    r = client.post("/v1/calls:analyze", files={"audio": ("x.wav", wav_bytes(tone(1.0)[:1]), "audio/wav")},
+                    headers={"Prefer": "respond-async"})
+    assert r.status_code == 422, r.text  # refused before a background job is acknowledged
+    assert r.json()["error"]["code"] == "too_short" and "at least 0.25 s" in r.json()["error"]["message"]
 
 
 def test_the_period_summary_counts_what_was_answered(client):

@@ -13,8 +13,8 @@ import torch
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from apps.customer_service.live import LiveCall, MemoizedTexts, bench_live
-from apps.customer_service.service import CustomerServiceEngine
+from apps.customer_service.live import LiveCall, bench_live
+from apps.customer_service.service import CustomerServiceEngine, MemoizedTexts
 from tests.apps.customer_service.conftest import tone
 from tests.apps.customer_service.test_service import KeywordActs, scripted_intents
 

@@ -611,3 +611,43 @@ def test_text_models_get_the_redacted_text_without_its_placeholders():
         "My card number is, please block it"
     assert without_placeholders("my pin is [CREDENTIAL] and [sic] [NOT_A_TYPE]") == "my pin is and [sic] [NOT_A_TYPE]"
     assert without_placeholders("[CARD].") == "" and without_placeholders("") == ""
+
+
+ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]  # spaces, joiners, word joiner, BOM, soft hyphen
+
+
+@pytest.mark.parametrize("sep", ZERO_WIDTH + ["/", "_", ","])
+def test_a_card_number_with_unusual_separators_is_redacted_whole(sep):
+    """Invisible format characters show one number; "/", "_" and "," are separators when the digits pass Luhn."""
+    card = sep.join(["4111", "1111", "1111", "1111"])
+    text = f"my card number is {card} thanks"
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("card", card)]
+    assert redact(text).text == "my card number is [CARD] thanks"
+
+
+@pytest.mark.parametrize("text,kind,value", [
+    ("iban GB82\u200bWEST\u200b1234\u200b5698\u200b7654\u200b32 please",
+     "iban", "GB82\u200bWEST\u200b1234\u200b5698\u200b7654\u200b32"),
+    ("iban GB82/WEST/1234/5698/7654/32", "iban", "GB82/WEST/1234/5698/7654/32"),
+    ("email waylon\uff20example.com now", "email", "waylon\uff20example.com"),  # full-width @
+    ("email wa\u200bylon@exam\u200bple.com", "email", "wa\u200bylon@exam\u200bple.com"),
+    ("4539_1488_0343_6467, is it blocked?", "card", "4539_1488_0343_6467"),  # no card word: Luhn alone
+    ("my card is \u202e4111 1111 1111 1111\u202c", "card", "4111 1111 1111 1111"),  # a direction override
+])
+def test_invisible_and_compatibility_characters_hide_nothing(text, kind, value):
+    """Spans point into the text as given, invisible characters included, so the redacted text keeps none of it."""
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [(kind, value)]
+
+
+@pytest.mark.parametrize("text", [
+    "we paid 1200,1500,1800,2000 last year",  # a list of amounts, 16 digits failing Luhn
+    "the payments were 1,250,000 and 2,500",  # thousands separators
+    "statements from 01/02/2023,03/04/2023 and 05/06/2023",  # a list of dates
+    "order 1234/5678/9012/3456 from the shop",  # a card's shape, Luhn-invalid, no card word
+    "file report_2023_01_15_final.pdf",  # an underscore name
+    "GB00/WEST/1234/5698/7654/32",  # an IBAN's shape with a bad checksum
+    "my\u200bwife is at home",  # a zero-width space between words
+    "ｔｈｅ ｃａｒｄ ｉｓ ｂｌｏｃｋｅｄ",  # full-width letters, no number
+])
+def test_unusual_separators_take_no_list_for_pii(text):
+    assert find_pii(text) == []

@@ -464,3 +464,67 @@ def test_caller_utterances_rejoin_what_the_segment_windows_cut():
     ]
     typed = [seg("caller", None, None, "my card"), seg("caller", None, None, "is lost.")]
     assert caller_utterances(typed) == [([0], "my card"), ([1], "is lost.")]  # typed sentences stay apart
+
+
+def _count_reads(engine) -> dict[str, list[str]]:
+    """The texts each text model of ``engine`` is given, as they are given."""
+    seen: dict[str, list[str]] = {"intent": [], "text_emotion": []}
+    for name in seen:
+        model = getattr(engine, name)
+        real = model.predict_proba
+        model.predict_proba = lambda texts, _real=real, _name=name, **kw: (seen[_name].extend(texts), _real(texts, **kw))[1]
+    return seen
+
+
+def test_a_sentence_said_many_times_is_read_once_by_each_text_model(engine):
+    """A text's cost follows its distinct sentences: "Cancel. " 2,500 times took 49 s on one thread."""
+    seen = _count_reads(engine)
+    out = engine.analyze(CallRequest(text="Cancel my card. " * 40 + "I am furious!"))
+    assert len(out["segments"]) == 41 and all(s["emotion"] for s in out["segments"])
+    assert seen["text_emotion"] == ["Cancel my card.", "I am furious!"]
+    assert seen["intent"] == ["Cancel my card.", "I am furious!"]
+    repeated = {tuple(s["ekman"].values()) for s in out["segments"][:40]}
+    assert len(repeated) == 1  # every copy gets the one reading
+
+
+def test_a_text_of_more_segments_than_the_limit_is_refused_before_any_model_reads_it(cs_settings, recognizer):
+    from apps.customer_service.model import load_text_classifier
+    from apps.customer_service.service import check_request
+
+    settings = cs_settings.model_copy(update={"max_text_segments": 5})
+    engine = CustomerServiceEngine(settings, intent=load_text_classifier(settings.intent_bundle),
+                                   text_emotion=load_text_classifier(settings.text_emotion_bundle))
+    seen = _count_reads(engine)
+    with pytest.raises(InputError) as err:
+        engine.analyze(CallRequest(text="a\n" * 6))
+    assert (err.value.status, err.value.code) == (413, "too_many_segments")
+    assert "6 sentences or lines" in err.value.message and "limit is 5" in err.value.message
+    assert seen == {"intent": [], "text_emotion": []}
+    assert len(engine.analyze(CallRequest(text="a.\n" * 5))["segments"]) == 5
+    # the review's input: 20,000 characters within max_text_chars, 10,000 lines
+    with pytest.raises(InputError, match="10000 sentences or lines; the limit is 1000"):
+        check_request(CallRequest(text="a\n" * 10000), cs_settings)
+
+
+def _understated(wav: bytes, size: int) -> bytes:
+    """``wav`` whose data chunk declares ``size`` bytes, whatever follows."""
+    at = wav.find(b"data")
+    return wav[:at + 4] + size.to_bytes(4, "little") + wav[at + 8:]
+
+
+def test_a_wav_whose_header_understates_its_audio_is_analysed_whole_with_a_warning(engine):
+    audio = np.concatenate([tone(1.0, 140), tone(1.0, 220)])
+    out = engine.analyze(CallRequest(audio=_understated(wav_bytes(audio), 10)))
+    assert out["transcript"]["duration_s"] == pytest.approx(2.0, abs=0.01)
+    (warning,) = out["warnings"]
+    assert "header" in warning and "declares 0.0 s" in warning and "2.0 s follow" in warning
+    assert any(s["emotion"] for s in out["segments"])
+
+
+def test_audio_shorter_than_the_minimum_is_refused_with_the_minimum(engine):
+    for samples in (1, 16000 // 10):
+        with pytest.raises(InputError) as err:
+            engine.analyze(CallRequest(audio=wav_bytes(tone(1.0)[:samples])))
+        assert (err.value.status, err.value.code) == (422, "too_short")
+        assert "at least 0.25 s" in err.value.message and "WAV" in err.value.message
+    assert engine.analyze(CallRequest(audio=wav_bytes(tone(0.3))))["transcript"]["duration_s"] == pytest.approx(0.3)

@@ -11,6 +11,7 @@ import soundfile as sf
 from apps.customer_service.speech.audio import (
     AudioError,
     channel_seconds,
+    check_duration,
     from_pcm16,
     load_audio,
     sniff_audio_format,
@@ -141,3 +142,43 @@ def test_a_wav_cut_short_says_how_long_it_was_meant_to_be():
     at = whole.find(b"data")
     streamed = whole[: at + 4] + b"\xff\xff\xff\xff" + whole[at + 8 :]  # written while recording: size unknown
     assert load_audio(streamed[: len(whole) // 2]).truncated_from_s is None
+
+
+def _with_data_size(wav: bytes, size: int) -> bytes:
+    at = wav.find(b"data")
+    return wav[:at + 4] + size.to_bytes(4, "little") + wav[at + 8:]
+
+
+def test_a_wav_whose_header_understates_its_data_is_decoded_whole():
+    """libsndfile trusts the declared size: 2 s of audio declared as 10 bytes were read as 5 samples."""
+    whole = _encode(_sine(16_000, seconds=2.0), 16_000, "WAV", "PCM_16")
+    lying = _with_data_size(whole, 10)
+    audio = load_audio(lying)
+    assert audio.duration_s == pytest.approx(2.0, abs=1e-3)
+    assert audio.understated_from_s == pytest.approx(5 / 16_000) and audio.truncated_from_s is None
+    assert np.allclose(audio.samples, load_audio(whole).samples)
+    assert channel_seconds(lying) == pytest.approx(2.0, abs=1e-3)  # what the time budget counts
+    with pytest.raises(AudioError) as err:  # the length limit sees the real length too
+        check_duration(_with_data_size(_encode(_sine(8_000, seconds=3.0), 8_000, "WAV", "PCM_16"), 10), 2.0)
+    assert err.value.code == "too_long"
+    assert load_audio(whole).understated_from_s is None
+
+
+def test_metadata_after_the_audio_is_no_understated_size():
+    """A LIST chunk written after the data chunk is metadata, not samples the header left out."""
+    whole = _encode(_sine(16_000, seconds=1.0), 16_000, "WAV", "PCM_16")
+    info = b"INFOISFT" + (14).to_bytes(4, "little") + b"a recorder 1.0"
+    tagged = whole + b"LIST" + len(info).to_bytes(4, "little") + info
+    tagged = tagged[:4] + (len(tagged) - 8).to_bytes(4, "little") + tagged[8:]
+    audio = load_audio(tagged)
+    assert audio.understated_from_s is None and audio.duration_s == pytest.approx(1.0, abs=1e-3)
+
+
+def test_audio_shorter_than_the_minimum_says_the_minimum():
+    one_sample = _encode(_sine(16_000)[:1], 16_000, "WAV", "PCM_16")
+    for check in (lambda: load_audio(one_sample, min_seconds=0.25), lambda: check_duration(one_sample, 600.0, 0.25)):
+        with pytest.raises(AudioError) as err:
+            check()
+        assert err.value.code == "too_short" and "at least 0.25 s" in err.value.message
+    assert load_audio(one_sample).duration_s == pytest.approx(1 / 16_000)  # no minimum unless asked
+    assert load_audio(_encode(_sine(16_000, seconds=0.3), 16_000, "WAV", "PCM_16"), min_seconds=0.25)
