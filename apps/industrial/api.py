@@ -4,8 +4,9 @@ and ``GET /v1/inspections:summary`` (a period in numbers: decisions, pass rate, 
 ``GET /v1/inspections.csv`` gives the same period one row per board;
 ``DELETE /v1/inspections/{id}`` (admin) erases one (``retention_days`` does it by age).
 
-Mounted under the gateway's ``/industrial``. Inputs are checked (type, magic bytes, size, decodable
-content, sample rate, finite samples) before queuing; results are stored before they are returned.
+Mounted under the gateway's ``/industrial``. Inputs are checked (a multipart form, type, magic bytes, size,
+decodable content, sample rate, finite samples) before queuing; a call waits for the model as long as its
+boards' pixels need (``inspection_timeout_s``); results are stored before they are returned.
 A batch call checks every board's input before any is queued (one bad file refuses the call, naming the
 board); a board the model then fails on (a full queue, a timeout) is reported in ``errors`` beside the
 stored results of the others, so a line resends only that board.
@@ -34,6 +35,7 @@ from core.serving import (
     create_service_app,
     csv_export,
     erase_result,
+    form_body_required,
     get_batcher,
     get_period,
     get_request_id,
@@ -139,6 +141,25 @@ def _refuse(code: str, message: str) -> ApiError:
     return ApiError(422, code, message)
 
 
+def _check_sample_rate(sample_rate: float | None) -> None:
+    # once per call, before any file is read: also without a vibration file (a line's misconfigured rate shows
+    # at once), and with a batch's rate named once rather than as board 0's fault
+    from apps.industrial.service import check_sample_rate
+
+    try:
+        check_sample_rate(sample_rate)
+    except ValueError as exc:
+        raise _refuse("invalid_input", str(exc)) from None
+
+
+def inspection_timeout_s(settings: IndustrialSettings, items: list) -> float:
+    """How long boards may wait for the model: the short-request timeout plus the work they bring, per board and
+    per megapixel of image and template (a 4096 px board with its template takes ten times a 640 px one's and
+    more). A batch call's boards share model calls, so each of them waits for the work of all."""
+    megapixels = sum(a.size for item in items for a in (item.image, item.template) if a is not None) / 1e6
+    return settings.request_timeout_s + settings.seconds_per_board * len(items) + settings.seconds_per_megapixel * megapixels
+
+
 def _board_id(value: str | None, label: str = "") -> str | None:
     if value is None or value == "":
         return None
@@ -181,8 +202,6 @@ async def _decode_board(
 
             signal, rate = await asyncio.to_thread(decode_vibration, data, sniff_kind(data), sample_rate)
             windows = await asyncio.to_thread(vibration_windows, signal, rate)
-        elif sample_rate is not None and not (0 < sample_rate < float("inf")):
-            raise ValueError("sample_rate must be a positive number")
     except ValueError as exc:
         raise _refuse("invalid_input", f"{label}{exc}") from None
     return InspectionItem(gray, tmpl, windows, timings={"decode_ms": round((time.perf_counter() - start) * 1000, 2)})
@@ -198,7 +217,14 @@ async def _finish(result, request_id: str, store: ResultStore, who: Principal, v
     return Inspection(id=result_id, **payload)
 
 
-@router.post("/inspect", response_model=Inspection, response_model_by_alias=True)
+SINGLE_FORM = ("an 'image' file (PNG, JPEG, BMP or TIFF) and/or a 'vibration' file (CSV, NPY or WAV); optionally a "
+               "'template' file, a 'sample_rate' field (Hz) and a 'board_id' field")
+BATCH_FORM = ("one 'images' file per board (PNG, JPEG, BMP or TIFF); optionally as many 'templates' and 'vibrations' "
+              "(CSV, NPY or WAV) files and 'board_ids' fields, in the same order, and a 'sample_rate' field (Hz)")
+
+
+@router.post("/inspect", response_model=Inspection, response_model_by_alias=True,
+             dependencies=[Depends(form_body_required(SINGLE_FORM, multipart_only=True))])
 async def inspect(
     request: Request,
     batcher: Annotated[DynamicBatcher, Depends(get_batcher("inspect"))],
@@ -220,12 +246,14 @@ async def inspect(
     """Inspect one board: defects (class, confidence, box, size in mm), machine state, one decision."""
     settings: IndustrialSettings = request.app.state.settings
     board_id = _board_id(board_id)
+    _check_sample_rate(sample_rate)
     item = await _decode_board(settings, image, template, vibration, sample_rate)
-    result = await batcher.submit(item)
+    result = await batcher.submit(item, timeout_s=inspection_timeout_s(settings, [item]))
     return await _finish(result, request_id, store, who, batcher.runner.version, "inspect", board_id)
 
 
-@router.post("/inspect/batch", response_model=BatchInspection, response_model_by_alias=True)
+@router.post("/inspect/batch", response_model=BatchInspection, response_model_by_alias=True,
+             dependencies=[Depends(form_body_required(BATCH_FORM, multipart_only=True))])
 async def inspect_batch(
     request: Request,
     batcher: Annotated[DynamicBatcher, Depends(get_batcher("inspect"))],
@@ -249,12 +277,14 @@ async def inspect_batch(
         raise _refuse("mismatched_batch", f"{len(images)} images but {len(vibrations)} vibration files; send one per board or none")
     if templates and len(templates) != len(images):
         raise _refuse("mismatched_batch", f"{len(images)} images but {len(templates)} templates; send one per board or none")
+    _check_sample_rate(sample_rate)
     items = [
         await _decode_board(settings, img, templates[i] if templates else None, vibrations[i] if vibrations else None, sample_rate,
                             label=f"board {i}: ")
         for i, img in enumerate(images)
     ]
-    results = await asyncio.gather(*(batcher.submit(item) for item in items), return_exceptions=True)
+    timeout_s = inspection_timeout_s(settings, items)
+    results = await asyncio.gather(*(batcher.submit(item, timeout_s=timeout_s) for item in items), return_exceptions=True)
     failed = [r for r in results if isinstance(r, BaseException)]
     if len(failed) == len(results):
         raise failed[0]  # nothing to report beside it: the call fails as a single board would

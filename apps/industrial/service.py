@@ -61,8 +61,16 @@ def _gray8(image) -> np.ndarray:
     return np.clip(np.rint(values * (255.0 / full)), 0, 255).astype(np.uint8)
 
 
+def check_sample_rate(sample_rate: float | None) -> None:
+    """A sample rate given with the data is a positive, finite number of Hz, whatever the file's type (NaN
+    compares false with every rate, so a later comparison would let it through)."""
+    if sample_rate is not None and not 0 < sample_rate < float("inf"):
+        raise ValueError("sample_rate must be a positive number")
+
+
 def decode_vibration(data: bytes, kind: str | None, sample_rate: float | None) -> tuple[np.ndarray, float]:
     """CSV / NPY / WAV bytes -> (1-D float signal, sample rate). WAV carries its own rate."""
+    check_sample_rate(sample_rate)
     if kind == "wav" or data[:4] == b"RIFF":
         import soundfile as sf
 

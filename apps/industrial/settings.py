@@ -38,6 +38,17 @@ class IndustrialSettings(AppSettings):
     max_image_side: int = 4096  # refuse larger images (memory)
     min_image_side: int = 32
     max_batch_boards: int = 16  # boards per batch request
+    # A request waits for the model request_timeout_s (meant for queueing and a small board) plus the work its
+    # boards bring, since a batch call's boards share one model call: seconds_per_board each, and
+    # seconds_per_megapixel per megapixel of image and of template. Measured on one thread here (shipped int8
+    # detectors, detector_workers=1, 2 shared cores): a 640x640 board 0.07-0.25 s with or without template (up to
+    # the 100 boxes the detector keeps); a 4096x4096 board 0.26-0.6 s alone, 1.2-2.7 s with its template
+    # (registering the template is about half), i.e. up to ~0.15 s a board plus ~0.08 s a megapixel. 16 such boards
+    # with templates took 26-42 s in one model call, 60 s through the API while other work shared the cores (its
+    # budget: 145 s). The values keep 2.5-3x of that for a shared CPU. Vibration adds nothing that grows with the
+    # file: at most 8 windows a board reach the model (decoding and resampling run before the queue).
+    seconds_per_board: float = 0.5
+    seconds_per_megapixel: float = 0.2
     torch_threads: int = 2  # CPU threads for inference
     # onnxruntime sessions sharing those threads; the boards of a batch (or of concurrent requests the serving
     # engine batches) are split across them: on 2 cores two 1-thread sessions give ~1.6x the boards/s of one
@@ -65,6 +76,13 @@ class IndustrialSettings(AppSettings):
             raise ValueError(f"unknown defect classes {unknown}; classes are {', '.join(DEFECT_CLASSES)}")
         if any(not v >= 0 for v in value.values()):
             raise ValueError("sizes are millimetres >= 0")
+        return value
+
+    @field_validator("seconds_per_board", "seconds_per_megapixel")
+    @classmethod
+    def _a_cost_is_not_negative(cls, value: float) -> float:
+        if not 0.0 <= value < float("inf"):
+            raise ValueError("must be a finite number of seconds >= 0")
         return value
 
     @field_validator("review_band")

@@ -18,6 +18,8 @@ from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from fastapi import Request
+
 from core.serving.errors import ApiError
 
 KINDS = ("png", "jpeg", "bmp", "tiff", "wav", "flac", "ogg", "mp3", "zip", "dicom", "nifti", "npy", "csv", "text")
@@ -190,12 +192,25 @@ def _check_content(kind: str, data: bytes) -> None:
 FORM_BODY_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 
 
-def require_form_body(content_type: str | None, fields: str) -> None:
+def require_form_body(content_type: str | None, fields: str, *, multipart_only: bool = False) -> None:
     """Refuse (415) a body that is not a form: FastAPI reads a JSON body or raw file bytes as a form with
-    no fields, and "missing field" would then mislead. ``fields`` says what the form should hold."""
+    no fields, and "missing field" would then mislead. ``fields`` says what the form should hold;
+    ``multipart_only`` for forms that must carry files (a URL-encoded body or none at all cannot)."""
     body_type = (content_type or "").split(";")[0].strip().lower()
-    if body_type and body_type not in FORM_BODY_TYPES:
-        raise ApiError(415, "unsupported_media_type", f"The body is {body_type}; send multipart/form-data with {fields}.")
+    accepted = body_type == "multipart/form-data" if multipart_only else body_type in ("", *FORM_BODY_TYPES)
+    if not accepted:
+        sent = f"The body is {body_type}" if body_type else "The request has no Content-Type"
+        raise ApiError(415, "unsupported_media_type", f"{sent}; send multipart/form-data with {fields}.")
+
+
+def form_body_required(fields: str, *, multipart_only: bool = False):
+    """``require_form_body`` as a route dependency: it runs before FastAPI checks the fields, so a missing
+    required file field does not answer first."""
+
+    async def check(request: Request) -> None:
+        require_form_body(request.headers.get("content-type"), fields, multipart_only=multipart_only)
+
+    return check
 
 
 async def read_upload(

@@ -162,13 +162,13 @@ def test_batch_reports_a_board_the_model_fails_on_beside_the_stored_others(clien
     batcher = client.app.state.batchers["inspect"]
     real_submit, calls = batcher.submit, []
 
-    async def submit(item):
+    async def submit(item, timeout_s=None):
         calls.append(item)
         if len(calls) == 2:
             raise ApiError(503, "queue_full", "the model queue is full; retry shortly")
         if len(calls) == 3:
             raise RuntimeError("a bug")
-        return await real_submit(item)
+        return await real_submit(item, timeout_s=timeout_s)
 
     batcher.submit = submit
     files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(4)]
@@ -180,7 +180,7 @@ def test_batch_reports_a_board_the_model_fails_on_beside_the_stored_others(clien
     stored = client.app.state.store.list_results("industrial", "inspect_batch")
     assert sorted(x["id"] for x in stored) == sorted(x["id"] for x in body["results"])
 
-    async def full(item):
+    async def full(item, timeout_s=None):
         raise ApiError(503, "queue_full", "full", headers={"Retry-After": "1"})
 
     batcher.submit = full

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from fastapi import UploadFile
 from fastapi.testclient import TestClient
 
 from core.serving import ApiError, read_upload, safe_unzip, sniff_kind, temporary_directory
@@ -291,3 +292,31 @@ def test_a_deflated_dicom_is_not_inflated_by_the_content_check(tmp_path, monkeyp
     assert _read(deflated, {"dicom"}) == deflated  # the meta group checked; the dataset left to the app
     assert reads == []
     assert _read(_dicom(tmp_path), {"dicom"}) and len(reads) == 1  # any other transfer syntax is read
+
+
+def test_a_body_that_is_not_a_form_is_415_naming_what_to_send():
+    from fastapi import Depends, FastAPI
+
+    from core.serving import form_body_required, require_form_body
+    from core.serving.errors import install_error_handlers
+
+    for content_type in (None, "", "multipart/form-data; boundary=x", "application/x-www-form-urlencoded"):
+        require_form_body(content_type, "a 'text' field")
+    with pytest.raises(ApiError) as refused:
+        require_form_body("application/json", "a 'text' field")
+    assert refused.value.status_code == 415 and "multipart/form-data with a 'text' field" in str(refused.value)
+    for content_type in (None, "application/x-www-form-urlencoded"):  # neither can carry a file
+        with pytest.raises(ApiError):
+            require_form_body(content_type, "an 'image' file", multipart_only=True)
+
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/files", dependencies=[Depends(form_body_required("an 'image' file", multipart_only=True))])
+    async def files(image: UploadFile) -> dict:  # a required field: the dependency must answer first
+        return {"name": image.filename}
+
+    with TestClient(app) as client:
+        r = client.post("/files", json={"image": "x"})
+        assert r.status_code == 415 and "an 'image' file" in r.json()["error"]["message"]
+        assert client.post("/files", files={"image": ("a.png", b"x", "image/png")}).json() == {"name": "a.png"}
