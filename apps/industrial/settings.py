@@ -42,10 +42,11 @@ class IndustrialSettings(AppSettings):
     # boards bring, since a batch call's boards share one model call: seconds_per_board each, and
     # seconds_per_megapixel per megapixel of image and of template. Measured on one thread here (shipped int8
     # detectors, detector_workers=1, 2 shared cores): a 640x640 board 0.07-0.25 s with or without template (up to
-    # the 100 boxes the detector keeps); a 4096x4096 board 0.26-0.6 s alone, 1.2-2.7 s with its template
-    # (registering the template is about half), i.e. up to ~0.15 s a board plus ~0.08 s a megapixel. 16 such boards
-    # with templates took 26-42 s in one model call, 60 s through the API while other work shared the cores (its
-    # budget: 145 s). The values keep 2.5-3x of that for a shared CPU. Vibration adds nothing that grows with the
+    # the 100 boxes the detector keeps); a 4096x4096 board 0.26-0.6 s alone, 1.2-2.7 s with its template while
+    # registering the template scanned the whole board (0.7-1.2 s of it), 0.7-0.9 s since it samples ~320 points a
+    # side; i.e. up to ~0.15 s a board plus ~0.08 s a megapixel. 16 such boards with templates took 26-42 s in one
+    # model call before that change, 60 s through the API while other work shared the cores (its budget: 145 s).
+    # The values keep 2.5-3x of that for a shared CPU. Vibration adds nothing that grows with the
     # file: at most 8 windows a board reach the model (decoding and resampling run before the queue).
     seconds_per_board: float = 0.5
     seconds_per_megapixel: float = 0.2
