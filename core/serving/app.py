@@ -201,6 +201,18 @@ async def _load(app: FastAPI, load_runners: LoadRunners | None) -> None:
         log.exception("model loading failed", extra={"app": state.name})
 
 
+def get_and_head(app: FastAPI, path: str, **kwargs: Any) -> Callable:
+    """A route for GET and HEAD, documented once: one route with both methods gave OpenAPI two operations of
+    the same id (FastAPI warns, and generated clients break on it)."""
+
+    def register(endpoint: Callable) -> Callable:
+        app.add_api_route(path, endpoint, methods=["GET"], **kwargs)
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False, **kwargs)
+        return endpoint
+
+    return register
+
+
 def create_service_app(
     *,
     name: str,
@@ -264,11 +276,11 @@ def create_service_app(
     app.add_middleware(ServiceMiddleware, service=app)
 
     # HEAD too: some load balancers probe with it
-    @app.api_route("/health", methods=["GET", "HEAD"], tags=["ops"], summary="Process is up")
+    @get_and_head(app, "/health", tags=["ops"], summary="Process is up")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "app": name}
 
-    @app.api_route("/ready", methods=["GET", "HEAD"], tags=["ops"], summary="Models are loaded")
+    @get_and_head(app, "/ready", tags=["ops"], summary="Models are loaded")
     async def ready() -> JSONResponse:
         state = app.state
         runners = {

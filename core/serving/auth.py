@@ -48,13 +48,16 @@ def resolve_principal(request: HTTPConnection, keys: dict[str, str], presented: 
             401, "unauthorized", "an API key is required: send 'X-API-Key: <key>' or 'Authorization: Bearer <key>'",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    # a key sent in a WebSocket message is any JSON string, lone surrogates ("\ud800") included, which
+    # str.encode refuses: "surrogatepass" gives them bytes that match no configured key
+    presented_bytes = presented.encode("utf-8", "surrogatepass")
     role = None
     for key, key_role in keys.items():  # compare every key in constant time; no early exit
-        if hmac.compare_digest(key.encode(), presented.encode()):
+        if hmac.compare_digest(key.encode(), presented_bytes):
             role = key_role
     if role is None:
         raise ApiError(401, "unauthorized", "the API key is not recognised", headers={"WWW-Authenticate": "Bearer"})
-    return Principal(role=role, key_id=hashlib.sha256(presented.encode()).hexdigest()[:12], authenticated=True)
+    return Principal(role=role, key_id=hashlib.sha256(presented_bytes).hexdigest()[:12], authenticated=True)
 
 
 def _check_roles(roles: tuple[str, ...]) -> None:

@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from core.plugins import AppPlugin, discover_plugins
+from core.serving.app import get_and_head
 from core.serving.errors import install_error_handlers
 from core.serving.web import SECURITY_HEADERS
 
@@ -132,12 +133,12 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
             return HTMLResponse(_landing_page(body["apps"], {p.name: p.summary for p in selected}), headers=SECURITY_HEADERS)
         return body
 
-    @root.api_route("/health", methods=["GET", "HEAD"], tags=["ops"], summary="Gateway process is up; per-app mount status")
+    @get_and_head(root, "/health", tags=["ops"], summary="Gateway process is up; per-app mount status")
     async def health() -> dict[str, Any]:
         apps = _all()
         return {"status": "ok", "apps": {n: {k: a[k] for k in ("mount", "status") if k in a} | ({"reason": a["reason"]} if "reason" in a else {}) for n, a in apps.items()}}
 
-    @root.api_route("/ready", methods=["GET", "HEAD"], tags=["ops"], summary="Every mounted app has loaded its models")
+    @get_and_head(root, "/ready", tags=["ops"], summary="Every mounted app has loaded its models")
     async def ready() -> JSONResponse:
         apps = _all()
         live = [a for a in apps.values() if a["status"] == "mounted"]

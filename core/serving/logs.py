@@ -25,6 +25,16 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+class WithoutQueryStrings(logging.Filter):
+    """Drops the query string of any path among a record's arguments: uvicorn logs every WebSocket handshake
+    as '"WebSocket /v1/stream?..." [accepted]' on uvicorn.error, and a client may put anything there (a key)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(a.split("?", 1)[0] if isinstance(a, str) and a.startswith("/") else a for a in record.args)
+        return True
+
+
 def configure_logging(level: str = "info") -> None:
     """Route triptych and uvicorn logs through the JSON formatter (call once, from the entry point)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -34,5 +44,6 @@ def configure_logging(level: str = "info") -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+        logger.filters[:] = [WithoutQueryStrings()]
     # uvicorn's access log prints full paths with query strings; ours logs route templates instead
     logging.getLogger("uvicorn.access").disabled = True

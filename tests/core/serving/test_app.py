@@ -276,8 +276,14 @@ def test_configure_logging_writes_json_lines(capsys):
         line = capsys.readouterr().err.strip().splitlines()[-1]
         entry = json.loads(line)
         assert entry["msg"] == "request" and entry["route"] == "/x" and entry["level"] == "info"
+        # uvicorn's own handshake line, as its WebSocket protocol writes it
+        logging.getLogger("uvicorn.error").info('%s - "WebSocket %s" [accepted]', "127.0.0.1:5000",
+                                                "/customer-service/v1/stream?key=agent-secret")
+        entry = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+        assert entry["msg"] == '127.0.0.1:5000 - "WebSocket /customer-service/v1/stream" [accepted]'
     finally:
         for name in ("triptych", "uvicorn", "uvicorn.error"):
+            logging.getLogger(name).filters.clear()
             logging.getLogger(name).handlers.clear()
             logging.getLogger(name).propagate = True
         logging.getLogger("uvicorn.access").disabled = False

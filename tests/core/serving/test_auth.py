@@ -91,6 +91,7 @@ def _ws_app(keys: dict[str, str]):
     ({}, '{"type": "auth", "key": "guess"}', "unauthorized"),
     ({}, b"\x00\x00", "unauthorized"),  # audio before the key
     ({}, "[" * 100_000, "unauthorized"),  # nested past json's recursion limit: no key, not a crash
+    ({}, '{"type": "auth", "key": "\\ud800"}', "unauthorized"),  # a lone surrogate: no key, not a crash
     ({}, '{"type": "auth", "key": "line-key"}', "forbidden"),
     ({}, '{"type": "auth", "key": "agent-key"}', "agent"),
     ({"X-API-Key": "agent-key"}, None, "agent"),
