@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from core.serving.batching import DynamicBatcher, ModelRunner
 from core.serving.errors import ApiError, error_body, install_error_handlers
@@ -315,6 +315,11 @@ def create_service_app(
 
         app.include_router(page_router(page, prefix="/ui"))
         app.state.page = "/ui/"
+
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    async def home() -> RedirectResponse:
+        """The app's address (/medical/) opens its page, or its API docs when it has none."""
+        return RedirectResponse("ui/" if app.state.page else "docs", status_code=307)  # relative: any mount
     return app
 
 

@@ -93,15 +93,16 @@ def page_router(folder: Path, prefix: str = "/ui", index: str = "index.html") ->
         body, media_type = files[name]
         return Response(body, media_type=media_type, headers=SECURITY_HEADERS)
 
-    @router.get(prefix)
+    # HEAD too: link checkers and uptime probes ask with it
+    @router.api_route(prefix, methods=["GET", "HEAD"])
     async def to_page() -> RedirectResponse:
         return RedirectResponse(prefix.rsplit("/", 1)[-1] + "/", status_code=308)  # relative: works under a mount
 
-    @router.get(prefix + "/")
+    @router.api_route(prefix + "/", methods=["GET", "HEAD"])
     async def page() -> Response:
         return serve(index)
 
-    @router.get(prefix + "/{name}")
+    @router.api_route(prefix + "/{name}", methods=["GET", "HEAD"])
     async def asset(name: str) -> Response:
         if name not in files:
             raise ApiError(404, "not_found", f"no file {name!r} on this page")

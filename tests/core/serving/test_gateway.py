@@ -62,6 +62,9 @@ def test_mounts_apps_and_loads_their_models():
             ids = [op["operationId"] for item in schema["paths"].values() for op in item.values()]
             assert len(ids) == len(set(ids)) and "get" in schema["paths"]["/health"]
         assert client.head("/alpha/ready").status_code == 200
+        # an app's address opens its page (or, without one, its docs); HEAD works on pages too
+        assert client.get("/alpha").url.path == "/alpha/ui/" and client.get("/beta/").url.path == "/beta/docs"
+        assert client.head("/alpha/ui/").status_code == 200
         docs = client.get("/alpha/docs")
         assert docs.status_code == 200 and "/alpha/openapi.json" in docs.text  # docs work under the mount
 
