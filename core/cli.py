@@ -7,6 +7,8 @@ inside their commands, so ``triptych --help`` stays quick.
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Annotated
 
 import typer
@@ -96,10 +98,49 @@ def _registered_names(group: typer.Typer) -> list[str]:
     return [command.name for command in group.registered_commands if command.name]
 
 
+# Errors that mean "the input you gave is wrong": exit 2, as typer's own usage errors do. Apps raise
+# these (their own input errors subclass ValueError); anything else is a bug or an environment failure.
+INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
+                                                 PermissionError, ValueError, KeyError)
+DEBUG_ENV = "TRIPTYCH_DEBUG"
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    from core.bundle import BundleError  # a bundle folder given on the command line that is not one
+
+    return (*INPUT_ERRORS, BundleError)
+
+
+def error_line(exc: BaseException, with_type: bool = False) -> str:
+    """``error: <message>``; the exception's type is added when asked or when the message alone would not
+    say what happened (an empty one, or a single token such as KeyError's missing key)."""
+    message = str(exc.args[0]) if isinstance(exc, KeyError) and len(exc.args) == 1 else str(exc)
+    if with_type or len(message.split()) <= 1:
+        message = f"{type(exc).__name__}: {message}" if message.strip() else type(exc).__name__
+    return f"error: {message}"
+
+
+def run_cli(command: typer.Typer, args: list[str] | None = None) -> None:
+    """Run ``command``; an exception that escapes it becomes one line on stderr instead of a traceback:
+    exit 2 for input errors, 1 (with a pointer to TRIPTYCH_DEBUG=1) for anything else.
+
+    typer/click's own exits (usage errors, --help, Ctrl-C) are SystemExit and pass through untouched."""
+    try:
+        command(args=args)
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            raise
+        if isinstance(exc, _input_errors()):
+            print(error_line(exc), file=sys.stderr)
+            sys.exit(2)
+        print(f"{error_line(exc, with_type=True)} (run with {DEBUG_ENV}=1 for the traceback)", file=sys.stderr)
+        sys.exit(1)
+
+
 def main() -> None:
     enforce_offline()
     _attach_plugins()
-    app()
+    run_cli(app)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,13 @@ def flat_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     }
 
 
+def undefined_metrics(metrics: Mapping[str, Any]) -> list[str]:
+    """Names of the metrics that came out NaN or infinite (e.g. an AUC over one class only)."""
+    return [key for key, value in metrics.items() if isinstance(value, float) and not math.isfinite(value)]
+
+
 def print_metrics(title: str, metrics: Mapping[str, Any]) -> None:
+    """The table on stdout; one warning line on stderr names the metrics the data leaves undefined."""
     from rich.console import Console
     from rich.table import Table
 
@@ -26,15 +34,44 @@ def print_metrics(title: str, metrics: Mapping[str, Any]) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and not math.isnan(value) else str(value))
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) and math.isfinite(value) else str(value))
     Console().print(table)
+    undefined = undefined_metrics(metrics)
+    if undefined:
+        print(f"warning: undefined on this data (NaN; null in --json): {', '.join(undefined)}", file=sys.stderr)
+
+
+def check_json_destination(path: str | Path | None) -> None:
+    """Refuse a ``--json`` path that could not be written, before an evaluation spends its time.
+
+    The nearest existing folder above the file must be a writable folder (missing ones are created
+    when the file is written), and the path itself must not be a folder."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"--json {path} is a folder; give a file name such as {path / 'metrics.json'}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise PermissionError(f"--json {path} is not writable")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"--json {path}: {parent} is a file, not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise PermissionError(f"--json {path}: cannot write in {parent}")
+
+
+def json_ready(flat: Mapping[str, float]) -> dict[str, float | None]:
+    """NaN and infinities as None: JSON (RFC 8259) has no NaN, and strict parsers reject it."""
+    return {key: value if math.isfinite(value) else None for key, value in flat.items()}
 
 
 def write_metrics_json(path: str | Path | None, metrics: Mapping[str, Any]) -> dict[str, float]:
-    """Write the flat numeric metrics to ``path`` (when given) and return them."""
+    """Write the flat numeric metrics to ``path`` (when given; undefined ones as null) and return them."""
     flat = flat_metrics(metrics)
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(flat, indent=2) + "\n")
+        path.write_text(json.dumps(json_ready(flat), indent=2, allow_nan=False) + "\n")
     return flat

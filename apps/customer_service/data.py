@@ -119,13 +119,29 @@ def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray:
     return audio
 
 
+BANKING77_COLUMNS = ("text", "category")
+
+
 def load_banking77(csv_path: str | Path) -> tuple[list[str], list[str]]:
-    """(texts, categories) from a BANKING77 ``text,category`` CSV (quoted newlines allowed)."""
+    """(texts, categories) from a BANKING77 ``text,category`` CSV (quoted newlines allowed).
+
+    A file without those header columns or without a single row is refused: the callers load a model
+    first and would otherwise fail much later with a message about empty arrays."""
     texts, cats = [], []
-    with Path(csv_path).open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            texts.append(row["text"])
-            cats.append(row["category"])
+    try:
+        with Path(csv_path).open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in BANKING77_COLUMNS if c not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{csv_path} lacks the BANKING77 columns {missing}: expected a CSV with the header "
+                                 f"'text,category' (it has {reader.fieldnames or 'no header'})")
+            for row in reader:
+                texts.append(row["text"])
+                cats.append(row["category"])
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv_path} is not UTF-8 text: expected a BANKING77 CSV with the header 'text,category'") from exc
+    if not texts:
+        raise ValueError(f"{csv_path} has the BANKING77 header but no rows")
     return texts, cats
 
 

@@ -35,8 +35,8 @@ def evaluate_intent(csv_path: str | Path, bundle: str | Path | None = None, batc
     from apps.customer_service.model import load_text_classifier
     from core.metrics import expected_calibration_error
 
+    texts, cats = load_banking77(csv_path)  # before the model: a wrong file is refused in a second, not after 12 s
     model = load_text_classifier(bundle or get_settings().intent_bundle)
-    texts, cats = load_banking77(csv_path)
     labels = model.config.labels
     unknown = sorted(set(cats) - set(labels))
     if unknown:

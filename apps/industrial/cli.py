@@ -25,6 +25,47 @@ def _write_json(path: str | None, metrics: dict) -> None:
     write_metrics_json(path, metrics)
 
 
+def _check_json(path: str | None) -> None:
+    """Refuse an unwritable --json before the evaluation, not after it."""
+    from core.reporting import check_json_destination
+
+    check_json_destination(path)
+
+
+def _check_data_yaml(path: Path) -> None:
+    """The detector's --data is the ultralytics data.yaml that `data industrial prepare` writes: a mapping
+    with train and val. Checked before ultralytics starts (it fails on anything else with a TypeError)."""
+    import yaml
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path} not found (a data.yaml from `triptych data industrial prepare`)")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--data {path} is not YAML (expected the data.yaml of `data industrial prepare`)") from exc
+    if not isinstance(content, dict) or not {"train", "val"} <= set(content):
+        raise ValueError(f"--data {path} is not an ultralytics data.yaml: expected a mapping with train: and val: "
+                         "(see `triptych data industrial prepare`)")
+
+
+def _check_crops(path: Path) -> None:
+    """The defect classifier's --crops is the .npz of `data industrial crops`: arrays x (crops) and y (labels)."""
+    from apps.industrial.data import open_npz
+
+    if not path.is_file():
+        raise FileNotFoundError(f"--crops {path} not found (an .npz from `triptych data industrial crops`)")
+    with open_npz(path) as archive:
+        missing = {"x", "y"} - set(archive.files)
+    if missing:
+        raise ValueError(f"--crops {path} lacks arrays {sorted(missing)} (expected x and y from `data industrial crops`)")
+
+
+def _check_cwru_folder(cwru: str) -> None:
+    """A cheap look at --cwru before a long DeepPCB evaluation runs ahead of it."""
+    if not any(Path(cwru).rglob("*.npz")):
+        raise FileNotFoundError(f"no *.npz files under --cwru {cwru} (expected CWRU recordings, e.g. 1797_IR_007_DE12.npz)")
+
+
 def train(
     part: Annotated[str, typer.Option(help="detector, vibration, fusion or defect-classifier.")] = "vibration",
     cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
@@ -67,6 +108,7 @@ def train(
     elif part == "detector":
         if not data_yaml:
             raise typer.BadParameter("--part detector needs --data data.yaml (see `triptych data industrial prepare`)")
+        _check_data_yaml(Path(data_yaml))
         from apps.industrial.data import parse_groups
         from apps.industrial.detector import train_detector
 
@@ -86,6 +128,7 @@ def train(
     elif part == "defect-classifier":
         if not crops:
             raise typer.BadParameter("--part defect-classifier needs --crops FILE (see `triptych data industrial crops`)")
+        _check_crops(Path(crops))
         from apps.industrial.reclassify import CropTrainConfig, train_reclassifier_bundle
 
         metrics = train_reclassifier_bundle(Path(crops), target, CropTrainConfig(epochs=crop_epochs, seed=seed, template_dropout=crop_template_dropout),
@@ -103,8 +146,8 @@ def evaluate(
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
     detector: Annotated[str | None, typer.Option(help="Detector bundle (default: the shipped template-aware one, or with --no-template the image-only one, as the service picks).")] = None,
     vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
-    threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
-    limit: Annotated[int | None, typer.Option(help="Evaluate only the first N boards (smoke runs).")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 2,
+    limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N boards (smoke runs).")] = None,
     no_template: Annotated[bool, typer.Option("--no-template", help="Do not give a template-aware detector the boards' templates (the endpoint's path without one).")] = False,
     backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
     precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
@@ -118,6 +161,9 @@ def evaluate(
     enforce_offline()
     if not deeppcb and not cwru:
         raise typer.BadParameter("give --deeppcb DIR [--split LIST] and/or --cwru DIR")
+    _check_json(json_out)
+    if deeppcb and cwru:
+        _check_cwru_folder(cwru)
     metrics: dict[str, float] = {}
     if deeppcb:
         from apps.industrial.evaluate import evaluate_deeppcb
@@ -166,6 +212,7 @@ def bench(
     from core.offline import enforce_offline
 
     enforce_offline()
+    _check_json(json_out)
     import torch
 
     if speed:
@@ -293,6 +340,7 @@ def threshold(
     from core.offline import enforce_offline
 
     enforce_offline()
+    _check_json(json_out)
     import torch
 
     torch.set_num_threads(1)

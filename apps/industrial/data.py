@@ -255,12 +255,15 @@ def repaired_scan(sample: PcbSample, margin: int = 2) -> np.ndarray:
 def load_gray(path_or_bytes) -> np.ndarray:
     import io
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     if isinstance(path_or_bytes, (bytes, bytearray)):
         image = Image.open(io.BytesIO(path_or_bytes))
     else:
-        image = Image.open(path_or_bytes)
+        try:
+            image = Image.open(path_or_bytes)
+        except UnidentifiedImageError as exc:  # PIL's message does not say an image was expected
+            raise ValueError(f"{path_or_bytes} is not an image PIL can read (expected a JPEG or PNG scan)") from exc
     return np.asarray(image.convert("L"))
 
 
@@ -376,6 +379,28 @@ def parse_cwru_name(name: str) -> dict:
 CWRU_SENSORS = ("DE", "FE", "BA")  # drive-end, fan-end and base accelerometers
 
 
+def open_npz(path: Path):
+    """``np.load`` of an .npz archive, refused with a plain message when the file is not one (numpy
+    otherwise blames pickled data or a bad zip file)."""
+    import zipfile
+
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path} is not a NumPy .npz archive (np.savez output expected)") from exc
+    if not isinstance(archive, np.lib.npyio.NpzFile):  # a bare .npy saved under an .npz name
+        raise ValueError(f"{path} is a single .npy array, not an .npz archive of named arrays")
+    return archive
+
+
+def numeric_array(archive, key: str, path: Path) -> np.ndarray:
+    """``archive[key]`` as float64, refused with a message naming the file and key when it is not numbers."""
+    try:
+        return np.asarray(archive[key], np.float64)
+    except (ValueError, TypeError) as exc:  # object arrays (pickles refused), strings
+        raise ValueError(f"{path}: array {key!r} is not numeric data") from exc
+
+
 def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
     """Every *.npz under ``root`` read from one accelerometer: ``DE`` (the default; a file without it gives
     its first array), or ``FE`` / ``BA``, which skip the files that lack that channel."""
@@ -387,11 +412,15 @@ def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
     recordings = []
     for f in files:
         meta = parse_cwru_name(f.name)
-        with np.load(f) as z:
+        with open_npz(f) as z:
             if sensor not in z.files and sensor != "DE":
                 continue
+            if not z.files:
+                raise ValueError(f"{f} holds no arrays (expected the accelerometer channels DE / FE / BA)")
             key = sensor if sensor in z.files else z.files[0]
-            signal = np.asarray(z[key], np.float64).reshape(-1)
+            signal = numeric_array(z, key, f).reshape(-1)
+        if not np.isfinite(signal).all():
+            raise ValueError(f"{f}: the {key} recording has NaN or infinite samples (expected finite accelerations in g)")
         recordings.append(
             VibrationRecording(f, signal.astype(np.float32), meta["rate"], meta["label"], meta["rpm"], meta["mil"])
         )

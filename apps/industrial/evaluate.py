@@ -134,11 +134,16 @@ def evaluate_deeppcb(
     torch.set_num_threads(threads)
     if backend != "onnx" and precision != "fp32":
         raise ValueError("INT8 runs through onnxruntime: use backend='onnx'")
+    # the list is read before the detector loads: a wrong layout or an empty list is reported at once
+    samples = load_deeppcb(root, split)[:limit]
+    if not samples:
+        raise ValueError(f"no boards to evaluate: split list {split!r} under {root} names none"
+                         + (f" (or --limit {limit} keeps none)" if limit is not None else "")
+                         + "; expected lines '<group>/<id>/<n>.jpg <group>/<id>_not/<n>.txt'")
     model, config, _ = (load_onnx_detector(bundle_dir, threads, precision=precision, workers=workers) if backend == "onnx"
                         else load_detector(bundle_dir))
     if binarize is not None:
         config.binarize = binarize
-    samples = load_deeppcb(root, split)[:limit]
     dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
                                                         reclassifier=reclassifier, boards_per_call=max(1, workers))
     template_mode = primary == "repaired"
@@ -221,17 +226,20 @@ def evaluate_cwru(bundle_dir: Path, root: Path, threads: int = 1, sensor: str = 
 
     from apps.industrial.data import FAULT_CLASSES, load_cwru
     from apps.industrial.model import load_vibration_classifier
-    from apps.industrial.signals import MODEL_RATE, frame, resample
+    from apps.industrial.signals import MODEL_RATE, WINDOW, frame, resample
     from apps.industrial.train import predict_windows
     from core.metrics import classification_metrics
 
     torch.set_num_threads(threads)
+    # every recording is read and framed before the model loads: bad files are reported at once
+    framed = [(rec, frame(resample(rec.signal, rec.sample_rate, MODEL_RATE))) for rec in load_cwru(root, sensor)]
+    framed = [(rec, windows) for rec, windows in framed if len(windows)]  # shorter than one window: skipped
+    if not framed:
+        raise ValueError(f"no CWRU recording under {root} is long enough for one {WINDOW}-sample window at "
+                         f"{MODEL_RATE} Hz (about {WINDOW / MODEL_RATE:.2f} s of signal)")
     model, _ = load_vibration_classifier(bundle_dir)
     ys, ps, votes, by_rpm = [], [], [], {}
-    for rec in load_cwru(root, sensor):
-        windows = frame(resample(rec.signal, rec.sample_rate, MODEL_RATE))
-        if not len(windows):
-            continue
+    for rec, windows in framed:
         probs = predict_windows(model, windows)
         y = np.full(len(windows), rec.label)
         ys.append(y), ps.append(probs)

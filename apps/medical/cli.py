@@ -24,6 +24,13 @@ def _write_json(path: str | None, metrics: dict) -> None:
     write_metrics_json(path, metrics)
 
 
+def _check_json(path: str | None) -> None:
+    """Refuse an unwritable --json before the evaluation, not after it."""
+    from core.reporting import check_json_destination
+
+    check_json_destination(path)
+
+
 def train(
     ct: Annotated[str | None, typer.Option("--ct", help="Rendered training set (labels.csv + volumes).")] = None,
     reports: Annotated[str | None, typer.Option("--reports", help="IU indiana_reports.csv (or its folder): train the report classifier.")] = None,
@@ -66,8 +73,10 @@ def train(
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
+    from apps.medical.data import parse_patient_range
     from core.offline import enforce_offline
 
+    parse_patient_range(patients)  # a malformed --patients is refused before any loading
     enforce_offline()
     if train_detector:
         if not ct:
@@ -173,6 +182,9 @@ def evaluate(
     enforce_offline()
     if bool(ct) == bool(reports):
         raise typer.BadParameter("give exactly one of --ct DIR or --reports FILE")
+    if side not in (None, "val", "train"):
+        raise typer.BadParameter("--side is val or train")
+    _check_json(json_out)
     if reports:
         from apps.medical.evaluate import evaluate_reports
         from apps.medical.settings import get_settings
@@ -185,8 +197,6 @@ def evaluate(
         from apps.medical.evaluate import evaluate_ct
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
-        if side not in (None, "val", "train"):
-            raise typer.BadParameter("--side is val or train")
         from apps.medical.settings import get_settings
 
         settings = get_settings()
@@ -226,6 +236,7 @@ def bench(
     from core.offline import enforce_offline
 
     enforce_offline()
+    _check_json(json_out)
     torch.set_num_threads(threads)
     from apps.medical.data import load_rendered
     from apps.medical.service import MedicalRunner, StudyInput

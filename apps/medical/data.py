@@ -63,10 +63,21 @@ def patient_number(patient_id: str) -> int:
 
 def parse_patient_range(spec: str) -> tuple[int, int]:
     """``"LIDC-IDRI-0001:LIDC-IDRI-0800"`` or ``"1:800"`` -> (1, 800)."""
+    expected = f"a patient range looks like LIDC-IDRI-0001:LIDC-IDRI-0800 (or 1:800), not {spec!r}"
     lo, _, hi = spec.partition(":")
-    def to_int(s):
-        return patient_number(s) if "LIDC" in s else int(s)
-    return to_int(lo), to_int(hi or lo)
+
+    def to_int(s: str) -> int:
+        s = s.strip()
+        if "LIDC" in s:
+            return patient_number(s)
+        if not s.isdigit():
+            raise ValueError(expected)
+        return int(s)
+
+    first, last = to_int(lo), to_int(hi or lo)
+    if first > last:
+        raise ValueError(f"{expected}: the first patient comes after the last")
+    return first, last
 
 
 @dataclass(frozen=True)

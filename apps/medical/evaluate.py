@@ -14,8 +14,10 @@ def evaluate_reports(reports_file: str | Path, classifier_path: str | Path) -> d
     from apps.medical.data import load_iu_reports
     from apps.medical.reports import ReportClassifier
 
-    model = ReportClassifier.load(classifier_path)
     reports = load_iu_reports(reports_file)
+    if not reports:
+        raise ValueError(f"{reports_file} has the IU columns but no reports to evaluate")
+    model = ReportClassifier.load(classifier_path)
     y = np.array([r.label for r in reports])
     p = model.predict_proba([r.text for r in reports])
     auc = float(roc_auc_score(y, p)) if len(set(y.tolist())) == 2 else float("nan")
@@ -49,7 +51,7 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
     )
     from core.metrics import expected_calibration_error
 
-    model, _ = load_model(bundle_dir, bert_path)
+    # the studies are read and checked before the models load (10-14 s)
     studies = load_rendered(ct_dir, patients)
     if side is not None:
         if side not in ("val", "train"):
@@ -58,6 +60,11 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         studies = [s for s in studies if patient_split(s.patient_id, *split) == side]
     if not studies:
         raise ValueError(f"no labelled studies in {ct_dir}")
+    missing = [str(s.volume_path) for s in studies if not s.volume_path.exists()]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(studies)} volumes listed in {ct_dir}/labels.csv are "
+                                f"missing, e.g. {missing[0]}")
+    model, _ = load_model(bundle_dir, bert_path)
     y = np.array([s.label for s in studies])
     volumes = ct_arrays(model, studies, cache, log=lambda m: None)
     hidden, mask = embed_reports(model, [s.report for s in studies])

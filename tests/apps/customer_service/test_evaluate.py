@@ -131,3 +131,16 @@ def test_g711_line_band_limits_and_quantises_like_mu_law():
     err = out[200:-200] - ref
     snr_db = 10 * np.log10(np.mean(ref ** 2) / np.mean(err ** 2))
     assert 25 < snr_db < 50  # 8-bit mu-law: ~38 dB, not lossless, not garbage
+
+
+@pytest.mark.parametrize(("content", "message"), [("hello\n", "lacks the BANKING77 columns"),
+                                                  ("foo,bar\n1,2\n", "lacks the BANKING77 columns"),
+                                                  ("text,category\n", "no rows"),
+                                                  (b"\xff\xfe\x00binary", "not UTF-8 text")])
+def test_load_banking77_says_what_layout_it_expects(tmp_path, content, message):
+    from apps.customer_service.data import load_banking77
+
+    path = tmp_path / "intent.csv"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(ValueError, match=message):
+        load_banking77(path)

@@ -120,3 +120,45 @@ def test_eval_deeppcb_with_two_workers_scores_the_same(tmp_path, tiny_bundles):
     assert one["n_boards"] == two["n_boards"] == 6
     for key in ("map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "board_fa@0.1", "board_recall@0.1"):
         assert two[key] == pytest.approx(one[key], abs=1e-6), key
+
+
+def test_eval_deeppcb_refuses_an_empty_list_before_loading_the_detector(tmp_path):
+    root = make_deeppcb(tmp_path / "deeppcb")
+    (root / "PCBData" / "empty.txt").write_text("")
+    # a detector that does not exist: the list must be refused first, by what it lacks
+    r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "empty.txt", "--detector", str(tmp_path / "nope")])
+    assert isinstance(r.exception, ValueError) and "no boards to evaluate" in str(r.exception)
+
+
+@pytest.mark.parametrize(("signal", "message"), [(np.zeros(10), "long enough for one 2048-sample window"),
+                                                 (np.full(24_000, np.nan), "NaN or infinite samples")])
+def test_eval_cwru_refuses_unusable_recordings(tmp_path, tiny_bundles, signal, message):
+    np.savez(tmp_path / "1797_B_007_DE12.npz", DE=signal[:, None])
+    r = CliRunner().invoke(_app(), ["eval", "--cwru", str(tmp_path), "--vibration", str(tiny_bundles / "vibration"),
+                                    "--json", str(tmp_path / "m.json")])
+    assert isinstance(r.exception, ValueError) and message in str(r.exception)
+    assert not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("content", [b"PK\x03\x04 not a zip", b"garbage!!", None])
+def test_load_cwru_names_a_file_that_is_not_an_npz_archive(tmp_path, content):
+    from apps.industrial.data import load_cwru
+
+    path = tmp_path / "1797_B_007_DE12.npz"
+    if content is None:  # an object array: numpy would talk about pickles
+        np.savez(path, DE=np.array([{"a": 1}], dtype=object))
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ValueError, match=r"1797_B_007_DE12\.npz") as raised:
+        load_cwru(tmp_path)
+    assert "pickle" not in str(raised.value)
+
+
+def test_train_defect_classifier_refuses_crops_that_are_not_an_npz(tmp_path):
+    app = typer.Typer()
+    app.command("train")(cli.train)
+    app.command("eval")(cli.evaluate)
+    crops = tmp_path / "crops.npz"
+    crops.write_bytes(b"nope")
+    r = CliRunner().invoke(app, ["train", "--part", "defect-classifier", "--crops", str(crops), "--out", str(tmp_path / "o")])
+    assert isinstance(r.exception, ValueError) and "not a NumPy .npz archive" in str(r.exception)

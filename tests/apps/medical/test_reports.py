@@ -119,3 +119,41 @@ def test_eval_reports_reads_the_classifier_the_settings_name(tmp_path, monkeypat
         assert CliRunner().invoke(app, ["--reports", str(iu)]).exit_code != 0  # it was read: it is missing
     finally:
         get_settings.cache_clear()
+
+
+def test_eval_reports_one_class_writes_auc_as_null_and_empty_is_refused(tmp_path):
+    """One class only: AUC is undefined, written as JSON null (never NaN); no reports at all is an input error."""
+    import json
+
+    import typer
+    from typer.testing import CliRunner
+
+    from apps.medical.cli import evaluate
+
+    texts, labels = _corpus(60)
+    clf = tmp_path / "clf.json"
+    ReportClassifier().fit(texts, labels).save(clf)
+    header = ["uid", "MeSH", "Problems", "image", "indication", "comparison", "findings", "impression"]
+    iu = tmp_path / "indiana_reports.csv"
+    with iu.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerow([1, "normal", "", "", "", "", "No acute disease.", ""])
+    app = typer.Typer()
+    app.command()(evaluate)
+    out = tmp_path / "m.json"
+    r = CliRunner().invoke(app, ["--reports", str(iu), "--json", str(out), "--classifier", str(clf)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))["auc"] is None
+    iu.write_text(",".join(header) + "\n")
+    r = CliRunner().invoke(app, ["--reports", str(iu), "--classifier", str(clf)])
+    assert isinstance(r.exception, ValueError) and "no reports" in str(r.exception)
+
+
+@pytest.mark.parametrize("spec", ["banana", "1:x", "LIDC-IDRI-0005:LIDC-IDRI-0001"])
+def test_parse_patient_range_says_what_it_expects(spec):
+    from apps.medical.data import parse_patient_range
+
+    with pytest.raises(ValueError, match="LIDC-IDRI-0001:LIDC-IDRI-0800"):
+        parse_patient_range(spec)
+    assert parse_patient_range("LIDC-IDRI-0001:LIDC-IDRI-0800") == parse_patient_range("1:800") == (1, 800)
