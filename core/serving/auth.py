@@ -160,5 +160,5 @@ async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: floa
     except ApiError as exc:
         hint = ' (from a browser: make the first message {"type": "auth", "key": "<key>"})' if exc.status_code == 401 else ""
         await websocket.send_json({"type": "error", "code": exc.code, "message": exc.message + hint})
-        await websocket.close(code=1008)
+        await websocket.close(code=1008, reason=exc.code)  # "unauthorized" / "forbidden": short, ASCII, no user data
         return None

@@ -27,10 +27,12 @@ Text (``speech.textnorm``)
     keeps source offsets per output token.
 
 Streaming (``speech.streaming``, ``speech.router``)
-    ``StreamingRecognizer(config=None, *, mode="default", pool=None)``: ``.accept(pcm16_bytes) ->
-        [StreamEvent]`` (type "partial" | "final"), ``.finish()``; ``DecoderPool(config, size)``.
-    ``create_stream_router(*, pool=None, redact=True, max_session_s=600) -> fastapi.APIRouter``
-        WebSocket ``/v1/stream`` (mount under ``/customer-service``); protocol in ``speech.router``.
+    ``StreamingRecognizer(config=None, *, mode="default", pool=None, decoder=None)``: ``.accept(pcm16_bytes) ->
+        [StreamEvent]`` (type "partial" | "final"), ``.finish()``; ``DecoderPool(config, size)``:
+        ``.acquire(timeout_s)`` (blocks a thread), ``await .acquire_async(timeout_s)`` (waits on the event loop).
+    ``create_stream_router(*, pool=None, redact=True, max_session_s=600, idle_timeout_s=60, decoder_wait_s=10)
+        -> fastapi.APIRouter``: WebSocket ``/v1/stream`` (mount under ``/customer-service``); protocol in
+        ``speech.router``.
     ``bench_streaming(audio=None, *, chunk_ms=160, repeats=1) -> dict`` (flat: chunk_p50_ms,
         chunk_p95_ms, rtf, first_partial_ms, ...).
 

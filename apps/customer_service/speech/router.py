@@ -2,10 +2,15 @@
 
 Protocol
   1. connect ``/customer-service/v1/stream?mode=default&redact=true`` (mode: default | digits |
-     amount | digit); the server answers ``{"type": "ready", "sample_rate": 16000, ...}``. When the
-     service has API keys, the role ``agent`` (or admin) is needed, as for the REST routes: send
-     ``X-API-Key`` / ``Authorization: Bearer`` with the handshake or, from a browser, make the first
-     message ``{"type": "auth", "key": "..."}``; otherwise an ``unauthorized`` error and close 1008.
+     amount | digit); the server answers ``{"type": "ready", "sample_rate": 16000, ...}`` once one of
+     its decoders is free (``busy`` after ``decoder_wait_s``, 10 s). When the service has API keys, the
+     role ``agent`` (or admin) is needed, as for the REST routes: send ``X-API-Key`` /
+     ``Authorization: Bearer`` with the handshake or, from a browser, make the first message
+     ``{"type": "auth", "key": "..."}`` (never in the URL); otherwise an ``unauthorized`` error and close 1008.
+     The query takes ``mode``, the flags ``redact``, ``analyze``, ``store`` (true/false, 1/0, yes/no, any
+     case) and, to declare the audio, ``sample_rate=16000``, ``encoding=pcm_s16le``, ``channels=1``; an
+     unknown parameter, another flag value or another format is refused (``unknown_parameter``,
+     ``bad_flag``, ``unsupported_audio``; close 1003) before any audio is read.
   2. send binary messages of little-endian 16-bit mono PCM at 16 kHz, 100-200 ms each (any size
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
@@ -23,10 +28,13 @@ Protocol
      analysis) ``{"type": "summary", "segments", "id", "intent", "requests", "emotion", "escalation"}`` with
      the rules only a whole call can decide ("intent unclear") and the ``id`` the call was stored under
      (``GET /v1/results/{id}``; null with ``store=false`` or ``redact=false``: unredacted text is never
-     stored), then ``{"type": "end"}`` and the server closes. A session that ends otherwise (the client
-     left, an error, idle) is still stored as far as it was read, with a warning saying so.
-  Errors come as ``{"type": "error", "code", "message"}`` followed by a close (1003 bad data,
-  1008 policy: too long, or no message for ``idle_timeout_s``; 1013 busy).
+     stored), then ``{"type": "end"}`` and the server closes. Once the end message has arrived the call is
+     finished and stored even if the client leaves without reading the summary. A session that ends
+     otherwise (the client left, an error, idle) is still stored as far as it was read (all the audio the
+     server had received), with a warning saying so.
+  Errors come as ``{"type": "error", "code", "message"}`` followed by a close whose reason says the same in
+  short (1003 bad data, 1008 policy: too long, or no audio for ``idle_timeout_s``: empty frames and other
+  messages do not count; 1013 busy).
 """
 
 from __future__ import annotations
@@ -39,13 +47,21 @@ from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocketDisconnected
 
 from apps.customer_service.speech.sphinx import SphinxConfig
 from apps.customer_service.speech.streaming import DecoderPool, StreamEvent, StreamingRecognizer
 from core.serving.auth import authorize_websocket
 
 log = logging.getLogger(__name__)
+
+# What a send to a client that has left raises: uvicorn's ClientDisconnected (an OSError) comes as
+# WebSocketDisconnect, and every later send as WebSocketDisconnected; servers built on anyio streams
+# (Starlette's TestClient among them) raise their closed-stream errors
+_CLIENT_GONE = (WebSocketDisconnect, WebSocketDisconnected, OSError, anyio.ClosedResourceError,
+                anyio.BrokenResourceError)
 
 _MODES = ("default", "digit", "digits", "amount")
 # Words of earlier finals that redaction reads with each new hypothesis: a caller reading a card out
@@ -55,14 +71,15 @@ CONTEXT_WORDS = 20
 
 def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfig | None = None, pool_size: int = 2,
                          redact: bool = True, max_session_s: float = 600.0, max_chunk_bytes: int = 64_000,
-                         idle_timeout_s: float = 60.0, path: str = "/v1/stream",
+                         idle_timeout_s: float = 60.0, decoder_wait_s: float = 10.0, path: str = "/v1/stream",
                          live_call: Callable[[Any], Any] | None = None) -> APIRouter:
     """An APIRouter with the streaming WebSocket. Decoders are built on first use (about 2 s
-    each) and shared between sessions through ``pool``. A session that sends nothing for
-    ``idle_timeout_s`` is closed: it holds one of the pool's few decoders, and a live call sends
-    a chunk (silence included) every 100-200 ms. ``live_call(app, role=, store=)`` gives a new
-    :class:`~apps.customer_service.live.LiveCall` for a session (storing the call at its end when
-    ``store``), or None while the models load (no ``live_call``: transcription only)."""
+    each) and shared between sessions through ``pool``; a session waits up to ``decoder_wait_s`` for
+    one (then ``busy``). A session that sends no audio for ``idle_timeout_s`` is closed: it holds one
+    of the pool's few decoders, and a live call sends a chunk (silence included) every 100-200 ms.
+    ``live_call(app, role=, store=)`` gives a new :class:`~apps.customer_service.live.LiveCall` for a
+    session (storing the call at its end when ``store``), or None while the models load (no
+    ``live_call``: transcription only)."""
     router = APIRouter(tags=["streaming"])
     state = {"pool": pool}
 
@@ -77,40 +94,49 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         principal = await authorize_websocket(websocket, "agent")  # call audio is PII: same keys as the REST routes
         if principal is None:
             return
+        problem = _query_problem(websocket.query_params)
+        if problem is not None:
+            await _fail(websocket, 1003, *problem)
+            return
         mode = websocket.query_params.get("mode", "default")
         do_redact = _flag(websocket, "redact", redact)
         if not do_redact and principal.authenticated and principal.role != "admin":
             # card numbers in the clear on an agent's screen is what redaction is for: not the agent's call
             await _fail(websocket, 1008, "redaction_required", "Only the admin role may stream without redaction (redact=false).")
             return
-        if mode not in _MODES:
-            await _fail(websocket, 1003, "bad_mode", f"mode must be one of {', '.join(_MODES)}")
-            return
         live = None
         if live_call is not None and _flag(websocket, "analyze", True):
             # stored like an analysed call, unless asked not to or unredacted (PII is never stored)
             live = live_call(websocket.app, role=principal.role, store=do_redact and _flag(websocket, "store", True))
-        making = asyncio.ensure_future(asyncio.to_thread(StreamingRecognizer, mode=mode, pool=get_pool(),
-                                                         keep_audio=live is not None))
         try:
-            # shielded: a client that leaves while a decoder is being acquired must not strand it
+            decoder = await get_pool().acquire_async(timeout_s=decoder_wait_s)
+        except TimeoutError:
+            await _fail(websocket, 1013, "busy", "All streaming decoders are busy; retry shortly.")
+            return
+        making = asyncio.ensure_future(asyncio.to_thread(_recognizer_on, decoder, get_pool(), mode, live is not None))
+        try:
+            # shielded: a client that leaves while the recogniser is being made must not strand its decoder
             rec = await asyncio.shield(making)
         except asyncio.CancelledError:
             making.add_done_callback(_close_abandoned)
             raise
-        except TimeoutError:
-            await _fail(websocket, 1013, "busy", "All streaming decoders are busy; retry shortly.")
-            return
-        await websocket.send_json({"type": "ready", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
-                                   "mode": mode, "redact": do_redact, "analysis": live is not None,
-                                   "store": getattr(live, "save", None) is not None})
+        reader = _Reader(websocket, live)
         audio_bytes = 0
         heard: list[str] = []  # the last CONTEXT_WORDS words of the session's finals, unredacted
-        reader = _Reader(websocket, live)
+        loop = asyncio.get_running_loop()
+        last_audio = loop.time()
+        ended = False
         try:
+            await reader.send({"type": "ready", "sample_rate": 16000, "encoding": "pcm_s16le", "channels": 1,
+                               "mode": mode, "redact": do_redact, "analysis": live is not None,
+                               "store": getattr(live, "save", None) is not None})
             while True:
                 try:
-                    message = await asyncio.wait_for(websocket.receive(), timeout=idle_timeout_s)
+                    # only audio keeps a session (and its decoder): empty frames and auth messages do not
+                    left_s = idle_timeout_s - (loop.time() - last_audio)
+                    if left_s <= 0:
+                        raise TimeoutError
+                    message = await asyncio.wait_for(websocket.receive(), timeout=left_s)
                 except TimeoutError:
                     await _release(rec)
                     await reader.fail(1008, "idle",
@@ -122,11 +148,9 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                 data = message.get("bytes")
                 if data is None:
                     if _is_end(message.get("text")):
-                        for event in await asyncio.to_thread(rec.finish):
-                            await reader.send_event(event, _render(event, do_redact, heard))
-                        await reader.finish(audio_bytes / 32_000)
-                        await websocket.send_json({"type": "end", "audio_s": round(audio_bytes / 32_000, 3)})
-                        await websocket.close()
+                        ended = True  # from here rec.finish gives the decoder back, after the last final
+                        await reader.finish_call(rec, lambda event: _render(event, do_redact, heard),
+                                                 audio_bytes / 32_000)
                         break
                     if _message_type(message.get("text")) == "auth":
                         # a browser page sends its key first whether or not the service has keys; a
@@ -141,6 +165,8 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                     await reader.fail(1003, "bad_chunk",
                                       f"Chunks must be 16-bit PCM (even byte count), at most {max_chunk_bytes} bytes.")
                     break
+                if data:
+                    last_audio = loop.time()
                 audio_bytes += len(data)
                 if audio_bytes / 32_000 > max_session_s:
                     await _release(rec)
@@ -153,23 +179,83 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                     body = _render(event, do_redact, heard)
                     body["latency_ms"] = round(latency, 2)
                     await reader.send_event(event, body)
-        except WebSocketDisconnect:
-            pass
         finally:
             reader.cancel()
             # started before anything here is awaited: a handler whose client left is cancelled at its next await
             keeping = reader.keep_unfinished(audio_bytes / 32_000)
-            await _release(rec)
+            if not ended:
+                await _release(rec)
             if keeping is not None:
                 await asyncio.shield(keeping)
 
     return router
 
 
+# The query parameters /v1/stream reads. sample_rate, encoding and channels only declare the audio: the one
+# format the stream takes, which "ready" repeats.
+QUERY_PARAMETERS = ("mode", "redact", "analyze", "store", "sample_rate", "encoding", "channels")
+_FLAG_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+_AUDIO_FORMAT = "16-bit little-endian PCM, mono, at 16 kHz (sample_rate=16000, encoding=pcm_s16le, channels=1)"
+
+# The reason of each error's close frame: what a browser's onclose sees (it never sees the error message).
+# Fixed texts, ASCII and within a close frame's 123 bytes: no user data.
+CLOSE_REASONS = {
+    "busy": "all streaming decoders are busy; retry shortly",
+    "idle": "no audio within the idle limit",
+    "too_long": "the session's audio limit was reached",
+    "bad_chunk": "chunks must be 16-bit PCM: an even byte count within the size limit",
+    "bad_message": 'send binary PCM chunks, then the text message {"type": "end"}',
+    "bad_mode": "mode must be one of default, digit, digits, amount",
+    "redaction_required": "only the admin role may stream with redact=false",
+    "unknown_parameter": "unknown query parameter; accepted: " + ", ".join(QUERY_PARAMETERS),
+    "bad_flag": "redact, analyze and store take true, false, 1, 0, yes or no",
+    "unsupported_audio": "the stream takes 16-bit little-endian PCM, mono, at 16 kHz",
+}
+
+
+def _query_problem(query) -> tuple[str, str] | None:
+    """(error code, message) for a query the stream cannot honour, else None. Refused rather than ignored: a
+    client that declared 8 kHz audio had it decoded as 16 kHz (and stored), and "store=maybe" read as true."""
+    unknown = sorted(name for name in query.keys() if name not in QUERY_PARAMETERS)
+    if unknown:
+        named = ", ".join(repr(name[:40]) for name in unknown[:5])
+        return ("unknown_parameter", f"Unknown query parameter {named}; /v1/stream accepts "
+                f"{', '.join(QUERY_PARAMETERS)} (an API key goes in the X-API-Key header or the first message, "
+                "never in the URL).")
+    if query.get("mode", "default") not in _MODES:
+        return "bad_mode", f"mode must be one of {', '.join(_MODES)}"
+    for name in ("redact", "analyze", "store"):
+        if name in query and query[name].strip().lower() not in _FLAG_VALUES:
+            return "bad_flag", f"{name} must be one of true, false, 1, 0, yes, no."
+    declared = (_number(query.get("sample_rate", "16000")) == 16_000 and _number(query.get("channels", "1")) == 1
+                and query.get("encoding", "pcm_s16le").strip().lower() == "pcm_s16le")
+    if not declared:
+        return "unsupported_audio", f"The stream takes {_AUDIO_FORMAT}; convert the audio before sending it."
+    return None
+
+
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _recognizer_on(decoder, pool: DecoderPool, mode: str, keep_audio: bool) -> StreamingRecognizer:
+    try:
+        return StreamingRecognizer(mode=mode, pool=pool, decoder=decoder, keep_audio=keep_audio)
+    except BaseException:
+        pool.release(decoder)
+        raise
+
+
 class _Reader:
     """Sends a session's messages, and reads each final of a live call in a worker thread after it is sent,
     one at a time and in order, while the audio goes on being decoded. Messages leave through one lock: the
-    analyses and the hypotheses are sent by two tasks."""
+    analyses and the hypotheses are sent by two tasks.
+
+    A send to a client that has gone is dropped, and the session goes on with what it was sent (the server
+    may hold the rest of the call, its end message included): the call is then stored as it would have been."""
 
     def __init__(self, websocket: WebSocket, live) -> None:
         self.websocket = websocket
@@ -177,11 +263,17 @@ class _Reader:
         self.lock = asyncio.Lock()
         self.queue: asyncio.Queue = asyncio.Queue()
         self.task = asyncio.ensure_future(self._read()) if live is not None else None
-        self.closed = False
+        self.closed = False  # the call's close is under way (its end message came, or it is kept unfinished)
+        self.gone = False  # a send failed: the client left
 
     async def send(self, body: dict) -> None:
         async with self.lock:
-            await self.websocket.send_json(body)
+            if self.gone:
+                return
+            try:
+                await self.websocket.send_json(body)
+            except _CLIENT_GONE:
+                self.gone = True
 
     async def send_event(self, event: StreamEvent, body: dict) -> None:
         await self.send(body)
@@ -203,14 +295,34 @@ class _Reader:
             analysis["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
             await self.send(analysis)
 
-    async def finish(self, audio_s: float) -> None:
-        """Wait for the finals still being read, then send the call's summary (stored first, when it is)."""
-        if self.task is None:
-            return
-        self.queue.put_nowait(None)
-        await self.task
+    async def finish_call(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict],
+                          audio_s: float) -> None:
+        """After the end message: the last final, the summary (the call stored first), ``end``, the close. The
+        server holds the whole call by now, so this runs to its end whether or not the client stays to read it
+        (shielded: a handler whose client left is cancelled at its next await)."""
         self.closed = True
-        await self.send(await asyncio.to_thread(self.live.close, audio_s))
+        finishing = asyncio.ensure_future(self._finish_call(rec, render, audio_s))
+        try:
+            await asyncio.shield(finishing)
+        except asyncio.CancelledError:
+            finishing.add_done_callback(_log_failure)
+            raise
+
+    async def _finish_call(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict],
+                           audio_s: float) -> None:
+        for event in await asyncio.to_thread(rec.finish):
+            await self.send_event(event, render(event))
+        if self.task is not None:
+            self.queue.put_nowait(None)  # the finals still being read, then the summary
+            await self.task
+            await self.send(await asyncio.to_thread(self.live.close, audio_s))
+        await self.send({"type": "end", "audio_s": round(audio_s, 3)})
+        async with self.lock:
+            if not self.gone:
+                try:
+                    await self.websocket.close()
+                except _CLIENT_GONE:
+                    pass
 
     def keep_unfinished(self, audio_s: float) -> asyncio.Future | None:
         """A session that ended without its end message (the client left, an error, idle): the call as far as
@@ -224,18 +336,20 @@ class _Reader:
         return keeping
 
     def cancel(self) -> None:
-        if self.task is not None and not self.task.done():
+        """Stop reading finals, unless the end message came: those finals belong to the call being stored."""
+        if self.task is not None and not self.task.done() and not self.closed:
             self.task.cancel()
 
     async def fail(self, code: int, error: str, message: str) -> None:
         self.cancel()
         async with self.lock:
-            await _fail(self.websocket, code, error, message)
+            if not self.gone:
+                await _fail(self.websocket, code, error, message)
 
 
 def _log_failure(future: asyncio.Future) -> None:
     if not future.cancelled() and future.exception() is not None:  # nothing to answer: the client is gone
-        log.warning("an unfinished live call could not be stored: %s", type(future.exception()).__name__)
+        log.warning("a live call whose client left could not be finished: %s", type(future.exception()).__name__)
 
 
 async def _release(rec: StreamingRecognizer) -> None:
@@ -254,7 +368,9 @@ def _close_abandoned(making: asyncio.Future) -> None:
 
 
 def _flag(websocket: WebSocket, name: str, default: bool) -> bool:
-    return websocket.query_params.get(name, str(default)).lower() not in ("0", "false", "no")
+    """A flag of the query, its value checked by :func:`_query_problem`."""
+    value = websocket.query_params.get(name)
+    return default if value is None else _FLAG_VALUES[value.strip().lower()]
 
 
 def _is_end(text: str | None) -> bool:
@@ -325,5 +441,9 @@ def _hide_numbers_being_read(words: list[str], redactions: list, hit: list[int])
 
 
 async def _fail(websocket: WebSocket, code: int, error: str, message: str) -> None:
-    await websocket.send_json({"type": "error", "code": error, "message": message})
-    await websocket.close(code=code)
+    """The error message, then a close with that error's reason; a client already gone is no error."""
+    try:
+        await websocket.send_json({"type": "error", "code": error, "message": message})
+        await websocket.close(code=code, reason=CLOSE_REASONS[error])
+    except _CLIENT_GONE:
+        pass

@@ -10,6 +10,7 @@ posteriors. Decoders take ~2 s to build (lexicon trees), so sessions borrow them
 
 from __future__ import annotations
 
+import asyncio
 import math
 import queue
 import statistics
@@ -52,21 +53,67 @@ class DecoderPool:
         self._lock = threading.Lock()
 
     def acquire(self, timeout_s: float = 10.0):
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if self._made < self.size:
-                self._made += 1
-                return make_decoder(self.config)
+        """A decoder, built if the pool has room for one more; blocks the calling thread while all are busy
+        (TimeoutError after ``timeout_s``). On an event loop use :meth:`acquire_async`."""
+        decoder = self._take_idle()
+        if decoder is not None:
+            return decoder
+        if self._reserve_new():
+            return self._build_reserved()
         try:
             return self._idle.get(timeout=timeout_s)
         except queue.Empty as exc:
             raise TimeoutError(f"all {self.size} streaming decoders are busy") from exc
 
+    async def acquire_async(self, timeout_s: float = 10.0, poll_s: float = 0.05):
+        """:meth:`acquire` for an event loop. The wait for a busy pool is spent on the loop, not in a worker
+        thread: a thread blocked in acquire() is one fewer for every asyncio.to_thread of the process, and a few
+        clients waiting for a decoder held all of them (live calls and other apps' uploads stalled for the whole
+        wait). Only building a new decoder (about 2 s, at most ``size`` times) runs in a thread."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            decoder = self._take_idle()
+            if decoder is not None:
+                return decoder
+            if self._reserve_new():
+                building = asyncio.ensure_future(asyncio.to_thread(self._build_reserved))
+                try:
+                    return await asyncio.shield(building)
+                except asyncio.CancelledError:
+                    building.add_done_callback(self._keep_abandoned)  # a caller that left must not strand it
+                    raise
+            left_s = deadline - time.monotonic()
+            if left_s <= 0:
+                raise TimeoutError(f"all {self.size} streaming decoders are busy")
+            await asyncio.sleep(min(poll_s, left_s))
+
     def release(self, decoder) -> None:
         self._idle.put(decoder)
+
+    def _take_idle(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return None
+
+    def _reserve_new(self) -> bool:
+        with self._lock:
+            if self._made < self.size:
+                self._made += 1
+                return True
+            return False
+
+    def _build_reserved(self):
+        try:
+            return make_decoder(self.config)
+        except BaseException:
+            with self._lock:  # give the place back: a failed build must not shrink the pool for good
+                self._made -= 1
+            raise
+
+    def _keep_abandoned(self, building: asyncio.Future) -> None:
+        if not building.cancelled() and building.exception() is None:
+            self.release(building.result())
 
 
 class StreamingRecognizer:
@@ -77,16 +124,20 @@ class StreamingRecognizer:
     recogniser on the utterance's audio (the grammar's answer is its hint), as ``transcribe`` does;
     partials stay the grammar's. ``chunk`` sizes are free; 100-200 ms is what the WebSocket clients send.
     ``keep_audio``: each final carries its utterance's samples (for the voice reading of a live call).
+    ``decoder``: one already taken from ``pool`` (with :meth:`DecoderPool.acquire_async`); it goes back to
+    ``pool`` at :meth:`close`.
     """
 
     def __init__(self, config: SphinxConfig | None = None, *, mode: str = "default", pool: DecoderPool | None = None,
                  vad_mode: int = 1, endpoint_window_s: float = 0.5, max_utterance_s: float = 30.0,
-                 partial_every_s: float = 0.0, keep_audio: bool = False) -> None:
+                 partial_every_s: float = 0.0, keep_audio: bool = False, decoder=None) -> None:
         from pocketsphinx import Endpointer
 
         self.config = config or (pool.config if pool else SphinxConfig.from_name("streaming"))
         self._pool = pool
-        self._decoder = pool.acquire() if pool else make_decoder(self.config)
+        if decoder is None:
+            decoder = pool.acquire() if pool else make_decoder(self.config)
+        self._decoder = decoder
         search = {"generic": "_default", "bank": "bank", "interpolated": "bank"}[self.config.lm] if mode == "default" else mode
         self._decoder.activate_search(search)
         self.mode = mode

@@ -113,7 +113,7 @@ def test_websocket_needs_a_key_of_an_allowed_role(headers, first, expect):
             assert ('"type": "auth"' in msg["message"]) == (expect == "unauthorized")  # says how a browser sends it
             with pytest.raises(WebSocketDisconnect) as closed:
                 ws.receive_json()
-            assert closed.value.code == 1008
+            assert closed.value.code == 1008 and closed.value.reason == expect
         else:
             assert msg == {"type": "ready", "role": expect}
 

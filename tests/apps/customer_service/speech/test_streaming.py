@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
+from starlette.websockets import WebSocketDisconnect
 
-from apps.customer_service.speech.router import create_stream_router
+from apps.customer_service.speech.router import CLOSE_REASONS, create_stream_router
 from apps.customer_service.speech.streaming import StreamingRecognizer, bench_streaming
 
 from .conftest import speak
@@ -103,13 +104,24 @@ def test_websocket_streams_redacted_hypotheses(client, call_audio):
     assert messages[-1]["audio_s"] == pytest.approx(len(call_audio) / 16_000, abs=0.01)
 
 
-@pytest.mark.parametrize("url,send,code", [
-    ("/customer-service/v1/stream?mode=poetry", None, "bad_mode"),
-    ("/customer-service/v1/stream", ("bytes", b"\x00\x01\x02"), "bad_chunk"),
-    ("/customer-service/v1/stream", ("text", "hello"), "bad_message"),
-    ("/customer-service/v1/stream", ("text", "[" * 100_000), "bad_message"),  # JSON nested too deep to parse
+@pytest.mark.parametrize("url,send,code,close_code", [
+    ("/customer-service/v1/stream?mode=poetry", None, "bad_mode", 1003),
+    ("/customer-service/v1/stream", ("bytes", b"\x00\x01\x02"), "bad_chunk", 1003),
+    ("/customer-service/v1/stream", ("text", "hello"), "bad_message", 1003),
+    ("/customer-service/v1/stream", ("text", "[" * 100_000), "bad_message", 1003),  # JSON nested too deep to parse
+    # audio the stream cannot take is refused before any of it is decoded as 16 kHz PCM (and stored)
+    ("/customer-service/v1/stream?sample_rate=8000", None, "unsupported_audio", 1003),
+    ("/customer-service/v1/stream?sample_rate=nan", None, "unsupported_audio", 1003),
+    ("/customer-service/v1/stream?sample_rate=1e309", None, "unsupported_audio", 1003),
+    ("/customer-service/v1/stream?encoding=mulaw", None, "unsupported_audio", 1003),
+    ("/customer-service/v1/stream?channels=2", None, "unsupported_audio", 1003),
+    ("/customer-service/v1/stream?rate=16000", None, "unknown_parameter", 1003),
+    ("/customer-service/v1/stream?key=secret", None, "unknown_parameter", 1003),  # keys never go in the URL
+    ("/customer-service/v1/stream?analyze=garbage", None, "bad_flag", 1003),
+    ("/customer-service/v1/stream?store=maybe", None, "bad_flag", 1003),
+    ("/customer-service/v1/stream?redact=", None, "bad_flag", 1003),
 ])
-def test_websocket_refuses_bad_input(client, url, send, code):
+def test_websocket_refuses_bad_input(client, url, send, code, close_code):
     with client.websocket_connect(url) as ws:
         first = ws.receive_json()
         if send is not None:
@@ -117,6 +129,34 @@ def test_websocket_refuses_bad_input(client, url, send, code):
             getattr(ws, f"send_{send[0]}")(send[1])
             first = ws.receive_json()
         assert first["type"] == "error" and first["code"] == code and first["message"]
+        with pytest.raises(WebSocketDisconnect) as closed:
+            ws.receive_json()
+    # the close frame says it too, for a browser's onclose, which sees nothing else
+    assert closed.value.code == close_code and closed.value.reason == CLOSE_REASONS[code]
+
+
+def test_refusals_of_query_parameters_say_what_is_accepted(client):
+    with client.websocket_connect("/customer-service/v1/stream?rate=16000") as ws:
+        unknown = ws.receive_json()["message"]
+    assert "'rate'" in unknown and all(name in unknown for name in ("mode", "redact", "analyze", "store", "sample_rate"))
+    with client.websocket_connect("/customer-service/v1/stream?sample_rate=8000") as ws:
+        assert "16-bit little-endian PCM" in ws.receive_json()["message"]
+    with client.websocket_connect("/customer-service/v1/stream?analyze=garbage") as ws:
+        assert "true, false, 1, 0, yes, no" in ws.receive_json()["message"]
+
+
+def test_declared_audio_format_and_flags_in_any_case_are_accepted(client):
+    url = "/customer-service/v1/stream?sample_rate=16000&encoding=PCM_S16LE&channels=1&redact=YES&analyze=0&store=False"
+    with client.websocket_connect(url) as ws:
+        ready = ws.receive_json()
+        ws.send_text('{"type": "end"}')
+        assert ready["type"] == "ready" and ready["redact"] is True and ws.receive_json()["type"] == "end"
+
+
+def test_close_reasons_fit_a_close_frame():
+    # fixed texts (no user data); a close frame's reason holds at most 123 bytes
+    for code, reason in CLOSE_REASONS.items():
+        assert reason and reason.isascii() and len(reason.encode()) <= 120, code
 
 
 @pytest.mark.timeout(60)
@@ -301,3 +341,179 @@ def test_only_an_admin_streams_without_redaction(stream_pool):
         with c.websocket_connect("/customer-service/v1/stream", headers={"X-API-Key": "ag"}) as ws:
             assert ws.receive_json()["redact"] is True
             ws.send_text('{"type": "end"}')
+
+
+@pytest.mark.timeout(60)
+def test_clients_waiting_for_a_decoder_hold_no_worker_thread(stream_pool):
+    """Waiting for a busy pool's decoder used to block a worker thread for the whole wait: a few such clients held
+    every thread of the default executor, and every asyncio.to_thread in the process (the live calls' decoding,
+    the other apps' uploads) waited behind them. The waiters still get "busy" at the limit."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+    from contextlib import ExitStack, asynccontextmanager
+
+    threads = 2
+
+    @asynccontextmanager
+    async def few_threads(app):
+        asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=threads))
+        yield
+
+    app = FastAPI(lifespan=few_threads)
+    app.include_router(create_stream_router(pool=stream_pool, decoder_wait_s=2.0))
+
+    @app.get("/elsewhere")
+    async def elsewhere() -> dict:
+        t0 = time.perf_counter()
+        await asyncio.to_thread(time.sleep, 0.01)
+        return {"took_s": time.perf_counter() - t0}
+
+    held = stream_pool.acquire(timeout_s=10.0)  # the pool's only decoder is in use
+    try:
+        with TestClient(app) as c, ExitStack() as sessions:
+            t0 = time.perf_counter()
+            waiting = [sessions.enter_context(c.websocket_connect("/v1/stream")) for _ in range(threads + 1)]
+            time.sleep(0.3)  # every one of them is waiting for the decoder now
+            took_s = c.get("/elsewhere").json()["took_s"]
+            for ws in waiting:
+                error = ws.receive_json()
+                assert error["type"] == "error" and error["code"] == "busy"
+                with pytest.raises(WebSocketDisconnect) as closed:
+                    ws.receive_json()
+                assert closed.value.code == 1013 and closed.value.reason
+            waited_s = time.perf_counter() - t0
+    finally:
+        stream_pool.release(held)
+    assert took_s < 0.5, took_s  # 2 s (the waiters' limit) before
+    assert waited_s >= 2.0
+
+
+@pytest.mark.timeout(60)
+def test_only_audio_keeps_a_session_and_its_decoder(stream_pool):
+    """Empty frames and auth messages used to restart the idle timer: a client could hold a decoder for ever
+    without sending audio. Silence is audio: a live call sends it between sentences."""
+    import time
+
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, idle_timeout_s=0.6))
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/stream") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            for _ in range(12):  # 1.2 s of messages, none of them audio
+                ws.send_bytes(b"")
+                ws.send_text(json.dumps({"type": "auth", "key": "a-key"}))
+                time.sleep(0.1)
+            ws.send_text(json.dumps({"type": "end"}))
+            error = ws.receive_json()
+            assert error["type"] == "error" and error["code"] == "idle", error
+            with pytest.raises(WebSocketDisconnect) as closed:
+                ws.receive_json()
+            assert closed.value.code == 1008 and closed.value.reason == CLOSE_REASONS["idle"]
+        with c.websocket_connect("/v1/stream") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            for _ in range(12):  # 1.2 s of silence, 100 ms at a time
+                ws.send_bytes(bytes(3_200))
+                time.sleep(0.1)
+            ws.send_text(json.dumps({"type": "end"}))
+            messages = [ws.receive_json()]
+            while messages[-1]["type"] not in ("end", "error"):
+                messages.append(ws.receive_json())
+            assert messages[-1]["type"] == "end", messages
+
+
+class RecordedCall:
+    """A live call that records what it was given (``live_call``'s contract) instead of reading it."""
+
+    def __init__(self) -> None:
+        self.save = lambda payload: "call-1"
+        self.finals: list[str] = []
+        self.closed: list[tuple[float, str | None]] = []
+
+    def add(self, text, start, end, confidence, samples, words, redactions) -> dict:
+        self.finals.append(text)
+        return {"type": "analysis", "segment_index": len(self.finals) - 1}
+
+    def close(self, audio_s: float | None = None, warning: str | None = None) -> dict:
+        self.closed.append((audio_s, warning))
+        return {"type": "summary", "segments": len(self.finals), "id": "call-1"}
+
+
+def _session_whose_client_left(stream_pool, pcm: bytes, *, end: bool) -> tuple[RecordedCall, list[dict]]:
+    """Runs the WebSocket handler on a socket whose client sent ``pcm`` (and the end message, with ``end``) and then
+    left before reading anything after "ready": every later send fails, as uvicorn's do once the peer is gone."""
+    import asyncio
+
+    from starlette.websockets import WebSocket
+
+    call = RecordedCall()
+    router = create_stream_router(pool=stream_pool, live_call=lambda app, **kw: call)
+    incoming = [{"type": "websocket.connect"}]
+    incoming += [{"type": "websocket.receive", "bytes": pcm[off:off + CHUNK]} for off in range(0, len(pcm), CHUNK)]
+    if end:
+        incoming.append({"type": "websocket.receive", "text": json.dumps({"type": "end"})})
+    incoming.append({"type": "websocket.disconnect", "code": 1006})
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return incoming.pop(0)
+
+    async def send(message: dict) -> None:
+        if message["type"] == "websocket.send" and any(m["type"] == "websocket.send" for m in sent):
+            raise OSError("the client has gone")  # uvicorn's ClientDisconnected is an OSError
+        sent.append(message)
+
+    scope = {"type": "websocket", "path": "/v1/stream", "query_string": b"", "headers": [], "app": FastAPI()}
+    asyncio.run(router.routes[0].endpoint(WebSocket(scope, receive, send)))
+    return call, sent
+
+
+@pytest.mark.timeout(60)
+def test_a_call_whose_end_arrived_is_stored_though_its_client_left(stream_pool, call_audio):
+    """The server held the whole call and its end message; it used to stop at the first send that failed
+    and store nothing."""
+    call, sent = _session_whose_client_left(stream_pool, _pcm(call_audio), end=True)
+    assert json.loads(sent[1]["text"])["type"] == "ready"
+    assert len(call.finals) >= 2 and "[CARD]" in call.finals[-1]
+    assert call.closed == [(pytest.approx(len(call_audio) / 16_000, abs=0.01), None)]  # a whole call: no warning
+    stream_pool.release(stream_pool.acquire(timeout_s=5.0))  # and its decoder is back
+
+
+@pytest.mark.timeout(60)
+def test_a_call_whose_client_left_without_its_end_is_stored_with_a_warning(stream_pool, call_audio):
+    call, _ = _session_whose_client_left(stream_pool, _pcm(call_audio), end=False)
+    assert call.finals and len(call.closed) == 1
+    assert "without its end message" in call.closed[0][1]
+    stream_pool.release(stream_pool.acquire(timeout_s=5.0))
+
+
+@pytest.mark.timeout(60)
+def test_a_call_whose_end_arrived_is_stored_though_its_handler_is_cancelled(stream_pool):
+    """Leaving a TestClient session cancels the handler, as a server stopping would: a call whose end message
+    was read is still finished (its last final read) and stored without the "without its end message" warning."""
+    import time
+
+    class SlowCall(RecordedCall):
+        def add(self, *args) -> dict:
+            time.sleep(0.5)  # still reading the last final when the client leaves
+            return super().add(*args)
+
+    call = SlowCall()
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, live_call=lambda app, **kw: call))
+    gap = np.zeros(8_000, dtype=np.float32)
+    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/stream") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            for off in range(0, len(pcm), CHUNK):
+                ws.send_bytes(pcm[off:off + CHUNK])
+            ws.send_text(json.dumps({"type": "end"}))
+            while ws.receive_json()["type"] != "final":  # the only final: the end message was read
+                pass
+        for _ in range(100):
+            if call.closed:
+                break
+            time.sleep(0.05)
+    assert len(call.finals) == 1 and call.closed == [(pytest.approx(2.0), None)]
+    stream_pool.release(stream_pool.acquire(timeout_s=5.0))
