@@ -685,6 +685,9 @@ def read_pack(pack: str | Path) -> tuple[dict, MedicalModelConfig, dict]:
     import bz2
 
     pack = Path(pack)
+    if not (pack / "meta.npz").is_file():
+        raise FileNotFoundError(f"{pack} is not a training pack: expected a folder holding meta.npz, written by "
+                                "'triptych train medical --ct DIR --detector D --write-pack PACK'")
     meta = np.load(pack / "meta.npz")
     levels = int(meta["levels"])
     shape = tuple(int(v) for v in meta["shape"])

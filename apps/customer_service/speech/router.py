@@ -9,8 +9,8 @@ Protocol
      ``{"type": "auth", "key": "..."}`` (never in the URL); otherwise an ``unauthorized`` error and close 1008.
      The query takes ``mode``, the flags ``redact``, ``analyze``, ``store`` (true/false, 1/0, yes/no, any
      case) and, to declare the audio, ``sample_rate=16000``, ``encoding=pcm_s16le``, ``channels=1``; an
-     unknown parameter, another flag value or another format is refused (``unknown_parameter``,
-     ``bad_flag``, ``unsupported_audio``; close 1003) before any audio is read.
+     unknown or repeated parameter, another flag value or another format is refused (``unknown_parameter``,
+     ``repeated_parameter``, ``bad_flag``, ``unsupported_audio``; close 1003) before any audio is read.
   2. send binary messages of little-endian 16-bit mono PCM at 16 kHz, 100-200 ms each (any size
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
@@ -208,6 +208,7 @@ CLOSE_REASONS = {
     "bad_mode": "mode must be one of default, digit, digits, amount",
     "redaction_required": "only the admin role may stream with redact=false",
     "unknown_parameter": "unknown query parameter; accepted: " + ", ".join(QUERY_PARAMETERS),
+    "repeated_parameter": "a query parameter is given more than once",
     "bad_flag": "redact, analyze and store take true, false, 1, 0, yes or no",
     "unsupported_audio": "the stream takes 16-bit little-endian PCM, mono, at 16 kHz",
 }
@@ -222,6 +223,10 @@ def _query_problem(query) -> tuple[str, str] | None:
         return ("unknown_parameter", f"Unknown query parameter {named}; /v1/stream accepts "
                 f"{', '.join(QUERY_PARAMETERS)} (an API key goes in the X-API-Key header or the first message, "
                 "never in the URL).")
+    repeated = sorted({name for name in query.keys() if len(query.getlist(name)) > 1})
+    if repeated:  # "redact=true&redact=false": which one the client meant is not ours to guess
+        return ("repeated_parameter", f"Query parameter {', '.join(repr(name) for name in repeated)} is given more "
+                "than once; give each parameter once.")
     if query.get("mode", "default") not in _MODES:
         return "bad_mode", f"mode must be one of {', '.join(_MODES)}"
     for name in ("redact", "analyze", "store"):

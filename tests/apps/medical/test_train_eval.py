@@ -197,3 +197,13 @@ def test_candidate_pack_carries_crops_ranker_and_statistics(tmp_path, toy_studie
     features = torch.rand(5, len(model.ranker.mean)).numpy()
     assert np.allclose(loaded.rank_candidates(features), model.rank_candidates(features), atol=1e-5)
     assert torch.allclose(loaded.ct_encoder.geometry_mean, model.ct_encoder.geometry_mean)
+
+
+def test_a_pack_path_that_is_not_a_pack_folder_says_what_a_pack_is(tmp_path):
+    from apps.medical.train import read_pack
+
+    stray = tmp_path / "pack.npz"
+    stray.write_bytes(b"PK")
+    for path in (stray, tmp_path / "missing", tmp_path):
+        with pytest.raises(FileNotFoundError, match="not a training pack.*--write-pack"):
+            read_pack(path)

@@ -143,6 +143,9 @@ def test_refusals_of_query_parameters_say_what_is_accepted(client):
         assert "16-bit little-endian PCM" in ws.receive_json()["message"]
     with client.websocket_connect("/customer-service/v1/stream?analyze=garbage") as ws:
         assert "true, false, 1, 0, yes, no" in ws.receive_json()["message"]
+    with client.websocket_connect("/customer-service/v1/stream?redact=true&mode=digit&redact=false") as ws:
+        repeated = ws.receive_json()
+    assert repeated["code"] == "repeated_parameter" and "'redact'" in repeated["message"]
 
 
 def test_declared_audio_format_and_flags_in_any_case_are_accepted(client):
