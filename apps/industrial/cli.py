@@ -110,7 +110,10 @@ def train(
             raise typer.BadParameter("--part detector needs --data data.yaml (see `triptych data industrial prepare`)")
         _check_data_yaml(Path(data_yaml))
         from apps.industrial.data import parse_groups
-        from apps.industrial.detector import train_detector
+        from apps.industrial.detector import ARCHITECTURES, train_detector
+
+        if arch not in ARCHITECTURES:  # before train_detector makes its output folder
+            raise typer.BadParameter(f"--arch {arch!r}: choose from {', '.join(ARCHITECTURES)}")
 
         dev = "0" if device == "cuda" else device
         metrics = train_detector(arch, Path(data_yaml), target, epochs=epochs, time_hours=hours, batch=batch, device=dev, seed=seed,

@@ -113,6 +113,11 @@ def test_industrial_detector_data_must_be_a_yaml_mapping(tmp_path, capsys):
     code, err = _run(["train", "industrial", "--part", "detector", "--data", str(text), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "train: and val:" in err
     assert not (tmp_path / "o").exists()  # refused before training created anything
+    data = tmp_path / "data.yaml"
+    data.write_text("train: images/train\nval: images/val\nnames: [open]\n")
+    code, err = _run(["train", "industrial", "--part", "detector", "--data", str(data), "--arch", "resnet",
+                      "--out", str(tmp_path / "o")], capsys)
+    assert code == 2 and "yolov7-tiny" in err and not (tmp_path / "o").exists()
 
 
 def test_customer_service_intent_csv_columns_are_checked_before_the_model_loads(tmp_path, capsys, monkeypatch):
