@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from core.reporting import check_json_destination
+
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_RUNS = Path("runs/customer_service")
 WEIGHTS = Path(__file__).parent / "weights"
@@ -24,12 +26,6 @@ def _write_json(metrics: dict, json_out: Path | None, title: str) -> None:
     print_metrics(title, flat_metrics(metrics))
     write_metrics_json(json_out, metrics)
 
-
-def _check_json(json_out: Path | None) -> None:
-    """Refuse an unwritable --json before the evaluation (an ASR run can take an hour), not after it."""
-    from core.reporting import check_json_destination
-
-    check_json_destination(json_out)
 
 
 def _training_inputs(parts: list[str], data_root: Path, run_dir: Path, from_run: Path | None) -> list[Path]:
@@ -148,7 +144,7 @@ def evaluate(
     target = asr or emotion or text_emotion or intent or dialogue
     if not target.exists():
         raise typer.BadParameter(f"{target} does not exist")
-    _check_json(json_out)
+    check_json_destination(json_out)
     _setup()
     from apps.customer_service import evaluate as E
 
@@ -177,7 +173,7 @@ def bench(
 ) -> None:
     """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency; with --live, the
     live call's analysis time per final and the chunk latency while it runs."""
-    _check_json(json_out)
+    check_json_destination(json_out)
     _setup()
     if live:
         from apps.customer_service.live import bench_live

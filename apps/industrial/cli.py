@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from core.reporting import check_json_destination
+
 WEIGHTS = Path(__file__).parent / "weights"
 SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
 
@@ -24,12 +26,6 @@ def _write_json(path: str | None, metrics: dict) -> None:
 
     write_metrics_json(path, metrics)
 
-
-def _check_json(path: str | None) -> None:
-    """Refuse an unwritable --json before the evaluation, not after it."""
-    from core.reporting import check_json_destination
-
-    check_json_destination(path)
 
 
 def _check_data_yaml(path: Path) -> None:
@@ -164,7 +160,7 @@ def evaluate(
     enforce_offline()
     if not deeppcb and not cwru:
         raise typer.BadParameter("give --deeppcb DIR [--split LIST] and/or --cwru DIR")
-    _check_json(json_out)
+    check_json_destination(json_out)
     if deeppcb and cwru:
         _check_cwru_folder(cwru)
     metrics: dict[str, float] = {}
@@ -215,7 +211,7 @@ def bench(
     from core.offline import enforce_offline
 
     enforce_offline()
-    _check_json(json_out)
+    check_json_destination(json_out)
     import torch
 
     if speed:
@@ -343,7 +339,7 @@ def threshold(
     from core.offline import enforce_offline
 
     enforce_offline()
-    _check_json(json_out)
+    check_json_destination(json_out)
     import torch
 
     torch.set_num_threads(1)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from apps.medical.cli_data import data  # noqa: F401  (the `triptych data medical` group)
+from core.reporting import check_json_destination
 
 WEIGHTS = Path(__file__).parent / "weights"
 
@@ -23,12 +24,6 @@ def _write_json(path: str | None, metrics: dict) -> None:
 
     write_metrics_json(path, metrics)
 
-
-def _check_json(path: str | None) -> None:
-    """Refuse an unwritable --json before the evaluation, not after it."""
-    from core.reporting import check_json_destination
-
-    check_json_destination(path)
 
 
 def train(
@@ -78,6 +73,9 @@ def train(
 
     parse_patient_range(patients)  # a malformed --patients is refused before any loading
     enforce_offline()
+    # given only when set: 0 / off leave the preset's own values
+    history = {**({"history_dropout": history_dropout} if history_dropout else {}),
+               **({"history_dropout_factors": True} if history_dropout_factors else {})}
     if train_detector:
         if not ct:
             raise typer.BadParameter("--train-detector needs --ct DIR (a rendered training set)")
@@ -109,9 +107,7 @@ def train(
 
         from apps.medical.train import FusionTrainConfig, train_from_pack
 
-        config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector,
-                                             **({"history_dropout": history_dropout} if history_dropout else {}),
-                                             **({"history_dropout_factors": True} if history_dropout_factors else {}))
+        config = FusionTrainConfig.from_name(preset, modalities=modalities, share_detector=share_detector, **history)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -137,8 +133,7 @@ def train(
 
         torch.set_num_threads(max(1, min(4, torch.get_num_threads())))
         config = FusionTrainConfig.from_name(preset, seed=seed, modalities=modalities, share_detector=share_detector,
-                                             **({"history_dropout": history_dropout} if history_dropout else {}),
-                                             **({"history_dropout_factors": True} if history_dropout_factors else {}))
+                                             **history)
         config.loop.device = device
         if epochs is not None:
             config.loop.epochs = epochs
@@ -184,7 +179,7 @@ def evaluate(
         raise typer.BadParameter("give exactly one of --ct DIR or --reports FILE")
     if side not in (None, "val", "train"):
         raise typer.BadParameter("--side is val or train")
-    _check_json(json_out)
+    check_json_destination(json_out)
     if reports:
         from apps.medical.evaluate import evaluate_reports
         from apps.medical.settings import get_settings
@@ -236,7 +231,7 @@ def bench(
     from core.offline import enforce_offline
 
     enforce_offline()
-    _check_json(json_out)
+    check_json_destination(json_out)
     torch.set_num_threads(threads)
     from apps.medical.data import load_rendered
     from apps.medical.service import MedicalRunner, StudyInput

@@ -205,7 +205,7 @@ CLOSE_REASONS = {
     "too_long": "the session's audio limit was reached",
     "bad_chunk": "chunks must be 16-bit PCM: an even byte count within the size limit",
     "bad_message": 'send binary PCM chunks, then the text message {"type": "end"}',
-    "bad_mode": "mode must be one of default, digit, digits, amount",
+    "bad_mode": "mode must be one of " + ", ".join(_MODES),
     "redaction_required": "only the admin role may stream with redact=false",
     "unknown_parameter": "unknown query parameter; accepted: " + ", ".join(QUERY_PARAMETERS),
     "repeated_parameter": "a query parameter is given more than once",
