@@ -30,8 +30,9 @@ Protocol
      (``GET /v1/results/{id}``; null with ``store=false`` or ``redact=false``: unredacted text is never
      stored), then ``{"type": "end"}`` and the server closes. Once the end message has arrived the call is
      finished and stored even if the client leaves without reading the summary. A session that ends
-     otherwise (the client left, an error, idle) is still stored as far as it was read (all the audio the
-     server had received), with a warning saying so.
+     otherwise (the client left, an error, idle) is still stored, with a warning saying so: every final it
+     was sent, and the utterance that was under way closed as a last final (sent before an error's close;
+     a dropped line cuts a caller mid-sentence).
   Errors come as ``{"type": "error", "code", "message"}`` followed by a close whose reason says the same in
   short (1003 bad data, 1008 policy: too long, or no audio for ``idle_timeout_s``: empty frames and other
   messages do not count; 1013 busy).
@@ -123,6 +124,10 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
         reader = _Reader(websocket, live)
         audio_bytes = 0
         heard: list[str] = []  # the last CONTEXT_WORDS words of the session's finals, unredacted
+
+        def render(event: StreamEvent) -> dict:
+            return _render(event, do_redact, heard)
+
         loop = asyncio.get_running_loop()
         last_audio = loop.time()
         ended = False
@@ -138,7 +143,7 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                         raise TimeoutError
                     message = await asyncio.wait_for(websocket.receive(), timeout=left_s)
                 except TimeoutError:
-                    await _release(rec)
+                    await reader.flush(rec, render)
                     await reader.fail(1008, "idle",
                                       f"No audio for {idle_timeout_s:g} s; send 16-bit PCM chunks every 100-200 ms "
                                       '(silence included) and {"type": "end"} to finish.')
@@ -149,19 +154,18 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                 if data is None:
                     if _is_end(message.get("text")):
                         ended = True  # from here rec.finish gives the decoder back, after the last final
-                        await reader.finish_call(rec, lambda event: _render(event, do_redact, heard),
-                                                 audio_bytes / 32_000)
+                        await reader.finish_call(rec, render, audio_bytes / 32_000)
                         break
                     if _message_type(message.get("text")) == "auth":
                         # a browser page sends its key first whether or not the service has keys; a
                         # keyless service sent "ready" without waiting for it, so it arrives here
                         continue
-                    await _release(rec)
+                    await reader.flush(rec, render)
                     await reader.fail(1003, "bad_message",
                                       'Send binary 16-bit PCM chunks, then the text message {"type": "end"}.')
                     break
                 if len(data) > max_chunk_bytes or len(data) % 2:
-                    await _release(rec)
+                    await reader.flush(rec, render)
                     await reader.fail(1003, "bad_chunk",
                                       f"Chunks must be 16-bit PCM (even byte count), at most {max_chunk_bytes} bytes.")
                     break
@@ -169,24 +173,24 @@ def create_stream_router(*, pool: DecoderPool | None = None, config: SphinxConfi
                     last_audio = loop.time()
                 audio_bytes += len(data)
                 if audio_bytes / 32_000 > max_session_s:
-                    await _release(rec)
+                    await reader.flush(rec, render)
                     await reader.fail(1008, "too_long", f"Sessions are limited to {max_session_s:.0f} s of audio.")
                     break
                 t0 = time.perf_counter()
                 events = await asyncio.to_thread(rec.accept, data)
                 latency = (time.perf_counter() - t0) * 1000.0
                 for event in events:
-                    body = _render(event, do_redact, heard)
+                    body = render(event)
                     body["latency_ms"] = round(latency, 2)
                     await reader.send_event(event, body)
         finally:
-            reader.cancel()
-            # started before anything here is awaited: a handler whose client left is cancelled at its next await
-            keeping = reader.keep_unfinished(audio_bytes / 32_000)
-            if not ended:
-                await _release(rec)
+            # started before anything here is awaited: a handler whose client left is cancelled at its next await.
+            # It closes the utterance under way and gives the decoder back; without a live call, _release does.
+            keeping = reader.keep_unfinished(rec, render, audio_bytes / 32_000)
             if keeping is not None:
                 await asyncio.shield(keeping)
+            elif not ended:
+                await _release(rec)
 
     return router
 
@@ -329,27 +333,43 @@ class _Reader:
                 except _CLIENT_GONE:
                     pass
 
-    def keep_unfinished(self, audio_s: float) -> asyncio.Future | None:
-        """A session that ended without its end message (the client left, an error, idle): the call as far as
-        it was read is still stored, by a future that runs on whether or not anyone waits for it."""
+    async def flush(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict]) -> None:
+        """Before an error closes the session: the utterance under way becomes a final (sent, and read into the
+        call) and the decoder goes back to the pool, so a client that reconnects at once finds it free.
+        Shielded, as ``_release`` is."""
+        for event in await asyncio.shield(asyncio.ensure_future(asyncio.to_thread(rec.finish))):
+            await self.send_event(event, render(event))
+
+    def keep_unfinished(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict],
+                        audio_s: float) -> asyncio.Future | None:
+        """A session that ended without its end message (the client left, an error, idle): the call is still
+        stored, by a future that runs on whether or not anyone waits for it, with every final the client was
+        sent and the utterance that was under way (a dropped line cuts a caller mid-sentence). None when there
+        is no live call or its end message came (``finish_call`` stores it)."""
         if self.task is None or self.closed:
             return None
         self.closed = True
-        note = "the stream ended without its end message: the call is stored as far as it was read"
-        keeping = asyncio.ensure_future(asyncio.to_thread(self.live.close, audio_s, note))
+        keeping = asyncio.ensure_future(self._keep_unfinished(rec, render, audio_s))
         keeping.add_done_callback(_log_failure)
         return keeping
 
-    def cancel(self) -> None:
-        """Stop reading finals, unless the end message came: those finals belong to the call being stored."""
-        if self.task is not None and not self.task.done() and not self.closed:
-            self.task.cancel()
+    async def _keep_unfinished(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict],
+                               audio_s: float) -> None:
+        try:
+            for event in await asyncio.to_thread(rec.finish):  # [] once flush or _release gave the decoder back
+                await self.send_event(event, render(event))
+        finally:
+            await asyncio.to_thread(rec.close)
+            self.queue.put_nowait(None)  # the finals still being read, then the call is stored
+        await self.task
+        note = "the stream ended without its end message: the call is stored as far as it was heard"
+        await asyncio.to_thread(self.live.close, audio_s, note)
 
     async def fail(self, code: int, error: str, message: str) -> None:
-        self.cancel()
         async with self.lock:
             if not self.gone:
                 await _fail(self.websocket, code, error, message)
+                self.gone = True  # closed: the finals still being read are stored, not sent
 
 
 def _log_failure(future: asyncio.Future) -> None:

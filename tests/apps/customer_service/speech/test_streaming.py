@@ -491,6 +491,48 @@ def test_a_call_whose_client_left_without_its_end_is_stored_with_a_warning(strea
 
 
 @pytest.mark.timeout(60)
+def test_a_call_cut_mid_sentence_keeps_that_sentence(stream_pool):
+    """A dropped line cuts the caller mid-sentence: the utterance under way used to be lost with the decoder, so
+    the stored call held nothing of it. It is closed as a last final and read into the call."""
+    gap = np.zeros(8_000, dtype=np.float32)
+    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
+    call, _ = _session_whose_client_left(stream_pool, pcm, end=False)
+    assert len(call.finals) == 1 and call.finals[0].strip()
+    assert call.closed[0][0] == pytest.approx(2.0)
+    assert "without its end message" in call.closed[0][1]
+    stream_pool.release(stream_pool.acquire(timeout_s=5.0))
+
+
+@pytest.mark.timeout(60)
+def test_a_session_closed_for_idling_sends_and_keeps_the_sentence_under_way(stream_pool):
+    import time
+
+    call = RecordedCall()
+    app = FastAPI()
+    app.include_router(create_stream_router(pool=stream_pool, idle_timeout_s=0.8,
+                                            live_call=lambda app, **kw: call))
+    gap = np.zeros(8_000, dtype=np.float32)
+    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
+    with TestClient(app) as c:
+        with c.websocket_connect("/v1/stream") as ws:
+            assert ws.receive_json()["type"] == "ready"
+            for off in range(0, len(pcm), CHUNK):
+                ws.send_bytes(pcm[off:off + CHUNK])
+            messages = [ws.receive_json()]
+            while messages[-1]["type"] != "error":
+                messages.append(ws.receive_json())
+            finals = [m for m in messages if m["type"] == "final"]
+            assert len(finals) == 1 and finals[0]["text"].strip(), messages
+            assert messages[-1]["code"] == "idle"
+        for _ in range(100):
+            if call.closed:
+                break
+            time.sleep(0.05)
+    assert call.finals == [finals[0]["text"]] and "without its end message" in call.closed[0][1]
+    stream_pool.release(stream_pool.acquire(timeout_s=5.0))
+
+
+@pytest.mark.timeout(60)
 def test_a_call_whose_end_arrived_is_stored_though_its_handler_is_cancelled(stream_pool):
     """Leaving a TestClient session cancels the handler, as a server stopping would: a call whose end message
     was read is still finished (its last final read) and stored without the "without its end message" warning."""
