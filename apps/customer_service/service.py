@@ -31,6 +31,7 @@ from apps.customer_service.escalation import (
 )
 from apps.customer_service.pii import without_placeholders
 from apps.customer_service.settings import CustomerServiceSettings
+from core.serving.uploads import plain_text
 
 SAMPLE_RATE = 16000
 REDACTED_AUDIO_NAME = "redacted.wav"
@@ -59,15 +60,11 @@ _AUDIO_STATUS = {"not_audio": 415, "too_long": 413, "too_short": 422, "empty": 4
                  "too_many_channels": 422, "bad_sample_rate": 422}
 
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-
-
 def check_request(req: CallRequest, settings: CustomerServiceSettings) -> str:
     """The request's text, cleaned, once the checks that need no model have passed (no input, text
     too long, audio whose header says it is too long). The API runs them before it acknowledges a
     background job, so such a call is refused at once instead of accepted and then failed."""
-    # control characters (NUL, BEL, ...) carry no words and some databases refuse NUL in JSON
-    text = _CONTROL.sub(" ", req.text or "").strip()
+    text = plain_text(req.text or "")
     if req.audio is None and not text:
         raise InputError(422, "no_input", "Send audio (WAV, FLAC, OGG or MP3) and/or text.")
     if req.redact_audio and req.audio is None:

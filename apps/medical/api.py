@@ -33,6 +33,7 @@ from core.serving import (
     get_batcher,
     get_request_id,
     get_store,
+    plain_text,
     read_upload,
     require_form_body,
     require_role,
@@ -212,7 +213,7 @@ async def analyze(
             raise ApiError(413, "too_large", f"report text is longer than {MAX_REPORT_CHARS} characters")
         if "\x00" in report:
             raise ApiError(422, "invalid_report", "report must be plain text")
-        report = report.strip() or None
+        report = plain_text(report) or None
     if ct is None and report is None:
         raise ApiError(422, "missing_input", "send a CT upload (field 'ct'), report text (field 'report'), or both")
     volume, study_key = None, None

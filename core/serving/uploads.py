@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import shutil
 import stat
 import tempfile
@@ -187,6 +188,20 @@ def _check_content(kind: str, data: bytes) -> None:
         pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
     elif kind in ("csv", "text"):
         data.decode("utf-8")
+
+
+# C0 controls other than tab, newline and carriage return, and DEL: they carry no words, and some databases
+# refuse NUL in JSON
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# Unicode's bidirectional embeddings, overrides and isolates (U+202A-202E, U+2066-2069): stored and shown
+# again, they make a transcript or a report read differently from what its bytes say ("Trojan Source")
+_BIDI_CONTROLS = re.compile("[\u202a-\u202e\u2066-\u2069]")
+
+
+def plain_text(text: str) -> str:
+    """A text field as the services read and store it: control characters become spaces, bidirectional
+    embedding / override / isolate characters go (the marks U+200E / U+200F stay), ends are stripped."""
+    return _BIDI_CONTROLS.sub("", _CONTROL_CHARS.sub(" ", text)).strip()
 
 
 FORM_BODY_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")

@@ -72,6 +72,14 @@ def test_control_characters_are_not_words(engine):
         engine.analyze(CallRequest(text="\x00\x01 \x1b"))  # nothing but control characters: no input
 
 
+def test_bidirectional_overrides_are_not_stored(engine):
+    """U+202E makes a stored transcript display reversed ("Trojan Source"); the card is redacted either way."""
+    out = engine.analyze(CallRequest(text="my card \u202e4539 1488 0343 6467\u202c is blocked \u2066ok\u2069"))
+    text = out["transcript"]["text"]
+    assert text == "my card [CARD] is blocked ok"
+    assert all(ch not in str(out) for ch in "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
 def test_audio_call_segments_carry_voice_weight(engine):
     audio = np.concatenate([tone(1.2, 140), np.zeros(8000, np.float32), tone(1.2, 220, loud=0.6)])
     out = engine.analyze(CallRequest(audio=wav_bytes(audio)))

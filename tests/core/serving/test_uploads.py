@@ -15,7 +15,7 @@ import pytest
 from fastapi import UploadFile
 from fastapi.testclient import TestClient
 
-from core.serving import ApiError, read_upload, safe_unzip, sniff_kind, temporary_directory
+from core.serving import ApiError, plain_text, read_upload, safe_unzip, sniff_kind, temporary_directory
 from tests.core.serving.helpers import make_app
 
 
@@ -320,3 +320,13 @@ def test_a_body_that_is_not_a_form_is_415_naming_what_to_send():
         r = client.post("/files", json={"image": "x"})
         assert r.status_code == 415 and "an 'image' file" in r.json()["error"]["message"]
         assert client.post("/files", files={"image": ("a.png", b"x", "image/png")}).json() == {"name": "a.png"}
+
+
+@pytest.mark.parametrize("given, kept", [
+    ("card\x00number\x07\tok\r\n", "card number \tok"),
+    ("\u202eevil\u202c text \u2067x\u2069", "evil text x"),
+    ("\u05e9\u05dc\u05d5\u05dd\u200f ok", "\u05e9\u05dc\u05d5\u05dd\u200f ok"),  # marks stay: they only hint
+    ("\x1b[31m", "[31m"),
+])
+def test_plain_text_drops_controls_and_bidi_overrides(given, kept):
+    assert plain_text(given) == kept
