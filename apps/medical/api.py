@@ -202,7 +202,7 @@ async def analyze(
     ct: Annotated[UploadFile | None, File(description="CT: NIfTI (.nii/.nii.gz), a DICOM file or a zipped DICOM series")] = None,
     report: Annotated[str | None, Form(description="Report / EMR text (plain text)")] = None,
 ) -> AnalyzeResponse:
-    from apps.medical.service import CTInputError, StudyInput, volume_from_upload
+    from apps.medical.service import CTInputError, ReportInputError, StudyInput, volume_from_upload
 
     settings: MedicalSettings = request.app.state.settings
     require_form_body(request.headers.get("content-type"), "a 'ct' file (NIfTI, a DICOM file or a zipped DICOM "
@@ -226,6 +226,8 @@ async def analyze(
             raise ApiError(exc.status_code, exc.code, str(exc), {"accepted": sorted(CT_KINDS)}) from None
     try:
         result: dict[str, Any] = await batcher.submit(StudyInput(volume=volume, report=report))
+    except ReportInputError as exc:
+        raise ApiError(exc.status_code, exc.code, str(exc)) from None
     except CTInputError as exc:
         raise ApiError(422, "invalid_input", str(exc)) from None
     prefix = request.scope.get("root_path", "")

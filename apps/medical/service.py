@@ -92,6 +92,29 @@ class CTInputError(ValueError):
         self.status_code, self.code = status_code, code
 
 
+class ReportInputError(ValueError):
+    """A report sent without a CT states too little for the report model to read (no PHI in the message)."""
+
+    def __init__(self, message: str, code: str = "insufficient_history"):
+        super().__init__(message)
+        self.status_code, self.code = 422, code
+
+
+def check_report_alone(text: str | None) -> None:
+    """Refuses a report that is to be read without a CT when its clinical history lacks a fact every training
+    history stated (``risk.CORE_HISTORY``): its answer would be an extrapolation that looks like a reading
+    (a bare '66-year-old woman.' read 0.90). With a CT the report only adds to the scan's evidence."""
+    from apps.medical.risk import CORE_HISTORY, history_gaps
+
+    gaps = history_gaps(text)
+    if gaps:
+        missing = "; ".join(CORE_HISTORY[g] for g in gaps)
+        raise ReportInputError(
+            f"A report without a CT is read from its clinical history, and this one does not state: {missing}. "
+            "Send the CT as well, or a history that states them (the report model learnt from histories of "
+            "current and former smokers that give age, sex and pack-years; never-smokers are outside it).")
+
+
 def load_ct_input(path: str | Path, shape: list[int] | None = None, candidates=None):
     """A CT file -> the model's CT input: the resized volume (``shape``) or, given ``candidates``
     (the model's ``extract_candidates``: HU + spacing -> candidates), a ``CandidateInput``. The one
@@ -247,6 +270,8 @@ class MedicalRunner:
         has_report = bool(item.report and item.report.strip())
         answering = self.answering(item.volume is not None, has_report)
         model = answering.model
+        if item.volume is None and getattr(model.report_encoder, "risk_proj", None) is not None:
+            check_report_alone(item.report)
         report = model.report_encoder.tokenize([item.report]) if has_report else None
         with self._lock:
             if item.volume is None:

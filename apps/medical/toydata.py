@@ -49,7 +49,8 @@ def toy_report(rng: np.random.Generator, label: int) -> str:
     pack = int(rng.uniform(20, 60)) if smoke else 0
     history = f"Former smoker, {pack} pack-years." if smoke else "Never smoker."
     family = " Family history of lung cancer." if rng.random() < (0.3 if label else 0.1) else ""
-    return f"{age}-year-old patient. {history}{family} A pulmonary nodule is noted. No pleural effusion."
+    sex = "woman" if age % 2 else "man"  # no draw of its own: the toy studies stay as they were
+    return f"{age}-year-old {sex}. {history}{family} A pulmonary nodule is noted. No pleural effusion."
 
 
 def write_toy_dataset(out: str | Path, n: int = 16, shape: tuple[int, int, int] = (24, 32, 32), seed: int = 0,

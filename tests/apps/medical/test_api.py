@@ -504,3 +504,25 @@ def test_an_admin_erases_a_stored_study_with_its_heat_maps_and_the_erasure_is_au
     assert records[0]["role"] == "admin" and records[0]["subject_hash"] == analysed["subject_hash"]
     assert records[0]["outcome"] == {"result_id": body["id"], "kind": "study", "reason": "request", "files": 1}
     assert client.delete(f"/v1/studies/{body['id']}", headers=ADMIN).status_code == 404
+
+
+@pytest.mark.slow
+def test_a_thin_report_alone_is_refused_with_what_it_lacks(tmp_path):
+    """The shipped report-only model read "66-year-old woman." alone as 0.90: a number that looks like a reading."""
+    settings = MedicalSettings(database_url=f"sqlite:///{tmp_path}/t.db", artefact_dir=tmp_path / "art",
+                               audit_key_file=tmp_path / "audit.key")
+    if settings.report_only_bundle_dir is None:
+        pytest.skip("no shipped report-only bundle in this checkout")
+    with TestClient(create_app(settings)) as c:
+        for _ in range(600):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        r = c.post("/v1/studies:analyze", data={"report": "CLINICAL HISTORY: 66-year-old woman."})
+        assert r.status_code == 422 and r.json()["error"]["code"] == "insufficient_history", r.text
+        assert "smoking status" in r.json()["error"]["message"] and "Send the CT" in r.json()["error"]["message"]
+        whole = "CLINICAL HISTORY: 66-year-old woman, former smoker, 30 pack-years. FINDINGS: A nodule in the left lower lobe."
+        r = c.post("/v1/studies:analyze", data={"report": whole})
+        assert r.status_code == 200 and r.json()["answered_by"] == "report_only", r.text
+        assert c.app.state.store.list_audit("medical", action="studies:analyze")  # only the answered one
+        assert len(c.app.state.store.list_audit("medical", action="studies:analyze")) == 1

@@ -358,8 +358,9 @@ def test_single_input_models_answer_studies_with_one_input_and_share_the_detecto
     versions = {n: json.loads((tmp_path / n / "card.json").read_text())["version"] for n in ("fusion", "ct_only", "report_only")}
     study = load_rendered(toy_studies)[0]
     ct = runner.load_ct(study.volume_path)
+    history = "70-year-old woman, former smoker, 40 pack-years. A pulmonary nodule is noted."  # read alone: a whole one
     both, ct_alone, report_alone = runner.predict_batch([StudyInput(ct, study.report), StudyInput(ct, None),
-                                                          StudyInput(None, study.report)])
+                                                          StudyInput(None, history)])
     assert [r["answered_by"] for r in (both, ct_alone, report_alone)] == ["fusion", "ct_only", "report_only"]
     assert ct_alone["model_version"] == versions["ct_only"] and ct_alone["heatmaps"] and ct_alone["findings"]
     # the dedicated model's own answer, not the fusion model's with the report absent

@@ -65,3 +65,16 @@ def test_absurd_numbers_count_as_not_stated_and_plausible_extremes_are_clipped_t
     assert round(extreme["age"] * 10 + 62) == 40 and np.isclose(extreme["bmi"] * 5 + 27, 48.0, atol=1e-4)
     assert round(extreme["cigarettes_per_day"] * 10 + 20) == 80 and round(extreme["smoking_years"] * 10 + 27) == 77
     assert np.isclose(extreme["log_pack_years"], np.log1p(200.0) - np.log1p(27.0), atol=1e-5)
+
+
+def test_history_gaps_name_what_every_training_history_stated():
+    from apps.medical.risk import history_gaps
+
+    assert history_gaps("CLINICAL HISTORY: 84-year-old woman, former smoker, quit 25 years ago after 42 years at 20 "
+                        "cigarettes per day (42 pack-years). BMI 23.1.") == []
+    assert history_gaps("58 year old female current smoker, 30 pack years") == []
+    assert history_gaps(None) == ["age_sex", "smoking_status", "smoking_amount"]
+    assert history_gaps("67-year-old patient, former smoker, 40 pack-years.") == ["age_sex"]  # sex not stated
+    assert history_gaps("Age 300-year-old man, ex-smoker, 20 cigarettes per day") == ["age_sex"]  # not plausible
+    assert history_gaps("70-year-old man, never smoker.") == ["smoking_status", "smoking_amount"]
+    assert history_gaps("66-year-old woman, former smoker.") == ["smoking_amount"]
