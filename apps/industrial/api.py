@@ -288,7 +288,7 @@ async def inspect_batch(
     failed = [r for r in results if isinstance(r, BaseException)]
     if len(failed) == len(results):
         raise failed[0]  # nothing to report beside it: the call fails as a single board would
-    out, errors = [], []
+    inspected, errors = [], []
     for i, r in enumerate(results):
         if isinstance(r, ApiError):
             errors.append(BoardError(board=i, code=r.code, message=r.message))
@@ -297,8 +297,12 @@ async def inspect_batch(
                                                                  "error": type(r).__name__})
             errors.append(BoardError(board=i, code="internal_error", message="the model failed on this board; nothing was stored"))
         else:
-            out.append(await _finish(r, f"{request_id}-{i}", store, who, batcher.runner.version, "inspect_batch", ids[i], i))
-    return BatchInspection(results=out, errors=errors)
+            inspected.append({**r, "model_version": batcher.runner.version, "board_id": ids[i], "board": i})
+    # the boards are stored together or not at all: a line that re-sends a failed call must not count twice.
+    # Each board's request id is the call's with its index, within the column's 64 characters.
+    stored = await store.asave_results(APP, "inspect_batch", [(f"{request_id[:58]}-{p['board']}", p) for p in inspected],
+                                       who.role)
+    return BatchInspection(results=[Inspection(id=i, **p) for i, p in zip(stored, inspected, strict=True)], errors=errors)
 
 
 def _stored(row: dict) -> Inspection:
@@ -365,7 +369,8 @@ async def erase_inspection(
     who: Annotated[Principal, Depends(require_role("admin"))],
 ) -> Response:
     row = await stored_result(store, APP, result_id, f"no inspection {result_id!r}")
-    await asyncio.to_thread(erase_result, store, APP, row, None, reason="request", role=who.role)  # no files
+    await asyncio.to_thread(erase_result, store, APP, row, None, reason="request", role=who.role,
+                            key_id=who.key_id)  # no files
     return Response(status_code=204)
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -46,8 +47,8 @@ APP = "medical"
 CT_KINDS = {"nifti", "dicom", "zip"}
 MAX_REPORT_CHARS = 20_000
 Band = Literal["low", "intermediate", "high"]  # service.RISK_BANDS' names (a test keeps them equal)
-AuditAction = Literal["studies:analyze", "studies:read", "studies:structured-report", "heatmaps:secondary-capture",
-                      "results:erase"]
+AuditAction = Literal["studies:analyze", "studies:read", "studies:list", "studies:structured-report",
+                      "heatmaps:secondary-capture", "results:erase"]
 
 
 class RiskBand(BaseModel):
@@ -148,6 +149,8 @@ class AuditRecord(BaseModel):
     subject_hash: str | None = Field(description="the study's keyed hash (the same study: the same hash), never its UID")
     model_version: str | None
     outcome: dict[str, Any]
+    key_id: str | None = Field(None, description="which API key acted: 12 hex of its sha256, never the key (null with "
+                               "API keys off, and in records from before session 25)")
 
 
 class AuditList(BaseModel):
@@ -238,11 +241,17 @@ async def analyze(
     # the subject's keyed hash is kept so that reading the result back is audited under the same subject
     payload = {k: v for k, v in result.items() if k not in ("heatmaps",)} | {
         "heatmaps": links, "secondary_capture": capture, "inputs": inputs, "subject_hash": subject}
-    result_id = await store.asave_result(APP, "study", request_id, payload, role=who.role)
-    await store.aaudit(
-        APP, "studies:analyze", who.role, subject, result["model_version"],
-        {"result_id": result_id, "probability": result["probability"], "band": result["risk"]["band"], **inputs},
-    )
+    record = {"action": "studies:analyze", "subject_hash": subject, "model_version": result["model_version"],
+              "key_id": who.key_id, "outcome": {"probability": result["probability"], "band": result["risk"]["band"], **inputs}}
+    try:  # the analysis and its audit record commit together
+        result_id = await store.asave_result(APP, "study", request_id, payload, role=who.role, audit=record)
+    except Exception:
+        # not stored, so never acknowledged: its heat maps go too, or they would outlive it unreachable by erasure
+        from apps.medical.service import study_artefacts
+
+        for folder in study_artefacts(settings.artefact_dir, payload):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     answer = _response(result_id, payload, prefix)
     # The study UID goes back to whoever sent it, in this answer only: the download links file with the
     # study (a NIfTI's key is the sha256 of its bytes, no UID)
@@ -267,6 +276,9 @@ async def list_studies(
 ) -> StudyList:
     where = {("risk", "band"): band} if band else None
     rows = await store.alist_results(APP, kind="study", limit=limit, payload_equals=where)
+    # the worklist shows every listed study's probability: a read of each, audited as one record
+    await store.aaudit(APP, "studies:list", who.role, None, None,
+                       {"result_ids": [row["id"] for row in rows], "band": band}, key_id=who.key_id)
     return StudyList(results=[_summary(row) for row in rows])
 
 
@@ -281,7 +293,7 @@ async def get_study(
     payload = row["payload"]
     # who opened a patient's result belongs in the audit trail as much as who produced it
     await store.aaudit(APP, "studies:read", who.role, payload.get("subject_hash"), payload.get("model_version"),
-                       {"result_id": row["id"]})
+                       {"result_id": row["id"]}, key_id=who.key_id)
     return _response(row["id"], payload, request.scope.get("root_path", ""))
 
 
@@ -309,7 +321,7 @@ async def study_structured_report(
     data, _ = await asyncio.to_thread(structured_report_for, result, study_uid, row["id"])
     # the report leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
     await store.aaudit(APP, "studies:structured-report", who.role, payload.get("subject_hash"), payload.get("model_version"),
-                       {"result_id": row["id"], "filed_with_study": study_uid is not None})
+                       {"result_id": row["id"], "filed_with_study": study_uid is not None}, key_id=who.key_id)
     return Response(data, media_type="application/dicom",
                     headers={"Content-Disposition": f'attachment; filename="report-{row["id"]}.dcm"'})
 
@@ -323,7 +335,8 @@ async def erase_study(
     who: Annotated[Principal, Depends(require_role("admin"))],
 ) -> Response:
     row = await _stored_study(store, result_id)
-    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role)
+    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role,
+                            key_id=who.key_id)
     return Response(status_code=204)
 
 
@@ -356,13 +369,15 @@ async def heatmap_secondary_capture(
         raise ApiError(404, "not_found", "no heat-map images for this id")
     _check_study_uid(study_uid)
     rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})
-    payload = rows[0]["payload"] if rows else {}
+    if not rows:  # heat maps of no stored study (erased, or never stored) do not leave the service
+        raise ApiError(404, "not_found", "no stored study has these heat-map images")
+    payload = rows[0]["payload"]
     version = payload.get("model_version") or runner.version  # the model that drew these heat maps
     data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, version, artefact_id)
     # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
     await store.aaudit(APP, "heatmaps:secondary-capture", who.role, payload.get("subject_hash"), version,
-                       {"result_id": rows[0]["id"] if rows else None, "instances": len(slices),
-                        "filed_with_study": study_uid is not None})
+                       {"result_id": rows[0]["id"], "instances": len(slices),
+                        "filed_with_study": study_uid is not None}, key_id=who.key_id)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="heatmaps-{artefact_id}.zip"'})
 

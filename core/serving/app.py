@@ -28,7 +28,7 @@ from core.serving.batching import DynamicBatcher, ModelRunner
 from core.serving.errors import ApiError, error_body, install_error_handlers
 from core.serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from core.serving.settings import AppSettings
-from core.serving.store import ResultStore, summary_period
+from core.serving.store import ResultStore, is_storage_error, summary_period
 
 if TYPE_CHECKING:
     from core.serving.retention import ArtefactPaths
@@ -47,6 +47,9 @@ def _load_serially(load_runners: LoadRunners) -> Any:
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # multipart framing and other form fields on top of the largest single upload
 _FORM_OVERHEAD = 1024 * 1024
+STORAGE_UNAVAILABLE = ApiError(
+    503, "storage_unavailable", "the database could not be written or read (busy, full or unreachable); nothing from "
+    "this request was acknowledged: retry shortly", headers={"Retry-After": "5"})
 
 LoadRunners = Callable[[], "Mapping[str, ModelRunner] | Any"]
 
@@ -131,11 +134,18 @@ class ServiceMiddleware:
         except _BodyTooLarge:
             if not status["started"]:
                 await too_large.response()(scope, receive, send_raw)
-        except Exception:
-            log.exception("unhandled error", extra={"app": service.state.name, "request_id": request_id})
-            if not status["started"]:
-                body = error_body("internal_error", f"internal error; quote request id {request_id}")
-                await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
+        except Exception as exc:
+            if is_storage_error(exc):
+                # locked past the busy timeout, disk full, server gone: nothing was acknowledged, the client
+                # may retry; a 500 would read as a bug in its request
+                log.error("storage unavailable", exc_info=True, extra={"app": service.state.name, "request_id": request_id})
+                if not status["started"]:
+                    await STORAGE_UNAVAILABLE.response()(scope, receive, send_wrapper)
+            else:
+                log.exception("unhandled error", extra={"app": service.state.name, "request_id": request_id})
+                if not status["started"]:
+                    body = error_body("internal_error", f"internal error; quote request id {request_id}")
+                    await JSONResponse(body, status_code=500)(scope, receive, send_wrapper)
         finally:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
@@ -264,7 +274,7 @@ def create_service_app(
     app.state.name = name
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(name)
-    app.state.store = ResultStore(settings.database_url)
+    app.state.store = ResultStore(settings.database_url, busy_timeout_s=settings.database_busy_timeout_s)
     app.state.batchers = {}
     app.state.runners = {}
     app.state.ready = False

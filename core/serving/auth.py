@@ -114,19 +114,28 @@ def audit_key(settings) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _key_file(path: Path) -> bytes:
+    """The installation's audit key, made on first use. Written whole under another name and hard-linked
+    into place: two workers starting together both make one, the first link wins and the second reads it,
+    never a file still being written (a reader of a half-written key failed the call after the model ran)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # made earlier, or by another worker just now
-        key = path.read_bytes()
-        if len(key) < 32:
-            raise RuntimeError(f"the audit key file {path} holds {len(key)} bytes; 32 are needed") from None
-        return key
-    with os.fdopen(descriptor, "wb") as f:
-        f.write(secrets.token_bytes(32))
-        f.flush()
-        os.fsync(f.fileno())
-    return path.read_bytes()
+    if not path.exists():
+        draft = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(descriptor, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(draft, path)
+            except FileExistsError:  # another worker's key is in place: use it
+                pass
+        finally:
+            draft.unlink(missing_ok=True)
+    key = path.read_bytes()
+    if len(key) < 32:
+        raise RuntimeError(f"the audit key file {path} holds {len(key)} bytes; 32 are needed")
+    return key
 
 
 async def authorize_websocket(websocket: WebSocket, *roles: str, timeout_s: float = 10.0) -> Principal | None:

@@ -37,6 +37,9 @@ def wants_async(prefer: str | None) -> bool:
     return any(p.strip().split("=", 1)[0].strip().lower() == "respond-async" for p in (prefer or "").split(","))
 
 
+OUTCOME_ATTEMPTS = 5
+
+
 async def start_job(store: ResultStore, app: str, kind: str, request_id: str | None, role: str | None,
                     work: Callable[[], Awaitable[dict[str, Any]]], heartbeat_s: float = HEARTBEAT_S) -> str:
     """Commit a ``running`` record, start ``work`` in the background, return the record's id.
@@ -66,10 +69,13 @@ async def start_job(store: ResultStore, app: str, kind: str, request_id: str | N
                                                      "message": f"the job failed ({type(exc).__name__}); send it again"}}
         finally:
             beating.cancel()
-        try:
-            await store.aupdate_result(job_id, payload)
-        except Exception as exc:  # noqa: BLE001
-            log.error("job %s: could not store its outcome: %s", job_id, type(exc).__name__)
+        for attempt in range(OUTCOME_ATTEMPTS):  # a database busy for a while must not cost a finished job
+            try:
+                await store.aupdate_result(job_id, payload)
+                break
+            except Exception as exc:  # noqa: BLE001
+                log.error("job %s: could not store its outcome (attempt %d): %s", job_id, attempt + 1, type(exc).__name__)
+                await asyncio.sleep(min(2.0 ** attempt, 30.0))
 
     task = asyncio.get_running_loop().create_task(run(), name=f"job-{job_id}")
     _LIVE.add(task)

@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import logging
 import sys
+import traceback
 
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -21,8 +22,27 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD and not k.startswith("_")})
         if record.exc_info and record.exc_info[0] is not None:
             entry["exc_type"] = record.exc_info[0].__name__
-            entry["traceback"] = self.formatException(record.exc_info)
+            entry["traceback"] = traceback_without_messages(record.exc_info)
         return json.dumps(entry, default=str)
+
+
+def traceback_without_messages(exc_info) -> str:
+    """A traceback with where and which exception, never the exceptions' messages: a message may quote what
+    was being handled (SQLAlchemy's the row it could not write, a parser's the text it choked on)."""
+    lines: list[str] = []
+    chained = traceback.TracebackException(*exc_info, capture_locals=False)
+    chain = []
+    while chained is not None and len(chain) < 16:
+        chain.append(chained)
+        chained = chained.__cause__ or (None if chained.__suppress_context__ else chained.__context__)
+    for depth, exc in enumerate(reversed(chain)):
+        if depth:
+            lines.append("\nThe above exception led to the next one:\n")
+        lines.append("Traceback (most recent call last):\n")
+        lines.extend(exc.stack.format())
+        name = getattr(exc, "exc_type_str", None) or f"{exc.exc_type.__module__}.{exc.exc_type.__qualname__}"
+        lines.append(f"{name} (message withheld)\n")
+    return "".join(lines)
 
 
 class WithoutQueryStrings(logging.Filter):

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from core.serving.errors import ApiError
 from core.serving.jobs import job_status
 from core.serving.store import ResultStore
 
@@ -28,23 +29,39 @@ ArtefactPaths = Callable[[dict[str, Any]], list[Path]]
 ERASE_ACTION = "results:erase"
 
 
+class ErasureIncomplete(ApiError):
+    """Some of a result's files could not be removed: the result is kept (and says so), to be erased again."""
+
+    def __init__(self, left: int) -> None:
+        super().__init__(503, "erasure_incomplete", f"{left} of the result's files could not be removed (storage "
+                         "read-only or busy); the result is kept, nothing was erased: retry", headers={"Retry-After": "30"})
+
+
 def erase_result(store: ResultStore, app: str, row: dict[str, Any], artefacts: ArtefactPaths | None, *,
-          reason: str, role: str | None) -> int:
+                 reason: str, role: str | None, key_id: str | None = None) -> int:
     """Erase one stored result (``store.get_result``'s row) and its files; returns how many files or
     folders went. Files first: a crash before the row goes leaves a row whose links answer 404 (the
-    next pass or request finishes it), never files no row points at any more."""
+    next pass or request finishes it), never files no row points at any more. A file that will not go
+    (a read-only or failing disk) stops the erasure: :class:`ErasureIncomplete`, the row kept, no
+    "erased" record for files that are still there and still served."""
     payload = row.get("payload") or {}
-    removed = 0
+    removed, left = 0, 0
     for path in artefacts(payload) if artefacts else []:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-            removed += 1
-        elif path.exists():
-            path.unlink(missing_ok=True)
-            removed += 1
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed += 1
+            elif path.exists():
+                path.unlink(missing_ok=True)
+                removed += 1
+        except OSError as exc:
+            log.warning("a result's file could not be removed: %s", type(exc).__name__, extra={"app": app})
+            left += 1
+    if left:
+        raise ErasureIncomplete(left)
     if store.delete_result(row["id"]):
         store.audit(app, ERASE_ACTION, role, payload.get("subject_hash"), payload.get("model_version"),
-                    {"result_id": row["id"], "kind": row.get("kind"), "reason": reason, "files": removed})
+                    {"result_id": row["id"], "kind": row.get("kind"), "reason": reason, "files": removed}, key_id=key_id)
     return removed
 
 
@@ -62,7 +79,10 @@ def purge_expired(store: ResultStore, app: str, retention_days: float, artefacts
             seen.add(row["id"])
             if job_status(row["payload"] or {}) == "running":
                 continue
-            erase_result(store, app, row, artefacts, reason="retention", role=None)
+            try:
+                erase_result(store, app, row, artefacts, reason="retention", role=None)
+            except ErasureIncomplete:  # logged; the next pass tries again, the other results go on
+                continue
             erased += 1
 
 

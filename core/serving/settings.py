@@ -42,6 +42,8 @@ class AppSettings(BaseSettings):
     api_keys: dict[str, str] = Field(default_factory=dict)
     # SQLAlchemy URL; SQLite (WAL) under the state dir unless set, e.g. postgresql+psycopg://...
     database_url: str = Field(default_factory=_default_database_url)
+    # how long a write waits for another writer's lock (SQLite) before the request answers 503 storage_unavailable
+    database_busy_timeout_s: float = Field(default=30.0, gt=0, le=600)
     # dynamic batching (max_batch=1 turns batching off)
     max_batch: int = 32
     max_delay_ms: float = 5.0

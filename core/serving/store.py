@@ -1,6 +1,8 @@
 """Results and audit records through SQLAlchemy 2: SQLite (WAL) by default, any URL (PostgreSQL)
 unchanged. Every write commits before it returns, so a route that saves and then answers never
-acknowledges a result that is not on disk.
+acknowledges a result that is not on disk. A result and its audit record, or a batch's results, commit
+together or not at all. Errors never carry the rows' values (``hide_parameters``): a failed write is
+logged, and its payload holds a transcript or a board id.
 """
 
 from __future__ import annotations
@@ -10,13 +12,15 @@ import datetime as dt
 import io
 import itertools
 import json
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Integer, String, create_engine, event, inspect, select, text, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, ProgrammingError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 # a payload key for list_results: a top-level name, or a path of names into nested objects
@@ -85,14 +89,18 @@ class AuditRow(_Base):
     subject_hash: Mapped[str | None] = mapped_column(String(128))  # a hash, never the subject itself
     model_version: Mapped[str | None] = mapped_column(String(128))
     outcome: Mapped[dict] = mapped_column(JSON)
+    # which API key acted (auth.Principal.key_id: 12 hex of its sha256), so two radiologists are told apart;
+    # added after the first installations (_add_missing_columns)
+    key_id: Mapped[str | None] = mapped_column(String(16), nullable=True)
 
 
-def _make_engine(database_url: str) -> Engine:
+def _make_engine(database_url: str, busy_timeout_s: float = 30.0) -> Engine:
     if database_url.startswith("sqlite"):
         path = database_url.split("///", 1)[1] if "///" in database_url else ""
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": 30})
+        engine = create_engine(database_url, connect_args={"check_same_thread": False, "timeout": busy_timeout_s},
+                               hide_parameters=True)
 
         @event.listens_for(engine, "connect")
         def _pragmas(connection: Any, _record: Any) -> None:
@@ -100,47 +108,99 @@ def _make_engine(database_url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             # FULL: a committed result survives power loss, not only a process crash
             cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
+            cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
             cursor.close()
 
         return engine
-    return create_engine(database_url, pool_pre_ping=True)
+    return create_engine(database_url, pool_pre_ping=True, hide_parameters=True)
+
+
+def _create_tables(engine: Engine, attempts: int = 20) -> None:
+    """``create_all`` and the columns added since, retried: two processes starting on a new database both
+    see no tables, and the second CREATE fails ("already exists"), or finds the file locked by the first."""
+    for attempt in range(attempts):
+        try:
+            _Base.metadata.create_all(engine)
+            _add_missing_columns(engine)
+            return
+        except (OperationalError, ProgrammingError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+
+
+def _add_missing_columns(engine: Engine) -> None:
+    """Nullable columns added to a table after databases were made with it (``create_all`` makes missing
+    tables, never missing columns)."""
+    for table in _Base.metadata.sorted_tables:
+        present = {column["name"] for column in inspect(engine).get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present and column.nullable and not column.primary_key:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as connection:
+                    connection.execute(text(f'ALTER TABLE {table.name} ADD COLUMN {column.name} {kind}'))
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """The database could not be written or read (locked, full, gone): the client can retry later."""
+    return isinstance(exc, OperationalError)
 
 
 class ResultStore:
     """Persist results and audit records; methods are synchronous (call them from ``def`` routes or
     through the ``a*`` coroutine versions, which run them in a thread)."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, busy_timeout_s: float = 30.0) -> None:
         self.database_url = database_url
-        self.engine = _make_engine(database_url)
-        _Base.metadata.create_all(self.engine)
+        self.engine = _make_engine(database_url, busy_timeout_s)
+        _create_tables(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def save_result(
-        self, app: str, kind: str, request_id: str | None, payload: dict[str, Any], role: str | None = None
+        self, app: str, kind: str, request_id: str | None, payload: dict[str, Any], role: str | None = None,
+        audit: dict[str, Any] | None = None,
     ) -> str:
-        """Store one result; returns its id once committed."""
-        # fail here, not half-way through a commit; NaN/Infinity are not JSON and PostgreSQL refuses them
-        json.dumps(payload, allow_nan=False)
-        result_id = uuid.uuid4().hex
+        """Store one result; returns its id once committed. ``audit`` (``action``, ``subject_hash``,
+        ``model_version``, ``outcome``, ``key_id``) is the record of the call that made it, committed in the same
+        transaction, its outcome naming the result (``result_id``): no result without its record."""
+        return self.save_results(app, kind, [(request_id, payload)], role, audit=[audit] if audit else None)[0]
+
+    def save_results(
+        self, app: str, kind: str, items: list[tuple[str | None, dict[str, Any]]], role: str | None = None,
+        audit: list[dict[str, Any]] | None = None,
+    ) -> list[str]:
+        """Store several results (``(request_id, payload)`` each) and their audit records (one per result, or
+        None) in one transaction: a batch is stored whole or not at all. Returns their ids."""
+        for _, payload in items:
+            # fail here, not half-way through a commit; NaN/Infinity are not JSON and PostgreSQL refuses them
+            json.dumps(payload, allow_nan=False)
+        if audit is not None and len(audit) != len(items):
+            raise ValueError(f"{len(audit)} audit records for {len(items)} results")
+        ids = [uuid.uuid4().hex for _ in items]
         with self._sessions.begin() as session:
-            session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))
-        return result_id
+            for result_id, (request_id, payload) in zip(ids, items, strict=True):
+                session.add(ResultRow(id=result_id, app=app, kind=kind, request_id=request_id, role=role, payload=payload))
+            for result_id, entry in zip(ids, audit or [], strict=False):
+                session.add(AuditRow(app=app, action=entry["action"], role=role, subject_hash=entry.get("subject_hash"),
+                                     model_version=entry.get("model_version"), key_id=entry.get("key_id"),
+                                     outcome={"result_id": result_id, **entry.get("outcome", {})}))
+        return ids
 
     def update_result(self, result_id: str, payload: dict[str, Any], only_if_status: str | None = None) -> bool:
         """Replace a stored result's payload (a background job's outcome replacing its 'running' record).
         ``only_if_status``: replace only while the stored payload's ``status`` is that (a late heartbeat
-        must not overwrite an outcome); returns whether it replaced."""
+        must not overwrite an outcome); returns whether it replaced. One conditional UPDATE: a read, a check
+        and a write would let a heartbeat read 'running' just before the outcome lands, then overwrite it."""
         json.dumps(payload, allow_nan=False)
+        query = update(ResultRow).where(ResultRow.id == result_id)
+        if only_if_status is not None:
+            query = query.where(ResultRow.payload["status"].as_string() == only_if_status)
         with self._sessions.begin() as session:
-            row = session.get(ResultRow, result_id, with_for_update=True)
-            if row is None:
+            if session.execute(query.values(payload=payload)).rowcount:
+                return True
+            if session.get(ResultRow, result_id) is None:
                 raise KeyError(result_id)
-            if only_if_status is not None and (row.payload or {}).get("status") != only_if_status:
-                return False
-            row.payload = payload
-            return True
+            return False
 
     def get_result(self, result_id: str) -> dict[str, Any] | None:
         with self._sessions() as session:
@@ -216,11 +276,14 @@ class ResultStore:
         subject_hash: str | None,
         model_version: str | None,
         outcome: dict[str, Any],
+        key_id: str | None = None,
     ) -> int:
-        """Append one audit record (committed before returning); returns its id."""
+        """Append one audit record (committed before returning); returns its id. ``key_id``: the acting API
+        key's id (``Principal.key_id``), never the key."""
         with self._sessions.begin() as session:
             row = AuditRow(
-                app=app, action=action, role=role, subject_hash=subject_hash, model_version=model_version, outcome=outcome
+                app=app, action=action, role=role, subject_hash=subject_hash, model_version=model_version, outcome=outcome,
+                key_id=key_id,
             )
             session.add(row)
             session.flush()
@@ -237,6 +300,7 @@ class ResultStore:
                 {
                     "id": r.id, "created_at": _utc(r.created_at).isoformat(), "app": r.app, "action": r.action, "role": r.role,
                     "subject_hash": r.subject_hash, "model_version": r.model_version, "outcome": r.outcome,
+                    "key_id": r.key_id,
                 }
                 for r in rows
             ]
@@ -245,6 +309,11 @@ class ResultStore:
         from starlette.concurrency import run_in_threadpool
 
         return await run_in_threadpool(self.save_result, *args, **kwargs)
+
+    async def asave_results(self, *args: Any, **kwargs: Any) -> list[str]:
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(self.save_results, *args, **kwargs)
 
     async def aupdate_result(self, result_id: str, payload: dict[str, Any], only_if_status: str | None = None) -> bool:
         from starlette.concurrency import run_in_threadpool

@@ -298,3 +298,31 @@ def test_a_period_exports_as_csv_one_row_per_board_oldest_first(client):
     assert client.get("/v1/inspections.csv", params={"until": since.isoformat(), "since": since.isoformat()},
                       headers=KEY).status_code == 422
     assert client.get("/v1/inspections.csv", headers={"X-API-Key": "a"}).status_code == 403
+
+
+def test_a_batch_is_stored_whole_or_not_at_all(client, monkeypatch):
+    """A batch whose third board's write failed used to answer 500 with two boards stored: the line re-sent it
+    and the shift's summary counted those boards twice."""
+    from sqlalchemy.exc import OperationalError
+
+    store = client.app.state.store
+    real = store.save_results
+
+    def fails_on_the_third(app, kind, items, role=None, audit=None):
+        if len(items) > 2:  # the store's one transaction fails (the rollback itself is test_store's)
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        return real(app, kind, items, role, audit)
+
+    monkeypatch.setattr(store, "save_results", fails_on_the_third)
+    files = [("images", (f"b{i}.png", board_png(seed=i), "image/png")) for i in range(4)]
+    long_id = "r" * 64  # a valid request id: each board's must still fit the 64-character column
+    r = client.post("/v1/inspect/batch", files=files, data={"board_ids": [f"SN-{i}" for i in range(4)]},
+                    headers=KEY | {"X-Request-ID": long_id})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+    assert store.list_results("industrial", "inspect_batch") == []
+    monkeypatch.undo()
+    r = client.post("/v1/inspect/batch", files=files, headers=KEY | {"X-Request-ID": long_id})
+    assert r.status_code == 200, r.text
+    stored = store.list_results("industrial", "inspect_batch")
+    assert len(stored) == 4 and all(len(row["request_id"]) <= 64 for row in stored)
+    assert sorted(row["request_id"][-2:] for row in stored) == ["-0", "-1", "-2", "-3"]

@@ -405,8 +405,9 @@ def test_no_phi_in_stored_results_audit_records_or_logs(client, tmp_path, caplog
         for where, haystack in (("database", everything), ("logs", logged), ("responses", listed)):
             assert phi not in haystack, (phi, where)
     expected = subject_hash(study_uid, audit_key(client.app.state.settings))
-    assert {a["subject_hash"] for a in audit} == {expected}  # analyse, archive, read: one study
-    assert len(audit) == 3
+    per_study = [a for a in audit if a["action"] != "studies:list"]  # the worklist's record names result ids only
+    assert {a["subject_hash"] for a in per_study} == {expected}  # analyse, archive, read: one study
+    assert len(per_study) == 3 and len(audit) == 4
 
 
 def _series_zip(tmp_path, **headers) -> bytes:
@@ -526,3 +527,53 @@ def test_a_thin_report_alone_is_refused_with_what_it_lacks(tmp_path):
         assert r.status_code == 200 and r.json()["answered_by"] == "report_only", r.text
         assert c.app.state.store.list_audit("medical", action="studies:analyze")  # only the answered one
         assert len(c.app.state.store.list_audit("medical", action="studies:analyze")) == 1
+
+
+def test_an_analysis_the_database_cannot_take_is_a_503_and_leaves_no_heat_maps(client, toy_studies, monkeypatch):
+    """Its heat maps used to stay on disk, served and beyond any erasure, and its audit record was a second
+    commit that could fail after the study was stored."""
+    from sqlalchemy.exc import OperationalError
+
+    store = client.app.state.store
+    heatmaps = client.app.state.settings.artefact_dir
+
+    def full(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("database or disk is full"))
+
+    monkeypatch.setattr(store, "save_results", full)
+    r = client.post("/v1/studies:analyze", files={"ct": ("s.nii.gz", _ct(toy_studies), "application/gzip")},
+                    data={"report": REPORT}, headers=RAD)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+    assert not [p for p in heatmaps.rglob("*.png")]
+    monkeypatch.undo()
+    assert store.list_results("medical") == [] and store.list_audit("medical") == []
+    assert _analysed(client, toy_studies)["heatmaps"] and [p for p in heatmaps.rglob("*.png")]  # stored: they stay
+
+
+def test_heat_maps_of_no_stored_study_do_not_leave_as_dicom_and_the_worklist_is_audited(client, toy_studies):
+    body = _analysed(client, toy_studies)
+    client.app.state.store.delete_result(body["id"])  # as if its row were gone and its files not (a crash)
+    assert client.get(body["secondary_capture"], headers=RAD).status_code == 404
+    other = _analysed(client, toy_studies)
+    listed = client.get("/v1/studies", params={"band": other["risk"]["band"]}, headers=RAD).json()["results"]
+    record = client.app.state.store.list_audit("medical", action="studies:list")[0]
+    assert record["outcome"] == {"result_ids": [s["id"] for s in listed], "band": other["risk"]["band"]}
+    assert record["role"] == "radiologist" and other["id"] in record["outcome"]["result_ids"]
+
+
+def test_audit_records_tell_two_radiologists_apart(tiny_bundle, tiny_bert_dir, tmp_path):
+    settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
+                               artefact_dir=tmp_path / "art", api_keys={"rad-1": "radiologist", "rad-2": "radiologist",
+                                                                        "adm": "admin"}, audit_key_file=tmp_path / "audit.key")
+    with TestClient(create_app(settings)) as c:
+        for _ in range(200):
+            if c.get("/ready").status_code == 200:
+                break
+            time.sleep(0.05)
+        body = c.post("/v1/studies:analyze", data={"report": REPORT}, headers={"X-API-Key": "rad-1"}).json()
+        c.get(f"/v1/studies/{body['id']}", headers={"X-API-Key": "rad-2"})
+        records = c.get("/v1/audit", headers=ADMIN).json()["records"]
+    read, analysed = records
+    assert read["role"] == analysed["role"] == "radiologist"
+    assert read["key_id"] and analysed["key_id"] and read["key_id"] != analysed["key_id"]
+    assert "rad-1" not in str(records) and "rad-2" not in str(records)

@@ -302,3 +302,40 @@ def test_stalled_model_call_makes_ready_503(tmp_path):
         gate.set()
         wait_ready(client)  # the call finished: ready again
         assert client.post("/double", json={"x": 2}).json()["y"] == 4
+
+
+def test_a_database_that_cannot_take_the_result_is_a_503_and_the_log_quotes_none_of_it(tmp_path, caplog):
+    import sqlite3
+
+    with TestClient(make_app(tmp_path, database_busy_timeout_s=0.2)) as client:
+        wait_ready(client)
+        holder = sqlite3.connect(tmp_path / "serving.db", isolation_level=None, check_same_thread=False)
+        holder.execute("BEGIN IMMEDIATE")  # another writer holds the database past the busy timeout
+        with caplog.at_level(logging.INFO, logger="triptych.serving"):
+            r = client.post("/double", json={"x": 123456.789}, headers={"X-Request-ID": "req-secret-42"})
+        holder.rollback()
+        assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+        assert r.headers["retry-after"] == "5"
+        assert client.post("/double", json={"x": 1}).status_code == 200  # and once it is free again, 200
+    lines = [JsonFormatter().format(record) for record in caplog.records]
+    failure = [json.loads(line) for line in lines if '"storage unavailable"' in line]
+    assert failure and "sqlalchemy" in failure[0]["traceback"] and "message withheld" in failure[0]["traceback"]
+    assert all("123456" not in line and "246913" not in line for line in lines)
+
+
+def test_logged_tracebacks_keep_where_and_what_but_no_message():
+    from core.serving.logs import traceback_without_messages
+
+    card, name = "4539 1488 0343 6467", "Jane Roe"  # data reaches an exception at run time, never in source lines
+    try:
+        try:
+            raise ValueError(f"card {card}")
+        except ValueError as inner:
+            raise RuntimeError(f"while reading {name}'s call") from inner
+    except RuntimeError:
+        import sys
+
+        text = traceback_without_messages(sys.exc_info())
+    assert "ValueError (message withheld)" in text and "RuntimeError (message withheld)" in text
+    assert "test_logged_tracebacks_keep_where_and_what_but_no_message" in text  # the frames stay
+    assert "4539" not in text and "Jane" not in text

@@ -81,3 +81,31 @@ def test_an_app_erases_its_expired_results_by_itself(tmp_path):
 def test_a_retention_period_must_be_positive(days):
     with pytest.raises(ValueError, match="retention_days unset"):
         AppSettings(retention_days=days)
+
+
+def test_an_erasure_whose_files_will_not_go_keeps_the_result_and_says_so(tmp_path, monkeypatch):
+    """A read-only or failing disk: the row used to go and the erasure be recorded while the heat maps stayed
+    on disk and were still served."""
+    import shutil
+
+    from core.serving.retention import ErasureIncomplete
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    folder = tmp_path / "art" / "a1"
+    folder.mkdir(parents=True)
+    (folder / "slice_0.png").write_bytes(b"png")
+    result_id = store.save_result("medical", "study", None, {"artefact_id": "a1"})
+
+    def refuse(path, *args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(ErasureIncomplete) as failed:
+        erase_result(store, "medical", store.get_result(result_id), lambda p: [folder], reason="request", role="admin")
+    assert failed.value.status_code == 503 and failed.value.code == "erasure_incomplete"
+    assert store.get_result(result_id) is not None and folder.exists()
+    assert store.list_audit("medical", action=ERASE_ACTION) == []
+    _age(store, result_id, 40)
+    assert purge_expired(store, "medical", 30, lambda p: [folder]) == 0  # retried by the next pass, not recorded
+    monkeypatch.undo()
+    assert purge_expired(store, "medical", 30, lambda p: [folder]) == 1 and not folder.exists()

@@ -182,3 +182,107 @@ def test_a_summary_period_out_of_the_calendar_is_a_value_error_not_a_crash():
     for since, until in ((None, dt.datetime(1, 1, 1)), (dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=5))), None)):
         with pytest.raises(ValueError, match="between the years 1 and 9999"):
             summary_period(since, until)
+
+
+def _locked(path):
+    """Another process's open write transaction on the SQLite file (what a long writer or a backup holds)."""
+    import sqlite3
+
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    return holder
+
+
+def test_a_write_that_fails_does_not_quote_the_row_it_was_writing(tmp_path):
+    from sqlalchemy.exc import OperationalError
+
+    from core.serving.store import is_storage_error
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'l.db'}", busy_timeout_s=0.1)
+    holder = _locked(tmp_path / "l.db")
+    with pytest.raises(OperationalError) as failed:
+        store.save_result("customer-service", "call", "req-1", {"transcript": "this is Margaret Thornton of 14 Elm Street"})
+    holder.rollback()
+    assert is_storage_error(failed.value)
+    assert "Thornton" not in str(failed.value) and "req-1" not in str(failed.value)  # hide_parameters
+    assert store.list_results("customer-service") == []
+
+
+def test_a_batch_and_a_result_with_its_audit_record_commit_whole_or_not_at_all(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'b.db'}")
+    ids = store.save_results("industrial", "inspect_batch", [("r-0", {"board": 0}), ("r-1", {"board": 1})], role="line")
+    assert [store.get_result(i)["payload"]["board"] for i in ids] == [0, 1]
+    with store.engine.begin() as connection:  # the third board's insert fails inside the transaction
+        connection.execute(text("CREATE TRIGGER refuse BEFORE INSERT ON results WHEN NEW.request_id = 'bad' "
+                                "BEGIN SELECT RAISE(ABORT, 'refused'); END"))
+    with pytest.raises(Exception, match="refused"):
+        store.save_results("industrial", "inspect_batch", [("ok-0", {"board": 0}), ("ok-1", {"board": 1}), ("bad", {})])
+    assert len(store.list_results("industrial")) == 2  # none of the failed batch's boards
+
+    result_id = store.save_result("medical", "study", "s", {"p": 0.4}, role="radiologist",
+                                  audit={"action": "studies:analyze", "subject_hash": "h", "model_version": "v",
+                                         "outcome": {"probability": 0.4}})
+    record = store.list_audit("medical")[0]
+    assert record["outcome"] == {"result_id": result_id, "probability": 0.4} and record["role"] == "radiologist"
+    with store.engine.begin() as connection:
+        connection.execute(text("CREATE TRIGGER no_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit down'); END"))
+    with pytest.raises(Exception, match="audit down"):
+        store.save_result("medical", "study", "t", {"p": 0.9}, audit={"action": "studies:analyze", "outcome": {}})
+    assert [r["id"] for r in store.list_results("medical")] == [result_id]  # no result without its record
+
+
+def test_a_conditional_update_is_one_statement(tmp_path):
+    store = ResultStore(f"sqlite:///{tmp_path / 'u.db'}")
+    job = store.save_result("a", "job", None, {"status": "running", "heartbeat": "t0"})
+    assert store.update_result(job, {"status": "running", "heartbeat": "t1"}, only_if_status="running")
+    assert store.update_result(job, {"status": "done", "y": 2})
+    assert not store.update_result(job, {"status": "running", "heartbeat": "t2"}, only_if_status="running")
+    assert store.get_result(job)["payload"] == {"status": "done", "y": 2}
+    with pytest.raises(KeyError):
+        store.update_result("0" * 32, {"status": "done"}, only_if_status="running")
+    statements = []
+    from sqlalchemy import event
+
+    event.listen(store.engine, "before_cursor_execute", lambda *a: statements.append(a[2].split()[0].upper()))
+    store.update_result(job, {"status": "done", "y": 3}, only_if_status="done")
+    assert statements == ["UPDATE"]  # no read before the write for a heartbeat to slip between
+
+
+def test_stores_opened_together_on_a_new_database_all_start(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for trial in range(5):
+        url = f"sqlite:///{tmp_path / f'new{trial}.db'}"
+        with ThreadPoolExecutor(4) as pool:
+            stores = list(pool.map(ResultStore, [url] * 4))
+        assert all(s.list_results("a") == [] for s in stores)
+
+
+def test_workers_making_the_audit_key_together_read_the_same_whole_key(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from core.serving.auth import _key_file
+
+    for trial in range(10):
+        path = tmp_path / f"k{trial}" / "audit.key"
+        with ThreadPoolExecutor(6) as pool:
+            keys = list(pool.map(_key_file, [path] * 6))
+        assert len(set(keys)) == 1 and len(keys[0]) == 32
+        assert [p.name for p in path.parent.iterdir()] == ["audit.key"]  # no drafts left behind
+
+
+def test_audit_records_name_the_acting_key_and_old_databases_gain_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:  # the audit table as the first installations made it
+        old.execute("CREATE TABLE audit (id INTEGER PRIMARY KEY AUTOINCREMENT, created_at DATETIME, app VARCHAR(64), "
+                    "action VARCHAR(64), role VARCHAR(32), subject_hash VARCHAR(128), model_version VARCHAR(128), "
+                    "outcome JSON)")
+        old.execute("INSERT INTO audit (created_at, app, action, role, outcome) VALUES "
+                    "('2026-11-01 10:00:00', 'medical', 'studies:read', 'radiologist', '{}')")
+    store = ResultStore(f"sqlite:///{path}")
+    store.audit("medical", "studies:read", "radiologist", "h", "v", {}, key_id="0123456789ab")
+    store.save_result("medical", "study", None, {}, audit={"action": "studies:analyze", "key_id": "ba9876543210"})
+    assert [r["key_id"] for r in store.list_audit("medical")] == ["ba9876543210", "0123456789ab", None]
+    ResultStore(f"sqlite:///{path}")  # opening it again changes nothing
