@@ -431,21 +431,46 @@ def splits(
 
 @data.command("bundle-detector")
 def bundle_detector(
-    weights: Annotated[str, typer.Option(help="Folder with model.safetensors (+ metrics.json) from training.")],
-    arch: Annotated[str, typer.Option(help="yolo11n, yolo11s or yolov7-tiny.")],
+    weights: Annotated[str, typer.Option(help="Folder with model.safetensors (+ metrics.json) from `train industrial`; or your own "
+                                              "ultralytics checkpoint: a .pt file (runs/detect/NAME/weights/best.pt of `yolo train`) "
+                                              "or a folder holding best.pt / last.pt. A .pt is a pickle and converting it unpickles "
+                                              "it (restricted to ultralytics' and torch's model classes): acceptable only for your "
+                                              "own local file, converted once, offline. Serving loads the safetensors bundle "
+                                              "written here and never unpickles.")],
     out: Annotated[str, typer.Option(help="Bundle folder to write.")],
+    arch: Annotated[str | None, typer.Option(help="yolo11n, yolo11s or yolov7-tiny; needed for model.safetensors. A checkpoint "
+                                                  "carries its own model YAML (if given, it must agree).")] = None,
     conf: Annotated[float, typer.Option(help="Decision threshold stored in the bundle.")] = 0.25,
     input_mode: Annotated[str, typer.Option("--input", help="Input the weights were trained on: gray or template-diff.")] = "gray",
     exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Board groups the weights were trained without (train --exclude-groups): recorded as the bundle's calibration groups.")] = None,
     border: Annotated[int, typer.Option(help="Gray margin (px) around the image the network runs with: 16 = ultralytics' validation margin, "
                                              "which helped the shipped template-aware detector and not the image-only one (compare on held-out groups).")] = 0,
 ) -> None:
-    """Package trained detector weights as a core bundle (config with the YAML, safetensors, card)."""
+    """Package detector weights as a core bundle (config with the YAML, safetensors, card): this repository's trained
+    weights, or an ultralytics checkpoint converted once. A checkpoint's classes must be DeepPCB's six by name (open,
+    short, mousebite, spur, copper, pin-hole; any order, case, spaces, '-' and '_' ignored); any other set is refused."""
+    from apps.industrial.checkpoint import bundle_from_checkpoint, find_detector_weights
     from apps.industrial.data import parse_groups
     from apps.industrial.fusion_train import make_detector_bundle
 
-    make_detector_bundle(Path(weights), arch, Path(out), conf=conf, input_mode=input_mode,
-                         held_out_groups=parse_groups(exclude_groups), border=border)
+    if input_mode not in ("gray", "template-diff"):
+        raise typer.BadParameter(f"--input {input_mode!r}: gray or template-diff")
+    source = find_detector_weights(weights)
+    held_out = parse_groups(exclude_groups)
+    if source.is_file():
+        bundle = bundle_from_checkpoint(source, Path(out), arch=arch, conf=conf, input_mode=input_mode,
+                                        held_out_groups=held_out, border=border)
+        converted = bundle.card.extra["source_checkpoint"]
+        setting = "TEMPLATE_DETECTOR_DIR" if input_mode == "template-diff" else "DETECTOR_DIR"
+        typer.echo(f"wrote {out} from {source} (sha256 {converted['sha256'][:12]}…, {bundle.config['detector']['imgsz']} px"
+                   + (f", classes matched by name to {converted['class_names']}" if bundle.card.notes else "") + ")\n"
+                   f"serve it: TRIPTYCH_INDUSTRIAL_{setting}={out} with TRIPTYCH_INDUSTRIAL_DETECTOR_PRECISION=fp32, or first "
+                   f"`triptych data industrial quantize --bundle {out} --deeppcb DIR`; its board threshold is --conf {conf} until "
+                   f"`triptych data industrial threshold --bundle {out} --deeppcb DIR` chooses one")
+        return
+    if arch is None:
+        raise typer.BadParameter(f"--arch is needed for {source}/model.safetensors (yolo11n, yolo11s or yolov7-tiny)")
+    make_detector_bundle(source, arch, Path(out), conf=conf, input_mode=input_mode, held_out_groups=held_out, border=border)
     typer.echo(f"wrote {out}")
 
 

@@ -103,10 +103,31 @@ def load_detector(bundle_dir: Path):
     """
     from core.bundle import load_bundle
 
+    refuse_checkpoint(bundle_dir)
     bundle = load_bundle(bundle_dir)
     config = DetectorConfig(**bundle.config["detector"])
-    model = build_model(bundle.config["model_yaml"])
-    state = {k: v.float() if v.is_floating_point() else v for k, v in bundle.state_dict.items()}
+    return model_from_state(bundle.config["model_yaml"], bundle.state_dict), config, bundle
+
+
+def refuse_checkpoint(path: Path) -> None:
+    """A BundleError naming the one-time conversion when ``path`` is an ultralytics checkpoint or its run folder:
+    serving loads bundles only, because a .pt is a pickle (apps/industrial/checkpoint.py)."""
+    from apps.industrial.checkpoint import CHECKPOINT_NAMES
+    from core.bundle import WEIGHTS, BundleError
+
+    path = Path(path)
+    checkpoint_file = path.is_file() and path.suffix.lower() == ".pt"
+    run_folder = path.is_dir() and not (path / WEIGHTS).exists() and any((path / n).is_file() for n in CHECKPOINT_NAMES)
+    if checkpoint_file or run_folder:
+        raise BundleError(f"{path} is an ultralytics checkpoint, not a detector bundle: the service never unpickles one. "
+                          f"Convert it once: `triptych data industrial bundle-detector --weights {path} --out DIR`, "
+                          "then point the setting at DIR")
+
+
+def model_from_state(cfg: dict, state_dict: dict):
+    """The fused float32 eval-mode network a bundle's YAML and state_dict describe (what serving runs)."""
+    model = build_model(cfg)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"detector weights do not match the YAML: missing {missing[:5]}, unexpected {unexpected[:5]}")
@@ -114,7 +135,7 @@ def load_detector(bundle_dir: Path):
     model = model.fuse(verbose=False)
     for p in model.parameters():
         p.requires_grad_(False)
-    return model, config, bundle
+    return model
 
 
 def detector_bundle_config(config: DetectorConfig, cfg: dict) -> dict:
@@ -332,6 +353,7 @@ def load_onnx_detector(bundle_dir: Path, threads: int = 1, cache_dir: Path | Non
     if precision == "int8":
         from core.bundle import load_bundle
 
+        refuse_checkpoint(bundle_dir)
         bundle = load_bundle(bundle_dir)  # verifies the fp32 weights the INT8 model was made from
         config = DetectorConfig(**bundle.config["detector"])
         return OnnxDetector(verify_int8(bundle), threads, workers), config, bundle

@@ -455,7 +455,7 @@ class InspectionRunner:
 
 def load_runner(settings) -> InspectionRunner:
     """The shipped bundles named by the settings (fusion optional)."""
-    from apps.industrial.detector import load_detector, load_onnx_detector
+    from apps.industrial.detector import load_detector, load_onnx_detector, refuse_checkpoint
     from apps.industrial.model import load_fusion_model, load_vibration_classifier
 
     precision = settings.detector_precision
@@ -473,6 +473,9 @@ def load_runner(settings) -> InspectionRunner:
     detector, det_config, det_bundle = load(settings.detector_dir)
     det_config.px_per_mm = settings.px_per_mm
     template_detector = template_config = template_bundle = None
+    if settings.template_detector_dir is not None:
+        # a folder without model.safetensors turns template detection off; a checkpoint there is a mistake to name
+        refuse_checkpoint(settings.template_detector_dir)
     if settings.template_detector_dir is not None and (Path(settings.template_detector_dir) / "model.safetensors").exists():
         template_detector, template_config, template_bundle = load(settings.template_detector_dir)
         if template_config.input != "template-diff":
