@@ -90,7 +90,11 @@ class Redaction(BaseModel):
 
 
 class Transcript(BaseModel):
-    text: str = Field(description="redacted transcript ([CARD], [IBAN], ... in place of PII)")
+    text: str = Field(description="redacted transcript ([CARD], [IBAN], ... in place of PII), the words as recognised")
+    normalised: str = Field(description=(
+        "the redacted transcript in written form: spoken numbers, amounts and dates as digits and symbols "
+        "(\"twelve pounds fifty on the third of march\" -> \"£12.50 on 3 March\"), placeholders kept, nothing "
+        "redacted written back; typed text as typed. Display only: redaction offsets and times refer to text"))
     redactions: list[Redaction]
     duration_s: float
 
@@ -105,6 +109,7 @@ class Segment(BaseModel):
     start: float | None
     end: float | None
     text: str
+    normalised: str | None = Field(default=None, description="text in written form (see transcript.normalised)")
     asr_confidence: float
     emotion: str | None
     contact_centre: dict[str, float] | None
@@ -295,7 +300,8 @@ class CallSummary(BaseModel):
     duration_s: float | None
     source: Literal["upload", "stream"] = Field(description="upload: sent to /v1/calls:analyze; stream: read live "
                                                             "over the WebSocket and stored at its end")
-    preview: str = Field(description="the start of the redacted transcript (a failed job: why it failed)")
+    preview: str = Field(description="the start of the redacted transcript, in written form where the call has "
+                                     "it (a failed job: why it failed)")
 
 
 def call_summary(row: dict) -> CallSummary:
@@ -305,7 +311,8 @@ def call_summary(row: dict) -> CallSummary:
     payload = row["payload"] or {}
     status = job_status(payload) or "done"  # a synchronous call is stored once it is done
     done = status == "done"
-    text = (payload.get("transcript") or {}).get("text", "") if done else ""
+    transcript = payload.get("transcript") or {}
+    text = transcript.get("normalised", transcript.get("text", "")) if done else ""
     if status == "failed":
         text = (payload.get("error") or {}).get("message", "")
     return CallSummary(

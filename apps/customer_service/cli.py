@@ -132,8 +132,8 @@ def evaluate(
     limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
     telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
     workers: Annotated[int | None, typer.Option(min=1, help="--asr: decoders in parallel processes (default: one per CPU core).")] = None,
-    backend: Annotated[str, typer.Option(help="--asr: pocketsphinx (the embedded default), whisper or ctc.")] = "pocketsphinx",
-    model_path: Annotated[Path | None, typer.Option(help="--asr: the whisper / ctc weights (whisper without one: "
+    backend: Annotated[str, typer.Option(help="--asr: pocketsphinx (the embedded default), whisper, ctc or seq2seq.")] = "pocketsphinx",
+    model_path: Annotated[Path | None, typer.Option(help="--asr: the whisper / ctc / seq2seq weights (whisper without one: "
                                                          "the installed Whisper base).")] = None,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent, --dialogue."""

@@ -18,11 +18,12 @@ from types import SimpleNamespace
 import numpy as np
 
 from apps.customer_service.escalation import decide_escalation
+from apps.customer_service.pii import normalise_redacted
 from apps.customer_service.service import redaction_records
 from apps.customer_service.speech.router import CONTEXT_WORDS
 
 # What a streamed segment shows of the engine's segment (the samples and private keys stay behind).
-_SEGMENT_KEYS = ("speaker", "start", "end", "text", "asr", "asr_confidence", "emotion", "contact_centre", "ekman",
+_SEGMENT_KEYS = ("speaker", "start", "end", "text", "normalised", "asr", "asr_confidence", "emotion", "contact_centre", "ekman",
                  "modality_weights", "voice", "text_emotion", "acts", "intent")
 
 
@@ -36,7 +37,7 @@ class LiveCall:
     def __init__(self, engine, save: Callable[[dict], str] | None = None) -> None:
         self.engine = engine.memoized(("intent", "dialogue_acts"))  # this call's memoised text readers
         self.save = save
-        # a recogniser other than the streaming one (Whisper, CTC: settings.asr_backend) writes each final
+        # a recogniser other than the streaming one (Whisper, CTC, seq2seq: settings.asr_backend) writes each final
         # again from its audio; the partials cannot wait for it, the reading and the stored call can
         rec = engine.recognizer
         self.redecoder = rec if rec is not None and getattr(rec, "name", "pocketsphinx") != "pocketsphinx" else None
@@ -64,7 +65,7 @@ class LiveCall:
             # however short the pause (two finals 0.5 s apart were read as one, and a stolen card followed by
             # "put me through to someone" became one request for a person with no intent)
             segment = {"speaker": "caller", "start": round(start, 3), "end": round(end, 3), "text": text,
-                       "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples,
+                       "normalised": normalise_redacted(text), "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples,
                        "asr": self.redecoder.name if written_again is not None else "stream"}
             self.engine.read_emotions([segment])
             self.segments.append(segment)
@@ -130,7 +131,8 @@ class LiveCall:
                                   call["escalation"], timings)
         duration = audio_s if audio_s is not None else max(s["end"] for s in self.segments)
         return {"source": "stream",
-                **self.engine.call_result(" ".join(s["text"] for s in self.segments), self.redactions, duration,
+                **self.engine.call_result(" ".join(s["text"] for s in self.segments),
+                                          " ".join(s["normalised"] for s in self.segments), self.redactions, duration,
                                           [self._public(s) for s in self.segments], call, reply, timings, None,
                                           warnings)}
 

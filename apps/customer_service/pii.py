@@ -107,6 +107,7 @@ from apps.customer_service.speech.textnorm import (
     MONTH_ABBREVIATIONS,
     MONTHS,
     Piece,
+    normalise,
     normalise_aligned,
 )
 
@@ -1546,6 +1547,27 @@ def without_placeholders(text: str) -> str:
     on the unredacted text: the digits mislead it more). Nothing but punctuation left is no text."""
     out = _PLACEHOLDER.sub("", text).strip()
     return out if any(ch.isalnum() for ch in out) else ""
+
+
+# One default placeholder, captured: re.split keeps it as a piece of its own.
+_PLACEHOLDER_TOKEN = re.compile(r"(\[(?:" + "|".join(t.upper() for t in TYPES) + r")\])")
+
+
+def normalise_redacted(text: str) -> str:
+    """The written form of a redacted transcript ("my card is [CARD] and I paid twelve pounds fifty" -> "my card
+    is [CARD] and I paid £12.50"). Each stretch between placeholders is normalised on its own, so no number is
+    ever joined across a redaction, and the placeholders stay as they are. The written form is then read by the
+    detector once more: the stretches are redacted text, so anything it finds there now (digits a stretch
+    wrote that it did not see as such in context) is redacted too, never shown."""
+    out = []
+    for part in _PLACEHOLDER_TOKEN.split(text):
+        if _PLACEHOLDER_TOKEN.fullmatch(part):
+            out.append(part)
+        elif part.strip():  # the normaliser trims: keep the space that parted a stretch from a placeholder
+            out.append(" " * part[:1].isspace() + normalise(part) + " " * part[-1:].isspace())
+        else:
+            out.append(part)
+    return redact("".join(out).strip()).text
 
 
 def _replace(text: str, spans: list[Redaction], placeholder: str = "[{TYPE}]") -> str:

@@ -29,7 +29,7 @@ from apps.customer_service.escalation import (
     decide_escalation,
     reply_text,
 )
-from apps.customer_service.pii import without_placeholders
+from apps.customer_service.pii import normalise_redacted, without_placeholders
 from apps.customer_service.settings import CustomerServiceSettings
 from core.serving.uploads import plain_text
 
@@ -186,7 +186,7 @@ def _probs_dict(labels, row) -> dict[str, float]:
 
 def recognizer_for(settings: CustomerServiceSettings):
     """The recogniser ``settings`` name: the embedded pocketsphinx with its bank-adapted LM, or a Whisper /
-    CTC model from a local path (Whisper without one: the installed Whisper base)."""
+    CTC / sequence-to-sequence model from a local path (Whisper without one: the installed Whisper base)."""
     from apps.customer_service.speech import create_recognizer
 
     if settings.asr_backend == "pocketsphinx":
@@ -288,7 +288,7 @@ class CustomerServiceEngine:
         for name in ("intent", "dialogue_acts", "text_emotion", "voice", "fusion"):
             model = getattr(self, name)
             out[name] = str(getattr(model, "version", "unknown")) if model is not None else "absent"
-        # which weights transcribed the call ("whisper-base", "ctc-<folder>"); pocketsphinx is its name
+        # which weights transcribed the call ("whisper-base", "ctc-<folder>", "seq2seq-<folder>"); pocketsphinx is its name
         rec = self.recognizer
         out["asr"] = "absent" if rec is None else str(getattr(rec, "version", None) or getattr(rec, "name", "unknown"))
         return out
@@ -316,6 +316,7 @@ class CustomerServiceEngine:
         segments: list[dict] = []
         redactions: list[dict] = []
         transcript_parts: list[str] = []
+        written: list[str] = []  # the same parts in written form
         duration = 0.0
         offset = 0  # where the typed text starts in the unredacted transcript
         redacted_audio = None
@@ -324,6 +325,7 @@ class CustomerServiceEngine:
             silenced: list | None = [] if req.redact_audio else None
             segments, redactions, transcript_parts, duration, offset = self._audio_segments(req.audio, timings, silenced, warnings)
             segments.sort(key=lambda seg: seg["start"])  # a stereo call reads as the conversation went
+            written = [normalise_redacted(part) for part in transcript_parts]
             if silenced is not None:
                 t0 = time.perf_counter()
                 redacted_audio = self._save_redacted_audio(silenced)
@@ -336,6 +338,7 @@ class CustomerServiceEngine:
             segments += segments_t
             redactions += redactions_t
             transcript_parts.append(" ".join(s["text"] for s in segments_t))
+            written.append(transcript_parts[-1])  # typed text is written already (see _text_segments)
         # the cost of a text grows with its distinct sentences, not its repeated ones ("Cancel. " 2,500 times
         # took 49 s on one thread here), and a clause that is also a whole turn is read once
         reader = self.memoized()
@@ -350,16 +353,19 @@ class CustomerServiceEngine:
         escalation = decide_escalation(self.rules, caller, intent, requests)
         reply = self.reply(req, intent, call_emotion, escalation, timings)
         timings["total_ms"] = (time.perf_counter() - t_all) * 1000
-        return self.call_result(" ".join(p for p in transcript_parts if p), redactions, duration, segments,
+        return self.call_result(" ".join(p for p in transcript_parts if p), " ".join(p for p in written if p),
+                                redactions, duration, segments,
                                 {"emotion": call_emotion, "intent": intent, "requests": requests,
                                  "escalation": escalation}, reply, timings, redacted_audio, warnings)
 
-    def call_result(self, text: str, redactions: list[dict], duration_s: float, segments: list[dict], call: dict,
-                    reply: dict, timings: dict, redacted_audio: dict | None, warnings: list[str]) -> dict:
-        """An analysed call as ``/v1/calls:analyze`` answers and stores it; ``call``: its ``emotion``,
-        ``intent``, ``requests`` and ``escalation``."""
+    def call_result(self, text: str, normalised: str, redactions: list[dict], duration_s: float, segments: list[dict],
+                    call: dict, reply: dict, timings: dict, redacted_audio: dict | None, warnings: list[str]) -> dict:
+        """An analysed call as ``/v1/calls:analyze`` answers and stores it; ``text``: the redacted transcript
+        (the redactions' times and offsets are its words'), ``normalised``: the same in written form ("£12.50"
+        for "twelve pounds fifty"); ``call``: its ``emotion``, ``intent``, ``requests`` and ``escalation``."""
         return {
-            "transcript": {"text": text, "redactions": redactions, "duration_s": round(duration_s, 3)},
+            "transcript": {"text": text, "normalised": normalised, "redactions": redactions,
+                           "duration_s": round(duration_s, 3)},
             "segments": segments,
             **{k: call[k] for k in ("emotion", "intent", "requests", "escalation")},
             "reply": reply,
@@ -444,6 +450,7 @@ class CustomerServiceEngine:
                 conf = float(np.mean([words[i].confidence for i in seg_words["idx"]])) if seg_words["idx"] else 0.0
                 a, b = int(max(0.0, start - 0.1) * SAMPLE_RATE), int((end + 0.1) * SAMPLE_RATE)
                 segments.append({"speaker": role, "start": round(start, 3), "end": round(end, 3), "text": text,
+                                 "normalised": normalise_redacted(text),
                                  "asr_confidence": round(conf if seg_words["idx"] else confidence, 4),
                                  "_samples": samples[a:b]})
         timings["asr_ms"] = asr_ms
@@ -508,7 +515,9 @@ class CustomerServiceEngine:
         result = redact(text)
         redactions = [{"type": r.type, "start": r.start, "end": r.end, "start_s": None, "end_s": None,
                        "speaker": "caller"} for r in result.redactions]
-        segments = [{"speaker": "caller", "start": None, "end": None, "text": s, "asr_confidence": 1.0,
+        # typed text is its own written form: the normaliser is for spoken words, and on chat it would drop
+        # punctuation ("1985, ok" -> "1985 ok") and read "oh, oh" as "00"
+        segments = [{"speaker": "caller", "start": None, "end": None, "text": s, "normalised": s, "asr_confidence": 1.0,
                      "_samples": None} for s in text_segments(result.text)]
         timings["redaction_ms"] = (time.perf_counter() - t0) * 1000
         return segments, redactions

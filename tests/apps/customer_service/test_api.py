@@ -47,6 +47,30 @@ def test_text_analysis_is_persisted_and_redacted(client):
     assert stored.status_code == 200 and CARD not in stored.text and stored.json()["payload"]["requests"] == body["requests"]
 
 
+def test_the_answer_and_the_stored_call_carry_the_written_form(client):
+    """transcript.normalised and each segment's normalised are part of the answer's schema (a field the response
+    model lacks would be dropped), stored with the call, and what the recent calls preview; typed text is written
+    already and is kept as typed."""
+    typed = f"Oh, oh no. I paid £12.50 on 3 March 1985, ok? My card {CARD}."
+    r = client.post("/v1/calls:analyze", data={"text": typed})
+    assert r.status_code == 200, r.text
+    transcript = r.json()["transcript"]
+    assert transcript["normalised"] == transcript["text"] == "Oh, oh no. I paid £12.50 on 3 March 1985, ok? My card [CARD]."
+    assert [s["normalised"] for s in r.json()["segments"]] == [s["text"] for s in r.json()["segments"]]
+    stored = client.get(f"/v1/results/{r.json()['id']}").json()["payload"]
+    assert stored["transcript"]["normalised"] == transcript["normalised"]
+    listed = client.get("/v1/results", params={"limit": 1}).json()["results"][0]
+    assert listed["id"] == r.json()["id"] and listed["preview"] == transcript["normalised"]
+
+
+def test_a_call_stored_before_the_written_form_is_previewed_from_its_words():
+    from apps.customer_service.api import call_summary
+
+    row = {"id": "x", "created_at": None, "payload": {
+        "transcript": {"text": "my card is [CARD]", "duration_s": 1.0}, "escalation": {"escalate": False, "reasons": []}}}
+    assert call_summary(row).preview == "my card is [CARD]"
+
+
 def test_audio_upload(client):
     r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.5)), "audio/wav")},
                     data={"output_mode": "text"})

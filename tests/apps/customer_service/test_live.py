@@ -278,6 +278,23 @@ def test_a_stored_live_call_is_the_call_an_analysis_would_store(engine):
     assert LiveCall(engine, save=saved.append).close()["id"] is None and len(saved) == 1  # no final: nothing stored
 
 
+def test_each_final_and_the_stored_call_come_in_written_form_too(engine):
+    from apps.customer_service.api import CallAnalysis
+
+    saved: list[dict] = []
+    live = LiveCall(engine, save=lambda payload: saved.append(payload) or "id-1")
+    first = live.add("my card number is [CARD] and i paid twelve pounds fifty", 1.0, 6.0, 0.9, None)
+    assert first["segment"]["text"] == "my card number is [CARD] and i paid twelve pounds fifty"
+    assert first["segment"]["normalised"] == "my card number is [CARD] and i paid £12.50"
+    live.add("on the third of march", 7.0, 8.0, 0.9, None)
+    live.close()
+    payload = saved[0]
+    assert payload["transcript"]["text"] == "my card number is [CARD] and i paid twelve pounds fifty on the third of march"
+    assert payload["transcript"]["normalised"] == "my card number is [CARD] and i paid £12.50 on 3 March"
+    assert [s["normalised"] for s in payload["segments"]] == ["my card number is [CARD] and i paid £12.50", "on 3 March"]
+    assert CallAnalysis(id="id-1", **payload).transcript.normalised == payload["transcript"]["normalised"]
+
+
 @pytest.mark.timeout(240)
 def test_the_service_stores_a_streamed_call_with_its_analysis(cs_settings, call_pcm):
     from apps.customer_service.api import create_app

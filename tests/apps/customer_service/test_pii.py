@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import numpy as np
@@ -611,6 +612,29 @@ def test_text_models_get_the_redacted_text_without_its_placeholders():
         "My card number is, please block it"
     assert without_placeholders("my pin is [CREDENTIAL] and [sic] [NOT_A_TYPE]") == "my pin is and [sic] [NOT_A_TYPE]"
     assert without_placeholders("[CARD].") == "" and without_placeholders("") == ""
+
+
+SPOKEN_CARD_AND_AMOUNT = ("my card number is four five three nine one four eight eight oh three four three six four six "
+                          "seven and i paid twelve pounds fifty on the third of march")
+
+
+def test_the_written_form_of_a_redacted_transcript_keeps_its_placeholders_and_no_pii():
+    from apps.customer_service.pii import normalise_redacted
+
+    redacted = redact_words([SimpleNamespace(text=w) for w in SPOKEN_CARD_AND_AMOUNT.split()])[0].text
+    assert redacted == "my card number is [CARD] and i paid twelve pounds fifty on the third of march"
+    written = normalise_redacted(redacted)
+    assert written == "my card number is [CARD] and i paid £12.50 on 3 March"
+    assert re.findall(r"\d+", written) == ["12", "50", "3"]  # the amount and the date, no digit of the card
+    every = " ".join(f"[{t.upper()}]" for t in TYPES)
+    assert normalise_redacted(every) == every
+    assert normalise_redacted("my card is [CARD]. Thanks, one thousand two hundred pounds") == \
+        "my card is [CARD]. Thanks, £1,200"
+    # each stretch between placeholders is written on its own: digits never run on across a redaction
+    assert normalise_redacted("four five [CARD] six seven") == "45 [CARD] 67"
+    # what the written form shows is read by the detector again: a number written out is never shown as PII
+    assert normalise_redacted("call me on oh seven seven oh oh nine oh oh one two three") == "call me on [PHONE]"
+    assert normalise_redacted("") == ""
 
 
 ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]  # spaces, joiners, word joiner, BOM, soft hyphen

@@ -199,6 +199,38 @@ def test_redaction_offsets_point_into_the_unredacted_transcript(cs_settings, hea
     assert spans[-1] == CARD and len(spans) == (2 if heard else 1)
 
 
+def test_the_transcript_comes_in_written_form_too_with_its_redactions_as_they_were(cs_settings):
+    """A card number and an amount in one utterance: the written form shows "£12.50" and "[CARD]", never the
+    card's digits; text, redaction offsets and times stay those of the words. Typed text is kept as typed."""
+    from types import SimpleNamespace
+
+    from apps.customer_service.speech import Word
+    from tests.apps.customer_service.test_pii import SPOKEN_CARD_AND_AMOUNT
+
+    words = [Word(w, 0.2 + 0.12 * i, 0.3 + 0.12 * i, 0.9) for i, w in enumerate(SPOKEN_CARD_AND_AMOUNT.split())]
+
+    class Recognizer:
+        name = "stub"
+
+        def transcribe(self, samples, sample_rate):
+            return SimpleNamespace(words=words, confidence=0.9)
+
+    typed = "Oh, oh no. I paid £12.50 on 3 March 1985, ok?"
+    engine = CustomerServiceEngine(cs_settings, recognizer=Recognizer())
+    out = engine.analyze(CallRequest(audio=wav_bytes(tone(4.0)), text=typed))
+    spoken = "my card number is [CARD] and i paid twelve pounds fifty on the third of march"
+    assert out["transcript"]["text"] == f"{spoken} {typed}"
+    assert out["transcript"]["normalised"] == f"my card number is [CARD] and i paid £12.50 on 3 March {typed}"
+    (card,) = out["transcript"]["redactions"]
+    unredacted = f"{SPOKEN_CARD_AND_AMOUNT} {typed}"
+    assert unredacted[card["start"]:card["end"]] == "four five three nine one four eight eight oh three four three six four six seven"
+    assert (card["start_s"], card["end_s"]) == (round(words[4].start, 3), round(words[19].end, 3))
+    said, *chat = out["segments"]
+    assert said["text"] == spoken and said["normalised"] == "my card number is [CARD] and i paid £12.50 on 3 March"
+    assert [s["normalised"] for s in chat] == [s["text"] for s in chat] == ["Oh, oh no.", "I paid £12.50 on 3 March 1985, ok?"]
+    assert "4539" not in str(out) and "6467" not in str(out)
+
+
 def test_a_mono_call_saved_as_stereo_is_one_caller(cs_settings):
     """Recorders often write one signal to both channels: that is the caller once, not an agent repeating
     every word of the caller."""

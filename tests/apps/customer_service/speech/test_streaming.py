@@ -312,6 +312,26 @@ def test_a_card_read_out_in_fours_is_redacted_across_finals():
     assert "thank you" in texts and "my card number is" in texts
 
 
+def test_a_final_comes_in_written_form_too_without_the_redacted_number():
+    from apps.customer_service.speech.asr import Word
+    from apps.customer_service.speech.router import _render
+    from apps.customer_service.speech.streaming import StreamEvent
+    from tests.apps.customer_service.test_pii import SPOKEN_CARD_AND_AMOUNT
+
+    words = [Word(w, 0.3 * k, 0.3 * k + 0.25, 0.9) for k, w in enumerate(SPOKEN_CARD_AND_AMOUNT.split())]
+    event = StreamEvent("final", SPOKEN_CARD_AND_AMOUNT, 0.0, 9.3, words, 0.9)
+    final = _render(event, True, [])
+    assert final["text"] == "my card number is [CARD] and i paid twelve pounds fifty on the third of march"
+    assert final["normalised"] == "my card number is [CARD] and i paid £12.50 on 3 March"
+    # the redactions and the words are those of the words as heard, as before
+    assert final["redactions"] == [{"type": "card", "start": 18, "end": 98}]
+    assert [w["text"] for w in final["words"]][3:6] == ["is", "[REDACTED]", "[REDACTED]"]
+    assert final["words"][-1] == {"text": "march", "start": 9.0, "end": 9.25, "confidence": 0.9}
+    assert _render(event, False, [])["normalised"] == "my card number is 4539148803436467 and i paid £12.50 on 3 March"
+    partial = _render(StreamEvent("partial", "i paid twelve pounds", 0.0, 1.0), True, [])
+    assert "normalised" not in partial  # a partial is gone a moment later: its final is written out
+
+
 @pytest.mark.parametrize(("heard", "partial", "shown"), [
     (["my", "card", "number", "is"], "four five three", "[NUMBER]"),  # the first digits of a card being read
     ([], "it is zero three", "it is [NUMBER]"),
