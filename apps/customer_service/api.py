@@ -20,6 +20,7 @@ import datetime as dt
 import functools
 import hashlib
 import logging
+import shutil
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
@@ -283,7 +284,13 @@ async def analyze_call(
         return JSONResponse(CallAccepted(id=job_id, status="running", result_url=url).model_dump(), status_code=202,
                             headers={"Location": url, "Preference-Applied": "respond-async"})
     result = await analyse()
-    result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
+    try:
+        result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
+    except Exception:
+        # not stored, so never acknowledged: its redacted recording goes too, or it would outlive it beyond erasure
+        for folder in request.app.state.artefacts(_stored(result)):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     return CallAnalysis(id=result_id, **result)
 
 
@@ -406,7 +413,8 @@ async def erase_call(
     row = await stored_result(store, APP, result_id, f"no result {result_id!r}")
     if job_status(row["payload"] or {}) == "running":
         raise ApiError(409, "still_running", "the call is still being analysed; erase it once it has finished")
-    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role)
+    await asyncio.to_thread(erase_result, store, APP, row, request.app.state.artefacts, reason="request", role=who.role,
+                            key_id=who.key_id)
     return Response(status_code=204)
 
 

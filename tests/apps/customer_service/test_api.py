@@ -273,6 +273,26 @@ def test_redacted_audio_is_a_link_to_a_wav_kept_with_the_result(client):
     assert client.get(f"/v1/results/{r.json()['id']}").json()["payload"]["redacted_audio"]["url"] == link["url"]
     assert client.get("/v1/audio/" + "0" * 32 + "/redacted.wav").status_code == 404
     assert client.get("/v1/audio/..%2f..%2fcs.db/redacted.wav").status_code == 404
+
+
+def test_a_call_the_database_cannot_take_is_a_503_and_leaves_no_recording(client, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    store = client.app.state.store
+    recordings = set(client.app.state.settings.artefact_dir.rglob("*.wav"))
+
+    def locked(*args, **kwargs):
+        raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(store, "save_results", locked)
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.5)), "audio/wav")},
+                    data={"redact_audio": "true", "output_mode": "text"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "storage_unavailable", r.text
+    assert set(client.app.state.settings.artefact_dir.rglob("*.wav")) == recordings  # its recording went with it
+    monkeypatch.undo()
+    r = client.post("/v1/calls:analyze", files={"audio": ("call.wav", wav_bytes(tone(1.5)), "audio/wav")},
+                    data={"redact_audio": "true", "output_mode": "text"})
+    assert len(set(client.app.state.settings.artefact_dir.rglob("*.wav")) - recordings) == 1  # stored: it stays
     r = client.post("/v1/calls:analyze", data={"text": "hello", "redact_audio": "true"})
     assert r.status_code == 422 and "audio file" in r.json()["error"]["message"]
 
