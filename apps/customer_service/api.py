@@ -279,7 +279,8 @@ async def analyze_call(
             raise ApiError(503, "overloaded", f"{batcher.queue_depth} calls are queued; retry in {retry} s",
                            headers={"Retry-After": str(retry)})
         # the job's record is committed before the 202; a voice reply is kept whole (no other way to fetch it)
-        job_id = await start_job(store, APP, "call", request_id, who.role, analyse)
+        job_id = await start_job(store, APP, "call", request_id, who.role, analyse,
+                                 on_unstored=functools.partial(_remove_files, request.app.state.artefacts))
         url = f"{root}/v1/results/{job_id}"
         return JSONResponse(CallAccepted(id=job_id, status="running", result_url=url).model_dump(), status_code=202,
                             headers={"Location": url, "Preference-Applied": "respond-async"})
@@ -287,11 +288,16 @@ async def analyze_call(
     try:
         result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
     except Exception:
-        # not stored, so never acknowledged: its redacted recording goes too, or it would outlive it beyond erasure
-        for folder in request.app.state.artefacts(_stored(result)):
-            shutil.rmtree(folder, ignore_errors=True)
+        _remove_files(request.app.state.artefacts, _stored(result))
         raise
     return CallAnalysis(id=result_id, **result)
+
+
+def _remove_files(artefacts, payload: dict) -> None:
+    """A call that could not be stored was never acknowledged: its redacted recording goes too, or it would
+    outlive it beyond the reach of any erasure."""
+    for folder in artefacts(payload):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 class CallSummary(BaseModel):

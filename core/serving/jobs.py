@@ -41,12 +41,16 @@ OUTCOME_ATTEMPTS = 5
 
 
 async def start_job(store: ResultStore, app: str, kind: str, request_id: str | None, role: str | None,
-                    work: Callable[[], Awaitable[dict[str, Any]]], heartbeat_s: float = HEARTBEAT_S) -> str:
+                    work: Callable[[], Awaitable[dict[str, Any]]], heartbeat_s: float = HEARTBEAT_S,
+                    on_unstored: Callable[[dict[str, Any]], None] | None = None) -> str:
     """Commit a ``running`` record, start ``work`` in the background, return the record's id.
 
     ``work`` returns the payload to store (what the synchronous route would persist); an
     :class:`ApiError` it raises is stored as the job's error, anything else as an internal error
-    (its type only: messages can carry the caller's data)."""
+    (its type only: messages can carry the caller's data). The record keeps beating until the outcome is
+    stored, retries included, so a client polling meanwhile reads ``running``, not ``interrupted``.
+    ``on_unstored(payload)``: what to undo when the outcome could not be stored at all (files the work
+    wrote for it, which no stored record would name, so nothing could erase them)."""
     job_id = await store.asave_result(app, kind, request_id, _running(), role=role)
 
     async def beat() -> None:
@@ -60,27 +64,41 @@ async def start_job(store: ResultStore, app: str, kind: str, request_id: str | N
     async def run() -> None:
         beating = asyncio.get_running_loop().create_task(beat())
         try:
-            payload = {"status": "done", **(await work())}
-        except ApiError as exc:
-            payload = {"status": "failed", "error": {"status": exc.status_code, "code": exc.code, "message": exc.message}}
-        except Exception as exc:  # noqa: BLE001 - a job must always end with a stored outcome
-            log.error("job %s (%s/%s) failed: %s", job_id, app, kind, type(exc).__name__)
-            payload = {"status": "failed", "error": {"status": 500, "code": "internal_error",
-                                                     "message": f"the job failed ({type(exc).__name__}); send it again"}}
+            try:
+                payload = {"status": "done", **(await work())}
+            except ApiError as exc:
+                payload = {"status": "failed", "error": {"status": exc.status_code, "code": exc.code, "message": exc.message}}
+            except Exception as exc:  # noqa: BLE001 - a job must always end with a stored outcome
+                log.error("job %s (%s/%s) failed: %s", job_id, app, kind, type(exc).__name__)
+                payload = {"status": "failed", "error": {"status": 500, "code": "internal_error",
+                                                         "message": f"the job failed ({type(exc).__name__}); send it again"}}
+            if not await _store_outcome(store, job_id, payload) and on_unstored is not None:
+                try:
+                    await asyncio.to_thread(on_unstored, payload)
+                except Exception as exc:  # noqa: BLE001
+                    log.error("job %s: its unstored outcome's files could not be removed: %s", job_id, type(exc).__name__)
         finally:
             beating.cancel()
-        for attempt in range(OUTCOME_ATTEMPTS):  # a database busy for a while must not cost a finished job
-            try:
-                await store.aupdate_result(job_id, payload)
-                break
-            except Exception as exc:  # noqa: BLE001
-                log.error("job %s: could not store its outcome (attempt %d): %s", job_id, attempt + 1, type(exc).__name__)
-                await asyncio.sleep(min(2.0 ** attempt, 30.0))
 
     task = asyncio.get_running_loop().create_task(run(), name=f"job-{job_id}")
     _LIVE.add(task)
     task.add_done_callback(_LIVE.discard)
     return job_id
+
+
+async def _store_outcome(store: ResultStore, job_id: str, payload: dict[str, Any]) -> bool:
+    """The outcome over the running record, retried with growing pauses: a database busy for a while must not
+    cost a finished job. Whether it was stored."""
+    for attempt in range(OUTCOME_ATTEMPTS):
+        try:
+            await store.aupdate_result(job_id, payload)
+            return True
+        except Exception as exc:  # noqa: BLE001
+            log.error("job %s: could not store its outcome (attempt %d of %d): %s", job_id, attempt + 1,
+                      OUTCOME_ATTEMPTS, type(exc).__name__)
+            if attempt + 1 < OUTCOME_ATTEMPTS:
+                await asyncio.sleep(min(2.0 ** attempt, 30.0))
+    return False
 
 
 def job_status(payload: dict[str, Any], stale_after_s: float = STALE_AFTER_S) -> str | None:

@@ -47,16 +47,21 @@ def erase_result(store: ResultStore, app: str, row: dict[str, Any], artefacts: A
     payload = row.get("payload") or {}
     removed, left = 0, 0
     for path in artefacts(payload) if artefacts else []:
+        if not path.exists():
+            continue
         try:
             if path.is_dir():
                 shutil.rmtree(path)
-                removed += 1
-            elif path.exists():
-                path.unlink(missing_ok=True)
-                removed += 1
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another erasure of the same result (a retention pass, a second DELETE) took it
+            pass
         except OSError as exc:
             log.warning("a result's file could not be removed: %s", type(exc).__name__, extra={"app": app})
+        if path.exists():
             left += 1
+        else:
+            removed += 1
     if left:
         raise ErasureIncomplete(left)
     if store.delete_result(row["id"]):
@@ -70,18 +75,21 @@ def purge_expired(store: ResultStore, app: str, retention_days: float, artefacts
     """Erase ``app``'s results older than ``retention_days``; returns how many. A background job still
     running is left alone (its outcome has not been stored yet)."""
     before = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=retention_days)
-    erased, seen = 0, set()
+    erased, kept, seen = 0, 0, set()
     while True:
-        rows = [r for r in store.results_before(app, before, limit=batch) if r["id"] not in seen]
+        # the rows kept (running jobs, files that would not go) stay at the head of the oldest: page past them
+        rows = [r for r in store.results_before(app, before, limit=batch, offset=kept) if r["id"] not in seen]
         if not rows:
             return erased
         for row in rows:
             seen.add(row["id"])
             if job_status(row["payload"] or {}) == "running":
+                kept += 1
                 continue
             try:
                 erase_result(store, app, row, artefacts, reason="retention", role=None)
             except ErasureIncomplete:  # logged; the next pass tries again, the other results go on
+                kept += 1
                 continue
             erased += 1
 

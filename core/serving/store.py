@@ -252,10 +252,11 @@ class ResultStore:
                 row["created_at"] = _utc(row["created_at"]).isoformat()
         return rows
 
-    def results_before(self, app: str, before: dt.datetime, limit: int = 500) -> list[dict[str, Any]]:
-        """``app``'s results stored before ``before`` (naive: UTC), oldest first, at most ``limit``."""
+    def results_before(self, app: str, before: dt.datetime, limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
+        """``app``'s results stored before ``before`` (naive: UTC), oldest first, at most ``limit`` after the
+        first ``offset``."""
         query = (select(ResultRow).where(ResultRow.app == app, ResultRow.created_at < _utc(before))
-                 .order_by(ResultRow.created_at).limit(limit))
+                 .order_by(ResultRow.created_at, ResultRow.id).offset(offset).limit(limit))
         with self._sessions() as session:
             return [_result_dict(row) for row in session.scalars(query).all()]
 

@@ -71,3 +71,46 @@ def test_update_of_a_missing_result_raises(tmp_path):
     assert store.update_result(done, {"status": "running"}, only_if_status="running") is False
     assert store.get_result(done)["payload"]["status"] == "done"
     store.close()
+
+
+def test_an_outcome_being_retried_still_reads_running_and_one_never_stored_undoes_its_files(tmp_path, monkeypatch):
+    """The heartbeat used to stop before the retries, so a poller read 'interrupted: send it again' while the
+    outcome was still on its way; and a job whose outcome never landed left its files where no erasure reaches."""
+    import core.serving.jobs as jobs
+
+    store = ResultStore(f"sqlite:///{tmp_path}/jobs.db")
+    monkeypatch.setattr(jobs, "OUTCOME_ATTEMPTS", 2)
+    real_update, outcomes = store.aupdate_result, {"tries": 0, "fail": 2}
+
+    async def busy_for_outcomes(result_id, payload, only_if_status=None):
+        if only_if_status is None:  # the outcome: the database refuses it `fail` times
+            outcomes["tries"] += 1
+            if outcomes["tries"] <= outcomes["fail"]:
+                await asyncio.sleep(0.3)
+                raise RuntimeError("database is locked")
+        return await real_update(result_id, payload, only_if_status)
+
+    monkeypatch.setattr(store, "aupdate_result", busy_for_outcomes)
+    undone = []
+
+    async def main():
+        async def ok():
+            return {"answer": 42, "file": "f1"}
+
+        seen = []
+        job = await start_job(store, "app", "thing", None, None, ok, heartbeat_s=0.05, on_unstored=undone.append)
+        for _ in range(30):  # 1.5 s: both attempts fail, with a 1 s pause between them
+            await asyncio.sleep(0.05)
+            seen.append(job_status(store.get_result(job)["payload"], stale_after_s=0.15))
+        await drain_jobs()
+        return job, seen
+
+    job, seen = asyncio.run(main())
+    assert set(seen) == {"running"}, seen  # never 'interrupted' while the outcome was being retried
+    assert undone == [{"status": "done", "answer": 42, "file": "f1"}]  # never stored: its files undone
+    assert store.get_result(job)["payload"]["status"] == "running"
+
+    outcomes.update(tries=0, fail=1)
+    undone.clear()
+    job, _ = asyncio.run(main())
+    assert store.get_result(job)["payload"] == {"status": "done", "answer": 42, "file": "f1"} and undone == []

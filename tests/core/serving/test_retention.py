@@ -109,3 +109,38 @@ def test_an_erasure_whose_files_will_not_go_keeps_the_result_and_says_so(tmp_pat
     assert purge_expired(store, "medical", 30, lambda p: [folder]) == 0  # retried by the next pass, not recorded
     monkeypatch.undo()
     assert purge_expired(store, "medical", 30, lambda p: [folder]) == 1 and not folder.exists()
+
+
+def test_a_file_another_erasure_took_first_counts_as_removed(tmp_path, monkeypatch):
+    """Two erasures of one result at once (a DELETE during a retention pass): the second used to answer 503
+    'nothing was erased' for a result that was gone."""
+    import shutil
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    folder = tmp_path / "art" / "a1"
+    folder.mkdir(parents=True)
+    (folder / "slice_0.png").write_bytes(b"png")
+    result_id = store.save_result("medical", "study", None, {"artefact_id": "a1"})
+    real_rmtree = shutil.rmtree
+
+    def raced(path, *args, **kwargs):  # the other erasure removes the folder just before this one does
+        real_rmtree(path)
+        raise FileNotFoundError(2, "No such file or directory")
+
+    monkeypatch.setattr(shutil, "rmtree", raced)
+    assert erase_result(store, "medical", store.get_result(result_id), lambda p: [folder], reason="request",
+                        role="admin") == 1
+    assert store.get_result(result_id) is None and len(store.list_audit("medical", action=ERASE_ACTION)) == 1
+
+
+def test_a_retention_pass_pages_past_results_it_must_keep(tmp_path):
+    """Kept rows (running jobs, files that would not go) at the head of the oldest stopped the pass: with a
+    batch of two, two kept rows hid every expired result behind them, pass after pass."""
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    now = dt.datetime.now(dt.UTC).isoformat()
+    ids = [store.save_result("a", "k", None, {"status": "running", "heartbeat": now}) for _ in range(2)]
+    ids += [store.save_result("a", "k", None, {"n": n}) for n in range(3)]
+    for age, result_id in zip((50, 49, 48, 47, 46), ids, strict=True):
+        _age(store, result_id, age)
+    assert purge_expired(store, "a", 30, None, batch=2) == 3
+    assert sorted(r["id"] for r in store.list_results("a")) == sorted(ids[:2])
