@@ -49,35 +49,50 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
     boards (a detector with several workers splits the call across them). ``reclassifier``
     (``reclassify.DefectReclassifier``): relabels the tested image's boxes when the board is read with its
     template, as the service does; its time counts in ``seconds``. Confidences, hence the board scores, are
-    the detector's either way."""
+    the detector's either way.
+
+    Returns ``top`` with one entry per board for every kind (NaN for a board without a template, which has
+    no defect-free inputs) and ``modes``, each board's primary defect-free kind (``board_inputs``): a board
+    is read with or without its template on its own, as the service reads each request."""
     from apps.industrial.detector import detect
     from apps.industrial.service import TEMPLATE_MIN_DIFF, template_support
 
     min_diff = TEMPLATE_MIN_DIFF if refute_min_diff is None else refute_min_diff
-    dets_test, top, seconds, n = [], {"test": [], "template": [], "repaired": []}, 0.0, 0
-    primary = None
+    dets_test, top, modes, seconds, n = [], {"test": [], "template": [], "repaired": []}, [], 0.0, 0
     for first in range(0, len(samples), boards_per_call):
         boards = [board_inputs(s, config, use_template) for s in samples[first : first + boards_per_call]]
-        primary = [b.pop("primary_clean") for b in boards][0]
+        board_modes = [b.pop("primary_clean") for b in boards]
         references = [b.pop("reference") for b in boards]
-        calls = [(b, kind) for b in boards for kind in b]
-        reference_of = [ref for b, ref in zip(boards, references) for _ in b]
+        calls = [(i, kind) for i, b in enumerate(boards) for kind in b]
         start = time.perf_counter()
-        found = detect(model, [b[kind] for b, kind in calls], config, conf=config.nms_conf if nms_conf is None else nms_conf)
-        if reclassifier is not None and primary == "repaired":
-            found = [reclassifier.relabel(dets, b[kind].encoded, nms_iou=config.iou) if kind == "test" else dets
-                     for (b, kind), dets in zip(calls, found)]
+        found = detect(model, [boards[i][kind] for i, kind in calls], config,
+                       conf=config.nms_conf if nms_conf is None else nms_conf)
+        if reclassifier is not None:  # the tested image of a board read with its template, as the service does
+            found = [reclassifier.relabel(dets, boards[i][kind].encoded, nms_iou=config.iou)
+                     if kind == "test" and board_modes[i] == "repaired" else dets
+                     for (i, kind), dets in zip(calls, found)]
         seconds += time.perf_counter() - start
         n += len(calls)
-        for (b, kind), ref, dets in zip(calls, reference_of, found):
+        scores = [{"template": np.nan, "repaired": np.nan} for _ in boards]
+        for (i, kind), dets in zip(calls, found):
+            ref = references[i]
             # encoded channel 0 is the (binarised) input image itself, which template_support binarises anyway
-            decisive = dets if ref is None else [d for d in dets if template_support(b[kind].encoded[..., 0], ref, d.box_px) >= min_diff]
-            top[kind].append(max((d.confidence for d in decisive), default=0.0))
+            decisive = dets if ref is None else [d for d in dets if template_support(boards[i][kind].encoded[..., 0], ref, d.box_px) >= min_diff]
+            scores[i][kind] = max((d.confidence for d in decisive), default=0.0)
             if kind == "test":
                 dets_test.append(dets)
+        for board in scores:
+            for kind in top:
+                top[kind].append(board[kind])
+        modes += board_modes
         if progress and (first // boards_per_call + 1) % 25 == 0:
             print(f"  {first + len(boards)}/{len(samples)} boards", flush=True)
-    return dets_test, {k: np.array(v) for k, v in top.items()}, primary, seconds, n
+    return dets_test, {k: np.array(v, dtype=float) for k, v in top.items()}, modes, seconds, n
+
+
+def primary_clean_scores(top: dict[str, np.ndarray], modes: list[str]) -> np.ndarray:
+    """Each board's defect-free score on its primary defect-free input (NaN for a board without a template)."""
+    return np.array([top[mode][i] for i, mode in enumerate(modes)], dtype=float)
 
 
 def choose_threshold(defective: np.ndarray, clean: np.ndarray, slack: float = 0.01) -> float:
@@ -122,7 +137,10 @@ def evaluate_deeppcb(
     ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
     detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
     boards with one. Boards read with their template are decided as the service decides them: boxes the
-    template refutes do not count (``board_scores``). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
+    template refutes do not count (``board_scores``). Each board is read with or without its template on its own
+    and decided at that path's threshold: a set where some boards lack their template gives ``template_used``
+    between 0 and 1 (the service sends such boards to its image-only detector; ``use_template=False`` on the
+    image-only bundle measures that path). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
     of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions, the
     inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
     """
@@ -144,30 +162,43 @@ def evaluate_deeppcb(
                         else load_detector(bundle_dir))
     if binarize is not None:
         config.binarize = binarize
-    dets, top, primary, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
-                                                        reclassifier=reclassifier, boards_per_call=max(1, workers))
-    template_mode = primary == "repaired"
-    threshold = config.decision_threshold(template_mode)
+    dets, top, modes, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
+                                                      reclassifier=reclassifier, boards_per_call=max(1, workers))
+    # each board is decided at the threshold of the way it was read: with its template or without
+    with_template = np.array([mode == "repaired" for mode in modes])
+    thresholds = np.where(with_template, config.decision_threshold(True), config.decision_threshold(False))
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
-    test_max, clean_max = top["test"], top[primary or "template"]
-    def rate(x, t):
-        return float((x >= t).mean()) if len(x) else float("nan")
+    test_max, clean_max = top["test"], primary_clean_scores(top, modes)
+
+    def rate(x, t):  # the share of boards (those with a score) at or above their threshold
+        known = ~np.isnan(x)
+        return float((x[known] >= np.broadcast_to(t, x.shape)[known]).mean()) if known.any() else float("nan")
+
     result = {
         "map50": scores.map50,
         "map50_95": scores.map50_95,
         "precision": scores.precision,
         "recall": scores.recall,
-        "board_false_alarm_rate": rate(clean_max, threshold),
-        "board_recall": rate(test_max, threshold),
+        "board_false_alarm_rate": rate(clean_max, thresholds),
+        "board_recall": rate(test_max, thresholds),
         "images_per_second": n_timed / seconds if seconds else 0.0,
         "n_boards": float(len(test_max)),
-        "n_templates": float(len(top["template"])),
-        "decision_threshold": float(threshold),
-        "template_used": float(template_mode),
-        "board_fa_templates": rate(top["template"], threshold),
-        "board_fa_repaired": rate(top["repaired"], threshold),
-        "reclassified": float(reclassifier is not None and template_mode),
+        "n_templates": float((~np.isnan(top["template"])).sum()),
+        # the threshold most boards were decided at; both are listed for a template-aware model
+        "decision_threshold": float(config.decision_threshold(bool(with_template.mean() >= 0.5))),
+        "template_used": float(with_template.mean()),  # the share of boards read with their template
+        "board_fa_templates": rate(top["template"], thresholds),
+        "board_fa_repaired": rate(top["repaired"], thresholds),
+        "reclassified": float(with_template.mean()) if reclassifier is not None else 0.0,
     }
+    if 0 < with_template.mean() < 1:
+        import warnings
+
+        warnings.warn(f"{int((~with_template).sum())} of {len(modes)} boards have no template: they were read by this "
+                      "detector on the image alone, at its threshold without a template", stacklevel=2)
+    if config.input == "template-diff":
+        result["decision_threshold_template"] = float(config.decision_threshold(True))
+        result["decision_threshold_no_template"] = float(config.decision_threshold(False))
     result.update({f"ap50_{k}": v for k, v in scores.per_class_ap50.items()})
     # Where a lower or higher threshold would put the two board-level error rates (for the card).
     for t in (0.1, 0.25, 0.5, 0.7):
@@ -201,8 +232,11 @@ def select_thresholds(bundle_dir: Path, root: Path, split: str | Path, every: in
     out = {"n_boards": float(len(samples))}
     paths = (True, False) if config.input == "template-diff" else (False,)
     for use_template in paths:
-        _, top, primary, _, _ = board_scores(model, config, samples, use_template, nms_conf=0.05, progress=progress)
-        clean = np.concatenate([top["template"], top["repaired"]]) if primary == "template" else top["repaired"]
+        _, top, modes, _, _ = board_scores(model, config, samples, use_template, nms_conf=0.05, progress=progress)
+        read_alone = np.array([mode == "template" for mode in modes])
+        # read without the template, the template itself is a defect-free board too; with it, it is trivially clean
+        clean = np.concatenate([top["template"][read_alone], top["repaired"]])
+        clean = clean[~np.isnan(clean)]
         key = "conf" if use_template or config.input == "gray" else "conf_no_template"
         out[key] = choose_threshold(top["test"], clean, slack)
         out[f"{key}_train_recall"] = float((top["test"] >= out[key]).mean())

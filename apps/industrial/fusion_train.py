@@ -50,7 +50,7 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
     from apps.industrial.benchmark import _logit
     from apps.industrial.data import load_deeppcb
     from apps.industrial.detector import load_onnx_detector
-    from apps.industrial.evaluate import board_scores
+    from apps.industrial.evaluate import board_scores, primary_clean_scores
 
     samples = [s for s in load_deeppcb(deeppcb, split or SPLITS / "deeppcb_val.txt") if s.group in groups]
     if not samples:
@@ -60,9 +60,12 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
     leaked = sorted(set(groups) - set(held_out) - set(DEEPPCB_VAL_GROUPS)) if held_out is not None else []
     if leaked:
         raise ValueError(f"{bundle_dir} was trained on board groups {leaked}; calibrate it on held-out groups {held_out}")
-    _, top, primary, _, _ = board_scores(model, config, samples, True, nms_conf=0.05)
-    x = np.concatenate([top["test"], top[primary]])
-    y = np.concatenate([np.ones(len(top["test"])), np.zeros(len(top[primary]))])
+    _, top, modes, _, _ = board_scores(model, config, samples, True, nms_conf=0.05)
+    clean = primary_clean_scores(top, modes)
+    clean = clean[~np.isnan(clean)]
+    primary = max(set(modes), key=modes.count)  # for the card: what the defect-free boards mostly were
+    x = np.concatenate([top["test"], clean])
+    y = np.concatenate([np.ones(len(top["test"])), np.zeros(len(clean))])
     lr = LogisticRegression(C=10.0).fit(_logit(np.clip(x, 1e-4, 1 - 1e-4))[:, None], y)
     paired = "+template" if config.input == "template-diff" else ""  # an image-only detector sees no template
     platt = {"a": float(lr.coef_[0, 0]), "b": float(lr.intercept_[0]), "fitted_on": f"{', '.join(groups)} ({len(samples)} boards, "

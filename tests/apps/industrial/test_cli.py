@@ -162,3 +162,26 @@ def test_train_defect_classifier_refuses_crops_that_are_not_an_npz(tmp_path):
     crops.write_bytes(b"nope")
     r = CliRunner().invoke(app, ["train", "--part", "defect-classifier", "--crops", str(crops), "--out", str(tmp_path / "o")])
     assert isinstance(r.exception, ValueError) and "not a NumPy .npz archive" in str(r.exception)
+
+
+def test_eval_deeppcb_reads_each_board_with_or_without_its_template_whatever_the_order(tmp_path, tiny_bundles):
+    """One board without its template used to switch the whole run (mode, threshold, reclassifier) to that
+    board's path when it came last in the list, and not when it came first."""
+    root = make_deeppcb(tmp_path / "deeppcb")
+    (root / "PCBData" / "group13000" / "13000" / "13000001_temp.jpg").unlink()
+    lines = (root / "PCBData" / "trainval.txt").read_text().split()
+    pairs = [" ".join(lines[i:i + 2]) for i in range(0, len(lines), 2)]
+    results = []
+    for name, order in (("last.txt", pairs), ("first.txt", pairs[::-1])):
+        (root / "PCBData" / name).write_text("\n".join(order) + "\n")
+        out = tmp_path / f"{name}.json"
+        r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", name, "--json", str(out),
+                                        "--detector", str(tiny_bundles / "detector_template"), "--threads", "1",
+                                        "--backend", "torch", "--no-classifier"])
+        assert r.exit_code == 0, r.output
+        results.append(json.loads(out.read_text()))
+    last, first = results
+    assert last["template_used"] == first["template_used"] == 0.75 and last["n_templates"] == 3
+    assert "decision_threshold_template" in last and "decision_threshold_no_template" in last
+    for key in ("board_false_alarm_rate", "board_recall", "map50", "board_fa_repaired", "decision_threshold"):
+        assert last[key] == pytest.approx(first[key], abs=1e-9), key

@@ -259,8 +259,8 @@ def test_board_scores_drop_boxes_the_template_refutes_as_the_service_does(tiny_b
     (tmp_path / "t.png").write_bytes(board_png(seed=3, defect=True))
     (tmp_path / "r.png").write_bytes(board_png(seed=3))
     sample = PcbSample(tmp_path / "t.png", tmp_path / "r.png", np.array([[60, 10, 66, 15]], np.float32), np.array([0]))
-    dets, top, primary, *_ = board_scores(model, config, [sample], True, nms_conf=0.5)
-    assert primary == "repaired" and TEMPLATE_MIN_DIFF > 0
+    dets, top, modes, *_ = board_scores(model, config, [sample], True, nms_conf=0.5)
+    assert modes == ["repaired"] and TEMPLATE_MIN_DIFF > 0
     # the template read against itself differs nowhere: every box is refuted and the board passes, as in the service
     assert top["template"][0] == 0.0
     assert len(dets[0]) > 1  # the listed detections (for mAP) keep the refuted boxes
