@@ -491,6 +491,26 @@ def _session_whose_client_left(stream_pool, pcm: bytes, *, end: bool) -> tuple[R
     return call, sent
 
 
+def _cut_sentence() -> bytes:
+    """2 s of PCM that stop mid-sentence: a line dropped while the caller speaks."""
+    gap = np.zeros(8_000, dtype=np.float32)
+    return _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]
+
+
+def _send(ws, pcm: bytes) -> None:
+    for off in range(0, len(pcm), CHUNK):
+        ws.send_bytes(pcm[off:off + CHUNK])
+
+
+def _wait_stored(call, seconds: float = 5.0) -> None:
+    import time
+
+    for _ in range(int(seconds / 0.05)):
+        if call.closed:
+            return
+        time.sleep(0.05)
+
+
 @pytest.mark.timeout(60)
 def test_a_call_whose_end_arrived_is_stored_though_its_client_left(stream_pool, call_audio):
     """The server held the whole call and its end message; it used to stop at the first send that failed
@@ -514,9 +534,7 @@ def test_a_call_whose_client_left_without_its_end_is_stored_with_a_warning(strea
 def test_a_call_cut_mid_sentence_keeps_that_sentence(stream_pool):
     """A dropped line cuts the caller mid-sentence: the utterance under way used to be lost with the decoder, so
     the stored call held nothing of it. It is closed as a last final and read into the call."""
-    gap = np.zeros(8_000, dtype=np.float32)
-    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
-    call, _ = _session_whose_client_left(stream_pool, pcm, end=False)
+    call, _ = _session_whose_client_left(stream_pool, _cut_sentence(), end=False)
     assert len(call.finals) == 1 and call.finals[0].strip()
     assert call.closed[0][0] == pytest.approx(2.0)
     assert "without its end message" in call.closed[0][1]
@@ -525,29 +543,21 @@ def test_a_call_cut_mid_sentence_keeps_that_sentence(stream_pool):
 
 @pytest.mark.timeout(60)
 def test_a_session_closed_for_idling_sends_and_keeps_the_sentence_under_way(stream_pool):
-    import time
-
     call = RecordedCall()
     app = FastAPI()
     app.include_router(create_stream_router(pool=stream_pool, idle_timeout_s=0.8,
                                             live_call=lambda app, **kw: call))
-    gap = np.zeros(8_000, dtype=np.float32)
-    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
     with TestClient(app) as c:
         with c.websocket_connect("/v1/stream") as ws:
             assert ws.receive_json()["type"] == "ready"
-            for off in range(0, len(pcm), CHUNK):
-                ws.send_bytes(pcm[off:off + CHUNK])
+            _send(ws, _cut_sentence())
             messages = [ws.receive_json()]
             while messages[-1]["type"] != "error":
                 messages.append(ws.receive_json())
             finals = [m for m in messages if m["type"] == "final"]
             assert len(finals) == 1 and finals[0]["text"].strip(), messages
             assert messages[-1]["code"] == "idle"
-        for _ in range(100):
-            if call.closed:
-                break
-            time.sleep(0.05)
+        _wait_stored(call)
     assert call.finals == [finals[0]["text"]] and "without its end message" in call.closed[0][1]
     stream_pool.release(stream_pool.acquire(timeout_s=5.0))
 
@@ -566,19 +576,13 @@ def test_a_call_whose_end_arrived_is_stored_though_its_handler_is_cancelled(stre
     call = SlowCall()
     app = FastAPI()
     app.include_router(create_stream_router(pool=stream_pool, live_call=lambda app, **kw: call))
-    gap = np.zeros(8_000, dtype=np.float32)
-    pcm = _pcm(np.concatenate([gap, speak("My card was stolen yesterday")]))[: 2 * 16_000 * 2]  # cut mid-speech
     with TestClient(app) as c:
         with c.websocket_connect("/v1/stream") as ws:
             assert ws.receive_json()["type"] == "ready"
-            for off in range(0, len(pcm), CHUNK):
-                ws.send_bytes(pcm[off:off + CHUNK])
+            _send(ws, _cut_sentence())
             ws.send_text(json.dumps({"type": "end"}))
             while ws.receive_json()["type"] != "final":  # the only final: the end message was read
                 pass
-        for _ in range(100):
-            if call.closed:
-                break
-            time.sleep(0.05)
+        _wait_stored(call)
     assert len(call.finals) == 1 and call.closed == [(pytest.approx(2.0), None)]
     stream_pool.release(stream_pool.acquire(timeout_s=5.0))
