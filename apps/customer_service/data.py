@@ -3,12 +3,16 @@
 Every loader takes the dataset folder (or file) exactly as shipped, so the hidden evaluation parts
 (RAVDESS actors 19-24, Emo-DB speakers 10/14/16, BANKING77 test.csv, GoEmotions test.tsv) can be
 dropped in unchanged. Only stdlib + numpy at import; audio decoding is lazy.
+
+Text files are read as ``utf-8-sig``: Excel and Windows tools save CSV/TSV with a byte-order mark,
+which plain ``utf-8`` would glue onto the first column's name.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +50,7 @@ def detect_emotion_corpus(root: str | Path) -> str:
     root = Path(root)
     labels = root / "labels.csv"
     if labels.is_file():
-        with labels.open(newline="") as f:
+        with labels.open(newline="", encoding="utf-8-sig") as f:
             header = next(csv.reader(f), [])
         if "actor" in header and "path" in header:
             return "ravdess"
@@ -58,16 +62,27 @@ def detect_emotion_corpus(root: str | Path) -> str:
     )
 
 
+def require_audio_files(clips: list[VoiceClip], labels: Path) -> list[VoiceClip]:
+    """``clips``, refused when ``labels`` lists audio that is not there: found at load time, the gap names the
+    files; found by the decoder, mid-way through feature extraction, it is a bare libsndfile "System error"."""
+    missing = [c.path for c in clips if not c.path.is_file()]
+    if missing:
+        first = ", ".join(map(str, missing[:3]))
+        raise ValueError(f"{labels} lists {len(missing)} audio file(s) that do not exist "
+                         f"(first: {first}{', ...' if len(missing) > 3 else ''})")
+    return clips
+
+
 def load_ravdess(root: str | Path) -> list[VoiceClip]:
     root = Path(root)
     clips = []
-    with (root / "labels.csv").open(newline="") as f:
+    with (root / "labels.csv").open(newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             clips.append(VoiceClip(
                 path=root / row["path"], label=row["emotion"], speaker=f"ravdess:{int(row['actor']):02d}",
                 corpus="ravdess", text=row["statement"],
             ))
-    return clips
+    return require_audio_files(clips, root / "labels.csv")
 
 
 # Emo-DB's ten sentence codes; texts from the corpus documentation (German). Used only as the
@@ -89,14 +104,14 @@ EMODB_SENTENCES = {
 def load_emodb(root: str | Path) -> list[VoiceClip]:
     root = Path(root)
     clips = []
-    with (root / "labels.csv").open(newline="") as f:
+    with (root / "labels.csv").open(newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             clips.append(VoiceClip(
                 path=root / "wav" / row["filename"], label=EMODB_TO_VOICE[row["emotion"]],
                 speaker=f"emodb:{row['speaker_id']}", corpus="emodb",
                 text=EMODB_SENTENCES.get(row["sentence_code"], row["sentence_code"]),
             ))
-    return clips
+    return require_audio_files(clips, root / "labels.csv")
 
 
 def load_emotion_corpus(root: str | Path) -> tuple[str, list[VoiceClip]]:
@@ -129,7 +144,7 @@ def load_banking77(csv_path: str | Path) -> tuple[list[str], list[str]]:
     first and would otherwise fail much later with a message about empty arrays."""
     texts, cats = [], []
     try:
-        with Path(csv_path).open(newline="", encoding="utf-8") as f:
+        with Path(csv_path).open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             missing = [c for c in BANKING77_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
@@ -150,16 +165,29 @@ def banking77_categories(folder: str | Path) -> list[str]:
     return list(json.loads((Path(folder) / "categories.json").read_text()))
 
 
+_HEADER_FIELD = re.compile(r"[A-Za-z_ ]+")  # "labels", "label_ids": a column name, never label indices
+
+
 def load_goemotions(tsv_path: str | Path) -> tuple[list[str], list[list[int]]]:
-    """(texts, label-index lists) from a GoEmotions ``text<TAB>ids<TAB>comment_id`` TSV (no header)."""
+    """(texts, label-index lists) from a GoEmotions ``text<TAB>ids<TAB>comment_id`` TSV.
+
+    The published files have no header, but a pandas or Hugging Face export of them writes one
+    (``text<TAB>labels<TAB>id``): a first row whose label field is a word is that header and is skipped.
+    Any other label field that is not comma-separated indices is refused with its file and line."""
     texts, labels = [], []
-    with Path(tsv_path).open(encoding="utf-8") as f:
-        for line in f:
-            parts = line.rstrip("\n").split("\t")
+    with Path(tsv_path).open(encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, start=1):
+            parts = line.rstrip("\r\n").split("\t")
             if len(parts) < 2:
                 continue
+            ids = [x.strip() for x in parts[1].split(",") if x.strip() != ""]
+            if not all(x.isascii() and x.isdigit() for x in ids):
+                if not texts and _HEADER_FIELD.fullmatch(parts[1].strip()):
+                    continue
+                raise ValueError(f"{tsv_path}:{number}: label field {parts[1]!r} is not comma-separated label "
+                                 "indices (GoEmotions rows are text<TAB>ids<TAB>comment_id)")
             texts.append(parts[0])
-            labels.append([int(x) for x in parts[1].split(",") if x.strip() != ""])
+            labels.append([int(x) for x in ids])
     return texts, labels
 
 

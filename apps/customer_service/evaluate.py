@@ -78,7 +78,7 @@ def evaluate_dialogue(folder: str | Path, intent_bundle: str | Path | None = Non
     names = list(acts.config.acts)
     out: dict[str, float] = {}
     if turns_file.is_file():
-        rows = [json.loads(line) for line in turns_file.read_text().splitlines() if line.strip()]
+        rows = [json.loads(line) for line in turns_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         unknown = sorted({a for r in rows for a in r["acts"]} - set(names))
         if unknown:
             raise ValueError(f"{turns_file}: acts not among {names}: {unknown}")
@@ -91,7 +91,7 @@ def evaluate_dialogue(folder: str | Path, intent_bundle: str | Path | None = Non
             out[f"request_accuracy_{style}"] = round(float(((proba[m, j] >= acts.config.threshold) == (targets[m, j] == 1)).mean()), 4)
             out[f"turns_{style}"] = int(m.sum())
     if calls_file.is_file():
-        calls = [json.loads(line) for line in calls_file.read_text().splitlines() if line.strip()]
+        calls = [json.loads(line) for line in calls_file.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
         intent = load_text_classifier(intent_bundle or settings.intent_bundle)
         unknown = sorted({a for c in calls for a in c["asked"]} - set(intent.config.labels))
         if unknown:
@@ -125,10 +125,10 @@ def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None
     """GoEmotions Ekman TSV, scored on rows with exactly one label (argmax over the 7 classes)."""
     from apps.customer_service.model import load_text_classifier
 
+    texts, labs = load_goemotions(tsv_path)  # before the model: a wrong file is refused at once
     model = load_text_classifier(bundle or get_settings().text_emotion_bundle)
     if list(model.config.labels) != list(EKMAN_LABELS):
         raise ValueError(f"bundle labels {model.config.labels} are not the Ekman 7")
-    texts, labs = load_goemotions(tsv_path)
     rows = [i for i, lab in enumerate(labs) if len(lab) == 1]
     if not rows:
         raise ValueError(f"{tsv_path}: no single-label rows")
@@ -158,11 +158,11 @@ def evaluate_voice_emotion(root: str | Path, bundle: str | Path | None = None,
     from apps.customer_service.smile import voice_features
     from apps.customer_service.train import speaker_normalize
 
-    settings = get_settings()
-    model = load_voice_model(bundle or settings.voice_emotion_bundle)
-    corpus, clips = load_emotion_corpus(root)
+    corpus, clips = load_emotion_corpus(root)  # before the model: a missing audio file is refused at once
     if not clips:
         raise ValueError(f"{root}: labels.csv lists no clips")
+    settings = get_settings()
+    model = load_voice_model(bundle or settings.voice_emotion_bundle)
     audio = [read_audio(c.path) for c in clips]
     if telephone:
         from apps.customer_service.speech.audio import telephone_band

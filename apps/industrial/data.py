@@ -4,13 +4,15 @@ DeepPCB (``DIR/PCBData/<group>/<id>/<n>_test.jpg``, ``_temp.jpg``, boxes ``x1 y1
 ``<id>_not/<n>.txt``, list files with lines ``<group>/<id>/<n>.jpg <group>/<id>_not/<n>.txt``).
 
 CWRU as re-packaged npz (``*.npz`` with keys DE/FE/BA; label, load and sample rate in the file name:
-``1797_IR_14_DE12.npz`` = 1797 rpm, inner race, 14 mil, drive end at 12 kHz; ``1797_Normal.npz`` is
-the 48 kHz normal baseline).
+``1797_IR_14_DE12.npz`` = 1797 rpm, inner race, 14 mil, drive end at 12 kHz; ``1797_IR_7_FE.npz`` = a
+fan-end bearing fault, always 12 kHz; ``1797_Normal.npz`` is the 48 kHz normal baseline).
 """
 
 from __future__ import annotations
 
+import os
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -348,7 +350,10 @@ def _save_palette_png(rgb: np.ndarray, path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ CWRU
 # <rpm>_ prefix optional (any speed: 1797 / 1772 / 1750 / 1730 rpm for 0-3 HP; missing = 0, unknown).
-_CWRU_NAME = re.compile(r"^(?:(?P<rpm>\d+)_)?(?P<fault>Normal|B|IR|OR@\d+|OR)(?:_(?P<mil>\d+))?(?:_(?P<end>DE|FE)(?P<khz>\d+))?$")
+# <end> is the bearing the fault was seeded in; fan-end (FE) files carry no rate: CWRU recorded them all
+# at 12 kHz (the npz README: "FE data were collected at 12k samples/second").
+_CWRU_NAME = re.compile(r"^(?:(?P<rpm>\d+)_)?(?P<fault>Normal|B|IR|OR@\d+|OR)(?:_(?P<mil>\d+))?(?:_(?P<end>DE|FE)(?P<khz>\d+)?)?$")
+_FAN_END_RATE = 12_000
 
 
 @dataclass
@@ -369,6 +374,8 @@ def parse_cwru_name(name: str) -> dict:
     code = _FAULT_CODE["OR" if fault.startswith("OR") else fault]
     if match["khz"]:
         rate = int(match["khz"]) * 1000
+    elif match["end"] == "FE":
+        rate = _FAN_END_RATE
     elif fault == "Normal":
         rate = 48_000  # CWRU's normal baselines are 48 kHz recordings at every load (MANIFEST, data/README)
     else:
@@ -401,17 +408,35 @@ def numeric_array(archive, key: str, path: Path) -> np.ndarray:
         raise ValueError(f"{path}: array {key!r} is not numeric data") from exc
 
 
+def dataset_files(root: Path, extension: str) -> list[Path]:
+    """Every file under ``root`` whose name ends in ``extension`` in any case (``.NPZ`` written on another OS
+    counts), sorted; hidden files and folders are skipped: macOS leaves ``._<name>`` AppleDouble files beside
+    every file it copies, which carry the extension but hold no data."""
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if not n.startswith(".") and n.lower().endswith(extension)]
+    return sorted(found)
+
+
 def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
     """Every *.npz under ``root`` read from one accelerometer: ``DE`` (the default; a file without it gives
-    its first array), or ``FE`` / ``BA``, which skip the files that lack that channel."""
+    its first array), or ``FE`` / ``BA``, which skip the files that lack that channel.
+
+    Fan-end fault recordings (``*_FE.npz``) are read only for ``FE``: the model learnt drive-end bearing
+    faults, so a fan-end fault seen from another accelerometer is another task, not a held-out drive-end
+    one; they are skipped, and counted in a warning, for ``DE`` and ``BA``."""
     if sensor not in CWRU_SENSORS:
         raise ValueError(f"sensor must be one of {', '.join(CWRU_SENSORS)}, not {sensor!r}")
-    files = sorted(Path(root).rglob("*.npz"))
+    files = dataset_files(Path(root), ".npz")
     if not files:
         raise FileNotFoundError(f"no *.npz files under {root}")
-    recordings = []
+    recordings, fan_end_skipped = [], []
     for f in files:
         meta = parse_cwru_name(f.name)
+        if _CWRU_NAME.match(Path(f.name).stem)["end"] == "FE" and sensor != "FE":
+            fan_end_skipped.append(f.name)
+            continue
         with open_npz(f) as z:
             if sensor not in z.files and sensor != "DE":
                 continue
@@ -424,6 +449,13 @@ def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
         recordings.append(
             VibrationRecording(f, signal.astype(np.float32), meta["rate"], meta["label"], meta["rpm"], meta["mil"])
         )
+    skipped_note = ""
+    if fan_end_skipped:
+        skipped_note = (f"{len(fan_end_skipped)} fan-end fault recording(s) skipped for the {sensor} accelerometer "
+                        f"(read only with sensor FE): {', '.join(fan_end_skipped[:3])}"
+                        f"{', ...' if len(fan_end_skipped) > 3 else ''}")
+        warnings.warn(f"CWRU: {skipped_note}", stacklevel=2)  # as evaluate_deeppcb reports boards read without a template
     if not recordings:
-        raise FileNotFoundError(f"no *.npz file under {root} has the {sensor} channel")
+        raise FileNotFoundError(f"no *.npz file under {root} has the {sensor} channel"
+                                + (f"; {skipped_note}" if skipped_note else ""))
     return recordings

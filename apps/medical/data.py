@@ -4,6 +4,9 @@
   findings, impression) as published by Open-i / Kaggle.
 - Rendered LIDC studies: the folder written by ``triptych data medical render`` (``labels.csv`` plus
   one volume and one report per study). CT ingestion itself lives in ``ingest.py``.
+
+Text files are read as ``utf-8-sig``: a CSV saved by Excel or a Windows tool starts with a byte-order
+mark, which plain ``utf-8`` would glue onto the first column's name (``\ufeffuid``).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def resolve_iu_file(path: str | Path) -> Path:
 def load_iu_reports(path: str | Path) -> list[IUReport]:
     """Read ``indiana_reports.csv`` (a file or the folder holding it)."""
     path = resolve_iu_file(path)
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         missing = [c for c in IU_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -95,11 +98,11 @@ LABELS_FILE = "labels.csv"
 def _read_report(root: Path, row: dict[str, str]) -> str:
     for key in ("report_path", "report_file"):
         if row.get(key):
-            return (root / row[key]).read_text(encoding="utf-8")
+            return (root / row[key]).read_text(encoding="utf-8-sig")
     value = row.get("report", "") or ""
     candidate = root / value
     if value and len(value) < 260 and "\n" not in value and candidate.is_file():
-        return candidate.read_text(encoding="utf-8")
+        return candidate.read_text(encoding="utf-8-sig")
     return value
 
 
@@ -110,7 +113,7 @@ def load_rendered(root: str | Path, patients: tuple[int, int] | None = None) -> 
     if not labels.is_file():
         raise FileNotFoundError(f"{root} has no {LABELS_FILE}; expected a folder written by `triptych data medical render`")
     studies = []
-    with labels.open(newline="", encoding="utf-8") as handle:
+    with labels.open(newline="", encoding="utf-8-sig") as handle:
         reader = csv.DictReader(handle)
         required = {"study_id", "patient_id", "label", "path"}
         missing = required - set(reader.fieldnames or [])
@@ -153,7 +156,7 @@ def rendered_nodule_centres(root: str | Path, with_labels: bool = False
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: the candidate ranker trains on a rendered set's nodules.csv")
     by_study: dict[str, list[dict[str, str]]] = {}
-    with path.open(newline="", encoding="utf-8") as f:
+    with path.open(newline="", encoding="utf-8-sig") as f:
         for row in csv.DictReader(f):
             by_study.setdefault(row["study_id"], []).append(row)
     out: dict[str, tuple[tuple[float, float, float], list[tuple[float, ...]]]] = {}

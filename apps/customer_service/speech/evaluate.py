@@ -5,15 +5,20 @@
 * FSDD: ``<root>/recordings/{digit}_{speaker}_{i}.wav`` (or ``<root>`` is that folder); the
   transcript is the digit word; decoded with the digit grammar; adds ``digit_accuracy``.
 * Sphinx test data: ``<root>/**/*.transcription`` with lines ``<s> words </s> (utt-id)``; audio
-  ``<utt-id>.wav`` beside it, or at the paths of the sibling ``*fileids``.
+  ``<utt-id>.wav`` beside it, or at the paths of the sibling ``*fileids`` (also under ``../wav/``,
+  sphinxtrain's ``etc/`` + ``wav/`` layout).
 
 Scoring text normalisation (applied to reference and hypothesis alike, as Whisper's English
 normaliser does): lower case, punctuation dropped, hyphens split, a few spelling variants unified
 ("mr" -> "mister"). WER is corpus-level: total edits / total reference words.
+
+Trees may come from another OS: extensions match in any case (``.WAV``, ``.FLAC``), and hidden files
+and folders (macOS ``._<name>`` AppleDouble copies, ``.DS_Store``) are never read as data.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
@@ -21,7 +26,7 @@ from pathlib import Path
 from apps.customer_service.speech.grammars import DIGIT_VALUES
 
 _DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-_FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$")
+_FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$", re.IGNORECASE)
 _VARIANTS = {"mr": "mister", "mrs": "missus", "dr": "doctor", "ok": "okay"}
 
 
@@ -32,28 +37,66 @@ def scoring_text(text: str) -> str:
     return " ".join(words)
 
 
+def _is_data_file(name: str, ending: str) -> bool:
+    """Not hidden and ending in ``ending`` in any case: a ``._x.trans.txt`` AppleDouble file holds binary
+    resource data under a transcript's name."""
+    return not name.startswith(".") and name.lower().endswith(ending)
+
+
+def _files_under(root: Path, ending: str):
+    """Data files under ``root`` (hidden folders not entered), in no particular order."""
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        yield from (Path(folder) / n for n in names if _is_data_file(n, ending))
+
+
+def _files_in(folder: Path, ending: str) -> list[Path]:
+    if not folder.is_dir():  # a file given as the dataset: find_layout then says what layouts it expects
+        return []
+    return sorted(p for p in folder.iterdir() if _is_data_file(p.name, ending) and p.is_file())
+
+
+def _read_text(path: Path) -> str:
+    """UTF-8 text (a leading BOM dropped), refused with the file's name when it is not."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+
+
+def _audio_file(stem: Path, extensions: tuple[str, ...], listings: dict[Path, dict[str, Path]]) -> Path | None:
+    """``stem`` + the first of ``extensions`` present, compared without case (``.FLAC`` counts as ``.flac``).
+    ``listings`` caches each folder's visible names: a chapter holds one transcript for dozens of files."""
+    folder = stem.parent
+    if folder not in listings:
+        listings[folder] = ({p.name.lower(): p for p in folder.iterdir() if not p.name.startswith(".")}
+                            if folder.is_dir() else {})
+    names = listings[folder]
+    return next((names[f"{stem.name}{ext}".lower()] for ext in extensions if f"{stem.name}{ext}".lower() in names), None)
+
+
 def find_layout(root: Path) -> str:
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"{root} does not exist")
     rec = root / "recordings" if (root / "recordings").is_dir() else root
-    if any(_FSDD_NAME.match(p.name) for p in rec.glob("*.wav")):
+    if any(_FSDD_NAME.match(p.name) for p in _files_in(rec, ".wav")):
         return "fsdd"
-    if next(root.rglob("*.trans.txt"), None) is not None:
+    if next(_files_under(root, ".trans.txt"), None) is not None:
         return "librispeech"
-    if next(root.rglob("*transcription"), None) is not None:
+    if next(_files_under(root, "transcription"), None) is not None:
         return "sphinx"
     raise ValueError(f"{root}: no LibriSpeech *.trans.txt, FSDD recordings/ or Sphinx *.transcription found")
 
 
 def librispeech_items(root: Path) -> list[tuple[Path, str]]:
-    items = []
-    for trans in sorted(Path(root).rglob("*.trans.txt")):
-        for line in trans.read_text(encoding="utf-8").splitlines():
+    items, listings = [], {}
+    for trans in sorted(_files_under(Path(root), ".trans.txt")):
+        for line in _read_text(trans).splitlines():
             if not line.strip():
                 continue
             utt, _, words = line.strip().partition(" ")
-            audio = next((trans.parent / f"{utt}{ext}" for ext in (".flac", ".wav") if (trans.parent / f"{utt}{ext}").exists()), None)
+            audio = _audio_file(trans.parent / utt, (".flac", ".wav"), listings)
             if audio is None:
                 raise FileNotFoundError(f"{trans}: no audio for {utt} (.flac or .wav)")
             items.append((audio, words))
@@ -61,21 +104,22 @@ def librispeech_items(root: Path) -> list[tuple[Path, str]]:
 
 
 def sphinx_items(root: Path) -> list[tuple[Path, str]]:
-    items = []
-    for trans in sorted(Path(root).rglob("*transcription")):
+    items, listings = [], {}
+    for trans in sorted(_files_under(Path(root), "transcription")):
         fileids = {}
-        for ids in trans.parent.glob("*fileids"):
-            for line in ids.read_text().split():
+        for ids in _files_in(trans.parent, "fileids"):
+            for line in _read_text(ids).split():
                 fileids[Path(line).name] = line
-        for line in trans.read_text(encoding="utf-8").splitlines():
+        for line in _read_text(trans).splitlines():
             m = re.match(r"^(.*?)\s*\(([^()]+)\)\s*$", line.strip())
             if not m:
                 continue
             words = re.sub(r"</?s>", " ", m.group(1))
             utt = m.group(2)
-            candidates = [trans.parent / f"{utt}.wav", trans.parent / f"{fileids.get(utt, utt)}.wav",
-                          trans.parent.parent / f"{fileids.get(utt, utt)}.wav"]
-            audio = next((c for c in candidates if c.exists()), None)
+            fileid = fileids.get(utt, utt)
+            # sphinxtrain's own layout keeps etc/<db>.transcription beside wav/<fileid>.wav
+            stems = [trans.parent / utt, trans.parent / fileid, trans.parent.parent / fileid, trans.parent.parent / "wav" / fileid]
+            audio = next((a for a in (_audio_file(stem, (".wav",), listings) for stem in stems) if a), None)
             if audio is None:
                 raise FileNotFoundError(f"{trans}: no audio for {utt}")
             items.append((audio, " ".join(words.split())))
@@ -85,7 +129,7 @@ def sphinx_items(root: Path) -> list[tuple[Path, str]]:
 def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozenset()) -> list[tuple[Path, str]]:
     rec = Path(root) / "recordings" if (Path(root) / "recordings").is_dir() else Path(root)
     items = []
-    for path in sorted(rec.glob("*.wav")):
+    for path in _files_in(rec, ".wav"):
         m = _FSDD_NAME.match(path.name)
         if m and m.group(2) not in exclude_speakers:
             items.append((path, _DIGIT_NAMES[int(m.group(1))]))

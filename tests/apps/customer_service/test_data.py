@@ -93,6 +93,53 @@ def test_goemotions_tsv(tmp_path):
     assert texts == ["so happy", "mixed"] and labels == [[3], [0, 5]]
 
 
+def _add_bom(path):
+    """What Excel's "CSV UTF-8" and Windows tools write: a byte-order mark before the header."""
+    path.write_text("\ufeff" + path.read_text(encoding="utf-8"), encoding="utf-8")
+
+
+def test_csv_and_tsv_files_with_a_byte_order_mark_read_as_without(tmp_path):
+    rav, emo = tmp_path / "ravdess", tmp_path / "emodb"
+    rav.mkdir()
+    _write_ravdess(rav)
+    _write_emodb(emo)
+    _add_bom(rav / "labels.csv")
+    _add_bom(emo / "labels.csv")
+    assert detect_emotion_corpus(rav) == "ravdess" and detect_emotion_corpus(emo) == "emodb"
+    assert len(load_ravdess(rav)) == 4 and len(load_emodb(emo)) == 3
+    banking = tmp_path / "test.csv"
+    banking.write_text("text,category\nwhere is my card,card_arrival\n")
+    _add_bom(banking)
+    assert load_banking77(banking) == (["where is my card"], ["card_arrival"])
+    goemotions = tmp_path / "test.tsv"
+    goemotions.write_text("so happy\t3\tid1\n")
+    _add_bom(goemotions)
+    assert load_goemotions(goemotions) == (["so happy"], [[3]])
+
+
+def test_emotion_corpus_listing_audio_that_is_not_there_is_refused_when_loaded(tmp_path):
+    rav, emo = tmp_path / "ravdess", tmp_path / "emodb"
+    rav.mkdir()
+    _write_ravdess(rav)
+    _write_emodb(emo)
+    (rav / "audio_flac" / "Actor_02" / "03-01-05-01-01-01-02.flac").unlink()
+    (emo / "wav" / "08a01La.wav").unlink()
+    with pytest.raises(ValueError, match=r"1 audio file\(s\) that do not exist .*Actor_02/03-01-05-01-01-01-02\.flac"):
+        load_emotion_corpus(rav)
+    with pytest.raises(ValueError, match=r"labels\.csv lists 1 audio file.*08a01La\.wav"):
+        load_emodb(emo)
+
+
+def test_goemotions_header_row_is_skipped_and_a_bad_label_field_names_its_line(tmp_path):
+    """pandas / Hugging Face exports of the (headerless) GoEmotions TSVs write ``text labels id`` first."""
+    p = tmp_path / "test.tsv"
+    p.write_text("text\tlabels\tid\r\nso happy\t3\tid1\r\nmixed\t0,5\tid2\r\n")
+    assert load_goemotions(p) == (["so happy", "mixed"], [[3], [0, 5]])
+    p.write_text("so happy\t3\tid1\nmixed\tjoy\tid2\n")
+    with pytest.raises(ValueError, match=r"test\.tsv:2: label field 'joy'"):
+        load_goemotions(p)
+
+
 def test_stratified_split_keeps_every_class_and_is_disjoint():
     labels = ["a"] * 50 + ["b"] * 10 + ["c"] * 3
     tr, va = stratified_split(labels, 0.2, seed=1)

@@ -86,6 +86,28 @@ def test_dialogue_eval_scores_turns_and_calls(tiny_env, tmp_path):
         evaluate_dialogue(folder)
 
 
+def test_dialogue_eval_reads_jsonl_with_a_byte_order_mark(tiny_env, tmp_path):
+    from apps.customer_service.evaluate import evaluate_dialogue
+
+    turn = json.dumps({"text": "hello there", "acts": ["greet"], "style": "typed"})
+    (tmp_path / "heldout_turns.jsonl").write_text("\ufeff" + turn + "\n", encoding="utf-8")
+    assert evaluate_dialogue(tmp_path)["turns"] == 1
+
+
+def test_voice_eval_refuses_missing_audio_before_loading_the_model(tmp_path, monkeypatch):
+    from apps.customer_service import model
+    from apps.customer_service.evaluate import evaluate_voice_emotion
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the corpus was checked")
+
+    monkeypatch.setattr(model, "load_voice_model", no_model)
+    _write_ravdess(tmp_path, actors=(19,))
+    (tmp_path / "audio_flac" / "Actor_19" / "03-01-05-01-01-01-19.flac").unlink()
+    with pytest.raises(ValueError, match="03-01-05-01-01-01-19.flac"):
+        evaluate_voice_emotion(tmp_path)
+
+
 def test_text_emotion_eval_scores_single_label_rows(tiny_env, tmp_path):
     from apps.customer_service.evaluate import evaluate_text_emotion
 

@@ -91,6 +91,40 @@ def test_load_cwru_reads_the_accelerometer_asked_for_and_skips_files_without_it(
         load_cwru(tmp_path, "XX")
 
 
+def test_load_cwru_ignores_hidden_files_and_folders(tmp_path):
+    """A folder copied from macOS holds ``._<name>.npz`` AppleDouble files (not archives, not CWRU names)."""
+    np.savez(tmp_path / "1772_B_7_DE12.npz", DE=np.ones((3000, 1)))
+    (tmp_path / "._1772_B_7_DE12.npz").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (tmp_path / ".Trashes").mkdir()
+    np.savez(tmp_path / ".Trashes" / "1772_IR_7_DE12.npz", DE=np.ones((3000, 1)))
+    assert [r.path.name for r in load_cwru(tmp_path)] == ["1772_B_7_DE12.npz"]
+
+
+def test_load_cwru_reads_upper_case_extensions(tmp_path):
+    np.savez(tmp_path / "1750_IR_7_DE12.npz", DE=np.ones((3000, 1)))
+    np.savez(tmp_path / "1750_B_7_DE12.npz", DE=np.ones((3000, 1)))
+    (tmp_path / "1750_B_7_DE12.npz").rename(tmp_path / "1750_B_7_DE12.NPZ")
+    assert sorted(r.label for r in load_cwru(tmp_path)) == [1, 2]
+
+
+def test_fan_end_fault_files_parse_at_12_khz_and_are_read_only_for_the_fan_end_sensor(tmp_path):
+    """CWRU's fan-end fault files are ``<rpm>_<fault>_<mil>_FE.npz`` with no rate: all are 12 kHz."""
+    assert parse_cwru_name("1730_IR_7_FE.npz") == {"label": 2, "rpm": 1730, "rate": 12000, "mil": 7}
+    three = {"DE": np.ones((3000, 1)), "FE": np.full((3000, 1), 2.0), "BA": np.full((3000, 1), 3.0)}
+    np.savez(tmp_path / "1730_B_7_DE12.npz", **three)
+    np.savez(tmp_path / "1730_OR@3_14_FE.npz", **three)
+    with pytest.warns(UserWarning, match=r"1 fan-end fault recording\(s\) skipped .*1730_OR@3_14_FE\.npz"):
+        assert [r.path.name for r in load_cwru(tmp_path)] == ["1730_B_7_DE12.npz"]
+    with pytest.warns(UserWarning, match="skipped for the BA accelerometer"):
+        assert [r.path.name for r in load_cwru(tmp_path, "BA")] == ["1730_B_7_DE12.npz"]
+    fan = load_cwru(tmp_path, "FE")
+    assert [(r.path.name, r.signal[0], r.sample_rate, r.label) for r in fan] == [
+        ("1730_B_7_DE12.npz", 2.0, 12000, 1), ("1730_OR@3_14_FE.npz", 2.0, 12000, 3)]
+    (tmp_path / "1730_B_7_DE12.npz").unlink()
+    with pytest.raises(FileNotFoundError, match="fan-end fault recording"), pytest.warns(UserWarning):
+        load_cwru(tmp_path)
+
+
 def test_time_blocks_never_share_samples():
     train, val = time_blocks(100_000, 0.25)
     assert train.stop + WINDOW <= val.start

@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from apps.customer_service.speech.evaluate import evaluate_asr, find_layout, scoring_text
+from apps.customer_service.speech.evaluate import (
+    evaluate_asr,
+    find_layout,
+    fsdd_items,
+    librispeech_items,
+    scoring_text,
+    sphinx_items,
+)
 from tests.conftest import require_dataset
 
 from .conftest import speak
@@ -104,6 +111,69 @@ def test_unknown_layout_is_explained(tmp_path):
         evaluate_asr(tmp_path)
     with pytest.raises(FileNotFoundError):
         evaluate_asr(tmp_path / "missing")
+
+
+# What macOS leaves beside every file it copies to a foreign disk: binary, not UTF-8.
+APPLEDOUBLE = b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        \xff\xfe"
+
+
+def test_hidden_files_and_folders_are_not_read_as_data(tmp_path):
+    libri = tmp_path / "libri" / "test-clean" / "84" / "121123"
+    libri.mkdir(parents=True)
+    (libri / "84-121123-0000.flac").write_bytes(b"")
+    (libri / "84-121123.trans.txt").write_text("84-121123-0000 HELLO\n")
+    (libri / "._84-121123.trans.txt").write_bytes(APPLEDOUBLE)
+    trash = tmp_path / "libri" / ".Trashes" / "501"
+    trash.mkdir(parents=True)
+    (trash / "1-2.trans.txt").write_text("1-2-0000 DELETED\n")  # its audio is gone: would be refused
+    assert [(p.name, words) for p, words in librispeech_items(tmp_path / "libri")] == [("84-121123-0000.flac", "HELLO")]
+
+    cards = tmp_path / "sphinx" / "cards"
+    cards.mkdir(parents=True)
+    (cards / "001.wav").write_bytes(b"")
+    (cards / "cards.fileids").write_text("001\n")
+    (cards / "cards.transcription").write_text("<s> ten of clubs </s> (001)\n")
+    (cards / "._cards.transcription").write_bytes(APPLEDOUBLE)
+    (cards / "._cards.fileids").write_bytes(APPLEDOUBLE)
+    assert find_layout(tmp_path / "sphinx") == "sphinx"
+    assert [(p.name, words) for p, words in sphinx_items(tmp_path / "sphinx")] == [("001.wav", "ten of clubs")]
+
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    (recordings / "0_jo_1.wav").write_bytes(b"")
+    (recordings / "._0_jo_1.wav").write_bytes(APPLEDOUBLE)
+    assert [p.name for p, _ in fsdd_items(tmp_path / "fsdd")] == ["0_jo_1.wav"]
+
+
+def test_a_transcript_that_is_not_utf8_is_named(tmp_path):
+    (tmp_path / "84-121123.trans.txt").write_bytes(b"84-121123-0000 CAF\xc9\n")  # Latin-1
+    with pytest.raises(ValueError, match=r"84-121123\.trans\.txt is not UTF-8"):
+        librispeech_items(tmp_path)
+
+
+def test_upper_case_audio_extensions_are_read(tmp_path):
+    recordings = tmp_path / "fsdd" / "recordings"
+    recordings.mkdir(parents=True)
+    for name in ("8_jo_1.WAV", "9_jo_1.Wav"):
+        (recordings / name).write_bytes(b"")
+    assert find_layout(tmp_path / "fsdd") == "fsdd"
+    assert [(p.name, digit) for p, digit in fsdd_items(tmp_path / "fsdd")] == [("8_jo_1.WAV", "eight"), ("9_jo_1.Wav", "nine")]
+
+    chapter = tmp_path / "libri" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    (chapter / "84-121123-0000.FLAC").write_bytes(b"")
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 HELLO\n")
+    assert [p.name for p, _ in librispeech_items(tmp_path / "libri")] == ["84-121123-0000.FLAC"]
+
+
+def test_sphinxtrain_layout_finds_audio_under_wav(tmp_path):
+    """sphinxtrain databases (AN4) keep ``etc/<db>_test.transcription`` + ``.fileids`` beside ``wav/<fileid>.wav``."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "wav" / "cards").mkdir(parents=True)
+    (tmp_path / "wav" / "cards" / "001.wav").write_bytes(b"")
+    (tmp_path / "etc" / "db_test.fileids").write_text("cards/001\n")
+    (tmp_path / "etc" / "db_test.transcription").write_text("<s> ten of clubs </s> (001)\n")
+    assert sphinx_items(tmp_path) == [(tmp_path / "wav" / "cards" / "001.wav", "ten of clubs")]
 
 
 @pytest.mark.data
