@@ -10,7 +10,9 @@ keep their source offsets, so every redaction points at the original characters 
 Rules (each type has positives and hard negatives in ``datasets/customer_service/asr/pii_corpus.jsonl``):
   card     13-19 digits passing Luhn; or 13-19 digits with "card" said just before (an ASR slip
            in one digit must not leak the other fifteen); after "card", also runs of 4+ digits
-           (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it)
+           (not "ending 4467") and 3+ digit runs next to a card run (a misheard word splits it); every
+           Luhn-valid card in one run of digits ("4539 1488 0343 6467. 4111 1111 1111 1111"); typed groups with
+           O / o for 0 and I / l for 1 when read so they pass Luhn ("4539 1488 O343 6467")
   cvv      3-4 digits after the code's name (CVV, CVC, CV2, ...) or "security" / "verification" + "code",
            "number", "digits", ... (never stored once a payment is authorised: PCI DSS); within 6 words, or
            further with only where it is printed between ("... on the back of the card is 412"); or after "three"
@@ -282,11 +284,49 @@ def _card_groups_spaced(text: str) -> str:
     return _JOINED_GROUPS.sub(spaced, text)  # one character for one: offsets hold
 
 
+# A group of a typed number with letters for digits ("4539 1488 O343 6467", "l234"): O/o for 0, I/l for 1, in a
+# group of 2-19 such characters holding at least two real digits. It is read with the digits only where that
+# makes a card number passing Luhn (checked by the card rule as for any number), so "IO" or "OO7" stay words.
+_LOOKALIKE_GROUP = re.compile(r"(?<![\w@.])(?=(?:[OoIl]{0,17}\d){2})[0-9OoIl]{2,19}(?![\w@])")
+_AS_DIGIT = str.maketrans("OoIl", "0011")
+
+
+def _card_groups_with_digit_lookalikes(text: str) -> str:
+    """``text`` with the look-alike letters of number groups read as digits where consecutive groups (joined by
+    single spaces or dashes) read that way make a Luhn-valid number of a card's length, one character for one:
+    offsets hold. Each group starts at most the few windows a card's 19 digits can span: linear in the text."""
+    groups = list(_LOOKALIKE_GROUP.finditer(text))
+    if all(m.group().isdigit() for m in groups):
+        return text
+    out = list(text)
+    runs, run = [], []
+    for m in groups:
+        if run and text[run[-1].end():m.start()] not in (" ", "-"):
+            runs.append(run)
+            run = []
+        run.append(m)
+    runs.append(run)
+    for run in runs:
+        for first in range(len(run)):
+            length = 0
+            for last in range(first, len(run)):
+                length += len(run[last].group())
+                if length > 19:
+                    break
+                window = run[first:last + 1]
+                if length < 13 or all(m.group().isdigit() for m in window):
+                    continue
+                if luhn_ok("".join(m.group().translate(_AS_DIGIT) for m in window)):
+                    for m in window:
+                        out[m.start():m.end()] = m.group().translate(_AS_DIGIT)
+    return "".join(out)
+
+
 def find_pii(text: str) -> list[Redaction]:
     """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
     folded, origin = _folded(text)
-    return [Redaction(r.type, origin[r.start], origin[r.end - 1] + 1)
-            for r in _find_in_folded(_card_groups_spaced(folded)) if r.end > r.start]
+    readable = _card_groups_spaced(_card_groups_with_digit_lookalikes(folded))
+    return [Redaction(r.type, origin[r.start], origin[r.end - 1] + 1) for r in _find_in_folded(readable) if r.end > r.start]
 
 
 def _find_in_folded(text: str) -> list[Redaction]:
@@ -1153,8 +1193,13 @@ def _numbers(pieces: list[Piece], words: list[str], text: str, ids: list[Redacti
         if card is not None:
             a, b = card
             out.append(Redaction("card", pieces[idx[a]].start, _end(pieces[idx[b]])))
-            # what is left of the run on either side is classified on its own
-            rest = [(idx[:a], groups[:a]), (idx[b + 1:], groups[b + 1:])]
+            # what is left of the run on either side may hold another card ("4539 1488 0343 6467. 4111 1111
+            # 1111 1111" is one run of digits; only the first was found), then is classified on its own
+            rest = []
+            for sub_idx, sub_groups in ((idx[:a], groups[:a]), (idx[b + 1:], groups[b + 1:])):
+                more, left = _luhn_cards(sub_idx, sub_groups)
+                out += [Redaction("card", pieces[i].start, _end(pieces[j])) for i, j in more]
+                rest += left
         else:
             rest = [(idx, groups)]
         for sub_idx, sub_groups in rest:
@@ -1210,6 +1255,20 @@ def _card_fragments(runs: list[dict], words: list[str]) -> None:
                         o["card"] is not None and near(run, o) for o in runs[max(0, j - 5):j + 6] if o is not run):
                     run["card"] = (0, len(run["groups"]) - 1)
                     changed = True
+
+
+def _luhn_cards(idx: list[int], groups: list[str]) -> tuple[list[tuple[int, int]], list[tuple[list[int], list[str]]]]:
+    """The Luhn-valid card numbers among a part of a run (first and last piece of each), and the parts left
+    between and around them."""
+    if not idx:
+        return [], []
+    card = _best_card(idx, groups, card_context=False)
+    if card is None:
+        return [], [(idx, groups)]
+    a, b = card
+    before, left_before = _luhn_cards(idx[:a], groups[:a])
+    after, left_after = _luhn_cards(idx[b + 1:], groups[b + 1:])
+    return before + [(idx[a], idx[b])] + after, left_before + left_after
 
 
 def _best_card(idx: list[int], groups: list[str], *, card_context: bool) -> tuple[int, int] | None:

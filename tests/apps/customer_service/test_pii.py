@@ -675,3 +675,32 @@ def test_invisible_and_compatibility_characters_hide_nothing(text, kind, value):
 ])
 def test_unusual_separators_take_no_list_for_pii(text):
     assert find_pii(text) == []
+
+
+@pytest.mark.parametrize("card", ["4539 1488 O343 6467", "4539-1488-o343-6467", "4539 l488 0343 6467",
+                                  "45391488O3436467", "4I11 1111 1111 1111"])
+def test_a_card_number_typed_with_letters_for_digits_is_redacted(card):
+    """O for 0 and I or l for 1 in a typed card number: the number a person reads is still the card."""
+    text = f"my card is {card} thanks"
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("card", card)]
+
+
+@pytest.mark.parametrize("text", [
+    "it is OO7 and IO",  # letters and few digits: words
+    "my card is 4539 1488 O343 6468 thanks",  # read with digits it fails Luhn
+    "room 1O1 on floor 2",
+    "meet at 1O:30",
+    "ref OO12 3456 7890 1234",
+])
+def test_letters_among_digits_stay_unless_they_make_a_card(text):
+    assert [s for s in find_pii(text) if s.type == "card"] == []
+
+
+@pytest.mark.parametrize("text,cards", [
+    ("4539 1488 0343 6467. 4111 1111 1111 1111.", 2),  # one run of digits to the parser: only the first was found
+    ("4539 1488 0343 6467, 4539 1488 0343 6467, 4539 1488 0343 6467", 3),
+    ("cards 4539148803436467 4111111111111111", 2),
+])
+def test_every_card_in_one_run_of_digits_is_redacted(text, cards):
+    redacted = redact(text).text
+    assert redacted.count("[CARD]") == cards and not any(ch.isdigit() for ch in redacted), redacted
