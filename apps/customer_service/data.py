@@ -82,7 +82,7 @@ def load_ravdess(root: str | Path) -> list[VoiceClip]:
                 path=root / row["path"], label=row["emotion"], speaker=f"ravdess:{int(row['actor']):02d}",
                 corpus="ravdess", text=row["statement"],
             ))
-    return require_audio_files(clips, root / "labels.csv")
+    return clips
 
 
 # Emo-DB's ten sentence codes; texts from the corpus documentation (German). Used only as the
@@ -111,12 +111,15 @@ def load_emodb(root: str | Path) -> list[VoiceClip]:
                 speaker=f"emodb:{row['speaker_id']}", corpus="emodb",
                 text=EMODB_SENTENCES.get(row["sentence_code"], row["sentence_code"]),
             ))
-    return require_audio_files(clips, root / "labels.csv")
+    return clips
 
 
-def load_emotion_corpus(root: str | Path) -> tuple[str, list[VoiceClip]]:
+def load_emotion_corpus(root: str | Path, check_audio: bool = True) -> tuple[str, list[VoiceClip]]:
+    """The corpus's name and clips. ``check_audio``: refuse a labels.csv listing audio that is not there, before
+    any model loads (an evaluation; training from cached features needs no audio)."""
     corpus = detect_emotion_corpus(root)
-    return corpus, (load_ravdess(root) if corpus == "ravdess" else load_emodb(root))
+    clips = load_ravdess(root) if corpus == "ravdess" else load_emodb(root)
+    return corpus, require_audio_files(clips, Path(root) / "labels.csv") if check_audio else clips
 
 
 def read_audio(path: str | Path, sr: int = 16000) -> np.ndarray:
@@ -162,7 +165,7 @@ def load_banking77(csv_path: str | Path) -> tuple[list[str], list[str]]:
 
 def banking77_categories(folder: str | Path) -> list[str]:
     """The 77 intent names from ``categories.json`` next to the CSVs (sorted order is canonical)."""
-    return list(json.loads((Path(folder) / "categories.json").read_text()))
+    return list(json.loads((Path(folder) / "categories.json").read_text(encoding="utf-8-sig")))
 
 
 _HEADER_FIELD = re.compile(r"[A-Za-z_ ]+")  # "labels", "label_ids": a column name, never label indices
@@ -176,13 +179,15 @@ def load_goemotions(tsv_path: str | Path) -> tuple[list[str], list[list[int]]]:
     Any other label field that is not comma-separated indices is refused with its file and line."""
     texts, labels = [], []
     with Path(tsv_path).open(encoding="utf-8-sig") as f:
+        first_row = True
         for number, line in enumerate(f, start=1):
             parts = line.rstrip("\r\n").split("\t")
             if len(parts) < 2:
                 continue
+            header_row, first_row = first_row, False
             ids = [x.strip() for x in parts[1].split(",") if x.strip() != ""]
             if not all(x.isascii() and x.isdigit() for x in ids):
-                if not texts and _HEADER_FIELD.fullmatch(parts[1].strip()):
+                if header_row and _HEADER_FIELD.fullmatch(parts[1].strip()):  # only the first row can be it
                     continue
                 raise ValueError(f"{tsv_path}:{number}: label field {parts[1]!r} is not comma-separated label "
                                  "indices (GoEmotions rows are text<TAB>ids<TAB>comment_id)")

@@ -153,7 +153,7 @@ def read_nlupp(folder: str | Path) -> list[tuple[str, list[str], int]]:
     rows = []
     for path in sorted(folder.glob("fold*.json"), key=lambda p: int(p.stem.removeprefix("fold"))):
         fold = int(path.stem.removeprefix("fold"))
-        rows += [(r["text"], list(r.get("intents", [])), fold) for r in json.loads(path.read_text())]
+        rows += [(r["text"], list(r.get("intents", [])), fold) for r in json.loads(path.read_text(encoding="utf-8-sig"))]
     if not rows:
         raise FileNotFoundError(f"no NLU++ fold*.json files in {folder}")
     return rows
@@ -168,7 +168,7 @@ def slot_fragments(folder: str | Path) -> list[tuple[str, int]]:
     out: dict[str, tuple[str, int]] = {}
     for path in sorted(folder.glob("fold*.json"), key=lambda p: int(p.stem.removeprefix("fold"))):
         fold = int(path.stem.removeprefix("fold"))
-        for row in json.loads(path.read_text()):
+        for row in json.loads(path.read_text(encoding="utf-8-sig")):
             for slot in (row.get("slots") or {}).values():
                 value = str(slot.get("text", "")).strip(" ,.")
                 if value and value.lower() not in turns:

@@ -127,7 +127,9 @@ def test_emotion_corpus_listing_audio_that_is_not_there_is_refused_when_loaded(t
     with pytest.raises(ValueError, match=r"1 audio file\(s\) that do not exist .*Actor_02/03-01-05-01-01-01-02\.flac"):
         load_emotion_corpus(rav)
     with pytest.raises(ValueError, match=r"labels\.csv lists 1 audio file.*08a01La\.wav"):
-        load_emodb(emo)
+        load_emotion_corpus(emo)
+    # training reads cached features by path: its loaders take the list as it is
+    assert len(load_emodb(emo)) == 3 and len(load_emotion_corpus(rav, check_audio=False)[1]) == 4
 
 
 def test_goemotions_header_row_is_skipped_and_a_bad_label_field_names_its_line(tmp_path):
@@ -137,6 +139,9 @@ def test_goemotions_header_row_is_skipped_and_a_bad_label_field_names_its_line(t
     assert load_goemotions(p) == (["so happy", "mixed"], [[3], [0, 5]])
     p.write_text("so happy\t3\tid1\nmixed\tjoy\tid2\n")
     with pytest.raises(ValueError, match=r"test\.tsv:2: label field 'joy'"):
+        load_goemotions(p)
+    p.write_text("so happy\tjoy\tid1\nsad\tsadness\tid2\n")  # words for labels from the first row: no header
+    with pytest.raises(ValueError, match=r"test\.tsv:2: label field 'sadness'"):
         load_goemotions(p)
 
 
