@@ -6,12 +6,31 @@ Prepared features are written once as ``.npy`` files (one per field) and read la
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+
+def dataset_files(root: str | Path, ending: str) -> list[Path]:
+    """Every file under ``root`` whose name ends in ``ending`` in any case (``.NPZ``, ``.WAV`` written on another
+    OS count), sorted. Hidden files and folders are skipped: macOS leaves ``._<name>`` AppleDouble files beside
+    every file it copies, which carry the name but hold no data. Symlinked folders are followed (a dataset is
+    often delivered as links into shared storage), each real folder once."""
+    ending = ending.lower()
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back up the tree, or two links to one folder
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        found += [Path(folder) / n for n in names if not n.startswith(".") and n.lower().endswith(ending)]
+    return sorted(found)
 
 
 def write_arrays(directory: str | Path, arrays: Mapping[str, np.ndarray]) -> Path:

@@ -58,9 +58,9 @@ def _check_crops(path: Path) -> None:
 
 def _check_cwru_folder(cwru: str) -> None:
     """A cheap look at --cwru before a long DeepPCB evaluation runs ahead of it."""
-    from apps.industrial.data import dataset_files
+    from core.data import dataset_files
 
-    if not dataset_files(Path(cwru), ".npz"):
+    if not dataset_files(cwru, ".npz"):
         raise FileNotFoundError(f"no *.npz files under --cwru {cwru} (expected CWRU recordings, e.g. 1797_IR_007_DE12.npz)")
 
 

@@ -10,7 +10,6 @@ fan-end bearing fault, always 12 kHz; ``1797_Normal.npz`` is the 48 kHz normal b
 
 from __future__ import annotations
 
-import os
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -408,17 +407,6 @@ def numeric_array(archive, key: str, path: Path) -> np.ndarray:
         raise ValueError(f"{path}: array {key!r} is not numeric data") from exc
 
 
-def dataset_files(root: Path, extension: str) -> list[Path]:
-    """Every file under ``root`` whose name ends in ``extension`` in any case (``.NPZ`` written on another OS
-    counts), sorted; hidden files and folders are skipped: macOS leaves ``._<name>`` AppleDouble files beside
-    every file it copies, which carry the extension but hold no data."""
-    found = []
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        found += [Path(folder) / n for n in names if not n.startswith(".") and n.lower().endswith(extension)]
-    return sorted(found)
-
-
 def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
     """Every *.npz under ``root`` read from one accelerometer: ``DE`` (the default; a file without it gives
     its first array), or ``FE`` / ``BA``, which skip the files that lack that channel.
@@ -428,7 +416,9 @@ def load_cwru(root: Path, sensor: str = "DE") -> list[VibrationRecording]:
     one; they are skipped, and counted in a warning, for ``DE`` and ``BA``."""
     if sensor not in CWRU_SENSORS:
         raise ValueError(f"sensor must be one of {', '.join(CWRU_SENSORS)}, not {sensor!r}")
-    files = dataset_files(Path(root), ".npz")
+    from core.data import dataset_files
+
+    files = dataset_files(root, ".npz")
     if not files:
         raise FileNotFoundError(f"no *.npz files under {root}")
     recordings, fan_end_skipped = [], []

@@ -18,7 +18,6 @@ and folders (macOS ``._<name>`` AppleDouble copies, ``.DS_Store``) are never rea
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from pathlib import Path
@@ -44,10 +43,10 @@ def _is_data_file(name: str, ending: str) -> bool:
 
 
 def _files_under(root: Path, ending: str):
-    """Data files under ``root`` (hidden folders not entered), in no particular order."""
-    for folder, subfolders, names in os.walk(root):
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
-        yield from (Path(folder) / n for n in names if _is_data_file(n, ending))
+    """Data files under ``root`` (hidden folders not entered, symlinked ones followed), sorted."""
+    from core.data import dataset_files
+
+    return iter(dataset_files(root, ending))
 
 
 def _files_in(folder: Path, ending: str) -> list[Path]:
