@@ -20,7 +20,6 @@ import datetime as dt
 import functools
 import hashlib
 import logging
-import shutil
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Header, Query, Request, UploadFile
@@ -44,6 +43,7 @@ from core.serving import (
     job_response,
     period_rows,
     read_upload,
+    remove_unstored,
     require_form_body,
     require_role,
     start_job,
@@ -280,7 +280,7 @@ async def analyze_call(
                            headers={"Retry-After": str(retry)})
         # the job's record is committed before the 202; a voice reply is kept whole (no other way to fetch it)
         job_id = await start_job(store, APP, "call", request_id, who.role, analyse,
-                                 on_unstored=functools.partial(_remove_files, request.app.state.artefacts))
+                                 on_unstored=functools.partial(remove_unstored, request.app.state.artefacts))
         url = f"{root}/v1/results/{job_id}"
         return JSONResponse(CallAccepted(id=job_id, status="running", result_url=url).model_dump(), status_code=202,
                             headers={"Location": url, "Preference-Applied": "respond-async"})
@@ -288,16 +288,9 @@ async def analyze_call(
     try:
         result_id = await store.asave_result(APP, "call", request_id, _stored(result), role=who.role)  # before answering
     except Exception:
-        _remove_files(request.app.state.artefacts, _stored(result))
+        remove_unstored(request.app.state.artefacts, _stored(result))  # its redacted recording
         raise
     return CallAnalysis(id=result_id, **result)
-
-
-def _remove_files(artefacts, payload: dict) -> None:
-    """A call that could not be stored was never acknowledged: its redacted recording goes too, or it would
-    outlive it beyond the reach of any erasure."""
-    for folder in artefacts(payload):
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 class CallSummary(BaseModel):

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import shutil
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -36,6 +35,7 @@ from core.serving import (
     get_store,
     plain_text,
     read_upload,
+    remove_unstored,
     require_form_body,
     require_role,
     sniff_kind,
@@ -246,11 +246,7 @@ async def analyze(
     try:  # the analysis and its audit record commit together
         result_id = await store.asave_result(APP, "study", request_id, payload, role=who.role, audit=record)
     except Exception:
-        # not stored, so never acknowledged: its heat maps go too, or they would outlive it unreachable by erasure
-        from apps.medical.service import study_artefacts
-
-        for folder in study_artefacts(settings.artefact_dir, payload):
-            shutil.rmtree(folder, ignore_errors=True)
+        remove_unstored(request.app.state.artefacts, payload)  # its heat maps
         raise
     answer = _response(result_id, payload, prefix)
     # The study UID goes back to whoever sent it, in this answer only: the download links file with the

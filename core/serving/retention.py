@@ -37,6 +37,16 @@ class ErasureIncomplete(ApiError):
                          "read-only or busy); the result is kept, nothing was erased: retry", headers={"Retry-After": "30"})
 
 
+def remove_unstored(artefacts: ArtefactPaths | None, payload: dict[str, Any]) -> None:
+    """The files written for a result that could not be stored, so was never acknowledged: no stored row
+    names them, so no erasure would ever reach them."""
+    for path in artefacts(payload) if artefacts else []:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
 def erase_result(store: ResultStore, app: str, row: dict[str, Any], artefacts: ArtefactPaths | None, *,
                  reason: str, role: str | None, key_id: str | None = None) -> int:
     """Erase one stored result (``store.get_result``'s row) and its files; returns how many files or
