@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 from apps.customer_service.speech.grammars import DIGIT_VALUES
+from core.data import dataset_files
 
 _DIGIT_NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z]+)_(\d+)\.wav$", re.IGNORECASE)
@@ -41,12 +42,6 @@ def _is_data_file(name: str, ending: str) -> bool:
     resource data under a transcript's name."""
     return not name.startswith(".") and name.lower().endswith(ending)
 
-
-def _files_under(root: Path, ending: str):
-    """Data files under ``root`` (hidden folders not entered, symlinked ones followed), sorted."""
-    from core.data import dataset_files
-
-    return iter(dataset_files(root, ending))
 
 
 def _files_in(folder: Path, ending: str) -> list[Path]:
@@ -81,16 +76,16 @@ def find_layout(root: Path) -> str:
     rec = root / "recordings" if (root / "recordings").is_dir() else root
     if any(_FSDD_NAME.match(p.name) for p in _files_in(rec, ".wav")):
         return "fsdd"
-    if next(_files_under(root, ".trans.txt"), None) is not None:
+    if dataset_files(root, ".trans.txt"):
         return "librispeech"
-    if next(_files_under(root, "transcription"), None) is not None:
+    if dataset_files(root, "transcription"):
         return "sphinx"
     raise ValueError(f"{root}: no LibriSpeech *.trans.txt, FSDD recordings/ or Sphinx *.transcription found")
 
 
 def librispeech_items(root: Path) -> list[tuple[Path, str]]:
     items, listings = [], {}
-    for trans in sorted(_files_under(Path(root), ".trans.txt")):
+    for trans in dataset_files(root, ".trans.txt"):
         for line in _read_text(trans).splitlines():
             if not line.strip():
                 continue
@@ -104,7 +99,7 @@ def librispeech_items(root: Path) -> list[tuple[Path, str]]:
 
 def sphinx_items(root: Path) -> list[tuple[Path, str]]:
     items, listings = [], {}
-    for trans in sorted(_files_under(Path(root), "transcription")):
+    for trans in dataset_files(root, "transcription"):
         fileids = {}
         for ids in _files_in(trans.parent, "fileids"):
             for line in _read_text(ids).split():

@@ -357,11 +357,10 @@ class _Reader:
 
     async def _keep_unfinished(self, rec: StreamingRecognizer, render: Callable[[StreamEvent], dict],
                                audio_s: float) -> None:
-        try:
-            for event in await asyncio.to_thread(rec.finish):  # [] once flush or _release gave the decoder back
+        try:  # finish gives the decoder back however it ends; [] once flush or _release did
+            for event in await asyncio.to_thread(rec.finish):
                 await self.send_event(event, render(event))
         finally:
-            await asyncio.to_thread(rec.close)
             self.queue.put_nowait(None)  # the finals still being read, then the call is stored
         await self.task
         note = "the stream ended without its end message: the call is stored as far as it was heard"
