@@ -24,6 +24,9 @@ _QUIT = re.compile(r"quit\s+(\d+)\s+years?\s+ago", re.IGNORECASE)
 _YEARS = re.compile(r"(?:for|after)\s+(\d+)\s+years", re.IGNORECASE)
 _CPD = re.compile(r"(\d+)\s+cigarettes?\s+per\s+day", re.IGNORECASE)
 _BMI = re.compile(r"\bBMI\s*(?:of\s*)?(\d+(?:\.\d+)?)", re.IGNORECASE)
+_CURRENT_SMOKER = re.compile(r"\bcurrent(?:ly)?\s+smok", re.IGNORECASE)
+_FORMER_SMOKER = re.compile(r"\b(former|ex-?)\s*smoker\b", re.IGNORECASE)
+_SEXES = ("man", "woman", "male", "female")
 _NEGATED = re.compile(r"\b(no|denies|without|negative for)\b[^.;:]*$", re.IGNORECASE)
 
 # (plausible, trained) ranges in the text's own units. A number outside the plausible range is a typo or
@@ -70,9 +73,9 @@ def extract_risk_factors(text: str | None) -> np.ndarray:
     if (age := _number("age", age_match)) is not None:
         values["age"] = (age - 62.0) / 10.0
         values["female"] = 1.0 if (age_match.group(2) or "").lower() in ("woman", "female") else 0.0
-    if re.search(r"\bcurrent(?:ly)?\s+smok", text, re.IGNORECASE):
+    if _CURRENT_SMOKER.search(text):
         values["current_smoker"] = 1.0
-    elif re.search(r"\b(former|ex-?)\s*smoker\b", text, re.IGNORECASE):
+    elif _FORMER_SMOKER.search(text):
         values["former_smoker"] = 1.0
     if (pack_years := _number("log_pack_years", _PACK_YEARS.search(text))) is not None:
         values["log_pack_years"] = float(np.log1p(pack_years)) - float(np.log1p(27.0))
@@ -112,9 +115,9 @@ def history_gaps(text: str | None) -> list[str]:
     text = text or ""
     gaps = []
     age_match = _AGE.search(text)
-    if _number("age", age_match) is None or (age_match.group(2) or "").lower() not in ("man", "woman", "male", "female"):
+    if _number("age", age_match) is None or (age_match.group(2) or "").lower() not in _SEXES:
         gaps.append("age_sex")
-    if not re.search(r"\bcurrent(?:ly)?\s+smok|\b(former|ex-?)\s*smoker\b", text, re.IGNORECASE):
+    if not (_CURRENT_SMOKER.search(text) or _FORMER_SMOKER.search(text)):
         gaps.append("smoking_status")
     if _number("log_pack_years", _PACK_YEARS.search(text)) is None and _number("cigarettes_per_day", _CPD.search(text)) is None:
         gaps.append("smoking_amount")
