@@ -207,12 +207,16 @@ async def _decode_board(
     return InspectionItem(gray, tmpl, windows, timings={"decode_ms": round((time.perf_counter() - start) * 1000, 2)})
 
 
+def _inspection_payload(result: dict, version: str, board_id: str | None, board: int | None) -> dict:
+    """An inspection as stored and answered (less the id the store gives it): which models decided, on which board."""
+    return {**result, "model_version": version, "board_id": board_id, "board": board}
+
+
 async def _finish(result, request_id: str, store: ResultStore, who: Principal, version: str, kind: str,
                   board_id: str | None = None, board: int | None = None) -> Inspection:
     if isinstance(result, Exception):
         raise result
-    # stored as answered (less the id the store gives it): which models decided, and on which board
-    payload = {**result, "model_version": version, "board_id": board_id, "board": board}
+    payload = _inspection_payload(result, version, board_id, board)
     result_id = await store.asave_result(APP, kind, request_id, payload, role=who.role)
     return Inspection(id=result_id, **payload)
 
@@ -297,7 +301,7 @@ async def inspect_batch(
                                                                  "error": type(r).__name__})
             errors.append(BoardError(board=i, code="internal_error", message="the model failed on this board; nothing was stored"))
         else:
-            inspected.append({**r, "model_version": batcher.runner.version, "board_id": ids[i], "board": i})
+            inspected.append(_inspection_payload(r, batcher.runner.version, ids[i], i))
     # the boards are stored together or not at all: a line that re-sends a failed call must not count twice.
     # Each board's request id is the call's with its index, within the column's 64 characters.
     stored = await store.asave_results(APP, "inspect_batch", [(f"{request_id[:58]}-{p['board']}", p) for p in inspected],
