@@ -472,10 +472,10 @@ def create_app(settings: CustomerServiceSettings | None = None):
     except (ImportError, AttributeError) as exc:  # the speech side's router not installed: serve the rest
         log.warning("streaming router unavailable: %s", type(exc).__name__)
 
-    def artefacts(payload: dict) -> list:  # what a stored call owns on disk, erased with it
-        from apps.customer_service.service import call_artefacts
+    from apps.customer_service.service import call_artefact_folder
 
-        return call_artefacts(settings, payload)
+    # what a stored call owns on disk, erased with it; folders no stored call names are swept
+    artefacts = call_artefact_folder(settings)
 
     def load_runners():
         from apps.customer_service.service import CustomerServiceEngine

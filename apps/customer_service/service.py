@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +32,9 @@ from apps.customer_service.escalation import (
 from apps.customer_service.pii import normalise_redacted, without_placeholders
 from apps.customer_service.settings import CustomerServiceSettings
 from core.serving.uploads import plain_text
+
+if TYPE_CHECKING:
+    from core.serving.retention import ArtefactFolder
 
 SAMPLE_RATE = 16000
 REDACTED_AUDIO_NAME = "redacted.wav"
@@ -101,6 +104,18 @@ def call_artefacts(settings: CustomerServiceSettings, payload: dict) -> list[Pat
     """The files a stored call owns (its redacted recording's folder), erased with it."""
     match = _AUDIO_LINK.search(str((payload.get("redacted_audio") or {}).get("url") or ""))
     return [redacted_audio_path(settings, match.group(1)).parent] if match else []
+
+
+def call_artefact_folder(settings: CustomerServiceSettings) -> ArtefactFolder:
+    """The calls' redacted-recording folders as retention sees them (``core.serving.retention.ArtefactFolder``):
+    a stored call's files (``call_artefacts``), named by its payload's ``redacted_audio.url``; a folder no
+    stored call names (its process died before the row was stored) is swept. ``create_app``'s ``artefacts``."""
+    import functools
+
+    from core.serving.retention import ArtefactFolder
+
+    return ArtefactFolder(Path(settings.artefact_dir) / "customer-service", functools.partial(call_artefacts, settings),
+                          fields=(("redacted_audio", "url"),))
 
 
 def _dual_mono(samples: np.ndarray) -> bool:

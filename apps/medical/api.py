@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from typing import Annotated, Any, Literal
 from urllib.parse import urlencode
 
@@ -347,6 +348,20 @@ async def list_audit(
     return AuditList(records=[AuditRecord(**{k: v for k, v in r.items() if k != "app"}) for r in records])
 
 
+# artefact ids known to be stored studies': a page's slices cost one lookup (nothing indexes a payload's
+# artefact_id). Safe to remember: an erasure removes the files first, so an erased study's slices are 404 anyway.
+STORED_HEATMAPS_KEPT = 4096
+
+
+async def _study_of_heatmaps(store: ResultStore, artefact_id: str) -> dict[str, Any]:
+    """The stored study whose heat maps ``artefact_id`` names, else a 404: heat maps of no stored study
+    (erased, or never stored: its process died first) do not leave the service, as PNGs or as DICOM."""
+    rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})
+    if not rows:
+        raise ApiError(404, "not_found", "no stored study has these heat-map images")
+    return rows[0]
+
+
 @router.get("/v1/heatmaps/{artefact_id}/secondary-capture.zip",
             summary="The heat-map slices as DICOM Secondary Capture instances (zip), filed under the given study",
             response_class=Response, responses={200: {"content": {"application/zip": {}}}})
@@ -364,15 +379,13 @@ async def heatmap_secondary_capture(
     if not slices:
         raise ApiError(404, "not_found", "no heat-map images for this id")
     _check_study_uid(study_uid)
-    rows = await store.alist_results(APP, kind="study", limit=1, payload_equals={"artefact_id": artefact_id})
-    if not rows:  # heat maps of no stored study (erased, or never stored) do not leave the service
-        raise ApiError(404, "not_found", "no stored study has these heat-map images")
-    payload = rows[0]["payload"]
+    row = await _study_of_heatmaps(store, artefact_id)
+    payload = row["payload"]
     version = payload.get("model_version") or runner.version  # the model that drew these heat maps
     data, _ = await asyncio.to_thread(heatmaps_to_secondary_capture_zip, slices, study_uid, version, artefact_id)
     # the archive leaves the service (into a PACS): audited under its analysis' subject; the UID is not kept
     await store.aaudit(APP, "heatmaps:secondary-capture", who.role, payload.get("subject_hash"), version,
-                       {"result_id": rows[0]["id"], "instances": len(slices),
+                       {"result_id": row["id"], "instances": len(slices),
                         "filed_with_study": study_uid is not None}, key_id=who.key_id)
     return Response(data, media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="heatmaps-{artefact_id}.zip"'})
@@ -383,11 +396,20 @@ async def heatmap(
     request: Request,
     artefact_id: str,
     name: str,
+    store: Annotated[ResultStore, Depends(get_store)],
     who: Annotated[Principal, Depends(require_role("radiologist"))],
 ) -> FileResponse:
     path = _runner(request).artefact_path(artefact_id, name)
     if path is None:
         raise ApiError(404, "not_found", "no such heat-map image")
+    known: OrderedDict[str, None] = request.app.state.stored_heatmaps
+    if artefact_id in known:
+        known.move_to_end(artefact_id)
+    else:  # as the Secondary Capture: only a stored study's
+        await _study_of_heatmaps(store, artefact_id)
+        known[artefact_id] = None
+        while len(known) > STORED_HEATMAPS_KEPT:
+            known.popitem(last=False)
     return FileResponse(path, media_type="image/png")
 
 
@@ -399,10 +421,10 @@ def create_app(settings: MedicalSettings | None = None):
     settings = settings or get_settings()
     withhold_header_values_from_logs()
 
-    def artefacts(payload: dict) -> list:  # what a stored analysis owns on disk, erased with it
-        from apps.medical.service import study_artefacts
+    from apps.medical.service import study_artefact_folder
 
-        return study_artefacts(settings.artefact_dir, payload)
+    # what a stored analysis owns on disk, erased with it; folders no stored analysis names are swept
+    artefacts = study_artefact_folder(settings.artefact_dir)
 
     def load_runners():
         from apps.medical.service import MedicalRunner
@@ -421,5 +443,6 @@ def create_app(settings: MedicalSettings | None = None):
         description="Chest CT + report -> calibrated malignancy probability, heat maps, modality weights. "
         "Research prototype, not a medical device.",
     )
+    app.state.stored_heatmaps = OrderedDict()  # artefact ids of stored studies, newest use last
     app.state.ct_gate = WorkGate("CT uploads being decoded", settings.ct_decode_slots, settings.ct_decode_queue)
     return app

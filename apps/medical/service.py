@@ -17,11 +17,14 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from core.serving.artefacts import write_durably
+
+if TYPE_CHECKING:
+    from core.serving.retention import ArtefactFolder
 
 DISCLAIMER = (
     "Research prototype trained on rendered (synthetic) CT volumes built from LIDC-IDRI annotations. "
@@ -47,6 +50,18 @@ def study_artefacts(artefact_dir: str | Path, payload: dict) -> list[Path]:
     """The files a stored analysis owns (its heat-map folder), erased with it."""
     artefact_id = str(payload.get("artefact_id") or "")
     return [Path(artefact_dir) / ARTEFACT_FOLDER / artefact_id] if _ARTEFACT_ID.match(artefact_id) else []
+
+
+def study_artefact_folder(artefact_dir: str | Path) -> ArtefactFolder:
+    """The analyses' heat-map folders as retention sees them (``core.serving.retention.ArtefactFolder``):
+    a stored analysis' files (``study_artefacts``), named by its payload's ``artefact_id``; a folder no
+    stored analysis names (its process died before the row was stored) is swept."""
+    import functools
+
+    from core.serving.retention import ArtefactFolder
+
+    return ArtefactFolder(Path(artefact_dir) / ARTEFACT_FOLDER, functools.partial(study_artefacts, artefact_dir),
+                          fields=("artefact_id",), pattern=_ARTEFACT_ID)
 _ARTEFACT_NAME = re.compile(r"^slice_\d{1,4}\.png$")
 
 

@@ -241,15 +241,16 @@ def create_service_app(
     what the app's text fields accept ("'text' takes at most 20000 characters"), said in the 413 to a
     form field over the form parser's 1 MB limit (else: send the content as a file). ``artefacts``: the
     files of a stored payload, erased with it (``core.serving.retention``: ``settings.retention_days``
-    and the apps' erase routes)."""
+    and the apps' erase routes); an ``ArtefactFolder`` also has its orphaned folders swept."""
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.loader = asyncio.create_task(_load(app, load_runners), name=f"load-{name}")
-        retention = None
-        if settings.retention_days is not None:
-            from core.serving.retention import retention_loop
+        from core.serving.retention import ArtefactFolder, retention_loop
 
+        retention = None
+        # results expire by age when a period is set; a crash's orphaned files are swept whatever the period
+        if settings.retention_days is not None or isinstance(artefacts, ArtefactFolder):
             retention = asyncio.create_task(retention_loop(app.state.store, name, settings.retention_days, artefacts,
                                                            settings.retention_check_s), name=f"retention-{name}")
         try:

@@ -252,6 +252,15 @@ class ResultStore:
                 row["created_at"] = _utc(row["created_at"]).isoformat()
         return rows
 
+    def iter_payload_values(self, app: str, keys: tuple[PayloadKey, ...] | None = None,
+                            batch: int = 2000) -> Iterator[tuple[Any, ...]]:
+        """Every one of ``app``'s results as the tuple of its payload values at ``keys`` (each read as JSON,
+        None where absent), or as ``(payload,)`` when ``keys`` is None, streamed ``batch`` rows at a time:
+        a pass over all results (the orphaned-files sweep) without holding them in memory."""
+        columns = [ResultRow.payload] if keys is None else [ResultRow.payload[key] for key in keys]
+        with self.engine.connect() as connection:
+            yield from connection.execution_options(yield_per=batch).execute(select(*columns).where(ResultRow.app == app))
+
     def results_before(self, app: str, before: dt.datetime, limit: int = 500, offset: int = 0) -> list[dict[str, Any]]:
         """``app``'s results stored before ``before`` (naive: UTC), oldest first, at most ``limit`` after the
         first ``offset``."""

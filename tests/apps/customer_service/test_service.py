@@ -568,3 +568,34 @@ def test_audio_shorter_than_the_minimum_is_refused_with_the_minimum(engine):
         assert (err.value.status, err.value.code) == (422, "too_short")
         assert "at least 0.25 s" in err.value.message and "WAV" in err.value.message
     assert engine.analyze(CallRequest(audio=wav_bytes(tone(0.3))))["transcript"]["duration_s"] == pytest.approx(0.3)
+
+
+def test_redacted_recordings_of_no_stored_call_are_swept_past_the_grace_period(tmp_path):
+    """A process that died between writing a call's redacted recording and storing the call left it on disk
+    for ever (no stored call names it: retention and erasure never reached it)."""
+    import os
+    import time
+
+    from apps.customer_service.api import _with_audio_link
+    from apps.customer_service.service import call_artefact_folder, redacted_audio_path
+    from apps.customer_service.settings import CustomerServiceSettings
+    from core.serving import ResultStore
+    from core.serving.retention import sweep_orphans
+
+    settings = CustomerServiceSettings(database_url=f"sqlite:///{tmp_path}/cs.db", artefact_dir=tmp_path / "artefacts")
+    store = ResultStore(settings.database_url)
+    stored, orphan = "a" * 32, "b" * 32
+    for artefact_id in (stored, orphan):
+        path = redacted_audio_path(settings, artefact_id)
+        path.parent.mkdir(parents=True)
+        path.write_bytes(b"RIFF")
+        for p in (path, path.parent):
+            os.utime(p, (time.time() - 7200,) * 2)
+    payload = _with_audio_link({"redacted_audio": {"artefact_id": stored, "seconds": 1.0}, "transcript": "t"},
+                               "/customer-service")
+    store.save_result("customer-service", "call", None, payload)
+    folder = call_artefact_folder(settings)
+    assert folder(payload) == [redacted_audio_path(settings, stored).parent]  # what an erasure removes
+    assert sweep_orphans(store, "customer-service", folder) == 1
+    assert redacted_audio_path(settings, stored).exists() and not redacted_audio_path(settings, orphan).parent.exists()
+    store.close()

@@ -577,3 +577,37 @@ def test_audit_records_tell_two_radiologists_apart(tiny_bundle, tiny_bert_dir, t
     assert read["role"] == analysed["role"] == "radiologist"
     assert read["key_id"] and analysed["key_id"] and read["key_id"] != analysed["key_id"]
     assert "rad-1" not in str(records) and "rad-2" not in str(records)
+
+
+def test_heat_map_pngs_of_no_stored_study_are_not_served_and_their_folder_is_swept(client, toy_studies):
+    """A process that died between drawing a study's heat maps and storing its row left them on disk, served
+    as PNGs (the Secondary Capture of the same folder was refused) and beyond retention and erasure."""
+    import os
+
+    from core.serving.retention import sweep_orphans
+
+    gone, kept = _analysed(client, toy_studies), _analysed(client, toy_studies)
+    store = client.app.state.store
+    store.delete_result(gone["id"])  # as if its row had never been stored
+    r = client.get(gone["heatmaps"][0], headers=RAD)
+    assert r.status_code == 404 and r.json()["error"]["message"] == "no stored study has these heat-map images"
+    assert client.get(gone["heatmaps"][0], headers={"X-API-Key": "ag"}).status_code == 403  # radiologists' as before
+    assert client.get(kept["heatmaps"][0], headers=RAD).status_code == 200
+    root = client.app.state.settings.artefact_dir / "medical"
+    folders = {body["id"]: root / body["heatmaps"][0].split("/")[3] for body in (gone, kept)}
+    assert sweep_orphans(store, "medical", client.app.state.artefacts) == 0  # within the grace period: kept
+    for folder in folders.values():
+        for path in [*folder.iterdir(), folder]:
+            os.utime(path, (time.time() - 7200,) * 2)
+    assert sweep_orphans(store, "medical", client.app.state.artefacts) == 1
+    assert not folders[gone["id"]].exists() and folders[kept["id"]].is_dir()
+    assert client.get(kept["heatmaps"][0], headers=RAD).status_code == 200
+
+
+def test_a_served_heat_map_is_refused_once_its_study_is_erased(client, toy_studies):
+    """The PNG route remembers which studies are stored (one lookup per page of slices); an erasure must
+    still end the serving of an image the route has already answered."""
+    body = _analysed(client, toy_studies)
+    assert all(client.get(link, headers=RAD).status_code == 200 for link in body["heatmaps"] * 2)
+    assert client.delete(f"/v1/studies/{body['id']}", headers=ADMIN).status_code == 204
+    assert all(client.get(link, headers=RAD).status_code == 404 for link in body["heatmaps"])

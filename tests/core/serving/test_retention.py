@@ -144,3 +144,127 @@ def test_a_retention_pass_pages_past_results_it_must_keep(tmp_path):
         _age(store, result_id, age)
     assert purge_expired(store, "a", 30, None, batch=2) == 3
     assert sorted(r["id"] for r in store.list_results("a")) == sorted(ids[:2])
+
+
+def _written(folder, seconds_ago: float) -> None:
+    """Date a folder and what is in it ``seconds_ago``."""
+    import os
+
+    moment = time.time() - seconds_ago
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (moment, moment), follow_symlinks=False)
+
+
+def _folder(root, name: str, seconds_ago: float | None = None):
+    folder = root / name
+    folder.mkdir(parents=True)
+    (folder / "slice_0.png").write_bytes(b"png")
+    if seconds_ago is not None:
+        _written(folder, seconds_ago)
+    return folder
+
+
+def _hex(n: int) -> str:
+    return f"{n:032x}"
+
+
+def test_orphaned_artefact_folders_past_the_grace_period_are_swept(tmp_path):
+    """A process killed between writing a result's files and storing its row left a folder no row names:
+    retention and erasure never reached it, personal data on disk for ever."""
+    from core.serving.retention import ArtefactFolder, sweep_orphans
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    root = tmp_path / "art" / "app"
+    folder = ArtefactFolder(root, lambda p: [root / p["artefact_id"]] if p.get("artefact_id") else [],
+                            fields=("artefact_id",))
+    store.save_result("app", "study", None, {"artefact_id": _hex(1), "other": "x"})
+    store.save_result("other-app", "study", None, {"artefact_id": _hex(2)})  # another app's row names nothing here
+    stored = _folder(root, _hex(1), 7200)
+    orphans = [_folder(root, _hex(2), 7200), _folder(root, _hex(3), 3 * 86400)]
+    fresh = _folder(root, _hex(4), 60)  # a request's, its row about to be stored
+    not_ours = [_folder(root, "notes", 7200), _folder(root, _hex(0xABC5).upper(), 7200)]
+    outside = _folder(tmp_path / "outside", _hex(6), 7200)
+    (root / _hex(6)).symlink_to(outside, target_is_directory=True)  # never followed out of the folder
+    (root / _hex(7)).write_bytes(b"a loose file")
+    assert sweep_orphans(store, "app", folder) == 2
+    assert not any(o.exists() for o in orphans)
+    assert stored.is_dir() and fresh.is_dir() and all(f.is_dir() for f in not_ours)
+    assert (outside / "slice_0.png").exists() and (root / _hex(6)).is_symlink() and (root / _hex(7)).is_file()
+    assert sweep_orphans(store, "app", folder, now=time.time() + 3600) == 1 and not fresh.exists()
+    assert stored.is_dir()
+    assert sweep_orphans(store, "app", ArtefactFolder(tmp_path / "none", folder.paths)) == 0  # no folder yet
+    store.close()
+
+
+def test_a_sweep_reads_nested_fields_and_whole_payloads_and_spares_running_jobs(tmp_path):
+    """A background job's row is stored before its files are written, and names them only once its outcome
+    is: folders written since a job still running started stay; an interrupted job's do not."""
+    import re
+
+    from core.serving.retention import ArtefactFolder, sweep_orphans
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    root = tmp_path / "art"
+
+    def paths(payload):
+        match = re.search(r"/v1/audio/([0-9a-f]{32})/", str((payload.get("audio") or {}).get("url") or ""))
+        return [root / match.group(1)] if match else []
+
+    store.save_result("app", "call", None, {"audio": {"url": f"/x/v1/audio/{_hex(1)}/a.wav"}, "transcript": "t"})
+    job = store.save_result("app", "call", None, {"status": "running", "heartbeat": dt.datetime.now(dt.UTC).isoformat()})
+    _age(store, job, 3 / 24)  # started 3 h ago, still beating
+    named = _folder(root, _hex(1), 5 * 3600)
+    the_jobs = _folder(root, _hex(2), 2 * 3600)  # written since the job started: its outcome will name it
+    orphan = _folder(root, _hex(3), 4 * 3600)  # written before it
+    for fields in ((("audio", "url"),), None):  # only the naming field, or whole payloads
+        assert sweep_orphans(store, "app", ArtefactFolder(root, paths, fields=fields)) == (1 if fields else 0)
+        assert named.is_dir() and the_jobs.is_dir() and not orphan.exists()
+    store.update_result(job, {"status": "running", "heartbeat": (dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)).isoformat()})
+    assert sweep_orphans(store, "app", ArtefactFolder(root, paths, fields=(("audio", "url"),))) == 1  # interrupted
+    assert named.is_dir() and not the_jobs.exists()
+    store.close()
+
+
+@pytest.mark.parametrize("retention_days", [None, 30])
+def test_the_retention_loop_sweeps_orphans_with_or_without_a_retention_period(tmp_path, retention_days):
+    """Orphans were never acknowledged results: they go whether or not results expire."""
+    import asyncio
+
+    from core.serving.retention import ArtefactFolder, retention_loop
+
+    store = ResultStore(f"sqlite:///{tmp_path / 'r.db'}")
+    root = tmp_path / "art"
+    orphan, kept = _folder(root, _hex(1), 7200), _folder(root, _hex(2), 7200)
+    store.save_result("app", "study", None, {"artefact_id": _hex(2)})
+    folder = ArtefactFolder(root, lambda p: [root / p["artefact_id"]] if p.get("artefact_id") else [],
+                            fields=("artefact_id",))
+
+    async def run() -> None:
+        task = asyncio.create_task(retention_loop(store, "app", retention_days, folder, every_s=0.05))
+        for _ in range(100):
+            if not orphan.exists():
+                break
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(run())
+    assert not orphan.exists() and kept.is_dir()
+    store.close()
+
+
+@pytest.mark.parametrize("retention_days", [None, 1])
+def test_an_app_sweeps_orphaned_artefact_folders_by_itself(tmp_path, retention_days):
+    from core.serving.retention import ArtefactFolder
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    root = tmp_path / "toy"
+    orphan = _folder(root, _hex(1), 7200)
+    settings = AppSettings(database_url=url, artefact_dir=tmp_path, retention_days=retention_days, retention_check_s=0.05)
+    app = create_service_app(name="toy", settings=settings, artefacts=ArtefactFolder(
+        root, lambda p: [root / p["artefact_id"]] if p.get("artefact_id") else [], fields=("artefact_id",)))
+    with TestClient(app):
+        for _ in range(100):
+            if not orphan.exists():
+                break
+            time.sleep(0.05)
+    assert not orphan.exists()
