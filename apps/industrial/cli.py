@@ -145,7 +145,8 @@ def evaluate(
     cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
     cwru_sensor: Annotated[str, typer.Option("--cwru-sensor", help="Accelerometer read from the CWRU files: DE (drive end, what the model is trained on), FE (fan end) or BA (base); files without it are skipped.")] = "DE",
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
-    detector: Annotated[str | None, typer.Option(help="Detector bundle (default: the shipped template-aware one, or with --no-template the image-only one, as the service picks).")] = None,
+    detector: Annotated[str | None, typer.Option(help="Default detector bundle, as the service's detector_dir: reads the boards without a template and, unless --template-detector pairs it, every board (with its template when template-aware). Default: the service's pair, the shipped template-aware detector for boards with a template, the image-only one for the others.")] = None,
+    template_detector: Annotated[str | None, typer.Option("--template-detector", help="Template-aware detector for boards with a template, paired with --detector (or the settings' image-only one) as the service pairs them.")] = None,
     vibration: Annotated[str | None, typer.Option(help="Vibration bundle (default: shipped).")] = None,
     threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 2,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N boards (smoke runs).")] = None,
@@ -173,11 +174,19 @@ def evaluate(
         settings = get_settings()
         if precision is None:
             precision = settings.detector_precision if backend == "onnx" else "fp32"
-        if detector is None:
-            # As the service picks: boards with a template go to the template-aware detector when one ships.
+        # As the service routes each board (service.detector_route): a board with a template goes to the
+        # template-aware detector when one is loaded, any other board to the default (image-only) one.
+        template_dir = None
+        if template_detector is not None:
+            template_dir = Path(template_detector)
+        elif detector is None:
             tdir = settings.template_detector_dir
-            use_tdir = not no_template and tdir is not None and (Path(tdir) / "model.safetensors").exists()
-            detector = str(tdir if use_tdir else settings.detector_dir)
+            if tdir is not None and (Path(tdir) / "model.safetensors").exists():
+                template_dir = Path(tdir)
+        if no_template:
+            template_dir = None  # every board read on the image alone, the endpoint's path without a template
+        if detector is None:
+            detector = str(settings.detector_dir)
         reclassifier = None
         classifier_dir = Path(classifier) if classifier else settings.defect_classifier_dir
         if not no_classifier and classifier_dir is not None and (classifier_dir / "model.safetensors").exists():
@@ -186,8 +195,8 @@ def evaluate(
             reclassifier = load_reclassifier(classifier_dir, threads=threads, backend="onnx" if backend == "onnx" else "torch")
         m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
                              backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier,
-                             workers=settings.detector_workers if workers is None else workers)
-        mode = "with template" if m["template_used"] else "without template"
+                             workers=settings.detector_workers if workers is None else workers, template_bundle_dir=template_dir)
+        mode = {0.0: "without template", 1.0: "with template"}.get(m["template_used"], f"{m['template_used']:.0%} of boards with template")
         _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
         metrics.update(m)
     if cwru:

@@ -21,35 +21,53 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
     ``data.repaired_scan``). With a template-aware model the template compared with itself has a
     zero difference image, so there the primary false-alarm board is ``repaired``, which keeps the
     real scan-vs-template noise; without a template it is ``template``, as for the gray model.
+    ``reference``: per input, the template registered to it (``data.align_template``, as the service
+    registers a request's template once for the detector input and the refutation), or None.
     """
-    from apps.industrial.data import load_gray, repaired_scan
+    from apps.industrial.data import align_template, load_gray, repaired_scan
     from apps.industrial.detector import prepare_image
 
     template_mode = use_template and config.input == "template-diff" and sample.template is not None
     template = load_gray(sample.template) if sample.template is not None else None
-    reference = template if template_mode else None
-    out = {"test": prepare_image(load_gray(sample.image), config, reference)}
+    images = {"test": load_gray(sample.image)}
     if template is not None:
-        out["template"] = prepare_image(template, config, reference)
-        out["repaired"] = prepare_image(repaired_scan(sample), config, reference)
+        images.update(template=template, repaired=repaired_scan(sample))
+    out, reference = {}, {}
+    for kind, image in images.items():
+        reference[kind] = align_template(image, template) if template_mode else None
+        out[kind] = prepare_image(image, config, reference[kind], registered=True)
     out["primary_clean"] = "repaired" if template_mode else "template"
-    out["reference"] = template if template_mode else None  # what the service compares each box with
+    out["reference"] = reference  # what the service compares each box with
     return out
 
 
+def board_readers(samples, config, use_template: bool = True, template_config=None) -> list[tuple[bool, bool]]:
+    """Per board, as the service routes a request (``service.detector_route``): (read by the template-aware
+    detector ``template_config``?, with its template?). A board has a template when its ``*_temp.jpg`` exists
+    and `use_template`; it goes to the template-aware detector when one is given, else to ``config``'s."""
+    from apps.industrial.service import detector_route
+
+    return [detector_route(use_template and s.template is not None, config.input, template_config is not None) for s in samples]
+
+
 def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False,
-                 reclassifier=None, boards_per_call: int = 1, refute_min_diff: float | None = None):
+                 reclassifier=None, boards_per_call: int = 1, refute_min_diff: float | None = None,
+                 template_model=None, template_config=None):
     """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards.
+
+    Each board is read as the service reads a request (``board_readers``): with ``template_model`` /
+    ``template_config`` (a template-aware detector) when it has a template and one is given, by ``model`` /
+    ``config`` otherwise (with its template only when that one is template-aware too).
 
     A board read with its template is scored as the service decides it: boxes the template refutes (fewer than
     ``refute_min_diff`` of their pixels differ from it; default the service's ``TEMPLATE_MIN_DIFF``) do not
     count toward its max confidence. The returned detections (for mAP) keep every box, as the service lists them.
 
     The inputs of ``boards_per_call`` boards go to the detector in one call, as the batch endpoint sends
-    boards (a detector with several workers splits the call across them). ``reclassifier``
-    (``reclassify.DefectReclassifier``): relabels the tested image's boxes when the board is read with its
-    template, as the service does; its time counts in ``seconds``. Confidences, hence the board scores, are
-    the detector's either way.
+    boards (a detector with several workers splits the call across them; boards of one call read by two
+    detectors make one call each). ``reclassifier`` (``reclassify.DefectReclassifier``): relabels the tested
+    image's boxes when the board is read with its template, as the service does; its time counts in
+    ``seconds``. Confidences, hence the board scores, are the detector's either way.
 
     Returns ``top`` with one entry per board for every kind (NaN for a board without a template, which has
     no defect-free inputs) and ``modes``, each board's primary defect-free kind (``board_inputs``): a board
@@ -57,33 +75,42 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
     from apps.industrial.detector import detect
     from apps.industrial.service import TEMPLATE_MIN_DIFF, template_support
 
+    if (template_model is None) != (template_config is None):
+        raise ValueError("give the template-aware detector's model and config together")
     min_diff = TEMPLATE_MIN_DIFF if refute_min_diff is None else refute_min_diff
+    readers = board_readers(samples, config, use_template, template_config)
+    detectors = {False: (model, config), True: (template_model, template_config)}
     dets_test, top, modes, seconds, n = [], {"test": [], "template": [], "repaired": []}, [], 0.0, 0
     for first in range(0, len(samples), boards_per_call):
-        boards = [board_inputs(s, config, use_template) for s in samples[first : first + boards_per_call]]
+        chunk = range(first, min(first + boards_per_call, len(samples)))
+        boards = [board_inputs(samples[j], detectors[readers[j][0]][1], readers[j][1]) for j in chunk]
+        by_template = [readers[j][0] for j in chunk]
         board_modes = [b.pop("primary_clean") for b in boards]
         references = [b.pop("reference") for b in boards]
-        calls = [(i, kind) for i, b in enumerate(boards) for kind in b]
+        found = {}
         start = time.perf_counter()
-        found = detect(model, [boards[i][kind] for i, kind in calls], config,
-                       conf=config.nms_conf if nms_conf is None else nms_conf)
-        if reclassifier is not None:  # the tested image of a board read with its template, as the service does
-            found = [reclassifier.relabel(dets, boards[i][kind].encoded, nms_iou=config.iou)
-                     if kind == "test" and board_modes[i] == "repaired" else dets
-                     for (i, kind), dets in zip(calls, found)]
+        for which in sorted(set(by_template)):  # one call per detector over this chunk's boards it reads
+            det_model, det_config = detectors[which]
+            calls = [(i, kind) for i, b in enumerate(boards) if by_template[i] == which for kind in b]
+            out = detect(det_model, [boards[i][kind] for i, kind in calls], det_config,
+                         conf=det_config.nms_conf if nms_conf is None else nms_conf)
+            if reclassifier is not None:  # the tested image of a board read with its template, as the service does
+                out = [reclassifier.relabel(dets, boards[i][kind].encoded, nms_iou=det_config.iou)
+                       if kind == "test" and board_modes[i] == "repaired" else dets
+                       for (i, kind), dets in zip(calls, out)]
+            found.update(zip(calls, out))
+            n += len(calls)
         seconds += time.perf_counter() - start
-        n += len(calls)
-        scores = [{"template": np.nan, "repaired": np.nan} for _ in boards]
-        for (i, kind), dets in zip(calls, found):
-            ref = references[i]
-            # encoded channel 0 is the (binarised) input image itself, which template_support binarises anyway
-            decisive = dets if ref is None else [d for d in dets if template_support(boards[i][kind].encoded[..., 0], ref, d.box_px) >= min_diff]
-            scores[i][kind] = max((d.confidence for d in decisive), default=0.0)
-            if kind == "test":
-                dets_test.append(dets)
-        for board in scores:
+        for i, board in enumerate(boards):
+            scores = {"template": np.nan, "repaired": np.nan}
+            for kind in board:
+                dets, ref = found[(i, kind)], references[i][kind]
+                # encoded channel 0 is the (binarised) input image itself, which template_support binarises anyway
+                decisive = dets if ref is None else [d for d in dets if template_support(board[kind].encoded[..., 0], ref, d.box_px) >= min_diff]
+                scores[kind] = max((d.confidence for d in decisive), default=0.0)
+            dets_test.append(found[(i, "test")])
             for kind in top:
-                top[kind].append(board[kind])
+                top[kind].append(scores[kind])
         modes += board_modes
         if progress and (first // boards_per_call + 1) % 25 == 0:
             print(f"  {first + len(boards)}/{len(samples)} boards", flush=True)
@@ -129,20 +156,27 @@ def evaluate_deeppcb(
     use_template: bool = True,
     reclassifier=None,
     workers: int = 1,
+    template_bundle_dir: Path | None = None,
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested and defect-free boards.
 
-    ``use_template``: a template-aware model gets each board's template (the default, when the layout
-    has one); False measures the no-template path the endpoint takes without one. A gray-input model
-    ignores it. ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any
-    detection >= the decision threshold for that path; ``board_recall``: share of tested (defective)
-    boards with one. Boards read with their template are decided as the service decides them: boxes the
-    template refutes do not count (``board_scores``). Each board is read with or without its template on its own
-    and decided at that path's threshold: a set where some boards lack their template gives ``template_used``
-    between 0 and 1 (the service sends such boards to its image-only detector; ``use_template=False`` on the
-    image-only bundle measures that path). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel boxes
-    of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions, the
-    inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
+    Boards are read as the service reads requests (``board_readers``): ``bundle_dir`` is its default
+    detector (``detector_dir``), ``template_bundle_dir`` its optional template-aware one
+    (``template_detector_dir``). A board with a template goes to the template-aware detector when one is
+    given; a board without one (no ``*_temp.jpg``) to ``bundle_dir``'s, on the image alone, as the endpoint
+    sends a request without a template. With no ``template_bundle_dir`` a template-aware ``bundle_dir`` reads
+    boards with their template and the others without. ``use_template=False`` reads every board without
+    its template (the template-aware detector is not loaded). Each board is decided at the threshold of the
+    detector and path that read it; ``template_used``: the share of boards read with their template.
+    ``map50``, ``board_false_alarm_rate``, ``board_recall`` etc. are over all boards together.
+
+    ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any detection >= that
+    threshold; ``board_recall``: share of tested (defective) boards with one. Boards read with their
+    template are decided as the service decides them: boxes the template refutes do not count
+    (``board_scores``). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel
+    boxes of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime
+    sessions per detector, the inputs of `workers` boards per call (split across the workers), image
+    decoding and encoding excluded.
     """
     import torch
 
@@ -158,15 +192,30 @@ def evaluate_deeppcb(
         raise ValueError(f"no boards to evaluate: split list {split!r} under {root} names none"
                          + (f" (or --limit {limit} keeps none)" if limit is not None else "")
                          + "; expected lines '<group>/<id>/<n>.jpg <group>/<id>_not/<n>.txt'")
-    model, config, _ = (load_onnx_detector(bundle_dir, threads, precision=precision, workers=workers) if backend == "onnx"
-                        else load_detector(bundle_dir))
+
+    def load(bundle):
+        return (load_onnx_detector(bundle, threads, precision=precision, workers=workers) if backend == "onnx"
+                else load_detector(bundle))
+
+    model, config, _ = load(bundle_dir)
+    template_model = template_config = None
+    if use_template and template_bundle_dir is not None:
+        template_model, template_config, _ = load(template_bundle_dir)
+        if template_config.input != "template-diff":  # as the service refuses it
+            raise ValueError(f"{template_bundle_dir} holds a {template_config.input!r}-input detector, not a template-diff one")
     if binarize is not None:
-        config.binarize = binarize
+        for c in (config, template_config):
+            if c is not None:
+                c.binarize = binarize
     dets, top, modes, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
-                                                      reclassifier=reclassifier, boards_per_call=max(1, workers))
-    # each board is decided at the threshold of the way it was read: with its template or without
-    with_template = np.array([mode == "repaired" for mode in modes])
-    thresholds = np.where(with_template, config.decision_threshold(True), config.decision_threshold(False))
+                                                      reclassifier=reclassifier, boards_per_call=max(1, workers),
+                                                      template_model=template_model, template_config=template_config)
+    # each board is decided at the threshold of the detector and path that read it: with its template or without
+    readers = board_readers(samples, config, use_template, template_config)
+    with_template = np.array([with_tmpl for _, with_tmpl in readers])
+    thresholds = np.array([(template_config if by_tmpl else config).decision_threshold(with_tmpl) for by_tmpl, with_tmpl in readers])
+    threshold_template = (template_config or config).decision_threshold(True)
+    threshold_no_template = config.decision_threshold(False)
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
     test_max, clean_max = top["test"], primary_clean_scores(top, modes)
 
@@ -184,8 +233,8 @@ def evaluate_deeppcb(
         "images_per_second": n_timed / seconds if seconds else 0.0,
         "n_boards": float(len(test_max)),
         "n_templates": float((~np.isnan(top["template"])).sum()),
-        # the threshold most boards were decided at; both are listed for a template-aware model
-        "decision_threshold": float(config.decision_threshold(bool(with_template.mean() >= 0.5))),
+        # the threshold most boards were decided at; both are listed when boards can be read with a template
+        "decision_threshold": float(threshold_template if with_template.mean() >= 0.5 else threshold_no_template),
         "template_used": float(with_template.mean()),  # the share of boards read with their template
         "board_fa_templates": rate(top["template"], thresholds),
         "board_fa_repaired": rate(top["repaired"], thresholds),
@@ -194,11 +243,13 @@ def evaluate_deeppcb(
     if 0 < with_template.mean() < 1:
         import warnings
 
-        warnings.warn(f"{int((~with_template).sum())} of {len(modes)} boards have no template: they were read by this "
-                      "detector on the image alone, at its threshold without a template", stacklevel=2)
-    if config.input == "template-diff":
-        result["decision_threshold_template"] = float(config.decision_threshold(True))
-        result["decision_threshold_no_template"] = float(config.decision_threshold(False))
+        reader = "the image-only detector" if config.input == "gray" else "the template-aware detector"
+        note = "" if config.input == "gray" else " (a service with an image-only detector besides sends them there)"
+        warnings.warn(f"{int((~with_template).sum())} of {len(modes)} boards have no template: they were read by {reader} "
+                      f"{Path(bundle_dir).name} on the image alone, at its threshold without a template{note}", stacklevel=2)
+    if template_config is not None or config.input == "template-diff":
+        result["decision_threshold_template"] = float(threshold_template)
+        result["decision_threshold_no_template"] = float(threshold_no_template)
     result.update({f"ap50_{k}": v for k, v in scores.per_class_ap50.items()})
     # Where a lower or higher threshold would put the two board-level error rates (for the card).
     for t in (0.1, 0.25, 0.5, 0.7):

@@ -221,6 +221,17 @@ def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
     return float((a != b).mean()) if a.size else 0.0
 
 
+def detector_route(has_template: bool, det_input: str, has_template_detector: bool) -> tuple[bool, bool]:
+    """How a board with an image is read: (by the template-aware second detector?, with its template?).
+
+    A board that brings a template goes to the template-aware detector when one is loaded; every other board
+    to the default detector (``detector_dir``), which takes the template only when it is a template-diff
+    detector itself. THE rule of ``InspectionRunner`` and of the evaluation (``evaluate.board_scores``)."""
+    if has_template and has_template_detector:
+        return True, True
+    return False, has_template and det_input == "template-diff"
+
+
 def detector_combiner(det_bundle, fitted):
     """The Bayesian rule with a detector bundle's own Platt scaling and ``fitted``'s vibration side (P(d | state),
     train prior); None when the bundle has no ``platt``."""
@@ -339,15 +350,18 @@ class InspectionRunner:
             if item.template is not None and item.image is not None and item.template.shape == item.image.shape:
                 item.template = align_template(item.image, item.template)
 
+    def _route(self, item) -> tuple[bool, bool]:
+        """(read by the template-aware detector?, with its template?) for a board with an image (``detector_route``)."""
+        return detector_route(item.template is not None and item.image is not None, self.det_config.input,
+                              self.template_detector is not None)
+
     def _uses_template(self, item) -> bool:
         """Whether this board's detection takes its template as input (else: the image alone)."""
-        if item.template is None or item.image is None:
-            return False
-        return self.template_detector is not None or self.det_config.input == "template-diff"
+        return item.image is not None and self._route(item)[1]
 
     def _detector_groups(self, items):
-        plain = [i for i, it in enumerate(items) if it.image is not None and not (self._uses_template(it) and self.template_detector is not None)]
-        templated = [i for i, it in enumerate(items) if it.image is not None and i not in plain]
+        plain = [i for i, it in enumerate(items) if it.image is not None and not self._route(it)[0]]
+        templated = [i for i, it in enumerate(items) if it.image is not None and self._route(it)[0]]
         groups = [(self.detector, self.det_config, plain)]
         if templated:
             groups.append((self.template_detector, self.template_config, templated))

@@ -185,3 +185,46 @@ def test_eval_deeppcb_reads_each_board_with_or_without_its_template_whatever_the
     assert "decision_threshold_template" in last and "decision_threshold_no_template" in last
     for key in ("board_false_alarm_rate", "board_recall", "map50", "board_fa_repaired", "decision_threshold"):
         assert last[key] == pytest.approx(first[key], abs=1e-9), key
+
+
+def test_eval_deeppcb_sends_boards_without_a_template_to_the_image_only_detector(tmp_path, tiny_bundles, monkeypatch):
+    """As the service routes a request: a board with its template to the template-aware detector, a board
+    without one to the image-only detector (not to the template-aware one on the image alone), each decided
+    at the threshold of the detector that read it; the metrics stay over all boards together."""
+    import shutil
+
+    from apps.industrial import detector as det_module
+    from apps.industrial import settings as settings_module
+
+    weights = tmp_path / "weights"
+    for name, conf in (("detector", {"conf": 0.7}), ("detector_template", {"conf": 0.6, "conf_no_template": 0.3})):
+        shutil.copytree(tiny_bundles / name, weights / name)
+        config = json.loads((weights / name / "config.json").read_text())
+        config["detector"].update(conf)
+        (weights / name / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(settings_module, "get_settings", lambda: settings_module.IndustrialSettings(
+        detector_dir=weights / "detector", template_detector_dir=weights / "detector_template", defect_classifier_dir=None))
+    seen = []  # per detector call (one board per call): the detector's input and the number of inputs
+    real_detect = det_module.detect
+    monkeypatch.setattr(det_module, "detect", lambda model, images, config, **kw: seen.append((config.input, len(images)))
+                        or real_detect(model, images, config, **kw))
+
+    root = make_deeppcb(tmp_path / "deeppcb")
+    (root / "PCBData" / "group13000" / "13000" / "13000001_temp.jpg").unlink()  # the last board of the list
+    out = tmp_path / "mixed.json"
+    with pytest.warns(UserWarning, match="image-only detector"):
+        r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--json", str(out),
+                                        "--threads", "1", "--workers", "1", "--backend", "torch"])
+    assert r.exit_code == 0, r.output
+    # tested image, template and repaired scan of each board with a template; the tested image alone otherwise
+    assert seen == [("template-diff", 3)] * 3 + [("gray", 1)]
+    m = json.loads(out.read_text())
+    assert m["template_used"] == 0.75 and m["n_boards"] == 4 and m["n_templates"] == 3
+    assert m["decision_threshold_template"] == 0.6 and m["decision_threshold_no_template"] == 0.7  # the image-only one's
+    assert m["decision_threshold"] == 0.6
+
+    seen.clear()  # --no-template: every board on the image alone, by the image-only detector
+    r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--json", str(out),
+                                    "--threads", "1", "--workers", "1", "--backend", "torch", "--no-template"])
+    assert r.exit_code == 0, r.output
+    assert seen == [("gray", 3)] * 3 + [("gray", 1)] and json.loads(out.read_text())["template_used"] == 0.0
