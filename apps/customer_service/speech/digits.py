@@ -431,24 +431,36 @@ def synthetic_strings(waves: list[np.ndarray], labels: np.ndarray, n: int = 100,
 _FSDD = r"^(\d)_([A-Za-z]+)_(\d+)\.wav$"
 
 
-def load_fsdd_8k(root: str | Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
-    """FSDD clips through the service's audio path (load_audio -> 16 kHz -> 8 kHz), trimmed."""
+def fsdd_clips(root: str | Path) -> list[tuple[Path, int, str]]:
+    """(path, digit, speaker) of every FSDD clip in ``<root>/recordings/`` (or ``root`` when it has none), sorted.
+    Listed as the other loaders list data (``core.data.dataset_files``): the extension in any case (``.WAV``
+    written on another OS), hidden files (macOS ``._<name>`` copies) skipped; the recordings folder only, not
+    the folders below it."""
     import re
 
-    from apps.customer_service.speech.audio import load_audio
+    from core.data import dataset_files
 
     root = Path(root)
     rec = root / "recordings" if (root / "recordings").is_dir() else root
+    out = []
+    for path in dataset_files(rec, ".wav"):
+        m = re.match(_FSDD, path.name, re.IGNORECASE)
+        if m and path.parent == rec:
+            out.append((path, int(m.group(1)), m.group(2)))
+    return out
+
+
+def load_fsdd_8k(root: str | Path) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, list[str]]:
+    """FSDD clips through the service's audio path (load_audio -> 16 kHz -> 8 kHz), trimmed."""
+    from apps.customer_service.speech.audio import load_audio
+
     waves, ys, spk, names = [], [], [], []
-    for path in sorted(rec.glob("*.wav")):
-        m = re.match(_FSDD, path.name)
-        if not m:
-            continue
+    for path, digit, speaker in fsdd_clips(root):
         x = to_8k(load_audio(path).mono())
         s, e = speech_span(x)
         waves.append(x[s:e])
-        ys.append(int(m.group(1)))
-        spk.append(m.group(2))
+        ys.append(digit)
+        spk.append(speaker)
         names.append(path.name)
     return waves, np.array(ys), np.array(spk), names
 
@@ -590,20 +602,16 @@ def strings_report(run: Path, pack_path: Path, n: int = 25, grammar_weight: floa
 def grammar_decisions(fsdd: Path, out: Path) -> None:
     """The JSGF digit grammar's answer (pocketsphinx, learned model off) for every FSDD clip:
     what the fusion weight is measured against. Never trained on these speakers."""
-    import re
-
     from apps.customer_service.speech.audio import load_audio
     from apps.customer_service.speech.grammars import DIGIT_VALUES
     from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
 
     rec = SphinxRecognizer(SphinxConfig(lm="bank", digit_model=False))
-    root = fsdd / "recordings" if (fsdd / "recordings").is_dir() else fsdd
     names, hyp = [], []
-    for path in sorted(root.glob("*.wav")):
-        if re.match(_FSDD, path.name):
-            words = rec.transcribe(load_audio(path).mono(), mode="digit").text.split()
-            hyp.append(DIGIT_VALUES.get(words[0], -1) if len(words) == 1 else -1)
-            names.append(path.name)
+    for path, _, _ in fsdd_clips(fsdd):
+        words = rec.transcribe(load_audio(path).mono(), mode="digit").text.split()
+        hyp.append(DIGIT_VALUES.get(words[0], -1) if len(words) == 1 else -1)
+        names.append(path.name)
     np.savez(out, names=np.array(names), digit=np.array(hyp))
 
 

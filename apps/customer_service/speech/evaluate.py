@@ -7,6 +7,14 @@
 * Sphinx test data: ``<root>/**/*.transcription`` with lines ``<s> words </s> (utt-id)``; audio
   ``<utt-id>.wav`` beside it, or at the paths of the sibling ``*fileids`` (also under ``../wav/``,
   sphinxtrain's ``etc/`` + ``wav/`` layout).
+* sphinxtrain: ``<root>/etc/<name>.transcription`` (``<s> words </s> (utt-id)`` or ``words (utt-id)``) with
+  ``<root>/etc/<name>.fileids`` (one path a line, relative to ``wav/``, no extension) and audio
+  ``<root>/wav/<fileid>.wav``. A transcription with a fileids of its own name is read line by line beside it,
+  as sphinxtrain reads them: the two must agree in length and in each utterance's id (the fileid's last part),
+  so two speakers' ``001`` never share one recording.
+
+An utterance whose audio is missing is refused (:class:`MissingAudio`, both a ``FileNotFoundError`` and a
+``ValueError``) with the transcript and the utterance named.
 
 Scoring text normalisation (applied to reference and hypothesis alike, as Whisper's English
 normaliser does): lower case, punctuation dropped, hyphens split, a few spelling variants unified
@@ -35,6 +43,10 @@ def scoring_text(text: str) -> str:
     t = re.sub(r"[^a-z0-9' ]+", " ", t)
     words = [_VARIANTS.get(w, w) for w in (w.strip("'") for w in t.split()) if w]
     return " ".join(words)
+
+
+class MissingAudio(FileNotFoundError, ValueError):
+    """A transcript names an utterance whose audio is not there: the dataset given is incomplete."""
 
 
 def _is_data_file(name: str, ending: str) -> bool:
@@ -92,30 +104,64 @@ def librispeech_items(root: Path) -> list[tuple[Path, str]]:
             utt, _, words = line.strip().partition(" ")
             audio = _audio_file(trans.parent / utt, (".flac", ".wav"), listings)
             if audio is None:
-                raise FileNotFoundError(f"{trans}: no audio for {utt} (.flac or .wav)")
+                raise MissingAudio(f"{trans}: no audio for {utt} (.flac or .wav)")
             items.append((audio, words))
     return items
+
+
+_TRANSCRIPTION_LINE = re.compile(r"^(.*?)\s*\(([^()]+)\)\s*$")
+
+
+def _paired_fileids(trans: Path) -> Path | None:
+    """sphinxtrain's ``<name>.fileids`` beside ``<name>.transcription`` (the name compared without case)."""
+    stem = trans.name[:-len("transcription")].lower()
+    return next((f for f in _files_in(trans.parent, "fileids") if f.name[:-len("fileids")].lower() == stem), None)
+
+
+def _transcription_pairs(trans: Path) -> list[tuple[str, str, str]]:
+    """(utterance id, fileid, words) for each utterance of ``trans``. With a fileids of its own name, line i of
+    one is line i of the other (sphinxtrain's rule), checked by the id; otherwise each line's id is looked up
+    among the fileids beside it by its last part (the pocketsphinx test data), or stands for itself."""
+    lines = [line.strip() for line in _read_text(trans).splitlines() if line.strip()]
+    paired = _paired_fileids(trans)
+    if paired is not None:
+        fileids = [line.strip() for line in _read_text(paired).splitlines() if line.strip()]
+        if len(fileids) != len(lines):
+            raise ValueError(f"{trans} has {len(lines)} utterances but {paired} lists {len(fileids)}: "
+                             "sphinxtrain pairs them line by line")
+        out = []
+        for n, (line, fileid) in enumerate(zip(lines, fileids), 1):
+            m = _TRANSCRIPTION_LINE.match(line)
+            utt, words = (m.group(2).strip(), m.group(1)) if m else (Path(fileid).name, line)
+            if utt not in (fileid, Path(fileid).name):
+                raise ValueError(f"{trans} line {n} is utterance {utt!r} but line {n} of {paired} is {fileid!r}")
+            out.append((utt, fileid, words))
+        return out
+    fileids = {}
+    for ids in _files_in(trans.parent, "fileids"):
+        for line in _read_text(ids).split():
+            fileids[Path(line).name] = line
+    out = []
+    for line in lines:
+        m = _TRANSCRIPTION_LINE.match(line)
+        if m:
+            utt = m.group(2).strip()
+            out.append((utt, fileids.get(utt, utt), m.group(1)))
+    return out
 
 
 def sphinx_items(root: Path) -> list[tuple[Path, str]]:
     items, listings = [], {}
     for trans in dataset_files(root, "transcription"):
-        fileids = {}
-        for ids in _files_in(trans.parent, "fileids"):
-            for line in _read_text(ids).split():
-                fileids[Path(line).name] = line
-        for line in _read_text(trans).splitlines():
-            m = re.match(r"^(.*?)\s*\(([^()]+)\)\s*$", line.strip())
-            if not m:
-                continue
-            words = re.sub(r"</?s>", " ", m.group(1))
-            utt = m.group(2)
-            fileid = fileids.get(utt, utt)
-            # sphinxtrain's own layout keeps etc/<db>.transcription beside wav/<fileid>.wav
-            stems = [trans.parent / utt, trans.parent / fileid, trans.parent.parent / fileid, trans.parent.parent / "wav" / fileid]
+        for utt, fileid, words in _transcription_pairs(trans):
+            words = re.sub(r"</?s>", " ", words)
+            # sphinxtrain's own layout keeps etc/<db>.transcription beside wav/<fileid>.wav; the fileid first, so
+            # that spk1/001 and spk2/001 (utterance 001 both) each find their own recording
+            stems = [trans.parent / fileid, trans.parent.parent / "wav" / fileid, trans.parent.parent / fileid, trans.parent / utt]
             audio = next((a for a in (_audio_file(stem, (".wav",), listings) for stem in stems) if a), None)
             if audio is None:
-                raise FileNotFoundError(f"{trans}: no audio for {utt}")
+                raise MissingAudio(f"{trans}: no audio for {utt} (fileid {fileid}; looked for "
+                                   f"{trans.parent.parent / 'wav' / fileid}.wav and beside the transcription)")
             items.append((audio, " ".join(words.split())))
     return items
 

@@ -111,8 +111,8 @@ class Seq2SeqRecognizer:
         if self.language is not None:
             extra |= {"language": self.language, "task": "transcribe"}
         config = copy.deepcopy(self.model.generation_config)
-        config.update(max_new_tokens=self.new_tokens_for(len(chunk) / RATE), max_length=None, do_sample=False,
-                      num_beams=1, return_dict_in_generate=True, output_scores=True)
+        config.update(**self._length_bound(self.new_tokens_for(len(chunk) / RATE)), do_sample=False, num_beams=1,
+                      return_dict_in_generate=True, output_scores=True)
         with torch.inference_mode():
             out = self.model.generate(inputs, generation_config=config, **extra)
         # Greedy decoding picks the top token of each step's scores, so the scores alone give the tokens and
@@ -120,6 +120,16 @@ class Seq2SeqRecognizer:
         probs = torch.stack([s[0] for s in out.scores]).float().softmax(-1)
         best_p, best_id = probs.max(-1)
         return best_id.tolist(), best_p.tolist()
+
+    def _length_bound(self, new_tokens: int) -> dict:
+        """The generation settings that let a chunk emit at most ``new_tokens`` tokens, one bound only: given
+        both, generate() logs a warning per call that ``max_new_tokens`` takes precedence over ``max_length``.
+        Whisper's generate() fills ``max_length``'s default (20) in whenever it is unset and reads it as new
+        tokens (it adds its prompt's length itself), so Whisper is bounded by ``max_length``; every other model
+        by ``max_new_tokens``, ``max_length`` cleared."""
+        if getattr(self.model.config, "model_type", None) == "whisper":
+            return {"max_length": new_tokens, "max_new_tokens": None}
+        return {"max_new_tokens": new_tokens, "max_length": None}
 
     def _words(self, ids: list[int], probs: list[float], start: float, end: float) -> list[Word]:
         """Words of the decoded ``ids`` with their tokens' mean probability, laid out over [start, end)."""

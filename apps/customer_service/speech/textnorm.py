@@ -7,7 +7,9 @@ that works on the written form can still point at the spoken words (and their ti
 
 Rules, in the order tried at each position:
   1. dates: ORDINAL [of] MONTH [YEAR] | MONTH [the] ORDINAL [YEAR] -> "3 March 1985"
-  2. digit runs: two or more digit words (zero/oh/one..nine, "double"/"triple" x) -> "4567"
+  2. digit runs: two or more digit words (zero/oh/one..nine, "double"/"triple" x) -> "4567"; "oh" is a zero
+     only in a run that holds another digit ("four oh two one", "oh seven"): "oh oh" alone, or an "Oh,"
+     set off by punctuation before the digits ("Oh, one more thing"), stays as said
   3. cardinals: "one hundred and twenty three" -> "123"; values below ten stay words unless an
      amount or percent follows ("one card" stays, "five pounds" -> "£5")
   4. amounts: NUMBER pounds|dollars|euros [and] [NUMBER pence|cents] -> "£12.50"; NUMBER pence -> "£0.50"
@@ -45,6 +47,9 @@ SUBUNIT = {"pence": 100, "penny": 100, "p": 100, "cent": 100, "cents": 100}
 
 _TOKEN = re.compile(r"\S+")
 _EDGE = re.compile(r"^[^\w£$€]+|[^\w%]+$")
+_LEAD = re.compile(r"^[^\w£$€]+")
+_TRAIL = re.compile(r"[^\w%]+$")
+_OH = ("o", "oh")
 
 
 @dataclass(frozen=True)
@@ -69,18 +74,33 @@ def tokenize(text: str) -> list[_Tok]:
 
 
 def normalise(text: str) -> str:
-    """Spoken-form numbers, amounts and dates in ``text`` rewritten in written form."""
-    return " ".join(p.text for p in normalise_aligned(text))
+    """Spoken-form numbers, amounts and dates in ``text`` rewritten in written form. Punctuation around
+    a rewritten stretch stays with it ("(twelve pounds)." -> "(£12)."); inside it, it goes ("four, five" -> "45")."""
+    out = []
+    for p in normalise_aligned(text):
+        source = text[p.start:p.end]
+        if p.text != source:
+            lead, trail = _LEAD.search(source), _TRAIL.search(source)
+            out.append((lead.group() if lead else "") + p.text + (trail.group() if trail else ""))
+        else:
+            out.append(p.text)
+    return " ".join(out)
 
 
-def normalise_aligned(text: str) -> list[Piece]:
-    """:func:`normalise` as pieces that keep their source character offsets."""
+def normalise_aligned(text: str, *, lone_oh_runs: bool = False) -> list[Piece]:
+    """:func:`normalise` as pieces that keep their source character offsets (a rewritten piece without
+    the punctuation around it).
+
+    ``lone_oh_runs``: read a run of "oh"s with no other digit ("oh oh oh oh") as zeros, and an "Oh," set
+    off by punctuation as a digit too, as the PII detector does: it reads them only where a PIN, code or
+    account is named ("my pin is oh oh oh oh"), and there a zero is what was said."""
     toks = tokenize(text)
     words = [t.word for t in toks]  # once: rebuilt per token it made a long call's transcript quadratic
     out: list[Piece] = []
+    digit_run = _digit_run_reading_lone_ohs if lone_oh_runs else _digit_run
     i = 0
     while i < len(toks):
-        for rule in (_date, _digit_run, _number_phrase):
+        for rule in (_date, digit_run, _number_phrase):
             hit = rule(toks, i, words)
             if hit is not None:
                 written, j = hit
@@ -136,31 +156,45 @@ def parse_cardinal(words: list[str], i: int) -> tuple[int, int] | None:
     return total + current, j
 
 
-def _digit_run(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
-    """Two or more spoken digits ("four five", "double five", "oh seven") -> "45", "55", "07"."""
-    digits, j, n_spoken = "", i, 0
+def _digit_run(toks: list[_Tok], i: int, words: list[str], *, lone_oh_runs: bool = False) -> tuple[str, int] | None:
+    """Two or more spoken digits ("four five", "double five", "oh seven") -> "45", "55", "07".
+
+    "oh" ("o") is a zero only in a run with some other digit: "oh oh" alone is an exclamation, and an "Oh," with
+    punctuation after it opens no run ("Oh, one more thing"). ``lone_oh_runs`` reads both as digits all the same."""
+    digits, j, n_spoken, other = "", i, 0, False  # other: a digit that is no "oh" seen
+    if not lone_oh_runs and words[i] in _OH and _TRAIL.search(toks[i].raw):
+        return None
     while j < len(toks):
         w = toks[j].word
         if w in REPEAT and j + 1 < len(toks) and toks[j + 1].word in DIGIT_WORDS:
             digits += DIGIT_WORDS[toks[j + 1].word] * REPEAT[w]
             n_spoken += REPEAT[w]
+            other = other or toks[j + 1].word not in _OH
             j += 2
-        elif w in DIGIT_WORDS and not (w in ("o", "oh") and n_spoken == 0 and not _next_is_digit(toks, j)):
+        elif w in DIGIT_WORDS and not (w in _OH and n_spoken == 0 and not _next_is_digit(toks, j)):
             digits += DIGIT_WORDS[w]
             n_spoken += 1
+            other = other or w not in _OH
             j += 1
         elif re.fullmatch(r"\d+", w) and n_spoken:  # "four 5 6" mixes forms
             digits += w
             n_spoken += len(w)
+            other = True
             j += 1
         else:
             break
+    if not (other or lone_oh_runs):
+        return None
     if n_spoken >= 2 and j > i:
         # a trailing unit like "pounds" means the last word was an amount, not a digit string
         if j < len(toks) and (toks[j].word in CURRENCY or toks[j].word in SUBUNIT) and j - i == 2:
             return None
         return digits, j
     return None
+
+
+def _digit_run_reading_lone_ohs(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
+    return _digit_run(toks, i, words, lone_oh_runs=True)
 
 
 def _next_is_digit(toks: list[_Tok], j: int) -> bool:

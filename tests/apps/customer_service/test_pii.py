@@ -704,3 +704,17 @@ def test_letters_among_digits_stay_unless_they_make_a_card(text):
 def test_every_card_in_one_run_of_digits_is_redacted(text, cards):
     redacted = redact(text).text
     assert redacted.count("[CARD]") == cards and not any(ch.isdigit() for ch in redacted), redacted
+
+
+def test_oh_is_no_zero_in_the_written_form_but_a_pin_of_zeros_is_still_redacted():
+    """The written form reads "oh" as zero only among other digits ("oh oh I think..." once became "00 I think...");
+    the detector still reads a run of "oh"s as zeros where a PIN, code or account is named."""
+    from apps.customer_service.pii import normalise_redacted
+
+    assert normalise_redacted("oh oh I think I lost my card") == "oh oh I think I lost my card"
+    assert normalise_redacted("Oh, one more thing, I paid twelve pounds.") == "Oh, one more thing, I paid £12."
+    assert normalise_redacted("my pin is oh oh oh oh") == "my pin is [CREDENTIAL]"
+    assert normalise_redacted("the sort code is oh oh oh oh oh oh") == "the sort code is [ACCOUNT]"
+    assert [(r.type, r.start) for r in find_pii("my pin is oh oh oh oh")] == [("credential", 10)]
+    card = "my card is four five three nine one four eight eight oh three four three six four six seven."
+    assert normalise_redacted(card) == "my card is [CARD]."

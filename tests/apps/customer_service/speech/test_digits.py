@@ -249,3 +249,21 @@ def test_upsampling_and_placement_keep_the_word():
     assert abs((loud[0] + loud[-1]) / 2 - len(clip) / 2) < 400  # centred
     shifted = DE.centred_clip(up, shift=1600)
     assert np.flatnonzero(np.abs(shifted) > 0.05)[0] - loud[0] == 1600
+
+
+def test_fsdd_recordings_are_listed_in_any_case_as_the_other_loaders_list_them(tmp_path):
+    """``.WAV`` written on another OS counts, as ``core.data.dataset_files`` counts it; macOS ``._`` copies, other
+    files and the folders below recordings/ do not."""
+    import soundfile as sf
+
+    rec = tmp_path / "recordings"
+    (rec / "old").mkdir(parents=True)
+    for name in ("0_jo_1.wav", "7_ann_0.WAV", "9_jo_2.Wav", "old/3_jo_0.wav", "readme.wav"):
+        sf.write(rec / name, _tone(440.0, 0.5, sr=16_000), 16_000)
+    (rec / "._0_jo_1.wav").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00Mac OS X        ")
+    (rec / "5_jo_1.txt").write_text("not audio")
+    expected = [(rec / "0_jo_1.wav", 0, "jo"), (rec / "7_ann_0.WAV", 7, "ann"), (rec / "9_jo_2.Wav", 9, "jo")]
+    assert D.fsdd_clips(tmp_path) == expected == D.fsdd_clips(rec)
+    waves, y, speakers, names = D.load_fsdd_8k(tmp_path)
+    assert names == ["0_jo_1.wav", "7_ann_0.WAV", "9_jo_2.Wav"] and y.tolist() == [0, 7, 9]
+    assert speakers.tolist() == ["jo", "ann", "jo"] and len(waves) == 3 and all(0 < len(w) <= 4_000 for w in waves)

@@ -207,3 +207,76 @@ def test_spoken_card_redaction_end_to_end(bank_recognizer):
     assert out["calls"] == 2.0 and 0.0 <= out["digit_wer"] <= 1.0
     assert out["card_leak_free"] >= out["card_fully_redacted"]
     assert out["card_leak_free"] == 1.0  # both calls: no four true digits in a row survive
+
+
+class _ByLength:
+    """A recogniser that says the sentence of the recording's length (whole seconds): a reference read beside
+    the wrong recording then scores a word error rate above 0."""
+
+    def __init__(self, sentences: dict[int, str]):
+        self.sentences = sentences
+
+    def transcribe(self, samples, sample_rate, *, mode="default"):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(text=self.sentences[round(len(samples) / sample_rate)], confidence=0.9)
+
+
+def _sphinxtrain_db(root, utterances: list[tuple[str, str, float]], *, name: str = "bank_test") -> None:
+    """``etc/<name>.fileids`` + ``etc/<name>.transcription`` + ``wav/<fileid>.wav`` (a tone of the given seconds)."""
+    (root / "etc").mkdir(parents=True)
+    for fileid, _, seconds in utterances:
+        wav = root / "wav" / f"{fileid}.wav"
+        wav.parent.mkdir(parents=True, exist_ok=True)
+        t = np.arange(int(seconds * 16_000)) / 16_000
+        sf.write(wav, (0.3 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16), 16_000)
+    (root / "etc" / f"{name}.fileids").write_text("".join(f"{f}\n" for f, _, _ in utterances))
+    # sphinxtrain writes "<s> words </s> (id)"; some databases drop the sentence marks
+    lines = [f"<s> {text.upper()} </s> ({f.rsplit('/', 1)[-1]})" if i % 2 == 0 else f"{text} ({f.rsplit('/', 1)[-1]})"
+             for i, (f, text, _) in enumerate(utterances)]
+    (root / "etc" / f"{name}.transcription").write_text("\n".join(lines) + "\n")
+
+
+def test_sphinxtrain_database_pairs_each_fileid_with_its_own_line(tmp_path):
+    """Two speakers' utterance 001: line i of the transcription is line i of the fileids (sphinxtrain's rule),
+    so each reference meets its own recording (looked up by the id alone, both once met spk2's)."""
+    utterances = [("spk1/001", "please cancel my card", 1.0), ("spk2/001", "my transfer has not arrived", 2.0),
+                  ("spk2/002", "check my balance", 3.0)]
+    _sphinxtrain_db(tmp_path, utterances)
+    assert find_layout(tmp_path) == "sphinx"
+    assert sphinx_items(tmp_path) == [(tmp_path / "wav" / f"{f}.wav", text.upper() if i % 2 == 0 else text)
+                                      for i, (f, text, _) in enumerate(utterances)]
+    out = evaluate_asr(tmp_path, recognizer=_ByLength({round(s): t for _, t, s in utterances}))
+    assert out["utterances"] == 3 and out["ref_words"] == 12 and out["wer"] == 0.0
+
+
+def test_sphinxtrain_database_with_missing_audio_or_mismatched_lists_is_refused(tmp_path):
+    utterances = [("spk1/001", "please cancel my card", 1.0), ("spk2/001", "my transfer has not arrived", 1.0)]
+    _sphinxtrain_db(tmp_path / "missing", utterances)
+    (tmp_path / "missing" / "wav" / "spk2" / "001.wav").unlink()
+    with pytest.raises(ValueError, match=r"no audio for 001 \(fileid spk2/001"):
+        sphinx_items(tmp_path / "missing")
+    with pytest.raises(FileNotFoundError):  # still what it was for the other layouts' callers
+        evaluate_asr(tmp_path / "missing", recognizer=_ByLength({1: "x"}))
+
+    _sphinxtrain_db(tmp_path / "short", utterances)
+    (tmp_path / "short" / "etc" / "bank_test.fileids").write_text("spk1/001\n")
+    with pytest.raises(ValueError, match="2 utterances but .*bank_test.fileids lists 1"):
+        sphinx_items(tmp_path / "short")
+
+    _sphinxtrain_db(tmp_path / "swapped", utterances)
+    (tmp_path / "swapped" / "etc" / "bank_test.fileids").write_text("spk1/001\nspk2/002\n")
+    with pytest.raises(ValueError, match="line 2 is utterance '001' but line 2 of .*bank_test.fileids is 'spk2/002'"):
+        sphinx_items(tmp_path / "swapped")
+
+
+def test_missing_audio_is_refused_alike_in_every_layout(tmp_path):
+    chapter = tmp_path / "libri" / "84" / "121123"
+    chapter.mkdir(parents=True)
+    (chapter / "84-121123.trans.txt").write_text("84-121123-0000 HELLO\n")
+    with pytest.raises(ValueError, match="no audio for 84-121123-0000"):
+        librispeech_items(tmp_path / "libri")
+    (tmp_path / "cards").mkdir()
+    (tmp_path / "cards" / "cards.transcription").write_text("<s> ten of clubs </s> (001)\n")
+    with pytest.raises(FileNotFoundError, match="no audio for 001"):
+        sphinx_items(tmp_path / "cards")

@@ -144,6 +144,33 @@ def test_loads_a_local_folder_and_transcribes_a_second_and_more_than_thirty(fold
     assert long.words[0].start < 30.0 < long.words[-1].end  # the second chunk's words are timed after the first's
 
 
+@pytest.mark.parametrize("folder", ["tiny_encoder_decoder", "tiny_hf_whisper"])
+def test_the_token_bound_is_set_once_and_draws_no_warning(folder, request, caplog):
+    """Whisper's generate() fills max_length in when it is unset: given max_new_tokens too, transformers logged
+    "Both `max_new_tokens` ... and `max_length` ... seem to have been set" once per chunk."""
+    import logging
+    import warnings
+
+    rec = create_recognizer("seq2seq", model_path=request.getfixturevalue(folder))
+    generated = []
+    real = rec.model.generate
+
+    def generate(inputs, **kw):
+        out = real(inputs, **kw)
+        generated.append(len(out.scores))
+        return out
+
+    rec.model.generate = generate
+    caplog.set_level(logging.WARNING)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rec.transcribe(_noisy_tone(1.0), 16_000)
+        rec.transcribe(_noisy_tone(2.5, seed=1), 16_000)
+    said = [r.getMessage() for r in caplog.records] + [str(w.message) for w in caught]
+    assert not [m for m in said if "max_length" in m or "max_new_tokens" in m], said
+    assert generated == [rec.new_tokens_for(1.0), rec.new_tokens_for(2.5)]  # the bound still holds, exactly
+
+
 def test_audio_at_another_rate_is_resampled_first(tiny_encoder_decoder):
     out = create_recognizer("seq2seq", model_path=tiny_encoder_decoder).transcribe(_noisy_tone(1.0)[::2], 8_000)
     _well_formed(out, 1.0)

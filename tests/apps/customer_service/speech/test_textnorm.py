@@ -70,3 +70,44 @@ def test_a_long_call_is_normalised_in_linear_time():
     assert len(pieces) == 12_000 and [p.text for p in pieces[:10]] == [
         "on", "3 March", "I", "paid", "£25", "to", "4567", "and", "called", "back"]
     assert sum(p.text == "£25" for p in pieces) == 1200
+
+
+@pytest.mark.parametrize("spoken,written", [
+    # "oh" is a zero only in a run with another digit
+    ("oh oh I think I lost my card", "oh oh I think I lost my card"),
+    ("oh oh", "oh oh"),
+    ("oh oh oh", "oh oh oh"),
+    ("Oh oh, that's bad", "Oh oh, that's bad"),
+    ("Oh, one more thing", "Oh, one more thing"),  # an "Oh," set off by punctuation opens no number
+    ("Oh. One two three", "Oh. 123"),
+    ("four oh two one", "4021"),
+    ("oh one two three", "0123"),
+    ("oh oh seven", "007"),
+    ("one two oh", "120"),
+    ("three zero one oh, nine nine oh three", "30109903"),  # inside a run an "oh," is still a digit
+])
+def test_oh_is_a_zero_only_among_other_digits(spoken, written):
+    assert normalise(spoken) == written
+
+
+@pytest.mark.parametrize("spoken,written", [
+    ("I paid twelve pounds.", "I paid £12."),
+    ("It was (twelve pounds), right?", "It was (£12), right?"),
+    ("call four five six seven, please", "call 4567, please"),
+    ("four, five, six.", "456."),  # punctuation inside a rewritten stretch goes, around it stays
+    ("born on the third of march nineteen eighty five!", "born on 3 March 1985!"),
+    ("Twenty percent?", "20%?"),
+])
+def test_punctuation_around_a_rewritten_stretch_stays(spoken, written):
+    assert normalise(spoken) == written
+
+
+def test_pieces_carry_no_punctuation_and_lone_oh_runs_on_request():
+    """The PII detector reads the pieces: a rewritten piece is the written form alone, and with lone_oh_runs a run
+    of "oh"s is zeros (a PIN of zeros is read only where a PIN is named)."""
+    text = "it was twelve pounds."
+    amount = normalise_aligned(text)[-1]
+    assert amount.text == "£12" and text[amount.start:amount.end] == "twelve pounds."
+    assert [p.text for p in normalise_aligned("my pin is oh oh oh oh")] == ["my", "pin", "is", "oh", "oh", "oh", "oh"]
+    assert [p.text for p in normalise_aligned("my pin is oh oh oh oh", lone_oh_runs=True)] == ["my", "pin", "is", "0000"]
+    assert [p.text for p in normalise_aligned("Oh, one two", lone_oh_runs=True)] == ["012"]
