@@ -8,7 +8,8 @@ Decoding is greedy, one chunk at a time: audio longer than the model's window (W
 ``chunk_s``) is cut at the quietest 20 ms near each window's end, so a cut rarely splits a word. Each chunk
 may emit at most ``tokens_per_second`` tokens per second of its audio (plus a few), never more than the
 decoder has positions for: a model that never says its end-of-text token (a random or a confused one)
-stops there instead of at the decoder's limit.
+stops there instead of at the decoder's limit. A chunk of digital silence (below ``asr.SILENCE_PEAK``) is
+skipped, as a silent input is: models hallucinate in it (Whisper base: " you").
 
 Words are the decoded text split at spaces, as the model writes them (Whisper keeps its casing and
 punctuation, as the ``whisper`` backend does); a word's confidence is the mean probability of its tokens,
@@ -86,6 +87,10 @@ class Seq2SeqRecognizer:
         t0 = time.perf_counter()
         words: list[Word] = []
         for a, b in chunk_bounds(x, int(self.chunk_s * RATE), int(self.search_s * RATE)):
+            # a chunk of digital silence is not decoded, as a silent input is not: Whisper base writes " you"
+            # in it (a long call's muted or silence-suppressed stretch, the agent's channel while the caller talks)
+            if silent_transcript(x[a:b], self.name, mode) is not None:
+                continue
             ids, probs = self._generate(x[a:b])
             words += self._words(ids, probs, *(t + a / RATE for t in voiced_span(x[a:b])))
         return Transcript(words=words, confidence=confidence_of(words), backend=self.name, mode=mode,

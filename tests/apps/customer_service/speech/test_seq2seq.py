@@ -181,6 +181,20 @@ def test_silence_is_not_decoded(tiny_encoder_decoder):
     assert out.words == [] and out.extra == {"silent": True} and out.backend == "seq2seq"
 
 
+def test_a_silent_chunk_of_a_long_input_is_not_decoded(tiny_encoder_decoder):
+    """A long call's stretch of digital silence (a muted line; the agent's channel while the caller talks) got
+    words: Whisper base writes " you" in 3 s of zeros. Here 1.5 s of signal then 4.5 s of zeros, in 2 s chunks:
+    only the first chunk (cut in the silence just after the signal) is decoded."""
+    rec = Seq2SeqRecognizer(tiny_encoder_decoder, chunk_s=2.0)
+    decoded = []
+    real = rec._generate
+    rec._generate = lambda chunk: decoded.append(len(chunk)) or real(chunk)
+    out = rec.transcribe(np.concatenate([_noisy_tone(1.5), np.zeros(int(4.5 * 16_000), np.float32)]), 16_000)
+    assert len(decoded) == 1 and decoded[0] < 2 * 16_000
+    _well_formed(out, 6.0)
+    assert out.words[-1].end <= 1.5 + 1e-6  # every word over the signal
+
+
 def test_subword_tokens_make_one_word_with_their_mean_probability(tiny_encoder_decoder):
     rec = create_recognizer("seq2seq", model_path=tiny_encoder_decoder)
     tok = rec.tokenizer
