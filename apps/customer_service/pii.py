@@ -333,7 +333,7 @@ def _find_in_folded(text: str) -> list[Redaction]:
     found: list[Redaction] = []
     found += _emails(text)
     found += _ibans(text)
-    pieces = normalise_aligned(text, lone_oh_runs=True)  # "my pin is oh oh oh oh": a zero PIN, where one is named
+    pieces = normalise_aligned(text, pii_reading=True)  # "my pin is oh oh oh oh": a zero PIN, where one is named
     words = [_plain(p.text) for p in pieces]
     ids = _national_ids(pieces, words, text)
     found += ids

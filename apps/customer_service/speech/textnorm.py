@@ -50,6 +50,7 @@ _EDGE = re.compile(r"^[^\w£$€]+|[^\w%]+$")
 _LEAD = re.compile(r"^[^\w£$€]+")
 _TRAIL = re.compile(r"[^\w%]+$")
 _OH = ("o", "oh")
+_SENTENCE_END = re.compile(r"[.!?]['\")\]]*$")
 
 
 @dataclass(frozen=True)
@@ -87,17 +88,18 @@ def normalise(text: str) -> str:
     return " ".join(out)
 
 
-def normalise_aligned(text: str, *, lone_oh_runs: bool = False) -> list[Piece]:
+def normalise_aligned(text: str, *, pii_reading: bool = False) -> list[Piece]:
     """:func:`normalise` as pieces that keep their source character offsets (a rewritten piece without
     the punctuation around it).
 
-    ``lone_oh_runs``: read a run of "oh"s with no other digit ("oh oh oh oh") as zeros, and an "Oh," set
-    off by punctuation as a digit too, as the PII detector does: it reads them only where a PIN, code or
-    account is named ("my pin is oh oh oh oh"), and there a zero is what was said."""
+    ``pii_reading``: digit runs as the PII detector reads them, as many digits as were said: a run of "oh"s with
+    no other digit ("oh oh oh oh") and an "Oh," set off by punctuation are zeros (it reads them only where a
+    PIN, code or account is named: "my pin is oh oh oh oh"), and a run goes on across a sentence end (a
+    recogniser that punctuates may put full stops between a card number's groups)."""
     toks = tokenize(text)
     words = [t.word for t in toks]  # once: rebuilt per token it made a long call's transcript quadratic
     out: list[Piece] = []
-    digit_run = _digit_run_reading_lone_ohs if lone_oh_runs else _digit_run
+    digit_run = _digit_run_as_pii_reads if pii_reading else _digit_run
     i = 0
     while i < len(toks):
         for rule in (_date, digit_run, _number_phrase):
@@ -156,15 +158,18 @@ def parse_cardinal(words: list[str], i: int) -> tuple[int, int] | None:
     return total + current, j
 
 
-def _digit_run(toks: list[_Tok], i: int, words: list[str], *, lone_oh_runs: bool = False) -> tuple[str, int] | None:
+def _digit_run(toks: list[_Tok], i: int, words: list[str], *, pii_reading: bool = False) -> tuple[str, int] | None:
     """Two or more spoken digits ("four five", "double five", "oh seven") -> "45", "55", "07".
 
     "oh" ("o") is a zero only in a run with some other digit: "oh oh" alone is an exclamation, and an "Oh," with
-    punctuation after it opens no run ("Oh, one more thing"). ``lone_oh_runs`` reads both as digits all the same."""
+    punctuation after it opens no run ("Oh, one more thing"). A run ends with its sentence ("Five, five. 8 of
+    spades" is "55. 8 of spades"). ``pii_reading`` reads lone "oh"s as digits and runs across sentence ends."""
     digits, j, n_spoken, other = "", i, 0, False  # other: a digit that is no "oh" seen
-    if not lone_oh_runs and words[i] in _OH and _TRAIL.search(toks[i].raw):
+    if not pii_reading and words[i] in _OH and _TRAIL.search(toks[i].raw):
         return None
     while j < len(toks):
+        if j > i and not pii_reading and _SENTENCE_END.search(toks[j - 1].raw):
+            break
         w = toks[j].word
         if w in REPEAT and j + 1 < len(toks) and toks[j + 1].word in DIGIT_WORDS:
             digits += DIGIT_WORDS[toks[j + 1].word] * REPEAT[w]
@@ -183,7 +188,7 @@ def _digit_run(toks: list[_Tok], i: int, words: list[str], *, lone_oh_runs: bool
             j += 1
         else:
             break
-    if not (other or lone_oh_runs):
+    if not (other or pii_reading):
         return None
     if n_spoken >= 2 and j > i:
         # a trailing unit like "pounds" means the last word was an amount, not a digit string
@@ -193,8 +198,8 @@ def _digit_run(toks: list[_Tok], i: int, words: list[str], *, lone_oh_runs: bool
     return None
 
 
-def _digit_run_reading_lone_ohs(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
-    return _digit_run(toks, i, words, lone_oh_runs=True)
+def _digit_run_as_pii_reads(toks: list[_Tok], i: int, words: list[str]) -> tuple[str, int] | None:
+    return _digit_run(toks, i, words, pii_reading=True)
 
 
 def _next_is_digit(toks: list[_Tok], j: int) -> bool:

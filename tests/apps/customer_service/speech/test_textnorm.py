@@ -102,12 +102,21 @@ def test_punctuation_around_a_rewritten_stretch_stays(spoken, written):
     assert normalise(spoken) == written
 
 
-def test_pieces_carry_no_punctuation_and_lone_oh_runs_on_request():
-    """The PII detector reads the pieces: a rewritten piece is the written form alone, and with lone_oh_runs a run
+def test_pieces_carry_no_punctuation_and_the_pii_reading_on_request():
+    """The PII detector reads the pieces: a rewritten piece is the written form alone, and with pii_reading a run
     of "oh"s is zeros (a PIN of zeros is read only where a PIN is named)."""
     text = "it was twelve pounds."
     amount = normalise_aligned(text)[-1]
     assert amount.text == "£12" and text[amount.start:amount.end] == "twelve pounds."
     assert [p.text for p in normalise_aligned("my pin is oh oh oh oh")] == ["my", "pin", "is", "oh", "oh", "oh", "oh"]
-    assert [p.text for p in normalise_aligned("my pin is oh oh oh oh", lone_oh_runs=True)] == ["my", "pin", "is", "0000"]
-    assert [p.text for p in normalise_aligned("Oh, one two", lone_oh_runs=True)] == ["012"]
+    assert [p.text for p in normalise_aligned("my pin is oh oh oh oh", pii_reading=True)] == ["my", "pin", "is", "0000"]
+    assert [p.text for p in normalise_aligned("Oh, one two", pii_reading=True)] == ["012"]
+
+
+def test_a_digit_run_ends_with_its_sentence_except_in_the_pii_reading():
+    """Whisper punctuates: "Five, five. 8 of spades" was written "558 of spades"."""
+    assert normalise("Five, five. 8 of spades") == "55. 8 of spades"
+    assert normalise("four five six seven. Thanks") == "4567. Thanks"
+    assert normalise("it is four five six.") == "it is 456."
+    pieces = normalise_aligned("four five six seven. eight nine zero one.", pii_reading=True)
+    assert [p.text for p in pieces] == ["45678901"]
