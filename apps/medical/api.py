@@ -91,11 +91,21 @@ class Finding(BaseModel):
                                                              "the study probability above is the calibrated answer)")
 
 
+class Inputs(BaseModel):
+    """What the study was sent with: without them a missing location cannot tell "no CT" from "a CT with
+    no nodule candidate"."""
+
+    ct: bool = Field(description="a CT was analysed")
+    report: bool = Field(description="a report was analysed")
+
+
 class AnalyzeResponse(BaseModel):
     id: str = Field(description="Result id in the result store")
     probability: float = Field(description="Calibrated probability that the nodule is malignant")
     risk: RiskBand
-    location: Location | None = Field(None, description="Heat-map peak; None without a CT")
+    location: Location | None = Field(None, description="Heat-map peak; None without a CT, and for a CT in which "
+                                                        "no nodule candidate was found (inputs.ct tells which)")
+    inputs: Inputs = Field(description="What was analysed: a CT, a report, or both")
     findings: list[Finding] = Field(default_factory=list, description="The nodule candidates that moved the decision, "
                                                                       "most influential first (at most 3; candidate models)")
     heatmaps: list[str] = Field(description="URLs of PNG slices with the explanation overlay (Grad-CAM for the whole-volume model; candidate occlusion for the shipped candidate model)")
@@ -176,14 +186,20 @@ def _check_study_uid(study_uid: str | None) -> None:
 
 def _response(result_id: str, payload: dict[str, Any], prefix: str) -> AnalyzeResponse:
     """The analyze response of a stored payload: the same answer whether just analysed or read back."""
-    fields = {k: v for k, v in payload.items() if k in AnalyzeResponse.model_fields and k not in ("id", "structured_report")}
-    return AnalyzeResponse(id=result_id, structured_report=f"{prefix}/v1/studies/{result_id}/structured-report.dcm", **fields)
+    fields = {k: v for k, v in payload.items() if k in AnalyzeResponse.model_fields
+              and k not in ("id", "structured_report", "inputs")}
+    return AnalyzeResponse(id=result_id, structured_report=f"{prefix}/v1/studies/{result_id}/structured-report.dcm",
+                           inputs=_inputs(payload), **fields)
+
+
+def _inputs(payload: dict[str, Any]) -> dict[str, bool]:
+    # results stored before the inputs were kept with them: an absent modality has no fusion weight
+    return payload.get("inputs") or {m: payload["modality_weights"].get(m, 0) > 0 for m in ("ct", "report")}
 
 
 def _summary(row: dict[str, Any]) -> StudySummary:
     payload = row["payload"]
-    # results stored before the inputs were kept with them: an absent modality has no fusion weight
-    inputs = payload.get("inputs") or {m: payload["modality_weights"].get(m, 0) > 0 for m in ("ct", "report")}
+    inputs = _inputs(payload)
     return StudySummary(id=row["id"], created_at=row["created_at"], probability=payload["probability"],
                         band=payload["risk"]["band"], ct=inputs["ct"], report=inputs["report"],
                         findings=len(payload.get("findings") or []), model_version=payload["model_version"])

@@ -12,6 +12,10 @@ let objectUrls = [];
 let shownId = null;  // the stored result in the view (every analysis is stored)
 let mayErase = false;  // the caller's role may erase (learnt from the audit trail's answer)
 let auditRequest = 0;  // the latest audit load: an older answer arriving late is dropped
+// The result area belongs to one study at a time: each analysis or opening starts a new view, which
+// aborts the one before; whatever still arrives for an older view (its study, its heat maps) is dropped,
+// so one study's images or links never land under another's.
+let view = { abort: new AbortController() };
 
 async function analyse(event) {
   event.preventDefault();
@@ -25,26 +29,39 @@ async function analyse(event) {
   if (file) form.append("ct", file);
   if (report.trim()) form.append("report", report);
   $("analyse-button").disabled = true;
-  $("study-result").hidden = true;
+  const v = clearStudy();
   const started = performance.now();
   setStatus("study-status", file ? "Uploading and analysing…" : "Analysing…");
   try {
     const response = await fetch(BASE + "v1/studies:analyze", { method: "POST", body: form, headers: headers() });
     if (!response.ok) throw new Error(await errorText(response));
     const result = await response.json();
-    await show(result);
-    setStatus("study-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s`);
+    if (v === view) {  // else another study was opened meanwhile: this one is in the list, not in the view
+      const failed = await show(result, v);
+      if (v === view) {
+        setStatus("study-status", `Done in ${((performance.now() - started) / 1000).toFixed(1)} s` + notLoaded(failed),
+          failed > 0);
+      }
+    }
     recent();  // the new study at the top of the list
   } catch (err) {
-    setStatus("study-status", err.message, true);
+    if (v === view) setStatus("study-status", err.message, true);
   } finally {
     $("analyse-button").disabled = false;
   }
 }
 
-async function show(r) {
-  objectUrls.forEach((u) => URL.revokeObjectURL(u));
-  objectUrls = [];
+// What a study without a location had: the answer says whether a CT was sent (results from before it
+// did: a CT that was sent has a fusion weight)
+function ctSent(r) {
+  return r.inputs ? r.inputs.ct : (r.modality_weights.ct || 0) > 0;
+}
+
+// Study ``r`` in the result area, for view ``v``: everything but the heat maps first, its download links
+// included, then the heat maps, each in its place (a failed one says so there). Resolves to how many
+// heat maps failed; anything for ``v`` once it is no longer the view is dropped.
+async function show(r, v) {
+  if (v !== view) return 0;
   shownId = r.id;
   cancelErase();
   offerErase();
@@ -53,7 +70,8 @@ async function show(r) {
   $("band").textContent = `${r.risk.band} risk · ${r.risk.meaning}`;
   $("band").className = `band ${r.risk.band}`;
   $("band-note").textContent = r.risk.note;
-  $("location").textContent = r.location ? r.location.description : "no CT: no location";
+  const withoutLocation = ctSent(r) ? "no nodule candidate found in the CT" : "no CT sent";
+  $("location").textContent = r.location ? r.location.description : withoutLocation;
 
   const weights = $("weights");
   weights.replaceChildren();
@@ -66,6 +84,8 @@ async function show(r) {
     + (ANSWERED_BY[r.answered_by] ? ` · ${ANSWERED_BY[r.answered_by]}` : "")
     + (r.source_study_uid ? " · the DICOM downloads file with the uploaded study" : "");
   $("disclaimer").textContent = r.disclaimer;
+  offerDownload($("capture"), r.secondary_capture, "secondary-capture.zip");
+  offerDownload($("structured-report"), r.structured_report, `report-${r.id}.dcm`);
 
   $("findings").tBodies[0].replaceChildren(...r.findings.map((f) => {
     const tr = document.createElement("tr");
@@ -77,31 +97,52 @@ async function show(r) {
   }));
   if (!r.findings.length) {
     const tr = document.createElement("tr");
-    const td = el("td", r.location ? "no candidate moved the decision" : "no CT sent", "muted");
+    const td = el("td", r.location ? "no candidate moved the decision" : withoutLocation, "muted");
     td.colSpan = 5;
     tr.append(td);
     $("findings").tBodies[0].append(tr);
   }
 
+  // every slice's place first (in order), then its image as it arrives
   const strip = $("heatmaps");
   strip.replaceChildren();
-  for (const [i, url] of r.heatmaps.entries()) {
-    const src = await fetchBlobUrl(url);
-    objectUrls.push(src);
+  if (!r.heatmaps.length) strip.append(el("p", `no heat map: ${withoutLocation}`, "muted"));
+  const loads = r.heatmaps.map((url, i) => {
     const figure = el("figure");
-    const img = el("img");
-    img.src = src;
-    img.alt = "axial slice with the explanation overlay";
+    const slot = el("p", "loading the heat map…", "muted small");
     const slice = (url.match(/slice_(\d+)\.png$/) || [])[1];
     const z = r.heatmap_z_mm ? ` · z ${r.heatmap_z_mm[i].toFixed(1)} mm` : "";
-    figure.append(img, el("figcaption", slice === undefined ? "" : `axial slice ${slice}${z} · patient's right on the left`));
+    figure.append(slot, el("figcaption", slice === undefined ? "" : `axial slice ${slice}${z} · patient's right on the left`));
     strip.append(figure);
-  }
-  if (!r.heatmaps.length) strip.append(el("p", "no heat map (no CT)", "muted"));
-
-  offerDownload($("capture"), r.secondary_capture, "secondary-capture.zip");
-  offerDownload($("structured-report"), r.structured_report, `report-${r.id}.dcm`);
+    return heatmap(url, v).then((src) => {
+      if (v !== view) return true;
+      const img = el("img");
+      img.src = src;
+      img.alt = "axial slice with the explanation overlay";
+      slot.replaceWith(img);
+      return true;
+    }, (err) => {
+      if (v !== view) return true;
+      slot.textContent = `heat map not loaded: ${err.message}`;
+      slot.className = "error small";
+      return false;
+    });
+  });
+  return (await Promise.all(loads)).filter((ok) => !ok).length;
 }
+
+// a heat-map PNG of view ``v`` as an object URL (fetched with the key; aborted with the view)
+async function heatmap(url, v) {
+  const response = await fetch(url, { headers: headers(), signal: v.abort.signal });
+  if (!response.ok) throw new Error(await errorText(response));
+  const blob = await response.blob();
+  if (v !== view) return null;  // dropped: no object URL made for it
+  const src = URL.createObjectURL(blob);
+  objectUrls.push(src);
+  return src;
+}
+
+const notLoaded = (failed) => failed ? ` · ${failed} heat map${failed === 1 ? "" : "s"} not loaded` : "";
 
 // a study sent with one input is answered by that input's dedicated model when the service has one
 const ANSWERED_BY = {
@@ -112,7 +153,7 @@ const ANSWERED_BY = {
 // a protected file behind a link: fetched with the API key when clicked, saved under ``filename``
 function offerDownload(link, url, filename) {
   link.hidden = !url;
-  link.onclick = async (event) => {
+  link.onclick = !url ? null : async (event) => {
     event.preventDefault();
     try {
       const blob = await fetchBlobUrl(url);
@@ -128,6 +169,9 @@ function offerDownload(link, url, filename) {
 }
 
 // ---- recent studies ----------------------------------------------------------------------------
+
+// beside a band shown without the result card's note (the worklist, the audit trail)
+const BAND_NOTE = "model risk band (BTS 2015 probability cut-offs on its calibrated output), not a Lung-RADS category";
 
 async function recent() {
   setStatus("recent-status", "Loading…");
@@ -146,6 +190,7 @@ async function recent() {
       const sent = [s.ct && "CT", s.report && "report"].filter(Boolean).join(" + ");
       const band = el("td");
       band.append(el("span", s.band, `band ${s.band}`));
+      band.title = BAND_NOTE;
       tr.append(el("td", s.created_at ? new Date(s.created_at).toLocaleString() : ""), el("td", pct(s.probability)),
         band, el("td", sent), el("td", s.ct ? s.findings : "—"), el("td", s.model_version, "muted small"));
       tr.tabIndex = 0;  // rows open with the keyboard too
@@ -161,15 +206,19 @@ async function recent() {
 }
 
 async function openStudy(id) {
+  const v = clearStudy();  // the study shown before goes first: a failed opening leaves nothing of it on screen
+  setStatus("study-status", "Opening the stored result…");
   try {
-    setStatus("study-status", "Opening the stored result…");
-    const response = await fetch(`${BASE}v1/studies/${encodeURIComponent(id)}`, { headers: headers() });
+    const response = await fetch(`${BASE}v1/studies/${encodeURIComponent(id)}`, { headers: headers(), signal: v.abort.signal });
     if (!response.ok) throw new Error(await errorText(response));
-    await show(await response.json());
-    setStatus("study-status", `Stored result ${id}`);
+    const result = await response.json();
+    if (v !== view) return;
+    const shown = show(result, v);
     $("study-result").scrollIntoView();
+    const failed = await shown;
+    if (v === view) setStatus("study-status", `Stored result ${id}` + notLoaded(failed), failed > 0);
   } catch (err) {
-    setStatus("study-status", err.message, true);
+    if (v === view) setStatus("study-status", `Result ${id} not opened: ${err.message}`, true);
   }
 }
 
@@ -193,7 +242,10 @@ function cancelErase() {
   $("erase").disabled = false;
 }
 
+// An empty, hidden result area and a new view for what comes next (the view before is aborted)
 function clearStudy() {
+  view.abort.abort();
+  view = { abort: new AbortController() };
   objectUrls.forEach((u) => URL.revokeObjectURL(u));
   objectUrls = [];
   shownId = null;
@@ -201,6 +253,9 @@ function clearStudy() {
   $("study-result").hidden = true;
   $("heatmaps").replaceChildren();
   $("findings").tBodies[0].replaceChildren();
+  offerDownload($("capture"), null, "");
+  offerDownload($("structured-report"), null, "");
+  return view;
 }
 
 async function erase() {
@@ -270,9 +325,11 @@ async function audit() {
       const subject = el("td");
       if (r.subject_hash) subject.append(el("code", r.subject_hash));
       else subject.append(el("span", "—", "muted"));
+      const outcome = el("td", outcomeText(r.outcome), "small");
+      if (r.outcome && "band" in r.outcome) outcome.title = `band: ${BAND_NOTE}`;
       tr.append(el("td", new Date(r.created_at).toLocaleString()), el("td", r.role === null ? "— (keys off)" : r.role),
         el("td", r.action), subject, el("td", r.model_version === null ? "—" : r.model_version, "muted small"),
-        el("td", outcomeText(r.outcome), "small"));
+        outcome);
       return tr;
     }));
     table.hidden = false;

@@ -3,6 +3,7 @@ on (like the other pages' browser tests: needs ``playwright`` and a Chromium, sk
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -129,3 +130,126 @@ def test_admin_reads_the_audit_trail_and_erases_a_study_a_radiologist_may_not(ti
         status = wait_status(page, "#study-status", lambda t, c: "error" in c, 30)
         assert status.startswith("Not erased: no stored study analysis") and "(404 not_found)" in status, status
         assert page.is_visible("#study-result")  # nothing was erased by the page: the view stays
+
+
+def _analysed(url: str, key: str, ct: Path | None, report: str) -> dict:
+    """One study analysed through the API (not the page): its answer."""
+    import httpx
+
+    files = {"ct": (ct.name, ct.read_bytes(), "application/gzip")} if ct else None
+    r = httpx.post(f"{url}/v1/studies:analyze", files=files, data={"report": report}, headers={"X-API-Key": key},
+                   timeout=120)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def _open(page, result_id: str) -> str:
+    """Click a study in the recent list; the page's status once it has opened (or failed to)."""
+    page.click(f'#studies tbody tr[title="open result {result_id}"]')
+    return wait_status(page, "#study-status", lambda t, c: "error" in c or t.startswith("Stored result"), 30)
+
+
+def _downloads_from(page, link: str) -> str:
+    """The URL the page fetches when ``link`` is clicked (the download itself is the browser's)."""
+    with page.expect_download(), page.expect_response(lambda r: "/v1/" in r.url) as response:
+        page.click(link)
+    return response.value.url
+
+
+@pytest.fixture()
+def two_studies(tiny_bundle, tiny_bert_dir, toy_studies, tmp_path):
+    """A server with API keys on, two CT studies analysed (the older one A, the newer one B) and a page
+    that shows the recent studies."""
+    from apps.medical.api import create_app
+    from apps.medical.settings import MedicalSettings
+    from core.serving.bench import LoopbackServer
+
+    settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
+                               artefact_dir=tmp_path / "art", api_keys={"rad-key": "radiologist"})
+    volumes = sorted((toy_studies / "volumes").glob("*.nii.gz"))
+    with LoopbackServer(create_app(settings)) as server:
+        a = _analysed(server.url, "rad-key", volumes[0], "Former smoker. Nodule in the right upper lobe.")
+        b = _analysed(server.url, "rad-key", volumes[1], "Never smoker. Small nodule in the left lower lobe.")
+        with open_page(server.url + "/ui/", accept_downloads=True) as (page, problems):
+            page.fill("#api-key", "rad-key")
+            page.dispatch_event("#api-key", "change")
+            assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "2 studies", 30) == "2 studies"
+            problems.clear()  # the page's first requests, before the key was typed, were refused: expected
+            yield server, page, problems, a, b
+
+
+@pytest.mark.timeout(240)
+def test_a_study_opened_after_another_shows_nothing_of_the_first_when_its_heat_maps_arrive_late(two_studies):
+    """A opened, B opened before A's heat maps came: B's view has B's probability, B's slices only and B's
+    links, and A's heat maps arriving afterwards change nothing (another patient's images under B)."""
+    server, page, problems, a, b = two_studies
+    held = []  # A's heat-map requests, answered only once B is on screen
+    page.route(lambda url: any(url.endswith(h) for h in a["heatmaps"]), lambda route: held.append(route))
+    page.click(f'#studies tbody tr[title="open result {a["id"]}"]')
+    for _ in range(50):  # A is on its way: its heat maps were asked for
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held
+    assert _open(page, b["id"]) == f"Stored result {b['id']}"
+    for route in held:
+        with contextlib.suppress(Exception):  # the page may have dropped them already
+            route.continue_()
+    page.wait_for_timeout(1500)  # A's heat maps land now, if they are going to
+
+    assert page.text_content("#study-status") == f"Stored result {b['id']}"
+    assert page.text_content("#record").split()[1] == b["id"]
+    assert page.text_content("#probability") == f"{round(100 * b['probability'])} %"
+    images = page.locator("#heatmaps img")
+    assert images.count() == len(b["heatmaps"]) and page.locator("#heatmaps figure").count() == len(b["heatmaps"])
+    assert all(w > 0 for w in images.evaluate_all("imgs => imgs.map(i => i.naturalWidth)"))
+    assert _downloads_from(page, "#structured-report").endswith(b["structured_report"])
+    assert _downloads_from(page, "#capture").endswith(b["secondary_capture"])
+    assert not problems, problems
+
+
+@pytest.mark.timeout(240)
+def test_a_failed_heat_map_or_study_leaves_nothing_of_the_study_shown_before(two_studies):
+    """B's heat map that cannot be fetched says so in its place, B's links replace A's; a study that cannot
+    be opened empties the result area; a CT without a location is not called "no CT"."""
+    server, page, problems, a, b = two_studies
+    assert _open(page, a["id"]) == f"Stored result {a['id']}" and page.locator("#heatmaps img").count() == len(a["heatmaps"])
+
+    failing = b["heatmaps"][0]
+    page.route(lambda url: url.endswith(failing), lambda route: route.fulfill(
+        status=503, content_type="application/json", json={"error": {"code": "busy", "message": "try again"}}))
+    status = _open(page, b["id"])
+    assert page.text_content("#record").split()[1] == b["id"]
+    assert _downloads_from(page, "#structured-report").endswith(b["structured_report"])  # not A's
+    assert _downloads_from(page, "#capture").endswith(b["secondary_capture"])
+    assert status.startswith(f"Stored result {b['id']}") and "1 heat map not loaded" in status, status
+    assert page.locator("#heatmaps figure").count() == len(b["heatmaps"])
+    assert page.locator("#heatmaps img").count() == len(b["heatmaps"]) - 1
+    assert page.locator("#heatmaps figure").first.text_content().startswith("heat map not loaded: try again (503 busy)")
+    assert [p for p in problems if "503" not in p] == [], problems  # the refused PNG is logged: expected
+    problems.clear()
+
+    # a stored study that cannot be opened: no trace of the study shown before, the error instead
+    page.route(f"**/v1/studies/{a['id']}", lambda route: route.fulfill(
+        status=404, content_type="application/json", json={"error": {"code": "not_found", "message": "erased"}}))
+    status = _open(page, a["id"])
+    assert "error" in page.locator("#study-status").get_attribute("class") and "erased (404 not_found)" in status, status
+    assert page.is_hidden("#study-result") and page.locator("#heatmaps figure").count() == 0
+    page.unroute(f"**/v1/studies/{a['id']}")
+    problems.clear()
+
+    # a CT in which no candidate was found is not "no CT sent" (the tiny model always locates: the answer
+    # is made so); a report alone is
+    page.route(f"**/v1/studies/{b['id']}", lambda route: route.fulfill(json={
+        **b, "location": None, "findings": [], "heatmaps": [], "heatmap_z_mm": None, "secondary_capture": None}))
+    assert _open(page, b["id"]) == f"Stored result {b['id']}"
+    assert page.text_content("#location") == "no nodule candidate found in the CT"
+    assert "no CT" not in page.text_content("#study-result") and page.is_hidden("#capture")
+    report_only = _analysed(server.url, "rad-key", None, "67-year-old former smoker, 40 pack-years. No nodules.")
+    assert report_only["inputs"] == {"ct": False, "report": True} and b["inputs"] == {"ct": True, "report": True}
+    page.click("#refresh")
+    assert wait_status(page, "#recent-status", lambda t, c: "error" in c or t == "3 studies", 30) == "3 studies"
+    assert _open(page, report_only["id"]) == f"Stored result {report_only['id']}"
+    assert page.text_content("#location") == "no CT sent" and page.is_hidden("#capture")
+    assert "not a Lung-RADS category" in page.text_content("#studies thead")
+    assert not problems, problems
