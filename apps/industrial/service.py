@@ -25,7 +25,12 @@ MAX_WINDOWS = 8  # vibration windows averaged per board (~1.4 s at 12 kHz)
 
 # ------------------------------------------------------------------------------------ decoding
 def decode_image(data: bytes, min_side: int = 32, max_side: int = 4096) -> np.ndarray:
-    """Bytes of a PNG/JPEG/BMP/TIFF -> (H, W) uint8 grayscale; ValueError with what is wrong."""
+    """Bytes of a PNG/JPEG/BMP/TIFF -> (H, W) uint8 grayscale as displayed; ValueError with what is wrong.
+
+    An EXIF orientation (a camera's or phone's JPEG "rotate 90") is applied, as browsers and viewers apply
+    it: the board the service inspects, and so every box_px, is the one a user sees (the web page draws
+    the boxes over the image as the browser shows it). Images and templates both come through here; a file
+    without the tag (DeepPCB's scans, PNG, TIFF, BMP) decodes exactly as before."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -33,10 +38,23 @@ def decode_image(data: bytes, min_side: int = 32, max_side: int = 4096) -> np.nd
         width, height = image.size
         if max(width, height) > max_side or min(width, height) < min_side:
             raise ValueError(f"image is {width}x{height} px; accepted sides are {min_side}..{max_side} px")
+        if _exif_orientation(image) in range(2, 9):
+            from PIL import ImageOps
+
+            image = ImageOps.exif_transpose(image)
         gray = _gray8(image)
     except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"could not decode the image ({type(exc).__name__}); send a PNG, JPEG, BMP or TIFF") from None
     return gray
+
+
+def _exif_orientation(image) -> int:
+    """The EXIF orientation tag (1-8; 1 = upright) of an opened PIL image; 1 without one, or when the EXIF
+    block cannot be read (a viewer then shows the pixels as stored too)."""
+    try:
+        return int(image.getexif().get(0x0112, 1))  # 0x0112: Orientation
+    except Exception:  # noqa: BLE001 - a malformed EXIF block is not a reason to refuse the board
+        return 1
 
 
 # Full scales of the sensors' common bit depths (10, 12, 14, 16 bit): a frame is scaled from the smallest

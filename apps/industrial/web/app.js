@@ -5,6 +5,10 @@
 
 const { $, headers, el, setStatus, errorText, showPeriod, savePeriod, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../industrial/"
+// a listed defect the decision does not rest on (the template refutes it, or it is below the line's acceptable
+// size): drawn dashed in this grey, its row muted
+const LISTED_ONLY = "#9e9e9e";
+const counts = (d) => !d.refuted_by_template && !d.below_min_size;
 const COLOURS = { open: "#ff5252", short: "#ffb300", mousebite: "#40c4ff", spur: "#b388ff", copper: "#69f0ae", "pin-hole": "#ff80ab" };
 
 async function inspect(event) {
@@ -43,7 +47,13 @@ async function show(r, imageFile) {
   $("inspect-result").hidden = false;
   const decision = $("decision");
   decision.className = `banner ${r.decision}`;
-  decision.textContent = `${r.decision.toUpperCase()} · ${r.defects.length} defect${r.defects.length === 1 ? "" : "s"}`
+  // the banner counts the defects the decision rests on; the listed others are named beside them
+  const counting = r.defects.filter(counts).length;
+  const refuted = r.defects.filter((d) => d.refuted_by_template).length;
+  const small = r.defects.filter((d) => !d.refuted_by_template && d.below_min_size).length;
+  const listedOnly = [refuted && `${refuted} refuted by template`, small && `${small} below size`].filter(Boolean);
+  decision.textContent = `${r.decision.toUpperCase()} · ${counting} defect${counting === 1 ? "" : "s"}`
+    + (listedOnly.length ? ` (${listedOnly.join(", ")})` : "")
     + (r.detector_input ? ` · detector input: ${r.detector_input}` : "");
 
   $("machine").textContent = r.machine_state ? r.machine_state.label.replaceAll("_", " ") : "no vibration sent";
@@ -56,7 +66,8 @@ async function show(r, imageFile) {
   $("defects").tBodies[0].replaceChildren(...r.defects.map((d, i) => {
     const tr = document.createElement("tr");
     const name = el("td", d.class);
-    name.style.borderLeft = `4px solid ${COLOURS[d.class] || "#fff"}`;
+    name.style.borderLeft = counts(d) ? `4px solid ${COLOURS[d.class] || "#fff"}` : `4px dashed ${LISTED_ONLY}`;
+    if (!counts(d)) tr.className = "listed-only";
     // why a listed defect did not fail the board, when it did not
     const note = d.refuted_by_template ? " · refuted by the template" : (d.below_min_size ? " · acceptable size" : "");
     tr.append(el("td", i + 1), name, el("td", pct(d.confidence)), el("td", `${d.size_mm.toFixed(2)} mm${note}`),
@@ -74,6 +85,7 @@ function bars(container, probabilities) {
 async function draw(imageFile, defects) {
   const canvas = $("board");
   const ctx = canvas.getContext("2d");
+  $("board-legend").hidden = true;
   if (!imageFile) {
     canvas.hidden = true;
     return;
@@ -81,7 +93,9 @@ async function draw(imageFile, defects) {
   canvas.hidden = false;
   let bitmap;
   try {
-    bitmap = await createImageBitmap(imageFile);
+    // As the browser shows the file: a JPEG's EXIF orientation applied. The service reads it the same way
+    // (service.decode_image), so box_px are in this bitmap's pixels.
+    bitmap = await createImageBitmap(imageFile, { imageOrientation: "from-image" });
   } catch (_) {  // e.g. TIFF, which browsers do not decode: the table still lists the defects
     canvas.width = 640;
     canvas.height = 80;
@@ -98,10 +112,13 @@ async function draw(imageFile, defects) {
   ctx.font = `bold ${Math.round(9 * line)}px system-ui`;
   defects.forEach((d, i) => {
     const [x1, y1, x2, y2] = d.box_px;
-    ctx.strokeStyle = ctx.fillStyle = COLOURS[d.class] || "#fff";
+    ctx.strokeStyle = ctx.fillStyle = counts(d) ? COLOURS[d.class] || "#fff" : LISTED_ONLY;
+    ctx.setLineDash(counts(d) ? [] : [3 * line, 2 * line]);
     ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
     ctx.fillText(String(i + 1), x1, Math.max(12, y1 - 2 * line));
   });
+  ctx.setLineDash([]);
+  $("board-legend").hidden = defects.length === 0;
 }
 
 // ---- the line in numbers ----------------------------------------------------------------------

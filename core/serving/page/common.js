@@ -21,6 +21,11 @@ const triptych = (() => {
     return key ? { ...extra, "X-API-Key": key } : extra;
   }
 
+  // Whether ``response`` is a 401 to a request sent without a key (``sent``: the headers it went with), which a
+  // page answers by asking for the key. A key that was sent and refused is an error to show as the API words it
+  // ("the API key is not recognised"), not a missing key.
+  const keyMissing = (response, sent) => response.status === 401 && !("X-API-Key" in sent);
+
   function el(tag, text, cls) {
     const node = document.createElement(tag);
     if (text !== undefined && text !== null) node.textContent = String(text);
@@ -57,16 +62,17 @@ const triptych = (() => {
   }
 
   // The kit's period section (<!-- kit:period -->, with the page's "summary-status" and "summary-body"):
-  // GET a summary route over the chosen hours and hand its JSON to ``show``; without the API key the
-  // section says what it needs instead of showing an error.
+  // GET a summary route over the chosen hours and hand its JSON to ``show``; without an API key the
+  // section says what it needs instead of showing an error (a key refused is an error, in the API's words).
   const PERIOD = { select: "period", status: "summary-status", body: "summary-body" };
 
   async function showPeriod(url, what, show) {
     setStatus(PERIOD.status, "Loading…");
     try {
-      const response = await fetch(`${url}?${periodQuery(Number($(PERIOD.select).value))}`, { headers: headers() });
-      if (response.status === 401) {
-        $(PERIOD.body).hidden = true;
+      const sent = headers();
+      const response = await fetch(`${url}?${periodQuery(Number($(PERIOD.select).value))}`, { headers: sent });
+      if (!response.ok) $(PERIOD.body).hidden = true;  // no other key's (or period's) numbers left on show
+      if (keyMissing(response, sent)) {
         setStatus(PERIOD.status, `Enter the API key to see ${what}.`);
         return;
       }
@@ -103,5 +109,5 @@ const triptych = (() => {
     $("api-key").value = sessionStorage.getItem(KEY) || "";
   });
 
-  return { $, base, apiKey, headers, el, setStatus, errorText, fetchBlobUrl, showPeriod, savePeriod, bar, sleep, pct };
+  return { $, base, apiKey, headers, keyMissing, el, setStatus, errorText, fetchBlobUrl, showPeriod, savePeriod, bar, sleep, pct };
 })();

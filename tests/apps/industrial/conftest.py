@@ -83,3 +83,51 @@ def vibration_signal(rate: int = 12_000, seconds: float = 0.5, impact_hz: float 
         phase = (t * impact_hz) % 1.0
         x += np.exp(-(phase / impact_hz) / 0.002) * np.sin(2 * np.pi * 3000 * t)  # 2 ms ring-down
     return x.astype(np.float32)
+
+
+# A board whose "defects" are white blocks on black, and a detector that finds exactly those: its boxes follow
+# the pixels wherever an orientation puts them (the tiny random detectors find nothing).
+BLOB_BOARD_SIZE = (120, 200)  # (H, W): not square, so a rotation shows
+BLOB_BOXES = [[20.0, 30.0, 60.0, 50.0], [150.0, 90.0, 160.0, 100.0]]  # x1 y1 x2 y2: 40 px (0.83 mm) and 10 px (0.21 mm)
+
+
+def blob_board(blobs: bool = True) -> np.ndarray:
+    a = np.zeros(BLOB_BOARD_SIZE, np.uint8)
+    for x1, y1, x2, y2 in BLOB_BOXES if blobs else []:
+        a[int(y1) : int(y2), int(x1) : int(x2)] = 255
+    return a
+
+
+def encode(gray: np.ndarray, fmt: str = "PNG", orientation: int | None = None) -> bytes:
+    """The pixels as stored in a file of ``fmt``, optionally with an EXIF orientation tag."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    options = {"quality": 95} if fmt == "JPEG" else {}
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
+    Image.fromarray(gray).save(buf, format=fmt, **options)
+    return buf.getvalue()
+
+
+@pytest.fixture()
+def blob_detector(monkeypatch):
+    """The service's detectors (both) report the white blocks of the tested image, class open, confidence 0.9."""
+    from scipy import ndimage
+
+    from apps.industrial import detector
+
+    real = detector.detect_with_tokens
+
+    def blobs(model, images, config, grid=4, conf=None):
+        _, tokens = real(model, images, config, grid, conf)
+        found = []
+        for im in images:
+            labels, _ = ndimage.label(im.encoded[..., 0] > 128)
+            found.append([detector.Detection(0, 0.9, (float(s[1].start), float(s[0].start), float(s[1].stop), float(s[0].stop)))
+                          for s in ndimage.find_objects(labels)])
+        return found, tokens
+
+    monkeypatch.setattr(detector, "detect_with_tokens", blobs)

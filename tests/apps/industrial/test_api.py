@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from apps.industrial.api import create_app
 from apps.industrial.settings import IndustrialSettings
-from tests.apps.industrial.conftest import board_png, vibration_signal
+from tests.apps.industrial.conftest import BLOB_BOXES, blob_board, board_png, encode, vibration_signal
 
 
 @pytest.fixture(params=["bayes", "learned"])
@@ -154,6 +154,44 @@ def test_batch(client):
     assert [x["detector_input"] for x in r.json()["results"]] == ["image+template"] * 2
     r = client.post("/v1/inspect/batch", files=files[:3], headers=KEY)
     assert r.status_code == 422 and "templates" in r.json()["error"]["message"]
+
+
+def _boxes(inspection: dict) -> list[list[float]]:
+    return sorted(d["box_px"] for d in inspection["defects"])
+
+
+def _near(boxes, expected, px: float = 1.0) -> bool:  # JPEG ringing may move a blob's edge by a pixel
+    return len(boxes) == len(expected) and np.abs(np.array(boxes) - np.array(expected)).max() <= px
+
+
+def test_a_board_rotated_by_its_exif_orientation_gets_the_boxes_of_the_board_as_displayed(client, blob_detector):
+    """A JPEG stored on its side with the EXIF tag "rotate 90" (6) is shown upright by a browser: the service reads
+    it upright too, image and template alike, single and batch calls, so box_px are where the page draws them."""
+    upright = blob_board()  # 200x120 as displayed
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # the file's pixels: 120x200, turned a quarter left
+    tagged, png = encode(stored, "JPEG", orientation=6), encode(upright, "PNG")
+
+    def inspect(image: bytes, template: bytes | None = None) -> dict:
+        files = {"image": ("b.jpg", image, "image/jpeg")}
+        if template is not None:
+            files["template"] = ("t.jpg", template, "image/jpeg")
+        r = client.post("/v1/inspect", files=files, headers=KEY)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    assert _boxes(inspect(png)) == sorted(BLOB_BOXES)  # the blob detector on the upright board
+    assert _near(_boxes(inspect(tagged)), sorted(BLOB_BOXES))  # the same boxes, in the displayed board's pixels
+    w = upright.shape[1]  # sanity: the same file without its tag is read as stored, its boxes turned with it
+    assert _near(_boxes(inspect(encode(stored, "JPEG"))), sorted([y1, w - x2, y2, w - x1] for x1, y1, x2, y2 in BLOB_BOXES))
+    # templates are read as displayed too: a tagged one fits an upright image and the other way round
+    bare = blob_board(blobs=False)
+    for image, template in ((tagged, encode(bare)), (png, encode(np.ascontiguousarray(np.rot90(bare, 1)), "JPEG", 6))):
+        result = inspect(image, template)
+        assert result["detector_input"] == "image+template" and _near(_boxes(result), sorted(BLOB_BOXES))
+    files = [("images", ("a.jpg", tagged, "image/jpeg")), ("images", ("b.png", png, "image/png"))]
+    r = client.post("/v1/inspect/batch", files=files, headers=KEY)
+    assert r.status_code == 200, r.text
+    assert all(_near(_boxes(x), sorted(BLOB_BOXES)) for x in r.json()["results"])
 
 
 def test_batch_reports_a_board_the_model_fails_on_beside_the_stored_others(client):

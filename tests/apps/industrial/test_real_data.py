@@ -36,6 +36,28 @@ def test_deeppcb_split_lists_are_by_group_and_complete(shared_data):
     assert all(s.image.exists() and s.template is not None for s in val[:20])
 
 
+def test_deeppcb_scans_decode_in_the_service_exactly_as_in_the_evaluation(shared_data):
+    """The service applies a JPEG's EXIF orientation (decode_image); DeepPCB's scans carry none (a few have an
+    EXIF block, none an orientation other than upright), so the evaluation's pixels (load_gray) and boxes are
+    what the service reads."""
+    from PIL import Image
+
+    from apps.industrial.data import load_deeppcb, load_gray
+    from apps.industrial.service import decode_image
+
+    root = require_dataset(shared_data, "deeppcb")
+    scans = sorted(root.rglob("*.jpg"))
+    assert len(scans) >= 2000
+    orientations = set()
+    for path in scans:
+        with Image.open(path) as image:
+            orientations.add(image.getexif().get(0x0112, 1))
+    assert orientations == {1}
+    for sample in load_deeppcb(root, SPLITS / "deeppcb_val.txt")[:4]:
+        for path in (sample.image, sample.template):
+            np.testing.assert_array_equal(decode_image(path.read_bytes()), load_gray(path))
+
+
 # The two shipped detectors and the request path each serves: boards without / with a template.
 SHIPPED = [("detector", False), ("detector_template", True)]
 

@@ -18,7 +18,7 @@ from apps.industrial.service import (
     decode_vibration,
     vibration_windows,
 )
-from tests.apps.industrial.conftest import board_png, vibration_signal
+from tests.apps.industrial.conftest import blob_board, board_png, encode, vibration_signal
 
 _X = np.random.default_rng(0).standard_normal(40)
 CSV_LAYOUTS = {
@@ -110,6 +110,36 @@ def test_decode_image_scales_high_bit_depth_frames_instead_of_clipping_them():
         decoded = decode_image(buffer.getvalue())
         assert decoded.dtype == np.uint8 and decoded.shape == gray.shape, name
         assert np.abs(decoded.astype(int) - gray).max() <= 1, name
+
+
+# EXIF orientation -> how a viewer turns the stored pixels to show them (numpy, independent of PIL's ImageOps)
+SHOWN = {
+    2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud, 5: lambda a: a.T,
+    6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 2).T, 8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(SHOWN))
+def test_a_jpeg_is_decoded_as_displayed_its_exif_orientation_applied(orientation):
+    """A phone's or camera's JPEG tagged e.g. "rotate 90": browsers (the web page's canvas) show it turned, so the
+    service reads it turned too, and box_px refer to what a user sees."""
+    stored = np.ascontiguousarray(np.rot90(blob_board(), 1))  # a 200x120 file of the 120x200 board
+    untagged, tagged = decode_image(encode(stored, "JPEG")), decode_image(encode(stored, "JPEG", orientation))
+    np.testing.assert_array_equal(tagged, SHOWN[orientation](untagged))  # the same JPEG pixels, turned
+    if orientation in (6, 8):
+        assert tagged.shape == (120, 200) and untagged.shape == (200, 120)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "BMP", "JPEG"])
+def test_an_image_without_an_orientation_decodes_as_its_pixels_are_stored(fmt):
+    """PNG, TIFF, BMP and a JPEG without the tag (DeepPCB's scans; see test_real_data) or tagged upright (1) are
+    read exactly as before: the pixels as stored."""
+    from PIL import Image
+
+    gray = decode_image(board_png(size=96, defect=True))
+    for orientation in (None, 1) if fmt in ("JPEG", "TIFF") else (None,):
+        data = encode(gray, fmt, orientation)
+        np.testing.assert_array_equal(decode_image(data), np.asarray(Image.open(io.BytesIO(data)).convert("L")))
 
 
 def _runner(policy):
