@@ -6,7 +6,7 @@
 // GET v1/me says whether the key is an admin's.
 "use strict";
 
-const { $, headers, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
+const { $, headers, keyMissing, el, setStatus, errorText, fetchBlobUrl, bar, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../medical/"
 let objectUrls = [];
 let shownId = null;  // the stored result in the view (every analysis is stored)
@@ -177,9 +177,10 @@ async function recent() {
   setStatus("recent-status", "Loading…");
   try {
     const band = $("band-filter").value;
-    const response = await fetch(BASE + "v1/studies" + (band ? `?band=${band}` : ""), { headers: headers() });
-    if (response.status === 401) {  // the page has just opened and no key was typed yet: not an error
-      $("studies").tBodies[0].replaceChildren();
+    const sent = headers();
+    const response = await fetch(BASE + "v1/studies" + (band ? `?band=${band}` : ""), { headers: sent });
+    if (!response.ok) $("studies").tBodies[0].replaceChildren();  // no other key's studies left on show
+    if (keyMissing(response, sent)) {  // the page has just opened and no key was typed yet: not an error
       setStatus("recent-status", "Enter the API key to see the recent studies.");
       return;
     }
@@ -298,7 +299,8 @@ async function audit() {
   setStatus("audit-status", "Loading…");
   try {
     // the key's role first (GET v1/me): a page that is not an admin's does not ask for the trail at all
-    const me = await fetch(`${BASE}v1/me`, { headers: headers() });
+    const sentToMe = headers();
+    const me = await fetch(`${BASE}v1/me`, { headers: sentToMe });
     if (request !== auditRequest) return;
     const who = me.ok ? await me.json() : null;
     mayErase = who !== null && (who.role === "admin" || !who.authenticated);  // keys off: every route open
@@ -306,7 +308,7 @@ async function audit() {
     if (!mayErase) {
       table.hidden = true;
       table.tBodies[0].replaceChildren();
-      if (me.ok || me.status === 401 || me.status === 403) {
+      if (me.ok || keyMissing(me, sentToMe) || me.status === 403) {
         setStatus("audit-status", me.status === 401 ? "Enter the API key to see the audit trail."
           : "Not allowed: only the admin role may read the audit trail and erase studies; this API key is not an admin's.");
         return;

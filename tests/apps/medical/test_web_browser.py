@@ -253,3 +253,27 @@ def test_a_failed_heat_map_or_study_leaves_nothing_of_the_study_shown_before(two
     assert page.text_content("#location") == "no CT sent" and page.is_hidden("#capture")
     assert "not a Lung-RADS category" in page.text_content("#studies thead")
     assert not problems, problems
+
+
+@pytest.mark.timeout(120)
+def test_a_refused_api_key_is_shown_as_refused_in_the_worklist_and_audit_trail(tiny_bundle, tiny_bert_dir, tmp_path):
+    """Without a key the recent studies and the audit trail ask for one; a key sent and refused shows the API's
+    message as an error (it used to read "Enter the API key", as if none had been typed)."""
+    from apps.medical.api import create_app
+    from apps.medical.settings import MedicalSettings
+    from core.serving.bench import LoopbackServer
+
+    settings = MedicalSettings(bundle_dir=tiny_bundle[0], bert_path=str(tiny_bert_dir), database_url=f"sqlite:///{tmp_path}/t.db",
+                               artefact_dir=tmp_path / "art", api_keys={"rad-key": "radiologist"})
+    with LoopbackServer(create_app(settings)) as server, open_page(server.url + "/ui/") as (page, problems):
+        loaded = lambda t, c: t not in ("", "Loading…")  # noqa: E731
+        assert wait_status(page, "#recent-status", loaded, 30) == "Enter the API key to see the recent studies."
+        assert wait_status(page, "#audit-status", loaded, 30) == "Enter the API key to see the audit trail."
+        page.fill("#api-key", "not-a-key")
+        page.dispatch_event("#api-key", "change")
+        refused = lambda t, c: loaded(t, c) and "Enter" not in t  # noqa: E731
+        assert wait_status(page, "#recent-status", refused, 30) == "the API key is not recognised (401 unauthorized)"
+        assert "error" in page.locator("#recent-status").get_attribute("class")
+        assert wait_status(page, "#audit-status", refused, 30) == "the API key is not recognised (401 unauthorized)"
+        problems[:] = [p for p in problems if "401" not in p]  # the browser logs the refused requests: expected
+        assert not problems, problems
