@@ -33,7 +33,9 @@ def test_script_uses_routes_the_app_has_and_ids_the_page_has(app):
     script = (WEB / "app.js").read_text()
     assert "fetchBlobUrl(url)" in script  # heat maps and downloads: the key goes along
     assert 'offerDownload($("capture"), r.secondary_capture' in script and 'offerDownload($("structured-report"), r.structured_report' in script
-    assert script.count("{ headers: headers() }") >= 3  # the worklist, a stored result, the audit trail: the key goes along
+    # the analysis, the worklist, a stored result, the heat maps' checks, erasure, the audit trail: the key goes along
+    calls = [line for line in script.splitlines() if "await fetch(" in line]
+    assert len(calls) >= 6 and all("headers: headers()" in line or "headers: sent" in line for line in calls), calls
     # erasure: DELETE of the shown result, with the key
     assert '`${BASE}v1/studies/${encodeURIComponent(id)}`, { method: "DELETE", headers: headers() }' in script
     assert '`${BASE}v1/audit?${query}`, { headers: headers() }' in script and 'query.set("action", $("audit-action").value)' in script
@@ -52,7 +54,7 @@ def test_erasure_is_offered_to_whoever_may_read_the_audit_trail():
     assert _roles("GET", "/v1/audit") == _roles("DELETE", "/v1/studies/{result_id}") \
         == {"require_role_admin"}
     script = (WEB / "app.js").read_text()
-    assert '`${BASE}v1/me`, { headers: headers() }' in script
+    assert 'const sentToMe = headers();' in script and '`${BASE}v1/me`, { headers: sentToMe }' in script
     assert 'mayErase = who !== null && (who.role === "admin" || !who.authenticated);' in script
 
 
