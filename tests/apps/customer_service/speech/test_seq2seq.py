@@ -120,12 +120,9 @@ def _well_formed(out: Transcript, seconds: float) -> None:
     assert out.confidence == pytest.approx(np.mean([w.confidence for w in out.words]))
 
 
-@pytest.mark.parametrize("folder", ["tiny_encoder_decoder", "tiny_hf_whisper"])
-def test_loads_a_local_folder_and_transcribes_a_second_and_more_than_thirty(folder, request):
-    path = request.getfixturevalue(folder)
-    rec = create_recognizer("seq2seq", model_path=path)
-    assert isinstance(rec, Recognizer) and isinstance(rec, Seq2SeqRecognizer) and rec.version == f"seq2seq-{path.name}"
-    generated = []
+def _count_generated(rec: Seq2SeqRecognizer) -> list[int]:
+    """The number of tokens each ``generate`` call of ``rec``'s model makes, appended as they happen."""
+    generated: list[int] = []
     real = rec.model.generate
 
     def generate(inputs, **kw):
@@ -134,6 +131,15 @@ def test_loads_a_local_folder_and_transcribes_a_second_and_more_than_thirty(fold
         return out
 
     rec.model.generate = generate
+    return generated
+
+
+@pytest.mark.parametrize("folder", ["tiny_encoder_decoder", "tiny_hf_whisper"])
+def test_loads_a_local_folder_and_transcribes_a_second_and_more_than_thirty(folder, request):
+    path = request.getfixturevalue(folder)
+    rec = create_recognizer("seq2seq", model_path=path)
+    assert isinstance(rec, Recognizer) and isinstance(rec, Seq2SeqRecognizer) and rec.version == f"seq2seq-{path.name}"
+    generated = _count_generated(rec)
     _well_formed(rec.transcribe(_noisy_tone(1.0), 16_000), 1.0)
     # a model that never ends its text stops at the per-second bound, not at the decoder's 64 positions
     assert generated == [rec.new_tokens_for(1.0)] and rec.new_tokens_for(1.0) < 60
@@ -152,15 +158,7 @@ def test_the_token_bound_is_set_once_and_draws_no_warning(folder, request, caplo
     import warnings
 
     rec = create_recognizer("seq2seq", model_path=request.getfixturevalue(folder))
-    generated = []
-    real = rec.model.generate
-
-    def generate(inputs, **kw):
-        out = real(inputs, **kw)
-        generated.append(len(out.scores))
-        return out
-
-    rec.model.generate = generate
+    generated = _count_generated(rec)
     caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
