@@ -110,14 +110,26 @@ def save_bundle(
     return Bundle(directory, config, state, card)
 
 
+def require_bundle_files(directory: str | Path, files: tuple[str, ...] = (WEIGHTS, CONFIG, CARD_JSON),
+                         what: str = "bundle") -> Path:
+    """``directory`` must be an existing folder holding ``files``; ``what`` names it in the message
+    (e.g. ``--detector``)."""
+    directory = Path(directory)
+    if not directory.exists():
+        raise BundleError(f"{what} {directory} does not exist (expected a bundle folder: {', '.join(files)})")
+    if not directory.is_dir():
+        raise BundleError(f"{what} {directory} is a file, not a bundle folder ({', '.join(files)})")
+    for required in files:
+        if not (directory / required).is_file():
+            raise BundleError(f"{what} {directory} is incomplete: {required} is missing")
+    return directory
+
+
 def load_bundle(directory: str | Path, map_location: str = "cpu") -> Bundle:
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    directory = Path(directory)
-    for required in (WEIGHTS, CONFIG, CARD_JSON):
-        if not (directory / required).is_file():
-            raise BundleError(f"bundle {directory} is incomplete: {required} is missing")
+    directory = require_bundle_files(directory)
     card = ModelCard(**json.loads((directory / CARD_JSON).read_text()))
     actual = sha256_file(directory / WEIGHTS)
     if not card.sha256:

@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 
+from core.cli_checks import number_list, refuse_inapplicable
 from core.offline import enforce_offline
 from core.plugins import discover_plugins
 
@@ -36,7 +37,7 @@ app.add_typer(data_app, name="data")
 def serve(
     app_name: Annotated[str | None, typer.Option("--app", help="Serve one app alone (e.g. industrial).")] = None,
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to bind (1-65535).")] = 8000,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
 ) -> None:
     """Run the three apps behind one gateway (or one app with --app)."""
@@ -51,16 +52,20 @@ def serve(
 @bench_app.command("serve")
 def bench_serve(
     url: Annotated[str | None, typer.Option(help="Benchmark a running server at this loopback URL instead of the toy model.")] = None,
-    concurrency: Annotated[str, typer.Option(help="Comma-separated client concurrencies.")] = "1,8,32,64",
-    requests: Annotated[int, typer.Option(help="Requests per concurrency level (bounded).")] = 400,
-    duration_s: Annotated[float, typer.Option("--duration", help="Upper bound in seconds per level.")] = 20.0,
+    concurrency: Annotated[str, typer.Option(callback=number_list(int, 1, 1024), help="Comma-separated client concurrencies (1-1024).")] = "1,8,32,64",
+    requests: Annotated[int, typer.Option(min=1, max=100_000, help="Requests per concurrency level (bounded).")] = 400,
+    duration_s: Annotated[float, typer.Option("--duration", min=0.001, max=600.0, help="Upper bound in seconds per level (at most 600).")] = 20.0,
     json_out: Annotated[str | None, typer.Option("--json", help="Write results as JSON here.")] = None,
-    body: Annotated[str | None, typer.Option(help="With --url: a JSON file to POST (default: GET).")] = None,
-    metrics_url: Annotated[str | None, typer.Option(help="With --url: the app's /metrics (for mean batch size).")] = None,
+    body: Annotated[str | None, typer.Option(help="With --url only: a JSON file to POST (default: GET).")] = None,
+    metrics_url: Annotated[str | None, typer.Option(help="With --url only: the app's /metrics (for mean batch size).")] = None,
 ) -> None:
     """Throughput, p50/p95 latency and mean batch size, with and without dynamic batching."""
+    from core.reporting import check_json_destination
     from core.serving.bench import run_bench
 
+    refuse_inapplicable("--url" if url else "the built-in toy model", {"--body": body is not None,
+                        "--metrics-url": metrics_url is not None}, {"--body": ("--url",), "--metrics-url": ("--url",)})
+    check_json_destination(json_out)  # before the servers start
     try:
         run_bench(url=url, concurrency=concurrency, requests=requests, duration_s=duration_s, json_out=json_out,
                   body=body, metrics_url=metrics_url)
@@ -100,8 +105,9 @@ def _registered_names(group: typer.Typer) -> list[str]:
 
 # Errors that mean "the input you gave is wrong": exit 2, as typer's own usage errors do. Apps raise
 # these (their own input errors subclass ValueError); anything else is a bug or an environment failure.
+# ConnectionError: a --url that nothing answers at.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                                                 PermissionError, ValueError, KeyError)
+                                                 PermissionError, ConnectionError, ValueError, KeyError)
 DEBUG_ENV = "TRIPTYCH_DEBUG"
 
 

@@ -32,3 +32,11 @@ def require_dataset(shared: Path, name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"dataset {name!r} not found under {shared}")
     return path
+
+
+def plain_text(output: str) -> str:
+    """A command's output with typer's error box taken apart (its borders dropped, wrapped lines joined):
+    one line, words single-spaced, for asserting on a message wherever the box broke it."""
+    for border in "│╭╮╰╯─":
+        output = output.replace(border, " ")
+    return " ".join(output.split())

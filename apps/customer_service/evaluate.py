@@ -122,7 +122,8 @@ def evaluate_dialogue(folder: str | Path, intent_bundle: str | Path | None = Non
 
 
 def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None) -> dict:
-    """GoEmotions Ekman TSV, scored on rows with exactly one label (argmax over the 7 classes)."""
+    """GoEmotions Ekman TSV, scored on rows with exactly one label (argmax over the 7 classes): ``n`` rows
+    scored, ``n_skipped_multi_label`` rows with several labels left out."""
     from apps.customer_service.model import load_text_classifier
 
     texts, labs = load_goemotions(tsv_path)  # before the model: a wrong file is refused at once
@@ -138,6 +139,7 @@ def evaluate_text_emotion(tsv_path: str | Path, bundle: str | Path | None = None
     proba = model.predict_proba([texts[i] for i in rows]).numpy()
     out = _scores(y, proba.argmax(1), list(range(len(EKMAN_LABELS))))
     out["n"] = float(len(rows))
+    out["n_skipped_multi_label"] = float(len(labs) - len(rows))  # rows with several labels are not scored
     return out
 
 

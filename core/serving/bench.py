@@ -18,7 +18,6 @@ import socket
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +29,7 @@ from core.serving.batching import DynamicBatcher
 from core.serving.settings import AppSettings
 
 TOY_IN, TOY_HIDDEN, TOY_OUT = 16, 4096, 16
+MAX_REQUESTS, MAX_DURATION_S = 100_000, 600.0
 
 
 @dataclass
@@ -40,8 +40,8 @@ class LevelResult:
     errors: int
     seconds: float
     throughput_rps: float
-    p50_ms: float
-    p95_ms: float
+    p50_ms: float | None  # None: no request succeeded
+    p95_ms: float | None
     mean_batch: float | None
 
 
@@ -179,11 +179,15 @@ def _read_batch_totals(client: Any, metrics_url: str | None) -> tuple[float, flo
     return _batch_totals(response.text)
 
 
-def _percentile(values: list[float], q: float) -> float:
+def _percentile(values: list[float], q: float) -> float | None:
     if not values:
-        return float("nan")
+        return None  # undefined: no latency was measured (null in the JSON, never NaN)
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 2)
 
 
 def _drive(
@@ -206,7 +210,7 @@ def _drive(
     return LevelResult(
         mode=mode, concurrency=concurrency, requests=len(latencies), errors=raw["errors"], seconds=round(seconds, 3),
         throughput_rps=round(len(latencies) / seconds, 1) if seconds > 0 else 0.0,
-        p50_ms=round(_percentile(latencies, 0.50) * 1000, 2), p95_ms=round(_percentile(latencies, 0.95) * 1000, 2),
+        p50_ms=_ms(_percentile(latencies, 0.50)), p95_ms=_ms(_percentile(latencies, 0.95)),
         mean_batch=None if mean_batch is None else round(mean_batch, 2),
     )
 
@@ -216,11 +220,43 @@ def _toy_body(seed: int) -> dict[str, list[float]]:
     return {"x": [((seed * 2654435761 + k * 40503) % 1000) / 500.0 - 1.0 for k in range(TOY_IN)]}
 
 
+MAX_CONCURRENCY = 1024
+
+
 def _parse_levels(concurrency: str | list[int]) -> list[int]:
-    levels = [int(c) for c in concurrency.split(",")] if isinstance(concurrency, str) else [int(c) for c in concurrency]
-    if not levels or any(c < 1 or c > 1024 for c in levels):
-        raise ValueError("concurrency levels must be between 1 and 1024")
-    return levels
+    from core.cli_checks import parse_numbers
+
+    text = concurrency if isinstance(concurrency, str) else ",".join(str(int(c)) for c in concurrency)
+    try:
+        return parse_numbers(text, int, 1, MAX_CONCURRENCY)
+    except ValueError as exc:
+        raise ValueError(f"--concurrency: {exc}") from None
+
+
+def _read_body(body: str) -> Any:
+    """The --body file: one JSON document, POSTed as it is."""
+    from core.cli_checks import require_file
+
+    path = require_file(body, "--body", "a JSON file to POST")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"--body {body} is not a JSON document ({exc})") from None
+
+
+def _check_reached(url: str, results: list[LevelResult]) -> None:
+    """With --url: no request answered 2xx means nothing was measured; say why instead of a table of nulls."""
+    if any(r.requests for r in results):
+        return
+    import httpx
+
+    try:
+        status = httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError as exc:
+        raise ConnectionError(f"cannot reach {url} ({type(exc).__name__}: {exc or 'no answer'}); "
+                              "is the server running there?") from None
+    raise ConnectionError(f"no request to {url} succeeded ({sum(r.errors for r in results)} errors; a GET there "
+                          f"answers HTTP {status}): check the path and --body")
 
 
 def _default_metrics_url(url: str) -> str:
@@ -246,20 +282,27 @@ def run_bench(
 
     import torch
 
+    from core.reporting import check_json_destination, write_json
+
     levels = _parse_levels(concurrency)
-    if requests < 1 or requests > 100_000 or duration_s <= 0 or duration_s > 600:
-        raise ValueError("requests must be 1..100000 and duration 0..600 s")
+    if requests < 1 or requests > MAX_REQUESTS or duration_s <= 0 or duration_s > MAX_DURATION_S:
+        raise ValueError(f"requests must be 1..{MAX_REQUESTS} and duration 0..{MAX_DURATION_S:g} s")
+    if url is None and (body or metrics_url):
+        raise ValueError("--body and --metrics-url apply with --url only (the built-in toy model has its own)")
+    if url is not None:
+        _check_loopback(url)
+    check_json_destination(json_out)
+    bodies = [_read_body(body)] if url is not None and body else None
     torch.set_num_threads(1)  # a shared 2-core machine: one model thread is the honest setting
     results: list[LevelResult] = []
     context = multiprocessing.get_context("spawn")  # fork would copy the server's threads and locks
     with context.Pool(1) as pool:
         if url is not None:
-            _check_loopback(url)
-            bodies = [json.loads(Path(body).read_text())] if body else None
             murl = metrics_url or _default_metrics_url(url)
             _check_loopback(murl)
             for level in levels:
                 results.append(_drive(url, level, requests, duration_s, bodies, murl, "url", pool))
+            _check_reached(url, results)
         else:
             runner = ToyMLPRunner(hidden=hidden)
             bodies = [_toy_body(seed) for seed in range(256)]
@@ -289,8 +332,7 @@ def run_bench(
     if not quiet:
         _print(report)
     if json_out:
-        Path(json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(json_out).write_text(json.dumps(report, indent=2))
+        write_json(json_out, report)
     return report
 
 
@@ -304,7 +346,8 @@ def _print(report: dict[str, Any]) -> None:
     for r in report["results"]:
         table.add_row(
             r["mode"], str(r["concurrency"]), str(r["requests"]), str(r["errors"]), f"{r['throughput_rps']:.1f}",
-            f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", "-" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}",
+            *("-" if r[key] is None else f"{r[key]:.1f}" for key in ("p50_ms", "p95_ms")),
+            "-" if r["mean_batch"] is None else f"{r['mean_batch']:.2f}",
         )
     console = Console()
     console.print(table)

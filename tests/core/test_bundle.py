@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core.bundle import BundleError, ModelCard, load_bundle, save_bundle
+from core.bundle import BundleError, ModelCard, load_bundle, require_bundle_files, save_bundle
 
 
 def _card():
@@ -52,6 +52,17 @@ def test_missing_files_and_missing_hash_refused(tmp_path):
     (tmp_path / "config.json").unlink()
     with pytest.raises(BundleError, match="config.json is missing"):
         load_bundle(tmp_path)
+
+
+def test_a_bundle_path_that_is_no_folder_is_named_as_such(tmp_path):
+    with pytest.raises(BundleError, match=r"bundle .*nope does not exist \(expected a bundle folder: model.safetensors"):
+        load_bundle(tmp_path / "nope")
+    a_file = tmp_path / "model.safetensors"
+    a_file.write_bytes(b"x")
+    with pytest.raises(BundleError, match="is a file, not a bundle folder"):
+        load_bundle(a_file)
+    with pytest.raises(BundleError, match=r"^--bundle .* is incomplete: card.json is missing$"):
+        require_bundle_files(tmp_path, ("card.json",), what="--bundle")
 
 
 def test_the_same_tensors_always_get_the_same_sha256(tmp_path):

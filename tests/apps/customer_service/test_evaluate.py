@@ -115,6 +115,7 @@ def test_text_emotion_eval_scores_single_label_rows(tiny_env, tmp_path):
     tsv.write_text("great stuff\t3\ta\nugh\t0,1\tb\nsad day\t5\tc\nok\t4\td\n")
     m = evaluate_text_emotion(tsv)
     assert m["n"] == 3 and set(m) >= {"macro_f1", "accuracy"}
+    assert m["n_skipped_multi_label"] == 1  # "ugh" has two labels: the output says it was left out
 
 
 def test_voice_eval_on_both_layouts(tiny_env, tmp_path):

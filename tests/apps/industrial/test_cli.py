@@ -228,3 +228,44 @@ def test_eval_deeppcb_sends_boards_without_a_template_to_the_image_only_detector
                                     "--threads", "1", "--workers", "1", "--backend", "torch", "--no-template"])
     assert r.exit_code == 0, r.output
     assert seen == [("gray", 3)] * 3 + [("gray", 1)] and json.loads(out.read_text())["template_used"] == 0.0
+
+
+def test_eval_both_inputs_writes_the_vibration_keys_unprefixed_too(tmp_path, tiny_bundles):
+    """With --deeppcb and --cwru the vibration keys carry a vibration_ prefix; no detection key is named
+    accuracy, macro_f1 or n_windows, so the issue's names are written as well."""
+    root = make_deeppcb(tmp_path / "deeppcb")
+    np.savez(tmp_path / "1772_IR_7_DE12.npz", DE=vibration_signal(seconds=1.0, impact_hz=160.0)[:, None])
+    out = tmp_path / "both.json"
+    r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", "trainval.txt", "--cwru", str(tmp_path),
+                                    "--json", str(out), "--detector", str(tiny_bundles / "detector"), "--vibration",
+                                    str(tiny_bundles / "vibration"), "--threads", "1", "--backend", "torch",
+                                    "--no-classifier"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(out.read_text())
+    assert {"map50", "board_recall", "accuracy", "macro_f1", "n_windows"} <= set(m)
+    for key in ("accuracy", "macro_f1", "n_windows", "recording_accuracy"):
+        assert m[key] == m[f"vibration_{key}"]
+    assert m["n_windows"] == 5 and m["n_boards"] == 4
+
+
+def test_eval_deeppcb_names_a_split_list_whose_lines_are_not_deeppcb_pairs(tmp_path):
+    root = make_deeppcb(tmp_path / "deeppcb")
+    other = tmp_path / "intents.csv"
+    other.write_text("text,category\nI sent some money,transfer_not_received\n")
+    r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), "--split", str(other), "--detector", str(tmp_path / "nope")])
+    message = str(r.exception)
+    assert isinstance(r.exception, ValueError) and "line 2 is not a DeepPCB pair ('I sent some money" in message
+    assert "'group20085/20085/20085000.jpg group20085/20085_not/20085000.txt'" in message
+
+
+def test_eval_refuses_a_missing_bundle_folder_by_its_option_before_evaluating(tmp_path):
+    root = make_deeppcb(tmp_path / "deeppcb")
+    for option in ("--classifier", "--vibration"):
+        r = CliRunner().invoke(_app(), ["eval", "--deeppcb", str(root), option, str(tmp_path / "nope")])
+        assert f"{option} {tmp_path / 'nope'} does not exist" in str(r.exception)
+
+
+@pytest.mark.parametrize(("command", "missing"), [(["card"], "card.json"), (["border", "--px", "16"], "config.json")])
+def test_data_bundle_commands_name_what_the_folder_lacks(tmp_path, command, missing):
+    r = CliRunner().invoke(_app(), ["data", command[0], "--bundle", str(tmp_path), *command[1:]])
+    assert str(r.exception) == f"--bundle {tmp_path} is incomplete: {missing} is missing"

@@ -162,3 +162,15 @@ def test_shipped_report_only_model_answers_whole_histories_and_refuses_thin_ones
     assert all(a["answered_by"] == "report_only" and a["model_version"].startswith("medical-report-only-") for a in answers)
     assert all(0.05 <= a["probability"] <= 0.95 for a in answers), [a["probability"] for a in answers]
     assert answers[0]["modality_weights"]["ct"] == 0.0
+
+
+def test_a_new_model_takes_its_berts_width_and_a_loaded_one_must_match_it():
+    """The tiny presets expect the tests' 16-wide BERT; a model about to be trained (``fit_bert_width``)
+    records the width of the BERT it is given instead (the CLI's default MiniLM: 384)."""
+    wide = {"vocab_size": 64, "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+            "intermediate_size": 32, "max_position_embeddings": 32}
+    config = MedicalModelConfig.from_name("tiny")
+    with pytest.raises(ValueError, match="report encoder width 32 != config.bert_hidden 16"):
+        build_model(config, bert_config=wide)  # as a bundle is loaded: the BERT must be the one it was trained with
+    model = build_model(config, bert_config=wide, fit_bert_width=True)
+    assert model.config.bert_hidden == 32 and config.bert_hidden == 16

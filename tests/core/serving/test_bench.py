@@ -54,6 +54,43 @@ def test_bench_refuses_non_loopback_and_unbounded():
         run_bench(concurrency="1", requests=10**9, quiet=True)
 
 
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_bench_url_that_nothing_answers_is_an_error_not_a_table_of_nan(tmp_path):
+    out = tmp_path / "bench.json"
+    url = f"http://127.0.0.1:{_closed_port()}/predict"
+    with pytest.raises(ConnectionError, match=f"cannot reach {url}"):
+        run_bench(url=url, concurrency="1", requests=3, duration_s=5, json_out=str(out), quiet=True)
+    assert not out.exists()
+
+
+def test_bench_url_where_every_request_fails_says_so(tmp_path):
+    with LoopbackServer(create_toy_app(8, f"sqlite:///{tmp_path / 'b.db'}", ToyMLPRunner(hidden=64))) as server:
+        with pytest.raises(ConnectionError, match=r"no request to .*/nosuch succeeded \(3 errors; a GET there answers HTTP 404\)"):
+            run_bench(url=server.url + "/nosuch", concurrency="1", requests=3, duration_s=5, quiet=True)
+
+
+def test_a_level_without_one_success_has_no_latency():
+    from core.serving.bench import _ms, _percentile
+
+    assert _ms(_percentile([], 0.5)) is None and _ms(_percentile([0.0123], 0.95)) == 12.3
+
+
+def test_bench_body_must_be_a_json_file(tmp_path):
+    bad = tmp_path / "body.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="--body .* is not a JSON document"):
+        run_bench(url="http://127.0.0.1:9/x", concurrency="1", requests=1, body=str(bad), quiet=True)
+    with pytest.raises(IsADirectoryError, match="--body .* is a folder"):
+        run_bench(url="http://127.0.0.1:9/x", concurrency="1", requests=1, body=str(tmp_path), quiet=True)
+
+
 def test_batch_totals_parser():
     text = (
         'triptych_batch_size_sum{app="x",runner="a"} 12.0\n'
