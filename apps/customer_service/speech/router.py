@@ -14,18 +14,22 @@ Protocol
   2. send binary messages of little-endian 16-bit mono PCM at 16 kHz, 100-200 ms each (any size
      up to ``max_chunk_bytes`` works).
   3. receive ``{"type": "partial", "text", "start", "end", "latency_ms"}`` whenever the running
-     hypothesis changes and ``{"type": "final", "text", "normalised", "words": [...], "confidence",
-     "redactions"}`` at each end of speech; ``normalised`` is ``text`` in written form ("£12.50" for
+     hypothesis changes and ``{"type": "final", "final_index", "text", "normalised", "words": [...],
+     "confidence", "redactions"}`` at each end of speech (``final_index``: 0, 1, 2... over the session's
+     finals, empty ones included); ``normalised`` is ``text`` in written form ("£12.50" for
      "twelve pounds fifty", placeholders kept), while ``redactions`` keep pointing into the final's words
      joined by spaces. Card, account, phone numbers etc. are redacted in both (``redact``), read
      with the session's earlier finals (a card read out in fours makes one final per group); a
      partial also shows any other run of spoken digits as ``[NUMBER]`` until its final says what it is.
      With ``analyze=true`` (the default once the service's models are loaded: ``ready`` says
      ``"analysis": true``, and ``"store"`` whether the call will be stored), each final is then read as a
-     caller segment of ``/v1/calls:analyze`` is: ``{"type": "analysis", "segment_index", "segment":
-     {emotion, modality_weights, acts, intent, ...}, "intent", "requests", "emotion", "escalation",
-     "latency_ms"}`` with the call so far (its text is the redacted one). It comes after its final, while
-     the audio goes on being decoded.
+     caller segment of ``/v1/calls:analyze`` is: ``{"type": "analysis", "final_index", "segment_index",
+     "segment": {emotion, modality_weights, acts, intent, ...}, "intent", "requests", "emotion",
+     "escalation", "latency_ms"}`` with the call so far (its text is the redacted one). It comes after its
+     final, while the audio goes on being decoded, and names that final by its ``final_index`` (a final
+     without words gets no reading; ``segment_index`` is its place among the call's stored segments). A
+     reading that fails comes as ``{"type": "analysis", "final_index", "segment_index": null, "error"}`` for
+     its own final, and the stream goes on: match readings to finals by ``final_index``, never by counting.
   4. send the text message ``{"type": "end"}`` (or just ``end``): the last final follows, then (with
      analysis) ``{"type": "summary", "segments", "id", "intent", "requests", "emotion", "escalation"}`` with
      the rules only a whole call can decide ("intent unclear") and the ``id`` the call was stored under
@@ -276,6 +280,7 @@ class _Reader:
         self.task = asyncio.ensure_future(self._read()) if live is not None else None
         self.closed = False  # the call's close is under way (its end message came, or it is kept unfinished)
         self.gone = False  # a send failed: the client left
+        self.finals = 0  # finals sent so far: the next one's final_index
 
     async def send(self, body: dict) -> None:
         async with self.lock:
@@ -287,6 +292,11 @@ class _Reader:
                 self.gone = True
 
     async def send_event(self, event: StreamEvent, body: dict) -> None:
+        if event.type == "final":
+            # the final's reading names it by this index: a client counting finals was misled by a reading that
+            # failed (it names no stored segment), and every later reading landed on the sentence before its own
+            body = {"type": "final", "final_index": self.finals} | body
+            self.finals += 1
         await self.send(body)
         if self.task is not None and event.type == "final" and body["text"]:
             self.queue.put_nowait((body, event))
@@ -303,6 +313,7 @@ class _Reader:
                 log.warning("live analysis failed: %s", type(exc).__name__)
                 analysis = {"type": "analysis", "segment_index": None,
                             "error": f"this final could not be read ({type(exc).__name__})"}
+            analysis = {"type": "analysis", "final_index": body["final_index"]} | analysis
             analysis["latency_ms"] = round((time.perf_counter() - t0) * 1000.0, 2)
             await self.send(analysis)
 

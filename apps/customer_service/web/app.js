@@ -3,7 +3,7 @@
 // and live transcription (WebSocket v1/stream). Everything shown is set with textContent: transcripts are never parsed as HTML.
 "use strict";
 
-const { $, apiKey, headers, el, setStatus, errorText, showPeriod, savePeriod, bar, sleep, pct } = triptych;  // common.js
+const { $, apiKey, headers, keyMissing, el, setStatus, errorText, showPeriod, savePeriod, bar, sleep, pct } = triptych;  // common.js
 const BASE = triptych.base();  // ".../customer-service/"
 const EMOTIONS = ["angry", "frustrated", "anxious", "neutral", "satisfied"];
 const clock = (s) => (s === null || s === undefined ? "" : `${Math.floor(s / 60)}:${String(Math.floor(s % 60)).padStart(2, "0")}`);
@@ -34,7 +34,7 @@ async function analyse(event) {
     let analysis;
     if (response.status === 202) {
       const job = await response.json();
-      analysis = await poll(job.result_url, started);
+      analysis = await poll(job, started);
     } else if (response.ok) {
       analysis = await response.json();
     } else {
@@ -52,26 +52,70 @@ async function analyse(event) {
   }
 }
 
+// The redacted recording on show: its object URL (given back when another call is shown) and a counter that
+// makes a fetch still under way for an earlier call drop its answer instead of showing it under a later one.
+const redacted = { url: null, shown: 0 };
+
+function clearRedacted(note = "") {
+  // nothing of the previous call's recording is left on show, nor kept in memory
+  if (redacted.url) URL.revokeObjectURL(redacted.url);
+  redacted.url = null;
+  $("redacted-audio").removeAttribute("src");
+  $("redacted-audio").load();  // drops the media already loaded from the old URL
+  $("redacted-audio").hidden = true;
+  $("redacted-download").removeAttribute("href");
+  $("redacted-download").hidden = true;
+  $("redacted-note").textContent = note;
+}
+
 async function redactedRecording(r) {
   // fetched with the page's key (an <audio src> could not send it), then played from memory
+  const shown = ++redacted.shown;
+  clearRedacted(r ? "Fetching…" : "");
   $("redacted-card").hidden = !r;
   if (!r) return;
-  const response = await fetch(r.url, { headers: headers() });
-  if (!response.ok) {
-    $("redacted-note").textContent = await errorText(response);
+  let url;
+  try {
+    const response = await fetch(r.url, { headers: headers() });
+    if (!response.ok) throw new Error(await errorText(response));
+    const blob = await response.blob();
+    if (shown !== redacted.shown) return;  // another call is on show by now
+    url = URL.createObjectURL(blob);
+  } catch (err) {
+    if (shown === redacted.shown) clearRedacted(err.message);
     return;
   }
-  const url = URL.createObjectURL(await response.blob());
+  redacted.url = url;
   $("redacted-audio").src = url;
+  $("redacted-audio").hidden = false;
   $("redacted-download").href = url;
+  $("redacted-download").hidden = false;
   $("redacted-note").textContent = `${r.silenced_s.toFixed(1)} s silenced of ${r.seconds.toFixed(1)} s`;
 }
 
-async function poll(url, started) {
+// Waits before polling a job again after the network failed (a fetch that threw, or a gateway's 502-504):
+// the job runs on in the service whatever the page sees, so a dropped connection is retried, not the end.
+const POLL_RETRIES_S = [1, 2, 4, 8];
+const TRANSIENT = new Set([502, 503, 504]);
+
+async function poll(job, started) {
+  let failures = 0;
   for (;;) {
-    await sleep(1000);
-    setStatus("call-status", `Analysing… ${((performance.now() - started) / 1000).toFixed(0)} s`);
-    const response = await fetch(url, { headers: headers() });
+    await sleep(failures ? POLL_RETRIES_S[failures - 1] * 1000 : 1000);
+    const took = `${((performance.now() - started) / 1000).toFixed(0)} s`;
+    setStatus("call-status", failures ? `Analysing… ${took} (connection lost, retrying)` : `Analysing… ${took}`);
+    let response;
+    try {
+      response = await fetch(job.result_url, { headers: headers() });
+      if (TRANSIENT.has(response.status)) throw new Error(await errorText(response));
+    } catch (err) {
+      if (++failures > POLL_RETRIES_S.length) {
+        throw new Error(`Lost contact with the service (${err.message}); the analysis goes on there: `
+          + `job ${job.id} is still running. Its result will be listed under Recent calls.`);
+      }
+      continue;
+    }
+    failures = 0;
     if (response.status === 202) continue;
     if (!response.ok) throw new Error(await errorText(response));
     const row = await response.json();
@@ -110,6 +154,8 @@ function show(a) {
   $("reply-text").textContent = a.reply.text;
   const audio = $("reply-audio");
   audio.hidden = !a.reply.audio_wav_base64;
+  if (audio.src.startsWith("blob:")) URL.revokeObjectURL(audio.src);  // the previous call's reply
+  audio.removeAttribute("src");
   if (a.reply.audio_wav_base64) {
     const bytes = Uint8Array.from(atob(a.reply.audio_wav_base64), (c) => c.charCodeAt(0));
     audio.src = URL.createObjectURL(new Blob([bytes], { type: "audio/wav" }));
@@ -193,7 +239,13 @@ async function recent() {
   setStatus("recent-status", "Loading…");
   try {
     const query = $("escalated-only").checked ? "?limit=200&escalated=true" : "?limit=50";
-    const response = await fetch(BASE + "v1/results" + query, { headers: headers() });
+    const sent = headers();
+    const response = await fetch(BASE + "v1/results" + query, { headers: sent });
+    if (!response.ok) $("calls").tBodies[0].replaceChildren();  // no other key's calls left on show
+    if (keyMissing(response, sent)) {
+      setStatus("recent-status", "Enter the API key to see the recent calls.");
+      return;
+    }
     if (!response.ok) throw new Error(await errorText(response));
     const { results } = await response.json();
     $("calls").tBodies[0].replaceChildren(...results.map((c) => {
@@ -240,7 +292,8 @@ async function startLive() {
   const mode = $("stream-mode").value;
   const url = `${location.protocol === "https:" ? "wss:" : "ws:"}//${location.host}${BASE}v1/stream?mode=${encodeURIComponent(mode)}`;
   // made inside the click: browsers keep an AudioContext created outside a user gesture suspended
-  const state = { ws: new WebSocket(url), latencies: [], ctx: new AudioContext(), mic: null, read: [] };
+  // read: each final's line by its final_index, for its reading (which names it) to label
+  const state = { ws: new WebSocket(url), latencies: [], ctx: new AudioContext(), mic: null, read: new Map() };
   live = state;
   state.ws.binaryType = "arraybuffer";
   state.ws.onopen = () => {
@@ -272,7 +325,7 @@ async function onStreamMessage(state, msg) {
     p.append(el("span", `${clock(msg.start)} `, "muted"));
     for (const node of redactedCell(written(msg)).childNodes) p.append(node.cloneNode(true));
     $("finals").append(p);
-    if (msg.text) state.read.push(p);  // the analysis of the n-th final with words names it n
+    state.read.set(msg.final_index, p);  // its reading names it: never counted (a failed reading is no segment)
   } else if (msg.type === "analysis" || msg.type === "summary") {
     showLiveCall(state, msg);
     if (msg.type === "summary" && msg.id) {  // stored like an analysed call: it joins the lists below
@@ -290,8 +343,10 @@ async function onStreamMessage(state, msg) {
 
 function showLiveCall(state, msg) {
   // a final's reading after its text, then the call so far: escalation, emotion, what was asked
-  const p = msg.segment_index === null || msg.segment_index === undefined ? null : state.read[msg.segment_index];
-  if (p && msg.segment) {
+  const p = msg.final_index === null || msg.final_index === undefined ? null : state.read.get(msg.final_index);
+  if (p && msg.error) {  // this sentence was not read; the call goes on
+    p.append(el("span", ` · ${msg.error}`, "error"));
+  } else if (p && msg.segment) {
     const s = msg.segment;
     if (s.asr !== "stream") {  // written again by the service's own recogniser: its words replace the stream's
       p.replaceChildren(el("span", `${clock(s.start)} `, "muted"), ...redactedCell(written(s)).childNodes);
@@ -382,8 +437,9 @@ document.addEventListener("DOMContentLoaded", () => {
   $("export").addEventListener("click", exportCsv);
   $("summary-refresh").addEventListener("click", summary);
   $("period").addEventListener("change", summary);
-  $("api-key").addEventListener("change", summary);
+  $("api-key").addEventListener("change", () => { summary(); recent(); });
   summary();
+  recent();  // with the key kept for this tab, or none needed; else it asks for the key, as the numbers do
   $("refresh").addEventListener("click", recent);
   $("escalated-only").addEventListener("change", recent);
   $("start").addEventListener("click", startLive);

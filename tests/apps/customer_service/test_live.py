@@ -238,6 +238,34 @@ def test_analysis_can_be_turned_off_and_a_failed_reading_does_not_end_the_stream
     assert [m["type"] for m in messages[-2:]] == ["summary", "end"]
 
 
+@pytest.mark.timeout(180)
+def test_each_reading_names_its_final_even_after_a_reading_failed(stream_pool, call_pcm, engine):
+    # the first final's reading fails before it is stored (as read_emotions raising does): the readings after it
+    # must still name their own finals, not the one before (a page counting finals labelled the wrong sentence)
+    class FirstFails(LiveCall):
+        tried = 0
+
+        def add(self, *args):
+            self.tried += 1
+            if self.tried == 1:
+                raise RuntimeError("model exploded")
+            return super().add(*args)
+
+    messages = _stream(_app(stream_pool, lambda app, **kw: FirstFails(engine)), call_pcm)
+    finals = {m["final_index"]: m for m in messages if m["type"] == "final"}
+    assert sorted(finals) == list(range(len(finals)))  # every final numbered, in order
+    spoken = [i for i, f in sorted(finals.items()) if f["text"]]
+    analyses = [m for m in messages if m["type"] == "analysis"]
+    assert len(spoken) >= 2 and [a["final_index"] for a in analyses] == spoken  # one reading per final, its own
+    failed, *read = analyses
+    assert failed["final_index"] == spoken[0] and failed["segment_index"] is None
+    assert failed["error"] == "this final could not be read (RuntimeError)" and "segment" not in failed
+    for a in read:
+        assert "error" not in a and a["segment"]["text"] == finals[a["final_index"]]["text"]
+        assert messages.index(a) > messages.index(finals[a["final_index"]])
+    assert messages[-2]["type"] == "summary" and messages[-2]["segments"] == len(spoken) - 1
+
+
 @pytest.mark.timeout(120)
 def test_the_live_bench_reads_every_final_beside_the_recogniser(engine):
     from tests.apps.customer_service.speech.conftest import speak
