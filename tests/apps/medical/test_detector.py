@@ -214,7 +214,8 @@ def test_detector_model_trains_evaluates_and_serves_with_heat_maps(tmp_path, toy
     assert answer[1]["modality_evidence"]["report"] == 0.0  # no report, no evidence from it
     from apps.medical.api import AnalyzeResponse
 
-    AnalyzeResponse(id="x", secondary_capture=None, **answer[0])  # the API schema accepts the service's answer
+    # the API schema accepts the service's answer, with what the API adds (the id, the inputs it was sent)
+    AnalyzeResponse(id="x", secondary_capture=None, inputs={"ct": True, "report": True}, **answer[0])
 
 
 def test_extra_renders_add_only_training_patients_and_training_continues_from_a_detector(toy_studies):
