@@ -27,6 +27,11 @@ _SEGMENT_KEYS = ("speaker", "start", "end", "text", "normalised", "asr", "asr_co
                  "modality_weights", "voice", "text_emotion", "acts", "intent")
 
 
+# A segment's emotion fields before it is read (and after a reading that failed): as read_emotions leaves a
+# segment neither branch could read.
+UNREAD = {"emotion": None, "contact_centre": None, "ekman": None, "modality_weights": {"voice": 0.0, "text": 0.0}}
+
+
 class LiveCall:
     """The caller's side of one streamed call. ``add`` takes a final (its text already redacted, its audio)
     and returns the ``analysis`` message; ``close`` returns the ``summary`` at the end of the call, after
@@ -66,13 +71,18 @@ class LiveCall:
             # "put me through to someone" became one request for a person with no intent)
             segment = {"speaker": "caller", "start": round(start, 3), "end": round(end, 3), "text": text,
                        "normalised": normalise_redacted(text), "asr_confidence": round(float(confidence), 4), "endpointed": True, "_samples": samples,
-                       "asr": self.redecoder.name if written_again is not None else "stream"}
-            self.engine.read_emotions([segment])
+                       "asr": self.redecoder.name if written_again is not None else "stream"} | UNREAD
+            # kept before it is read: the agent has seen this final, so a reading that fails (raised to the
+            # stream, which says so for this final) leaves it in the stored call, unread, not out of it
             self.segments.append(segment)
             if words:
                 found = [SimpleNamespace(**r) for r in redactions]
                 self.redactions += redaction_records(list(words), found, self._plain_chars)
                 self._plain_chars += len(" ".join(w.text for w in words)) + 1
+            try:
+                self.engine.read_emotions([segment])
+            finally:
+                segment.pop("_samples", None)
             out = {"type": "analysis", "segment_index": len(self.segments) - 1} | self._call(final=False)
             self._analysis_ms += (time.perf_counter() - t0) * 1000.0
             return out

@@ -266,6 +266,28 @@ def test_each_reading_names_its_final_even_after_a_reading_failed(stream_pool, c
     assert messages[-2]["type"] == "summary" and messages[-2]["segments"] == len(spoken) - 1
 
 
+@pytest.mark.timeout(180)
+def test_a_final_whose_reading_fails_is_still_in_the_stored_call(stream_pool, call_pcm, engine, monkeypatch):
+    """The agent saw the final: its emotion model failing must not drop it from the stored call."""
+    real, calls = engine.read_emotions, []
+
+    def first_fails(segments):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("model exploded")
+        return real(segments)
+
+    monkeypatch.setattr(engine, "read_emotions", first_fails)
+    messages = _stream(_app(stream_pool, lambda app, **kw: LiveCall(engine)), call_pcm)
+    spoken = [m for m in messages if m["type"] == "final" and m["text"]]
+    analyses = [m for m in messages if m["type"] == "analysis"]
+    assert len(spoken) >= 2 and analyses[0]["error"] == "this final could not be read (RuntimeError)"
+    assert analyses[0]["final_index"] == spoken[0]["final_index"]
+    summary = messages[-2]
+    assert summary["type"] == "summary" and summary["segments"] == len(spoken)  # the unread one included
+    assert [a["segment"]["text"] for a in analyses[1:]] == [f["text"] for f in spoken[1:]]
+
+
 @pytest.mark.timeout(120)
 def test_the_live_bench_reads_every_final_beside_the_recogniser(engine):
     from tests.apps.customer_service.speech.conftest import speak
