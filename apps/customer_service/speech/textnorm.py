@@ -46,9 +46,9 @@ CURRENCY = {"pound": "£", "pounds": "£", "quid": "£", "dollar": "$", "dollars
 SUBUNIT = {"pence": 100, "penny": 100, "p": 100, "cent": 100, "cents": 100}
 
 _TOKEN = re.compile(r"\S+")
-_EDGE = re.compile(r"^[^\w£$€]+|[^\w%]+$")
-_LEAD = re.compile(r"^[^\w£$€]+")
-_TRAIL = re.compile(r"[^\w%]+$")
+_LEAD = re.compile(r"^[^\w£$€]+")  # punctuation before a word ("£" and "$" belong to an amount)
+_TRAIL = re.compile(r"[^\w%]+$")  # after it ("%" belongs to a percentage)
+_EDGE = re.compile(f"{_LEAD.pattern}|{_TRAIL.pattern}")
 _OH = ("o", "oh")
 _SENTENCE_END = re.compile(r"[.!?]['\")\]]*$")
 
