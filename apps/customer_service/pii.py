@@ -91,6 +91,10 @@ Rules (each type has positives and hard negatives in ``datasets/customer_service
            said it is), before account (a 9-digit run after "social security" is no account number), and a run
            that is a national id is no card fragment; "social security number" never announces a cvv
 
+Every span is the value alone: punctuation typed around it (the sentence's full stop, a comma, quotes, a bracket
+that wraps it) stays in the text, and a value quoted or bracketed is read as it would be bare; a bracket that closes
+inside the value is part of it ("(020) 7946 0958").
+
 The redaction map holds type and offsets only, never the value: it is safe to log and store.
 """
 
@@ -176,7 +180,12 @@ _SECRET_NOUNS = {"word", "words", "information", "info", "answer", "phrase", "na
 # a typed expiry: month / year (09/28, 9/2028, 09-28)
 _TYPED_EXPIRY = re.compile(r"^(0?[1-9]|1[0-2])[/\-.](\d{2}|\d{4})$")
 _FILLERS = {"um", "uh", "er", "erm", "ah", "hmm"}
-_DIGITISH = re.compile(r"^\+?\(?\d[\d\-().]*\)?[.,;:?!]?$")
+# Punctuation typed around a value, never part of it: opening quotes and brackets before it, sentence punctuation
+# and closing quotes and brackets after it ('my card is "4539 1488 0343 6467".', "call me on (07700 900123)?").
+_OPENING = "\"'\u201c\u2018\u00ab([{"
+_CLOSING = ".,;:!?\"'\u201d\u2019\u00bb)]}\u2026"
+_BRACKET_PARTNERS = {"(": ")", "[": "]", "{": "}", ")": "(", "]": "[", "}": "{"}
+_DIGITISH = re.compile(rf"^[{re.escape(_OPENING)}]*\+?\(?\d[\d\-().]*[{re.escape(_CLOSING)}]*$")
 _EMAIL = re.compile(r"\b[A-Za-z0-9._%+\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,}\b")
 _TLDS = "com|org|net|co|uk|io|de|fr|ie|edu|gov|info|biz|me|eu|es|it|nl"
 _SPOKEN_EMAIL = re.compile(
@@ -323,10 +332,47 @@ def _card_groups_with_digit_lookalikes(text: str) -> str:
 
 
 def find_pii(text: str) -> list[Redaction]:
-    """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap)."""
+    """Every PII span in ``text`` (sorted, non-overlapping; the earlier rule wins on overlap), each exactly the
+    value: no punctuation typed around it."""
     folded, origin = _folded(text)
     readable = _card_groups_spaced(_card_groups_with_digit_lookalikes(folded))
-    return [Redaction(r.type, origin[r.start], origin[r.end - 1] + 1) for r in _find_in_folded(readable) if r.end > r.start]
+    spans = [Redaction(r.type, origin[r.start], origin[r.end - 1] + 1) for r in _find_in_folded(readable) if r.end > r.start]
+    return [r for r in (_without_edge_punctuation(text, r) for r in spans) if r.end > r.start]
+
+
+def _core(token: str) -> str:
+    """``token`` without the punctuation typed around it ('"4539' -> 4539, "6467?)" -> 6467, "(+44" -> +44)."""
+    return token.lstrip(_OPENING).rstrip(_CLOSING)
+
+
+def _without_edge_punctuation(text: str, r: Redaction) -> Redaction:
+    """``r`` shrunk to the value it covers. A spoken value's pieces span their source words with the punctuation
+    after them ("... six four six seven."), and typed values arrive quoted or bracketed: a span that took that
+    punctuation lost the sentence its full stop or bracket and pointed the map past the value. A bracket whose
+    partner is inside the value stays ("(020) 7946 0958"); one that wraps the whole value goes with its partner."""
+    start, end = r.start, r.end
+    while start < end:
+        if text[end - 1] in _CLOSING and not _bracket_matched_inside(text[start:end], at_start=False):
+            end -= 1
+        elif text[start] in _OPENING and not _bracket_matched_inside(text[start:end], at_start=True):
+            start += 1
+        else:
+            break
+    return Redaction(r.type, start, end)
+
+
+def _bracket_matched_inside(value: str, *, at_start: bool) -> bool:
+    """The bracket at that edge of ``value`` has its partner inside the value, not at its other edge."""
+    chars = value if at_start else value[::-1]
+    partner = _BRACKET_PARTNERS.get(chars[0])
+    if partner is None:
+        return False
+    depth = 0
+    for i, ch in enumerate(chars):
+        depth += (ch == chars[0]) - (ch == partner)
+        if depth == 0:
+            return i < len(chars) - 1
+    return False
 
 
 def _find_in_folded(text: str) -> list[Redaction]:
@@ -350,7 +396,7 @@ _IS_CONTRACTIONS = {"it's", "that's", "what's", "there's", "here's"}
 
 
 def _plain(s: str) -> str:
-    w = s.lower().replace("\u2019", "'").strip(".,;:!?\"'")
+    w = s.lower().replace("\u2019", "'").strip(_OPENING + _CLOSING)
     return w if w in _IS_CONTRACTIONS else w.removesuffix("'s")  # "account's" still announces an account
 
 
@@ -362,8 +408,8 @@ def _emails(text: str) -> list[Redaction]:
 
 
 # "my email [address] is / email's / e-mail: <up to 3 words> right before an address's mailbox"
-_EMAIL_LEAD = re.compile(r"\be-?mail(?:\s+address)?(?:'s|\s*:|\s+(?:is|was)|,?\s+it(?:'s|\s+is))\s+((?:[a-z0-9]+\s+){1,3})$",
-                         re.IGNORECASE)
+_EMAIL_LEAD = re.compile(r"\be-?mail(?:\s+address)?(?:'s|\s*:|\s+(?:is|was)|,?\s+it(?:'s|\s+is))\s+"
+                         rf"((?:[{re.escape(_OPENING)}]?[a-z0-9]+\s+){{1,3}})$", re.IGNORECASE)
 # words between the cue and the name that are no part of it ("my email is still john smith at ...")
 _NOT_A_NAME = _FILLERS | {"the", "a", "an", "my", "his", "her", "our", "their", "still", "now", "just", "actually",
                           "same", "new", "old", "also", "probably", "so", "well", "like", "and", "or", "but", "not",
@@ -900,7 +946,7 @@ def _unlinked_secret(pieces: list[Piece], words: list[str], k: int, j: int) -> i
         return -1
     if j + 1 < len(words) and words[j + 1] in _PASSWORD_THINGS:
         return -1  # "the password v2 login page", "the password reset2 form"
-    token = pieces[j].text.rstrip(".,;:!?")
+    token = _core(pieces[j].text)
     if (re.search(r"[A-Za-z]", token) is not None and re.search(r"\d", token) is not None
             and _NOT_A_TOKEN.match(token) is None and not _DIGITISH.match(token)):
         return j
@@ -1112,7 +1158,7 @@ def _month_year(digits: str) -> bool:
 
 def _typed_expiries(pieces: list[Piece], words: list[str]) -> list[Redaction]:
     return [Redaction("expiry", p.start, _end(p)) for k, p in enumerate(pieces)
-            if _TYPED_EXPIRY.match(p.text.rstrip(".,;:!?")) and _context(words, k, "expiry", window=5)]
+            if _TYPED_EXPIRY.match(_core(p.text)) and _context(words, k, "expiry", window=5)]
 
 
 def _digit_runs(pieces: list[Piece], words: list[str]) -> list[tuple[int, int]]:
@@ -1143,24 +1189,25 @@ def _number_piece(pieces: list[Piece], words: list[str], k: int) -> bool:
     text = pieces[k].text
     if not _DIGITISH.match(text):
         return False
-    if _SORT_CODE.match(text.rstrip(".,;:")) and (_context(words, k, "sort", window=4) or _account_follows(pieces, words, k)):
+    if _SORT_CODE.match(_core(text)) and (_context(words, k, "sort", window=4) or _account_follows(pieces, words, k)):
         return True  # 20-00-00 is also a valid dd-mm-yy date; "sort code" decides, or an account number after it
     return not _is_amount_or_date(text)
 
 
 def _account_follows(pieces: list[Piece], words: list[str], k: int) -> bool:
     """"Account: 12-34-56 78901234": an account number right after dd-dd-dd makes it the sort code."""
-    return (k + 1 < len(pieces) and re.fullmatch(r"\d{6,12}[.,;:]?", pieces[k + 1].text) is not None
+    return (k + 1 < len(pieces) and re.fullmatch(r"\d{6,12}", _core(pieces[k + 1].text)) is not None
             and _context(words, k, "account", window=4))
 
 
 def _is_amount_or_date(s: str) -> bool:
-    return bool(_NUMERIC_DATE.match(s.rstrip(".,;:"))) or "," in s.rstrip(".,;:") and re.search(r"\d,\d{3}", s) is not None
+    s = _core(s)
+    return bool(_NUMERIC_DATE.match(s)) or "," in s and re.search(r"\d,\d{3}", s) is not None
 
 
 def _end(piece: Piece) -> int:
     """End offset without trailing sentence punctuation ("6467." ends before the full stop)."""
-    return piece.end - (len(piece.text) - len(piece.text.rstrip(".,;:!?")))
+    return piece.end - (len(piece.text) - len(piece.text.rstrip(_CLOSING)))
 
 
 _SPOKEN_DIGIT = re.compile(r"^(?:(?:zero|oh|o|nought|one|two|three|four|five|six|seven|eight|nine|double|triple)[\s,.]*)+$",
@@ -1168,7 +1215,7 @@ _SPOKEN_DIGIT = re.compile(r"^(?:(?:zero|oh|o|nought|one|two|three|four|five|six
 
 
 def _is_spoken_digits(source: str) -> bool:
-    return bool(_SPOKEN_DIGIT.match(source.strip()))
+    return bool(_SPOKEN_DIGIT.match(_core(source.strip())))
 
 
 def _digits(s: str) -> str:
@@ -1304,20 +1351,20 @@ def _classify(pieces: list[Piece], words: list[str], idx: list[int], groups: lis
         return "cvv"
     if _month_year(digits) and _context(words, start, "expiry", window=5):
         return "expiry"
-    if len(idx) == 1 and _SORT_CODE.match(raw.rstrip(".,;:")):
+    if len(idx) == 1 and _SORT_CODE.match(_core(raw)):
         return "account"
-    if _SORT_CODE.match(pieces[start].text) and 6 <= len(digits) - 6 <= 12:
+    if _SORT_CODE.match(_core(pieces[start].text)) and 6 <= len(digits) - 6 <= 12:
         return "account"  # the sort code, then the account number
     if _context(words, start, "sort", window=4) and len(digits) == 6:
         return "account"
     if _context(words, start, "account") and 6 <= len(digits) <= 12:
         return "account"
-    plus = raw.lstrip("(").startswith("+")
+    plus = _core(raw).startswith("+")
     if (plus and 10 <= len(digits) <= 15) or (digits.startswith("0") and 10 <= len(digits) <= 13):
         return "phone"
     if digits.startswith("00") and 12 <= len(digits) <= 17:  # "0044 7700 900123": 00 dialled for the +
         return "phone"
-    if re.fullmatch(r"\(?\d{3}\)?[ \-.]\d{3}[ \-.]\d{4}", raw.rstrip(".,;:")):
+    if re.fullmatch(r"\(?\d{3}\)?[ \-.]\d{3}[ \-.]\d{4}", _core(raw)):
         return "phone"
     if len(digits) == 10 and _context(words, start, "phone"):
         return "phone"
@@ -1328,7 +1375,7 @@ def _dates_of_birth(pieces: list[Piece], words: list[str], text: str) -> list[Re
     out = []
     month_names = {m.capitalize() for m in MONTHS}
     for k, piece in enumerate(pieces):
-        written = piece.text.rstrip(".,;:")
+        written = _core(piece.text)
         last = piece  # the piece the date ends in
         parts = written.split()
         if len(parts) in (2, 3) and parts[1] in month_names:  # "3 March [1985]", as textnorm writes dates
@@ -1336,14 +1383,14 @@ def _dates_of_birth(pieces: list[Piece], words: list[str], text: str) -> list[Re
                 year = int(parts[2]) if parts[2].isdigit() else None
             else:  # no year, or a short one after it ("3rd of March 85"): the birthday is still PII
                 year = 2000
-                if k + 1 < len(pieces) and _SHORT_YEAR.match(pieces[k + 1].text.rstrip(".,;:")):
+                if k + 1 < len(pieces) and _SHORT_YEAR.match(pieces[k + 1].text.rstrip(_CLOSING)):
                     last = pieces[k + 1]
         else:
             year = _numeric_date_year(written)
         if year is None or not 1900 <= year <= 2030:
             continue
         if _context(words, k, "dob", window=8):
-            end = last.start + len(text[last.start:last.end].rstrip(".,;:!?"))  # "1985," keeps its comma
+            end = last.start + len(text[last.start:last.end].rstrip(_CLOSING))  # "1985," keeps its comma
             out.append(Redaction("dob", piece.start, end))
     return out
 
@@ -1460,7 +1507,7 @@ def _letter(word: str) -> tuple[str, bool] | None:
 
 
 def _bare(text: str) -> str:
-    return text.strip(".,;:!?\"'()")
+    return text.strip(_OPENING + _CLOSING)
 
 
 def _id_digits(pieces: list[Piece], words: list[str], k: int, want: int) -> tuple[int, str, str] | None:

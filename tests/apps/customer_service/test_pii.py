@@ -718,3 +718,87 @@ def test_oh_is_no_zero_in_the_written_form_but_a_pin_of_zeros_is_still_redacted(
     assert [(r.type, r.start) for r in find_pii("my pin is oh oh oh oh")] == [("credential", 10)]
     card = "my card is four five three nine one four eight eight oh three four three six four six seven."
     assert normalise_redacted(card) == "my card is [CARD]."
+
+
+# Values as callers type them or recognisers write them, each in a sentence "{}" stands in for.
+EDGE_VALUES = [
+    ("my card is {}", "card", "4539 1488 0343 6467"),
+    ("my card is {}", "card", "4539148803436467"),
+    ("my card number is {}", "card",
+     "four five three nine one four eight eight zero three four three six four six seven"),
+    ("card {}", "card", "forty one ten sixty six fifty eight oh three fifty one nine"),  # pairs, a lone digit last
+    ("my iban is {}", "iban", "GB82 WEST 1234 5698 7654 32"),
+    ("my account number is {}", "account", "12345678"),
+    ("account {}", "account", "1 2 3 4 5 6 7 8"),
+    ("sort code {}", "account", "12-34-56"),
+    ("call me on {}", "phone", "07700 900123"),
+    ("my number is {}", "phone", "+44 7700 900123"),
+    ("phone {}", "phone", "555-123-4567"),
+    ("my mobile is {}", "phone", "oh seven seven oh oh nine oh oh one two three"),
+    ("email me at {}", "email", "john.smith@gmail.com"),
+    ("write to {}", "email", "a.b@example.co.uk"),
+    ("my email is {}", "email", "john dot smith at gmail dot com"),
+    ("my email is {}", "email", "john smith at gmail dot com"),  # the name after the cue is the mailbox
+    ("I was born on {}", "dob", "3 March 1985"),
+    ("my date of birth is {}", "dob", "03/04/1985"),
+    ("born {}", "dob", "1985-04-03"),
+    ("my date of birth is {}", "dob", "the third of march nineteen eighty five"),
+    ("my cvv is {}", "cvv", "412"),
+    ("expiry {}", "expiry", "09/28"),
+    ("my pin is {}", "credential", "4 3 2 1"),
+    ("my ni number is {}", "national_id", "QQ123456C"),
+]
+AROUND = [("", "."), ("", ","), ("", "?"), ("", "!"), ("", ")"), ("", '"'), ("", "'"), ("", "..."), ("", ".)"),
+          ("", '."'), ("", "?)"), ("(", ")."), ('"', '".'), ("'", "'?"), ("\u201c", "\u201d."), ("(", "?)")]
+
+
+@pytest.mark.parametrize("lead,tail", AROUND)
+@pytest.mark.parametrize("sentence,kind,value", EDGE_VALUES)
+def test_a_redaction_stops_at_the_punctuation_around_its_value(sentence, kind, value, lead, tail):
+    """The map's offsets point at the value alone, and the redacted text keeps the sentence's punctuation. A span
+    used to take a spoken value's full stop ("... six four six seven." -> "[CARD]"), and a quoted or bracketed typed
+    value ('"4539 1488 0343 6467"', "03/04/1985?") was not found at all."""
+    for after in ("", " thanks"):  # the sentence's end, or more words after it
+        text = sentence.format(lead + value + tail) + after
+        result = redact(text)
+        assert [(r.type, text[r.start:r.end]) for r in result.redactions] == [(kind, value)], text
+        assert result.text == sentence.format(f"{lead}[{kind.upper()}]{tail}") + after
+
+
+@pytest.mark.parametrize("text,value", [
+    ("call me on (020) 7946 0958.", "(020) 7946 0958"),  # the bracket closes inside the number: it is part of it
+    ("call me on ((020) 7946 0958).", "(020) 7946 0958"),
+    ("her mobile is (555) 123-4567?", "(555) 123-4567"),
+    ("my number is (+44 7700 900123).", "+44 7700 900123"),  # a country code in the bracket used to be left out
+])
+def test_a_bracket_that_belongs_to_a_phone_number_stays_in_its_span(text, value):
+    assert [(r.type, text[r.start:r.end]) for r in find_pii(text)] == [("phone", value)]
+
+
+@pytest.mark.parametrize("text,address", [
+    ("Email me at john.smith@gmail.com.", "john.smith@gmail.com"),
+    ("it's jo@mail.co.uk. Thanks", "jo@mail.co.uk"),
+    ("my email is a.b@example.org...", "a.b@example.org"),
+    ("(john_smith@example.com).", "john_smith@example.com"),
+    ("my email is john dot smith at gmail dot com.", "john dot smith at gmail dot com"),
+    ("email's um (sam lee at example dot org).", "sam lee at example dot org"),
+])
+def test_a_full_stop_after_an_e_mail_address_is_the_sentence_s(text, address):
+    result = redact(text)
+    assert [(r.type, text[r.start:r.end]) for r in result.redactions] == [("email", address)]
+    assert result.text == text.replace(address, "[EMAIL]")
+
+
+def test_recognised_words_with_punctuation_keep_it_outside_the_placeholder():
+    """Whisper writes "seven." as one word: the placeholder takes the digits, the full stop stays, and the word is
+    still among those silenced in the audio."""
+    spoken = "four five three nine one four eight eight zero three four three six four six seven.".split()
+    words = [Word(w, 0.3 * i, 0.3 * i + 0.2, 0.9) for i, w in enumerate(["my", "card", "number", "is", *spoken])]
+    result, hit = redact_words(words)
+    assert result.text == "my card number is [CARD]."
+    assert hit == list(range(4, 20))
+
+
+@pytest.mark.parametrize("text", ["my password (2fa) is on", 'my password "2fa" is on', "my password 2fa) is on"])
+def test_punctuation_around_a_token_makes_no_password_of_it(text):
+    assert find_pii(text) == []
