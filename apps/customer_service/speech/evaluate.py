@@ -12,6 +12,10 @@
   ``<root>/wav/<fileid>.wav``. A transcription with a fileids of its own name is read line by line beside it,
   as sphinxtrain reads them: the two must agree in length and in each utterance's id (the fileid's last part),
   so two speakers' ``001`` never share one recording.
+* In both Sphinx layouts a reference keeps only its words: the filler dictionary's non-speech entries (``<s>``,
+  ``</s>``, ``<sil>``, ``++NOISE++``-style noises, ``+NOISE+``, pocketsphinx's ``[NOISE]`` / ``[SPEECH]``) are
+  dropped and a pronunciation variant (``read(2)``) is read as its word, as the pocketsphinx backend reads its own
+  output. ``<unk>`` (a word the LM lacked, but a word said) and bracketed words such as ``[laughter-yes]`` stay.
 
 An utterance whose audio is missing is refused (:class:`MissingAudio`, both a ``FileNotFoundError`` and a
 ``ValueError``) with the transcript and the utterance named.
@@ -110,6 +114,12 @@ def librispeech_items(root: Path) -> list[tuple[Path, str]]:
 
 
 _TRANSCRIPTION_LINE = re.compile(r"^(.*?)\s*\(([^()]+)\)\s*$")
+# sphinxtrain's filler-dictionary entries: silences, noises written ++NOISE++ (older databases +NOISE+), and the
+# en-us model's [NOISE] / [SPEECH]. A recogniser writes none of them, so each one kept in a reference ("<sil>" is
+# scored as "sil") counted as a word the recogniser missed.
+_NON_SPEECH = re.compile(r"</?s>|<sil>|\+\+\w+\+\+|\+\w+\+|\[[A-Za-z_]+\]", re.IGNORECASE)
+# "read(2)": the second pronunciation of "read" in the dictionary (aligned transcripts carry it)
+_PRONUNCIATION_VARIANT = re.compile(r"\(\d+\)$")
 
 
 def _paired_fileids(trans: Path) -> Path | None:
@@ -150,11 +160,16 @@ def _transcription_pairs(trans: Path) -> list[tuple[str, str, str]]:
     return out
 
 
+def _spoken_words(transcript: str) -> str:
+    """A sphinxtrain transcript's words alone: non-speech entries dropped, pronunciation variants read as their word."""
+    words = re.sub(r"</?s>", " ", transcript, flags=re.IGNORECASE).split()  # "<s>hello" too: marks may touch a word
+    return " ".join(_PRONUNCIATION_VARIANT.sub("", w) for w in words if not _NON_SPEECH.fullmatch(w))
+
+
 def sphinx_items(root: Path) -> list[tuple[Path, str]]:
     items, listings = [], {}
     for trans in dataset_files(root, "transcription"):
         for utt, fileid, words in _transcription_pairs(trans):
-            words = re.sub(r"</?s>", " ", words)
             # sphinxtrain's own layout keeps etc/<db>.transcription beside wav/<fileid>.wav; the fileid first, so
             # that spk1/001 and spk2/001 (utterance 001 both) each find their own recording
             stems = [trans.parent / fileid, trans.parent.parent / "wav" / fileid, trans.parent.parent / fileid, trans.parent / utt]
@@ -162,7 +177,7 @@ def sphinx_items(root: Path) -> list[tuple[Path, str]]:
             if audio is None:
                 raise MissingAudio(f"{trans}: no audio for {utt} (fileid {fileid}; looked for "
                                    f"{trans.parent.parent / 'wav' / fileid}.wav and beside the transcription)")
-            items.append((audio, " ".join(words.split())))
+            items.append((audio, _spoken_words(words)))
     return items
 
 

@@ -280,3 +280,26 @@ def test_missing_audio_is_refused_alike_in_every_layout(tmp_path):
     (tmp_path / "cards" / "cards.transcription").write_text("<s> ten of clubs </s> (001)\n")
     with pytest.raises(FileNotFoundError, match="no audio for 001"):
         sphinx_items(tmp_path / "cards")
+
+
+def test_sphinx_references_hold_only_the_words_said(tmp_path):
+    """sphinxtrain's non-speech entries (silences, noises) are no words the recogniser missed: kept, "<sil>" was
+    scored as the word "sil" and a recogniser that got every word right scored a WER above 0. Words that name a
+    noise, an unknown word and a pronunciation variant's word stay."""
+    utterances = [("spk1/001", "<sil> please cancel ++BREATH++ my card [NOISE]", 1.0),
+                  ("spk1/002", "the noise <sil> was +COUGH+ loud ++LIP_SMACK++ read(2) it", 2.0),
+                  ("spk2/001", "<s> <sil> call <unk> now [SPEECH] <sil> </s>", 3.0)]
+    _sphinxtrain_db(tmp_path, utterances)
+    assert [words for _, words in sphinx_items(tmp_path)] == ["PLEASE CANCEL MY CARD", "the noise was loud read it",
+                                                              "CALL <UNK> NOW"]
+    said = {1: "please cancel my card", 2: "the noise was loud read it", 3: "call <unk> now"}
+    out = evaluate_asr(tmp_path, recognizer=_ByLength(said))
+    assert out["ref_words"] == 13 and out["wer"] == 0.0 and out["wer_normalised"] == 0.0
+
+    # the pocketsphinx test data's layout: a transcription with its fileids beside the recordings
+    cards = tmp_path / "cards"
+    cards.mkdir()
+    (cards / "001.wav").write_bytes(b"")
+    (cards / "cards.fileids").write_text("001\n")
+    (cards / "cards.transcription").write_text("<s> ten <sil> of ++NOISE++ clubs [NOISE] </s> (001)\n")
+    assert sphinx_items(cards) == [(cards / "001.wav", "ten of clubs")]
