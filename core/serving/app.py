@@ -25,6 +25,7 @@ from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 
 from core.serving.batching import DynamicBatcher, ModelRunner
+from core.serving.docs import add_offline_docs
 from core.serving.errors import ApiError, error_body, install_error_handlers
 from core.serving.metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from core.serving.settings import AppSettings
@@ -271,7 +272,10 @@ def create_service_app(
             app.state.batchers.clear()
             app.state.ready = False
 
-    app = FastAPI(title=f"triptych {name}", description=description, version=version, lifespan=lifespan)
+    # docs pages of our own (core.serving.docs): FastAPI's load their files from a CDN
+    app = FastAPI(title=f"triptych {name}", description=description, version=version, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+    add_offline_docs(app)
     app.state.name = name
     app.state.settings = settings
     app.state.metrics = ServiceMetrics(name)

@@ -18,6 +18,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 
 from core.plugins import AppPlugin, discover_plugins
 from core.serving.app import get_and_head
+from core.serving.docs import add_offline_docs
 from core.serving.errors import install_error_handlers
 from core.serving.web import SECURITY_HEADERS
 
@@ -93,7 +94,9 @@ def create_gateway(app_names: Iterable[str] | None = None, plugins: list[AppPlug
                     unavailable[name] = {"mount": mounted[name][0].mount, "status": "failed", "reason": f"{type(exc).__name__}: {exc}"}
             yield
 
-    root = FastAPI(title="triptych", description="The triptych apps behind one gateway.", lifespan=lifespan)
+    root = FastAPI(title="triptych", description="The triptych apps behind one gateway.", lifespan=lifespan,
+                   docs_url=None, redoc_url=None)
+    add_offline_docs(root)  # FastAPI's own docs pages load their files from a CDN
     install_error_handlers(root)
     root.add_middleware(_GatewayRequestId)
     root.state.mounted = {name: sub for name, (_, sub) in mounted.items()}
