@@ -138,6 +138,8 @@ def evaluate(
                                          "default), whisper, ctc or seq2seq.")] = ASR_BACKENDS[0],
     model_path: Annotated[Path | None, typer.Option(help="--asr only: the whisper / ctc / seq2seq weights (whisper without one: "
                                                          "the installed Whisper base).")] = None,
+    vad: Annotated[bool, typer.Option(help="--asr with --backend whisper or seq2seq only: decode only what the voice "
+                                           "activity detector calls speech, as the service does (its default).")] = True,
 ) -> None:
     """Evaluate the shipped models: exactly one of --asr, --emotion, --text-emotion, --intent, --dialogue."""
     given = [name for name, value in (("asr", asr), ("emotion", emotion), ("text-emotion", text_emotion),
@@ -149,9 +151,14 @@ def evaluate(
         raise typer.BadParameter(f"{target} does not exist")
     refuse_inapplicable(f"--{given[0]}", {"--limit": limit is not None, "--workers": workers is not None,
                                           "--backend": backend != ASR_BACKENDS[0], "--model-path": model_path is not None,
-                                          "--telephone": telephone},
+                                          "--telephone": telephone, "--no-vad": not vad},
                         {"--limit": ("--asr",), "--workers": ("--asr",), "--backend": ("--asr",),
-                         "--model-path": ("--asr",), "--telephone": ("--asr", "--emotion")})
+                         "--model-path": ("--asr",), "--telephone": ("--asr", "--emotion"), "--no-vad": ("--asr",)})
+    from apps.customer_service.speech.asr import VAD_BACKENDS
+
+    if not vad and backend not in VAD_BACKENDS:
+        raise typer.BadParameter(f"--no-vad: the {backend} backend decodes without voice activity detection anyway "
+                                 f"(only {' and '.join(VAD_BACKENDS)} use it)")
     if intent is not None:
         require_file(intent, "--intent", "a BANKING77 CSV (text,category)")
     if text_emotion is not None:
@@ -162,7 +169,7 @@ def evaluate(
 
     if asr is not None:
         metrics = E.evaluate_asr(asr, limit=limit, telephone=telephone, workers=workers or os.cpu_count() or 1,
-                                 backend=backend, model_path=model_path)
+                                 backend=backend, model_path=model_path, vad=vad)
     elif emotion is not None:
         metrics = E.evaluate_voice_emotion(emotion, telephone=telephone)
     elif text_emotion is not None:

@@ -203,10 +203,12 @@ def recognizer_for(settings: CustomerServiceSettings):
     """The recogniser ``settings`` name: the embedded pocketsphinx with its bank-adapted LM, or a Whisper /
     CTC / sequence-to-sequence model from a local path (Whisper without one: the installed Whisper base)."""
     from apps.customer_service.speech import create_recognizer
+    from apps.customer_service.speech.asr import vad_option
 
     if settings.asr_backend == "pocketsphinx":
         return create_recognizer("pocketsphinx", lm=settings.asr_lm)
-    return create_recognizer(settings.asr_backend, model_path=settings.asr_model_path)
+    return create_recognizer(settings.asr_backend, model_path=settings.asr_model_path,
+                             **vad_option(settings.asr_backend, settings.asr_vad))
 
 
 class MemoizedTexts:

@@ -52,6 +52,10 @@ class CustomerServiceSettings(AppSettings):
     # (/v1/stream) always uses pocketsphinx: its partials must come within a chunk.
     asr_backend: Literal["pocketsphinx", "whisper", "ctc", "seq2seq"] = "pocketsphinx"
     asr_model_path: Path | None = None
+    # The whisper and seq2seq recognisers decode only what a voice activity detector (Silero VAD, bundled)
+    # calls speech: they write fluent sentences into line noise and hold music (speech/vad.py). Off: they
+    # decode everything, as before.
+    asr_vad: bool = True
     # Embedded ASR language model: "generic" | "bank" | "interpolated" (speech.SphinxConfig.lm).
     asr_lm: str = "interpolated"
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.

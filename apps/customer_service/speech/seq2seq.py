@@ -8,8 +8,10 @@ Decoding is greedy, one chunk at a time: audio longer than the model's window (W
 ``chunk_s``) is cut at the quietest 20 ms near each window's end, so a cut rarely splits a word. Each chunk
 may emit at most ``tokens_per_second`` tokens per second of its audio (plus a few), never more than the
 decoder has positions for: a model that never says its end-of-text token (a random or a confused one)
-stops there instead of at the decoder's limit. A chunk of digital silence (below ``asr.SILENCE_PEAK``) is
-skipped, as a silent input is: models hallucinate in it (Whisper base: " you").
+stops there instead of at the decoder's limit. Only what the voice activity detector calls speech is decoded
+(``vad.py``; its spans joined end to end, words timed back in the recording; ``vad=False`` decodes all), and a
+chunk of digital silence (below ``asr.SILENCE_PEAK``) is skipped, as a silent input is: models hallucinate in
+both (Whisper base: " you" in zeros, whole sentences in line noise).
 
 Words are the decoded text split at spaces, as the model writes them (Whisper keeps its casing and
 punctuation, as the ``whisper`` backend does); a word's confidence is the mean probability of its tokens,
@@ -31,7 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.customer_service.speech.asr import Transcript, Word, check_audio, confidence_of, silent_transcript
+from apps.customer_service.speech.asr import (
+    Transcript,
+    Word,
+    check_audio,
+    confidence_of,
+    no_speech_transcript,
+    silent_transcript,
+)
+from apps.customer_service.speech.vad import speech_of
 
 RATE = 16_000
 FRAME = RATE // 50  # 20 ms: the unit a chunk is cut at and its voiced stretch is measured in
@@ -44,7 +54,8 @@ class Seq2SeqRecognizer:
     name = "seq2seq"
 
     def __init__(self, model_dir: str | Path, *, device: str = "cpu", language: str | None = "en",
-                 chunk_s: float = 30.0, tokens_per_second: float = 6.0, search_s: float = 2.0) -> None:
+                 chunk_s: float = 30.0, tokens_per_second: float = 6.0, search_s: float = 2.0,
+                 vad: bool = True) -> None:
         from core.offline import enforce_offline
 
         enforce_offline()
@@ -72,6 +83,7 @@ class Seq2SeqRecognizer:
         self.chunk_s = min(chunk_s, float(window)) if window else chunk_s
         self.search_s = min(search_s, self.chunk_s / 2)
         self.tokens_per_second = tokens_per_second
+        self.vad = vad  # decode only what the voice activity detector calls speech (speech/vad.py says why)
         positions = decoder_positions(self.model.config)
         self.max_tokens = None if positions is None else max(1, positions - PROMPT_TOKENS)
         gen = self.model.generation_config
@@ -85,17 +97,22 @@ class Seq2SeqRecognizer:
         if (silent := silent_transcript(x, self.name, mode)) is not None:
             return silent
         t0 = time.perf_counter()
+        # free speech only: a prompted number is short and cut tight, and the detector misses some (vad.py)
+        speech = speech_of(x, self.vad and mode == "default")
+        if not speech.spans:
+            return no_speech_transcript(x, self.name, mode, "silero-vad")
+        y = speech.audio
         words: list[Word] = []
-        for a, b in chunk_bounds(x, int(self.chunk_s * RATE), int(self.search_s * RATE)):
+        for a, b in chunk_bounds(y, int(self.chunk_s * RATE), int(self.search_s * RATE)):
             # a chunk of digital silence is not decoded, as a silent input is not: Whisper base writes " you"
             # in it (a long call's muted or silence-suppressed stretch, the agent's channel while the caller talks)
-            if silent_transcript(x[a:b], self.name, mode) is not None:
+            if silent_transcript(y[a:b], self.name, mode) is not None:
                 continue
-            ids, probs = self._generate(x[a:b])
-            words += self._words(ids, probs, *(t + a / RATE for t in voiced_span(x[a:b])))
-        return Transcript(words=words, confidence=confidence_of(words), backend=self.name, mode=mode,
-                          duration_s=len(x) / RATE, decode_s=time.perf_counter() - t0,
-                          extra={"word_times": "approximate"})
+            ids, probs = self._generate(y[a:b])
+            words += self._words(ids, probs, *(t + a / RATE for t in voiced_span(y[a:b])))
+        return Transcript(words=speech.restore(words), confidence=confidence_of(words), backend=self.name,
+                          mode=mode, duration_s=len(x) / RATE, decode_s=time.perf_counter() - t0,
+                          extra={"word_times": "approximate", "vad": self.vad})
 
     def new_tokens_for(self, seconds: float) -> int:
         """The most tokens a chunk of ``seconds`` may emit."""

@@ -37,6 +37,16 @@ def test_eval_refuses_options_of_another_eval(tmp_path, no_model, extra, message
     assert r.exit_code == 2 and message in plain_text(r.output), r.output
 
 
+def test_eval_no_vad_applies_to_the_recognisers_that_use_it(tmp_path, no_model):
+    csv = tmp_path / "b77.csv"
+    csv.write_text("text,category\nwhere is my card,card_arrival\n")
+    r = CliRunner().invoke(_app(), ["eval", "--intent", str(csv), "--no-vad"])
+    assert r.exit_code == 2 and "--no-vad applies to --asr only, not to --intent" in plain_text(r.output), r.output
+    r = CliRunner().invoke(_app(), ["eval", "--asr", str(tmp_path), "--no-vad"])
+    assert r.exit_code == 2, r.output
+    assert "--no-vad: the pocketsphinx backend decodes without voice activity detection" in plain_text(r.output)
+
+
 def test_eval_limit_must_be_positive(tmp_path):
     for value in ("0", "-1"):
         r = CliRunner().invoke(_app(), ["eval", "--asr", str(tmp_path), "--limit", value])

@@ -1,4 +1,7 @@
-"""Whisper and HF-CTC backends: loading and decoding plumbing on tiny random models saved locally."""
+"""Whisper and HF-CTC backends: loading and decoding plumbing on tiny random models saved locally.
+
+The Whisper plumbing tests decode a tone, which the voice activity detector rightly calls no speech, so they
+turn it off (``vad=False``); two tests check the gate itself."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ def tiny_whisper(tmp_path_factory):
 
 
 def test_whisper_loads_local_checkpoint_and_decodes(tiny_whisper):
-    rec = create_recognizer("whisper", model_path=tiny_whisper, max_tokens=6)
+    rec = create_recognizer("whisper", model_path=tiny_whisper, max_tokens=6, vad=False)
     assert isinstance(rec, Recognizer)
     out = rec.transcribe(_tone(1.0), 16_000)
     assert isinstance(out, Transcript) and out.backend == "whisper"
@@ -44,12 +47,46 @@ def test_whisper_decodes_from_several_threads_as_from_one(tiny_whisper):
     """An analysed call and live finals may decode at once; openai-whisper's decoding hooks its model."""
     from concurrent.futures import ThreadPoolExecutor
 
-    rec = create_recognizer("whisper", model_path=tiny_whisper, max_tokens=6)
+    rec = create_recognizer("whisper", model_path=tiny_whisper, max_tokens=6, vad=False)
     clips = [_tone(1.0 + 0.25 * k) for k in range(4)]
     alone = [[(w.text, w.start, w.end) for w in rec.transcribe(c, 16_000).words] for c in clips]
     with ThreadPoolExecutor(4) as pool:
         together = list(pool.map(lambda c: [(w.text, w.start, w.end) for w in rec.transcribe(c, 16_000).words], clips))
     assert together == alone
+
+
+def test_whisper_decodes_nothing_the_voice_activity_detector_calls_no_speech(tiny_whisper, monkeypatch):
+    import whisper
+
+    calls = []
+    monkeypatch.setattr(whisper, "transcribe", lambda *a, **k: calls.append(a) or {"segments": []})
+    rec = create_recognizer("whisper", model_path=tiny_whisper)
+    out = rec.transcribe(_tone(3.0), 16_000)
+    assert calls == [] and out.words == [] and out.extra == {"no_speech": True, "vad": "silero-vad"}
+    # a prompted number is decoded whole: the detector misses some short, tightly cut digits
+    for mode in ("digit", "digits", "amount"):
+        rec.transcribe(_tone(0.3), 16_000, mode=mode)
+    assert len(calls) == 3 and all(len(audio) == 4_800 for _, audio in calls)
+
+
+def test_whisper_decodes_the_speech_spans_joined_and_times_words_in_the_recording(tiny_whisper, monkeypatch):
+    import whisper
+
+    from apps.customer_service.speech import vad, whisper_backend
+
+    spans = [(16_000, 40_000), (64_000, 80_000)]  # 1.0-2.5 s and 4.0-5.0 s of a 6 s recording
+    monkeypatch.setattr(whisper_backend, "speech_of", lambda x, use_vad: vad.SpeechOnly.of(x, spans))
+    heard = []
+    words = [{"word": " cancel", "start": 0.2, "end": 0.9, "probability": 0.9},
+             {"word": " my", "start": 1.2, "end": 1.5, "probability": 0.8},  # ends on the join (1.5 s)
+             {"word": " card", "start": 1.6, "end": 2.4, "probability": 0.7}]
+    monkeypatch.setattr(whisper, "transcribe", lambda model, audio, **k: heard.append(len(audio)) or
+                        {"segments": [{"words": words}], "language": "en"})
+    out = create_recognizer("whisper", model_path=tiny_whisper).transcribe(_tone(6.0), 16_000)
+    assert heard == [40_000]
+    assert [(w.text, w.start, w.end) for w in out.words] == [
+        ("cancel", pytest.approx(1.2), pytest.approx(1.9)), ("my", pytest.approx(2.2), pytest.approx(2.5)),
+        ("card", pytest.approx(4.1), pytest.approx(4.9))]
 
 
 def test_whisper_refuses_names_and_non_checkpoints(tmp_path):
@@ -148,12 +185,16 @@ def test_eval_makes_the_recogniser_of_each_backend_it_is_asked_for(tmp_path, tin
 
     made = []
     real = asr.create_recognizer
-    monkeypatch.setattr(asr, "create_recognizer", lambda backend, **kw: (made.append(backend), real(backend, **kw))[1])
+    monkeypatch.setattr(asr, "create_recognizer",
+                        lambda backend, **kw: (made.append((backend, kw.get("vad"))), real(backend, **kw))[1])
     chapter = tmp_path / "test-clean" / "1" / "2"
     chapter.mkdir(parents=True)
     sf.write(chapter / "1-2-0000.flac", _tone(1.0), 16_000)
     (chapter / "1-2.trans.txt").write_text("1-2-0000 HELLO\n")
+    assert "vad" not in E.evaluate_asr(tmp_path)
+    with_vad = E.evaluate_asr(tmp_path, backend="whisper", model_path=tiny_whisper)
+    without = E.evaluate_asr(tmp_path, backend="whisper", model_path=tiny_whisper, vad=False)
     E.evaluate_asr(tmp_path)
-    E.evaluate_asr(tmp_path, backend="whisper", model_path=tiny_whisper)
-    E.evaluate_asr(tmp_path)
-    assert made == ["pocketsphinx", "whisper", "pocketsphinx"]
+    # pocketsphinx takes no vad option; Whisper is evaluated with the detector, as served, unless told otherwise
+    assert made == [("pocketsphinx", None), ("whisper", True), ("whisper", False), ("pocketsphinx", None)]
+    assert with_vad["vad"] == 1.0 and without["vad"] == 0.0

@@ -1,5 +1,8 @@
 """HF sequence-to-sequence backend: loading and decoding plumbing on tiny random models saved locally
-(a Wav2Vec2 encoder + BERT decoder SpeechEncoderDecoderModel, and a Whisper with a tokenizer written here)."""
+(a Wav2Vec2 encoder + BERT decoder SpeechEncoderDecoderModel, and a Whisper with a tokenizer written here).
+
+The plumbing tests decode a noisy tone, which the voice activity detector rightly calls no speech, so they
+turn it off (``vad=False``); the tests at the end check the gate itself."""
 
 from __future__ import annotations
 
@@ -137,7 +140,7 @@ def _count_generated(rec: Seq2SeqRecognizer) -> list[int]:
 @pytest.mark.parametrize("folder", ["tiny_encoder_decoder", "tiny_hf_whisper"])
 def test_loads_a_local_folder_and_transcribes_a_second_and_more_than_thirty(folder, request):
     path = request.getfixturevalue(folder)
-    rec = create_recognizer("seq2seq", model_path=path)
+    rec = create_recognizer("seq2seq", model_path=path, vad=False)
     assert isinstance(rec, Recognizer) and isinstance(rec, Seq2SeqRecognizer) and rec.version == f"seq2seq-{path.name}"
     generated = _count_generated(rec)
     _well_formed(rec.transcribe(_noisy_tone(1.0), 16_000), 1.0)
@@ -157,7 +160,7 @@ def test_the_token_bound_is_set_once_and_draws_no_warning(folder, request, caplo
     import logging
     import warnings
 
-    rec = create_recognizer("seq2seq", model_path=request.getfixturevalue(folder))
+    rec = create_recognizer("seq2seq", model_path=request.getfixturevalue(folder), vad=False)
     generated = _count_generated(rec)
     caplog.set_level(logging.WARNING)
     with warnings.catch_warnings(record=True) as caught:
@@ -170,7 +173,8 @@ def test_the_token_bound_is_set_once_and_draws_no_warning(folder, request, caplo
 
 
 def test_audio_at_another_rate_is_resampled_first(tiny_encoder_decoder):
-    out = create_recognizer("seq2seq", model_path=tiny_encoder_decoder).transcribe(_noisy_tone(1.0)[::2], 8_000)
+    out = create_recognizer("seq2seq", model_path=tiny_encoder_decoder, vad=False).transcribe(
+        _noisy_tone(1.0)[::2], 8_000)
     _well_formed(out, 1.0)
 
 
@@ -183,7 +187,7 @@ def test_a_silent_chunk_of_a_long_input_is_not_decoded(tiny_encoder_decoder):
     """A long call's stretch of digital silence (a muted line; the agent's channel while the caller talks) got
     words: Whisper base writes " you" in 3 s of zeros. Here 1.5 s of signal then 4.5 s of zeros, in 2 s chunks:
     only the first chunk (cut in the silence just after the signal) is decoded."""
-    rec = Seq2SeqRecognizer(tiny_encoder_decoder, chunk_s=2.0)
+    rec = Seq2SeqRecognizer(tiny_encoder_decoder, chunk_s=2.0, vad=False)
     decoded = []
     real = rec._generate
     rec._generate = lambda chunk: decoded.append(len(chunk)) or real(chunk)
@@ -238,7 +242,8 @@ def test_the_service_can_be_set_to_transcribe_with_it(tiny_encoder_decoder, cs_s
     from apps.customer_service.settings import CustomerServiceSettings
     from tests.apps.customer_service.conftest import wav_bytes
 
-    settings = cs_settings.model_copy(update={"asr_backend": "seq2seq", "asr_model_path": tiny_encoder_decoder})
+    settings = cs_settings.model_copy(update={"asr_backend": "seq2seq", "asr_model_path": tiny_encoder_decoder,
+                                             "asr_vad": False})
     rec = recognizer_for(settings)
     assert isinstance(rec, Seq2SeqRecognizer)
     engine = CustomerServiceEngine(settings, recognizer=rec)
@@ -246,3 +251,28 @@ def test_the_service_can_be_set_to_transcribe_with_it(tiny_encoder_decoder, cs_s
     assert out["model_versions"]["asr"] == "seq2seq-tiny-bert2wav2vec2"
     assert out["transcript"]["text"] and out["segments"][0]["asr_confidence"] > 0
     assert CustomerServiceSettings(asr_backend="seq2seq").asr_backend == "seq2seq"  # the environment may name it
+
+
+def test_what_the_voice_activity_detector_calls_no_speech_is_not_decoded(tiny_encoder_decoder):
+    """Whisper base wrote "I'm going to go to the next room." three times into 29 s of -50 dBFS noise."""
+    rec = create_recognizer("seq2seq", model_path=tiny_encoder_decoder)
+    generated = _count_generated(rec)
+    out = rec.transcribe(_noisy_tone(3.0), 16_000)
+    assert generated == [] and out.words == [] and out.extra == {"no_speech": True, "vad": "silero-vad"}
+
+
+def test_only_the_speech_spans_are_decoded_and_words_are_timed_in_the_recording(tiny_encoder_decoder, monkeypatch):
+    from apps.customer_service.speech import seq2seq, vad
+
+    spans = [(16_000, 40_000), (64_000, 80_000)]  # 1.0-2.5 s and 4.0-5.0 s of a 6 s recording
+    monkeypatch.setattr(seq2seq, "speech_of", lambda x, use_vad: vad.SpeechOnly.of(x, spans))
+    rec = create_recognizer("seq2seq", model_path=tiny_encoder_decoder)
+    decoded = []
+    real = rec._generate
+    rec._generate = lambda chunk: decoded.append(len(chunk)) or real(chunk)
+    out = rec.transcribe(_noisy_tone(6.0), 16_000)
+    assert decoded == [40_000]  # the two spans joined, one chunk
+    _well_formed(out, 6.0)
+    assert all(any(a / 16_000 - 1e-6 <= t <= b / 16_000 + 1e-6 for a, b in spans)
+               for w in out.words for t in (w.start, w.end))
+    assert out.words[0].start >= 1.0 and out.words[-1].end > 4.0
