@@ -60,7 +60,8 @@ def train(
     extra_ct: Annotated[list[str] | None, typer.Option("--extra-ct", help="--train-detector: other renders (render seeds) of the "
                                                        "training patients, training patches only; repeatable.")] = None,
     modalities: Annotated[str, typer.Option(callback=one_of("both", "ct", "report"), help="both (the fusion model), or ct / report: a dedicated single-modality "
-                                                 "model, the other input absent in training and validation.")] = "both",
+                                                 "model, the other input absent in training and validation; its bundle holds only "
+                                                 "its input's modules.")] = "both",
     share_detector: Annotated[bool, typer.Option("--share-detector", help="Detector presets: save the model without "
                                                  "its nodule detector (the service loads it with the fusion model "
                                                  "that holds that detector: the shipped single-input models).")] = False,
@@ -68,6 +69,11 @@ def train(
                                                         "clauses (0 = the presets' default).")] = 0.0,
     history_dropout_factors: Annotated[bool, typer.Option("--history-dropout-factors", help="With --history-dropout: "
                                                           "each risk factor is lost with chance 1/2, not all.")] = False,
+    drop_unused: Annotated[str | None, typer.Option("--drop-unused", help="Re-save this single-input bundle "
+                                                    "(--modalities ct|report) with only the tensors its input uses, "
+                                                    "checked to answer bit-identically, and stop; no retraining. "
+                                                    "--detector: the fusion model it loads beside (default: the "
+                                                    "shipped one).")] = None,
 ) -> None:
     """Train the radiology models: the IU report classifier (--reports), the nodule detector
     (--train-detector) and/or the CT + report fusion model (--ct)."""
@@ -79,6 +85,11 @@ def train(
     # given only when set: 0 / off leave the preset's own values
     history = {**({"history_dropout": history_dropout} if history_dropout else {}),
                **({"history_dropout_factors": True} if history_dropout_factors else {})}
+    if drop_unused:
+        from apps.medical.train import drop_unused_tensors
+
+        drop_unused_tensors(drop_unused, bert_path, detector, log=typer.echo)
+        return
     if train_detector:
         if not ct:
             raise typer.BadParameter("--train-detector needs --ct DIR (a rendered training set)")

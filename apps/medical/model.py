@@ -228,14 +228,25 @@ class MedicalModel(nn.Module):
         """State without the frozen BERT (it is loaded from its own folder, not shipped)."""
         state = self.state_dict()
         if self.report_encoder.freeze:
-            state = {k: v for k, v in state.items() if not k.startswith("net.encoders.report.bert.")}
+            state = {k: v for k, v in state.items() if not k.startswith(BERT_PREFIX)}
         return state
 
-    def load_trainable_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state(self, state: dict[str, torch.Tensor], unused: tuple[str, ...] = ()) -> None:
+        """Load a bundle's state. Tensors under ``unused`` (``unused_prefixes``: the absent input's modules of a
+        single-input model) may be missing: their parameters are set to zeros and their buffers keep their
+        initial values, finite either way, so a forward that runs them (a CT given with ``present`` False) still
+        multiplies their output by an exact zero."""
         missing, unexpected = self.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("net.encoders.report.bert.")]
+        missing = [k for k in missing if not k.startswith(BERT_PREFIX)]
+        dropped = [k for k in missing if unused and k.startswith(unused)]
+        missing = [k for k in missing if k not in set(dropped)]
         if missing or unexpected:
             raise ValueError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        parameters = dict(self.named_parameters())
+        with torch.no_grad():
+            for key in dropped:
+                if key in parameters:
+                    parameters[key].zero_()
 
 
 class CandidateRanker(nn.Module):
@@ -315,6 +326,31 @@ def fit_calibration(logits: torch.Tensor, labels: torch.Tensor, steps: int = 100
 
 
 DETECTOR_PREFIX = "detector."
+BERT_PREFIX = "net.encoders.report.bert."
+
+
+def unused_prefixes(config: MedicalModelConfig, modalities: str) -> tuple[str, ...]:
+    """State-dict prefixes of the modules a model trained with ``modalities`` (``both``, ``ct``, ``report``)
+    never reads: the absent input's encoder, its projection, its modality-specific and co-attention blocks and
+    its auxiliary head. An absent input's tokens are masked (``MultimodalModel.encode``) and every one of these
+    modules' outputs is multiplied by that mask before anything else reads it, so their values cannot reach
+    a logit, a modality weight or the evidence. Kept: everything shared (modality embeddings, shared layers,
+    graph, gate, heads, calibration) and the CT candidate stage (detector or ranker; ``--share-detector``
+    leaves the detector out on its own terms)."""
+    if modalities == "both":
+        return ()
+    if modalities not in MODALITIES:
+        raise ValueError(f"modalities must be both, ct or report, not {modalities!r}")
+    (absent,) = (m for m in MODALITIES if m != modalities)
+    return (f"net.encoders.{absent}.", f"net.projector.project.{absent}.", f"net.fusion.specific.{absent}.",
+            *(f"net.fusion.cross.{i}.blocks.{absent}." for i in range(config.fusion.cross_layers)), f"aux.{absent}.")
+
+
+def used_state(state: dict[str, torch.Tensor], config: MedicalModelConfig, modalities: str) -> dict[str, torch.Tensor]:
+    """``state`` less the tensors a model of ``modalities`` never reads (``unused_prefixes``): what a
+    single-input bundle ships."""
+    unused = unused_prefixes(config, modalities)
+    return {k: v for k, v in state.items() if not (unused and k.startswith(unused))}
 
 
 def weights_digest(state: dict[str, torch.Tensor]) -> str:
@@ -383,6 +419,7 @@ def load_model(bundle_dir, bert_path: str = "", detector_from: MedicalModel | No
                 f"{getattr(actual, key)} in {model.report_encoder.source}); point bert_path at "
                 f"{expected.get('path_hint', 'the same model')}"
             )
-    model.load_trainable_state(bundle.state_dict)
+    # a single-input bundle ships without its absent input's modules (``used_state``); older ones carry them
+    model.load_trainable_state(bundle.state_dict, unused_prefixes(config, bundle.config.get("modalities", "both")))
     model.eval()
     return model, bundle

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -793,7 +794,7 @@ def training_command(source: str, preset: str, modalities: str = "both", share_d
 def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, train_patients: list[str],
                        bert_path: str = "", version: str = "", preset: str = "small_blob", modalities: str = "both",
                        share_detector: bool = False, reproduce: str = "") -> None:
-    from apps.medical.model import without_detector
+    from apps.medical.model import used_state, without_detector
     from core.bundle import ModelCard, save_bundle
 
     name = "medical-fusion" if modalities == "both" else f"medical-{modalities}-only"
@@ -818,13 +819,122 @@ def save_fusion_bundle(model: MedicalModel, out: str | Path, metrics: dict, trai
                      "Not a medical device; the risk band is not a Lung-RADS category."],
         extra={"patients": train_patients},
     )
-    state = model.trainable_state()
+    state = used_state(model.trainable_state(), model.config, modalities)  # a single-input model: its input's modules only
     if share_detector:
         state, config["detector_sha256"] = without_detector(state)
         card.limitations.append("Ships without its nodule detector: it reads the candidates of the detector whose "
                                 f"sha256 (of its weights) is {config['detector_sha256'][:16]}..., which the fusion "
                                 "model beside it holds; load it with that model (load_model's detector_from).")
     save_bundle(out, state, config, card)
+
+
+DROP_UNUSED_COMMAND = "triptych train medical --drop-unused {bundle}"
+
+
+def probe_inputs(model: MedicalModel, seed: int = 0) -> tuple[Any, dict[str, torch.Tensor], list[str]]:
+    """Inputs of both kinds for comparing two models bit for bit (``drop_unused_tensors``): random CT input
+    of the model's kind (candidate crops + features, or volumes) and reports, rendered-style histories of both
+    labels plus short and empty-looking ones, as (ct, tokenized reports, texts); one row per report."""
+    from apps.medical.render import emr
+
+    rng = np.random.default_rng(seed)
+    lobes = ["right upper lobe", "right lower lobe", "left upper lobe", "lingula", "left lower lobe"]
+    texts = [emr.report_text(rng, [lobes[i % 5]], emr.sample_clinical(rng, i % 2), bool(i % 3 == 0)) for i in range(8)]
+    texts += [emr.history_text(emr.sample_clinical(rng, i % 2)) for i in range(4)]
+    texts += ["x", "Former smoker.", "CLINICAL HISTORY: 66-year-old woman.", "Follow-up of a pulmonary nodule.",
+              "No nodules or masses. Lungs are clear. " * 12]
+    n, g = len(texts), torch.Generator().manual_seed(seed)
+    if model.uses_candidates:
+        stage = model.candidate_config()
+        k, size, features = stage.k, stage.crop, model.config.candidate_encoder.geometry_features
+        ct: Any = {"crops": torch.rand(n, k, 1, size, size, size, generator=g),
+                   "geometry": torch.randn(n, k, features, generator=g), "mask": torch.rand(n, k, generator=g) > 0.25}
+    else:
+        ct = torch.rand(n, 1, *model.config.volume_shape, generator=g)
+    return ct, model.report_encoder.tokenize(texts), texts
+
+
+@torch.no_grad()
+def model_answers(model: MedicalModel, ct, report, modalities: str) -> dict[str, torch.Tensor]:
+    """What a model of ``modalities`` answers to the probes: its input alone (as served) and both inputs given
+    with the other masked (as ``evaluate_ct`` runs it): logits, calibrated probabilities, modality weights and
+    the evidence of the modalities present."""
+    from apps.medical.model import MODALITIES
+
+    n = len(report["input_ids"])
+    own = [m for m in MODALITIES if modalities in ("both", m)]
+    present = {m: torch.full((n,), m in own, dtype=torch.bool) for m in MODALITIES}
+    runs = {"alone": ((ct if "ct" in own else None), (report if "report" in own else None), None),
+            "masked": (ct, report, present)}
+    out = {}
+    for name, (ct_in, report_in, mask) in runs.items():
+        logits, weights = model(ct_in, report_in, present=mask)
+        out[f"{name}_logits"], out[f"{name}_p"], out[f"{name}_weights"] = logits, model.calibrated(logits), weights
+        evidence = model.modality_evidence()
+        if evidence is not None:
+            out[f"{name}_evidence"] = evidence[:, [MODALITIES.index(m) for m in own]]
+    return out
+
+
+def drop_unused_tensors(bundle_dir: str | Path, bert_path: str = "", fusion_dir: str | Path | None = None,
+                        log: Log = print) -> dict:
+    """Re-save a single-input bundle (``--modalities ct|report``) with only the tensors its input uses
+    (``model.used_state``), without retraining: for bundles saved before single-input models were saved that
+    way. The model loaded from the new file must answer the probes (``probe_inputs``: as served and as
+    evaluated) bit for bit as the old one did, or nothing is written. The card keeps its metrics, data, split,
+    reproduce text and date; its sha256 is the new file's and its notes say what was dropped. ``fusion_dir``: the
+    fusion model whose detector a ``--share-detector`` bundle loads beside (default: the shipped one).
+    Returns sizes, digests and counts."""
+    import shutil
+    import tempfile
+
+    from apps.medical.model import load_model, unused_prefixes
+    from core.bundle import CARD_JSON, CARD_MD, CONFIG, WEIGHTS, load_bundle, save_bundle
+
+    bundle_dir = Path(bundle_dir)
+    bundle = load_bundle(bundle_dir)  # sha256 checked
+    modalities = bundle.config.get("modalities", "both")
+    if modalities == "both":
+        raise ValueError(f"{bundle_dir} is a fusion model (modalities both): it reads every module it holds")
+    config = MedicalModelConfig.from_dict(bundle.config["model"])
+    unused = unused_prefixes(config, modalities)
+    dropped = {k: v for k, v in bundle.state_dict.items() if k.startswith(unused)}
+    before = {"bytes": (bundle_dir / WEIGHTS).stat().st_size, "sha256": bundle.sha256, "tensors": len(bundle.state_dict)}
+    if not dropped:
+        log(f"{bundle_dir}: holds no unused tensors; nothing to do")
+        return {"before": before, "after": before, "dropped": 0}
+    fusion = None
+    if bundle.config.get("detector_sha256"):
+        fusion, _ = load_model(fusion_dir or Path(__file__).parent / "weights" / "fusion", bert_path)
+    old, _ = load_model(bundle_dir, bert_path, detector_from=fusion, bert_from=fusion)
+    ct, report, texts = probe_inputs(old)
+    expected = model_answers(old, ct, report, modalities)
+    kept = {k: v for k, v in bundle.state_dict.items() if k not in dropped}
+    absent = "CT" if modalities == "report" else "report"
+    dropped_bytes = sum(v.numel() * v.element_size() for v in dropped.values())
+    card = bundle.card
+    card.notes = (card.notes + "\n\n" if card.notes else "") + (
+        f"Unused tensors dropped ({time.strftime('%Y-%m-%d')}, no retraining): the {len(dropped)} {absent}-branch tensors "
+        f"this {modalities}-only model never reads ({absent} encoder, projection, modality-specific and co-attention "
+        f"blocks, auxiliary head; {dropped_bytes:,} bytes) were removed from {WEIGHTS} by "
+        f"`{DROP_UNUSED_COMMAND.format(bundle=bundle_dir)}`; the model loaded from the new file answered "
+        f"{len(texts)} probe reports ({absent} absent, and {absent} given but masked) bit-identically (logits, "
+        f"probabilities, modality weights, evidence). Previous sha256: {before['sha256']}.")
+    with tempfile.TemporaryDirectory(prefix="triptych-drop-") as tmp:
+        staged = save_bundle(Path(tmp), kept, bundle.config, card)
+        new, _ = load_model(tmp, bert_path, detector_from=fusion, bert_from=fusion)
+        answers = model_answers(new, ct, report, modalities)
+        for key, value in expected.items():
+            if not torch.equal(answers[key].contiguous().view(torch.int32), value.contiguous().view(torch.int32)):
+                raise RuntimeError(f"{bundle_dir}: without the unused tensors the model answers differently ({key}); "
+                                   "nothing was written")
+        for name in (WEIGHTS, CONFIG, CARD_JSON, CARD_MD):  # weights first: until the card follows, loading refuses
+            shutil.copyfile(Path(tmp) / name, bundle_dir / f".{name}.new")
+            (bundle_dir / f".{name}.new").replace(bundle_dir / name)
+    after = {"bytes": (bundle_dir / WEIGHTS).stat().st_size, "sha256": staged.sha256, "tensors": len(kept)}
+    log(f"{bundle_dir}: dropped {len(dropped)} unused {absent} tensors; {WEIGHTS} {before['bytes']:,} -> "
+        f"{after['bytes']:,} bytes, sha256 {after['sha256']}; answers bit-identical on {len(texts)} probe reports")
+    return {"before": before, "after": after, "dropped": len(dropped), "probes": len(texts)}
 
 
 def train_from_pack(pack: str | Path, out: str | Path, config: FusionTrainConfig, seeds: tuple[int, ...] = (0,),
