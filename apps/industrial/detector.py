@@ -326,6 +326,12 @@ def verify_int8(bundle) -> Path:
     if meta.get("source_sha256") != bundle.sha256:
         raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} was quantised from other weights "
                           f"({str(meta.get('source_sha256'))[:12]}…, bundle has {bundle.sha256[:12]}…); {rebuild}")
+    from core.compression import full_range_int8_weights, int8_kernels_saturate
+
+    if int8_kernels_saturate() and full_range_int8_weights(path):
+        raise BundleError(f"detector bundle {bundle.path}: {INT8_FILE} holds full 8-bit weights, which onnxruntime's INT8 kernels "
+                          "on this CPU (x86 without VNNI) saturate: its detections would be wrong; rebuild it (7-bit "
+                          "weights) with `triptych data industrial quantize --deeppcb DIR` or set detector_precision=fp32")
     config = DetectorConfig(**bundle.config["detector"])
     side = _onnx_input_side(path)
     if side is not None and side != config.canvas:
@@ -491,7 +497,7 @@ def quantize_detector(bundle_dir: Path, images: list[Path], method: str = "perce
         "file": INT8_FILE,
         "sha256": sha256_file(out),
         "source_sha256": bundle.sha256,
-        "format": "onnx QDQ: uint8 activations, int8 per-channel weights (onnxruntime quantize_static)",
+        "format": "onnx QDQ: uint8 activations, int8 per-channel 7-bit weights (onnxruntime quantize_static, reduce_range)",
         "calibration": (f"{len(images)} DeepPCB training-list inputs ("
                         + ("half tested, half templates" if config.input == "gray" else
                            "in turn tested+template, repaired+template, tested alone, template alone") + f"), {method}"),

@@ -96,3 +96,41 @@ def test_static_onnx_quantisation_is_qdq_and_close(tmp_path):
     assert ops.count("DequantizeLinear") > [n.op_type for n in onnx.load(str(partial)).graph.node].count("DequantizeLinear")
     with pytest.raises(ValueError, match="empty"):
         quantize_onnx_static(fp32, tmp_path / "e.onnx", [])
+
+
+@pytest.mark.parametrize(
+    ("flags", "saturate"),
+    [("fpu sse2 avx avx2 fma", True), ("fpu avx2 avx512f avx512bw", True), ("avx2 avx512f avx512_vnni", False),
+     ("avx2 avx_vnni", False), (None, False)],
+)
+def test_int8_kernels_saturate_on_x86_without_vnni(tmp_path, flags, saturate):
+    from core.compression import int8_kernels_saturate
+
+    cpuinfo = tmp_path / "cpuinfo"
+    # an ARM cpuinfo lists "Features", not "flags"
+    cpuinfo.write_text("processor\t: 0\n" + (f"flags\t\t: {flags}\n" if flags else "Features\t: fp asimd asimddp\n"))
+    assert int8_kernels_saturate(cpuinfo) is saturate
+    assert int8_kernels_saturate(tmp_path / "missing") is False
+
+
+def test_quantised_weights_are_seven_bit(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from core.compression import full_range_int8_weights, quantize_onnx_static
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    fp32 = export_onnx(model, (torch.randn(1, 3, 12, 12),), tmp_path / "m.onnx", ["x"], ["y"])
+    calibration = [{"x": np.random.default_rng(s).standard_normal((1, 3, 12, 12)).astype(np.float32)} for s in range(4)]
+    int8 = quantize_onnx_static(fp32, tmp_path / "m8.onnx", calibration)
+    assert not full_range_int8_weights(int8)
+    # the same model with one weight pushed to the full int8 range is flagged
+    graph = onnx.load(str(int8))
+    weight = next(i for i in graph.graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 4)
+    values = numpy_helper.to_array(weight).copy()
+    assert 32 < np.abs(values).max() <= 64  # per channel, the largest weight sits at the 7-bit edge
+    values.flat[0] = -127
+    weight.CopyFrom(numpy_helper.from_array(values, weight.name))
+    onnx.save(graph, str(tmp_path / "full.onnx"))
+    assert full_range_int8_weights(tmp_path / "full.onnx")

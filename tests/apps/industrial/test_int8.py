@@ -167,6 +167,20 @@ def test_missing_or_bad_int8_is_refused(int8_bundle, tiny_bundles, tmp_path):
         set_detector_border(framed, 10)
 
 
+def test_full_range_int8_is_refused_where_kernels_saturate(int8_bundle, monkeypatch):
+    import core.compression as compression
+    from apps.industrial.detector import INT8_FILE, load_onnx_detector
+    from core.bundle import BundleError
+
+    assert not compression.full_range_int8_weights(int8_bundle / INT8_FILE)  # what quantize_detector writes: 7-bit
+    monkeypatch.setattr(compression, "full_range_int8_weights", lambda path: True)  # a bundle quantised before that
+    monkeypatch.setattr(compression, "int8_kernels_saturate", lambda: False)
+    load_onnx_detector(int8_bundle, precision="int8")  # a VNNI (or non-x86) CPU runs it right
+    monkeypatch.setattr(compression, "int8_kernels_saturate", lambda: True)
+    with pytest.raises(BundleError, match="saturate.*rebuild"):
+        load_onnx_detector(int8_bundle, precision="int8")
+
+
 def test_calibration_refuses_validation_groups(tmp_path):
     from apps.industrial.detector import calibration_images
 
