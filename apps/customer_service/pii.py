@@ -400,8 +400,23 @@ def _plain(s: str) -> str:
     return w if w in _IS_CONTRACTIONS else w.removesuffix("'s")  # "account's" still announces an account
 
 
+# A typed address's domain ends at its top-level label; a capitalised word glued on after one ("...@bank.com.Thanks")
+# is the next sentence typed without a space, unless it is itself a common top-level label typed capitalised.
+_GLUED_SENTENCE = re.compile(r"\.[a-z]{2,}(\.[A-Z][a-z]+)$")
+_TOP_LEVEL = {"com", "org", "net", "edu", "gov", "int", "mil", "info", "biz", "io", "co", "uk", "de", "fr", "es", "it", "nl",
+              "be", "ch", "at", "ie", "eu", "us", "ca", "au", "nz", "in", "jp", "cn", "br", "se", "no", "dk", "fi", "pl"}
+
+
+def _written_email_end(text: str, start: int, end: int) -> int:
+    glued = _GLUED_SENTENCE.search(text, start, end)
+    if glued and glued.group(1)[1:].lower() not in _TOP_LEVEL:
+        return glued.start(1)
+    return end
+
+
 def _emails(text: str) -> list[Redaction]:
-    spans = [Redaction("email", _mailbox_start(text, m.start()), m.end()) for m in _EMAIL.finditer(text)]
+    spans = [Redaction("email", _mailbox_start(text, m.start()), _written_email_end(text, m.start(), m.end()))
+             for m in _EMAIL.finditer(text)]
     spans += [Redaction("email", _mailbox_start(text, m.start()), m.end()) for m in _SPOKEN_EMAIL.finditer(text)
               if m.group(1).lower() not in _NOT_A_MAILBOX]
     return spans

@@ -290,6 +290,18 @@ def test_a_spoken_email_with_a_space_in_the_name_is_redacted_whole(text, value):
     assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("email", value)]
 
 
+@pytest.mark.parametrize(("text", "value"), [
+    ("my email is john.smith@bank.com.Thanks for helping", "john.smith@bank.com"),  # next sentence typed without a space
+    ("mail me at a@b.co.uk.Cheers", "a@b.co.uk"),
+    ("write to jo@mail.example.com. Thanks", "jo@mail.example.com"),
+    ("it is John@Mail.Bank.Com.", "John@Mail.Bank.Com"),  # a capitalised top-level label is the address's own
+    ("x jo@bank.com.Org", "jo@bank.com.Org"),
+    ("jo@bank.com.thanks", "jo@bank.com.thanks"),  # lower case: nothing says where it ends, so all of it goes
+])
+def test_a_typed_email_ends_before_a_sentence_glued_to_it(text, value):
+    assert [(s.type, text[s.start:s.end]) for s in find_pii(text)] == [("email", value)]
+
+
 def test_a_wife_at_home_is_no_email():
     assert find_pii("I sent it to my wife at home") == []
 
