@@ -135,8 +135,10 @@ def upstream_features(detector_dir: Path, vibration_dir: Path, deeppcb_root: Pat
     from core.bundle import load_bundle
 
     detector_bundle = load_bundle(detector_dir)
-    precision = "int8" if detector_bundle.card.extra.get("int8") else "fp32"
-    suffix = "-int8" if precision == "int8" else ""
+    int8 = detector_bundle.card.extra.get("int8")
+    precision = "int8" if int8 else "fp32"
+    # a re-quantised INT8 model scores boards differently from the same fp32 weights: its own digest names it
+    suffix = f"-int8-{int8['sha256'][:12]}" if int8 else ""
     cache.mkdir(parents=True, exist_ok=True)
     img_npz = cache / f"images-{detector_bundle.sha256[:12]}{suffix}.npz"
     vib_npz = cache / f"vibration-{load_bundle(vibration_dir).sha256[:12]}.npz"

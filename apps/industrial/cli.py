@@ -11,7 +11,7 @@ from core.cli_checks import number_list, one_of
 from core.reporting import check_json_destination
 
 WEIGHTS = Path(__file__).parent / "weights"
-SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
+SPLITS = Path(__file__).parent / "splits"  # the board-group lists, shipped with the package
 PARTS = ("detector", "vibration", "fusion", "defect-classifier")
 
 data = typer.Typer(help="DeepPCB conversion for ultralytics and split lists.", no_args_is_help=True)
@@ -170,7 +170,10 @@ def evaluate(
     workers: Annotated[int | None, typer.Option(min=1, help="onnxruntime detector sessions sharing --threads, each board's inputs split across them (default: the settings' detector_workers).")] = None,
     no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Keep the detector's own classes.")] = False,
 ) -> None:
-    """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration)."""
+    """Evaluate the shipped models: --deeppcb DIR --split LIST (detection) and/or --cwru DIR (vibration).
+
+    DeepPCB boards are decided as the service decides them under the TRIPTYCH_INDUSTRIAL_ settings (thresholds,
+    minimum defect sizes, rule, review band); a board answered review counts as not passed."""
     from core.offline import enforce_offline
 
     enforce_offline()
@@ -210,7 +213,8 @@ def evaluate(
             reclassifier = load_reclassifier(classifier_dir, threads=threads, backend="onnx" if backend == "onnx" else "torch")
         m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
                              backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier,
-                             workers=settings.detector_workers if workers is None else workers, template_bundle_dir=template_dir)
+                             workers=settings.detector_workers if workers is None else workers, template_bundle_dir=template_dir,
+                             settings=settings)
         mode = {0.0: "without template", 1.0: "with template"}.get(m["template_used"], f"{m['template_used']:.0%} of boards with template")
         _table(f"DeepPCB {split} ({backend} {precision}, {mode})", m)
         metrics.update(m)
@@ -434,7 +438,8 @@ def _calibration_groups(bundle: str, groups: str | None) -> tuple[tuple[str, ...
 @data.command("splits")
 def splits(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
-    out: Annotated[str, typer.Option(help="Folder for deeppcb_train.txt / deeppcb_val.txt.")] = str(SPLITS),
+    out: Annotated[str, typer.Option(help="Folder for deeppcb_train.txt / deeppcb_val.txt (the shipped lists: "
+                                          "apps/industrial/splits in a checkout).")],
     calibration_groups: Annotated[str | None, typer.Option("--calibration-groups", help="Also write deeppcb_calib.txt (these training groups) and deeppcb_fit.txt (the rest).")] = None,
 ) -> None:
     """Write the board-group train/validation lists (DeepPCB's list format)."""

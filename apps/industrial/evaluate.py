@@ -1,7 +1,9 @@
 """Evaluation on the public datasets in their original layout: DeepPCB detection and CWRU vibration.
 
 Every function returns ONE flat dict metric-name -> number (what ``triptych eval industrial --json``
-writes). Boards are judged defective when any detection reaches the detector's decision threshold.
+writes). DeepPCB boards are decided by the service's own decision code (``service.InspectionRunner.judge``)
+under the app's settings, as an image-only inspection: a board is judged defective when it is not passed
+(fail or review).
 """
 
 from __future__ import annotations
@@ -52,35 +54,47 @@ def board_readers(samples, config, use_template: bool = True, template_config=No
 
 def board_scores(model, config, samples, use_template: bool = True, nms_conf: float | None = None, progress: bool = False,
                  reclassifier=None, boards_per_call: int = 1, refute_min_diff: float | None = None,
-                 template_model=None, template_config=None):
-    """Per board: detections on the tested image, and the max confidence on each board input; seconds, forwards.
+                 template_model=None, template_config=None, runner=None):
+    """Per board: detections on the tested image, the score of each board input and, given a ``runner``, its
+    decision; seconds, forwards.
 
     Each board is read as the service reads a request (``board_readers``): with ``template_model`` /
     ``template_config`` (a template-aware detector) when it has a template and one is given, by ``model`` /
     ``config`` otherwise (with its template only when that one is template-aware too).
 
-    A board read with its template is scored as the service decides it: boxes the template refutes (fewer than
-    ``refute_min_diff`` of their pixels differ from it; default the service's ``TEMPLATE_MIN_DIFF``) do not
-    count toward its max confidence. The returned detections (for mAP) keep every box, as the service lists them.
+    ``runner``: the service's ``InspectionRunner`` over these detectors (``decision_runner``). Each input is then
+    weighed and decided by the service's own code for an image-only inspection (``InspectionRunner.judge``): its
+    policy's template refutation and minimum defect sizes set the score (the highest confidence among the boxes
+    that count), its rule and review band give pass / fail / review. Without one (thresholds are chosen that way),
+    only the template refutes boxes: fewer than ``refute_min_diff`` of their pixels differ from it (default the
+    service's ``TEMPLATE_MIN_DIFF``). The returned detections (for mAP) keep every box, as the service lists them.
 
     The inputs of ``boards_per_call`` boards go to the detector in one call, as the batch endpoint sends
     boards (a detector with several workers splits the call across them; boards of one call read by two
-    detectors make one call each). ``reclassifier`` (``reclassify.DefectReclassifier``): relabels the tested
-    image's boxes when the board is read with its template, as the service does; its time counts in
-    ``seconds``. Confidences, hence the board scores, are the detector's either way.
+    detectors make one call each). ``reclassifier`` (``reclassify.DefectReclassifier``): relabels the boxes of
+    every input of a board read with its template, as the service relabels each image its template-aware
+    detector reads (a class's minimum size then applies to the class the service reports); its time counts in
+    ``seconds``. Confidences are the detector's either way.
 
     Returns ``top`` with one entry per board for every kind (NaN for a board without a template, which has
-    no defect-free inputs) and ``modes``, each board's primary defect-free kind (``board_inputs``): a board
-    is read with or without its template on its own, as the service reads each request."""
-    from apps.industrial.detector import detect
-    from apps.industrial.service import TEMPLATE_MIN_DIFF, template_support
+    no defect-free inputs), ``modes``, each board's primary defect-free kind (``board_inputs``): a board
+    is read with or without its template on its own, as the service reads each request; and ``decisions``, per
+    kind the runner's answer for each board (None without a runner or for an input the board lacks)."""
+    from apps.industrial.detector import detect, detect_with_tokens
+    from apps.industrial.service import TEMPLATE_MIN_DIFF, DecisionPolicy, InspectionItem, board_evidence
 
     if (template_model is None) != (template_config is None):
         raise ValueError("give the template-aware detector's model and config together")
-    min_diff = TEMPLATE_MIN_DIFF if refute_min_diff is None else refute_min_diff
+    if runner is not None and refute_min_diff is not None:
+        raise ValueError("a runner refutes boxes at its own policy's template_min_diff; give refute_min_diff without one")
+    # Without a runner, the detector's own scores: no minimum sizes (thresholds are chosen on these), no decision.
+    policy = runner.policy if runner is not None else DecisionPolicy(
+        defect_threshold=1.0, template_min_diff=TEMPLATE_MIN_DIFF if refute_min_diff is None else refute_min_diff)
+    with_tokens = runner is not None and runner.decision_rule == "learned"  # the learned fusion reads region tokens too
     readers = board_readers(samples, config, use_template, template_config)
     detectors = {False: (model, config), True: (template_model, template_config)}
     dets_test, top, modes, seconds, n = [], {"test": [], "template": [], "repaired": []}, [], 0.0, 0
+    decisions = {kind: [] for kind in top}
     for first in range(0, len(samples), boards_per_call):
         chunk = range(first, min(first + boards_per_call, len(samples)))
         boards = [board_inputs(samples[j], detectors[readers[j][0]][1], readers[j][1]) for j in chunk]
@@ -92,29 +106,65 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
         for which in sorted(set(by_template)):  # one call per detector over this chunk's boards it reads
             det_model, det_config = detectors[which]
             calls = [(i, kind) for i, b in enumerate(boards) if by_template[i] == which for kind in b]
-            out = detect(det_model, [boards[i][kind] for i, kind in calls], det_config,
-                         conf=det_config.nms_conf if nms_conf is None else nms_conf)
-            if reclassifier is not None:  # the tested image of a board read with its template, as the service does
+            images = [boards[i][kind] for i, kind in calls]
+            # mAP needs the low-confidence boxes (nms_conf 0.001); the service keeps >= 0.05. The extra boxes can only
+            # give a board a score under 0.05, far below the bundles' thresholds: its decision stays the service's.
+            conf = det_config.nms_conf if nms_conf is None else nms_conf
+            if with_tokens:
+                out, tokens = detect_with_tokens(det_model, images, det_config, conf=conf)
+            else:
+                out, tokens = detect(det_model, images, det_config, conf=conf), [None] * len(calls)
+            if reclassifier is not None:  # every input of a board read with its template, as the service does
                 out = [reclassifier.relabel(dets, boards[i][kind].encoded, nms_iou=det_config.iou)
-                       if kind == "test" and board_modes[i] == "repaired" else dets
+                       if board_modes[i] == "repaired" else dets
                        for (i, kind), dets in zip(calls, out)]
-            found.update(zip(calls, out))
+            found.update(zip(calls, zip(out, tokens)))
             n += len(calls)
         seconds += time.perf_counter() - start
         for i, board in enumerate(boards):
             scores = {"template": np.nan, "repaired": np.nan}
+            verdicts = dict.fromkeys(top)
             for kind in board:
-                dets, ref = found[(i, kind)], references[i][kind]
+                (dets, tokens), ref = found[(i, kind)], references[i][kind]
                 # encoded channel 0 is the (binarised) input image itself, which template_support binarises anyway
-                decisive = dets if ref is None else [d for d in dets if template_support(board[kind].encoded[..., 0], ref, d.box_px) >= min_diff]
-                scores[kind] = max((d.confidence for d in decisive), default=0.0)
-            dets_test.append(found[(i, "test")])
+                item = InspectionItem(board[kind].encoded[..., 0], ref)
+                if runner is None:
+                    evidence = board_evidence(dets, item.image, item.template, policy)
+                else:
+                    evidence, verdict = runner.judge(item, dets, tokens)
+                    verdicts[kind] = verdict["decision"]
+                scores[kind] = evidence.max_conf
+            dets_test.append(found[(i, "test")][0])
             for kind in top:
                 top[kind].append(scores[kind])
+                decisions[kind].append(verdicts[kind])
         modes += board_modes
         if progress and (first // boards_per_call + 1) % 25 == 0:
             print(f"  {first + len(boards)}/{len(samples)} boards", flush=True)
-    return dets_test, {k: np.array(v, dtype=float) for k, v in top.items()}, modes, seconds, n
+    return dets_test, {k: np.array(v, dtype=float) for k, v in top.items()}, modes, seconds, n, decisions
+
+
+def decision_runner(settings, model, config, bundle, template_model=None, template_config=None, template_bundle=None):
+    """The service's runner over the evaluated detectors (``service.assemble_runner``): the settings' thresholds,
+    minimum sizes, review band and rule, with the fusion bundle where it fits these detectors, as ``load_runner``
+    builds it. The vibration classifier is loaded to check that fit only: DeepPCB boards bring no vibration."""
+    from apps.industrial.model import load_vibration_classifier
+    from apps.industrial.service import assemble_runner
+
+    vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
+    return assemble_runner(settings, model, config, bundle, vibration, vib_bundle, template_model, template_config,
+                           template_bundle)
+
+
+# Answers that do not pass a board: it is scrapped or reworked ("fail"), or held for a person to look at
+# ("review"). Either way a good board so answered costs the line, and a defective one is caught.
+NOT_PASSED = ("fail", "review")
+
+
+def share_answered(verdicts: list, answers: tuple[str, ...]) -> float:
+    """The share of boards with a verdict (not None) answered one of ``answers``; NaN when none has one."""
+    known = [v for v in verdicts if v is not None]
+    return float(np.mean([v in answers for v in known])) if known else float("nan")
 
 
 def primary_clean_scores(top: dict[str, np.ndarray], modes: list[str]) -> np.ndarray:
@@ -157,6 +207,7 @@ def evaluate_deeppcb(
     reclassifier=None,
     workers: int = 1,
     template_bundle_dir: Path | None = None,
+    settings=None,
 ) -> dict[str, float]:
     """mAP on the tested images of `split`; board-level decisions on tested and defect-free boards.
 
@@ -170,19 +221,27 @@ def evaluate_deeppcb(
     detector and path that read it; ``template_used``: the share of boards read with their template.
     ``map50``, ``board_false_alarm_rate``, ``board_recall`` etc. are over all boards together.
 
-    ``board_false_alarm_rate``: share of defect-free boards (``board_inputs``) with any detection >= that
-    threshold; ``board_recall``: share of tested (defective) boards with one. Boards read with their
-    template are decided as the service decides them: boxes the template refutes do not count
-    (``board_scores``). ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel
-    boxes of boards read with their template) on `threads` CPU threads shared by `workers` onnxruntime
-    sessions per detector, the inputs of `workers` boards per call (split across the workers), image
-    decoding and encoding excluded.
+    Every board input is decided as the service decides an image-only inspection (no vibration) under
+    ``settings`` (default: the app's cached ``get_settings()``, i.e. the ``TRIPTYCH_INDUSTRIAL_`` environment):
+    its thresholds, ``min_defect_mm`` / ``min_defect_mm_by_class``, template refutation, decision rule and
+    review band (``decision_runner``, ``board_scores``). ``board_false_alarm_rate``: share of defect-free boards
+    (``board_inputs``) not passed; ``board_recall``: share of tested (defective) boards not passed. "Not passed"
+    is fail or review (``NOT_PASSED``): a review board leaves the line for a person, so a clean one is a false
+    alarm and a defective one is caught. ``board_review_rate_clean`` / ``board_review_rate_defective``: the
+    shares answered review. ``board_fa@t`` / ``board_recall@t``: the same boards' scores (boxes that count
+    only) cut at t, without a review band.
+
+    ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel the boxes of boards read
+    with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions per detector, the
+    inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
     """
     import torch
 
     from apps.industrial.data import load_deeppcb
     from apps.industrial.detector import detection_scores, load_detector, load_onnx_detector
+    from apps.industrial.settings import get_settings
 
+    settings = settings if settings is not None else get_settings()
     torch.set_num_threads(threads)
     if backend != "onnx" and precision != "fp32":
         raise ValueError("INT8 runs through onnxruntime: use backend='onnx'")
@@ -197,29 +256,30 @@ def evaluate_deeppcb(
         return (load_onnx_detector(bundle, threads, precision=precision, workers=workers) if backend == "onnx"
                 else load_detector(bundle))
 
-    model, config, _ = load(bundle_dir)
-    template_model = template_config = None
+    model, config, bundle = load(bundle_dir)
+    template_model = template_config = template_bundle = None
     if use_template and template_bundle_dir is not None:
-        template_model, template_config, _ = load(template_bundle_dir)
+        template_model, template_config, template_bundle = load(template_bundle_dir)
         if template_config.input != "template-diff":  # as the service refuses it
             raise ValueError(f"{template_bundle_dir} holds a {template_config.input!r}-input detector, not a template-diff one")
     if binarize is not None:
         for c in (config, template_config):
             if c is not None:
                 c.binarize = binarize
-    dets, top, modes, seconds, n_timed = board_scores(model, config, samples, use_template, progress=progress,
-                                                      reclassifier=reclassifier, boards_per_call=max(1, workers),
-                                                      template_model=template_model, template_config=template_config)
-    # each board is decided at the threshold of the detector and path that read it: with its template or without
+    runner = decision_runner(settings, model, config, bundle, template_model, template_config, template_bundle)
+    torch.set_num_threads(threads)  # the runner set the service's thread count; the evaluation runs on `threads`
+    dets, top, modes, seconds, n_timed, decisions = board_scores(
+        model, config, samples, use_template, progress=progress, reclassifier=reclassifier, boards_per_call=max(1, workers),
+        template_model=template_model, template_config=template_config, runner=runner)
     readers = board_readers(samples, config, use_template, template_config)
     with_template = np.array([with_tmpl for _, with_tmpl in readers])
-    thresholds = np.array([(template_config if by_tmpl else config).decision_threshold(with_tmpl) for by_tmpl, with_tmpl in readers])
-    threshold_template = (template_config or config).decision_threshold(True)
-    threshold_no_template = config.decision_threshold(False)
+    threshold_template = runner.policy.threshold(True)
+    threshold_no_template = runner.policy.threshold(False)
     scores = detection_scores(dets, [(s.boxes, s.classes) for s in samples])
     test_max, clean_max = top["test"], primary_clean_scores(top, modes)
+    clean_decisions = [decisions[mode][i] for i, mode in enumerate(modes)]
 
-    def rate(x, t):  # the share of boards (those with a score) at or above their threshold
+    def rate(x, t):  # the share of boards (those with a score) at or above t
         known = ~np.isnan(x)
         return float((x[known] >= np.broadcast_to(t, x.shape)[known]).mean()) if known.any() else float("nan")
 
@@ -228,17 +288,23 @@ def evaluate_deeppcb(
         "map50_95": scores.map50_95,
         "precision": scores.precision,
         "recall": scores.recall,
-        "board_false_alarm_rate": rate(clean_max, thresholds),
-        "board_recall": rate(test_max, thresholds),
+        "board_false_alarm_rate": share_answered(clean_decisions, NOT_PASSED),
+        "board_recall": share_answered(decisions["test"], NOT_PASSED),
         "images_per_second": n_timed / seconds if seconds else 0.0,
         "n_boards": float(len(test_max)),
         "n_templates": float((~np.isnan(top["template"])).sum()),
         # the threshold most boards were decided at; both are listed when boards can be read with a template
         "decision_threshold": float(threshold_template if with_template.mean() >= 0.5 else threshold_no_template),
         "template_used": float(with_template.mean()),  # the share of boards read with their template
-        "board_fa_templates": rate(top["template"], thresholds),
-        "board_fa_repaired": rate(top["repaired"], thresholds),
+        "board_fa_templates": share_answered(decisions["template"], NOT_PASSED),
+        "board_fa_repaired": share_answered(decisions["repaired"], NOT_PASSED),
         "reclassified": float(with_template.mean()) if reclassifier is not None else 0.0,
+        # the service's review band: boards answered review are counted as not passed in the two rates above
+        "board_review_rate_clean": share_answered(clean_decisions, ("review",)),
+        "board_review_rate_defective": share_answered(decisions["test"], ("review",)),
+        "board_review_counted_as_defective": 1.0,
+        "review_band": float(settings.review_band) if runner.decision_rule != "image" else 0.0,
+        "min_defect_mm": float(settings.min_defect_mm),
     }
     if 0 < with_template.mean() < 1:
         import warnings
@@ -251,7 +317,8 @@ def evaluate_deeppcb(
         result["decision_threshold_template"] = float(threshold_template)
         result["decision_threshold_no_template"] = float(threshold_no_template)
     result.update({f"ap50_{k}": v for k, v in scores.per_class_ap50.items()})
-    # Where a lower or higher threshold would put the two board-level error rates (for the card).
+    # Where a lower or higher threshold would put the two board-level error rates (for the card): the boards'
+    # scores (the boxes that count under the settings) cut at t, no review band.
     for t in (0.1, 0.25, 0.5, 0.7):
         result[f"board_fa@{t}"] = rate(clean_max, t)
         result[f"board_recall@{t}"] = rate(test_max, t)
@@ -283,7 +350,7 @@ def select_thresholds(bundle_dir: Path, root: Path, split: str | Path, every: in
     out = {"n_boards": float(len(samples))}
     paths = (True, False) if config.input == "template-diff" else (False,)
     for use_template in paths:
-        _, top, modes, _, _ = board_scores(model, config, samples, use_template, nms_conf=0.05, progress=progress)
+        _, top, modes, *_ = board_scores(model, config, samples, use_template, nms_conf=0.05, progress=progress)
         read_alone = np.array([mode == "template" for mode in modes])
         # read without the template, the template itself is a defect-free board too; with it, it is trivially clean
         clean = np.concatenate([top["template"][read_alone], top["repaired"]])

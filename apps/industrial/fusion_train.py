@@ -9,7 +9,7 @@ from pathlib import Path
 from apps.industrial.data import DEEPPCB_VAL_GROUPS, DEFECT_CLASSES
 
 WEIGHTS = Path(__file__).parent / "weights"
-SPLITS = Path(__file__).resolve().parents[2] / "datasets" / "industrial"
+SPLITS = Path(__file__).parent / "splits"  # the board-group lists, shipped with the package
 
 
 def _set_detector_fields(bundle_dir: Path, **fields) -> None:
@@ -60,7 +60,7 @@ def fit_template_platt(bundle_dir: Path, deeppcb: Path, split: str | Path | None
     leaked = sorted(set(groups) - set(held_out) - set(DEEPPCB_VAL_GROUPS)) if held_out is not None else []
     if leaked:
         raise ValueError(f"{bundle_dir} was trained on board groups {leaked}; calibrate it on held-out groups {held_out}")
-    _, top, modes, _, _ = board_scores(model, config, samples, True, nms_conf=0.05)
+    _, top, modes, *_ = board_scores(model, config, samples, True, nms_conf=0.05)
     clean = primary_clean_scores(top, modes)
     clean = clean[~np.isnan(clean)]
     primary = max(set(modes), key=modes.count)  # for the card: what the defect-free boards mostly were
@@ -108,7 +108,7 @@ def make_detector_bundle(weights: Path, arch: str, out: Path, conf: float = 0.25
             f"triptych data industrial prepare --deeppcb DIR --out {prepared}" + (" --input template-diff" if td else "") + "\n"
             f"triptych train industrial --part detector --arch {arch} --data {prepared}/data.yaml --device cuda --hours "
             + ("0.09 --dropout 0.3 --keep last" if td else "0.1") + "\n"
-            "triptych eval industrial --deeppcb DIR --split datasets/industrial/deeppcb_val.txt --json OUT"
+            "triptych eval industrial --deeppcb DIR --split apps/industrial/splits/deeppcb_val.txt --json OUT"
         ),
         limitations=[
             "DeepPCB defects are largely hand-added to binarised scans; colour AOI images will not transfer",
@@ -140,10 +140,10 @@ def _split_text(td: bool, held_out_groups=()) -> str:
     from collections import Counter
 
     clean = "repaired scans (defect boxes copied from the template)" if td else "templates"
-    text = f"by board group: validation = {', '.join(DEEPPCB_VAL_GROUPS)} (248 boards; datasets/industrial/deeppcb_val.txt), "
+    text = f"by board group: validation = {', '.join(DEEPPCB_VAL_GROUPS)} (248 boards; apps/industrial/splits/deeppcb_val.txt), "
     if not held_out_groups:
         return text + (f"training = the other 5 groups (752 boards + 752 defect-free {clean} as label-free background images; "
-                       "datasets/industrial/deeppcb_train.txt)")
+                       "apps/industrial/splits/deeppcb_train.txt)")
     try:
         counts = Counter(s.split("/")[0] for s in (SPLITS / "deeppcb_train.txt").read_text().split()[::2])
     except OSError:
@@ -152,7 +152,7 @@ def _split_text(td: bool, held_out_groups=()) -> str:
     fit = sorted(set(counts) - set(held_out_groups))
     return text + (f"calibration (board threshold, Platt scaling; never trained on) = {', '.join(held_out_groups)} ({n_cal} boards), "
                    f"training = {', '.join(fit)} ({sum(counts[g] for g in fit)} boards + as many defect-free {clean} as "
-                   "label-free background images; datasets/industrial/deeppcb_train.txt minus the calibration groups)")
+                   "label-free background images; apps/industrial/splits/deeppcb_train.txt minus the calibration groups)")
 
 
 FUSION_NOTES = (

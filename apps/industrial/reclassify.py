@@ -312,7 +312,7 @@ def train_reclassifier_bundle(
             + f" ({len(labels)} crops: each defect as annotated + jittered copies)"
         ],
         split=f"board groups: trained on {', '.join(groups)} (the crops file's groups; `triptych data industrial "
-        "crops` reads datasets/industrial/deeppcb_train.txt by default, which holds no validation group); "
+        "crops` reads apps/industrial/splits/deeppcb_train.txt by default, which holds no validation group); "
         "scored on boards of other groups (metrics)",
         metrics={
             "train_crops": float(len(labels)),

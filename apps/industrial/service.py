@@ -239,6 +239,44 @@ def template_support(gray: np.ndarray, template: np.ndarray, box) -> float:
     return float((a != b).mean()) if a.size else 0.0
 
 
+@dataclass
+class BoardEvidence:
+    """What one board's detections say once the policy has read them."""
+
+    defects: list[dict]  # the listed detections (>= report threshold), marked refuted_by_template / below_min_size
+    decisive: list  # the detections the decision rests on: neither refuted by the template nor below their minimum size
+    refuted: int  # listed detections the template refuted
+    max_conf: float  # the board's score: the highest confidence among the decisive detections (0 without one)
+    n_defects: int  # decisive detections at or above the report threshold
+
+
+def board_evidence(dets, image: np.ndarray | None, template: np.ndarray | None, policy: DecisionPolicy) -> BoardEvidence:
+    """Each detection as the line reads it (``Detection.to_dict``, template support, acceptable size) and the
+    board's evidence. A box the template refutes or one below its class's minimum size is listed but does not
+    count: a board fails on the defects that matter, not on noise or what the workmanship standard allows."""
+    defects, decisive, refuted = [], [], 0
+    compare = template is not None and image is not None and template.shape == image.shape
+    for d in dets:
+        record = d.to_dict(policy.px_per_mm)
+        if compare:
+            support = template_support(image, template, d.box_px)
+            record["template_difference"] = round(support, 4)
+            if support < policy.template_min_diff:
+                record["refuted_by_template"] = True
+        if record["size_mm"] < policy.min_size_mm(record["class"]):
+            record["below_min_size"] = True  # listed, acceptable by size: it does not fail the board
+        if d.confidence >= policy.report_threshold:
+            defects.append(record)
+            refuted += bool(record.get("refuted_by_template"))
+        if not record.get("refuted_by_template") and not record.get("below_min_size"):
+            decisive.append(d)
+    # Evidence as in the fusion's training events: max confidence over all boxes the NMS kept
+    # (>= 0.05), defect count over the listed ones.
+    max_conf = max((d.confidence for d in decisive), default=0.0)
+    n_defects = sum(d.confidence >= policy.report_threshold for d in decisive)
+    return BoardEvidence(defects, decisive, refuted, max_conf, n_defects)
+
+
 def detector_route(has_template: bool, det_input: str, has_template_detector: bool) -> tuple[bool, bool]:
     """How a board with an image is read: (by the template-aware second detector?, with its template?).
 
@@ -385,30 +423,17 @@ class InspectionRunner:
             groups.append((self.template_detector, self.template_config, templated))
         return [g for g in groups if g[2]]
 
-    def _decide(self, item, dets, tokens, probs, vtokens, t_det, t_vib) -> dict:
+    def judge(self, item, dets, tokens=None, probs=None, vtokens=None) -> tuple[BoardEvidence, dict]:
+        """One board's evidence (``board_evidence``) and verdict: ``decision``, ``defect_probability`` (NaN when no
+        rule gave one), ``modality_weights``, ``detector_input``. ``dets`` None: the board has no image.
+
+        THE decision of the endpoint (``_decide``) and of the evaluation (``evaluate.board_scores``), so that a
+        setting (threshold, minimum sizes, review band, rule) moves both alike."""
         import torch
 
-        t0 = time.perf_counter()
         policy = self.policy
-        defects, decisive, refuted = [], [], 0
-        for d in dets or []:
-            record = d.to_dict(policy.px_per_mm)
-            if item.template is not None and item.template.shape == item.image.shape:
-                support = template_support(item.image, item.template, d.box_px)
-                record["template_difference"] = round(support, 4)
-                if support < policy.template_min_diff:
-                    record["refuted_by_template"] = True
-            if record["size_mm"] < policy.min_size_mm(record["class"]):
-                record["below_min_size"] = True  # listed, acceptable by size: it does not fail the board
-            if d.confidence >= policy.report_threshold:
-                defects.append(record)
-                refuted += bool(record.get("refuted_by_template"))
-            if not record.get("refuted_by_template") and not record.get("below_min_size"):
-                decisive.append(d)
-        # Evidence as in the fusion's training events: max confidence over all boxes the NMS kept
-        # (>= 0.05), defect count over the listed ones.
-        max_conf = max((d.confidence for d in decisive), default=0.0)
-        n_def = sum(d.confidence >= policy.report_threshold for d in decisive)
+        evidence = board_evidence(dets or [], item.image, item.template, policy)
+        max_conf, n_def = evidence.max_conf, evidence.n_defects
         has_template = self._uses_template(item)
         image_fail = max_conf >= policy.threshold(has_template)
         has_image, has_vib = dets is not None, probs is not None
@@ -421,9 +446,9 @@ class InspectionRunner:
             in_dim = self.fusion.config.image.in_dim
             img_tok = torch.from_numpy(tokens[None] if tokens is not None else np.zeros((1, 16, in_dim), np.float32))
             vib_tok = torch.from_numpy(vtokens[None] if vtokens is not None else np.zeros((1, 64, self.fusion.config.vibration_dim), np.float32))
-            evidence = np.concatenate([[_logit(np.array(max(max_conf, 1e-4))), np.log1p(n_def)], probs if has_vib else np.zeros(4)])
+            evidence_in = np.concatenate([[_logit(np.array(max(max_conf, 1e-4))), np.log1p(n_def)], probs if has_vib else np.zeros(4)])
             with torch.inference_mode():
-                logit, w = self.fusion(img_tok.float(), vib_tok.float(), torch.from_numpy(evidence[None].astype(np.float32)),
+                logit, w = self.fusion(img_tok.float(), vib_tok.float(), torch.from_numpy(evidence_in[None].astype(np.float32)),
                                        torch.tensor([[has_image, has_vib]]))
             log_odds = float(logit[0])
             p_defect = float(torch.sigmoid(logit)[0])
@@ -449,21 +474,31 @@ class InspectionRunner:
         elif has_image:
             p_defect, log_odds = (1.0, float("inf")) if image_fail else (0.0, float("-inf"))
         rule = self.decision_rule if not np.isnan(p_defect) or not has_image else "image"
-        decision = self._decision(log_odds, has_image, image_fail, rule, cut)
+        return evidence, {
+            "decision": self._decision(log_odds, has_image, image_fail, rule, cut),
+            "defect_probability": p_defect,
+            "modality_weights": weights,
+            "detector_input": None if not has_image else ("image+template" if has_template else "image"),
+        }
+
+    def _decide(self, item, dets, tokens, probs, vtokens, t_det, t_vib) -> dict:
+        t0 = time.perf_counter()
+        evidence, verdict = self.judge(item, dets, tokens, probs, vtokens)
         state = None
-        if has_vib:
+        if probs is not None:
             k = int(np.argmax(probs))
             state = {"label": FAULT_CLASSES[k], "probabilities": {c: round(float(p), 4) for c, p in zip(FAULT_CLASSES, probs)}}
         timings = dict(item.timings)
         timings.update({"detector_ms": round(t_det, 2), "vibration_ms": round(t_vib, 2), "fusion_ms": round((time.perf_counter() - t0) * 1000, 2)})
+        p_defect = verdict["defect_probability"]
         return {
-            "defects": defects,
+            "defects": evidence.defects,
             "machine_state": state,
-            "decision": decision,
+            "decision": verdict["decision"],
             "defect_probability": None if np.isnan(p_defect) else round(p_defect, 4),
-            "modality_weights": weights,
-            "template_refuted": refuted,
-            "detector_input": None if not has_image else ("image+template" if has_template else "image"),
+            "modality_weights": verdict["modality_weights"],
+            "template_refuted": evidence.refuted,
+            "detector_input": verdict["detector_input"],
             "timings_ms": timings,
         }
 
@@ -485,10 +520,70 @@ class InspectionRunner:
         return "review"
 
 
+def decision_policy(settings, det_config, template_config=None) -> DecisionPolicy:
+    """The board policy ``settings`` give with these detectors: each path's threshold (the settings' when set, else
+    the bundles'), the review band, minimum sizes, pixel pitch."""
+    if settings.defect_threshold is not None:
+        threshold, threshold_no_template = settings.defect_threshold, None
+    else:
+        threshold, threshold_no_template = det_config.conf, det_config.decision_threshold(False)
+    threshold_template = settings.template_defect_threshold
+    if threshold_template is None and template_config is not None:
+        threshold_template = template_config.conf
+    return DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
+                          defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template,
+                          min_defect_mm_by_class=dict(settings.min_defect_mm_by_class))
+
+
+def fitting_fusion(fusion_dir: Path, det_bundle, vib_bundle):
+    """(fusion model, fusion bundle) from ``fusion_dir`` as far as they fit these bundles: (None, None) without one."""
+    from apps.industrial.model import load_fusion_model
+
+    if not (fusion_dir / "model.safetensors").exists():
+        return None, None
+    log = logging.getLogger(__name__)
+    fusion, fusion_bundle = load_fusion_model(fusion_dir)
+    fitted_on = fusion_bundle.config.get("detector_sha256")
+    if fitted_on is not None and fitted_on != det_bundle.sha256:
+        # The learned model read another detector's tokens and scores: deciding with it would be wrong, not
+        # just stale. The Bayesian rule's vibration side (P(d | state)) does not depend on the detector, so
+        # it stays when the detector brings its own Platt scaling; without one only the image rule is left.
+        own_platt = bool(det_bundle.config.get("platt"))
+        log.warning(
+            "fusion bundle was fitted on detector %s, not %s: learned fusion off; %s", fitted_on[:12], det_bundle.sha256[:12],
+            "Bayesian rule with the detector's own Platt scaling" if own_platt else "deciding with the image rule")
+        fusion = None
+        if not own_platt:
+            fusion_bundle = None
+    vib_fitted_on = fusion_bundle.config.get("vibration_sha256") if fusion_bundle is not None else None
+    if vib_fitted_on is not None and vib_fitted_on != vib_bundle.sha256:
+        # P(defective | machine state) was counted over another classifier's predicted states: both fused
+        # rules would read this one's states with the wrong rates.
+        log.warning("fusion bundle was fitted on vibration classifier %s, not %s: deciding with the image rule",
+                    vib_fitted_on[:12], vib_bundle.sha256[:12])
+        fusion = fusion_bundle = None
+    return fusion, fusion_bundle
+
+
+def assemble_runner(settings, detector, det_config, det_bundle, vibration, vib_bundle, template_detector=None,
+                    template_config=None, template_bundle=None, reclassifier=None) -> InspectionRunner:
+    """The runner ``settings`` make of loaded models: their pixel pitch, the fusion bundle where it fits them, the
+    decision policy and rule. Shared by the service (``load_runner``) and the evaluation, which loads the
+    detectors its own way (``evaluate.evaluate_deeppcb``): both then decide a board with the same settings alike."""
+    for config in (det_config, template_config):
+        if config is not None:
+            config.px_per_mm = settings.px_per_mm
+    fusion, fusion_bundle = fitting_fusion(Path(settings.fusion_dir), det_bundle, vib_bundle)
+    policy = decision_policy(settings, det_config, template_config)
+    return InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
+                            settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle,
+                            reclassifier)
+
+
 def load_runner(settings) -> InspectionRunner:
     """The shipped bundles named by the settings (fusion optional)."""
     from apps.industrial.detector import load_detector, load_onnx_detector, refuse_checkpoint
-    from apps.industrial.model import load_fusion_model, load_vibration_classifier
+    from apps.industrial.model import load_vibration_classifier
 
     precision = settings.detector_precision
 
@@ -503,7 +598,6 @@ def load_runner(settings) -> InspectionRunner:
         raise ValueError(f"detector_backend must be onnx or torch, not {settings.detector_backend!r}")
 
     detector, det_config, det_bundle = load(settings.detector_dir)
-    det_config.px_per_mm = settings.px_per_mm
     template_detector = template_config = template_bundle = None
     if settings.template_detector_dir is not None:
         # a folder without model.safetensors turns template detection off; a checkpoint there is a mistake to name
@@ -512,41 +606,7 @@ def load_runner(settings) -> InspectionRunner:
         template_detector, template_config, template_bundle = load(settings.template_detector_dir)
         if template_config.input != "template-diff":
             raise ValueError(f"{settings.template_detector_dir} holds a {template_config.input!r}-input detector, not a template-diff one")
-        template_config.px_per_mm = settings.px_per_mm
     vibration, vib_bundle = load_vibration_classifier(settings.vibration_dir)
-    log = logging.getLogger(__name__)
-    fusion = fusion_bundle = None
-    if (settings.fusion_dir / "model.safetensors").exists():
-        fusion, fusion_bundle = load_fusion_model(settings.fusion_dir)
-        fitted_on = fusion_bundle.config.get("detector_sha256")
-        if fitted_on is not None and fitted_on != det_bundle.sha256:
-            # The learned model read another detector's tokens and scores: deciding with it would be wrong, not
-            # just stale. The Bayesian rule's vibration side (P(d | state)) does not depend on the detector, so
-            # it stays when the detector brings its own Platt scaling; without one only the image rule is left.
-            own_platt = bool(det_bundle.config.get("platt"))
-            log.warning(
-                "fusion bundle was fitted on detector %s, not %s: learned fusion off; %s", fitted_on[:12], det_bundle.sha256[:12],
-                "Bayesian rule with the detector's own Platt scaling" if own_platt else "deciding with the image rule")
-            fusion = None
-            if not own_platt:
-                fusion_bundle = None
-        vib_fitted_on = fusion_bundle.config.get("vibration_sha256") if fusion_bundle is not None else None
-        if vib_fitted_on is not None and vib_fitted_on != vib_bundle.sha256:
-            # P(defective | machine state) was counted over another classifier's predicted states: both fused
-            # rules would read this one's states with the wrong rates.
-            log.warning("fusion bundle was fitted on vibration classifier %s, not %s: deciding with the image rule",
-                        vib_fitted_on[:12], vib_bundle.sha256[:12])
-            fusion = fusion_bundle = None
-    if settings.defect_threshold is not None:
-        threshold, threshold_no_template = settings.defect_threshold, None
-    else:
-        threshold, threshold_no_template = det_config.conf, det_config.decision_threshold(False)
-    threshold_template = settings.template_defect_threshold
-    if threshold_template is None and template_config is not None:
-        threshold_template = template_config.conf
-    policy = DecisionPolicy(threshold, det_config.report_conf, settings.review_band, settings.min_defect_mm, settings.px_per_mm,
-                            defect_threshold_template=threshold_template, defect_threshold_no_template=threshold_no_template,
-                            min_defect_mm_by_class=dict(settings.min_defect_mm_by_class))
     reclassifier = None
     if (template_detector is not None and settings.defect_classifier_dir is not None
             and (Path(settings.defect_classifier_dir) / "model.safetensors").exists()):
@@ -554,9 +614,8 @@ def load_runner(settings) -> InspectionRunner:
 
         backend = "onnx" if settings.detector_backend == "onnx" else "torch"
         reclassifier = load_reclassifier(settings.defect_classifier_dir, threads=settings.torch_threads, backend=backend)
-    runner = InspectionRunner(detector, det_config, det_bundle, vibration, vib_bundle, fusion, fusion_bundle, policy,
-                              settings.torch_threads, settings.decision_rule, template_detector, template_config, template_bundle,
-                              reclassifier)
+    runner = assemble_runner(settings, detector, det_config, det_bundle, vibration, vib_bundle, template_detector,
+                             template_config, template_bundle, reclassifier)
     runner.warm_up()
     if settings.detector_backend == "onnx" and precision == "int8":
         # What runs is detector-int8.onnx: X-Model-Version / X-Model-Sha256 say so.
