@@ -154,7 +154,9 @@ def train(
 
 def evaluate(
     deeppcb: Annotated[str | None, typer.Option("--deeppcb", help="DeepPCB folder in its own layout (DIR/PCBData/...).")] = None,
-    split: Annotated[str, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path.")] = "trainval.txt",
+    split: Annotated[str | None, typer.Option("--split", help="List file: a name inside DIR/PCBData (test.txt, trainval.txt) or a path "
+                                            "(default: DeepPCB's own test list, PCBData/test.txt, when DIR has it, else "
+                                            "PCBData/trainval.txt, whose boards the shipped detectors mostly trained on).")] = None,
     cwru: Annotated[str | None, typer.Option("--cwru", help="Folder with CWRU *.npz (any depth).")] = None,
     cwru_sensor: Annotated[str, typer.Option("--cwru-sensor", callback=one_of("DE", "FE", "BA"), help="Accelerometer read from the CWRU files: DE (drive end, what the model is trained on), FE (fan end) or BA (base); files without it are skipped.")] = "DE",
     json_out: Annotated[str | None, typer.Option("--json", help="Write one flat JSON object here.")] = None,
@@ -211,6 +213,9 @@ def evaluate(
             from apps.industrial.reclassify import load_reclassifier
 
             reclassifier = load_reclassifier(classifier_dir, threads=threads, backend="onnx" if backend == "onnx" else "torch")
+        from apps.industrial.data import default_eval_split
+
+        split = split or default_eval_split(Path(deeppcb))
         m = evaluate_deeppcb(Path(detector), Path(deeppcb), split, threads=threads, limit=limit,
                              backend=backend, precision=precision, use_template=not no_template, reclassifier=reclassifier,
                              workers=settings.detector_workers if workers is None else workers, template_bundle_dir=template_dir,

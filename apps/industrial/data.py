@@ -63,6 +63,12 @@ def resolve_split(root: Path, split: str | Path) -> Path:
     raise FileNotFoundError(f"split list {split!r} not found (looked at {', '.join(map(str, candidates))})")
 
 
+def default_eval_split(root: Path) -> str:
+    """The list an evaluation reads when none is named: DeepPCB's own held-out ``test.txt`` where the folder
+    has it (the published split, which no shipped model trained on), else ``trainval.txt``."""
+    return "test.txt" if (Path(root) / "PCBData" / "test.txt").is_file() else "trainval.txt"
+
+
 def load_deeppcb(root: Path, split: str | Path = "trainval.txt") -> list[PcbSample]:
     root = Path(root)
     pcb = root / "PCBData"

@@ -46,6 +46,16 @@ def test_deeppcb_reader_and_group_split(tmp_path):
     assert {x.group for x in train} == {"group00041"} and {x.group for x in val} == {"group13000"}
 
 
+def test_an_evaluation_reads_deeppcbs_own_test_list_when_the_folder_has_one(tmp_path):
+    from apps.industrial.data import default_eval_split
+
+    root = make_deeppcb(tmp_path)
+    assert default_eval_split(root) == "trainval.txt"  # the development copy: trainval only
+    (root / "PCBData" / "test.txt").write_text((root / "PCBData" / "trainval.txt").read_text().splitlines()[0] + "\n")
+    assert default_eval_split(root) == "test.txt"
+    assert len(load_deeppcb(root, default_eval_split(root))) == 1
+
+
 def test_deeppcb_boxes_refuse_unknown_type(tmp_path):
     (tmp_path / "a.txt").write_text("1 2 3 4 9\n")
     with pytest.raises(ValueError, match="type 9"):
