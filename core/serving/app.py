@@ -101,7 +101,9 @@ class ServiceMiddleware:
                 extra = [(b"x-request-id", request_id.encode())]
                 version, sha = service.state.model_headers
                 extra += [(b"x-model-version", version.encode("latin-1", "replace")), (b"x-model-sha256", sha.encode())]
-                message = {**message, "headers": list(message.get("headers", [])) + extra}
+                own = [(k, _same_site_location(v, headers.get("host", ""))) if k.lower() == b"location" else (k, v)
+                       for k, v in message.get("headers", [])]
+                message = {**message, "headers": own + extra}
             await send(message)
 
         async def send_wrapper(message: dict) -> None:
@@ -159,6 +161,21 @@ class ServiceMiddleware:
                     "route": template, "status": status["code"], "ms": round(seconds * 1000, 2),
                 },
             )
+
+
+def _same_site_location(location: bytes, host: str) -> bytes:
+    """A Location naming this service's own host (Starlette's trailing-slash redirect, URLs built from the
+    request) as a path: the Host header is the client's word, and behind a proxy it names the proxy's upstream,
+    which a browser cannot reach; a path follows whatever address the client used."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        url = urlsplit(location.decode("latin-1"))
+    except ValueError:
+        return location
+    if not url.scheme or not url.netloc or url.netloc.lower() != host.lower():
+        return location
+    return urlunsplit(("", "", url.path or "/", url.query, url.fragment)).encode("latin-1")
 
 
 def _model_headers(runners: Mapping[str, ModelRunner]) -> tuple[str, str]:

@@ -339,3 +339,22 @@ def test_logged_tracebacks_keep_where_and_what_but_no_message():
     assert "ValueError (message withheld)" in text and "RuntimeError (message withheld)" in text
     assert "test_logged_tracebacks_keep_where_and_what_but_no_message" in text  # the frames stay
     assert "4539" not in text and "Jane" not in text
+
+
+def test_a_trailing_slash_redirect_stays_on_the_address_the_client_used(tmp_path):
+    # Starlette writes the redirect absolute, from the client's Host header (behind a proxy: the upstream's
+    # address, which a browser cannot reach); the service answers a path instead
+    with TestClient(make_app(tmp_path), base_url="http://evil.example") as client:
+        wait_ready(client)
+        moved = client.get("/health/?probe=1", follow_redirects=False)
+        assert moved.status_code == 307 and moved.headers["location"] == "/health?probe=1"
+        assert client.get("/health/", follow_redirects=True).json()["status"] == "ok"
+
+
+def test_a_location_elsewhere_is_left_alone():
+    from core.serving.app import _same_site_location
+
+    assert _same_site_location(b"https://other.example/x", "svc:8000") == b"https://other.example/x"
+    assert _same_site_location(b"/already/a/path", "svc:8000") == b"/already/a/path"
+    assert _same_site_location(b"http://SVC:8000/a/b?c=1#d", "svc:8000") == b"/a/b?c=1#d"
+    assert _same_site_location(b"http://svc:8000", "svc:8000") == b"/"

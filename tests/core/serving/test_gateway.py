@@ -69,6 +69,13 @@ def test_mounts_apps_and_loads_their_models():
         assert docs.status_code == 200 and "/alpha/openapi.json" in docs.text  # docs work under the mount
 
 
+def test_a_mounted_apps_trailing_slash_redirect_keeps_its_mount_and_the_clients_address():
+    with TestClient(create_gateway(plugins=[ALPHA]), base_url="http://upstream.internal:8000") as client:
+        wait_ready(client)
+        moved = client.get("/alpha/health/", follow_redirects=False)
+        assert moved.status_code in (307, 308) and moved.headers["location"] == "/alpha/health"
+
+
 def test_not_ready_when_an_app_failed_or_none_mounted():
     with TestClient(create_gateway(plugins=[ALPHA, BROKEN])) as client:
         ready = client.get("/ready")
