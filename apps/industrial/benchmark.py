@@ -254,6 +254,30 @@ class BayesianCombiner:
         return 1 / (1 + np.exp(-self.log_odds(max_conf, probs)))
 
 
+PASS, REVIEW, FAIL = 0, 1, 2
+
+
+def review_decisions(log_odds: np.ndarray, cut: float, review_band: float) -> np.ndarray:
+    """The service's verdicts on defect log-odds: PASS / REVIEW / FAIL, the band ``0.5 +- review_band`` carried to
+    ``cut`` in log-odds (fail at or above cut + band, pass at or below cut - band, review between; NaN: review)."""
+    band = float(_logit(np.array(0.5 + review_band)))
+    z = np.asarray(log_odds, dtype=float)
+    return np.where(z >= cut + band, FAIL, np.where(z <= cut - band, PASS, REVIEW))
+
+
+def _service_rates(verdict: np.ndarray, label: np.ndarray) -> dict:
+    """Rates of three-way verdicts as the eval counts them: a board answered review is not passed (a clean one is a
+    false alarm, a defective one is caught)."""
+    good, bad = label == 0, label == 1
+    not_passed = verdict != PASS
+    return {
+        "false_alarm_rate": float(not_passed[good].mean()) if good.any() else float("nan"),
+        "miss_rate": float((~not_passed[bad]).mean()) if bad.any() else float("nan"),
+        "error_rate": float((not_passed != bad).mean()),
+        "review_rate": float((verdict == REVIEW).mean()),
+    }
+
+
 def _rates(flag: np.ndarray, label: np.ndarray) -> dict:
     good, bad = label == 0, label == 1
     return {
@@ -342,12 +366,15 @@ def fusion_predict(model, images, vib, ev, present: np.ndarray | None = None):
 
 
 def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None = None, log=print, image_threshold: float | None = None,
-                  learned: bool = True, platt: dict | None = None):
+                  learned: bool = True, platt: dict | None = None, review_band: float | None = None):
     """Flat metrics per coupling and method; returns (metrics, {coupling: (model, fusion_config)}).
 
     ``platt``: the detector bundle's own score calibration; the Bayesian and calibrated-image columns then use
     it (what the service runs) instead of Platt scaling fitted on fusion-train events; None = the one cached with
-    the image features, if any."""
+    the image features, if any. ``review_band``: the service's (settings.review_band); given, two more columns
+    decide as the service does under its default Bayes rule, pass / review / fail (``review_decisions``), with
+    review counted as not passed and its share as ``review_rate``: ``service_bayes`` (image and vibration) and
+    ``service_image`` (the same board sent without vibration)."""
     config = config or PairingConfig()
     images = dict(np.load(image_npz))
     vib = dict(np.load(vib_npz))
@@ -370,6 +397,11 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         vib_flag = bayes.log_odds(None, vib_probs) >= cut
         bayes_flag = bayes.log_odds(images["max_conf"][test_ev["image"]], vib_probs) >= cut
         flags = {"image_only": image_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
+        if review_band is not None:
+            conf = images["max_conf"][test_ev["image"]]
+            for name, z in (("service_bayes", bayes.log_odds(conf, vib_probs)), ("service_image", bayes.log_odds(conf, None))):
+                for key, value in _service_rates(review_decisions(z, cut, review_band), y).items():
+                    out[f"c{c:g}/{name}/{key}"] = value
         if learned:
             model, fcfg = train_fusion(images, vib, train_ev, config, log=lambda *_: None)
             learned_p, weights = fusion_predict(model, images, vib, test_ev)

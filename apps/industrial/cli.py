@@ -283,7 +283,10 @@ def bench(
     config = PairingConfig(couplings=tuple(float(c) for c in couplings.split(",")))
     # the production rule's threshold is the bundle's current one, not the one cached with the features
     threshold = float(detector_bundle.config["detector"]["conf"])
-    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo, image_threshold=threshold, platt=platt)
+    from apps.industrial.settings import get_settings
+
+    metrics, _ = run_benchmark(img_npz, vib_npz, config, log=typer.echo, image_threshold=threshold, platt=platt,
+                               review_band=get_settings().review_band)
     metrics.pop("config", None)
     _table("paired benchmark (board-level)", metrics)
     _write_json(json_out, metrics)

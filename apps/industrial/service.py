@@ -505,19 +505,15 @@ class InspectionRunner:
     def _decision(self, z: float, has_image: bool, image_fail: bool, rule: str | None = None, cut: float = 0.0) -> str:
         """pass / fail / review from the defect log-odds ``z``, cut at ``cut`` (0: probability 0.5) with the review
         band ``0.5 +- review_band`` carried to that cut in log-odds."""
-        from apps.industrial.benchmark import _logit
+        from apps.industrial.benchmark import FAIL, review_decisions
 
-        band = float(_logit(np.array(0.5 + self.policy.review_band)))
+        verdict = int(review_decisions(np.array([z]), cut, self.policy.review_band)[0])
         if not has_image:
             # Never pass a board nobody looked at; a machine fault alone can still fail it.
-            return "fail" if z >= cut + band else "review"
+            return "fail" if verdict == FAIL else "review"
         if (rule or self.decision_rule) == "image":
             return "fail" if image_fail else "pass"
-        if z >= cut + band:
-            return "fail"
-        if z <= cut - band:
-            return "pass"
-        return "review"
+        return ("pass", "review", "fail")[verdict]
 
 
 def decision_policy(settings, det_config, template_config=None) -> DecisionPolicy:

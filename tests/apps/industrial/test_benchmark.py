@@ -112,3 +112,30 @@ def test_bayes_decides_at_the_image_rules_operating_point():
     np.testing.assert_array_equal(coupled.log_odds(conf, normal) >= cut, conf >= 0.7375)  # P(d | normal) = prior
     flagged = coupled.log_odds(conf, inner_race) >= cut
     assert flagged[conf >= 0.7375].all() and flagged[(conf > 0.5) & (conf < 0.7375)].any() and not flagged[conf < 0.2].any()
+
+
+def test_review_decisions_carry_the_band_to_the_cut():
+    from apps.industrial.benchmark import FAIL, PASS, REVIEW, review_decisions
+
+    band = float(np.log(0.65 / 0.35))  # review band 0.15 in log-odds
+    z = np.array([-np.inf, 1.0 - band - 1e-9, 1.0 - band, 0.99, 1.0, 1.0 + band - 1e-9, 1.0 + band, np.inf, np.nan])
+    assert review_decisions(z, 1.0, 0.15).tolist() == [PASS, PASS, PASS, REVIEW, REVIEW, REVIEW, FAIL, FAIL, REVIEW]
+    assert review_decisions(np.array([0.999, 1.0]), 1.0, 0.0).tolist() == [PASS, FAIL]  # no band: the cut alone
+
+
+def test_service_columns_count_review_as_not_passed(tmp_path):
+    fake_upstream(tmp_path, image_noise=0.6)
+    cfg = PairingConfig(couplings=(0.0, 1.0), train_events=500, test_events=1500)
+    banded, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False, review_band=0.15)
+    none, _ = run_benchmark(tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False, review_band=0.0)
+    for c in ("c0", "c1"):
+        # without a band the service's Bayes verdicts are the two-way Bayes rule's
+        for key in ("false_alarm_rate", "miss_rate", "error_rate"):
+            assert none[f"{c}/service_bayes/{key}"] == banded[f"{c}/bayes/{key}"]
+        assert none[f"{c}/service_bayes/review_rate"] == 0.0
+        # a band sends boards near the cut to a person: fewer passed defective boards, more clean ones held
+        assert 0.0 < banded[f"{c}/service_bayes/review_rate"] < 0.5
+        assert banded[f"{c}/service_bayes/miss_rate"] < banded[f"{c}/bayes/miss_rate"]
+        assert banded[f"{c}/service_bayes/false_alarm_rate"] > banded[f"{c}/bayes/false_alarm_rate"]
+    assert "c0/service_image/review_rate" in banded and "c0/service_bayes/false_alarm_rate" not in run_benchmark(
+        tmp_path / "img.npz", tmp_path / "vib.npz", cfg, log=lambda *_: None, learned=False)[0]
