@@ -196,3 +196,18 @@ def test_calibration_refuses_validation_groups(tmp_path):
     assert len(calibration_images(tmp_path, tmp_path / "train.txt", n=4)) == 1
     with pytest.raises(ValueError, match="validation board groups"):
         calibration_images(tmp_path, tmp_path / "mixed.txt", n=4)
+
+
+@pytest.mark.parametrize("bundle", ["detector", "detector_template"])
+def test_shipped_int8_detectors_hold_seven_bit_weights(bundle):
+    """Full 8-bit weights saturate onnxruntime's kernels on x86 CPUs without VNNI: a shipped model must run right
+    on every CPU, whatever the machine that checks it."""
+    from pathlib import Path
+
+    import apps.industrial
+    from apps.industrial.detector import INT8_FILE
+    from core.compression import full_range_int8_weights
+
+    path = Path(apps.industrial.__file__).parent / "weights" / bundle / INT8_FILE
+    assert not full_range_int8_weights(path)
+    assert "7-bit" in json.loads((path.parent / "card.json").read_text())["extra"]["int8"]["format"]
