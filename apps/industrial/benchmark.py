@@ -268,14 +268,7 @@ def review_decisions(log_odds: np.ndarray, cut: float, review_band: float) -> np
 def _service_rates(verdict: np.ndarray, label: np.ndarray) -> dict:
     """Rates of three-way verdicts as the eval counts them: a board answered review is not passed (a clean one is a
     false alarm, a defective one is caught)."""
-    good, bad = label == 0, label == 1
-    not_passed = verdict != PASS
-    return {
-        "false_alarm_rate": float(not_passed[good].mean()) if good.any() else float("nan"),
-        "miss_rate": float((~not_passed[bad]).mean()) if bad.any() else float("nan"),
-        "error_rate": float((not_passed != bad).mean()),
-        "review_rate": float((verdict == REVIEW).mean()),
-    }
+    return {**_rates(verdict != PASS, label), "review_rate": float((verdict == REVIEW).mean())}
 
 
 def _rates(flag: np.ndarray, label: np.ndarray) -> dict:
@@ -388,18 +381,18 @@ def run_benchmark(image_npz: Path, vib_npz: Path, config: PairingConfig | None =
         train_ev = sample_events(images, vib, config, c, 0, config.train_events, rng)
         test_ev = sample_events(images, vib, config, c, 1, config.test_events, rng)
         y = test_ev["label"]
-        image_flag = images["max_conf"][test_ev["image"]] >= threshold
+        conf = images["max_conf"][test_ev["image"]]
+        image_flag = conf >= threshold
         bayes = BayesianCombiner.fit(images, vib, train_ev, platt)
         vib_probs = vib["probs"][test_ev["window"]]
         # Every posterior is cut at the image rule's operating point (``decision_logit``), so the columns
         # differ by the evidence they use, not by the trade-off between false alarms and misses.
         cut = bayes.decision_logit(threshold)
         vib_flag = bayes.log_odds(None, vib_probs) >= cut
-        bayes_flag = bayes.log_odds(images["max_conf"][test_ev["image"]], vib_probs) >= cut
-        flags = {"image_only": image_flag, "vibration_only": vib_flag, "bayes": bayes_flag}
+        fused = bayes.log_odds(conf, vib_probs)
+        flags = {"image_only": image_flag, "vibration_only": vib_flag, "bayes": fused >= cut}
         if review_band is not None:
-            conf = images["max_conf"][test_ev["image"]]
-            for name, z in (("service_bayes", bayes.log_odds(conf, vib_probs)), ("service_image", bayes.log_odds(conf, None))):
+            for name, z in (("service_bayes", fused), ("service_image", bayes.log_odds(conf, None))):
                 for key, value in _service_rates(review_decisions(z, cut, review_band), y).items():
                     out[f"c{c:g}/{name}/{key}"] = value
         if learned:

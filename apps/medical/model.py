@@ -239,7 +239,7 @@ class MedicalModel(nn.Module):
         missing, unexpected = self.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(BERT_PREFIX)]
         dropped = [k for k in missing if unused and k.startswith(unused)]
-        missing = [k for k in missing if k not in set(dropped)]
+        missing = [k for k in missing if not (unused and k.startswith(unused))]
         if missing or unexpected:
             raise ValueError(f"bundle does not match the model: missing {missing[:5]}, unexpected {unexpected[:5]}")
         parameters = dict(self.named_parameters())
