@@ -115,9 +115,11 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
             else:
                 out, tokens = detect(det_model, images, det_config, conf=conf), [None] * len(calls)
             if reclassifier is not None:  # every input of a board read with its template, as the service does
-                out = [reclassifier.relabel(dets, boards[i][kind].encoded, nms_iou=det_config.iou)
-                       if board_modes[i] == "repaired" else dets
-                       for (i, kind), dets in zip(calls, out)]
+                read = [c for c, (i, _) in enumerate(calls) if board_modes[i] == "repaired"]
+                relabelled = reclassifier.relabel_many([out[c] for c in read], [boards[calls[c][0]][calls[c][1]].encoded for c in read],
+                                                       nms_iou=det_config.iou)
+                for c, dets in zip(read, relabelled):
+                    out[c] = dets
             found.update(zip(calls, zip(out, tokens)))
             n += len(calls)
         seconds += time.perf_counter() - start
@@ -267,6 +269,8 @@ def evaluate_deeppcb(
             if c is not None:
                 c.binarize = binarize
     runner = decision_runner(settings, model, config, bundle, template_model, template_config, template_bundle)
+    if reclassifier is not None:
+        reclassifier.warm_up()  # its one-off costs (~4 s of imports) are paid at load time, as the service loads it
     torch.set_num_threads(threads)  # the runner set the service's thread count; the evaluation runs on `threads`
     dets, top, modes, seconds, n_timed, decisions = board_scores(
         model, config, samples, use_template, progress=progress, reclassifier=reclassifier, boards_per_call=max(1, workers),

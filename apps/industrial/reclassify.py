@@ -238,28 +238,36 @@ class DefectReclassifier:
         The detector's NMS is per class, so two boxes on one defect can survive with two classes; once
         both carry the same class, the lower-confidence one is dropped when their IoU exceeds ``nms_iou``
         (pass the detector's own NMS IoU: the suppression it would have applied had it named them alike)."""
+        return self.relabel_many([detections], [encoded], nms_iou)[0]
+
+    def relabel_many(self, detections: list[list], encoded: list[np.ndarray], nms_iou: float | None = None) -> list[list]:
+        """``relabel`` for the images of one detector call: their crops go through the classifier in one
+        batch (one onnxruntime call per call of the detector instead of one per image)."""
         from dataclasses import replace
 
         rule = self.relabel_config
-        chosen = [i for i, d in enumerate(detections) if d.confidence >= rule.min_confidence]
+        chosen = [(k, i) for k, dets in enumerate(detections) for i, d in enumerate(dets) if d.confidence >= rule.min_confidence]
+        out = [list(dets) for dets in detections]
         if not chosen:
-            return list(detections)
+            return out
         probs = self.probabilities(
-            np.stack([crop_box(encoded, detections[i].box_px, self.config) for i in chosen])
+            np.stack([crop_box(encoded[k], detections[k][i].box_px, self.config) for k, i in chosen])
         )
-        out = list(detections)
-        for i, p in zip(chosen, probs):
+        for (k, i), p in zip(chosen, probs):
             score = np.log(p + 1e-6)
-            score[detections[i].cls] += rule.detector_class_bonus
-            out[i] = replace(detections[i], cls=int(score.argmax()))
+            score[detections[k][i].cls] += rule.detector_class_bonus
+            out[k][i] = replace(detections[k][i], cls=int(score.argmax()))
         if nms_iou is None:
             return out
         from torchvision.ops import batched_nms  # the per-class NMS the detector's own uses
 
-        boxes = torch.tensor([d.box_px for d in out], dtype=torch.float32)
-        scores = torch.tensor([d.confidence for d in out], dtype=torch.float32)
-        kept = batched_nms(boxes, scores, torch.tensor([d.cls for d in out]), nms_iou)
-        return [out[i] for i in sorted(kept.tolist())]
+        relabelled = sorted({k for k, _ in chosen})
+        for k in relabelled:
+            boxes = torch.tensor([d.box_px for d in out[k]], dtype=torch.float32)
+            scores = torch.tensor([d.confidence for d in out[k]], dtype=torch.float32)
+            kept = batched_nms(boxes, scores, torch.tensor([d.cls for d in out[k]]), nms_iou)
+            out[k] = [out[k][i] for i in sorted(kept.tolist())]
+        return out
 
 
 def reclassifier_config(model: DefectCropClassifier, relabel: RelabelConfig) -> dict:

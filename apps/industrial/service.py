@@ -368,7 +368,7 @@ class InspectionRunner:
             prepared = [prepare_image(items[i].image, config, items[i].template, registered=True) for i in group]
             dets, toks = detect_with_tokens(detector, prepared, config, conf=0.05)
             if self.reclassifier is not None and detector is self.template_detector:
-                dets = [self.reclassifier.relabel(d, p.encoded, nms_iou=config.iou) for d, p in zip(dets, prepared)]
+                dets = self.reclassifier.relabel_many(dets, [p.encoded for p in prepared], nms_iou=config.iou)
             for k, i in enumerate(group):
                 det_out[i], tokens[i] = dets[k], toks[k]
         t_det = (time.perf_counter() - t0) * 1000

@@ -196,10 +196,20 @@ def test_onnx_detector_with_a_border_matches_torch(tiny_bundles, tmp_path):
     for a, b in zip(d1[0][:20], d2[0][:20]):
         assert a.cls == b.cls and abs(a.confidence - b.confidence) < 1e-3
         np.testing.assert_allclose(a.box_px, b.box_px, atol=0.05)
-    assert [p.name for p in tmp_path.glob("detector-*.onnx")] == [f"detector-{_sha(bundle)}-{config.canvas}.onnx"]
+    assert [p.name for p in tmp_path.glob("detector-*.onnx")] == [f"detector-{_sha(bundle)}-{config.canvas}-dflsum.onnx"]
 
 
 def _sha(bundle) -> str:
     from core.bundle import load_bundle
 
     return load_bundle(bundle).sha256[:16]
+
+
+def test_exported_box_decoding_is_ultralytics_dfl():
+    from ultralytics.nn.modules.block import DFL
+
+    from apps.industrial.detector import dfl_expectation
+
+    dfl = DFL(16)
+    x = torch.randn(2, 64, 50) * 4
+    torch.testing.assert_close(dfl_expectation(dfl, x), dfl(x), atol=1e-4, rtol=1e-5)

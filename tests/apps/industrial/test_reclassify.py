@@ -269,3 +269,23 @@ def test_board_scores_drop_boxes_the_template_refutes_as_the_service_does(tiny_b
     assert loose["template"][0] == 0.0 and loose["test"][0] > 0.9
     _, every, *_ = board_scores(model, config, [sample], True, nms_conf=0.5, refute_min_diff=0.0)
     assert every["template"][0] > 0.9 and every["test"][0] == loose["test"][0]
+
+
+def test_relabel_many_is_relabel_per_image():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    model = DefectCropClassifier(CropClassifierConfig.from_name("tiny")).eval()
+    reclassifier = DefectReclassifier(model, RelabelConfig(min_confidence=0.1, detector_class_bonus=0.0))
+    images = [rng.integers(0, 255, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    boxes = [
+        [Detection(0, 0.9, (5, 5, 15, 15)), Detection(1, 0.7, (5, 5, 15, 16)), Detection(2, 0.05, (30, 30, 40, 40))],
+        [],
+        [Detection(4, 0.5, (40, 5, 50, 15)), Detection(5, 0.3, (20, 20, 34, 30))],
+    ]
+    for iou in (None, 0.6):
+        one_by_one = [reclassifier.relabel(d, e, nms_iou=iou) for d, e in zip(boxes, images)]
+        assert reclassifier.relabel_many(boxes, images, nms_iou=iou) == one_by_one
+    relabelled = reclassifier.relabel_many(boxes, images)
+    assert [d.cls for ds in relabelled for d in ds] != [d.cls for ds in boxes for d in ds]  # the crops did decide
+    assert relabelled[0][2].cls == 2  # below the confidence floor: the detector's class
+    assert reclassifier.relabel_many([], []) == []
