@@ -7,11 +7,10 @@ from typing import Annotated
 
 import typer
 
+from apps.industrial import SPLITS, WEIGHTS
 from core.cli_checks import number_list, one_of
 from core.reporting import check_json_destination
 
-WEIGHTS = Path(__file__).parent / "weights"
-SPLITS = Path(__file__).parent / "splits"  # the board-group lists, shipped with the package
 PARTS = ("detector", "vibration", "fusion", "defect-classifier")
 
 data = typer.Typer(help="DeepPCB conversion for ultralytics and split lists.", no_args_is_help=True)

@@ -6,10 +6,8 @@ import json
 from dataclasses import asdict
 from pathlib import Path
 
+from apps.industrial import SPLITS, WEIGHTS
 from apps.industrial.data import DEEPPCB_VAL_GROUPS, DEFECT_CLASSES
-
-WEIGHTS = Path(__file__).parent / "weights"
-SPLITS = Path(__file__).parent / "splits"  # the board-group lists, shipped with the package
 
 
 def _set_detector_fields(bundle_dir: Path, **fields) -> None:

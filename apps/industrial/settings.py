@@ -8,9 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
+from apps.industrial import WEIGHTS as WEIGHTS_DIR
 from core.serving.settings import AppSettings
-
-WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 class IndustrialSettings(AppSettings):

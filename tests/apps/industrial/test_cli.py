@@ -37,16 +37,15 @@ def test_split_lists_ship_inside_the_package(tmp_path):
     from pathlib import Path
 
     import apps.industrial
-    from apps.industrial import fusion_train
+    from apps.industrial import SPLITS
     from apps.industrial.data import DEEPPCB_VAL_GROUPS
 
     package = Path(apps.industrial.__file__).resolve().parent
-    for splits in (cli.SPLITS, fusion_train.SPLITS):
-        assert splits.resolve().parent == package
-        train, val = ((splits / f"deeppcb_{name}.txt").read_text().split() for name in ("train", "val"))
-        assert len(train) == 2 * 752 and len(val) == 2 * 248  # image and label path per board
-        assert {p.split("/")[0] for p in val} == set(DEEPPCB_VAL_GROUPS)
-        assert not {p.split("/")[0] for p in train} & set(DEEPPCB_VAL_GROUPS)
+    assert SPLITS.resolve().parent == package
+    train, val = ((SPLITS / f"deeppcb_{name}.txt").read_text().split() for name in ("train", "val"))
+    assert len(train) == 2 * 752 and len(val) == 2 * 248  # image and label path per board
+    assert {p.split("/")[0] for p in val} == set(DEEPPCB_VAL_GROUPS)
+    assert not {p.split("/")[0] for p in train} & set(DEEPPCB_VAL_GROUPS)
     # rewriting lists names its folder: no default writes into the installed package
     r = CliRunner().invoke(_app(), ["data", "splits", "--deeppcb", str(tmp_path)])
     assert r.exit_code == 2 and "--out" in r.output
