@@ -194,6 +194,36 @@ def _evidence(images, vib, ev) -> np.ndarray:
     ).astype(np.float32)
 
 
+def defect_rates_by_state(label: np.ndarray, state: np.ndarray, n_states: int, alpha: float = 0.01) -> list[float]:
+    """P(defective | predicted machine state) counted on fusion-train events.
+
+    The pooled share for every state unless the events show that the state predicts defects (chi-square test of
+    independence at ``alpha``): without that evidence the machine must not move a board. At zero coupling the
+    per-state shares differ by sampling noise alone, and the per-state counts used before session 34 (Laplace
+    smoothed) passed 0.4 % of the defective boards the image alone sent to review. Where the test holds, each
+    state's share is shrunk toward the pooled one by empirical Bayes (beta-binomial, method-of-moments estimate
+    of the between-state variance), so a rarely predicted state borrows from the others.
+    """
+    from scipy.stats import chi2_contingency
+
+    label, state = np.asarray(label, float), np.asarray(state, int)
+    pooled = float(label.mean()) if len(label) else 0.5
+    n = np.bincount(state, minlength=n_states).astype(float)
+    x = np.bincount(state, weights=label, minlength=n_states)
+    seen = n > 0
+    if seen.sum() < 2 or pooled in (0.0, 1.0):
+        return [pooled] * n_states
+    if chi2_contingency(np.stack([x[seen], n[seen] - x[seen]]), correction=False).pvalue >= alpha:
+        return [pooled] * n_states
+    total, rate = n.sum(), np.where(seen, x / np.maximum(n, 1), pooled)
+    noise = (seen.sum() - 1) * pooled * (1 - pooled)  # what sum n_k (rate_k - pooled)^2 would be without any effect
+    between = max(0.0, ((n * (rate - pooled) ** 2).sum() - noise) / (total - (n**2).sum() / total))
+    if between == 0.0:
+        return [pooled] * n_states
+    strength = max(0.0, pooled * (1 - pooled) / between - 1)  # the beta prior's pseudo-count
+    return [float((x[k] + strength * pooled) / (n[k] + strength)) for k in range(n_states)]
+
+
 @dataclass
 class BayesianCombiner:
     """logit P(d | image, vibration) = logit P(d | vibration) + calibrated image log-likelihood ratio."""
@@ -211,10 +241,7 @@ class BayesianCombiner:
         from sklearn.linear_model import LogisticRegression
 
         prior = float(ev["label"].mean())
-        predicted = vib["probs"][ev["window"]].argmax(1)
-        rates = [
-            float((ev["label"][predicted == k].sum() + 1) / ((predicted == k).sum() + 2)) for k in range(len(STATE_NAMES))
-        ]  # Laplace-smoothed P(defective | predicted state)
+        rates = defect_rates_by_state(ev["label"], vib["probs"][ev["window"]].argmax(1), len(STATE_NAMES))
         if platt:
             return cls(0.0, 0.0, prior, rates).with_platt(platt)
         s = _logit(images["max_conf"][ev["image"]])[:, None]

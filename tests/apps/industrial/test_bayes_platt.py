@@ -167,3 +167,36 @@ def test_loading_runs_every_path_once_so_the_first_board_pays_no_one_off_costs(t
     assert any(item.image is not None and item.template is None for item in seen)  # the image-only detector
     assert any(item.template is not None and item.windows is not None for item in seen)  # template detector, vibration
     assert len(warmed) == 1  # the crop classifier, which a blank board gives no box to
+
+
+def _events(rates, n=2000, seed=0):
+    rng = np.random.default_rng(seed)
+    state = rng.choice(4, n, p=[0.7, 0.1, 0.1, 0.1])
+    return (rng.random(n) < np.asarray(rates)[state]).astype(int), state
+
+
+def test_a_machine_state_that_predicts_nothing_moves_no_board():
+    from apps.industrial.benchmark import defect_rates_by_state
+
+    for seed in range(5):  # the per-state shares differ by noise alone: every state gets the pooled share
+        label, state = _events([0.2] * 4, seed=seed)
+        assert defect_rates_by_state(label, state, 4) == [pytest.approx(label.mean())] * 4
+    assert defect_rates_by_state(np.ones(50), np.arange(50) % 4, 4) == [1.0] * 4
+    assert defect_rates_by_state(np.array([0, 1, 1]), np.zeros(3, int), 4) == [pytest.approx(2 / 3)] * 4
+
+
+def test_a_predictive_machine_state_keeps_its_shares_shrunk_toward_the_pool():
+    from apps.industrial.benchmark import defect_rates_by_state
+
+    label, state = _events([0.2, 0.6, 0.9, 0.75])
+    rates = np.array(defect_rates_by_state(label, state, 4))
+    raw = np.array([label[state == k].mean() for k in range(4)])
+    pooled = label.mean()
+    assert np.argsort(rates).tolist() == [0, 1, 3, 2]
+    np.testing.assert_allclose(rates, raw, atol=0.02)  # hundreds of events per state: little to borrow
+    assert np.all(np.abs(rates - pooled) <= np.abs(raw - pooled) + 1e-12)
+    # a state predicted only five times is pulled toward the pool (Laplace's rule pulled it toward 0.5)
+    few = state.copy()
+    few[np.flatnonzero(state == 3)[5:]] = 2
+    few_raw = label[few == 3].mean()
+    assert abs(defect_rates_by_state(label, few, 4)[3] - pooled) < abs(few_raw - pooled)
