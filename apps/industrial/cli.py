@@ -340,9 +340,9 @@ def crops_command(
 @data.command("quantize")
 def quantize(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    bundle: Annotated[str, typer.Option(help="Detector bundle to add detector-int8.onnx to (named: the shipped ones are apps/industrial/weights/detector and detector_template).")],
     split: Annotated[str, typer.Option(help="Calibration list: TRAINING boards only (validation groups are refused).")] = str(SPLITS / "deeppcb_train.txt"),
     n: Annotated[int, typer.Option(help="Calibration images (half tested boards, half templates).")] = 96,
-    bundle: Annotated[str, typer.Option(help="Detector bundle to add detector-int8.onnx to.")] = str(WEIGHTS / "detector"),
     method: Annotated[str, typer.Option(help="Activation range calibration: percentile (99.999th; what ships) or minmax.")] = "percentile",
     seed: Annotated[int, typer.Option(help="Seed of the calibration image draw.")] = 0,
 ) -> None:
@@ -365,9 +365,9 @@ def quantize(
 @data.command("threshold")
 def threshold(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
+    bundle: Annotated[str, typer.Option(help="Detector bundle whose config.json receives the thresholds (named: no default rewrites the shipped weights).")],
     split: Annotated[str, typer.Option(help="TRAINING list (validation groups are refused).")] = str(SPLITS / "deeppcb_train.txt"),
     every: Annotated[int, typer.Option(help="Use every N-th board of the list.")] = 3,
-    bundle: Annotated[str, typer.Option(help="Detector bundle whose config.json receives the thresholds.")] = str(WEIGHTS / "detector"),
     precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
     slack: Annotated[float, typer.Option(help="Allowed false-alarm / miss share on these boards.")] = 0.01,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the selection's numbers here.")] = None,
@@ -404,7 +404,7 @@ def threshold(
 @data.command("platt")
 def platt(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder in its own layout.")],
-    bundle: Annotated[str, typer.Option(help="Template-aware detector bundle to calibrate.")] = str(WEIGHTS / "detector_template"),
+    bundle: Annotated[str, typer.Option(help="Detector bundle whose config.json receives the Platt scaling (named: no default rewrites the shipped weights).")],
     precision: Annotated[str | None, typer.Option(help="fp32 or int8 (default: the settings').")] = None,
     split: Annotated[str | None, typer.Option(help="List holding the boards (default: the validation list, for its fusion-train group).")] = None,
     groups: Annotated[str | None, typer.Option("--groups", help="Board groups to fit on (default: the bundle's held-out calibration groups from the training list, else group13000).")] = None,

@@ -288,3 +288,10 @@ def test_eval_refuses_a_missing_bundle_folder_by_its_option_before_evaluating(tm
 def test_data_bundle_commands_name_what_the_folder_lacks(tmp_path, command, missing):
     r = CliRunner().invoke(_app(), ["data", command[0], "--bundle", str(tmp_path), *command[1:]])
     assert str(r.exception) == f"--bundle {tmp_path} is incomplete: {missing} is missing"
+
+
+@pytest.mark.parametrize("command", ["quantize", "threshold", "platt"])
+def test_commands_that_rewrite_a_bundle_need_it_named(command, tmp_path):
+    """An installed triptych must not rewrite its own shipped weights because an option was left out."""
+    r = CliRunner().invoke(_app(), ["data", command, "--deeppcb", str(tmp_path)])
+    assert r.exit_code == 2 and "--bundle" in r.output
