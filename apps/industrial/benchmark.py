@@ -20,7 +20,7 @@ are frozen; only the fusion model and the calibration of the Bayesian combinatio
 Decisions (board flagged defective) compared per coupling:
 - image-only: any detection >= the detector's threshold (the production rule);
 - vibration-only: P(defective | vibration), with P(defective | predicted state) counted on
-  fusion-train events;
+  fusion-train events (pooled unless they show the state predicts defects: ``defect_rates_by_state``);
 - Bayesian: logit P(d | vibration) + calibrated image log-likelihood ratio (Platt scaling of the
   detector's max-confidence logit: the detector bundle's own ``platt``, fitted on board groups it
   never trained on, when it has one, as the service uses it; else fitted on fusion-train events),

@@ -116,8 +116,7 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
                 out, tokens = detect(det_model, images, det_config, conf=conf), [None] * len(calls)
             if reclassifier is not None:  # every input of a board read with its template, as the service does
                 read = [c for c, (i, _) in enumerate(calls) if board_modes[i] == "repaired"]
-                relabelled = reclassifier.relabel_many([out[c] for c in read], [boards[calls[c][0]][calls[c][1]].encoded for c in read],
-                                                       nms_iou=det_config.iou)
+                relabelled = reclassifier.relabel_many([out[c] for c in read], [images[c].encoded for c in read], nms_iou=det_config.iou)
                 for c, dets in zip(read, relabelled):
                     out[c] = dets
             found.update(zip(calls, zip(out, tokens)))
