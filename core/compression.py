@@ -67,8 +67,12 @@ class SessionPool:
 
     On the few cores of a line PC the kernels of a small model parallelise poorly inside one run: two
     1-thread sessions on two images give more throughput than one 2-thread session taking them in turn
-    (the INT8 PCB detector on 2 cores: 23-26 against 15-17.5 images/s). A batch of one runs on the first
-    session alone, at that session's latency.
+    (the INT8 PCB detector on 2 cores: 23-26 against 15-17.5 images/s). A batch of one cannot be split: it
+    runs on one more session holding all ``workers * threads`` threads, which is faster than one worker's
+    share (the INT8 PCB detectors on 2 cores without VNNI: 62 against 82 ms at 640 px, 69 against 98 ms at
+    672 px): a line sending one board at a time gets that latency. Callers must not run the pool from two
+    threads at once (the services' batchers run one batch at a time), or the solo session's threads and the
+    workers' would share the cores.
     """
 
     def __init__(self, path: str | Path, workers: int = 1, threads: int = 1):
@@ -76,6 +80,7 @@ class SessionPool:
             raise ValueError(f"a session pool needs workers >= 1 and threads >= 1, not {workers} and {threads}")
         self.path = Path(path)
         self.sessions = [onnx_session(path, threads=threads) for _ in range(workers)]
+        self.solo = onnx_session(path, threads=threads * workers) if workers > 1 else self.sessions[0]
         self._executor = None  # started on the first split batch, not at construction
         self._starting = threading.Lock()
 
@@ -84,7 +89,7 @@ class SessionPool:
         n = len(next(iter(feeds.values())))
         parts = min(len(self.sessions), n)
         if parts <= 1:
-            return self.sessions[0].run(None, feeds)
+            return self.solo.run(None, feeds)
         with self._starting:  # concurrent requests must not each start a pool
             if self._executor is None:
                 from concurrent.futures import ThreadPoolExecutor

@@ -268,7 +268,8 @@ class OnnxDetector:
 
         self.path = Path(path)
         # ``threads`` CPU threads in all: one session per worker, each on its share (a batch of boards is
-        # split across them; see SessionPool for why two 1-thread workers beat one 2-thread session)
+        # split across them; see SessionPool for why two 1-thread workers beat one 2-thread session); a lone
+        # board runs on one session of all ``threads``
         workers = max(1, min(workers, threads))
         self.pool = SessionPool(path, workers=workers, threads=max(1, threads // workers))
 

@@ -52,8 +52,10 @@ def test_session_pool_splits_a_batch_and_keeps_its_order(tmp_path, batch):
     assert len(out) == 2 and [o.shape for o in out] == [o.shape for o in one]
     for a, b in zip(out, one):
         np.testing.assert_allclose(a, b, atol=1e-6)
-    # a lone item runs on one session, without starting the worker threads
+    # a lone item runs on one session of all the pool's threads, without starting the worker threads
     assert (pool._executor is None) == (batch == 1)
+    assert pool.solo not in pool.sessions and pool.solo.get_session_options().intra_op_num_threads == 3
+    assert SessionPool(path, workers=1, threads=2).solo.get_session_options().intra_op_num_threads == 2
     with pytest.raises(ValueError, match="workers >= 1"):
         SessionPool(path, workers=0)
 
