@@ -169,12 +169,15 @@ def register_template(test: np.ndarray, template: np.ndarray, max_shift: int = 4
 
     DeepPCB calls its pairs registered, but about a quarter of the trainval pairs match better 1-4 px
     off (mismatched pixels drop by up to a third), and every misregistered edge becomes a thin line
-    in the difference channel that reads like an open or a short. The search scores every shift on
-    a ``stride``-subsampled interior (about 10 ms at 640 px); no shift wins ties, so a registered
-    pair is left as it is. Rows / columns uncovered by the shift keep the template's own pixels.
+    in the difference channel that reads like an open or a short. The search scores every shift by the
+    summed |test - template| over a ``stride``-subsampled interior; the first shift (row-major from
+    (-k, -k)) that beats no shift wins, so a registered pair is left as it is. Rows / columns uncovered by
+    the shift keep the template's own pixels.
     The default stride keeps about 320 samples a side (2 up to 960 px), so a 4096 px board costs what a
     640 px one does (it took 0.7-1.2 s at stride 2 on one thread, half of such a board's inspection):
     each sample still compares whole-pixel shifts, and 100,000 of them separate one pixel of shift.
+    Bilevel pairs (0 / 255, as every binarised scan is) are compared as packed bits, where the sum is
+    255 x the count of differing pixels: the same choice in ~3 instead of ~14 ms at 640 px.
     """
     if template.shape != test.shape:
         raise ValueError(f"template is {template.shape[1]}x{template.shape[0]} px but the image is "
@@ -184,15 +187,45 @@ def register_template(test: np.ndarray, template: np.ndarray, max_shift: int = 4
     stride = stride or max(2, min(h, w) // 320)
     if k <= 0 or h <= 2 * k + stride or w <= 2 * k + stride:
         return template, (0, 0)
-    core = test[k:h - k:stride, k:w - k:stride].astype(np.int16)
-    best, (dy, dx) = np.abs(core - template[k:h - k:stride, k:w - k:stride]).mean(), (0, 0)
-    for sy in range(-k, k + 1):
-        for sx in range(-k, k + 1):
-            if sy or sx:
-                score = np.abs(core - template[k - sy:h - k - sy:stride, k - sx:w - k - sx:stride]).mean()
-                if score < best - 1e-9:
-                    best, (dy, dx) = score, (sy, sx)
+    core = test[k:h - k:stride, k:w - k:stride]
+    score = _bit_mismatches if _bilevel(core) and _bilevel(template) else _absolute_differences
+    mismatch = score(core, template, k, stride)
+    low = min(mismatch.values())
+    dy, dx = (0, 0) if mismatch[(0, 0)] == low else next(
+        (sy, sx) for sy in range(-k, k + 1) for sx in range(-k, k + 1) if mismatch[(sy, sx)] == low)
     return shift_image(template, dy, dx), (dy, dx)
+
+
+def _bilevel(image: np.ndarray) -> bool:
+    return not np.any((image != 0) & (image != 255))
+
+
+def _absolute_differences(core: np.ndarray, template: np.ndarray, k: int, stride: int) -> dict:
+    """Per shift (sy, sx): the summed |core - template moved by it| (integers, so ties are exact)."""
+    h, w = template.shape
+    core = core.astype(np.int32)
+    return {(sy, sx): int(np.abs(core - template[k - sy:h - k - sy:stride, k - sx:w - k - sx:stride]).sum())
+            for sy in range(-k, k + 1) for sx in range(-k, k + 1)}
+
+
+_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+
+def _bit_mismatches(core: np.ndarray, template: np.ndarray, k: int, stride: int) -> dict:
+    """``_absolute_differences`` / 255 for bilevel images: rows packed 8 pixels a byte, XOR, popcount. The
+    template is packed once per column shift; a row shift is then a slice of the packed rows."""
+    ny, nx = core.shape
+    core_bits = np.packbits(core != 0, axis=1)
+    popcount = getattr(np, "bitwise_count", None)  # numpy >= 2.0; a table lookup before
+    out = {}
+    for sx in range(-k, k + 1):
+        x0 = k - sx
+        columns = np.packbits(template[:, x0:x0 + nx * stride:stride][:, :nx] != 0, axis=1)
+        for sy in range(-k, k + 1):
+            y0 = k - sy
+            differ = core_bits ^ columns[y0:y0 + ny * stride:stride][:ny]
+            out[(sy, sx)] = int(popcount(differ).sum() if popcount is not None else _POPCOUNT[differ].sum())
+    return out
 
 
 def shift_image(image: np.ndarray, dy: int, dx: int) -> np.ndarray:

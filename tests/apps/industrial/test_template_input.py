@@ -238,3 +238,59 @@ def test_a_large_board_is_registered_as_exactly_and_about_as_fast_as_a_640_px_on
         start = time.perf_counter()
         _, shift = register_template(board, shift_image(board, -dy, -dx))
         assert shift == (dy, dx) and time.perf_counter() - start < 0.5  # stride 2 took 0.7-1.2 s
+
+
+def _reference_shift(test, template, k=4, stride=2):
+    """The search as first written (mean |difference| per shift, float), kept here to pin the fast one to it."""
+    h, w = test.shape
+    core = test[k:h - k:stride, k:w - k:stride].astype(np.int16)
+    best, arg = np.abs(core - template[k:h - k:stride, k:w - k:stride]).mean(), (0, 0)
+    for sy in range(-k, k + 1):
+        for sx in range(-k, k + 1):
+            if sy or sx:
+                score = np.abs(core - template[k - sy:h - k - sy:stride, k - sx:w - k - sx:stride]).mean()
+                if score < best - 1e-9:
+                    best, arg = score, (sy, sx)
+    return arg
+
+
+@pytest.mark.parametrize("bilevel", [True, False])
+def test_registration_chooses_the_shift_the_plain_search_chooses_ties_included(bilevel):
+    from apps.industrial import data
+    from apps.industrial.data import register_template, shift_image
+
+    rng = np.random.default_rng(7)
+    cases = 0
+    for trial in range(40):
+        h, w = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+        board = np.where(rng.random((h, w)) < rng.uniform(0.05, 0.6), 0, 255).astype(np.uint8)
+        if trial % 4 == 0:  # periodic tracks: several shifts tie
+            board[:] = 255
+            board[:, (np.arange(w) % 3) == 0] = 0
+        if not bilevel:
+            board = rng.integers(0, 256, (h, w)).astype(np.uint8) if trial % 4 else board // 2 + 40
+        template = shift_image(board, int(rng.integers(-5, 6)), int(rng.integers(-5, 6)))
+        if trial % 3 == 0:  # and noise the shift cannot explain
+            flip = rng.random((h, w)) < 0.1
+            template = np.where(flip, 255 - template, template).astype(np.uint8)
+        assert data._bilevel(board) == bilevel or trial % 4 == 0
+        _, shift = register_template(board, template, stride=2)
+        assert shift == _reference_shift(board, template), trial
+        cases += 1
+    blank = np.full((64, 64), 255, np.uint8)
+    assert register_template(blank, blank)[1] == (0, 0)  # every shift ties: none is taken
+    assert cases == 40
+
+
+def test_bilevel_registration_counts_differing_pixels_with_or_without_numpy_bitwise_count(monkeypatch):
+    from apps.industrial import data
+
+    rng = np.random.default_rng(1)
+    test = np.where(rng.random((70, 70)) < 0.3, 0, 255).astype(np.uint8)
+    template = np.where(rng.random((70, 70)) < 0.3, 0, 255).astype(np.uint8)
+    core = test[4:66:2, 4:66:2]
+    fast = data._bit_mismatches(core, template, 4, 2)
+    plain = data._absolute_differences(core, template, 4, 2)
+    assert fast.keys() == plain.keys() and all(255 * fast[s] == plain[s] for s in plain)
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    assert data._bit_mismatches(core, template, 4, 2) == fast
