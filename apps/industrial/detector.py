@@ -187,7 +187,8 @@ def prepare_image(gray: np.ndarray, config: DetectorConfig, template: np.ndarray
     canvas = np.full((config.canvas, config.canvas, 3), 114, np.uint8)
     top, left = (s - nh) // 2 + config.border, (s - nw) // 2 + config.border
     canvas[top : top + nh, left : left + nw] = encoded
-    tensor = np.ascontiguousarray(canvas.transpose(2, 0, 1), dtype=np.float32) / 255.0
+    tensor = np.empty((3, config.canvas, config.canvas), np.float32)  # one pass, no uint8 -> float32 copy first
+    np.divide(canvas.transpose(2, 0, 1), np.float32(255), out=tensor, dtype=np.float32)
     return PreparedImage(tensor, scale, (left, top), (h, w), original)
 
 

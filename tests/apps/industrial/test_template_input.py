@@ -294,3 +294,15 @@ def test_bilevel_registration_counts_differing_pixels_with_or_without_numpy_bitw
     assert fast.keys() == plain.keys() and all(255 * fast[s] == plain[s] for s in plain)
     monkeypatch.delattr(np, "bitwise_count", raising=False)
     assert data._bit_mismatches(core, template, 4, 2) == fast
+
+
+def test_binarize_thresholds_at_128_into_0_and_255_bytes():
+    from apps.industrial.data import binarize
+
+    gray = np.random.default_rng(2).integers(0, 256, (50, 70)).astype(np.uint8)
+    gray[0, :4] = (127, 128, 0, 255)
+    for image in (gray, gray[3:40:3, 5:60:2]):  # a strided crop too, as template_support passes
+        out = binarize(image)
+        assert out.dtype == np.uint8 and out.shape == image.shape
+        assert np.array_equal(out, np.where(image >= 128, 255, 0))
+    assert tuple(binarize(gray)[0, :4]) == (0, 255, 0, 255)
