@@ -239,7 +239,7 @@ def evaluate(
 def bench(
     deeppcb: Annotated[str, typer.Option("--deeppcb", help="DeepPCB folder (its held-out groups feed the pairing).")],
     cwru: Annotated[str | None, typer.Option("--cwru", help="CWRU folder (needed unless --speed).")] = None,
-    speed: Annotated[bool, typer.Option("--speed", help="Only measure detector CPU images/s (onnx and torch, 1 and 2 threads).")] = False,
+    speed: Annotated[bool, typer.Option("--speed", help="Only measure CPU speed: the detector's images/s (onnx and torch, 1 and 2 threads) and the service runner's boards/s, one board at a time.")] = False,
     json_out: Annotated[str | None, typer.Option("--json", help="Write the flat metrics here.")] = None,
     cache: Annotated[str, typer.Option(help="Folder for cached upstream features.")] = "runs/industrial/bench",
     split: Annotated[str, typer.Option(help="Split list whose boards feed the benchmark (must be held out from detector training).")] = str(SPLITS / "deeppcb_val.txt"),
@@ -266,7 +266,13 @@ def bench(
         # the service's runtime: two 1-thread INT8 sessions, boards sent two at a time (settings.detector_workers)
         m = detector_speed(WEIGHTS / "detector", images, 2, repeats=3, batch=2, precision="int8", workers=2)
         metrics["onnx_int8_2workers_batch2_images_per_second"] = m["images_per_second"]
-        _table("detector CPU speed (640 px, forward + NMS)", metrics)
+        # the whole runner as the service configures it, one board at a time (what a line sending boards in turn gets)
+        from apps.industrial.evaluate import service_speed
+        from apps.industrial.service import load_runner
+        from apps.industrial.settings import get_settings
+
+        metrics.update(service_speed(load_runner(get_settings()), load_deeppcb(Path(deeppcb), split)[:16]))
+        _table("detector CPU speed (640 px, forward + NMS; service_*: the runner, one board at a time)", metrics)
         _write_json(json_out, metrics)
         return
     if not cwru:

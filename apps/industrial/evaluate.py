@@ -469,3 +469,33 @@ def precision_speed(bundle_dir: Path, images: list[Path], threads: int, rounds: 
             seconds[p] += time.perf_counter() - start
     n = rounds * len(prepared)
     return {f"{p}_{threads}thread_images_per_second": n / seconds[p] for p in precisions}
+
+
+def service_speed(runner, samples, rounds: int = 2) -> dict[str, float]:
+    """What a line sending one board at a time gets from the service's runner (``service.InspectionRunner``,
+    no HTTP): boards per second and ms per board, decoded images in, verdicts out (template registration,
+    encoding, detector, classifier, decision), with each DeepPCB board's template and without one. The two
+    modes alternate board by board so that a load spike on a shared machine hits both alike."""
+    from apps.industrial.data import load_gray
+    from apps.industrial.service import InspectionItem
+
+    pairs = [(load_gray(s.image), load_gray(s.template)) for s in samples if s.template is not None]
+    if not pairs:
+        raise ValueError("service_speed needs DeepPCB boards with templates")
+    modes = {"with_template": lambda a, b: InspectionItem(a, b), "image_only": lambda a, b: InspectionItem(a, None)}
+    for make in modes.values():  # warm-up: first calls allocate
+        runner.predict_batch([make(*pairs[0])])
+    seconds = dict.fromkeys(modes, 0.0)
+    for _ in range(rounds):
+        for image, template in pairs:
+            for mode, make in modes.items():
+                item = make(image, template)  # built outside the clock: a request's decoding is not the model's
+                start = time.perf_counter()
+                runner.predict_batch([item])
+                seconds[mode] += time.perf_counter() - start
+    n = rounds * len(pairs)
+    out = {}
+    for mode in modes:
+        out[f"service_{mode}_boards_per_second"] = n / seconds[mode]
+        out[f"service_{mode}_ms_per_board"] = 1000 * seconds[mode] / n
+    return out
