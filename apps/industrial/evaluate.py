@@ -25,6 +25,8 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
     real scan-vs-template noise; without a template it is ``template``, as for the gray model.
     ``reference``: per input, the template registered to it (``data.align_template``, as the service
     registers a request's template once for the detector input and the refutation), or None.
+    ``prepare_seconds``: the time those registrations and encodings took (what the service spends on a decoded
+    request before its detector runs; the repaired scan's making is the evaluation's own and not counted).
     """
     from apps.industrial.data import align_template, load_gray, repaired_scan
     from apps.industrial.detector import prepare_image
@@ -35,9 +37,11 @@ def board_inputs(sample, config, use_template: bool = True) -> dict:
     if template is not None:
         images.update(template=template, repaired=repaired_scan(sample))
     out, reference = {}, {}
+    start = time.perf_counter()
     for kind, image in images.items():
         reference[kind] = align_template(image, template) if template_mode else None
         out[kind] = prepare_image(image, config, reference[kind], registered=True)
+    out["prepare_seconds"] = time.perf_counter() - start
     out["primary_clean"] = "repaired" if template_mode else "template"
     out["reference"] = reference  # what the service compares each box with
     return out
@@ -56,7 +60,8 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
                  reclassifier=None, boards_per_call: int = 1, refute_min_diff: float | None = None,
                  template_model=None, template_config=None, runner=None):
     """Per board: detections on the tested image, the score of each board input and, given a ``runner``, its
-    decision; seconds, forwards.
+    decision; seconds (detector calls, relabelling), forwards, and the seconds spent registering and encoding
+    the inputs (``board_inputs``).
 
     Each board is read as the service reads a request (``board_readers``): with ``template_model`` /
     ``template_config`` (a template-aware detector) when it has a template and one is given, by ``model`` /
@@ -93,12 +98,13 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
     with_tokens = runner is not None and runner.decision_rule == "learned"  # the learned fusion reads region tokens too
     readers = board_readers(samples, config, use_template, template_config)
     detectors = {False: (model, config), True: (template_model, template_config)}
-    dets_test, top, modes, seconds, n = [], {"test": [], "template": [], "repaired": []}, [], 0.0, 0
+    dets_test, top, modes, seconds, n, prepare_seconds = [], {"test": [], "template": [], "repaired": []}, [], 0.0, 0, 0.0
     decisions = {kind: [] for kind in top}
     for first in range(0, len(samples), boards_per_call):
         chunk = range(first, min(first + boards_per_call, len(samples)))
         boards = [board_inputs(samples[j], detectors[readers[j][0]][1], readers[j][1]) for j in chunk]
         by_template = [readers[j][0] for j in chunk]
+        prepare_seconds += sum(b.pop("prepare_seconds") for b in boards)
         board_modes = [b.pop("primary_clean") for b in boards]
         references = [b.pop("reference") for b in boards]
         found = {}
@@ -142,7 +148,7 @@ def board_scores(model, config, samples, use_template: bool = True, nms_conf: fl
         modes += board_modes
         if progress and (first // boards_per_call + 1) % 25 == 0:
             print(f"  {first + len(boards)}/{len(samples)} boards", flush=True)
-    return dets_test, {k: np.array(v, dtype=float) for k, v in top.items()}, modes, seconds, n, decisions
+    return dets_test, {k: np.array(v, dtype=float) for k, v in top.items()}, modes, seconds, n, decisions, prepare_seconds
 
 
 def decision_runner(settings, model, config, bundle, template_model=None, template_config=None, template_bundle=None):
@@ -235,6 +241,8 @@ def evaluate_deeppcb(
     ``images_per_second``: forward + NMS (+ the ``reclassifier``'s crops, which relabel the boxes of boards read
     with their template) on `threads` CPU threads shared by `workers` onnxruntime sessions per detector, the
     inputs of `workers` boards per call (split across the workers), image decoding and encoding excluded.
+    ``images_per_second_with_preparation``: the same with the inputs' template registration and encoding
+    (``preparation_ms_per_image``), image decoding still excluded.
     """
     import torch
 
@@ -271,7 +279,7 @@ def evaluate_deeppcb(
     if reclassifier is not None:
         reclassifier.warm_up()  # its one-off costs (~4 s of imports) are paid at load time, as the service loads it
     torch.set_num_threads(threads)  # the runner set the service's thread count; the evaluation runs on `threads`
-    dets, top, modes, seconds, n_timed, decisions = board_scores(
+    dets, top, modes, seconds, n_timed, decisions, prepare_seconds = board_scores(
         model, config, samples, use_template, progress=progress, reclassifier=reclassifier, boards_per_call=max(1, workers),
         template_model=template_model, template_config=template_config, runner=runner)
     readers = board_readers(samples, config, use_template, template_config)
@@ -294,6 +302,9 @@ def evaluate_deeppcb(
         "board_false_alarm_rate": share_answered(clean_decisions, NOT_PASSED),
         "board_recall": share_answered(decisions["test"], NOT_PASSED),
         "images_per_second": n_timed / seconds if seconds else 0.0,
+        # the same with each input's template registration and encoding, as the service pays them per request
+        "images_per_second_with_preparation": n_timed / (seconds + prepare_seconds) if seconds else 0.0,
+        "preparation_ms_per_image": 1000 * prepare_seconds / n_timed if n_timed else 0.0,
         "n_boards": float(len(test_max)),
         "n_templates": float((~np.isnan(top["template"])).sum()),
         # the threshold most boards were decided at; both are listed when boards can be read with a template

@@ -102,6 +102,9 @@ def test_eval_deeppcb_keys(tmp_path, tiny_bundles):
     metrics = json.loads(out.read_text())
     assert {"map50", "map50_95", "precision", "recall", "board_false_alarm_rate", "board_recall", "images_per_second"} <= set(metrics)
     assert metrics["n_boards"] == 4 and metrics["n_templates"] == 4
+    # preparation (registration + encoding) is timed too, so the rate with it is the lower one
+    assert metrics["preparation_ms_per_image"] > 0
+    assert 0 < metrics["images_per_second_with_preparation"] < metrics["images_per_second"]
 
 
 def test_data_crops_leaves_out_the_bundles_held_out_groups_unless_all_groups(tmp_path, tiny_bundles):

@@ -167,5 +167,6 @@ def test_board_scores_without_a_runner_decide_nothing_and_ignore_minimum_sizes(t
 
     model, config, _ = load_detector(tiny_bundles / "detector")
     samples = load_deeppcb(make_deeppcb(tmp_path / "deeppcb"), "trainval.txt")
-    _, top, _, _, _, decisions = board_scores(model, config, samples, False)
+    _, top, _, _, _, decisions, prepare_seconds = board_scores(model, config, samples, False)
     assert np.all(top["test"] == 0.9) and all(v is None for kinds in decisions.values() for v in kinds)
+    assert prepare_seconds > 0  # every board's inputs were encoded
