@@ -107,17 +107,22 @@ class NoduleDetector(nn.Module):
 
 def prepare_volume(hu: np.ndarray, spacing, config: NoduleDetectorConfig) -> tuple[np.ndarray, np.ndarray]:
     """HU (D, H, W) at ``spacing`` -> (windowed 0..1 volume on the detector's grid, per-axis factor
-    grid index -> input index). Rendered studies are already on the grid (no resampling)."""
-    from scipy import ndimage
+    grid index -> input index). A volume within 5 % of the grid on every axis is not resampled.
 
+    Resampling is linear with the corners aligned (output voxel o reads input o * (n_in - 1) / (n_out - 1)),
+    which is ``scipy.ndimage.zoom(order=1, grid_mode=False)``, the function used until 2026-12-02; torch's
+    trilinear interpolation computes it to ~1e-5 of the window on torch's threads: 30 instead of 130-230 ms
+    for a rendered study on 2 threads."""
     spacing = np.asarray(spacing, dtype=np.float64)
     target = np.asarray(config.spacing_mm, dtype=np.float64)
     zoom = spacing / target
     x = np.clip((hu.astype(np.float32) - config.hu_min) / (config.hu_max - config.hu_min), 0.0, 1.0)
     if np.all(np.abs(zoom - 1.0) < 0.05):
         return x, np.ones(3)
-    x = ndimage.zoom(x, zoom, order=1, mode="nearest", grid_mode=False)
-    return x.astype(np.float32), (np.asarray(hu.shape) - 1) / np.maximum(np.asarray(x.shape) - 1, 1)
+    shape = tuple(max(1, round(n * z)) for n, z in zip(hu.shape, zoom))  # scipy.ndimage.zoom's output shape
+    with torch.no_grad():
+        x = F.interpolate(torch.from_numpy(x)[None, None], size=shape, mode="trilinear", align_corners=True)[0, 0].numpy()
+    return x, (np.asarray(hu.shape) - 1) / np.maximum(np.asarray(x.shape) - 1, 1)
 
 
 @dataclass

@@ -309,6 +309,27 @@ def test_lung_volume_counts_air_inside_the_body_only():
     assert lung_volume_ml(prepare_volume(abdomen, spacing, config)[0], config) == 0.0
 
 
+@pytest.mark.parametrize("spacing", [(2.8, 2.0781, 2.0781), (1.25, 0.7, 0.7), (3.0, 2.5, 1.6)])
+def test_resampling_to_the_grid_is_linear_with_corners_aligned_as_scipy_zoom(spacing):
+    """The detector's grid: torch's trilinear resampling reproduces scipy.ndimage.zoom(order=1, grid_mode=False),
+    the function the detector was trained with, voxel for voxel; the factor maps grid indices back."""
+    from scipy import ndimage
+
+    from apps.medical.detector import NoduleDetectorConfig, prepare_volume
+
+    config = NoduleDetectorConfig()
+    hu = np.random.default_rng(0).uniform(-1100, 500, (23, 37, 41)).astype(np.float32)
+    x, factor = prepare_volume(hu, spacing, config)
+    windowed = np.clip((hu - config.hu_min) / (config.hu_max - config.hu_min), 0.0, 1.0)
+    expected = ndimage.zoom(windowed, np.asarray(spacing) / np.asarray(config.spacing_mm), order=1, mode="nearest",
+                            grid_mode=False)
+    assert x.shape == expected.shape and x.dtype == np.float32
+    np.testing.assert_allclose(x, expected, atol=3e-5)
+    np.testing.assert_allclose(factor, (np.asarray(hu.shape) - 1) / (np.asarray(x.shape) - 1))
+    same, ones = prepare_volume(hu, config.spacing_mm, config)  # on the grid already: untouched
+    assert np.array_equal(same, windowed) and np.array_equal(ones, np.ones(3))
+
+
 def test_a_scan_without_lungs_is_refused_as_such(tmp_path, monkeypatch):
     """A candidate model's CT input with less lung than min_lung_ml is a 422 naming the reason, not a
     probability (nor "could not read the CT")."""
