@@ -186,12 +186,25 @@ def decode(out: dict[str, torch.Tensor], k: int, config: NoduleDetectorConfig) -
     return results
 
 
+def channels_last_for_inference(detector: NoduleDetector) -> NoduleDetector:
+    """``detector`` with its weights in the channels-last 3-D layout, in place, and ``detect`` feeding it volumes so:
+    oneDNN's CPU convolutions run ~40 % faster on it (a reserved study's forward on 2 threads: 354 -> 209 ms),
+    outputs equal to ~1e-5 of a logit. For inference: the state dict's tensors are then not contiguous
+    (``model.weights_digest`` copies them; a bundle must not be saved from such a model)."""
+    detector.to(memory_format=torch.channels_last_3d)
+    detector.channels_last = True
+    return detector
+
+
 def detect(hu: np.ndarray, spacing, detector: NoduleDetector, k: int = 8) -> Detections:
     """HU volume (D, H, W) + spacing (z, y, x) -> the top-``k`` nodule detections, centres in ``hu``'s voxels."""
     x, factor = prepare_volume(hu, spacing, detector.config)
     detector.eval()
     with torch.no_grad():
-        out = detector(torch.from_numpy(x)[None, None])
+        volume = torch.from_numpy(x)[None, None]
+        if getattr(detector, "channels_last", False):
+            volume = volume.contiguous(memory_format=torch.channels_last_3d)
+        out = detector(volume)
     det = decode(out, k, detector.config)[0]
     det.centres_vox = np.clip(det.centres_vox * factor, 0, np.asarray(hu.shape) - 1)
     det.lung_ml = lung_volume_ml(x, detector.config)

@@ -65,6 +65,10 @@ def evaluate_ct(ct_dir: str | Path, bundle_dir: str | Path, bert_path: str = "",
         raise FileNotFoundError(f"{len(missing)} of the {len(studies)} volumes listed in {ct_dir}/labels.csv are "
                                 f"missing, e.g. {missing[0]}")
     model, _ = load_model(bundle_dir, bert_path)
+    if model.uses_detector:  # as the service runs it (the evaluation saves no model)
+        from apps.medical.detector import channels_last_for_inference
+
+        channels_last_for_inference(model.detector)
     y = np.array([s.label for s in studies])
     volumes = ct_arrays(model, studies, cache, log=lambda m: None)
     hidden, mask = embed_reports(model, [s.report for s in studies])

@@ -235,6 +235,10 @@ class MedicalRunner:
         self.heatmap_slices = heatmap_slices
         self.min_lung_ml = min_lung_ml
         self._lock = threading.Lock()  # the CT encoder keeps its last feature map: one study at a time
+        if self.model.uses_detector:  # after the single-input models read its weights; this runner saves nothing
+            from apps.medical.detector import channels_last_for_inference
+
+            channels_last_for_inference(self.model.detector)
 
     def _single_input_model(self, name: str, modality: str, directory: str | Path, bert_path: str) -> AnsweringModel:
         """A dedicated model must read what the fusion model reads: its CT input is the fusion model's

@@ -102,6 +102,38 @@ def test_tiny_detector_learns_to_find_a_blob():
     assert info["metrics"]["steps_run"] == BLOB_TRAIN_STEPS
 
 
+def test_channels_last_detector_finds_the_same_nodules_and_keeps_its_digest():
+    """The layout the service and the evaluation run the detector in changes speed, not what it finds, nor which
+    detector a single-input bundle recognises it as."""
+    import copy
+
+    from apps.medical.detector import (
+        NoduleDetector,
+        NoduleDetectorConfig,
+        channels_last_for_inference,
+        detect,
+    )
+    from apps.medical.model import weights_digest
+
+    torch.manual_seed(0)
+    plain = NoduleDetector(NoduleDetectorConfig.from_name("tiny")).eval()
+    with torch.no_grad():  # a trained detector's statistics, not the identity of a fresh batch norm
+        for m in plain.modules():
+            if isinstance(m, torch.nn.BatchNorm3d):
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 1.5)
+    fast = channels_last_for_inference(copy.deepcopy(plain))
+    assert fast.channels_last and not getattr(plain, "channels_last", False)
+    assert weights_digest(fast.state_dict()) == weights_digest(plain.state_dict())
+    hu = np.random.default_rng(3).uniform(-1000, 300, (24, 48, 48)).astype(np.float32)
+    spacing = (2.8, 2.1, 2.1)  # resampled on the way in, as most scans are
+    a, b = detect(hu, spacing, plain, k=4), detect(hu, spacing, fast, k=4)
+    np.testing.assert_allclose(b.centres_vox, a.centres_vox, atol=1e-4)
+    np.testing.assert_allclose(b.heat_logit, a.heat_logit, atol=1e-4)
+    np.testing.assert_allclose(b.diameter_mm, a.diameter_mm, rtol=1e-4)
+    np.testing.assert_allclose(b.malignancy_logit, a.malignancy_logit, atol=1e-4)
+
+
 def test_loss_is_finite_without_any_nodule():
     out = {k: torch.zeros(2, 4, 4, 4, requires_grad=True) for k in ("heat", "size", "malignancy")}
     target = {"heat": torch.zeros(2, 4, 4, 4), "size": torch.zeros(2, 4, 4, 4), "malignant": torch.zeros(2, 4, 4, 4)}
