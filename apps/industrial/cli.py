@@ -256,7 +256,8 @@ def bench(
         from apps.industrial.data import load_deeppcb
         from apps.industrial.evaluate import detector_speed, precision_speed
 
-        images = [s.image for s in load_deeppcb(Path(deeppcb), split)[:16]]
+        samples = load_deeppcb(Path(deeppcb), split)[:16]
+        images = [s.image for s in samples]
         metrics = {}
         for threads in (1, 2):
             m = detector_speed(WEIGHTS / "detector", images, threads, backend="torch")
@@ -271,7 +272,7 @@ def bench(
         from apps.industrial.service import load_runner
         from apps.industrial.settings import get_settings
 
-        metrics.update(service_speed(load_runner(get_settings()), load_deeppcb(Path(deeppcb), split)[:16]))
+        metrics.update(service_speed(load_runner(get_settings()), samples))
         _table("detector CPU speed (640 px, forward + NMS; service_*: the runner, one board at a time)", metrics)
         _write_json(json_out, metrics)
         return
