@@ -7,7 +7,8 @@ One decoder holds several searches and switches per utterance:
 
 ``lm="interpolated"`` decodes with both LMs and keeps the hypothesis with the best total score
 under the linear interpolation ``P = w P_bank + (1 - w) P_generic`` (per word, trigram history),
-acoustic scores taken from the word segments of each pass. That is a two-candidate rescoring,
+acoustic scores taken from the word segments of each pass (every senone scored, so that the two
+passes' scores are comparable; see ``_decoder_options``). That is a two-candidate rescoring,
 not a merged LM: pocketsphinx cannot interpolate inside its search, and a merged ARPA of the
 generic model is tens of MB.
 
@@ -75,6 +76,13 @@ class SphinxConfig:
 def _decoder_options(cfg: SphinxConfig) -> dict:
     opts = dict(loglevel="FATAL", topn=cfg.topn, fwdflat=cfg.fwdflat, bestpath=cfg.bestpath, lw=cfg.lw, wip=cfg.wip,
                 maxhmmpf=cfg.maxhmmpf, beam=cfg.beam)
+    if cfg.lm == "interpolated":
+        # The rescoring compares the acoustic scores of two searches. pocketsphinx scales each frame's
+        # senone scores by the best senone it computed, and each search computes only its active ones,
+        # so without scoring every senone the two passes' scores sit on different scales (the bank
+        # pass's read ~75 nats better for a wrong sentence) and the bank LM's words won on speech it
+        # cannot model: RAVDESS sentences 0.39 WER with the generic LM, 0.71 interpolated. ~8 % more time.
+        opts["compallsen"] = True
     if cfg.model_dir:
         opts["hmm"] = cfg.model_dir
     return opts

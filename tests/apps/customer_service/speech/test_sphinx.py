@@ -72,6 +72,17 @@ def test_interpolation_is_a_mixture_of_the_two_lms():
     out = rec.transcribe(speak("my card has not arrived"))
     assert out.extra["search"] in ("_default", "bank") and out.words
 
+def test_the_two_passes_are_rescored_on_one_acoustic_scale():
+    """With w = 0 the rescoring is the generic search's own objective, so it must keep the generic pass. It
+    did not while each search scaled its acoustic scores by its own active senones: "she plays the violin"
+    went to the bank pass's words, and real out-of-domain speech (RAVDESS) lost a third of its words."""
+    rec = SphinxRecognizer(SphinxConfig(lm="interpolated", interp_weight=0.0))
+    assert rec._decoder.config["compallsen"]
+    for sentence in ("she plays the violin in an orchestra", "dogs are sitting by the door"):
+        assert rec.transcribe(speak(sentence)).extra["search"] == "_default"
+    assert not SphinxRecognizer(SphinxConfig(lm="bank"))._decoder.config["compallsen"]  # one search: no need
+
+
 
 def test_bad_input_is_refused(bank_recognizer):
     with pytest.raises(AudioError):
