@@ -206,7 +206,7 @@ def recognizer_for(settings: CustomerServiceSettings):
     from apps.customer_service.speech.asr import vad_option
 
     if settings.asr_backend == "pocketsphinx":
-        return create_recognizer("pocketsphinx", lm=settings.asr_lm)
+        return create_recognizer("pocketsphinx", lm=settings.asr_lm, maxhmmpf=settings.asr_maxhmmpf)
     return create_recognizer(settings.asr_backend, model_path=settings.asr_model_path,
                              **vad_option(settings.asr_backend, settings.asr_vad))
 

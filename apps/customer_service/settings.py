@@ -58,6 +58,11 @@ class CustomerServiceSettings(AppSettings):
     asr_vad: bool = True
     # Embedded ASR language model: "generic" | "bank" | "interpolated" (speech.SphinxConfig.lm).
     asr_lm: str = "interpolated"
+    # Cap on active HMMs per frame for the embedded ASR of whole calls (SphinxConfig.maxhmmpf; the class
+    # default 30,000 is what `triptych eval --asr` measures). 10,000: the interpolated recogniser's two passes
+    # 0.65 -> 0.56 s per second of read speech on one thread, the same WER on the Sphinx test data, held-out
+    # bank queries and RAVDESS sentences (the customer-service README, "Recognisers").
+    asr_maxhmmpf: int = 10_000
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
     max_audio_seconds: float = 600.0
     # Shortest audio accepted as a call: the voice branch reads nothing under a quarter second, and no

@@ -238,7 +238,8 @@ def test_the_service_builds_the_recogniser_its_settings_name(tiny_ct2_full_vocab
     from apps.customer_service.speech.whisper_backend import WhisperRecognizer
 
     folder, *_ = tiny_ct2_full_vocab
-    assert isinstance(recognizer_for(CustomerServiceSettings()), SphinxRecognizer)
+    sphinx_rec = recognizer_for(CustomerServiceSettings(asr_maxhmmpf=7_000))
+    assert isinstance(sphinx_rec, SphinxRecognizer) and sphinx_rec._decoder.config["maxhmmpf"] == 7_000
     rec = recognizer_for(CustomerServiceSettings(asr_backend="whisper", asr_model_path=folder))
     assert isinstance(rec, WhisperRecognizer) and rec.version == "whisper-ct2"
     from apps.customer_service.service import CustomerServiceEngine
