@@ -60,8 +60,8 @@ class CustomerServiceSettings(AppSettings):
     asr_lm: str = "interpolated"
     # Cap on active HMMs per frame for the embedded ASR of whole calls (SphinxConfig.maxhmmpf; the class
     # default 30,000 is what `triptych eval --asr` measures). 10,000: the interpolated recogniser's two passes
-    # 0.65 -> 0.56 s per second of read speech on one thread, the same WER on the Sphinx test data, held-out
-    # bank queries and RAVDESS sentences (the customer-service README, "Recognisers").
+    # 0.65 -> 0.56 s per second of read speech on one thread; WER the same on the Sphinx test data and 90
+    # held-out bank queries, +0.004 / +0.010 on 120 RAVDESS sentences (the README's "speech outside the bank").
     asr_maxhmmpf: int = 10_000
     # Longest call accepted by /v1/calls:analyze (seconds of audio) and longest typed text.
     max_audio_seconds: float = 600.0
